@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JARS := deploy/kafka/target/libs/.complete
+
+.PHONY: setup run test test-unit test-integration lint schemas bench clean kafka-start kafka-stop
+
+setup: $(STAMP) $(JARS)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Apache Kafka's broker jars come from Maven Central (see deploy/kafka/pom.xml).
+$(JARS): deploy/kafka/pom.xml
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies
+	touch $@
+
+## Local broker, one worker, simulated telephony and billing, live view (Ctrl-C stops all).
+run: setup
+	$(BIN)/meter demo
+
+## The whole suite: unit, agent and integration tests (starts its own Kafka broker).
+test: setup
+	$(BIN)/pytest
+
+test-unit: setup
+	$(BIN)/pytest tests/unit tests/agents
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Regenerate schemas/json from the pydantic models.
+schemas: setup
+	$(BIN)/python -m schemas.export
+
+kafka-start: setup
+	$(BIN)/meter kafka start
+
+kafka-stop: setup
+	$(BIN)/meter kafka stop
+
+clean:
+	rm -rf $(VENV) deploy/kafka/target .run .pytest_cache .mypy_cache .ruff_cache

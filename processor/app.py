@@ -1,0 +1,317 @@
+"""The Faust app: topics, tables, thin agents around `RecordHandler`, the timer, HTTP.
+
+Everything about money lives in `processor.core`; this module only wires Kafka to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import faust
+import orjson
+from faust.serializers import codecs
+from faust.types import EventT, StreamT
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+
+from processor import metrics
+from processor.codec import dump_account, load_account
+from processor.core import account as acc
+from processor.core.engine import DedupeWindow, Engine
+from processor.core.rating import RateCard
+from processor.handler import Record, RecordHandler, Source
+from processor.routing import partition_for
+from processor.settings import Settings
+from processor.topics import TopicNames
+from processor.views import account_view
+
+log = logging.getLogger(__name__)
+
+
+class _Utf8Codec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return str(obj).encode()
+
+    def _loads(self, s: bytes) -> Any:
+        return s.decode()
+
+
+class _AccountCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return dump_account(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return load_account(s)
+
+
+class _IntCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return str(int(obj)).encode()
+
+    def _loads(self, s: bytes) -> Any:
+        return int(s)
+
+
+codecs.register("meter-str", _Utf8Codec())
+codecs.register("meter-account", _AccountCodec())
+codecs.register("meter-int", _IntCodec())
+
+
+class FaustPublisher:
+    """Sends through the app's producer; Faust flushes it before committing offsets."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._topics: dict[str, Any] = {}
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = self._app.topic(
+                topic, key_serializer="raw", value_serializer="raw"
+            )
+        await t.send(key=key, value=value, headers=list(headers) if headers else None)
+
+
+@dataclass(frozen=True)
+class Broker:
+    """How to reach Kafka: addresses plus the client options a secure cluster needs."""
+
+    bootstrap: str
+
+    def faust_urls(self) -> list[str]:
+        return [f"kafka://{h.strip()}" for h in self.bootstrap.split(",") if h.strip()]
+
+
+def _record(event: EventT[Any]) -> Record:
+    m = event.message
+    headers = m.headers.items() if isinstance(m.headers, Mapping) else (m.headers or ())
+    return Record(
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        key=m.key,
+        value=m.value,
+        headers=tuple(headers),
+    )
+
+
+class Meter:
+    """One worker's app. Build it with `create_meter`; run it with `faust.Worker`."""
+
+    def __init__(
+        self,
+        cfg: Settings,
+        card: RateCard,
+        broker: Broker,
+        partitions: int,
+        web_host: str = "127.0.0.1",
+    ) -> None:
+        self.cfg = cfg
+        self.card = card
+        self.partitions = partitions
+        self.names = TopicNames.from_settings(cfg)
+        self.app = faust.App(
+            cfg.app_id,
+            broker=broker.faust_urls(),
+            store=cfg.store,
+            datadir=str(cfg.data_dir),
+            topic_partitions=partitions,
+            topic_replication_factor=cfg.replication_factor,
+            topic_allow_declare=True,
+            topic_disable_leader=True,
+            processing_guarantee="at_least_once",
+            consumer_auto_offset_reset="earliest",
+            web_enabled=True,
+            web_port=cfg.web_port,
+            web_bind=cfg.web_host,
+            web_host=web_host,
+            web_in_thread=False,
+            autodiscover=False,
+        )
+        policy = acc.RechargePolicy(
+            timeout=timedelta(seconds=cfg.recharge_timeout_seconds),
+            retry_after=timedelta(seconds=cfg.recharge_retry_after_seconds),
+            max_attempts=cfg.recharge_max_attempts,
+        )
+        self.accounts = self.app.Table(
+            "accounts",
+            partitions=partitions,
+            schema=faust.Schema(key_serializer="meter-str", value_serializer="meter-account"),
+        )
+        self.seen = self.app.Table(
+            "dedupe",
+            partitions=partitions,
+            schema=faust.Schema(key_serializer="meter-str", value_serializer="meter-int"),
+        )
+        self.engine = Engine(
+            card,
+            policy,
+            DedupeWindow(cfg.dedupe_days),
+            self.accounts,
+            self.seen,
+        )
+        self.handler = RecordHandler(self.engine, self.names, partitions, FaustPublisher(self.app))
+        self._rebuild_due = True
+        self._declare_agents()
+        self._declare_timer()
+        self._declare_web()
+
+    # ---- agents ----------------------------------------------------------------
+
+    def _topic(self, name: str) -> Any:
+        return self.app.topic(
+            name, key_serializer="raw", value_serializer="raw", partitions=self.partitions
+        )
+
+    def _declare_agents(self) -> None:
+        handler = self.handler
+        n = self.names
+
+        async def drive(stream: StreamT[Any], source: Source) -> AsyncIterator[str]:
+            async for event in stream.events():
+                yield await handler.handle(source, _record(event))
+
+        @self.app.agent(self._topic(n.calls), name="usage-calls")
+        async def calls(stream: StreamT[Any]) -> AsyncIterator[str]:
+            async for status in drive(stream, Source.CALLS):
+                yield status
+
+        @self.app.agent(self._topic(n.conferencing), name="usage-conferencing")
+        async def conferencing(stream: StreamT[Any]) -> AsyncIterator[str]:
+            async for status in drive(stream, Source.CONFERENCING):
+                yield status
+
+        @self.app.agent(self._topic(n.commands), name="commands")
+        async def commands(stream: StreamT[Any]) -> AsyncIterator[str]:
+            async for status in drive(stream, Source.COMMANDS):
+                yield status
+
+        @self.app.agent(self._topic(n.reroute), name="rerouted")
+        async def rerouted(stream: StreamT[Any]) -> AsyncIterator[str]:
+            async for event in stream.events():
+                yield await handler.handle_rerouted(_record(event))
+
+        @self.app.agent(self._topic(n.timer), name="recharge-timer")
+        async def ticks(stream: StreamT[Any]) -> AsyncIterator[str]:
+            async for event in stream.events():
+                yield await handler.handle_tick(_record(event))
+
+        self.agents = {
+            "calls": calls,
+            "conferencing": conferencing,
+            "commands": commands,
+            "rerouted": rerouted,
+            "ticks": ticks,
+        }
+
+    # ---- the recharge timer --------------------------------------------------------
+
+    def _declare_timer(self) -> None:
+        @self.app.on_rebalance_complete.connect  # type: ignore[arg-type]
+        async def _on_rebalanced(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+            self._rebuild_due = True
+
+        @self.app.timer(  # type: ignore[untyped-decorator]
+            interval=self.cfg.timer_interval_seconds, name="recharge-timer"
+        )
+        async def recharge_timer() -> None:
+            if self._rebuild_due:
+                self._rebuild_due = False
+                self.handler.rebuild_due(self._owns)
+            self._update_gauges()
+            await self.handler.fire_due()
+
+    def _owned_partitions(self) -> set[int]:
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # not yet assigned
+            return set()
+        return {tp.partition for tp in actives if tp.topic == self.names.calls}
+
+    def _owns(self, tenant: str) -> bool:
+        return partition_for(tenant, self.partitions) in self._owned_partitions()
+
+    def _update_gauges(self) -> None:
+        owned = self._owned_partitions()
+        tenants = outstanding = 0
+        for tenant, account in list(self.accounts.items()):
+            if partition_for(tenant, self.partitions) in owned:
+                tenants += 1
+                outstanding += account.pending is not None
+        metrics.TENANTS.set(tenants)
+        metrics.OUTSTANDING.set(outstanding)
+
+    # ---- HTTP ---------------------------------------------------------------------
+
+    def _declare_web(self) -> None:
+        app = self.app
+        accounts = self.accounts
+        currency = self.card.currency
+
+        @app.page("/tenants/{tenant_id}/account")
+        class AccountPage(View):
+            @app.table_route(table=accounts, match_info="tenant_id")  # type: ignore[arg-type]
+            async def get(self, request: Request, tenant_id: str) -> Response:
+                account = accounts.get(tenant_id)
+                if account is None:
+                    return self.bytes(
+                        orjson.dumps({"error": "not_found", "tenant_id": tenant_id}),
+                        content_type="application/json",
+                        status=404,
+                    )
+                return self.bytes(
+                    orjson.dumps(account_view(account, currency)),
+                    content_type="application/json",
+                )
+
+        @app.page("/metrics")
+        class MetricsPage(View):
+            async def get(self, request: Request) -> Response:
+                # aiohttp refuses a charset inside content_type, so the exposition
+                # format's own content type goes in without it.
+                return self.bytes(
+                    generate_latest(metrics.REGISTRY),
+                    content_type="text/plain; version=0.0.4",
+                )
+
+        meter = self
+
+        @app.page("/health")
+        class HealthPage(View):
+            async def get(self, request: Request) -> Response:
+                return self.bytes(b'{"status":"ok"}', content_type="application/json")
+
+        @app.page("/ready")
+        class ReadyPage(View):
+            async def get(self, request: Request) -> Response:
+                ready, detail = meter.readiness()
+                return self.bytes(
+                    orjson.dumps({"ready": ready, "detail": detail}),
+                    content_type="application/json",
+                    status=200 if ready else 503,
+                )
+
+        self.pages = (AccountPage, MetricsPage, HealthPage, ReadyPage)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready = partitions assigned and every table recovered, not mid-rebalance."""
+        app = self.app
+        if app.rebalancing:
+            return False, "rebalancing"
+        recovery: Any = getattr(app.tables, "recovery", None)
+        if app.in_recovery or recovery is None or not recovery.completed.is_set():
+            return False, "recovering state"
+        if not self._owned_partitions():
+            return False, "no partitions assigned"
+        return True, "ok"

@@ -1,0 +1,144 @@
+"""The `meter` command.
+
+Exit codes: 0 success, 1 the command ran and found a problem (broker not running,
+check failed), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from processor.settings import Settings
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+
+
+def _bootstrap(cfg: Settings) -> str:
+    """KAFKA_BOOTSTRAP_SERVERS, or the local broker that `meter kafka start` runs."""
+    if cfg.kafka_bootstrap_servers:
+        return cfg.kafka_bootstrap_servers
+    from processor import kafka_local
+
+    state = kafka_local.status(kafka_local.default_state_dir())
+    if not state or not state.get("running"):
+        raise SystemExit(
+            "KAFKA_BOOTSTRAP_SERVERS is not set and the local broker is not running; "
+            "start it with `meter kafka start` or point KAFKA_BOOTSTRAP_SERVERS at a cluster"
+        )
+    return str(state["bootstrap"])
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from processor.app import Broker, Meter
+    from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
+    from processor.topics import TopicLayoutError, TopicNames, ensure_topics
+
+    cfg = Settings()
+    try:
+        card = load_rate_card(cfg.rate_card or example_rate_card_path())
+    except (RateCardError, OSError) as exc:
+        print(f"meter worker: rate card: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    bootstrap = _bootstrap(cfg)
+    try:
+        partitions = asyncio.run(
+            ensure_topics(
+                bootstrap, TopicNames.from_settings(cfg), cfg.partitions, cfg.replication_factor
+            )
+        )
+    except TopicLayoutError as exc:
+        print(f"meter worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # ensure_topics closed its loop; Faust's worker wants a current one of its own.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    meter = Meter(cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host)
+    worker = faust.Worker(meter.app, loglevel=cfg.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return EXIT_OK
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from processor import kafka_local
+
+    state_dir = kafka_local.default_state_dir()
+    if args.action == "start":
+        print(kafka_local.start_background(state_dir))
+        return EXIT_OK
+    if args.action == "stop":
+        stopped = kafka_local.stop_background(state_dir)
+        print("stopped" if stopped else "not running")
+        return EXIT_OK
+    state = kafka_local.status(state_dir)
+    if not state or not state.get("running"):
+        print("not running")
+        return EXIT_PROBLEM
+    print(f"running at {state['bootstrap']} (pid {state['pid']}, data {state['data_dir']})")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from processor.demo import run_demo
+
+    return int(run_demo(tenants=args.tenants, rate=args.rate, seconds=args.seconds))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meter",
+        description="credits-meter: meters prepaid communication credits on Kafka.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser(
+        "worker",
+        help="run one processing worker (configured by the environment, see README)",
+        description="Run one worker. Any number of workers with the same METER_APP_ID "
+        "share the partitions.",
+    )
+    worker.add_argument(
+        "--advertise-host",
+        default="127.0.0.1",
+        help="host name other workers use to reach this one's HTTP API (default 127.0.0.1)",
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    kafka = sub.add_parser(
+        "kafka",
+        help="the project's local single-node Kafka broker",
+        description="Start, stop or inspect the local KRaft broker (jars from Maven Central).",
+    )
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka.set_defaults(func=cmd_kafka)
+
+    demo = sub.add_parser(
+        "demo",
+        help="local broker + worker + traffic simulator + live view (what `make run` runs)",
+        description="Start the local broker and one worker, play telephony and billing "
+        "traffic, and show balances live until Ctrl-C; then stop everything started.",
+    )
+    demo.add_argument("--tenants", type=int, default=36, help="simulated tenants (default 36)")
+    demo.add_argument("--rate", type=float, default=20.0, help="usage events per second")
+    demo.add_argument(
+        "--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)"
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

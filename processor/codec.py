@@ -1,0 +1,183 @@
+"""Bytes in and out of Kafka for the processor's own state and outputs.
+
+The core's outputs become the contract's JSON here (field names from CONTRACT.md,
+money as fixed-point strings at the card's precision, RFC 3339 "Z" timestamps). The
+account state is stored as compact JSON so a changelog can be read by a person.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from processor.core.account import (
+    Account,
+    AlertOut,
+    AutoRecharge,
+    LedgerOut,
+    Output,
+    PendingRecharge,
+    RechargeOut,
+    RechargeStatus,
+)
+from processor.core.engine import TimerTick
+from schemas.types import format_money, format_timestamp, parse_timestamp
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else format_timestamp(value)
+
+
+def _dt(value: Any) -> datetime | None:
+    return None if value is None else parse_timestamp(value)
+
+
+# ---- account state ---------------------------------------------------------------
+
+
+def account_to_dict(account: Account) -> dict[str, Any]:
+    ar = account.auto_recharge
+    pending = account.pending
+    return {
+        "v": 1,
+        "tenant_id": account.tenant_id,
+        "balance": format_money(account.balance),
+        "entries": account.entries,
+        "updated_at": _ts(account.updated_at),
+        "auto_recharge": None
+        if ar is None
+        else {
+            "enabled": ar.enabled,
+            "recharge_amount": format_money(ar.recharge_amount),
+            "trigger_balance": format_money(ar.trigger_balance),
+            "suspended": ar.suspended,
+        },
+        "pending": None
+        if pending is None
+        else {
+            "request_id": pending.request_id,
+            "amount": format_money(pending.amount),
+            "attempt": pending.attempt,
+            "requested_at": _ts(pending.requested_at),
+            "status": pending.status.value,
+            "failed_at": _ts(pending.failed_at),
+        },
+    }
+
+
+def account_from_dict(data: dict[str, Any]) -> Account:
+    ar = data.get("auto_recharge")
+    pending = data.get("pending")
+    return Account(
+        tenant_id=data["tenant_id"],
+        balance=Decimal(data["balance"]),
+        entries=int(data["entries"]),
+        updated_at=_dt(data.get("updated_at")),
+        auto_recharge=None
+        if ar is None
+        else AutoRecharge(
+            enabled=bool(ar["enabled"]),
+            recharge_amount=Decimal(ar["recharge_amount"]),
+            trigger_balance=Decimal(ar["trigger_balance"]),
+            suspended=bool(ar["suspended"]),
+        ),
+        pending=None
+        if pending is None
+        else PendingRecharge(
+            request_id=pending["request_id"],
+            amount=Decimal(pending["amount"]),
+            attempt=int(pending["attempt"]),
+            requested_at=parse_timestamp(pending["requested_at"]),
+            status=RechargeStatus(pending["status"]),
+            failed_at=_dt(pending.get("failed_at")),
+        ),
+    )
+
+
+def dump_account(account: Account) -> bytes:
+    return orjson.dumps(account_to_dict(account))
+
+
+def load_account(raw: bytes) -> Account:
+    return account_from_dict(orjson.loads(raw))
+
+
+# ---- outputs ---------------------------------------------------------------------
+
+
+def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
+    if isinstance(out, LedgerOut):
+        entry: dict[str, Any] = {
+            "type": "ledger_entry",
+            "entry_id": out.entry_id,
+            "tenant_id": out.tenant_id,
+            "kind": out.kind,
+            "amount": format_money(out.amount),
+            "currency": currency,
+            "balance_after": format_money(out.balance_after),
+            "cause_topic": out.cause_topic,
+            "cause_id": out.cause_id,
+            "occurred_at": format_timestamp(out.occurred_at),
+            "recorded_at": format_timestamp(out.recorded_at),
+        }
+        if out.kind == "debit":
+            assert out.rate_per_minute is not None
+            entry["rate_prefix"] = out.rate_prefix
+            entry["rate_per_minute"] = format_money(out.rate_per_minute)
+            entry["billed_seconds"] = out.billed_seconds
+        return entry
+    if isinstance(out, AlertOut):
+        return {
+            "type": "balance_alert",
+            "alert_id": out.alert_id,
+            "tenant_id": out.tenant_id,
+            "alert": out.alert.value,
+            "balance": format_money(out.balance),
+            "currency": currency,
+            "occurred_at": format_timestamp(out.occurred_at),
+        }
+    assert isinstance(out, RechargeOut)
+    return {
+        "type": "recharge_requested",
+        "request_id": out.request_id,
+        "tenant_id": out.tenant_id,
+        "amount": format_money(out.amount),
+        "currency": currency,
+        "trigger_balance": format_money(out.trigger_balance),
+        "balance": format_money(out.balance),
+        "attempt": out.attempt,
+        "requested_at": format_timestamp(out.requested_at),
+    }
+
+
+def dump_output(out: Output, currency: str) -> bytes:
+    return orjson.dumps(output_to_dict(out, currency))
+
+
+# ---- timer ticks -----------------------------------------------------------------
+
+
+def dump_tick(tick: TimerTick) -> bytes:
+    return orjson.dumps(
+        {
+            "tick_id": tick.tick_id,
+            "tenant_id": tick.tenant_id,
+            "request_id": tick.request_id,
+            "attempt": tick.attempt,
+            "at": format_timestamp(tick.at),
+        }
+    )
+
+
+def load_tick(raw: bytes) -> TimerTick:
+    data = orjson.loads(raw)
+    return TimerTick(
+        tick_id=str(data["tick_id"]),
+        tenant_id=str(data["tenant_id"]),
+        request_id=str(data["request_id"]),
+        attempt=int(data["attempt"]),
+        at=parse_timestamp(data["at"]),
+    )

@@ -1,0 +1,388 @@
+"""The account state machine: one tenant's prepaid balance and its auto-recharge.
+
+Pure: no Kafka, Faust or metrics. Every transition takes an `Account` and returns a
+new one plus the events to publish, so a replay from the same state produces the same
+outputs with the same ids (the ids derive from the cause, never from a clock or a
+random source).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+
+ZERO = Decimal(0)
+
+# Fixed namespace so ids are the same on every worker and across restarts.
+_ID_NAMESPACE = uuid.UUID("6f1c8a52-3d4e-4b7a-9c2e-5a0d9e8b7f31")
+
+
+def derive_id(*parts: str) -> str:
+    """A deterministic id from the parts of a cause (uuid5, so consumers can dedupe)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join(parts)))
+
+
+class AlertKind(StrEnum):
+    EXHAUSTED = "exhausted"
+    RESTORED = "restored"
+    LOW_BALANCE = "low_balance"
+    RECHARGE_FAILED = "recharge_failed"
+
+
+class RechargeStatus(StrEnum):
+    OUTSTANDING = "outstanding"  # sent to billing, no answer yet
+    FAILED = "failed"  # the attempt failed or timed out; waiting to retry
+
+
+@dataclass(frozen=True, slots=True)
+class AutoRecharge:
+    enabled: bool
+    recharge_amount: Decimal
+    trigger_balance: Decimal
+    suspended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecharge:
+    request_id: str
+    amount: Decimal
+    attempt: int
+    requested_at: datetime
+    status: RechargeStatus = RechargeStatus.OUTSTANDING
+    failed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    tenant_id: str
+    balance: Decimal = ZERO
+    auto_recharge: AutoRecharge | None = None
+    pending: PendingRecharge | None = None
+    updated_at: datetime | None = None
+    # Ledger entries written so far; lets a reconciler spot a missing or extra entry.
+    entries: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.balance <= ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class RechargePolicy:
+    timeout: timedelta = timedelta(hours=1)
+    retry_after: timedelta = timedelta(minutes=15)
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """What made a transition happen: the input record, or a timer firing."""
+
+    topic: str
+    id: str
+    occurred_at: datetime
+
+
+# ---- outputs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerOut:
+    entry_id: str
+    tenant_id: str
+    kind: str  # "debit" | "credit"
+    amount: Decimal
+    balance_after: Decimal
+    cause_topic: str
+    cause_id: str
+    occurred_at: datetime
+    recorded_at: datetime
+    rate_prefix: str | None = None
+    rate_per_minute: Decimal | None = None
+    billed_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertOut:
+    alert_id: str
+    tenant_id: str
+    alert: AlertKind
+    balance: Decimal
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RechargeOut:
+    request_id: str
+    tenant_id: str
+    amount: Decimal
+    trigger_balance: Decimal
+    balance: Decimal
+    attempt: int
+    requested_at: datetime
+
+
+Output = LedgerOut | AlertOut | RechargeOut
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    account: Account
+    outputs: tuple[Output, ...] = ()
+    # Why nothing happened, when nothing did (a stale answer, a timer for a request
+    # that has moved on); None when the input took effect.
+    ignored: str | None = None
+    changed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    amount: Decimal
+    rate_prefix: str
+    rate_per_minute: Decimal
+    billed_seconds: int
+
+
+@dataclass(slots=True)
+class _Builder:
+    """Collects the outputs of one transition in the order consumers expect."""
+
+    account: Account
+    cause: Cause
+    now: datetime
+    outputs: list[Output] = field(default_factory=list)
+
+    def alert(self, kind: AlertKind, tag: str = "") -> None:
+        acct = self.account
+        self.outputs.append(
+            AlertOut(
+                alert_id=derive_id(
+                    "alert", acct.tenant_id, kind.value, self.cause.topic, self.cause.id, tag
+                ),
+                tenant_id=acct.tenant_id,
+                alert=kind,
+                balance=acct.balance,
+                occurred_at=self.now,
+            )
+        )
+
+    def move_balance(self, signed_amount: Decimal, debit: Debit | None = None) -> None:
+        """Change the balance by exactly one ledger entry, and raise the state alerts."""
+        before = self.account
+        after_balance = before.balance + signed_amount
+        self.account = replace(
+            before, balance=after_balance, entries=before.entries + 1, updated_at=self.now
+        )
+        self.outputs.append(
+            LedgerOut(
+                entry_id=derive_id("ledger", before.tenant_id, self.cause.topic, self.cause.id),
+                tenant_id=before.tenant_id,
+                kind="debit" if signed_amount < 0 else "credit",
+                amount=abs(signed_amount),
+                balance_after=after_balance,
+                cause_topic=self.cause.topic,
+                cause_id=self.cause.id,
+                occurred_at=self.cause.occurred_at,
+                recorded_at=self.now,
+                rate_prefix=debit.rate_prefix if debit else None,
+                rate_per_minute=debit.rate_per_minute if debit else None,
+                billed_seconds=debit.billed_seconds if debit else None,
+            )
+        )
+        if before.exhausted != self.account.exhausted:
+            self.alert(AlertKind.EXHAUSTED if self.account.exhausted else AlertKind.RESTORED)
+        settings = before.auto_recharge
+        if settings is not None and before.balance >= settings.trigger_balance > after_balance:
+            self.alert(AlertKind.LOW_BALANCE)
+
+    def request_recharge_if_due(self) -> None:
+        acct = self.account
+        settings = acct.auto_recharge
+        if (
+            settings is None
+            or not settings.enabled
+            or settings.suspended
+            or acct.pending is not None
+            or acct.balance >= settings.trigger_balance
+        ):
+            return
+        pending = PendingRecharge(
+            request_id=derive_id("recharge", acct.tenant_id, self.cause.topic, self.cause.id),
+            amount=settings.recharge_amount,
+            attempt=1,
+            requested_at=self.now,
+        )
+        self.account = replace(acct, pending=pending, updated_at=self.now)
+        self._emit_request(pending, settings.trigger_balance)
+
+    def _emit_request(self, pending: PendingRecharge, trigger: Decimal) -> None:
+        self.outputs.append(
+            RechargeOut(
+                request_id=pending.request_id,
+                tenant_id=self.account.tenant_id,
+                amount=pending.amount,
+                trigger_balance=trigger,
+                balance=self.account.balance,
+                attempt=pending.attempt,
+                requested_at=pending.requested_at,
+            )
+        )
+
+    def retry(self, pending: PendingRecharge, trigger: Decimal) -> None:
+        retried = replace(
+            pending,
+            attempt=pending.attempt + 1,
+            requested_at=self.now,
+            status=RechargeStatus.OUTSTANDING,
+            failed_at=None,
+        )
+        self.account = replace(self.account, pending=retried, updated_at=self.now)
+        self._emit_request(retried, trigger)
+
+    def done(self) -> Transition:
+        return Transition(self.account, tuple(self.outputs))
+
+
+# ---- transitions -----------------------------------------------------------------
+
+
+def new_account(tenant_id: str) -> Account:
+    """A tenant never seen: balance 0, so exhausted, and no alert for that."""
+    return Account(tenant_id=tenant_id)
+
+
+def apply_debit(account: Account, debit: Debit, cause: Cause, now: datetime) -> Transition:
+    """A rated usage event. A zero charge changes nothing and writes no entry."""
+    if debit.amount < ZERO:
+        raise ValueError("a debit is never negative")
+    if debit.amount == ZERO:
+        return Transition(account, changed=False)
+    b = _Builder(account, cause, now)
+    b.move_balance(-debit.amount, debit)
+    b.request_recharge_if_due()
+    return b.done()
+
+
+def apply_funds(
+    account: Account,
+    amount: Decimal,
+    cause: Cause,
+    now: datetime,
+    *,
+    manual: bool,
+    recharge_request_id: str | None,
+) -> Transition:
+    """Funds are always credited; a matching outstanding request is closed."""
+    if amount <= ZERO:
+        raise ValueError("funds are always positive")
+    b = _Builder(account, cause, now)
+    b.move_balance(amount)
+    acct = b.account
+    if acct.pending is not None and recharge_request_id == acct.pending.request_id:
+        acct = replace(acct, pending=None)
+    if manual and acct.auto_recharge is not None and acct.auto_recharge.suspended:
+        acct = replace(acct, auto_recharge=replace(acct.auto_recharge, suspended=False))
+    b.account = acct
+    b.request_recharge_if_due()
+    return b.done()
+
+
+def configure_auto_recharge(
+    account: Account, settings: AutoRecharge, cause: Cause, now: datetime
+) -> Transition:
+    """New settings replace the old ones and lift a suspension.
+
+    A request already with billing stays open (billing may still be charging it), but
+    one waiting to be retried is dropped when the new settings disable auto-recharge.
+    """
+    b = _Builder(account, cause, now)
+    pending = account.pending
+    if pending is not None and pending.status is RechargeStatus.FAILED and not settings.enabled:
+        pending = None
+    b.account = replace(
+        account, auto_recharge=replace(settings, suspended=False), pending=pending, updated_at=now
+    )
+    b.request_recharge_if_due()
+    return b.done()
+
+
+def apply_recharge_failed(
+    account: Account, request_id: str, cause: Cause, now: datetime, policy: RechargePolicy
+) -> Transition:
+    pending = account.pending
+    if pending is None or pending.request_id != request_id:
+        return Transition(account, ignored="unknown_or_closed_request", changed=False)
+    if pending.status is RechargeStatus.FAILED:
+        return Transition(account, ignored="attempt_already_failed", changed=False)
+    return _fail_attempt(account, pending, cause, now, policy)
+
+
+def apply_timer(
+    account: Account,
+    request_id: str,
+    attempt: int,
+    cause: Cause,
+    now: datetime,
+    policy: RechargePolicy,
+) -> Transition:
+    """The timer's tick for one pending request: time out an attempt, or retry it.
+
+    The tick names the request and attempt it was scheduled for, so a late or repeated
+    tick for a request that has moved on changes nothing.
+    """
+    pending = account.pending
+    if pending is None or pending.request_id != request_id or pending.attempt != attempt:
+        return Transition(account, ignored="stale_timer", changed=False)
+    if pending.status is RechargeStatus.OUTSTANDING:
+        if now < pending.requested_at + policy.timeout:
+            return Transition(account, ignored="not_due", changed=False)
+        return _fail_attempt(account, pending, cause, now, policy)
+    assert pending.failed_at is not None
+    if now < pending.failed_at + policy.retry_after:
+        return Transition(account, ignored="not_due", changed=False)
+    settings = account.auto_recharge
+    b = _Builder(account, cause, now)
+    if (
+        settings is None
+        or not settings.enabled
+        or settings.suspended
+        or account.balance >= settings.trigger_balance
+    ):
+        # Nothing left to recharge for: the tenant was topped up or turned it off.
+        b.account = replace(account, pending=None, updated_at=now)
+        return b.done()
+    b.retry(pending, settings.trigger_balance)
+    return b.done()
+
+
+def _fail_attempt(
+    account: Account,
+    pending: PendingRecharge,
+    cause: Cause,
+    now: datetime,
+    policy: RechargePolicy,
+) -> Transition:
+    b = _Builder(account, cause, now)
+    settings = account.auto_recharge
+    if pending.attempt >= policy.max_attempts:
+        suspended = replace(settings, suspended=True) if settings is not None else None
+        b.account = replace(account, pending=None, auto_recharge=suspended, updated_at=now)
+        b.alert(AlertKind.RECHARGE_FAILED, tag=f"{pending.request_id}#{pending.attempt}")
+        return b.done()
+    failed = replace(pending, status=RechargeStatus.FAILED, failed_at=now)
+    b.account = replace(account, pending=failed, updated_at=now)
+    return b.done()
+
+
+def next_due(account: Account, policy: RechargePolicy) -> datetime | None:
+    """When the timer must next look at this account, or None if it need not."""
+    pending = account.pending
+    if pending is None:
+        return None
+    if pending.status is RechargeStatus.OUTSTANDING:
+        return pending.requested_at + policy.timeout
+    assert pending.failed_at is not None
+    return pending.failed_at + policy.retry_after

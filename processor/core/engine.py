@@ -1,0 +1,236 @@
+"""From a decoded input to an account transition: rating, validation against the card,
+de-duplication, and dispatch to the state machine.
+
+Pure like the rest of the core: the stores are plain mappings (Faust tables in the
+worker, dicts in tests), the clock is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+
+from processor.core import account as acc
+from processor.core.rating import RateCard, RateTable
+from schemas import (
+    AutoRechargeConfigured,
+    CallUsage,
+    Command,
+    ConferenceUsage,
+    FundsAdded,
+    RechargeFailed,
+)
+
+Usage = CallUsage | ConferenceUsage
+
+
+class Status(StrEnum):
+    APPLIED = "applied"  # took effect (possibly a zero charge: no entry, nothing else)
+    DUPLICATE = "duplicate"  # seen before within the dedupe window; nothing changed
+    REJECTED = "rejected"  # not applied; goes to credits.rejected for a later replay
+    IGNORED = "ignored"  # valid but moot: a stale answer or timer; nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerTick:
+    """The worker's timer asking the owner of `tenant_id` to look at one request.
+
+    `at` is the timer's clock when it fired, so the decision does not depend on when
+    the tick happens to be processed.
+    """
+
+    tick_id: str
+    tenant_id: str
+    request_id: str
+    attempt: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    tenant_id: str
+    outputs: tuple[acc.Output, ...] = ()
+    rejection: Rejection | None = None
+    # Why an ignored input was moot, for logs and metrics.
+    note: str | None = None
+    account: acc.Account | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeWindow:
+    days: float
+
+    def expires(self, occurred_at: datetime, now: datetime) -> int:
+        """Epoch second until which the id is remembered: at least `days` of event time."""
+        return int((max(occurred_at, now) + timedelta(days=self.days)).timestamp())
+
+
+def dedupe_key(tenant_id: str, kind: str, record_id: str) -> str:
+    return f"{tenant_id}\x1f{kind}\x1f{record_id}"
+
+
+_USAGE_TABLES = {
+    "outbound": RateTable.OUTBOUND,
+    "toll_free_inbound": RateTable.TOLL_FREE_INBOUND,
+    "dial_out": RateTable.CONFERENCING_DIAL_OUT,
+    "toll_free_dial_in": RateTable.TOLL_FREE_INBOUND,
+}
+
+
+class Engine:
+    def __init__(
+        self,
+        card: RateCard,
+        policy: acc.RechargePolicy,
+        dedupe: DedupeWindow,
+        accounts: MutableMapping[str, acc.Account],
+        seen: MutableMapping[str, int],
+    ) -> None:
+        self.card = card
+        self.policy = policy
+        self.dedupe = dedupe
+        self.accounts = accounts
+        self.seen = seen
+
+    # ---- usage ---------------------------------------------------------------
+
+    def usage(self, event: Usage, cause_topic: str, now: datetime) -> Outcome:
+        tenant = event.tenant_id
+        table_key: str
+        if isinstance(event, CallUsage):
+            kind, table_key, number = "call", event.call_type, event.destination_number
+        else:
+            kind, table_key, number = "conference", event.leg_type, event.number
+        key = dedupe_key(tenant, kind, event.event_id)
+        if key in self.seen:
+            return Outcome(Status.DUPLICATE, tenant)
+        table = _USAGE_TABLES[table_key]
+        charge = self.card.rate(table, number, event.duration_seconds)
+        if charge is None:
+            return Outcome(
+                Status.REJECTED,
+                tenant,
+                rejection=Rejection(
+                    "no_rate",
+                    f"no rate in table {table.value!r} of rate card {self.card.version!r} "
+                    f"matches {number}",
+                ),
+            )
+        debit = acc.Debit(
+            amount=charge.amount,
+            rate_prefix=charge.rate.prefix,
+            rate_per_minute=charge.rate.per_minute,
+            billed_seconds=charge.billed_seconds,
+        )
+        cause = acc.Cause(cause_topic, event.event_id, event.occurred_at)
+        transition = acc.apply_debit(self._account(tenant), debit, cause, now)
+        return self._commit(key, event.occurred_at, now, transition)
+
+    # ---- commands ------------------------------------------------------------
+
+    def command(self, cmd: Command, cause_topic: str, now: datetime) -> Outcome:
+        tenant = cmd.tenant_id
+        key = dedupe_key(tenant, "command", cmd.command_id)
+        if key in self.seen:
+            return Outcome(Status.DUPLICATE, tenant)
+        rejection = self._check_money(cmd)
+        if rejection is not None:
+            return Outcome(Status.REJECTED, tenant, rejection=rejection)
+        cause = acc.Cause(cause_topic, cmd.command_id, cmd.occurred_at)
+        account = self._account(tenant)
+        if isinstance(cmd, FundsAdded):
+            transition = acc.apply_funds(
+                account,
+                self.card.quantize(cmd.amount),
+                cause,
+                now,
+                manual=cmd.source == "manual",
+                recharge_request_id=cmd.recharge_request_id,
+            )
+        elif isinstance(cmd, AutoRechargeConfigured):
+            settings = acc.AutoRecharge(
+                enabled=cmd.enabled,
+                recharge_amount=self.card.quantize(cmd.recharge_amount),
+                trigger_balance=self.card.quantize(cmd.trigger_balance),
+            )
+            transition = acc.configure_auto_recharge(account, settings, cause, now)
+        else:
+            transition = acc.apply_recharge_failed(
+                account, cmd.recharge_request_id, cause, now, self.policy
+            )
+        return self._commit(key, cmd.occurred_at, now, transition)
+
+    def _check_money(self, cmd: Command) -> Rejection | None:
+        if isinstance(cmd, RechargeFailed):
+            return None
+        # auto_recharge_configured may omit its currency (the card's is implied); when a
+        # command names one, it must be the card's.
+        currency = getattr(cmd, "currency", None)
+        if currency is not None and currency != self.card.currency:
+            return Rejection(
+                "currency_mismatch",
+                f"command is in {currency}, the rate card and every balance are in "
+                f"{self.card.currency}",
+            )
+        amounts: list[tuple[str, Decimal]]
+        if isinstance(cmd, FundsAdded):
+            amounts = [("amount", cmd.amount)]
+        else:
+            amounts = [
+                ("recharge_amount", cmd.recharge_amount),
+                ("trigger_balance", cmd.trigger_balance),
+            ]
+        for name, value in amounts:
+            # Balances are kept at the card's precision; rounding a top-up silently would
+            # credit a different sum than the one billing charged.
+            if self.card.quantize(value) != value:
+                return Rejection(
+                    "invalid_event",
+                    f"{name} {value} has more than the {self.card.decimals} decimal places "
+                    f"that balances are kept at",
+                )
+        return None
+
+    # ---- timer ---------------------------------------------------------------
+
+    def timer(self, tick: TimerTick, cause_topic: str) -> Outcome:
+        account = self.accounts.get(tick.tenant_id)
+        if account is None:
+            return Outcome(Status.IGNORED, tick.tenant_id, note="unknown_tenant")
+        cause = acc.Cause(cause_topic, f"{tick.request_id}#{tick.attempt}", tick.at)
+        transition = acc.apply_timer(
+            account, tick.request_id, tick.attempt, cause, tick.at, self.policy
+        )
+        if not transition.changed:
+            return Outcome(Status.IGNORED, tick.tenant_id, note=transition.ignored)
+        self.accounts[tick.tenant_id] = transition.account
+        return Outcome(
+            Status.APPLIED, tick.tenant_id, transition.outputs, account=transition.account
+        )
+
+    # ---- shared --------------------------------------------------------------
+
+    def _account(self, tenant_id: str) -> acc.Account:
+        account = self.accounts.get(tenant_id)
+        return account if account is not None else acc.new_account(tenant_id)
+
+    def _commit(
+        self, key: str, occurred_at: datetime, now: datetime, transition: acc.Transition
+    ) -> Outcome:
+        tenant = transition.account.tenant_id
+        if transition.changed:
+            self.accounts[tenant] = transition.account
+        self.seen[key] = self.dedupe.expires(occurred_at, now)
+        if transition.ignored is not None:
+            return Outcome(Status.IGNORED, tenant, note=transition.ignored)
+        return Outcome(Status.APPLIED, tenant, transition.outputs, account=transition.account)

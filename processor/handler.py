@@ -1,0 +1,325 @@
+"""One input record through the processor: decode, route, apply, publish, count.
+
+No Faust here: the agents hand over plain `Record`s and the outputs leave through a
+`Publisher`, so the whole path runs in unit tests with an in-memory publisher.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import orjson
+
+from processor import metrics
+from processor.codec import dump_output, dump_tick, load_tick
+from processor.core import account as acc
+from processor.core.engine import Engine, Outcome, Status, TimerTick, Usage
+from processor.routing import partition_for
+from processor.topics import TopicNames
+from schemas import (
+    CallUsage,
+    Command,
+    ConferenceUsage,
+    DecodeError,
+    decode_call,
+    decode_command,
+    decode_conference,
+)
+from schemas.types import format_timestamp
+
+log = logging.getLogger(__name__)
+
+# Headers that carry a re-routed record's origin, so its ledger entry and any
+# rejection still name the topic, partition and offset it first arrived at.
+H_SOURCE = "meter-source"
+H_TOPIC = "meter-source-topic"
+H_PARTITION = "meter-source-partition"
+H_OFFSET = "meter-source-offset"
+# Kafka's default max.message.bytes is 1 MiB; base64 grows a payload by a third.
+MAX_REJECTED_PAYLOAD = 256 * 1024
+
+
+class Source(StrEnum):
+    CALLS = "calls"
+    CONFERENCING = "conferencing"
+    COMMANDS = "commands"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+class Publisher(Protocol):
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None: ...
+
+
+@dataclass
+class MemoryPublisher:
+    """Collects what would be produced; for tests and dry runs."""
+
+    sent: list[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]] | None]] = field(
+        default_factory=list
+    )
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.sent.append((topic, key, value, headers))
+
+    def values(self, topic: str) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for t, _, v, _ in self.sent if t == topic]
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    at: datetime
+    request_id: str
+    attempt: int
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RecordHandler:
+    def __init__(
+        self,
+        engine: Engine,
+        names: TopicNames,
+        partitions: int,
+        publisher: Publisher,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.names = names
+        self.partitions = partitions
+        self.publisher = publisher
+        self.clock = clock
+        self.currency = engine.card.currency
+        self._decoders: dict[Source, Callable[[bytes | None], Usage | Command]] = {
+            Source.CALLS: decode_call,
+            Source.CONFERENCING: decode_conference,
+            Source.COMMANDS: decode_command,
+        }
+        self._topics = {
+            Source.CALLS: names.calls,
+            Source.CONFERENCING: names.conferencing,
+            Source.COMMANDS: names.commands,
+        }
+        self._output_topics: dict[type, str] = {
+            acc.LedgerOut: names.ledger,
+            acc.AlertOut: names.alerts,
+            acc.RechargeOut: names.recharge_requests,
+        }
+        # When each owned tenant's pending recharge next needs the timer.
+        self.due: dict[str, Due] = {}
+
+    # ---- entry points (one per kind of input topic) ---------------------------
+
+    async def handle(self, source: Source, rec: Record) -> str:
+        """A record from one of the contract's input topics."""
+        return await self._process(source, rec, origin=rec, rerouted=False)
+
+    async def handle_rerouted(self, rec: Record) -> str:
+        raw_source = rec.header(H_SOURCE)
+        try:
+            source = Source((raw_source or b"").decode())
+            origin = Record(
+                topic=(rec.header(H_TOPIC) or b"").decode(),
+                partition=int(rec.header(H_PARTITION) or b"-1"),
+                offset=int(rec.header(H_OFFSET) or b"-1"),
+                key=rec.key,
+                value=rec.value,
+            )
+        except (ValueError, UnicodeDecodeError):
+            await self._reject(rec, "invalid_event", "re-routed record without its origin headers")
+            return "rejected"
+        return await self._process(source, rec, origin=origin, rerouted=True)
+
+    async def handle_tick(self, rec: Record) -> str:
+        started = time.perf_counter()
+        try:
+            tick = load_tick(rec.value or b"")
+        except (ValueError, KeyError, TypeError) as exc:
+            await self._reject(rec, "invalid_event", f"unreadable timer tick: {exc!r}")
+            return "rejected"
+        outcome = self.engine.timer(tick, self.names.timer)
+        await self._finish("timer", outcome, rec, started)
+        return outcome.status.value
+
+    # ---- the path ------------------------------------------------------------
+
+    async def _process(self, source: Source, rec: Record, origin: Record, rerouted: bool) -> str:
+        started = time.perf_counter()
+        label = source.value
+        try:
+            event = self._decoders[source](rec.value)
+        except DecodeError as err:
+            await self._reject(origin, err.reason, err.detail)
+            metrics.RECORDS.labels(label, "rejected").inc()
+            return "rejected"
+        tenant = event.tenant_id
+        if not rerouted and rec.partition != partition_for(tenant, self.partitions):
+            await self._reroute(source, rec, tenant)
+            metrics.RECORDS.labels(label, "rerouted").inc()
+            return "rerouted"
+        cause_topic = self._topics[source]
+        now = self.clock()
+        try:
+            if isinstance(event, CallUsage | ConferenceUsage):
+                outcome = self.engine.usage(event, cause_topic, now)
+            else:
+                outcome = self.engine.command(event, cause_topic, now)
+        except Exception as exc:
+            # A bug must cost one record a trip to credits.rejected, not the stream:
+            # Faust would ack and drop a record whose handler raised.
+            log.exception("internal error on %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+            await self._reject(origin, "internal_error", f"{type(exc).__name__}: {exc}")
+            metrics.RECORDS.labels(label, "rejected").inc()
+            return "rejected"
+        if outcome.status is Status.APPLIED:
+            metrics.EVENT_LAG.observe(max(0.0, (now - event.occurred_at).total_seconds()))
+        await self._finish(label, outcome, origin, started)
+        return outcome.status.value
+
+    async def _finish(self, label: str, outcome: Outcome, origin: Record, started: float) -> None:
+        if outcome.status is Status.REJECTED:
+            assert outcome.rejection is not None
+            await self._reject(origin, outcome.rejection.reason, outcome.rejection.detail)
+        key = outcome.tenant_id.encode()
+        for out in outcome.outputs:
+            await self.publisher.send(
+                self._output_topics[type(out)], key, dump_output(out, self.currency)
+            )
+            self._count_output(out)
+        if outcome.account is not None:
+            self._track_due(outcome.account)
+        metrics.RECORDS.labels(label, outcome.status.value).inc()
+        metrics.PROCESSING.observe(time.perf_counter() - started)
+
+    async def _reroute(self, source: Source, rec: Record, tenant: str) -> None:
+        headers = [
+            (H_SOURCE, source.value.encode()),
+            (H_TOPIC, rec.topic.encode()),
+            (H_PARTITION, str(rec.partition).encode()),
+            (H_OFFSET, str(rec.offset).encode()),
+        ]
+        await self.publisher.send(self.names.reroute, tenant.encode(), rec.value or b"", headers)
+
+    async def _reject(self, rec: Record, reason: str, detail: str) -> None:
+        body: dict[str, Any] = {
+            "type": "rejected",
+            "reason": reason,
+            "detail": detail,
+            "source_topic": rec.topic,
+            "source_partition": rec.partition,
+            "source_offset": rec.offset,
+            "key": None,
+            "payload": "",
+            "rejected_at": format_timestamp(self.clock()),
+        }
+        body["key"], key_b64 = _as_text(rec.key)
+        if key_b64:
+            body["key_encoding"] = "base64"
+        if rec.value is not None:
+            value = rec.value
+            if len(value) > MAX_REJECTED_PAYLOAD:
+                # The original stays at its source offset; a copy this large would be
+                # refused by the broker and the rejection itself would be lost.
+                value = value[:MAX_REJECTED_PAYLOAD]
+                body["payload_truncated"] = True
+                body["payload_size"] = len(rec.value)
+            body["payload"], payload_b64 = _as_text(value)
+            if payload_b64:
+                body["payload_encoding"] = "base64"
+        # Keyed like the original, so a replay lands where the original would have.
+        await self.publisher.send(self.names.rejected, rec.key, orjson.dumps(body))
+        metrics.REJECTED.labels(reason).inc()
+        log.info("rejected %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, reason, detail)
+
+    def _count_output(self, out: acc.Output) -> None:
+        if isinstance(out, acc.LedgerOut):
+            metrics.MONEY.labels(self.currency, out.kind).inc(float(out.amount))
+        elif isinstance(out, acc.AlertOut):
+            metrics.ALERTS.labels(out.alert.value).inc()
+        else:
+            metrics.RECHARGE_REQUESTS.labels("first" if out.attempt == 1 else "retry").inc()
+
+    # ---- the recharge timer ----------------------------------------------------
+
+    def _track_due(self, account: acc.Account) -> None:
+        at = acc.next_due(account, self.engine.policy)
+        if at is None or account.pending is None:
+            self.due.pop(account.tenant_id, None)
+        else:
+            self.due[account.tenant_id] = Due(
+                at, account.pending.request_id, account.pending.attempt
+            )
+
+    def rebuild_due(self, owned: Callable[[str], bool]) -> None:
+        """After a rebalance: index the pending requests of the tenants now owned here."""
+        self.due.clear()
+        for tenant, account in list(self.engine.accounts.items()):
+            if account.pending is not None and owned(tenant):
+                self._track_due(account)
+
+    async def fire_due(self) -> int:
+        """Send a tick for every request whose timeout or retry time has come.
+
+        A tick goes through the timer topic to the tenant's owner like any other input,
+        so the state change happens inside normal processing; repeats are harmless.
+        """
+        now = self.clock()
+        fired = 0
+        for tenant, due in list(self.due.items()):
+            if due.at > now:
+                continue
+            tick = TimerTick(
+                tick_id=f"{due.request_id}#{due.attempt}@{int(now.timestamp())}",
+                tenant_id=tenant,
+                request_id=due.request_id,
+                attempt=due.attempt,
+                at=now,
+            )
+            await self.publisher.send(self.names.timer, tenant.encode(), dump_tick(tick))
+            fired += 1
+        return fired
+
+
+def _as_text(raw: bytes | None) -> tuple[str | None, bool]:
+    """The bytes as text when they are UTF-8, else base64 (and say so)."""
+    if raw is None:
+        return None, False
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), True

@@ -1,0 +1,16 @@
+"""Which partition a tenant lives on.
+
+Every topic the processor reads has the same partition count, and a tenant's records
+must all arrive on one partition number so that its account has one owner. Kafka's
+default partitioner (murmur2 of the key) decides that number; a record that a producer
+placed elsewhere (no key, another key, another partitioner) is re-routed first.
+"""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import murmur2
+
+
+def partition_for(tenant_id: str, partitions: int) -> int:
+    # Same arithmetic as the Java client's and aiokafka's DefaultPartitioner.
+    return int(murmur2(tenant_id.encode()) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,99 @@
+"""The topics the processor reads and writes, and creating them before a worker starts."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from processor import settings as s
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    calls: str
+    conferencing: str
+    commands: str
+    recharge_requests: str
+    ledger: str
+    alerts: str
+    rejected: str
+    # Internal: records re-routed to their tenant's partition, and the recharge timer.
+    reroute: str
+    timer: str
+
+    @classmethod
+    def from_settings(cls, cfg: s.Settings) -> TopicNames:
+        internal = f"{cfg.topic_prefix}{cfg.app_id}"
+        return cls(
+            calls=cfg.topic(s.USAGE_CALLS),
+            conferencing=cfg.topic(s.USAGE_CONFERENCING),
+            commands=cfg.topic(s.COMMANDS),
+            recharge_requests=cfg.topic(s.RECHARGE_REQUESTS),
+            ledger=cfg.topic(s.LEDGER),
+            alerts=cfg.topic(s.ALERTS),
+            rejected=cfg.topic(s.REJECTED),
+            reroute=f"{internal}-reroute",
+            timer=f"{internal}-recharge-timer",
+        )
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.calls, self.conferencing, self.commands, self.reroute, self.timer)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.recharge_requests, self.ledger, self.alerts, self.rejected)
+
+    def all(self) -> tuple[str, ...]:
+        return self.inputs + self.outputs
+
+
+class TopicLayoutError(RuntimeError):
+    pass
+
+
+async def ensure_topics(
+    bootstrap: str,
+    names: TopicNames,
+    partitions: int,
+    replication_factor: int,
+    **client_options: object,
+) -> int:
+    """Create missing topics and return the partition count every input shares.
+
+    Inputs that already exist decide the count (a deployment may have created them);
+    if they disagree, a tenant's records could land on different partition numbers
+    and its account would have two owners, so the worker refuses to start.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    await admin.start()
+    try:
+        existing = await _partition_counts(admin, names.all())
+        input_counts = {existing[t] for t in names.inputs if t in existing}
+        if len(input_counts) > 1:
+            detail = ", ".join(f"{t}={existing[t]}" for t in names.inputs if t in existing)
+            raise TopicLayoutError(
+                f"input topics have different partition counts ({detail}); "
+                "every input topic must have the same number of partitions"
+            )
+        count = input_counts.pop() if input_counts else partitions
+        missing = [t for t in names.all() if t not in existing]
+        if missing:
+            # Another worker may create them at the same moment.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(t, count, replication_factor) for t in missing])
+        return count
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: tuple[str, ...]) -> dict[str, int]:
+    described = await admin.describe_topics(list(topics))
+    counts: dict[str, int] = {}
+    for item in described:
+        if item.get("error_code", 0) == 0 and item.get("partitions"):
+            counts[item["topic"]] = len(item["partitions"])
+    return counts

@@ -1,0 +1,260 @@
+"""The Faust agents, driven through `agent.test_context()` with in-memory tables.
+
+Outputs are caught by a MemoryPublisher, so these run without a broker: they check
+the wiring (decode, route, apply, publish) that the core tests cannot see.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from processor.app import Broker, Meter
+from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.handler import H_SOURCE, MemoryPublisher
+from processor.routing import partition_for
+from processor.settings import Settings
+
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Harness:
+    meter: Meter
+    pub: MemoryPublisher
+    clock: Clock
+
+    async def put(
+        self,
+        agent: str,
+        body: Any,
+        key: bytes | None = None,
+        partition: int = 0,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> str:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        async with self.meter.agents[agent].test_context() as a:
+            event = await a.put(raw, key=key, partition=partition, headers=headers)
+            result: str = a.results[event.message.offset]
+            return result
+
+    def out(self, topic: str) -> list[dict[str, Any]]:
+        return self.pub.values(topic)
+
+
+@pytest.fixture
+async def make_harness() -> AsyncIterator[Callable[..., Harness]]:
+    made: list[Meter] = []
+
+    def factory(partitions: int = 1, **env: Any) -> Harness:
+        cfg = Settings(_env_file=None, **env)  # type: ignore[call-arg]
+        meter = Meter(
+            cfg,
+            load_rate_card(example_rate_card_path()),
+            Broker("127.0.0.1:1"),
+            partitions=partitions,
+        )
+        pub = MemoryPublisher()
+        clock = Clock()
+        meter.handler.publisher = pub
+        meter.handler.clock = clock
+        meter.app.finalize()
+        meter.app.flow_control.resume()
+        made.append(meter)
+        return Harness(meter, pub, clock)
+
+    yield factory
+
+
+def call(
+    event_id: str, tenant: str = "acme", seconds: int = 61, dest: str = "+447700900123"
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "tenant_id": tenant,
+        "occurred_at": "2026-11-25T09:59:00Z",
+        "call_id": f"call-{event_id}",
+        "call_type": "outbound",
+        "source_number": "+14155550100",
+        "destination_number": dest,
+        "duration_seconds": seconds,
+    }
+
+
+def funds(
+    command_id: str, amount: str, tenant: str = "acme", currency: str = "USD", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "type": "funds_added",
+        "command_id": command_id,
+        "tenant_id": tenant,
+        "occurred_at": "2026-11-25T09:59:00Z",
+        "amount": amount,
+        "currency": currency,
+        "source": "manual",
+        **extra,
+    }
+
+
+def auto_recharge(
+    command_id: str, amount: str, trigger: str, tenant: str = "acme", enabled: bool = True
+) -> dict[str, Any]:
+    return {
+        "type": "auto_recharge_configured",
+        "command_id": command_id,
+        "tenant_id": tenant,
+        "occurred_at": "2026-11-25T09:59:00Z",
+        "enabled": enabled,
+        "recharge_amount": amount,
+        "trigger_balance": trigger,
+    }
+
+
+async def test_call_debits_with_one_ledger_entry(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    assert await h.put("commands", funds("c1", "10.00"), key=b"acme") == "applied"
+    # +447 mobile: 0.0100 connect + 0.1200/min x 61 s billed per second = 0.1320
+    assert await h.put("calls", call("e1"), key=b"acme") == "applied"
+    ledger = h.out("credits.ledger")
+    assert [e["kind"] for e in ledger] == ["credit", "debit"]
+    debit = ledger[1]
+    assert debit["amount"] == "0.1320"
+    assert debit["balance_after"] == "9.8680"
+    assert debit["rate_prefix"] == "+447"
+    assert debit["billed_seconds"] == 61
+    assert debit["cause_topic"] == "usage.calls" and debit["cause_id"] == "e1"
+    assert h.meter.accounts["acme"].balance == Decimal("9.8680")
+
+
+async def test_duplicate_event_is_applied_once(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    assert await h.put("calls", call("e1"), key=b"acme") == "applied"
+    assert await h.put("calls", call("e1"), key=b"acme") == "duplicate"
+    assert len(h.out("credits.ledger")) == 1
+    assert h.meter.accounts["acme"].balance == Decimal("-0.1320")
+
+
+@pytest.mark.parametrize(
+    ("agent", "payload", "reason"),
+    [
+        ("calls", b'{"event_id": "e1", "tenant_id": ', "invalid_json"),
+        ("calls", b"\xff\xfe not utf-8", "invalid_json"),
+        ("calls", call("e1", seconds=-5), "invalid_event"),
+        ("calls", call("e1", dest="+999123456"), "no_rate"),
+        ("conferencing", {"event_id": "x"}, "invalid_event"),
+        ("commands", funds("c1", "10.00", currency="EUR"), "currency_mismatch"),
+        ("commands", {"type": "refund", "command_id": "c1", "tenant_id": "acme"}, "invalid_event"),
+    ],
+)
+async def test_bad_input_is_rejected_with_its_reason(
+    make_harness: Callable[..., Harness], agent: str, payload: Any, reason: str
+) -> None:
+    h = make_harness()
+    assert await h.put(agent, payload, key=b"acme") == "rejected"
+    [rejected] = h.out("credits.rejected")
+    assert rejected["reason"] == reason
+    assert rejected["detail"]
+    assert rejected["source_offset"] == 0
+    assert h.out("credits.ledger") == []
+    assert "acme" not in h.meter.accounts
+    # ... and the agent keeps going.
+    assert await h.put("calls", call("e2"), key=b"acme") == "applied"
+
+
+async def test_binary_payload_is_kept_as_base64(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    await h.put("calls", b"\xff\x00\x01", key=b"\xfe")
+    [rejected] = h.out("credits.rejected")
+    assert rejected["payload_encoding"] == "base64"
+    assert rejected["payload"] == "/wAB"
+    assert rejected["key_encoding"] == "base64"
+
+
+async def test_record_on_the_wrong_partition_is_rerouted_then_applied(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(partitions=4)
+    home = partition_for("acme", 4)
+    wrong = (home + 1) % 4
+    assert await h.put("calls", call("e1"), key=b"someone-else", partition=wrong) == "rerouted"
+    [(topic, key, value, headers)] = h.pub.sent
+    assert topic == "credits-meter-reroute" and key == b"acme"
+    assert headers is not None and (H_SOURCE, b"calls") in headers
+    h.pub.sent.clear()
+    assert (
+        await h.put("rerouted", value, key=key, partition=home, headers=list(headers)) == "applied"
+    )
+    [entry] = h.out("credits.ledger")
+    assert entry["cause_topic"] == "usage.calls"
+
+
+async def test_low_balance_requests_one_recharge_then_funds_close_it(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    await h.put("commands", funds("c1", "1.00"), key=b"acme")
+    await h.put("commands", auto_recharge("c2", "20.00", "0.80"), key=b"acme")
+    # 0.1320 per call: 1.00 -> 0.868 -> 0.736 (below 0.80) -> 0.604
+    for i in range(3):
+        await h.put("calls", call(f"e{i}"), key=b"acme")
+    [request] = h.out("credits.recharge-requests")
+    assert request["attempt"] == 1 and request["amount"] == "20.0000"
+    assert request["balance"] == "0.7360" and request["trigger_balance"] == "0.8000"
+    assert [a["alert"] for a in h.out("credits.alerts")] == ["restored", "low_balance"]
+    await h.put(
+        "commands",
+        funds("c3", "20.00", source="auto_recharge", recharge_request_id=request["request_id"]),
+        key=b"acme",
+    )
+    account = h.meter.accounts["acme"]
+    assert account.pending is None
+    assert account.balance == Decimal("20.6040")
+
+
+async def test_timer_retries_a_failed_request_after_the_wait(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(METER_RECHARGE_RETRY_AFTER_SECONDS=900)
+    await h.put("commands", auto_recharge("c1", "20.00", "5.00"), key=b"acme")
+    [request] = h.out("credits.recharge-requests")
+    rid = request["request_id"]
+    await h.put(
+        "commands",
+        {
+            "type": "recharge_failed",
+            "command_id": "f1",
+            "tenant_id": "acme",
+            "occurred_at": "2026-11-25T10:00:00Z",
+            "recharge_request_id": rid,
+            "reason": "card_declined",
+        },
+        key=b"acme",
+    )
+    h.pub.sent.clear()
+    h.clock.now = T0 + timedelta(seconds=899)
+    assert await h.meter.handler.fire_due() == 0
+    h.clock.now = T0 + timedelta(seconds=901)
+    assert await h.meter.handler.fire_due() == 1
+    [(topic, key, tick, _)] = h.pub.sent
+    assert topic == "credits-meter-recharge-timer"
+    h.pub.sent.clear()
+    assert await h.put("ticks", tick, key=key) == "applied"
+    [retry] = h.out("credits.recharge-requests")
+    assert retry["request_id"] == rid and retry["attempt"] == 2
+    # The same tick again changes nothing.
+    assert await h.put("ticks", tick, key=key) == "ignored"
+    assert len(h.out("credits.recharge-requests")) == 1
