@@ -1,0 +1,57 @@
+"""The contract as code: pydantic models of every event in CONTRACT.md.
+
+The JSON Schema files in ``schemas/json/`` are generated from these models by
+``python -m schemas.export`` and checked in; a unit test fails when they drift.
+"""
+
+from schemas.api import AccountView, AutoRechargeView, PendingRechargeView
+from schemas.inputs import (
+    COMMAND_ADAPTER,
+    COMMAND_TYPES,
+    AutoRechargeConfigured,
+    CallUsage,
+    Command,
+    ConferenceUsage,
+    DecodeError,
+    FundsAdded,
+    RechargeFailed,
+    decode_call,
+    decode_command,
+    decode_conference,
+)
+from schemas.outputs import (
+    BalanceAlert,
+    LedgerEntry,
+    OutputModel,
+    RechargeRequested,
+    RejectedRecord,
+)
+from schemas.types import MAX_AMOUNT, format_money, format_timestamp, parse_money, parse_timestamp
+
+__all__ = [
+    "COMMAND_ADAPTER",
+    "COMMAND_TYPES",
+    "MAX_AMOUNT",
+    "AccountView",
+    "AutoRechargeConfigured",
+    "AutoRechargeView",
+    "BalanceAlert",
+    "CallUsage",
+    "Command",
+    "ConferenceUsage",
+    "DecodeError",
+    "FundsAdded",
+    "LedgerEntry",
+    "OutputModel",
+    "PendingRechargeView",
+    "RechargeFailed",
+    "RechargeRequested",
+    "RejectedRecord",
+    "decode_call",
+    "decode_command",
+    "decode_conference",
+    "format_money",
+    "format_timestamp",
+    "parse_money",
+    "parse_timestamp",
+]

@@ -1,0 +1,56 @@
+"""The HTTP read API's body: ``GET /tenants/{tenant_id}/account`` (CONTRACT.md).
+
+``auto_recharge`` and ``pending_recharge`` are always present, ``null`` when the
+tenant has no settings / no outstanding request, as the contract shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from schemas.outputs import OutputModel
+from schemas.types import (
+    Currency,
+    Money,
+    NonNegativeAmount,
+    PositiveAmount,
+    PositiveMoney,
+    RequestId,
+    StrictBool,
+    TenantId,
+    Timestamp,
+)
+
+__all__ = ["AccountView", "AutoRechargeView", "PendingRechargeView"]
+
+
+class AutoRechargeView(OutputModel):
+    """The tenant's current auto-recharge settings."""
+
+    enabled: StrictBool
+    recharge_amount: PositiveAmount
+    trigger_balance: NonNegativeAmount
+    suspended: StrictBool
+
+
+class PendingRechargeView(OutputModel):
+    """The tenant's outstanding recharge request."""
+
+    request_id: RequestId
+    amount: PositiveMoney
+    attempt: Annotated[int, Field(ge=1)]
+    requested_at: Timestamp
+
+
+class AccountView(OutputModel):
+    """200 body of ``GET /tenants/{tenant_id}/account``."""
+
+    tenant_id: TenantId
+    currency: Currency
+    balance: Money
+    status: Literal["active", "exhausted"]
+    auto_recharge: AutoRechargeView | None
+    pending_recharge: PendingRechargeView | None
+    updated_at: Timestamp

@@ -1,0 +1,260 @@
+"""What the processor accepts: usage events and commands (CONTRACT.md, "Inputs").
+
+Unknown fields are accepted and dropped (``extra="ignore"``): the contract lets the
+project, and producers following it, add optional fields, and a billing event must
+not bounce because a newer producer sent one more label. Everything the contract
+does name is validated strictly: no number-to-string, string-to-number or
+float-to-int coercion.
+
+The ``decode_*`` helpers are the only way the processor should turn record bytes
+into events. They raise exactly one exception type, ``DecodeError``, whose
+``reason`` is the ``credits.rejected`` reason code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
+from schemas.types import (
+    CURRENCY_PATTERN,
+    E164,
+    E164_PATTERN,
+    ID_PATTERN,
+    TENANT_ID_PATTERN,
+    CommandId,
+    Currency,
+    DurationSeconds,
+    EventId,
+    ExternalId,
+    NonNegativeAmount,
+    OptionalText,
+    PositiveAmount,
+    Reason,
+    RequestId,
+    StrictBool,
+    TenantId,
+    Timestamp,
+)
+
+__all__ = [
+    "COMMAND_ADAPTER",
+    "COMMAND_TYPES",
+    "AutoRechargeConfigured",
+    "CallUsage",
+    "Command",
+    "ConferenceUsage",
+    "DecodeError",
+    "FundsAdded",
+    "RechargeFailed",
+    "decode_call",
+    "decode_command",
+    "decode_conference",
+]
+
+
+class _Input(BaseModel):
+    # frozen: events are values handed to a pure core; hashable and safe to share.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class CallUsage(_Input):
+    """One call on ``usage.calls``."""
+
+    event_id: EventId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    call_id: ExternalId
+    user_id: OptionalText | None = None
+    call_type: Literal["outbound", "toll_free_inbound"]
+    source_number: E164
+    destination_number: E164
+    duration_seconds: DurationSeconds
+
+
+class ConferenceUsage(_Input):
+    """One conference leg on ``usage.conferencing``."""
+
+    event_id: EventId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    conference_id: ExternalId
+    participant_id: OptionalText | None = None
+    leg_type: Literal["dial_out", "toll_free_dial_in"]
+    number: E164
+    duration_seconds: DurationSeconds
+
+
+class FundsAdded(_Input):
+    """Funds credited by hand or by a completed auto-recharge."""
+
+    type: Literal["funds_added"]
+    command_id: CommandId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    amount: PositiveAmount
+    currency: Currency
+    source: Literal["manual", "auto_recharge"]
+    recharge_request_id: RequestId | None = None
+
+    @model_validator(mode="after")
+    def _auto_recharge_names_its_request(self) -> Self:
+        # Without the id the outstanding request could never be closed.
+        if self.source == "auto_recharge" and self.recharge_request_id is None:
+            raise ValueError("recharge_request_id is required when source is auto_recharge")
+        return self
+
+
+class AutoRechargeConfigured(_Input):
+    """Replaces the tenant's auto-recharge settings."""
+
+    type: Literal["auto_recharge_configured"]
+    command_id: CommandId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    enabled: StrictBool
+    recharge_amount: PositiveAmount
+    trigger_balance: NonNegativeAmount
+
+
+class RechargeFailed(_Input):
+    """The billing system could not charge the payment method."""
+
+    type: Literal["recharge_failed"]
+    command_id: CommandId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    recharge_request_id: RequestId
+    reason: Reason
+
+
+Command = Annotated[
+    FundsAdded | AutoRechargeConfigured | RechargeFailed,
+    Field(discriminator="type"),
+]
+COMMAND_ADAPTER: Final[TypeAdapter[Command]] = TypeAdapter(Command)
+COMMAND_TYPES: Final = ("funds_added", "auto_recharge_configured", "recharge_failed")
+
+
+# -------------------------------------------------------------------------- decode
+
+
+class DecodeError(ValueError):
+    """A record value that cannot become an event.
+
+    ``reason`` is ``"invalid_json"`` (not UTF-8 JSON object text) or
+    ``"invalid_event"`` (valid JSON that breaks the contract); ``detail`` is a short
+    human-readable explanation naming the failing fields, safe to publish.
+    """
+
+    __slots__ = ("detail", "reason")
+
+    def __init__(self, reason: Literal["invalid_json", "invalid_event"], detail: str) -> None:
+        # Both in args, so the exception pickles and copies like any other.
+        super().__init__(reason, detail)
+        self.reason: Literal["invalid_json", "invalid_event"] = reason
+        self.detail: str = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+_MAX_DETAIL: Final = 500
+# Root-level error types meaning "the JSON value is not an object".
+_NOT_AN_OBJECT: Final = frozenset({"model_type", "model_attributes_type", "dict_type"})
+_PATTERN_MESSAGES: Final = {
+    TENANT_ID_PATTERN: "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -",
+    ID_PATTERN: "must be 1 to 128 printable ASCII characters",
+    E164_PATTERN: "must be an E.164 number: '+' then 2 to 15 digits, the first not 0",
+    CURRENCY_PATTERN: "must be an ISO 4217 code: 3 uppercase letters",
+}
+
+
+def _clip(text: str) -> str:
+    # Error messages can quote input (e.g. an unknown tag), which may hold lone
+    # surrogates that no UTF-8 encoder, and so no output record, would accept.
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+
+
+def _message(error: ErrorDetails) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "string_pattern_mismatch":
+        friendly = _PATTERN_MESSAGES.get(str(ctx.get("pattern")))
+        if friendly is not None:
+            return friendly
+    if kind == "union_tag_invalid":
+        return f"unknown command type; expected one of: {', '.join(COMMAND_TYPES)}"
+    if kind == "union_tag_not_found":
+        return f"missing command type; expected one of: {', '.join(COMMAND_TYPES)}"
+    msg = error["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+def _to_decode_error(exc: ValidationError) -> DecodeError:
+    errors = exc.errors(include_url=False, include_input=False)
+    for error in errors:
+        if error["type"] == "json_invalid":
+            return DecodeError("invalid_json", _clip(error["msg"]))
+        if not error["loc"] and error["type"] in _NOT_AN_OBJECT:
+            return DecodeError("invalid_json", "the JSON value is not an object")
+    parts = []
+    for error in errors:
+        loc = ".".join(str(part) for part in error["loc"])
+        message = _message(error)
+        parts.append(f"{loc}: {message}" if loc else message)
+    return DecodeError("invalid_event", _clip("; ".join(parts)))
+
+
+def _unexpected(exc: Exception) -> DecodeError:
+    # Belt and braces: a validator bug must reject one record, not stop the stream.
+    return DecodeError("invalid_event", _clip(f"internal decoder error: {exc!r}"))
+
+
+def _require_bytes(raw: Any) -> bytes | bytearray:
+    # Kafka hands a tombstone over as None; anything else non-bytes is a caller bug,
+    # still reported as a rejection rather than a crash.
+    if isinstance(raw, bytes | bytearray):
+        return raw
+    if raw is None:
+        raise DecodeError("invalid_json", "the record value is null")
+    raise DecodeError("invalid_json", f"the record value is {type(raw).__name__}, not bytes")
+
+
+def decode_call(raw: bytes | None) -> CallUsage:
+    """Bytes from ``usage.calls`` to a CallUsage, or DecodeError."""
+    data = _require_bytes(raw)
+    try:
+        return CallUsage.model_validate_json(data)
+    except ValidationError as exc:
+        raise _to_decode_error(exc) from None
+    except Exception as exc:
+        raise _unexpected(exc) from None
+
+
+def decode_conference(raw: bytes | None) -> ConferenceUsage:
+    """Bytes from ``usage.conferencing`` to a ConferenceUsage, or DecodeError."""
+    data = _require_bytes(raw)
+    try:
+        return ConferenceUsage.model_validate_json(data)
+    except ValidationError as exc:
+        raise _to_decode_error(exc) from None
+    except Exception as exc:
+        raise _unexpected(exc) from None
+
+
+_validate_command_json: Final = COMMAND_ADAPTER.validate_json
+
+
+def decode_command(raw: bytes | None) -> Command:
+    """Bytes from ``credits.commands`` to one of the Command models, or DecodeError."""
+    data = _require_bytes(raw)
+    try:
+        return _validate_command_json(data)
+    except ValidationError as exc:
+        raise _to_decode_error(exc) from None
+    except Exception as exc:
+        raise _unexpected(exc) from None

@@ -1,0 +1,267 @@
+"""What the processor emits (CONTRACT.md, "Outputs").
+
+Output models are strict and refuse unknown fields: they are built by our own code,
+so a wrong type or a misspelt field is a bug to catch at construction, not a value
+to coerce. ``to_json()`` produces the record value: exactly the contract's field
+names, money as fixed-point strings, timestamps as RFC 3339 UTC ("...Z").
+
+Fields that the contract lists only for some records (a debit's rate fields, the
+base64 markers) are omitted when absent rather than sent as ``null``; fields the
+contract always lists (``RejectedRecord.key``) are always present, ``null`` when
+there is nothing to say.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from schemas.types import (
+    Currency,
+    DetailText,
+    EventId,
+    Money,
+    NonNegativeMoney,
+    OutputId,
+    PositiveMoney,
+    RatePrefix,
+    ReasonCode,
+    RequestId,
+    TenantId,
+    Timestamp,
+    TopicName,
+    WireText,
+    format_money,
+)
+
+__all__ = [
+    "BalanceAlert",
+    "LedgerEntry",
+    "OutputModel",
+    "RechargeRequested",
+    "RejectedRecord",
+]
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+# Attach to optional fields the contract mentions only for some records.
+OMIT_WHEN_NONE: Final = _is_none
+
+
+class OutputModel(BaseModel):
+    """Base of every model the processor serialises (topics and the HTTP API)."""
+
+    model_config = ConfigDict(
+        strict=True,
+        frozen=True,
+        extra="forbid",
+        # The serialization schema should say which fields are always there.
+        json_schema_serialization_defaults_required=True,
+    )
+
+    # Names of the fields declared with exclude_if=OMIT_WHEN_NONE, filled per subclass.
+    _omit_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._omit_when_none = frozenset(
+            name for name, field in cls.model_fields.items() if field.exclude_if is OMIT_WHEN_NONE
+        )
+
+    def to_json(self) -> bytes:
+        """The record value as compact UTF-8 JSON.
+
+        orjson over the validated attributes, about 3x faster than pydantic's
+        serializer (which calls back into Python for every Decimal and datetime).
+        It is byte-for-byte what ``model_dump_json()`` gives, which the tests check:
+        validation has already put every datetime in UTC, which orjson writes as "Z"
+        with microseconds only when non-zero, and Decimals go through format_money.
+        """
+        return orjson.dumps(self._wire_dict(), default=_wire_default, option=orjson.OPT_UTC_Z)
+
+    def _wire_dict(self) -> dict[str, Any]:
+        data = self.__dict__
+        omit = self._omit_when_none
+        if omit:
+            data = {k: v for k, v in data.items() if v is not None or k not in omit}
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        if handler.mode != "serialization":
+            return schema
+        # An omitted-when-None field is never null on the wire; say so in the
+        # published schema instead of pydantic's generic "X or null, default null".
+        resolved = handler.resolve_ref_schema(schema)
+        # extra="forbid" guards our own construction; consumers must still accept
+        # the optional fields the contract lets us add later.
+        resolved.pop("additionalProperties", None)
+        properties: dict[str, Any] = resolved.get("properties", {})
+        for name, field in cls.model_fields.items():
+            if field.exclude_if is not OMIT_WHEN_NONE or name not in properties:
+                continue
+            prop = properties[name]
+            prop.pop("default", None)
+            branches = [b for b in prop.pop("anyOf", []) if b != {"type": "null"}]
+            if len(branches) == 1:
+                prop.update(branches[0])
+            elif branches:
+                prop["anyOf"] = branches
+        return schema
+
+
+def _wire_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return format_money(value)
+    if isinstance(value, OutputModel):
+        return value._wire_dict()
+    raise TypeError(f"{type(value).__name__} is not part of the wire format")
+
+
+class RechargeRequested(OutputModel):
+    """``credits.recharge-requests``: ask billing to charge the recharge amount."""
+
+    type: Literal["recharge_requested"] = "recharge_requested"
+    request_id: RequestId
+    tenant_id: TenantId
+    amount: PositiveMoney
+    currency: Currency
+    trigger_balance: NonNegativeMoney
+    balance: Money
+    attempt: Annotated[int, Field(ge=1)]
+    requested_at: Timestamp
+
+
+class LedgerEntry(OutputModel):
+    """``credits.ledger``: one change of one balance."""
+
+    type: Literal["ledger_entry"] = "ledger_entry"
+    entry_id: OutputId
+    tenant_id: TenantId
+    kind: Literal["debit", "credit"]
+    amount: PositiveMoney
+    currency: Currency
+    balance_after: Money
+    cause_topic: TopicName
+    cause_id: EventId
+    occurred_at: Timestamp
+    recorded_at: Timestamp
+    rate_prefix: RatePrefix | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    rate_per_minute: NonNegativeMoney | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    billed_seconds: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, exclude_if=OMIT_WHEN_NONE
+    )
+
+    _DEBIT_FIELDS: ClassVar = ("rate_prefix", "rate_per_minute", "billed_seconds")
+
+    @model_validator(mode="after")
+    def _rate_fields_only_on_debits(self) -> Self:
+        present = [name for name in self._DEBIT_FIELDS if getattr(self, name) is not None]
+        if self.kind == "debit" and len(present) != len(self._DEBIT_FIELDS):
+            raise ValueError("a debit needs rate_prefix, rate_per_minute and billed_seconds")
+        if self.kind == "credit" and present:
+            raise ValueError(f"a credit has no rate fields, got {', '.join(present)}")
+        return self
+
+
+class BalanceAlert(OutputModel):
+    """``credits.alerts``."""
+
+    type: Literal["balance_alert"] = "balance_alert"
+    alert_id: OutputId
+    tenant_id: TenantId
+    alert: Literal["exhausted", "restored", "low_balance", "recharge_failed"]
+    balance: Money
+    currency: Currency
+    occurred_at: Timestamp
+
+
+class RejectedRecord(OutputModel):
+    """``credits.rejected``: an input that was not applied, kept for replay.
+
+    ``key`` and ``payload`` are the record's bytes as UTF-8 text, or base64 with
+    ``key_encoding`` / ``payload_encoding`` set to ``"base64"`` when they are not
+    valid UTF-8; ``null`` when the record had no key / a null value.
+    Build it with ``RejectedRecord.for_record`` to get that right.
+    """
+
+    type: Literal["rejected"] = "rejected"
+    reason: ReasonCode
+    detail: DetailText
+    source_topic: TopicName
+    source_partition: Annotated[int, Field(ge=0)]
+    source_offset: Annotated[int, Field(ge=0)]
+    key: WireText | None
+    key_encoding: Literal["base64"] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    payload: WireText | None
+    payload_encoding: Literal["base64"] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    rejected_at: Timestamp
+
+    @classmethod
+    def for_record(
+        cls,
+        *,
+        reason: str,
+        detail: str,
+        source_topic: str,
+        source_partition: int,
+        source_offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        rejected_at: datetime,
+    ) -> RejectedRecord:
+        """From a raw Kafka record; never fails on the record's own bytes."""
+        key_text, key_encoding = _as_text(key)
+        payload, payload_encoding = _as_text(value)
+        return cls(
+            reason=reason,
+            detail=detail,
+            source_topic=source_topic,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            key=key_text,
+            key_encoding=key_encoding,
+            payload=payload,
+            payload_encoding=payload_encoding,
+            rejected_at=rejected_at,
+        )
+
+    def original_value(self) -> bytes | None:
+        """The rejected record's value bytes, for replay."""
+        return _from_text(self.payload, self.payload_encoding)
+
+    def original_key(self) -> bytes | None:
+        """The rejected record's key bytes, for replay."""
+        return _from_text(self.key, self.key_encoding)
+
+
+def _as_text(data: bytes | None) -> tuple[str | None, Literal["base64"] | None]:
+    if data is None:
+        return None, None
+    try:
+        # Strict UTF-8 also refuses encoded surrogates, which JSON could not carry.
+        return bytes(data).decode("utf-8"), None
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def _from_text(text: str | None, encoding: Literal["base64"] | None) -> bytes | None:
+    if text is None:
+        return None
+    if encoding == "base64":
+        return base64.b64decode(text, validate=True)
+    return text.encode("utf-8")
