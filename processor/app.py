@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import faust
 import orjson
 from faust.serializers import codecs
@@ -91,6 +93,13 @@ class Broker:
 
     def faust_urls(self) -> list[str]:
         return [f"kafka://{h.strip()}" for h in self.bootstrap.split(",") if h.strip()]
+
+
+FORWARDED_HEADER = "X-Meter-Forwarded-By"
+
+
+def _error(code: str, detail: str, tenant_id: str) -> bytes:
+    return orjson.dumps({"error": code, "detail": detail, "tenant_id": tenant_id})
 
 
 def _record(event: EventT[Any]) -> Record:
@@ -256,24 +265,15 @@ class Meter:
 
     def _declare_web(self) -> None:
         app = self.app
-        accounts = self.accounts
-        currency = self.card.currency
+        meter = self
 
         @app.page("/tenants/{tenant_id}/account")
         class AccountPage(View):
-            @app.table_route(table=accounts, match_info="tenant_id")  # type: ignore[arg-type]
             async def get(self, request: Request, tenant_id: str) -> Response:
-                account = accounts.get(tenant_id)
-                if account is None:
-                    return self.bytes(
-                        orjson.dumps({"error": "not_found", "tenant_id": tenant_id}),
-                        content_type="application/json",
-                        status=404,
-                    )
-                return self.bytes(
-                    orjson.dumps(account_view(account, currency)),
-                    content_type="application/json",
+                status, body = await meter.account_response(
+                    tenant_id, forwarded=FORWARDED_HEADER in request.headers
                 )
+                return self.bytes(body, content_type="application/json", status=status)
 
         @app.page("/metrics")
         class MetricsPage(View):
@@ -284,8 +284,6 @@ class Meter:
                     generate_latest(metrics.REGISTRY),
                     content_type="text/plain; version=0.0.4",
                 )
-
-        meter = self
 
         @app.page("/health")
         class HealthPage(View):
@@ -303,6 +301,44 @@ class Meter:
                 )
 
         self.pages = (AccountPage, MetricsPage, HealthPage, ReadyPage)
+
+    # ---- the account read API, answered from any worker -------------------------------
+
+    def owner_url(self, tenant_id: str) -> str | None:
+        """The HTTP address of the worker whose active partitions hold this tenant."""
+        partition = partition_for(tenant_id, self.partitions)
+        changelog = self.accounts.changelog_topic.get_topic_name()
+        for url, topics in self.app.router.table_metadata(self.accounts.name).items():
+            if partition in topics.get(changelog, ()):
+                return str(url)
+        return None
+
+    async def account_response(self, tenant_id: str, forwarded: bool) -> tuple[int, bytes]:
+        """Answer here if this worker owns the tenant, else ask the owner.
+
+        Faust's own table_route asks the producer for the changelog's partitions, which
+        it only knows after writing to them, so it fails on a fresh worker; the owner is
+        found here from the assignment instead. A worker that is not (or not yet) the
+        owner answers 503 rather than a wrong 404.
+        """
+        owner = self.owner_url(tenant_id)
+        me = str(self.app.conf.canonical_url)
+        if owner is not None and owner != me and not forwarded:
+            url = f"{owner.rstrip('/')}/tenants/{quote(tenant_id, safe='')}/account"
+            try:
+                async with self.app.http_client.get(url, headers={FORWARDED_HEADER: me}) as resp:
+                    return resp.status, await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return 503, _error("owner_unreachable", f"{owner}: {exc!r}", tenant_id)
+        partition = partition_for(tenant_id, self.partitions)
+        if owner != me or partition not in self._owned_partitions() or not self.readiness()[0]:
+            return 503, _error(
+                "unavailable", "the tenant's partition is being reassigned; retry", tenant_id
+            )
+        account = self.accounts.get(tenant_id)
+        if account is None:
+            return 404, _error("not_found", "no event for this tenant yet", tenant_id)
+        return 200, orjson.dumps(account_view(account, self.card.currency))
 
     def readiness(self) -> tuple[bool, str]:
         """Ready = partitions assigned and every table recovered, not mid-rebalance."""

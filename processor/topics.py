@@ -91,7 +91,13 @@ async def ensure_topics(
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: tuple[str, ...]) -> dict[str, int]:
-    described = await admin.describe_topics(list(topics))
+    # Ask for all topics first: a metadata request that names a missing topic makes a
+    # broker with auto-creation on create it, with its default partition count.
+    present = set(await admin.list_topics())
+    wanted = [t for t in topics if t in present]
+    if not wanted:
+        return {}
+    described = await admin.describe_topics(wanted)
     counts: dict[str, int] = {}
     for item in described:
         if item.get("error_code", 0) == 0 and item.get("partitions"):

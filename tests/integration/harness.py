@@ -1,0 +1,240 @@
+"""Real worker processes and Kafka clients for the integration tests.
+
+Workers run as `meter worker` subprocesses, exactly as an operator runs them, each
+with its own data dir and HTTP port. Waiting is always polling for a condition with a
+deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from processor.kafka_local import free_port
+
+METER = str(Path(sys.executable).with_name("meter"))
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]],
+    timeout: float = 60.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Deployment:
+    """One logical processor deployment: an app id and a topic prefix of its own."""
+
+    bootstrap: str
+    root: Path
+    partitions: int = 4
+    app_id: str = field(default_factory=lambda: f"meter-{uuid.uuid4().hex[:8]}")
+    env_extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.app_id}."
+
+    def topic(self, logical: str) -> str:
+        return f"{self.prefix}{logical}"
+
+    def env(self, index: int, port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            METER_APP_ID=self.app_id,
+            METER_TOPIC_PREFIX=self.prefix,
+            METER_DATA_DIR=str(self.root / f"worker-{index}"),
+            METER_WEB_PORT=str(port),
+            METER_PARTITIONS=str(self.partitions),
+            METER_TIMER_INTERVAL_SECONDS="0.5",
+            METER_LOG_LEVEL="info",
+        )
+        env.update(self.env_extra)
+        return env
+
+
+class Worker:
+    def __init__(self, deployment: Deployment, index: int) -> None:
+        self.deployment = deployment
+        self.index = index
+        self.port = free_port()
+        self.log_path = deployment.root / f"worker-{index}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Worker:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [METER, "worker"],
+            env=self.deployment.env(self.index, self.port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http, http.get(self.url + path) as resp:
+            body = await resp.read()
+            try:
+                return resp.status, json.loads(body)
+            except ValueError:
+                return resp.status, body.decode(errors="replace")
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        async def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"worker {self.index} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                status, _ = await self.get("/ready")
+            except aiohttp.ClientError:
+                return False
+            return status == 200
+
+        try:
+            await eventually(ready, timeout, what=f"worker {self.index} ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- worker log ---\n{self.log_tail()}") from None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL: a Faust worker can hang in shutdown."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+class Client:
+    """Produces contract JSON and reads whole output topics."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.d = deployment
+        self.producer = AIOKafkaProducer(bootstrap_servers=deployment.bootstrap, linger_ms=2)
+
+    async def __aenter__(self) -> Client:
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.producer.stop()
+
+    async def send(
+        self,
+        logical: str,
+        value: Mapping[str, Any] | bytes,
+        key: bytes | str | None = "auto",
+    ) -> None:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        if key == "auto":
+            key = value["tenant_id"] if isinstance(value, Mapping) else None
+        k = key.encode() if isinstance(key, str) else key
+        await self.producer.send_and_wait(self.d.topic(logical), raw, key=k)
+
+    async def send_all(self, logical: str, values: Iterable[Mapping[str, Any]]) -> None:
+        futures = []
+        for v in values:
+            futures.append(
+                await self.producer.send(
+                    self.d.topic(logical), json.dumps(v).encode(), key=v["tenant_id"].encode()
+                )
+            )
+        await asyncio.gather(*futures)
+
+    async def read_all(self, logical: str) -> list[dict[str, Any]]:
+        """Every record now in the topic, decoded (committed ones only)."""
+        topic = self.d.topic(logical)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.d.bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            start = await consumer.beginning_offsets(tps)
+            end = await consumer.end_offsets(tps)
+            for tp in tps:
+                consumer.seek(tp, start[tp])
+            # Done when every partition has delivered up to the end offset seen at the
+            # start (read_committed may skip control records, so compare offsets).
+            todo = {tp for tp in tps if end[tp] > start[tp]}
+            out: list[dict[str, Any]] = []
+            deadline = time.monotonic() + 30
+            while todo and time.monotonic() < deadline:
+                batch = await consumer.getmany(*todo, timeout_ms=500)
+                for tp, records in batch.items():
+                    out.extend(json.loads(r.value) for r in records if r.value is not None)
+                    if records and records[-1].offset + 1 >= end[tp]:
+                        todo.discard(tp)
+                for tp in list(todo):
+                    if await consumer.position(tp) >= end[tp]:
+                        todo.discard(tp)
+            if todo:
+                raise AssertionError(f"could not read {topic} to its end: {todo}")
+            return out
+        finally:
+            await consumer.stop()
+
+
+def signed_sum(entries: Iterable[Mapping[str, Any]], tenant: str) -> Any:
+    from decimal import Decimal
+
+    total = Decimal(0)
+    for e in entries:
+        if e["tenant_id"] == tenant:
+            amount = Decimal(e["amount"])
+            total += amount if e["kind"] == "credit" else -amount
+    return total

@@ -1,0 +1,327 @@
+"""The main path on the real broker with real `meter worker` processes."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import Client, Deployment, Worker, eventually, signed_sum
+
+pytestmark = pytest.mark.integration
+
+NOW = "2026-11-25T10:00:00Z"
+
+
+def call(
+    event_id: str, tenant: str, seconds: int = 61, dest: str = "+447700900123"
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "tenant_id": tenant,
+        "occurred_at": NOW,
+        "call_id": f"call-{event_id}",
+        "call_type": "outbound",
+        "source_number": "+14155550100",
+        "destination_number": dest,
+        "duration_seconds": seconds,
+    }
+
+
+def conference(
+    event_id: str, tenant: str, seconds: int, number: str = "+14155550111"
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "tenant_id": tenant,
+        "occurred_at": NOW,
+        "conference_id": "conf-1",
+        "leg_type": "dial_out",
+        "number": number,
+        "duration_seconds": seconds,
+    }
+
+
+def funds(command_id: str, tenant: str, amount: str, **extra: Any) -> dict[str, Any]:
+    body = {
+        "type": "funds_added",
+        "command_id": command_id,
+        "tenant_id": tenant,
+        "occurred_at": NOW,
+        "amount": amount,
+        "currency": "USD",
+        "source": "manual",
+    }
+    body.update(extra)
+    return body
+
+
+def auto_recharge(command_id: str, tenant: str, amount: str, trigger: str) -> dict[str, Any]:
+    return {
+        "type": "auto_recharge_configured",
+        "command_id": command_id,
+        "tenant_id": tenant,
+        "occurred_at": NOW,
+        "enabled": True,
+        "recharge_amount": amount,
+        "trigger_balance": trigger,
+    }
+
+
+@pytest.fixture
+async def deploy(kafka: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Deployment]]:
+    workers: list[Worker] = []
+
+    def factory(**kw: Any) -> Deployment:
+        d = Deployment(
+            kafka.bootstrap, tmp_path / f"d{len(workers)}-{random.randrange(10**6)}", **kw
+        )
+        d.root.mkdir(parents=True)
+        d.workers = workers  # type: ignore[attr-defined]
+        return d
+
+    yield factory
+    for w in workers:
+        w.stop()
+
+
+async def start_workers(d: Deployment, n: int) -> list[Worker]:
+    started = [Worker(d, i).start() for i in range(n)]
+    d.workers.extend(started)  # type: ignore[attr-defined]
+    for w in started:
+        await w.wait_ready()
+    return started
+
+
+async def account(worker: Worker, tenant: str) -> dict[str, Any] | None:
+    status, body = await worker.get(f"/tenants/{tenant}/account")
+    return body if status == 200 else None
+
+
+async def test_low_balance_recharge_round_trip_is_exact(deploy: Callable[..., Deployment]) -> None:
+    d = deploy()
+    [w] = await start_workers(d, 1)
+    async with Client(d) as c:
+        await c.send("credits.commands", funds("c1", "acme", "1.00"))
+        await c.send("credits.commands", auto_recharge("c2", "acme", "20.00", "0.80"))
+        for i in range(3):  # 0.1320 each: 1.0000 -> 0.8680 -> 0.7360 (< 0.80) -> 0.6040
+            await c.send("usage.calls", call(f"e{i}", "acme"))
+
+        async def one_request() -> list[dict[str, Any]]:
+            return await c.read_all("credits.recharge-requests")
+
+        [request] = await eventually(one_request, what="a recharge request")
+        assert request["tenant_id"] == "acme" and request["attempt"] == 1
+        assert request["amount"] == "20.0000" and request["balance"] == "0.7360"
+
+        async def settled() -> bool:
+            acct = await account(w, "acme")
+            return acct is not None and acct["balance"] == "0.6040"
+
+        await eventually(settled, what="three calls applied")
+        await c.send(
+            "credits.commands",
+            funds(
+                "c3",
+                "acme",
+                "20.00",
+                source="auto_recharge",
+                recharge_request_id=request["request_id"],
+            ),
+        )
+
+        async def recharged() -> dict[str, Any] | None:
+            acct = await account(w, "acme")
+            return acct if acct and acct["balance"] == "20.6040" else None
+
+        acct = await eventually(recharged, what="the recharge credited")
+        assert acct["pending_recharge"] is None
+        assert acct["status"] == "active"
+        assert acct["auto_recharge"]["trigger_balance"] == "0.8000"
+
+        ledger = await c.read_all("credits.ledger")
+        assert [e["kind"] for e in ledger] == ["credit", "debit", "debit", "debit", "credit"]
+        assert [e["balance_after"] for e in ledger] == [
+            "1.0000",
+            "0.8680",
+            "0.7360",
+            "0.6040",
+            "20.6040",
+        ]
+        assert signed_sum(ledger, "acme") == Decimal("20.6040")
+        assert len(await c.read_all("credits.recharge-requests")) == 1
+        alerts = [a["alert"] for a in await c.read_all("credits.alerts")]
+        assert alerts == ["restored", "low_balance"]
+
+
+async def test_duplicates_and_miskeyed_records_apply_once(
+    deploy: Callable[..., Deployment],
+) -> None:
+    d = deploy()
+    [w] = await start_workers(d, 1)
+    async with Client(d) as c:
+        await c.send("credits.commands", funds("c1", "globex", "5.00"))
+        await c.send("credits.commands", funds("c1", "globex", "5.00"))  # re-sent command
+        for _ in range(3):
+            await c.send("usage.calls", call("dup-1", "globex", seconds=120, dest="+14155550123"))
+        # The same tenant's events with no key and a wrong key: processed for the body's tenant.
+        await c.send(
+            "usage.calls", call("nokey", "globex", seconds=60, dest="+14155550123"), key=None
+        )
+        await c.send("usage.conferencing", conference("wrongkey", "globex", 60), key="initech")
+
+        # 5.00 - 0.04 (2 min at 0.02) - 0.02 - 0.015 (conference dial-out) = 4.925
+        async def settled() -> bool:
+            acct = await account(w, "globex")
+            return acct is not None and acct["balance"] == "4.9250"
+
+        await eventually(settled, what="globex at 4.9250")
+        ledger = await c.read_all("credits.ledger")
+        assert sorted(e["cause_id"] for e in ledger) == ["c1", "dup-1", "nokey", "wrongkey"]
+        assert {e["cause_topic"] for e in ledger} == {
+            d.topic("credits.commands"),
+            d.topic("usage.calls"),
+            d.topic("usage.conferencing"),
+        } or {e["cause_topic"] for e in ledger} == {
+            "credits.commands",
+            "usage.calls",
+            "usage.conferencing",
+        }
+
+
+async def test_bad_input_is_rejected_with_reasons_and_processing_goes_on(
+    deploy: Callable[..., Deployment],
+) -> None:
+    d = deploy()
+    [w] = await start_workers(d, 1)
+    async with Client(d) as c:
+        await c.send("usage.calls", b'{"event_id": "x", "tenant_id": "acme"', key="acme")
+        await c.send("usage.calls", b"\xc3\x28 not utf-8", key="acme")
+        await c.send("usage.calls", call("neg", "acme", seconds=-5))
+        await c.send("usage.calls", call("norate", "acme", dest="+999123456"))
+        await c.send("credits.commands", {**funds("eur", "acme", "10.00"), "currency": "EUR"})
+        await c.send("usage.calls", call("good", "acme", seconds=60, dest="+14155550123"))
+
+        async def all_rejected() -> list[dict[str, Any]] | None:
+            rows = await c.read_all("credits.rejected")
+            return rows if len(rows) >= 5 else None
+
+        rejected = await eventually(all_rejected, what="five rejections")
+        assert sorted(r["reason"] for r in rejected) == sorted(
+            ["invalid_json", "invalid_json", "invalid_event", "no_rate", "currency_mismatch"]
+        )
+        for r in rejected:
+            assert r["detail"] and r["source_topic"].startswith(d.prefix)
+            assert r["payload"]
+        binary = [r for r in rejected if r.get("payload_encoding") == "base64"]
+        assert len(binary) == 1
+
+        async def good_applied() -> bool:
+            acct = await account(w, "acme")
+            return acct is not None and acct["balance"] == "-0.0200"
+
+        await eventually(good_applied, what="the good call applied")
+        assert w.proc is not None and w.proc.poll() is None
+
+
+def scenario(
+    tenants: int = 12, events: int = 240, seed: int = 7
+) -> list[tuple[str, dict[str, Any]]]:
+    """A deterministic mix of funds, settings and usage over several tenants."""
+    rng = random.Random(seed)
+    names = [f"tenant-{i:02d}" for i in range(tenants)]
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, t in enumerate(names):
+        out.append(
+            (
+                "credits.commands",
+                funds(f"f-{t}", t, f"{rng.randint(1, 9)}.{rng.randint(0, 99):02d}"),
+            )
+        )
+        if i % 2 == 0:
+            out.append(("credits.commands", auto_recharge(f"a-{t}", t, "10.00", "2.50")))
+    dests = ["+14155550123", "+447700900123", "+442071234567", "+4915112345678", "+33612345678"]
+    for n in range(events):
+        t = rng.choice(names)
+        if rng.random() < 0.2:
+            out.append(("usage.conferencing", conference(f"cf-{n}", t, rng.randint(0, 1800))))
+        else:
+            out.append(("usage.calls", call(f"ev-{n}", t, rng.randint(0, 900), rng.choice(dests))))
+        if rng.random() < 0.05:
+            out.append(out[-1])  # a re-sent duplicate
+    return out
+
+
+def expected_balances(records: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """What the pure core says the balances must be, computed without Kafka."""
+    from datetime import UTC, datetime, timedelta
+
+    from processor.core.account import RechargePolicy
+    from processor.core.engine import DedupeWindow, Engine
+    from processor.core.rating import example_rate_card_path, load_rate_card
+    from schemas import decode_call, decode_command, decode_conference
+
+    decoders = {
+        "usage.calls": decode_call,
+        "usage.conferencing": decode_conference,
+        "credits.commands": decode_command,
+    }
+    card = load_rate_card(example_rate_card_path())
+    accounts: dict[str, Any] = {}
+    engine = Engine(card, RechargePolicy(timedelta(hours=1)), DedupeWindow(7), accounts, {})
+    now = datetime.now(UTC)
+    for topic, body in records:
+        event = decoders[topic](json.dumps(body).encode())
+        if topic == "credits.commands":
+            engine.command(event, topic, now)  # type: ignore[arg-type]
+        else:
+            engine.usage(event, topic, now)  # type: ignore[arg-type]
+    return {t: format(a.balance, "f") for t, a in accounts.items()}
+
+
+async def run_scenario(
+    d: Deployment, workers: int
+) -> tuple[list[Worker], dict[str, dict[str, Any]]]:
+    started = await start_workers(d, workers)
+    records = scenario()
+    expected = expected_balances(records)
+    async with Client(d) as c:
+        for topic, body in records:
+            await c.send(topic, body)
+
+    async def balances() -> dict[str, dict[str, Any]] | None:
+        got = {t: await account(started[-1], t) for t in expected}
+        wrong = {
+            t: (b, (got[t] or {}).get("balance")) for t, b in expected.items()
+            if (got[t] or {}).get("balance") != b
+        }
+        if not wrong:
+            return got  # type: ignore[return-value]
+        print("expected vs got:", wrong)
+        return None
+
+    return started, await eventually(balances, timeout=120, what="balances as the core computes")
+
+
+async def test_two_workers_end_with_the_same_balances_as_one(
+    deploy: Callable[..., Deployment],
+) -> None:
+    _, balances_one = await run_scenario(deploy(), 1)
+    two, balances_two = await run_scenario(deploy(), 2)
+    strip = lambda b: {k: v for k, v in b.items() if k not in ("updated_at", "pending_recharge")}  # noqa: E731
+    assert {t: strip(b) for t, b in balances_one.items()} == {
+        t: strip(b) for t, b in balances_two.items()
+    }
+    # Both workers answer for every tenant, whichever owns it, and agree.
+    for tenant in balances_two:
+        a = await account(two[0], tenant)
+        b = await account(two[1], tenant)
+        assert a == b and a is not None
+    for w in two:
+        status, _ = await w.get("/tenants/never-seen/account")
+        assert status == 404
