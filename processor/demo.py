@@ -1,0 +1,130 @@
+"""`meter demo` (what `make run` runs): the whole pipeline on one machine.
+
+Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), one worker as a
+child process, the traffic simulator and the live view; on Ctrl-C it stops what it
+started, in reverse order, and leaves a broker it did not start alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from processor import kafka_local
+from processor.liveview import LiveView, LiveViewConfig
+from processor.settings import Settings
+from processor.simulator import Simulator, SimulatorConfig, run_until_signalled
+
+log = logging.getLogger(__name__)
+
+# Billing answers within seconds in the demo, so let failed recharges visibly retry.
+DEMO_ENV = {
+    "METER_RECHARGE_RETRY_AFTER_SECONDS": "10",
+    "METER_RECHARGE_TIMEOUT_SECONDS": "60",
+    "METER_TIMER_INTERVAL_SECONDS": "1",
+}
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-30:]
+            raise RuntimeError("the worker exited during start-up:\n" + "\n".join(tail))
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=2) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the worker was not ready within {timeout:.0f}s; see {log_path}")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        # A Faust worker can hang in shutdown; its state is safe in Kafka.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None) -> int:
+    cfg = Settings()
+    run_dir = kafka_local.default_state_dir().parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started_broker = False
+    if cfg.kafka_bootstrap_servers:
+        bootstrap = cfg.kafka_bootstrap_servers
+    else:
+        state = kafka_local.status(kafka_local.default_state_dir())
+        if not state or not state.get("running"):
+            print("starting the local Kafka broker ...", flush=True)
+            started_broker = True
+        bootstrap = kafka_local.start_background(kafka_local.default_state_dir())
+    print(f"Kafka at {bootstrap}", flush=True)
+
+    worker_log = run_dir / "worker.log"
+    env = {**os.environ, **DEMO_ENV, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    env.setdefault("METER_DATA_DIR", str(run_dir / "data"))
+    print(f"starting a worker (log: {worker_log}) ...", flush=True)
+    with worker_log.open("ab") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "processor.cli", "worker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(f"http://127.0.0.1:{cfg.web_port}", worker, worker_log, timeout=120)
+        print(
+            f"worker ready: http://127.0.0.1:{cfg.web_port}/tenants/<id>/account and /metrics",
+            flush=True,
+        )
+        simulator = Simulator(
+            SimulatorConfig(
+                bootstrap=bootstrap,
+                topic_prefix=cfg.topic_prefix,
+                tenants=tenants,
+                rate_per_second=rate,
+                duration_seconds=seconds,
+            )
+        )
+        view = LiveView(
+            LiveViewConfig(bootstrap=bootstrap, topic_prefix=cfg.topic_prefix), simulator.stats
+        )
+
+        async def both() -> None:
+            view_task = asyncio.create_task(view.run())
+            try:
+                await simulator.run()
+            finally:
+                view_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await view_task
+
+        run_until_signalled(both())
+        print("\n" + simulator.stats.summary(), flush=True)
+        return 0
+    except RuntimeError as exc:
+        print(f"meter demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping the worker ...", flush=True)
+        _stop(worker)
+        if started_broker:
+            print("stopping the local Kafka broker ...", flush=True)
+            kafka_local.stop_background(kafka_local.default_state_dir())
