@@ -39,7 +39,7 @@ async def eventually(
     last: Any = None
     while True:
         last = await check()
-        if last:
+        if last and not (isinstance(last, str) and last.startswith("not yet")):
             return last
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

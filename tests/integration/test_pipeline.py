@@ -88,6 +88,8 @@ async def deploy(kafka: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Depl
     yield factory
     for w in workers:
         w.stop()
+        # Shown by pytest only when the test failed.
+        print(f"--- worker {w.index} of {w.deployment.app_id} ---\n{w.log_tail(80)}")
 
 
 async def start_workers(d: Deployment, n: int) -> list[Worker]:
@@ -176,9 +178,9 @@ async def test_duplicates_and_miskeyed_records_apply_once(
         await c.send("usage.conferencing", conference("wrongkey", "globex", 60), key="initech")
 
         # 5.00 - 0.04 (2 min at 0.02) - 0.02 - 0.015 (conference dial-out) = 4.925
-        async def settled() -> bool:
+        async def settled() -> bool | str:
             acct = await account(w, "globex")
-            return acct is not None and acct["balance"] == "4.9250"
+            return (acct is not None and acct["balance"] == "4.9250") or f"not yet: {acct}"
 
         await eventually(settled, what="globex at 4.9250")
         ledger = await c.read_all("credits.ledger")
@@ -297,7 +299,8 @@ async def run_scenario(
     async def balances() -> dict[str, dict[str, Any]] | None:
         got = {t: await account(started[-1], t) for t in expected}
         wrong = {
-            t: (b, (got[t] or {}).get("balance")) for t, b in expected.items()
+            t: (b, (got[t] or {}).get("balance"))
+            for t, b in expected.items()
             if (got[t] or {}).get("balance") != b
         }
         if not wrong:
