@@ -198,14 +198,28 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _tail(path: Path, lines: int = 40, offset: int = 0) -> str:
+def _read_from(path: Path, offset: int = 0) -> str:
     try:
         with path.open("rb") as handle:
             handle.seek(offset)
-            data = handle.read()
+            return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _tail(path: Path, lines: int = 40, offset: int = 0) -> str:
+    return "\n".join(_read_from(path, offset).splitlines()[-lines:])
+
+
+def _problems(path: Path, offset: int = 0, limit: int = 8) -> str:
+    """The ERROR and FATAL lines of a run's log: the cause of a failed start is logged
+    before the shutdown that follows it, often further back than a tail reaches."""
+    found = [
+        line
+        for line in _read_from(path, offset).splitlines()
+        if " ERROR " in line or " FATAL " in line
+    ]
+    return "\n".join(found[:limit])
 
 
 def _size(path: Path) -> int:
@@ -865,10 +879,14 @@ class LocalKafka:
                 self.kill()
                 output = _tail(self.log_file, 40, log_offset)
                 stdout = _tail(self.stdout_file, 20, out_offset)
-                if attempt < attempts and self._repick_clashed_port(output + stdout):
+                problems = _problems(self.log_file, log_offset)
+                everything = _read_from(self.log_file, log_offset) + stdout
+                if attempt < attempts and self._repick_clashed_port(everything):
                     continue
                 raise LocalKafkaError(
-                    f"{exc}\n--- {self.log_file} (tail) ---\n{output}"
+                    f"{exc}"
+                    + (f"\n--- errors in {self.log_file} ---\n{problems}" if problems else "")
+                    + f"\n--- {self.log_file} (tail) ---\n{output}"
                     + (f"\n--- {self.stdout_file} (tail) ---\n{stdout}" if stdout else "")
                 ) from None
             except BaseException:
