@@ -22,8 +22,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 RECORDS = Counter(
     "meter_records_total",
-    "Input records handled, by logical topic and outcome "
-    "(applied, duplicate, rejected, ignored, rerouted).",
+    "Input records handled, by source (calls, conferencing, commands, timer) and outcome "
+    "(applied, duplicate, rejected, ignored, rerouted, replayed).",
     ["topic", "outcome"],
     registry=REGISTRY,
 )
@@ -45,6 +45,14 @@ RECHARGE_REQUESTS = Counter(
     ["attempt"],
     registry=REGISTRY,
 )
+RECHARGE_OUTCOMES = Counter(
+    "meter_recharge_outcomes_total",
+    "What became of recharge requests: fulfilled (funds with its id), failed (billing "
+    "said so), timed_out (no answer in time), suspended (last attempt failed), dropped "
+    "(no longer needed when a retry was due).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 ALERTS = Counter(
     "meter_alerts_total",
     "Balance alerts published, by alert.",
@@ -61,6 +69,45 @@ EVENT_LAG = Histogram(
     "meter_event_lag_seconds",
     "Now minus the event's occurred_at when it is applied.",
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
+    registry=REGISTRY,
+)
+OUTPUTS = Counter(
+    "meter_outputs_total",
+    "Records published to the output topics, by logical topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+OUTPUT_ERRORS = Counter(
+    "meter_output_errors_total",
+    "Output records the broker did not accept (the worker restarts to replay them).",
+    registry=REGISTRY,
+)
+REBALANCES = Counter(
+    "meter_rebalances_total",
+    "Consumer group rebalances this worker went through.",
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "meter_consumer_lag_records",
+    "Records not yet processed, by input topic and partition owned by this worker.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "meter_ready",
+    "1 when partitions are assigned and state is recovered, else 0.",
+    registry=REGISTRY,
+)
+EXHAUSTED = Gauge(
+    "meter_tenants_exhausted",
+    "Owned tenants whose balance is at or below zero.",
+    registry=REGISTRY,
+)
+TENANT_BALANCE = Gauge(
+    "meter_tenant_balance",
+    "Balance per tenant; only with METER_METRICS_TENANT_BALANCES > 0, and for at most "
+    "that many tenants (the lowest balances), since a tenant label is unbounded.",
+    ["tenant", "currency"],
     registry=REGISTRY,
 )
 TENANTS = Gauge(
