@@ -16,16 +16,16 @@ import aiohttp
 import faust
 import orjson
 from faust.serializers import codecs
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from processor import metrics
-from processor.codec import dump_account, load_account
+from processor import metrics, store
+from processor.codec import dump_mark, dump_stored, load_mark, load_stored
 from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.rating import RateCard
-from processor.handler import Record, RecordHandler, Source
+from processor.handler import Deliveries, Record, RecordHandler, Source
 from processor.routing import partition_for
 from processor.settings import Settings
 from processor.topics import TopicNames
@@ -44,23 +44,23 @@ class _Utf8Codec(codecs.Codec):
 
 class _AccountCodec(codecs.Codec):
     def _dumps(self, obj: Any) -> bytes:
-        return dump_account(obj)
+        return dump_stored(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return load_account(s)
+        return load_stored(s)
 
 
-class _IntCodec(codecs.Codec):
+class _MarkCodec(codecs.Codec):
     def _dumps(self, obj: Any) -> bytes:
-        return str(int(obj)).encode()
+        return dump_mark(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return int(s)
+        return load_mark(s)
 
 
 codecs.register("meter-str", _Utf8Codec())
 codecs.register("meter-account", _AccountCodec())
-codecs.register("meter-int", _IntCodec())
+codecs.register("meter-mark", _MarkCodec())
 
 
 class FaustPublisher:
@@ -76,13 +76,25 @@ class FaustPublisher:
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> None:
+    ) -> Any:
         t = self._topics.get(topic)
         if t is None:
             t = self._topics[topic] = self._app.topic(
                 topic, key_serializer="raw", value_serializer="raw"
             )
-        await t.send(key=key, value=value, headers=list(headers) if headers else None)
+        sent: Any = await t.send(key=key, value=value, headers=list(headers) if headers else None)
+        sent.add_done_callback(self._check)
+        return sent
+
+    def _check(self, fut: Any) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            return
+        # The broker refused an output after the producer's retries: crash, so the
+        # worker restarts and replays the record (offsets are committed only after a
+        # flush), rather than commit past an output that never landed.
+        metrics.OUTPUT_ERRORS.inc()
+        log.error("output not delivered: %r", fut.exception())
+        self._app._crash(fut.exception())
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,8 @@ class Meter:
             topic_disable_leader=True,
             processing_guarantee="at_least_once",
             consumer_auto_offset_reset="earliest",
+            broker_session_timeout=cfg.session_timeout_seconds,
+            broker_heartbeat_interval=max(0.5, cfg.session_timeout_seconds / 10),
             web_enabled=True,
             web_port=cfg.web_port,
             web_bind=cfg.web_host,
@@ -156,13 +170,22 @@ class Meter:
         self.accounts = self.app.Table(
             "accounts",
             partitions=partitions,
-            schema=faust.Schema(key_serializer="meter-str", value_serializer="meter-account"),
+            # Recovery keeps the value with the highest write counter (processor/store.py).
+            store=store.register() if cfg.store == "memory://" else cfg.store,
         )
-        self.seen = self.app.Table(
-            "dedupe",
-            partitions=partitions,
-            schema=faust.Schema(key_serializer="meter-str", value_serializer="meter-int"),
+        self.seen = self.app.Table("dedupe", partitions=partitions)
+        # Faust picks a table's changelog codecs from its key and value types ("json"
+        # for anything but a faust.Record): sends pass the table's attributes, recovery
+        # decodes with its changelog topic, which the table built in its constructor.
+        # Both must name our codecs, so set the attributes and build the topic again.
+        tables: tuple[tuple[Any, str], ...] = (
+            (self.accounts, "meter-account"),
+            (self.seen, "meter-mark"),
         )
+        for table, value_codec in tables:
+            table.key_serializer = "meter-str"
+            table.value_serializer = value_codec
+            table.changelog_topic = table._new_changelog_topic()
         self.engine = Engine(
             card,
             policy,
@@ -171,6 +194,8 @@ class Meter:
             self.seen,
         )
         self.handler = RecordHandler(self.engine, self.names, partitions, FaustPublisher(self.app))
+        self.handler.deliveries = Deliveries(self._committed_offset)
+        self.engine.delivered = self.handler.deliveries
         self._rebuild_due = True
         self._declare_agents()
         self._declare_timer()
@@ -241,6 +266,13 @@ class Meter:
             self._update_gauges()
             await self.handler.fire_due()
 
+    def _committed_offset(self, tp: str) -> int | None:
+        """The group's committed offset for `topic:partition`, as this worker knows it."""
+        topic, _, partition = tp.rpartition(":")
+        committed: Any = getattr(self.app.consumer, "_committed_offset", {})
+        offset = committed.get(TP(topic, int(partition)))
+        return offset if isinstance(offset, int) else None
+
     def _owned_partitions(self) -> set[int]:
         try:
             actives = self.app.assignor.assigned_actives()
@@ -254,10 +286,10 @@ class Meter:
     def _update_gauges(self) -> None:
         owned = self._owned_partitions()
         tenants = outstanding = 0
-        for tenant, account in list(self.accounts.items()):
+        for tenant, stored in list(self.accounts.items()):
             if partition_for(tenant, self.partitions) in owned:
                 tenants += 1
-                outstanding += account.pending is not None
+                outstanding += stored.account.pending is not None
         metrics.TENANTS.set(tenants)
         metrics.OUTSTANDING.set(outstanding)
 
@@ -335,10 +367,10 @@ class Meter:
             return 503, _error(
                 "unavailable", "the tenant's partition is being reassigned; retry", tenant_id
             )
-        account = self.accounts.get(tenant_id)
-        if account is None:
+        stored = self.accounts.get(tenant_id)
+        if stored is None:
             return 404, _error("not_found", "no event for this tenant yet", tenant_id)
-        return 200, orjson.dumps(account_view(account, self.card.currency))
+        return 200, orjson.dumps(account_view(stored.account, self.card.currency))
 
     def readiness(self) -> tuple[bool, str]:
         """Ready = partitions assigned and every table recovered, not mid-rebalance."""

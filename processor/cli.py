@@ -84,6 +84,20 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.reconcile import reconcile
+    from processor.topics import TopicNames
+
+    cfg = Settings()
+    card = load_rate_card(cfg.rate_card or example_rate_card_path())
+    report = asyncio.run(
+        reconcile(_bootstrap(cfg), TopicNames.from_settings(cfg), card, args.worker_url)
+    )
+    print(report.render())
+    return EXIT_PROBLEM if report.discrepancies else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from processor.demo import run_demo
 
@@ -117,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kafka.add_argument("action", choices=["start", "stop", "status"])
     kafka.set_defaults(func=cmd_kafka)
+
+    rec = sub.add_parser(
+        "reconcile",
+        help="check every balance against its inputs and the ledger (exit 1 on mismatch)",
+        description="Read the input topics and credits.ledger, rate the distinct inputs "
+        "again, and compare the balances they imply with the ledger's sums and, with "
+        "--worker-url, with the live accounts. Run it when the processor has caught up.",
+    )
+    rec.add_argument(
+        "--worker-url", default=None, help="a worker's HTTP address, e.g. http://127.0.0.1:6066"
+    )
+    rec.set_defaults(func=cmd_reconcile)
 
     demo = sub.add_parser(
         "demo",

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
 from processor.core.account import (
     Account,
+    AlertKind,
     AlertOut,
     AutoRecharge,
     LedgerOut,
@@ -24,6 +26,7 @@ from processor.core.account import (
     RechargeStatus,
 )
 from processor.core.engine import TimerTick
+from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from schemas.types import format_money, format_timestamp, parse_timestamp
 
 
@@ -46,6 +49,7 @@ def account_to_dict(account: Account) -> dict[str, Any]:
         "tenant_id": account.tenant_id,
         "balance": format_money(account.balance),
         "entries": account.entries,
+        "requests_issued": account.requests_issued,
         "updated_at": _ts(account.updated_at),
         "auto_recharge": None
         if ar is None
@@ -75,6 +79,7 @@ def account_from_dict(data: dict[str, Any]) -> Account:
         tenant_id=data["tenant_id"],
         balance=Decimal(data["balance"]),
         entries=int(data["entries"]),
+        requests_issued=int(data.get("requests_issued", 0)),
         updated_at=_dt(data.get("updated_at")),
         auto_recharge=None
         if ar is None
@@ -97,12 +102,60 @@ def account_from_dict(data: dict[str, Any]) -> Account:
     )
 
 
-def dump_account(account: Account) -> bytes:
-    return orjson.dumps(account_to_dict(account))
+def stored_to_dict(stored: StoredAccount) -> dict[str, Any]:
+    return {
+        "v": 2,
+        "account": account_to_dict(stored.account),
+        "seq": stored.seq,
+        "applied": dict(stored.applied),
+        "outbox": [
+            {
+                "seq": entry.seq,
+                "tp": entry.position.tp,
+                "offset": entry.position.offset,
+                # The card's currency is implied: every balance is in it.
+                "outputs": [output_to_dict(out, "") for out in entry.outputs],
+            }
+            for entry in stored.outbox
+        ],
+    }
 
 
-def load_account(raw: bytes) -> Account:
-    return account_from_dict(orjson.loads(raw))
+def stored_from_dict(data: dict[str, Any]) -> StoredAccount:
+    return StoredAccount(
+        account=account_from_dict(data["account"]),
+        seq=int(data["seq"]),
+        applied=MappingProxyType({str(k): int(v) for k, v in data["applied"].items()}),
+        outbox=tuple(
+            OutboxEntry(
+                seq=int(e["seq"]),
+                position=Position(str(e["tp"]), int(e["offset"])),
+                outputs=tuple(output_from_dict(o) for o in e["outputs"]),
+            )
+            for e in data["outbox"]
+        ),
+    )
+
+
+def dump_stored(stored: StoredAccount) -> bytes:
+    return orjson.dumps(stored_to_dict(stored))
+
+
+def load_stored(raw: bytes) -> StoredAccount:
+    return stored_from_dict(orjson.loads(raw))
+
+
+def balance_of(stored: StoredAccount) -> Decimal:
+    return stored.account.balance
+
+
+def dump_mark(mark: Mark) -> bytes:
+    return orjson.dumps({"e": mark.expires, "tp": mark.position.tp, "o": mark.position.offset})
+
+
+def load_mark(raw: bytes) -> Mark:
+    data = orjson.loads(raw)
+    return Mark(int(data["e"]), Position(str(data["tp"]), int(data["o"])))
 
 
 # ---- outputs ---------------------------------------------------------------------
@@ -155,6 +208,49 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
 
 def dump_output(out: Output, currency: str) -> bytes:
     return orjson.dumps(output_to_dict(out, currency))
+
+
+def _opt_decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def output_from_dict(data: dict[str, Any]) -> Output:
+    """The inverse of output_to_dict, for outputs kept in an account's outbox."""
+    kind = data["type"]
+    if kind == "ledger_entry":
+        return LedgerOut(
+            entry_id=data["entry_id"],
+            tenant_id=data["tenant_id"],
+            kind=data["kind"],
+            amount=Decimal(data["amount"]),
+            balance_after=Decimal(data["balance_after"]),
+            cause_topic=data["cause_topic"],
+            cause_id=data["cause_id"],
+            occurred_at=parse_timestamp(data["occurred_at"]),
+            recorded_at=parse_timestamp(data["recorded_at"]),
+            rate_prefix=data.get("rate_prefix"),
+            rate_per_minute=_opt_decimal(data.get("rate_per_minute")),
+            billed_seconds=data.get("billed_seconds"),
+        )
+    if kind == "balance_alert":
+        return AlertOut(
+            alert_id=data["alert_id"],
+            tenant_id=data["tenant_id"],
+            alert=AlertKind(data["alert"]),
+            balance=Decimal(data["balance"]),
+            occurred_at=parse_timestamp(data["occurred_at"]),
+        )
+    if kind == "recharge_requested":
+        return RechargeOut(
+            request_id=data["request_id"],
+            tenant_id=data["tenant_id"],
+            amount=Decimal(data["amount"]),
+            trigger_balance=Decimal(data["trigger_balance"]),
+            balance=Decimal(data["balance"]),
+            attempt=int(data["attempt"]),
+            requested_at=parse_timestamp(data["requested_at"]),
+        )
+    raise ValueError(f"unknown output type {kind!r}")
 
 
 # ---- timer ticks -----------------------------------------------------------------

@@ -6,10 +6,11 @@ No Faust here: the agents hand over plain `Record`s and the outputs leave throug
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -21,6 +22,7 @@ from processor import metrics
 from processor.codec import dump_output, dump_tick, load_tick
 from processor.core import account as acc
 from processor.core.engine import Engine, Outcome, Status, TimerTick, Usage
+from processor.core.stored import OutboxEntry, Position
 from processor.routing import partition_for
 from processor.topics import TopicNames
 from schemas import (
@@ -67,6 +69,10 @@ class Record:
                 return v
         return None
 
+    @property
+    def position(self) -> Position:
+        return Position(f"{self.topic}:{self.partition}", self.offset)
+
 
 class Publisher(Protocol):
     async def send(
@@ -75,7 +81,9 @@ class Publisher(Protocol):
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> None: ...
+    ) -> Awaitable[object]:
+        """Queue one record; the awaitable completes when the broker has it."""
+        ...
 
 
 @dataclass
@@ -92,8 +100,11 @@ class MemoryPublisher:
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> None:
+    ) -> Awaitable[object]:
         self.sent.append((topic, key, value, headers))
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def values(self, topic: str) -> list[dict[str, Any]]:
         return [orjson.loads(v) for t, _, v, _ in self.sent if t == topic]
@@ -108,6 +119,45 @@ class Due:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Deliveries:
+    """Which outbox entries are safely in Kafka, so account values can drop them.
+
+    An entry is delivered once the broker acknowledged all its outputs, or once the
+    offset of the record that caused it is committed (Faust flushes the producer
+    before it commits, and this also holds for entries written before a restart).
+    """
+
+    def __init__(self, committed: Callable[[str], int | None] = lambda _tp: None) -> None:
+        self._committed = committed
+        self._acked: set[tuple[str, int]] = set()
+
+    def track(self, tenant: str, seq: int, sends: Sequence[Awaitable[object]]) -> None:
+        futures = [asyncio.ensure_future(s) for s in sends]
+        if not futures:
+            return
+        remaining = len(futures)
+
+        def one_done(fut: asyncio.Future[object]) -> None:
+            nonlocal remaining
+            if fut.cancelled() or fut.exception() is not None:
+                return  # not delivered: the entry stays for a replay to publish again
+            remaining -= 1
+            if remaining == 0:
+                self._acked.add((tenant, seq))
+
+        for fut in futures:
+            fut.add_done_callback(one_done)
+
+    def __call__(self, tenant: str, entry: OutboxEntry) -> bool:
+        key = (tenant, entry.seq)
+        if key in self._acked:
+            # Asked once per write; an entry found delivered is dropped from the value.
+            self._acked.discard(key)
+            return True
+        committed = self._committed(entry.position.tp)
+        return committed is not None and entry.position.offset < committed
 
 
 class RecordHandler:
@@ -125,6 +175,8 @@ class RecordHandler:
         self.publisher = publisher
         self.clock = clock
         self.currency = engine.card.currency
+        self.deliveries = Deliveries()
+        engine.delivered = self.deliveries
         self._decoders: dict[Source, Callable[[bytes | None], Usage | Command]] = {
             Source.CALLS: decode_call,
             Source.CONFERENCING: decode_conference,
@@ -142,6 +194,14 @@ class RecordHandler:
         }
         # When each owned tenant's pending recharge next needs the timer.
         self.due: dict[str, Due] = {}
+        self._topic_labels = {
+            names.ledger: "ledger",
+            names.alerts: "alerts",
+            names.recharge_requests: "recharge_requests",
+            names.rejected: "rejected",
+            names.reroute: "reroute",
+            names.timer: "timer",
+        }
 
     # ---- entry points (one per kind of input topic) ---------------------------
 
@@ -172,7 +232,7 @@ class RecordHandler:
         except (ValueError, KeyError, TypeError) as exc:
             await self._reject(rec, "invalid_event", f"unreadable timer tick: {exc!r}")
             return "rejected"
-        outcome = self.engine.timer(tick, self.names.timer)
+        outcome = self.engine.timer(tick, self.names.timer, rec.position)
         await self._finish("timer", outcome, rec, started)
         return outcome.status.value
 
@@ -194,11 +254,13 @@ class RecordHandler:
             return "rerouted"
         cause_topic = self._topics[source]
         now = self.clock()
+        # A re-routed record is applied at its position in the re-route topic.
+        position = rec.position
         try:
             if isinstance(event, CallUsage | ConferenceUsage):
-                outcome = self.engine.usage(event, cause_topic, now)
+                outcome = self.engine.usage(event, cause_topic, now, position)
             else:
-                outcome = self.engine.command(event, cause_topic, now)
+                outcome = self.engine.command(event, cause_topic, now, position)
         except Exception as exc:
             # A bug must cost one record a trip to credits.rejected, not the stream:
             # Faust would ack and drop a record whose handler raised.
@@ -216,11 +278,19 @@ class RecordHandler:
             assert outcome.rejection is not None
             await self._reject(origin, outcome.rejection.reason, outcome.rejection.detail)
         key = outcome.tenant_id.encode()
+        sends = []
         for out in outcome.outputs:
-            await self.publisher.send(
-                self._output_topics[type(out)], key, dump_output(out, self.currency)
+            sends.append(
+                await self._send(
+                    self._output_topics[type(out)], key, dump_output(out, self.currency)
+                )
             )
-            self._count_output(out)
+            if outcome.status is Status.APPLIED:
+                self._count_output(out)
+        if outcome.seq and outcome.status is Status.APPLIED:
+            self.deliveries.track(outcome.tenant_id, outcome.seq, sends)
+        for what in outcome.recharge:
+            metrics.RECHARGE_OUTCOMES.labels(what).inc()
         if outcome.account is not None:
             self._track_due(outcome.account)
         metrics.RECORDS.labels(label, outcome.status.value).inc()
@@ -233,7 +303,7 @@ class RecordHandler:
             (H_PARTITION, str(rec.partition).encode()),
             (H_OFFSET, str(rec.offset).encode()),
         ]
-        await self.publisher.send(self.names.reroute, tenant.encode(), rec.value or b"", headers)
+        await self._send(self.names.reroute, tenant.encode(), rec.value or b"", headers)
 
     async def _reject(self, rec: Record, reason: str, detail: str) -> None:
         body: dict[str, Any] = {
@@ -262,9 +332,20 @@ class RecordHandler:
             if payload_b64:
                 body["payload_encoding"] = "base64"
         # Keyed like the original, so a replay lands where the original would have.
-        await self.publisher.send(self.names.rejected, rec.key, orjson.dumps(body))
+        await self._send(self.names.rejected, rec.key, orjson.dumps(body))
         metrics.REJECTED.labels(reason).inc()
         log.info("rejected %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, reason, detail)
+
+    async def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[object]:
+        sent = await self.publisher.send(topic, key, value, headers)
+        metrics.OUTPUTS.labels(self._topic_labels.get(topic, "other")).inc()
+        return sent
 
     def _count_output(self, out: acc.Output) -> None:
         if isinstance(out, acc.LedgerOut):
@@ -288,9 +369,9 @@ class RecordHandler:
     def rebuild_due(self, owned: Callable[[str], bool]) -> None:
         """After a rebalance: index the pending requests of the tenants now owned here."""
         self.due.clear()
-        for tenant, account in list(self.engine.accounts.items()):
-            if account.pending is not None and owned(tenant):
-                self._track_due(account)
+        for tenant, stored in list(self.engine.accounts.items()):
+            if stored.account.pending is not None and owned(tenant):
+                self._track_due(stored.account)
 
     async def fire_due(self) -> int:
         """Send a tick for every request whose timeout or retry time has come.
@@ -310,7 +391,7 @@ class RecordHandler:
                 attempt=due.attempt,
                 at=now,
             )
-            await self.publisher.send(self.names.timer, tenant.encode(), dump_tick(tick))
+            await self._send(self.names.timer, tenant.encode(), dump_tick(tick))
             fired += 1
         return fired
 

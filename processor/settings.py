@@ -47,9 +47,19 @@ class Settings(BaseSettings):
     timer_interval_seconds: float = Field(
         default=5.0, validation_alias="METER_TIMER_INTERVAL_SECONDS", gt=0
     )
+    # How long the group waits for a silent worker before giving its partitions away:
+    # the time a crashed worker's tenants stand still.
+    session_timeout_seconds: float = Field(
+        default=30.0, validation_alias="METER_SESSION_TIMEOUT_SECONDS", gt=0
+    )
     # Faust store URL; memory:// rebuilds state from the changelog on start.
     store: str = Field(default="memory://", validation_alias="METER_STORE")
     log_level: str = Field(default="info", validation_alias="METER_LOG_LEVEL")
+    # Opt-in: export meter_tenant_balance for at most this many tenants (the lowest
+    # balances); 0 exports none, since a tenant label is unbounded.
+    metrics_tenant_balances: int = Field(
+        default=0, validation_alias="METER_METRICS_TENANT_BALANCES", ge=0
+    )
 
     def topic(self, logical: str) -> str:
         return f"{self.topic_prefix}{logical}"

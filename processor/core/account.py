@@ -64,6 +64,8 @@ class Account:
     updated_at: datetime | None = None
     # Ledger entries written so far; lets a reconciler spot a missing or extra entry.
     entries: int = 0
+    # Recharge requests issued so far; numbers the next request id.
+    requests_issued: int = 0
 
     @property
     def exhausted(self) -> bool:
@@ -136,6 +138,9 @@ class Transition:
     # that has moved on); None when the input took effect.
     ignored: str | None = None
     changed: bool = True
+    # What became of a recharge request in this transition, for metrics: fulfilled,
+    # failed, timed_out, suspended, dropped.
+    recharge: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,7 @@ class _Builder:
     cause: Cause
     now: datetime
     outputs: list[Output] = field(default_factory=list)
+    recharge: list[str] = field(default_factory=list)
 
     def alert(self, kind: AlertKind, tag: str = "") -> None:
         acct = self.account
@@ -210,12 +216,17 @@ class _Builder:
         ):
             return
         pending = PendingRecharge(
-            request_id=derive_id("recharge", acct.tenant_id, self.cause.topic, self.cause.id),
+            # Numbered per tenant rather than named after the cause: two workers that
+            # saw a tenant's records in a different order (a zombie and its successor)
+            # still give its n-th request the same id, so billing charges it once.
+            request_id=derive_id("recharge", acct.tenant_id, str(acct.requests_issued + 1)),
             amount=settings.recharge_amount,
             attempt=1,
             requested_at=self.now,
         )
-        self.account = replace(acct, pending=pending, updated_at=self.now)
+        self.account = replace(
+            acct, pending=pending, requests_issued=acct.requests_issued + 1, updated_at=self.now
+        )
         self._emit_request(pending, settings.trigger_balance)
 
     def _emit_request(self, pending: PendingRecharge, trigger: Decimal) -> None:
@@ -243,15 +254,19 @@ class _Builder:
         self._emit_request(retried, trigger)
 
     def done(self) -> Transition:
-        return Transition(self.account, tuple(self.outputs))
+        return Transition(self.account, tuple(self.outputs), recharge=tuple(self.recharge))
 
 
 # ---- transitions -----------------------------------------------------------------
 
 
-def new_account(tenant_id: str) -> Account:
-    """A tenant never seen: balance 0, so exhausted, and no alert for that."""
-    return Account(tenant_id=tenant_id)
+def new_account(tenant_id: str, zero: Decimal = ZERO) -> Account:
+    """A tenant never seen: balance 0, so exhausted, and no alert for that.
+
+    `zero` is 0 at the rate card's precision (`RateCard.zero`, e.g. 0.0000): balances
+    are kept and reported at the card's decimals, also before the first entry.
+    """
+    return Account(tenant_id=tenant_id, balance=zero)
 
 
 def apply_debit(account: Account, debit: Debit, cause: Cause, now: datetime) -> Transition:
@@ -283,6 +298,7 @@ def apply_funds(
     acct = b.account
     if acct.pending is not None and recharge_request_id == acct.pending.request_id:
         acct = replace(acct, pending=None)
+        b.recharge.append("fulfilled")
     if manual and acct.auto_recharge is not None and acct.auto_recharge.suspended:
         acct = replace(acct, auto_recharge=replace(acct.auto_recharge, suspended=False))
     b.account = acct
@@ -317,7 +333,7 @@ def apply_recharge_failed(
         return Transition(account, ignored="unknown_or_closed_request", changed=False)
     if pending.status is RechargeStatus.FAILED:
         return Transition(account, ignored="attempt_already_failed", changed=False)
-    return _fail_attempt(account, pending, cause, now, policy)
+    return _fail_attempt(account, pending, cause, now, policy, "failed")
 
 
 def apply_timer(
@@ -339,7 +355,7 @@ def apply_timer(
     if pending.status is RechargeStatus.OUTSTANDING:
         if now < pending.requested_at + policy.timeout:
             return Transition(account, ignored="not_due", changed=False)
-        return _fail_attempt(account, pending, cause, now, policy)
+        return _fail_attempt(account, pending, cause, now, policy, "timed_out")
     assert pending.failed_at is not None
     if now < pending.failed_at + policy.retry_after:
         return Transition(account, ignored="not_due", changed=False)
@@ -353,6 +369,7 @@ def apply_timer(
     ):
         # Nothing left to recharge for: the tenant was topped up or turned it off.
         b.account = replace(account, pending=None, updated_at=now)
+        b.recharge.append("dropped")
         return b.done()
     b.retry(pending, settings.trigger_balance)
     return b.done()
@@ -364,10 +381,13 @@ def _fail_attempt(
     cause: Cause,
     now: datetime,
     policy: RechargePolicy,
+    how: str,
 ) -> Transition:
     b = _Builder(account, cause, now)
+    b.recharge.append(how)
     settings = account.auto_recharge
     if pending.attempt >= policy.max_attempts:
+        b.recharge.append("suspended")
         suspended = replace(settings, suspended=True) if settings is not None else None
         b.account = replace(account, pending=None, auto_recharge=suspended, updated_at=now)
         b.alert(AlertKind.RECHARGE_FAILED, tag=f"{pending.request_id}#{pending.attempt}")

@@ -7,7 +7,7 @@ worker, dicts in tests), the clock is an argument.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,6 +15,14 @@ from enum import StrEnum
 
 from processor.core import account as acc
 from processor.core.rating import RateCard, RateTable
+from processor.core.stored import (
+    Mark,
+    OutboxEntry,
+    Position,
+    StoredAccount,
+    mark_holds,
+    never_delivered,
+)
 from schemas import (
     AutoRechargeConfigured,
     CallUsage,
@@ -32,6 +40,7 @@ class Status(StrEnum):
     DUPLICATE = "duplicate"  # seen before within the dedupe window; nothing changed
     REJECTED = "rejected"  # not applied; goes to credits.rejected for a later replay
     IGNORED = "ignored"  # valid but moot: a stale answer or timer; nothing changed
+    REPLAYED = "replayed"  # already in the balance (re-read after a crash); outputs again
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,10 @@ class Outcome:
     # Why an ignored input was moot, for logs and metrics.
     note: str | None = None
     account: acc.Account | None = None
+    # The account value's write counter after this input (0: nothing written).
+    seq: int = 0
+    # What became of a recharge request (fulfilled, failed, ...), for metrics.
+    recharge: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +106,21 @@ class Engine:
         card: RateCard,
         policy: acc.RechargePolicy,
         dedupe: DedupeWindow,
-        accounts: MutableMapping[str, acc.Account],
-        seen: MutableMapping[str, int],
+        accounts: MutableMapping[str, StoredAccount],
+        seen: MutableMapping[str, Mark],
+        delivered: Callable[[str, OutboxEntry], bool] = never_delivered,
     ) -> None:
         self.card = card
         self.policy = policy
         self.dedupe = dedupe
         self.accounts = accounts
         self.seen = seen
+        # Whether an outbox entry's outputs are safely in Kafka, so it can be dropped.
+        self.delivered = delivered
 
     # ---- usage ---------------------------------------------------------------
 
-    def usage(self, event: Usage, cause_topic: str, now: datetime) -> Outcome:
+    def usage(self, event: Usage, cause_topic: str, now: datetime, position: Position) -> Outcome:
         tenant = event.tenant_id
         table_key: str
         if isinstance(event, CallUsage):
@@ -112,7 +128,10 @@ class Engine:
         else:
             kind, table_key, number = "conference", event.leg_type, event.number
         key = dedupe_key(tenant, kind, event.event_id)
-        if key in self.seen:
+        stored = self.accounts.get(tenant)
+        if stored is not None and stored.has_applied(position):
+            return self._replayed(stored, key, event.occurred_at, now, position)
+        if mark_holds(self.seen.get(key), stored):
             return Outcome(Status.DUPLICATE, tenant)
         table = _USAGE_TABLES[table_key]
         charge = self.card.rate(table, number, event.duration_seconds)
@@ -133,21 +152,24 @@ class Engine:
             billed_seconds=charge.billed_seconds,
         )
         cause = acc.Cause(cause_topic, event.event_id, event.occurred_at)
-        transition = acc.apply_debit(self._account(tenant), debit, cause, now)
-        return self._commit(key, event.occurred_at, now, transition)
+        transition = acc.apply_debit(self._account(stored, tenant), debit, cause, now)
+        return self._commit(stored, key, event.occurred_at, now, position, transition)
 
     # ---- commands ------------------------------------------------------------
 
-    def command(self, cmd: Command, cause_topic: str, now: datetime) -> Outcome:
+    def command(self, cmd: Command, cause_topic: str, now: datetime, position: Position) -> Outcome:
         tenant = cmd.tenant_id
         key = dedupe_key(tenant, "command", cmd.command_id)
-        if key in self.seen:
+        stored = self.accounts.get(tenant)
+        if stored is not None and stored.has_applied(position):
+            return self._replayed(stored, key, cmd.occurred_at, now, position)
+        if mark_holds(self.seen.get(key), stored):
             return Outcome(Status.DUPLICATE, tenant)
         rejection = self._check_money(cmd)
         if rejection is not None:
             return Outcome(Status.REJECTED, tenant, rejection=rejection)
         cause = acc.Cause(cause_topic, cmd.command_id, cmd.occurred_at)
-        account = self._account(tenant)
+        account = self._account(stored, tenant)
         if isinstance(cmd, FundsAdded):
             transition = acc.apply_funds(
                 account,
@@ -168,7 +190,7 @@ class Engine:
             transition = acc.apply_recharge_failed(
                 account, cmd.recharge_request_id, cause, now, self.policy
             )
-        return self._commit(key, cmd.occurred_at, now, transition)
+        return self._commit(stored, key, cmd.occurred_at, now, position, transition)
 
     def _check_money(self, cmd: Command) -> Rejection | None:
         if isinstance(cmd, RechargeFailed):
@@ -203,34 +225,84 @@ class Engine:
 
     # ---- timer ---------------------------------------------------------------
 
-    def timer(self, tick: TimerTick, cause_topic: str) -> Outcome:
-        account = self.accounts.get(tick.tenant_id)
-        if account is None:
+    def timer(self, tick: TimerTick, cause_topic: str, position: Position) -> Outcome:
+        stored = self.accounts.get(tick.tenant_id)
+        if stored is None:
             return Outcome(Status.IGNORED, tick.tenant_id, note="unknown_tenant")
+        if stored.has_applied(position):
+            return self._replayed(stored, None, tick.at, tick.at, position)
         cause = acc.Cause(cause_topic, f"{tick.request_id}#{tick.attempt}", tick.at)
         transition = acc.apply_timer(
-            account, tick.request_id, tick.attempt, cause, tick.at, self.policy
+            stored.account, tick.request_id, tick.attempt, cause, tick.at, self.policy
         )
         if not transition.changed:
             return Outcome(Status.IGNORED, tick.tenant_id, note=transition.ignored)
-        self.accounts[tick.tenant_id] = transition.account
-        return Outcome(
-            Status.APPLIED, tick.tenant_id, transition.outputs, account=transition.account
-        )
+        return self._write(stored, position, transition)
 
     # ---- shared --------------------------------------------------------------
 
-    def _account(self, tenant_id: str) -> acc.Account:
-        account = self.accounts.get(tenant_id)
-        return account if account is not None else acc.new_account(tenant_id)
+    def _account(self, stored: StoredAccount | None, tenant_id: str) -> acc.Account:
+        return stored.account if stored is not None else acc.new_account(tenant_id, self.card.zero)
+
+    def _replayed(
+        self,
+        stored: StoredAccount,
+        key: str | None,
+        occurred_at: datetime,
+        now: datetime,
+        position: Position,
+    ) -> Outcome:
+        """A record already in this account value, read again after a crash.
+
+        Its outputs are published again from the outbox (those the broker had not
+        acknowledged), and the account value and mark are written again: either may
+        have been lost with the crash, while the local store kept them.
+        """
+        refreshed = stored.without_delivered(self.delivered)
+        self.accounts[stored.account.tenant_id] = refreshed
+        if key is not None and not mark_holds(self.seen.get(key), refreshed):
+            self.seen[key] = Mark(self.dedupe.expires(occurred_at, now), position)
+        return Outcome(
+            Status.REPLAYED,
+            stored.account.tenant_id,
+            stored.outputs_at(position),
+            account=refreshed.account,
+            seq=refreshed.seq,
+        )
+
+    def _write(
+        self, stored: StoredAccount | None, position: Position, transition: acc.Transition
+    ) -> Outcome:
+        base = stored if stored is not None else StoredAccount(transition.account)
+        updated = base.advance(transition.account, position, transition.outputs, self.delivered)
+        self.accounts[transition.account.tenant_id] = updated
+        return Outcome(
+            Status.APPLIED,
+            transition.account.tenant_id,
+            transition.outputs,
+            account=transition.account,
+            seq=updated.seq,
+            recharge=transition.recharge,
+        )
 
     def _commit(
-        self, key: str, occurred_at: datetime, now: datetime, transition: acc.Transition
+        self,
+        stored: StoredAccount | None,
+        key: str,
+        occurred_at: datetime,
+        now: datetime,
+        position: Position,
+        transition: acc.Transition,
     ) -> Outcome:
         tenant = transition.account.tenant_id
-        if transition.changed:
-            self.accounts[tenant] = transition.account
-        self.seen[key] = self.dedupe.expires(occurred_at, now)
+        if not transition.changed:
+            # Nothing was written, so a mark could never hold: a repeat is simply
+            # evaluated again and changes nothing again.
+            if transition.ignored is not None:
+                return Outcome(Status.IGNORED, tenant, note=transition.ignored)
+            return Outcome(Status.APPLIED, tenant, account=transition.account)
+        outcome = self._write(stored, position, transition)
+        self.seen[key] = Mark(self.dedupe.expires(occurred_at, now), position)
         if transition.ignored is not None:
-            return Outcome(Status.IGNORED, tenant, note=transition.ignored)
-        return Outcome(Status.APPLIED, tenant, transition.outputs, account=transition.account)
+            return Outcome(Status.IGNORED, tenant, note=transition.ignored, seq=outcome.seq)
+        return outcome

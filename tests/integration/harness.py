@@ -73,6 +73,7 @@ class Deployment:
             METER_WEB_PORT=str(port),
             METER_PARTITIONS=str(self.partitions),
             METER_TIMER_INTERVAL_SECONDS="0.5",
+            METER_SESSION_TIMEOUT_SECONDS="6",
             METER_LOG_LEVEL="info",
         )
         env.update(self.env_extra)

