@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JARS := deploy/kafka/target/libs/.complete
 
-.PHONY: setup run test test-unit test-integration lint schemas bench clean kafka-start kafka-stop
+.PHONY: setup run test test-unit test-faults lint schemas bench clean kafka-start kafka-stop
 
 setup: $(STAMP) $(JARS)
 
@@ -31,6 +31,10 @@ test: setup
 
 test-unit: setup
 	$(BIN)/pytest tests/unit tests/agents
+
+## The long form of the fault suite: 20 kill -9 cycles (CI runs 5).
+test-faults: setup
+	METER_FAULT_CYCLES=20 $(BIN)/pytest tests/integration/test_faults.py -s
 
 lint: setup
 	$(BIN)/ruff check .
