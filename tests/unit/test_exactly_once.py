@@ -1,0 +1,196 @@
+"""The crash points of docs/guarantees.md, one by one, on the pure engine.
+
+A crash is simulated by keeping only some of the writes a record caused (account
+value, dedupe mark, outputs) and processing the record again at the same position,
+as Faust does after a restart.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from processor.core.account import LedgerOut, RechargeOut, RechargePolicy
+from processor.core.engine import DedupeWindow, Engine, Status
+from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount, newer
+from schemas import CallUsage, FundsAdded
+
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+CARD = load_rate_card(example_rate_card_path())
+
+
+def engine(
+    accounts: dict[str, StoredAccount] | None = None, seen: dict[str, Mark] | None = None
+) -> Engine:
+    return Engine(
+        CARD,
+        RechargePolicy(),
+        DedupeWindow(7),
+        accounts if accounts is not None else {},
+        seen if seen is not None else {},
+    )
+
+
+def call(event_id: str, seconds: int = 61) -> CallUsage:
+    return CallUsage.model_validate(
+        {
+            "event_id": event_id,
+            "tenant_id": "acme",
+            "occurred_at": "2026-11-25T09:00:00Z",
+            "call_id": "c",
+            "call_type": "outbound",
+            "source_number": "+14155550100",
+            "destination_number": "+447700900123",
+            "duration_seconds": seconds,
+        }
+    )
+
+
+def funds(command_id: str, amount: str) -> FundsAdded:
+    return FundsAdded.model_validate(
+        {
+            "type": "funds_added",
+            "command_id": command_id,
+            "tenant_id": "acme",
+            "occurred_at": "2026-11-25T09:00:00Z",
+            "amount": amount,
+            "currency": "USD",
+            "source": "manual",
+        }
+    )
+
+
+P = Position("usage.calls:0", 10)
+
+
+def balance(e: Engine) -> Decimal:
+    return e.accounts["acme"].account.balance
+
+
+def applied_once(e: Engine) -> None:
+    # 10.00 of funds, one 61 s call to +447 at 0.1320.
+    assert balance(e) == Decimal("9.8680")
+
+
+@pytest.fixture
+def funded() -> Engine:
+    e = engine()
+    e.command(funds("f1", "10.00"), "credits.commands", NOW, Position("credits.commands:0", 0))
+    return e
+
+
+def crash_keeping(e: Engine, *, account: bool, mark: bool) -> tuple[Engine, Any]:
+    """Process the call at P, then keep only the chosen writes, as a crash would."""
+    before_accounts = copy.copy(e.accounts)
+    before_seen = copy.copy(e.seen)
+    outcome = e.usage(call("e1"), "usage.calls", NOW, P)
+    assert outcome.status is Status.APPLIED
+    accounts = dict(e.accounts) if account else dict(before_accounts)
+    seen = dict(e.seen) if mark else dict(before_seen)
+    return engine(accounts, seen), outcome
+
+
+@pytest.mark.parametrize(
+    ("account", "mark"), [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_a_replayed_record_changes_the_balance_once_whatever_survived(
+    funded: Engine, account: bool, mark: bool
+) -> None:
+    restarted, first = crash_keeping(funded, account=account, mark=mark)
+    again = restarted.usage(call("e1"), "usage.calls", NOW, P)
+    applied_once(restarted)
+    # Either way the record's ledger entry comes out, with the same id as the first time.
+    [entry] = [o for o in again.outputs if isinstance(o, LedgerOut)]
+    [first_entry] = [o for o in first.outputs if isinstance(o, LedgerOut)]
+    assert entry.entry_id == first_entry.entry_id and entry.amount == first_entry.amount
+    assert again.status is (Status.REPLAYED if account else Status.APPLIED)
+
+
+def test_a_mark_without_its_account_value_does_not_hide_the_event(funded: Engine) -> None:
+    restarted, _ = crash_keeping(funded, account=False, mark=True)
+    # The same event, re-sent and re-routed, arrives on another partition before the
+    # replay of the first (on one partition, records are replayed in order).
+    first = restarted.usage(call("e1"), "usage.calls", NOW, Position("reroute:0", 3))
+    assert first.status is Status.APPLIED
+    replay = restarted.usage(call("e1"), "usage.calls", NOW, P)
+    assert replay.status is Status.DUPLICATE
+    applied_once(restarted)
+
+
+def test_a_resent_duplicate_after_recovery_is_recognised(funded: Engine) -> None:
+    restarted, _ = crash_keeping(funded, account=True, mark=False)
+    restarted.usage(call("e1"), "usage.calls", NOW, P)  # the replay writes the mark again
+    later = restarted.usage(call("e1"), "usage.calls", NOW, Position("usage.calls:0", 99))
+    assert later.status is Status.DUPLICATE
+    applied_once(restarted)
+
+
+def test_delivered_outputs_leave_the_outbox_and_are_not_sent_again() -> None:
+    delivered: set[int] = set()
+    e = engine()
+    e.delivered = lambda _tenant, entry: entry.seq in delivered
+    e.command(funds("f1", "10.00"), "credits.commands", NOW, Position("credits.commands:0", 0))
+    first = e.usage(call("e1"), "usage.calls", NOW, P)
+    assert len(e.accounts["acme"].outbox) == 2
+    delivered.update({1, first.seq})
+    e.usage(call("e2"), "usage.calls", NOW, Position("usage.calls:0", 11))
+    assert [x.seq for x in e.accounts["acme"].outbox] == [3]
+    replay = e.usage(call("e1"), "usage.calls", NOW, P)
+    assert replay.status is Status.REPLAYED and replay.outputs == ()
+
+
+def test_recovery_keeps_the_newest_value_not_the_last_written() -> None:
+    e = engine()
+    e.command(funds("f1", "10.00"), "credits.commands", NOW, Position("credits.commands:0", 0))
+    old = e.accounts["acme"]
+    e.usage(call("e1"), "usage.calls", NOW, P)
+    new = e.accounts["acme"]
+    assert newer(old, new) and not newer(new, old)
+    assert newer(None, old)
+
+
+def test_request_ids_are_numbered_per_tenant_not_by_cause() -> None:
+    """Two workers that saw records in another order still name the n-th request alike."""
+    from schemas import AutoRechargeConfigured
+
+    settings = AutoRechargeConfigured.model_validate(
+        {
+            "type": "auto_recharge_configured",
+            "command_id": "a1",
+            "tenant_id": "acme",
+            "occurred_at": "2026-11-25T09:00:00Z",
+            "enabled": True,
+            "recharge_amount": "20.00",
+            "trigger_balance": "5.00",
+        }
+    )
+    ids = []
+    for order in (("call", "settings"), ("settings", "call")):
+        e = engine()
+        for what in order:
+            if what == "call":
+                e.usage(call("e1", seconds=600), "usage.calls", NOW, P)
+            else:
+                e.command(settings, "credits.commands", NOW, Position("credits.commands:0", 0))
+        pending = e.accounts["acme"].account.pending
+        assert pending is not None
+        ids.append(pending.request_id)
+    assert ids[0] == ids[1]
+
+
+def test_outbox_entries_survive_a_round_trip_through_the_changelog_codec(funded: Engine) -> None:
+    from processor.codec import dump_stored, load_stored
+
+    funded.usage(call("e1"), "usage.calls", NOW, P)
+    stored = funded.accounts["acme"]
+    again = load_stored(dump_stored(stored))
+    assert again == stored
+    assert isinstance(again.outbox[0], OutboxEntry)
+    assert any(isinstance(o, LedgerOut) for e in again.outbox for o in e.outputs)
+    assert not any(isinstance(o, RechargeOut) for e in again.outbox for o in e.outputs)
+    assert again.applied["usage.calls:0"] == 10
