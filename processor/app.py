@@ -20,7 +20,7 @@ from faust.types import TP, EventT, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from processor import metrics, store
+from processor import metrics, observe, store
 from processor.codec import dump_mark, dump_stored, load_mark, load_stored
 from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine
@@ -200,6 +200,7 @@ class Meter:
         self._declare_agents()
         self._declare_timer()
         self._declare_web()
+        observe.install(self)
 
     # ---- agents ----------------------------------------------------------------
 
@@ -285,13 +286,15 @@ class Meter:
 
     def _update_gauges(self) -> None:
         owned = self._owned_partitions()
-        tenants = outstanding = 0
+        tenants = outstanding = exhausted = 0
         for tenant, stored in list(self.accounts.items()):
             if partition_for(tenant, self.partitions) in owned:
                 tenants += 1
                 outstanding += stored.account.pending is not None
+                exhausted += stored.account.exhausted
         metrics.TENANTS.set(tenants)
         metrics.OUTSTANDING.set(outstanding)
+        metrics.EXHAUSTED.set(exhausted)
 
     # ---- HTTP ---------------------------------------------------------------------
 

@@ -120,3 +120,31 @@ OUTSTANDING = Gauge(
     "Recharge requests of owned tenants that are open (outstanding or awaiting retry).",
     registry=REGISTRY,
 )
+
+
+def _start_at_zero() -> None:
+    """Create every labelled series a rule or panel rates, at 0.
+
+    A labelled series otherwise appears at its first increment, and increase() cannot
+    see that first step: the first suspension or rejection of a kind would go unseen.
+    """
+    for reason in (
+        "invalid_json",
+        "invalid_event",
+        "no_rate",
+        "currency_mismatch",
+        "internal_error",
+    ):
+        REJECTED.labels(reason)
+    for outcome in ("fulfilled", "failed", "timed_out", "suspended", "dropped"):
+        RECHARGE_OUTCOMES.labels(outcome)
+    for alert in ("exhausted", "restored", "low_balance", "recharge_failed"):
+        ALERTS.labels(alert)
+    for attempt in ("first", "retry"):
+        RECHARGE_REQUESTS.labels(attempt)
+    for source in ("calls", "conferencing", "commands", "timer"):
+        for outcome in ("applied", "duplicate", "rejected", "ignored", "rerouted", "replayed"):
+            RECORDS.labels(source, outcome)
+
+
+_start_at_zero()
