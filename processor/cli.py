@@ -38,6 +38,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from processor.app import Broker, Meter
+    from processor.logs import logging_config
     from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
     from processor.topics import TopicLayoutError, TopicNames, ensure_topics
 
@@ -60,7 +61,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # ensure_topics closed its loop; Faust's worker wants a current one of its own.
     asyncio.set_event_loop(asyncio.new_event_loop())
     meter = Meter(cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host)
-    worker = faust.Worker(meter.app, loglevel=cfg.log_level, quiet=True)
+    worker = faust.Worker(
+        meter.app,
+        loglevel=cfg.log_level,
+        quiet=True,
+        logging_config=logging_config(cfg.log_format, cfg.log_level),
+    )
     worker.execute_from_commandline()
     return EXIT_OK
 

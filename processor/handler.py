@@ -264,12 +264,28 @@ class RecordHandler:
         except Exception as exc:
             # A bug must cost one record a trip to credits.rejected, not the stream:
             # Faust would ack and drop a record whose handler raised.
-            log.exception("internal error on %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+            log.exception(
+                "internal error on %s[%d]@%d",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                extra={"tenant_id": tenant, **_coordinates(rec)},
+            )
             await self._reject(origin, "internal_error", f"{type(exc).__name__}: {exc}")
             metrics.RECORDS.labels(label, "rejected").inc()
             return "rejected"
         if outcome.status is Status.APPLIED:
             metrics.EVENT_LAG.observe(max(0.0, (now - event.occurred_at).total_seconds()))
+        if log.isEnabledFor(logging.DEBUG):
+            record_id = getattr(event, "event_id", None) or getattr(event, "command_id", None)
+            log.debug(
+                "%s %s for %s: %s",
+                label,
+                record_id,
+                tenant,
+                outcome.status.value,
+                extra={"tenant_id": tenant, "event_id": record_id, **_coordinates(rec)},
+            )
         await self._finish(label, outcome, origin, started)
         return outcome.status.value
 
@@ -334,7 +350,15 @@ class RecordHandler:
         # Keyed like the original, so a replay lands where the original would have.
         await self._send(self.names.rejected, rec.key, orjson.dumps(body))
         metrics.REJECTED.labels(reason).inc()
-        log.info("rejected %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, reason, detail)
+        log.info(
+            "rejected %s[%d]@%d: %s: %s",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            reason,
+            detail,
+            extra={"reason": reason, **_coordinates(rec)},
+        )
 
     async def _send(
         self,
@@ -394,6 +418,14 @@ class RecordHandler:
             await self._send(self.names.timer, tenant.encode(), dump_tick(tick))
             fired += 1
         return fired
+
+
+def _coordinates(rec: Record) -> dict[str, object]:
+    return {
+        "source_topic": rec.topic,
+        "source_partition": rec.partition,
+        "source_offset": rec.offset,
+    }
 
 
 def _as_text(raw: bytes | None) -> tuple[str | None, bool]:

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # Faust store URL; memory:// rebuilds state from the changelog on start.
     store: str = Field(default="memory://", validation_alias="METER_STORE")
     log_level: str = Field(default="info", validation_alias="METER_LOG_LEVEL")
+    # "json": one JSON object per line, with tenant and event ids as fields.
+    log_format: str = Field(
+        default="text", validation_alias="METER_LOG_FORMAT", pattern="^(text|json)$"
+    )
     # Opt-in: export meter_tenant_balance for at most this many tenants (the lowest
     # balances); 0 exports none, since a tenant label is unbounded.
     metrics_tenant_balances: int = Field(
