@@ -104,6 +104,34 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if report.discrepancies else EXIT_OK
 
 
+def cmd_replay_rejected(args: argparse.Namespace) -> int:
+    from processor.replay import parse_since, replay_reasons, replay_rejected
+    from processor.topics import TopicNames
+
+    try:
+        reasons = replay_reasons(args.reason or ())
+        since = parse_since(args.since) if args.since is not None else None
+    except ValueError as exc:
+        print(f"meter replay-rejected: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.limit is not None and args.limit < 1:
+        print("meter replay-rejected: --limit must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = Settings()
+    report = asyncio.run(
+        replay_rejected(
+            _bootstrap(cfg),
+            TopicNames.from_settings(cfg),
+            reasons=reasons,
+            since=since,
+            limit=args.limit,
+            dry_run=args.dry_run,
+        )
+    )
+    print(report.render())
+    return EXIT_PROBLEM if report.problems else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from processor.demo import run_demo
 
@@ -149,6 +177,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-url", default=None, help="a worker's HTTP address, e.g. http://127.0.0.1:6066"
     )
     rec.set_defaults(func=cmd_reconcile)
+
+    replay = sub.add_parser(
+        "replay-rejected",
+        help="send rejected records back to their source topic once their cause is fixed",
+        description="Read credits.rejected and re-send the original bytes of the records "
+        "rejected for a fixable reason to the topic they came from, with their key. The "
+        "processor decides again: applied if the cause is fixed, rejected again if not. "
+        "Ids de-duplicate, so replaying twice applies once. Exit 1 when a selected record "
+        "could not be replayed.",
+    )
+    replay.add_argument(
+        "--reason",
+        action="append",
+        metavar="REASON",
+        help="replay records rejected for REASON (repeatable; default: no_rate, "
+        "currency_mismatch, internal_error); invalid_json is never replayed",
+    )
+    replay.add_argument(
+        "--since",
+        metavar="TIMESTAMP",
+        help="only records rejected at or after this RFC 3339 time, e.g. 2026-11-25T00:00:00Z",
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="print what would be replayed; send nothing"
+    )
+    replay.add_argument(
+        "--limit", type=int, metavar="N", help="replay at most N records, oldest rejections first"
+    )
+    replay.set_defaults(func=cmd_replay_rejected)
 
     demo = sub.add_parser(
         "demo",

@@ -44,6 +44,7 @@ H_SOURCE = "meter-source"
 H_TOPIC = "meter-source-topic"
 H_PARTITION = "meter-source-partition"
 H_OFFSET = "meter-source-offset"
+H_KEY = "meter-source-key"  # absent when the original record had no key
 # Kafka's default max.message.bytes is 1 MiB; base64 grows a payload by a third.
 MAX_REJECTED_PAYLOAD = 256 * 1024
 
@@ -217,7 +218,8 @@ class RecordHandler:
                 topic=(rec.header(H_TOPIC) or b"").decode(),
                 partition=int(rec.header(H_PARTITION) or b"-1"),
                 offset=int(rec.header(H_OFFSET) or b"-1"),
-                key=rec.key,
+                # A rejection names the key the producer used, not the tenant's.
+                key=rec.header(H_KEY),
                 value=rec.value,
             )
         except (ValueError, UnicodeDecodeError):
@@ -319,6 +321,8 @@ class RecordHandler:
             (H_PARTITION, str(rec.partition).encode()),
             (H_OFFSET, str(rec.offset).encode()),
         ]
+        if rec.key is not None:
+            headers.append((H_KEY, rec.key))
         await self._send(self.names.reroute, tenant.encode(), rec.value or b"", headers)
 
     async def _reject(self, rec: Record, reason: str, detail: str) -> None:
@@ -330,7 +334,7 @@ class RecordHandler:
             "source_partition": rec.partition,
             "source_offset": rec.offset,
             "key": None,
-            "payload": "",
+            "payload": None,
             "rejected_at": format_timestamp(self.clock()),
         }
         body["key"], key_b64 = _as_text(rec.key)

@@ -117,6 +117,10 @@ class AutoRechargeConfigured(_Input):
     enabled: StrictBool
     recharge_amount: PositiveAmount
     trigger_balance: NonNegativeAmount
+    # Optional: the card's currency is implied. Kept rather than dropped as an unknown
+    # field, so that settings sent in another currency are rejected (currency_mismatch)
+    # instead of being read as amounts in the card's currency.
+    currency: Currency | None = None
 
 
 class RechargeFailed(_Input):

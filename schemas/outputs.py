@@ -209,6 +209,12 @@ class RejectedRecord(OutputModel):
     key_encoding: Literal["base64"] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     payload: WireText | None
     payload_encoding: Literal["base64"] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    # A payload too large to copy whole (over 256 KiB) keeps a prefix; the original
+    # stays at its source offset, and payload_size says how large it was.
+    payload_truncated: bool | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    payload_size: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, exclude_if=OMIT_WHEN_NONE
+    )
     rejected_at: Timestamp
 
     @classmethod

@@ -295,12 +295,16 @@ class Engine:
         transition: acc.Transition,
     ) -> Outcome:
         tenant = transition.account.tenant_id
-        if not transition.changed:
+        if not transition.changed and (transition.ignored is None or stored is None):
             # Nothing was written, so a mark could never hold: a repeat is simply
-            # evaluated again and changes nothing again.
+            # evaluated again and changes nothing again (a zero charge; an answer
+            # for a tenant that never had a request).
             if transition.ignored is not None:
                 return Outcome(Status.IGNORED, tenant, note=transition.ignored)
             return Outcome(Status.APPLIED, tenant, account=transition.account)
+        # An ignored command of a known tenant is written (unchanged) and marked too:
+        # re-evaluated later it need not stay moot (a stale recharge_failed re-sent
+        # during the next attempt would fail that attempt), and a repeat is a duplicate.
         outcome = self._write(stored, position, transition)
         self.seen[key] = Mark(self.dedupe.expires(occurred_at, now), position)
         if transition.ignored is not None:

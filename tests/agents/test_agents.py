@@ -20,6 +20,7 @@ from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.handler import H_SOURCE, MemoryPublisher
 from processor.routing import partition_for
 from processor.settings import Settings
+from schemas import RejectedRecord
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
@@ -172,6 +173,7 @@ async def test_bad_input_is_rejected_with_its_reason(
     h = make_harness()
     assert await h.put(agent, payload, key=b"acme") == "rejected"
     [rejected] = h.out("credits.rejected")
+    RejectedRecord.model_validate(rejected)  # the published shape is the contract's
     assert rejected["reason"] == reason
     assert rejected["detail"]
     assert rejected["source_offset"] == 0
@@ -264,3 +266,24 @@ async def test_timer_retries_a_failed_request_after_the_wait(
     # The same tick again changes nothing.
     assert await h.put("ticks", tick, key=key) == "ignored"
     assert len(h.out("credits.recharge-requests")) == 1
+
+
+async def test_a_rerouted_record_rejected_later_names_the_producers_key(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(partitions=4)
+    home = partition_for("acme", 4)
+    body = call("e1", dest="+999123456")  # no rate: rejected after the re-route
+    await h.put("calls", body, key=b"wrong-key", partition=(home + 1) % 4)
+    [(_, key, value, headers)] = h.pub.sent
+    h.pub.sent.clear()
+    assert await h.put("rerouted", value, key=key, partition=home, headers=list(headers or ())) == (
+        "rejected"
+    )
+    [rejected] = h.out("credits.rejected")
+    RejectedRecord.model_validate(rejected)
+    assert rejected["key"] == "wrong-key"
+    assert rejected["source_topic"] == "credits-meter-reroute" or rejected["source_topic"] == (
+        "usage.calls"
+    )
+    assert rejected["reason"] == "no_rate"
