@@ -20,7 +20,7 @@ from faust.types import TP, EventT, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from processor import metrics, observe, store
+from processor import admin, kafka_options, metrics, observe, store
 from processor.codec import dump_mark, dump_stored, load_mark, load_stored
 from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine
@@ -145,6 +145,7 @@ class Meter:
         self.app = faust.App(
             cfg.app_id,
             broker=broker.faust_urls(),
+            broker_credentials=kafka_options.faust_credentials(cfg),
             store=cfg.store,
             datadir=str(cfg.data_dir),
             topic_partitions=partitions,
@@ -201,6 +202,7 @@ class Meter:
         self._declare_timer()
         self._declare_web()
         observe.install(self)
+        admin.install(self)
 
     # ---- agents ----------------------------------------------------------------
 

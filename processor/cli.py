@@ -38,8 +38,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from processor.app import Broker, Meter
-    from processor.logs import logging_config
     from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
+    from processor.kafka_options import KafkaAccessError, KafkaConfigError, kafka_client_options
+    from processor.logs import logging_config
     from processor.topics import TopicLayoutError, TopicNames, ensure_topics
 
     cfg = Settings()
@@ -52,10 +53,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         partitions = asyncio.run(
             ensure_topics(
-                bootstrap, TopicNames.from_settings(cfg), cfg.partitions, cfg.replication_factor
+                bootstrap,
+                TopicNames.from_settings(cfg),
+                cfg.partitions,
+                cfg.replication_factor,
+                **kafka_client_options(cfg),
             )
         )
-    except TopicLayoutError as exc:
+    except (TopicLayoutError, KafkaConfigError, KafkaAccessError) as exc:
         print(f"meter worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # ensure_topics closed its loop; Faust's worker wants a current one of its own.
@@ -219,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)"
     )
     demo.set_defaults(func=cmd_demo)
+
+    # Operator commands: account, add-funds, auto-recharge, schemas, simulate.
+    from processor import cli_admin
+
+    cli_admin.register(sub)
     return parser
 
 

@@ -38,7 +38,7 @@ import struct
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -650,11 +650,15 @@ class LocalKafka:
         *,
         libs_dir: Path | None = None,
         jvm_opts: str | None = None,
+        format_args: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self._extra = dict(extra_properties or {})
         self._libs_dir = libs_dir
         self._jvm_opts = jvm_opts or os.environ.get(JVM_OPTS_ENV) or DEFAULT_JVM_OPTS
+        # Extra `kafka-storage format` arguments, used once when the data dir is new
+        # (e.g. --add-scram to create SASL/SCRAM users, which KRaft stores as metadata).
+        self._format_args = tuple(format_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._owned = True
         # (temp file the JVM dumps its CDS archive to at exit, final archive path)
@@ -834,6 +838,7 @@ class LocalKafka:
             _new_cluster_id(),
             "--config",
             str(self.properties_file),
+            *self._format_args,
         )
         try:
             proc = subprocess.run(  # noqa: S603 - fixed argv, no shell

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Logical topic names from the contract; a deployment prefixes all of them.
@@ -63,6 +64,27 @@ class Settings(BaseSettings):
     # balances); 0 exports none, since a tenant label is unbounded.
     metrics_tenant_balances: int = Field(
         default=0, validation_alias="METER_METRICS_TENANT_BALANCES", ge=0
+    )
+
+    # The admin API's bearer token (processor/admin.py); unset disables the admin
+    # endpoints. SecretStr: never printed by a repr or a settings dump.
+    admin_token: SecretStr | None = Field(default=None, validation_alias="METER_ADMIN_TOKEN")
+    # Secure Kafka (processor/kafka_options.py turns these into client options).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validation_alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = Field(default=None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validation_alias="KAFKA_SASL_PASSWORD"
+    )
+    kafka_ssl_cafile: Path | None = Field(default=None, validation_alias="KAFKA_SSL_CAFILE")
+    kafka_ssl_certfile: Path | None = Field(default=None, validation_alias="KAFKA_SSL_CERTFILE")
+    kafka_ssl_keyfile: Path | None = Field(default=None, validation_alias="KAFKA_SSL_KEYFILE")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, validation_alias="KAFKA_SSL_KEY_PASSWORD"
     )
 
     def topic(self, logical: str) -> str:

@@ -748,6 +748,8 @@ class SimulatorConfig:
     topic_wait_seconds: float | None = 60.0
     setup: bool = True  # send initial funds and settings for every tenant
     stats_log_seconds: float | None = None  # log stats periodically (standalone runs)
+    # SASL/TLS keyword arguments for every Kafka client (processor.kafka_options).
+    client_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("duplicate_ratio", "failure_ratio", "garbage_ratio", "miskey_ratio",
@@ -959,7 +961,11 @@ class TokenBucket:
 
 
 async def wait_for_topics(
-    bootstrap: str, topics: Iterable[str], wait_seconds: float, poll: float = 1.0
+    bootstrap: str,
+    topics: Iterable[str],
+    wait_seconds: float,
+    poll: float = 1.0,
+    **client_options: Any,
 ) -> set[str]:
     """Wait until ``topics`` exist; returns those still missing after ``wait_seconds``.
 
@@ -967,7 +973,7 @@ async def wait_for_topics(
     broker with auto.create.topics.enable create it with the default partitions.
     """
     wanted = set(topics)
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **client_options)
     await client.bootstrap()
     try:
         deadline = time.monotonic() + wait_seconds
@@ -1006,7 +1012,9 @@ class Simulator:
         cfg = self.config
         if cfg.topic_wait_seconds is not None:
             wanted = [cfg.topic(t) for t in SIMULATOR_TOPICS]
-            missing = await wait_for_topics(cfg.bootstrap, wanted, cfg.topic_wait_seconds)
+            missing = await wait_for_topics(
+                cfg.bootstrap, wanted, cfg.topic_wait_seconds, **cfg.client_options
+            )
             if missing:
                 raise RuntimeError(
                     f"topics {sorted(missing)} do not exist after {cfg.topic_wait_seconds}s;"
@@ -1020,6 +1028,7 @@ class Simulator:
             # Only deliberate duplicates: producer retries must not add their own.
             enable_idempotence=True,
             linger_ms=5,
+            **cfg.client_options,
         )
         consumer = AIOKafkaConsumer(
             cfg.topic(RECHARGE_REQUESTS),
@@ -1030,6 +1039,7 @@ class Simulator:
             enable_auto_commit=True,
             # A transactional processor may abort a request; billing must not pay it.
             isolation_level="read_committed",
+            **cfg.client_options,
         )
         await producer.start()
         try:

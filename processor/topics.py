@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from processor import settings as s
 
@@ -69,7 +69,16 @@ async def ensure_topics(
     and its account would have two owners, so the worker refuses to start.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        # aiokafka only says "Unable to bootstrap"; name the cause (a wrong password,
+        # a TLS failure, nothing listening) so the worker's exit message is actionable.
+        from processor.kafka_options import diagnose
+
+        with contextlib.suppress(Exception):
+            await admin.close()
+        raise await diagnose(bootstrap, dict(client_options)) from exc
     try:
         existing = await _partition_counts(admin, names.all())
         input_counts = {existing[t] for t in names.inputs if t in existing}

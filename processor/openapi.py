@@ -1,0 +1,300 @@
+"""The OpenAPI 3.1 document of a worker's HTTP API, generated from `schemas/`.
+
+    python -m processor.openapi          # (re)write docs/openapi.json
+    python -m processor.openapi --check  # exit 1 if docs/openapi.json has drifted
+
+Every body schema comes from the pydantic models (`schemas.api`, `schemas.admin`),
+so the document cannot disagree with what the code validates and sends; a unit test
+fails when the checked-in copy is stale, and each worker serves `render()` at
+`GET /openapi.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from schemas.admin import (
+    AutoRechargeRequest,
+    CommandAccepted,
+    ErrorBody,
+    FundsRequest,
+    Health,
+    Readiness,
+)
+from schemas.api import AccountView
+from schemas.types import ID_PATTERN, TENANT_ID_PATTERN
+
+__all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
+
+DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+# The HTTP API's own version: bump on a change a client would notice.
+API_VERSION: Final = "1.1.0"
+_REF: Final = "#/components/schemas/{model}"
+
+_MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
+    (FundsRequest, "validation"),
+    (AutoRechargeRequest, "validation"),
+    (AccountView, "serialization"),
+    (CommandAccepted, "serialization"),
+    (ErrorBody, "serialization"),
+    (Health, "serialization"),
+    (Readiness, "serialization"),
+)
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def _paths(refs: dict[str, str]) -> dict[str, Any]:
+    error = refs["ErrorBody"]
+    tenant = {
+        "name": "tenant_id",
+        "in": "path",
+        "required": True,
+        "description": "The tenant (organisation) whose balance this is.",
+        "schema": {"type": "string", "pattern": TENANT_ID_PATTERN},
+    }
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Becomes the command's `command_id`. The processor applies a "
+        "command id once, so retrying a request with the same key (after a timeout, a "
+        "503, a lost answer) changes the balance once. Without it a fresh UUID is used "
+        "and every request is a new command. Keys are unique per tenant across both "
+        "admin endpoints; a reused key with a different body is ignored like any "
+        "duplicate.",
+        "schema": {"type": "string", "pattern": ID_PATTERN},
+    }
+    admin_errors = {
+        "400": _json(error, "The body is not JSON."),
+        "401": {
+            **_json(error, "No bearer token."),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        },
+        "403": _json(error, "Wrong bearer token."),
+        "413": _json(error, "The body is too large."),
+        "422": _json(
+            error,
+            "The path, header or body is invalid; `errors` lists every refused field "
+            "with its location (`path`, `header` or `body` first).",
+        ),
+        "503": _json(
+            error,
+            "The admin API is disabled (METER_ADMIN_TOKEN unset), or the command could "
+            "not be published to Kafka: retry with the same Idempotency-Key.",
+        ),
+    }
+    accepted = {
+        **_json(
+            refs["CommandAccepted"],
+            "The command is on credits.commands (acknowledged by the broker); the "
+            "worker owning the tenant applies it within moments.",
+        ),
+        "headers": {
+            "Location": {
+                "description": "Where to read the account.",
+                "schema": {"type": "string"},
+            },
+            "Idempotency-Key": {
+                "description": "The command_id used.",
+                "schema": {"type": "string"},
+            },
+        },
+    }
+
+    def admin(
+        operation_id: str, summary: str, description: str, body: str, body_doc: str
+    ) -> dict[str, Any]:
+        return {
+            "operationId": operation_id,
+            "summary": summary,
+            "description": description,
+            "tags": ["admin"],
+            "security": [{"bearerAuth": []}],
+            "parameters": [tenant, idempotency],
+            "requestBody": {
+                "required": True,
+                "description": body_doc,
+                "content": {"application/json": {"schema": {"$ref": body}}},
+            },
+            "responses": {"202": accepted, **admin_errors},
+        }
+
+    return {
+        "/tenants/{tenant_id}/account": {
+            "get": {
+                "operationId": "getAccount",
+                "summary": "A tenant's balance, status and recharge state",
+                "description": "Answered by any worker: one that does not own the tenant "
+                "asks the owner.",
+                "tags": ["read"],
+                "parameters": [tenant],
+                "responses": {
+                    "200": _json(refs["AccountView"], "The account."),
+                    "404": _json(error, "No event for this tenant yet."),
+                    "503": _json(
+                        error,
+                        "The tenant's partition is being reassigned, or its owner "
+                        "cannot be reached; retry.",
+                    ),
+                },
+            }
+        },
+        "/tenants/{tenant_id}/funds": {
+            "post": admin(
+                "addFunds",
+                "Manual top-up",
+                "Publishes a `funds_added` command (source `manual`) keyed by the tenant.",
+                refs["FundsRequest"],
+                "The amount and its currency, which must be the rate card's.",
+            )
+        },
+        "/tenants/{tenant_id}/auto-recharge": {
+            "put": admin(
+                "configureAutoRecharge",
+                "Replace the auto-recharge settings",
+                "Publishes an `auto_recharge_configured` command keyed by the tenant; "
+                "new settings also lift a suspension.",
+                refs["AutoRechargeRequest"],
+                "The complete settings; `enabled: false` turns auto-recharge off.",
+            )
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "getMetrics",
+                "summary": "Prometheus metrics of this worker",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "operationId": "getHealth",
+                "summary": "Liveness: the process serves HTTP",
+                "tags": ["operations"],
+                "responses": {"200": _json(refs["Health"], "Alive.")},
+            }
+        },
+        "/ready": {
+            "get": {
+                "operationId": "getReady",
+                "summary": "Readiness: partitions assigned and state recovered",
+                "tags": ["operations"],
+                "responses": {
+                    "200": _json(refs["Readiness"], "Ready."),
+                    "503": _json(refs["Readiness"], "Not ready; `detail` says why."),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "getOpenAPI",
+                "summary": "This document",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def build() -> dict[str, Any]:
+    """The OpenAPI document as a dict."""
+    keys, definitions = models_json_schema(_MODELS, ref_template=_REF)
+    refs = {model.__name__: schema["$ref"] for (model, _), schema in keys.items()}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "credits-meter worker HTTP API",
+            "version": API_VERSION,
+            "description": "Every worker serves this API on METER_WEB_PORT (default "
+            "6066). Read endpoints are open; admin endpoints need "
+            "`Authorization: Bearer $METER_ADMIN_TOKEN` and publish contract commands "
+            "to credits.commands. Money is a decimal number in a JSON string.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "servers": [{"url": "http://127.0.0.1:6066", "description": "a local worker"}],
+        "tags": [
+            {"name": "read", "description": "Accounts, from any worker."},
+            {"name": "admin", "description": "Commands, with the admin bearer token."},
+            {"name": "operations", "description": "Probes, metrics and this document."},
+        ],
+        "paths": _paths(refs),
+        "components": {
+            "schemas": definitions["$defs"],
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The value of METER_ADMIN_TOKEN on the workers.",
+                }
+            },
+        },
+    }
+
+
+def render() -> str:
+    # sort_keys + fixed indent: byte-stable, so the drift check is a string compare.
+    return json.dumps(build(), sort_keys=True, indent=2, ensure_ascii=True) + "\n"
+
+
+def check(path: Path = DOC_PATH) -> list[str]:
+    """Problems with the checked-in document; empty when it matches the models."""
+    if not path.is_file():
+        return [f"missing: {path}"]
+    if path.read_text(encoding="utf-8") != render():
+        return [f"differs: {path}"]
+    return []
+
+
+def write(path: Path = DOC_PATH) -> bool:
+    """Rewrite the document if it changed; True when it did."""
+    text = render()
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8", newline="\n")
+    return True
+
+
+def main(argv: Sequence[str] | None = None, path: Path = DOC_PATH) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m processor.openapi",
+        description="Write (or check) docs/openapi.json, generated from schemas/.",
+    )
+    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if stale")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check(path)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            print("OpenAPI document is stale: run `python -m processor.openapi`", file=sys.stderr)
+            return 1
+        print(f"{path} up to date")
+        return 0
+    print(f"wrote {path}" if write(path) else f"{path} unchanged")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Bodies of the HTTP API beyond the account view: the admin requests and answers.
+
+Request bodies refuse unknown fields (``extra="forbid"``), unlike the Kafka inputs:
+an operator who types ``"ammount"`` must hear about it at once, not see a command
+published without the amount they meant. Field types are the contract's own, so
+the API accepts exactly what ``credits.commands`` accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.outputs import OMIT_WHEN_NONE, OutputModel
+from schemas.types import (
+    CommandId,
+    Currency,
+    NonNegativeAmount,
+    PositiveAmount,
+    StrictBool,
+    TenantId,
+)
+
+__all__ = [
+    "AutoRechargeRequest",
+    "CommandAccepted",
+    "ErrorBody",
+    "FieldError",
+    "FundsRequest",
+    "Health",
+    "Readiness",
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class FundsRequest(_Request):
+    """Body of ``POST /tenants/{tenant_id}/funds``: a manual top-up."""
+
+    amount: PositiveAmount
+    currency: Currency
+
+
+class AutoRechargeRequest(_Request):
+    """Body of ``PUT /tenants/{tenant_id}/auto-recharge``: replaces the settings."""
+
+    enabled: StrictBool
+    recharge_amount: PositiveAmount
+    trigger_balance: NonNegativeAmount
+    # Optional, as on the command: the rate card's currency is implied.
+    currency: Currency | None = None
+
+
+class CommandAccepted(OutputModel):
+    """202 body: the command is on ``credits.commands``; the worker applies it once."""
+
+    status: Literal["accepted"]
+    type: Literal["funds_added", "auto_recharge_configured"]
+    command_id: CommandId
+    tenant_id: TenantId
+
+
+class FieldError(OutputModel):
+    """One reason a request was refused; ``loc`` starts with path, header or body."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(OutputModel):
+    """Every 4xx/5xx answer: a short code, a sentence, and field errors for 422."""
+
+    error: str
+    detail: str
+    tenant_id: str | None
+    # Only on 422: every field that was refused, not just the first.
+    errors: list[FieldError] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+
+
+class Health(OutputModel):
+    """``GET /health``: the process is alive."""
+
+    status: Literal["ok"]
+
+
+class Readiness(OutputModel):
+    """``GET /ready``: partitions assigned and state recovered (503 otherwise)."""
+
+    ready: StrictBool
+    detail: str

@@ -1,0 +1,179 @@
+"""The admin HTTP API on a real `meter worker`: auth, validation, one top-up per key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from processor import openapi
+from tests.integration.harness import METER, Client, Deployment, Worker, eventually, signed_sum
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "it-admin-token"
+
+
+@pytest.fixture
+async def worker(kafka: Any, tmp_path: Path) -> AsyncIterator[Worker]:
+    d = Deployment(kafka.bootstrap, tmp_path, partitions=2, env_extra={"METER_ADMIN_TOKEN": TOKEN})
+    w = Worker(d, 0).start()
+    try:
+        await w.wait_ready()
+        yield w
+    finally:
+        w.stop()
+        print(f"--- worker log ---\n{w.log_tail(80)}")  # shown only on failure
+
+
+async def call(
+    w: Worker,
+    method: str,
+    path: str,
+    payload: Any,
+    token: str | None = TOKEN,
+    key: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, w.url + path, data=json.dumps(payload), headers=headers) as resp,
+    ):
+        return resp.status, json.loads(await resp.read())
+
+
+async def balance(w: Worker, tenant: str) -> str | None:
+    status, body = await w.get(f"/tenants/{tenant}/account")
+    return body["balance"] if status == 200 else None
+
+
+async def test_a_top_up_posted_twice_with_one_key_is_applied_once(worker: Worker) -> None:
+    top_up = {"amount": "50.00", "currency": "USD"}
+    first = await call(worker, "POST", "/tenants/acme/funds", top_up, key="top-up-1")
+    retry = await call(worker, "POST", "/tenants/acme/funds", top_up, key="top-up-1")
+    assert (
+        first
+        == retry
+        == (
+            202,
+            {
+                "status": "accepted",
+                "type": "funds_added",
+                "command_id": "top-up-1",
+                "tenant_id": "acme",
+            },
+        )
+    )
+    # A later, distinct top-up on the same partition: once it shows, everything sent
+    # before it has been processed, so 51 (not 101) proves the retry was dropped.
+    status, _ = await call(
+        worker, "POST", "/tenants/acme/funds", {"amount": "1.00", "currency": "USD"}
+    )
+    assert status == 202
+
+    async def settled() -> str | None:
+        got = await balance(worker, "acme")
+        return got if got in ("51.0000", "101.0000") else None
+
+    assert await eventually(settled, timeout=30, what="both top-ups applied") == "51.0000"
+    async with Client(worker.deployment) as c:
+        ledger = await c.read_all("credits.ledger")
+    causes = [e["cause_id"] for e in ledger]
+    assert len(causes) == 2 and causes.count("top-up-1") == 1, causes
+    assert str(signed_sum(ledger, "acme")) == "51.0000"
+
+
+async def test_auth_validation_and_settings_on_a_real_worker(worker: Worker) -> None:
+    settings = {"enabled": True, "recharge_amount": "25.00", "trigger_balance": "5.00"}
+    path = "/tenants/globex/auto-recharge"
+    status, body = await call(worker, "PUT", path, settings, token=None)
+    assert status == 401 and body["error"] == "unauthorized"
+    status, body = await call(worker, "PUT", path, settings, token="not-it")
+    assert status == 403 and body["error"] == "forbidden"
+    status, body = await call(
+        worker, "PUT", path, {**settings, "recharge_amount": "-1"}, key="x" * 200
+    )
+    assert status == 422
+    assert {tuple(e["loc"]) for e in body["errors"]} == {
+        ("body", "recharge_amount"),
+        ("header", "Idempotency-Key"),
+    }
+    status, body = await call(
+        worker, "POST", "/tenants/globex/funds", {"amount": "5", "currency": "EUR"}
+    )
+    assert status == 422 and "must be USD" in body["detail"]
+    # Nothing refused reached the processor: the tenant is still unknown.
+    assert (await worker.get("/tenants/globex/account"))[0] == 404
+
+    status, _ = await call(worker, "PUT", path, settings, key="ar-1")
+    assert status == 202
+
+    async def configured() -> dict[str, Any] | None:
+        status, body = await worker.get("/tenants/globex/account")
+        return body["auto_recharge"] if status == 200 else None
+
+    assert await eventually(configured, timeout=30, what="settings applied") == {
+        "enabled": True,
+        "recharge_amount": "25.0000",
+        "trigger_balance": "5.0000",
+        "suspended": False,
+    }
+
+
+async def test_the_worker_serves_the_checked_in_openapi_document(worker: Worker) -> None:
+    status, served = await worker.get("/openapi.json")
+    assert status == 200
+    assert served == json.loads(openapi.DOC_PATH.read_text())
+
+
+async def meter(w: Worker, *argv: str) -> tuple[int, str, str]:
+    """Run the `meter` command as an operator would, configured like the worker."""
+    proc = await asyncio.create_subprocess_exec(
+        METER,
+        *argv,
+        env=w.deployment.env(99, w.port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_meter_add_funds_reaches_the_worker_and_meter_account_reads_it(
+    worker: Worker,
+) -> None:
+    code, out, err = await meter(
+        worker, "add-funds", "initech", "12.50", "--idempotency-key", "cli-1"
+    )
+    assert code == 0, err
+    assert "cli-1" in out
+    # The same key again: published again, applied once.
+    assert (await meter(worker, "add-funds", "initech", "12.50", "--idempotency-key", "cli-1"))[
+        0
+    ] == 0
+    code, out, err = await meter(
+        worker, "auto-recharge", "set", "initech", "--amount", "10", "--trigger", "1"
+    )
+    assert code == 0, err
+
+    async def configured() -> bool:
+        status, body = await worker.get("/tenants/initech/account")
+        return status == 200 and body["auto_recharge"] is not None
+
+    await eventually(configured, timeout=30, what="the CLI's commands applied")
+    code, out, err = await meter(worker, "account", "initech")  # default URL: METER_WEB_PORT
+    assert code == 0, err
+    account = json.loads(out)
+    assert account["balance"] == "12.5000" and account["auto_recharge"]["enabled"] is True
+    code, _, err = await meter(worker, "account", "never-seen")
+    assert code == 1 and "no such tenant" in err

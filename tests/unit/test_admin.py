@@ -1,0 +1,331 @@
+"""The admin API's logic (processor/admin.py) with a fake publisher, and its OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+from pydantic import SecretStr
+
+from processor import openapi
+from processor.admin import AdminAPI, Reply
+from schemas import decode_command
+from schemas.inputs import AutoRechargeConfigured, FundsAdded
+
+TOKEN = "s3cret-tøken"  # non-ASCII on purpose: compare_digest must not choke on it
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+class FakePublisher:
+    def __init__(self, fail: BaseException | None = None, hang: bool = False) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.fail = fail
+        self.hang = hang
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append((topic, key, value))
+
+
+def make_api(
+    publisher: FakePublisher | None = None, token: str | None = TOKEN, **kw: Any
+) -> tuple[AdminAPI, FakePublisher]:
+    pub = publisher or FakePublisher()
+    api = AdminAPI(
+        None if token is None else SecretStr(token),
+        "USD",
+        "acme.credits.commands",
+        pub,
+        clock=lambda: NOW,
+        new_command_id=lambda: "generated-id",
+        **kw,
+    )
+    return api, pub
+
+
+def body(reply: Reply) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(reply.body)
+    return result
+
+
+def enc(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+FUNDS = enc({"amount": "50.00", "currency": "USD"})
+SETTINGS = enc({"enabled": True, "recharge_amount": "25.00", "trigger_balance": "5.00"})
+
+
+# ------------------------------------------------------------------------ happy path
+
+
+async def test_top_up_publishes_a_manual_funds_added_keyed_by_tenant() -> None:
+    api, pub = make_api()
+    reply = await api.add_funds("acme", {**AUTH, "Idempotency-Key": "top-up-1"}, FUNDS)
+    assert reply.status == 202
+    assert body(reply) == {
+        "status": "accepted",
+        "type": "funds_added",
+        "command_id": "top-up-1",
+        "tenant_id": "acme",
+    }
+    assert reply.headers["Location"] == "/tenants/acme/account"
+    [(topic, key, value)] = pub.sent
+    assert (topic, key) == ("acme.credits.commands", b"acme")
+    # Exactly what the processor's own decoder accepts, nothing more.
+    command = decode_command(value)
+    assert isinstance(command, FundsAdded)
+    assert json.loads(value) == {
+        "type": "funds_added",
+        "command_id": "top-up-1",
+        "tenant_id": "acme",
+        "occurred_at": "2026-11-25T10:00:00Z",
+        "amount": "50.00",
+        "currency": "USD",
+        "source": "manual",
+    }
+
+
+async def test_without_idempotency_key_a_fresh_command_id_is_used() -> None:
+    api, pub = make_api()
+    reply = await api.add_funds("acme", AUTH, FUNDS)
+    assert reply.status == 202 and body(reply)["command_id"] == "generated-id"
+    assert json.loads(pub.sent[0][2])["command_id"] == "generated-id"
+
+
+async def test_the_same_key_gives_the_same_command_so_the_processor_dedupes_it() -> None:
+    api, pub = make_api()
+    headers = {**AUTH, "idempotency-key": "retry-me"}  # header names are case-insensitive
+    first = await api.add_funds("acme", headers, FUNDS)
+    second = await api.add_funds("acme", headers, FUNDS)
+    assert first.status == second.status == 202
+    assert [json.loads(v)["command_id"] for _, _, v in pub.sent] == ["retry-me", "retry-me"]
+
+
+async def test_auto_recharge_publishes_the_settings() -> None:
+    api, pub = make_api()
+    reply = await api.configure_auto_recharge("acme", {**AUTH, "Idempotency-Key": "ar-1"}, SETTINGS)
+    assert reply.status == 202 and body(reply)["type"] == "auto_recharge_configured"
+    command = decode_command(pub.sent[0][2])
+    assert isinstance(command, AutoRechargeConfigured)
+    assert command.enabled is True
+    assert str(command.recharge_amount) == "25.00" and str(command.trigger_balance) == "5.00"
+    disabled = enc({"enabled": False, "recharge_amount": "25.00", "trigger_balance": "0"})
+    assert (await api.configure_auto_recharge("acme", AUTH, disabled)).status == 202
+
+
+# ------------------------------------------------------------------------------ auth
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": ""}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}],
+    ids=["none", "empty", "basic", "bearer-without-token"],
+)
+async def test_no_token_is_401_with_a_challenge(headers: dict[str, str]) -> None:
+    api, pub = make_api()
+    reply = await api.add_funds("acme", headers, FUNDS)
+    assert reply.status == 401
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+    assert body(reply)["error"] == "unauthorized"
+    assert pub.sent == []
+
+
+@pytest.mark.parametrize("given", ["n0t-the-t0ken", TOKEN + "x", TOKEN[:-1], TOKEN.upper()])
+async def test_wrong_token_is_403_and_never_logged(
+    given: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    api, pub = make_api()
+    with caplog.at_level(logging.DEBUG):
+        reply = await api.configure_auto_recharge(
+            "acme", {"Authorization": f"Bearer {given}"}, SETTINGS
+        )
+    assert reply.status == 403 and body(reply)["error"] == "forbidden"
+    assert pub.sent == []
+    assert "wrong bearer token" in caplog.text
+    assert given not in caplog.text and TOKEN not in caplog.text
+
+
+async def test_auth_is_checked_before_the_body_is_looked_at() -> None:
+    api, _ = make_api()
+    assert (await api.add_funds("acme", {}, b"not json")).status == 401
+    assert (await api.add_funds("acme", {"Authorization": "Bearer x"}, None)).status == 403
+
+
+async def test_without_a_configured_token_the_admin_api_is_disabled() -> None:
+    for token in (None, ""):
+        api, pub = make_api(token=token)
+        assert not api.enabled
+        reply = await api.add_funds("acme", AUTH, FUNDS)
+        assert reply.status == 503
+        assert body(reply)["error"] == "admin_disabled"
+        assert "admin API disabled" in body(reply)["detail"]
+        assert pub.sent == []
+
+
+async def test_a_successful_request_logs_no_token(caplog: pytest.LogCaptureFixture) -> None:
+    api, _ = make_api()
+    with caplog.at_level(logging.DEBUG):
+        assert (await api.add_funds("acme", AUTH, FUNDS)).status == 202
+    assert "funds_added" in caplog.text and TOKEN not in caplog.text
+
+
+# ------------------------------------------------------------------------ validation
+
+
+async def refused(
+    payload: bytes | None,
+    tenant: str = "acme",
+    headers: dict[str, str] | None = None,
+    endpoint: str = "funds",
+) -> tuple[Reply, dict[tuple[Any, ...], str]]:
+    api, pub = make_api()
+    call = api.add_funds if endpoint == "funds" else api.configure_auto_recharge
+    reply = await call(tenant, {**AUTH, **(headers or {})}, payload)
+    assert pub.sent == []
+    errors = {tuple(e["loc"]): e["msg"] for e in body(reply).get("errors") or []}
+    return reply, errors
+
+
+@pytest.mark.parametrize(
+    ("payload", "loc", "message"),
+    [
+        ({"amount": "0", "currency": "USD"}, ("body", "amount"), "greater than 0"),
+        ({"amount": "-5.00", "currency": "USD"}, ("body", "amount"), "greater than 0"),
+        ({"amount": "1000000.01", "currency": "USD"}, ("body", "amount"), "at most 1000000"),
+        ({"amount": 50.0, "currency": "USD"}, ("body", "amount"), "not a number"),
+        ({"amount": "5e3", "currency": "USD"}, ("body", "amount"), "decimal number"),
+        ({"amount": "50.00"}, ("body", "currency"), "Field required"),
+        ({"amount": "50.00", "currency": "usd"}, ("body", "currency"), "ISO 4217"),
+        ({"amount": "50.00", "currency": "EUR"}, ("body", "currency"), "must be USD"),
+        ({"ammount": "50.00", "currency": "USD"}, ("body", "ammount"), "not a field"),
+        ([1, 2], ("body",), "JSON object"),
+    ],
+)
+async def test_invalid_funds_bodies_are_422_naming_the_field(
+    payload: Any, loc: tuple[str, ...], message: str
+) -> None:
+    reply, errors = await refused(enc(payload))
+    assert reply.status == 422, reply
+    assert body(reply)["error"] == "invalid_request"
+    assert message in errors[loc], errors
+    assert message in body(reply)["detail"]
+
+
+async def test_invalid_settings_are_422_listing_every_field() -> None:
+    reply, errors = await refused(
+        enc({"enabled": "yes", "recharge_amount": "0", "trigger_balance": "-1"}),
+        endpoint="auto-recharge",
+    )
+    assert reply.status == 422
+    assert set(errors) == {
+        ("body", "enabled"),
+        ("body", "recharge_amount"),
+        ("body", "trigger_balance"),
+    }
+
+
+async def test_path_header_and_body_errors_come_together() -> None:
+    reply, errors = await refused(
+        enc({"amount": "0", "currency": "USD"}),
+        tenant="no spaces allowed",
+        headers={"Idempotency-Key": "x" * 129},
+    )
+    assert reply.status == 422
+    assert "A-Z a-z 0-9" in errors[("path", "tenant_id")]
+    assert "128 printable ASCII" in errors[("header", "Idempotency-Key")]
+    assert ("body", "amount") in errors
+
+
+async def test_malformed_json_is_400_and_oversized_is_413() -> None:
+    reply, _ = await refused(b'{"amount": ')
+    assert reply.status == 400 and body(reply)["error"] == "invalid_json"
+    reply, _ = await refused(None)
+    assert reply.status == 413
+
+
+# ------------------------------------------------------------------------ publishing
+
+
+async def test_a_publish_failure_is_503_telling_to_retry_with_the_same_key() -> None:
+    api, _ = make_api(FakePublisher(fail=ConnectionError("broker down")))
+    reply = await api.add_funds("acme", {**AUTH, "Idempotency-Key": "k-1"}, FUNDS)
+    assert reply.status == 503
+    assert body(reply)["error"] == "publish_failed"
+    assert "k-1" in body(reply)["detail"] and "broker down" in body(reply)["detail"]
+
+
+async def test_a_publish_that_never_acks_times_out_as_503() -> None:
+    api, _ = make_api(FakePublisher(hang=True), publish_timeout=0.05)
+    reply = await api.add_funds("acme", AUTH, FUNDS)
+    assert reply.status == 503 and "no acknowledgement" in body(reply)["detail"]
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+
+def test_openapi_document_is_checked_in_and_current() -> None:
+    problems = openapi.check()
+    assert not problems, (
+        "docs/openapi.json is stale; run `python -m processor.openapi`: " + "; ".join(problems)
+    )
+
+
+def test_openapi_document_is_valid_openapi_3_1() -> None:
+    document = json.loads(openapi.render())
+    assert document["openapi"] == "3.1.0"
+    validate(document)  # openapi-spec-validator: raises on any violation of the spec
+    paths = document["paths"]
+    assert set(paths) == {
+        "/tenants/{tenant_id}/account",
+        "/tenants/{tenant_id}/funds",
+        "/tenants/{tenant_id}/auto-recharge",
+        "/metrics",
+        "/health",
+        "/ready",
+        "/openapi.json",
+    }
+    funds = paths["/tenants/{tenant_id}/funds"]["post"]
+    assert funds["security"] == [{"bearerAuth": []}]
+    assert {"202", "401", "403", "422", "503"} <= set(funds["responses"])
+    assert {p["name"] for p in funds["parameters"]} == {"tenant_id", "Idempotency-Key"}
+    schemas = document["components"]["schemas"]
+    # Generated from the models, so money is a string with the contract's pattern.
+    assert schemas["FundsRequest"]["properties"]["amount"]["type"] == "string"
+    assert schemas["FundsRequest"]["additionalProperties"] is False
+    assert set(schemas["AccountView"]["required"]) >= {"tenant_id", "balance", "status"}
+
+
+def test_openapi_check_and_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "openapi.json"
+    assert openapi.main(["--check"], path=path) == 1
+    assert openapi.main([], path=path) == 0
+    assert openapi.main(["--check"], path=path) == 0
+    path.write_text("{}\n")
+    assert openapi.check(path) == [f"differs: {path}"]
+    capsys.readouterr()
+    assert openapi.main(["--check"], path=path) == 1
+    assert "python -m processor.openapi" in capsys.readouterr().err
+
+
+async def test_settings_may_name_the_cards_currency_but_no_other() -> None:
+    api, pub = make_api()
+    same = enc({"enabled": True, "recharge_amount": "5", "trigger_balance": "1", "currency": "USD"})
+    assert (await api.configure_auto_recharge("acme", AUTH, same)).status == 202
+    command = decode_command(pub.sent[0][2])
+    assert isinstance(command, AutoRechargeConfigured) and command.currency == "USD"
+    reply, errors = await refused(
+        enc({"enabled": True, "recharge_amount": "5", "trigger_balance": "1", "currency": "EUR"}),
+        endpoint="auto-recharge",
+    )
+    assert reply.status == 422 and "must be USD" in errors[("body", "currency")]

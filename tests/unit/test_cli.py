@@ -1,0 +1,290 @@
+"""`meter`'s operator commands: parsing, help, exit codes, what they publish (no broker)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import pytest
+
+from processor import cli, cli_admin
+from processor.kafka_local import free_port
+from schemas import decode_command
+from schemas.inputs import AutoRechargeConfigured, FundsAdded
+
+
+def commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> list[tuple[str, ...]]:
+    """Every command path of the parser tree, e.g. ("auto-recharge", "set")."""
+    found: list[tuple[str, ...]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*prefix, name))
+                found += commands(sub, (*prefix, name))
+    return found
+
+
+ALL = commands(cli.build_parser())
+
+
+def test_the_operator_commands_are_registered() -> None:
+    assert {
+        ("worker",),
+        ("kafka",),
+        ("account",),
+        ("add-funds",),
+        ("auto-recharge",),
+        ("auto-recharge", "set"),
+        ("auto-recharge", "disable"),
+        ("schemas", "export"),
+        ("simulate",),
+    } <= set(ALL)
+
+
+@pytest.mark.parametrize("path", [(), *ALL], ids=lambda p: " ".join(p) or "meter")
+def test_every_command_has_help(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*path, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: meter") and len(out.splitlines()) > 3
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["account"],
+        ["account", "has spaces"],
+        ["add-funds", "acme"],
+        ["add-funds", "x" * 65, "5.00"],
+        ["auto-recharge"],
+        ["auto-recharge", "set", "acme", "--amount", "5"],
+        ["schemas"],
+        ["no-such-command"],
+    ],
+)
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == cli.EXIT_USAGE
+    assert "usage: meter" in capsys.readouterr().err
+
+
+def test_a_bad_tenant_id_names_the_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["add-funds", "no/slashes", "5.00"])
+    assert "1 to 64 characters of A-Z a-z 0-9 . _ : -" in capsys.readouterr().err
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes]] = []
+
+    async def __call__(self, cfg: Any, tenant: str, value: bytes) -> None:
+        self.records.append((tenant, value))
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
+    fake = Sent()
+    monkeypatch.setattr(cli_admin, "_send", fake)
+    return fake
+
+
+def test_add_funds_publishes_a_manual_top_up_in_the_cards_currency(
+    sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["add-funds", "acme", "50.00", "--idempotency-key", "k-1"]) == 0
+    [(tenant, value)] = sent.records
+    command = decode_command(value)
+    assert isinstance(command, FundsAdded)
+    assert tenant == "acme" and command.command_id == "k-1"
+    assert command.source == "manual" and str(command.amount) == "50.00"
+    assert command.currency == "USD"  # the example rate card's
+    assert "k-1" in capsys.readouterr().out
+
+
+def test_without_a_key_a_fresh_command_id_is_printed(
+    sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["add-funds", "acme", "1"]) == 0
+    assert cli.main(["add-funds", "acme", "1"]) == 0
+    ids = [json.loads(v)["command_id"] for _, v in sent.records]
+    assert ids[0] != ids[1]
+    out = capsys.readouterr().out
+    assert ids[0] in out and ids[1] in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["add-funds", "acme", "0"], "greater than 0"),
+        (["add-funds", "acme", "1e3"], "decimal number"),
+        (["add-funds", "acme", "2000000"], "at most 1000000"),
+        (["add-funds", "acme", "5", "--currency", "usd"], "currency"),
+        (["add-funds", "acme", "5", "--idempotency-key", "é"], "command_id"),
+        (["auto-recharge", "set", "acme", "--amount", "0", "--trigger", "1"], "recharge_amount"),
+        (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "-1"], "trigger_balance"),
+        (["auto-recharge", "disable", "acme", "--amount", "5"], "both --amount and --trigger"),
+    ],
+)
+def test_invalid_values_exit_2_before_anything_is_sent(
+    argv: list[str], message: str, sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert sent.records == []
+
+
+def test_auto_recharge_set_and_disable_with_explicit_amounts(sent: Sent) -> None:
+    assert cli.main(["auto-recharge", "set", "acme", "--amount", "25", "--trigger", "5"]) == 0
+    assert cli.main(["auto-recharge", "disable", "acme", "--amount", "25", "--trigger", "5"]) == 0
+    first, second = (decode_command(v) for _, v in sent.records)
+    assert isinstance(first, AutoRechargeConfigured) and first.enabled
+    assert isinstance(second, AutoRechargeConfigured) and not second.enabled
+    assert str(second.recharge_amount) == "25" and str(second.trigger_balance) == "5"
+
+
+def fake_account(monkeypatch: pytest.MonkeyPatch, status: int, body: dict[str, Any]) -> list[str]:
+    asked: list[str] = []
+
+    async def get(url: str, tenant: str) -> tuple[int, dict[str, Any]]:
+        asked.append(url)
+        return status, body
+
+    monkeypatch.setattr(cli_admin, "_get_account", get)
+    return asked
+
+
+def test_disable_keeps_the_current_amounts_read_from_a_worker(
+    sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"enabled": True, "recharge_amount": "20.0000", "trigger_balance": "2.5000"}
+    asked = fake_account(monkeypatch, 200, {"auto_recharge": settings})
+    monkeypatch.setenv("METER_WEB_PORT", "7777")
+    assert cli.main(["auto-recharge", "disable", "acme"]) == 0
+    assert asked == ["http://127.0.0.1:7777"]  # the default follows METER_WEB_PORT
+    [(_, value)] = sent.records
+    command = decode_command(value)
+    assert isinstance(command, AutoRechargeConfigured) and not command.enabled
+    assert str(command.recharge_amount) == "20.0000"
+
+
+def test_disable_without_settings_or_worker(
+    sent: Sent, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_account(monkeypatch, 404, {"error": "not_found"})
+    assert cli.main(["auto-recharge", "disable", "acme"]) == 0
+    assert "nothing to disable" in capsys.readouterr().out
+    fake_account(monkeypatch, 0, {"detail": "no worker answers"})
+    assert cli.main(["auto-recharge", "disable", "acme"]) == cli.EXIT_PROBLEM
+    assert "--amount and --trigger" in capsys.readouterr().err
+    assert sent.records == []
+
+
+def test_account_prints_the_json_and_exit_codes_say_what_happened(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_account(monkeypatch, 200, {"tenant_id": "acme", "balance": "1.0000"})
+    assert cli.main(["account", "acme", "--worker-url", "http://w:1"]) == 0
+    assert json.loads(capsys.readouterr().out)["balance"] == "1.0000"
+    fake_account(monkeypatch, 404, {"error": "not_found"})
+    assert cli.main(["account", "acme"]) == cli.EXIT_PROBLEM
+    assert "no such tenant" in capsys.readouterr().err
+    fake_account(monkeypatch, 503, {"detail": "being reassigned"})
+    assert cli.main(["account", "acme"]) == cli.EXIT_PROBLEM
+    assert "retry" in capsys.readouterr().err
+
+
+def test_account_with_no_worker_listening_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    assert cli.main(["account", "acme", "--worker-url", url]) == cli.EXIT_PROBLEM
+    assert f"no worker answers at {url}" in capsys.readouterr().err
+
+
+def test_add_funds_with_kafka_unreachable_exits_1_saying_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", address)
+    assert cli.main(["add-funds", "acme", "5"]) == cli.EXIT_PROBLEM
+    err = capsys.readouterr().err
+    assert f"cannot use Kafka at {address}" in err and "refused" in err.lower()
+
+
+def test_half_configured_sasl_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    assert cli.main(["add-funds", "acme", "5"]) == cli.EXIT_USAGE
+    assert "KAFKA_SASL_PASSWORD" in capsys.readouterr().err
+
+
+def test_schemas_export_check_passes_on_the_checked_in_files(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["schemas", "export", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "JSON Schema files up to date" in out
+    assert "openapi.json up to date" in out and "asyncapi.yaml up to date" in out
+
+
+def test_schemas_export_check_fails_on_drift(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from schemas import export
+
+    monkeypatch.setattr(export, "JSON_DIR", tmp_path)
+    assert cli.main(["schemas", "export", "--check"]) == cli.EXIT_PROBLEM
+
+
+def test_simulate_takes_the_simulators_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from processor import simulator
+
+    seen: dict[str, Any] = {}
+
+    class FakeSimulator:
+        def __init__(self, config: Any) -> None:
+            seen["config"] = config
+            self.stats = type("Stats", (), {"summary": staticmethod(lambda: "done")})()
+
+        async def run(self) -> None:
+            seen["ran"] = True
+
+    monkeypatch.setattr(simulator, "Simulator", FakeSimulator)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092")
+    argv = ["simulate", "--tenants", "3", "--rate", "2.5", "--duration", "1"]
+    assert cli.main(argv) == 0
+    config = seen["config"]
+    assert (config.tenants, config.rate_per_second, config.duration_seconds) == (3, 2.5, 1.0)
+    assert config.bootstrap == "k1:9092" and seen["ran"]
+
+
+def test_simulate_passes_the_sasl_options_to_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from processor import simulator
+
+    seen: dict[str, Any] = {}
+
+    class FakeSimulator:
+        def __init__(self, config: Any) -> None:
+            seen["options"] = config.client_options
+            self.stats = type("Stats", (), {"summary": staticmethod(lambda: "")})()
+
+        async def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(simulator, "Simulator", FakeSimulator)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092")
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "sim")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "pw")
+    assert cli.main(["simulate", "--duration", "1"]) == 0
+    assert seen["options"]["sasl_mechanism"] == "PLAIN"
+    assert seen["options"]["sasl_plain_password"] == "pw"
