@@ -97,19 +97,27 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.kafka_options import kafka_client_options
     from processor.reconcile import reconcile
     from processor.topics import TopicNames
 
     cfg = Settings()
     card = load_rate_card(cfg.rate_card or example_rate_card_path())
     report = asyncio.run(
-        reconcile(_bootstrap(cfg), TopicNames.from_settings(cfg), card, args.worker_url)
+        reconcile(
+            _bootstrap(cfg),
+            TopicNames.from_settings(cfg),
+            card,
+            args.worker_url,
+            **kafka_client_options(cfg),
+        )
     )
     print(report.render())
     return EXIT_PROBLEM if report.discrepancies else EXIT_OK
 
 
 def cmd_replay_rejected(args: argparse.Namespace) -> int:
+    from processor.kafka_options import kafka_client_options
     from processor.replay import parse_since, replay_reasons, replay_rejected
     from processor.topics import TopicNames
 
@@ -131,6 +139,7 @@ def cmd_replay_rejected(args: argparse.Namespace) -> int:
             since=since,
             limit=args.limit,
             dry_run=args.dry_run,
+            client_options=kafka_client_options(cfg),
         )
     )
     print(report.render())

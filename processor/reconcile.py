@@ -43,10 +43,18 @@ class Raw:
     value: bytes | None
 
 
-async def read_topic(bootstrap: str, topic: str, within: float = 60.0) -> list[Raw]:
-    """Every committed record now in `topic`, partition by partition in offset order."""
+async def read_topic(
+    bootstrap: str, topic: str, within: float = 60.0, **client_options: Any
+) -> list[Raw]:
+    """Every committed record now in `topic`, partition by partition in offset order.
+
+    `client_options` are aiokafka's security options (processor.kafka_options).
+    """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **client_options,
     )
     await consumer.start()
     try:
@@ -203,18 +211,28 @@ def live_balance(url: str, tenant: str) -> Decimal | None:
 
 
 async def reconcile(
-    bootstrap: str, names: TopicNames, card: RateCard, worker_url: str | None = None
+    bootstrap: str,
+    names: TopicNames,
+    card: RateCard,
+    worker_url: str | None = None,
+    **client_options: Any,
 ) -> Report:
     report = Report()
     inputs: list[Raw] = []
     for topic in (names.commands, names.calls, names.conferencing):
-        inputs.extend(await read_topic(bootstrap, topic))
+        inputs.extend(await read_topic(bootstrap, topic, **client_options))
     report.inputs = len(inputs)
     accounts, report.distinct_applied = expected_accounts(card, names, inputs)
-    ledger = [json.loads(r.value) for r in await read_topic(bootstrap, names.ledger) if r.value]
+    ledger = [
+        json.loads(r.value)
+        for r in await read_topic(bootstrap, names.ledger, **client_options)
+        if r.value
+    ]
     sums = check_ledger(ledger, report)
     requests = [
-        json.loads(r.value) for r in await read_topic(bootstrap, names.recharge_requests) if r.value
+        json.loads(r.value)
+        for r in await read_topic(bootstrap, names.recharge_requests, **client_options)
+        if r.value
     ]
     check_requests(requests, report)
     if report.ledger_entries != report.distinct_applied:

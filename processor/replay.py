@@ -272,14 +272,17 @@ class ReplayReport:
 
 
 async def fetch_originals(
-    bootstrap: str, refs: Sequence[SourceRef], within: float = 60.0
+    bootstrap: str, refs: Sequence[SourceRef], within: float = 60.0, **client_options: Any
 ) -> dict[SourceRef, tuple[bytes | None, bytes | None]]:
     """The (key, value) at each ref that its topic still holds (retention may not)."""
     found: dict[SourceRef, tuple[bytes | None, bytes | None]] = {}
     if not refs:
         return found
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **client_options,
     )
     await consumer.start()
     try:
@@ -318,10 +321,12 @@ async def replay_rejected(
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
     within: float = 600.0,
+    client_options: dict[str, Any] | None = None,
 ) -> ReplayReport:
     """Read credits.rejected, select, and re-send (or, dry, only list) the originals."""
     report = ReplayReport(dry_run=dry_run)
-    rows = await read_topic(bootstrap, names.rejected, within=within)
+    options = client_options or {}
+    rows = await read_topic(bootstrap, names.rejected, within=within, **options)
     sel = select(
         ((f"{r.topic}[{r.partition}]@{r.offset}", r.value) for r in rows),
         reasons=reasons,
@@ -329,7 +334,7 @@ async def replay_rejected(
         since=since,
     )
     truncated = [r.rejected.source for r in sel.replays if r.value is None]
-    originals = await fetch_originals(bootstrap, truncated, within=min(within, 60.0))
+    originals = await fetch_originals(bootstrap, truncated, within=min(within, 60.0), **options)
     for i, replay in enumerate(sel.replays):
         original = originals.get(replay.rejected.source)
         if replay.value is None and original is not None:
@@ -359,7 +364,9 @@ async def replay_rejected(
         report.replayed.update(r.rejected.reason for r in sendable)
         return report
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options
+    )
     await producer.start()
     try:
         pending = [
