@@ -214,12 +214,13 @@ def _tail(path: Path, lines: int = 40, offset: int = 0) -> str:
 def _problems(path: Path, offset: int = 0, limit: int = 8) -> str:
     """The ERROR and FATAL lines of a run's log: the cause of a failed start is logged
     before the shutdown that follows it, often further back than a tail reaches."""
+    # The cause itself is often the exception line right after the ERROR line
+    # ("KafkaException: Socket server failed to bind ...: Address already in use").
+    markers = (" ERROR ", " FATAL ", "Exception: ", "Caused by: ")
     found = [
-        line
-        for line in _read_from(path, offset).splitlines()
-        if " ERROR " in line or " FATAL " in line
+        line for line in _read_from(path, offset).splitlines() if any(m in line for m in markers)
     ]
-    return "\n".join(found[:limit])
+    return "\n".join(dict.fromkeys(found[: limit * 3]))
 
 
 def _size(path: Path) -> int:
