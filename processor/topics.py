@@ -23,6 +23,9 @@ class TopicNames:
     # Internal: records re-routed to their tenant's partition, and the recharge timer.
     reroute: str
     timer: str
+    # Faust's table changelogs (named by Faust: app id, table, no prefix).
+    accounts_changelog: str
+    dedupe_changelog: str
 
     @classmethod
     def from_settings(cls, cfg: s.Settings) -> TopicNames:
@@ -37,6 +40,8 @@ class TopicNames:
             rejected=cfg.topic(s.REJECTED),
             reroute=f"{internal}-reroute",
             timer=f"{internal}-recharge-timer",
+            accounts_changelog=f"{cfg.app_id}-accounts-changelog",
+            dedupe_changelog=f"{cfg.app_id}-dedupe-changelog",
         )
 
     @property
@@ -47,8 +52,12 @@ class TopicNames:
     def outputs(self) -> tuple[str, ...]:
         return (self.recharge_requests, self.ledger, self.alerts, self.rejected)
 
+    @property
+    def changelogs(self) -> tuple[str, ...]:
+        return (self.accounts_changelog, self.dedupe_changelog)
+
     def all(self) -> tuple[str, ...]:
-        return self.inputs + self.outputs
+        return self.inputs + self.outputs + self.changelogs
 
 
 class TopicLayoutError(RuntimeError):
@@ -91,9 +100,23 @@ async def ensure_topics(
         count = input_counts.pop() if input_counts else partitions
         missing = [t for t in names.all() if t not in existing]
         if missing:
+            # The changelogs too, before the worker starts: Faust creates them itself,
+            # but a worker that starts on inputs already holding records processes them
+            # before its new changelogs are visible, and every table write then fails
+            # (PartitionsMismatch). Compacted, as Faust would make them.
+            compacted = {"cleanup.policy": "compact"}
+            new = [
+                NewTopic(
+                    t,
+                    count,
+                    replication_factor,
+                    topic_configs=compacted if t in names.changelogs else {},
+                )
+                for t in missing
+            ]
             # Another worker may create them at the same moment.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(t, count, replication_factor) for t in missing])
+                await admin.create_topics(new)
         return count
     finally:
         await admin.close()

@@ -330,3 +330,45 @@ async def test_two_workers_end_with_the_same_balances_as_one(
     for w in two:
         status, _ = await w.get("/tenants/never-seen/account")
         assert status == 404
+
+
+async def test_first_start_on_inputs_that_already_hold_records(
+    deploy: Callable[..., Deployment],
+) -> None:
+    """Telephony may publish before the processor ever ran: nothing may be rejected."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    d = deploy(partitions=12)
+    admin = AIOKafkaAdminClient(bootstrap_servers=d.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(d.topic(t), d.partitions, 1)
+                for t in ("usage.calls", "usage.conferencing", "credits.commands")
+            ]
+        )
+    finally:
+        await admin.close()
+    tenants = [f"early-{i}" for i in range(40)]
+    async with Client(d) as c:
+        await c.send_all("credits.commands", [funds(f"c-{t}", t, "5.00") for t in tenants])
+        await c.send_all(
+            "usage.calls",
+            [
+                call(f"e{i}-{t}", t, seconds=60, dest="+14155550123")
+                for i in range(50)
+                for t in tenants
+            ],
+        )
+    [w] = await start_workers(d, 1)
+
+    async def applied() -> bool | str:
+        balances = {t: (await account(w, t) or {}).get("balance") for t in tenants}
+        wrong = {t: b for t, b in balances.items() if b != "4.0000"}
+        return not wrong or f"not yet: {wrong}"
+
+    # 50 one-minute calls at 0.02 each from 5.00.
+    await eventually(applied, timeout=120, what="every tenant at 4.0000")
+    async with Client(d) as c:
+        assert await c.read_all("credits.rejected") == []

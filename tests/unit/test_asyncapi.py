@@ -90,7 +90,9 @@ def test_the_validator_catches_broken_documents(path: tuple[str, ...], value: An
 def test_every_topic_of_the_processor_is_a_channel() -> None:
     names = TopicNames.from_settings(s.Settings(METER_APP_ID="{appId}"))
     addresses = {channel["address"] for channel in checked_in()["channels"].values()}
-    assert addresses == set(names.all())
+    # Faust's table changelogs hold the processor's state, not messages anyone
+    # exchanges with it, so they are not channels.
+    assert addresses == set(names.inputs + names.outputs)
     contract = {
         s.USAGE_CALLS,
         s.USAGE_CONFERENCING,

@@ -52,6 +52,8 @@ NAMES = TopicNames(
     rejected="credits.rejected",
     reroute="meter-reroute",
     timer="meter-recharge-timer",
+    accounts_changelog="meter-accounts-changelog",
+    dedupe_changelog="meter-dedupe-changelog",
 )
 SOURCES = {CALLS: Source.CALLS, CONFERENCING: Source.CONFERENCING, COMMANDS: Source.COMMANDS}
 DECODERS = {CALLS: decode_call, CONFERENCING: decode_conference, COMMANDS: decode_command}

@@ -46,6 +46,8 @@ NAMES = TopicNames(
     rejected="p.credits.rejected",
     reroute="p.app-reroute",
     timer="p.app-recharge-timer",
+    accounts_changelog="app-accounts-changelog",
+    dedupe_changelog="app-dedupe-changelog",
 )
 INPUTS = frozenset({NAMES.calls, NAMES.conferencing, NAMES.commands})
 
