@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JARS := deploy/kafka/target/libs/.complete
 
-.PHONY: setup run test test-unit test-faults lint schemas bench clean kafka-start kafka-stop
+.PHONY: setup run test test-unit test-faults lint schemas bench bench-quick clean kafka-start kafka-stop
 
 setup: $(STAMP) $(JARS)
 
@@ -40,6 +40,13 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## Benchmark: ceiling vs one worker's drain rate, latency (bench/results.json; ~10 min).
+bench: setup
+	$(BIN)/python -m bench.run --out bench/results.json
+
+bench-quick: setup
+	$(BIN)/python -m bench.run --quick --out bench/results-quick.json
 
 ## Regenerate schemas/json from the pydantic models.
 schemas: setup

@@ -1,0 +1,274 @@
+"""The three measurements of one run: the ceiling, the drain and the latency."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench import procstat
+from bench.worker import BenchWorker
+from bench.workload import Event, producer
+from processor.routing import partition_for
+
+# ----------------------------------------------------------------------- 1. ceiling
+
+
+async def ceiling(bootstrap: str, topics: Sequence[str], out_topic: str, expected: int) -> float:
+    """events/s of the simplest loop doing the processor's shape of work.
+
+    Consume, decode, update a dict, produce one output per event. Sends are queued,
+    not awaited one by one; each fetched batch waits for its sends before the next, as
+    a processor that commits after its outputs land would.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+    )
+    prod = producer(bootstrap, linger_ms=5)
+    await consumer.start()
+    await prod.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [
+            TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t))
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        state: dict[str, int] = {}
+        seen = 0
+        started: float | None = None
+        while seen < expected:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if started is None and batch:
+                started = time.perf_counter()
+            pending = []
+            for records in batch.values():
+                for r in records:
+                    event = orjson.loads(r.value)
+                    tenant = event["tenant_id"]
+                    balance = state.get(tenant, 0) - event["duration_seconds"]
+                    state[tenant] = balance
+                    out = orjson.dumps(
+                        {"tenant_id": tenant, "cause_id": event["event_id"], "balance": balance}
+                    )
+                    pending.append(await prod.send(out_topic, out, key=r.key))
+            seen += sum(len(v) for v in batch.values())
+            if pending:
+                await asyncio.gather(*pending)
+        assert started is not None
+        return expected / (time.perf_counter() - started)
+    finally:
+        await prod.stop()
+        await consumer.stop()
+
+
+# -------------------------------------------------------------------------- 2. drain
+
+
+@dataclass
+class Drain:
+    events: int
+    seconds: float
+    events_per_s: float
+    cpu_seconds_per_1000: float
+    peak_rss_mb: float
+    startup_seconds: float
+
+
+async def drain(
+    worker: BenchWorker | Sequence[BenchWorker],
+    expected: int,
+    within: float,
+    on_start: Callable[[int], None] | None = None,
+) -> Drain:
+    """Start the worker(s) on the preloaded topics and time them until every record is
+    handled.
+
+    The clock starts at the first poll that sees a handled record, not at process
+    start: Faust's boot, topic creation and first rebalance are not throughput. The
+    records handled before that poll are left out of the rate. /metrics is polled
+    every 0.25 s, so the end is known to within a quarter second. With several
+    workers, their counts and CPU are summed and peak memory is the largest.
+    """
+    workers = [worker] if isinstance(worker, BenchWorker) else list(worker)
+    launched = time.perf_counter()
+    for w in workers:
+        w.start()
+    deadline = launched + within
+
+    def cpu() -> float:
+        return sum(procstat.cpu_seconds(w.pid) for w in workers)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        t0 = cpu0 = None
+        n0 = 0
+        while True:
+            for w in workers:
+                w.check_alive()
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"workers did not drain {expected} records in {within}s")
+            counts = [await w.records_done(http) for w in workers]
+            done = sum(c or 0 for c in counts)
+            now = time.perf_counter()
+            if done:
+                if t0 is None:
+                    t0, n0, cpu0 = now, done, cpu()
+                    if on_start is not None:
+                        on_start(workers[0].pid)
+                if done >= expected:
+                    cpu1 = cpu()
+                    break
+            await asyncio.sleep(0.25)
+    assert t0 is not None and cpu0 is not None
+    measured = done - n0
+    seconds = now - t0
+    return Drain(
+        events=measured,
+        seconds=seconds,
+        events_per_s=measured / seconds,
+        cpu_seconds_per_1000=(cpu1 - cpu0) / measured * 1000,
+        peak_rss_mb=max(procstat.peak_rss_mb(w.pid) for w in workers),
+        startup_seconds=t0 - launched,
+    )
+
+
+# ------------------------------------------------------------------------ 3. latency
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile: an observed value, never an interpolated one."""
+    rank = max(0, min(len(sorted_values) - 1, int(q * len(sorted_values) + 0.999999) - 1))
+    return sorted_values[rank]
+
+
+@dataclass
+class Latency:
+    rate: float
+    sent: int
+    tracked: int
+    matched: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    # Median latency of the last tenth of the sends minus that of the first tenth:
+    # near zero when the worker keeps up, growing when a backlog builds.
+    backlog_growth_ms: float
+
+
+async def latency(
+    bootstrap: str,
+    prefix: str,
+    ledger_topic: str,
+    events: Sequence[Event],
+    rate: float,
+    partitions: int,
+    settle: float = 30.0,
+) -> Latency:
+    """Append → ledger entry readable, per usage record, at a steady `rate` events/s.
+
+    Append time is the producer's ack (the record is in the log); readable time is
+    when a read_committed consumer of credits.ledger, tailing from its end, returns the
+    entry whose cause_id is the event's id. Only events with a positive duration are
+    tracked: a zero-second call writes no entry. Producer and consumer share this
+    process and its clock.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        fetch_max_wait_ms=5,
+    )
+    # acks=all and no linger: each record is appended as soon as it is sent, as a
+    # telephony switch publishing one call record at a time would.
+    prod = producer(bootstrap, linger_ms=0, acks="all")
+    await consumer.start()
+    await prod.start()
+    acked: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    tracked = {e.event_id for e in events if e.charged}
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [TopicPartition(ledger_topic, p) for p in cluster.partitions_for_topic(ledger_topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the lazy seek now, before anything is produced
+            await consumer.position(tp)
+
+        async def read() -> None:
+            while len(arrived) < len(tracked):
+                batch = await consumer.getmany(timeout_ms=100)
+                now = time.perf_counter()
+                for records in batch.values():
+                    for r in records:
+                        cause = orjson.loads(r.value).get("cause_id")
+                        if cause in tracked and cause not in arrived:
+                            arrived[cause] = now
+
+        reader = asyncio.create_task(read())
+
+        def on_ack(event_id: str) -> object:
+            def done(fut: asyncio.Future[object]) -> None:
+                if not fut.cancelled() and fut.exception() is None:
+                    acked[event_id] = time.perf_counter()
+
+            return done
+
+        # Paced in 10 ms ticks: smooth enough for the rates a worker reaches.
+        tick = 0.01
+        start = time.perf_counter()
+        pending = []
+        for i, ev in enumerate(events):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > tick:
+                await asyncio.sleep(delay)
+            fut = await prod.send(
+                prefix + ev.topic,
+                ev.value,
+                key=ev.key,
+                partition=partition_for(ev.key.decode(), partitions),
+            )
+            fut.add_done_callback(on_ack(ev.event_id))
+            pending.append(fut)
+        await asyncio.gather(*pending)
+        # Entries still missing after `settle` are reported as tracked - matched.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader, settle)
+    finally:
+        await prod.stop()
+        await consumer.stop()
+    lat = sorted(
+        (arrived[e] - acked[e]) * 1000 for e in arrived if e in acked and arrived[e] >= acked[e]
+    )
+    # An entry read before its own ack callback ran is a 0 ms latency, not a negative one.
+    lat = sorted(lat + [0.0] * sum(1 for e in arrived if e in acked and arrived[e] < acked[e]))
+    if not lat:
+        raise RuntimeError("no ledger entry matched any tracked event")
+    in_order = [
+        max(0.0, arrived[e.event_id] - acked[e.event_id]) * 1000
+        for e in events
+        if e.event_id in arrived and e.event_id in acked
+    ]
+    tenth = max(1, len(in_order) // 10)
+    growth = percentile(sorted(in_order[-tenth:]), 0.5) - percentile(sorted(in_order[:tenth]), 0.5)
+    return Latency(
+        rate=rate,
+        sent=len(events),
+        tracked=len(tracked),
+        matched=len(lat),
+        p50_ms=percentile(lat, 0.50),
+        p99_ms=percentile(lat, 0.99),
+        p999_ms=percentile(lat, 0.999),
+        max_ms=lat[-1],
+        backlog_growth_ms=growth,
+    )

@@ -1,0 +1,58 @@
+"""CPU time and peak memory of a process tree, straight from /proc (Linux only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; everything after its ")" is fixed.
+    return text.rsplit(")", 1)[1].split()
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants alive now."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the tree (threads included: /proc/<pid>/stat sums them)."""
+    total = 0
+    for p in tree(pid):
+        fields = _stat_fields(p)
+        if fields is not None:
+            # After the name: state=0, ppid=1, ... utime=11, stime=12 (stat(5) fields 14, 15).
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The largest VmHWM in the tree (the worker is one process; children are rare)."""
+    peak = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            continue
+    return peak / 1024

@@ -1,0 +1,52 @@
+"""`python -m bench.run --quick` still runs end to end and writes a complete result.
+
+This checks the harness, not the numbers: the quick form's counts are too small to
+mean anything about speed. It starts its own broker, like `make bench` does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NUMBERS = (
+    "ceiling_events_per_s",
+    "drain_events_per_s",
+    "ratio_to_ceiling",
+    "cpu_seconds_per_1000",
+    "peak_rss_mb",
+    "events",
+    "tenants",
+    "partitions",
+)
+
+
+@pytest.mark.timeout(240)
+def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    for key in NUMBERS:
+        assert isinstance(result[key], int | float) and result[key] > 0, (key, result.get(key))
+    for q in ("p50", "p99", "p999"):
+        assert result["latency_ms"][q] > 0, result["latency_ms"]
+    assert (
+        result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["p999"]
+    )
+    assert result["quick"] is True
+    assert result["partitions"] == 12
+    assert result["kafka_version"]
+    assert result["timestamp"]
