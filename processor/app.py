@@ -6,9 +6,10 @@ Everything about money lives in `processor.core`; this module only wires Kafka t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -20,7 +21,7 @@ from faust.types import TP, EventT, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from processor import admin, kafka_options, metrics, observe, store
+from processor import admin, consumer, kafka_options, metrics, observe, store
 from processor.codec import dump_mark, dump_stored, load_mark, load_stored
 from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine
@@ -124,6 +125,7 @@ def _record(event: EventT[Any]) -> Record:
         key=m.key,
         value=m.value,
         headers=tuple(headers),
+        generation=m.generation_id or 0,
     )
 
 
@@ -162,6 +164,11 @@ class Meter:
             web_host=web_host,
             web_in_thread=False,
             autodiscover=False,
+        )
+        n = self.names
+        # Commits count only records the handler took (processor/consumer.py).
+        self.taken = consumer.install(
+            self.app, (n.calls, n.conferencing, n.commands, n.reroute, n.timer)
         )
         policy = acc.RechargePolicy(
             timeout=timedelta(seconds=cfg.recharge_timeout_seconds),
@@ -213,36 +220,41 @@ class Meter:
 
     def _declare_agents(self) -> None:
         handler = self.handler
+        taken = self.taken
         n = self.names
 
-        async def drive(stream: StreamT[Any], source: Source) -> AsyncIterator[str]:
+        async def drive(
+            stream: StreamT[Any], handle: Callable[[Record], Awaitable[str]]
+        ) -> AsyncIterator[str]:
             async for event in stream.events():
-                yield await handler.handle(source, _record(event))
+                status = await handle(_record(event))
+                taken.took(event.message.tp, event.message.offset)
+                yield status
 
         @self.app.agent(self._topic(n.calls), name="usage-calls")
         async def calls(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, Source.CALLS):
+            async for status in drive(stream, partial(handler.handle, Source.CALLS)):
                 yield status
 
         @self.app.agent(self._topic(n.conferencing), name="usage-conferencing")
         async def conferencing(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, Source.CONFERENCING):
+            async for status in drive(stream, partial(handler.handle, Source.CONFERENCING)):
                 yield status
 
         @self.app.agent(self._topic(n.commands), name="commands")
         async def commands(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, Source.COMMANDS):
+            async for status in drive(stream, partial(handler.handle, Source.COMMANDS)):
                 yield status
 
         @self.app.agent(self._topic(n.reroute), name="rerouted")
         async def rerouted(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for event in stream.events():
-                yield await handler.handle_rerouted(_record(event))
+            async for status in drive(stream, handler.handle_rerouted):
+                yield status
 
         @self.app.agent(self._topic(n.timer), name="recharge-timer")
         async def ticks(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for event in stream.events():
-                yield await handler.handle_tick(_record(event))
+            async for status in drive(stream, handler.handle_tick):
+                yield status
 
         self.agents = {
             "calls": calls,

@@ -82,6 +82,12 @@ OUTPUT_ERRORS = Counter(
     "Output records the broker did not accept (the worker restarts to replay them).",
     registry=REGISTRY,
 )
+SKIPS_REREAD = Counter(
+    "meter_skipped_records_reread_total",
+    "Records Faust skipped around a rebalance without processing them; their acks are "
+    "dropped so they stay uncommitted and are read again.",
+    registry=REGISTRY,
+)
 REBALANCES = Counter(
     "meter_rebalances_total",
     "Consumer group rebalances this worker went through.",

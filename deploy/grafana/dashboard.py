@@ -359,13 +359,18 @@ def workers() -> list[timeseries.Panel]:
         ),
         graph(
             "Rebalances",
-            "Consumer group rebalances per worker over 5 minutes. Frequent ones stall "
-            "processing: look for workers restarting or exceeding the session timeout.",
+            "Consumer group rebalances per worker over 5 minutes, and records Faust "
+            "skipped around them (left uncommitted and read again). Frequent rebalances "
+            "stall processing: look for workers restarting or exceeding the session timeout.",
             queries(
                 (
                     f"sum by (instance) (increase({sel('meter_rebalances_total')}[5m]))",
                     "{{instance}}",
-                )
+                ),
+                (
+                    f"sum(increase({sel('meter_skipped_records_reread_total')}[5m]))",
+                    "skipped, read again",
+                ),
             ),
         ),
     ]

@@ -1,0 +1,136 @@
+"""Faust's aiokafka consumer, made to commit only records the worker really processed.
+
+Two faust-streaming behaviours lose input records around a rebalance (both seen on the
+real broker by tests/integration/test_faults_more.py, a worker joining as a burst
+arrives):
+
+- A stream skips records prefetched for an older consumer generation, or dequeued
+  while flow control is paused, and still *acks* them "so that lag does not grow"
+  (faust/streams.py). The committed offset then moves past records that never reached
+  a balance.
+- After a rebalance Faust seeks each partition back to its committed offset so that
+  skipped records are fetched again, but aiokafka's `seek_to_committed` leaves a
+  partition with no committed offset (or offset 0) where its fetch position is, past
+  the skipped records.
+
+And one of ours: a worker frozen past its session timeout (a zombie) still processes
+the records it had fetched when it resumes; if it rejoins and gets the partition back,
+Faust would commit those acks in the new generation, although the account values it
+recovers are its successor's, which never applied them.
+
+So here an ack counts only for a record the handler took (`Taken`), in the generation
+it was fetched in. Any other ack is *refused*: nothing at or past a refused offset is
+committed until the record is processed, and since every rebalance ends with a seek to
+the committed offset (from the beginning for a partition with none, as
+`auto_offset_reset=earliest` says), the record is read again. Reading a record twice is
+safe: the account values recognise records they applied.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+
+from processor import metrics
+
+
+class Taken:
+    """Input records the handler has processed and whose ack is still to come."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[TP, Counter[int]] = {}
+
+    def took(self, tp: TP, offset: int) -> None:
+        self._offsets.setdefault(tp, Counter())[offset] += 1
+
+    def release(self, tp: TP, offset: int) -> bool:
+        """Whether the record was taken (once per time it was taken)."""
+        offsets = self._offsets.get(tp)
+        if not offsets or offsets[offset] <= 0:
+            return False
+        offsets[offset] -= 1
+        if not offsets[offset]:
+            del offsets[offset]
+        return True
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._offsets.pop(tp, None)
+
+
+class GuardedConsumer(faust_aiokafka.Consumer):
+    taken: Taken
+    guarded: frozenset[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per partition, offsets whose ack was refused: no commit reaches past them.
+        self.refused: dict[TP, set[int]] = {}
+
+    def ack(self, message: Message) -> bool:
+        if message.topic not in self.guarded:
+            return bool(super().ack(message))
+        tp, offset = message.tp, message.offset
+        if not self.taken.release(tp, offset):
+            # Skipped by the stream, never processed.
+            metrics.SKIPS_REREAD.inc()
+            return self._refuse(message)
+        if message.generation_id != self.app.consumer_generation_id:
+            # Processed in an older generation, by a worker that may have been replaced
+            # meanwhile: the account values it holds now may not have applied it.
+            return self._refuse(message)
+        refused = self.refused.get(tp)
+        if refused:
+            refused.discard(offset)
+        return bool(super().ack(message))
+
+    def _refuse(self, message: Message) -> bool:
+        message.acked = True
+        self.refused.setdefault(message.tp, set()).add(message.offset)
+        return False
+
+    def _new_offset(self, tp: TP) -> int | None:
+        refused = self.refused.get(tp)
+        if not refused:
+            return super()._new_offset(tp)
+        # Let Faust find the commit offset among the acks below the first refused one.
+        floor = min(refused)
+        acked = self._acked[tp]
+        above = [offset for offset in acked if offset >= floor]
+        acked[:] = [offset for offset in acked if offset < floor]
+        try:
+            return super()._new_offset(tp)
+        finally:
+            acked.extend(above)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)
+        self.taken.forget(revoked)
+        for tp in revoked:
+            self.refused.pop(tp, None)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        fresh = [tp for tp, offset in committed.items() if not offset]
+        if fresh:
+            thread: Any = self._thread
+            await thread.seek_to_beginning(*fresh)
+        # Everything from the committed offsets on is read again, refused records too.
+        for tp in committed:
+            self.refused.pop(TP(tp.topic, tp.partition), None)
+        return committed
+
+
+def install(app: Any, topics: Iterable[str]) -> Taken:
+    """Make `app` build the guarded consumer for `topics` (before the worker starts)."""
+    taken = Taken()
+    app.transport.Consumer = type(
+        "MeterConsumer",
+        (GuardedConsumer,),
+        {"taken": taken, "guarded": frozenset(topics)},
+    )
+    return taken

@@ -1,0 +1,71 @@
+"""The bookkeeping behind processor/consumer.py: only records the handler took commit."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from faust.types import TP
+from intervaltree import IntervalTree  # type: ignore[import-untyped]
+
+from processor.consumer import GuardedConsumer, Taken
+
+A, B = TP("usage.calls", 0), TP("usage.calls", 1)
+
+
+def test_a_taken_record_releases_once_per_time_it_was_taken() -> None:
+    taken = Taken()
+    taken.took(A, 17)
+    taken.took(A, 17)  # read twice (a stale copy and a re-read one), processed twice
+    assert taken.release(A, 17)
+    assert taken.release(A, 17)
+    assert not taken.release(A, 17)
+
+
+def test_a_record_the_handler_never_took_does_not_release() -> None:
+    taken = Taken()
+    taken.took(A, 18)
+    assert not taken.release(A, 17)  # skipped by the stream: its ack must not commit
+    assert not taken.release(B, 18)
+    assert taken.release(A, 18)
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    taken = Taken()
+    taken.took(A, 1)
+    taken.took(B, 1)
+    taken.forget([A])
+    assert not taken.release(A, 1)
+    assert taken.release(B, 1)
+
+
+def _consumer(committed: int | None, acked: list[int], refused: set[int]) -> Any:
+    """A GuardedConsumer with just the bookkeeping Faust's `_new_offset` reads."""
+    c: Any = object.__new__(GuardedConsumer)
+    c.refused = {A: refused} if refused else {}
+    c._acked = defaultdict(list, {A: list(acked)})
+    c._acked_index = defaultdict(set, {A: set(acked)})
+    c._gap = defaultdict(IntervalTree)
+    c._committed_offset = defaultdict(lambda: None, {A: committed})
+    return c
+
+
+def test_no_commit_reaches_past_a_refused_record() -> None:
+    # 5..9 processed, 10 skipped by the stream (refused), 11..14 processed.
+    c = _consumer(committed=5, acked=[5, 6, 7, 8, 9, 11, 12, 13, 14], refused={10})
+    assert c._new_offset(A) == 10  # next to read: the refused record
+    assert c._acked[A] == [11, 12, 13, 14]  # kept for when 10 is processed
+
+
+def test_a_refused_record_at_the_head_blocks_the_commit_faust_would_make() -> None:
+    # Faust alone commits 15 here: it treats a head gap of one as no gap, and with no
+    # committed offset it checks no head at all.
+    for committed in (10, None):
+        c = _consumer(committed=committed, acked=[11, 12, 13, 14], refused={10})
+        assert c._new_offset(A) is None
+        assert c._acked[A] == [11, 12, 13, 14]
+
+
+def test_without_refusals_faust_decides() -> None:
+    c = _consumer(committed=5, acked=[5, 6, 7], refused=set())
+    assert c._new_offset(A) == 8
