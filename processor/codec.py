@@ -107,6 +107,8 @@ def stored_to_dict(stored: StoredAccount) -> dict[str, Any]:
         "v": 2,
         "account": account_to_dict(stored.account),
         "seq": stored.seq,
+        "gen": stored.generation,
+        "epoch": stored.epoch,
         "applied": dict(stored.applied),
         "outbox": [
             {
@@ -125,6 +127,8 @@ def stored_from_dict(data: dict[str, Any]) -> StoredAccount:
     return StoredAccount(
         account=account_from_dict(data["account"]),
         seq=int(data["seq"]),
+        generation=int(data.get("gen", 0)),
+        epoch=int(data.get("epoch", 0)),
         applied=MappingProxyType({str(k): int(v) for k, v in data["applied"].items()}),
         outbox=tuple(
             OutboxEntry(

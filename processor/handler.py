@@ -63,6 +63,9 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
+    # The consumer group generation the record was fetched in: what the account value
+    # written for it is stamped with (core/stored.py), however late it is processed.
+    generation: int = 0
 
     def header(self, name: str) -> bytes | None:
         for k, v in self.headers:
@@ -234,6 +237,7 @@ class RecordHandler:
         except (ValueError, KeyError, TypeError) as exc:
             await self._reject(rec, "invalid_event", f"unreadable timer tick: {exc!r}")
             return "rejected"
+        self.engine.generation = rec.generation
         outcome = self.engine.timer(tick, self.names.timer, rec.position)
         await self._finish("timer", outcome, rec, started)
         return outcome.status.value
@@ -258,6 +262,7 @@ class RecordHandler:
         now = self.clock()
         # A re-routed record is applied at its position in the re-route topic.
         position = rec.position
+        self.engine.generation = rec.generation  # no await until the engine is done
         try:
             if isinstance(event, CallUsage | ConferenceUsage):
                 outcome = self.engine.usage(event, cause_topic, now, position)

@@ -1,9 +1,17 @@
 """The accounts table's store: Faust's in-memory store, with recovery that keeps the
-newest value of each account by its write counter (`seq`) rather than the last one read.
+newest value of each account (`StoredAccount.order`) rather than the last one read.
 
-A worker paused past its session timeout can still write an older account value after
-its successor wrote a newer one; reading the changelog in order would then restore
-the older balance. Comparing `seq` keeps the newest.
+A worker paused past its session timeout (a zombie) can still write account values
+after its successor took over; reading the changelog in order would then restore the
+zombie's branch. Comparing (epoch, generation, seq) keeps the successor's.
+
+And recovery always reads an active partition's changelog from its start. Faust
+resumes from where this worker's recovery of the partition last stopped, if it still
+remembers it (it forgets only on a revoke it did not skip); a zombie that rejoins and
+gets its partitions back would then keep its own late values and never read the
+successor's writes, which came before them in the log (seen by the frozen-worker fault
+test). The changelog is compacted, so a full read is one record per tenant, and the
+comparison makes it safe whatever this worker still holds in memory.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import Any
 
 from faust.stores import STORES
 from faust.stores.memory import Store as MemoryStore
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from processor.core.stored import StoredAccount, newer
 
@@ -21,6 +29,22 @@ SCHEME = "metermemory"
 
 
 class SeqMemoryStore(MemoryStore[Any, Any]):
+    async def on_rebalance(
+        self,
+        assigned: set[TP],
+        revoked: set[TP],
+        newly_assigned: set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        # Runs before the recovery's own on_rebalance, which then starts these from
+        # the earliest offset.
+        changelog = self.table.changelog_topic.get_topic_name()
+        tables: Any = self.app.tables
+        offsets = tables.recovery.active_offsets
+        for tp in [tp for tp in offsets if tp.topic == changelog]:
+            del offsets[tp]
+
     def apply_changelog_batch(
         self,
         batch: Iterable[EventT[Any]],

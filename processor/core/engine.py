@@ -117,6 +117,9 @@ class Engine:
         self.seen = seen
         # Whether an outbox entry's outputs are safely in Kafka, so it can be dropped.
         self.delivered = delivered
+        # The consumer group generation of the input being applied, set by the caller
+        # before each call: what the account value is stamped with (core/stored.py).
+        self.generation = 0
 
     # ---- usage ---------------------------------------------------------------
 
@@ -258,7 +261,7 @@ class Engine:
         acknowledged), and the account value and mark are written again: either may
         have been lost with the crash, while the local store kept them.
         """
-        refreshed = stored.without_delivered(self.delivered)
+        refreshed = stored.rewritten(self.delivered, self.generation)
         self.accounts[stored.account.tenant_id] = refreshed
         if key is not None and not mark_holds(self.seen.get(key), refreshed):
             self.seen[key] = Mark(self.dedupe.expires(occurred_at, now), position)
@@ -274,7 +277,9 @@ class Engine:
         self, stored: StoredAccount | None, position: Position, transition: acc.Transition
     ) -> Outcome:
         base = stored if stored is not None else StoredAccount(transition.account)
-        updated = base.advance(transition.account, position, transition.outputs, self.delivered)
+        updated = base.advance(
+            transition.account, position, transition.outputs, self.delivered, self.generation
+        )
         self.accounts[transition.account.tenant_id] = updated
         return Outcome(
             Status.APPLIED,

@@ -10,9 +10,17 @@ atomic: the account's own table value. So that value carries, next to the balanc
 - `outbox`: the outputs of recent transitions, until the broker has acknowledged them.
   When a record is recognised as replayed, its outputs are published again from here
   (same ids), so an output lost in the crash is never lost for good.
-- `seq`: a write counter. A worker that was paused past its session timeout (a zombie)
-  may still write an older value after its successor wrote a newer one; recovery keeps
-  the value with the highest `seq`, so the balance never goes back in time.
+- `seq`, `generation`, `epoch`: a write counter; the consumer group generation of the
+  worker that wrote the value; and how many times the value changed hands (a write in
+  a generation other than the previous write's counts one more). A worker paused past
+  its session timeout (a zombie) may still write values after its successor took its
+  partitions over: from an older state, with the same or even higher counters, on a
+  branch of its own. Both branches start from the same value; the successor's first
+  write moves to a new epoch, or to the same new epoch in a newer generation, so
+  recovery keeps the highest (epoch, generation, seq): the successor's branch, and
+  the balance never goes back in time. The epoch comes first because generations start
+  again from 1 when Kafka deletes a group that stayed empty past its offsets'
+  retention; the epoch only grows.
 
 A dedupe mark (kept in a separate table, for re-sent duplicates at other offsets)
 records *where* its event was applied; it counts only if this account value has
@@ -58,8 +66,14 @@ class Mark:
 class StoredAccount:
     account: Account
     seq: int = 0
+    generation: int = 0
+    epoch: int = 0
     applied: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     outbox: tuple[OutboxEntry, ...] = ()
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        return (self.epoch, self.generation, self.seq)
 
     def has_applied(self, position: Position) -> bool:
         return self.applied.get(position.tp, -1) >= position.offset
@@ -76,6 +90,7 @@ class StoredAccount:
         position: Position,
         outputs: tuple[Output, ...],
         delivered: Callable[[str, OutboxEntry], bool],
+        generation: int = 0,
     ) -> StoredAccount:
         """The value after applying the record at `position`: one atomic write."""
         seq = self.seq + 1
@@ -85,12 +100,23 @@ class StoredAccount:
             kept = (*kept, OutboxEntry(seq, position, outputs))
         applied = dict(self.applied)
         applied[position.tp] = max(position.offset, applied.get(position.tp, -1))
-        return StoredAccount(account, seq, MappingProxyType(applied), kept)
+        return StoredAccount(
+            account, seq, generation, self.epoch_for(generation), MappingProxyType(applied), kept
+        )
 
-    def without_delivered(self, delivered: Callable[[str, OutboxEntry], bool]) -> StoredAccount:
+    def epoch_for(self, generation: int) -> int:
+        """The epoch of a write by `generation`: one more if the value changes hands."""
+        return self.epoch if generation == self.generation else self.epoch + 1
+
+    def rewritten(
+        self, delivered: Callable[[str, OutboxEntry], bool], generation: int = 0
+    ) -> StoredAccount:
+        """The same value written again by `generation`, minus delivered outputs."""
         tenant = self.account.tenant_id
         kept = tuple(e for e in self.outbox if not delivered(tenant, e))
-        return self if len(kept) == len(self.outbox) else replace(self, outbox=kept)
+        if len(kept) == len(self.outbox) and generation == self.generation:
+            return self
+        return replace(self, outbox=kept, generation=generation, epoch=self.epoch_for(generation))
 
 
 def mark_holds(mark: Mark | None, stored: StoredAccount | None) -> bool:
@@ -99,8 +125,8 @@ def mark_holds(mark: Mark | None, stored: StoredAccount | None) -> bool:
 
 
 def newer(current: StoredAccount | None, incoming: StoredAccount) -> bool:
-    """Recovery keeps the higher `seq`: a zombie's late write never rolls a balance back."""
-    return current is None or incoming.seq >= current.seq
+    """Recovery keeps the newest value: a zombie's late write never wins."""
+    return current is None or incoming.order >= current.order
 
 
 def never_delivered(_tenant: str, _entry: OutboxEntry) -> bool:

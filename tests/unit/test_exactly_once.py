@@ -194,3 +194,87 @@ def test_outbox_entries_survive_a_round_trip_through_the_changelog_codec(funded:
     assert any(isinstance(o, LedgerOut) for e in again.outbox for o in e.outputs)
     assert not any(isinstance(o, RechargeOut) for e in again.outbox for o in e.outputs)
     assert again.applied["usage.calls:0"] == 10
+
+
+def test_a_zombies_late_branch_loses_to_its_successor_whatever_its_counter(
+    funded: Engine,
+) -> None:
+    """The divergence the frozen-worker fault test found, on the pure engine.
+
+    A worker frozen past its session timeout (generation 4) and its successor
+    (generation 5) both start from the same committed value and apply the same records
+    in a different cross-topic order. Their branches reach the same and then higher
+    write counters with different balances; recovery reads both from the changelog and
+    must keep the successor's, which alone went on after the takeover.
+    """
+    # Stored values are immutable: each branch gets its own mapping of the same values.
+    zombie, successor = engine(dict(funded.accounts)), engine(dict(funded.accounts))
+    zombie.generation, successor.generation = 4, 5
+    zombie.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20))
+    zombie.usage(call("late-2", seconds=600), "usage.calls", NOW, Position("usage.calls:0", 21))
+    successor.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20))
+    zombies, successors = zombie.accounts["acme"], successor.accounts["acme"]
+    assert zombies.seq > successors.seq and zombies.account.balance != successors.account.balance
+
+    for changelog in ([successors, zombies], [zombies, successors]):
+        kept = None
+        for value in changelog:
+            if newer(kept, value):
+                kept = value
+        assert kept is successors
+
+
+def test_a_replayed_record_is_written_again_in_the_writers_generation(funded: Engine) -> None:
+    """A successor re-reading records its predecessor applied rewrites the value in its
+    own generation, so a zombie's equal counter cannot win at recovery."""
+    funded.usage(call("e1"), "usage.calls", NOW, P)
+    written = funded.accounts["acme"]
+    funded.generation = 9
+    replay = funded.usage(call("e1"), "usage.calls", NOW, P)
+    rewritten = funded.accounts["acme"]
+    assert replay.status is Status.REPLAYED
+    assert (rewritten.seq, rewritten.generation) == (written.seq, 9)
+    assert newer(written, rewritten) and not newer(rewritten, written)
+
+
+def test_the_writers_generation_survives_the_changelog_codec_and_old_values_read_as_0(
+    funded: Engine,
+) -> None:
+    import orjson
+
+    from processor.codec import dump_stored, load_stored
+
+    funded.generation = 7
+    funded.usage(call("e1"), "usage.calls", NOW, P)
+    raw = dump_stored(funded.accounts["acme"])
+    assert load_stored(raw).generation == 7
+    legacy = orjson.loads(raw)
+    del legacy["gen"]
+    assert load_stored(orjson.dumps(legacy)).generation == 0
+
+
+def test_a_value_the_zombie_wrote_itself_still_passes_to_its_successor(funded: Engine) -> None:
+    funded.generation = 4  # the zombie-to-be owns the tenant and writes it
+    funded.usage(call("e1"), "usage.calls", NOW, P)
+    zombie, successor = engine(dict(funded.accounts)), engine(dict(funded.accounts))
+    zombie.generation, successor.generation = 4, 5
+    zombie.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20))
+    zombie.usage(call("late-2"), "usage.calls", NOW, Position("usage.calls:0", 21))
+    successor.usage(call("late-2"), "usage.calls", NOW, Position("usage.calls:0", 21))
+    z, s = zombie.accounts["acme"], successor.accounts["acme"]
+    assert z.seq > s.seq
+    assert newer(z, s) and not newer(s, z)
+
+
+def test_writes_after_kafka_forgot_the_group_still_beat_the_values_before(
+    funded: Engine,
+) -> None:
+    """A group left empty past its offsets' retention is deleted; its generations
+    start again from 1. Values written after that must still win at recovery."""
+    funded.generation = 50
+    funded.usage(call("e1"), "usage.calls", NOW, P)
+    before = funded.accounts["acme"]
+    funded.generation = 1
+    funded.usage(call("e2"), "usage.calls", NOW, Position("usage.calls:0", 11))
+    after = funded.accounts["acme"]
+    assert newer(before, after) and not newer(after, before)
