@@ -94,6 +94,8 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         return False
 
     def _new_offset(self, tp: TP) -> int | None:
+        if self._head_missing(tp):
+            return None
         refused = self.refused.get(tp)
         if not refused:
             return super()._new_offset(tp)
@@ -106,6 +108,29 @@ class GuardedConsumer(faust_aiokafka.Consumer):
             return super()._new_offset(tp)
         finally:
             acked.extend(above)
+
+    def _head_missing(self, tp: TP) -> bool:
+        """Whether the record at the committed offset is neither acked nor a known gap.
+
+        Faust's own check lets a commit skip one record there (it reads its committed
+        offset as the last processed one, not the next to read): a record dropped from
+        a stream's queue at a rebalance was committed past that way.
+        """
+        committed = self._committed_offset[tp]
+        acked = self._acked[tp]
+        if committed is None or not acked or min(acked) <= committed:
+            return False
+        return not any(iv.begin <= committed < iv.end for iv in self._gap[tp])
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # Faust takes a read offset as the last record read, but sets it to the next one
+        # to read after a seek: one less, so that a gap right at the committed offset
+        # (a transaction marker, a compacted record) is recorded as a gap, not missed.
+        read = self._read_offset
+        for tp, offset in list(read.items()):
+            if offset:
+                read[tp] = offset - 1
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)

@@ -67,4 +67,6 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
 def register() -> str:
     """Make `metermemory://` a store URL Faust understands; returns the URL."""
     STORES.aliases[SCHEME] = f"{__name__}:SeqMemoryStore"
-    return f"{SCHEME}://"
+    # With a host: Faust falls back to the app's default store when the table's store
+    # URL is falsy, and yarl's URL("metermemory://") is (no host, no path).
+    return f"{SCHEME}://accounts"

@@ -287,3 +287,33 @@ async def test_a_rerouted_record_rejected_later_names_the_producers_key(
         "usage.calls"
     )
     assert rejected["reason"] == "no_rate"
+
+
+async def test_the_accounts_table_recovers_with_the_newest_value_not_the_last_written(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """The store the worker really builds (Faust once fell back to its plain memory
+    store for our URL) keeps the highest (epoch, generation, seq) when reading a
+    changelog in which a zombie's late write comes last."""
+    from types import SimpleNamespace
+
+    from processor.core.account import Account
+    from processor.core.stored import StoredAccount
+    from processor.store import SeqMemoryStore
+
+    h = make_harness()
+    table = h.meter.accounts
+    assert isinstance(table.data, SeqMemoryStore)
+
+    def value(epoch: int, generation: int, seq: int, balance: str) -> StoredAccount:
+        account = Account(tenant_id="acme", balance=Decimal(balance))
+        return StoredAccount(account, seq=seq, generation=generation, epoch=epoch)
+
+    successor = value(2, 2, 7, "40.79")
+    changelog = [value(1, 1, 2, "39.00"), successor, value(1, 1, 3, "37.86")]
+    events = [
+        SimpleNamespace(key="acme", value=v, message=SimpleNamespace(partition=0, value=b"x"))
+        for v in changelog
+    ]
+    table.apply_changelog_batch(events)
+    assert table["acme"] == successor

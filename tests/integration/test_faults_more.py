@@ -1,14 +1,13 @@
 """The rest of issue 3's fault suite, on the real broker with real `meter worker` processes.
 
 3. workers joining and leaving during load, 4. the broker hard-killed mid-load,
-6. a crash right after a threshold crossing; and a worker joining just as a burst
-arrives (the narrowest form of 3). Scenario 5, a worker frozen past its session timeout
-and resumed, is in `faults_open_zombie.py`: it still fails (see there). Each runs
-`traffic()` (about 200 tenants, ~5% re-sent duplicates, a mix of commands) and ends
-with a reconciliation that must find zero discrepancies and at most one recharge
-request id per tenant. A failed reconciliation says which input records
-never reached a balance, where the group's offsets stand, and the changelog history of
-a few mismatched accounts.
+5. a worker frozen past its session timeout and resumed (a zombie), 6. a crash right
+after a threshold crossing; and a worker joining just as a burst arrives (the narrowest
+form of 3). Each runs `traffic()` (about 200 tenants, ~5% re-sent duplicates, a mix
+of commands) and ends with a reconciliation that must find zero discrepancies and at
+most one recharge request id per tenant. A failed reconciliation says which input
+records never reached a balance, where the group's offsets stand, and the changelog
+history of a few mismatched accounts.
 """
 
 from __future__ import annotations
@@ -523,6 +522,87 @@ async def test_broker_hard_killed_and_restarted_mid_load(
         f"supervisor (exit code, s to ready): "
         f"{sup.restarts}, {report_figures(report)}, wall: {time.monotonic() - began:.1f}s"
     )
+
+
+# ---- 5. a worker frozen past its session timeout, then resumed -------------------------
+
+
+async def test_frozen_worker_resumed_after_it_was_replaced_changes_nothing_twice(
+    fleet: Fleet, kafka: Any
+) -> None:
+    began = time.monotonic()
+    d = fleet.deployment(kafka.bootstrap)
+    w0, w1 = fleet.start(d, 0), fleet.start(d, 1)
+    await asyncio.gather(w0.wait_ready(), w1.wait_ready())
+    # Ready again once the group is stable: the load must not race the first
+    # rebalance (that race is its own test, below).
+    await settled(d.bootstrap, d.app_id, members=2)
+    await asyncio.gather(w0.wait_ready(), w1.wait_ready())
+    records = traffic(events=7000, seed=51)
+    bursts, steady = [records[:1500], records[1500:3000]], records[3000:]
+    load = asyncio.create_task(produce(d, steady, per_second=140))
+    rng = random.Random(5)
+    takeovers: list[float] = []
+    awake: list[float] = []
+    rejoins: list[float] = []
+    for chunk in bursts:
+        # A burst, faster than the workers keep up with, so that the worker is frozen
+        # with records fetched but not yet processed.
+        await burst(d, chunk)
+        await asyncio.sleep(rng.uniform(0.3, 1.5))  # a random moment to freeze
+        before = await records_handled(w0)
+        freeze(w0)
+        frozen = time.monotonic()
+        # Past the session timeout (6 s): the group drops w0, w1 takes every partition.
+        await settled(d.bootstrap, d.app_id, members=1, timeout=60)
+        await w1.wait_ready()
+        takeovers.append(round(time.monotonic() - frozen, 1))
+        await asyncio.sleep(2.0)  # w1 works alone for a while; the zombie's buffers go stale
+        resume(w0)  # the zombie wakes with its fetched records and its old state
+        resumed = time.monotonic()
+        await asyncio.sleep(1.0)  # what it does in its first second awake is the point
+        awake.append(await records_handled(w0) - before)
+        await settled(d.bootstrap, d.app_id, members=2)
+        await asyncio.gather(w0.wait_ready(), w1.wait_ready())
+        rejoins.append(round(time.monotonic() - resumed, 1))
+    steady_through = not load.done()  # the steady load outlasted both freezes
+    await load
+    tenants = tenants_of(records)
+    await answers_everywhere([w0, w1], tenants)
+    try:
+        report = await reconciled(d, lambda: w1.url)
+    except AssertionError as exc:
+        raise await explained(d, exc) from None
+    print(report.render())
+    check_report(report)
+    await one_request_per_tenant(d)
+
+    # The changelogs now hold the zombie's late writes too: state rebuilt from them
+    # alone, on a new machine, must still give every balance exactly once.
+    w0.kill()
+    w1.kill()
+    fresh = fleet.start(d, 2)
+    rebuild = await timed_ready(fresh)
+    await answers_everywhere([fresh], tenants)
+    try:
+        rebuilt = await reconciled(d, lambda: fresh.url)
+    except AssertionError as exc:
+        raise await explained(d, exc) from None
+    print(rebuilt.render())
+    check_report(rebuilt)
+    writes, late, conflicting = await changelog_audit(d)
+    print(
+        f"FIGURES scenario 5: {load_figures(records)}, freeze cycles: {len(bursts)}, "
+        f"frozen to takeover: {takeovers}s, records the zombie handled in its first "
+        f"second awake: {awake}, resume to rejoined: {rejoins}s, steady load running "
+        f"throughout: {steady_through}, "
+        f"{report_figures(report)}; rebuilt from the "
+        f"changelogs on a fresh worker (ready in {rebuild}s): {report_figures(rebuilt)}, "
+        f"account changelog: {writes} writes, {late} late (older than one before), "
+        f"{conflicting} with the newest order but other contents, "
+        f"wall: {time.monotonic() - began:.1f}s"
+    )
+    print(f"zombie log after resume:\n{w0.log_tail(25)}")
 
 
 # ---- 6. a crash right after a threshold crossing ----------------------------------------

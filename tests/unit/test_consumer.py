@@ -69,3 +69,17 @@ def test_a_refused_record_at_the_head_blocks_the_commit_faust_would_make() -> No
 def test_without_refusals_faust_decides() -> None:
     c = _consumer(committed=5, acked=[5, 6, 7], refused=set())
     assert c._new_offset(A) == 8
+
+
+def test_a_record_missing_at_the_committed_offset_blocks_the_commit() -> None:
+    # 54 was dropped from a stream's queue at a rebalance: never acked, never refused.
+    # Faust alone commits 57 here, past it.
+    c = _consumer(committed=54, acked=[55, 56], refused=set())
+    assert c._new_offset(A) is None
+
+
+def test_a_known_gap_at_the_committed_offset_does_not_block() -> None:
+    # A transaction marker at 54: recorded as a gap when the read resumed after it.
+    c = _consumer(committed=54, acked=[55, 56], refused=set())
+    c._gap[A].addi(54, 55)
+    assert c._new_offset(A) == 57
