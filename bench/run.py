@@ -1,12 +1,14 @@
 """`make bench`: how fast credits-meter meters, next to the fastest plain Python loop.
 
     python -m bench.run [--quick] [--events N] [--out bench/results.json] [--profile S]
-                        [--scaling]
+                        [--scaling] [--recovery-tenants N]
 
 One run, one private broker (so the machine's drift hits both sides alike):
 preload a usage mix over 10,000 tenants into 12-partition topics, measure the
 ceiling loop on it, then let one real `meter worker` drain the same records, then
-measure append-to-ledger latency at half the drain rate. Writes a JSON result.
+measure append-to-ledger latency at half the drain rate, then (item 4) the time a
+worker holding N tenants takes to be ready, and (item 5, --scaling) the drain with
+two workers. Writes a JSON result.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import measures
+from bench import measures, recovery
 from bench.worker import BenchWorker
 from bench.workload import Workload, create_topics, preload
 from processor import simulator as sim
@@ -41,6 +43,8 @@ FULL_EVENTS = 150_000
 FULL_LATENCY_EVENTS = 5_000
 QUICK_EVENTS = 5_000
 QUICK_LATENCY_EVENTS = 300
+FULL_RECOVERY_TENANTS = 1_000_000
+QUICK_RECOVERY_TENANTS = 2_000
 
 
 def kafka_version() -> str:
@@ -166,6 +170,14 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         log(f"latency: {lat}")
         worker.stop()
 
+        t = time.perf_counter()
+        rec_tenants = args.recovery_tenants
+        if rec_tenants is None:
+            rec_tenants = QUICK_RECOVERY_TENANTS if args.quick else FULL_RECOVERY_TENANTS
+        restart = await recovery.measure(broker.bootstrap, tag, rec_tenants, PARTITIONS, root)
+        walls["recovery"] = time.perf_counter() - t
+        log(f"recovery: {restart}")
+
         scaling: dict[str, Any] | None = None
         if args.scaling:
             t = time.perf_counter()
@@ -205,6 +217,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": bool(args.quick),
+        "recovery": restart,
         "scaling": scaling,
         "wall_seconds": {k: round(v, 1) for k, v in walls.items()},
     }
@@ -221,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-out", default="bench/profile.raw.txt")
     parser.add_argument(
         "--scaling", action="store_true", help="also drain with two workers (item 5)"
+    )
+    parser.add_argument(
+        "--recovery-tenants", type=int, help="tenants in the restart measurement (item 4)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir (logs, data)")
     args = parser.parse_args(argv)

@@ -1,0 +1,141 @@
+"""Item 4 of `make bench`: how long a worker with N tenants in its state takes to be
+ready after a restart, and what that state costs in memory.
+
+The state is written straight into the accounts changelog (what N tenants' worth of
+applied usage would have left there), so a million tenants take seconds to set up
+rather than the drain of millions of events. Each value is a realistic account: a
+balance, auto-recharge settings, offsets applied on three inputs, a write counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+
+import aiohttp
+
+from bench import procstat
+from bench.worker import BenchWorker
+from bench.workload import create_topics, producer
+from processor import simulator as sim
+from processor.codec import dump_stored
+from processor.core.account import Account, AutoRecharge
+from processor.core.stored import StoredAccount
+from processor.routing import partition_for
+
+
+@dataclass(frozen=True)
+class Start:
+    seconds: float
+    rss_mb: float
+
+
+def account_value(i: int, prefix: str) -> StoredAccount:
+    tenant = f"t{i:07d}"
+    account = Account(
+        tenant_id=tenant,
+        balance=Decimal(i % 5000) / 100 + Decimal("0.1234"),
+        auto_recharge=AutoRecharge(
+            enabled=True, recharge_amount=Decimal("25.00"), trigger_balance=Decimal("5.00")
+        ),
+        updated_at=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
+        entries=40 + i % 60,
+        requests_issued=i % 3,
+    )
+    applied = {
+        f"{prefix}{sim.USAGE_CALLS}:{i % 12}": 10_000 + i,
+        f"{prefix}{sim.USAGE_CONFERENCING}:{i % 12}": 2_000 + i,
+        f"{prefix}{sim.COMMANDS}:{i % 12}": 100 + i % 1000,
+    }
+    return StoredAccount(
+        account, seq=45 + i % 60, generation=7, epoch=3, applied=MappingProxyType(applied)
+    )
+
+
+async def write_state(bootstrap: str, app_id: str, prefix: str, tenants: int, parts: int) -> None:
+    changelog = f"{app_id}-accounts-changelog"
+    prod = producer(bootstrap)
+    await prod.start()
+    try:
+        pending: list[asyncio.Future[object]] = []
+        for i in range(tenants):
+            value = account_value(i, prefix)
+            tenant = value.account.tenant_id
+            fut = await prod.send(
+                changelog,
+                dump_stored(value),
+                key=tenant.encode(),
+                partition=partition_for(tenant, parts),
+            )
+            pending.append(fut)
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await prod.stop()
+
+
+async def time_to_ready(worker: BenchWorker, within: float) -> Start:
+    began = time.perf_counter()
+    worker.start()
+    url = f"http://127.0.0.1:{worker.port}/ready"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while True:
+            worker.check_alive()
+            if time.perf_counter() - began > within:
+                raise TimeoutError(f"worker not ready in {within}s:\n{worker.log_tail()}")
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        break
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    seconds = time.perf_counter() - began
+    return Start(seconds, procstat.rss_mb(worker.pid))
+
+
+async def measure(
+    bootstrap: str, tag: str, tenants: int, parts: int, root: Path, within: float = 600.0
+) -> dict[str, object]:
+    """Ready times of an empty deployment and of one holding `tenants` accounts."""
+    results: dict[str, Start] = {}
+    for label, count in (("empty", 0), ("full", tenants)):
+        app_id = f"bench-rec-{label}-{tag}"
+        prefix = f"{app_id}."
+        inputs = [prefix + t for t in (sim.USAGE_CALLS, sim.USAGE_CONFERENCING, sim.COMMANDS)]
+        changelogs = [f"{app_id}-{table}-changelog" for table in ("accounts", "dedupe")]
+        await create_topics(bootstrap, [*inputs, *changelogs], parts, compact=frozenset(changelogs))
+        t = time.perf_counter()
+        if count:
+            await write_state(bootstrap, app_id, prefix, count, parts)
+        written = time.perf_counter() - t
+        for attempt in ("first", "restart"):
+            # A memory store keeps nothing on disk, so a restart with its data
+            # directory and one without it rebuild from the changelog alike; the
+            # second start (same data directory) shows that.
+            w = BenchWorker(bootstrap, app_id, prefix, parts, root, index=len(results))
+            try:
+                results[f"{label}_{attempt}"] = await time_to_ready(w, within)
+            finally:
+                w.stop()
+        if count:
+            results["write"] = Start(written, 0.0)
+    full, empty = results["full_first"], results["empty_first"]
+    state_mb = max(0.0, full.rss_mb - empty.rss_mb)
+    return {
+        "tenants": tenants,
+        "ready_seconds_first_start": round(full.seconds, 1),
+        "ready_seconds_restart": round(results["full_restart"].seconds, 1),
+        "ready_seconds_empty": round(empty.seconds, 1),
+        "rss_mb_ready": round(full.rss_mb, 1),
+        "rss_mb_empty": round(empty.rss_mb, 1),
+        "state_bytes_per_tenant": round(state_mb * 1024 * 1024 / tenants) if tenants else 0,
+        "state_write_seconds": round(results["write"].seconds, 1),
+    }
