@@ -45,27 +45,24 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICKS
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The largest VmHWM in the tree (the worker is one process; children are rare)."""
-    peak = 0
+def _status_kb(pid: int, field: str) -> list[int]:
+    """`field` (in kB) from /proc/<p>/status for every process of the tree."""
+    values = []
     for p in tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
+                if line.startswith(field + ":"):
+                    values.append(int(line.split()[1]))
         except OSError:
             continue
-    return peak / 1024
+    return values
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The largest VmHWM in the tree (the worker is one process; children are rare)."""
+    return max(_status_kb(pid, "VmHWM"), default=0) / 1024
 
 
 def rss_mb(pid: int) -> float:
     """Resident memory of the tree now (VmRSS), not its peak."""
-    total = 0
-    for p in tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    return sum(_status_kb(pid, "VmRSS")) / 1024

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,12 +22,11 @@ import aiohttp
 
 from bench import procstat
 from bench.worker import BenchWorker
-from bench.workload import create_topics, producer
+from bench.workload import create_topics, produce_keyed
 from processor import simulator as sim
 from processor.codec import dump_stored
 from processor.core.account import Account, AutoRecharge
 from processor.core.stored import StoredAccount
-from processor.routing import partition_for
 
 
 @dataclass(frozen=True)
@@ -59,26 +59,13 @@ def account_value(i: int, prefix: str) -> StoredAccount:
 
 async def write_state(bootstrap: str, app_id: str, prefix: str, tenants: int, parts: int) -> None:
     changelog = f"{app_id}-accounts-changelog"
-    prod = producer(bootstrap)
-    await prod.start()
-    try:
-        pending: list[asyncio.Future[object]] = []
+
+    def records() -> Iterator[tuple[str, bytes, bytes]]:
         for i in range(tenants):
             value = account_value(i, prefix)
-            tenant = value.account.tenant_id
-            fut = await prod.send(
-                changelog,
-                dump_stored(value),
-                key=tenant.encode(),
-                partition=partition_for(tenant, parts),
-            )
-            pending.append(fut)
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await prod.stop()
+            yield changelog, value.account.tenant_id.encode(), dump_stored(value)
+
+    await produce_keyed(bootstrap, records(), parts)
 
 
 async def time_to_ready(worker: BenchWorker, within: float) -> Start:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -118,6 +118,26 @@ def producer(bootstrap: str, **options: object) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap, **defaults)
 
 
+async def produce_keyed(
+    bootstrap: str, records: Iterable[tuple[str, bytes, bytes]], partitions: int
+) -> None:
+    """Produce (topic, key, value) records, each to its key's partition by the
+    processor's own routing, waiting for acks every 20,000 records."""
+    prod = producer(bootstrap)
+    await prod.start()
+    try:
+        pending: list[asyncio.Future[object]] = []
+        for topic, key, value in records:
+            partition = partition_for(key.decode(), partitions)
+            pending.append(await prod.send(topic, value, key=key, partition=partition))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await prod.stop()
+
+
 async def preload(
     bootstrap: str, prefix: str, events: Iterator[Event] | list[Event], partitions: int
 ) -> dict[str, int]:
@@ -127,25 +147,13 @@ async def preload(
     takes the reroute path (that would measure a different, rarer code path).
     """
     counts: dict[str, int] = {}
-    prod = producer(bootstrap)
-    await prod.start()
-    try:
-        pending: list[asyncio.Future[object]] = []
+
+    def counted() -> Iterator[tuple[str, bytes, bytes]]:
         for ev in events:
-            fut = await prod.send(
-                prefix + ev.topic,
-                ev.value,
-                key=ev.key,
-                partition=partition_for(ev.key.decode(), partitions),
-            )
-            pending.append(fut)
             counts[ev.topic] = counts.get(ev.topic, 0) + 1
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await prod.stop()
+            yield prefix + ev.topic, ev.key, ev.value
+
+    await produce_keyed(bootstrap, counted(), partitions)
     return counts
 
 

@@ -157,10 +157,6 @@ class Meter:
             processing_guarantee="at_least_once",
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=cfg.session_timeout_seconds,
-            # Each event sends three records (ledger entry, two changelogs); a few ms of
-            # linger lets them and their neighbours' share produce requests instead of
-            # one request each (35% of the worker's time went to produce requests).
-            producer_linger=0.005,
             broker_heartbeat_interval=max(0.5, cfg.session_timeout_seconds / 10),
             web_enabled=True,
             web_port=cfg.web_port,
