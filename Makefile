@@ -43,7 +43,8 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Benchmark: ceiling vs one worker's drain rate, latency (bench/results.json; ~10 min).
+## Benchmark: ceiling vs one worker's drain rate, latency, recovery (bench/results.json;
+## ~10 min; add --scaling by hand for the two-worker drain, ~5 min more).
 bench: setup
 	$(BIN)/python -m bench.run --out bench/results.json
 
