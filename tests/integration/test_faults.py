@@ -20,6 +20,7 @@ from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.reconcile import Report, read_topic, reconcile
 from processor.settings import Settings
 from processor.topics import TopicNames
+from tests.integration.diagnose import explained
 from tests.integration.harness import Client, Deployment, Worker, eventually
 
 pytestmark = pytest.mark.integration
@@ -167,7 +168,8 @@ async def reconciled(d: Deployment, url_of: Callable[[], str]) -> Report:
     try:
         return await eventually(clean, timeout=180, interval=2, what="zero discrepancies")
     except AssertionError:
-        raise AssertionError(last[0].render() if last else "no report") from None
+        failed = AssertionError(last[0].render() if last else "no report")
+        raise await explained(d, failed) from None
 
 
 async def one_request_per_tenant(d: Deployment) -> None:
