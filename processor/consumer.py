@@ -18,6 +18,10 @@ the records it had fetched when it resumes; if it rejoins and gets the partition
 Faust would commit those acks in the new generation, although the account values it
 recovers are its successor's, which never applied them.
 
+And one of Faust's fetch loop: a jump in offsets is recorded as a gap that includes
+the record being delivered, so a commit may pass that record before it is processed.
+Here a gap ends before the record that revealed it.
+
 So here an ack counts only for a record the handler took (`Taken`), in the generation
 it was fetched in. Any other ack is *refused*: nothing at or past a refused offset is
 committed until the record is processed, and since every rebalance ends with a seek to
@@ -70,6 +74,11 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         # Per partition, offsets whose ack was refused: no commit reaches past them.
         self.refused: dict[TP, set[int]] = {}
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # Faust passes the offset of the record that revealed the gap as its end, and
+        # that record is being delivered, not missing.
+        await super()._add_gap(tp, offset_from, offset_to - 1)
 
     def ack(self, message: Message) -> bool:
         if message.topic not in self.guarded:

@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from faust.types import TP
-from intervaltree import IntervalTree  # type: ignore[import-untyped]
+from intervaltree import Interval, IntervalTree  # type: ignore[import-untyped]
 
 from processor.consumer import GuardedConsumer, Taken
 
@@ -83,3 +83,17 @@ def test_a_known_gap_at_the_committed_offset_does_not_block() -> None:
     c = _consumer(committed=54, acked=[55, 56], refused=set())
     c._gap[A].addi(54, 55)
     assert c._new_offset(A) == 57
+
+
+# ---- gaps ------------------------------------------------------------------------
+
+
+async def test_a_gap_ends_before_the_record_that_revealed_it() -> None:
+    # Committed 5 (next to read), 5 read and acked; the next record fetched is 8: 6 and
+    # 7 are missing (a transaction marker, compaction). Faust records [6, 8] as the gap.
+    # 8 is then dropped from a stream's queue at a rebalance, 9 is processed: with 8 in
+    # the gap, the commit would pass 8, which never reached a balance.
+    c = _consumer(committed=5, acked=[5, 9], refused=set())
+    await c._add_gap(A, 6, 8)
+    assert sorted(c._gap[A]) == [Interval(6, 8)]
+    assert c._new_offset(A) == 8  # next to read: 8 itself
