@@ -6,7 +6,7 @@ Everything about money lives in `processor.core`; this module only wires Kafka t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -21,12 +21,14 @@ from faust.types import TP, EventT, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from processor import admin, consumer, kafka_options, metrics, observe, store
+from processor import admin, kafka_options, metrics, observe, store
+from processor import consumer as consumer_
 from processor.codec import dump_mark, dump_stored, load_mark, load_stored
 from processor.core import account as acc
-from processor.core.engine import DedupeWindow, Engine
+from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import RateCard
-from processor.handler import Deliveries, Record, RecordHandler, Source
+from processor.handler import Changelog, Deliveries, Record, RecordHandler, Source
+from processor.publisher import KafkaPublisher
 from processor.routing import partition_for
 from processor.settings import Settings
 from processor.topics import TopicNames
@@ -62,40 +64,6 @@ class _MarkCodec(codecs.Codec):
 codecs.register("meter-str", _Utf8Codec())
 codecs.register("meter-account", _AccountCodec())
 codecs.register("meter-mark", _MarkCodec())
-
-
-class FaustPublisher:
-    """Sends through the app's producer; Faust flushes it before committing offsets."""
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-        self._topics: dict[str, Any] = {}
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> Any:
-        t = self._topics.get(topic)
-        if t is None:
-            t = self._topics[topic] = self._app.topic(
-                topic, key_serializer="raw", value_serializer="raw"
-            )
-        sent: Any = await t.send(key=key, value=value, headers=list(headers) if headers else None)
-        sent.add_done_callback(self._check)
-        return sent
-
-    def _check(self, fut: Any) -> None:
-        if fut.cancelled() or fut.exception() is None:
-            return
-        # The broker refused an output after the producer's retries: crash, so the
-        # worker restarts and replays the record (offsets are committed only after a
-        # flush), rather than commit past an output that never landed.
-        metrics.OUTPUT_ERRORS.inc()
-        log.error("output not delivered: %r", fut.exception())
-        self._app._crash(fut.exception())
 
 
 @dataclass(frozen=True)
@@ -167,7 +135,7 @@ class Meter:
         )
         n = self.names
         # Commits count only records the handler took (processor/consumer.py).
-        self.taken = consumer.install(
+        self.taken = consumer_.install(
             self.app, (n.calls, n.conferencing, n.commands, n.reroute, n.timer)
         )
         policy = acc.RechargePolicy(
@@ -194,14 +162,26 @@ class Meter:
             table.key_serializer = "meter-str"
             table.value_serializer = value_codec
             table.changelog_topic = table._new_changelog_topic()
+        producer: Any = self.app.producer
+        # The engine works on the tables' stores: the handler writes their changelogs
+        # itself, once per batch and after the batch's outputs (processor/handler.py).
         self.engine = Engine(
             card,
             policy,
             DedupeWindow(cfg.dedupe_days),
-            self.accounts,
-            self.seen,
+            self.accounts.data,
+            self.seen.data,
         )
-        self.handler = RecordHandler(self.engine, self.names, partitions, FaustPublisher(self.app))
+        self.handler = RecordHandler(
+            self.engine,
+            self.names,
+            partitions,
+            KafkaPublisher(producer._ensure_producer),
+            changelogs=(
+                Changelog(self.accounts.changelog_topic.get_topic_name(), dump_stored, str),
+                Changelog(self.seen.changelog_topic.get_topic_name(), dump_mark, dedupe_tenant),
+            ),
+        )
         self.handler.deliveries = Deliveries(self._committed_offset)
         self.engine.delivered = self.handler.deliveries
         self._rebuild_due = True
@@ -223,37 +203,42 @@ class Meter:
         taken = self.taken
         n = self.names
 
-        async def drive(
-            stream: StreamT[Any], handle: Callable[[Record], Awaitable[str]]
-        ) -> AsyncIterator[str]:
-            async for event in stream.events():
-                status = await handle(_record(event))
-                taken.took(event.message.tp, event.message.offset)
-                yield status
+        async def drive(stream: StreamT[Any], stage: Callable[[Record], str]) -> AsyncIterator[str]:
+            # Faust's StreamT declares no take_events; its Stream has it.
+            batches: Any = stream.take_events(  # type: ignore[attr-defined]
+                self.cfg.batch_max, self.cfg.batch_within_seconds
+            )
+            async for events in batches:
+                statuses = [stage(_record(event)) for event in events]
+                await self._flush()
+                for event in events:
+                    taken.took(event.message.tp, event.message.offset)
+                for status in statuses:
+                    yield status
 
         @self.app.agent(self._topic(n.calls), name="usage-calls")
         async def calls(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, partial(handler.handle, Source.CALLS)):
+            async for status in drive(stream, partial(handler.stage, Source.CALLS)):
                 yield status
 
         @self.app.agent(self._topic(n.conferencing), name="usage-conferencing")
         async def conferencing(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, partial(handler.handle, Source.CONFERENCING)):
+            async for status in drive(stream, partial(handler.stage, Source.CONFERENCING)):
                 yield status
 
         @self.app.agent(self._topic(n.commands), name="commands")
         async def commands(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, partial(handler.handle, Source.COMMANDS)):
+            async for status in drive(stream, partial(handler.stage, Source.COMMANDS)):
                 yield status
 
         @self.app.agent(self._topic(n.reroute), name="rerouted")
         async def rerouted(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, handler.handle_rerouted):
+            async for status in drive(stream, handler.stage_rerouted):
                 yield status
 
         @self.app.agent(self._topic(n.timer), name="recharge-timer")
         async def ticks(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, handler.handle_tick):
+            async for status in drive(stream, handler.stage_tick):
                 yield status
 
         self.agents = {
@@ -263,6 +248,18 @@ class Meter:
             "rerouted": rerouted,
             "ticks": ticks,
         }
+
+    async def _flush(self) -> None:
+        try:
+            await self.handler.flush()
+        except Exception as exc:
+            # The broker refused an output or a state record after the producer's
+            # retries: crash, so the worker restarts and replays the batch (its offsets
+            # are not committed), rather than commit past a record that never landed.
+            metrics.OUTPUT_ERRORS.inc()
+            log.error("batch not delivered: %r", exc)
+            self.app._crash(exc)
+            raise
 
     # ---- the recharge timer --------------------------------------------------------
 
@@ -279,7 +276,8 @@ class Meter:
                 self._rebuild_due = False
                 self.handler.rebuild_due(self._owns)
             self._update_gauges()
-            await self.handler.fire_due()
+            self.handler.fire_due()
+            await self._flush()
 
     def _committed_offset(self, tp: str) -> int | None:
         """The group's committed offset for `topic:partition`, as this worker knows it."""

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,8 +22,9 @@ from processor import metrics
 from processor.codec import dump_output, dump_tick, load_tick
 from processor.core import account as acc
 from processor.core.engine import Engine, Outcome, Status, TimerTick, Usage
-from processor.core.stored import OutboxEntry, Position
+from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from processor.routing import partition_for
+from processor.staged import Staged
 from processor.topics import TopicNames
 from schemas import (
     CallUsage,
@@ -78,40 +79,61 @@ class Record:
         return Position(f"{self.topic}:{self.partition}", self.offset)
 
 
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Sequence[tuple[str, bytes]] | None = None
+    # None: the key's partition by Kafka's default partitioner (any, for no key).
+    partition: int | None = None
+    # A changelog record of the processor's own state, not an output of the contract.
+    state: bool = False
+
+
 class Publisher(Protocol):
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> Awaitable[object]:
-        """Queue one record; the awaitable completes when the broker has it."""
+    async def publish(self, records: Sequence[Out]) -> None:
+        """Produce every record; return once the broker has acknowledged all of them.
+
+        Raises if any record could not be delivered.
+        """
         ...
 
 
 @dataclass
 class MemoryPublisher:
-    """Collects what would be produced; for tests and dry runs."""
+    """Collects what would be produced (outputs in `sent`, state in `state`); for tests."""
 
     sent: list[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]] | None]] = field(
         default_factory=list
     )
+    state: list[Out] = field(default_factory=list)
 
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> Awaitable[object]:
-        self.sent.append((topic, key, value, headers))
-        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+    async def publish(self, records: Sequence[Out]) -> None:
+        for r in records:
+            if r.state:
+                self.state.append(r)
+            else:
+                self.sent.append((r.topic, r.key, r.value, r.headers))
 
     def values(self, topic: str) -> list[dict[str, Any]]:
         return [orjson.loads(v) for t, _, v, _ in self.sent if t == topic]
+
+
+@dataclass(frozen=True, slots=True)
+class Changelog:
+    """Where a table's batch writes go besides its local store: its changelog topic.
+
+    The handler produces the changelog records itself (the engine is given the table's
+    store, not the table), so that a batch costs one record per touched key, sent after
+    the batch's outputs.
+    """
+
+    topic: str
+    encode: Callable[[Any], bytes]
+    tenant_of: Callable[[str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,43 +150,29 @@ def utcnow() -> datetime:
 class Deliveries:
     """Which outbox entries are safely in Kafka, so account values can drop them.
 
-    An entry is delivered once the broker acknowledged all its outputs, or once the
-    offset of the record that caused it is committed (Faust flushes the producer
-    before it commits, and this also holds for entries written before a restart).
+    A batch's own entries are dropped when it is flushed (its outputs are acknowledged
+    before its state is written). An older entry, in a value recovered from before a
+    crash, is delivered once the offset of the record that caused it is committed:
+    everything a record caused is acknowledged before its offset is.
     """
 
     def __init__(self, committed: Callable[[str], int | None] = lambda _tp: None) -> None:
         self._committed = committed
-        self._acked: set[tuple[str, int]] = set()
-
-    def track(self, tenant: str, seq: int, sends: Sequence[Awaitable[object]]) -> None:
-        futures = [asyncio.ensure_future(s) for s in sends]
-        if not futures:
-            return
-        remaining = len(futures)
-
-        def one_done(fut: asyncio.Future[object]) -> None:
-            nonlocal remaining
-            if fut.cancelled() or fut.exception() is not None:
-                return  # not delivered: the entry stays for a replay to publish again
-            remaining -= 1
-            if remaining == 0:
-                self._acked.add((tenant, seq))
-
-        for fut in futures:
-            fut.add_done_callback(one_done)
 
     def __call__(self, tenant: str, entry: OutboxEntry) -> bool:
-        key = (tenant, entry.seq)
-        if key in self._acked:
-            # Asked once per write; an entry found delivered is dropped from the value.
-            self._acked.discard(key)
-            return True
         committed = self._committed(entry.position.tp)
         return committed is not None and entry.position.offset < committed
 
 
 class RecordHandler:
+    """Stages records into a batch, then flushes it: outputs first, state after.
+
+    `stage*` decode, route and apply one record without waiting on anything; `flush`
+    produces the batch's outputs, waits for the broker to acknowledge them, and only
+    then produces the account values and dedupe marks the batch wrote, one record per
+    touched key (docs/guarantees.md). `handle*` do both for a single record.
+    """
+
     def __init__(
         self,
         engine: Engine,
@@ -172,6 +180,7 @@ class RecordHandler:
         partitions: int,
         publisher: Publisher,
         clock: Callable[[], datetime] = utcnow,
+        changelogs: tuple[Changelog, Changelog] | None = None,
     ) -> None:
         self.engine = engine
         self.names = names
@@ -181,6 +190,18 @@ class RecordHandler:
         self.currency = engine.card.currency
         self.deliveries = Deliveries()
         engine.delivered = self.deliveries
+        # The engine sees its tables through the batch in progress.
+        self.accounts: Staged[str, StoredAccount] = Staged(engine.accounts)
+        self.seen: Staged[str, Mark] = Staged(engine.seen)
+        engine.accounts, engine.seen = self.accounts, self.seen
+        self.changelogs = changelogs
+        self._outputs: list[Out] = []
+        # Positions of the records staged since the last flush: their outbox entries
+        # are delivered once the flush's outputs are acknowledged.
+        self._positions: set[Position] = set()
+        # One flush at a time, in order: a value staged on top of another batch's
+        # values must not reach Kafka before that batch's outputs.
+        self._flushing = asyncio.Lock()
         self._decoders: dict[Source, Callable[[bytes | None], Usage | Command]] = {
             Source.CALLS: decode_call,
             Source.CONFERENCING: decode_conference,
@@ -207,13 +228,30 @@ class RecordHandler:
             names.timer: "timer",
         }
 
-    # ---- entry points (one per kind of input topic) ---------------------------
+    # ---- single records: staged and flushed at once ------------------------------
 
     async def handle(self, source: Source, rec: Record) -> str:
         """A record from one of the contract's input topics."""
-        return await self._process(source, rec, origin=rec, rerouted=False)
+        status = self.stage(source, rec)
+        await self.flush()
+        return status
 
     async def handle_rerouted(self, rec: Record) -> str:
+        status = self.stage_rerouted(rec)
+        await self.flush()
+        return status
+
+    async def handle_tick(self, rec: Record) -> str:
+        status = self.stage_tick(rec)
+        await self.flush()
+        return status
+
+    # ---- staging (one per kind of input topic) ------------------------------------
+
+    def stage(self, source: Source, rec: Record) -> str:
+        return self._process(source, rec, origin=rec, rerouted=False)
+
+    def stage_rerouted(self, rec: Record) -> str:
         raw_source = rec.header(H_SOURCE)
         try:
             source = Source((raw_source or b"").decode())
@@ -226,43 +264,80 @@ class RecordHandler:
                 value=rec.value,
             )
         except (ValueError, UnicodeDecodeError):
-            await self._reject(rec, "invalid_event", "re-routed record without its origin headers")
+            self._reject(rec, "invalid_event", "re-routed record without its origin headers")
             return "rejected"
-        return await self._process(source, rec, origin=origin, rerouted=True)
+        return self._process(source, rec, origin=origin, rerouted=True)
 
-    async def handle_tick(self, rec: Record) -> str:
+    def stage_tick(self, rec: Record) -> str:
         started = time.perf_counter()
         try:
             tick = load_tick(rec.value or b"")
         except (ValueError, KeyError, TypeError) as exc:
-            await self._reject(rec, "invalid_event", f"unreadable timer tick: {exc!r}")
+            self._reject(rec, "invalid_event", f"unreadable timer tick: {exc!r}")
             return "rejected"
         self.engine.generation = rec.generation
         outcome = self.engine.timer(tick, self.names.timer, rec.position)
-        await self._finish("timer", outcome, rec, started)
+        self._finish("timer", outcome, rec, rec.position, started)
         return outcome.status.value
+
+    # ---- flushing ---------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Produce what was staged: the outputs, then (once they are in) the state."""
+        async with self._flushing:
+            outputs, self._outputs = self._outputs, []
+            done, self._positions = self._positions, set()
+            accounts = self.accounts.take()
+            for tenant, stored in accounts.items():
+                accounts[tenant] = stored.without_outputs_at(done)
+            marks = self.seen.take()
+            if outputs:
+                await self.publisher.publish(outputs)
+            if self.changelogs is not None and (accounts or marks):
+                await self.publisher.publish(self._state_records(accounts, marks))
+            self.accounts.settle()
+            self.seen.settle()
+
+    def _state_records(
+        self, accounts: Mapping[str, StoredAccount], marks: Mapping[str, Mark]
+    ) -> list[Out]:
+        assert self.changelogs is not None
+        records = []
+        for log_, values in zip(self.changelogs, (accounts, marks), strict=True):
+            for key, value in values.items():
+                records.append(
+                    Out(
+                        log_.topic,
+                        key.encode(),
+                        log_.encode(value),
+                        # Faust reads a table's partition p from its changelog's p.
+                        partition=partition_for(log_.tenant_of(key), self.partitions),
+                        state=True,
+                    )
+                )
+        return records
 
     # ---- the path ------------------------------------------------------------
 
-    async def _process(self, source: Source, rec: Record, origin: Record, rerouted: bool) -> str:
+    def _process(self, source: Source, rec: Record, origin: Record, rerouted: bool) -> str:
         started = time.perf_counter()
         label = source.value
         try:
             event = self._decoders[source](rec.value)
         except DecodeError as err:
-            await self._reject(origin, err.reason, err.detail)
+            self._reject(origin, err.reason, err.detail)
             metrics.RECORDS.labels(label, "rejected").inc()
             return "rejected"
         tenant = event.tenant_id
         if not rerouted and rec.partition != partition_for(tenant, self.partitions):
-            await self._reroute(source, rec, tenant)
+            self._reroute(source, rec, tenant)
             metrics.RECORDS.labels(label, "rerouted").inc()
             return "rerouted"
         cause_topic = self._topics[source]
         now = self.clock()
         # A re-routed record is applied at its position in the re-route topic.
         position = rec.position
-        self.engine.generation = rec.generation  # no await until the engine is done
+        self.engine.generation = rec.generation
         try:
             if isinstance(event, CallUsage | ConferenceUsage):
                 outcome = self.engine.usage(event, cause_topic, now, position)
@@ -278,7 +353,7 @@ class RecordHandler:
                 rec.offset,
                 extra={"tenant_id": tenant, **_coordinates(rec)},
             )
-            await self._reject(origin, "internal_error", f"{type(exc).__name__}: {exc}")
+            self._reject(origin, "internal_error", f"{type(exc).__name__}: {exc}")
             metrics.RECORDS.labels(label, "rejected").inc()
             return "rejected"
         if outcome.status is Status.APPLIED:
@@ -293,25 +368,21 @@ class RecordHandler:
                 outcome.status.value,
                 extra={"tenant_id": tenant, "event_id": record_id, **_coordinates(rec)},
             )
-        await self._finish(label, outcome, origin, started)
+        self._finish(label, outcome, origin, position, started)
         return outcome.status.value
 
-    async def _finish(self, label: str, outcome: Outcome, origin: Record, started: float) -> None:
+    def _finish(
+        self, label: str, outcome: Outcome, origin: Record, position: Position, started: float
+    ) -> None:
         if outcome.status is Status.REJECTED:
             assert outcome.rejection is not None
-            await self._reject(origin, outcome.rejection.reason, outcome.rejection.detail)
+            self._reject(origin, outcome.rejection.reason, outcome.rejection.detail)
         key = outcome.tenant_id.encode()
-        sends = []
         for out in outcome.outputs:
-            sends.append(
-                await self._send(
-                    self._output_topics[type(out)], key, dump_output(out, self.currency)
-                )
-            )
+            self._send(self._output_topics[type(out)], key, dump_output(out, self.currency))
             if outcome.status is Status.APPLIED:
                 self._count_output(out)
-        if outcome.seq and outcome.status is Status.APPLIED:
-            self.deliveries.track(outcome.tenant_id, outcome.seq, sends)
+        self._positions.add(position)
         for what in outcome.recharge:
             metrics.RECHARGE_OUTCOMES.labels(what).inc()
         if outcome.account is not None:
@@ -319,7 +390,7 @@ class RecordHandler:
         metrics.RECORDS.labels(label, outcome.status.value).inc()
         metrics.PROCESSING.observe(time.perf_counter() - started)
 
-    async def _reroute(self, source: Source, rec: Record, tenant: str) -> None:
+    def _reroute(self, source: Source, rec: Record, tenant: str) -> None:
         headers = [
             (H_SOURCE, source.value.encode()),
             (H_TOPIC, rec.topic.encode()),
@@ -328,9 +399,9 @@ class RecordHandler:
         ]
         if rec.key is not None:
             headers.append((H_KEY, rec.key))
-        await self._send(self.names.reroute, tenant.encode(), rec.value or b"", headers)
+        self._send(self.names.reroute, tenant.encode(), rec.value or b"", headers)
 
-    async def _reject(self, rec: Record, reason: str, detail: str) -> None:
+    def _reject(self, rec: Record, reason: str, detail: str) -> None:
         body: dict[str, Any] = {
             "type": "rejected",
             "reason": reason,
@@ -357,7 +428,7 @@ class RecordHandler:
             if payload_b64:
                 body["payload_encoding"] = "base64"
         # Keyed like the original, so a replay lands where the original would have.
-        await self._send(self.names.rejected, rec.key, orjson.dumps(body))
+        self._send(self.names.rejected, rec.key, orjson.dumps(body))
         metrics.REJECTED.labels(reason).inc()
         log.info(
             "rejected %s[%d]@%d: %s: %s",
@@ -369,16 +440,15 @@ class RecordHandler:
             extra={"reason": reason, **_coordinates(rec)},
         )
 
-    async def _send(
+    def _send(
         self,
         topic: str,
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> Awaitable[object]:
-        sent = await self.publisher.send(topic, key, value, headers)
+    ) -> None:
+        self._outputs.append(Out(topic, key, value, headers))
         metrics.OUTPUTS.labels(self._topic_labels.get(topic, "other")).inc()
-        return sent
 
     def _count_output(self, out: acc.Output) -> None:
         if isinstance(out, acc.LedgerOut):
@@ -402,12 +472,12 @@ class RecordHandler:
     def rebuild_due(self, owned: Callable[[str], bool]) -> None:
         """After a rebalance: index the pending requests of the tenants now owned here."""
         self.due.clear()
-        for tenant, stored in list(self.engine.accounts.items()):
+        for tenant, stored in list(self.accounts.items()):
             if stored.account.pending is not None and owned(tenant):
                 self._track_due(stored.account)
 
-    async def fire_due(self) -> int:
-        """Send a tick for every request whose timeout or retry time has come.
+    def fire_due(self) -> int:
+        """Stage a tick for every request whose timeout or retry time has come.
 
         A tick goes through the timer topic to the tenant's owner like any other input,
         so the state change happens inside normal processing; repeats are harmless.
@@ -424,7 +494,7 @@ class RecordHandler:
                 attempt=due.attempt,
                 at=now,
             )
-            await self._send(self.names.timer, tenant.encode(), dump_tick(tick))
+            self._send(self.names.timer, tenant.encode(), dump_tick(tick))
             fired += 1
         return fired
 

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(
         default=30.0, validation_alias="METER_SESSION_TIMEOUT_SECONDS", gt=0
     )
+    # Records a worker takes per batch (one write per touched account per batch), and
+    # how long a batch waits to fill: the latency an idle worker adds to an event.
+    batch_max: int = Field(default=2000, validation_alias="METER_BATCH_MAX", ge=1)
+    batch_within_seconds: float = Field(
+        default=0.005, validation_alias="METER_BATCH_WITHIN_SECONDS", gt=0
+    )
     # Faust store URL; memory:// rebuilds state from the changelog on start.
     store: str = Field(default="memory://", validation_alias="METER_STORE")
     log_level: str = Field(default="info", validation_alias="METER_LOG_LEVEL")

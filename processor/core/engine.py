@@ -92,6 +92,11 @@ def dedupe_key(tenant_id: str, kind: str, record_id: str) -> str:
     return f"{tenant_id}\x1f{kind}\x1f{record_id}"
 
 
+def dedupe_tenant(key: str) -> str:
+    """The tenant a dedupe key belongs to (tenant ids hold no \\x1f)."""
+    return key.partition("\x1f")[0]
+
+
 _USAGE_TABLES = {
     "outbound": RateTable.OUTBOUND,
     "toll_free_inbound": RateTable.TOLL_FREE_INBOUND,

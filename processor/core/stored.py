@@ -30,7 +30,7 @@ thus ignored, and the event is applied when its record is replayed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -103,6 +103,11 @@ class StoredAccount:
         return StoredAccount(
             account, seq, generation, self.epoch_for(generation), MappingProxyType(applied), kept
         )
+
+    def without_outputs_at(self, positions: Collection[Position]) -> StoredAccount:
+        """The value once the outputs of the records at `positions` are in Kafka."""
+        kept = tuple(e for e in self.outbox if e.position not in positions)
+        return self if len(kept) == len(self.outbox) else replace(self, outbox=kept)
 
     def epoch_for(self, generation: int) -> int:
         """The epoch of a write by `generation`: one more if the value changes hands."""

@@ -66,7 +66,8 @@ def handler_rejection(key: bytes | None, value: bytes | None, reason: str = "no_
     record = Record(NAMES.calls, 3, 42, key, value)
     # _reject is the one place that writes rejections; going through it (rather than
     # a copy of its format) is what makes this test catch a drift.
-    asyncio.run(handler._reject(record, reason, "test"))
+    handler._reject(record, reason, "test")
+    asyncio.run(handler.flush())
     [(topic, _key, raw, _headers)] = pub.sent
     assert topic == NAMES.rejected
     return raw

@@ -1,0 +1,207 @@
+"""A batch through RecordHandler: staged, then flushed outputs first, state after.
+
+docs/guarantees.md rests on this order: a changelog record of an account value may
+reach Kafka only once the outputs of every record it applied are there, so a value
+never needs to carry them; and nothing is written locally before the flush landed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from processor.codec import dump_mark, dump_stored, load_mark, load_stored
+from processor.core.account import RechargePolicy, new_account
+from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
+from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
+from processor.handler import Changelog, MemoryPublisher, Out, Record, RecordHandler, Source
+from processor.routing import partition_for
+from processor.settings import Settings
+from processor.staged import Staged
+from processor.topics import TopicNames
+
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+NAMES = TopicNames.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+CARD = load_rate_card(example_rate_card_path())
+PARTITIONS = 4
+
+
+def call(event_id: str, tenant: str, seconds: int = 61) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "tenant_id": tenant,
+            "occurred_at": "2026-11-25T09:59:00Z",
+            "call_id": f"k-{event_id}",
+            "call_type": "outbound",
+            "source_number": "+14155550100",
+            "destination_number": "+447700900123",
+            "duration_seconds": seconds,
+        }
+    ).encode()
+
+
+def funds(command_id: str, tenant: str, amount: str = "10.00") -> bytes:
+    return json.dumps(
+        {
+            "type": "funds_added",
+            "command_id": command_id,
+            "tenant_id": tenant,
+            "occurred_at": "2026-11-25T09:59:00Z",
+            "amount": amount,
+            "currency": "USD",
+            "source": "manual",
+        }
+    ).encode()
+
+
+@dataclass
+class Journal:
+    """A publisher that records each publish call, and can be told to fail one."""
+
+    calls: list[list[Out]] = field(default_factory=list)
+    fail_on: int | None = None
+
+    async def publish(self, records: Sequence[Out]) -> None:
+        self.calls.append(list(records))
+        if self.fail_on == len(self.calls):
+            raise ConnectionError("broker refused the batch")
+
+
+@dataclass
+class Rig:
+    pub: Any = field(default_factory=Journal)
+    accounts: dict[str, StoredAccount] = field(default_factory=dict)
+    seen: dict[str, Mark] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        engine = Engine(
+            CARD,
+            RechargePolicy(timeout=timedelta(hours=1)),
+            DedupeWindow(7),
+            self.accounts,
+            self.seen,
+        )
+        self.handler = RecordHandler(
+            engine,
+            NAMES,
+            PARTITIONS,
+            self.pub,
+            clock=lambda: T0,
+            changelogs=(
+                Changelog("accounts-changelog", dump_stored, str),
+                Changelog("dedupe-changelog", dump_mark, dedupe_tenant),
+            ),
+        )
+
+    def stage(self, source: Source, topic: str, tenant: str, value: bytes) -> str:
+        p = partition_for(tenant, PARTITIONS)
+        offset = self.offsets.get(f"{topic}:{p}", 0)
+        self.offsets[f"{topic}:{p}"] = offset + 1
+        return self.handler.stage(source, Record(topic, p, offset, tenant.encode(), value))
+
+
+def a_batch(rig: Rig) -> None:
+    assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "applied"
+    for i in range(5):
+        assert rig.stage(Source.CALLS, NAMES.calls, "acme", call(f"e{i}", "acme")) == "applied"
+    assert rig.stage(Source.CALLS, NAMES.calls, "zeta", call("z1", "zeta")) == "applied"
+
+
+async def test_outputs_are_published_before_the_state_and_once_per_batch() -> None:
+    rig = Rig()
+    a_batch(rig)
+    assert rig.pub.calls == []  # staging waits for nothing and sends nothing
+    await rig.handler.flush()
+    outputs, state = rig.pub.calls
+    assert {o.topic for o in outputs} == {NAMES.ledger, NAMES.alerts}
+    assert not any(o.state for o in outputs) and all(o.state for o in state)
+    assert len([o for o in outputs if o.topic == NAMES.ledger]) == 7  # one per change
+    # One account value per touched tenant (the last), one mark per applied record.
+    accounts = [o for o in state if o.topic == "accounts-changelog"]
+    marks = [o for o in state if o.topic == "dedupe-changelog"]
+    assert sorted(o.key for o in accounts) == [b"acme", b"zeta"]
+    assert len(marks) == 7
+    acme = load_stored(next(o.value for o in accounts if o.key == b"acme"))
+    assert acme.seq == 6 and acme.applied[f"{NAMES.calls}:{partition_for('acme', 4)}"] == 4
+    # Written after its outputs were acknowledged: it carries none of them.
+    assert acme.outbox == ()
+    # Each record goes to its tenant's changelog partition, where recovery looks.
+    for o in state:
+        assert o.key is not None
+        assert o.partition == partition_for(dedupe_tenant(o.key.decode()), PARTITIONS)
+    assert {load_mark(o.value).position.tp for o in marks} >= {
+        f"{NAMES.calls}:{partition_for('acme', 4)}"
+    }
+    # And the local store holds exactly what the changelog got.
+    assert rig.accounts["acme"] == acme
+
+
+async def test_nothing_is_staged_twice_and_an_empty_flush_publishes_nothing() -> None:
+    rig = Rig()
+    a_batch(rig)
+    await rig.handler.flush()
+    await rig.handler.flush()
+    assert len(rig.pub.calls) == 2
+
+
+async def test_a_failed_output_publish_writes_no_state_anywhere() -> None:
+    rig = Rig(pub=Journal(fail_on=1))
+    a_batch(rig)
+    with pytest.raises(ConnectionError):
+        await rig.handler.flush()
+    assert len(rig.pub.calls) == 1  # the state was never sent
+    assert rig.accounts == {} and rig.seen == {}  # nor written locally
+
+
+async def test_a_failed_state_publish_leaves_the_local_store_as_it_was() -> None:
+    rig = Rig(pub=Journal(fail_on=2))
+    a_batch(rig)
+    with pytest.raises(ConnectionError):
+        await rig.handler.flush()
+    assert rig.accounts == {} and rig.seen == {}
+
+
+async def test_a_batch_reads_its_own_writes_and_those_being_flushed() -> None:
+    rig = Rig(pub=MemoryPublisher())
+    rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
+    # A duplicate within the batch is recognised from the staged mark.
+    assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "duplicate"
+    await rig.handler.flush()
+    assert rig.accounts["acme"].account.balance == CARD.quantize(CARD.zero + 10)
+    ledger = rig.pub.values(NAMES.ledger)
+    assert [e["balance_after"] for e in ledger] == ["10.0000"]
+
+
+def test_an_outbox_entry_is_dropped_once_its_record_was_flushed() -> None:
+    entry = OutboxEntry(3, Position("usage.calls:0", 9), ())
+    older = OutboxEntry(2, Position("usage.calls:0", 4), ())
+    stored = StoredAccount(new_account("acme", CARD.zero), outbox=(older, entry))
+    assert stored.without_outputs_at({Position("usage.calls:0", 9)}).outbox == (older,)
+    assert stored.without_outputs_at(set()) is stored
+
+
+def test_staged_reads_pending_then_flushing_then_base() -> None:
+    base = {"a": 1, "b": 2}
+    s: Staged[str, int] = Staged(base)
+    s["a"] = 10
+    assert s.take() == {"a": 10}
+    s["b"] = 20  # staged while the first batch flushes
+    assert (s["a"], s["b"], s.get("c")) == (10, 20, None)
+    assert dict(s) == {"a": 10, "b": 20}
+    with pytest.raises(RuntimeError):
+        s.take()  # one flush at a time
+    s.settle()
+    assert base == {"a": 10, "b": 2}
+    assert s.take() == {"b": 20}
+    s.settle()
+    assert base == {"a": 10, "b": 20} and len(s) == 2
+    with pytest.raises(TypeError):
+        del s["a"]
