@@ -208,14 +208,10 @@ class Meter:
             batches: Any = stream.take_events(  # type: ignore[attr-defined]
                 self.cfg.batch_max, self.cfg.batch_within_seconds
             )
-            consumer: consumer_.GuardedConsumer = self.app.consumer  # type: ignore[assignment]
             async for events in batches:
-                # A record out of its partition's order is left untaken: its ack is
-                # refused and the partition is read again from the record expected.
-                admitted = [e for e in events if consumer.admit(e.message.tp, e.message.offset)]
-                statuses = [stage(_record(event)) for event in admitted]
+                statuses = [stage(_record(event)) for event in events]
                 await self._flush()
-                for event in admitted:
+                for event in events:
                     taken.took(event.message.tp, event.message.offset)
                 for status in statuses:
                     yield status

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import defaultdict
 from typing import Any
 
 from faust.types import TP
@@ -99,103 +97,3 @@ async def test_a_gap_ends_before_the_record_that_revealed_it() -> None:
     await c._add_gap(A, 6, 8)
     assert sorted(c._gap[A]) == [Interval(6, 8)]
     assert c._new_offset(A) == 8  # next to read: 8 itself
-
-
-# ---- what the fetch loop sees of the guarded topics -----------------------------------
-
-
-@dataclass(frozen=True)
-class Fetched:
-    offset: int
-
-
-def _guarded(monkeypatch: Any, batch: list[tuple[TP, int]]) -> Any:
-    """A GuardedConsumer over A and B whose fetch returns `batch`; seeks move nothing."""
-    from faust.transport.drivers import aiokafka as faust_aiokafka
-
-    async def fetched(self: Any, timeout: float) -> Any:
-        for tp, offset in batch:
-            yield tp, Fetched(offset)
-
-    async def seek(self: Any, partition: TP, offset: int) -> None:
-        self.sought.append((partition, offset))
-
-    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", fetched)
-    monkeypatch.setattr(faust_aiokafka.Consumer, "seek", seek)
-    c = _consumer(committed=None, acked=[], refused=set())
-    c.guarded = frozenset({A.topic})
-    c.epochs, c.fetched, c.jumps, c.expected, c.seeking = Counter(), {}, {}, {}, set()
-    c._seeks_running = set()
-    c._read_offset = defaultdict(lambda: 1_000)  # stale, as after a seek
-    c.sought = []
-    c.batch = batch
-    return c
-
-
-async def _drain(c: Any, on: Any = None) -> list[tuple[TP, int, Any]]:
-    """What Faust's fetch loop sees: each record, and the read offset it then reads."""
-    seen = []
-    async for tp, message in c.getmany(timeout=1.0):
-        seen.append((tp, message.offset, c._read_offset[tp]))
-        c._read_offset[tp] = message.offset
-        if on is not None:
-            await on(tp, message.offset)
-    return seen
-
-
-async def test_the_fetch_loop_sees_no_stale_read_offset_for_a_guarded_topic(
-    monkeypatch: Any,
-) -> None:
-    other = TP("meter-accounts-changelog", 0)
-    c = _guarded(monkeypatch, [(A, 40), (A, 41), (other, 7)])
-    # Faust would drop 40 and 41 (below 1,000) and then record them as a gap.
-    assert await _drain(c) == [(A, 40, None), (A, 41, None), (other, 7, 1_000)]
-
-
-async def test_gaps_are_the_offsets_between_two_records_fetched_in_turn(
-    monkeypatch: Any,
-) -> None:
-    # 43..44 hold no record (a transaction's marker, say).
-    c = _guarded(monkeypatch, [(A, 41), (A, 42), (A, 45), (B, 9)])
-    await _drain(c)
-    assert sorted(c._gap[A]) == [Interval(43, 45)]
-    assert c.jumps == {A: {43: 45}}
-
-
-async def test_a_batch_fetched_before_a_seek_is_not_delivered_after_it(
-    monkeypatch: Any,
-) -> None:
-    c = _guarded(monkeypatch, [(A, 40), (A, 41), (A, 42), (A, 43)])
-
-    async def seek_at_41(tp: TP, offset: int) -> None:
-        if offset == 41:
-            await c.seek(A, 30)  # the rest of this batch would run ahead of 30..40
-            batch[:] = [(A, 30), (A, 31)]  # what the log holds from there
-
-    batch = c.batch
-    assert [o for _, o, _ in await _drain(c, seek_at_41)] == [40, 41]
-    assert c.sought == [(A, 30)] and c.expected[A] == 30 and c.fetched[A] == 29
-    # The fetch from the new position is delivered, and its first record is no gap.
-    assert [o for _, o, _ in await _drain(c)] == [30, 31]
-    assert not c.jumps
-
-
-async def test_a_partition_is_taken_in_order_and_a_hole_is_read_again() -> None:
-    c: Any = object.__new__(GuardedConsumer)
-    c.guarded = frozenset({A.topic})
-    c.jumps, c.expected, c.seeking, c._seeks_running = {A: {13: 15}}, {A: 10}, set(), set()
-    sought: list[tuple[TP, int]] = []
-
-    async def seek(tp: TP, offset: int) -> None:
-        sought.append((tp, offset))
-
-    c.seek = seek
-    assert c.admit(A, 10) and c.admit(A, 11) and c.admit(A, 12)
-    assert c.admit(A, 15)  # 13..14 hold no record
-    assert not c.admit(A, 17)  # 16 never came: taking 17 would mark 16 applied
-    assert not c.admit(A, 18)
-    await asyncio.sleep(0)
-    assert sought == [(A, 16)]  # one seek back, however many records came after
-    assert c.admit(A, 12)  # a record read again is taken (its account recognises it)
-    assert c.admit(A, 16) and c.admit(A, 17)
-    assert not c.seeking
