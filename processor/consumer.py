@@ -32,6 +32,7 @@ safe: the account values recognise records they applied.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -79,6 +80,20 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         # Faust passes the offset of the record that revealed the gap as its end, and
         # that record is being delivered, not missing.
         await super()._add_gap(tp, offset_from, offset_to - 1)
+
+    async def perform_seek(self) -> None:
+        # Recovery resumes the stream partitions, seeks them (awaiting the committed
+        # offsets), and only then resumes the streams' flow. Records fetched in between
+        # are dequeued partly while flow is stopped (skipped) and partly after (taken):
+        # a hole, whose records the accounts then take for applied when they come again.
+        # So the guarded partitions fetch nothing until the seek is done and the flow
+        # resumed (Faust resumes it right after this returns, without awaiting).
+        paused = {tp for tp in self._get_active_partitions() if tp.topic in self.guarded}
+        self.pause_partitions(paused)
+        try:
+            await self._perform_seek()
+        finally:
+            asyncio.get_running_loop().call_soon(self.resume_partitions, paused)
 
     def ack(self, message: Message) -> bool:
         if message.topic not in self.guarded:
@@ -131,7 +146,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
             return False
         return not any(iv.begin <= committed < iv.end for iv in self._gap[tp])
 
-    async def perform_seek(self) -> None:
+    async def _perform_seek(self) -> None:
         await super().perform_seek()
         # Faust takes a read offset as the last record read, but sets it to the next one
         # to read after a seek: one less, so that a gap right at the committed offset
