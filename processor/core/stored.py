@@ -7,9 +7,11 @@ atomic: the account's own table value. So that value carries, next to the balanc
 
 - `applied`: per input topic-partition, the offset of the last record applied to this
   account. A replayed record at or below it is already in the balance.
-- `outbox`: the outputs of recent transitions, until the broker has acknowledged them.
-  When a record is recognised as replayed, its outputs are published again from here
-  (same ids), so an output lost in the crash is never lost for good.
+- `outbox`: outputs not yet acknowledged when the value was written. The worker now
+  writes a value only after the outputs of every record it applied are in Kafka, so
+  it adds none; values written before that order existed may still hold some, which
+  are published again (same ids) when their record is replayed, and dropped once
+  their record's offset is committed.
 - `seq`, `generation`, `epoch`: a write counter; the consumer group generation of the
   worker that wrote the value; and how many times the value changed hands (a write in
   a generation other than the previous write's counts one more). A worker paused past
@@ -30,7 +32,7 @@ thus ignored, and the event is applied when its record is replayed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -88,26 +90,22 @@ class StoredAccount:
         self,
         account: Account,
         position: Position,
-        outputs: tuple[Output, ...],
         delivered: Callable[[str, OutboxEntry], bool],
         generation: int = 0,
     ) -> StoredAccount:
-        """The value after applying the record at `position`: one atomic write."""
+        """The value after applying the record at `position`: one atomic write.
+
+        It holds no outputs of its own: the worker produces a value only after the
+        outputs of every record it applied are in Kafka (docs/guarantees.md).
+        """
         seq = self.seq + 1
         tenant = account.tenant_id
-        kept = tuple(e for e in self.outbox if not delivered(tenant, e))
-        if outputs:
-            kept = (*kept, OutboxEntry(seq, position, outputs))
+        kept = tuple(e for e in self.outbox if not delivered(tenant, e)) if self.outbox else ()
         applied = dict(self.applied)
         applied[position.tp] = max(position.offset, applied.get(position.tp, -1))
         return StoredAccount(
             account, seq, generation, self.epoch_for(generation), MappingProxyType(applied), kept
         )
-
-    def without_outputs_at(self, positions: Collection[Position]) -> StoredAccount:
-        """The value once the outputs of the records at `positions` are in Kafka."""
-        kept = tuple(e for e in self.outbox if e.position not in positions)
-        return self if len(kept) == len(self.outbox) else replace(self, outbox=kept)
 
     def epoch_for(self, generation: int) -> int:
         """The epoch of a write by `generation`: one more if the value changes hands."""
