@@ -91,7 +91,14 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         paused = {tp for tp in self._get_active_partitions() if tp.topic in self.guarded}
         self.pause_partitions(paused)
         try:
-            await self._perform_seek()
+            await super().perform_seek()
+            # Faust takes a read offset as the last record read, but sets it to the next
+            # one to read after a seek: one less, so that a gap right at the committed
+            # offset (a transaction marker, a compacted record) is recorded as a gap.
+            read = self._read_offset
+            for tp, offset in list(read.items()):
+                if offset:
+                    read[tp] = offset - 1
         finally:
             asyncio.get_running_loop().call_soon(self.resume_partitions, paused)
 
@@ -145,16 +152,6 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         if committed is None or not acked or min(acked) <= committed:
             return False
         return not any(iv.begin <= committed < iv.end for iv in self._gap[tp])
-
-    async def _perform_seek(self) -> None:
-        await super().perform_seek()
-        # Faust takes a read offset as the last record read, but sets it to the next one
-        # to read after a seek: one less, so that a gap right at the committed offset
-        # (a transaction marker, a compacted record) is recorded as a gap, not missed.
-        read = self._read_offset
-        for tp, offset in list(read.items()):
-            if offset:
-                read[tp] = offset - 1
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)
