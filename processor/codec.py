@@ -34,8 +34,51 @@ def _ts(value: datetime | None) -> str | None:
     return None if value is None else format_timestamp(value)
 
 
-def _dt(value: Any) -> datetime | None:
-    return None if value is None else parse_timestamp(value)
+# The processor's own values are read back by the million at recovery, and held in
+# memory for every tenant: their timestamps were written by format_timestamp (so the
+# strict contract check is not needed), and the strings and amounts that many tenants
+# share (topic-partition names, auto-recharge settings) are kept once.
+def _own_dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+_SHARED_MAX = 4096
+_shared_names: dict[str, str] = {}
+_shared_amounts: dict[str, Decimal] = {}
+_shared_settings: dict[tuple[bool, str, str, bool], AutoRecharge] = {}
+
+
+def _name(text: str) -> str:
+    shared = _shared_names.get(text)
+    if shared is None:
+        if len(_shared_names) >= _SHARED_MAX:
+            return text
+        shared = _shared_names[text] = text
+    return shared
+
+
+def _amount(text: str) -> Decimal:
+    shared = _shared_amounts.get(text)
+    if shared is None:
+        shared = Decimal(text)
+        if len(_shared_amounts) < _SHARED_MAX:
+            _shared_amounts[text] = shared
+    return shared
+
+
+def _settings(data: dict[str, Any]) -> AutoRecharge:
+    key = (
+        bool(data["enabled"]),
+        str(data["recharge_amount"]),
+        str(data["trigger_balance"]),
+        bool(data["suspended"]),
+    )
+    shared = _shared_settings.get(key)
+    if shared is None:
+        shared = AutoRecharge(key[0], _amount(key[1]), _amount(key[2]), key[3])
+        if len(_shared_settings) < _SHARED_MAX:
+            _shared_settings[key] = shared
+    return shared
 
 
 # ---- account state ---------------------------------------------------------------
@@ -80,24 +123,17 @@ def account_from_dict(data: dict[str, Any]) -> Account:
         balance=Decimal(data["balance"]),
         entries=int(data["entries"]),
         requests_issued=int(data.get("requests_issued", 0)),
-        updated_at=_dt(data.get("updated_at")),
-        auto_recharge=None
-        if ar is None
-        else AutoRecharge(
-            enabled=bool(ar["enabled"]),
-            recharge_amount=Decimal(ar["recharge_amount"]),
-            trigger_balance=Decimal(ar["trigger_balance"]),
-            suspended=bool(ar["suspended"]),
-        ),
+        updated_at=_own_dt(data.get("updated_at")),
+        auto_recharge=None if ar is None else _settings(ar),
         pending=None
         if pending is None
         else PendingRecharge(
             request_id=pending["request_id"],
             amount=Decimal(pending["amount"]),
             attempt=int(pending["attempt"]),
-            requested_at=parse_timestamp(pending["requested_at"]),
+            requested_at=datetime.fromisoformat(pending["requested_at"]),
             status=RechargeStatus(pending["status"]),
-            failed_at=_dt(pending.get("failed_at")),
+            failed_at=_own_dt(pending.get("failed_at")),
         ),
     )
 
@@ -129,7 +165,7 @@ def stored_from_dict(data: dict[str, Any]) -> StoredAccount:
         seq=int(data["seq"]),
         generation=int(data.get("gen", 0)),
         epoch=int(data.get("epoch", 0)),
-        applied=MappingProxyType({str(k): int(v) for k, v in data["applied"].items()}),
+        applied=MappingProxyType({_name(k): int(v) for k, v in data["applied"].items()}),
         outbox=tuple(
             OutboxEntry(
                 seq=int(e["seq"]),
@@ -159,7 +195,7 @@ def dump_mark(mark: Mark) -> bytes:
 
 def load_mark(raw: bytes) -> Mark:
     data = orjson.loads(raw)
-    return Mark(int(data["e"]), Position(str(data["tp"]), int(data["o"])))
+    return Mark(int(data["e"]), Position(_name(data["tp"]), int(data["o"])))
 
 
 # ---- outputs ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -469,11 +469,17 @@ class RecordHandler:
                 at, account.pending.request_id, account.pending.attempt
             )
 
-    def rebuild_due(self, owned: Callable[[str], bool]) -> None:
-        """After a rebalance: index the pending requests of the tenants now owned here."""
+    def rebuild_due(self, pending: Iterable[str], owned: Callable[[str], bool]) -> None:
+        """After a rebalance: index the open requests of the tenants now owned here.
+
+        `pending`: the owned tenants whose stored value has a request open; the batch
+        being staged or flushed may have opened more.
+        """
         self.due.clear()
-        for tenant, stored in list(self.accounts.items()):
-            if stored.account.pending is not None and owned(tenant):
+        staged = [*self.accounts.pending, *self.accounts.flushing]
+        for tenant in dict.fromkeys([*pending, *staged]):
+            stored = self.accounts.get(tenant)
+            if stored is not None and stored.account.pending is not None and owned(tenant):
                 self._track_due(stored.account)
 
     def fire_due(self) -> int:

@@ -12,6 +12,10 @@ gets its partitions back would then keep its own late values and never read the
 successor's writes, which came before them in the log (seen by the frozen-worker fault
 test). The changelog is compacted, so a full read is one record per tenant, and the
 comparison makes it safe whatever this worker still holds in memory.
+
+That read is done in bulk (processor/changelog_reader.py) when the store has a reader:
+the active partitions are read to their end here, during the rebalance, and Faust's
+own recovery is told to start after what was read, so it only reads the tail.
 """
 
 from __future__ import annotations
@@ -19,16 +23,33 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from faust.serializers import codecs
 from faust.stores import STORES
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP, EventT
 
+from processor.changelog_reader import ChangelogReader
 from processor.core.stored import StoredAccount, newer
+from processor.routing import partition_for
+from processor.tally import AccountTally
 
 SCHEME = "metermemory"
 
 
 class SeqMemoryStore(MemoryStore[Any, Any]):
+    # Set by the app once the store exists; None: Faust's recovery reads everything.
+    reader: ChangelogReader | None = None
+    # The accounts table's counts per partition (processor/tally.py).
+    tally: AccountTally | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Per changelog partition, the offset the bulk read of this rebalance reached.
+        self._read_to: dict[TP, int] = {}
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        return self._read_to.get(tp)
+
     async def on_rebalance(
         self,
         assigned: set[TP],
@@ -37,13 +58,80 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         generation_id: int = 0,
     ) -> None:
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
-        # Runs before the recovery's own on_rebalance, which then starts these from
-        # the earliest offset.
+        # Runs before the recovery's own on_rebalance, which then starts these after
+        # what the reader read here (persisted_offset), or from the earliest offset.
         changelog = self.table.changelog_topic.get_topic_name()
         tables: Any = self.app.tables
         offsets = tables.recovery.active_offsets
         for tp in [tp for tp in offsets if tp.topic == changelog]:
             del offsets[tp]
+        self._read_to = {}
+        if self.reader is not None:
+            actives = self.app.assignor.assigned_actives()
+            mine = [tp for tp in actives if tp.topic == changelog]
+            if mine:
+                table: Any = self.table
+                keys = codecs.get_codec(table.key_serializer).loads
+                values = codecs.get_codec(table.value_serializer).loads
+
+                def apply(partition: int, key: bytes | None, value: bytes | None) -> None:
+                    # Every write to a table's changelog has a key; Faust's recovery
+                    # would fail on one without.
+                    if key is not None:
+                        self._apply(partition, keys(key), None if value is None else values(value))
+
+                self._read_to = await self.reader.read(mine, apply)
+
+    def _apply(self, partition: int, key: Any, value: Any) -> None:
+        self._key_partition[key] = partition
+        if value is None:
+            self._count(partition, self.data.pop(key, None), None)
+            self._key_partition.pop(key, None)
+        else:
+            self._keep(partition, key, value)
+
+    def _keep(self, partition: int, key: Any, value: Any) -> None:
+        if not isinstance(value, StoredAccount):
+            self.data[key] = value
+            return
+        current = self.data.get(key)
+        if newer(current, value):
+            # One string for the key and the tenant id it holds, not two.
+            tenant = value.account.tenant_id
+            self.data[tenant if tenant == key else key] = value
+            self._count(partition, current, value)
+
+    def _count(self, partition: int, old: Any, new: Any) -> None:
+        if self.tally is not None:
+            self.tally.replace(partition, old, new)
+
+    # The handler's writes (a batch's values, once in Kafka) come through here.
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if self.tally is not None:
+            partition = self._key_partition.get(key)
+            if partition is None:
+                partition = self._key_partition[key] = partition_for(key, self.table.partitions)
+            self.tally.replace(partition, self.data.get(key), value)
+        self.data[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        partition = self._key_partition.pop(key, None)
+        old = self.data.pop(key)
+        if partition is not None:
+            self._count(partition, old, None)
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        # Faust drops the keys of partitions no longer active here, straight from
+        # `data`; the counts are rebuilt from what stays.
+        await super().on_recovery_completed(active_tps, standby_tps)
+        if self.tally is not None:
+            self.tally.clear()
+            where = self._key_partition
+            for key, value in self.data.items():
+                partition = where.get(key)
+                if partition is None:
+                    partition = where[key] = partition_for(key, self.table.partitions)
+                self.tally.replace(partition, None, value)
 
     def apply_changelog_batch(
         self,
@@ -51,17 +139,9 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         to_key: Callable[[Any], Any],
         to_value: Callable[[Any], Any],
     ) -> None:
-        data = self.data
         for event in batch:
-            key = to_key(event.key)
-            self._key_partition[key] = event.message.partition
-            if event.message.value is None:
-                data.pop(key, None)
-                continue
-            value = to_value(event.value)
-            current = data.get(key)
-            if not isinstance(value, StoredAccount) or newer(current, value):
-                data[key] = value
+            value = None if event.message.value is None else to_value(event.value)
+            self._apply(event.message.partition, to_key(event.key), value)
 
 
 def register() -> str:

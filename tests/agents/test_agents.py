@@ -318,3 +318,42 @@ async def test_the_accounts_table_recovers_with_the_newest_value_not_the_last_wr
     ]
     table.apply_changelog_batch(events)
     assert table["acme"] == successor
+
+
+async def test_gauges_count_owned_tenants_from_the_tables_writes(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """The tenant, open-request and exhausted gauges follow each account write (the
+    store's tally), without scanning the table, and count only owned partitions."""
+    from processor import metrics
+
+    h = make_harness(partitions=4)
+    acme, zeta = "acme", "zeta"
+    assert partition_for(acme, 4) != partition_for(zeta, 4)
+    for n, tenant in enumerate((acme, zeta)):
+        p = partition_for(tenant, 4)
+        await h.put("commands", funds(f"f{n}", "1.00", tenant=tenant), partition=p)
+    await h.put(
+        "commands",
+        auto_recharge("c1", "20.00", "0.80", tenant=acme),
+        partition=partition_for(acme, 4),
+    )
+    # 1.00 - 8 x 0.1320 < 0: exhausted, with a recharge request open.
+    for i in range(8):
+        await h.put("calls", call(f"e{i}", tenant=acme), partition=partition_for(acme, 4))
+
+    h.meter._owned_partitions = lambda: {0, 1, 2, 3}  # type: ignore[method-assign]
+    h.meter._update_gauges()
+    assert metrics.TENANTS._value.get() == 2
+    assert metrics.OUTSTANDING._value.get() == 1
+    assert metrics.EXHAUSTED._value.get() == 1
+
+    h.meter._owned_partitions = lambda: {partition_for(zeta, 4)}  # type: ignore[method-assign]
+    h.meter._update_gauges()
+    assert metrics.TENANTS._value.get() == 1
+    assert metrics.OUTSTANDING._value.get() == 0
+    assert metrics.EXHAUSTED._value.get() == 0
+
+    # After a rebalance the timer's index comes from the same counts.
+    h.meter.handler.rebuild_due(h.meter.tally.pending({partition_for(acme, 4)}), lambda t: True)
+    assert list(h.meter.handler.due) == [acme]

@@ -1,0 +1,69 @@
+"""Counts over the accounts a worker holds, kept as values change rather than by scans.
+
+The gauges (tenants, open recharge requests, exhausted balances) and the recharge
+timer's index need these for the owned partitions only. Scanning a million accounts
+for them every timer tick would block the event loop for seconds, so the accounts'
+store reports every value it replaces here, per partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from processor.core.stored import StoredAccount
+
+
+@dataclass
+class _Counts:
+    tenants: int = 0
+    exhausted: int = 0
+    # Tenants with a recharge request open (outstanding or awaiting its retry).
+    pending: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Totals:
+    tenants: int
+    outstanding: int
+    exhausted: int
+
+
+class AccountTally:
+    def __init__(self) -> None:
+        self._parts: dict[int, _Counts] = {}
+
+    def replace(self, partition: int, old: StoredAccount | None, new: StoredAccount | None) -> None:
+        counts = self._parts.get(partition)
+        if counts is None:
+            counts = self._parts[partition] = _Counts()
+        for value, sign in ((old, -1), (new, 1)):
+            if value is None:
+                continue
+            account = value.account
+            counts.tenants += sign
+            counts.exhausted += sign * account.exhausted
+            if sign < 0:
+                counts.pending.discard(account.tenant_id)
+            elif account.pending is not None:
+                counts.pending.add(account.tenant_id)
+
+    def clear(self) -> None:
+        self._parts.clear()
+
+    def totals(self, partitions: Iterable[int]) -> Totals:
+        tenants = outstanding = exhausted = 0
+        for p in partitions:
+            counts = self._parts.get(p)
+            if counts is not None:
+                tenants += counts.tenants
+                outstanding += len(counts.pending)
+                exhausted += counts.exhausted
+        return Totals(tenants, outstanding, exhausted)
+
+    def pending(self, partitions: Iterable[int]) -> Iterator[str]:
+        """The tenants of these partitions with a recharge request open."""
+        for p in partitions:
+            counts = self._parts.get(p)
+            if counts is not None:
+                yield from list(counts.pending)

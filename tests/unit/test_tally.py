@@ -1,0 +1,73 @@
+"""The per-partition counts behind the gauges and the recharge timer's index."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processor.core.account import Account, PendingRecharge
+from processor.core.stored import StoredAccount
+from processor.tally import AccountTally, Totals
+
+TENANTS = [f"t{i}" for i in range(6)]
+
+
+def value(tenant: str, balance: str, pending: bool = False) -> StoredAccount:
+    request = (
+        PendingRecharge("r-1", Decimal("25"), 1, datetime(2026, 12, 1, tzinfo=UTC))
+        if pending
+        else None
+    )
+    return StoredAccount(Account(tenant, balance=Decimal(balance), pending=request))
+
+
+def test_counts_follow_each_replaced_value() -> None:
+    tally = AccountTally()
+    tally.replace(3, None, value("acme", "10"))
+    tally.replace(3, value("acme", "10"), value("acme", "0", pending=True))
+    tally.replace(5, None, value("zeta", "4"))
+
+    assert tally.totals([3]) == Totals(tenants=1, outstanding=1, exhausted=1)
+    assert tally.totals([3, 5]) == Totals(tenants=2, outstanding=1, exhausted=1)
+    assert tally.totals([1]) == Totals(0, 0, 0)
+    assert list(tally.pending([3, 5])) == ["acme"]
+
+    tally.replace(3, value("acme", "0", pending=True), value("acme", "25"))
+    assert tally.totals([3]) == Totals(tenants=1, outstanding=0, exhausted=0)
+    assert list(tally.pending([3])) == []
+
+
+writes = st.lists(
+    st.tuples(
+        st.sampled_from(TENANTS),
+        st.sampled_from(["-1.5", "0", "0.01", "30"]),
+        st.booleans(),
+    ),
+    max_size=60,
+)
+
+
+@given(writes)
+def test_counts_equal_a_scan_of_the_values(sequence: list[tuple[str, str, bool]]) -> None:
+    """Whatever order values replace each other in, the counts are what a full scan
+    of the final values gives (what the gauges used to compute every tick)."""
+    tally = AccountTally()
+    current: dict[str, StoredAccount] = {}
+    for tenant, balance, pending in sequence:
+        new = value(tenant, balance, pending)
+        partition = TENANTS.index(tenant) % 2
+        tally.replace(partition, current.get(tenant), new)
+        current[tenant] = new
+    for partitions in ([0], [1], [0, 1]):
+        mine = [v for t, v in current.items() if TENANTS.index(t) % 2 in partitions]
+        assert tally.totals(partitions) == Totals(
+            tenants=len(mine),
+            outstanding=sum(v.account.pending is not None for v in mine),
+            exhausted=sum(v.account.exhausted for v in mine),
+        )
+        assert sorted(tally.pending(partitions)) == sorted(
+            v.account.tenant_id for v in mine if v.account.pending is not None
+        )
