@@ -5,6 +5,7 @@ Everything about money lives in `processor.core`; this module only wires Kafka t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -221,6 +222,7 @@ class Meter:
             )
             async for events in batches:
                 statuses = [stage(_record(event)) for event in events]
+                # Faust acks the records once this returns: only then may they count.
                 await self._flush()
                 for event in events:
                     taken.took(event.message.tp, event.message.offset)
@@ -261,16 +263,24 @@ class Meter:
         }
 
     async def _flush(self) -> None:
-        try:
-            await self.handler.flush()
-        except Exception as exc:
-            # The broker refused an output or a state record after the producer's
-            # retries: crash, so the worker restarts and replays the batch (its offsets
-            # are not committed), rather than commit past a record that never landed.
-            metrics.OUTPUT_ERRORS.inc()
-            log.error("batch not delivered: %r", exc)
-            self.app._crash(exc)
-            raise
+        await self._start_flush()
+
+    def _start_flush(self) -> asyncio.Future[None]:
+        flushing = self.handler.start_flush()
+        flushing.add_done_callback(self._check_flush)
+        return flushing
+
+    def _check_flush(self, flushing: asyncio.Future[None]) -> None:
+        if flushing.cancelled() or flushing.exception() is None:
+            return
+        exc = flushing.exception()
+        assert exc is not None
+        # The broker refused an output or a state record after the producer's
+        # retries: crash, so the worker restarts and replays the batch (its offsets
+        # are not committed), rather than commit past a record that never landed.
+        metrics.OUTPUT_ERRORS.inc()
+        log.error("batch not delivered: %r", exc)
+        self.app._crash(exc)
 
     # ---- the recharge timer --------------------------------------------------------
 

@@ -195,9 +195,15 @@ class RecordHandler:
         engine.accounts, engine.seen = self.accounts, self.seen
         self.changelogs = changelogs
         self._outputs: list[Out] = []
-        # One flush at a time, in order: a value staged on top of another batch's
-        # values must not reach Kafka before that batch's outputs.
-        self._flushing = asyncio.Lock()
+        # Done once the latest flush's outputs are in and its state queued (or it
+        # failed): the next flush queues its state after it, in staging order.
+        self._queued: asyncio.Future[None] | None = None
+        # States of flushes whose outputs are in, for the one writer (group commit).
+        self._states: list[_PendingState] = []
+        self._writer: asyncio.Future[None] | None = None
+        # Set when a state write failed: the local stores stop at the batch before it,
+        # and every later flush fails too (the worker restarts and replays them).
+        self._broken: Exception | None = None
         self._decoders: dict[Source, Callable[[bytes | None], Usage | Command]] = {
             Source.CALLS: decode_call,
             Source.CONFERENCING: decode_conference,
@@ -283,16 +289,84 @@ class RecordHandler:
 
     async def flush(self) -> None:
         """Produce what was staged: the outputs, then (once they are in) the state."""
-        async with self._flushing:
-            outputs, self._outputs = self._outputs, []
-            accounts = self.accounts.take()
-            marks = self.seen.take()
-            if outputs:
-                await self.publisher.publish(outputs)
-            if self.changelogs is not None and (accounts or marks):
-                await self.publisher.publish(self._state_records(accounts, marks))
-            self.accounts.settle()
-            self.seen.settle()
+        await self.start_flush()
+
+    def start_flush(self) -> asyncio.Future[None]:
+        """Take what was staged and start producing it; done once it is all in Kafka.
+
+        Flushes overlap: a batch's outputs go out as soon as it is taken, while earlier
+        batches may still be in flight, and outputs keep the order they were staged in.
+        A batch's state is queued once its own outputs are acknowledged (and the
+        previous batch's state is queued); one writer produces every state queued by
+        then in one go, the newest value per key, and settles them into the local
+        stores in order. So a value never reaches the changelog before the outputs of
+        the records it applied, and a burst of small batches costs one state write.
+        """
+        loop = asyncio.get_running_loop()
+        outputs, self._outputs = self._outputs, []
+        state = _PendingState(self.accounts.take(), self.seen.take(), loop.create_future())
+        delivered = asyncio.ensure_future(self.publisher.publish(outputs)) if outputs else None
+        previous = self._queued
+        queued = self._queued = loop.create_future()
+        # A failure nobody waits on (no later flush) is reported by the caller's raise.
+        queued.add_done_callback(_retrieve)
+        state.done.add_done_callback(_retrieve)
+        return asyncio.ensure_future(self._land(delivered, previous, queued, state))
+
+    async def _land(
+        self,
+        delivered: asyncio.Future[None] | None,
+        previous: asyncio.Future[None] | None,
+        queued: asyncio.Future[None],
+        state: _PendingState,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            if delivered is not None:
+                await delivered
+                metrics.FLUSH.labels("outputs").observe(time.perf_counter() - started)
+            if previous is not None:
+                await previous
+            if self._broken is not None:
+                raise self._broken
+        except BaseException as exc:
+            failed = _failure(exc)
+            queued.set_exception(failed)
+            state.done.set_exception(failed)
+            raise
+        self._states.append(state)
+        queued.set_result(None)
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_states())
+        await state.done
+        metrics.FLUSH.labels("state").observe(time.perf_counter() - started)
+
+    async def _write_states(self) -> None:
+        try:
+            while self._states:
+                group, self._states = self._states, []
+                accounts: dict[str, StoredAccount] = {}
+                marks: dict[str, Mark] = {}
+                for state in group:  # oldest first: the newest value per key wins
+                    accounts.update(state.accounts)
+                    marks.update(state.marks)
+                try:
+                    if self.changelogs is not None and (accounts or marks):
+                        await self.publisher.publish(self._state_records(accounts, marks))
+                    for state in group:
+                        self.accounts.settle(state.accounts)
+                        self.seen.settle(state.marks)
+                except BaseException as exc:
+                    # Reported through each flush's own future, to its caller.
+                    self._broken = failed = _failure(exc)
+                    for state in [*group, *self._states]:
+                        state.done.set_exception(failed)
+                    self._states = []
+                    return
+                for state in group:
+                    state.done.set_result(None)
+        finally:
+            self._writer = None
 
     def _state_records(
         self, accounts: Mapping[str, StoredAccount], marks: Mapping[str, Mark]
@@ -476,8 +550,7 @@ class RecordHandler:
         being staged or flushed may have opened more.
         """
         self.due.clear()
-        staged = [*self.accounts.pending, *self.accounts.flushing]
-        for tenant in dict.fromkeys([*pending, *staged]):
+        for tenant in dict.fromkeys([*pending, *self.accounts.staged_keys()]):
             stored = self.accounts.get(tenant)
             if stored is not None and stored.account.pending is not None and owned(tenant):
                 self._track_due(stored.account)
@@ -503,6 +576,24 @@ class RecordHandler:
             self._send(self.names.timer, tenant.encode(), dump_tick(tick))
             fired += 1
         return fired
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingState:
+    """A flush's account values and marks, waiting for their write."""
+
+    accounts: dict[str, StoredAccount]
+    marks: dict[str, Mark]
+    done: asyncio.Future[None]
+
+
+def _failure(exc: BaseException) -> Exception:
+    return exc if isinstance(exc, Exception) else RuntimeError(f"flush stopped: {exc!r}")
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _coordinates(rec: Record) -> dict[str, object]:

@@ -65,6 +65,14 @@ PROCESSING = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
     registry=REGISTRY,
 )
+FLUSH = Histogram(
+    "meter_batch_flush_seconds",
+    "Time from a batch's flush to its outputs acknowledged (phase=outputs), and to its "
+    "state acknowledged too (phase=state), when its input offsets may be committed.",
+    ["phase"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
 EVENT_LAG = Histogram(
     "meter_event_lag_seconds",
     "Now minus the event's occurred_at when it is applied.",

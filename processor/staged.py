@@ -16,19 +16,24 @@ V = TypeVar("V")
 
 
 class Staged(MutableMapping[K, V], Generic[K, V]):
-    """Reads: the batch's writes, then those of the batch being flushed, then the base.
+    """Reads: the batch's writes, then those of the batches being flushed, then the base.
 
-    A value moves from `pending` (staged) to `flushing` (`take`) to the base (`settle`),
-    which is written only once the flush has reached Kafka.
+    A value moves from `pending` (staged) to a flushing layer (`take`) to the base
+    (`settle`), which is written only once that flush has reached Kafka. Flushes
+    overlap (processor/handler.py), so several layers may be in flight; they settle
+    in the order they were taken, and a read sees the newest.
     """
 
     def __init__(self, base: MutableMapping[K, V]) -> None:
         self.base = base
         self.pending: dict[K, V] = {}
-        self.flushing: dict[K, V] = {}
+        # Batches taken and not yet settled, oldest first.
+        self.flushing: list[dict[K, V]] = []
 
     def __getitem__(self, key: K) -> V:
-        for layer in (self.pending, self.flushing):
+        if key in self.pending:
+            return self.pending[key]
+        for layer in reversed(self.flushing):
             if key in layer:
                 return layer[key]
         return self.base[key]
@@ -37,7 +42,10 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         # The hot path: a dict probe or two, then the table's own get.
         value = self.pending.get(key)
         if value is None and self.flushing:
-            value = self.flushing.get(key)
+            for layer in reversed(self.flushing):
+                value = layer.get(key)
+                if value is not None:
+                    break
         return value if value is not None else self.base.get(key, default)
 
     def __setitem__(self, key: K, value: V) -> None:
@@ -48,9 +56,15 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         # tombstone in the changelog, which staging does not model.
         raise TypeError("staged tables do not support deletion")
 
-    def _keys(self) -> dict[K, None]:
+    def staged_keys(self) -> dict[K, None]:
+        """The keys written by batches not yet settled."""
         keys = dict.fromkeys(self.pending)
-        keys.update(dict.fromkeys(self.flushing))
+        for layer in self.flushing:
+            keys.update(dict.fromkeys(layer))
+        return keys
+
+    def _keys(self) -> dict[K, None]:
+        keys = self.staged_keys()
         keys.update(dict.fromkeys(list(self.base)))
         return keys
 
@@ -61,18 +75,16 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         return len(self._keys())
 
     def take(self) -> dict[K, V]:
-        """Start flushing the batch's writes (one per key, the last): returns them.
+        """Start flushing the batch's writes (one per key, the last): returns them."""
+        layer, self.pending = self.pending, {}
+        self.flushing.append(layer)
+        return layer
 
-        The dict returned is the flushing layer itself, so a caller may still replace
-        values in it before they are settled.
-        """
-        if self.flushing:
-            raise RuntimeError("a flush is already in progress")
-        self.flushing, self.pending = self.pending, {}
-        return self.flushing
-
-    def settle(self) -> None:
-        """The flushing writes are in Kafka: write them to the base."""
-        flushed, self.flushing = self.flushing, {}
-        for key, value in flushed.items():
+    def settle(self, layer: dict[K, V]) -> None:
+        """That flush is in Kafka: write its values to the base."""
+        if not self.flushing or self.flushing[0] is not layer:
+            # A later batch's values would be overwritten by an earlier one's.
+            raise RuntimeError("flushes settle in the order they were taken")
+        self.flushing.pop(0)
+        for key, value in layer.items():
             self.base[key] = value

@@ -137,6 +137,11 @@ def quantiles(metric: str) -> list[prometheus.Dataquery]:
     )
 
 
+def flush_p99(phase: str) -> tuple[str, str]:
+    bucket = sel("meter_batch_flush_seconds_bucket", f'phase="{phase}"')
+    return f"histogram_quantile(0.99, sum by (le) (rate({bucket}{RATE})))", phase
+
+
 APPLIED = sel("meter_records_total", 'outcome="applied"')
 
 
@@ -244,6 +249,14 @@ def lag_and_latency() -> list[timeseries.Panel]:
             "balances, telephony's delay included.",
             quantiles("meter_event_lag_seconds"),
             unit="s",
+        ),
+        graph(
+            "Batch delivery time (p99)",
+            "From a batch's flush to its outputs acknowledged by Kafka (outputs), and to "
+            "its state acknowledged too, after which its offsets may be committed (state).",
+            queries(*(flush_p99(phase) for phase in ("outputs", "state"))),
+            unit="s",
+            width=24,
         ),
     ]
 

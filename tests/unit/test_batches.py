@@ -7,6 +7,7 @@ never needs to carry them; and nothing is written locally before the flush lande
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -184,16 +185,88 @@ def test_staged_reads_pending_then_flushing_then_base() -> None:
     base = {"a": 1, "b": 2}
     s: Staged[str, int] = Staged(base)
     s["a"] = 10
-    assert s.take() == {"a": 10}
+    first = s.take()
+    assert first == {"a": 10}
     s["b"] = 20  # staged while the first batch flushes
     assert (s["a"], s["b"], s.get("c")) == (10, 20, None)
     assert dict(s) == {"a": 10, "b": 20}
+    s["a"] = 11
+    second = s.take()  # flushes overlap: a second batch in flight
+    assert (s["a"], s.get("a")) == (11, 11)  # the newest layer wins
     with pytest.raises(RuntimeError):
-        s.take()  # one flush at a time
-    s.settle()
-    assert base == {"a": 10, "b": 2}
-    assert s.take() == {"b": 20}
-    s.settle()
-    assert base == {"a": 10, "b": 20} and len(s) == 2
+        s.settle(second)  # the earlier batch must land first
+    s.settle(first)
+    assert base == {"a": 10, "b": 2} and s["a"] == 11
+    s.settle(second)
+    assert base == {"a": 11, "b": 20} and len(s) == 2
     with pytest.raises(TypeError):
         del s["a"]
+
+
+@dataclass
+class Gated:
+    """A publisher whose acknowledgements the test releases one publish call at a time."""
+
+    calls: list[list[Out]] = field(default_factory=list)
+    gates: list[asyncio.Event] = field(default_factory=list)
+
+    async def publish(self, records: Sequence[Out]) -> None:
+        self.calls.append(list(records))
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+
+    def kinds(self) -> list[str]:
+        return ["state" if call[0].state else "outputs" for call in self.calls]
+
+
+async def settle_loop() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_flushes_overlap_but_state_follows_every_earlier_output_and_state() -> None:
+    rig = Rig(pub=Gated())
+    pub: Gated = rig.pub
+    rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
+    first = asyncio.create_task(rig.handler.flush())
+    await settle_loop()
+    assert pub.kinds() == ["outputs"]
+    pub.gates[0].set()  # batch 1's outputs acknowledged: its state goes out
+    await settle_loop()
+    assert pub.kinds() == ["outputs", "state"]
+
+    # Batch 2 is staged on top of batch 1's values while batch 1's state is in flight.
+    assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
+    second = asyncio.create_task(rig.handler.flush())
+    await settle_loop()
+    assert pub.kinds() == ["outputs", "state", "outputs"]  # its outputs do not wait
+    pub.gates[2].set()
+    await settle_loop()
+    # ...but its state waits for batch 1's state.
+    assert pub.kinds() == ["outputs", "state", "outputs"] and not second.done()
+    assert rig.accounts == {}  # nothing settled locally yet
+    pub.gates[1].set()
+    await first
+    assert rig.accounts["acme"].account.balance == CARD.quantize(CARD.zero + 10)
+    await settle_loop()
+    assert pub.kinds() == ["outputs", "state", "outputs", "state"] and not second.done()
+    pub.gates[3].set()
+    await second
+    assert rig.accounts["acme"].seq == 2
+
+
+async def test_a_failed_flush_fails_the_flushes_queued_behind_it() -> None:
+    rig = Rig(pub=Journal(fail_on=2))  # batch 1's state is refused
+    a_batch(rig)
+    first = asyncio.create_task(rig.handler.flush())
+    await asyncio.sleep(0)
+    rig.stage(Source.CALLS, NAMES.calls, "zeta", call("z2", "zeta"))
+    second = asyncio.create_task(rig.handler.flush())
+    with pytest.raises(ConnectionError):
+        await first
+    with pytest.raises(ConnectionError):
+        await second
+    # Batch 2's state never went out: it would have carried batch 1's values.
+    assert [call[0].state for call in rig.pub.calls] == [False, True, False]
+    assert rig.accounts == {} and rig.seen == {}
