@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # ensure_topics closed its loop; Faust's worker wants a current one of its own.
     asyncio.set_event_loop(asyncio.new_event_loop())
     meter = Meter(cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host)
+    _tune_gc()
     worker = _quiet_worker_class()(
         meter.app,
         loglevel=cfg.log_level,
@@ -72,6 +74,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     worker.execute_from_commandline()
     return EXIT_OK
+
+
+# A worker keeps every dedupe mark of its window and every account in memory, and
+# allocates a few dozen objects per record. With the default thresholds (700, 10, 10)
+# the collector's full passes over that growing heap cost about as much CPU as the
+# records themselves (in process, 100,000 records: 177 us per record against 99 with
+# the collector off; docs/performance.md), and pause the loop for the duration of a
+# pass. Young passes every 50,000 allocations and full ones a tenth as often keep
+# cyclic garbage collected at a small fraction of that cost.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _tune_gc() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _quiet_worker_class() -> type:
