@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
@@ -95,67 +94,6 @@ class GuardedConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def _drain_messages(self, fetcher: Any) -> None:
-        """Faust's fetch loop (faust-streaming 0.15.3), without a task per record.
-
-        Faust hands each record over with `wait_first(callback(message),
-        suspend_flow.wait())`: two tasks and an asyncio.wait per record (~30 us, a
-        tenth of the worker's time per record), so that a hand-over blocked on a full
-        stream buffer gives way when a rebalance suspends the flow. A hand-over almost
-        never blocks, so here it is stepped once directly; one that does block is
-        handed to wait_first as before. Everything else is Faust's loop as it is.
-        """
-        callback = self.callback
-        getmany = self.getmany
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        set_flag = self.diag.set_flag
-        unset_flag = self.diag.unset_flag
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        yield_every = 100
-        num_since_yield = 0
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                set_flag(CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0)
-                await self.sleep(0)
-                if not self.should_stop:
-                    async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await asyncio.sleep(0)
-                            num_since_yield = 0
-                        offset = message.offset
-                        r_offset = get_read_offset(tp)
-                        if r_offset is None or offset >= r_offset:
-                            gap = offset - (r_offset or 0)
-                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            blocked = _step(callback(message))
-                            if blocked is not None:
-                                await self.wait_first(blocked, self.suspend_flow.wait())
-                            set_read_offset(tp, offset)
-                    unset_flag(CONSUMER_FETCHING)
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                return
-            raise
-        except Exception as exc:
-            self.log.exception("Drain messages raised: %r", exc)
-            raise
-        finally:
-            unset_flag(CONSUMER_FETCHING)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         # Faust passes the offset of the record that revealed the gap as its end, and
@@ -250,43 +188,6 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         for tp in committed:
             self.refused.pop(TP(tp.topic, tp.partition), None)
         return committed
-
-
-def _step(awaitable: Awaitable[Any]) -> Awaitable[Any] | None:
-    """Run a coroutine up to its first suspension: None if it finished, else the rest."""
-    if not isinstance(awaitable, Coroutine):
-        return awaitable
-    coro = awaitable
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        return None
-    return _Rest(coro, waiting)
-
-
-class _Rest:
-    """The rest of a coroutine already stepped once: awaits what it was waiting on
-    (handed up to the task, as the coroutine itself would), then carries on."""
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
-        self._coro = coro
-        self._waiting = waiting
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        waiting = self._waiting
-        while True:
-            try:
-                yield waiting
-            except BaseException as exc:  # cancelled (or thrown into) while waiting
-                try:
-                    waiting = self._coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                waiting = self._coro.send(None)
-            except StopIteration as stop:
-                return stop.value
 
 
 def install(app: Any, topics: Iterable[str]) -> Taken:

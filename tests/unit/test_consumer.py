@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from typing import Any
 
-import pytest
 from faust.types import TP
 from intervaltree import Interval, IntervalTree  # type: ignore[import-untyped]
 
-from processor.consumer import GuardedConsumer, Taken, _step
+from processor.consumer import GuardedConsumer, Taken
 
 A, B = TP("usage.calls", 0), TP("usage.calls", 1)
 
@@ -99,48 +97,3 @@ async def test_a_gap_ends_before_the_record_that_revealed_it() -> None:
     await c._add_gap(A, 6, 8)
     assert sorted(c._gap[A]) == [Interval(6, 8)]
     assert c._new_offset(A) == 8  # next to read: 8 itself
-
-
-async def test_a_hand_over_that_never_waits_runs_at_once_without_a_task() -> None:
-    done: list[int] = []
-
-    async def deliver(n: int) -> None:
-        done.append(n)
-
-    assert _step(deliver(1)) is None
-    assert done == [1]
-
-
-async def test_a_hand_over_that_waits_finishes_when_awaited_or_is_cancelled() -> None:
-    room = asyncio.get_running_loop().create_future()
-    log: list[str] = []
-
-    async def deliver() -> str:
-        log.append("started")
-        await asyncio.sleep(0)  # a bare yield to the loop
-        value = await room  # a full buffer: waits for room
-        log.append("delivered")
-        return value
-
-    rest = _step(deliver())
-    assert rest is not None and log == ["started"]
-    task = asyncio.ensure_future(rest)
-    await asyncio.sleep(0.01)
-    assert not task.done()
-    room.set_result("ok")
-    assert await task == "ok" and log == ["started", "delivered"]
-
-    async def stuck() -> None:
-        try:
-            await asyncio.get_running_loop().create_future()
-        finally:
-            log.append("unwound")
-
-    rest = _step(stuck())
-    assert rest is not None
-    task = asyncio.ensure_future(rest)
-    await asyncio.sleep(0)
-    task.cancel()  # what wait_first does when a rebalance suspends the flow
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert log[-1] == "unwound"
