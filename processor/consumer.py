@@ -91,6 +91,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         # Per partition, offsets whose ack was refused: no commit reaches past them.
         self.refused: dict[TP, set[int]] = {}
+        self._resuming: set[asyncio.Future[None]] = set()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -106,7 +107,9 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         # are dequeued partly while flow is stopped (skipped) and partly after (taken):
         # a hole, whose records the accounts then take for applied when they come again.
         # So the guarded partitions fetch nothing until the seek is done and the flow
-        # resumed (Faust resumes it right after this returns, without awaiting).
+        # resumed. Faust resumes the flow only once the task that awaited this seek has
+        # been woken (Service._wait), a loop turn or more after it returns, so the
+        # partitions are resumed when the flow is, not on the next turn.
         paused = {tp for tp in self._get_active_partitions() if tp.topic in self.guarded}
         self.pause_partitions(paused)
         try:
@@ -119,7 +122,15 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                 if offset:
                     read[tp] = offset - 1
         finally:
-            asyncio.get_running_loop().call_soon(self.resume_partitions, paused)
+            resuming = asyncio.ensure_future(self._resume_when_flowing(paused))
+            # The loop keeps only a weak reference to a task.
+            self._resuming.add(resuming)
+            resuming.add_done_callback(self._resuming.discard)
+
+    async def _resume_when_flowing(self, paused: set[TP]) -> None:
+        await self.can_resume_flow.wait()
+        # Only what is still assigned: a rebalance may have moved some meanwhile.
+        self.resume_partitions(paused & set(self.assignment()))
 
     def ack(self, message: Message) -> bool:
         if message.topic not in self.guarded:

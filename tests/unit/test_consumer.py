@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any
 
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from intervaltree import Interval, IntervalTree  # type: ignore[import-untyped]
+from mode.utils.locks import Event
 
 from processor.consumer import GuardedConsumer, Taken
 
@@ -97,3 +101,41 @@ async def test_a_gap_ends_before_the_record_that_revealed_it() -> None:
     await c._add_gap(A, 6, 8)
     assert sorted(c._gap[A]) == [Interval(6, 8)]
     assert c._new_offset(A) == 8  # next to read: 8 itself
+
+
+# ---- seeks ------------------------------------------------------------------------
+
+
+async def test_a_seek_keeps_the_input_partitions_paused_until_the_flow_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust resumes the streams' flow a loop turn or more after its seek returns;
+    records fetched in between would be dequeued with the flow stopped (skipped) while
+    later ones are taken: a hole. So the partitions resume with the flow."""
+
+    async def no_seek(self: Any) -> None:
+        return None
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "perform_seek", no_seek)
+    c: Any = object.__new__(GuardedConsumer)
+    c.guarded = frozenset({A.topic})
+    c._read_offset = {}
+    c._resuming = set()
+    c.can_resume_flow = Event()
+    assigned = {A, B}
+    paused: set[TP] = set()
+    c._get_active_partitions = lambda: assigned - paused
+    c.assignment = lambda: set(assigned)
+    c.pause_partitions = paused.update
+    c.resume_partitions = paused.difference_update
+
+    await c.perform_seek()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert paused == {A, B}  # the seek is done, the flow not yet resumed
+
+    assigned.discard(B)  # a rebalance moved B meanwhile
+    c.can_resume_flow.set()  # Faust's resume_flow
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert paused == {B}  # A resumed with the flow; B, no longer assigned, left alone
