@@ -105,13 +105,18 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         if self.tally is not None:
             self.tally.replace(partition, old, new)
 
+    def _partition_of(self, key: Any) -> int:
+        """The changelog partition a key was read from, or its tenant's (an account key
+        is the tenant id), remembered so Faust drops it when the partition moves."""
+        partition = self._key_partition.get(key)
+        if partition is None:
+            partition = self._key_partition[key] = partition_for(key, self.table.partitions)
+        return partition
+
     # The handler's writes (a batch's values, once in Kafka) come through here.
     def __setitem__(self, key: Any, value: Any) -> None:
         if self.tally is not None:
-            partition = self._key_partition.get(key)
-            if partition is None:
-                partition = self._key_partition[key] = partition_for(key, self.table.partitions)
-            self.tally.replace(partition, self.data.get(key), value)
+            self.tally.replace(self._partition_of(key), self.data.get(key), value)
         self.data[key] = value
 
     def __delitem__(self, key: Any) -> None:
@@ -126,12 +131,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         await super().on_recovery_completed(active_tps, standby_tps)
         if self.tally is not None:
             self.tally.clear()
-            where = self._key_partition
             for key, value in self.data.items():
-                partition = where.get(key)
-                if partition is None:
-                    partition = where[key] = partition_for(key, self.table.partitions)
-                self.tally.replace(partition, None, value)
+                self.tally.replace(self._partition_of(key), None, value)
 
     def apply_changelog_batch(
         self,
