@@ -96,6 +96,12 @@ SKIPS_REREAD = Counter(
     "dropped so they stay uncommitted and are read again.",
     registry=REGISTRY,
 )
+STALE_DROPPED = Counter(
+    "meter_stale_records_dropped_total",
+    "Records of a fetch that came back before a seek of their partition, dropped "
+    "rather than processed ahead of the records the seek reads again.",
+    registry=REGISTRY,
+)
 REBALANCES = Counter(
     "meter_rebalances_total",
     "Consumer group rebalances this worker went through.",

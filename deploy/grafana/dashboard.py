@@ -373,7 +373,8 @@ def workers() -> list[timeseries.Panel]:
         graph(
             "Rebalances",
             "Consumer group rebalances per worker over 5 minutes, and records Faust "
-            "skipped around them (left uncommitted and read again). Frequent rebalances "
+            "skipped around them (left uncommitted and read again), fetched before a "
+            "seek (dropped, read again). Frequent rebalances "
             "stall processing: look for workers restarting or exceeding the session timeout.",
             queries(
                 (
@@ -383,6 +384,10 @@ def workers() -> list[timeseries.Panel]:
                 (
                     f"sum(increase({sel('meter_skipped_records_reread_total')}[5m]))",
                     "skipped, read again",
+                ),
+                (
+                    f"sum(increase({sel('meter_stale_records_dropped_total')}[5m]))",
+                    "stale fetch dropped",
                 ),
             ),
         ),

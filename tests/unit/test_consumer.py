@@ -12,7 +12,7 @@ from faust.types import TP
 from intervaltree import Interval, IntervalTree  # type: ignore[import-untyped]
 from mode.utils.locks import Event
 
-from processor.consumer import GuardedConsumer, Taken
+from processor.consumer import GuardedConsumer, Taken, _ConsumerThread, _step
 
 A, B = TP("usage.calls", 0), TP("usage.calls", 1)
 
@@ -128,14 +128,101 @@ async def test_a_seek_keeps_the_input_partitions_paused_until_the_flow_resumes(
     c.assignment = lambda: set(assigned)
     c.pause_partitions = paused.update
     c.resume_partitions = paused.difference_update
+    fetching: set[TP] = set(assigned)  # aiokafka's own view: what it fetches
+
+    class Thread:
+        async def pause_fetching(self, tps: set[TP]) -> None:
+            fetching.difference_update(tps)
+
+        async def resume_fetching(self, tps: set[TP]) -> None:
+            fetching.update(tps & assigned)
+
+    c._thread = Thread()
 
     await c.perform_seek()
     for _ in range(5):
         await asyncio.sleep(0)
     assert paused == {A, B}  # the seek is done, the flow not yet resumed
+    assert fetching == set()  # and aiokafka fetches nothing meanwhile, positions kept
 
     assigned.discard(B)  # a rebalance moved B meanwhile
     c.can_resume_flow.set()  # Faust's resume_flow
     for _ in range(5):
         await asyncio.sleep(0)
     assert paused == {B}  # A resumed with the flow; B, no longer assigned, left alone
+    assert fetching == {A}
+
+
+class _Fetcher:
+    """aiokafka's fetcher, as far as the seek counting wraps it."""
+
+    def __init__(self) -> None:
+        self.positions: dict[Any, Any] = {}
+
+    def seek_to(self, tp: Any, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def request_offset_reset(self, tps: list[Any], strategy: Any) -> None:
+        for tp in tps:
+            self.positions[tp] = strategy
+
+
+def test_a_fetch_that_came_back_before_a_seek_of_its_partition_is_stale() -> None:
+    thread: Any = object.__new__(_ConsumerThread)
+    thread.seeked = {}
+    fetcher = _Fetcher()
+    thread.count_seeks(fetcher)
+    before = thread.seeks  # a fetch comes back
+    fetcher.seek_to(A, 266)  # a rebalance's seek to the committed offset
+    assert fetcher.positions[A] == 266
+    assert thread.stale(A, before)  # read from the old position: not to be delivered
+    assert not thread.stale(B, before)  # B was not sought: its records are current
+    after = thread.seeks  # a fetch after the seek
+    assert not thread.stale(A, after)
+    fetcher.request_offset_reset([B], "earliest")  # a seek to the beginning
+    assert thread.stale(B, after) and not thread.stale(A, after)
+
+
+async def test_a_hand_over_that_never_waits_runs_at_once_without_a_task() -> None:
+    done: list[int] = []
+
+    async def deliver(n: int) -> None:
+        done.append(n)
+
+    assert _step(deliver(1)) is None
+    assert done == [1]
+
+
+async def test_a_hand_over_that_waits_finishes_when_awaited_or_is_cancelled() -> None:
+    room = asyncio.get_running_loop().create_future()
+    log: list[str] = []
+
+    async def deliver() -> str:
+        log.append("started")
+        await asyncio.sleep(0)  # a bare yield to the loop
+        value = await room  # a full buffer: waits for room
+        log.append("delivered")
+        return value
+
+    rest = _step(deliver())
+    assert rest is not None and log == ["started"]
+    task = asyncio.ensure_future(rest)
+    await asyncio.sleep(0.01)
+    assert not task.done()
+    room.set_result("ok")
+    assert await task == "ok" and log == ["started", "delivered"]
+
+    async def stuck() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            log.append("unwound")
+
+    rest = _step(stuck())
+    assert rest is not None
+    task = asyncio.ensure_future(rest)
+    await asyncio.sleep(0)
+    task.cancel()  # what wait_first does when a rebalance suspends the flow
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log[-1] == "unwound"
