@@ -15,7 +15,9 @@ comparison makes it safe whatever this worker still holds in memory.
 
 That read is done in bulk (processor/changelog_reader.py) when the store has a reader:
 the active partitions are read to their end here, during the rebalance, and Faust's
-own recovery is told to start after what was read, so it only reads the tail.
+own recovery is told to start after what was read, so it only reads the tail. Account
+values read that way stay undecoded until first read (`codec.Undecoded`), which holds
+what the comparison and the counts need.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TP, EventT
 
 from processor.changelog_reader import ChangelogReader
+from processor.codec import Undecoded
 from processor.core.stored import StoredAccount, newer
 from processor.routing import partition_for
 from processor.tally import AccountTally
@@ -72,7 +75,12 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
             if mine:
                 table: Any = self.table
                 keys = codecs.get_codec(table.key_serializer).loads
-                values = codecs.get_codec(table.value_serializer).loads
+                # Account values are decoded when first read (codec.Undecoded).
+                values = (
+                    Undecoded
+                    if self.tally is not None
+                    else codecs.get_codec(table.value_serializer).loads
+                )
 
                 def apply(partition: int, key: bytes | None, value: bytes | None) -> None:
                     # Every write to a table's changelog has a key; Faust's recovery
@@ -85,25 +93,43 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     def _apply(self, partition: int, key: Any, value: Any) -> None:
         self._key_partition[key] = partition
         if value is None:
-            self._count(partition, self.data.pop(key, None), None)
+            self._count(partition, key, self.data.pop(key, None), None)
             self._key_partition.pop(key, None)
         else:
             self._keep(partition, key, value)
 
     def _keep(self, partition: int, key: Any, value: Any) -> None:
-        if not isinstance(value, StoredAccount):
+        if not isinstance(value, StoredAccount | Undecoded):
             self.data[key] = value
             return
         current = self.data.get(key)
         if newer(current, value):
-            # One string for the key and the tenant id it holds, not two.
-            tenant = value.account.tenant_id
-            self.data[tenant if tenant == key else key] = value
-            self._count(partition, current, value)
+            if isinstance(value, StoredAccount):
+                # One string for the key and the tenant id it holds, not two.
+                tenant = value.account.tenant_id
+                key = tenant if tenant == key else key
+            self.data[key] = value
+            self._count(partition, key, current, value)
 
-    def _count(self, partition: int, old: Any, new: Any) -> None:
+    def _count(self, partition: int, key: Any, old: Any, new: Any) -> None:
         if self.tally is not None:
-            self.tally.replace(partition, old, new)
+            self.tally.replace(partition, key, old, new)
+
+    # Every read of a value comes through here (Faust's `get` is Mapping's, on top).
+    def __getitem__(self, key: Any) -> Any:
+        value = self.data[key]
+        if type(value) is Undecoded:
+            value = self.data[key] = value.decode()
+        return value
+
+    def values(self) -> Any:
+        return (self[key] for key in list(self.data))
+
+    def items(self) -> Any:
+        return ((key, self[key]) for key in list(self.data))
+
+    def copy(self) -> dict[Any, Any]:
+        return dict(self.items())
 
     def _partition_of(self, key: Any) -> int:
         """The changelog partition a key was read from, or its tenant's (an account key
@@ -116,14 +142,14 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     # The handler's writes (a batch's values, once in Kafka) come through here.
     def __setitem__(self, key: Any, value: Any) -> None:
         if self.tally is not None:
-            self.tally.replace(self._partition_of(key), self.data.get(key), value)
+            self.tally.replace(self._partition_of(key), key, self.data.get(key), value)
         self.data[key] = value
 
     def __delitem__(self, key: Any) -> None:
         partition = self._key_partition.pop(key, None)
         old = self.data.pop(key)
         if partition is not None:
-            self._count(partition, old, None)
+            self._count(partition, key, old, None)
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         # Faust drops the keys of partitions no longer active here, straight from
@@ -132,7 +158,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         if self.tally is not None:
             self.tally.clear()
             for key, value in self.data.items():
-                self.tally.replace(self._partition_of(key), None, value)
+                self.tally.replace(self._partition_of(key), key, None, value)
 
     def apply_changelog_batch(
         self,

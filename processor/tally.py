@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from processor.codec import Undecoded
 from processor.core.stored import StoredAccount
+
+# An account value as the store holds it: decoded, or as read at recovery.
+Value = StoredAccount | Undecoded
+
+
+def _flags(value: Value) -> tuple[bool, bool]:
+    """(exhausted, recharge request open)."""
+    if isinstance(value, Undecoded):
+        return value.exhausted, value.pending
+    account = value.account
+    return account.exhausted, account.pending is not None
 
 
 @dataclass
@@ -33,20 +45,21 @@ class AccountTally:
     def __init__(self) -> None:
         self._parts: dict[int, _Counts] = {}
 
-    def replace(self, partition: int, old: StoredAccount | None, new: StoredAccount | None) -> None:
+    def replace(self, partition: int, key: str, old: Value | None, new: Value | None) -> None:
+        """`key`'s value went from `old` to `new` (None: absent); the key is the tenant."""
         counts = self._parts.get(partition)
         if counts is None:
             counts = self._parts[partition] = _Counts()
         for value, sign in ((old, -1), (new, 1)):
             if value is None:
                 continue
-            account = value.account
+            exhausted, pending = _flags(value)
             counts.tenants += sign
-            counts.exhausted += sign * account.exhausted
+            counts.exhausted += sign * exhausted
             if sign < 0:
-                counts.pending.discard(account.tenant_id)
-            elif account.pending is not None:
-                counts.pending.add(account.tenant_id)
+                counts.pending.discard(key)
+            elif pending:
+                counts.pending.add(key)
 
     def clear(self) -> None:
         self._parts.clear()

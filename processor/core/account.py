@@ -17,6 +17,11 @@ from enum import StrEnum
 
 ZERO = Decimal(0)
 
+
+def is_exhausted(balance: Decimal) -> bool:
+    return balance <= ZERO
+
+
 # Fixed namespace so ids are the same on every worker and across restarts.
 _ID_NAMESPACE = uuid.UUID("6f1c8a52-3d4e-4b7a-9c2e-5a0d9e8b7f31")
 _NAMESPACE_BYTES = _ID_NAMESPACE.bytes
@@ -80,7 +85,7 @@ class Account:
 
     @property
     def exhausted(self) -> bool:
-        return self.balance <= ZERO
+        return is_exhausted(self.balance)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol
 
 from processor.core.account import Account, Output
 
@@ -127,7 +128,14 @@ def mark_holds(mark: Mark | None, stored: StoredAccount | None) -> bool:
     return mark is not None and stored is not None and stored.has_applied(mark.position)
 
 
-def newer(current: StoredAccount | None, incoming: StoredAccount) -> bool:
+class Ordered(Protocol):
+    """An account value, decoded or not, as far as recovery compares them."""
+
+    @property
+    def order(self) -> tuple[int, int, int]: ...
+
+
+def newer(current: Ordered | None, incoming: Ordered) -> bool:
     """Recovery keeps the newest value: a zombie's late write never wins."""
     return current is None or incoming.order >= current.order
 

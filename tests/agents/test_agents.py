@@ -320,6 +320,43 @@ async def test_the_accounts_table_recovers_with_the_newest_value_not_the_last_wr
     assert table["acme"] == successor
 
 
+async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compared(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """The bulk changelog read keeps account values undecoded (most tenants are not
+    touched soon after a restart); the newest still wins, the counts are right at once,
+    and a read gets the same value an eager decode would."""
+    from processor.codec import Undecoded, dump_stored
+    from processor.core.account import Account, PendingRecharge
+    from processor.core.stored import StoredAccount
+    from processor.store import SeqMemoryStore
+
+    h = make_harness()
+    store = h.meter.accounts.data
+    assert isinstance(store, SeqMemoryStore)
+
+    def value(tenant: str, order: tuple[int, int, int], balance: str) -> StoredAccount:
+        request = PendingRecharge("r-1", Decimal("25.00"), 1, T0)
+        account = Account(tenant_id=tenant, balance=Decimal(balance), pending=request)
+        epoch, generation, seq = order
+        return StoredAccount(account, seq=seq, generation=generation, epoch=epoch)
+
+    successor = value("acme", (2, 2, 7), "-0.40")
+    zombie = value("acme", (1, 1, 9), "37.86")  # written later, on the older branch
+    store._apply(0, "acme", Undecoded(dump_stored(successor)))
+    store._apply(0, "acme", Undecoded(dump_stored(zombie)))
+    store._apply(0, "zeta", Undecoded(dump_stored(value("zeta", (1, 1, 1), "3.00"))))
+    # Faust's own recovery of the tail decodes; it compares with the undecoded value.
+    store._apply(0, "zeta", value("zeta", (1, 1, 0), "9.00"))
+
+    assert type(store.data["acme"]) is Undecoded  # nothing decoded yet
+    assert h.meter.tally.totals([0]).exhausted == 1
+    assert h.meter.tally.totals([0]).outstanding == 2
+    assert h.meter.accounts["acme"] == successor
+    assert store.data["acme"] == successor  # decoded once, kept decoded
+    assert dict(store.items())["zeta"].account.balance == Decimal("3.00")
+
+
 async def test_gauges_count_owned_tenants_from_the_tables_writes(
     make_harness: Callable[..., Harness],
 ) -> None:
