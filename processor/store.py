@@ -39,6 +39,10 @@ from processor.tally import AccountTally
 SCHEME = "metermemory"
 
 
+class UndecodableValue(RuntimeError):
+    """A value read at recovery that turned out not to decode when first read."""
+
+
 class SeqMemoryStore(MemoryStore[Any, Any]):
     # Set by the app once the store exists; None: Faust's recovery reads everything.
     reader: ChangelogReader | None = None
@@ -119,7 +123,12 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     def __getitem__(self, key: Any) -> Any:
         value = self.data[key]
         if type(value) is Undecoded:
-            value = self.data[key] = value.decode()
+            try:
+                value = self.data[key] = value.decode()
+            except Exception as exc:
+                # Not a KeyError, which `get` would take for "no such tenant" and the
+                # engine for a new account.
+                raise UndecodableValue(f"stored value of {key!r} does not decode") from exc
         return value
 
     def values(self) -> Any:

@@ -329,7 +329,7 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
     from processor.codec import Undecoded, dump_stored
     from processor.core.account import Account, PendingRecharge
     from processor.core.stored import StoredAccount
-    from processor.store import SeqMemoryStore
+    from processor.store import SeqMemoryStore, UndecodableValue
 
     h = make_harness()
     store = h.meter.accounts.data
@@ -355,6 +355,14 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
     assert h.meter.accounts["acme"] == successor
     assert store.data["acme"] == successor  # decoded once, kept decoded
     assert dict(store.items())["zeta"].account.balance == Decimal("3.00")
+
+    # A value that parses but does not decode must not pass for an absent tenant (a
+    # KeyError would: `get` would answer None and the engine open a new account).
+    broken = json.loads(dump_stored(value("kilo", (1, 1, 1), "5.00")))
+    del broken["applied"]
+    store._apply(0, "kilo", Undecoded(json.dumps(broken).encode()))
+    with pytest.raises(UndecodableValue):
+        store.get("kilo")
 
 
 async def test_gauges_count_owned_tenants_from_the_tables_writes(
