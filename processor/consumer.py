@@ -261,8 +261,10 @@ class GuardedConsumer(faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout: float) -> Any:  # noqa: ASYNC109 (Faust's)
         records, active = await super()._wait_next_records(timeout)
-        # Read by the fetch loop while it hands this fetch's records over.
-        self._fetched_at = getattr(records, "seeks", 0)
+        # Read by the fetch loop while it hands this fetch's records over. Records that
+        # did not come through the thread's fetch (none do) carry no count: current.
+        thread: Any = self._thread
+        self._fetched_at = getattr(records, "seeks", thread.seeks)
         return records, active
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
