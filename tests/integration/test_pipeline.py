@@ -111,6 +111,14 @@ async def test_low_balance_recharge_round_trip_is_exact(deploy: Callable[..., De
     async with Client(d) as c:
         await c.send("credits.commands", funds("c1", "acme", "1.00"))
         await c.send("credits.commands", auto_recharge("c2", "acme", "20.00", "0.80"))
+
+        # Topics are read independently: a call sent after a command on another topic
+        # may be applied before it. The tenant's settings are in place before its usage.
+        async def configured() -> bool:
+            acct = await account(w, "acme")
+            return acct is not None and acct["auto_recharge"] is not None
+
+        await eventually(configured, what="the funds and auto-recharge settings applied")
         for i in range(3):  # 0.1320 each: 1.0000 -> 0.8680 -> 0.7360 (< 0.80) -> 0.6040
             await c.send("usage.calls", call(f"e{i}", "acme"))
 
