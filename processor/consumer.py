@@ -199,6 +199,8 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         Faust's loop as it is.
         """
         thread: Any = self._thread
+        stale = thread.stale
+        guarded = self.guarded
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -218,7 +220,7 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in ait:
-                        if tp.topic in self.guarded and thread.stale(tp, self._fetched_at):
+                        if tp.topic in guarded and stale(tp, self._fetched_at):
                             self._drop_stale(tp, message.offset)
                             continue
                         num_since_yield += 1
