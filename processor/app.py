@@ -193,10 +193,13 @@ class Meter:
                 Changelog(self.accounts.changelog_topic.get_topic_name(), dump_stored, str),
                 Changelog(self.seen.changelog_topic.get_topic_name(), dump_mark, dedupe_tenant),
             ),
+            batch_max=cfg.batch_max,
         )
         self.handler.deliveries = Deliveries(self._committed_offset)
+        self.handler.landed = self._landed
         self.engine.delivered = self.handler.deliveries
         self._rebuild_due = True
+        self._crashed = False
         self._declare_agents()
         self._declare_timer()
         self._declare_web()
@@ -212,22 +215,43 @@ class Meter:
 
     def _declare_agents(self) -> None:
         handler = self.handler
-        taken = self.taken
         n = self.names
 
         async def drive(stream: StreamT[Any], stage: Callable[[Record], str]) -> AsyncIterator[str]:
-            # Faust's StreamT declares no take_events; its Stream has it.
+            # A busy topic's records are staged a batch at a time (Faust's take_events
+            # costs per batch what its per-record iteration costs per record); the
+            # handler's flusher sends whatever was staged by the time its previous
+            # round landed (processor/handler.py).
             batches: Any = stream.take_events(  # type: ignore[attr-defined]
                 self.cfg.batch_max, self.cfg.batch_within_seconds
             )
             async for events in batches:
                 statuses = [stage(_record(event)) for event in events]
-                # Faust acks the records once this returns: only then may they count.
-                await self._flush()
                 for event in events:
-                    taken.took(event.message.tp, event.message.offset)
+                    hold(event)
+                if handler.full():
+                    await handler.room()
                 for status in statuses:
                     yield status
+
+        async def drive_each(
+            stream: StreamT[Any], stage: Callable[[Record], str]
+        ) -> AsyncIterator[str]:
+            # A quiet topic's records one at a time: a take wakes every window even
+            # when nothing came, which costs more than a few records do.
+            async for event in stream.events():
+                status = stage(_record(event))
+                hold(event)
+                if handler.full():
+                    await handler.room()
+                yield status
+
+        def hold(event: EventT[Any]) -> None:
+            # Faust acks an event once the agent moves on, long before its flush has
+            # landed. Holding a reference to its message makes that ack not the last;
+            # the last comes when the flush has landed (`_landed`).
+            event.message.incref()
+            handler.hold(event)
 
         @self.app.agent(self._topic(n.calls), name="usage-calls")
         async def calls(stream: StreamT[Any]) -> AsyncIterator[str]:
@@ -241,17 +265,17 @@ class Meter:
 
         @self.app.agent(self._topic(n.commands), name="commands")
         async def commands(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, partial(handler.stage, Source.COMMANDS)):
+            async for status in drive_each(stream, partial(handler.stage, Source.COMMANDS)):
                 yield status
 
         @self.app.agent(self._topic(n.reroute), name="rerouted")
         async def rerouted(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, handler.stage_rerouted):
+            async for status in drive_each(stream, handler.stage_rerouted):
                 yield status
 
         @self.app.agent(self._topic(n.timer), name="recharge-timer")
         async def ticks(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, handler.stage_tick):
+            async for status in drive_each(stream, handler.stage_tick):
                 yield status
 
         self.agents = {
@@ -261,6 +285,18 @@ class Meter:
             "rerouted": rerouted,
             "ticks": ticks,
         }
+
+    def _landed(self, events: list[EventT[Any]], failure: Exception | None) -> None:
+        """The last ack of records whose flush has landed (and only then)."""
+        if failure is not None:
+            self._crash_undelivered(failure)
+            return
+        consumer = self.app.consumer
+        took = self.taken.took
+        for event in events:
+            message = event.message
+            took(message.tp, message.offset)
+            message.ack(consumer)
 
     async def _flush(self) -> None:
         await self._start_flush()
@@ -275,6 +311,12 @@ class Meter:
             return
         exc = flushing.exception()
         assert exc is not None
+        self._crash_undelivered(exc)
+
+    def _crash_undelivered(self, exc: BaseException) -> None:
+        if self._crashed:
+            return
+        self._crashed = True
         # The broker refused an output or a state record after the producer's
         # retries: crash, so the worker restarts and replays the batch (its offsets
         # are not committed), rather than commit past a record that never landed.

@@ -180,8 +180,10 @@ class RecordHandler:
         publisher: Publisher,
         clock: Callable[[], datetime] = utcnow,
         changelogs: tuple[Changelog, Changelog] | None = None,
+        batch_max: int = 2000,
     ) -> None:
         self.engine = engine
+        self.batch_max = batch_max
         self.names = names
         self.partitions = partitions
         self.publisher = publisher
@@ -195,12 +197,16 @@ class RecordHandler:
         engine.accounts, engine.seen = self.accounts, self.seen
         self.changelogs = changelogs
         self._outputs: list[Out] = []
-        # Done once the latest flush's outputs are in and its state queued (or it
-        # failed): the next flush queues its state after it, in staging order.
-        self._queued: asyncio.Future[None] | None = None
-        # States of flushes whose outputs are in, for the one writer (group commit).
-        self._states: list[_PendingState] = []
-        self._writer: asyncio.Future[None] | None = None
+        # Batches taken whose outputs are still to be sent; batches whose outputs are
+        # in and whose state is still to be sent; and the task that sends both.
+        self._unsent: list[_Flush] = []
+        self._unwritten: list[_Flush] = []
+        self._flusher: asyncio.Future[None] | None = None
+        # What the caller holds for each record staged since the last take (its input
+        # message), handed back through `landed` once the record's flush has landed.
+        self._held: list[Any] = []
+        self.landed: Callable[[list[Any], Exception | None], None] = _ignore
+        self._took: asyncio.Future[None] | None = None
         # Set when a state write failed: the local stores stop at the batch before it,
         # and every later flush fails too (the worker restarts and replays them).
         self._broken: Exception | None = None
@@ -292,81 +298,126 @@ class RecordHandler:
         await self.start_flush()
 
     def start_flush(self) -> asyncio.Future[None]:
-        """Take what was staged and start producing it; done once it is all in Kafka.
+        """Take what was staged now; done once it (and everything before) is in Kafka.
 
-        Flushes overlap: a batch's outputs go out as soon as it is taken, while earlier
-        batches may still be in flight, and outputs keep the order they were staged in.
-        A batch's state is queued once its own outputs are acknowledged (and the
-        previous batch's state is queued); one writer produces every state queued by
-        then in one go, the newest value per key, and settles them into the local
-        stores in order. So a value never reaches the changelog before the outputs of
-        the records it applied, and a burst of small batches costs one state write.
+        One flusher produces everything, one publish at a time (aiokafka keeps one
+        request in flight per broker anyway): each round sends the outputs of every
+        batch taken since the last round, and with them the state of every batch whose
+        outputs the last round saw acknowledged (the newest value per key). So a value
+        never reaches the changelog before the outputs of the records it applied,
+        outputs keep the order they were staged in, and the local stores settle in
+        batch order. A batch taken with nothing staged is a barrier: done once every
+        batch before it has landed.
         """
+        flush = self._take()
+        self._wake()
+        return flush.done
+
+    def hold(self, token: Any) -> None:
+        """Keep `token` for the record just staged, and have the flusher take it.
+
+        Records staged between two rounds go out together in the next one, so a
+        worker under load sends large batches and an idle one sends each record
+        at once; `landed(tokens, None)` hands the tokens back when they landed.
+        """
+        self._held.append(token)
+        self._wake()
+
+    def full(self) -> bool:
+        """Whether `batch_max` records wait for the next round: stage no more."""
+        return len(self._held) >= self.batch_max
+
+    async def room(self) -> None:
+        """Wait until the flusher has taken what waits (or failed)."""
+        while self.full() and self._broken is None:
+            if self._took is None:
+                self._took = asyncio.get_running_loop().create_future()
+            self._wake()
+            await asyncio.shield(self._took)
+
+    def _take(self) -> _Flush:
         loop = asyncio.get_running_loop()
         outputs, self._outputs = self._outputs, []
-        state = _PendingState(self.accounts.take(), self.seen.take(), loop.create_future())
-        delivered = asyncio.ensure_future(self.publisher.publish(outputs)) if outputs else None
-        previous = self._queued
-        queued = self._queued = loop.create_future()
-        # A failure nobody waits on (no later flush) is reported by the caller's raise.
-        queued.add_done_callback(_retrieve)
-        state.done.add_done_callback(_retrieve)
-        return asyncio.ensure_future(self._land(delivered, previous, queued, state))
+        held, self._held = self._held, []
+        accounts, marks = self.accounts.take(), self.seen.take()
+        flush = _Flush(outputs, accounts, marks, held, loop.create_future(), time.perf_counter())
+        # A failure nobody waits on is reported through `landed`.
+        flush.done.add_done_callback(_retrieve)
+        took, self._took = self._took, None
+        if took is not None and not took.done():
+            took.set_result(None)
+        if self._broken is not None:
+            self._fail(flush, self._broken)
+        else:
+            self._unsent.append(flush)
+        return flush
 
-    async def _land(
-        self,
-        delivered: asyncio.Future[None] | None,
-        previous: asyncio.Future[None] | None,
-        queued: asyncio.Future[None],
-        state: _PendingState,
-    ) -> None:
-        started = time.perf_counter()
-        try:
-            if delivered is not None:
-                await delivered
-                metrics.FLUSH.labels("outputs").observe(time.perf_counter() - started)
-            if previous is not None:
-                await previous
-            if self._broken is not None:
-                raise self._broken
-        except BaseException as exc:
-            failed = _failure(exc)
-            queued.set_exception(failed)
-            state.done.set_exception(failed)
-            raise
-        self._states.append(state)
-        queued.set_result(None)
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._write_states())
-        await state.done
-        metrics.FLUSH.labels("state").observe(time.perf_counter() - started)
+    def _staged(self) -> bool:
+        return bool(self._outputs or self._held or self.accounts.pending or self.seen.pending)
 
-    async def _write_states(self) -> None:
+    def _wake(self) -> None:
+        if self._flusher is None and self._broken is None:
+            self._flusher = asyncio.ensure_future(self._run_flusher())
+
+    async def _run_flusher(self) -> None:
         try:
-            while self._states:
-                group, self._states = self._states, []
-                accounts: dict[str, StoredAccount] = {}
-                marks: dict[str, Mark] = {}
-                for state in group:  # oldest first: the newest value per key wins
-                    accounts.update(state.accounts)
-                    marks.update(state.marks)
+            while True:
+                if self._staged():
+                    self._take()
+                if not (self._unsent or self._unwritten):
+                    break
+                sending, self._unsent = self._unsent, []
+                landing, self._unwritten = self._unwritten, []
+                # A batch with no outputs, behind no batch whose outputs are in flight,
+                # may write its state in this round already.
+                while sending and not sending[0].outputs:
+                    landing.append(sending.pop(0))
+                records = [out for flush in sending for out in flush.outputs]
+                records += self._state_of(landing)
                 try:
-                    if self.changelogs is not None and (accounts or marks):
-                        await self.publisher.publish(self._state_records(accounts, marks))
-                    for state in group:
-                        self.accounts.settle(state.accounts)
-                        self.seen.settle(state.marks)
+                    if records:
+                        await self.publisher.publish(records)
+                    for flush in landing:
+                        self.accounts.settle(flush.accounts)
+                        self.seen.settle(flush.marks)
                 except BaseException as exc:
-                    # Reported through each flush's own future, to its caller.
+                    # Reported through each flush's own future, to its caller; the local
+                    # stores stop at the batch before the first that failed.
                     self._broken = failed = _failure(exc)
-                    for state in [*group, *self._states]:
-                        state.done.set_exception(failed)
-                    self._states = []
+                    for flush in [*landing, *sending, *self._unsent]:
+                        self._fail(flush, failed)
+                    self._unsent = []
+                    if self._took is not None and not self._took.done():
+                        self._took.set_result(None)
                     return
-                for state in group:
-                    state.done.set_result(None)
+                now = time.perf_counter()
+                for flush in sending:
+                    metrics.FLUSH.labels("outputs").observe(now - flush.started)
+                for flush in landing:
+                    metrics.FLUSH.labels("state").observe(now - flush.started)
+                    if not flush.done.done():  # a caller may have cancelled its wait
+                        flush.done.set_result(None)
+                    if flush.held:
+                        self.landed(flush.held, None)
+                self._unwritten = sending
         finally:
-            self._writer = None
+            self._flusher = None
+
+    def _fail(self, flush: _Flush, failed: Exception) -> None:
+        if not flush.done.done():
+            flush.done.set_exception(failed)
+        if flush.held:
+            self.landed(flush.held, failed)
+
+    def _state_of(self, flushes: list[_Flush]) -> list[Out]:
+        if self.changelogs is None or not flushes:
+            return []
+        accounts: dict[str, StoredAccount] = {}
+        marks: dict[str, Mark] = {}
+        for flush in flushes:  # oldest first: the newest value per key wins
+            accounts.update(flush.accounts)
+            marks.update(flush.marks)
+        return self._state_records(accounts, marks)
 
     def _state_records(
         self, accounts: Mapping[str, StoredAccount], marks: Mapping[str, Mark]
@@ -579,16 +630,23 @@ class RecordHandler:
 
 
 @dataclass(frozen=True, slots=True)
-class _PendingState:
-    """A flush's account values and marks, waiting for their write."""
+class _Flush:
+    """A batch taken for flushing: its outputs, its account values and marks."""
 
+    outputs: list[Out]
     accounts: dict[str, StoredAccount]
     marks: dict[str, Mark]
+    held: list[Any]
     done: asyncio.Future[None]
+    started: float
 
 
 def _failure(exc: BaseException) -> Exception:
     return exc if isinstance(exc, Exception) else RuntimeError(f"flush stopped: {exc!r}")
+
+
+def _ignore(tokens: list[Any], failure: Exception | None) -> None:
+    pass
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

@@ -21,7 +21,9 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
     A value moves from `pending` (staged) to a flushing layer (`take`) to the base
     (`settle`), which is written only once that flush has reached Kafka. Flushes
     overlap (processor/handler.py), so several layers may be in flight; they settle
-    in the order they were taken, and a read sees the newest.
+    in the order they were taken, and a read sees the newest. The newest in-flight
+    value per key is also kept in one dict (`in_flight`), so that a read costs the
+    same however many layers are in flight.
     """
 
     def __init__(self, base: MutableMapping[K, V]) -> None:
@@ -29,23 +31,20 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         self.pending: dict[K, V] = {}
         # Batches taken and not yet settled, oldest first.
         self.flushing: list[dict[K, V]] = []
+        self.in_flight: dict[K, V] = {}
 
     def __getitem__(self, key: K) -> V:
         if key in self.pending:
             return self.pending[key]
-        for layer in reversed(self.flushing):
-            if key in layer:
-                return layer[key]
+        if key in self.in_flight:
+            return self.in_flight[key]
         return self.base[key]
 
     def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
         # The hot path: a dict probe or two, then the table's own get.
         value = self.pending.get(key)
-        if value is None and self.flushing:
-            for layer in reversed(self.flushing):
-                value = layer.get(key)
-                if value is not None:
-                    break
+        if value is None:
+            value = self.in_flight.get(key)
         return value if value is not None else self.base.get(key, default)
 
     def __setitem__(self, key: K, value: V) -> None:
@@ -78,6 +77,7 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         """Start flushing the batch's writes (one per key, the last): returns them."""
         layer, self.pending = self.pending, {}
         self.flushing.append(layer)
+        self.in_flight.update(layer)
         return layer
 
     def settle(self, layer: dict[K, V]) -> None:
@@ -86,5 +86,9 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
             # A later batch's values would be overwritten by an earlier one's.
             raise RuntimeError("flushes settle in the order they were taken")
         self.flushing.pop(0)
+        in_flight = self.in_flight
         for key, value in layer.items():
             self.base[key] = value
+            # Unless a later layer in flight wrote the key again.
+            if in_flight.get(key) is value:
+                del in_flight[key]

@@ -54,6 +54,9 @@ class Harness:
             # and the processor recognises a repeated position as a replay.
             a.sent_offset = self.offsets.get(agent, 0)
             event = await a.put(raw, key=key, partition=partition, headers=headers)
+            # The agent yields once the record is staged; its outputs land with the
+            # flusher's next rounds, which an empty flush waits for.
+            await self.meter.handler.flush()
             self.offsets[agent] = a.sent_offset
             assert event.message.offset == self.offsets[agent] - 1
             result: str = list(a.results.values())[-1]

@@ -205,19 +205,46 @@ def test_staged_reads_pending_then_flushing_then_base() -> None:
 
 @dataclass
 class Gated:
-    """A publisher whose acknowledgements the test releases one publish call at a time."""
+    """A publisher whose acknowledgements the test releases (or refuses) one call at a
+    time: each call is one round of the handler's flusher."""
 
     calls: list[list[Out]] = field(default_factory=list)
     gates: list[asyncio.Event] = field(default_factory=list)
+    refused: set[int] = field(default_factory=set)
 
     async def publish(self, records: Sequence[Out]) -> None:
+        index = len(self.calls)
         self.calls.append(list(records))
         gate = asyncio.Event()
         self.gates.append(gate)
         await gate.wait()
+        if index in self.refused:
+            raise ConnectionError("broker refused the batch")
+
+    def refuse(self, index: int) -> None:
+        self.refused.add(index)
+        self.gates[index].set()
 
     def kinds(self) -> list[str]:
-        return ["state" if call[0].state else "outputs" for call in self.calls]
+        return [
+            "+".join(
+                k
+                for k, on in (
+                    ("outputs", any(not o.state for o in call)),
+                    ("state", any(o.state for o in call)),
+                )
+                if on
+            )
+            for call in self.calls
+        ]
+
+    def balances(self, index: int) -> dict[bytes | None, str]:
+        """The account values written in one call: tenant -> balance."""
+        return {
+            o.key: str(load_stored(o.value).account.balance)
+            for o in self.calls[index]
+            if o.topic == "accounts-changelog"
+        }
 
 
 async def settle_loop() -> None:
@@ -225,48 +252,77 @@ async def settle_loop() -> None:
         await asyncio.sleep(0)
 
 
-async def test_flushes_overlap_but_state_follows_every_earlier_output_and_state() -> None:
+async def test_a_batch_staged_while_one_flushes_rides_the_next_round_with_its_state() -> None:
     rig = Rig(pub=Gated())
     pub: Gated = rig.pub
     rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
     first = asyncio.create_task(rig.handler.flush())
     await settle_loop()
     assert pub.kinds() == ["outputs"]
-    pub.gates[0].set()  # batch 1's outputs acknowledged: its state goes out
-    await settle_loop()
-    assert pub.kinds() == ["outputs", "state"]
 
-    # Batch 2 is staged on top of batch 1's values while batch 1's state is in flight.
+    # Batch 2 is staged on top of batch 1's values while batch 1's outputs are in flight.
     assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
     second = asyncio.create_task(rig.handler.flush())
     await settle_loop()
-    assert pub.kinds() == ["outputs", "state", "outputs"]  # its outputs do not wait
-    pub.gates[2].set()
+    assert pub.kinds() == ["outputs"]  # one round at a time
+    pub.gates[0].set()  # batch 1's outputs acknowledged
     await settle_loop()
-    # ...but its state waits for batch 1's state.
-    assert pub.kinds() == ["outputs", "state", "outputs"] and not second.done()
-    assert rig.accounts == {}  # nothing settled locally yet
+    # Round 2: batch 1's state, and batch 2's outputs beside it.
+    assert pub.kinds() == ["outputs", "outputs+state"]
+    assert pub.balances(1) == {b"acme": "10.0000"}  # batch 1's value, not batch 2's
+    assert rig.accounts == {} and not first.done()  # nothing settles before its ack
     pub.gates[1].set()
     await first
     assert rig.accounts["acme"].account.balance == CARD.quantize(CARD.zero + 10)
     await settle_loop()
-    assert pub.kinds() == ["outputs", "state", "outputs", "state"] and not second.done()
-    pub.gates[3].set()
+    # Round 3: batch 2's state, only now that its outputs are in.
+    assert pub.kinds() == ["outputs", "outputs+state", "state"] and not second.done()
+    assert rig.accounts["acme"].seq == 1
+    pub.gates[2].set()
     await second
     assert rig.accounts["acme"].seq == 2
 
 
-async def test_a_failed_flush_fails_the_flushes_queued_behind_it() -> None:
-    rig = Rig(pub=Journal(fail_on=2))  # batch 1's state is refused
+async def test_a_refused_round_fails_its_batches_and_every_later_one() -> None:
+    rig = Rig(pub=Gated())
+    pub: Gated = rig.pub
     a_batch(rig)
     first = asyncio.create_task(rig.handler.flush())
-    await asyncio.sleep(0)
+    await settle_loop()
     rig.stage(Source.CALLS, NAMES.calls, "zeta", call("z2", "zeta"))
     second = asyncio.create_task(rig.handler.flush())
-    with pytest.raises(ConnectionError):
-        await first
-    with pytest.raises(ConnectionError):
-        await second
-    # Batch 2's state never went out: it would have carried batch 1's values.
-    assert [call[0].state for call in rig.pub.calls] == [False, True, False]
+    await settle_loop()
+    pub.gates[0].set()
+    await settle_loop()
+    assert pub.kinds() == ["outputs", "outputs+state"]
+    rig.stage(Source.CALLS, NAMES.calls, "zeta", call("z3", "zeta"))
+    third = asyncio.create_task(rig.handler.flush())
+    await settle_loop()
+    pub.refuse(1)  # batch 1's state and batch 2's outputs are refused
+    for flush in (first, second, third):
+        with pytest.raises(ConnectionError):
+            await flush
+    # Batch 2's and 3's state never went out: they would carry batch 1's values.
+    assert pub.kinds() == ["outputs", "outputs+state"]
     assert rig.accounts == {} and rig.seen == {}
+    # And a flush after that fails at once: the worker is to restart and replay.
+    rig.stage(Source.CALLS, NAMES.calls, "zeta", call("z4", "zeta"))
+    with pytest.raises(ConnectionError):
+        await rig.handler.flush()
+    assert len(pub.calls) == 2
+
+
+async def test_a_batch_without_outputs_writes_its_state_in_the_first_free_round() -> None:
+    rig = Rig(pub=Gated())
+    pub: Gated = rig.pub
+    rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
+    first = asyncio.create_task(rig.handler.flush())
+    await settle_loop()
+    pub.gates[0].set()
+    await settle_loop()
+    pub.gates[1].set()
+    await first
+    # A duplicate writes nothing but must still land after the batches before it.
+    assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "duplicate"
+    await rig.handler.flush()  # nothing to publish: no round needed
+    assert pub.kinds() == ["outputs", "state"]
