@@ -217,7 +217,9 @@ class Meter:
         handler = self.handler
         n = self.names
 
-        async def drive(stream: StreamT[Any], stage: Callable[[Record], str]) -> AsyncIterator[str]:
+        async def drive(
+            stream: StreamT[Any], stage: Callable[[Record], str]
+        ) -> AsyncIterator[list[str]]:
             # A busy topic's records are staged a batch at a time (Faust's take_events
             # costs per batch what its per-record iteration costs per record); the
             # handler's flusher sends whatever was staged by the time its previous
@@ -231,8 +233,9 @@ class Meter:
                     hold(event)
                 if handler.full():
                     await handler.room()
-                for status in statuses:
-                    yield status
+                # One value per batch: Faust's agent formats a debug line and looks for
+                # a reply address for every value an agent yields.
+                yield statuses
 
         async def drive_each(
             stream: StreamT[Any], stage: Callable[[Record], str]
@@ -254,14 +257,14 @@ class Meter:
             handler.hold(event)
 
         @self.app.agent(self._topic(n.calls), name="usage-calls")
-        async def calls(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, partial(handler.stage, Source.CALLS)):
-                yield status
+        async def calls(stream: StreamT[Any]) -> AsyncIterator[list[str]]:
+            async for statuses in drive(stream, partial(handler.stage, Source.CALLS)):
+                yield statuses
 
         @self.app.agent(self._topic(n.conferencing), name="usage-conferencing")
-        async def conferencing(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive(stream, partial(handler.stage, Source.CONFERENCING)):
-                yield status
+        async def conferencing(stream: StreamT[Any]) -> AsyncIterator[list[str]]:
+            async for statuses in drive(stream, partial(handler.stage, Source.CONFERENCING)):
+                yield statuses
 
         @self.app.agent(self._topic(n.commands), name="commands")
         async def commands(stream: StreamT[Any]) -> AsyncIterator[str]:
