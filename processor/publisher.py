@@ -28,10 +28,17 @@ class KafkaPublisher:
     async def publish(self, records: Sequence[Out]) -> None:
         producer = self._producer()
         groups: dict[tuple[str, int], list[Out]] = defaultdict(list)
+        counts = self._partitions
         for r in records:
             partition = r.partition
             if partition is None:
-                partition = await self._partition(producer, r)
+                count = counts.get(r.topic)
+                if count is None:
+                    count = counts[r.topic] = len(await producer.partitions_for(r.topic))
+                if r.key is None:
+                    partition = next(self._spread) % count
+                else:
+                    partition = partition_for_key(r.key, count)
             groups[(r.topic, partition)].append(r)
         sent: list[asyncio.Future[Any]] = []
         for (topic, partition), group in groups.items():
@@ -58,16 +65,3 @@ class KafkaPublisher:
                 sent.append(await producer.send_batch(batch, topic, partition=partition))
         # Raises the first delivery error: the caller must not treat the batch as sent.
         await asyncio.gather(*sent)
-
-    async def _partition(self, producer: Any, r: Out) -> int:
-        count = self._partitions.get(r.topic)
-        if count is None:
-            count = self._partitions[r.topic] = len(await producer.partitions_for(r.topic))
-        if r.key is None:
-            return next(self._spread) % count
-        return partition_for_key(r.key, count)
-
-
-def _append(batch: Any, r: Out, headers: list[tuple[str, bytes]]) -> bool:
-    """Whether the record fit (a full batch says None, and closes)."""
-    return batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is not None
