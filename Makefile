@@ -44,7 +44,7 @@ lint: setup
 	$(BIN)/mypy
 
 ## Benchmark: ceiling vs one worker's drain rate, latency, recovery (bench/results.json;
-## ~8 min; add --scaling by hand for the two-worker drain, ~5 min more).
+## ~7.5 min; add --scaling by hand for the two-worker drain, ~4.5 min more).
 bench: setup
 	$(BIN)/python -m bench.run --out bench/results.json
 
