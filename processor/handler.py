@@ -316,9 +316,9 @@ class RecordHandler:
     def hold(self, token: Any) -> None:
         """Keep `token` for the record just staged, and have the flusher take it.
 
-        Records staged between two rounds go out together in the next one, so a
-        worker under load sends large batches and an idle one sends each record
-        at once; `landed(tokens, None)` hands the tokens back when they landed.
+        Records staged while a round is in flight go out together in the next one, so
+        a worker under load sends large rounds and an idle one sends a batch as soon
+        as it is staged; `landed(tokens, None)` hands the tokens back when they landed.
         """
         self._held.append(token)
         self._wake()

@@ -57,9 +57,9 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
 
     def staged_keys(self) -> dict[K, None]:
         """The keys written by batches not yet settled."""
+        # `in_flight` holds exactly the keys of the layers not yet settled.
         keys = dict.fromkeys(self.pending)
-        for layer in self.flushing:
-            keys.update(dict.fromkeys(layer))
+        keys.update(dict.fromkeys(self.in_flight))
         return keys
 
     def _keys(self) -> dict[K, None]:
