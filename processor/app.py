@@ -18,7 +18,7 @@ import aiohttp
 import faust
 import orjson
 from faust.serializers import codecs
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, EventT, Message, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
@@ -90,7 +90,10 @@ def _error(code: str, detail: str, tenant_id: str) -> bytes:
 
 
 def _record(event: EventT[Any]) -> Record:
-    m = event.message
+    return _record_of(event.message)
+
+
+def _record_of(m: Message) -> Record:
     headers = m.headers.items() if isinstance(m.headers, Mapping) else (m.headers or ())
     return Record(
         topic=m.topic,
@@ -140,10 +143,19 @@ class Meter:
             autodiscover=False,
         )
         n = self.names
-        # Commits count only records the handler took (processor/consumer.py).
+        # Commits count only records the handler took (processor/consumer.py); the
+        # usage topics' records come straight from the fetch loop (`stage`).
         self.taken = consumer_.install(
-            self.app, (n.calls, n.conferencing, n.commands, n.reroute, n.timer)
+            self.app,
+            (n.calls, n.conferencing, n.commands, n.reroute, n.timer),
+            direct=(n.calls, n.conferencing),
+            sink=self,
         )
+        self._direct_sources = {n.calls: Source.CALLS, n.conferencing: Source.CONFERENCING}
+        # Handed over by the fetch loop, staged on the loop's next turn.
+        self._fetched: list[Message] = []
+        self._staging = False
+        self._all_staged: asyncio.Future[None] | None = None
         policy = acc.RechargePolicy(
             timeout=timedelta(seconds=cfg.recharge_timeout_seconds),
             retry_after=timedelta(seconds=cfg.recharge_retry_after_seconds),
@@ -216,55 +228,26 @@ class Meter:
     def _declare_agents(self) -> None:
         handler = self.handler
         n = self.names
-
-        async def drive(
-            stream: StreamT[Any], stage: Callable[[Record], str]
-        ) -> AsyncIterator[list[str]]:
-            # A busy topic's records are staged a batch at a time (Faust's take_events
-            # costs per batch what its per-record iteration costs per record); the
-            # handler's flusher sends whatever was staged by the time its previous
-            # round landed (processor/handler.py).
-            batches: Any = stream.take_events(  # type: ignore[attr-defined]
-                self.cfg.batch_max, self.cfg.batch_within_seconds
-            )
-            async for events in batches:
-                statuses = [stage(_record(event)) for event in events]
-                for event in events:
-                    hold(event)
-                if handler.full():
-                    await handler.room()
-                # One value per batch: Faust's agent formats a debug line and looks for
-                # a reply address for every value an agent yields.
-                yield statuses
+        # The usage topics have no agent: the fetch loop hands their records straight
+        # to `stage` (processor/consumer.py). Subscribed here, they are assigned and
+        # fetched like an agent's topics.
+        for name in (n.calls, n.conferencing):
+            self.app.topics.add(self._topic(name))
 
         async def drive_each(
             stream: StreamT[Any], stage: Callable[[Record], str]
         ) -> AsyncIterator[str]:
-            # A quiet topic's records one at a time: a take wakes every window even
-            # when nothing came, which costs more than a few records do.
+            # The quiet topics' records, one at a time through Faust's stream.
             async for event in stream.events():
                 status = stage(_record(event))
-                hold(event)
+                # Faust acks an event once the agent moves on, long before its flush
+                # has landed. Holding a reference to its message makes that ack not
+                # the last; the last comes when the flush has landed (`_landed`).
+                event.message.incref()
+                handler.hold(event.message)
                 if handler.full():
                     await handler.room()
                 yield status
-
-        def hold(event: EventT[Any]) -> None:
-            # Faust acks an event once the agent moves on, long before its flush has
-            # landed. Holding a reference to its message makes that ack not the last;
-            # the last comes when the flush has landed (`_landed`).
-            event.message.incref()
-            handler.hold(event)
-
-        @self.app.agent(self._topic(n.calls), name="usage-calls")
-        async def calls(stream: StreamT[Any]) -> AsyncIterator[list[str]]:
-            async for statuses in drive(stream, partial(handler.stage, Source.CALLS)):
-                yield statuses
-
-        @self.app.agent(self._topic(n.conferencing), name="usage-conferencing")
-        async def conferencing(stream: StreamT[Any]) -> AsyncIterator[list[str]]:
-            async for statuses in drive(stream, partial(handler.stage, Source.CONFERENCING)):
-                yield statuses
 
         @self.app.agent(self._topic(n.commands), name="commands")
         async def commands(stream: StreamT[Any]) -> AsyncIterator[str]:
@@ -282,22 +265,83 @@ class Meter:
                 yield status
 
         self.agents = {
-            "calls": calls,
-            "conferencing": conferencing,
             "commands": commands,
             "rerouted": rerouted,
             "ticks": ticks,
         }
 
-    def _landed(self, events: list[EventT[Any]], failure: Exception | None) -> None:
+    # ---- the usage topics' records, straight from the fetch loop ---------------------
+
+    def stage(self, messages: list[Message]) -> None:
+        """Take a fetch's usage records (`consumer.Sink`); each is acked once landed.
+
+        The worker's fetch loop hands these over without Faust's streams: a stream's
+        per-record path (an Event, a channel queue, its iteration, a take buffer and
+        its acks) cost as much as rating and applying the record. They are staged on the next
+        turn of the loop, not in the fetch loop itself, so that the next fetch is
+        asked for first (aiokafka asks the broker for more only once the last fetch's
+        records are taken): staged in the loop, a record arriving meanwhile waited for
+        the whole fetch's staging before it was even fetched.
+        """
+        self._fetched.extend(messages)
+        if not self._staging:
+            self._staging = True
+            asyncio.get_running_loop().call_soon(self._stage_fetched)
+
+    def _stage_fetched(self) -> None:
+        # What a stream does with a record as it dequeues it is done here: one dequeued
+        # while the flow is stopped for a rebalance, or fetched in an older generation,
+        # is not processed, and its ack is refused so that nothing is committed past it
+        # before the rebalance's seek reads it again.
+        self._staging = False
+        messages, self._fetched = self._fetched, []
+        staged, self._all_staged = self._all_staged, None
+        try:
+            self._stage_each(messages)
+        except Exception as exc:
+            # The handler turns a bad record into a rejection; anything else here is a
+            # bug, and the records after it are neither staged nor acked: restart and
+            # read them again rather than stall the commits.
+            log.exception("staging fetched records failed")
+            self.app._crash(exc)
+        finally:
+            if staged is not None and not staged.done():
+                staged.set_result(None)
+
+    def _stage_each(self, messages: list[Message]) -> None:
+        app = self.app
+        consumer = app.consumer
+        flowing = app.flow_control.is_active()
+        generation = app.consumer_generation_id
+        sources = self._direct_sources
+        handler = self.handler
+        for message in messages:
+            if not flowing or message.generation_id != generation:
+                message.ack(consumer)
+                continue
+            # Tracked, the record keeps a rebalance waiting until its ack (`_landed`).
+            consumer.track_message(message)
+            handler.stage(sources[message.topic], _record_of(message))
+            handler.hold(message)
+
+    def full(self) -> bool:
+        return len(self._fetched) >= self.cfg.batch_max or self.handler.full()
+
+    async def room(self) -> None:
+        if self._fetched:
+            if self._all_staged is None:
+                self._all_staged = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._all_staged)
+        await self.handler.room()
+
+    def _landed(self, messages: list[Message], failure: Exception | None) -> None:
         """The last ack of records whose flush has landed (and only then)."""
         if failure is not None:
             self._crash_undelivered(failure)
             return
         consumer = self.app.consumer
         took = self.taken.took
-        for event in events:
-            message = event.message
+        for message in messages:
             took(message.tp, message.offset)
             message.ack(consumer)
 

@@ -36,7 +36,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Coroutine, Generator, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -77,6 +77,9 @@ class Taken:
 # to 1.5 s (seen as ~1 s mean append-to-ledger latency at 1,700 events/s by the
 # benchmark). An idle worker now polls every 20 ms instead; a busy one never waits.
 FETCH_MAX_WAIT_MS = 20
+# The fetch loop yields to the event loop after this many records, and hands what it
+# collected for the sink over first, so the flusher can send it meanwhile.
+HAND_OVER_EVERY = 100
 
 
 class Fetched(dict[TP, list[Any]]):
@@ -169,9 +172,27 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return Fetched(records, self.seeks)
 
 
+class Sink(Protocol):
+    """Where the fetch loop hands the records of `GuardedConsumer.direct` topics."""
+
+    def stage(self, messages: list[Message]) -> None:
+        """Take a fetch's records (in offset order per partition), or refuse them."""
+        ...
+
+    def full(self) -> bool:
+        """Whether to stop handing records over until `room()` returns."""
+        ...
+
+    async def room(self) -> None: ...
+
+
 class GuardedConsumer(faust_aiokafka.Consumer):
     taken: Taken
     guarded: frozenset[str]
+    # Topics whose records bypass Faust's conductor, channel, stream and take buffer:
+    # the fetch loop hands them to `sink` up to `HAND_OVER_EVERY` at a time.
+    direct: frozenset[str]
+    sink: Sink | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -195,8 +216,13 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         never blocks, so here it is stepped once directly; one that does block is
         handed to wait_first as before. And a guarded record whose partition was
         sought after its fetch came back is dropped, not delivered: it is stale, and
-        the seek reads it again in its place (`_ConsumerThread`). Everything else is
-        Faust's loop as it is.
+        the seek reads it again in its place (`_ConsumerThread`).
+
+        Records of the `direct` topics skip the conductor and the streams altogether:
+        they are collected and handed to the sink in lists (per fetch, at most
+        `HAND_OVER_EVERY` at a time). The per-record path of a stream (an Event, a
+        channel queue, the stream's iteration, a take buffer, its acks) cost about as
+        much as rating and applying the record. Everything else is Faust's loop as it is.
         """
         thread: Any = self._thread
         stale = thread.stale
@@ -211,8 +237,10 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
-        yield_every = 100
+        yield_every = HAND_OVER_EVERY
         num_since_yield = 0
+        direct = self.direct
+        batch: list[Message] = []
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
@@ -225,6 +253,9 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                             continue
                         num_since_yield += 1
                         if num_since_yield > yield_every:
+                            if batch:
+                                await self._hand_over(batch)
+                                batch = []
                             await asyncio.sleep(0)
                             num_since_yield = 0
                         offset = message.offset
@@ -236,10 +267,16 @@ class GuardedConsumer(faust_aiokafka.Consumer):
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            blocked = _step(callback(message))
-                            if blocked is not None:
-                                await self.wait_first(blocked, self.suspend_flow.wait())
+                            if tp.topic in direct:
+                                batch.append(message)
+                            else:
+                                blocked = _step(callback(message))
+                                if blocked is not None:
+                                    await self.wait_first(blocked, self.suspend_flow.wait())
                             set_read_offset(tp, offset)
+                    if batch:
+                        await self._hand_over(batch)
+                        batch = []
                     unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -254,6 +291,16 @@ class GuardedConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
+
+    async def _hand_over(self, batch: list[Message]) -> None:
+        # Records collected but not handed over when the loop stops are neither acked
+        # nor committed: they are read again.
+        sink = self.sink
+        assert sink is not None
+        sink.stage(batch)
+        if sink.full():
+            # Like a blocked hand-over above: a rebalance must not wait for room.
+            await self.wait_first(sink.room(), self.suspend_flow.wait())
 
     def _drop_stale(self, tp: TP, offset: int) -> None:
         metrics.STALE_DROPPED.inc()
@@ -423,12 +470,22 @@ class _Rest:
                 return stop.value
 
 
-def install(app: Any, topics: Iterable[str]) -> Taken:
-    """Make `app` build the guarded consumer for `topics` (before the worker starts)."""
+def install(
+    app: Any, topics: Iterable[str], direct: Iterable[str] = (), sink: Sink | None = None
+) -> Taken:
+    """Make `app` build the guarded consumer for `topics` (before the worker starts).
+
+    The records of `direct` (guarded topics too) go from the fetch loop to `sink`.
+    """
     taken = Taken()
     app.transport.Consumer = type(
         "MeterConsumer",
         (GuardedConsumer,),
-        {"taken": taken, "guarded": frozenset(topics)},
+        {
+            "taken": taken,
+            "guarded": frozenset(topics),
+            "direct": frozenset(direct),
+            "sink": sink,
+        },
     )
     return taken

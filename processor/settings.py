@@ -53,13 +53,9 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(
         default=30.0, validation_alias="METER_SESSION_TIMEOUT_SECONDS", gt=0
     )
-    # Records a usage agent takes per batch (also how many staged records make an agent
-    # wait for the flusher), and how long a batch waits to fill: up to that is added to
-    # an event's latency, and each batch costs the worker ~0.5 ms whatever its size.
+    # How many staged records (or fetched ones waiting to be staged) make the fetch
+    # loop and the agents wait for the flusher to take them.
     batch_max: int = Field(default=2000, validation_alias="METER_BATCH_MAX", ge=1)
-    batch_within_seconds: float = Field(
-        default=0.02, validation_alias="METER_BATCH_WITHIN_SECONDS", gt=0
-    )
     # Faust store URL; memory:// rebuilds state from the changelog on start.
     store: str = Field(default="memory://", validation_alias="METER_STORE")
     log_level: str = Field(default="info", validation_alias="METER_LOG_LEVEL")

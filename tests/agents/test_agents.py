@@ -1,4 +1,6 @@
-"""The Faust agents, driven through `agent.test_context()` with in-memory tables.
+"""The worker's inputs with in-memory tables: the agents driven through
+`agent.test_context()`, the usage topics' records handed to `Meter.stage` as the
+consumer's fetch loop hands them.
 
 Outputs are caught by a MemoryPublisher, so these run without a broker: they check
 the wiring (decode, route, apply, publish) that the core tests cannot see.
@@ -15,6 +17,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from faust.types import Message
+from faust.types.tuples import ConsumerMessage
 
 from processor.app import Broker, Meter
 from processor.core.rating import example_rate_card_path, load_rate_card
@@ -24,6 +28,7 @@ from processor.settings import Settings
 from schemas import RejectedRecord
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+USAGE = ("calls", "conferencing")
 
 
 @dataclass
@@ -40,6 +45,43 @@ class Harness:
     pub: MemoryPublisher
     clock: Clock
     offsets: dict[str, int] = field(default_factory=dict)
+    # What the handler answered for each usage record staged (the fetch loop's
+    # hand-over returns nothing).
+    statuses: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        stage = self.meter.handler.stage
+
+        def recorded(source: Any, rec: Any) -> str:
+            status = stage(source, rec)
+            self.statuses.append(status)
+            return status
+
+        self.meter.handler.stage = recorded  # type: ignore[method-assign]
+
+    def fetched(
+        self,
+        topic: str,
+        raw: bytes,
+        key: bytes | None = None,
+        partition: int = 0,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Message:
+        """A usage record as the fetch loop hands it over, at the topic's next offset."""
+        offset = self.offsets.get(topic, 0)
+        self.offsets[topic] = offset + 1
+        return ConsumerMessage(
+            getattr(self.meter.names, topic),
+            partition,
+            offset,
+            timestamp=T0.timestamp(),
+            timestamp_type=0,
+            headers=headers or [],
+            key=key,
+            value=raw,
+            checksum=None,
+            generation_id=self.meter.app.consumer_generation_id,
+        )
 
     async def put(
         self,
@@ -50,6 +92,15 @@ class Harness:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> str:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if agent in USAGE:
+            message = self.fetched(agent, raw, key, partition, headers)
+            self.meter.stage([message])
+            await self.meter.room()  # staged on the loop's next turn
+            # Its outputs land with the flusher's next rounds, which an empty flush
+            # waits for.
+            await self.meter.handler.flush()
+            assert message.acked
+            return self.statuses[-1]
         async with self.meter.agents[agent].test_context() as a:
             # Each test context counts offsets from 0; a real topic never repeats one,
             # and the processor recognises a repeated position as a replay.
@@ -60,9 +111,7 @@ class Harness:
             await self.meter.handler.flush()
             self.offsets[agent] = a.sent_offset
             assert event.message.offset == self.offsets[agent] - 1
-            # A usage agent yields the statuses of a batch, the others one status.
-            result = list(a.results.values())[-1]
-            return str(result[-1] if isinstance(result, list) else result)
+            return str(list(a.results.values())[-1])
 
     def out(self, topic: str) -> list[dict[str, Any]]:
         return self.pub.values(topic)
@@ -421,14 +470,32 @@ class HeldPublisher(MemoryPublisher):
         await super().publish(records)
 
 
-@pytest.mark.parametrize("agent", ["calls", "commands"])
-async def test_a_record_is_acked_only_once_its_batch_has_landed(
-    make_harness: Callable[..., Harness], agent: str
+async def test_a_usage_record_is_acked_only_once_its_batch_has_landed(
+    make_harness: Callable[..., Harness],
 ) -> None:
     h = make_harness()
     pub = h.meter.handler.publisher = HeldPublisher()
-    body = call("e1") if agent == "calls" else funds("c1", "10.00")
-    async with h.meter.agents[agent].test_context() as a:
+    message = h.fetched("calls", json.dumps(call("e1")).encode(), key=b"acme")
+    h.meter.stage([message])
+    await h.meter.room()
+    assert h.statuses == ["applied"]
+    # Staged: the offset must not be committable while the batch's outputs and state
+    # are not in Kafka.
+    assert not message.acked
+    assert pub.sent == [] and pub.state == []
+    pub.gate.set()
+    await h.meter.handler.flush()
+    assert message.acked
+    assert [e["kind"] for e in pub.values("credits.ledger")] == ["debit"]
+    assert pub.state  # the account value and the mark went out before the ack
+
+
+async def test_a_command_is_acked_only_once_its_batch_has_landed(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    pub = h.meter.handler.publisher = HeldPublisher()
+    async with h.meter.agents["commands"].test_context() as a:
         to_message = a.to_message
 
         def delivered(*args: Any, **kwargs: Any) -> Any:
@@ -439,7 +506,8 @@ async def test_a_record_is_acked_only_once_its_batch_has_landed(
             return message
 
         a.to_message = delivered  # type: ignore[method-assign]
-        event = await a.put(json.dumps(body).encode(), key=b"acme", partition=0)
+        raw = json.dumps(funds("c1", "10.00")).encode()
+        event = await a.put(raw, key=b"acme", partition=0)
         # Staged, and Faust's own ack done as the agent moved on: the offset must not
         # be committable while the batch's outputs and state are not in Kafka.
         assert not event.message.acked
@@ -447,7 +515,43 @@ async def test_a_record_is_acked_only_once_its_batch_has_landed(
         pub.gate.set()
         await h.meter.handler.flush()
         assert event.message.acked
-    assert [e["kind"] for e in pub.values("credits.ledger")] == (
-        ["debit"] if agent == "calls" else ["credit"]
-    )
-    assert pub.state  # the account value and the mark went out before the ack
+    assert [e["kind"] for e in pub.values("credits.ledger")] == ["credit"]
+    assert pub.state
+
+
+@pytest.mark.parametrize("why", ["older generation", "flow stopped"])
+async def test_a_usage_record_a_stream_would_skip_is_refused_not_applied(
+    make_harness: Callable[..., Harness], why: str
+) -> None:
+    h = make_harness()
+    await h.put("commands", funds("c1", "10.00"), key=b"acme")
+    h.statuses.clear()
+    message = h.fetched("calls", json.dumps(call("e1")).encode(), key=b"acme")
+    if why == "older generation":
+        message.generation_id = h.meter.app.consumer_generation_id - 1
+    else:
+        h.meter.app.flow_control.suspend()  # a rebalance has begun
+    h.meter.stage([message])
+    await h.meter.room()
+    await h.meter.handler.flush()
+    # Not processed, and its offset held back until the rebalance's seek reads it again.
+    assert h.statuses == [] and h.out("credits.ledger")[1:] == []
+    consumer: Any = h.meter.app.consumer
+    assert message.acked and consumer.refused[message.tp] == {message.offset}
+
+
+async def test_the_fetch_loop_waits_while_a_batch_of_fetched_records_waits(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(METER_BATCH_MAX=3)
+    await h.put("commands", funds("c1", "100.00"), key=b"acme")
+    h.statuses.clear()
+    raw = [json.dumps(call(f"e{i}")).encode() for i in range(3)]
+    h.meter.stage([h.fetched("calls", r, key=b"acme") for r in raw])
+    # Handed over, not yet staged: the fetch loop must wait before it fetches more.
+    assert h.meter.full() and h.statuses == []
+    await h.meter.room()
+    assert h.statuses == ["applied"] * 3
+    await h.meter.handler.flush()
+    assert not h.meter.full()
+    assert len(h.out("credits.ledger")) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -226,3 +227,94 @@ async def test_a_hand_over_that_waits_finishes_when_awaited_or_is_cancelled() ->
     with pytest.raises(asyncio.CancelledError):
         await task
     assert log[-1] == "unwound"
+
+
+# ---- the fetch loop's hand-over to the sink ----------------------------------------
+
+
+class _Sink:
+    def __init__(self, room_after: int | None = None) -> None:
+        self.lists: list[list[Any]] = []
+        self.room_after = room_after
+        self.waited = 0
+
+    def stage(self, messages: list[Any]) -> None:
+        self.lists.append(list(messages))
+
+    def full(self) -> bool:
+        return self.room_after is not None and len(self.lists) >= self.room_after
+
+    async def room(self) -> None:
+        self.waited += 1
+        self.room_after = None
+
+
+class _Message:
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.tp, self.topic, self.offset = tp, tp.topic, offset
+
+
+def _looping_consumer(
+    fetch: list[tuple[TP, Any]], sink: _Sink
+) -> tuple[Any, list[Any], SimpleNamespace]:
+    """A GuardedConsumer whose fetch loop runs over one fetch, then stops."""
+    c: Any = object.__new__(GuardedConsumer)
+    called: list[Any] = []
+    stopped, fetcher = Event(), SimpleNamespace(_stopped=Event())
+    c._thread = SimpleNamespace(stale=lambda tp, at: False)
+    c.guarded = frozenset({A.topic, "credits.commands"})
+    c.direct = frozenset({A.topic})
+    c.sink = sink
+    c._fetched_at = 0
+    c._stopped, c._crashed = stopped, Event()
+    c._read_offset = defaultdict(lambda: None)
+    c.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+    c._commit_every = None
+    c.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    c.suspend_flow = Event()
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    async def wait_first(first: Any, *others: Any) -> None:
+        for other in others:
+            other.close()
+        await first
+
+    async def callback(message: Any) -> None:
+        called.append(message)
+
+    async def getmany(timeout: float) -> Any:
+        for item in fetch:
+            yield item
+        fetcher._stopped.set()
+
+    c.sleep, c.wait_first, c.callback, c.getmany = sleep, wait_first, callback, getmany
+    c.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
+    return c, called, fetcher
+
+
+async def test_the_fetch_loop_hands_direct_records_over_in_lists_the_rest_singly() -> None:
+    cmd = TP("credits.commands", 0)
+    fetch = []
+    for i in range(150):
+        fetch.append((A, _Message(A, i)))
+        if i % 3 == 0:
+            fetch.append((cmd, _Message(cmd, i // 3)))
+    sink = _Sink()
+    c, called, fetcher = _looping_consumer(fetch, sink)
+    await c._drain_messages(fetcher)
+    handed = [m for batch in sink.lists for m in batch]
+    assert [m.offset for m in handed] == list(range(150))  # all, in order, once
+    assert all(0 < len(batch) <= 100 for batch in sink.lists)  # the loop yields between
+    assert [m.offset for m in called] == list(range(50))  # commands through Faust's path
+    assert c._read_offset[A] == 149 and c._read_offset[cmd] == 49
+
+
+async def test_the_fetch_loop_waits_for_room_when_the_sink_is_full() -> None:
+    fetch = [(A, _Message(A, i)) for i in range(250)]
+    sink = _Sink(room_after=1)
+    c, _, fetcher = _looping_consumer(fetch, sink)
+    await c._drain_messages(fetcher)
+    assert sink.waited == 1
+    assert sum(len(batch) for batch in sink.lists) == 250
