@@ -230,6 +230,8 @@ class RecordHandler:
         # Labelled metric children by (metric, labels): `labels()` costs microseconds
         # on every record otherwise.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # The records' metric updates, applied once per batch taken (`_take`).
+        self._metrics = metrics.Batched()
         self._topic_labels = {
             names.ledger: "ledger",
             names.alerts: "alerts",
@@ -336,6 +338,7 @@ class RecordHandler:
             await asyncio.shield(self._took)
 
     def _take(self) -> _Flush:
+        self._metrics.apply()
         loop = asyncio.get_running_loop()
         outputs, self._outputs = self._outputs, []
         held, self._held = self._held, []
@@ -447,12 +450,12 @@ class RecordHandler:
             event = self._decoders[source](rec.value)
         except DecodeError as err:
             self._reject(origin, err.reason, err.detail)
-            self._child(metrics.RECORDS, label, "rejected").inc()
+            self._metrics.inc(self._child(metrics.RECORDS, label, "rejected"))
             return "rejected"
         tenant = event.tenant_id
         if not rerouted and rec.partition != partition_for(tenant, self.partitions):
             self._reroute(source, rec, tenant)
-            self._child(metrics.RECORDS, label, "rerouted").inc()
+            self._metrics.inc(self._child(metrics.RECORDS, label, "rerouted"))
             return "rerouted"
         cause_topic = self._topics[source]
         now = self.clock()
@@ -475,10 +478,11 @@ class RecordHandler:
                 extra={"tenant_id": tenant, **_coordinates(rec)},
             )
             self._reject(origin, "internal_error", f"{type(exc).__name__}: {exc}")
-            self._child(metrics.RECORDS, label, "rejected").inc()
+            self._metrics.inc(self._child(metrics.RECORDS, label, "rejected"))
             return "rejected"
         if outcome.status is Status.APPLIED:
-            metrics.EVENT_LAG.observe(max(0.0, (now - event.occurred_at).total_seconds()))
+            lag = (now - event.occurred_at).total_seconds()
+            self._metrics.observe(metrics.EVENT_LAG, max(0.0, lag))
         if log.isEnabledFor(logging.DEBUG):
             record_id = getattr(event, "event_id", None) or getattr(event, "command_id", None)
             log.debug(
@@ -502,11 +506,11 @@ class RecordHandler:
             if outcome.status is Status.APPLIED:
                 self._count_output(out)
         for what in outcome.recharge:
-            self._child(metrics.RECHARGE_OUTCOMES, what).inc()
+            self._metrics.inc(self._child(metrics.RECHARGE_OUTCOMES, what))
         if outcome.account is not None:
             self._track_due(outcome.account)
-        self._child(metrics.RECORDS, label, outcome.status.value).inc()
-        metrics.PROCESSING.observe(time.perf_counter() - started)
+        self._metrics.inc(self._child(metrics.RECORDS, label, outcome.status.value))
+        self._metrics.observe(metrics.PROCESSING, time.perf_counter() - started)
 
     def _reroute(self, source: Source, rec: Record, tenant: str) -> None:
         headers = [
@@ -547,7 +551,7 @@ class RecordHandler:
                 body["payload_encoding"] = "base64"
         # Keyed like the original, so a replay lands where the original would have.
         self._send(self.names.rejected, rec.key, orjson.dumps(body))
-        self._child(metrics.REJECTED, reason).inc()
+        self._metrics.inc(self._child(metrics.REJECTED, reason))
         log.info(
             "rejected %s[%d]@%d: %s: %s",
             rec.topic,
@@ -566,7 +570,7 @@ class RecordHandler:
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
         self._outputs.append(Out(topic, key, value, headers))
-        self._child(metrics.OUTPUTS, self._topic_labels.get(topic, "other")).inc()
+        self._metrics.inc(self._child(metrics.OUTPUTS, self._topic_labels.get(topic, "other")))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, labels)
@@ -577,11 +581,15 @@ class RecordHandler:
 
     def _count_output(self, out: acc.Output) -> None:
         if isinstance(out, acc.LedgerOut):
-            self._child(metrics.MONEY, self.currency, out.kind).inc(float(out.amount))
+            self._metrics.inc(
+                self._child(metrics.MONEY, self.currency, out.kind), float(out.amount)
+            )
         elif isinstance(out, acc.AlertOut):
-            self._child(metrics.ALERTS, out.alert.value).inc()
+            self._metrics.inc(self._child(metrics.ALERTS, out.alert.value))
         else:
-            self._child(metrics.RECHARGE_REQUESTS, "first" if out.attempt == 1 else "retry").inc()
+            self._metrics.inc(
+                self._child(metrics.RECHARGE_REQUESTS, "first" if out.attempt == 1 else "retry")
+            )
 
     # ---- the recharge timer ----------------------------------------------------
 
