@@ -10,7 +10,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -144,14 +143,18 @@ class Meter:
         )
         n = self.names
         # Commits count only records the handler took (processor/consumer.py); the
-        # usage topics' records come straight from the fetch loop (`stage`).
+        # contract's input topics' records come straight from the fetch loop (`stage`).
         self.taken = consumer_.install(
             self.app,
             (n.calls, n.conferencing, n.commands, n.reroute, n.timer),
-            direct=(n.calls, n.conferencing),
+            direct=(n.calls, n.conferencing, n.commands),
             sink=self,
         )
-        self._direct_sources = {n.calls: Source.CALLS, n.conferencing: Source.CONFERENCING}
+        self._direct_sources = {
+            n.calls: Source.CALLS,
+            n.conferencing: Source.CONFERENCING,
+            n.commands: Source.COMMANDS,
+        }
         # Handed over by the fetch loop, staged on the loop's next turn.
         self._fetched: list[Message] = []
         self._staging = False
@@ -228,16 +231,16 @@ class Meter:
     def _declare_agents(self) -> None:
         handler = self.handler
         n = self.names
-        # The usage topics have no agent: the fetch loop hands their records straight
-        # to `stage` (processor/consumer.py). Subscribed here, they are assigned and
-        # fetched like an agent's topics.
-        for name in (n.calls, n.conferencing):
+        # The contract's input topics have no agent: the fetch loop hands their
+        # records straight to `stage` (processor/consumer.py). Subscribed here, they
+        # are assigned and fetched like an agent's topics.
+        for name in self._direct_sources:
             self.app.topics.add(self._topic(name))
 
         async def drive_each(
             stream: StreamT[Any], stage: Callable[[Record], str]
         ) -> AsyncIterator[str]:
-            # The quiet topics' records, one at a time through Faust's stream.
+            # The processor's own topics' records, one at a time through Faust's stream.
             async for event in stream.events():
                 status = stage(_record(event))
                 # Faust acks an event once the agent moves on, long before its flush
@@ -247,11 +250,6 @@ class Meter:
                 handler.hold(event.message)
                 if handler.full():
                     await handler.room()
-                yield status
-
-        @self.app.agent(self._topic(n.commands), name="commands")
-        async def commands(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive_each(stream, partial(handler.stage, Source.COMMANDS)):
                 yield status
 
         @self.app.agent(self._topic(n.reroute), name="rerouted")
@@ -265,15 +263,14 @@ class Meter:
                 yield status
 
         self.agents = {
-            "commands": commands,
             "rerouted": rerouted,
             "ticks": ticks,
         }
 
-    # ---- the usage topics' records, straight from the fetch loop ---------------------
+    # ---- the input topics' records, straight from the fetch loop ---------------------
 
     def stage(self, messages: list[Message]) -> None:
-        """Take a fetch's usage records (`consumer.Sink`); each is acked once landed.
+        """Take a fetch's input records (`consumer.Sink`); each is acked once landed.
 
         The worker's fetch loop hands these over without Faust's streams: a stream's
         per-record path (an Event, a channel queue, its iteration, a take buffer and

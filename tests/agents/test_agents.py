@@ -28,7 +28,7 @@ from processor.settings import Settings
 from schemas import RejectedRecord
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-USAGE = ("calls", "conferencing")
+DIRECT = ("calls", "conferencing", "commands")
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Harness:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> str:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        if agent in USAGE:
+        if agent in DIRECT:
             message = self.fetched(agent, raw, key, partition, headers)
             self.meter.stage([message])
             await self.meter.room()  # staged on the loop's next turn
@@ -490,12 +490,15 @@ async def test_a_usage_record_is_acked_only_once_its_batch_has_landed(
     assert pub.state  # the account value and the mark went out before the ack
 
 
-async def test_a_command_is_acked_only_once_its_batch_has_landed(
+async def test_an_agents_record_is_acked_only_once_its_batch_has_landed(
     make_harness: Callable[..., Harness],
 ) -> None:
-    h = make_harness()
+    h = make_harness(partitions=4)
+    home = partition_for("acme", 4)
+    await h.put("calls", call("e1"), key=b"someone-else", partition=(home + 1) % 4)
+    [(_, key, value, headers)] = h.pub.sent
     pub = h.meter.handler.publisher = HeldPublisher()
-    async with h.meter.agents["commands"].test_context() as a:
+    async with h.meter.agents["rerouted"].test_context() as a:
         to_message = a.to_message
 
         def delivered(*args: Any, **kwargs: Any) -> Any:
@@ -506,8 +509,7 @@ async def test_a_command_is_acked_only_once_its_batch_has_landed(
             return message
 
         a.to_message = delivered  # type: ignore[method-assign]
-        raw = json.dumps(funds("c1", "10.00")).encode()
-        event = await a.put(raw, key=b"acme", partition=0)
+        event = await a.put(value, key=key, partition=home, headers=list(headers or ()))
         # Staged, and Faust's own ack done as the agent moved on: the offset must not
         # be committable while the batch's outputs and state are not in Kafka.
         assert not event.message.acked
@@ -515,7 +517,7 @@ async def test_a_command_is_acked_only_once_its_batch_has_landed(
         pub.gate.set()
         await h.meter.handler.flush()
         assert event.message.acked
-    assert [e["kind"] for e in pub.values("credits.ledger")] == ["credit"]
+    assert [e["kind"] for e in pub.values("credits.ledger")] == ["debit"]
     assert pub.state
 
 
