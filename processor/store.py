@@ -43,6 +43,9 @@ class UndecodableValue(RuntimeError):
     """A value read at recovery that turned out not to decode when first read."""
 
 
+_MISSING = object()
+
+
 class SeqMemoryStore(MemoryStore[Any, Any]):
     # Set by the app once the store exists; None: Faust's recovery reads everything.
     reader: ChangelogReader | None = None
@@ -130,6 +133,14 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
                 # engine for a new account.
                 raise UndecodableValue(f"stored value of {key!r} does not decode") from exc
         return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        # Mapping's get goes through __getitem__ and a KeyError for a missing key: a
+        # raised exception for nearly every dedupe mark looked up (a new event id).
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        return self[key] if type(value) is Undecoded else value
 
     def values(self) -> Any:
         return (self[key] for key in list(self.data))

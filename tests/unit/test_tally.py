@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -77,3 +78,16 @@ def test_counts_equal_a_scan_of_the_values(sequence: list[tuple[str, str, bool, 
         assert sorted(tally.pending(partitions)) == sorted(
             v.account.tenant_id for v in mine if v.account.pending is not None
         )
+
+
+def test_the_store_reads_a_value_decoded_once_and_a_missing_one_as_the_default() -> None:
+    from processor.store import SeqMemoryStore
+
+    store: Any = object.__new__(SeqMemoryStore)
+    acme = value("acme", "10")
+    store.data = {"acme": Undecoded(dump_stored(acme))}
+    assert store.get("zeta") is None and store.get("zeta", "none") == "none"
+    read = store.get("acme")
+    assert read == acme
+    assert store.data["acme"] is read  # decoded in place, once
+    assert store.get("acme") is read
