@@ -157,7 +157,6 @@ class Meter:
         }
         # Handed over by the fetch loop, staged on the loop's next turn.
         self._fetched: list[Message] = []
-        self._staging = False
         self._all_staged: asyncio.Future[None] | None = None
         policy = acc.RechargePolicy(
             timeout=timedelta(seconds=cfg.recharge_timeout_seconds),
@@ -272,25 +271,25 @@ class Meter:
     def stage(self, messages: list[Message]) -> None:
         """Take a fetch's input records (`consumer.Sink`); each is acked once landed.
 
-        The worker's fetch loop hands these over without Faust's streams: a stream's
-        per-record path (an Event, a channel queue, its iteration, a take buffer and
-        its acks) cost as much as rating and applying the record. They are staged on the next
-        turn of the loop, not in the fetch loop itself, so that the next fetch is
-        asked for first (aiokafka asks the broker for more only once the last fetch's
-        records are taken): staged in the loop, a record arriving meanwhile waited for
-        the whole fetch's staging before it was even fetched.
+        The worker's fetch loop hands these over without Faust's streams (see
+        `GuardedConsumer._drain_messages`). They are staged on the next turn of the
+        loop, not in the fetch loop itself, so that the next fetch is asked for first
+        (aiokafka asks the broker for more only once the last fetch's records are
+        taken): staged in the loop, a record arriving meanwhile waited for the whole
+        fetch's staging before it was even fetched.
         """
-        self._fetched.extend(messages)
-        if not self._staging:
-            self._staging = True
+        if not messages:
+            return
+        # Records waiting means a staging is already scheduled.
+        if not self._fetched:
             asyncio.get_running_loop().call_soon(self._stage_fetched)
+        self._fetched.extend(messages)
 
     def _stage_fetched(self) -> None:
         # What a stream does with a record as it dequeues it is done here: one dequeued
         # while the flow is stopped for a rebalance, or fetched in an older generation,
         # is not processed, and its ack is refused so that nothing is committed past it
         # before the rebalance's seek reads it again.
-        self._staging = False
         messages, self._fetched = self._fetched, []
         staged, self._all_staged = self._all_staged, None
         try:
