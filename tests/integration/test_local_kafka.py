@@ -26,6 +26,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from processor import kafka_local
 from processor.kafka_local import LocalKafka, LocalKafkaError
+from processor.simulator import wait_for_topics
 from tests.integration.conftest import EXTERNAL_ENV, KafkaEndpoint, starts_own_brokers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,13 @@ async def create_topics(bootstrap: str, *topics: NewTopic) -> None:
         response = await admin.create_topics(list(topics))
     errors = {t[0]: t[1:] for t in response.topic_errors if t[1] != 0}
     assert not errors, errors
+    # KRaft answers CreateTopics once the controller has the topics; the broker's
+    # metadata cache learns of them a moment later, and until then describes them
+    # with no partitions.
+    missing = await wait_for_topics(
+        bootstrap, (t.name for t in topics), wait_seconds=READ_TIMEOUT, poll=0.05
+    )
+    assert not missing, f"no metadata for {missing}"
 
 
 @asynccontextmanager
