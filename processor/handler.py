@@ -23,6 +23,7 @@ from processor.codec import dump_output, dump_tick, load_tick
 from processor.core import account as acc
 from processor.core.engine import Engine, Outcome, Status, TimerTick, Usage
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
+from processor.core.values import fast_init
 from processor.routing import partition_for
 from processor.staged import Staged
 from processor.topics import TopicNames
@@ -56,6 +57,7 @@ class Source(StrEnum):
     COMMANDS = "commands"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Record:
     topic: str
@@ -79,6 +81,7 @@ class Record:
         return Position(f"{self.topic}:{self.partition}", self.offset)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Out:
     """One record to produce."""
@@ -136,6 +139,7 @@ class Changelog:
     tenant_of: Callable[[str], str]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Due:
     at: datetime
@@ -637,6 +641,7 @@ class RecordHandler:
         return fired
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class _Flush:
     """A batch taken for flushing: its outputs, its account values and marks."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+
+from processor.core.values import fast_init, replace
 
 ZERO = Decimal(0)
 
@@ -53,6 +55,7 @@ class RechargeStatus(StrEnum):
     FAILED = "failed"  # the attempt failed or timed out; waiting to retry
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AutoRecharge:
     enabled: bool
@@ -61,6 +64,7 @@ class AutoRecharge:
     suspended: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PendingRecharge:
     request_id: str
@@ -71,6 +75,7 @@ class PendingRecharge:
     failed_at: datetime | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Account:
     tenant_id: str
@@ -95,6 +100,7 @@ class RechargePolicy:
     max_attempts: int = 3
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Cause:
     """What made a transition happen: the input record, or a timer firing."""
@@ -107,6 +113,7 @@ class Cause:
 # ---- outputs ---------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LedgerOut:
     entry_id: str
@@ -123,6 +130,7 @@ class LedgerOut:
     billed_seconds: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AlertOut:
     alert_id: str
@@ -132,6 +140,7 @@ class AlertOut:
     occurred_at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RechargeOut:
     request_id: str
@@ -146,6 +155,7 @@ class RechargeOut:
 Output = LedgerOut | AlertOut | RechargeOut
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Transition:
     account: Account
@@ -159,6 +169,7 @@ class Transition:
     recharge: tuple[str, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Debit:
     amount: Decimal

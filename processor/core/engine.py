@@ -23,6 +23,7 @@ from processor.core.stored import (
     mark_holds,
     never_delivered,
 )
+from processor.core.values import fast_init
 from schemas import (
     AutoRechargeConfigured,
     CallUsage,
@@ -43,12 +44,14 @@ class Status(StrEnum):
     REPLAYED = "replayed"  # already in the balance (re-read after a crash); outputs again
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Rejection:
     reason: str
     detail: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TimerTick:
     """The worker's timer asking the owner of `tenant_id` to look at one request.
@@ -64,6 +67,7 @@ class TimerTick:
     at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: Status

@@ -45,6 +45,8 @@ from typing import Any, Final
 
 import yaml
 
+from processor.core.values import fast_init
+
 __all__ = [
     "Charge",
     "Rate",
@@ -188,6 +190,7 @@ def _exponent(value: Decimal) -> int:
     return exponent
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Charge:
     """The rated cost of one usage event.

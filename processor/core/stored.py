@@ -33,15 +33,17 @@ thus ignored, and the event is applied when its record is replayed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
 from processor.core.account import Account, Output
+from processor.core.values import fast_init, replace
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Position:
     """An input record's place: `topic:partition` and offset."""
@@ -50,6 +52,7 @@ class Position:
     offset: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     seq: int
@@ -57,6 +60,7 @@ class OutboxEntry:
     outputs: tuple[Output, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Mark:
     """A seen event or command: until when to remember it, and where it was applied."""
@@ -65,6 +69,7 @@ class Mark:
     position: Position
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StoredAccount:
     account: Account
