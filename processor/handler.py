@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from processor import metrics
-from processor.codec import dump_output, dump_tick, load_tick
+from processor.codec import dump_output, dump_tick, dumps, load_tick
 from processor.core import account as acc
 from processor.core.engine import Engine, Outcome, Status, TimerTick, Usage
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
@@ -554,7 +554,7 @@ class RecordHandler:
             if payload_b64:
                 body["payload_encoding"] = "base64"
         # Keyed like the original, so a replay lands where the original would have.
-        self._send(self.names.rejected, rec.key, orjson.dumps(body))
+        self._send(self.names.rejected, rec.key, dumps(body))
         self._metrics.inc(self._child(metrics.REJECTED, reason))
         log.info(
             "rejected %s[%d]@%d: %s: %s",
