@@ -32,7 +32,7 @@ from faust.types import TP, EventT
 
 from processor.changelog_reader import ChangelogReader
 from processor.codec import Undecoded
-from processor.core.stored import StoredAccount, newer
+from processor.core.stored import Mark, StoredAccount, newer
 from processor.routing import partition_for
 from processor.tally import AccountTally
 
@@ -107,7 +107,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
 
     def _keep(self, partition: int, key: Any, value: Any) -> None:
         if not isinstance(value, (StoredAccount, Undecoded)):  # a tuple: faster than a union
-            self.data[key] = value
+            self.data[key] = value.packed() if type(value) is Mark else value
             return
         current = self.data.get(key)
         if newer(current, value):
@@ -125,6 +125,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     # Every read of a value comes through here (Faust's `get` is Mapping's, on top).
     def __getitem__(self, key: Any) -> Any:
         value = self.data[key]
+        if type(value) is tuple:
+            return Mark.unpacked(value)
         if type(value) is Undecoded:
             try:
                 value = self.data[key] = value.decode()
@@ -140,7 +142,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         value = self.data.get(key, _MISSING)
         if value is _MISSING:
             return default
-        return self[key] if type(value) is Undecoded else value
+        return self[key] if type(value) is Undecoded or type(value) is tuple else value
 
     def values(self) -> Any:
         return (self[key] for key in list(self.data))
@@ -163,7 +165,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     def __setitem__(self, key: Any, value: Any) -> None:
         if self.tally is not None:
             self.tally.replace(self._partition_of(key), key, self.data.get(key), value)
-        self.data[key] = value
+        # Dedupe marks are held packed (Mark.packed): the collector stops tracking them.
+        self.data[key] = value.packed() if type(value) is Mark else value
 
     def __delitem__(self, key: Any) -> None:
         partition = self._key_partition.pop(key, None)

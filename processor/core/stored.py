@@ -68,6 +68,26 @@ class Mark:
     expires: int
     position: Position
 
+    def packed(self) -> PackedMark:
+        """The mark as the dedupe store holds it: a tuple of plain values.
+
+        A worker holds a mark per event of its dedupe window, a million after a million
+        events. As two objects each they are all tracked by the garbage collector, and
+        every full pass walks them (1.3-1.7 s, docs/performance.md); a tuple of ints and
+        a string stops being tracked at its first pass.
+        """
+        position = self.position
+        return (self.expires, position.tp, position.offset)
+
+    @staticmethod
+    def unpacked(packed: PackedMark) -> Mark:
+        expires, tp, offset = packed
+        return Mark(expires, Position(tp, offset))
+
+
+# Mark.packed's form: expires, `topic:partition`, offset.
+PackedMark = tuple[int, str, int]
+
 
 @fast_init
 @dataclass(frozen=True, slots=True)
