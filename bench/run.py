@@ -164,7 +164,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         log(f"drain: {drain}")
 
         t = time.perf_counter()
-        rate = max(1.0, drain.events_per_s / 2)
+        rate = args.latency_rate or max(1.0, drain.events_per_s / 2)
         if not args.quick:
             latency_events = max(latency_events, int(rate * FULL_LATENCY_SECONDS))
         lat_events = list(work.usage(latency_events))
@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--recovery-tenants", type=int, help="tenants in the restart measurement (item 4)"
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, help="events/s in the latency phase (half the drain's)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir (logs, data)")
     args = parser.parse_args(argv)
