@@ -82,6 +82,9 @@ FORWARDED_HEADER = "X-Meter-Forwarded-By"
 # A bulk changelog read that has not reached the end by then fails the rebalance (and
 # the worker restarts) rather than serve a partial state; ~50,000 values/s here.
 RECOVERY_READ_SECONDS = 600.0
+# Dedupe marks forgotten per timer tick, at most: at the default 5 s tick, 10,000 a
+# second, as many as the worker can meter; a tick's tombstones are one flush.
+MARKS_FORGOTTEN_PER_TICK = 50_000
 
 
 def _error(code: str, detail: str, tenant_id: str) -> bytes:
@@ -383,8 +386,17 @@ class Meter:
                 owned = self._owned_partitions()
                 self.handler.rebuild_due(self.tally.pending(owned), self._owns)
             self._update_gauges()
+            self._forget_expired_marks()
             self.handler.fire_due()
             await self._flush()
+
+    def _forget_expired_marks(self) -> None:
+        marks = self.seen.data
+        if not isinstance(marks, store.SeqMemoryStore):
+            return
+        now = int(self.handler.clock().timestamp())
+        self.handler.forget_marks(marks.expired_marks(now, MARKS_FORGOTTEN_PER_TICK))
+        metrics.MARKS.set(len(marks.data))
 
     def _committed_offset(self, tp: str) -> int | None:
         """The group's committed offset for `topic:partition`, as this worker knows it."""

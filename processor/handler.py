@@ -88,7 +88,8 @@ class Out:
 
     topic: str
     key: bytes | None
-    value: bytes
+    # None: a tombstone (a forgotten dedupe mark).
+    value: bytes | None
     headers: Sequence[tuple[str, bytes]] | None = None
     # None: the key's partition by Kafka's default partitioner (any, for no key).
     partition: int | None = None
@@ -119,6 +120,7 @@ class MemoryPublisher:
             if r.state:
                 self.state.append(r)
             else:
+                assert r.value is not None, "only state records are tombstones"
                 self.sent.append((r.topic, r.key, r.value, r.headers))
 
     def values(self, topic: str) -> list[dict[str, Any]]:
@@ -341,6 +343,16 @@ class RecordHandler:
             self._wake()
             await asyncio.shield(self._took)
 
+    def forget_marks(self, keys: Iterable[str]) -> int:
+        """Forget dedupe marks past their window: each goes to the changelog as a
+        tombstone with the next flush, and leaves the store once that has landed. A key
+        a batch in progress writes again is kept (its new mark has a new window)."""
+        forget = self.seen.forget
+        forgotten = sum(1 for key in keys if forget(key))
+        if forgotten:
+            metrics.MARKS_FORGOTTEN.inc(forgotten)
+        return forgotten
+
     def _take(self) -> _Flush:
         self._metrics.apply()
         loop = asyncio.get_running_loop()
@@ -419,15 +431,17 @@ class RecordHandler:
     def _state_of(self, flushes: list[_Flush]) -> list[Out]:
         if self.changelogs is None or not flushes:
             return []
-        accounts: dict[str, StoredAccount] = {}
-        marks: dict[str, Mark] = {}
+        accounts: dict[str, StoredAccount | None] = {}
+        marks: dict[str, Mark | None] = {}
         for flush in flushes:  # oldest first: the newest value per key wins
             accounts.update(flush.accounts)
             marks.update(flush.marks)
         return self._state_records(accounts, marks)
 
     def _state_records(
-        self, accounts: Mapping[str, StoredAccount], marks: Mapping[str, Mark]
+        self,
+        accounts: Mapping[str, StoredAccount | None],
+        marks: Mapping[str, Mark | None],
     ) -> list[Out]:
         assert self.changelogs is not None
         records = []
@@ -437,7 +451,7 @@ class RecordHandler:
                     Out(
                         log_.topic,
                         key.encode(),
-                        log_.encode(value),
+                        None if value is None else log_.encode(value),
                         # Faust reads a table's partition p from its changelog's p.
                         partition=partition_for(log_.tenant_of(key), self.partitions),
                         state=True,
@@ -647,8 +661,8 @@ class _Flush:
     """A batch taken for flushing: its outputs, its account values and marks."""
 
     outputs: list[Out]
-    accounts: dict[str, StoredAccount]
-    marks: dict[str, Mark]
+    accounts: dict[str, StoredAccount | None]
+    marks: dict[str, Mark | None]
     held: list[Any]
     done: asyncio.Future[None]
     started: float

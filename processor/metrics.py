@@ -106,6 +106,16 @@ STALE_DROPPED = Counter(
     "rather than processed ahead of the records the seek reads again.",
     registry=REGISTRY,
 )
+MARKS_FORGOTTEN = Counter(
+    "meter_dedupe_marks_forgotten_total",
+    "Dedupe marks forgotten once their METER_DEDUPE_DAYS window had passed.",
+    registry=REGISTRY,
+)
+MARKS = Gauge(
+    "meter_dedupe_marks",
+    "Dedupe marks this worker holds (about 310 bytes of memory each).",
+    registry=REGISTRY,
+)
 REBALANCES = Counter(
     "meter_rebalances_total",
     "Consumer group rebalances this worker went through.",

@@ -22,6 +22,7 @@ what the comparison and the counts need.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -56,6 +57,11 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         super().__post_init__()
         # Per changelog partition, the offset the bulk read of this rebalance reached.
         self._read_to: dict[TP, int] = {}
+        # The dedupe marks held, as (expires, key) in the order they were written: the
+        # oldest first, nearly in order of expiry (sorted after a recovery, which reads
+        # partition after partition). An entry whose key was written again or dropped
+        # since is stale; `expired_marks` skips it.
+        self._expiry: deque[tuple[int, Any]] = deque()
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._read_to.get(tp)
@@ -107,7 +113,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
 
     def _keep(self, partition: int, key: Any, value: Any) -> None:
         if not isinstance(value, (StoredAccount, Undecoded)):  # a tuple: faster than a union
-            self.data[key] = value.packed() if type(value) is Mark else value
+            self._hold_mark(key, value)
             return
         current = self.data.get(key)
         if newer(current, value):
@@ -165,8 +171,28 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     def __setitem__(self, key: Any, value: Any) -> None:
         if self.tally is not None:
             self.tally.replace(self._partition_of(key), key, self.data.get(key), value)
-        # Dedupe marks are held packed (Mark.packed): the collector stops tracking them.
-        self.data[key] = value.packed() if type(value) is Mark else value
+        self._hold_mark(key, value)
+
+    def _hold_mark(self, key: Any, value: Any) -> None:
+        if type(value) is Mark:
+            # Held packed (Mark.packed): the collector stops tracking them.
+            self.data[key] = value.packed()
+            self._expiry.append((value.expires, key))
+        else:
+            self.data[key] = value
+
+    def expired_marks(self, now: int, limit: int) -> list[Any]:
+        """Keys of at most `limit` marks whose window ended by `now` (epoch seconds),
+        oldest first. The caller forgets them (a tombstone each, then a delete)."""
+        expiry, data = self._expiry, self.data
+        keys: list[Any] = []
+        while expiry and expiry[0][0] <= now and len(keys) < limit:
+            expires, key = expiry.popleft()
+            value = data.get(key)
+            # Skipped if written again since (its new entry is further on) or dropped.
+            if type(value) is tuple and value[0] == expires:
+                keys.append(key)
+        return keys
 
     def __delitem__(self, key: Any) -> None:
         partition = self._key_partition.pop(key, None)
@@ -178,6 +204,9 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         # Faust drops the keys of partitions no longer active here, straight from
         # `data`; the counts are rebuilt from what stays.
         await super().on_recovery_completed(active_tps, standby_tps)
+        if self._expiry:
+            data = self.data
+            self._expiry = deque(sorted(e for e in self._expiry if e[1] in data))
         if self.tally is not None:
             self.tally.clear()
             for key, value in self.data.items():

@@ -391,6 +391,19 @@ def workers() -> list[timeseries.Panel]:
                 ),
             ),
         ),
+        graph(
+            "Dedupe marks",
+            "Marks each worker holds (one per distinct event and command within "
+            "METER_DEDUPE_DAYS, ~310 bytes of memory each), and marks forgotten over 5 "
+            "minutes once their window passed. Held marks should level off after one window.",
+            queries(
+                (f"sum by (instance) ({sel('meter_dedupe_marks')})", "{{instance}}"),
+                (
+                    f"sum(increase({sel('meter_dedupe_marks_forgotten_total')}[5m]))",
+                    "forgotten",
+                ),
+            ),
+        ),
     ]
 
 

@@ -449,6 +449,74 @@ async def test_the_dedupe_store_holds_marks_out_of_the_collectors_reach(
     assert dict(store.items()) == {"evt-1": written, "evt-2": recovered}
 
 
+async def test_the_worker_forgets_marks_once_their_window_has_passed(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """The timer's sweep forgets a mark after METER_DEDUPE_DAYS, not before: a tombstone
+    to the dedupe changelog, then out of the store; a re-sent event then meters again."""
+    from processor import metrics
+    from processor.core.engine import dedupe_key
+
+    h = make_harness(METER_DEDUPE_DAYS=1)
+    await h.put("commands", funds("c1", "10.00"), key=b"acme")
+    await h.put("calls", call("e1"), key=b"acme")
+    store = h.meter.seen.data
+    key = dedupe_key("acme", "call", "e1")
+
+    h.clock.now = T0 + timedelta(hours=23)
+    h.meter._forget_expired_marks()
+    await h.meter.handler.flush()
+    assert key in store.data
+    assert metrics.MARKS._value.get() == 2  # the command's mark and the call's
+    assert await h.put("calls", call("e1"), key=b"acme") == "duplicate"
+
+    h.clock.now = T0 + timedelta(days=1, minutes=1)
+    h.pub.state.clear()
+    h.meter._forget_expired_marks()
+    await h.meter.handler.flush()
+    tombstones = {r.key: r.value for r in h.pub.state}
+    assert tombstones == {key.encode(): None, dedupe_key("acme", "command", "c1").encode(): None}
+    assert all(r.topic == h.meter.seen.changelog_topic.get_topic_name() for r in h.pub.state)
+    assert key not in store.data
+    h.meter._forget_expired_marks()  # the next tick counts what is left
+    assert metrics.MARKS._value.get() == 0
+    assert await h.put("calls", call("e1"), key=b"acme") == "applied"
+
+
+async def test_the_dedupe_store_finds_expired_marks_oldest_first(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Expired marks come out in order of expiry, at most `limit` at a time, without
+    those written again since with a later window; after a recovery, which reads
+    partition after partition, too."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from processor.core.stored import Mark, Position
+
+    h = make_harness(partitions=2)
+    store = h.meter.seen.data
+    changelog = h.meter.seen.changelog_topic.get_topic_name()
+
+    def mark(expires: int) -> Mark:
+        return Mark(expires, Position("usage.calls:0", expires))
+
+    # Recovery order: one partition's marks, then the other's.
+    events = [
+        SimpleNamespace(key=k, value=mark(e), message=SimpleNamespace(partition=p, value=b"x"))
+        for k, e, p in [("p0-a", 10, 0), ("p0-b", 30, 0), ("p1-a", 20, 1), ("p1-b", 40, 1)]
+    ]
+    store.apply_changelog_batch(events, lambda k: k, lambda v: v)
+    await store.on_recovery_completed({TP(changelog, 0), TP(changelog, 1)}, set())
+    store["p1-a"] = mark(50)  # written again: a later window
+
+    assert store.expired_marks(5, limit=10) == []
+    assert store.expired_marks(35, limit=1) == ["p0-a"]
+    assert store.expired_marks(35, limit=10) == ["p0-b"]
+    assert store.expired_marks(100, limit=10) == ["p1-b", "p1-a"]
+
+
 async def test_gauges_count_owned_tenants_from_the_tables_writes(
     make_harness: Callable[..., Harness],
 ) -> None:

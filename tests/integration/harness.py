@@ -191,7 +191,11 @@ class Client:
 
     async def read_all(self, logical: str) -> list[dict[str, Any]]:
         """Every record now in the topic, decoded (committed ones only)."""
-        topic = self.d.topic(logical)
+        records = await self.read_records(self.d.topic(logical))
+        return [json.loads(r.value) for r in records if r.value is not None]
+
+    async def read_records(self, topic: str) -> list[Any]:
+        """Every record now in the topic, as read (tombstones too; committed ones only)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.d.bootstrap,
             enable_auto_commit=False,
@@ -212,12 +216,12 @@ class Client:
             # Done when every partition has delivered up to the end offset seen at the
             # start (read_committed may skip control records, so compare offsets).
             todo = {tp for tp in tps if end[tp] > start[tp]}
-            out: list[dict[str, Any]] = []
+            out: list[Any] = []
             deadline = time.monotonic() + 30
             while todo and time.monotonic() < deadline:
                 batch = await consumer.getmany(*todo, timeout_ms=500)
                 for tp, records in batch.items():
-                    out.extend(json.loads(r.value) for r in records if r.value is not None)
+                    out.extend(records)
                     if records and records[-1].offset + 1 >= end[tp]:
                         todo.discard(tp)
                 for tp in list(todo):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,36 @@ async def test_duplicates_and_miskeyed_records_apply_once(
             "usage.calls",
             "usage.conferencing",
         }
+
+
+async def test_marks_past_their_window_leave_the_worker_and_its_changelog(
+    deploy: Callable[..., Deployment],
+) -> None:
+    """With a window of two seconds: each mark gets a tombstone in the dedupe changelog
+    (what a restart reads back), and an event re-sent after that is metered again."""
+    d = deploy(env_extra={"METER_DEDUPE_DAYS": str(2 / 86400)})
+    [w] = await start_workers(d, 1)
+    async with Client(d) as c:
+        await c.send("credits.commands", funds("c1", "globex", "5.00"))
+        await c.send("usage.calls", call("e1", "globex", seconds=120, dest="+14155550123"))
+
+        def balance_is(expected: str) -> Callable[[], Awaitable[bool | str]]:
+            async def check() -> bool | str:
+                acct = await account(w, "globex")
+                return (acct is not None and acct["balance"] == expected) or f"not yet: {acct}"
+
+            return check
+
+        await eventually(balance_is("4.9600"), what="globex at 4.9600")
+
+        async def tombstoned() -> bool | str:
+            records = await c.read_records(f"{d.app_id}-dedupe-changelog")
+            last = {r.key: r.value for r in records}
+            return (len(last) == 2 and set(last.values()) == {None}) or f"not yet: {last}"
+
+        await eventually(tombstoned, what="a tombstone for each mark")
+        await c.send("usage.calls", call("e1", "globex", seconds=120, dest="+14155550123"))
+        await eventually(balance_is("4.9200"), what="the re-sent call metered again")
 
 
 async def test_bad_input_is_rejected_with_reasons_and_processing_goes_on(

@@ -18,7 +18,7 @@ import pytest
 
 from processor.codec import dump_mark, dump_stored, load_mark, load_stored
 from processor.core.account import RechargePolicy
-from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
+from processor.core.engine import DedupeWindow, Engine, dedupe_key, dedupe_tenant
 from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.core.stored import Mark, StoredAccount
 from processor.handler import Changelog, MemoryPublisher, Out, Record, RecordHandler, Source
@@ -201,6 +201,46 @@ def test_staged_reads_pending_then_flushing_then_base() -> None:
     assert base == {"a": 11, "b": 20} and len(s) == 2
     with pytest.raises(TypeError):
         del s["a"]
+
+
+def test_a_forgotten_key_stays_readable_until_its_tombstone_settles() -> None:
+    base = {"a": 1, "b": 2}
+    s: Staged[str, int] = Staged(base)
+    s["b"] = 20
+    assert s.forget("a") and not s.forget("b")  # "b" is written by the batch in progress
+    assert not s.forget("c")  # nothing to forget
+    assert s.get("a") == 1 and s["a"] == 1  # until the tombstone has landed
+    layer = s.take()
+    assert layer == {"a": None, "b": 20}
+    assert not s.forget("a")  # in flight
+    s.settle(layer)
+    assert base == {"b": 20}
+    assert s.get("a") is None
+    with pytest.raises(KeyError):
+        s["a"]
+
+
+async def test_forgotten_marks_go_out_as_tombstones_and_leave_the_store() -> None:
+    rig = Rig()
+    assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "applied"
+    assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
+    await rig.handler.flush()
+    key = dedupe_key("acme", "call", "e1")
+    assert key in rig.seen
+
+    assert rig.handler.forget_marks([key, "never-seen"]) == 1
+    await rig.handler.flush()
+
+    (tombstone,) = rig.pub.calls[-1]
+    assert (tombstone.topic, tombstone.key, tombstone.value) == (
+        "dedupe-changelog",
+        key.encode(),
+        None,
+    )
+    assert tombstone.state and tombstone.partition == partition_for("acme", PARTITIONS)
+    assert key not in rig.seen
+    # Past its window a re-sent event is metered again, as the contract allows.
+    assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
 
 
 @dataclass
