@@ -22,7 +22,7 @@ what the comparison and the counts need.
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -57,11 +57,11 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         super().__post_init__()
         # Per changelog partition, the offset the bulk read of this rebalance reached.
         self._read_to: dict[TP, int] = {}
-        # The dedupe marks held, as (expires, key) in the order they were written: the
-        # oldest first, nearly in order of expiry (sorted after a recovery, which reads
-        # partition after partition). An entry whose key was written again or dropped
-        # since is stale; `expired_marks` skips it.
-        self._expiry: deque[tuple[int, Any]] = deque()
+        # The dedupe marks held, as a heap of (expires, key): a mark dated in the future
+        # expires late and must not hold back the ones written after it. Marks come
+        # nearly in order of expiry, so a push rarely moves. An entry whose key was
+        # written again or dropped since is stale; `expired_marks` skips it.
+        self._expiry: list[tuple[int, Any]] = []
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._read_to.get(tp)
@@ -177,7 +177,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         if type(value) is Mark:
             # Held packed (Mark.packed): the collector stops tracking them.
             self.data[key] = value.packed()
-            self._expiry.append((value.expires, key))
+            heapq.heappush(self._expiry, (value.expires, key))
         else:
             self.data[key] = value
 
@@ -187,7 +187,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         expiry, data = self._expiry, self.data
         keys: list[Any] = []
         while expiry and expiry[0][0] <= now and len(keys) < limit:
-            expires, key = expiry.popleft()
+            expires, key = heapq.heappop(expiry)
             value = data.get(key)
             # Skipped if written again since (its new entry is further on) or dropped.
             if type(value) is tuple and value[0] == expires:
@@ -205,8 +205,10 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         # `data`; the counts are rebuilt from what stays.
         await super().on_recovery_completed(active_tps, standby_tps)
         if self._expiry:
+            # Without the keys of partitions this worker no longer holds.
             data = self.data
-            self._expiry = deque(sorted(e for e in self._expiry if e[1] in data))
+            self._expiry = [e for e in self._expiry if e[1] in data]
+            heapq.heapify(self._expiry)
         if self.tally is not None:
             self.tally.clear()
             for key, value in self.data.items():

@@ -488,7 +488,7 @@ async def test_the_dedupe_store_finds_expired_marks_oldest_first(
 ) -> None:
     """Expired marks come out in order of expiry, at most `limit` at a time, without
     those written again since with a later window; after a recovery, which reads
-    partition after partition, too."""
+    partition after partition, too; and one dated far ahead holds back none."""
     from types import SimpleNamespace
 
     from faust.types import TP
@@ -510,11 +510,13 @@ async def test_the_dedupe_store_finds_expired_marks_oldest_first(
     store.apply_changelog_batch(events, lambda k: k, lambda v: v)
     await store.on_recovery_completed({TP(changelog, 0), TP(changelog, 1)}, set())
     store["p1-a"] = mark(50)  # written again: a later window
+    store["ahead"] = mark(10**10)  # an event dated in the future
+    store["p1-c"] = mark(45)
 
     assert store.expired_marks(5, limit=10) == []
     assert store.expired_marks(35, limit=1) == ["p0-a"]
     assert store.expired_marks(35, limit=10) == ["p0-b"]
-    assert store.expired_marks(100, limit=10) == ["p1-b", "p1-a"]
+    assert store.expired_marks(100, limit=10) == ["p1-b", "p1-c", "p1-a"]
 
 
 async def test_gauges_count_owned_tenants_from_the_tables_writes(
