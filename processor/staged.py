@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from typing import Generic, TypeVar
 
+_MISSING: object = object()
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -105,6 +107,7 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
                 base[key] = value
             elif key in base:
                 del base[key]
-            # Unless a later layer in flight wrote the key again.
-            if in_flight.get(key) is value:
+            # Unless a later layer in flight wrote the key again. (A tombstone is None,
+            # which `get` also answers for a missing key.)
+            if in_flight.get(key, _MISSING) is value:
                 del in_flight[key]

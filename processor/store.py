@@ -113,7 +113,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
 
     def _keep(self, partition: int, key: Any, value: Any) -> None:
         if not isinstance(value, (StoredAccount, Undecoded)):  # a tuple: faster than a union
-            self._hold_mark(key, value)
+            self._hold(key, value)
             return
         current = self.data.get(key)
         if newer(current, value):
@@ -171,9 +171,9 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     def __setitem__(self, key: Any, value: Any) -> None:
         if self.tally is not None:
             self.tally.replace(self._partition_of(key), key, self.data.get(key), value)
-        self._hold_mark(key, value)
+        self._hold(key, value)
 
-    def _hold_mark(self, key: Any, value: Any) -> None:
+    def _hold(self, key: Any, value: Any) -> None:
         if type(value) is Mark:
             # Held packed (Mark.packed): the collector stops tracking them.
             self.data[key] = value.packed()
