@@ -7,7 +7,7 @@ account state is stored as compact JSON so a changelog can be read by a person.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -41,11 +41,21 @@ def dumps(value: Any) -> bytes:
     100,000 marks held took 3.96 us each and +393 MB, copied out 0.96 us and +10 MB
     (through a memoryview; this join is 0.05 us over orjson.dumps alone).
     """
-    return b"".join((orjson.dumps(value), b""))
+    return b"".join((orjson.dumps(value, option=orjson.OPT_UTC_Z), b""))
 
 
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else format_timestamp(value)
+def _at(value: datetime) -> datetime | str:
+    """A timestamp for `dumps`: RFC 3339 "Z" text, as format_timestamp writes it.
+
+    orjson writes a UTC datetime itself, the same text (microseconds only when
+    non-zero) in 0.4 us against format_timestamp's 3 us (isoformat with an offset, then
+    cut), and a ledger entry has two. Any other datetime goes through format_timestamp.
+    """
+    return value if value.tzinfo is UTC and type(value) is datetime else format_timestamp(value)
+
+
+def _ts(value: datetime | None) -> datetime | str | None:
+    return None if value is None else _at(value)
 
 
 # The processor's own values are read back by the million at recovery, and held in
@@ -251,8 +261,8 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             "balance_after": format_money(out.balance_after),
             "cause_topic": out.cause_topic,
             "cause_id": out.cause_id,
-            "occurred_at": format_timestamp(out.occurred_at),
-            "recorded_at": format_timestamp(out.recorded_at),
+            "occurred_at": _at(out.occurred_at),
+            "recorded_at": _at(out.recorded_at),
         }
         if out.kind == "debit":
             assert out.rate_per_minute is not None
@@ -268,7 +278,7 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             "alert": out.alert.value,
             "balance": format_money(out.balance),
             "currency": currency,
-            "occurred_at": format_timestamp(out.occurred_at),
+            "occurred_at": _at(out.occurred_at),
         }
     assert isinstance(out, RechargeOut)
     return {
@@ -280,7 +290,7 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
         "trigger_balance": format_money(out.trigger_balance),
         "balance": format_money(out.balance),
         "attempt": out.attempt,
-        "requested_at": format_timestamp(out.requested_at),
+        "requested_at": _at(out.requested_at),
     }
 
 
@@ -341,7 +351,7 @@ def dump_tick(tick: TimerTick) -> bytes:
             "tenant_id": tick.tenant_id,
             "request_id": tick.request_id,
             "attempt": tick.attempt,
-            "at": format_timestamp(tick.at),
+            "at": _at(tick.at),
         }
     )
 

@@ -8,7 +8,7 @@ worker, dicts in tests), the clock is an argument.
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -86,10 +86,15 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class DedupeWindow:
     days: float
+    # The window as a timedelta, built once: every applied record asks for its expiry.
+    span: timedelta = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "span", timedelta(days=self.days))
 
     def expires(self, occurred_at: datetime, now: datetime) -> int:
         """Epoch second until which the id is remembered: at least `days` of event time."""
-        return int((max(occurred_at, now) + timedelta(days=self.days)).timestamp())
+        return int((max(occurred_at, now) + self.span).timestamp())
 
 
 def dedupe_key(tenant_id: str, kind: str, record_id: str) -> str:

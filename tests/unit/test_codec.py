@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import tracemalloc
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
-from processor.codec import dump_mark, dumps, load_mark
+from processor.codec import dump_mark, dump_output, dumps, load_mark, output_from_dict
+from processor.core.account import LedgerOut
 from processor.core.stored import Mark, Position
+from schemas.types import format_timestamp
 
 
 def test_dumps_is_orjson_in_a_bytes_object_of_its_own_size() -> None:
@@ -27,3 +33,35 @@ def test_dumps_is_orjson_in_a_bytes_object_of_its_own_size() -> None:
 def test_a_mark_reads_back_as_written() -> None:
     mark = Mark(1_790_000_000, Position("usage.calls:3", 12))
     assert load_mark(dump_mark(mark)) == mark
+
+
+def a_ledger_entry(occurred_at: datetime, recorded_at: datetime) -> LedgerOut:
+    return LedgerOut(
+        entry_id="e-1",
+        tenant_id="acme",
+        kind="credit",
+        amount=Decimal("10.00"),
+        balance_after=Decimal("10.00"),
+        cause_topic="credits.commands",
+        cause_id="c-1",
+        occurred_at=occurred_at,
+        recorded_at=recorded_at,
+    )
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 1), max_value=datetime(8999, 12, 31), timezones=st.just(UTC)
+    )
+)
+def test_outputs_carry_timestamps_exactly_as_format_timestamp_writes_them(at: datetime) -> None:
+    # orjson writes UTC datetimes itself; the text must stay the contract's.
+    entry = orjson.loads(dump_output(a_ledger_entry(at, at), "USD"))
+    assert entry["occurred_at"] == entry["recorded_at"] == format_timestamp(at)
+
+
+def test_a_timestamp_with_another_offset_is_written_in_utc() -> None:
+    at = datetime(2026, 11, 25, 11, 30, tzinfo=timezone(timedelta(hours=1)))
+    entry = orjson.loads(dump_output(a_ledger_entry(at, at.astimezone(UTC)), "USD"))
+    assert entry["occurred_at"] == entry["recorded_at"] == "2026-11-25T10:30:00Z"
+    assert output_from_dict(entry) == a_ledger_entry(at, at)
