@@ -82,6 +82,10 @@ class Drain:
     cpu_seconds_per_1000: float
     peak_rss_mb: float
     startup_seconds: float
+    # The broker's CPU over the same span, and the share of the machine's cores busy:
+    # worker and broker share two cores, so together they set the drain rate.
+    broker_cpu_seconds_per_1000: float | None = None
+    machine_busy: float | None = None
 
 
 async def drain(
@@ -89,6 +93,7 @@ async def drain(
     expected: int,
     within: float,
     on_start: Callable[[int], None] | None = None,
+    broker_pid: int | None = None,
 ) -> Drain:
     """Start the worker(s) on the preloaded topics and time them until every record is
     handled.
@@ -108,6 +113,9 @@ async def drain(
     def cpu() -> float:
         return sum(procstat.cpu_seconds(w.pid) for w in workers)
 
+    def broker_cpu() -> float:
+        return procstat.cpu_seconds(broker_pid) if broker_pid is not None else 0.0
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         t0 = cpu0 = None
         n0 = 0
@@ -122,10 +130,12 @@ async def drain(
             if done:
                 if t0 is None:
                     t0, n0, cpu0 = now, done, cpu()
+                    broker0, machine0 = broker_cpu(), procstat.machine_busy_seconds()
                     if on_start is not None:
                         on_start(workers[0].pid)
                 if done >= expected:
                     cpu1 = cpu()
+                    broker1, machine1 = broker_cpu(), procstat.machine_busy_seconds()
                     break
             await asyncio.sleep(0.25)
     assert t0 is not None and cpu0 is not None
@@ -138,6 +148,10 @@ async def drain(
         cpu_seconds_per_1000=(cpu1 - cpu0) / measured * 1000,
         peak_rss_mb=max(procstat.peak_rss_mb(w.pid) for w in workers),
         startup_seconds=t0 - launched,
+        broker_cpu_seconds_per_1000=None
+        if broker_pid is None
+        else (broker1 - broker0) / measured * 1000,
+        machine_busy=(machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1e-9),
     )
 
 

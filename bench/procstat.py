@@ -66,3 +66,15 @@ def peak_rss_mb(pid: int) -> float:
 def rss_mb(pid: int) -> float:
     """Resident memory of the tree now (VmRSS), not its peak."""
     return sum(_status_kb(pid, "VmRSS")) / 1024
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, summed over its cores.
+
+    From the first line of /proc/stat: idle and iowait are not busy; everything else
+    (user, system, interrupts, steal) is.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    total = sum(fields[:8])
+    return (total - idle) / _TICKS, total / _TICKS

@@ -78,8 +78,12 @@ def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 async def two_workers(
-    bootstrap: str, app_id: str, prefix: str, root: Path, expected: int
+    bootstrap: str, app_id: str, prefix: str, root: Path, expected: int, broker_pid: int | None
 ) -> dict[str, Any]:
     """Item 5: two workers of a second deployment drain the same input topics.
 
@@ -92,13 +96,15 @@ async def two_workers(
     await create_topics(bootstrap, changelogs, PARTITIONS, compact=frozenset(changelogs))
     pair = [BenchWorker(bootstrap, app2, prefix, PARTITIONS, root, index=i) for i in (1, 2)]
     try:
-        result = await measures.drain(pair, expected, within=900.0)
+        result = await measures.drain(pair, expected, within=900.0, broker_pid=broker_pid)
     finally:
         for w in pair:
             w.stop()
     return {
         "two_workers_events_per_s": round(result.events_per_s, 1),
         "two_workers_cpu_seconds_per_1000": round(result.cpu_seconds_per_1000, 4),
+        "broker_cpu_seconds_per_1000": _rounded(result.broker_cpu_seconds_per_1000),
+        "machine_busy": _rounded(result.machine_busy),
         "events": result.events,
     }
 
@@ -156,7 +162,11 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
         t = time.perf_counter()
         drain = await measures.drain(
-            worker, len(setup) + events, within=args.drain_timeout, on_start=on_start
+            worker,
+            len(setup) + events,
+            within=args.drain_timeout,
+            on_start=on_start,
+            broker_pid=broker.pid,
         )
         walls["drain"] = time.perf_counter() - t
         if profiler is not None:
@@ -192,7 +202,12 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         if args.scaling:
             t = time.perf_counter()
             scaling = await two_workers(
-                broker.bootstrap, app_id, prefix, root, len(setup) + events + latency_events
+                broker.bootstrap,
+                app_id,
+                prefix,
+                root,
+                len(setup) + events + latency_events,
+                broker.pid,
             )
             scaling["one_worker_events_per_s"] = round(drain.events_per_s, 1)
             walls["scaling"] = time.perf_counter() - t
@@ -207,6 +222,8 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "drain_events_per_s": round(drain.events_per_s, 1),
         "ratio_to_ceiling": round(drain.events_per_s / ceiling, 4),
         "cpu_seconds_per_1000": round(drain.cpu_seconds_per_1000, 4),
+        "broker_cpu_seconds_per_1000": _rounded(drain.broker_cpu_seconds_per_1000),
+        "machine_busy": _rounded(drain.machine_busy),
         "peak_rss_mb": round(drain.peak_rss_mb, 1),
         "latency_ms": {
             "p50": round(lat.p50_ms, 2),

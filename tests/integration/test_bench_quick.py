@@ -41,6 +41,9 @@ def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     for key in NUMBERS:
         assert isinstance(result[key], int | float) and result[key] > 0, (key, result.get(key))
+    # The broker works for every drained record, and two processes were busy.
+    assert result["broker_cpu_seconds_per_1000"] > 0, result
+    assert 0 < result["machine_busy"] <= 1, result
     for q in ("p50", "p99", "p999"):
         assert result["latency_ms"][q] > 0, result["latency_ms"]
     assert (
