@@ -1,0 +1,112 @@
+"""The worker's per-record path in process: CPU per record, no broker, no Faust.
+
+    python -m bench.inproc [--records N] [--tenants N]
+
+Workload records (the bench's usage mix, 12 partitions, each on its tenant's partition)
+go through a `RecordHandler` on plain dicts, staged in batches of 1,000 and flushed to a
+publisher that keeps nothing, with the worker's collector thresholds. It times what the
+full bench's drain cannot resolve: a change of a few percent in staging, decided by
+alternating runs of the two codes (the machine's speed drifts between runs). Prints the
+process CPU per record over the usage records (the setup top-ups are not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+
+from bench.workload import Event, Workload
+from processor import simulator as sim
+from processor.cli import GC_THRESHOLDS
+from processor.codec import dump_mark, dump_stored
+from processor.core.account import RechargePolicy
+from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
+from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.handler import Changelog, Out, Record, RecordHandler, Source
+from processor.routing import partition_for
+from processor.settings import Settings
+from processor.topics import TopicNames
+
+PARTITIONS = 12
+BATCH = 1000
+
+
+class _Discard:
+    async def publish(self, records: Sequence[Out]) -> None:
+        return None
+
+
+def _records(events: Iterable[Event], names: TopicNames) -> list[tuple[Source, Record]]:
+    sources = {
+        sim.COMMANDS: (Source.COMMANDS, names.commands),
+        sim.USAGE_CALLS: (Source.CALLS, names.calls),
+        sim.USAGE_CONFERENCING: (Source.CONFERENCING, names.conferencing),
+    }
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for e in events:
+        source, topic = sources[e.topic]
+        partition = partition_for(e.key.decode(), PARTITIONS)
+        offset = offsets.get((topic, partition), 0)
+        offsets[(topic, partition)] = offset + 1
+        out.append((source, Record(topic, partition, offset, e.key, e.value)))
+    return out
+
+
+def _run(handler: RecordHandler, records: list[tuple[Source, Record]]) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        for start in range(0, len(records), BATCH):
+            for source, rec in records[start : start + BATCH]:
+                handler.stage(source, rec)
+            loop.run_until_complete(handler.flush())
+    finally:
+        loop.close()
+
+
+def measure(records: int, tenants: int) -> float:
+    """CPU seconds per usage record through staging and flushing."""
+    names = TopicNames.from_settings(Settings(_env_file=None))
+    engine = Engine(
+        load_rate_card(example_rate_card_path()),
+        RechargePolicy(timeout=timedelta(hours=1)),
+        DedupeWindow(7),
+        {},
+        {},
+    )
+    handler = RecordHandler(
+        engine,
+        names,
+        PARTITIONS,
+        _Discard(),
+        changelogs=(
+            Changelog("accounts-changelog", dump_stored, str),
+            Changelog("dedupe-changelog", dump_mark, dedupe_tenant),
+        ),
+    )
+    work = Workload(tenants, seed=6, run_tag="inproc")
+    setup = _records(work.setup(), names)
+    usage = _records(work.usage(records), names)
+    gc.set_threshold(*GC_THRESHOLDS)
+    _run(handler, setup)
+    started = time.process_time()
+    _run(handler, usage)
+    return (time.process_time() - started) / records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--tenants", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    per_record = measure(args.records, args.tenants)
+    print(f"{per_record * 1e6:.1f} us CPU per record ({args.records:,} records)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
