@@ -36,6 +36,9 @@ BATCH = 1000
 
 
 class _Discard:
+    # As the worker's transactional publisher: a batch's outputs and state in one round.
+    atomic = True
+
     async def publish(self, records: Sequence[Out]) -> None:
         return None
 

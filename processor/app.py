@@ -16,6 +16,7 @@ from urllib.parse import quote
 import aiohttp
 import faust
 import orjson
+from aiokafka import AIOKafkaProducer
 from faust.serializers import codecs
 from faust.types import TP, EventT, Message, StreamT
 from faust.web import Request, Response, View
@@ -29,7 +30,7 @@ from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import RateCard
 from processor.handler import Changelog, Deliveries, Record, RecordHandler, Source
-from processor.publisher import KafkaPublisher
+from processor.publisher import TransactionalPublisher
 from processor.routing import partition_for
 from processor.settings import Settings
 from processor.tally import AccountTally
@@ -191,7 +192,26 @@ class Meter:
                     kafka_options.kafka_client_options(cfg),
                     within=RECOVERY_READ_SECONDS,
                 )
-        producer: Any = self.app.producer
+        # Each round's records go out in one Kafka transaction per partition number
+        # (processor/publisher.py); the stores start a partition's producer, fencing
+        # its earlier owner, before they read its changelog.
+        client_options = kafka_options.kafka_client_options(cfg)
+        self.publisher = TransactionalPublisher(
+            cfg.app_id,
+            lambda transactional_id: AIOKafkaProducer(
+                bootstrap_servers=broker.bootstrap,
+                transactional_id=transactional_id,
+                **client_options,
+            ),
+        )
+        for table in (self.accounts, self.seen):
+            if isinstance(table.data, store.SeqMemoryStore):
+                table.data.fence = self.publisher.assign
+
+        @self.app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def _stop_producers(sender: Any, **kwargs: Any) -> None:
+            await self.publisher.stop()
+
         # The engine works on the tables' stores: the handler writes their changelogs
         # itself, once per batch and after the batch's outputs (processor/handler.py).
         self.engine = Engine(
@@ -205,7 +225,7 @@ class Meter:
             self.engine,
             self.names,
             partitions,
-            KafkaPublisher(producer._ensure_producer),
+            self.publisher,
             changelogs=(
                 Changelog(self.accounts.changelog_topic.get_topic_name(), dump_stored, str),
                 Changelog(self.seen.changelog_topic.get_topic_name(), dump_mark, dedupe_tenant),

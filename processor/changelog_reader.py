@@ -56,6 +56,9 @@ class ChangelogReader:
             # No group, so no committed offsets: every partition starts at its
             # beginning. (A seek instead costs the first fetch: an empty 500 ms wait.)
             auto_offset_reset="earliest",
+            # Only what committed transactions wrote (processor/publisher.py); the end
+            # offsets are then the last stable offsets.
+            isolation_level="read_committed",
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
             fetch_max_bytes=FETCH_BYTES,
             **self.client_options,

@@ -112,6 +112,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # Read by the consumer's start(), when it builds its fetcher.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        # The worker writes its outputs, re-routes, timer ticks and changelogs in
+        # transactions (processor/publisher.py): what an aborted one wrote must never
+        # be read back, by recovery or by the agents. Faust reads committed only in its
+        # own exactly-once mode, which stays off.
+        consumer._isolation_level = "read_committed"
         return consumer
 
     async def on_start(self) -> None:

@@ -95,9 +95,16 @@ class Out:
     partition: int | None = None
     # A changelog record of the processor's own state, not an output of the contract.
     state: bool = False
+    # The partition number whose transaction carries the record: that of the input
+    # record that caused it, or of the tenant a timer tick or a state record is for.
+    owner: int = -1
 
 
 class Publisher(Protocol):
+    # Whether `publish` lands its records all together or not at all (a transaction):
+    # then a batch's outputs and state go in one round, else outputs first.
+    atomic: bool
+
     async def publish(self, records: Sequence[Out]) -> None:
         """Produce every record; return once the broker has acknowledged all of them.
 
@@ -114,6 +121,7 @@ class MemoryPublisher:
         default_factory=list
     )
     state: list[Out] = field(default_factory=list)
+    atomic: bool = False
 
     async def publish(self, records: Sequence[Out]) -> None:
         for r in records:
@@ -203,6 +211,8 @@ class RecordHandler:
         engine.accounts, engine.seen = self.accounts, self.seen
         self.changelogs = changelogs
         self._outputs: list[Out] = []
+        # The partition number of the record being processed: its outputs' transaction.
+        self._owner = -1
         # Batches taken whose outputs are still to be sent; batches whose outputs are
         # in and whose state is still to be sent; and the task that sends both.
         self._unsent: list[_Flush] = []
@@ -271,6 +281,7 @@ class RecordHandler:
         return self._process(source, rec, origin=rec, rerouted=False)
 
     def stage_rerouted(self, rec: Record) -> str:
+        self._owner = rec.partition
         raw_source = rec.header(H_SOURCE)
         try:
             source = Source((raw_source or b"").decode())
@@ -289,6 +300,7 @@ class RecordHandler:
 
     def stage_tick(self, rec: Record) -> str:
         started = time.perf_counter()
+        self._owner = rec.partition
         try:
             tick = load_tick(rec.value or b"")
         except (ValueError, KeyError, TypeError) as exc:
@@ -316,6 +328,10 @@ class RecordHandler:
         outputs keep the order they were staged in, and the local stores settle in
         batch order. A batch taken with nothing staged is a barrier: done once every
         batch before it has landed.
+
+        With an atomic publisher (the worker's: Kafka transactions) a round sends the
+        outputs and the state of every batch taken since the last round together, and
+        they land together or not at all.
         """
         flush = self._take()
         self._wake()
@@ -387,11 +403,17 @@ class RecordHandler:
                     break
                 sending, self._unsent = self._unsent, []
                 landing, self._unwritten = self._unwritten, []
-                # A batch with no outputs, behind no batch whose outputs are in flight,
-                # may write its state in this round already.
-                while sending and not sending[0].outputs:
-                    landing.append(sending.pop(0))
-                records = [out for flush in sending for out in flush.outputs]
+                if self.publisher.atomic:
+                    # Outputs and state land together or not at all: one round each.
+                    landing += sending
+                    sending = []
+                    records = [out for flush in landing for out in flush.outputs]
+                else:
+                    # A batch with no outputs, behind no batch whose outputs are in
+                    # flight, may write its state in this round already.
+                    while sending and not sending[0].outputs:
+                        landing.append(sending.pop(0))
+                    records = [out for flush in sending for out in flush.outputs]
                 records += self._state_of(landing)
                 try:
                     if records:
@@ -410,7 +432,7 @@ class RecordHandler:
                         self._took.set_result(None)
                     return
                 now = time.perf_counter()
-                for flush in sending:
+                for flush in landing if self.publisher.atomic else sending:
                     metrics.FLUSH.labels("outputs").observe(now - flush.started)
                 for flush in landing:
                     metrics.FLUSH.labels("state").observe(now - flush.started)
@@ -447,14 +469,16 @@ class RecordHandler:
         records = []
         for log_, values in zip(self.changelogs, (accounts, marks), strict=True):
             for key, value in values.items():
+                # Faust reads a table's partition p from its changelog's p.
+                partition = partition_for(log_.tenant_of(key), self.partitions)
                 records.append(
                     Out(
                         log_.topic,
                         key.encode(),
                         None if value is None else log_.encode(value),
-                        # Faust reads a table's partition p from its changelog's p.
-                        partition=partition_for(log_.tenant_of(key), self.partitions),
+                        partition=partition,
                         state=True,
+                        owner=partition,
                     )
                 )
         return records
@@ -463,6 +487,7 @@ class RecordHandler:
 
     def _process(self, source: Source, rec: Record, origin: Record, rerouted: bool) -> str:
         started = time.perf_counter()
+        self._owner = rec.partition
         label = source.value
         try:
             event = self._decoders[source](rec.value)
@@ -587,7 +612,7 @@ class RecordHandler:
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
-        self._outputs.append(Out(topic, key, value, headers))
+        self._outputs.append(Out(topic, key, value, headers, owner=self._owner))
         self._metrics.inc(self._child(metrics.OUTPUTS, self._topic_labels.get(topic, "other")))
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -643,6 +668,7 @@ class RecordHandler:
         for tenant, due in list(self.due.items()):
             if due.at > now:
                 continue
+            self._owner = partition_for(tenant, self.partitions)
             tick = TimerTick(
                 tick_id=f"{due.request_id}#{due.attempt}@{int(now.timestamp())}",
                 tenant_id=tenant,

@@ -106,6 +106,18 @@ STALE_DROPPED = Counter(
     "rather than processed ahead of the records the seek reads again.",
     registry=REGISTRY,
 )
+UNOWNED_DROPPED = Counter(
+    "meter_unowned_records_dropped_total",
+    "Records staged for a partition this worker no longer owns (timer ticks, mark "
+    "tombstones), not produced: its new owner does that work, and producing them "
+    "would fence it.",
+    registry=REGISTRY,
+)
+TRANSACTIONS = Counter(
+    "meter_transactions_total",
+    "Kafka transactions committed by the flusher (one per partition number per round).",
+    registry=REGISTRY,
+)
 MARKS_FORGOTTEN = Counter(
     "meter_dedupe_marks_forgotten_total",
     "Dedupe marks forgotten once their METER_DEDUPE_DAYS window had passed.",

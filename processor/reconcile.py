@@ -8,7 +8,11 @@ inputs again with the rate card through the same pure core, and compares, per te
 - the live balance a worker reports (when a worker URL is given).
 
 It also checks that each cause has exactly one ledger entry id, that entries sharing
-an id agree, and that a tenant never had two recharge requests open at once. Any
+an id agree, and that a tenant never had two recharge requests open at once; and, as a
+consumer reading the output topics in offset order would see them (`check_histories`),
+that no output id comes again with other content, that each tenant's `balance_after`
+chain is unbroken and ends at the balance the inputs imply, and that no alert or
+recharge request names a balance the account never had. Any
 mismatch is a discrepancy: the report lists them and the exit code is 1.
 """
 
@@ -223,23 +227,26 @@ async def reconcile(
         inputs.extend(await read_topic(bootstrap, topic, **client_options))
     report.inputs = len(inputs)
     accounts, report.distinct_applied = expected_accounts(card, names, inputs)
-    ledger = [
-        json.loads(r.value)
-        for r in await read_topic(bootstrap, names.ledger, **client_options)
-        if r.value
-    ]
+    ledger_records = await read_topic(bootstrap, names.ledger, **client_options)
+    ledger = [json.loads(r.value) for r in ledger_records if r.value]
     sums = check_ledger(ledger, report)
-    requests = [
-        json.loads(r.value)
-        for r in await read_topic(bootstrap, names.recharge_requests, **client_options)
-        if r.value
-    ]
+    request_records = await read_topic(bootstrap, names.recharge_requests, **client_options)
+    requests = [json.loads(r.value) for r in request_records if r.value]
     check_requests(requests, report)
     if report.ledger_entries != report.distinct_applied:
         report.problems.append(
             f"the inputs imply {report.distinct_applied} ledger entries, the ledger has "
             f"{report.ledger_entries}"
         )
+    alert_records = await read_topic(bootstrap, names.alerts, **client_options)
+    report.problems.extend(
+        check_histories(
+            (r for r in ledger_records if r.value),
+            (r for r in alert_records if r.value),
+            (r for r in request_records if r.value),
+            {tenant: stored.account.balance for tenant, stored in accounts.items()},
+        )
+    )
     for tenant in sorted(set(accounts) | set(sums)):
         stored = accounts.get(tenant)
         expected = stored.account.balance if stored else Decimal(0)
@@ -250,3 +257,104 @@ async def reconcile(
                 check.live = expected
         report.tenants.append(check)
     return report
+
+
+# Fields that say when a copy was written, not what happened: a copy of an output may
+# differ from another only in these (docs/guarantees.md).
+DELIVERY_FIELDS = {
+    "ledger_entry": frozenset({"recorded_at"}),
+    "balance_alert": frozenset(),
+    "recharge_requested": frozenset({"requested_at"}),
+}
+_ID_FIELD = {
+    "ledger_entry": "entry_id",
+    "balance_alert": "alert_id",
+    "recharge_requested": "request_id",
+}
+
+
+def _content(output: dict[str, Any]) -> dict[str, Any]:
+    delivery = DELIVERY_FIELDS.get(output.get("type", ""), frozenset())
+    return {k: v for k, v in output.items() if k not in delivery}
+
+
+def check_histories(
+    ledger: Iterable[Raw],
+    alerts: Iterable[Raw] = (),
+    requests: Iterable[Raw] = (),
+    balances: dict[str, Decimal] | None = None,
+) -> list[str]:
+    """What a consumer reading the output topics in offset order would find wrong.
+
+    - an `entry_id`, `alert_id` or (`request_id`, `attempt`) seen again with other
+      content than its first copy (delivery fields aside);
+    - a tenant's ledger whose `balance_after` chain breaks: each entry's balance is the
+      previous one plus the signed amount, from an opening balance of zero;
+    - a chain that does not end at the tenant's balance (when `balances` is given);
+    - an alert or a recharge request naming a balance the account never had (not one of
+      its ledger balances, nor zero).
+    The records of each topic come in offset order per partition (a tenant's records
+    are on one partition), as `read_topic` returns them.
+    """
+    problems: list[str] = []
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def first_copy(raw: Raw) -> dict[str, Any] | None:
+        """The output if this is its first copy; None for a faithful repeat."""
+        output: dict[str, Any] = json.loads(raw.value or b"null")
+        kind = output["type"]
+        ident = str(output[_ID_FIELD[kind]])
+        if kind == "recharge_requested":
+            ident += f"#{output['attempt']}"
+        first = seen.get((kind, ident))
+        if first is None:
+            seen[(kind, ident)] = output
+            return output
+        if _content(first) != _content(output):
+            problems.append(
+                f"{kind} {ident} seen again with other content "
+                f"(at {raw.topic}[{raw.partition}]@{raw.offset}): {_content(first)} "
+                f"then {_content(output)}"
+            )
+        return None
+
+    had: dict[str, set[Decimal]] = defaultdict(lambda: {Decimal(0)})
+    last: dict[str, Decimal] = {}
+    for raw in ledger:
+        entry = first_copy(raw)
+        if entry is None:
+            continue
+        tenant = entry["tenant_id"]
+        amount = Decimal(entry["amount"])
+        after = Decimal(entry["balance_after"])
+        before = last.get(tenant, Decimal(0))
+        expected = before + amount if entry["kind"] == "credit" else before - amount
+        if after != expected:
+            problems.append(
+                f"{tenant}: ledger chain breaks at {entry['entry_id']} "
+                f"({raw.topic}[{raw.partition}]@{raw.offset}): {before} "
+                f"{entry['kind']} {amount} gives {expected}, the entry says {after}"
+            )
+        last[tenant] = after
+        had[tenant].add(after)
+    for tenant, balance in sorted((balances or {}).items()):
+        if last.get(tenant, Decimal(0)) != balance:
+            problems.append(
+                f"{tenant}: ledger chain ends at {last.get(tenant, Decimal(0))}, "
+                f"the balance is {balance}"
+            )
+    for raw in alerts:
+        alert = first_copy(raw)
+        if alert is not None and Decimal(alert["balance"]) not in had[alert["tenant_id"]]:
+            problems.append(
+                f"{alert['tenant_id']}: alert {alert['alert_id']} names a balance the "
+                f"account never had ({alert['balance']})"
+            )
+    for raw in requests:
+        request = first_copy(raw)
+        if request is not None and Decimal(request["balance"]) not in had[request["tenant_id"]]:
+            problems.append(
+                f"{request['tenant_id']}: recharge request {request['request_id']} names a "
+                f"balance the account never had ({request['balance']})"
+            )
+    return problems

@@ -23,7 +23,7 @@ what the comparison and the counts need.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from faust.serializers import codecs
@@ -52,6 +52,9 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     reader: ChangelogReader | None = None
     # The accounts table's counts per partition (processor/tally.py).
     tally: AccountTally | None = None
+    # Called with the active partition numbers before the changelog is read: the app
+    # starts their transactional producers there, which fences any earlier owner.
+    fence: Callable[[set[int]], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,26 +85,27 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         for tp in [tp for tp in offsets if tp.topic == changelog]:
             del offsets[tp]
         self._read_to = {}
-        if self.reader is not None:
-            actives = self.app.assignor.assigned_actives()
-            mine = [tp for tp in actives if tp.topic == changelog]
-            if mine:
-                table: Any = self.table
-                keys = codecs.get_codec(table.key_serializer).loads
-                # Account values are decoded when first read (codec.Undecoded).
-                values = (
-                    Undecoded
-                    if self.tally is not None
-                    else codecs.get_codec(table.value_serializer).loads
-                )
+        actives = self.app.assignor.assigned_actives()
+        mine = [tp for tp in actives if tp.topic == changelog]
+        if self.fence is not None:
+            await self.fence({tp.partition for tp in mine})
+        if self.reader is not None and mine:
+            table: Any = self.table
+            keys = codecs.get_codec(table.key_serializer).loads
+            # Account values are decoded when first read (codec.Undecoded).
+            values = (
+                Undecoded
+                if self.tally is not None
+                else codecs.get_codec(table.value_serializer).loads
+            )
 
-                def apply(partition: int, key: bytes | None, value: bytes | None) -> None:
-                    # Every write to a table's changelog has a key; Faust's recovery
-                    # would fail on one without.
-                    if key is not None:
-                        self._apply(partition, keys(key), None if value is None else values(value))
+            def apply(partition: int, key: bytes | None, value: bytes | None) -> None:
+                # Every write to a table's changelog has a key; Faust's recovery
+                # would fail on one without.
+                if key is not None:
+                    self._apply(partition, keys(key), None if value is None else values(value))
 
-                self._read_to = await self.reader.read(mine, apply)
+            self._read_to = await self.reader.read(mine, apply)
 
     def _apply(self, partition: int, key: Any, value: Any) -> None:
         self._key_partition[key] = partition

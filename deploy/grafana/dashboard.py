@@ -389,6 +389,22 @@ def workers() -> list[timeseries.Panel]:
                     f"sum(increase({sel('meter_stale_records_dropped_total')}[5m]))",
                     "stale fetch dropped",
                 ),
+                (
+                    f"sum(increase({sel('meter_unowned_records_dropped_total')}[5m]))",
+                    "unowned partition, not produced",
+                ),
+            ),
+        ),
+        graph(
+            "Transactions",
+            "Kafka transactions the workers committed per second (one per partition "
+            "number per flush round). Each carries a round's outputs with the state "
+            "that applied them; a consumer reading read_committed sees both or neither.",
+            queries(
+                (
+                    f"sum by (instance) (rate({sel('meter_transactions_total')}[1m]))",
+                    "{{instance}}",
+                ),
             ),
         ),
         graph(

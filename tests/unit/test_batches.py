@@ -68,6 +68,7 @@ class Journal:
 
     calls: list[list[Out]] = field(default_factory=list)
     fail_on: int | None = None
+    atomic: bool = False
 
     async def publish(self, records: Sequence[Out]) -> None:
         self.calls.append(list(records))
@@ -251,6 +252,7 @@ class Gated:
     calls: list[list[Out]] = field(default_factory=list)
     gates: list[asyncio.Event] = field(default_factory=list)
     refused: set[int] = field(default_factory=set)
+    atomic: bool = False
 
     async def publish(self, records: Sequence[Out]) -> None:
         index = len(self.calls)
