@@ -12,6 +12,7 @@ one Kafka transaction per partition number (docs/guarantees.md), so a consumer r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import defaultdict
@@ -119,6 +120,9 @@ class TransactionalPublisher:
         self._sender = _Sender()
         # Serialises rounds and re-assignments: a producer is never stopped mid-round.
         self._lock = asyncio.Lock()
+        # The rebalance generation and partitions of the last assignment: every table's
+        # store asks for the same one, and it is carried out once.
+        self._assigned: tuple[int, frozenset[int]] | None = None
         # A test's hook between a transaction's sends and its commit (a crash there).
         self._before_commit = before_commit
 
@@ -129,13 +133,22 @@ class TransactionalPublisher:
     def partitions(self) -> frozenset[int]:
         return frozenset(self._producers)
 
-    async def assign(self, partitions: Iterable[int]) -> None:
-        """Own exactly these partition numbers: start (fence) new ones, stop the rest."""
-        wanted = set(partitions)
+    async def assign(self, partitions: Iterable[int], generation: int | None = None) -> None:
+        """Own exactly these partition numbers, each with a newly started producer.
+
+        A partition kept through the rebalance gets a new producer too: if this worker
+        was a zombie, another took the partition over in between and fenced the old
+        one, which could never commit again.
+        """
+        wanted = frozenset(partitions)
         async with self._lock:
-            for p in sorted(set(self._producers) - wanted):
-                await self._producers.pop(p).stop()
-            for p in sorted(wanted - set(self._producers)):
+            if generation is not None and self._assigned == (generation, wanted):
+                return
+            self._assigned = None if generation is None else (generation, wanted)
+            for p in sorted(self._producers):
+                with contextlib.suppress(Exception):  # a fenced producer may refuse
+                    await self._producers.pop(p).stop()
+            for p in sorted(wanted):
                 producer = self._make_producer(self.transactional_id(p))
                 # InitProducerId: bumps the epoch of this transactional id, fencing the
                 # previous owner, and waits until its open transaction is aborted.

@@ -54,7 +54,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     tally: AccountTally | None = None
     # Called with the active partition numbers before the changelog is read: the app
     # starts their transactional producers there, which fences any earlier owner.
-    fence: Callable[[set[int]], Awaitable[None]] | None = None
+    # (and the rebalance's generation, so that the two tables' stores fence once)
+    fence: Callable[[set[int], int], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,7 +89,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         actives = self.app.assignor.assigned_actives()
         mine = [tp for tp in actives if tp.topic == changelog]
         if self.fence is not None:
-            await self.fence({tp.partition for tp in mine})
+            await self.fence({tp.partition for tp in mine}, generation_id)
         if self.reader is not None and mine:
             table: Any = self.table
             keys = codecs.get_codec(table.key_serializer).loads
