@@ -54,10 +54,8 @@ class _Failed(Exception):
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise _Failed(EXIT_USAGE, f"configuration: {exc}") from None
+    # A ValidationError goes up to `processor.cli.main`, which names the variable.
+    return Settings()
 
 
 def _default_worker_url() -> str:
