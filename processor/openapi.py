@@ -36,7 +36,7 @@ __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
 DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 # The HTTP API's own version: bump on a change a client would notice.
-API_VERSION: Final = "1.1.0"
+API_VERSION: Final = "1.2.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
@@ -75,8 +75,23 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         "duplicate.",
         "schema": {"type": "string", "pattern": ID_PATTERN},
     }
+    invalid_tenant = _json(
+        error,
+        "The path's tenant_id breaks the contract's pattern (error `invalid_tenant_id`; "
+        "the id is not repeated, `tenant_id` is null). Nothing else is done with it.",
+    )
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
     admin_errors = {
-        "400": _json(error, "The body is not JSON."),
+        "400": _json(
+            error,
+            "The path's tenant_id breaks the contract's pattern (`invalid_tenant_id`, "
+            "checked first), or the body is not JSON (`invalid_json`).",
+        ),
         "401": {
             **_json(error, "No bearer token."),
             "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
@@ -136,17 +151,22 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 "operationId": "getAccount",
                 "summary": "A tenant's balance, status and recharge state",
                 "description": "Answered by any worker: one that does not own the tenant "
-                "asks the owner.",
+                "asks the owner (and gives up after 2 s).",
                 "tags": ["read"],
                 "parameters": [tenant],
                 "responses": {
                     "200": _json(refs["AccountView"], "The account."),
+                    "400": invalid_tenant,
                     "404": _json(error, "No event for this tenant yet."),
-                    "503": _json(
-                        error,
-                        "The tenant's partition is being reassigned, or its owner "
-                        "cannot be reached; retry.",
-                    ),
+                    "503": {
+                        **_json(
+                            error,
+                            "The tenant's partition is being reassigned, or its owner "
+                            "cannot be reached or did not answer within 2 s; retry after "
+                            "`Retry-After` seconds.",
+                        ),
+                        "headers": retry_after,
+                    },
                 },
             }
         },

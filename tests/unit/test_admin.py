@@ -235,16 +235,31 @@ async def test_invalid_settings_are_422_listing_every_field() -> None:
     }
 
 
-async def test_path_header_and_body_errors_come_together() -> None:
+async def test_header_and_body_errors_come_together() -> None:
     reply, errors = await refused(
         enc({"amount": "0", "currency": "USD"}),
-        tenant="no spaces allowed",
         headers={"Idempotency-Key": "x" * 129},
     )
     assert reply.status == 422
-    assert "A-Z a-z 0-9" in errors[("path", "tenant_id")]
     assert "128 printable ASCII" in errors[("header", "Idempotency-Key")]
     assert ("body", "amount") in errors
+
+
+@pytest.mark.parametrize("tenant", ["no spaces allowed", "x" * 7000, "a/b", "caf\u00e9", ""])
+@pytest.mark.parametrize("endpoint", ["funds", "auto-recharge"])
+@pytest.mark.parametrize("headers", [AUTH, {}], ids=["authorized", "anonymous"])
+async def test_a_path_that_is_no_tenant_id_is_400_before_anything_else(
+    tenant: str, endpoint: str, headers: dict[str, str]
+) -> None:
+    api, pub = make_api()
+    call = api.add_funds if endpoint == "funds" else api.configure_auto_recharge
+    reply = await call(tenant, headers, b"not even json")
+    assert reply.status == 400, reply
+    answer = body(reply)
+    assert answer["error"] == "invalid_tenant_id" and answer["tenant_id"] is None
+    assert "1 to 64 characters of A-Z a-z 0-9 . _ : -" in answer["detail"]
+    assert len(reply.body) < 300  # the id is not echoed
+    assert pub.sent == []
 
 
 async def test_malformed_json_is_400_and_oversized_is_413() -> None:
