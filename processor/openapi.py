@@ -67,12 +67,16 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "description": "Becomes the command's `command_id`. The processor applies a "
-        "command id once, so retrying a request with the same key (after a timeout, a "
-        "503, a lost answer) changes the balance once. Without it a fresh UUID is used "
-        "and every request is a new command. Keys are unique per tenant across both "
-        "admin endpoints; a reused key with a different body is ignored like any "
-        "duplicate.",
+        "description": "Scoped per tenant and endpoint. Becomes the command's "
+        "`command_id` (a top-up's as it is, a settings request's as `auto-recharge:` + "
+        "key, hashed past 128 characters), which the processor applies once, so "
+        "retrying a request with the same key (after a timeout, a 503, a lost answer) "
+        "changes the balance once. The same key and body again get the first answer "
+        "(the worker remembers it for 24 hours; another worker publishes the same "
+        "command again, which the processor drops); the same key with a different "
+        "body is a 422 (`idempotency_key_reused`). A top-up key may not start with "
+        "`auto-recharge:`. Without it a fresh key is used (returned in the "
+        "`Idempotency-Key` header) and every request is a new command.",
         "schema": {"type": "string", "pattern": ID_PATTERN},
     }
     invalid_tenant = _json(
@@ -100,8 +104,12 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         "413": _json(error, "The body is too large."),
         "422": _json(
             error,
-            "The path, header or body is invalid; `errors` lists every refused field "
-            "with its location (`path`, `header` or `body` first).",
+            "The header or body is invalid, or names what the processor would reject "
+            "(`invalid_request`; `errors` lists every refused field with its location, "
+            "`header` or `body` first, and a `type` such as `currency_mismatch` or "
+            "`too_many_decimals`: more decimal places than the rate card keeps balances "
+            "at); or the Idempotency-Key was used before for this tenant and endpoint "
+            "with a different body (`idempotency_key_reused`).",
         ),
         "503": _json(
             error,
@@ -113,7 +121,8 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         **_json(
             refs["CommandAccepted"],
             "The command is on credits.commands (acknowledged by the broker); the "
-            "worker owning the tenant applies it within moments.",
+            "worker owning the tenant applies it within moments. A retry with the same "
+            "Idempotency-Key and body gets this answer again.",
         ),
         "headers": {
             "Location": {
@@ -121,7 +130,7 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 "schema": {"type": "string"},
             },
             "Idempotency-Key": {
-                "description": "The command_id used.",
+                "description": "The key (the one sent, or a fresh one): retry with it.",
                 "schema": {"type": "string"},
             },
         },
