@@ -8,9 +8,20 @@ Every worker serves both. A request never touches an account directly: it become
 `funds_added` (source `manual`) or `auto_recharge_configured` command on
 `credits.commands`, keyed by tenant, exactly what any other admin tool would send,
 so the worker that owns the tenant applies it through the same exactly-once path as
-everything else. The `Idempotency-Key` header becomes the `command_id`; the processor
+everything else.
+
+An `Idempotency-Key` is scoped per tenant and endpoint. It becomes the `command_id`
+(`command_id_for`): a top-up's key as it is, a settings request's prefixed with
+`auto-recharge:`, so the same key on both endpoints makes two commands. The processor
 drops a command id it has seen, so a client that retries after a timeout, with the
-same key, tops up once.
+same key, tops up once. Each worker also remembers the first answer to each key for a
+day (`IdempotencyCache`, bounded by count and bytes): the same key with the same body
+gets that answer again without publishing again; with a different body, a 422 (as
+Stripe does), rather than a 202 for a command the processor would drop as a duplicate.
+
+A request the processor would reject is refused here, with a 422 naming the field:
+a currency other than the rate card's, an amount with more decimal places than the
+card keeps balances at, a zero or negative amount.
 
 Authentication is one bearer token (`METER_ADMIN_TOKEN`), compared in constant time.
 Without it configured the endpoints answer 503: an admin API that is open because
@@ -23,12 +34,16 @@ puts it on a worker's web server.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
+import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final, Literal, Protocol, cast
 
 import orjson
@@ -38,6 +53,7 @@ from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from processor import openapi
+from processor.views import tenant_id_problem
 from schemas.admin import (
     AutoRechargeRequest,
     CommandAccepted,
@@ -51,7 +67,6 @@ from schemas.types import (
     ID_PATTERN,
     TENANT_ID_PATTERN,
     CommandId,
-    TenantId,
 )
 
 __all__ = [
@@ -59,13 +74,17 @@ __all__ = [
     "AdminAPI",
     "CommandPublisher",
     "FaustCommandPublisher",
+    "IdempotencyCache",
     "Reply",
+    "command_id_for",
     "install",
 ]
 
 log = logging.getLogger(__name__)
 
 CommandKind = Literal["funds_added", "auto_recharge_configured"]
+Endpoint = Literal["funds", "auto-recharge"]
+Command = FundsAdded | AutoRechargeConfigured
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 JSON: Final = "application/json"
@@ -74,8 +93,16 @@ MAX_BODY_BYTES: Final = 16 * 1024
 # How long a request waits for the broker to acknowledge the command. Past it the
 # client is told to retry with the same key, which is safe either way.
 PUBLISH_TIMEOUT_SECONDS: Final = 15.0
+# A settings request's command_id is this prefix and its key (a top-up's is its key):
+# keys are scoped per endpoint, and a top-up key may not start with it.
+AUTO_RECHARGE_ID_PREFIX: Final = "auto-recharge:"
+MAX_COMMAND_ID_LENGTH: Final = 128
+# The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
+# 24 hours), for at most this many keys and this many bytes (keys, bodies, answers).
+IDEMPOTENCY_TTL_SECONDS: Final = 24 * 3600.0
+IDEMPOTENCY_MAX_ENTRIES: Final = 10_000
+IDEMPOTENCY_MAX_BYTES: Final = 16 * 1024 * 1024
 
-_TENANT: Final[TypeAdapter[str]] = TypeAdapter(TenantId)
 _COMMAND_ID: Final[TypeAdapter[str]] = TypeAdapter(CommandId)
 _PATTERN_MESSAGES: Final = {
     TENANT_ID_PATTERN: "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -",
@@ -143,6 +170,133 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def command_id_for(endpoint: Endpoint, key: str) -> str:
+    """The command_id of a request with this Idempotency-Key, unique per endpoint.
+
+    A top-up's is the key itself (as it always was, so ledger entries name it); a
+    settings request's is `auto-recharge:` + key, or + `sha256:` and the key's hash
+    when that would pass the contract's 128 characters.
+    """
+    if endpoint == "funds":
+        return key
+    derived = AUTO_RECHARGE_ID_PREFIX + key
+    if len(derived) <= MAX_COMMAND_ID_LENGTH:
+        return derived
+    return f"{AUTO_RECHARGE_ID_PREFIX}sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def decimal_places(value: Decimal) -> int:
+    """Places after the point that are not trailing zeros: "1.2300" has 2, "5" has 0."""
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):  # NaN, infinity: never a valid amount anyway
+        return 0
+    significant = len(digits)
+    while significant and digits[significant - 1] == 0:
+        significant -= 1
+    if significant == 0:  # zero
+        return 0
+    return max(0, -(exponent + len(digits) - significant))
+
+
+Scope = tuple[str, str, str]  # tenant, endpoint, key
+Fingerprint = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class _Remembered:
+    fingerprint: Fingerprint
+    answer: asyncio.Future[Reply]
+    size: int
+    expires: float
+
+
+class IdempotencyCache:
+    """The first answer to each (tenant, endpoint, key), for `ttl` seconds.
+
+    Bounded by count and by bytes (its strings' and a measured overhead for its
+    answer and objects): the oldest entries go first. Held in memory by each
+    worker: a retry that reaches another worker, or this one after a restart, is
+    published again, and the processor drops its command id as a duplicate.
+    """
+
+    # The answer and the objects holding an entry, beyond its strings: an entry
+    # costs ~1.5-1.7 KB of memory in all (measured 2026-12-03, 10,000 entries).
+    ENTRY_OVERHEAD_BYTES: Final = 1_280
+
+    def __init__(
+        self,
+        max_entries: int = IDEMPOTENCY_MAX_ENTRIES,
+        max_bytes: int = IDEMPOTENCY_MAX_BYTES,
+        ttl: float = IDEMPOTENCY_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: OrderedDict[Scope, _Remembered] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, scope: Scope) -> _Remembered | None:
+        self._expire()
+        return self._entries.get(scope)
+
+    def remember(self, scope: Scope, fingerprint: Fingerprint) -> _Remembered:
+        size = (
+            sum(len(part) for part in scope)
+            + sum(len(name) + len(value) for name, value in fingerprint)
+            + self.ENTRY_OVERHEAD_BYTES
+        )
+        entry = _Remembered(
+            fingerprint,
+            asyncio.get_running_loop().create_future(),
+            size,
+            self._clock() + self.ttl,
+        )
+        self.forget(scope)
+        self._entries[scope] = entry
+        self.bytes += size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            self._pop_oldest()
+        return entry
+
+    def forget(self, scope: Scope, entry: _Remembered | None = None) -> None:
+        """Drop the scope's entry (only if it is still `entry`, when given)."""
+        held = self._entries.get(scope)
+        if held is not None and (entry is None or held is entry):
+            del self._entries[scope]
+            self.bytes -= held.size
+
+    def _expire(self) -> None:
+        now = self._clock()
+        # Insertion order is age order: the oldest expire first.
+        while self._entries and next(iter(self._entries.values())).expires <= now:
+            self._pop_oldest()
+
+    def _pop_oldest(self) -> None:
+        _, entry = self._entries.popitem(last=False)
+        self.bytes -= entry.size
+
+
+def _compact(reply: Reply) -> Reply:
+    return Reply(reply.status, bytes(memoryview(reply.body)), dict(reply.headers))
+
+
+def _failed(entry: _Remembered) -> bool:
+    """The entry's request has been answered, and not with a 202: it may be retried."""
+    return entry.answer.done() and entry.answer.result().status != 202
+
+
+def _canonical(value: Any) -> str:
+    # Equal amounts are the same request however they are written ("50.0", "50.00").
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
 class AdminAPI:
     """The admin endpoints' logic, independent of the web framework."""
 
@@ -153,9 +307,11 @@ class AdminAPI:
         commands_topic: str,
         publisher: CommandPublisher,
         *,
+        decimals: int | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_command_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
+        idempotency: IdempotencyCache | None = None,
     ) -> None:
         # Bytes once, here: compare_digest refuses non-ASCII str, and an operator's
         # token may well contain some.
@@ -166,6 +322,10 @@ class AdminAPI:
         self._clock = clock
         self._new_command_id = new_command_id
         self._publish_timeout = publish_timeout
+        # The rate card's decimal places: balances are kept at them, and the processor
+        # rejects an amount with more (None: not checked).
+        self.decimals = decimals
+        self.idempotency = IdempotencyCache() if idempotency is None else idempotency
 
     @property
     def enabled(self) -> bool:
@@ -180,11 +340,10 @@ class AdminAPI:
 
         `body` is None when it was too large to read.
         """
-        try:
-            self._authorize(tenant_id, headers)
-            request, command_id = self._validate(tenant_id, headers, body, FundsRequest)
+
+        def command(request: BaseModel, command_id: str) -> Command:
             assert isinstance(request, FundsRequest)
-            command: BaseModel = FundsAdded(
+            return FundsAdded(
                 type="funds_added",
                 command_id=command_id,
                 tenant_id=tenant_id,
@@ -193,19 +352,17 @@ class AdminAPI:
                 currency=request.currency,
                 source="manual",
             )
-            return await self._publish(command, "funds_added", tenant_id, command_id)
-        except _Refused as refused:
-            return refused.reply
+
+        return await self._handle("funds", tenant_id, headers, body, FundsRequest, command)
 
     async def configure_auto_recharge(
         self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
     ) -> Reply:
         """PUT /tenants/{tenant_id}/auto-recharge -> an `auto_recharge_configured` command."""
-        try:
-            self._authorize(tenant_id, headers)
-            request, command_id = self._validate(tenant_id, headers, body, AutoRechargeRequest)
+
+        def command(request: BaseModel, command_id: str) -> Command:
             assert isinstance(request, AutoRechargeRequest)
-            command: BaseModel = AutoRechargeConfigured(
+            return AutoRechargeConfigured(
                 type="auto_recharge_configured",
                 command_id=command_id,
                 tenant_id=tenant_id,
@@ -215,11 +372,91 @@ class AdminAPI:
                 trigger_balance=request.trigger_balance,
                 currency=request.currency,
             )
-            return await self._publish(command, "auto_recharge_configured", tenant_id, command_id)
+
+        return await self._handle(
+            "auto-recharge", tenant_id, headers, body, AutoRechargeRequest, command
+        )
+
+    async def _handle(
+        self,
+        endpoint: Endpoint,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        model: type[FundsRequest] | type[AutoRechargeRequest],
+        command: Callable[[BaseModel, str], Command],
+    ) -> Reply:
+        kind: CommandKind = "funds_added" if endpoint == "funds" else "auto_recharge_configured"
+        try:
+            self._check_tenant(tenant_id)
+            self._authorize(tenant_id, headers)
+            request, key = self._validate(endpoint, tenant_id, headers, body, model)
         except _Refused as refused:
             return refused.reply
+        if key is None:
+            # No key: a new command each time; the answer names a key to retry with.
+            key = self._new_command_id()
+            command_id = command_id_for(endpoint, key)
+            return await self._publish(command(request, command_id), kind, tenant_id, key)
+        scope = (tenant_id, endpoint, key)
+        fingerprint = self._fingerprint(request)
+        seen = self.idempotency.get(scope)
+        if seen is not None and seen.fingerprint != fingerprint:
+            # Even after a 503: that command may have landed all the same.
+            return self._key_reused(tenant_id, endpoint)
+        if seen is not None and not _failed(seen):
+            # The same request again: the first one's answer, once it has one.
+            return await asyncio.shield(seen.answer)
+        # New, or the same request after a failure (503): publish (again).
+        entry = self.idempotency.remember(scope, fingerprint)
+        publishing = self._publish(
+            command(request, command_id_for(endpoint, key)), kind, tenant_id, key
+        )
+        return await self._settle(tenant_id, entry, publishing)
+
+    async def _settle(
+        self, tenant_id: str, entry: _Remembered, publishing: Awaitable[Reply]
+    ) -> Reply:
+        """The request's answer, which its retries (and requests waiting) get too."""
+        try:
+            # A copy at its own size: orjson's output keeps a 4 KiB buffer, and the
+            # answer is held for a day.
+            reply = _compact(await publishing)
+        except BaseException:
+            entry.answer.set_result(
+                _error_reply(503, "interrupted", "the request was interrupted; retry", tenant_id)
+            )
+            raise
+        entry.answer.set_result(reply)
+        return reply
+
+    def _fingerprint(self, request: FundsRequest | AutoRechargeRequest) -> Fingerprint:
+        fields = request.model_dump()
+        if fields.get("currency") is None:
+            fields["currency"] = self.currency  # implied by the rate card
+        return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
+
+    def _key_reused(self, tenant_id: str, endpoint: Endpoint) -> Reply:
+        message = (
+            f"was used for a different request to this endpoint ({endpoint}) for this "
+            "tenant; a retry must repeat the same body, a new request needs a new key"
+        )
+        error = FieldError(loc=["header", IDEMPOTENCY_HEADER], msg=message, type="key_reused")
+        return _error_reply(
+            422,
+            "idempotency_key_reused",
+            f"header.{IDEMPOTENCY_HEADER}: {message}",
+            tenant_id,
+            [error],
+        )
 
     # ---- steps -------------------------------------------------------------------
+
+    def _check_tenant(self, tenant_id: str) -> None:
+        """A path that is no tenant id is a 400 before anything else (as on the read API)."""
+        problem = tenant_id_problem(tenant_id)
+        if problem is not None:
+            raise _Refused(_error_reply(400, "invalid_tenant_id", problem, None))
 
     def _authorize(self, tenant_id: str, headers: Mapping[str, str]) -> None:
         if not self._token:
@@ -251,12 +488,17 @@ class AdminAPI:
 
     def _validate(
         self,
+        endpoint: Endpoint,
         tenant_id: str,
         headers: Mapping[str, str],
         body: bytes | None,
         model: type[FundsRequest] | type[AutoRechargeRequest],
-    ) -> tuple[FundsRequest | AutoRechargeRequest, str]:
-        """The request, or 400/413/422 listing every problem at once (path, header, body)."""
+    ) -> tuple[FundsRequest | AutoRechargeRequest, str | None]:
+        """The request and its key, or 400/413/422 listing every problem at once.
+
+        Refuses here what the processor would reject later (to credits.rejected, after
+        a 202): another currency than the card's, more decimal places than it keeps.
+        """
         if body is None:
             raise _Refused(
                 _error_reply(
@@ -264,17 +506,21 @@ class AdminAPI:
                 )
             )
         errors: list[FieldError] = []
-        try:
-            _TENANT.validate_python(tenant_id)
-        except ValidationError as exc:
-            errors += _field_errors(exc, ("path", "tenant_id"))
         key = _header(headers, IDEMPOTENCY_HEADER)
-        command_id = self._new_command_id() if key is None else key
         if key is not None:
             try:
                 _COMMAND_ID.validate_python(key)
             except ValidationError as exc:
                 errors += _field_errors(exc, ("header", IDEMPOTENCY_HEADER))
+            if endpoint == "funds" and key.startswith(AUTO_RECHARGE_ID_PREFIX):
+                errors.append(
+                    FieldError(
+                        loc=["header", IDEMPOTENCY_HEADER],
+                        msg=f"must not start with {AUTO_RECHARGE_ID_PREFIX!r} (the "
+                        "auto-recharge endpoint's command ids do)",
+                        type="reserved_prefix",
+                    )
+                )
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -298,14 +544,26 @@ class AdminAPI:
                     type="currency_mismatch",
                 )
             )
+        if request is not None and self.decimals is not None:
+            for name, value in request:
+                if isinstance(value, Decimal) and decimal_places(value) > self.decimals:
+                    errors.append(
+                        FieldError(
+                            loc=["body", name],
+                            msg=f"has more than {self.decimals} decimal places; balances "
+                            f"are kept at the rate card's {self.decimals}",
+                            type="too_many_decimals",
+                        )
+                    )
         if errors or request is None:
             detail = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors)
             raise _Refused(_error_reply(422, "invalid_request", detail, tenant_id, errors))
-        return request, command_id
+        return request, key
 
     async def _publish(
-        self, command: BaseModel, kind: CommandKind, tenant_id: str, command_id: str
+        self, command: Command, kind: CommandKind, tenant_id: str, key: str
     ) -> Reply:
+        command_id = command.command_id
         value = command.model_dump_json(exclude_none=True).encode()
         publishing = asyncio.ensure_future(
             self._publisher.publish(self.commands_topic, tenant_id.encode(), value)
@@ -324,7 +582,7 @@ class AdminAPI:
                 503,
                 "publish_failed",
                 f"could not publish the command to Kafka ({failure!r}); "
-                f"retry with the same {IDEMPOTENCY_HEADER} ({command_id})",
+                f"retry with the same {IDEMPOTENCY_HEADER} ({key})",
                 tenant_id,
             )
         log.info("admin API: %s for tenant %r published as %r", kind, tenant_id, command_id)
@@ -337,7 +595,7 @@ class AdminAPI:
         return Reply(
             202,
             accepted.to_json(),
-            {"Location": f"/tenants/{tenant_id}/account", IDEMPOTENCY_HEADER: command_id},
+            {"Location": f"/tenants/{tenant_id}/account", IDEMPOTENCY_HEADER: key},
         )
 
 
@@ -398,6 +656,7 @@ def install(meter: MeterLike) -> AdminAPI:
         currency=meter.card.currency,
         commands_topic=meter.names.commands,
         publisher=FaustCommandPublisher(meter.app),
+        decimals=meter.card.decimals,
     )
     if not api.enabled:
         log.info("admin API disabled (METER_ADMIN_TOKEN is not set)")

@@ -35,7 +35,7 @@ from processor.routing import partition_for
 from processor.settings import Settings
 from processor.tally import AccountTally
 from processor.topics import TopicNames
-from processor.views import account_view
+from processor.views import account_view, tenant_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,13 @@ class Broker:
 
 
 FORWARDED_HEADER = "X-Meter-Forwarded-By"
+# A read forwarded to the tenant's owner gets this long, all in (connect, send,
+# answer); past it the client hears 503 and when to retry, rather than wait on a
+# worker that is stuck or gone (the session's default is minutes).
+FORWARD_TIMEOUT_SECONDS = 2.0
+# Every 503 of the read API says when to try again: a reassignment or an owner's
+# restart takes seconds.
+RETRY_AFTER_SECONDS = 2
 # A bulk changelog read that has not reached the end by then fails the rebalance (and
 # the worker restarts) rather than serve a partial state; ~50,000 values/s here.
 RECOVERY_READ_SECONDS = 600.0
@@ -88,7 +95,7 @@ RECOVERY_READ_SECONDS = 600.0
 MARKS_FORGOTTEN_PER_TICK = 50_000
 
 
-def _error(code: str, detail: str, tenant_id: str) -> bytes:
+def _error(code: str, detail: str, tenant_id: str | None) -> bytes:
     return orjson.dumps({"error": code, "detail": detail, "tenant_id": tenant_id})
 
 
@@ -139,6 +146,17 @@ class Meter:
             broker_session_timeout=cfg.session_timeout_seconds,
             broker_heartbeat_interval=max(0.5, cfg.session_timeout_seconds / 10),
             web_enabled=True,
+            # Faust's own pages are off: /router/ lists the cluster's workers,
+            # /table/... serves table data to anyone, /graph/ and the statistics at
+            # / describe the worker's insides. The worker's pages are its own
+            # (_declare_web); it finds a tenant's owner in process, not via /router/.
+            # web_metrics_enabled is Faust's JSON /performance/ page, not our
+            # /metrics: off (its default), said here so it stays a decision.
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_graph_enabled=False,
+            web_stats_enabled=False,
+            web_metrics_enabled=False,
             web_port=cfg.web_port,
             web_bind=cfg.web_host,
             web_host=web_host,
@@ -237,6 +255,7 @@ class Meter:
         self.engine.delivered = self.handler.deliveries
         self._rebuild_due = True
         self._crashed = False
+        self.forward_timeout = FORWARD_TIMEOUT_SECONDS
         self._declare_agents()
         self._declare_timer()
         self._declare_web()
@@ -450,10 +469,12 @@ class Meter:
         @app.page("/tenants/{tenant_id}/account")
         class AccountPage(View):
             async def get(self, request: Request, tenant_id: str) -> Response:
-                status, body = await meter.account_response(
+                status, body, headers = await meter.account_response(
                     tenant_id, forwarded=FORWARDED_HEADER in request.headers
                 )
-                return self.bytes(body, content_type="application/json", status=status)
+                return self.bytes(
+                    body, content_type="application/json", status=status, headers=headers
+                )
 
         @app.page("/metrics")
         class MetricsPage(View):
@@ -493,32 +514,52 @@ class Meter:
                 return str(url)
         return None
 
-    async def account_response(self, tenant_id: str, forwarded: bool) -> tuple[int, bytes]:
+    async def account_response(
+        self, tenant_id: str, forwarded: bool
+    ) -> tuple[int, bytes, dict[str, str]]:
         """Answer here if this worker owns the tenant, else ask the owner.
 
-        Faust's own table_route asks the producer for the changelog's partitions, which
-        it only knows after writing to them, so it fails on a fresh worker; the owner is
-        found here from the assignment instead. A worker that is not (or not yet) the
-        owner answers 503 rather than a wrong 404.
+        The id is validated first: one that breaks the contract's pattern is a 400 and
+        is never hashed, cached or forwarded. Faust's own table_route asks the producer
+        for the changelog's partitions, which it only knows after writing to them, so
+        it fails on a fresh worker; the owner is found here from the assignment
+        instead. A worker that is not (or not yet) the owner answers 503 rather than a
+        wrong 404; every 503 carries Retry-After.
         """
+        problem = tenant_id_problem(tenant_id)
+        if problem is not None:
+            return 400, _error("invalid_tenant_id", problem, None), {}
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         owner = self.owner_url(tenant_id)
         me = str(self.app.conf.canonical_url)
         if owner is not None and owner != me and not forwarded:
             url = f"{owner.rstrip('/')}/tenants/{quote(tenant_id, safe='')}/account"
             try:
-                async with self.app.http_client.get(url, headers={FORWARDED_HEADER: me}) as resp:
-                    return resp.status, await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                return 503, _error("owner_unreachable", f"{owner}: {exc!r}", tenant_id)
+                async with self.app.http_client.get(
+                    url,
+                    headers={FORWARDED_HEADER: me},
+                    timeout=aiohttp.ClientTimeout(total=self.forward_timeout),
+                ) as resp:
+                    status, body = resp.status, await resp.read()
+            except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
+                detail = f"{owner} did not answer within {self.forward_timeout:g}s"
+                return 503, _error("owner_unreachable", detail, tenant_id), retry
+            except aiohttp.ClientError as exc:
+                return 503, _error("owner_unreachable", f"{owner}: {exc!r}", tenant_id), retry
+            return status, body, retry if status == 503 else {}
         partition = partition_for(tenant_id, self.partitions)
         if owner != me or partition not in self._owned_partitions() or not self.readiness()[0]:
-            return 503, _error(
-                "unavailable", "the tenant's partition is being reassigned; retry", tenant_id
+            return (
+                503,
+                _error(
+                    "unavailable", "the tenant's partition is being reassigned; retry", tenant_id
+                ),
+                retry,
             )
         stored = self.accounts.get(tenant_id)
         if stored is None:
-            return 404, _error("not_found", "no event for this tenant yet", tenant_id)
-        return 200, orjson.dumps(account_view(stored.account, self.card.currency))
+            return 404, _error("not_found", "no event for this tenant yet", tenant_id), {}
+        return 200, orjson.dumps(account_view(stored.account, self.card.currency)), {}
 
     def readiness(self) -> tuple[bool, str]:
         """Ready = partitions assigned and every table recovered, not mid-rebalance."""

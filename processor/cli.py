@@ -1,7 +1,8 @@
 """The `meter` command.
 
 Exit codes: 0 success, 1 the command ran and found a problem (broker not running,
-check failed), 2 bad usage or configuration.
+check failed), 2 bad usage or configuration (a setting the environment gets wrong is
+one line naming the variable, its value and what is allowed; see `main`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from processor.settings import Settings
+from pydantic import ValidationError
+
+from processor.settings import Settings, settings_problems
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -272,7 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ValidationError as exc:
+        # Every command reads the environment through Settings(); a bad value is a
+        # sentence per variable and exit 2, never a traceback.
+        if exc.title != Settings.__name__:
+            raise
+        for problem in settings_problems(exc):
+            print(f"meter {args.command}: configuration: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     return result
 
 

@@ -54,10 +54,8 @@ class _Failed(Exception):
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise _Failed(EXIT_USAGE, f"configuration: {exc}") from None
+    # A ValidationError goes up to `processor.cli.main`, which names the variable.
+    return Settings()
 
 
 def _default_worker_url() -> str:
@@ -138,7 +136,31 @@ async def _send(cfg: Settings, tenant: str, value: bytes) -> None:
         await producer.stop()
 
 
+def _check_precision(cfg: Settings, command: BaseModel) -> None:
+    """Refuse what the processor would reject: more decimal places than the card keeps.
+
+    Checked when the rate card loads (without it, --currency is the only way here).
+    """
+    from decimal import Decimal
+
+    from processor.admin import decimal_places
+    from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
+
+    try:
+        decimals = load_rate_card(cfg.rate_card or example_rate_card_path()).decimals
+    except (RateCardError, OSError):
+        return
+    for name, value in command:
+        if isinstance(value, Decimal) and decimal_places(value) > decimals:
+            raise _Failed(
+                EXIT_USAGE,
+                f"{name} {value} has more than {decimals} decimal places; balances are "
+                f"kept at the rate card's {decimals} and the processor would reject it",
+            )
+
+
 def _publish(cfg: Settings, command: BaseModel, tenant: str, summary: str) -> int:
+    _check_precision(cfg, command)
     value = command.model_dump_json(exclude_none=True).encode()
     asyncio.run(_send(cfg, tenant, value))
     command_id = getattr(command, "command_id", "")

@@ -36,7 +36,7 @@ __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
 DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 # The HTTP API's own version: bump on a change a client would notice.
-API_VERSION: Final = "1.1.0"
+API_VERSION: Final = "1.2.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
@@ -67,16 +67,35 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "description": "Becomes the command's `command_id`. The processor applies a "
-        "command id once, so retrying a request with the same key (after a timeout, a "
-        "503, a lost answer) changes the balance once. Without it a fresh UUID is used "
-        "and every request is a new command. Keys are unique per tenant across both "
-        "admin endpoints; a reused key with a different body is ignored like any "
-        "duplicate.",
+        "description": "Scoped per tenant and endpoint. Becomes the command's "
+        "`command_id` (a top-up's as it is, a settings request's as `auto-recharge:` + "
+        "key, hashed past 128 characters), which the processor applies once, so "
+        "retrying a request with the same key (after a timeout, a 503, a lost answer) "
+        "changes the balance once. The same key and body again get the first answer "
+        "(the worker remembers it for 24 hours; another worker publishes the same "
+        "command again, which the processor drops); the same key with a different "
+        "body is a 422 (`idempotency_key_reused`). A top-up key may not start with "
+        "`auto-recharge:`. Without it a fresh key is used (returned in the "
+        "`Idempotency-Key` header) and every request is a new command.",
         "schema": {"type": "string", "pattern": ID_PATTERN},
     }
+    invalid_tenant = _json(
+        error,
+        "The path's tenant_id breaks the contract's pattern (error `invalid_tenant_id`; "
+        "the id is not repeated, `tenant_id` is null). Nothing else is done with it.",
+    )
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
     admin_errors = {
-        "400": _json(error, "The body is not JSON."),
+        "400": _json(
+            error,
+            "The path's tenant_id breaks the contract's pattern (`invalid_tenant_id`, "
+            "checked first), or the body is not JSON (`invalid_json`).",
+        ),
         "401": {
             **_json(error, "No bearer token."),
             "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
@@ -85,8 +104,12 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         "413": _json(error, "The body is too large."),
         "422": _json(
             error,
-            "The path, header or body is invalid; `errors` lists every refused field "
-            "with its location (`path`, `header` or `body` first).",
+            "The header or body is invalid, or names what the processor would reject "
+            "(`invalid_request`; `errors` lists every refused field with its location, "
+            "`header` or `body` first, and a `type` such as `currency_mismatch` or "
+            "`too_many_decimals`: more decimal places than the rate card keeps balances "
+            "at); or the Idempotency-Key was used before for this tenant and endpoint "
+            "with a different body (`idempotency_key_reused`).",
         ),
         "503": _json(
             error,
@@ -98,7 +121,8 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         **_json(
             refs["CommandAccepted"],
             "The command is on credits.commands (acknowledged by the broker); the "
-            "worker owning the tenant applies it within moments.",
+            "worker owning the tenant applies it within moments. A retry with the same "
+            "Idempotency-Key and body gets this answer again.",
         ),
         "headers": {
             "Location": {
@@ -106,7 +130,7 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 "schema": {"type": "string"},
             },
             "Idempotency-Key": {
-                "description": "The command_id used.",
+                "description": "The key (the one sent, or a fresh one): retry with it.",
                 "schema": {"type": "string"},
             },
         },
@@ -136,17 +160,22 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 "operationId": "getAccount",
                 "summary": "A tenant's balance, status and recharge state",
                 "description": "Answered by any worker: one that does not own the tenant "
-                "asks the owner.",
+                "asks the owner (and gives up after 2 s).",
                 "tags": ["read"],
                 "parameters": [tenant],
                 "responses": {
                     "200": _json(refs["AccountView"], "The account."),
+                    "400": invalid_tenant,
                     "404": _json(error, "No event for this tenant yet."),
-                    "503": _json(
-                        error,
-                        "The tenant's partition is being reassigned, or its owner "
-                        "cannot be reached; retry.",
-                    ),
+                    "503": {
+                        **_json(
+                            error,
+                            "The tenant's partition is being reassigned, or its owner "
+                            "cannot be reached or did not answer within 2 s; retry after "
+                            "`Retry-After` seconds.",
+                        ),
+                        "headers": retry_after,
+                    },
                 },
             }
         },

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Logical topic names from the contract; a deployment prefixes all of them.
@@ -58,11 +58,12 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=2000, validation_alias="METER_BATCH_MAX", ge=1)
     # Faust store URL; memory:// rebuilds state from the changelog on start.
     store: str = Field(default="memory://", validation_alias="METER_STORE")
-    log_level: str = Field(default="info", validation_alias="METER_LOG_LEVEL")
-    # "json": one JSON object per line, with tenant and event ids as fields.
-    log_format: str = Field(
-        default="text", validation_alias="METER_LOG_FORMAT", pattern="^(text|json)$"
+    # Any case ("INFO" too); kept lower-case.
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", validation_alias="METER_LOG_LEVEL"
     )
+    # "json": one JSON object per line, with tenant and event ids as fields.
+    log_format: Literal["text", "json"] = Field(default="text", validation_alias="METER_LOG_FORMAT")
     # Opt-in: export meter_tenant_balance for at most this many tenants (the lowest
     # balances); 0 exports none, since a tenant label is unbounded.
     metrics_tenant_balances: int = Field(
@@ -90,5 +91,60 @@ class Settings(BaseSettings):
         default=None, validation_alias="KAFKA_SSL_KEY_PASSWORD"
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
     def topic(self, logical: str) -> str:
         return f"{self.topic_prefix}{logical}"
+
+
+# What a setting must be, in words, by pydantic's error type.
+_BOUNDS: dict[str, str] = {
+    "greater_than": "greater than {gt}",
+    "greater_than_equal": "at least {ge}",
+    "less_than": "less than {lt}",
+    "less_than_equal": "at most {le}",
+}
+_KINDS: dict[str, str] = {
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "bool_parsing": "true or false",
+    "string_too_short": "at least {min_length} character(s) long",
+}
+_SECRETS: frozenset[str] = frozenset(
+    str(f.validation_alias)
+    for f in Settings.model_fields.values()
+    if "SecretStr" in str(f.annotation)
+)
+
+
+def settings_problems(exc: ValidationError) -> list[str]:
+    """One sentence per refused setting: the variable, its value, what is allowed.
+
+    For `Settings()`'s ValidationError (the CLI prints these instead of a traceback);
+    a secret's value is never repeated.
+    """
+    lines = []
+    for error in exc.errors(include_url=False):
+        variable = ".".join(str(part) for part in error["loc"]) or "(settings)"
+        ctx = error.get("ctx") or {}
+        kind = error["type"]
+        if kind == "literal_error":
+            allowed = str(ctx["expected"])
+        elif kind in _BOUNDS:
+            allowed = _BOUNDS[kind].format(**ctx)
+        elif kind in _KINDS:
+            allowed = _KINDS[kind].format(**ctx)
+        else:
+            allowed = error["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+        value = error.get("input")
+        if variable in _SECRETS:
+            shown = "(hidden)"
+        else:
+            text = repr(value)
+            shown = text if len(text) <= 80 else f"{text[:77]}..."
+        lines.append(f"{variable}={shown} is not allowed: it must be {allowed}")
+    return lines

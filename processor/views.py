@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
 from processor.core.account import Account
-from schemas.types import format_money, format_timestamp
+from schemas.types import TENANT_ID_PATTERN, format_money, format_timestamp
 
 
 def account_view(account: Account, currency: str) -> dict[str, Any]:
@@ -36,3 +37,20 @@ def account_view(account: Account, currency: str) -> dict[str, Any]:
         },
         "updated_at": None if account.updated_at is None else format_timestamp(account.updated_at),
     }
+
+
+# The contract's tenant id (schemas.types.TENANT_ID_PATTERN). fullmatch, not "$": in
+# Python "$" also matches before a trailing newline.
+_TENANT_ID: Final = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
+TENANT_ID_RULE: Final = "a tenant id is 1 to 64 characters of A-Z a-z 0-9 . _ : -"
+
+
+def tenant_id_problem(tenant_id: str) -> str | None:
+    """Why `tenant_id` is not a contract tenant id, or None when it is one.
+
+    Checked before anything else is done with an id from a URL: the answer never
+    repeats the id (it may be kilobytes long), it says how long it was.
+    """
+    if _TENANT_ID.fullmatch(tenant_id) is not None:
+        return None
+    return f"{TENANT_ID_RULE} (this one has {len(tenant_id)} characters)"

@@ -177,3 +177,44 @@ async def test_meter_add_funds_reaches_the_worker_and_meter_account_reads_it(
     assert account["balance"] == "12.5000" and account["auto_recharge"]["enabled"] is True
     code, _, err = await meter(worker, "account", "never-seen")
     assert code == 1 and "no such tenant" in err
+
+
+async def test_refused_at_the_api_what_the_processor_would_reject_and_keys_per_endpoint(
+    worker: Worker,
+) -> None:
+    funds = "/tenants/hooli/funds"
+    # The card keeps 4 decimal places: the processor would reject this after a 202.
+    status, body = await call(worker, "POST", funds, {"amount": "1.00001", "currency": "USD"})
+    assert status == 422 and [e["type"] for e in body["errors"]] == ["too_many_decimals"]
+    assert "more than 4 decimal places" in body["detail"]
+    # A path that is no tenant id: 400 before anything else.
+    status, body = await call(worker, "POST", "/tenants/bad!id/funds", {"amount": "1"})
+    assert status == 400 and body["error"] == "invalid_tenant_id"
+
+    first = await call(worker, "POST", funds, {"amount": "2.00", "currency": "USD"}, key="k-1")
+    assert first[0] == 202
+    assert await call(worker, "POST", funds, {"amount": "2.0", "currency": "USD"}, key="k-1") == (
+        first
+    )
+    status, body = await call(
+        worker, "POST", funds, {"amount": "900.00", "currency": "USD"}, key="k-1"
+    )
+    assert status == 422 and body["error"] == "idempotency_key_reused"
+    # The same key on the other endpoint is another request, applied too.
+    settings = {"enabled": True, "recharge_amount": "25.00", "trigger_balance": "1.00"}
+    status, body = await call(worker, "PUT", "/tenants/hooli/auto-recharge", settings, key="k-1")
+    assert status == 202 and body["command_id"] == "auto-recharge:k-1"
+
+    async def applied() -> dict[str, Any] | None:
+        status, body = await worker.get("/tenants/hooli/account")
+        ok = status == 200 and body["auto_recharge"] is not None
+        return body if ok else None
+
+    account = await eventually(applied, timeout=30, what="top-up and settings applied")
+    assert account["balance"] == "2.0000"
+    assert account["auto_recharge"]["recharge_amount"] == "25.0000"
+    async with Client(worker.deployment) as c:
+        ledger = await c.read_all("credits.ledger")
+        rejected = await c.read_all("credits.rejected")
+    assert [e["cause_id"] for e in ledger if e["tenant_id"] == "hooli"] == ["k-1"]
+    assert rejected == []  # nothing the API accepted was rejected later

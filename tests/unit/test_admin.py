@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from openapi_spec_validator import validate
 from pydantic import SecretStr
 
 from processor import openapi
-from processor.admin import AdminAPI, Reply
+from processor.admin import AdminAPI, IdempotencyCache, Reply, command_id_for, decimal_places
 from schemas import decode_command
 from schemas.inputs import AutoRechargeConfigured, FundsAdded
 
@@ -41,6 +42,7 @@ def make_api(
     publisher: FakePublisher | None = None, token: str | None = TOKEN, **kw: Any
 ) -> tuple[AdminAPI, FakePublisher]:
     pub = publisher or FakePublisher()
+    kw.setdefault("decimals", 4)  # the example card's
     api = AdminAPI(
         None if token is None else SecretStr(token),
         "USD",
@@ -103,13 +105,21 @@ async def test_without_idempotency_key_a_fresh_command_id_is_used() -> None:
     assert json.loads(pub.sent[0][2])["command_id"] == "generated-id"
 
 
-async def test_the_same_key_gives_the_same_command_so_the_processor_dedupes_it() -> None:
+async def test_the_same_key_and_body_get_the_first_answer_without_publishing_again() -> None:
     api, pub = make_api()
     headers = {**AUTH, "idempotency-key": "retry-me"}  # header names are case-insensitive
     first = await api.add_funds("acme", headers, FUNDS)
     second = await api.add_funds("acme", headers, FUNDS)
-    assert first.status == second.status == 202
-    assert [json.loads(v)["command_id"] for _, _, v in pub.sent] == ["retry-me", "retry-me"]
+    assert first.status == 202 and second == first
+    # The same amount written differently is the same request.
+    same = enc({"currency": "USD", "amount": "50.0"})
+    assert await api.add_funds("acme", headers, same) == first
+    assert [json.loads(v)["command_id"] for _, _, v in pub.sent] == ["retry-me"]
+    # Another worker (or this one restarted) publishes the same command again, and the
+    # processor drops its command id as a duplicate.
+    other, other_pub = make_api()
+    assert await other.add_funds("acme", headers, FUNDS) == first
+    assert json.loads(other_pub.sent[0][2])["command_id"] == "retry-me"
 
 
 async def test_auto_recharge_publishes_the_settings() -> None:
@@ -235,16 +245,31 @@ async def test_invalid_settings_are_422_listing_every_field() -> None:
     }
 
 
-async def test_path_header_and_body_errors_come_together() -> None:
+async def test_header_and_body_errors_come_together() -> None:
     reply, errors = await refused(
         enc({"amount": "0", "currency": "USD"}),
-        tenant="no spaces allowed",
         headers={"Idempotency-Key": "x" * 129},
     )
     assert reply.status == 422
-    assert "A-Z a-z 0-9" in errors[("path", "tenant_id")]
     assert "128 printable ASCII" in errors[("header", "Idempotency-Key")]
     assert ("body", "amount") in errors
+
+
+@pytest.mark.parametrize("tenant", ["no spaces allowed", "x" * 7000, "a/b", "caf\u00e9", ""])
+@pytest.mark.parametrize("endpoint", ["funds", "auto-recharge"])
+@pytest.mark.parametrize("headers", [AUTH, {}], ids=["authorized", "anonymous"])
+async def test_a_path_that_is_no_tenant_id_is_400_before_anything_else(
+    tenant: str, endpoint: str, headers: dict[str, str]
+) -> None:
+    api, pub = make_api()
+    call = api.add_funds if endpoint == "funds" else api.configure_auto_recharge
+    reply = await call(tenant, headers, b"not even json")
+    assert reply.status == 400, reply
+    answer = body(reply)
+    assert answer["error"] == "invalid_tenant_id" and answer["tenant_id"] is None
+    assert "1 to 64 characters of A-Z a-z 0-9 . _ : -" in answer["detail"]
+    assert len(reply.body) < 300  # the id is not echoed
+    assert pub.sent == []
 
 
 async def test_malformed_json_is_400_and_oversized_is_413() -> None:
@@ -329,3 +354,188 @@ async def test_settings_may_name_the_cards_currency_but_no_other() -> None:
         endpoint="auto-recharge",
     )
     assert reply.status == 422 and "must be USD" in errors[("body", "currency")]
+
+
+# ------------------------------------------------- what the processor would reject
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "payload", "fields"),
+    [
+        ("funds", {"amount": "50.00001", "currency": "USD"}, {"amount"}),
+        ("funds", {"amount": "0.00001", "currency": "USD"}, {"amount"}),
+        (
+            "auto-recharge",
+            {"enabled": True, "recharge_amount": "25.123456", "trigger_balance": "5.00001"},
+            {"recharge_amount", "trigger_balance"},
+        ),
+    ],
+)
+async def test_more_decimals_than_the_card_keeps_is_422_not_a_silent_rejection(
+    endpoint: str, payload: dict[str, Any], fields: set[str]
+) -> None:
+    reply, errors = await refused(enc(payload), endpoint=endpoint)
+    assert reply.status == 422 and body(reply)["error"] == "invalid_request"
+    assert set(errors) == {("body", name) for name in fields}
+    for name in fields:
+        assert "more than 4 decimal places" in errors[("body", name)]
+    assert {e["type"] for e in body(reply)["errors"]} == {"too_many_decimals"}
+
+
+@pytest.mark.parametrize("amount", ["50.0001", "50.00010000", "50", "0.0001"])
+async def test_amounts_at_the_cards_precision_pass(amount: str) -> None:
+    api, pub = make_api()
+    reply = await api.add_funds("acme", AUTH, enc({"amount": amount, "currency": "USD"}))
+    assert reply.status == 202, reply
+    assert len(pub.sent) == 1
+
+
+async def test_a_card_with_fewer_decimals_refuses_more() -> None:
+    api, pub = make_api(decimals=2)
+    reply = await api.add_funds("acme", AUTH, enc({"amount": "1.005", "currency": "USD"}))
+    assert reply.status == 422 and "more than 2 decimal places" in body(reply)["detail"]
+    assert pub.sent == []
+
+
+@pytest.mark.parametrize(
+    ("text", "places"),
+    [("5", 0), ("5.00", 0), ("1.2300", 2), ("0.0001", 4), ("0.000000", 0), ("1E+3", 0)],
+)
+def test_decimal_places(text: str, places: int) -> None:
+    assert decimal_places(Decimal(text)) == places
+
+
+# ----------------------------------------------------------------- Idempotency-Key
+
+
+async def test_the_same_key_with_a_different_body_is_422() -> None:
+    api, pub = make_api()
+    headers = {**AUTH, "Idempotency-Key": "top-up-7"}
+    assert (await api.add_funds("acme", headers, FUNDS)).status == 202
+    other = enc({"amount": "999999.00", "currency": "USD"})
+    reply = await api.add_funds("acme", headers, other)
+    assert reply.status == 422
+    answer = body(reply)
+    assert answer["error"] == "idempotency_key_reused"
+    assert answer["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert "different request" in answer["detail"]
+    assert len(pub.sent) == 1
+
+
+async def test_a_key_is_scoped_per_tenant_and_endpoint() -> None:
+    api, pub = make_api()
+    headers = {**AUTH, "Idempotency-Key": "k-1"}
+    funds = await api.add_funds("acme", headers, FUNDS)
+    other_tenant = await api.add_funds("globex", headers, enc({"amount": "7", "currency": "USD"}))
+    settings = await api.configure_auto_recharge("acme", headers, SETTINGS)
+    assert funds.status == other_tenant.status == settings.status == 202
+    ids = [(key, json.loads(value)["command_id"]) for _, key, value in pub.sent]
+    # Two commands for acme with distinct ids: the processor applies both.
+    assert ids == [(b"acme", "k-1"), (b"globex", "k-1"), (b"acme", "auto-recharge:k-1")]
+    assert body(settings)["command_id"] == "auto-recharge:k-1"
+    assert settings.headers["Idempotency-Key"] == "k-1"
+    # And each endpoint remembers its own request.
+    assert await api.configure_auto_recharge("acme", headers, SETTINGS) == settings
+    assert await api.add_funds("acme", headers, FUNDS) == funds
+    assert len(pub.sent) == 3
+
+
+async def test_a_top_up_key_may_not_take_the_settings_prefix() -> None:
+    reply, errors = await refused(FUNDS, headers={"Idempotency-Key": "auto-recharge:x"})
+    assert reply.status == 422 and "must not start with" in errors[("header", "Idempotency-Key")]
+
+
+def test_settings_command_ids_stay_within_the_contract() -> None:
+    assert command_id_for("funds", "k" * 128) == "k" * 128
+    assert command_id_for("auto-recharge", "k" * 114) == "auto-recharge:" + "k" * 114
+    long = command_id_for("auto-recharge", "k" * 115)
+    assert long.startswith("auto-recharge:sha256:") and len(long) <= 128
+    assert long == command_id_for("auto-recharge", "k" * 115)
+    assert long != command_id_for("auto-recharge", "k" * 116)
+
+
+async def test_a_long_settings_key_publishes_a_valid_command() -> None:
+    api, pub = make_api()
+    reply = await api.configure_auto_recharge(
+        "acme", {**AUTH, "Idempotency-Key": "x" * 128}, SETTINGS
+    )
+    assert reply.status == 202
+    command = decode_command(pub.sent[0][2])
+    assert command.command_id == command_id_for("auto-recharge", "x" * 128)
+
+
+async def test_after_a_failure_the_same_request_is_tried_again_but_not_another() -> None:
+    failing = FakePublisher(fail=ConnectionError("broker down"))
+    api, _ = make_api(failing)
+    headers = {**AUTH, "Idempotency-Key": "k-9"}
+    assert (await api.add_funds("acme", headers, FUNDS)).status == 503
+    failing.fail = None
+    # A different body still refused: the failed send may have landed all the same.
+    other = enc({"amount": "1.00", "currency": "USD"})
+    assert (await api.add_funds("acme", headers, other)).status == 422
+    retried = await api.add_funds("acme", headers, FUNDS)
+    assert retried.status == 202 and len(failing.sent) == 1
+    assert await api.add_funds("acme", headers, FUNDS) == retried
+    assert len(failing.sent) == 1
+
+
+async def test_concurrent_requests_with_one_key_publish_once() -> None:
+    class Slow(FakePublisher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+
+        async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+            await self.release.wait()
+            await super().publish(topic, key, value)
+
+    slow = Slow()
+    api, _ = make_api(slow)
+    headers = {**AUTH, "Idempotency-Key": "twice"}
+    both = asyncio.gather(
+        api.add_funds("acme", headers, FUNDS), api.add_funds("acme", headers, FUNDS)
+    )
+    await asyncio.sleep(0)
+    slow.release.set()
+    first, second = await both
+    assert first.status == 202 and first == second
+    assert len(slow.sent) == 1
+
+
+async def test_without_a_key_nothing_is_remembered() -> None:
+    api, pub = make_api()
+    assert (await api.add_funds("acme", AUTH, FUNDS)).status == 202
+    assert (
+        await api.add_funds("acme", AUTH, enc({"amount": "1", "currency": "USD"}))
+    ).status == 202
+    assert len(api.idempotency) == 0 and len(pub.sent) == 2
+    # The answer names the key to retry with; for settings it maps to the same id.
+    settings = await api.configure_auto_recharge("acme", AUTH, SETTINGS)
+    assert settings.headers["Idempotency-Key"] == "generated-id"
+    assert body(settings)["command_id"] == "auto-recharge:generated-id"
+
+
+async def test_the_idempotency_cache_is_bounded_by_count_bytes_and_age() -> None:
+    now = [0.0]
+    cache = IdempotencyCache(max_entries=3, max_bytes=10_000, ttl=60, clock=lambda: now[0])
+    for i in range(5):
+        cache.remember(("acme", "funds", f"k{i}"), (("amount", "1"),))
+    assert len(cache) == 3
+    assert cache.get(("acme", "funds", "k0")) is None
+    assert cache.get(("acme", "funds", "k4")) is not None
+    by_bytes = IdempotencyCache(max_entries=1_000, max_bytes=20_000, clock=lambda: now[0])
+    for i in range(100):
+        by_bytes.remember(("acme", "funds", f"key-{i:03d}" + "x" * 100), (("amount", "1"),))
+        assert by_bytes.bytes <= 20_000
+    assert 5 < len(by_bytes) < 20
+    now[0] = 61.0
+    assert cache.get(("acme", "funds", "k4")) is None
+    assert len(cache) == 0 and cache.bytes == 0
+
+
+async def test_the_api_holds_its_cache_within_bounds() -> None:
+    api, _ = make_api(idempotency=IdempotencyCache(max_entries=50))
+    for i in range(200):
+        headers = {**AUTH, "Idempotency-Key": f"k-{i}"}
+        assert (await api.add_funds("acme", headers, FUNDS)).status == 202
+    assert len(api.idempotency) == 50

@@ -130,6 +130,9 @@ def test_without_a_key_a_fresh_command_id_is_printed(
         (["auto-recharge", "set", "acme", "--amount", "0", "--trigger", "1"], "recharge_amount"),
         (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "-1"], "trigger_balance"),
         (["auto-recharge", "disable", "acme", "--amount", "5"], "both --amount and --trigger"),
+        # The example card keeps 4 decimal places; the processor would reject more.
+        (["add-funds", "acme", "5.00001"], "more than 4 decimal places"),
+        (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "0.12345"], "trigger"),
     ],
 )
 def test_invalid_values_exit_2_before_anything_is_sent(

@@ -146,6 +146,61 @@ def test_the_rate_card_configmap_is_a_valid_card(tmp_path: Path) -> None:
     assert card.currency == "USD"
 
 
+def test_the_pods_carry_no_service_account_token() -> None:
+    pod = by_kind("StatefulSet")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def rule_ports(rule: dict[str, Any]) -> set[tuple[str, int | str]]:
+    return {(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]}
+
+
+def test_the_network_policy_lets_in_only_the_service_port_and_out_only_kafka_and_dns() -> None:
+    policy = by_kind("NetworkPolicy")
+    sts = by_kind("StatefulSet")
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    # Both directions listed: whatever no rule allows is denied.
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    [container] = sts["spec"]["template"]["spec"]["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service_ports = {
+        (p.get("protocol", "TCP"), p["targetPort"])
+        for _, d in k8s_docs()
+        if d["kind"] == "Service"
+        for p in d["spec"]["ports"]
+    }
+
+    # In: every rule names ports (a rule without ports opens them all), only the
+    # Services' ports, which are the container's named ports.
+    for rule in spec["ingress"]:
+        assert rule_ports(rule) <= service_ports, rule
+        assert all(port in named for _, port in rule_ports(rule))
+
+    # Out: Kafka's port (from the bootstrap servers the workers are given), DNS, and
+    # the other workers' HTTP port (forwarded reads), nothing else.
+    bootstrap = env_of(container)["KAFKA_BOOTSTRAP_SERVERS"]["value"]
+    kafka_ports = {int(server.rsplit(":", 1)[1]) for server in bootstrap.split(",")}
+    allowed_anywhere = {("TCP", port) for port in kafka_ports} | {("UDP", 53), ("TCP", 53)}
+    to_workers = set()
+    for rule in spec["egress"]:
+        ports = rule_ports(rule)
+        assert ports, f"an egress rule without ports opens every port: {rule}"
+        if "to" in rule:
+            [peer] = rule["to"]
+            assert peer == {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "credits-meter"}}
+            }
+            assert peer["podSelector"]["matchLabels"].items() <= labels.items()
+            to_workers |= ports
+        else:
+            assert ports <= allowed_anywhere, rule
+    assert to_workers == {("TCP", "http")}
+    covered = set().union(*(rule_ports(r) for r in spec["egress"] if "to" not in r))
+    assert covered == allowed_anywhere
+
+
 def test_podmonitor_scrapes_what_the_alert_rules_select() -> None:
     """PodMonitor is a CRD, not in the built-in schemas: check its shape by hand."""
     monitor = by_kind("PodMonitor")
@@ -206,7 +261,7 @@ def test_compose_runs_kraft_kafka_two_workers_prometheus_and_grafana() -> None:
         assert "METER_ADMIN_TOKEN" in env
         assert (DEPLOY / worker["build"]["context"] / worker["build"]["dockerfile"]).is_file()
         [port] = worker["ports"]
-        host, container = port.split(":")
+        _, host, container = port.split(":")
         assert container == str(WORKER_PORT)
         host_ports.append(host)
         mounts = dict(v.split(":", 2)[1::-1] for v in worker["volumes"])
@@ -223,6 +278,27 @@ def test_compose_runs_kraft_kafka_two_workers_prometheus_and_grafana() -> None:
     }
     grafana = services["grafana"]
     assert any("/etc/grafana/provisioning/dashboards" in v for v in grafana["volumes"])
+
+
+def test_compose_publishes_nothing_beyond_localhost() -> None:
+    """Kafka's listeners are PLAINTEXT and the read API has no auth: loopback only."""
+    published = {
+        name: service["ports"]
+        for name, service in compose()["services"].items()
+        if "ports" in service
+    }
+    assert "kafka" in published
+    for name, ports in published.items():
+        for port in ports:
+            # host_ip:host_port:container_port; "29092:29092" would bind every interface.
+            host_ip, _, _ = str(port).split(":")
+            assert host_ip == "127.0.0.1", f"{name}: {port}"
+
+
+def test_compose_takes_grafanas_admin_password_from_the_environment() -> None:
+    env = compose()["services"]["grafana"]["environment"]
+    # ${VAR:?message}: compose refuses to start without it; no well-known default.
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", env["GF_SECURITY_ADMIN_PASSWORD"])
 
 
 def test_compose_bind_mounts_exist() -> None:
