@@ -338,8 +338,10 @@ def configure_auto_recharge(
 ) -> Transition:
     """New settings replace the old ones and lift a suspension.
 
-    A request already with billing stays open (billing may still be charging it), but
-    one waiting to be retried is dropped when the new settings disable auto-recharge.
+    A request already with billing stays open (billing may still be charging it, and
+    its funds still close it), but one waiting to be retried is dropped when the new
+    settings disable auto-recharge. If the open one then fails or times out while
+    auto-recharge is off, it ends quietly (`_fail_attempt`).
     """
     b = _Builder(account, cause, now)
     pending = account.pending
@@ -353,11 +355,25 @@ def configure_auto_recharge(
 
 
 def apply_recharge_failed(
-    account: Account, request_id: str, cause: Cause, now: datetime, policy: RechargePolicy
+    account: Account,
+    request_id: str,
+    cause: Cause,
+    now: datetime,
+    policy: RechargePolicy,
+    attempt: int | None = None,
 ) -> Transition:
+    """Billing could not charge a request's attempt.
+
+    An answer naming its `attempt` counts only for the attempt outstanding: a late
+    failure of an earlier attempt (one the timer already counted) changes nothing. An
+    answer without `attempt` is taken for the attempt outstanding, as it always was.
+    """
     pending = account.pending
     if pending is None or pending.request_id != request_id:
         return Transition(account, ignored="unknown_or_closed_request", changed=False)
+    if attempt is not None and attempt != pending.attempt:
+        note = "earlier_attempt" if attempt < pending.attempt else "unknown_attempt"
+        return Transition(account, ignored=note, changed=False)
     if pending.status is RechargeStatus.FAILED:
         return Transition(account, ignored="attempt_already_failed", changed=False)
     return _fail_attempt(account, pending, cause, now, policy, "failed")
@@ -413,6 +429,12 @@ def _fail_attempt(
     b = _Builder(account, cause, now)
     b.recharge.append(how)
     settings = account.auto_recharge
+    if settings is None or not settings.enabled:
+        # Auto-recharge was turned off while this attempt was with billing: the
+        # request ends quietly, with no retry, no suspension and no alert.
+        b.recharge.append("dropped")
+        b.account = replace(account, pending=None, updated_at=now)
+        return b.done()
     if pending.attempt >= policy.max_attempts:
         b.recharge.append("suspended")
         suspended = replace(settings, suspended=True) if settings is not None else None

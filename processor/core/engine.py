@@ -205,7 +205,7 @@ class Engine:
             transition = acc.configure_auto_recharge(account, settings, cause, now)
         else:
             transition = acc.apply_recharge_failed(
-                account, cmd.recharge_request_id, cause, now, self.policy
+                account, cmd.recharge_request_id, cause, now, self.policy, cmd.attempt
             )
         return self._commit(stored, key, cmd.occurred_at, now, position, transition)
 
