@@ -27,6 +27,7 @@ from processor.core.account import (
     is_exhausted,
 )
 from processor.core.engine import TimerTick
+from processor.core.money import Unit
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from schemas.types import format_money, format_timestamp, parse_timestamp
 
@@ -105,6 +106,24 @@ def _settings(data: dict[str, Any]) -> AutoRecharge:
     return shared
 
 
+_shared_units: dict[tuple[str, int], Unit] = {}
+
+
+def _unit(data: dict[str, Any], default: Unit | None) -> Unit | None:
+    """The value's currency and decimals; `default` for a value written before they
+    were stored (the running card's, when the caller knows it)."""
+    currency = data.get("currency")
+    if currency is None:
+        return default
+    key = (str(currency), int(data["decimals"]))
+    shared = _shared_units.get(key)
+    if shared is None:
+        shared = Unit(*key)
+        if len(_shared_units) < _SHARED_MAX:
+            _shared_units[key] = shared
+    return shared
+
+
 # ---- account state ---------------------------------------------------------------
 
 
@@ -163,7 +182,7 @@ def account_from_dict(data: dict[str, Any]) -> Account:
 
 
 def stored_to_dict(stored: StoredAccount) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "v": 2,
         "account": account_to_dict(stored.account),
         "seq": stored.seq,
@@ -181,9 +200,16 @@ def stored_to_dict(stored: StoredAccount) -> dict[str, Any]:
             for entry in stored.outbox
         ],
     }
+    unit = stored.unit
+    if unit is not None:
+        # The unit of the balance and every amount in this value (core/money.py).
+        data["currency"] = unit.currency
+        data["decimals"] = unit.decimals
+    return data
 
 
-def stored_from_dict(data: dict[str, Any]) -> StoredAccount:
+def stored_from_dict(data: dict[str, Any], default_unit: Unit | None = None) -> StoredAccount:
+    """A stored value; one written before units were stored takes `default_unit`."""
     return StoredAccount(
         account=account_from_dict(data["account"]),
         seq=int(data["seq"]),
@@ -198,6 +224,7 @@ def stored_from_dict(data: dict[str, Any]) -> StoredAccount:
             )
             for e in data["outbox"]
         ),
+        unit=_unit(data, default_unit),
     )
 
 
@@ -205,8 +232,8 @@ def dump_stored(stored: StoredAccount) -> bytes:
     return dumps(stored_to_dict(stored))
 
 
-def load_stored(raw: bytes) -> StoredAccount:
-    return stored_from_dict(orjson.loads(raw))
+def load_stored(raw: bytes, default_unit: Unit | None = None) -> StoredAccount:
+    return stored_from_dict(orjson.loads(raw), default_unit)
 
 
 class Undecoded:
@@ -218,7 +245,7 @@ class Undecoded:
     a value the first time it is read (`processor/store.py`).
     """
 
-    __slots__ = ("exhausted", "order", "pending", "raw")
+    __slots__ = ("exhausted", "order", "pending", "raw", "unit")
 
     def __init__(self, raw: bytes) -> None:
         data = orjson.loads(raw)
@@ -228,6 +255,8 @@ class Undecoded:
         self.order = (int(data.get("epoch", 0)), int(data.get("gen", 0)), int(data["seq"]))
         self.exhausted = is_exhausted(Decimal(account["balance"]))
         self.pending = account.get("pending") is not None
+        # Checked against the running card's as the value is read (processor/store.py).
+        self.unit = _unit(data, None)
 
     def decode(self) -> StoredAccount:
         return load_stored(self.raw)

@@ -33,6 +33,7 @@ from faust.types import TP, EventT
 
 from processor.changelog_reader import ChangelogReader
 from processor.codec import Undecoded
+from processor.core.money import Unit, check_unit
 from processor.core.stored import Mark, StoredAccount, newer
 from processor.routing import partition_for
 from processor.tally import AccountTally
@@ -52,6 +53,9 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     reader: ChangelogReader | None = None
     # The accounts table's counts per partition (processor/tally.py).
     tally: AccountTally | None = None
+    # The running rate card's currency and decimals: an account value read back in
+    # another currency, or at more decimals, stops the worker (core/money.py).
+    unit: Unit | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,6 +119,10 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         if not isinstance(value, (StoredAccount, Undecoded)):  # a tuple: faster than a union
             self._hold(key, value)
             return
+        running = self.unit
+        if running is not None and value.unit is not None and value.unit != running:
+            # Raised out of the rebalance: the worker stops (processor/cli.py, exit 2).
+            check_unit(value.unit, running, str(key))
         current = self.data.get(key)
         if newer(current, value):
             if isinstance(value, StoredAccount):

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
+from processor.core.money import EXACT
 from processor.core.values import fast_init, replace
 
 ZERO = Decimal(0)
@@ -205,7 +206,8 @@ class _Builder:
     def move_balance(self, signed_amount: Decimal, debit: Debit | None = None) -> None:
         """Change the balance by exactly one ledger entry, and raise the state alerts."""
         before = self.account
-        after_balance = before.balance + signed_amount
+        # Exact or raising, never rounded under the default context (core/money.py).
+        after_balance = EXACT.add(before.balance, signed_amount)
         self.account = replace(
             before, balance=after_balance, entries=before.entries + 1, updated_at=self.now
         )
@@ -214,7 +216,7 @@ class _Builder:
                 entry_id=derive_id("ledger", before.tenant_id, self.cause.topic, self.cause.id),
                 tenant_id=before.tenant_id,
                 kind="debit" if signed_amount < 0 else "credit",
-                amount=abs(signed_amount),
+                amount=EXACT.abs(signed_amount),
                 balance_after=after_balance,
                 cause_topic=self.cause.topic,
                 cause_id=self.cause.id,
@@ -303,7 +305,7 @@ def apply_debit(account: Account, debit: Debit, cause: Cause, now: datetime) -> 
     if debit.amount == ZERO:
         return Transition(account, changed=False)
     b = _Builder(account, cause, now)
-    b.move_balance(-debit.amount, debit)
+    b.move_balance(EXACT.minus(debit.amount), debit)
     b.request_recharge_if_due()
     return b.done()
 

@@ -291,7 +291,9 @@ class Engine:
         self, stored: StoredAccount | None, position: Position, transition: acc.Transition
     ) -> Outcome:
         base = stored if stored is not None else StoredAccount(transition.account)
-        updated = base.advance(transition.account, position, self.delivered, self.generation)
+        updated = base.advance(
+            transition.account, position, self.delivered, self.generation, self.card.unit
+        )
         self.accounts[transition.account.tenant_id] = updated
         return Outcome(
             Status.APPLIED,

@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from processor.core.account import Account, Output
+from processor.core.money import Unit
 from processor.core.values import fast_init, replace
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
@@ -98,6 +99,9 @@ class StoredAccount:
     epoch: int = 0
     applied: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     outbox: tuple[OutboxEntry, ...] = ()
+    # The currency and decimals the balance is kept in (the rate card's when it was
+    # written); None for a value written before units were stored (core/money.py).
+    unit: Unit | None = None
 
     @property
     def order(self) -> tuple[int, int, int]:
@@ -118,11 +122,13 @@ class StoredAccount:
         position: Position,
         delivered: Callable[[str, OutboxEntry], bool],
         generation: int = 0,
+        unit: Unit | None = None,
     ) -> StoredAccount:
         """The value after applying the record at `position`: one atomic write.
 
         It holds no outputs of its own: the worker produces a value only after the
-        outputs of every record it applied are in Kafka (docs/guarantees.md).
+        outputs of every record it applied are in Kafka (docs/guarantees.md). `unit`
+        is the running card's (this value's is kept when None).
         """
         seq = self.seq + 1
         tenant = account.tenant_id
@@ -130,7 +136,13 @@ class StoredAccount:
         applied = dict(self.applied)
         applied[position.tp] = max(position.offset, applied.get(position.tp, -1))
         return StoredAccount(
-            account, seq, generation, self.epoch_for(generation), MappingProxyType(applied), kept
+            account,
+            seq,
+            generation,
+            self.epoch_for(generation),
+            MappingProxyType(applied),
+            kept,
+            self.unit if unit is None else unit,
         )
 
     def epoch_for(self, generation: int) -> int:
