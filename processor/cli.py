@@ -56,6 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 TopicNames.from_settings(cfg),
                 cfg.partitions,
                 cfg.replication_factor,
+                ledger_retention_ms=cfg.ledger_retention_ms,
                 **kafka_client_options(cfg),
             )
         )
@@ -88,10 +89,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def startup_refusal(exc: BaseException | None) -> str | None:
     """The message of a refusal to start, if `exc` is one or was caused by one."""
     from processor.core.money import UnitMismatch
+    from processor.core.stored import InputsRewound
 
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, UnitMismatch):
+        if isinstance(exc, UnitMismatch | InputsRewound):
             return str(exc)
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

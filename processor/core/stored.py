@@ -32,7 +32,7 @@ thus ignored, and the event is applied when its record is replayed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -179,3 +179,40 @@ def newer(current: Ordered | None, incoming: Ordered) -> bool:
 
 def never_delivered(_tenant: str, _entry: OutboxEntry) -> bool:
     return False
+
+
+class InputsRewound(RuntimeError):
+    """Input partitions whose offsets restarted below what the accounts applied."""
+
+
+def highest_applied(values: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Per `topic:partition`, the highest offset any of these `applied` maps holds."""
+    highest: dict[str, int] = {}
+    for applied in values:
+        for tp, offset in applied.items():
+            if offset > highest.get(tp, -1):
+                highest[tp] = offset
+    return highest
+
+
+def rewound_inputs(applied: Mapping[str, int], ends: Mapping[str, int]) -> list[str]:
+    """Input partitions whose log is shorter than what the accounts have applied.
+
+    `applied` is `highest_applied` over the account values; `ends` the partitions' end
+    offsets now (the offset the next record will get). An account that applied offset
+    o of a partition whose end is at or below o saw records that are no longer there:
+    the topic was deleted and re-created (or truncated), and its offsets started again.
+    Its new records would be taken for ones already applied (a record at or below
+    `applied` counts as replayed) and never reach a balance, so each such partition is
+    described here, for a refusal; none: the logs are where the accounts left them.
+    """
+    problems = []
+    for tp in sorted(ends):
+        done = applied.get(tp)
+        if done is not None and done >= ends[tp]:
+            problems.append(
+                f"input {tp} ends at offset {ends[tp]}, but accounts have applied its records "
+                f"up to offset {done}: the topic was deleted and re-created (or truncated), "
+                "and its new records would be skipped as already applied"
+            )
+    return problems
