@@ -136,6 +136,7 @@ def account_to_dict(account: Account) -> dict[str, Any]:
         "balance": format_money(account.balance),
         "entries": account.entries,
         "requests_issued": account.requests_issued,
+        "status_seq": account.status_seq,
         "updated_at": _ts(account.updated_at),
         "auto_recharge": None
         if ar is None
@@ -166,6 +167,7 @@ def account_from_dict(data: dict[str, Any]) -> Account:
         balance=Decimal(data["balance"]),
         entries=int(data["entries"]),
         requests_issued=int(data.get("requests_issued", 0)),
+        status_seq=int(data.get("status_seq", 0)),
         updated_at=_own_dt(data.get("updated_at")),
         auto_recharge=None if ar is None else _settings(ar),
         pending=None
@@ -306,7 +308,7 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             entry["billed_seconds"] = out.billed_seconds
         return entry
     if isinstance(out, AlertOut):
-        return {
+        alert: dict[str, Any] = {
             "type": "balance_alert",
             "alert_id": out.alert_id,
             "tenant_id": out.tenant_id,
@@ -315,6 +317,9 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             "currency": currency,
             "occurred_at": _at(out.occurred_at),
         }
+        if out.status_seq is not None:
+            alert["status_seq"] = out.status_seq
+        return alert
     assert isinstance(out, RechargeOut)
     return {
         "type": "recharge_requested",
@@ -362,6 +367,7 @@ def output_from_dict(data: dict[str, Any]) -> Output:
             alert=AlertKind(data["alert"]),
             balance=Decimal(data["balance"]),
             occurred_at=parse_timestamp(data["occurred_at"]),
+            status_seq=data.get("status_seq"),
         )
     if kind == "recharge_requested":
         return RechargeOut(

@@ -88,6 +88,9 @@ class Account:
     entries: int = 0
     # Recharge requests issued so far; numbers the next request id.
     requests_issued: int = 0
+    # exhausted/restored alerts published so far: the last one's status_seq. Only grows
+    # along the account's history, so the highest a consumer saw is the latest status.
+    status_seq: int = 0
 
     @property
     def exhausted(self) -> bool:
@@ -139,6 +142,8 @@ class AlertOut:
     alert: AlertKind
     balance: Decimal
     occurred_at: datetime
+    # exhausted/restored only: the account's status_seq after this alert.
+    status_seq: int | None = None
 
 
 @fast_init
@@ -191,6 +196,11 @@ class _Builder:
 
     def alert(self, kind: AlertKind, tag: str = "") -> None:
         acct = self.account
+        status_seq = None
+        if kind is AlertKind.EXHAUSTED or kind is AlertKind.RESTORED:
+            # A status alert: numbered along the account's history.
+            status_seq = acct.status_seq + 1
+            self.account = acct = replace(acct, status_seq=status_seq)
         self.outputs.append(
             AlertOut(
                 alert_id=derive_id(
@@ -200,6 +210,7 @@ class _Builder:
                 alert=kind,
                 balance=acct.balance,
                 occurred_at=self.now,
+                status_seq=status_seq,
             )
         )
 

@@ -590,6 +590,7 @@ def check_step(
             balance=a.balance,
             currency=card.currency,
             occurred_at=a.occurred_at,
+            status_seq=a.status_seq,
         )
 
     # -- recharge requests: one outstanding at most, attempts 1, 2, 3 of one id

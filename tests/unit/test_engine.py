@@ -77,6 +77,7 @@ def contract_model(out: acc.Output, currency: str = "USD") -> Any:
             balance=out.balance,
             currency=currency,
             occurred_at=out.occurred_at,
+            status_seq=out.status_seq,
         )
     return RechargeRequested(
         request_id=out.request_id,
