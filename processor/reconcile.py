@@ -266,12 +266,8 @@ async def reconcile(
     report.ledger_complete = not removed_by_retention(names.ledger, bounds, report)
     sums = check_ledger(ledger, report)
     # An input deleted and re-created: its offsets restarted below what accounts applied.
-    stored = [
-        json.loads(r.value)
-        for r in await read_topic(bootstrap, names.accounts_changelog, **client_options)
-        if r.value
-    ]
-    applied = highest_applied(value.get("applied", {}) for value in stored)
+    values = await read_topic(bootstrap, names.accounts_changelog, **client_options)
+    applied = highest_applied(json.loads(r.value).get("applied", {}) for r in values if r.value)
     report.problems.extend(rewound_inputs(applied, ends))
     requests = [
         json.loads(r.value)
