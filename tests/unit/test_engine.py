@@ -611,6 +611,32 @@ def test_auto_recharge_funds_naming_their_attempt_close_the_request(
     assert h.account().pending is None
 
 
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"type": "recharge_failed", "reason": "x", "recharge_request_id": "r", "attempt": 0},
+         "attempt"),
+        ({"type": "recharge_failed", "reason": "x", "recharge_request_id": "r", "attempt": True},
+         "attempt"),
+        ({"type": "recharge_failed", "reason": "x", "recharge_request_id": "r", "attempt": "2"},
+         "attempt"),
+        ({"type": "funds_added", "amount": "1.00", "currency": "USD", "source": "manual",
+          "attempt": 1}, "needs recharge_request_id"),
+    ],
+)  # fmt: skip
+def test_an_attempt_must_be_a_positive_integer_naming_a_request(
+    body: dict[str, Any], problem: str
+) -> None:
+    import json
+
+    from schemas import DecodeError, decode_command
+
+    command = {"command_id": "c", "tenant_id": TENANT, "occurred_at": "2026-11-23T10:00:00Z"}
+    with pytest.raises(DecodeError, match=problem) as raised:
+        decode_command(json.dumps({**command, **body}).encode())
+    assert raised.value.reason == "invalid_event"
+
+
 @pytest.mark.parametrize("via_timeout", [False, True])
 def test_disabling_while_the_last_attempt_is_out_ends_it_quietly(
     harness: Harness, inputs: Inputs, via_timeout: bool
