@@ -205,6 +205,7 @@ class Meter:
             table.changelog_topic = table._new_changelog_topic()
             if isinstance(table.data, store.SeqMemoryStore):
                 table.data.tally = self.tally if table is self.accounts else None
+                table.data.unit = card.unit if table is self.accounts else None
                 table.data.reader = ChangelogReader(
                     broker.bootstrap,
                     kafka_options.kafka_client_options(cfg),

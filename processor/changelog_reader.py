@@ -105,3 +105,25 @@ class ChangelogReader:
             time.perf_counter() - began,
         )
         return {TP(tp.topic, tp.partition): end[tp] - 1 for tp in parts}
+
+    async def end_offsets(self, tps: Iterable[str]) -> dict[str, int]:
+        """The end offsets of those `topic:partition`s that exist now."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.client_options
+        )
+        await consumer.start()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+            parts = []
+            for tp in tps:
+                topic, _, partition = tp.rpartition(":")
+                if partition.isdigit() and int(partition) in (
+                    cluster.partitions_for_topic(topic) or ()
+                ):
+                    parts.append(TopicPartition(topic, int(partition)))
+            if not parts:
+                return {}
+            end = await consumer.end_offsets(parts)
+            return {f"{tp.topic}:{tp.partition}": offset for tp, offset in end.items()}
+        finally:
+            await consumer.stop()

@@ -59,6 +59,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 TopicNames.from_settings(cfg),
                 cfg.partitions,
                 cfg.replication_factor,
+                ledger_retention_ms=cfg.ledger_retention_ms,
                 **kafka_client_options(cfg),
             )
         )
@@ -75,8 +76,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
         quiet=True,
         logging_config=logging_config(cfg.log_format, cfg.log_level),
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        # Faust exits 1 on any crash; a refusal found while recovering the accounts
+        # (processor/store.py) is a configuration mistake: say it plainly, exit 2.
+        refusal = startup_refusal(worker.crash_reason or meter.app.crash_reason)
+        if refusal is None:
+            raise
+        print(f"meter worker: refusing to start: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
+
+
+def startup_refusal(exc: BaseException | None) -> str | None:
+    """The message of a refusal to start, if `exc` is one or was caused by one."""
+    from processor.core.money import UnitMismatch
+    from processor.core.stored import InputsRewound
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UnitMismatch | InputsRewound):
+            return str(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # A worker keeps every dedupe mark of its window and every account in memory, and

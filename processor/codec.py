@@ -27,6 +27,7 @@ from processor.core.account import (
     is_exhausted,
 )
 from processor.core.engine import TimerTick
+from processor.core.money import Unit
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from schemas.types import format_money, format_timestamp, parse_timestamp
 
@@ -105,6 +106,24 @@ def _settings(data: dict[str, Any]) -> AutoRecharge:
     return shared
 
 
+_shared_units: dict[tuple[str, int], Unit] = {}
+
+
+def _unit(data: dict[str, Any], default: Unit | None) -> Unit | None:
+    """The value's currency and decimals; `default` for a value written before they
+    were stored (the running card's, when the caller knows it)."""
+    currency = data.get("currency")
+    if currency is None:
+        return default
+    key = (str(currency), int(data["decimals"]))
+    shared = _shared_units.get(key)
+    if shared is None:
+        shared = Unit(*key)
+        if len(_shared_units) < _SHARED_MAX:
+            _shared_units[key] = shared
+    return shared
+
+
 # ---- account state ---------------------------------------------------------------
 
 
@@ -117,6 +136,7 @@ def account_to_dict(account: Account) -> dict[str, Any]:
         "balance": format_money(account.balance),
         "entries": account.entries,
         "requests_issued": account.requests_issued,
+        "status_seq": account.status_seq,
         "updated_at": _ts(account.updated_at),
         "auto_recharge": None
         if ar is None
@@ -147,6 +167,7 @@ def account_from_dict(data: dict[str, Any]) -> Account:
         balance=Decimal(data["balance"]),
         entries=int(data["entries"]),
         requests_issued=int(data.get("requests_issued", 0)),
+        status_seq=int(data.get("status_seq", 0)),
         updated_at=_own_dt(data.get("updated_at")),
         auto_recharge=None if ar is None else _settings(ar),
         pending=None
@@ -163,7 +184,7 @@ def account_from_dict(data: dict[str, Any]) -> Account:
 
 
 def stored_to_dict(stored: StoredAccount) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "v": 2,
         "account": account_to_dict(stored.account),
         "seq": stored.seq,
@@ -181,9 +202,16 @@ def stored_to_dict(stored: StoredAccount) -> dict[str, Any]:
             for entry in stored.outbox
         ],
     }
+    unit = stored.unit
+    if unit is not None:
+        # The unit of the balance and every amount in this value (core/money.py).
+        data["currency"] = unit.currency
+        data["decimals"] = unit.decimals
+    return data
 
 
-def stored_from_dict(data: dict[str, Any]) -> StoredAccount:
+def stored_from_dict(data: dict[str, Any], default_unit: Unit | None = None) -> StoredAccount:
+    """A stored value; one written before units were stored takes `default_unit`."""
     return StoredAccount(
         account=account_from_dict(data["account"]),
         seq=int(data["seq"]),
@@ -198,6 +226,7 @@ def stored_from_dict(data: dict[str, Any]) -> StoredAccount:
             )
             for e in data["outbox"]
         ),
+        unit=_unit(data, default_unit),
     )
 
 
@@ -205,8 +234,8 @@ def dump_stored(stored: StoredAccount) -> bytes:
     return dumps(stored_to_dict(stored))
 
 
-def load_stored(raw: bytes) -> StoredAccount:
-    return stored_from_dict(orjson.loads(raw))
+def load_stored(raw: bytes, default_unit: Unit | None = None) -> StoredAccount:
+    return stored_from_dict(orjson.loads(raw), default_unit)
 
 
 class Undecoded:
@@ -218,16 +247,24 @@ class Undecoded:
     a value the first time it is read (`processor/store.py`).
     """
 
-    __slots__ = ("exhausted", "order", "pending", "raw")
+    __slots__ = ("exhausted", "order", "pending", "raw", "unit")
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, highest: dict[str, int] | None = None) -> None:
         data = orjson.loads(raw)
         account = data["account"]
+        if highest is not None:
+            # The highest offset applied per input partition over the values read,
+            # kept by the caller (core/stored.py, rewound_inputs): 0.25 us a value.
+            for tp, offset in data["applied"].items():
+                if offset > highest.get(tp, -1):
+                    highest[tp] = offset
         self.raw = raw
         # As in stored_from_dict and StoredAccount.order.
         self.order = (int(data.get("epoch", 0)), int(data.get("gen", 0)), int(data["seq"]))
         self.exhausted = is_exhausted(Decimal(account["balance"]))
         self.pending = account.get("pending") is not None
+        # Checked against the running card's as the value is read (processor/store.py).
+        self.unit = _unit(data, None)
 
     def decode(self) -> StoredAccount:
         return load_stored(self.raw)
@@ -271,7 +308,7 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             entry["billed_seconds"] = out.billed_seconds
         return entry
     if isinstance(out, AlertOut):
-        return {
+        alert: dict[str, Any] = {
             "type": "balance_alert",
             "alert_id": out.alert_id,
             "tenant_id": out.tenant_id,
@@ -280,6 +317,9 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             "currency": currency,
             "occurred_at": _at(out.occurred_at),
         }
+        if out.status_seq is not None:
+            alert["status_seq"] = out.status_seq
+        return alert
     assert isinstance(out, RechargeOut)
     return {
         "type": "recharge_requested",
@@ -327,6 +367,7 @@ def output_from_dict(data: dict[str, Any]) -> Output:
             alert=AlertKind(data["alert"]),
             balance=Decimal(data["balance"]),
             occurred_at=parse_timestamp(data["occurred_at"]),
+            status_seq=data.get("status_seq"),
         )
     if kind == "recharge_requested":
         return RechargeOut(

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         default=3, validation_alias="METER_RECHARGE_MAX_ATTEMPTS", ge=1
     )
     dedupe_days: float = Field(default=7, validation_alias="METER_DEDUPE_DAYS", gt=0)
+    # retention.ms of credits.ledger when a worker creates it; -1 keeps it forever.
+    ledger_retention_ms: int = Field(
+        default=-1, validation_alias="METER_LEDGER_RETENTION_MS", ge=-1
+    )
     # How often the recharge timer looks for timed-out or retry-due requests.
     timer_interval_seconds: float = Field(
         default=5.0, validation_alias="METER_TIMER_INTERVAL_SECONDS", gt=0

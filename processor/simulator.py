@@ -461,6 +461,7 @@ def make_funds_added(
     *,
     source: Literal["manual", "auto_recharge"] = "manual",
     recharge_request_id: str | None = None,
+    attempt: int | None = None,
 ) -> dict[str, Any]:
     # A str amount is passed through untouched: billing echoes the request's amount.
     command: dict[str, Any] = {
@@ -476,6 +477,8 @@ def make_funds_added(
         if recharge_request_id is None:
             raise ValueError("auto_recharge funds need the recharge_request_id")
         command["recharge_request_id"] = recharge_request_id
+        if attempt is not None:
+            command["attempt"] = attempt
     return command
 
 
@@ -494,9 +497,14 @@ def make_auto_recharge_configured(
 
 
 def make_recharge_failed(
-    tenant_id: str, recharge_request_id: str, reason: str, now: datetime, command_id: str
+    tenant_id: str,
+    recharge_request_id: str,
+    reason: str,
+    now: datetime,
+    command_id: str,
+    attempt: int | None = None,
 ) -> dict[str, Any]:
-    return {
+    command: dict[str, Any] = {
         "type": "recharge_failed",
         "command_id": command_id,
         "tenant_id": tenant_id,
@@ -504,6 +512,10 @@ def make_recharge_failed(
         "recharge_request_id": recharge_request_id,
         "reason": reason,
     }
+    if attempt is not None:
+        # Which attempt failed: a late answer can then never fail a later attempt.
+        command["attempt"] = attempt
+    return command
 
 
 def encode(value: Mapping[str, Any]) -> bytes:
@@ -682,6 +694,7 @@ class BillingBook:
                 self._rng.choice(FAILURE_REASONS),
                 now,
                 _answer_id("failed", request_id, attempt),
+                attempt,
             )
         self._remember(self._paid, request_id)
         return make_funds_added(
@@ -692,6 +705,7 @@ class BillingBook:
             _answer_id("paid", request_id),
             source="auto_recharge",
             recharge_request_id=request_id,
+            attempt=attempt,
         )
 
     def _remember(self, book: OrderedDict[Any, None], item: Any) -> None:

@@ -33,7 +33,8 @@ from faust.types import TP, EventT
 
 from processor.changelog_reader import ChangelogReader
 from processor.codec import Undecoded
-from processor.core.stored import Mark, StoredAccount, newer
+from processor.core.money import Unit, check_unit
+from processor.core.stored import InputsRewound, Mark, StoredAccount, newer, rewound_inputs
 from processor.routing import partition_for
 from processor.tally import AccountTally
 
@@ -56,6 +57,9 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     # starts their transactional producers there, which fences any earlier owner.
     # (and the rebalance's generation, so that the two tables' stores fence once)
     fence: Callable[[set[int], int], Awaitable[None]] | None = None
+    # The running rate card's currency and decimals: an account value read back in
+    # another currency, or at more decimals, stops the worker (core/money.py).
+    unit: Unit | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,9 +97,11 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         if self.reader is not None and mine:
             table: Any = self.table
             keys = codecs.get_codec(table.key_serializer).loads
+            # The highest offset the accounts read have applied, per input partition.
+            highest: dict[str, int] = {}
             # Account values are decoded when first read (codec.Undecoded).
             values = (
-                Undecoded
+                (lambda raw: Undecoded(raw, highest))
                 if self.tally is not None
                 else codecs.get_codec(table.value_serializer).loads
             )
@@ -107,6 +113,20 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
                     self._apply(partition, keys(key), None if value is None else values(value))
 
             self._read_to = await self.reader.read(mine, apply)
+            if highest:
+                await self._check_inputs(self.reader, highest)
+
+    async def _check_inputs(self, reader: ChangelogReader, highest: dict[str, int]) -> None:
+        """Refuse inputs whose offsets restarted below what the accounts applied: a
+        topic deleted and re-created. Its new records would be taken for records
+        already applied, and never reach a balance. Raised out of the rebalance, the
+        worker stops (processor/cli.py, exit 2)."""
+        problems = rewound_inputs(highest, await reader.end_offsets(highest))
+        if problems:
+            raise InputsRewound(
+                "; ".join(problems) + ". Restore the topic's records, or decide how to "
+                "start these accounts again (docs/guarantees.md, 'Inputs re-created')"
+            )
 
     def _apply(self, partition: int, key: Any, value: Any) -> None:
         self._key_partition[key] = partition
@@ -120,6 +140,10 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         if not isinstance(value, (StoredAccount, Undecoded)):  # a tuple: faster than a union
             self._hold(key, value)
             return
+        running = self.unit
+        if running is not None and value.unit is not None and value.unit != running:
+            # Raised out of the rebalance: the worker stops (processor/cli.py, exit 2).
+            check_unit(value.unit, running, str(key))
         current = self.data.get(key)
         if newer(current, value):
             if isinstance(value, StoredAccount):

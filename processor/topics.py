@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from processor import settings as s
+
+log = logging.getLogger(__name__)
+
+# Kafka's "kept forever" for retention.ms and retention.bytes.
+FOREVER = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +72,103 @@ class TopicLayoutError(RuntimeError):
     pass
 
 
+# ---- retention ---------------------------------------------------------------------
+#
+# The ledger is the record of every balance change: kept forever unless the operator
+# says otherwise (METER_LEDGER_RETENTION_MS). Rejected records wait there for a replay,
+# and recharge requests are billing's work queue: both are kept at least as long as
+# the inputs they come from, so neither is forgotten while its cause is still there.
+
+
+def longest_retention(values: Iterable[int]) -> int | None:
+    """The longest of some retention.ms values (-1, forever, is the longest); None
+    for none."""
+    longest: int | None = None
+    for value in values:
+        if value < 0:
+            return FOREVER
+        longest = value if longest is None else max(longest, value)
+    return longest
+
+
+def creation_configs(
+    names: TopicNames, ledger_retention_ms: int, input_retention_ms: int | None
+) -> dict[str, dict[str, str]]:
+    """The configs the worker gives each topic it creates (none: the broker's defaults).
+
+    `input_retention_ms` is the longest retention.ms of the input topics (as the broker
+    reports it, its default included), None when unknown.
+    """
+    configs: dict[str, dict[str, str]] = {
+        # Compacted, as Faust would make them.
+        t: {"cleanup.policy": "compact"}
+        for t in names.changelogs
+    }
+    configs[names.ledger] = {"retention.ms": str(ledger_retention_ms)}
+    if input_retention_ms is not None:
+        for t in (names.rejected, names.recharge_requests):
+            configs[t] = {"retention.ms": str(input_retention_ms)}
+    return configs
+
+
+def retention_warnings(names: TopicNames, retention: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """What to warn about in the existing topics' retention: a ledger that forgets, or
+    a rejected or recharge-requests topic that forgets before the inputs do.
+
+    `retention` maps a topic to its retention.ms and retention.bytes, as described.
+    """
+    warnings: list[str] = []
+    ledger = retention.get(names.ledger)
+    if ledger is not None:
+        for key in ("retention.ms", "retention.bytes"):
+            value = ledger.get(key)
+            if value is not None and int(value) >= 0:
+                warnings.append(
+                    f"topic {names.ledger} has {key}={value}: ledger entries will be deleted "
+                    f"(the ledger should be kept forever: set {key}=-1 on the topic; "
+                    "METER_LEDGER_RETENTION_MS applies only when the worker creates it)"
+                )
+    inputs = longest_retention(
+        int(retention[t]["retention.ms"])
+        for t in (names.calls, names.conferencing, names.commands)
+        if "retention.ms" in retention.get(t, {})
+    )
+    if inputs is not None:
+        for t in (names.rejected, names.recharge_requests):
+            value = retention.get(t, {}).get("retention.ms")
+            if value is not None and longest_retention((int(value), inputs)) != int(value):
+                warnings.append(
+                    f"topic {t} has retention.ms={value}, shorter than its inputs' "
+                    f"({inputs}): its records would be deleted while their causes are kept"
+                )
+    return warnings
+
+
+async def _retention(
+    admin: AIOKafkaAdminClient, topics: Iterable[str]
+) -> dict[str, dict[str, str]]:
+    """retention.ms and retention.bytes of each topic, as the broker applies them."""
+    wanted = list(topics)
+    if not wanted:
+        return {}
+    keys = {"retention.ms": None, "retention.bytes": None}
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, t, dict(keys)) for t in wanted]
+    )
+    found: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for error_code, _message, _type, name, entries in response.resources:
+            if error_code == 0:
+                found[name] = {e[0]: e[1] for e in entries if e[0] in keys and e[1] is not None}
+    return found
+
+
 async def ensure_topics(
     bootstrap: str,
     names: TopicNames,
     partitions: int,
     replication_factor: int,
+    ledger_retention_ms: int = FOREVER,
     **client_options: object,
 ) -> int:
     """Create missing topics and return the partition count every input shares.
@@ -76,6 +176,10 @@ async def ensure_topics(
     Inputs that already exist decide the count (a deployment may have created them);
     if they disagree, a tenant's records could land on different partition numbers
     and its account would have two owners, so the worker refuses to start.
+
+    Topics are created with explicit retention (`creation_configs`); an existing
+    ledger that forgets, or outputs that forget before their inputs, are logged as
+    warnings (`retention_warnings`).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     try:
@@ -98,28 +202,51 @@ async def ensure_topics(
                 "every input topic must have the same number of partitions"
             )
         count = input_counts.pop() if input_counts else partitions
-        missing = [t for t in names.all() if t not in existing]
-        if missing:
-            # The changelogs too, before the worker starts: Faust creates them itself,
-            # but a worker that starts on inputs already holding records processes them
-            # before its new changelogs are visible, and every table write then fails
-            # (PartitionsMismatch). Compacted, as Faust would make them.
-            compacted = {"cleanup.policy": "compact"}
-            new = [
-                NewTopic(
-                    t,
-                    count,
-                    replication_factor,
-                    topic_configs=compacted if t in names.changelogs else {},
-                )
-                for t in missing
-            ]
-            # Another worker may create them at the same moment.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+        # The outputs that follow their inputs' retention come last, once the inputs
+        # exist and the broker can say what their retention is.
+        following = (names.rejected, names.recharge_requests)
+        missing = [t for t in names.all() if t not in existing and t not in following]
+        configs = creation_configs(names, ledger_retention_ms, None)
+        # The changelogs too, before the worker starts: Faust creates them itself,
+        # but a worker that starts on inputs already holding records processes them
+        # before its new changelogs are visible, and every table write then fails
+        # (PartitionsMismatch).
+        await _create(admin, missing, count, replication_factor, configs)
+        retention = await _retention(
+            admin, (names.calls, names.conferencing, names.commands, names.ledger, *following)
+        )
+        inputs = longest_retention(
+            int(retention[t]["retention.ms"])
+            for t in (names.calls, names.conferencing, names.commands)
+            if "retention.ms" in retention.get(t, {})
+        )
+        configs = creation_configs(names, ledger_retention_ms, inputs)
+        late = [t for t in following if t not in existing]
+        await _create(admin, late, count, replication_factor, configs)
+        for warning in retention_warnings(names, retention):
+            # Before the worker's logging is set up: Python prints it to stderr as is.
+            log.warning("warning: %s", warning)
         return count
     finally:
         await admin.close()
+
+
+async def _create(
+    admin: AIOKafkaAdminClient,
+    topics: list[str],
+    count: int,
+    replication_factor: int,
+    configs: Mapping[str, Mapping[str, str]],
+) -> None:
+    if not topics:
+        return
+    new = [
+        NewTopic(t, count, replication_factor, topic_configs=dict(configs.get(t, {})))
+        for t in topics
+    ]
+    # Another worker may create them at the same moment.
+    with contextlib.suppress(TopicAlreadyExistsError):
+        await admin.create_topics(new)
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: tuple[str, ...]) -> dict[str, int]:

@@ -55,6 +55,11 @@ __all__ = [
 ]
 
 
+# The attempt of a recharge request an answer refers to (1, 2, ...), as billing was
+# told in RechargeRequested.attempt.
+RechargeAttempt = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
 class _Input(BaseModel):
     # frozen: events are values handed to a pure core; hashable and safe to share.
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
@@ -98,12 +103,16 @@ class FundsAdded(_Input):
     currency: Currency
     source: Literal["manual", "auto_recharge"]
     recharge_request_id: RequestId | None = None
+    # Added: the attempt of the request this answers (RechargeRequested.attempt).
+    attempt: RechargeAttempt | None = None
 
     @model_validator(mode="after")
     def _auto_recharge_names_its_request(self) -> Self:
         # Without the id the outstanding request could never be closed.
         if self.source == "auto_recharge" and self.recharge_request_id is None:
             raise ValueError("recharge_request_id is required when source is auto_recharge")
+        if self.attempt is not None and self.recharge_request_id is None:
+            raise ValueError("attempt names an attempt of a request: it needs recharge_request_id")
         return self
 
 
@@ -132,6 +141,9 @@ class RechargeFailed(_Input):
     occurred_at: Timestamp
     recharge_request_id: RequestId
     reason: Reason
+    # Added: the attempt that failed (RechargeRequested.attempt). A failure of an
+    # earlier attempt than the one outstanding is a late answer and changes nothing.
+    attempt: RechargeAttempt | None = None
 
 
 Command = Annotated[

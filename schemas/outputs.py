@@ -188,6 +188,15 @@ class BalanceAlert(OutputModel):
     balance: Money
     currency: Currency
     occurred_at: Timestamp
+    # Added, exhausted/restored only: numbers the tenant's status alerts along its
+    # account's history; the one with the highest status_seq is the current status.
+    status_seq: Annotated[int, Field(ge=1)] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+
+    @model_validator(mode="after")
+    def _status_seq_only_on_status_alerts(self) -> Self:
+        if self.status_seq is not None and self.alert not in ("exhausted", "restored"):
+            raise ValueError("status_seq is only on exhausted and restored alerts")
+        return self
 
 
 class RejectedRecord(OutputModel):

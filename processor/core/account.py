@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
+from processor.core.money import EXACT
 from processor.core.values import fast_init, replace
 
 ZERO = Decimal(0)
@@ -87,6 +88,9 @@ class Account:
     entries: int = 0
     # Recharge requests issued so far; numbers the next request id.
     requests_issued: int = 0
+    # exhausted/restored alerts published so far: the last one's status_seq. Only grows
+    # along the account's history, so the highest a consumer saw is the latest status.
+    status_seq: int = 0
 
     @property
     def exhausted(self) -> bool:
@@ -138,6 +142,8 @@ class AlertOut:
     alert: AlertKind
     balance: Decimal
     occurred_at: datetime
+    # exhausted/restored only: the account's status_seq after this alert.
+    status_seq: int | None = None
 
 
 @fast_init
@@ -190,6 +196,11 @@ class _Builder:
 
     def alert(self, kind: AlertKind, tag: str = "") -> None:
         acct = self.account
+        status_seq = None
+        if kind is AlertKind.EXHAUSTED or kind is AlertKind.RESTORED:
+            # A status alert: numbered along the account's history.
+            status_seq = acct.status_seq + 1
+            self.account = acct = replace(acct, status_seq=status_seq)
         self.outputs.append(
             AlertOut(
                 alert_id=derive_id(
@@ -199,13 +210,15 @@ class _Builder:
                 alert=kind,
                 balance=acct.balance,
                 occurred_at=self.now,
+                status_seq=status_seq,
             )
         )
 
     def move_balance(self, signed_amount: Decimal, debit: Debit | None = None) -> None:
         """Change the balance by exactly one ledger entry, and raise the state alerts."""
         before = self.account
-        after_balance = before.balance + signed_amount
+        # Exact or raising, never rounded under the default context (core/money.py).
+        after_balance = EXACT.add(before.balance, signed_amount)
         self.account = replace(
             before, balance=after_balance, entries=before.entries + 1, updated_at=self.now
         )
@@ -214,7 +227,7 @@ class _Builder:
                 entry_id=derive_id("ledger", before.tenant_id, self.cause.topic, self.cause.id),
                 tenant_id=before.tenant_id,
                 kind="debit" if signed_amount < 0 else "credit",
-                amount=abs(signed_amount),
+                amount=EXACT.abs(signed_amount),
                 balance_after=after_balance,
                 cause_topic=self.cause.topic,
                 cause_id=self.cause.id,
@@ -303,7 +316,7 @@ def apply_debit(account: Account, debit: Debit, cause: Cause, now: datetime) -> 
     if debit.amount == ZERO:
         return Transition(account, changed=False)
     b = _Builder(account, cause, now)
-    b.move_balance(-debit.amount, debit)
+    b.move_balance(EXACT.minus(debit.amount), debit)
     b.request_recharge_if_due()
     return b.done()
 
@@ -338,8 +351,10 @@ def configure_auto_recharge(
 ) -> Transition:
     """New settings replace the old ones and lift a suspension.
 
-    A request already with billing stays open (billing may still be charging it), but
-    one waiting to be retried is dropped when the new settings disable auto-recharge.
+    A request already with billing stays open (billing may still be charging it, and
+    its funds still close it), but one waiting to be retried is dropped when the new
+    settings disable auto-recharge. If the open one then fails or times out while
+    auto-recharge is off, it ends quietly (`_fail_attempt`).
     """
     b = _Builder(account, cause, now)
     pending = account.pending
@@ -353,11 +368,25 @@ def configure_auto_recharge(
 
 
 def apply_recharge_failed(
-    account: Account, request_id: str, cause: Cause, now: datetime, policy: RechargePolicy
+    account: Account,
+    request_id: str,
+    cause: Cause,
+    now: datetime,
+    policy: RechargePolicy,
+    attempt: int | None = None,
 ) -> Transition:
+    """Billing could not charge a request's attempt.
+
+    An answer naming its `attempt` counts only for the attempt outstanding: a late
+    failure of an earlier attempt (one the timer already counted) changes nothing. An
+    answer without `attempt` is taken for the attempt outstanding, as it always was.
+    """
     pending = account.pending
     if pending is None or pending.request_id != request_id:
         return Transition(account, ignored="unknown_or_closed_request", changed=False)
+    if attempt is not None and attempt != pending.attempt:
+        note = "earlier_attempt" if attempt < pending.attempt else "unknown_attempt"
+        return Transition(account, ignored=note, changed=False)
     if pending.status is RechargeStatus.FAILED:
         return Transition(account, ignored="attempt_already_failed", changed=False)
     return _fail_attempt(account, pending, cause, now, policy, "failed")
@@ -413,6 +442,12 @@ def _fail_attempt(
     b = _Builder(account, cause, now)
     b.recharge.append(how)
     settings = account.auto_recharge
+    if settings is None or not settings.enabled:
+        # Auto-recharge was turned off while this attempt was with billing: the
+        # request ends quietly, with no retry, no suspension and no alert.
+        b.recharge.append("dropped")
+        b.account = replace(account, pending=None, updated_at=now)
+        return b.done()
     if pending.attempt >= policy.max_attempts:
         b.recharge.append("suspended")
         suspended = replace(settings, suspended=True) if settings is not None else None

@@ -205,7 +205,7 @@ class Engine:
             transition = acc.configure_auto_recharge(account, settings, cause, now)
         else:
             transition = acc.apply_recharge_failed(
-                account, cmd.recharge_request_id, cause, now, self.policy
+                account, cmd.recharge_request_id, cause, now, self.policy, cmd.attempt
             )
         return self._commit(stored, key, cmd.occurred_at, now, position, transition)
 
@@ -291,7 +291,9 @@ class Engine:
         self, stored: StoredAccount | None, position: Position, transition: acc.Transition
     ) -> Outcome:
         base = stored if stored is not None else StoredAccount(transition.account)
-        updated = base.advance(transition.account, position, self.delivered, self.generation)
+        updated = base.advance(
+            transition.account, position, self.delivered, self.generation, self.card.unit
+        )
         self.accounts[transition.account.tenant_id] = updated
         return Outcome(
             Status.APPLIED,

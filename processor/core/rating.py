@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import yaml
 
+from processor.core.money import Unit
 from processor.core.values import fast_init
 
 __all__ = [
@@ -224,6 +225,7 @@ class RateCard:
     _quantum: Decimal = field(init=False, repr=False, compare=False)
     _rounding: str = field(init=False, repr=False, compare=False)
     _zero: Decimal = field(init=False, repr=False, compare=False)
+    _unit: Unit = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.currency, str) or not _CURRENCY_RE.fullmatch(self.currency):
@@ -259,6 +261,12 @@ class RateCard:
         object.__setattr__(self, "_quantum", quantum)
         object.__setattr__(self, "_rounding", _DECIMAL_ROUNDING[mode])
         object.__setattr__(self, "_zero", Decimal(0).quantize(quantum))
+        object.__setattr__(self, "_unit", Unit(self.currency, self.decimals))
+
+    @property
+    def unit(self) -> Unit:
+        """The card's currency and decimals: what every balance it meters is kept in."""
+        return self._unit
 
     @property
     def zero(self) -> Decimal:

@@ -32,12 +32,13 @@ thus ignored, and the event is applied when its record is replayed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
 from processor.core.account import Account, Output
+from processor.core.money import Unit
 from processor.core.values import fast_init, replace
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
@@ -98,6 +99,9 @@ class StoredAccount:
     epoch: int = 0
     applied: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     outbox: tuple[OutboxEntry, ...] = ()
+    # The currency and decimals the balance is kept in (the rate card's when it was
+    # written); None for a value written before units were stored (core/money.py).
+    unit: Unit | None = None
 
     @property
     def order(self) -> tuple[int, int, int]:
@@ -118,11 +122,13 @@ class StoredAccount:
         position: Position,
         delivered: Callable[[str, OutboxEntry], bool],
         generation: int = 0,
+        unit: Unit | None = None,
     ) -> StoredAccount:
         """The value after applying the record at `position`: one atomic write.
 
         It holds no outputs of its own: the worker produces a value only after the
-        outputs of every record it applied are in Kafka (docs/guarantees.md).
+        outputs of every record it applied are in Kafka (docs/guarantees.md). `unit`
+        is the running card's (this value's is kept when None).
         """
         seq = self.seq + 1
         tenant = account.tenant_id
@@ -130,7 +136,13 @@ class StoredAccount:
         applied = dict(self.applied)
         applied[position.tp] = max(position.offset, applied.get(position.tp, -1))
         return StoredAccount(
-            account, seq, generation, self.epoch_for(generation), MappingProxyType(applied), kept
+            account,
+            seq,
+            generation,
+            self.epoch_for(generation),
+            MappingProxyType(applied),
+            kept,
+            self.unit if unit is None else unit,
         )
 
     def epoch_for(self, generation: int) -> int:
@@ -167,3 +179,40 @@ def newer(current: Ordered | None, incoming: Ordered) -> bool:
 
 def never_delivered(_tenant: str, _entry: OutboxEntry) -> bool:
     return False
+
+
+class InputsRewound(RuntimeError):
+    """Input partitions whose offsets restarted below what the accounts applied."""
+
+
+def highest_applied(values: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Per `topic:partition`, the highest offset any of these `applied` maps holds."""
+    highest: dict[str, int] = {}
+    for applied in values:
+        for tp, offset in applied.items():
+            if offset > highest.get(tp, -1):
+                highest[tp] = offset
+    return highest
+
+
+def rewound_inputs(applied: Mapping[str, int], ends: Mapping[str, int]) -> list[str]:
+    """Input partitions whose log is shorter than what the accounts have applied.
+
+    `applied` is `highest_applied` over the account values; `ends` the partitions' end
+    offsets now (the offset the next record will get). An account that applied offset
+    o of a partition whose end is at or below o saw records that are no longer there:
+    the topic was deleted and re-created (or truncated), and its offsets started again.
+    Its new records would be taken for ones already applied (a record at or below
+    `applied` counts as replayed) and never reach a balance, so each such partition is
+    described here, for a refusal; none: the logs are where the accounts left them.
+    """
+    problems = []
+    for tp in sorted(ends):
+        done = applied.get(tp)
+        if done is not None and done >= ends[tp]:
+            problems.append(
+                f"input {tp} ends at offset {ends[tp]}, but accounts have applied its records "
+                f"up to offset {done}: the topic was deleted and re-created (or truncated), "
+                "and its new records would be skipped as already applied"
+            )
+    return problems

@@ -419,6 +419,40 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
         store.get("kilo")
 
 
+async def test_an_account_kept_in_another_unit_stops_the_recovery(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Issue 16, item 9: the worker's accounts store checks each value it recovers
+    against the running card's currency and decimals; a value in another currency or
+    at more decimals raises (the rebalance fails and `meter worker` exits 2)."""
+    from processor.codec import Undecoded, dump_stored
+    from processor.core.account import Account
+    from processor.core.money import Unit, UnitMismatch
+    from processor.core.stored import StoredAccount
+
+    h = make_harness()
+    store = h.meter.accounts.data
+    running = h.meter.card.unit
+    assert store.unit == running
+
+    def value(tenant: str, unit: Unit | None) -> StoredAccount:
+        return StoredAccount(Account(tenant, balance=Decimal("1.00")), seq=1, unit=unit)
+
+    # the running unit, more decimals than stored, and a value from before units
+    store._apply(0, "same", Undecoded(dump_stored(value("same", running))))
+    fewer = Unit(running.currency, running.decimals - 1)
+    store._apply(0, "fewer", Undecoded(dump_stored(value("fewer", fewer))))
+    store._apply(0, "legacy", Undecoded(dump_stored(value("legacy", None))))
+    other = "EUR" if running.currency != "EUR" else "USD"
+    with pytest.raises(UnitMismatch, match=f"'euro' is kept in {other}"):
+        store._apply(0, "euro", Undecoded(dump_stored(value("euro", Unit(other, 2)))))
+    more = Unit(running.currency, running.decimals + 2)
+    with pytest.raises(UnitMismatch, match="decimals"):
+        # Faust's own recovery of the tail hands over decoded values: checked alike
+        store._apply(0, "finer", value("finer", more))
+    assert set(store.data) == {"same", "fewer", "legacy"}
+
+
 async def test_the_dedupe_store_holds_marks_out_of_the_collectors_reach(
     make_harness: Callable[..., Harness],
 ) -> None:

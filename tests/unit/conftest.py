@@ -182,6 +182,7 @@ class Inputs:
         currency: str | None = None,
         tenant: str | None = None,
         at: datetime = T0,
+        attempt: int | None = None,
     ) -> FundsAdded:
         body: dict[str, Any] = {
             "type": "funds_added",
@@ -194,6 +195,8 @@ class Inputs:
         }
         if request_id is not None:
             body["recharge_request_id"] = request_id
+        if attempt is not None:
+            body["attempt"] = attempt
         return FundsAdded.model_validate(body)
 
     def auto_funds(
@@ -231,17 +234,19 @@ class Inputs:
         reason: str = "card_declined",
         tenant: str | None = None,
         at: datetime = T0,
+        attempt: int | None = None,
     ) -> RechargeFailed:
-        return RechargeFailed.model_validate(
-            {
-                "type": "recharge_failed",
-                "command_id": command_id or self._id("failed"),
-                "tenant_id": tenant or self.tenant,
-                "occurred_at": ts(at),
-                "recharge_request_id": request_id,
-                "reason": reason,
-            }
-        )
+        body: dict[str, Any] = {
+            "type": "recharge_failed",
+            "command_id": command_id or self._id("failed"),
+            "tenant_id": tenant or self.tenant,
+            "occurred_at": ts(at),
+            "recharge_request_id": request_id,
+            "reason": reason,
+        }
+        if attempt is not None:
+            body["attempt"] = attempt
+        return RechargeFailed.model_validate(body)
 
 
 def make_engine(card: RateCard = CARD, policy: acc.RechargePolicy = POLICY) -> Engine:

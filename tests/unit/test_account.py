@@ -552,6 +552,31 @@ def test_recharge_failed_for_another_request_is_ignored(pending: PendingRecharge
     assert t.ignored == "unknown_or_closed_request"
 
 
+@pytest.mark.parametrize(("attempt", "note"), [(1, "earlier_attempt"), (3, "unknown_attempt")])
+def test_a_failure_naming_another_attempt_changes_nothing(attempt: int, note: str) -> None:
+    a = account("1.0000", enabled=True, pending=outstanding("req-1", attempt=2))
+    t = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY, attempt)
+    assert t.account == a and t.outputs == () and not t.changed and t.ignored == note
+
+
+def test_a_failure_naming_the_outstanding_attempt_fails_it() -> None:
+    a = account("1.0000", enabled=True, pending=outstanding("req-1", attempt=2))
+    t = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY, 2)
+    assert t.account.pending is not None and t.account.pending.status is RechargeStatus.FAILED
+
+
+@pytest.mark.parametrize("enabled", [False, None])
+def test_a_failure_after_auto_recharge_was_turned_off_ends_the_request_quietly(
+    enabled: bool | None,
+) -> None:
+    a = account("1.0000", enabled=True, pending=outstanding("req-1", attempt=3))
+    a = replace(a, auto_recharge=None if enabled is None else settings(enabled))
+    t = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY)
+    assert t.account.pending is None and t.outputs == ()
+    assert t.recharge == ("failed", "dropped")
+    assert t.account.auto_recharge is None or not t.account.auto_recharge.suspended
+
+
 def test_a_second_failure_of_the_same_attempt_counts_once() -> None:
     a = account("1.0000", enabled=True, pending=failed("req-1"))
     t = acc.apply_recharge_failed(a, "req-1", cmd("x-2"), T0 + MINUTE, POLICY)

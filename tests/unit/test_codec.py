@@ -65,3 +65,19 @@ def test_a_timestamp_with_another_offset_is_written_in_utc() -> None:
     entry = orjson.loads(dump_output(a_ledger_entry(at, at.astimezone(UTC)), "USD"))
     assert entry["occurred_at"] == entry["recorded_at"] == "2026-11-25T10:30:00Z"
     assert output_from_dict(entry) == a_ledger_entry(at, at)
+
+
+def test_a_status_alert_carries_its_status_seq_and_others_do_not() -> None:
+    from processor.core.account import AlertKind, AlertOut
+    from schemas import BalanceAlert
+
+    at = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    status = AlertOut("a-1", "acme", AlertKind.EXHAUSTED, Decimal("-0.0100"), at, status_seq=7)
+    low = AlertOut("a-2", "acme", AlertKind.LOW_BALANCE, Decimal("-0.0100"), at)
+    assert orjson.loads(dump_output(status, "USD"))["status_seq"] == 7
+    assert "status_seq" not in orjson.loads(dump_output(low, "USD"))
+    for out in (status, low):
+        raw = dump_output(out, "USD")
+        assert output_from_dict(orjson.loads(raw)) == out
+        # byte for byte what the contract's model writes
+        assert BalanceAlert.model_validate_json(raw).to_json() == raw

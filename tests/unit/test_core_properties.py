@@ -590,6 +590,7 @@ def check_step(
             balance=a.balance,
             currency=card.currency,
             occurred_at=a.occurred_at,
+            status_seq=a.status_seq,
         )
 
     # -- recharge requests: one outstanding at most, attempts 1, 2, 3 of one id
@@ -696,6 +697,11 @@ def check_recharge_lifecycle(
         # billing's failure, or no answer within the timeout: a failed attempt
         assert p is not None and p.status is acc.RechargeStatus.OUTSTANDING
         assert requests == []
+        settings = before.auto_recharge
+        if settings is None or not settings.enabled:
+            # turned off while with billing: ended quietly (no suspension, no alert)
+            assert after.pending is None and suspended_after == suspended_before
+            return
         if p.attempt >= policy.max_attempts:
             assert after.pending is None and suspended_after
         else:

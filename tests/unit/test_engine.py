@@ -77,6 +77,7 @@ def contract_model(out: acc.Output, currency: str = "USD") -> Any:
             balance=out.balance,
             currency=currency,
             occurred_at=out.occurred_at,
+            status_seq=out.status_seq,
         )
     return RechargeRequested(
         request_id=out.request_id,
@@ -553,6 +554,120 @@ def test_a_resent_stale_failure_does_not_fail_the_next_attempt(
     assert resent.status is Status.DUPLICATE and resent.outputs == ()
     assert h.account() == before
     assert pending(h).status is acc.RechargeStatus.OUTSTANDING
+
+
+def test_a_late_failure_of_an_earlier_attempt_does_not_fail_the_current_one(
+    harness: Harness, inputs: Inputs
+) -> None:
+    # Issue 16, item 7: billing's failure of attempt 1 arrives (as a new command) while
+    # attempt 2 is with billing; naming its attempt, it no longer fails attempt 2.
+    h, i = harness, inputs
+    h.command(i.configure("s-1"))
+    (req,) = h.requests()
+    h.advance(POLICY.timeout)
+    h.tick()  # attempt 1 timed out
+    h.advance(POLICY.retry_after)
+    h.tick()  # attempt 2 sent
+    assert pending(h).attempt == 2
+    before = h.account()
+    late = h.command(i.failed(req.request_id, "x-late", attempt=1))
+    assert late.status is Status.IGNORED and late.note == "earlier_attempt"
+    assert late.outputs == ()
+    assert h.account().pending == before.pending
+    assert pending(h).status is acc.RechargeStatus.OUTSTANDING
+    # the answer for attempt 2 itself still fails it
+    now_failed = h.command(i.failed(req.request_id, "x-2", attempt=2))
+    assert now_failed.status is Status.APPLIED
+    assert pending(h).status is acc.RechargeStatus.FAILED
+
+
+def test_a_failure_without_attempt_still_fails_the_attempt_outstanding(
+    harness: Harness, inputs: Inputs
+) -> None:
+    h, i = harness, inputs
+    h.command(i.configure("s-1"))
+    (req,) = h.requests()
+    h.advance(POLICY.timeout)
+    h.tick()
+    h.advance(POLICY.retry_after)
+    h.tick()  # attempt 2 sent
+    assert h.command(i.failed(req.request_id, "x-any")).status is Status.APPLIED
+    assert pending(h).attempt == 2 and pending(h).status is acc.RechargeStatus.FAILED
+
+
+def test_auto_recharge_funds_naming_their_attempt_close_the_request(
+    harness: Harness, inputs: Inputs
+) -> None:
+    # The money arrived for the request, whichever attempt billing charged it on.
+    h, i = harness, inputs
+    h.command(i.configure("s-1"))
+    (req,) = h.requests()
+    h.advance(POLICY.timeout)
+    h.tick()
+    h.advance(POLICY.retry_after)
+    h.tick()  # attempt 2 sent
+    outcome = h.command(i.auto_funds("50.0000", req.request_id, "f-1", attempt=1))
+    assert outcome.status is Status.APPLIED and outcome.recharge == ("fulfilled",)
+    assert h.account().pending is None
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"type": "recharge_failed", "reason": "x", "recharge_request_id": "r", "attempt": 0},
+         "attempt"),
+        ({"type": "recharge_failed", "reason": "x", "recharge_request_id": "r", "attempt": True},
+         "attempt"),
+        ({"type": "recharge_failed", "reason": "x", "recharge_request_id": "r", "attempt": "2"},
+         "attempt"),
+        ({"type": "funds_added", "amount": "1.00", "currency": "USD", "source": "manual",
+          "attempt": 1}, "needs recharge_request_id"),
+    ],
+)  # fmt: skip
+def test_an_attempt_must_be_a_positive_integer_naming_a_request(
+    body: dict[str, Any], problem: str
+) -> None:
+    import json
+
+    from schemas import DecodeError, decode_command
+
+    command = {"command_id": "c", "tenant_id": TENANT, "occurred_at": "2026-11-23T10:00:00Z"}
+    with pytest.raises(DecodeError, match=problem) as raised:
+        decode_command(json.dumps({**command, **body}).encode())
+    assert raised.value.reason == "invalid_event"
+
+
+@pytest.mark.parametrize("via_timeout", [False, True])
+def test_disabling_while_the_last_attempt_is_out_ends_it_quietly(
+    harness: Harness, inputs: Inputs, via_timeout: bool
+) -> None:
+    # Issue 16, item 7: auto-recharge turned off while attempt 3 (the last) is with
+    # billing; its failure or timeout ends the request with no suspension and no
+    # recharge_failed alert.
+    h, i = harness, inputs
+    h.command(i.configure("s-1"))
+    (req,) = h.requests()
+    for _ in range(POLICY.max_attempts - 1):
+        h.advance(POLICY.timeout)
+        h.tick()
+        h.advance(POLICY.retry_after)
+        h.tick()
+    assert pending(h).attempt == POLICY.max_attempts
+    h.command(i.configure("s-2", enabled=False))
+    assert pending(h).status is acc.RechargeStatus.OUTSTANDING  # billing may still charge
+    if via_timeout:
+        h.advance(POLICY.timeout)
+        outcome = h.tick()
+    else:
+        outcome = h.command(i.failed(req.request_id, "x-3", attempt=POLICY.max_attempts))
+    assert outcome.status is Status.APPLIED and outcome.outputs == ()
+    assert "suspended" not in outcome.recharge and "dropped" in outcome.recharge
+    assert h.account().pending is None
+    assert not suspended(h)
+    assert [a.alert for a in h.alerts()] == []
+    # re-enabled later, auto-recharge works again at once
+    h.command(i.configure("s-3"))
+    assert pending(h).attempt == 1 and pending(h).request_id != req.request_id
 
 
 def test_a_record_read_again_after_a_crash_changes_nothing_and_sends_nothing_again(

@@ -140,7 +140,7 @@ def command_problems(cmd: Any, currency: str = "USD") -> list[str]:
     kind = cmd.get("type")
     if kind == "funds_added":
         problems = _common_problems(
-            cmd, base | {"amount", "currency", "source"}, {"recharge_request_id"}
+            cmd, base | {"amount", "currency", "source"}, {"recharge_request_id", "attempt"}
         )
         if not _money_ok(cmd.get("amount")) or Decimal(cmd["amount"]) > 1_000_000:
             problems.append("amount")
@@ -163,11 +163,13 @@ def command_problems(cmd: Any, currency: str = "USD") -> list[str]:
         if not _money_ok(cmd.get("trigger_balance"), positive=False):
             problems.append("trigger_balance")
     elif kind == "recharge_failed":
-        problems = _common_problems(cmd, base | {"recharge_request_id", "reason"}, set())
+        problems = _common_problems(cmd, base | {"recharge_request_id", "reason"}, {"attempt"})
         if not isinstance(cmd.get("reason"), str) or not cmd.get("reason"):
             problems.append("reason")
     else:
         return ["type"]
+    if "attempt" in cmd and not (type(cmd["attempt"]) is int and cmd["attempt"] >= 1):
+        problems.append("attempt")
     if not (isinstance(cmd.get("command_id"), str) and PRINTABLE_ID.match(cmd["command_id"])):
         problems.append("command_id")
     return problems
@@ -452,6 +454,15 @@ def test_billing_answers_each_attempt_once_and_pays_at_most_once() -> None:
     assert paid is not None and paid["type"] == "funds_added"
     assert first["command_id"] != paid["command_id"]
     assert book.answer(_request(attempt=2), NOW) is None
+
+
+def test_billing_answers_name_the_attempt_they_answer() -> None:
+    failing = BillingBook(failure_ratio=1.0, rng=random.Random(1))
+    failed = failing.answer(_request(attempt=2), NOW)
+    assert failed is not None and failed["attempt"] == 2 and command_problems(failed) == []
+    paying = BillingBook(failure_ratio=0.0, rng=random.Random(1))
+    paid = paying.answer(_request(attempt=3), NOW)
+    assert paid is not None and paid["attempt"] == 3 and command_problems(paid) == []
 
 
 def test_billing_de_dup_holds_over_many_random_deliveries() -> None:
