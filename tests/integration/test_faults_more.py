@@ -28,12 +28,13 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from processor.core.account import derive_id
 from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.kafka_local import LocalKafka
-from processor.reconcile import Report, reconcile
+from processor.reconcile import Report, read_topic, reconcile
 from processor.settings import Settings
 from processor.topics import TopicNames
 from tests.integration.diagnose import (
@@ -424,6 +425,35 @@ async def test_broker_hard_killed_and_restarted_mid_load(
 # ---- 5. a worker frozen past its session timeout, then resumed -------------------------
 
 
+async def compact_eagerly(bootstrap: str, topic: str) -> None:
+    """Have the broker's cleaner compact `topic` as soon as it can."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        configs = {
+            "cleanup.policy": "compact",  # alter_configs replaces every topic setting
+            "min.cleanable.dirty.ratio": "0",
+            "segment.ms": "1000",
+            "min.compaction.lag.ms": "0",
+        }
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
+
+
+async def compacted_away(d: Deployment, topic: str) -> int:
+    """Wait until the cleaner has removed account values from `topic`; how many."""
+    # Segments rolled every second under load; the cleaner takes all but the last.
+    appended = sum(1 for raw in await read_topic(d.bootstrap, topic) if raw.value is not None)
+
+    async def fewer() -> int:
+        left = sum(1 for raw in await read_topic(d.bootstrap, topic) if raw.value is not None)
+        return appended - left
+
+    removed: int = await eventually(fewer, timeout=120, interval=2, what=f"{topic} compacted")
+    return removed
+
+
 async def handled_if_alive(w: Worker) -> float:
     """Records the worker handled, or 0 once it has exited (a fenced zombie)."""
     try:
@@ -466,6 +496,10 @@ async def test_frozen_worker_resumed_after_it_was_replaced_changes_nothing_twice
     # rebalance (that race is its own test, below).
     await settled(d.bootstrap, d.app_id, members=2)
     await asyncio.gather(sup.worker.wait_ready(), w1.wait_ready())
+    # Compaction as eager as the broker allows: it keeps only the last write of each
+    # key, so a zombie's late write, were it ever committed, would be all that is left.
+    changelog = f"{d.app_id}-accounts-changelog"
+    await compact_eagerly(d.bootstrap, changelog)
     records = traffic(events=7000, seed=51)
     bursts, steady = [records[:1500], records[1500:3000]], records[3000:]
     load = asyncio.create_task(produce(d, steady, per_second=140))
@@ -506,11 +540,12 @@ async def test_frozen_worker_resumed_after_it_was_replaced_changes_nothing_twice
     check_report(report)
     await one_request_per_tenant(d)
 
-    # The changelogs now hold the zombie's late writes too: state rebuilt from them
-    # alone, on a new machine, must still give every balance exactly once.
+    # State rebuilt from the changelogs alone, compacted, on a new machine, must still
+    # give every balance exactly once.
     await sup.close()
     sup.worker.kill()
     w1.kill()
+    compacted = await compacted_away(d, changelog)
     fresh = fleet.start(d, 2)
     rebuild = await timed_ready(fresh)
     await answers_everywhere([fresh], tenants)
@@ -530,7 +565,8 @@ async def test_frozen_worker_resumed_after_it_was_replaced_changes_nothing_twice
         f"{report_figures(report)}; rebuilt from the "
         f"changelogs on a fresh worker (ready in {rebuild}s): {report_figures(rebuilt)}, "
         f"account changelog: {writes} writes, {late} late (older than one before), "
-        f"{conflicting} with the newest order but other contents, "
+        f"{conflicting} with the newest order but other contents, {compacted} account "
+        f"values compacted away before the rebuild, "
         f"wall: {time.monotonic() - began:.1f}s"
     )
     # Transactions fence the zombie: no account value it wrote after the takeover was

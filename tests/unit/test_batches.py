@@ -146,6 +146,36 @@ async def test_outputs_are_published_before_the_state_and_once_per_batch() -> No
     assert rig.accounts["acme"] == acme
 
 
+async def test_an_atomic_publisher_gets_outputs_and_state_in_one_round() -> None:
+    rig = Rig(pub=Journal(atomic=True))
+    a_batch(rig)
+    # A re-route: a call for acme read from another tenant's partition.
+    elsewhere = (partition_for("acme", PARTITIONS) + 1) % PARTITIONS
+    rerouted = Record(NAMES.calls, elsewhere, 0, b"wrong", call("r1", "acme"))
+    assert rig.handler.stage(Source.CALLS, rerouted) == "rerouted"
+    await rig.handler.flush()
+    (round_,) = rig.pub.calls
+    assert {o.topic for o in round_ if not o.state} == {NAMES.ledger, NAMES.alerts, NAMES.reroute}
+    assert len([o for o in round_ if o.state]) == 2 + 7  # two account values, seven marks
+    # Each record is carried by the transaction of the partition whose records caused
+    # it: a tenant's outputs and state by its partition, a re-route by the record's.
+    for o in round_:
+        if o.topic == NAMES.reroute:
+            assert o.owner == elsewhere
+        else:
+            tenant = dedupe_tenant(o.key.decode()) if o.key else ""
+            assert o.owner == partition_for(tenant, PARTITIONS), o
+    assert rig.accounts["acme"].seq == 6  # settled once the round landed
+
+
+async def test_an_atomic_round_that_fails_writes_no_state_locally() -> None:
+    rig = Rig(pub=Journal(fail_on=1, atomic=True))
+    a_batch(rig)
+    with pytest.raises(ConnectionError):
+        await rig.handler.flush()
+    assert rig.accounts == {} and rig.seen == {}
+
+
 async def test_nothing_is_staged_twice_and_an_empty_flush_publishes_nothing() -> None:
     rig = Rig()
     a_batch(rig)
