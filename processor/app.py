@@ -32,6 +32,7 @@ from processor.handler import Changelog, Deliveries, Record, RecordHandler, Sour
 from processor.publisher import KafkaPublisher
 from processor.routing import partition_for
 from processor.settings import Settings
+from processor.sizing import Limits
 from processor.tally import AccountTally
 from processor.topics import TopicNames
 from processor.views import account_view
@@ -118,6 +119,7 @@ class Meter:
         broker: Broker,
         partitions: int,
         web_host: str = "127.0.0.1",
+        limits: Mapping[str, int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.card = card
@@ -197,21 +199,26 @@ class Meter:
         self.engine = Engine(
             card,
             policy,
-            DedupeWindow(cfg.dedupe_days),
+            DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             self.accounts.data,
             self.seen.data,
         )
+        publisher = KafkaPublisher(producer._ensure_producer)
         self.handler = RecordHandler(
             self.engine,
             self.names,
             partitions,
-            KafkaPublisher(producer._ensure_producer),
+            publisher,
             changelogs=(
                 Changelog(self.accounts.changelog_topic.get_topic_name(), dump_stored, str),
                 Changelog(self.seen.changelog_topic.get_topic_name(), dump_mark, dedupe_tenant),
             ),
             batch_max=cfg.batch_max,
+            # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
+            limits=Limits(self.app.conf.producer_max_request_size, dict(limits or {})),
         )
+        # A lone output the broker refuses as too large becomes a minimal rejection.
+        publisher.fallback = self.handler.minimal_rejection
         self.handler.deliveries = Deliveries(self._committed_offset)
         self.handler.landed = self._landed
         self.engine.delivered = self.handler.deliveries

@@ -40,7 +40,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
     from processor.kafka_options import KafkaAccessError, KafkaConfigError, kafka_client_options
     from processor.logs import logging_config
-    from processor.topics import TopicLayoutError, TopicNames, ensure_topics
+    from processor.topics import TopicLayoutError, TopicNames, ensure_topics, max_message_bytes
 
     cfg = Settings()
     try:
@@ -62,9 +62,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (TopicLayoutError, KafkaConfigError, KafkaAccessError) as exc:
         print(f"meter worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    names = TopicNames.from_settings(cfg)
+    # What the output topics take, so no rejection or re-route is built too large.
+    limits = asyncio.run(
+        max_message_bytes(bootstrap, (names.rejected, names.reroute), **kafka_client_options(cfg))
+    )
     # ensure_topics closed its loop; Faust's worker wants a current one of its own.
     asyncio.set_event_loop(asyncio.new_event_loop())
-    meter = Meter(cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host)
+    meter = Meter(
+        cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host, limits=limits
+    )
     _tune_gc()
     worker = _quiet_worker_class()(
         meter.app,

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         default=3, validation_alias="METER_RECHARGE_MAX_ATTEMPTS", ge=1
     )
     dedupe_days: float = Field(default=7, validation_alias="METER_DEDUPE_DAYS", gt=0)
+    # How far ahead of the worker's clock an event's occurred_at may be; further ahead
+    # it is rejected (invalid_event), and a dedupe mark never outlives now + the window
+    # + this.
+    max_future_seconds: float = Field(
+        default=300, validation_alias="METER_MAX_FUTURE_SECONDS", ge=0
+    )
     # How often the recharge timer looks for timed-out or retry-due requests.
     timer_interval_seconds: float = Field(
         default=5.0, validation_alias="METER_TIMER_INTERVAL_SECONDS", gt=0

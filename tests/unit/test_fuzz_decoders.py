@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import random
 import time
@@ -32,6 +33,7 @@ from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.stored import Mark, StoredAccount
 from processor.handler import MAX_REJECTED_PAYLOAD, MemoryPublisher, Record, RecordHandler, Source
+from processor.sizing import Limits, record_size
 from processor.topics import TopicNames
 from schemas import RejectedRecord, decode_call, decode_command, decode_conference
 from tests import malformed
@@ -138,13 +140,21 @@ def check_rejection(rig: Rig, m: Malformed, rec: Record, status: str) -> dict[st
         assert body["payload"] is None  # a tombstone: no value to keep
     elif len(m.value) > MAX_REJECTED_PAYLOAD:
         assert body["payload_truncated"] is True and body["payload_size"] == len(m.value)
-        assert payload == m.value[:MAX_REJECTED_PAYLOAD]
+        assert body["payload_sha256"] == hashlib.sha256(m.value).hexdigest()
+        # A prefix, shorter than 256 KiB when its JSON escapes would not fit the topic.
+        assert payload is not None and m.value.startswith(payload)
+        assert len(payload) == MAX_REJECTED_PAYLOAD or record_size(None, rig.pub.sent[0][2]) > (
+            Limits().limit(NAMES.rejected) - 8 * 1024
+        )
     else:
         assert "payload_truncated" not in body
         assert payload == m.value
     RejectedRecord.model_validate_json(
         json.dumps({k: v for k, v in body.items() if k not in TRUNCATION_FIELDS})
     )
+    # Every rejection fits what the topic takes, keyed as it is sent.
+    [(_, out_key, value, _)] = rig.pub.sent
+    assert record_size(out_key, value) <= Limits().limit(NAMES.rejected)
     return body
 
 
