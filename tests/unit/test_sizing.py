@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -38,10 +38,11 @@ from processor.publisher import KafkaPublisher
 from processor.routing import partition_for
 from processor.sizing import KEY_BOUND, Limits, record_size
 from schemas import RejectedRecord
+from schemas.types import format_timestamp, parse_timestamp
 from tests import malformed
 from tests.unit.test_fuzz_decoders import NAMES
 
-NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+NOW = parse_timestamp(malformed.NOW)  # the events' time
 PARTITIONS = 4
 LIMIT = 1_000_000  # Faust's producer max_request_size, under the topic's 1 MiB
 TENANT = "fuzz-01"
@@ -347,7 +348,7 @@ def test_the_publisher_sends_the_stand_in_of_a_record_refused_for_size() -> None
 
 def test_a_too_old_event_is_applied_only_when_replay_forces_it() -> None:
     rig = Rig()
-    old = "2026-11-01T00:00:00Z"
+    old = format_timestamp(NOW - timedelta(days=30))
     value = malformed.dumps(call(occurred_at=old))
     assert rig.put(TENANT.encode(), value) == "rejected"
     assert rig.rejection()[1]["reason"] == "too_old"
