@@ -157,7 +157,7 @@ def cmd_replay_rejected(args: argparse.Namespace) -> int:
     from processor.topics import TopicNames
 
     try:
-        reasons = replay_reasons(args.reason or ())
+        reasons = replay_reasons(args.reason or (), force_too_old=args.force_too_old)
         since = parse_since(args.since) if args.since is not None else None
     except ValueError as exc:
         print(f"meter replay-rejected: {exc}", file=sys.stderr)
@@ -174,6 +174,7 @@ def cmd_replay_rejected(args: argparse.Namespace) -> int:
             since=since,
             limit=args.limit,
             dry_run=args.dry_run,
+            force_too_old=args.force_too_old,
             client_options=kafka_client_options(cfg),
         )
     )
@@ -253,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--limit", type=int, metavar="N", help="replay at most N records, oldest rejections first"
+    )
+    replay.add_argument(
+        "--force-too-old",
+        action="store_true",
+        help="apply records rejected as too_old (older than METER_DEDUPE_DAYS) on your word "
+        "that they were never applied: selects reason too_old, and the processor then "
+        "applies them without the age check (an id still remembered stays a duplicate)",
     )
     replay.set_defaults(func=cmd_replay_rejected)
 

@@ -11,11 +11,18 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Client, Deployment, Worker, eventually, signed_sum
+from tests.integration.harness import (
+    Client,
+    Deployment,
+    Worker,
+    eventually,
+    now_rfc3339,
+    signed_sum,
+)
 
 pytestmark = pytest.mark.integration
 
-NOW = "2026-11-25T10:00:00Z"
+NOW = now_rfc3339()  # event time within the dedupe window
 
 
 def call(

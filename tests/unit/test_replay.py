@@ -20,11 +20,19 @@ from processor import cli
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.handler import MAX_REJECTED_PAYLOAD, MemoryPublisher, Record, RecordHandler
+from processor.handler import (
+    H_FORCE_TOO_OLD,
+    MAX_REJECTED_PAYLOAD,
+    MemoryPublisher,
+    Record,
+    RecordHandler,
+)
 from processor.replay import (
     DEFAULT_REASONS,
+    REPLAY_HEADER,
     ReplayReport,
     SourceRef,
+    _headers,
     finish,
     parse_since,
     record_id,
@@ -116,6 +124,36 @@ def test_the_original_key_and_bytes_come_back_from_the_handlers_rejection(
     assert (replay.key, replay.value) == (key, value)
     assert replay.rejected.source == SourceRef(NAMES.calls, 3, 42)
     assert not sel.warnings
+
+
+def test_a_rejection_with_a_truncated_key_is_read_back_from_its_source() -> None:
+    key = b"k" * 5000
+    sel = select(rows(handler_rejection(key, b"not json")), reasons=DEFAULT_REASONS, inputs=INPUTS)
+    [replay] = finish(sel, None)
+    # Never the prefix of the key: the original record is read back, key and value.
+    assert replay.value is None
+    assert replay.rejected.payload_size == len(b"not json")
+
+
+def test_force_too_old_selects_too_old_and_marks_only_those_replays() -> None:
+    assert replay_reasons((), force_too_old=True) == {"too_old"}
+    assert replay_reasons(("no_rate",), force_too_old=True) == {"no_rate", "too_old"}
+    assert "too_old" not in replay_reasons(())
+    sel = select(
+        rows(
+            rejection("too_old", (NAMES.calls, 0, 1), payload='{"event_id": "e1"}'),
+            rejection("no_rate", (NAMES.calls, 0, 2), payload='{"event_id": "e2"}'),
+        ),
+        reasons=replay_reasons(("no_rate",), force_too_old=True),
+        inputs=INPUTS,
+    )
+    old, unrated = finish(sel, None)
+    assert _headers(old, True) == [
+        (REPLAY_HEADER, f"{NAMES.calls}[0]@1".encode()),
+        (H_FORCE_TOO_OLD, b"1"),
+    ]
+    assert _headers(unrated, True) == [(REPLAY_HEADER, f"{NAMES.calls}[0]@2".encode())]
+    assert _headers(old, False) == [(REPLAY_HEADER, f"{NAMES.calls}[0]@1".encode())]
 
 
 @pytest.mark.parametrize("value", [b"x" * (MAX_REJECTED_PAYLOAD + 1), b"\xff" * 300_000])
