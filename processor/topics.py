@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from processor import settings as s
@@ -148,8 +149,6 @@ async def max_message_bytes(
     The handler sizes rejections and re-routes to fit them (processor/sizing.py). A
     topic the broker does not describe is left out, and taken at Kafka's default.
     """
-    from aiokafka.admin import ConfigResource, ConfigResourceType
-
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     limits: dict[str, int] = {}
     try:
@@ -165,7 +164,7 @@ async def max_message_bytes(
                 for entry in entries if error_code == 0 else ():
                     if entry[0] == "max.message.bytes" and str(entry[1]).isdigit():
                         limits[name] = int(entry[1])
-    except KafkaError as exc:
+    except Exception as exc:  # a lookup that fails must not stop the worker
         log.warning("could not describe the topics' max.message.bytes (%r); assuming 1 MiB", exc)
     finally:
         with contextlib.suppress(Exception):
