@@ -131,6 +131,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from processor.core.engine import DedupeWindow
     from processor.core.rating import example_rate_card_path, load_rate_card
     from processor.kafka_options import kafka_client_options
     from processor.reconcile import reconcile
@@ -144,6 +145,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             TopicNames.from_settings(cfg),
             card,
             args.worker_url,
+            # Judged as the workers judge event times (too old, too far ahead).
+            dedupe=DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             **kafka_client_options(cfg),
         )
     )

@@ -333,3 +333,34 @@ def test_the_help_names_every_default_reason(capsys: pytest.CaptureFixture[str])
     out = " ".join(capsys.readouterr().out.split())
     for reason in DEFAULT_REASONS:
         assert reason in out
+
+
+def test_reconcile_judges_event_times_as_the_workers_do() -> None:
+    """An event older than the window when it arrived was refused by the workers
+    (too_old), unless a replay forced it; reconcile counts it the same way."""
+    from processor.reconcile import Raw, expected_accounts
+
+    arrived = T0 + timedelta(days=8)
+    ms = int(arrived.timestamp() * 1000)
+    funds = {
+        "type": "funds_added",
+        "command_id": "c-old",
+        "tenant_id": "acme",
+        "occurred_at": format_timestamp(T0),
+        "amount": "5.00",
+        "currency": "USD",
+        "source": "manual",
+    }
+    value = json.dumps(funds).encode()
+    forced = ((REPLAY_HEADER, b"x"), (H_FORCE_TOO_OLD, b"1"))
+    window = DedupeWindow(7)
+    inputs = [Raw(NAMES.commands, 0, 0, value, ms)]
+    assert expected_accounts(CARD, NAMES, inputs, window)[0] == {}
+    # Without the workers' window (the old call), everything counts.
+    assert "acme" in expected_accounts(CARD, NAMES, inputs)[0]
+    # The force header alone is not a replay's word.
+    alone = [Raw(NAMES.commands, 0, 0, value, ms, ((H_FORCE_TOO_OLD, b"1"),))]
+    assert expected_accounts(CARD, NAMES, alone, window)[0] == {}
+    replayed = [*inputs, Raw(NAMES.commands, 0, 1, value, ms, forced)]
+    accounts, _ = expected_accounts(CARD, NAMES, replayed, window)
+    assert str(accounts["acme"].account.balance) == "5.0000"
