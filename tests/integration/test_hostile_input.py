@@ -7,11 +7,12 @@ a value at the maximum under a wrong key (its re-route cannot fit), an event dat
 tenant's partition of each input topic. Then the good tenant's ordinary records on
 the same partitions must be applied: nothing stalled the partition. Finally
 `meter replay-rejected --force-too-old` applies the too-old event on the operator's
-word.
+word. And a rejection the broker refuses for its size becomes a minimal one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from processor.replay import replay_rejected
@@ -219,3 +221,59 @@ async def test_no_record_the_broker_accepted_stalls_a_partition(deployment: Depl
     fresh = {**old, "occurred_at": format_timestamp(datetime.now(UTC).replace(microsecond=0))}
     expected += expected_balances([(CALLS, fresh)])[GOOD]  # minus the call's charge
     await eventually(balances, timeout=60, what="the too-old call applied on replay")
+
+
+async def test_a_rejection_the_broker_refuses_for_size_becomes_a_minimal_one(
+    deployment: Deployment,
+) -> None:
+    """credits.rejected shrinks below what the worker learned at start: the broker
+    refuses a rejection the worker built to fit 1 MB, and the minimal rejection (no
+    payload; sizes and hashes) takes its place instead of failing the flush."""
+    d = deployment
+    worker = Worker(d, 0).start()
+    d.workers.append(worker)  # type: ignore[attr-defined]
+    await worker.wait_ready()
+    rejected = d.topic("credits.rejected")
+    small = 20_000
+    admin = AIOKafkaAdminClient(bootstrap_servers=d.bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, rejected, {"max.message.bytes": str(small)})]
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=d.bootstrap, acks="all")
+    await producer.start()
+    try:
+        # Until the broker applies the new limit: a probe too large for it is refused.
+        async def refused() -> bool:
+            probe = json.dumps({"type": "probe", "pad": "x" * 2 * small}).encode()
+            try:
+                await producer.send_and_wait(rejected, probe)
+            except MessageSizeTooLargeError:
+                return True
+            return False
+
+        await eventually(refused, timeout=30, what="the smaller max.message.bytes in force")
+        value = b"\xff" + b"y" * 300_000  # not UTF-8: a 256 KiB base64 payload
+        bad = await producer.send_and_wait(d.topic(CALLS), value, key=GOOD.encode(), partition=HOME)
+        good = body(CALLS, "g-after", GOOD)
+        await producer.send_and_wait(
+            d.topic(CALLS), malformed.dumps(good), key=GOOD.encode(), partition=HOME
+        )
+    finally:
+        await producer.stop()
+    expected = format(expected_balances([(CALLS, good)])[GOOD], "f")
+
+    async def applied() -> bool | str:
+        status, account = await worker.get(f"/tenants/{GOOD}/account")
+        return (status == 200 and account["balance"] == expected) or f"not yet: {account}"
+
+    await eventually(applied, timeout=60, what="the good call after the refused rejection")
+    rows = [json.loads(r.value) for r in await Client(d).read_records(rejected)]
+    [minimal] = [r for r in rows if r.get("source_offset") == bad.offset]
+    assert minimal["reason"] == "invalid_json" and minimal["payload"] is None
+    assert minimal["payload_truncated"] is True and minimal["payload_size"] == len(value)
+    assert minimal["payload_sha256"] == hashlib.sha256(value).hexdigest()
+    assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
