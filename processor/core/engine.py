@@ -107,7 +107,9 @@ class DedupeWindow:
         expires a repeat is a duplicate; after it, the repeat is older than the window
         and refused as `too_old`: no repeat is metered twice.
         """
-        return int((min(max(occurred_at, now), now + self.ahead) + self.span).timestamp())
+        if occurred_at <= now:
+            return int((now + self.span).timestamp())
+        return int((min(occurred_at, now + self.ahead) + self.span).timestamp())
 
     def too_old(self, occurred_at: datetime, now: datetime) -> bool:
         """Older than the window: a repeat of it may have been forgotten already."""
@@ -177,8 +179,10 @@ class Engine:
             return self._replayed(stored, key, event.occurred_at, now, position)
         if mark_holds(self.seen.get(key), stored):
             return Outcome(Status.DUPLICATE, tenant)
-        rejection = self._too_far(event.occurred_at, now, force_too_old)
-        if rejection is not None:
+        at, window = event.occurred_at, self.dedupe
+        # Inline: every usage event asks (`_too_far` says why).
+        if at - now > window.ahead or (at < now - window.span and not force_too_old):
+            rejection = self._too_far(at, now, force_too_old)
             return Outcome(Status.REJECTED, tenant, rejection=rejection)
         table = _USAGE_TABLES[table_key]
         charge = self.card.rate(table, number, event.duration_seconds)
