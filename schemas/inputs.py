@@ -266,6 +266,24 @@ def _unique_keys(data: bytes | bytearray, event: _M) -> _M:
     if data.count(b'":') == len(event.__pydantic_fields_set__) and not _SPACED.search(data):
         return event
     try:
+        name = first_duplicate_key(data)
+    except (ValueError, RecursionError) as exc:
+        # pydantic read it; the standard parser should too. Refuse rather than guess.
+        raise DecodeError("invalid_json", _clip(f"not readable as JSON: {exc}")) from None
+    if name is not None:
+        raise DecodeError(
+            "invalid_event", _clip(f"{name}: the key appears more than once in one JSON object")
+        )
+    return event
+
+
+def first_duplicate_key(data: bytes | bytearray | str) -> str | None:
+    """The first key some object in the JSON text `data` names twice, at any depth.
+
+    ValueError when `data` is not JSON. For the paths that are not hot (the admin
+    API's bodies); decoders ask `_unique_keys`, which rarely needs this.
+    """
+    try:
         # Numbers as text: only the keys matter, and a long one must not fail here.
         json.loads(
             data,
@@ -275,14 +293,8 @@ def _unique_keys(data: bytes | bytearray, event: _M) -> _M:
             parse_constant=str,
         )
     except _DuplicateKey as dup:
-        raise DecodeError(
-            "invalid_event",
-            _clip(f"{dup.args[0]}: the key appears more than once in one JSON object"),
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        # pydantic read it; the standard parser should too. Refuse rather than guess.
-        raise DecodeError("invalid_json", _clip(f"not readable as JSON: {exc}")) from None
-    return event
+        return str(dup.args[0])
+    return None
 
 
 def decode_call(raw: bytes | None) -> CallUsage:
