@@ -262,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--force-too-old",
         action="store_true",
         help="apply records rejected as too_old (older than METER_DEDUPE_DAYS) on your word "
-        "that they were never applied: selects reason too_old, and the processor then "
-        "applies them without the age check (an id still remembered stays a duplicate)",
+        "that they were never applied: selects reason too_old besides any --reason, and "
+        "the processor applies what is replayed without the age check (an id still "
+        "remembered stays a duplicate)",
     )
     replay.set_defaults(func=cmd_replay_rejected)
 

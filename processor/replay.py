@@ -337,9 +337,9 @@ async def replay_rejected(
 ) -> ReplayReport:
     """Read credits.rejected, select, and re-send (or, dry, only list) the originals.
 
-    `force_too_old`: the records rejected as too_old go back with `meter-force-too-old:
-    1`, which the processor honours on a replayed record only: it applies them
-    without the age check (docs/contract.md, "Rejected records").
+    `force_too_old`: the records go back with `meter-force-too-old: 1`, which the
+    processor honours on a replayed record only: it applies them without the age
+    check (docs/contract.md, "Rejected records").
     """
     report = ReplayReport(dry_run=dry_run)
     options = client_options or {}
@@ -412,6 +412,6 @@ async def replay_rejected(
 
 def _headers(replay: Replay, force_too_old: bool) -> list[tuple[str, bytes]]:
     headers = [(REPLAY_HEADER, str(replay.rejected.source).encode())]
-    if force_too_old and replay.rejected.reason == "too_old":
+    if force_too_old:  # every replay: an old event rejected since for another reason too
         headers.append((H_FORCE_TOO_OLD, b"1"))
     return headers

@@ -135,7 +135,7 @@ def test_a_rejection_with_a_truncated_key_is_read_back_from_its_source() -> None
     assert replay.rejected.payload_size == len(b"not json")
 
 
-def test_force_too_old_selects_too_old_and_marks_only_those_replays() -> None:
+def test_force_too_old_selects_too_old_and_marks_the_replays() -> None:
     assert replay_reasons((), force_too_old=True) == {"too_old"}
     assert replay_reasons(("no_rate",), force_too_old=True) == {"no_rate", "too_old"}
     assert "too_old" not in replay_reasons(())
@@ -152,7 +152,11 @@ def test_force_too_old_selects_too_old_and_marks_only_those_replays() -> None:
         (REPLAY_HEADER, f"{NAMES.calls}[0]@1".encode()),
         (H_FORCE_TOO_OLD, b"1"),
     ]
-    assert _headers(unrated, True) == [(REPLAY_HEADER, f"{NAMES.calls}[0]@2".encode())]
+    # An old event rejected since for another reason is forced as well.
+    assert _headers(unrated, True) == [
+        (REPLAY_HEADER, f"{NAMES.calls}[0]@2".encode()),
+        (H_FORCE_TOO_OLD, b"1"),
+    ]
     assert _headers(old, False) == [(REPLAY_HEADER, f"{NAMES.calls}[0]@1".encode())]
 
 
