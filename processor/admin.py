@@ -61,7 +61,7 @@ from schemas.admin import (
     FieldError,
     FundsRequest,
 )
-from schemas.inputs import AutoRechargeConfigured, FundsAdded
+from schemas.inputs import AutoRechargeConfigured, FundsAdded, first_duplicate_key
 from schemas.types import (
     CURRENCY_PATTERN,
     ID_PATTERN,
@@ -528,6 +528,16 @@ class AdminAPI:
                 _error_reply(400, "invalid_json", f"the body is not JSON: {exc}", tenant_id)
             ) from None
         request: FundsRequest | AutoRechargeRequest | None = None
+        twice = _twice(body) if isinstance(parsed, dict) else None
+        if twice is not None:
+            # orjson keeps the last value; the processor refuses such a record too.
+            errors.append(
+                FieldError(
+                    loc=["body", twice[:100]],
+                    msg="named more than once in one JSON object",
+                    type="duplicate_key",
+                )
+            )
         if not isinstance(parsed, dict):
             errors.append(FieldError(loc=["body"], msg="must be a JSON object", type="dict_type"))
         else:
@@ -630,6 +640,13 @@ class MeterLike(Protocol):
     def card(self) -> Any: ...
     @property
     def names(self) -> Any: ...
+
+
+def _twice(body: bytes) -> str | None:
+    try:
+        return first_duplicate_key(body)
+    except (ValueError, RecursionError):  # orjson read it; nothing more to tell
+        return None
 
 
 async def _body(request: Request) -> bytes | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +34,7 @@ from processor.handler import Changelog, Deliveries, Record, RecordHandler, Sour
 from processor.publisher import TransactionalPublisher
 from processor.routing import partition_for
 from processor.settings import Settings
+from processor.sizing import Limits
 from processor.tally import AccountTally
 from processor.topics import TopicNames
 from processor.views import account_view, tenant_id_problem
@@ -95,6 +97,16 @@ RECOVERY_READ_SECONDS = 600.0
 MARKS_FORGOTTEN_PER_TICK = 50_000
 
 
+# How long a crashed worker may take to stop before it exits anyway.
+CRASH_EXIT_SECONDS = 20.0
+
+
+def _exit_after_crash() -> None:
+    log.error("crashed worker still running after %.0fs: exiting", CRASH_EXIT_SECONDS)
+    logging.shutdown()
+    os._exit(1)
+
+
 def _error(code: str, detail: str, tenant_id: str | None) -> bytes:
     return orjson.dumps({"error": code, "detail": detail, "tenant_id": tenant_id})
 
@@ -126,6 +138,7 @@ class Meter:
         broker: Broker,
         partitions: int,
         web_host: str = "127.0.0.1",
+        limits: Mapping[str, int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.card = card
@@ -236,7 +249,7 @@ class Meter:
         self.engine = Engine(
             card,
             policy,
-            DedupeWindow(cfg.dedupe_days),
+            DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             self.accounts.data,
             self.seen.data,
         )
@@ -250,7 +263,11 @@ class Meter:
                 Changelog(self.seen.changelog_topic.get_topic_name(), dump_mark, dedupe_tenant),
             ),
             batch_max=cfg.batch_max,
+            # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
+            limits=Limits(self.app.conf.producer_max_request_size, dict(limits or {})),
         )
+        # A lone output the broker refuses as too large becomes a minimal rejection.
+        self.publisher.fallback = self.handler.minimal_rejection
         self.handler.deliveries = Deliveries(self._committed_offset)
         self.handler.landed = self._landed
         self.engine.delivered = self.handler.deliveries
@@ -375,10 +392,15 @@ class Meter:
 
     def _landed(self, messages: list[Message], failure: Exception | None) -> None:
         """The last ack of records whose flush has landed (and only then)."""
+        consumer = self.app.consumer
         if failure is not None:
+            # Untracked but not taken: the guard refuses these acks (nothing is
+            # committed past them), and a rebalance or the shutdown the crash starts
+            # no longer waits for records that will never land here.
+            for message in messages:
+                message.ack(consumer)
             self._crash_undelivered(failure)
             return
-        consumer = self.app.consumer
         took = self.taken.took
         for message in messages:
             took(message.tp, message.offset)
@@ -409,6 +431,10 @@ class Meter:
         metrics.OUTPUT_ERRORS.inc()
         log.error("batch not delivered: %r", exc)
         self.app._crash(exc)
+        # Faust's shutdown can hang in the middle of a rebalance (a fenced zombie's
+        # is); a crash must end the process so that it starts afresh. Exiting at any
+        # point is safe: it is what kill -9 does, and the fault suite proves that.
+        asyncio.get_running_loop().call_later(CRASH_EXIT_SECONDS, _exit_after_crash)
 
     # ---- the recharge timer --------------------------------------------------------
 

@@ -43,7 +43,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
     from processor.kafka_options import KafkaAccessError, KafkaConfigError, kafka_client_options
     from processor.logs import logging_config
-    from processor.topics import TopicLayoutError, TopicNames, ensure_topics
+    from processor.topics import TopicLayoutError, TopicNames, ensure_topics, max_message_bytes
 
     cfg = Settings()
     try:
@@ -66,9 +66,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (TopicLayoutError, KafkaConfigError, KafkaAccessError) as exc:
         print(f"meter worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    names = TopicNames.from_settings(cfg)
+    # What the output topics take, so no rejection or re-route is built too large.
+    limits = asyncio.run(
+        max_message_bytes(bootstrap, (names.rejected, names.reroute), **kafka_client_options(cfg))
+    )
     # ensure_topics closed its loop; Faust's worker wants a current one of its own.
     asyncio.set_event_loop(asyncio.new_event_loop())
-    meter = Meter(cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host)
+    meter = Meter(
+        cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host, limits=limits
+    )
     _tune_gc()
     worker = _quiet_worker_class()(
         meter.app,
@@ -151,6 +158,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from processor.core.engine import DedupeWindow
     from processor.core.rating import example_rate_card_path, load_rate_card
     from processor.kafka_options import kafka_client_options
     from processor.reconcile import reconcile
@@ -164,6 +172,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             TopicNames.from_settings(cfg),
             card,
             args.worker_url,
+            # Judged as the workers judge event times (too old, too far ahead).
+            dedupe=DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             **kafka_client_options(cfg),
         )
     )
@@ -177,7 +187,7 @@ def cmd_replay_rejected(args: argparse.Namespace) -> int:
     from processor.topics import TopicNames
 
     try:
-        reasons = replay_reasons(args.reason or ())
+        reasons = replay_reasons(args.reason or (), force_too_old=args.force_too_old)
         since = parse_since(args.since) if args.since is not None else None
     except ValueError as exc:
         print(f"meter replay-rejected: {exc}", file=sys.stderr)
@@ -194,6 +204,7 @@ def cmd_replay_rejected(args: argparse.Namespace) -> int:
             since=since,
             limit=args.limit,
             dry_run=args.dry_run,
+            force_too_old=args.force_too_old,
             client_options=kafka_client_options(cfg),
         )
     )
@@ -273,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--limit", type=int, metavar="N", help="replay at most N records, oldest rejections first"
+    )
+    replay.add_argument(
+        "--force-too-old",
+        action="store_true",
+        help="apply records rejected as too_old (older than METER_DEDUPE_DAYS) on your word "
+        "that they were never applied: selects reason too_old besides any --reason, and "
+        "the processor applies what is replayed without the age check (an id still "
+        "remembered stays a duplicate)",
     )
     replay.set_defaults(func=cmd_replay_rejected)
 

@@ -7,8 +7,8 @@ No Faust here: the agents hand over plain `Record`s and the outputs leave throug
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,13 +18,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from processor import metrics
-from processor.codec import dump_output, dump_tick, dumps, load_tick
+from processor import metrics, sizing
+from processor.codec import dump_output, dump_tick, load_tick
 from processor.core import account as acc
 from processor.core.engine import Engine, Outcome, Status, TimerTick, Usage
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from processor.core.values import fast_init
 from processor.routing import partition_for
+from processor.sizing import KeyFacts, Limits
 from processor.staged import Staged
 from processor.topics import TopicNames
 from schemas import (
@@ -36,9 +37,10 @@ from schemas import (
     decode_command,
     decode_conference,
 )
-from schemas.types import format_timestamp
+from schemas.types import TENANT_ID_PATTERN, format_timestamp
 
 log = logging.getLogger(__name__)
+_TENANT_RE = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 # Headers that carry a re-routed record's origin, so its ledger entry and any
 # rejection still name the topic, partition and offset it first arrived at.
@@ -47,8 +49,16 @@ H_TOPIC = "meter-source-topic"
 H_PARTITION = "meter-source-partition"
 H_OFFSET = "meter-source-offset"
 H_KEY = "meter-source-key"  # absent when the original record had no key
+# A key over sizing.KEY_BOUND travels as its prefix (H_KEY) with its size and SHA-256.
+H_KEY_SIZE = "meter-source-key-size"
+H_KEY_SHA256 = "meter-source-key-sha256"
+# `meter replay-rejected --force-too-old` sets both on a record it re-sends: an event
+# older than the dedupe window is then applied on the operator's word (docs/contract.md).
+# Honoured only with H_REPLAY_OF beside it, and carried along by a re-route.
+H_FORCE_TOO_OLD = "meter-force-too-old"
+H_REPLAY_OF = "meter-replay-of"
 # Kafka's default max.message.bytes is 1 MiB; base64 grows a payload by a third.
-MAX_REJECTED_PAYLOAD = 256 * 1024
+MAX_REJECTED_PAYLOAD = sizing.MAX_REJECTED_PAYLOAD
 
 
 class Source(StrEnum):
@@ -69,6 +79,9 @@ class Record:
     # The consumer group generation the record was fetched in: what the account value
     # written for it is stamped with (core/stored.py), however late it is processed.
     generation: int = 0
+    # Set when `key` holds only a prefix of the original key (a re-routed record's
+    # origin): the original's size and SHA-256, for its rejection.
+    key_facts: KeyFacts | None = None
 
     def header(self, name: str) -> bytes | None:
         for k, v in self.headers:
@@ -195,8 +208,11 @@ class RecordHandler:
         clock: Callable[[], datetime] = utcnow,
         changelogs: tuple[Changelog, Changelog] | None = None,
         batch_max: int = 2000,
+        limits: Limits | None = None,
     ) -> None:
         self.engine = engine
+        # The largest record each output topic takes (processor/sizing.py).
+        self.limits = limits or Limits()
         self.batch_max = batch_max
         self.names = names
         self.partitions = partitions
@@ -278,13 +294,18 @@ class RecordHandler:
     # ---- staging (one per kind of input topic) ------------------------------------
 
     def stage(self, source: Source, rec: Record) -> str:
-        return self._process(source, rec, origin=rec, rerouted=False)
+        # Only a record `meter replay-rejected --force-too-old` re-sent says both.
+        force = bool(rec.headers) and (
+            rec.header(H_FORCE_TOO_OLD) == b"1" and rec.header(H_REPLAY_OF) is not None
+        )
+        return self._process(source, rec, origin=rec, rerouted=False, force_too_old=force)
 
     def stage_rerouted(self, rec: Record) -> str:
         self._owner = rec.partition
         raw_source = rec.header(H_SOURCE)
         try:
             source = Source((raw_source or b"").decode())
+            size, digest = rec.header(H_KEY_SIZE), rec.header(H_KEY_SHA256)
             origin = Record(
                 topic=(rec.header(H_TOPIC) or b"").decode(),
                 partition=int(rec.header(H_PARTITION) or b"-1"),
@@ -292,11 +313,17 @@ class RecordHandler:
                 # A rejection names the key the producer used, not the tenant's.
                 key=rec.header(H_KEY),
                 value=rec.value,
+                key_facts=(
+                    None
+                    if size is None or digest is None
+                    else KeyFacts(int(size), digest.decode("ascii"))
+                ),
             )
         except (ValueError, UnicodeDecodeError):
             self._reject(rec, "invalid_event", "re-routed record without its origin headers")
             return "rejected"
-        return self._process(source, rec, origin=origin, rerouted=True)
+        force = rec.header(H_FORCE_TOO_OLD) == b"1"  # set by `_reroute`, and only there
+        return self._process(source, rec, origin=origin, rerouted=True, force_too_old=force)
 
     def stage_tick(self, rec: Record) -> str:
         started = time.perf_counter()
@@ -485,7 +512,14 @@ class RecordHandler:
 
     # ---- the path ------------------------------------------------------------
 
-    def _process(self, source: Source, rec: Record, origin: Record, rerouted: bool) -> str:
+    def _process(
+        self,
+        source: Source,
+        rec: Record,
+        origin: Record,
+        rerouted: bool,
+        force_too_old: bool = False,
+    ) -> str:
         started = time.perf_counter()
         self._owner = rec.partition
         label = source.value
@@ -497,7 +531,9 @@ class RecordHandler:
             return "rejected"
         tenant = event.tenant_id
         if not rerouted and rec.partition != partition_for(tenant, self.partitions):
-            self._reroute(source, rec, tenant)
+            if not self._reroute(source, rec, tenant, force_too_old):
+                self._metrics.inc(self._child(metrics.RECORDS, label, "rejected"))
+                return "rejected"
             self._metrics.inc(self._child(metrics.RECORDS, label, "rerouted"))
             return "rerouted"
         cause_topic = self._topics[source]
@@ -507,9 +543,9 @@ class RecordHandler:
         self.engine.generation = rec.generation
         try:
             if isinstance(event, CallUsage | ConferenceUsage):
-                outcome = self.engine.usage(event, cause_topic, now, position)
+                outcome = self.engine.usage(event, cause_topic, now, position, force_too_old)
             else:
-                outcome = self.engine.command(event, cause_topic, now, position)
+                outcome = self.engine.command(event, cause_topic, now, position, force_too_old)
         except Exception as exc:
             # A bug must cost one record a trip to credits.rejected, not the stream:
             # Faust would ack and drop a record whose handler raised.
@@ -520,7 +556,7 @@ class RecordHandler:
                 rec.offset,
                 extra={"tenant_id": tenant, **_coordinates(rec)},
             )
-            self._reject(origin, "internal_error", f"{type(exc).__name__}: {exc}")
+            self._reject(origin, "internal_error", f"{type(exc).__name__}: {exc}", tenant)
             self._metrics.inc(self._child(metrics.RECORDS, label, "rejected"))
             return "rejected"
         if outcome.status is Status.APPLIED:
@@ -542,7 +578,9 @@ class RecordHandler:
     def _finish(self, label: str, outcome: Outcome, origin: Record, started: float) -> None:
         if outcome.status is Status.REJECTED:
             assert outcome.rejection is not None
-            self._reject(origin, outcome.rejection.reason, outcome.rejection.detail)
+            self._reject(
+                origin, outcome.rejection.reason, outcome.rejection.detail, outcome.tenant_id
+            )
         key = outcome.tenant_id.encode()
         for out in outcome.outputs:
             self._send(self._output_topics[type(out)], key, dump_output(out, self.currency))
@@ -555,18 +593,44 @@ class RecordHandler:
         self._metrics.inc(self._child(metrics.RECORDS, label, outcome.status.value))
         self._metrics.observe(metrics.PROCESSING, time.perf_counter() - started)
 
-    def _reroute(self, source: Source, rec: Record, tenant: str) -> None:
+    def _reroute(self, source: Source, rec: Record, tenant: str, force_too_old: bool) -> bool:
+        """Send the record to its tenant's partition; False: rejected, as too large."""
         headers = [
             (H_SOURCE, source.value.encode()),
             (H_TOPIC, rec.topic.encode()),
             (H_PARTITION, str(rec.partition).encode()),
             (H_OFFSET, str(rec.offset).encode()),
         ]
-        if rec.key is not None:
-            headers.append((H_KEY, rec.key))
-        self._send(self.names.reroute, tenant.encode(), rec.value or b"", headers)
+        key, facts = sizing.clip_key(rec.key)
+        if key is not None:
+            headers.append((H_KEY, key))
+        if facts is not None:
+            headers.append((H_KEY_SIZE, str(facts.size).encode()))
+            headers.append((H_KEY_SHA256, facts.sha256.encode()))
+        if force_too_old:
+            headers.append((H_FORCE_TOO_OLD, b"1"))
+        out_key, value = tenant.encode(), rec.value or b""
+        size = sizing.record_size(out_key, value, headers)
+        limit = self.limits.limit(self.names.reroute)
+        if size > limit:
+            self._reject(
+                rec,
+                "too_large",
+                f"the record belongs to partition {partition_for(tenant, self.partitions)} "
+                f"(tenant {tenant}); re-routed there it would take {size} bytes, over the "
+                f"{limit} bytes {self.names.reroute} takes: send it keyed by its tenant_id",
+                tenant,
+            )
+            return False
+        self._send(self.names.reroute, out_key, value, headers)
+        return True
 
-    def _reject(self, rec: Record, reason: str, detail: str) -> None:
+    def _reject(self, rec: Record, reason: str, detail: str, tenant: str | None = None) -> None:
+        """Stage a rejection of `rec`, built to fit what credits.rejected takes.
+
+        `tenant`: the tenant the record's body names, when known; the rejection's key
+        when the record's own key is too long to reuse (processor/sizing.py).
+        """
         body: dict[str, Any] = {
             "type": "rejected",
             "reason": reason,
@@ -578,22 +642,20 @@ class RecordHandler:
             "payload": None,
             "rejected_at": format_timestamp(self.clock()),
         }
-        body["key"], key_b64 = _as_text(rec.key)
-        if key_b64:
-            body["key_encoding"] = "base64"
-        if rec.value is not None:
-            value = rec.value
-            if len(value) > MAX_REJECTED_PAYLOAD:
-                # The original stays at its source offset; a copy this large would be
-                # refused by the broker and the rejection itself would be lost.
-                value = value[:MAX_REJECTED_PAYLOAD]
-                body["payload_truncated"] = True
-                body["payload_size"] = len(rec.value)
-            body["payload"], payload_b64 = _as_text(value)
-            if payload_b64:
-                body["payload_encoding"] = "base64"
-        # Keyed like the original, so a replay lands where the original would have.
-        self._send(self.names.rejected, rec.key, dumps(body))
+        if rec.key_facts is None and (rec.key is None or len(rec.key) <= sizing.KEY_BOUND):
+            # Keyed like the original, so a replay lands where the original would have.
+            out_key = rec.key
+        else:
+            out_key = sizing.rejection_key(rec.key, rec.key_facts, tenant or _tenant_in(rec.value))
+        value = sizing.rejection_value(
+            body,
+            key=rec.key,
+            key_facts=rec.key_facts,
+            value=rec.value,
+            out_key=out_key,
+            limit=self.limits.limit(self.names.rejected),
+        )
+        self._send(self.names.rejected, out_key, value)
         self._metrics.inc(self._child(metrics.REJECTED, reason))
         log.info(
             "rejected %s[%d]@%d: %s: %s",
@@ -601,9 +663,46 @@ class RecordHandler:
             rec.partition,
             rec.offset,
             reason,
-            detail,
+            detail[:500],
             extra={"reason": reason, **_coordinates(rec)},
         )
+
+    def minimal_rejection(self, out: Out) -> Out | None:
+        """What to produce instead of `out` when the broker refused it for its size.
+
+        A rejection or a re-route becomes a minimal rejection (reason, a short
+        detail, coordinates, sizes, hashes; no key, no payload: the original is at
+        its source offset); any other output has no stand-in (None).
+        """
+        if out.topic == self.names.rejected and out.value is not None:
+            value = sizing.minimal_from_rejection(out.value)
+            return None if value is None else Out(self.names.rejected, None, value)
+        if out.topic == self.names.reroute:
+            headers = dict(out.headers or ())
+            try:
+                partition = int(headers.get(H_PARTITION, b"-1"))
+                offset = int(headers.get(H_OFFSET, b"-1"))
+                topic = headers.get(H_TOPIC, b"").decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+            body: dict[str, Any] = {
+                "type": "rejected",
+                "reason": "too_large",
+                "detail": f"the broker refused the re-route of this record to "
+                f"{self.names.reroute} as too large",
+                "source_topic": topic,
+                "source_partition": partition,
+                "source_offset": offset,
+                "rejected_at": format_timestamp(self.clock()),
+            }
+            if H_KEY_SIZE in headers and H_KEY_SHA256 in headers:
+                body["key_size"] = int(headers[H_KEY_SIZE])
+                body["key_sha256"] = headers[H_KEY_SHA256].decode("ascii", "replace")
+            elif H_KEY in headers:
+                body["key_size"] = len(headers[H_KEY])
+                body["key_sha256"] = sizing.sha256_hex(headers[H_KEY])
+            return Out(self.names.rejected, None, sizing.minimal_value(body, out.value))
+        return None
 
     def _send(
         self,
@@ -715,11 +814,15 @@ def _coordinates(rec: Record) -> dict[str, object]:
     }
 
 
-def _as_text(raw: bytes | None) -> tuple[str | None, bool]:
-    """The bytes as text when they are UTF-8, else base64 (and say so)."""
-    if raw is None:
-        return None, False
+def _tenant_in(value: bytes | None) -> str | None:
+    """The tenant_id a record's body names, if it is a JSON object naming a valid one.
+
+    Only for rejections of records whose key is too long to reuse (rare): a parse."""
     try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return base64.b64encode(raw).decode("ascii"), True
+        body = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    tenant = body.get("tenant_id") if isinstance(body, dict) else None
+    if isinstance(tenant, str) and _TENANT_RE.fullmatch(tenant):
+        return tenant
+    return None

@@ -19,11 +19,23 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+
 from processor import metrics
 from processor.handler import Out
 from processor.routing import partition_for_key
 
 log = logging.getLogger(__name__)
+
+# The broker (or the producer) refused one record as too large.
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+# For a record refused as too large, alone in its batch: the record to produce
+# instead, or None to fail the publish (`RecordHandler.minimal_rejection`).
+Fallback = Callable[[Out], Out | None]
 
 
 class _Sender:
@@ -33,8 +45,9 @@ class _Sender:
         self._partitions: dict[str, int] = {}
         self._spread = itertools.count()
 
-    async def send(self, producer: Any, records: Iterable[Out]) -> list[asyncio.Future[Any]]:
-        """Hand every record to `producer`; the futures resolve as the broker acks."""
+    async def send(self, producer: Any, records: Iterable[Out]) -> list[_Sent]:
+        """Hand every record to `producer`; each batch's future resolves as the broker
+        acks it, and names the records it holds (to find a lone one refused for size)."""
         groups: dict[tuple[str, int], list[Out]] = defaultdict(list)
         counts = self._partitions
         for r in records:
@@ -48,30 +61,83 @@ class _Sender:
                 else:
                     partition = partition_for_key(r.key, count)
             groups[(r.topic, partition)].append(r)
-        sent: list[asyncio.Future[Any]] = []
+        sent: list[_Sent] = []
         for (topic, partition), group in groups.items():
             batch = producer.create_batch()
+            members: list[Out] = []
             for r in group:
                 headers = list(r.headers) if r.headers else []
                 if (
                     batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
                     is not None
                 ):
+                    members.append(r)
                     continue
                 if batch.record_count():
-                    sent.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    sent.append(_Sent(future, members))
+                    batch, members = producer.create_batch(), []
                 if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
                     # Larger than a whole batch: the producer sends it on its own.
-                    sent.append(
-                        await producer.send(
+                    try:
+                        future = await producer.send(
                             topic, r.value, key=r.key, partition=partition, headers=headers
                         )
-                    )
+                    except TOO_LARGE as exc:
+                        future = _failed(exc)
+                    sent.append(_Sent(future, [r]))
                     batch = producer.create_batch()
+                else:
+                    members.append(r)
             if batch.record_count():
-                sent.append(await producer.send_batch(batch, topic, partition=partition))
+                future = await producer.send_batch(batch, topic, partition=partition)
+                sent.append(_Sent(future, members))
         return sent
+
+
+class _Sent:
+    """One batch handed to the producer: its delivery future and its records."""
+
+    __slots__ = ("future", "members")
+
+    def __init__(self, future: asyncio.Future[Any], members: list[Out]) -> None:
+        self.future = future
+        self.members = members
+
+
+async def _stand_ins(sent: list[_Sent], fallback: Fallback | None) -> dict[int, Out]:
+    """Wait for every batch; for each lone record refused as too large, its stand-in
+    (by the record's id). Raises the first other failure: nothing may pass for sent."""
+    results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
+    stand_ins: dict[int, Out] = {}
+    for batch, result in zip(sent, results, strict=True):
+        if not isinstance(result, BaseException):
+            continue
+        refused = batch.members[0]
+        stand_in = (
+            fallback(refused)
+            if fallback is not None and len(batch.members) == 1 and isinstance(result, TOO_LARGE)
+            else None
+        )
+        if stand_in is None:
+            raise result
+        # Carried by the same transaction as the record it stands for.
+        stand_ins[id(refused)] = Out(
+            stand_in.topic,
+            stand_in.key,
+            stand_in.value,
+            stand_in.headers,
+            stand_in.partition,
+            stand_in.state,
+            refused.owner,
+        )
+    return stand_ins
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future
 
 
 class KafkaPublisher:
@@ -83,14 +149,17 @@ class KafkaPublisher:
 
     atomic = False
 
-    def __init__(self, producer: Callable[[], Any]) -> None:
+    def __init__(self, producer: Callable[[], Any], fallback: Fallback | None = None) -> None:
         self._producer = producer
         self._sender = _Sender()
+        self.fallback = fallback
 
     async def publish(self, records: Sequence[Out]) -> None:
         sent = await self._sender.send(self._producer(), records)
-        # Raises the first delivery error: the caller must not treat the batch as sent.
-        await asyncio.gather(*sent)
+        stand_ins = await _stand_ins(sent, self.fallback)
+        if stand_ins:
+            # Minimal rejections; one refused in turn fails the publish.
+            await _stand_ins(await self._sender.send(self._producer(), stand_ins.values()), None)
 
 
 class TransactionalPublisher:
@@ -112,8 +181,10 @@ class TransactionalPublisher:
         self,
         app_id: str,
         make_producer: Callable[[str], Any],
+        fallback: Fallback | None = None,
         before_commit: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
+        self.fallback = fallback
         self._app_id = app_id
         self._make_producer = make_producer
         self._producers: dict[int, Any] = {}
@@ -182,7 +253,25 @@ class TransactionalPublisher:
             return
         await producer.begin_transaction()
         sent = await self._sender.send(producer, records)
-        await asyncio.gather(*sent)
+        try:
+            stand_ins = await _stand_ins(sent, self.fallback)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            raise
+        if stand_ins:
+            # A record the broker refused for its size leaves the transaction to be
+            # aborted; the round goes again with minimal rejections in its place, and
+            # fails if one of those is refused in turn.
+            await producer.abort_transaction()
+            await producer.begin_transaction()
+            again = [stand_ins.get(id(r), r) for r in records]
+            try:
+                await _stand_ins(await self._sender.send(producer, again), None)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.abort_transaction()
+                raise
         if self._before_commit is not None:
             await self._before_commit(partition)
         await producer.commit_transaction()

@@ -41,6 +41,7 @@ from processor.core.stored import (
     highest_applied,
     rewound_inputs,
 )
+from processor.handler import H_FORCE_TOO_OLD, H_REPLAY_OF
 from processor.topics import TopicNames
 from schemas import DecodeError, decode_call, decode_command, decode_conference
 
@@ -51,6 +52,10 @@ class Raw:
     partition: int
     offset: int
     value: bytes | None
+    # The record's timestamp (ms; -1 unknown) and headers: when it arrived, and whether
+    # a replay forced it past the age check (processor/handler.py, H_FORCE_TOO_OLD).
+    timestamp: int = -1
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 async def read_topic(
@@ -94,7 +99,10 @@ async def read_topic(
                 raise TimeoutError(f"could not read {topic} to its end within {within}s")
             batch = await consumer.getmany(*todo, timeout_ms=500)
             for tp, records in batch.items():
-                out.extend(Raw(topic, tp.partition, r.offset, r.value) for r in records)
+                out.extend(
+                    Raw(topic, tp.partition, r.offset, r.value, r.timestamp, tuple(r.headers or ()))
+                    for r in records
+                )
                 if records and records[-1].offset + 1 >= end[tp]:
                     todo.discard(tp)
             for tp in list(todo):
@@ -166,25 +174,47 @@ class Report:
 
 
 def expected_accounts(
-    card: RateCard, names: TopicNames, inputs: Iterable[Raw]
+    card: RateCard,
+    names: TopicNames,
+    inputs: Iterable[Raw],
+    dedupe: DedupeWindow | None = None,
 ) -> tuple[dict[str, StoredAccount], int]:
-    """Apply every decodable input once, through the same core the workers run."""
+    """Apply every decodable input once, through the same core the workers run.
+
+    `dedupe`: the workers' window (METER_DEDUPE_DAYS, METER_MAX_FUTURE_SECONDS); each
+    input is judged at the time it arrived (its record timestamp), so an event the
+    workers refused as too old or too far ahead is not counted. Without it, a window
+    of a century: every event counts.
+    """
     accounts: dict[str, StoredAccount] = {}
     seen: dict[str, Mark] = {}
     engine = Engine(
-        card, RechargePolicy(timeout=timedelta(days=3650)), DedupeWindow(36500), accounts, seen
+        card,
+        RechargePolicy(timeout=timedelta(days=3650)),
+        dedupe or DedupeWindow(36500),
+        accounts,
+        seen,
     )
-    now = datetime.now(UTC)
+    started = datetime.now(UTC)
     applied = 0
     for raw in inputs:
         position = Position(f"{raw.topic}:{raw.partition}", raw.offset)
+        now = (
+            datetime.fromtimestamp(raw.timestamp / 1000, UTC)
+            if dedupe is not None and raw.timestamp >= 0
+            else started
+        )
+        headers = dict(raw.headers)
+        force = headers.get(H_FORCE_TOO_OLD) == b"1" and H_REPLAY_OF in headers
         try:
             if raw.topic == names.commands:
-                outcome = engine.command(decode_command(raw.value), raw.topic, now, position)
+                cmd = decode_command(raw.value)
+                outcome = engine.command(cmd, raw.topic, now, position, force)
             elif raw.topic == names.calls:
-                outcome = engine.usage(decode_call(raw.value), raw.topic, now, position)
+                outcome = engine.usage(decode_call(raw.value), raw.topic, now, position, force)
             else:
-                outcome = engine.usage(decode_conference(raw.value), raw.topic, now, position)
+                event = decode_conference(raw.value)
+                outcome = engine.usage(event, raw.topic, now, position, force)
         except DecodeError:
             continue
         applied += any(isinstance(out, LedgerOut) for out in outcome.outputs)
@@ -249,6 +279,7 @@ async def reconcile(
     names: TopicNames,
     card: RateCard,
     worker_url: str | None = None,
+    dedupe: DedupeWindow | None = None,
     **client_options: Any,
 ) -> Report:
     report = Report()
@@ -260,7 +291,7 @@ async def reconcile(
         ends.update({f"{topic}:{p}": end for p, (_start, end) in bounds.items()})
         report.inputs_complete &= not removed_by_retention(topic, bounds, report)
     report.inputs = len(inputs)
-    accounts, report.distinct_applied = expected_accounts(card, names, inputs)
+    accounts, report.distinct_applied = expected_accounts(card, names, inputs, dedupe)
     bounds = {}
     ledger_records = await read_topic(bootstrap, names.ledger, bounds=bounds, **client_options)
     ledger = [json.loads(r.value) for r in ledger_records if r.value]

@@ -34,26 +34,33 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from processor.handler import H_FORCE_TOO_OLD, H_REPLAY_OF
 from processor.reconcile import read_topic
 from processor.topics import TopicNames
 from schemas.types import parse_timestamp
 
 # Causes a fix outside the record can cure. invalid_event is not among them by default
 # (the same bytes break the same schema), but may be asked for: after a processor
-# upgrade that accepts more, or for amounts finer than a card that now has more places.
+# upgrade that accepts more, for amounts finer than a card that now has more places, or
+# for an occurred_at too far ahead once that time has come. too_old and too_large are
+# not either: too_old only with --force-too-old (an operator's word that the event was
+# never applied), too_large only once the topics take larger records.
 DEFAULT_REASONS: Final = frozenset({"no_rate", "currency_mismatch", "internal_error"})
 # Bytes that are not a JSON object can never decode, whatever is fixed: the producer
 # has to send a corrected record, which is a new record, not a replay.
 NEVER: Final = frozenset({"invalid_json"})
 # Set on every replayed record, so a reader of the input topic can tell a replay from
 # the producer's own record, and find the rejection it came from.
-REPLAY_HEADER: Final = "meter-replay-of"
+REPLAY_HEADER: Final = H_REPLAY_OF
 
 
-def replay_reasons(requested: Sequence[str]) -> frozenset[str]:
-    """The reasons to replay: the defaults, or those asked for; never invalid_json."""
+def replay_reasons(requested: Sequence[str], force_too_old: bool = False) -> frozenset[str]:
+    """The reasons to replay: the defaults, or those asked for; never invalid_json.
+
+    `--force-too-old` selects too_old besides (only too_old, when no reason is named).
+    """
     if not requested:
-        return DEFAULT_REASONS
+        return frozenset({"too_old"}) if force_too_old else DEFAULT_REASONS
     refused = sorted(set(requested) & NEVER)
     if refused:
         raise ValueError(
@@ -61,7 +68,7 @@ def replay_reasons(requested: Sequence[str]) -> frozenset[str]:
             "not a JSON object and would be rejected again; the producer must send a "
             "corrected record"
         )
-    return frozenset(requested)
+    return frozenset(requested) | ({"too_old"} if force_too_old else set())
 
 
 def parse_since(text: str) -> datetime:
@@ -132,8 +139,12 @@ def parse_rejected(value: bytes | None) -> Rejected:
     if not isinstance(reason, str) or not isinstance(source.topic, str):
         raise ValueError("reason and source_topic must be strings")
     key = _bytes(body.get("key"), body.get("key_encoding"), "key")
-    if body.get("payload_truncated"):
+    # Either cut short: the original (key and value) is read back from its source.
+    if body.get("payload_truncated") or body.get("key_truncated"):
         size = body.get("payload_size")
+        if not body.get("payload_truncated"):
+            payload = _bytes(body.get("payload"), body.get("payload_encoding"), "payload")
+            size = len(payload or b"")
         return Rejected(reason, source, rejected_at, key, None, size if type(size) is int else None)
     payload = _bytes(body.get("payload"), body.get("payload_encoding"), "payload")
     return Rejected(reason, source, rejected_at, key, payload)
@@ -322,8 +333,14 @@ async def replay_rejected(
     echo: Callable[[str], None] = print,
     within: float = 600.0,
     client_options: dict[str, Any] | None = None,
+    force_too_old: bool = False,
 ) -> ReplayReport:
-    """Read credits.rejected, select, and re-send (or, dry, only list) the originals."""
+    """Read credits.rejected, select, and re-send (or, dry, only list) the originals.
+
+    `force_too_old`: the records go back with `meter-force-too-old: 1`, which the
+    processor honours on a replayed record only: it applies them without the age
+    check (docs/contract.md, "Rejected records").
+    """
     report = ReplayReport(dry_run=dry_run)
     options = client_options or {}
     rows = await read_topic(bootstrap, names.rejected, within=within, **options)
@@ -376,7 +393,7 @@ async def replay_rejected(
                     replay.rejected.source.topic,
                     replay.value,
                     key=replay.key,
-                    headers=[(REPLAY_HEADER, str(replay.rejected.source).encode())],
+                    headers=_headers(replay, force_too_old),
                 ),
             )
             for replay in sendable
@@ -391,3 +408,10 @@ async def replay_rejected(
     finally:
         await producer.stop()
     return report
+
+
+def _headers(replay: Replay, force_too_old: bool) -> list[tuple[str, bytes]]:
+    headers = [(REPLAY_HEADER, str(replay.rejected.source).encode())]
+    if force_too_old:  # every replay: an old event rejected since for another reason too
+        headers.append((H_FORCE_TOO_OLD, b"1"))
+    return headers

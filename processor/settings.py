@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     ledger_retention_ms: int = Field(
         default=-1, validation_alias="METER_LEDGER_RETENTION_MS", ge=-1
     )
+    # How far ahead of the worker's clock an event's occurred_at may be; further ahead
+    # it is rejected (invalid_event), and a dedupe mark never outlives now + the window
+    # + this.
+    max_future_seconds: float = Field(
+        default=300, validation_alias="METER_MAX_FUTURE_SECONDS", ge=0
+    )
     # How often the recharge timer looks for timed-out or retry-due requests.
     timer_interval_seconds: float = Field(
         default=5.0, validation_alias="METER_TIMER_INTERVAL_SECONDS", gt=0

@@ -262,3 +262,34 @@ async def _partition_counts(admin: AIOKafkaAdminClient, topics: tuple[str, ...])
         if item.get("error_code", 0) == 0 and item.get("partitions"):
             counts[item["topic"]] = len(item["partitions"])
     return counts
+
+
+async def max_message_bytes(
+    bootstrap: str, topics: tuple[str, ...], **client_options: object
+) -> dict[str, int]:
+    """Each topic's `max.message.bytes`, as the broker describes it.
+
+    The handler sizes rejections and re-routes to fit them (processor/sizing.py). A
+    topic the broker does not describe is left out, and taken at Kafka's default.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    limits: dict[str, int] = {}
+    try:
+        await admin.start()
+        responses = await admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None})
+                for t in topics
+            ]
+        )
+        for response in responses:
+            for error_code, _msg, _type, name, entries in (r[:5] for r in response.resources):
+                for entry in entries if error_code == 0 else ():
+                    if entry[0] == "max.message.bytes" and str(entry[1]).isdigit():
+                        limits[name] = int(entry[1])
+    except Exception as exc:  # a lookup that fails must not stop the worker
+        log.warning("could not describe the topics' max.message.bytes (%r); assuming 1 MiB", exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    return limits

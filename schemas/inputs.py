@@ -13,7 +13,9 @@ into events. They raise exactly one exception type, ``DecodeError``, whose
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal, Self
+import json
+import re
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import ErrorDetails
@@ -240,26 +242,95 @@ def _require_bytes(raw: Any) -> bytes | bytearray:
     raise DecodeError("invalid_json", f"the record value is {type(raw).__name__}, not bytes")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateKey(name)
+            seen.add(name)
+    return obj
+
+
+# JSON whitespace right after a string's closing quote: a key may be spaced from its
+# colon, so `":` would not count it.
+_SPACED: Final = re.compile(rb'"[ \t\n\r]')
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _unique_keys(data: bytes | bytearray, event: _M) -> _M:
+    """`event` when no object in `data` names a key twice; else DecodeError.
+
+    orjson and pydantic's parser keep the last of repeated keys, so a record saying
+    `"amount": "1.00", "amount": "999999.00"` would be read as the larger amount.
+    Every key in compact JSON ends in `":`, so there are at least as many of those
+    as keys at any depth, and at least as many keys as the distinct fields the model
+    got. When the two counts are equal (the common case: no unknown or nested field,
+    no spacing) no key can repeat, at the cost of one `bytes.count`; otherwise the
+    record is parsed again, keeping every key, to tell.
+    """
+    if data.count(b'":') == len(event.__pydantic_fields_set__) and not _SPACED.search(data):
+        return event
+    try:
+        name = first_duplicate_key(data)
+    except (ValueError, RecursionError) as exc:
+        # pydantic read it; the standard parser should too. Refuse rather than guess.
+        raise DecodeError("invalid_json", _clip(f"not readable as JSON: {exc}")) from None
+    if name is not None:
+        raise DecodeError(
+            "invalid_event", _clip(f"{name}: the key appears more than once in one JSON object")
+        )
+    return event
+
+
+def first_duplicate_key(data: bytes | bytearray | str) -> str | None:
+    """The first key some object in the JSON text `data` names twice, at any depth.
+
+    ValueError when `data` is not JSON. For the paths that are not hot (the admin
+    API's bodies); decoders ask `_unique_keys`, which rarely needs this.
+    """
+    try:
+        # Numbers as text: only the keys matter, and a long one must not fail here.
+        json.loads(
+            data,
+            object_pairs_hook=_no_duplicates,
+            parse_int=str,
+            parse_float=str,
+            parse_constant=str,
+        )
+    except _DuplicateKey as dup:
+        return str(dup.args[0])
+    return None
+
+
 def decode_call(raw: bytes | None) -> CallUsage:
     """Bytes from ``usage.calls`` to a CallUsage, or DecodeError."""
     data = _require_bytes(raw)
     try:
-        return CallUsage.model_validate_json(data)
+        event = CallUsage.model_validate_json(data)
     except ValidationError as exc:
         raise _to_decode_error(exc) from None
     except Exception as exc:
         raise _unexpected(exc) from None
+    return _unique_keys(data, event)
 
 
 def decode_conference(raw: bytes | None) -> ConferenceUsage:
     """Bytes from ``usage.conferencing`` to a ConferenceUsage, or DecodeError."""
     data = _require_bytes(raw)
     try:
-        return ConferenceUsage.model_validate_json(data)
+        event = ConferenceUsage.model_validate_json(data)
     except ValidationError as exc:
         raise _to_decode_error(exc) from None
     except Exception as exc:
         raise _unexpected(exc) from None
+    return _unique_keys(data, event)
 
 
 _validate_command_json: Final = COMMAND_ADAPTER.validate_json
@@ -269,8 +340,9 @@ def decode_command(raw: bytes | None) -> Command:
     """Bytes from ``credits.commands`` to one of the Command models, or DecodeError."""
     data = _require_bytes(raw)
     try:
-        return _validate_command_json(data)
+        command = _validate_command_json(data)
     except ValidationError as exc:
         raise _to_decode_error(exc) from None
     except Exception as exc:
         raise _unexpected(exc) from None
+    return _unique_keys(data, command)

@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 
+# A SHA-256 digest as 64 lowercase hex digits.
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 def _is_none(value: object) -> bool:
     return value is None
 
@@ -216,14 +220,21 @@ class RejectedRecord(OutputModel):
     source_offset: Annotated[int, Field(ge=0)]
     key: WireText | None
     key_encoding: Literal["base64"] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    # A key over 1 KiB keeps its first 1,024 bytes (null in a minimal rejection);
+    # key_size and key_sha256 (hex) say which key it was.
+    key_truncated: bool | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    key_size: Annotated[int, Field(ge=0)] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    key_sha256: Sha256Hex | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     payload: WireText | None
     payload_encoding: Literal["base64"] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
-    # A payload too large to copy whole (over 256 KiB) keeps a prefix; the original
-    # stays at its source offset, and payload_size says how large it was.
+    # A payload too large to copy whole (over 256 KiB, or less when its encoding would
+    # not fit the topic) keeps a prefix (null in a minimal rejection); the original
+    # stays at its source offset, payload_size and payload_sha256 say which it was.
     payload_truncated: bool | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     payload_size: Annotated[int, Field(ge=0)] | None = Field(
         default=None, exclude_if=OMIT_WHEN_NONE
     )
+    payload_sha256: Sha256Hex | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     rejected_at: Timestamp
 
     @classmethod

@@ -14,9 +14,11 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from processor.core.rating import RateTable, example_rate_card_path, load_rate_card
+from schemas.types import format_timestamp
 
 CALLS: Final = "usage.calls"
 CONFERENCING: Final = "usage.conferencing"
@@ -28,7 +30,9 @@ USAGE: Final = (CALLS, CONFERENCING)
 # unrated in it.
 CARD: Final = load_rate_card(example_rate_card_path())
 CURRENCY: Final = CARD.currency
-NOW: Final = "2026-11-25T10:00:00Z"
+# Event time: now (at import), since a worker refuses event times older than
+# METER_DEDUPE_DAYS (too_old) or ahead of its clock; unit tests run their clock at it.
+NOW: Final = format_timestamp(datetime.now(UTC).replace(microsecond=0))
 
 TENANTS: Final = tuple(f"fuzz-{i:02d}" for i in range(8))
 
@@ -490,6 +494,31 @@ def bad_value(rng: random.Random, body: Body, _topic: str) -> Out:
     return dumps({**body, field: rng.choice(BAD_VALUES[field])}), INVALID_EVENT
 
 
+def duplicate_key(rng: random.Random, body: Body, _topic: str) -> Out:
+    """A key named twice in one object: last-wins would read the second value."""
+    field = rng.choice(list(body))
+    # The same value again, or one that would be valid on its own (a larger amount).
+    second = rng.choice([body[field], "999999.00" if field.endswith("amount") else body[field]])
+    text = dumps(body).decode()
+    roll = rng.random()
+    if roll < 0.4:  # compact, the repeat last
+        return (text[:-1] + f",{json.dumps(field)}:{json.dumps(second)}}}").encode(), INVALID_EVENT
+    if roll < 0.6:  # the repeat first
+        return ("{" + f"{json.dumps(field)}:{json.dumps(second)}," + text[1:]).encode(), (
+            INVALID_EVENT
+        )
+    if roll < 0.8:  # spaced as json.dumps and people write it
+        spaced = json.dumps(body, indent=rng.choice([None, 1]))
+        return (
+            spaced.rstrip("}\n ") + f", {json.dumps(field)} : {json.dumps(second)}\n}}"
+        ).encode(), INVALID_EVENT
+    # Nested, inside an unknown field (which alone would be ignored).
+    nested = (
+        '{"a": 1, "b": {"k": 1, "k": 2}}' if rng.random() < 0.5 else '{"k": [{"x": 1, "x": 1}]}'
+    )
+    return (text[:-1] + f',"meta_{rng.randint(0, 99)}":{nested}}}').encode(), INVALID_EVENT
+
+
 # --------------------------------------------------------------------- kinds
 
 
@@ -527,6 +556,7 @@ def kinds(large_sizes: Sequence[int]) -> tuple[Kind, ...]:
         Kind("null_field", null_field),
         Kind("missing_field", missing_field),
         Kind("bad_value", bad_value),
+        Kind("duplicate_key", duplicate_key),
     )
 
 

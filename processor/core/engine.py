@@ -85,16 +85,38 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class DedupeWindow:
+    """How long (event time) ids are remembered, and how far ahead of the clock an
+    event may be (METER_DEDUPE_DAYS, METER_MAX_FUTURE_SECONDS)."""
+
     days: float
+    max_future_seconds: float = 300.0
     # The window as a timedelta, built once: every applied record asks for its expiry.
     span: timedelta = field(init=False, repr=False, compare=False)
+    ahead: timedelta = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "span", timedelta(days=self.days))
+        object.__setattr__(self, "ahead", timedelta(seconds=self.max_future_seconds))
 
     def expires(self, occurred_at: datetime, now: datetime) -> int:
-        """Epoch second until which the id is remembered: at least `days` of event time."""
-        return int((max(occurred_at, now) + self.span).timestamp())
+        """Epoch second until which the id is remembered: `days` of event time.
+
+        From the event's time, or from `now` when that is later; never past `now` +
+        the window + `max_future_seconds` (the engine refuses an event further ahead
+        than that, and one older than the window, before it marks it). Until the mark
+        expires a repeat is a duplicate; after it, the repeat is older than the window
+        and refused as `too_old`: no repeat is metered twice.
+        """
+        if occurred_at <= now:
+            return int((now + self.span).timestamp())
+        return int((min(occurred_at, now + self.ahead) + self.span).timestamp())
+
+    def too_old(self, occurred_at: datetime, now: datetime) -> bool:
+        """Older than the window: a repeat of it may have been forgotten already."""
+        return occurred_at < now - self.span
+
+    def too_new(self, occurred_at: datetime, now: datetime) -> bool:
+        return occurred_at - now > self.ahead
 
 
 def dedupe_key(tenant_id: str, kind: str, record_id: str) -> str:
@@ -137,7 +159,14 @@ class Engine:
 
     # ---- usage ---------------------------------------------------------------
 
-    def usage(self, event: Usage, cause_topic: str, now: datetime, position: Position) -> Outcome:
+    def usage(
+        self,
+        event: Usage,
+        cause_topic: str,
+        now: datetime,
+        position: Position,
+        force_too_old: bool = False,
+    ) -> Outcome:
         tenant = event.tenant_id
         table_key: str
         if isinstance(event, CallUsage):
@@ -150,6 +179,11 @@ class Engine:
             return self._replayed(stored, key, event.occurred_at, now, position)
         if mark_holds(self.seen.get(key), stored):
             return Outcome(Status.DUPLICATE, tenant)
+        at, window = event.occurred_at, self.dedupe
+        # Inline: every usage event asks (`_too_far` says why).
+        if at - now > window.ahead or (at < now - window.span and not force_too_old):
+            rejection = self._too_far(at, now, force_too_old)
+            return Outcome(Status.REJECTED, tenant, rejection=rejection)
         table = _USAGE_TABLES[table_key]
         charge = self.card.rate(table, number, event.duration_seconds)
         if charge is None:
@@ -174,7 +208,14 @@ class Engine:
 
     # ---- commands ------------------------------------------------------------
 
-    def command(self, cmd: Command, cause_topic: str, now: datetime, position: Position) -> Outcome:
+    def command(
+        self,
+        cmd: Command,
+        cause_topic: str,
+        now: datetime,
+        position: Position,
+        force_too_old: bool = False,
+    ) -> Outcome:
         tenant = cmd.tenant_id
         key = dedupe_key(tenant, "command", cmd.command_id)
         stored = self.accounts.get(tenant)
@@ -182,7 +223,7 @@ class Engine:
             return self._replayed(stored, key, cmd.occurred_at, now, position)
         if mark_holds(self.seen.get(key), stored):
             return Outcome(Status.DUPLICATE, tenant)
-        rejection = self._check_money(cmd)
+        rejection = self._too_far(cmd.occurred_at, now, force_too_old) or self._check_money(cmd)
         if rejection is not None:
             return Outcome(Status.REJECTED, tenant, rejection=rejection)
         cause = acc.Cause(cause_topic, cmd.command_id, cmd.occurred_at)
@@ -208,6 +249,29 @@ class Engine:
                 account, cmd.recharge_request_id, cause, now, self.policy, cmd.attempt
             )
         return self._commit(stored, key, cmd.occurred_at, now, position, transition)
+
+    def _too_far(
+        self, occurred_at: datetime, now: datetime, force_too_old: bool
+    ) -> Rejection | None:
+        """An event time this engine cannot vouch for: too far ahead of the clock, or
+        older than the dedupe window (unless an operator forces it, see the contract)."""
+        if self.dedupe.too_new(occurred_at, now):
+            ahead = int((occurred_at - now).total_seconds())
+            return Rejection(
+                "invalid_event",
+                f"occurred_at is {ahead} s ahead of the processor's clock, more than the "
+                f"{self.dedupe.max_future_seconds:g} s METER_MAX_FUTURE_SECONDS allows; "
+                "replay it once that time has come, or have the producer fix its clock",
+            )
+        if not force_too_old and self.dedupe.too_old(occurred_at, now):
+            return Rejection(
+                "too_old",
+                f"occurred_at is more than the {self.dedupe.days:g} days of "
+                "METER_DEDUPE_DAYS ago: a repeat of it may be forgotten already, so it "
+                "cannot be told from a duplicate; `meter replay-rejected --reason too_old "
+                "--force-too-old` applies it on an operator's word",
+            )
+        return None
 
     def _check_money(self, cmd: Command) -> Rejection | None:
         if isinstance(cmd, RechargeFailed):

@@ -514,7 +514,10 @@ async def test_the_worker_forgets_marks_once_their_window_has_passed(
     assert key not in store.data
     h.meter._forget_expired_marks()  # the next tick counts what is left
     assert metrics.MARKS._value.get() == 0
-    assert await h.put("calls", call("e1"), key=b"acme") == "applied"
+    # Re-sent after its window, the event can no longer be told from a duplicate: it
+    # is refused as too old, not metered again.
+    assert await h.put("calls", call("e1"), key=b"acme") == "rejected"
+    assert h.pub.values(h.meter.names.rejected)[-1]["reason"] == "too_old"
 
 
 async def test_the_dedupe_store_finds_expired_marks_oldest_first(

@@ -21,7 +21,7 @@ from processor.reconcile import Report, read_topic, reconcile
 from processor.settings import Settings
 from processor.topics import TopicNames
 from tests.integration.diagnose import explained
-from tests.integration.harness import Client, Deployment, Worker, eventually
+from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def traffic(events: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
     """Usage for ~200 tenants with ~5% re-sent duplicates and a mix of commands."""
     rng = random.Random(seed)
     tenants = [f"t{i:03d}" for i in range(TENANTS)]
-    now = "2026-11-25T10:00:00Z"
+    now = now_rfc3339()
     out: list[tuple[str, dict[str, Any]]] = []
     for t in tenants:
         out.append(

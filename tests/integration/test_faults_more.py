@@ -44,7 +44,7 @@ from tests.integration.diagnose import (
     never_applied,
     spans,
 )
-from tests.integration.harness import Client, Deployment, Worker, eventually
+from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
 from tests.integration.test_faults import (
     one_request_per_tenant,
     produce,
@@ -54,7 +54,7 @@ from tests.integration.test_faults import (
 
 pytestmark = pytest.mark.integration
 
-NOW = "2026-11-25T10:00:00Z"
+NOW = now_rfc3339()  # event time within the dedupe window
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 

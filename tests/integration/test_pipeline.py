@@ -11,11 +11,18 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Client, Deployment, Worker, eventually, signed_sum
+from tests.integration.harness import (
+    Client,
+    Deployment,
+    Worker,
+    eventually,
+    now_rfc3339,
+    signed_sum,
+)
 
 pytestmark = pytest.mark.integration
 
-NOW = "2026-11-25T10:00:00Z"
+NOW = now_rfc3339()  # event time within the dedupe window
 
 
 def call(
@@ -207,13 +214,17 @@ async def test_duplicates_and_miskeyed_records_apply_once(
 async def test_marks_past_their_window_leave_the_worker_and_its_changelog(
     deploy: Callable[..., Deployment],
 ) -> None:
-    """With a window of two seconds: each mark gets a tombstone in the dedupe changelog
-    (what a restart reads back), and an event re-sent after that is metered again."""
-    d = deploy(env_extra={"METER_DEDUPE_DAYS": str(2 / 86400)})
+    """With a window of five seconds: each mark gets a tombstone in the dedupe changelog
+    (what a restart reads back), and an event re-sent after that is not metered again:
+    it is older than the window, so refused as too old."""
+    d = deploy(env_extra={"METER_DEDUPE_DAYS": str(5 / 86400)})
     [w] = await start_workers(d, 1)
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "globex", "5.00"))
-        await c.send("usage.calls", call("e1", "globex", seconds=120, dest="+14155550123"))
+        # Stamped as sent: older than the window, they would be refused at once.
+        now = now_rfc3339()
+        resent = {**call("e1", "globex", seconds=120, dest="+14155550123"), "occurred_at": now}
+        await c.send("credits.commands", {**funds("c1", "globex", "5.00"), "occurred_at": now})
+        await c.send("usage.calls", resent)
 
         def balance_is(expected: str) -> Callable[[], Awaitable[bool | str]]:
             async def check() -> bool | str:
@@ -230,8 +241,15 @@ async def test_marks_past_their_window_leave_the_worker_and_its_changelog(
             return (len(last) == 2 and set(last.values()) == {None}) or f"not yet: {last}"
 
         await eventually(tombstoned, what="a tombstone for each mark")
-        await c.send("usage.calls", call("e1", "globex", seconds=120, dest="+14155550123"))
-        await eventually(balance_is("4.9200"), what="the re-sent call metered again")
+        await c.send("usage.calls", resent)
+
+        async def refused() -> list[dict[str, Any]] | None:
+            rows = await c.read_all("credits.rejected")
+            return rows or None
+
+        [rejection] = await eventually(refused, what="the re-sent call refused")
+        assert rejection["reason"] == "too_old", rejection
+        assert await balance_is("4.9600")() is True
 
 
 async def test_bad_input_is_rejected_with_reasons_and_processing_goes_on(

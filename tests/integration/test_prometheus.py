@@ -23,13 +23,13 @@ import pytest
 import yaml
 
 from processor.kafka_local import free_port
-from tests.integration.harness import Client, Deployment, Worker, eventually
+from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "credits-meter.rules.yml"
-NOW = "2026-11-25T10:00:00Z"
+NOW = now_rfc3339()  # event time within the dedupe window
 
 
 def call(event_id: str, tenant: str, seconds: int = 61) -> dict[str, Any]:

@@ -28,12 +28,13 @@ from tests.integration.harness import (
     Deployment,
     Worker,
     eventually,
+    now_rfc3339,
     signed_sum,
 )
 
 pytestmark = pytest.mark.integration
 
-NOW = "2026-11-25T10:00:00Z"
+NOW = now_rfc3339()  # event time within the dedupe window
 UK = "+442071234567"
 US = "+14155550123"
 CARD = """\

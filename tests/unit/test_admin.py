@@ -232,6 +232,18 @@ async def test_invalid_funds_bodies_are_422_naming_the_field(
     assert message in body(reply)["detail"]
 
 
+async def test_a_field_named_twice_is_422_never_last_wins() -> None:
+    reply, errors = await refused(b'{"amount": "1.00", "currency": "USD", "amount": "999999.00"}')
+    assert reply.status == 422, reply
+    assert "more than once" in errors[("body", "amount")]
+    reply, errors = await refused(
+        b'{"enabled": true, "recharge_amount": "5.00", "trigger_balance": "1.00", '
+        b'"enabled": false}',
+        endpoint="auto-recharge",
+    )
+    assert reply.status == 422 and ("body", "enabled") in errors
+
+
 async def test_invalid_settings_are_422_listing_every_field() -> None:
     reply, errors = await refused(
         enc({"enabled": "yes", "recharge_amount": "0", "trigger_balance": "-1"}),

@@ -4,7 +4,7 @@ CONTRACT.md. Inputs are schemas models built from contract-shaped dicts."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,7 @@ from tests.unit.conftest import (
     CALLS,
     CARD2,
     CARD_DATA,
+    COMMANDS,
     CONFERENCING,
     POLICY,
     T0,
@@ -416,8 +417,17 @@ def test_seen_is_remembered_for_the_dedupe_window(harness: Harness, inputs: Inpu
     expires = harness.engine.seen[key].expires
     assert expires >= int((occurred + timedelta(days=7)).timestamp())
     assert expires == int((harness.now + timedelta(days=7)).timestamp())
+    # Ahead of the clock: from the event's time, but never past now + the window +
+    # METER_MAX_FUTURE_SECONDS (an event further ahead is refused before it is marked).
+    minute = timedelta(minutes=1)
+    assert DedupeWindow(7).expires(T0 + minute, T0) == int(
+        (T0 + minute + timedelta(days=7)).timestamp()
+    )
     assert DedupeWindow(7).expires(T0 + HOUR, T0) == int(
-        (T0 + HOUR + timedelta(days=7)).timestamp()
+        (T0 + timedelta(seconds=300) + timedelta(days=7)).timestamp()
+    )
+    assert DedupeWindow(7).expires(datetime(8999, 12, 31, tzinfo=UTC), T0) == int(
+        (T0 + timedelta(seconds=300) + timedelta(days=7)).timestamp()
     )
 
 
@@ -816,3 +826,83 @@ def test_output_timestamps_come_from_the_given_clock(harness: Harness, inputs: I
     assert entry.recorded_at == now and entry.occurred_at == T0
     assert all(a.occurred_at == now for a in harness.alerts())
     assert harness.account().updated_at == now
+
+
+# ---- event time is bounded ----------------------------------------------------------
+
+
+def test_an_event_too_far_ahead_of_the_clock_is_refused_and_never_marked(
+    harness: Harness, inputs: Inputs
+) -> None:
+    harness.command(inputs.funds("10.0000", "f-1"))
+    far = datetime(8999, 12, 31, tzinfo=UTC)
+    for outcome in (
+        harness.usage(inputs.call("ev-far", at=far)),
+        harness.command(inputs.funds("5.0000", "f-far", at=far)),
+    ):
+        assert outcome.status is Status.REJECTED and outcome.rejection is not None
+        assert outcome.rejection.reason == "invalid_event"
+        assert "ahead of the processor's clock" in outcome.rejection.detail
+        assert "METER_MAX_FUTURE_SECONDS" in outcome.rejection.detail
+    assert harness.engine.seen.keys() == {dedupe_key(TENANT, "command", "f-1")}
+    assert str(harness.account().balance) == "10.0000"
+    # Up to METER_MAX_FUTURE_SECONDS ahead is a clock's skew: applied, and its mark
+    # lives no longer than now + the window + that bound.
+    ahead = harness.now + timedelta(seconds=299)
+    assert harness.usage(inputs.call("ev-skew", at=ahead)).status is Status.APPLIED
+    mark = harness.engine.seen[dedupe_key(TENANT, "call", "ev-skew")]
+    assert mark.expires <= int((harness.now + timedelta(days=7, seconds=300)).timestamp())
+    outcome = harness.usage(inputs.call("ev-301", at=harness.now + timedelta(seconds=301)))
+    assert outcome.status is Status.REJECTED
+
+
+def test_the_future_bound_is_a_setting() -> None:
+    engine = Engine(CARD2, POLICY, DedupeWindow(7, max_future_seconds=3600), {}, {})
+    h = Harness(engine)
+    at = h.now + timedelta(minutes=59)
+    assert h.command(Inputs(currency="EUR").funds("1.00", "f", at=at)).status is Status.APPLIED
+
+
+def test_an_event_older_than_the_dedupe_window_is_too_old(harness: Harness, inputs: Inputs) -> None:
+    old = T0 - timedelta(days=7, seconds=1)
+    outcome = harness.command(inputs.funds("10.0000", "f-old", at=old))
+    assert outcome.status is Status.REJECTED and outcome.rejection is not None
+    assert outcome.rejection.reason == "too_old"
+    assert "--force-too-old" in outcome.rejection.detail
+    outcome = harness.usage(inputs.call("ev-old", at=old))
+    assert outcome.rejection is not None and outcome.rejection.reason == "too_old"
+    assert harness.find() is None and not harness.engine.seen
+    # Just inside the window: applied.
+    at = T0 - timedelta(days=7) + timedelta(seconds=1)
+    assert harness.command(inputs.funds("10.0000", "f-in", at=at)).status is Status.APPLIED
+
+
+def test_a_too_old_event_applies_on_an_operators_word_once(
+    harness: Harness, inputs: Inputs
+) -> None:
+    old = T0 - timedelta(days=30)
+    cmd = inputs.funds("10.0000", "f-old", at=old)
+    outcome = harness.engine.command(
+        cmd, COMMANDS, harness.now, harness.offsets.next(COMMANDS), force_too_old=True
+    )
+    assert outcome.status is Status.APPLIED
+    assert str(harness.account().balance) == "10.0000"
+    # Its mark holds for the window from now: forced again, it is a duplicate.
+    again = harness.engine.command(
+        cmd, COMMANDS, harness.now, harness.offsets.next(COMMANDS), force_too_old=True
+    )
+    assert again.status is Status.DUPLICATE
+    call = inputs.call("ev-old", at=old)
+    forced = harness.engine.usage(
+        call, CALLS, harness.now, harness.offsets.next(CALLS), force_too_old=True
+    )
+    assert forced.status is Status.APPLIED
+
+
+def test_a_duplicate_is_a_duplicate_while_its_mark_holds_even_once_too_old(
+    harness: Harness, inputs: Inputs
+) -> None:
+    at = T0 - timedelta(days=6)
+    assert harness.command(inputs.funds("10.0000", "f-1", at=at)).status is Status.APPLIED
+    harness.advance(timedelta(days=2))  # the event is now 8 days old; its mark holds
+    assert harness.command(inputs.funds("10.0000", "f-1", at=at)).status is Status.DUPLICATE

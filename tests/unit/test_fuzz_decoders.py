@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import random
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -32,8 +33,10 @@ from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.stored import Mark, StoredAccount
 from processor.handler import MAX_REJECTED_PAYLOAD, MemoryPublisher, Record, RecordHandler, Source
+from processor.sizing import Limits, record_size
 from processor.topics import TopicNames
-from schemas import RejectedRecord, decode_call, decode_command, decode_conference
+from schemas import DecodeError, RejectedRecord, decode_call, decode_command, decode_conference
+from schemas.types import parse_timestamp
 from tests import malformed
 from tests.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
 
@@ -41,7 +44,7 @@ RECORDS = 10_000
 # Records per Hypothesis example: the engine's per-example cost is several times the
 # handler's per-record cost.
 BATCH = 10
-T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+T0 = parse_timestamp(malformed.NOW)  # the events' time
 NAMES = TopicNames(
     calls=CALLS,
     conferencing=CONFERENCING,
@@ -138,13 +141,21 @@ def check_rejection(rig: Rig, m: Malformed, rec: Record, status: str) -> dict[st
         assert body["payload"] is None  # a tombstone: no value to keep
     elif len(m.value) > MAX_REJECTED_PAYLOAD:
         assert body["payload_truncated"] is True and body["payload_size"] == len(m.value)
-        assert payload == m.value[:MAX_REJECTED_PAYLOAD]
+        assert body["payload_sha256"] == hashlib.sha256(m.value).hexdigest()
+        # A prefix, shorter than 256 KiB when its JSON escapes would not fit the topic.
+        assert payload is not None and m.value.startswith(payload)
+        assert len(payload) == MAX_REJECTED_PAYLOAD or record_size(None, rig.pub.sent[0][2]) > (
+            Limits().limit(NAMES.rejected) - 8 * 1024
+        )
     else:
         assert "payload_truncated" not in body
         assert payload == m.value
     RejectedRecord.model_validate_json(
         json.dumps({k: v for k, v in body.items() if k not in TRUNCATION_FIELDS})
     )
+    # Every rejection fits what the topic takes, keyed as it is sent.
+    [(_, out_key, value, _)] = rig.pub.sent
+    assert record_size(out_key, value) <= Limits().limit(NAMES.rejected)
     return body
 
 
@@ -265,3 +276,41 @@ def test_malformed_records_are_rejected_one_for_one_and_change_nothing(
         f"truncated payloads {truncated}\nby reason: {dict(reasons.most_common())}\n"
         f"by kind: {dict(sorted(kinds.items()))}"
     )
+
+
+@pytest.mark.parametrize("topic", malformed.TOPICS)
+def test_a_key_named_twice_is_an_invalid_event_never_last_wins(topic: str) -> None:
+    rng = random.Random(5)
+    body = malformed.valid_body(rng, topic, "dup-1", "acme", ("funds_added",))
+    text = malformed.dumps(body).decode()
+    field_ = "amount" if topic == COMMANDS else "duration_seconds"
+    later = '"999999.00"' if topic == COMMANDS else "86400"
+    cases = {
+        "last": text[:-1] + f',"{field_}":{later}}}',
+        "first": "{" + f'"{field_}":{later},' + text[1:],
+        "same value": text[:-1] + f',"tenant_id":"{body["tenant_id"]}"}}',
+        "spaced": json.dumps({**body}, indent=2)[:-2] + f',\n  "{field_}" : {later}\n}}',
+        "nested": text[:-1] + ',"meta":{"a":{"k":1,"k":2}}}',
+        "in a list": text[:-1] + ',"meta":[{"x":1},{"x":1,"x":1}]}',
+    }
+    for name, raw in cases.items():
+        with pytest.raises(DecodeError) as caught:
+            DECODERS[topic](raw.encode())
+        assert caught.value.reason == "invalid_event", name
+        assert "more than once" in caught.value.detail, name
+    assert "k: " in _detail(DECODERS[topic], cases["nested"])
+    assert _detail(DECODERS[topic], cases["last"]).startswith(f"{field_}: ")
+    # Not fooled: distinct keys that look alike, unknown fields, nesting, spacing.
+    for raw in (
+        text[:-1] + ',"meta":{"amount":"5.00","a":{"amount":1}}}',
+        text[:-1] + ',"note":"\\":\\":"}',
+        json.dumps(body, indent=2),
+        json.dumps(body),
+    ):
+        DECODERS[topic](raw.encode())
+
+
+def _detail(decode: Any, raw: str) -> str:
+    with pytest.raises(DecodeError) as caught:
+        decode(raw.encode())
+    return caught.value.detail

@@ -20,11 +20,19 @@ from processor import cli
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.handler import MAX_REJECTED_PAYLOAD, MemoryPublisher, Record, RecordHandler
+from processor.handler import (
+    H_FORCE_TOO_OLD,
+    MAX_REJECTED_PAYLOAD,
+    MemoryPublisher,
+    Record,
+    RecordHandler,
+)
 from processor.replay import (
     DEFAULT_REASONS,
+    REPLAY_HEADER,
     ReplayReport,
     SourceRef,
+    _headers,
     finish,
     parse_since,
     record_id,
@@ -116,6 +124,40 @@ def test_the_original_key_and_bytes_come_back_from_the_handlers_rejection(
     assert (replay.key, replay.value) == (key, value)
     assert replay.rejected.source == SourceRef(NAMES.calls, 3, 42)
     assert not sel.warnings
+
+
+def test_a_rejection_with_a_truncated_key_is_read_back_from_its_source() -> None:
+    key = b"k" * 5000
+    sel = select(rows(handler_rejection(key, b"not json")), reasons=DEFAULT_REASONS, inputs=INPUTS)
+    [replay] = finish(sel, None)
+    # Never the prefix of the key: the original record is read back, key and value.
+    assert replay.value is None
+    assert replay.rejected.payload_size == len(b"not json")
+
+
+def test_force_too_old_selects_too_old_and_marks_the_replays() -> None:
+    assert replay_reasons((), force_too_old=True) == {"too_old"}
+    assert replay_reasons(("no_rate",), force_too_old=True) == {"no_rate", "too_old"}
+    assert "too_old" not in replay_reasons(())
+    sel = select(
+        rows(
+            rejection("too_old", (NAMES.calls, 0, 1), payload='{"event_id": "e1"}'),
+            rejection("no_rate", (NAMES.calls, 0, 2), payload='{"event_id": "e2"}'),
+        ),
+        reasons=replay_reasons(("no_rate",), force_too_old=True),
+        inputs=INPUTS,
+    )
+    old, unrated = finish(sel, None)
+    assert _headers(old, True) == [
+        (REPLAY_HEADER, f"{NAMES.calls}[0]@1".encode()),
+        (H_FORCE_TOO_OLD, b"1"),
+    ]
+    # An old event rejected since for another reason is forced as well.
+    assert _headers(unrated, True) == [
+        (REPLAY_HEADER, f"{NAMES.calls}[0]@2".encode()),
+        (H_FORCE_TOO_OLD, b"1"),
+    ]
+    assert _headers(old, False) == [(REPLAY_HEADER, f"{NAMES.calls}[0]@1".encode())]
 
 
 @pytest.mark.parametrize("value", [b"x" * (MAX_REJECTED_PAYLOAD + 1), b"\xff" * 300_000])
@@ -295,3 +337,34 @@ def test_the_help_names_every_default_reason(capsys: pytest.CaptureFixture[str])
     out = " ".join(capsys.readouterr().out.split())
     for reason in DEFAULT_REASONS:
         assert reason in out
+
+
+def test_reconcile_judges_event_times_as_the_workers_do() -> None:
+    """An event older than the window when it arrived was refused by the workers
+    (too_old), unless a replay forced it; reconcile counts it the same way."""
+    from processor.reconcile import Raw, expected_accounts
+
+    arrived = T0 + timedelta(days=8)
+    ms = int(arrived.timestamp() * 1000)
+    funds = {
+        "type": "funds_added",
+        "command_id": "c-old",
+        "tenant_id": "acme",
+        "occurred_at": format_timestamp(T0),
+        "amount": "5.00",
+        "currency": "USD",
+        "source": "manual",
+    }
+    value = json.dumps(funds).encode()
+    forced = ((REPLAY_HEADER, b"x"), (H_FORCE_TOO_OLD, b"1"))
+    window = DedupeWindow(7)
+    inputs = [Raw(NAMES.commands, 0, 0, value, ms)]
+    assert expected_accounts(CARD, NAMES, inputs, window)[0] == {}
+    # Without the workers' window (the old call), everything counts.
+    assert "acme" in expected_accounts(CARD, NAMES, inputs)[0]
+    # The force header alone is not a replay's word.
+    alone = [Raw(NAMES.commands, 0, 0, value, ms, ((H_FORCE_TOO_OLD, b"1"),))]
+    assert expected_accounts(CARD, NAMES, alone, window)[0] == {}
+    replayed = [*inputs, Raw(NAMES.commands, 0, 1, value, ms, forced)]
+    accounts, _ = expected_accounts(CARD, NAMES, replayed, window)
+    assert str(accounts["acme"].account.balance) == "5.0000"
