@@ -47,10 +47,13 @@ def account_value(i: int, prefix: str) -> StoredAccount:
         entries=40 + i % 60,
         requests_issued=i % 3,
     )
+    # Inputs of an earlier deployment (topics that do not exist here): the inputs
+    # this run creates are empty, and a worker refuses accounts that applied more of
+    # an existing input than it holds (a re-created topic). 4 characters longer each.
     applied = {
-        f"{prefix}{sim.USAGE_CALLS}:{i % 12}": 10_000 + i,
-        f"{prefix}{sim.USAGE_CONFERENCING}:{i % 12}": 2_000 + i,
-        f"{prefix}{sim.COMMANDS}:{i % 12}": 100 + i % 1000,
+        f"{prefix}old.{sim.USAGE_CALLS}:{i % 12}": 10_000 + i,
+        f"{prefix}old.{sim.USAGE_CONFERENCING}:{i % 12}": 2_000 + i,
+        f"{prefix}old.{sim.COMMANDS}:{i % 12}": 100 + i % 1000,
     }
     return StoredAccount(
         account, seq=45 + i % 60, generation=7, epoch=3, applied=MappingProxyType(applied)

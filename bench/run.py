@@ -239,7 +239,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "tenants": args.tenants,
         "partitions": PARTITIONS,
         "workers": 1,
-        "processing_guarantee": "at_least_once",
+        "processing_guarantee": "kafka_transactions",
         "kafka_version": kafka_version(),
         "python": sys.version.split()[0],
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

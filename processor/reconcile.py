@@ -424,20 +424,15 @@ def check_histories(
                 f"{tenant}: ledger chain ends at {last.get(tenant, Decimal(0))}, "
                 f"the balance is {balance}"
             )
-    for raw in alerts:
-        alert = first_copy(raw)
-        if alert is not None and Decimal(alert["balance"]) not in had[alert["tenant_id"]]:
-            problems.append(
-                f"{alert['tenant_id']}: alert {alert['alert_id']} names a balance the "
-                f"account never had ({alert['balance']})"
-            )
-    for raw in requests:
-        request = first_copy(raw)
-        if request is not None and Decimal(request["balance"]) not in had[request["tenant_id"]]:
-            problems.append(
-                f"{request['tenant_id']}: recharge request {request['request_id']} names a "
-                f"balance the account never had ({request['balance']})"
-            )
+    named = ((alerts, "alert", "alert_id"), (requests, "recharge request", "request_id"))
+    for records, what, id_field in named:
+        for raw in records:
+            output = first_copy(raw)
+            if output is not None and Decimal(output["balance"]) not in had[output["tenant_id"]]:
+                problems.append(
+                    f"{output['tenant_id']}: {what} {output[id_field]} names a balance the "
+                    f"account never had ({output['balance']})"
+                )
     return problems
 
 
