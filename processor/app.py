@@ -244,6 +244,10 @@ class Meter:
         async def _stop_producers(sender: Any, **kwargs: Any) -> None:
             await self.publisher.stop()
 
+        @self.app.on_partitions_revoked.connect  # type: ignore[arg-type]
+        async def _release_producers(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            await self.publisher.release({tp.partition for tp in revoked})
+
         # The engine works on the tables' stores: the handler writes their changelogs
         # itself, once per batch and after the batch's outputs (processor/handler.py).
         self.engine = Engine(

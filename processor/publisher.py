@@ -24,12 +24,20 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
+from aiokafka.producer import sender as aiokafka_sender
 
 from processor import metrics
 from processor.handler import Out
 from processor.routing import partition_for_key
 
 log = logging.getLogger(__name__)
+
+# aiokafka 0.14.0 (pinned; producer/sender.py) waits BACKOFF_OVERRIDE, 20 ms, before it
+# retries an AddPartitionsToTxn that the broker refused with CONCURRENT_TRANSACTIONS,
+# which it answers while it still writes the previous transaction's markers (about a
+# millisecond on one broker): nearly every round paid those 20 ms
+# (docs/performance.md). A shorter wait costs a retried request or two.
+TXN_RETRY_BACKOFF_SECONDS = 0.002
 
 # The broker (or the producer) refused one record as too large.
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
@@ -185,6 +193,7 @@ class TransactionalPublisher:
         before_commit: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.fallback = fallback
+        aiokafka_sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_SECONDS
         self._app_id = app_id
         self._make_producer = make_producer
         self._producers: dict[int, Any] = {}
@@ -225,6 +234,16 @@ class TransactionalPublisher:
                 # previous owner, and waits until its open transaction is aborted.
                 await producer.start()
                 self._producers[p] = producer
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Stop these partitions' producers (a revoke): a round in flight ends first,
+        and records staged for them afterwards are not produced, so the next owner's
+        producer never fences a transaction of ours in the middle."""
+        async with self._lock:
+            for p in sorted(set(partitions) & set(self._producers)):
+                with contextlib.suppress(Exception):
+                    await self._producers.pop(p).stop()
+            self._assigned = None
 
     async def stop(self) -> None:
         await self.assign(())

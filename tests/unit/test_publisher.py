@@ -103,3 +103,24 @@ async def test_a_failing_commit_fails_the_publish() -> None:
     await pub.assign({0})
     with pytest.raises(RuntimeError, match="fenced on 0"):
         await pub.publish([Out("ledger", b"a", b"1", owner=0)])
+
+
+def test_the_transaction_retry_backoff_aiokafka_hides_is_still_where_we_set_it() -> None:
+    from aiokafka.producer import sender
+
+    # A moved or renamed constant would leave every round paying aiokafka's 20 ms.
+    assert isinstance(sender.BACKOFF_OVERRIDE, float)
+    rig()
+    assert sender.BACKOFF_OVERRIDE == 0.002
+
+
+async def test_a_revoke_stops_its_producers_and_the_next_assignment_starts_them_again() -> None:
+    pub, log = rig()
+    await pub.assign({0, 1}, generation=1)
+    await pub.release({1})
+    assert pub.partitions == frozenset({0})
+    log.clear()
+    await pub.publish([Out("timer", b"t", b"tick", owner=1)])  # staged before the revoke
+    assert log == []
+    await pub.assign({0, 1}, generation=2)
+    assert ("app-p1", "start") in log
