@@ -24,6 +24,10 @@ def account_view(account: Account, currency: str) -> dict[str, Any]:
             "recharge_amount": format_money(ar.recharge_amount),
             "trigger_balance": format_money(ar.trigger_balance),
             "suspended": ar.suspended,
+            "mode": ar.mode.value,
+            "target_balance": None
+            if ar.target_balance is None
+            else format_money(ar.target_balance),
         },
         "pending_recharge": None
         if pending is None
@@ -36,6 +40,11 @@ def account_view(account: Account, currency: str) -> dict[str, Any]:
             "status": pending.status.value,
         },
         "updated_at": None if account.updated_at is None else format_timestamp(account.updated_at),
+        # At the balance's places when none was set ("0.0000", not "0").
+        "credit_limit": format_money(account.credit_limit or account.balance.copy_abs() * 0),
+        "notify_below": None
+        if account.notify_below is None
+        else format_money(account.notify_below),
     }
 
 

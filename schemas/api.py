@@ -6,6 +6,7 @@ tenant has no settings / no outstanding request, as the contract shows them.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -33,6 +34,9 @@ class AutoRechargeView(OutputModel):
     recharge_amount: PositiveAmount
     trigger_balance: NonNegativeAmount
     suspended: StrictBool
+    # Added: fixed or to_target, and the target (null unless to_target).
+    mode: Literal["fixed", "to_target"] = "fixed"
+    target_balance: PositiveAmount | None = None
 
 
 class PendingRechargeView(OutputModel):
@@ -54,3 +58,7 @@ class AccountView(OutputModel):
     auto_recharge: AutoRechargeView | None
     pending_recharge: PendingRechargeView | None
     updated_at: Timestamp
+    # Added: how far below zero the balance may go, and the tenant's own low-balance
+    # level (null: none).
+    credit_limit: NonNegativeAmount = Decimal(0)
+    notify_below: NonNegativeAmount | None = None

@@ -26,6 +26,7 @@ from schemas.inputs import (
     ConferenceUsage,
     FundsAdded,
     RechargeFailed,
+    TenantLimitsConfigured,
 )
 from schemas.outputs import BalanceAlert, LedgerEntry, RechargeRequested, RejectedRecord
 
@@ -40,6 +41,7 @@ INPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     FundsAdded,
     AutoRechargeConfigured,
     RechargeFailed,
+    TenantLimitsConfigured,
 )
 OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     RechargeRequested,
