@@ -27,6 +27,7 @@ from schemas.admin import (
     ErrorBody,
     FundsRequest,
     Health,
+    LimitsRequest,
     Readiness,
 )
 from schemas.api import AccountView
@@ -42,6 +43,7 @@ _REF: Final = "#/components/schemas/{model}"
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (FundsRequest, "validation"),
     (AutoRechargeRequest, "validation"),
+    (LimitsRequest, "validation"),
     (AccountView, "serialization"),
     (CommandAccepted, "serialization"),
     (ErrorBody, "serialization"),
@@ -69,13 +71,14 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         "required": False,
         "description": "Scoped per tenant and endpoint. Becomes the command's "
         "`command_id` (a top-up's as it is, a settings request's as `auto-recharge:` + "
-        "key, hashed past 128 characters), which the processor applies once, so "
+        "key, a limits request's as `limits:` + key, hashed past 128 characters), which "
+        "the processor applies once, so "
         "retrying a request with the same key (after a timeout, a 503, a lost answer) "
         "changes the balance once. The same key and body again get the first answer "
         "(the worker remembers it for 24 hours; another worker publishes the same "
         "command again, which the processor drops); the same key with a different "
         "body is a 422 (`idempotency_key_reused`). A top-up key may not start with "
-        "`auto-recharge:`. Without it a fresh key is used (returned in the "
+        "`auto-recharge:` or `limits:`. Without it a fresh key is used (returned in the "
         "`Idempotency-Key` header) and every request is a new command.",
         "schema": {"type": "string", "pattern": ID_PATTERN},
     }
@@ -196,6 +199,19 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 "new settings also lift a suspension.",
                 refs["AutoRechargeRequest"],
                 "The complete settings; `enabled: false` turns auto-recharge off.",
+            )
+        },
+        "/tenants/{tenant_id}/limits": {
+            "put": admin(
+                "configureLimits",
+                "Set the credit limit and the low-balance level",
+                "Added. Publishes a `tenant_limits_configured` command keyed by the tenant "
+                "(its `command_id` is `limits:` + the Idempotency-Key). The tenant is "
+                "exhausted when balance + credit_limit is at or below zero; a `low_balance` "
+                "alert follows when the balance falls below `notify_below`.",
+                refs["LimitsRequest"],
+                "`credit_limit` and/or `notify_below`; an absent field keeps the current "
+                "value, `notify_below: null` clears the level.",
             )
         },
         "/metrics": {
