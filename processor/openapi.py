@@ -30,8 +30,8 @@ from schemas.admin import (
     LimitsRequest,
     Readiness,
 )
-from schemas.api import AccountView
-from schemas.types import ID_PATTERN, TENANT_ID_PATTERN
+from schemas.api import AccountView, AuthorizeView
+from schemas.types import E164_PATTERN, ID_PATTERN, TENANT_ID_PATTERN
 
 __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
@@ -45,6 +45,7 @@ _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (AutoRechargeRequest, "validation"),
     (LimitsRequest, "validation"),
     (AccountView, "serialization"),
+    (AuthorizeView, "serialization"),
     (CommandAccepted, "serialization"),
     (ErrorBody, "serialization"),
     (Health, "serialization"),
@@ -177,6 +178,59 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                             "cannot be reached or did not answer within 2 s; retry after "
                             "`Retry-After` seconds.",
                         ),
+                        "headers": retry_after,
+                    },
+                },
+            }
+        },
+        "/tenants/{tenant_id}/authorize": {
+            "get": {
+                "operationId": "authorizeCall",
+                "summary": "May this call start, and for how long at most",
+                "description": "Added. Answered by any worker, from the tenant's owner like "
+                "the account. `max_seconds` is the longest duration whose charge, rated "
+                "exactly as the rate card rates it (increments, minimum, connect fee, "
+                "rounding), the balance plus the tenant's credit limit can pay, capped at "
+                "86400 (a day). Refused calls answer 200 with `allowed: false`, "
+                "`max_seconds: 0` and a `reason`: `exhausted`, `no_rate` or "
+                "`unknown_tenant`.",
+                "tags": ["read"],
+                "parameters": [
+                    tenant,
+                    {
+                        "name": "service",
+                        "in": "query",
+                        "required": True,
+                        "description": "The rate table: outbound, toll_free_inbound, "
+                        "conferencing_dial_out (its own table) or "
+                        "conferencing_toll_free_dial_in (the toll_free_inbound table).",
+                        "schema": {
+                            "type": "string",
+                            "enum": [
+                                "outbound",
+                                "toll_free_inbound",
+                                "conferencing_dial_out",
+                                "conferencing_toll_free_dial_in",
+                            ],
+                        },
+                    },
+                    {
+                        "name": "number",
+                        "in": "query",
+                        "required": True,
+                        "description": "The E.164 number to rate ('+' written %2B).",
+                        "schema": {"type": "string", "pattern": E164_PATTERN},
+                    },
+                ],
+                "responses": {
+                    "200": _json(refs["AuthorizeView"], "The answer, allowed or not."),
+                    "400": _json(
+                        error,
+                        "`invalid_tenant_id` (checked first, as on the account), "
+                        "`invalid_service` or `invalid_number`.",
+                    ),
+                    "503": {
+                        **_json(error, "As on the account: retry after `Retry-After`."),
                         "headers": retry_after,
                     },
                 },

@@ -16,15 +16,17 @@ from schemas.types import (
     Currency,
     Money,
     NonNegativeAmount,
+    NonNegativeMoney,
     PositiveAmount,
     PositiveMoney,
+    RatePrefix,
     RequestId,
     StrictBool,
     TenantId,
     Timestamp,
 )
 
-__all__ = ["AccountView", "AutoRechargeView", "PendingRechargeView"]
+__all__ = ["AccountView", "AuthorizeView", "AutoRechargeView", "PendingRechargeView"]
 
 
 class AutoRechargeView(OutputModel):
@@ -62,3 +64,22 @@ class AccountView(OutputModel):
     # level (null: none).
     credit_limit: NonNegativeAmount = Decimal(0)
     notify_below: NonNegativeAmount | None = None
+
+
+class AuthorizeView(OutputModel):
+    """Added. 200 body of ``GET /tenants/{tenant_id}/authorize?service=&number=``: may
+    the tenant start this call now, and for how long at most."""
+
+    tenant_id: TenantId
+    allowed: StrictBool
+    # The longest duration whose rated charge (increments, minimum, connect fee,
+    # rounding) balance + credit_limit can pay; at most 86400 (a day); 0 when refused.
+    max_seconds: Annotated[int, Field(ge=0, le=86_400)]
+    # Why not, when not allowed: exhausted (not even the first increment can be paid),
+    # no_rate (no prefix of the number in the service's table), unknown_tenant.
+    reason: Literal["exhausted", "no_rate", "unknown_tenant"] | None
+    rate_prefix: RatePrefix | None
+    per_minute: NonNegativeMoney | None
+    # null for an unknown tenant.
+    balance: Money | None
+    currency: Currency

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 
-from schemas.api import AccountView
+from schemas.api import AccountView, AuthorizeView
 from schemas.inputs import (
     COMMAND_ADAPTER,
     AutoRechargeConfigured,
@@ -49,6 +49,7 @@ OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     BalanceAlert,
     RejectedRecord,
     AccountView,
+    AuthorizeView,
 )
 
 

@@ -137,6 +137,16 @@ _USAGE_TABLES = {
 }
 
 
+# The services a call may be authorized for (GET /tenants/{id}/authorize), rated in
+# the tables their usage events are rated in above.
+SERVICE_TABLES = {
+    "outbound": _USAGE_TABLES["outbound"],
+    "toll_free_inbound": _USAGE_TABLES["toll_free_inbound"],
+    "conferencing_dial_out": _USAGE_TABLES["dial_out"],
+    "conferencing_toll_free_dial_in": _USAGE_TABLES["toll_free_dial_in"],
+}
+
+
 class Engine:
     def __init__(
         self,

@@ -325,6 +325,7 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
     paths = document["paths"]
     assert set(paths) == {
         "/tenants/{tenant_id}/account",
+        "/tenants/{tenant_id}/authorize",
         "/tenants/{tenant_id}/funds",
         "/tenants/{tenant_id}/auto-recharge",
         "/tenants/{tenant_id}/limits",

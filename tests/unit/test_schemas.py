@@ -743,6 +743,7 @@ def test_render_all_is_stable_and_complete() -> None:
     assert first == export.render_all()
     assert set(first) == {
         "AccountView.json",
+        "AuthorizeView.json",
         "AutoRechargeConfigured.json",
         "BalanceAlert.json",
         "CallUsage.json",
