@@ -170,3 +170,34 @@ async def test_authorize_refuses_a_bad_request_with_400(worker: Worker) -> None:
     assert status == 400 and body["error"] == "invalid_number"
     status, body = await worker.get("/tenants/acme/authorize?service=outbound")
     assert status == 400 and body["error"] == "invalid_number"
+
+
+async def test_any_worker_authorizes_through_the_owner(kafka: Any, tmp_path: Path) -> None:
+    """The account read's forward to the owner carries the authorize query too."""
+    d = Deployment(kafka.bootstrap, tmp_path, partitions=2)
+    workers = [Worker(d, 0).start(), Worker(d, 1).start()]
+    try:
+        for w in workers:
+            await w.wait_ready()
+        tenants = [f"t{i}" for i in range(6)]  # both partitions of 2
+        async with Client(d) as client:
+            for i, tenant in enumerate(tenants):
+                await client.send("credits.commands", funds(tenant, f"0.{i + 1}000", f"c-{i}"))
+
+        async def everywhere() -> Any:
+            seen = []
+            for i, tenant in enumerate(tenants):
+                answers = [await authorize(w, tenant, "outbound", US) for w in workers]
+                if any(status != 200 for status, _ in answers) or answers[0] != answers[1]:
+                    return f"not yet: {tenant} {answers}"
+                body = answers[0][1]
+                if body["max_seconds"] != (i + 1) * 300:  # 0.0200 a minute
+                    return f"not yet: {tenant} {body}"
+                seen.append(body["max_seconds"])
+            return seen
+
+        await eventually(everywhere, timeout=60, what="both workers authorize every tenant")
+    finally:
+        for w in workers:
+            w.stop()
+            print(f"--- worker {w.index} log ---\n{w.log_tail(40)}")
