@@ -387,3 +387,41 @@ def test_limit_changes_do_not_move_the_balance_or_the_ledger_count() -> None:
     )  # fmt: skip
     assert t.account.balance == a.balance and t.account.entries == 3
     assert kinds(t.outputs) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    level=st.integers(0, 3_000),
+    start=st.integers(-3_000, 6_000),
+    moves=st.lists(st.integers(-2_000, 2_000).filter(bool), min_size=1, max_size=25),
+)
+def test_notify_below_alerts_exactly_on_each_fall_below_the_level(
+    level: int, start: int, moves: list[int]
+) -> None:
+    """Property: one low_balance per move that takes the balance from >= notify_below to
+    below it, none otherwise (no auto-recharge settings at all)."""
+    quantum = D("0.0001")
+    a = Account(TENANT, balance=start * quantum, notify_below=level * quantum)
+    for i, move in enumerate(moves):
+        cause = Cause(COMMANDS, f"m-{i}", T0)
+        before = a.balance
+        if move < 0:
+            t = acc.apply_debit(a, debit(str(abs(move) * quantum)), cause, T0)
+        else:
+            t = acc.apply_funds(a, move * quantum, cause, T0, manual=True, recharge_request_id=None)
+        a = t.account
+        fell = before >= level * quantum > a.balance
+        assert kinds(t.outputs).count(AlertKind.LOW_BALANCE) == int(fell)
+
+
+def test_settings_that_differ_only_in_mode_decode_apart() -> None:
+    fixed = Account(TENANT, auto_recharge=AutoRecharge(True, D("10.0000"), D("5.0000")))
+    target = Account(
+        TENANT,
+        auto_recharge=AutoRecharge(
+            True, D("10.0000"), D("5.0000"), mode=acc.RechargeMode.TO_TARGET,
+            target_balance=D("20.0000"),
+        ),
+    )  # fmt: skip
+    for a in (fixed, target, fixed):
+        assert codec.account_from_dict(codec.account_to_dict(a)) == a
