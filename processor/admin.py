@@ -60,8 +60,14 @@ from schemas.admin import (
     ErrorBody,
     FieldError,
     FundsRequest,
+    LimitsRequest,
 )
-from schemas.inputs import AutoRechargeConfigured, FundsAdded, first_duplicate_key
+from schemas.inputs import (
+    AutoRechargeConfigured,
+    FundsAdded,
+    TenantLimitsConfigured,
+    first_duplicate_key,
+)
 from schemas.types import (
     CURRENCY_PATTERN,
     ID_PATTERN,
@@ -82,9 +88,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CommandKind = Literal["funds_added", "auto_recharge_configured"]
-Endpoint = Literal["funds", "auto-recharge"]
-Command = FundsAdded | AutoRechargeConfigured
+CommandKind = Literal["funds_added", "auto_recharge_configured", "tenant_limits_configured"]
+Endpoint = Literal["funds", "auto-recharge", "limits"]
+Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured
+AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest
+_KINDS: Final[dict[Endpoint, CommandKind]] = {
+    "funds": "funds_added",
+    "auto-recharge": "auto_recharge_configured",
+    "limits": "tenant_limits_configured",
+}
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 JSON: Final = "application/json"
@@ -96,6 +108,12 @@ PUBLISH_TIMEOUT_SECONDS: Final = 15.0
 # A settings request's command_id is this prefix and its key (a top-up's is its key):
 # keys are scoped per endpoint, and a top-up key may not start with it.
 AUTO_RECHARGE_ID_PREFIX: Final = "auto-recharge:"
+# A limits request's command_id: this prefix and its key (added with the endpoint).
+LIMITS_ID_PREFIX: Final = "limits:"
+_ID_PREFIXES: Final[dict[Endpoint, str]] = {
+    "auto-recharge": AUTO_RECHARGE_ID_PREFIX,
+    "limits": LIMITS_ID_PREFIX,
+}
 MAX_COMMAND_ID_LENGTH: Final = 128
 # The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
 # 24 hours), for at most this many keys and this many bytes (keys, bodies, answers).
@@ -179,10 +197,11 @@ def command_id_for(endpoint: Endpoint, key: str) -> str:
     """
     if endpoint == "funds":
         return key
-    derived = AUTO_RECHARGE_ID_PREFIX + key
+    prefix = _ID_PREFIXES[endpoint]
+    derived = prefix + key
     if len(derived) <= MAX_COMMAND_ID_LENGTH:
         return derived
-    return f"{AUTO_RECHARGE_ID_PREFIX}sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return f"{prefix}sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def decimal_places(value: Decimal) -> int:
@@ -371,11 +390,33 @@ class AdminAPI:
                 recharge_amount=request.recharge_amount,
                 trigger_balance=request.trigger_balance,
                 currency=request.currency,
+                mode=request.mode,
+                target_balance=request.target_balance,
             )
 
         return await self._handle(
             "auto-recharge", tenant_id, headers, body, AutoRechargeRequest, command
         )
+
+    async def configure_limits(
+        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+    ) -> Reply:
+        """PUT /tenants/{tenant_id}/limits -> a `tenant_limits_configured` command."""
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            assert isinstance(request, LimitsRequest)
+            # Only the fields the request named: an absent one keeps the tenant's value,
+            # `notify_below: null` clears it (published with exclude_unset).
+            given = {name: getattr(request, name) for name in request.model_fields_set}
+            return TenantLimitsConfigured(
+                type="tenant_limits_configured",
+                command_id=command_id,
+                tenant_id=tenant_id,
+                occurred_at=self._clock(),
+                **given,
+            )
+
+        return await self._handle("limits", tenant_id, headers, body, LimitsRequest, command)
 
     async def _handle(
         self,
@@ -383,10 +424,10 @@ class AdminAPI:
         tenant_id: str,
         headers: Mapping[str, str],
         body: bytes | None,
-        model: type[FundsRequest] | type[AutoRechargeRequest],
+        model: type[AdminRequest],
         command: Callable[[BaseModel, str], Command],
     ) -> Reply:
-        kind: CommandKind = "funds_added" if endpoint == "funds" else "auto_recharge_configured"
+        kind = _KINDS[endpoint]
         try:
             self._check_tenant(tenant_id)
             self._authorize(tenant_id, headers)
@@ -430,8 +471,9 @@ class AdminAPI:
         entry.answer.set_result(reply)
         return reply
 
-    def _fingerprint(self, request: FundsRequest | AutoRechargeRequest) -> Fingerprint:
-        fields = request.model_dump()
+    def _fingerprint(self, request: AdminRequest) -> Fingerprint:
+        # A limits request's absent field (kept) differs from its null (cleared).
+        fields = request.model_dump(exclude_unset=isinstance(request, LimitsRequest))
         if fields.get("currency") is None:
             fields["currency"] = self.currency  # implied by the rate card
         return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
@@ -492,8 +534,8 @@ class AdminAPI:
         tenant_id: str,
         headers: Mapping[str, str],
         body: bytes | None,
-        model: type[FundsRequest] | type[AutoRechargeRequest],
-    ) -> tuple[FundsRequest | AutoRechargeRequest, str | None]:
+        model: type[AdminRequest],
+    ) -> tuple[AdminRequest, str | None]:
         """The request and its key, or 400/413/422 listing every problem at once.
 
         Refuses here what the processor would reject later (to credits.rejected, after
@@ -512,22 +554,23 @@ class AdminAPI:
                 _COMMAND_ID.validate_python(key)
             except ValidationError as exc:
                 errors += _field_errors(exc, ("header", IDEMPOTENCY_HEADER))
-            if endpoint == "funds" and key.startswith(AUTO_RECHARGE_ID_PREFIX):
-                errors.append(
-                    FieldError(
-                        loc=["header", IDEMPOTENCY_HEADER],
-                        msg=f"must not start with {AUTO_RECHARGE_ID_PREFIX!r} (the "
-                        "auto-recharge endpoint's command ids do)",
-                        type="reserved_prefix",
+            for other, prefix in _ID_PREFIXES.items():
+                if endpoint == "funds" and key.startswith(prefix):
+                    errors.append(
+                        FieldError(
+                            loc=["header", IDEMPOTENCY_HEADER],
+                            msg=f"must not start with {prefix!r} (the {other} endpoint's "
+                            "command ids do)",
+                            type="reserved_prefix",
+                        )
                     )
-                )
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise _Refused(
                 _error_reply(400, "invalid_json", f"the body is not JSON: {exc}", tenant_id)
             ) from None
-        request: FundsRequest | AutoRechargeRequest | None = None
+        request: AdminRequest | None = None
         twice = _twice(body) if isinstance(parsed, dict) else None
         if twice is not None:
             # orjson keeps the last value; the processor refuses such a record too.
@@ -574,7 +617,11 @@ class AdminAPI:
         self, command: Command, kind: CommandKind, tenant_id: str, key: str
     ) -> Reply:
         command_id = command.command_id
-        value = command.model_dump_json(exclude_none=True).encode()
+        if isinstance(command, TenantLimitsConfigured):
+            # What the request named and no more: an absent limit is kept, a null cleared.
+            value = command.model_dump_json(exclude_unset=True).encode()
+        else:
+            value = command.model_dump_json(exclude_none=True).encode()
         publishing = asyncio.ensure_future(
             self._publisher.publish(self.commands_topic, tenant_id.encode(), value)
         )
@@ -694,6 +741,12 @@ def install(meter: MeterLike) -> AdminAPI:
             body = await _body(request)
             reply = await api.configure_auto_recharge(tenant_id, request.headers, body)
             return respond(self, reply)
+
+    @meter.app.page("/tenants/{tenant_id}/limits")
+    class LimitsPage(View):
+        async def put(self, request: Request, tenant_id: str) -> Response:
+            body = await _body(request)
+            return respond(self, await api.configure_limits(tenant_id, request.headers, body))
 
     @meter.app.page("/openapi.json")
     class OpenAPIPage(View):

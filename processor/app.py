@@ -11,12 +11,13 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
-from urllib.parse import quote
+from typing import Any, cast
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import faust
 import orjson
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from faust.serializers import codecs
 from faust.types import TP, EventT, Message, StreamT
@@ -37,7 +38,7 @@ from processor.settings import Settings
 from processor.sizing import Limits
 from processor.tally import AccountTally
 from processor.topics import TopicNames
-from processor.views import account_view, tenant_id_problem
+from processor.views import account_view, authorize_problem, authorize_view, tenant_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +508,20 @@ class Meter:
                     body, content_type="application/json", status=status, headers=headers
                 )
 
+        @app.page("/tenants/{tenant_id}/authorize")
+        class AuthorizePage(View):
+            async def get(self, request: Request, tenant_id: str) -> Response:
+                query = cast(web.Request, request).query
+                status, body, headers = await meter.authorize_response(
+                    tenant_id,
+                    query.get("service"),
+                    query.get("number"),
+                    forwarded=FORWARDED_HEADER in request.headers,
+                )
+                return self.bytes(
+                    body, content_type="application/json", status=status, headers=headers
+                )
+
         @app.page("/metrics")
         class MetricsPage(View):
             async def get(self, request: Request) -> Response:
@@ -532,7 +547,7 @@ class Meter:
                     status=200 if ready else 503,
                 )
 
-        self.pages = (AccountPage, MetricsPage, HealthPage, ReadyPage)
+        self.pages = (AccountPage, AuthorizePage, MetricsPage, HealthPage, ReadyPage)
 
     # ---- the account read API, answered from any worker -------------------------------
 
@@ -548,7 +563,46 @@ class Meter:
     async def account_response(
         self, tenant_id: str, forwarded: bool
     ) -> tuple[int, bytes, dict[str, str]]:
-        """Answer here if this worker owns the tenant, else ask the owner.
+        """GET /tenants/{tenant_id}/account: the owner's answer (`_owner_answer`)."""
+
+        def local(stored: Any) -> tuple[int, bytes, dict[str, str]]:
+            if stored is None:
+                return 404, _error("not_found", "no event for this tenant yet", tenant_id), {}
+            return 200, orjson.dumps(account_view(stored.account, self.card.currency)), {}
+
+        return await self._owner_answer(tenant_id, forwarded, "account", local)
+
+    async def authorize_response(
+        self, tenant_id: str, service: str | None, number: str | None, forwarded: bool
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """GET /tenants/{tenant_id}/authorize?service=&number=: may this call start, and
+        for how long at most (processor/views.py), from the owner like the account."""
+        problem = tenant_id_problem(tenant_id)
+        if problem is None:
+            bad = authorize_problem(service, number)
+            if bad is not None:
+                return 400, _error(bad[0], bad[1], tenant_id), {}
+            assert service is not None and number is not None
+
+        def local(stored: Any) -> tuple[int, bytes, dict[str, str]]:
+            assert service is not None and number is not None
+            account = None if stored is None else stored.account
+            view = authorize_view(tenant_id, account, self.card, service, number)
+            return 200, orjson.dumps(view), {}
+
+        query = urlencode({"service": service or "", "number": number or ""})
+        return await self._owner_answer(tenant_id, forwarded, f"authorize?{query}", local)
+
+    async def _owner_answer(
+        self,
+        tenant_id: str,
+        forwarded: bool,
+        page: str,
+        local: Callable[[Any], tuple[int, bytes, dict[str, str]]],
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Answer here if this worker owns the tenant, else ask the owner for
+        `/tenants/{tenant_id}/{page}`; `local` answers from the stored account (None:
+        never seen).
 
         The id is validated first: one that breaks the contract's pattern is a 400 and
         is never hashed, cached or forwarded. Faust's own table_route asks the producer
@@ -564,7 +618,7 @@ class Meter:
         owner = self.owner_url(tenant_id)
         me = str(self.app.conf.canonical_url)
         if owner is not None and owner != me and not forwarded:
-            url = f"{owner.rstrip('/')}/tenants/{quote(tenant_id, safe='')}/account"
+            url = f"{owner.rstrip('/')}/tenants/{quote(tenant_id, safe='')}/{page}"
             try:
                 async with self.app.http_client.get(
                     url,
@@ -587,10 +641,7 @@ class Meter:
                 ),
                 retry,
             )
-        stored = self.accounts.get(tenant_id)
-        if stored is None:
-            return 404, _error("not_found", "no event for this tenant yet", tenant_id), {}
-        return 200, orjson.dumps(account_view(stored.account, self.card.currency)), {}
+        return local(self.accounts.get(tenant_id))
 
     def readiness(self) -> tuple[bool, str]:
         """Ready = partitions assigned and every table recovered, not mid-rebalance."""

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from processor.core.account import (
+    ZERO,
     Account,
     AlertKind,
     AlertOut,
@@ -22,6 +23,7 @@ from processor.core.account import (
     LedgerOut,
     Output,
     PendingRecharge,
+    RechargeMode,
     RechargeOut,
     RechargeStatus,
     is_exhausted,
@@ -70,7 +72,7 @@ def _own_dt(value: str | None) -> datetime | None:
 _SHARED_MAX = 4096
 _shared_names: dict[str, str] = {}
 _shared_amounts: dict[str, Decimal] = {}
-_shared_settings: dict[tuple[bool, str, str, bool], AutoRecharge] = {}
+_shared_settings: dict[tuple[bool, str, str, bool, str, str | None], AutoRecharge] = {}
 
 
 def _name(text: str) -> str:
@@ -97,10 +99,16 @@ def _settings(data: dict[str, Any]) -> AutoRecharge:
         str(data["recharge_amount"]),
         str(data["trigger_balance"]),
         bool(data["suspended"]),
+        # Added later: values written before have the fixed mode and no target.
+        str(data.get("mode", "fixed")),
+        None if data.get("target_balance") is None else str(data["target_balance"]),
     )
     shared = _shared_settings.get(key)
     if shared is None:
-        shared = AutoRecharge(key[0], _amount(key[1]), _amount(key[2]), key[3])
+        target = None if key[5] is None else _amount(key[5])
+        shared = AutoRecharge(
+            key[0], _amount(key[1]), _amount(key[2]), key[3], RechargeMode(key[4]), target
+        )
         if len(_shared_settings) < _SHARED_MAX:
             _shared_settings[key] = shared
     return shared
@@ -130,7 +138,7 @@ def _unit(data: dict[str, Any], default: Unit | None) -> Unit | None:
 def account_to_dict(account: Account) -> dict[str, Any]:
     ar = account.auto_recharge
     pending = account.pending
-    return {
+    data: dict[str, Any] = {
         "v": 1,
         "tenant_id": account.tenant_id,
         "balance": format_money(account.balance),
@@ -157,6 +165,18 @@ def account_to_dict(account: Account) -> dict[str, Any]:
             "failed_at": _ts(pending.failed_at),
         },
     }
+    # Added fields, written only when set: a value without them reads as the defaults
+    # (no credit, no level of its own, the fixed mode), as every value written before.
+    if account.credit_limit:
+        data["credit_limit"] = format_money(account.credit_limit)
+    if account.notify_below is not None:
+        data["notify_below"] = format_money(account.notify_below)
+    if ar is not None and ar.mode is not RechargeMode.FIXED:
+        data["auto_recharge"]["mode"] = ar.mode.value
+        data["auto_recharge"]["target_balance"] = (
+            None if ar.target_balance is None else format_money(ar.target_balance)
+        )
+    return data
 
 
 def account_from_dict(data: dict[str, Any]) -> Account:
@@ -168,6 +188,8 @@ def account_from_dict(data: dict[str, Any]) -> Account:
         entries=int(data["entries"]),
         requests_issued=int(data.get("requests_issued", 0)),
         status_seq=int(data.get("status_seq", 0)),
+        credit_limit=_amount(data["credit_limit"]) if "credit_limit" in data else ZERO,
+        notify_below=_opt_decimal(data.get("notify_below")),
         updated_at=_own_dt(data.get("updated_at")),
         auto_recharge=None if ar is None else _settings(ar),
         pending=None
@@ -261,7 +283,9 @@ class Undecoded:
         self.raw = raw
         # As in stored_from_dict and StoredAccount.order.
         self.order = (int(data.get("epoch", 0)), int(data.get("gen", 0)), int(data["seq"]))
-        self.exhausted = is_exhausted(Decimal(account["balance"]))
+        self.exhausted = is_exhausted(
+            Decimal(account["balance"]), Decimal(account.get("credit_limit", 0))
+        )
         self.pending = account.get("pending") is not None
         # Checked against the running card's as the value is read (processor/store.py).
         self.unit = _unit(data, None)
@@ -319,6 +343,10 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
         }
         if out.status_seq is not None:
             alert["status_seq"] = out.status_seq
+        if out.reason is not None:
+            alert["reason"] = out.reason
+        if out.request_id is not None:
+            alert["request_id"] = out.request_id
         return alert
     assert isinstance(out, RechargeOut)
     return {
@@ -368,6 +396,8 @@ def output_from_dict(data: dict[str, Any]) -> Output:
             balance=Decimal(data["balance"]),
             occurred_at=parse_timestamp(data["occurred_at"]),
             status_seq=data.get("status_seq"),
+            reason=data.get("reason"),
+            request_id=data.get("request_id"),
         )
     if kind == "recharge_requested":
         return RechargeOut(

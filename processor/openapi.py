@@ -27,22 +27,25 @@ from schemas.admin import (
     ErrorBody,
     FundsRequest,
     Health,
+    LimitsRequest,
     Readiness,
 )
-from schemas.api import AccountView
-from schemas.types import ID_PATTERN, TENANT_ID_PATTERN
+from schemas.api import AccountView, AuthorizeView
+from schemas.types import E164_PATTERN, ID_PATTERN, TENANT_ID_PATTERN
 
 __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
 DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 # The HTTP API's own version: bump on a change a client would notice.
-API_VERSION: Final = "1.2.0"
+API_VERSION: Final = "1.3.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (FundsRequest, "validation"),
     (AutoRechargeRequest, "validation"),
+    (LimitsRequest, "validation"),
     (AccountView, "serialization"),
+    (AuthorizeView, "serialization"),
     (CommandAccepted, "serialization"),
     (ErrorBody, "serialization"),
     (Health, "serialization"),
@@ -69,13 +72,14 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         "required": False,
         "description": "Scoped per tenant and endpoint. Becomes the command's "
         "`command_id` (a top-up's as it is, a settings request's as `auto-recharge:` + "
-        "key, hashed past 128 characters), which the processor applies once, so "
+        "key, a limits request's as `limits:` + key, hashed past 128 characters), which "
+        "the processor applies once, so "
         "retrying a request with the same key (after a timeout, a 503, a lost answer) "
         "changes the balance once. The same key and body again get the first answer "
         "(the worker remembers it for 24 hours; another worker publishes the same "
         "command again, which the processor drops); the same key with a different "
         "body is a 422 (`idempotency_key_reused`). A top-up key may not start with "
-        "`auto-recharge:`. Without it a fresh key is used (returned in the "
+        "`auto-recharge:` or `limits:`. Without it a fresh key is used (returned in the "
         "`Idempotency-Key` header) and every request is a new command.",
         "schema": {"type": "string", "pattern": ID_PATTERN},
     }
@@ -179,6 +183,59 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 },
             }
         },
+        "/tenants/{tenant_id}/authorize": {
+            "get": {
+                "operationId": "authorizeCall",
+                "summary": "May this call start, and for how long at most",
+                "description": "Added. Answered by any worker, from the tenant's owner like "
+                "the account. `max_seconds` is the longest duration whose charge, rated "
+                "exactly as the rate card rates it (increments, minimum, connect fee, "
+                "rounding), the balance plus the tenant's credit limit can pay, capped at "
+                "86400 (a day). Refused calls answer 200 with `allowed: false`, "
+                "`max_seconds: 0` and a `reason`: `exhausted`, `no_rate` or "
+                "`unknown_tenant`.",
+                "tags": ["read"],
+                "parameters": [
+                    tenant,
+                    {
+                        "name": "service",
+                        "in": "query",
+                        "required": True,
+                        "description": "The rate table: outbound, toll_free_inbound, "
+                        "conferencing_dial_out (its own table) or "
+                        "conferencing_toll_free_dial_in (the toll_free_inbound table).",
+                        "schema": {
+                            "type": "string",
+                            "enum": [
+                                "outbound",
+                                "toll_free_inbound",
+                                "conferencing_dial_out",
+                                "conferencing_toll_free_dial_in",
+                            ],
+                        },
+                    },
+                    {
+                        "name": "number",
+                        "in": "query",
+                        "required": True,
+                        "description": "The E.164 number to rate ('+' written %2B).",
+                        "schema": {"type": "string", "pattern": E164_PATTERN},
+                    },
+                ],
+                "responses": {
+                    "200": _json(refs["AuthorizeView"], "The answer, allowed or not."),
+                    "400": _json(
+                        error,
+                        "`invalid_tenant_id` (checked first, as on the account), "
+                        "`invalid_service` or `invalid_number`.",
+                    ),
+                    "503": {
+                        **_json(error, "As on the account: retry after `Retry-After`."),
+                        "headers": retry_after,
+                    },
+                },
+            }
+        },
         "/tenants/{tenant_id}/funds": {
             "post": admin(
                 "addFunds",
@@ -196,6 +253,19 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 "new settings also lift a suspension.",
                 refs["AutoRechargeRequest"],
                 "The complete settings; `enabled: false` turns auto-recharge off.",
+            )
+        },
+        "/tenants/{tenant_id}/limits": {
+            "put": admin(
+                "configureLimits",
+                "Set the credit limit and the low-balance level",
+                "Added. Publishes a `tenant_limits_configured` command keyed by the tenant "
+                "(its `command_id` is `limits:` + the Idempotency-Key). The tenant is "
+                "exhausted when balance + credit_limit is at or below zero; a `low_balance` "
+                "alert follows when the balance falls below `notify_below`.",
+                refs["LimitsRequest"],
+                "`credit_limit` and/or `notify_below`; an absent field keeps the current "
+                "value, `notify_below: null` clears the level.",
             )
         },
         "/metrics": {

@@ -6,7 +6,9 @@ import re
 from typing import Any, Final
 
 from processor.core.account import Account
-from schemas.types import TENANT_ID_PATTERN, format_money, format_timestamp
+from processor.core.engine import SERVICE_TABLES
+from processor.core.rating import RateCard
+from schemas.types import E164_PATTERN, TENANT_ID_PATTERN, format_money, format_timestamp
 
 
 def account_view(account: Account, currency: str) -> dict[str, Any]:
@@ -24,6 +26,10 @@ def account_view(account: Account, currency: str) -> dict[str, Any]:
             "recharge_amount": format_money(ar.recharge_amount),
             "trigger_balance": format_money(ar.trigger_balance),
             "suspended": ar.suspended,
+            "mode": ar.mode.value,
+            "target_balance": None
+            if ar.target_balance is None
+            else format_money(ar.target_balance),
         },
         "pending_recharge": None
         if pending is None
@@ -36,6 +42,11 @@ def account_view(account: Account, currency: str) -> dict[str, Any]:
             "status": pending.status.value,
         },
         "updated_at": None if account.updated_at is None else format_timestamp(account.updated_at),
+        # At the balance's places when none was set ("0.0000", not "0").
+        "credit_limit": format_money(account.credit_limit or account.balance.copy_abs() * 0),
+        "notify_below": None
+        if account.notify_below is None
+        else format_money(account.notify_below),
     }
 
 
@@ -54,3 +65,64 @@ def tenant_id_problem(tenant_id: str) -> str | None:
     if _TENANT_ID.fullmatch(tenant_id) is not None:
         return None
     return f"{TENANT_ID_RULE} (this one has {len(tenant_id)} characters)"
+
+
+# ---- GET /tenants/{tenant_id}/authorize ------------------------------------------------
+
+_E164: Final = re.compile(E164_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def authorize_problem(service: str | None, number: str | None) -> tuple[str, str] | None:
+    """(error code, detail) when the query cannot be authorized at all (a 400)."""
+    if service not in SERVICE_TABLES:
+        return (
+            "invalid_service",
+            f"service must be one of {', '.join(SERVICE_TABLES)}",
+        )
+    if number is None or _E164.fullmatch(number) is None:
+        return (
+            "invalid_number",
+            "number must be an E.164 number: '+' then 2 to 15 digits, the first not 0 "
+            "(write '+' as %2B in a query string)",
+        )
+    return None
+
+
+def authorize_view(
+    tenant_id: str, account: Account | None, card: RateCard, service: str, number: str
+) -> dict[str, Any]:
+    """May the tenant place this call now, and for how long at most.
+
+    `max_seconds` is the longest duration whose charge, rated as the card rates it,
+    the balance plus the credit limit can pay (`RateCard.max_seconds`, at most a day).
+    Refused (`allowed` false, `max_seconds` 0) as `unknown_tenant` (no account),
+    `no_rate` (no prefix matches in the service's table) or `exhausted` (exhausted,
+    or not even the first increment can be paid).
+    """
+    table = SERVICE_TABLES[service]
+    found = card.max_seconds(
+        table,
+        number,
+        card.zero if account is None else account.balance + account.credit_limit,
+    )
+    rate = None if found is None else found[0]
+    most = 0
+    reason: str | None
+    if account is None:
+        reason = "unknown_tenant"
+    elif found is None:
+        reason = "no_rate"
+    elif account.exhausted or found[1] <= 0:
+        reason = "exhausted"
+    else:
+        reason, most = None, found[1]
+    return {
+        "tenant_id": tenant_id,
+        "allowed": reason is None,
+        "max_seconds": most,
+        "reason": reason,
+        "rate_prefix": None if rate is None else rate.prefix,
+        "per_minute": None if rate is None else format_money(rate.per_minute),
+        "balance": None if account is None else format_money(account.balance),
+        "currency": card.currency,
+    }

@@ -8,9 +8,9 @@ the API accepts exactly what ``credits.commands`` accepts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.outputs import OMIT_WHEN_NONE, OutputModel
 from schemas.types import (
@@ -29,6 +29,7 @@ __all__ = [
     "FieldError",
     "FundsRequest",
     "Health",
+    "LimitsRequest",
     "Readiness",
 ]
 
@@ -52,13 +53,44 @@ class AutoRechargeRequest(_Request):
     trigger_balance: NonNegativeAmount
     # Optional, as on the command: the rate card's currency is implied.
     currency: Currency | None = None
+    # Added, as on the command: `to_target` asks billing for target_balance - balance.
+    mode: Literal["fixed", "to_target"] = "fixed"
+    target_balance: PositiveAmount | None = None
+
+    @model_validator(mode="after")
+    def _target_for_to_target(self) -> Self:
+        if self.mode == "to_target":
+            if self.target_balance is None:
+                raise ValueError("target_balance is required when mode is to_target")
+            if self.target_balance <= self.trigger_balance:
+                raise ValueError("target_balance must be above trigger_balance")
+        return self
+
+
+class LimitsRequest(_Request):
+    """Added. Body of ``PUT /tenants/{tenant_id}/limits``: the credit limit and the
+    low-balance level. An absent field keeps the current value; ``notify_below: null``
+    clears the level."""
+
+    credit_limit: NonNegativeAmount | None = None
+    notify_below: NonNegativeAmount | None = None
+    currency: Currency | None = None
+
+    @model_validator(mode="after")
+    def _names_a_limit(self) -> Self:
+        given = self.model_fields_set
+        if "credit_limit" not in given and "notify_below" not in given:
+            raise ValueError("name credit_limit, notify_below or both")
+        if "credit_limit" in given and self.credit_limit is None:
+            raise ValueError("credit_limit may not be null (0 is no credit)")
+        return self
 
 
 class CommandAccepted(OutputModel):
     """202 body: the command is on ``credits.commands``; the worker applies it once."""
 
     status: Literal["accepted"]
-    type: Literal["funds_added", "auto_recharge_configured"]
+    type: Literal["funds_added", "auto_recharge_configured", "tenant_limits_configured"]
     command_id: CommandId
     tenant_id: TenantId
 

@@ -6,6 +6,7 @@ tenant has no settings / no outstanding request, as the contract shows them.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -15,15 +16,17 @@ from schemas.types import (
     Currency,
     Money,
     NonNegativeAmount,
+    NonNegativeMoney,
     PositiveAmount,
     PositiveMoney,
+    RatePrefix,
     RequestId,
     StrictBool,
     TenantId,
     Timestamp,
 )
 
-__all__ = ["AccountView", "AutoRechargeView", "PendingRechargeView"]
+__all__ = ["AccountView", "AuthorizeView", "AutoRechargeView", "PendingRechargeView"]
 
 
 class AutoRechargeView(OutputModel):
@@ -33,6 +36,9 @@ class AutoRechargeView(OutputModel):
     recharge_amount: PositiveAmount
     trigger_balance: NonNegativeAmount
     suspended: StrictBool
+    # Added: fixed or to_target, and the target (null unless to_target).
+    mode: Literal["fixed", "to_target"] = "fixed"
+    target_balance: PositiveAmount | None = None
 
 
 class PendingRechargeView(OutputModel):
@@ -54,3 +60,26 @@ class AccountView(OutputModel):
     auto_recharge: AutoRechargeView | None
     pending_recharge: PendingRechargeView | None
     updated_at: Timestamp
+    # Added: how far below zero the balance may go, and the tenant's own low-balance
+    # level (null: none).
+    credit_limit: NonNegativeAmount = Decimal(0)
+    notify_below: NonNegativeAmount | None = None
+
+
+class AuthorizeView(OutputModel):
+    """Added. 200 body of ``GET /tenants/{tenant_id}/authorize?service=&number=``: may
+    the tenant start this call now, and for how long at most."""
+
+    tenant_id: TenantId
+    allowed: StrictBool
+    # The longest duration whose rated charge (increments, minimum, connect fee,
+    # rounding) balance + credit_limit can pay; at most 86400 (a day); 0 when refused.
+    max_seconds: Annotated[int, Field(ge=0, le=86_400)]
+    # Why not, when not allowed: exhausted (not even the first increment can be paid),
+    # no_rate (no prefix of the number in the service's table), unknown_tenant.
+    reason: Literal["exhausted", "no_rate", "unknown_tenant"] | None
+    rate_prefix: RatePrefix | None
+    per_minute: NonNegativeMoney | None
+    # null for an unknown tenant.
+    balance: Money | None
+    currency: Currency

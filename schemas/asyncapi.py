@@ -62,7 +62,7 @@ TOPICS: Final[tuple[Topic, ...]] = (
         "creditsCommands",
         "credits.commands",
         "in",
-        ("FundsAdded", "AutoRechargeConfigured", "RechargeFailed"),
+        ("FundsAdded", "AutoRechargeConfigured", "RechargeFailed", "TenantLimitsConfigured"),
         "Commands from admin tools and billing, told apart by `type`. The admin API "
         "and `meter add-funds` / `meter auto-recharge` publish here too.",
     ),
@@ -123,6 +123,7 @@ _CONTRACT_MESSAGES: Final = {
     "auto-recharge (`source: auto_recharge`).",
     "AutoRechargeConfigured": "Replaces the tenant's auto-recharge settings.",
     "RechargeFailed": "Billing could not charge the payment method.",
+    "TenantLimitsConfigured": "Sets the tenant's credit limit and low-balance level.",
     "RechargeRequested": "Please charge the tenant's payment method.",
     "LedgerEntry": "A debit or credit and the balance after it.",
     "BalanceAlert": "exhausted, restored, low_balance or recharge_failed.",

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 
-from schemas.api import AccountView
+from schemas.api import AccountView, AuthorizeView
 from schemas.inputs import (
     COMMAND_ADAPTER,
     AutoRechargeConfigured,
@@ -26,6 +26,7 @@ from schemas.inputs import (
     ConferenceUsage,
     FundsAdded,
     RechargeFailed,
+    TenantLimitsConfigured,
 )
 from schemas.outputs import BalanceAlert, LedgerEntry, RechargeRequested, RejectedRecord
 
@@ -40,6 +41,7 @@ INPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     FundsAdded,
     AutoRechargeConfigured,
     RechargeFailed,
+    TenantLimitsConfigured,
 )
 OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     RechargeRequested,
@@ -47,6 +49,7 @@ OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     BalanceAlert,
     RejectedRecord,
     AccountView,
+    AuthorizeView,
 )
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "DecodeError",
     "FundsAdded",
     "RechargeFailed",
+    "TenantLimitsConfigured",
     "decode_call",
     "decode_command",
     "decode_conference",
@@ -132,6 +133,46 @@ class AutoRechargeConfigured(_Input):
     # field, so that settings sent in another currency are rejected (currency_mismatch)
     # instead of being read as amounts in the card's currency.
     currency: Currency | None = None
+    # Added: `fixed` (default) asks billing for recharge_amount; `to_target` for
+    # target_balance - balance (Twilio's "recharge to"), target_balance > trigger_balance.
+    mode: Literal["fixed", "to_target"] = "fixed"
+    target_balance: PositiveAmount | None = None
+
+    @model_validator(mode="after")
+    def _target_for_to_target(self) -> Self:
+        if self.mode == "to_target":
+            if self.target_balance is None:
+                raise ValueError("target_balance is required when mode is to_target")
+            if self.target_balance <= self.trigger_balance:
+                raise ValueError("target_balance must be above trigger_balance")
+        return self
+
+
+class TenantLimitsConfigured(_Input):
+    """Added: the tenant's credit limit and low-balance level.
+
+    An absent field keeps the tenant's current value; ``notify_below: null`` clears
+    the level. At least one of the two must be present.
+    """
+
+    type: Literal["tenant_limits_configured"]
+    command_id: CommandId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    # How far below zero the balance may go: exhausted when balance + credit_limit <= 0.
+    credit_limit: NonNegativeAmount | None = None
+    # A low_balance alert when the balance falls from >= this level to below it.
+    notify_below: NonNegativeAmount | None = None
+    currency: Currency | None = None
+
+    @model_validator(mode="after")
+    def _names_a_limit(self) -> Self:
+        given = self.model_fields_set
+        if "credit_limit" not in given and "notify_below" not in given:
+            raise ValueError("name credit_limit, notify_below or both")
+        if "credit_limit" in given and self.credit_limit is None:
+            raise ValueError("credit_limit may not be null (0 is no credit)")
+        return self
 
 
 class RechargeFailed(_Input):
@@ -149,11 +190,16 @@ class RechargeFailed(_Input):
 
 
 Command = Annotated[
-    FundsAdded | AutoRechargeConfigured | RechargeFailed,
+    FundsAdded | AutoRechargeConfigured | RechargeFailed | TenantLimitsConfigured,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: Final[TypeAdapter[Command]] = TypeAdapter(Command)
-COMMAND_TYPES: Final = ("funds_added", "auto_recharge_configured", "recharge_failed")
+COMMAND_TYPES: Final = (
+    "funds_added",
+    "auto_recharge_configured",
+    "recharge_failed",
+    "tenant_limits_configured",
+)
 
 
 # -------------------------------------------------------------------------- decode

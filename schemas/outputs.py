@@ -32,6 +32,7 @@ from schemas.types import (
     OutputId,
     PositiveMoney,
     RatePrefix,
+    Reason,
     ReasonCode,
     RequestId,
     TenantId,
@@ -195,11 +196,19 @@ class BalanceAlert(OutputModel):
     # Added, exhausted/restored only: numbers the tenant's status alerts along its
     # account's history; the one with the highest status_seq is the current status.
     status_seq: Annotated[int, Field(ge=1)] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    # Added, recharge_failed only: billing's reason for the last failed attempt
+    # ("timed_out" when billing never answered), and the request that failed.
+    reason: Reason | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    request_id: RequestId | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
 
     @model_validator(mode="after")
     def _status_seq_only_on_status_alerts(self) -> Self:
         if self.status_seq is not None and self.alert not in ("exhausted", "restored"):
             raise ValueError("status_seq is only on exhausted and restored alerts")
+        if self.alert != "recharge_failed" and (
+            self.reason is not None or self.request_id is not None
+        ):
+            raise ValueError("reason and request_id are only on recharge_failed alerts")
         return self
 
 

@@ -21,8 +21,11 @@ from processor.core.values import fast_init, replace
 ZERO = Decimal(0)
 
 
-def is_exhausted(balance: Decimal) -> bool:
-    return balance <= ZERO
+def is_exhausted(balance: Decimal, credit_limit: Decimal = ZERO) -> bool:
+    """The one definition of exhausted: the balance plus the tenant's credit limit (how
+    far below zero it may go) is at or below zero. Every crossing check, the account
+    view and the tallies ask this."""
+    return EXACT.add(balance, credit_limit) <= ZERO
 
 
 # Fixed namespace so ids are the same on every worker and across restarts.
@@ -51,6 +54,11 @@ class AlertKind(StrEnum):
     RECHARGE_FAILED = "recharge_failed"
 
 
+class RechargeMode(StrEnum):
+    FIXED = "fixed"  # request `recharge_amount`
+    TO_TARGET = "to_target"  # request `target_balance - balance` ("recharge to")
+
+
 class RechargeStatus(StrEnum):
     OUTSTANDING = "outstanding"  # sent to billing, no answer yet
     FAILED = "failed"  # the attempt failed or timed out; waiting to retry
@@ -63,6 +71,15 @@ class AutoRecharge:
     recharge_amount: Decimal
     trigger_balance: Decimal
     suspended: bool = False
+    mode: RechargeMode = RechargeMode.FIXED
+    # to_target only (above trigger_balance): what a recharge lifts the balance to.
+    target_balance: Decimal | None = None
+
+    def amount_for(self, balance: Decimal) -> Decimal:
+        """What to ask billing for when the balance is `balance` (below the trigger)."""
+        if self.mode is RechargeMode.TO_TARGET and self.target_balance is not None:
+            return EXACT.subtract(self.target_balance, balance)
+        return self.recharge_amount
 
 
 @fast_init
@@ -91,10 +108,14 @@ class Account:
     # exhausted/restored alerts published so far: the last one's status_seq. Only grows
     # along the account's history, so the highest a consumer saw is the latest status.
     status_seq: int = 0
+    # How far below zero the balance may go before the tenant is exhausted (>= 0).
+    credit_limit: Decimal = ZERO
+    # A low-balance level of the tenant's own (None: none), apart from auto-recharge.
+    notify_below: Decimal | None = None
 
     @property
     def exhausted(self) -> bool:
-        return is_exhausted(self.balance)
+        return is_exhausted(self.balance, self.credit_limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +165,9 @@ class AlertOut:
     occurred_at: datetime
     # exhausted/restored only: the account's status_seq after this alert.
     status_seq: int | None = None
+    # recharge_failed only: billing's reason for the last failure, and the request.
+    reason: str | None = None
+    request_id: str | None = None
 
 
 @fast_init
@@ -194,7 +218,14 @@ class _Builder:
     outputs: list[Output] = field(default_factory=list)
     recharge: list[str] = field(default_factory=list)
 
-    def alert(self, kind: AlertKind, tag: str = "") -> None:
+    def alert(
+        self,
+        kind: AlertKind,
+        tag: str = "",
+        *,
+        reason: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
         acct = self.account
         status_seq = None
         if kind is AlertKind.EXHAUSTED or kind is AlertKind.RESTORED:
@@ -211,8 +242,15 @@ class _Builder:
                 balance=acct.balance,
                 occurred_at=self.now,
                 status_seq=status_seq,
+                reason=reason,
+                request_id=request_id,
             )
         )
+
+    def status_changed(self, before: Account) -> None:
+        """An exhausted or restored alert if the tenant crossed between the two."""
+        if before.exhausted != self.account.exhausted:
+            self.alert(AlertKind.EXHAUSTED if self.account.exhausted else AlertKind.RESTORED)
 
     def move_balance(self, signed_amount: Decimal, debit: Debit | None = None) -> None:
         """Change the balance by exactly one ledger entry, and raise the state alerts."""
@@ -238,11 +276,15 @@ class _Builder:
                 billed_seconds=debit.billed_seconds if debit else None,
             )
         )
-        if before.exhausted != self.account.exhausted:
-            self.alert(AlertKind.EXHAUSTED if self.account.exhausted else AlertKind.RESTORED)
+        self.status_changed(before)
         settings = before.auto_recharge
-        if settings is not None and before.balance >= settings.trigger_balance > after_balance:
+        trigger = None if settings is None else settings.trigger_balance
+        if trigger is not None and before.balance >= trigger > after_balance:
             self.alert(AlertKind.LOW_BALANCE)
+        level = before.notify_below
+        # The tenant's own level; one alert when it is the trigger's and both are crossed.
+        if level is not None and level != trigger and before.balance >= level > after_balance:
+            self.alert(AlertKind.LOW_BALANCE, tag="notify_below")
 
     def request_recharge_if_due(self) -> None:
         acct = self.account
@@ -260,7 +302,7 @@ class _Builder:
             # saw a tenant's records in a different order (a zombie and its successor)
             # still give its n-th request the same id, so billing charges it once.
             request_id=derive_id("recharge", acct.tenant_id, str(acct.requests_issued + 1)),
-            amount=settings.recharge_amount,
+            amount=settings.amount_for(acct.balance),
             attempt=1,
             requested_at=self.now,
         )
@@ -374,8 +416,9 @@ def apply_recharge_failed(
     now: datetime,
     policy: RechargePolicy,
     attempt: int | None = None,
+    reason: str | None = None,
 ) -> Transition:
-    """Billing could not charge a request's attempt.
+    """Billing could not charge a request's attempt (for `reason`, billing's words).
 
     An answer naming its `attempt` counts only for the attempt outstanding: a late
     failure of an earlier attempt (one the timer already counted) changes nothing. An
@@ -389,7 +432,7 @@ def apply_recharge_failed(
         return Transition(account, ignored=note, changed=False)
     if pending.status is RechargeStatus.FAILED:
         return Transition(account, ignored="attempt_already_failed", changed=False)
-    return _fail_attempt(account, pending, cause, now, policy, "failed")
+    return _fail_attempt(account, pending, cause, now, policy, "failed", reason)
 
 
 def apply_timer(
@@ -411,7 +454,7 @@ def apply_timer(
     if pending.status is RechargeStatus.OUTSTANDING:
         if now < pending.requested_at + policy.timeout:
             return Transition(account, ignored="not_due", changed=False)
-        return _fail_attempt(account, pending, cause, now, policy, "timed_out")
+        return _fail_attempt(account, pending, cause, now, policy, "timed_out", "timed_out")
     assert pending.failed_at is not None
     if now < pending.failed_at + policy.retry_after:
         return Transition(account, ignored="not_due", changed=False)
@@ -438,6 +481,7 @@ def _fail_attempt(
     now: datetime,
     policy: RechargePolicy,
     how: str,
+    reason: str | None,
 ) -> Transition:
     b = _Builder(account, cause, now)
     b.recharge.append(how)
@@ -452,10 +496,39 @@ def _fail_attempt(
         b.recharge.append("suspended")
         suspended = replace(settings, suspended=True) if settings is not None else None
         b.account = replace(account, pending=None, auto_recharge=suspended, updated_at=now)
-        b.alert(AlertKind.RECHARGE_FAILED, tag=f"{pending.request_id}#{pending.attempt}")
+        b.alert(
+            AlertKind.RECHARGE_FAILED,
+            tag=f"{pending.request_id}#{pending.attempt}",
+            reason=reason,
+            request_id=pending.request_id,
+        )
         return b.done()
     failed = replace(pending, status=RechargeStatus.FAILED, failed_at=now)
     b.account = replace(account, pending=failed, updated_at=now)
+    return b.done()
+
+
+def configure_limits(
+    account: Account,
+    cause: Cause,
+    now: datetime,
+    *,
+    credit_limit: Decimal | None,
+    notify_below: Decimal | None,
+    set_notify_below: bool,
+) -> Transition:
+    """New limits: `credit_limit` when given, `notify_below` when `set_notify_below`
+    (None clears it). A new credit limit that moves the tenant across exhaustion raises
+    the exhausted or restored alert, as a balance change would; no ledger entry."""
+    b = _Builder(account, cause, now)
+    limits = replace(
+        account,
+        credit_limit=account.credit_limit if credit_limit is None else credit_limit,
+        notify_below=notify_below if set_notify_below else account.notify_below,
+        updated_at=now,
+    )
+    b.account = limits
+    b.status_changed(account)
     return b.done()
 
 

@@ -31,6 +31,7 @@ from schemas import (
     ConferenceUsage,
     FundsAdded,
     RechargeFailed,
+    TenantLimitsConfigured,
 )
 
 Usage = CallUsage | ConferenceUsage
@@ -136,6 +137,16 @@ _USAGE_TABLES = {
 }
 
 
+# The services a call may be authorized for (GET /tenants/{id}/authorize), rated in
+# the tables their usage events are rated in above.
+SERVICE_TABLES = {
+    "outbound": _USAGE_TABLES["outbound"],
+    "toll_free_inbound": _USAGE_TABLES["toll_free_inbound"],
+    "conferencing_dial_out": _USAGE_TABLES["dial_out"],
+    "conferencing_toll_free_dial_in": _USAGE_TABLES["toll_free_dial_in"],
+}
+
+
 class Engine:
     def __init__(
         self,
@@ -238,15 +249,38 @@ class Engine:
                 recharge_request_id=cmd.recharge_request_id,
             )
         elif isinstance(cmd, AutoRechargeConfigured):
+            target = cmd.target_balance if cmd.mode == "to_target" else None
             settings = acc.AutoRecharge(
                 enabled=cmd.enabled,
                 recharge_amount=self.card.quantize(cmd.recharge_amount),
                 trigger_balance=self.card.quantize(cmd.trigger_balance),
+                mode=acc.RechargeMode(cmd.mode),
+                target_balance=None if target is None else self.card.quantize(target),
             )
             transition = acc.configure_auto_recharge(account, settings, cause, now)
+        elif isinstance(cmd, TenantLimitsConfigured):
+            given = cmd.model_fields_set
+            transition = acc.configure_limits(
+                account,
+                cause,
+                now,
+                credit_limit=None
+                if cmd.credit_limit is None
+                else self.card.quantize(cmd.credit_limit),
+                notify_below=None
+                if cmd.notify_below is None
+                else self.card.quantize(cmd.notify_below),
+                set_notify_below="notify_below" in given,
+            )
         else:
             transition = acc.apply_recharge_failed(
-                account, cmd.recharge_request_id, cause, now, self.policy, cmd.attempt
+                account,
+                cmd.recharge_request_id,
+                cause,
+                now,
+                self.policy,
+                cmd.attempt,
+                reason=cmd.reason,
             )
         return self._commit(stored, key, cmd.occurred_at, now, position, transition)
 
@@ -285,14 +319,18 @@ class Engine:
                 f"command is in {currency}, the rate card and every balance are in "
                 f"{self.card.currency}",
             )
-        amounts: list[tuple[str, Decimal]]
+        named: list[tuple[str, Decimal | None]]
         if isinstance(cmd, FundsAdded):
-            amounts = [("amount", cmd.amount)]
+            named = [("amount", cmd.amount)]
+        elif isinstance(cmd, TenantLimitsConfigured):
+            named = [("credit_limit", cmd.credit_limit), ("notify_below", cmd.notify_below)]
         else:
-            amounts = [
+            named = [
                 ("recharge_amount", cmd.recharge_amount),
                 ("trigger_balance", cmd.trigger_balance),
+                ("target_balance", cmd.target_balance),
             ]
+        amounts = [(name, value) for name, value in named if value is not None]
         for name, value in amounts:
             # Balances are kept at the card's precision; rounding a top-up silently would
             # credit a different sum than the one billing charged.

@@ -41,6 +41,7 @@ from decimal import (
     Rounded,
 )
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any, Final
 
 import yaml
@@ -49,6 +50,7 @@ from processor.core.money import Unit
 from processor.core.values import fast_init
 
 __all__ = [
+    "MAX_AUTHORIZED_SECONDS",
     "Charge",
     "Rate",
     "RateCard",
@@ -113,6 +115,9 @@ _ENTRY_KEYS: Final = frozenset(
     {"prefix", "per_minute", "increment_seconds", "minimum_seconds", "connect_fee"}
 )
 _DEFAULT_INCREMENT_SECONDS: Final = 60
+# The longest call `RateCard.max_seconds` authorizes: 24 h, the contract's longest
+# usage event (duration_seconds <= 86400).
+MAX_AUTHORIZED_SECONDS: Final = 86_400
 
 
 class RateCardError(ValueError):
@@ -336,6 +341,61 @@ class RateCard:
         quarter = 1 if twice < denominator else 2 if twice == denominator else 3
         stand_in = _EXACT.scaleb(Decimal((4 * whole + quarter) * 25), -self.decimals - 2)
         return self.quantize(stand_in)
+
+    def max_seconds(
+        self,
+        table: RateTable,
+        number: str,
+        budget: Decimal,
+        cap: int = MAX_AUTHORIZED_SECONDS,
+    ) -> tuple[Rate, int] | None:
+        """The longest duration (<= ``cap``) whose charge, rated exactly as ``rate``
+        rates it (increments, minimum, connect fee, the one rounding), is at most
+        ``budget``; with the entry that rates it. None when no prefix matches.
+
+        The charge only grows with the duration and only changes at whole increments,
+        so the answer is a whole number of increments (or the cap). An estimate from
+        the unrounded charge brackets it: the rounding moves a charge by less than one
+        quantum, so at budget - 1 quantum the count is affordable and past budget + 1
+        quantum it is not; a binary search between the two (checked, never trusted,
+        at most ~17 ratings for a day of 1 s increments) finds the exact count.
+        """
+        entry = self._find(table, number)
+        if entry is None:
+            return None
+        rate, fee, per_minute, denominator = entry
+        if cap <= 0:
+            return rate, 0
+        increment = rate.increment_seconds
+
+        def affordable(increments: int) -> bool:
+            seconds = min(increments * increment, cap)
+            return self._charge(entry, rate.billed_seconds(seconds)) <= budget
+
+        top = -(-cap // increment)  # increments that reach the cap
+        if affordable(top):
+            return rate, cap
+        if not affordable(1):
+            return rate, 0
+        low, high = 1, top  # affordable(low), not affordable(high)
+        if per_minute:
+            units = Fraction(budget) * 10**self.decimals  # the budget in quanta
+            for quanta, bound in ((units - 1, "low"), (units + 1, "high")):
+                # Billed seconds whose unrounded charge is `quanta`, in increments.
+                seconds = (quanta * denominator - fee) / per_minute
+                guess = int(seconds // increment) + (bound == "high")
+                if low < guess < high:
+                    if affordable(guess):
+                        low = guess
+                    else:
+                        high = guess
+        while high - low > 1:
+            middle = (low + high) // 2
+            if affordable(middle):
+                low = middle
+            else:
+                high = middle
+        return rate, min(low * increment, cap)
 
     def quantize(self, amount: Decimal) -> Decimal:
         """Round ``amount`` to the card's decimals with the card's mode.

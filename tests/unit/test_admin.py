@@ -325,8 +325,10 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
     paths = document["paths"]
     assert set(paths) == {
         "/tenants/{tenant_id}/account",
+        "/tenants/{tenant_id}/authorize",
         "/tenants/{tenant_id}/funds",
         "/tenants/{tenant_id}/auto-recharge",
+        "/tenants/{tenant_id}/limits",
         "/metrics",
         "/health",
         "/ready",
@@ -551,3 +553,107 @@ async def test_the_api_holds_its_cache_within_bounds() -> None:
         headers = {**AUTH, "Idempotency-Key": f"k-{i}"}
         assert (await api.add_funds("acme", headers, FUNDS)).status == 202
     assert len(api.idempotency) == 50
+
+
+# ------------------------------------------------------------ limits (issue 20, part 4)
+
+
+async def test_limits_publish_only_the_named_fields() -> None:
+    api, pub = make_api()
+    reply = await api.configure_limits(
+        "acme", {**AUTH, "Idempotency-Key": "k-1"}, enc({"credit_limit": "5.00"})
+    )
+    assert reply.status == 202
+    assert body(reply) == {
+        "status": "accepted",
+        "type": "tenant_limits_configured",
+        "command_id": "limits:k-1",
+        "tenant_id": "acme",
+    }
+    cleared = await api.configure_limits(
+        "acme", {**AUTH, "Idempotency-Key": "k-2"}, enc({"notify_below": None})
+    )
+    assert cleared.status == 202
+    first, second = (json.loads(value) for _, _, value in pub.sent)
+    assert first == {
+        "type": "tenant_limits_configured",
+        "command_id": "limits:k-1",
+        "tenant_id": "acme",
+        "occurred_at": "2026-11-25T10:00:00Z",
+        "credit_limit": "5.00",
+    }
+    assert second["notify_below"] is None and "credit_limit" not in second
+    for _, _, value in pub.sent:
+        decode_command(value)  # what the processor accepts
+
+
+async def test_limits_absent_and_null_are_different_requests_for_one_key() -> None:
+    api, _ = make_api()
+    headers = {**AUTH, "Idempotency-Key": "k"}
+    assert (await api.configure_limits("acme", headers, enc({"credit_limit": "1"}))).status == 202
+    again = await api.configure_limits(
+        "acme", headers, enc({"credit_limit": "1", "notify_below": None})
+    )
+    assert again.status == 422 and body(again)["error"] == "idempotency_key_reused"
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        ({"credit_limit": "1.00001"}, "too_many_decimals"),
+        ({"notify_below": "0.12345"}, "too_many_decimals"),
+        ({"credit_limit": "-1.00"}, None),
+        ({"notify_below": "-0.01"}, None),
+        ({"credit_limit": "1", "currency": "EUR"}, "currency_mismatch"),
+        ({}, None),
+        ({"credit_limit": None}, None),
+        ({"credit_limt": "1"}, "extra_forbidden"),
+    ],
+)
+async def test_limits_refuse_what_the_processor_would_reject(
+    payload: dict[str, Any], kind: str | None
+) -> None:
+    api, pub = make_api()
+    reply = await api.configure_limits("acme", AUTH, enc(payload))
+    assert reply.status == 422, body(reply)
+    assert body(reply)["error"] == "invalid_request"
+    if kind is not None:
+        assert kind in {e["type"] for e in body(reply)["errors"]}
+    assert pub.sent == []
+
+
+async def test_limits_need_the_token_and_a_tenant_id() -> None:
+    api, _ = make_api()
+    assert (await api.configure_limits("acme", {}, enc({"credit_limit": "1"}))).status == 401
+    bad = await api.configure_limits("a b", AUTH, enc({"credit_limit": "1"}))
+    assert bad.status == 400 and body(bad)["error"] == "invalid_tenant_id"
+
+
+async def test_a_top_up_key_may_not_take_the_limits_prefix() -> None:
+    api, _ = make_api()
+    reply = await api.add_funds("acme", {**AUTH, "Idempotency-Key": "limits:x"}, FUNDS)
+    assert reply.status == 422
+    assert "reserved_prefix" in {e["type"] for e in body(reply)["errors"]}
+
+
+async def test_auto_recharge_to_target_is_published_and_checked() -> None:
+    api, pub = make_api()
+    settings = {
+        "enabled": True,
+        "recharge_amount": "25.00",
+        "trigger_balance": "5.00",
+        "mode": "to_target",
+        "target_balance": "40.00",
+    }
+    assert (await api.configure_auto_recharge("acme", AUTH, enc(settings))).status == 202
+    command = decode_command(pub.sent[0][2])
+    assert isinstance(command, AutoRechargeConfigured)
+    assert command.mode == "to_target" and command.target_balance == Decimal("40.00")
+    for wrong in ({"target_balance": "5.00"}, {"target_balance": None}, {"mode": "x"}):
+        reply = await api.configure_auto_recharge("acme", AUTH, enc({**settings, **wrong}))
+        assert reply.status == 422, wrong
+    too_fine = await api.configure_auto_recharge(
+        "acme", AUTH, enc({**settings, "target_balance": "40.00001"})
+    )
+    assert too_fine.status == 422
+    assert "too_many_decimals" in {e["type"] for e in body(too_fine)["errors"]}

@@ -122,7 +122,12 @@ def test_payloads_reference_the_generated_json_schemas() -> None:
     for f in files:
         assert f.is_file(), f
     commands = document["channels"]["creditsCommands"]["messages"]
-    assert set(commands) == {"FundsAdded", "AutoRechargeConfigured", "RechargeFailed"}
+    assert set(commands) == {
+        "FundsAdded",
+        "AutoRechargeConfigured",
+        "RechargeFailed",
+        "TenantLimitsConfigured",
+    }
     # Refs resolve relative to docs/: the file must be where the ref says.
     ref = document["components"]["messages"]["LedgerEntry"]["payload"]["$ref"]
     assert (asyncapi.DOC_PATH.parent / ref).resolve() == (

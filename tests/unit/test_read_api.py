@@ -96,8 +96,12 @@ async def owner(meter: Meter) -> AsyncIterator[Callable[[web.Response | None], A
             assert answer is not None
             return answer
 
+        async def echo(request: web.Request) -> web.StreamResponse:
+            return web.json_response({"path": request.path, "query": dict(request.query)})
+
         http = web.Application()
         http.router.add_get("/tenants/{tenant}/account", handler)
+        http.router.add_get("/tenants/{tenant}/authorize", echo)
         runner = web.AppRunner(http)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -167,7 +171,7 @@ def test_faust_pages_are_off_and_ours_are_on(meter: Meter) -> None:
     served = {prefix for prefix, _ in meter.app.web._enabled_blueprints()}
     assert served == {""}  # only Faust's plain production index at /
     names = {page.__name__ for page in meter.pages}
-    assert names == {"AccountPage", "MetricsPage", "HealthPage", "ReadyPage"}
+    assert names == {"AccountPage", "AuthorizePage", "MetricsPage", "HealthPage", "ReadyPage"}
 
 
 # ------------------------------------------------------------------------ routing
@@ -206,3 +210,60 @@ def test_the_openapi_document_names_the_400_and_the_retry_after() -> None:
         ("/tenants/{tenant_id}/auto-recharge", "put"),
     ):
         assert "invalid_tenant_id" in paths[path][method]["responses"]["400"]["description"]
+
+
+# ------------------------------------------------------------- authorize (issue 20)
+
+
+@pytest.mark.parametrize("tenant", INVALID[:4], ids=lambda t: repr(t[:12]) + f"[{len(t)}]")
+async def test_authorize_an_invalid_tenant_id_is_400_before_any_work(
+    meter: Meter, monkeypatch: pytest.MonkeyPatch, tenant: str
+) -> None:
+    refuse_work(meter, monkeypatch)
+    status, body, _ = await meter.authorize_response(tenant, "outbound", "+33612345678", False)
+    assert status == 400 and json.loads(body)["error"] == "invalid_tenant_id"
+    assert json.loads(body)["tenant_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("service", "number", "error"),
+    [
+        ("inbound", "+33612345678", "invalid_service"),
+        (None, "+33612345678", "invalid_service"),
+        ("outbound", " 33612345678", "invalid_number"),  # an unescaped '+' reads as ' '
+        ("outbound", None, "invalid_number"),
+    ],
+)
+async def test_authorize_a_bad_query_is_400_before_any_work(
+    meter: Meter,
+    monkeypatch: pytest.MonkeyPatch,
+    service: str | None,
+    number: str | None,
+    error: str,
+) -> None:
+    refuse_work(meter, monkeypatch)
+    status, body, headers = await meter.authorize_response("acme", service, number, False)
+    assert status == 400 and headers == {}
+    assert json.loads(body)["error"] == error and json.loads(body)["tenant_id"] == "acme"
+
+
+async def test_authorize_is_forwarded_to_the_owner_with_its_query(
+    meter: Meter, owner: Callable[[web.Response | None], Any]
+) -> None:
+    await owner(None)
+    status, body, _ = await meter.authorize_response(
+        "acme", "conferencing_dial_out", "+33612345678", forwarded=False
+    )
+    assert status == 200
+    assert json.loads(body) == {
+        "path": "/tenants/acme/authorize",
+        "query": {"service": "conferencing_dial_out", "number": "+33612345678"},
+    }
+
+
+async def test_authorize_not_owned_is_503(meter: Meter) -> None:
+    status, body, headers = await meter.authorize_response(
+        "acme", "outbound", "+33612345678", forwarded=False
+    )
+    assert status == 503 and json.loads(body)["error"] == "unavailable"
+    assert "Retry-After" in headers

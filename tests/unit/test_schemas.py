@@ -691,6 +691,8 @@ def test_account_view_serialises_with_nulls() -> None:
         "auto_recharge": None,
         "pending_recharge": None,
         "updated_at": "2026-11-23T10:00:00Z",
+        "credit_limit": "0",
+        "notify_below": None,
     }
     full = AccountView(
         tenant_id="acme",
@@ -714,6 +716,8 @@ def test_account_view_serialises_with_nulls() -> None:
         "recharge_amount": "25.00",
         "trigger_balance": "5.00",
         "suspended": False,
+        "mode": "fixed",
+        "target_balance": None,
     }
     assert body["pending_recharge"] == {
         "request_id": "rr-acme-1",
@@ -739,6 +743,7 @@ def test_render_all_is_stable_and_complete() -> None:
     assert first == export.render_all()
     assert set(first) == {
         "AccountView.json",
+        "AuthorizeView.json",
         "AutoRechargeConfigured.json",
         "BalanceAlert.json",
         "CallUsage.json",
@@ -749,6 +754,7 @@ def test_render_all_is_stable_and_complete() -> None:
         "RechargeFailed.json",
         "RechargeRequested.json",
         "RejectedRecord.json",
+        "TenantLimitsConfigured.json",
     }
     for text in first.values():
         assert text.endswith("}\n")
@@ -766,6 +772,7 @@ def test_published_schemas_say_what_crosses_the_wire() -> None:
         "funds_added",
         "auto_recharge_configured",
         "recharge_failed",
+        "tenant_limits_configured",
     }
     ledger = files["LedgerEntry.json"]
     assert ledger["properties"]["balance_after"]["type"] == "string"
