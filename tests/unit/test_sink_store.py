@@ -111,6 +111,12 @@ async def test_a_failed_batch_leaves_neither_rows_nor_positions(store: LedgerSto
         await store.write(GROUP, bad)
     assert await store.count("ledger") == 5
     assert await store.positions(GROUP, [(TOPICS.ledger, 0)]) == {(TOPICS.ledger, 0): 5}
+    # The positions refused: the rows of the batch roll back with them.
+    bad = batch_of(list(stream.entries(5)), first_offset=5)
+    bad.positions[(TOPICS.ledger, 0)] = None  # type: ignore[assignment]
+    with pytest.raises(sa.exc.IntegrityError):
+        await store.write(GROUP, bad)
+    assert await store.count("ledger") == 5
 
 
 async def test_migrating_again_changes_nothing(store: LedgerStore) -> None:
