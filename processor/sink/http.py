@@ -3,7 +3,7 @@
     GET /tenants/{id}/ledger?before=<cursor>&limit=<n>&kind=debit,credit
     GET /tenants/{id}/usage?from=<RFC 3339>&to=<RFC 3339>&group_by=day|service
     GET /tenants/{id}/ledger.csv
-    GET /health
+    GET /health, GET /ready (200 once the consumer has its partitions, else 503)
 
 Every answer comes from the database the sink writes (so it trails Kafka by the
 sink's lag). A tenant id that breaks the contract's pattern is a 400
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -54,6 +55,7 @@ CSV_COLUMNS: Final = (
     "billed_seconds",
 )
 STORE: Final = web.AppKey("store", LedgerStore)
+READY: Final = web.AppKey[Callable[[], bool]]("ready")
 
 
 class _BadQuery(Exception):
@@ -170,6 +172,12 @@ async def health(request: web.Request) -> web.Response:
     return _json(200, {"status": "ok"})
 
 
+async def ready_page(request: web.Request) -> web.Response:
+    if request.app[READY]():
+        return _json(200, {"status": "ready"})
+    return _json(503, {"status": "not_ready", "detail": "partitions not assigned yet"})
+
+
 async def ledger(request: web.Request) -> web.Response:
     tenant_id = _tenant(request)
     limit, kinds, before = _limit(request), _kinds(request), _cursor(request)
@@ -238,10 +246,12 @@ async def statement(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def build_app(store: LedgerStore) -> web.Application:
+def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[STORE] = store
+    app[READY] = ready
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready_page)
     app.router.add_get("/tenants/{tenant_id}/ledger", ledger)
     app.router.add_get("/tenants/{tenant_id}/ledger.csv", statement)
     app.router.add_get("/tenants/{tenant_id}/usage", usage)

@@ -262,7 +262,7 @@ async def serve(
 
     from processor.sink.http import build_app
 
-    runner = web.AppRunner(build_app(store), access_log=None)
+    runner = web.AppRunner(build_app(store, sink.assigned_once.is_set), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

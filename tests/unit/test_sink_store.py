@@ -438,3 +438,13 @@ async def test_http_statement_csv(store: LedgerStore, http: TestClient[Any, Any]
 async def test_http_health(http: TestClient[Any, Any]) -> None:
     resp = await http.get("/health")
     assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+
+
+async def test_http_ready_once_partitions_are_assigned(store: LedgerStore) -> None:
+    assigned = False
+    async with TestClient(TestServer(build_app(store, lambda: assigned))) as client:
+        resp = await client.get("/ready")
+        assert resp.status == 503
+        assigned = True
+        resp = await client.get("/ready")
+        assert (resp.status, await resp.json()) == (200, {"status": "ready"})
