@@ -21,6 +21,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from processor.sink import api_doc as sink_doc
 from schemas.admin import (
     AutoRechargeRequest,
     CommandAccepted,
@@ -36,7 +37,7 @@ __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
 DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 # The HTTP API's own version: bump on a change a client would notice.
-API_VERSION: Final = "1.2.0"
+API_VERSION: Final = "1.3.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
@@ -47,6 +48,7 @@ _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (ErrorBody, "serialization"),
     (Health, "serialization"),
     (Readiness, "serialization"),
+    *sink_doc.MODELS,
 )
 
 
@@ -266,8 +268,9 @@ def build() -> dict[str, Any]:
             {"name": "read", "description": "Accounts, from any worker."},
             {"name": "admin", "description": "Commands, with the admin bearer token."},
             {"name": "operations", "description": "Probes, metrics and this document."},
+            sink_doc.TAG,
         ],
-        "paths": _paths(refs),
+        "paths": {**_paths(refs), **sink_doc.paths(refs)},
         "components": {
             "schemas": definitions["$defs"],
             "securitySchemes": {

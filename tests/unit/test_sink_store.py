@@ -32,6 +32,7 @@ from processor.sink.store import (
     encode_cursor,
     entry_view,
 )
+from schemas.ledger_api import LedgerPage, UsageReport
 from tests.ledger_records import (
     T0,
     LedgerStream,
@@ -338,6 +339,7 @@ async def test_http_ledger_pages(store: LedgerStore, http: TestClient[Any, Any])
         assert resp.status == 200
         body = await resp.json()
         assert body["tenant_id"] == tenant
+        LedgerPage.model_validate_json(await resp.read())  # what docs/openapi.json says
         got.extend(body["entries"])
         if body["next_cursor"] is None:
             break
@@ -391,6 +393,7 @@ async def test_http_usage(store: LedgerStore, http: TestClient[Any, Any]) -> Non
     )
     assert resp.status == 200
     body = await resp.json()
+    UsageReport.model_validate_json(await resp.read())  # what docs/openapi.json says
     assert body["group_by"] == "day"
     assert (body["from"], body["to"]) == ("2026-11-25T00:00:00Z", "2026-11-26T00:00:00Z")
     total = sum((e.amount for e in entries), Decimal(0))
@@ -448,3 +451,19 @@ async def test_http_ready_once_partitions_are_assigned(store: LedgerStore) -> No
         assigned = True
         resp = await client.get("/ready")
         assert (resp.status, await resp.json()) == (200, {"status": "ready"})
+
+
+def test_the_sink_paths_are_in_the_openapi_document_with_their_server() -> None:
+    from processor import openapi
+
+    document = json.loads(openapi.render())
+    for path in ("/ledger", "/usage", "/ledger.csv"):
+        operation = document["paths"][f"/tenants/{{tenant_id}}{path}"]["get"]
+        assert operation["servers"][0]["url"].endswith(":6070")
+        assert {"200", "400"} <= set(operation["responses"])
+    limit = next(
+        p
+        for p in document["paths"]["/tenants/{tenant_id}/ledger"]["get"]["parameters"]
+        if p["name"] == "limit"
+    )
+    assert limit["schema"]["maximum"] == 500
