@@ -215,6 +215,9 @@ def cmd_replay_rejected(args: argparse.Namespace) -> int:
 def cmd_ledger_sink(args: argparse.Namespace) -> int:
     import signal
 
+    from aiokafka.errors import KafkaError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from processor.kafka_options import KafkaConfigError, kafka_client_options
     from processor.sink.service import LedgerSink, SinkTopics, group_id, serve
     from processor.sink.store import LedgerStore, database_url, safe_url
@@ -251,6 +254,10 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
         )
         try:
             await serve(store, sink, cfg.web_host, cfg.sink_port, stop)
+        except (SQLAlchemyError, KafkaError, OSError) as exc:
+            # Nothing is lost: a restart resumes from the positions in the database.
+            print(f"meter ledger-sink: stopped: {exc!r}", file=sys.stderr)
+            return EXIT_PROBLEM
         finally:
             await store.close()
         return EXIT_OK

@@ -296,6 +296,9 @@ class LedgerStore:
     async def migrate(self) -> None:
         """Bring the schema to Alembic's head revision (a no-op when it is there)."""
         async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Sinks starting together migrate one after the other.
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(2126021)"))
             await conn.run_sync(_upgrade)
 
     async def positions(

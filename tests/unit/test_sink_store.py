@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +24,7 @@ import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import TopicPartition
 
+from processor.kafka_local import free_port
 from processor.sink.http import CSV_COLUMNS, build_app
 from processor.sink.service import SinkStats, SinkTopics, rows_of
 from processor.sink.store import (
@@ -43,6 +47,7 @@ from tests.ledger_records import (
 
 TOPICS = SinkTopics("credits.ledger", "credits.recharge-requests", "credits.commands")
 GROUP = "meter-ledger-sink"
+METER = str(Path(sys.executable).with_name("meter"))
 
 
 @dataclass
@@ -467,3 +472,40 @@ def test_the_sink_paths_are_in_the_openapi_document_with_their_server() -> None:
         if p["name"] == "limit"
     )
     assert limit["schema"]["maximum"] == 500
+
+
+def _meter(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("METER_", "KAFKA_"))}
+    environ.update(env)
+    return subprocess.run(
+        [METER, *argv], env=environ, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_database_url_of_another_kind_is_exit_2_and_its_password_hidden() -> None:
+    result = _meter("ledger-sink", METER_DATABASE_URL="mysql://meter:s3cret@db/ledger")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
+    assert "METER_DATABASE_URL=(hidden) is not allowed: it must be a postgresql://" in (
+        result.stderr
+    )
+    result = _meter("ledger-sink", METER_SINK_PORT="70000")
+    assert result.returncode == 2
+    assert "METER_SINK_PORT='70000' is not allowed: it must be at most 65535" in result.stderr
+
+
+def test_an_unreachable_database_is_one_sentence_and_exit_1(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    result = _meter(
+        "ledger-sink",
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        METER_DATA_DIR=str(tmp_path),
+        METER_DATABASE_URL=f"postgresql://meter:s3cret@127.0.0.1:{port}/ledger",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
+    assert f"meter ledger-sink: database postgresql+asyncpg://meter:***@127.0.0.1:{port}" in (
+        result.stderr
+    )
