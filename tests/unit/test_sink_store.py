@@ -509,3 +509,15 @@ def test_an_unreachable_database_is_one_sentence_and_exit_1(tmp_path: Path) -> N
     assert f"meter ledger-sink: database postgresql+asyncpg://meter:***@127.0.0.1:{port}" in (
         result.stderr
     )
+
+
+def test_the_sink_imports_no_faust() -> None:
+    code = (
+        "import sys, processor.cli, processor.sink.service, processor.sink.http, "
+        "processor.topics, processor.kafka_options; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('faust', 'mode')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
