@@ -32,7 +32,7 @@ from processor.sink.store import Batch, LedgerStore
 from schemas.inputs import DecodeError, FundsAdded, RechargeFailed, decode_command
 from schemas.outputs import LedgerEntry, RechargeRequested
 
-__all__ = ["LedgerSink", "SinkStats", "SinkTopics", "group_id", "rows_of"]
+__all__ = ["LedgerSink", "SinkStats", "SinkTopics", "group_id", "rows_of", "storable"]
 
 log = logging.getLogger("processor.sink")
 
@@ -61,6 +61,14 @@ class SinkStats:
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
+def storable(text: str) -> str:
+    """`text` as every database stores it: PostgreSQL refuses NUL in text, and no
+    driver encodes a lone surrogate (which JSON's "\\ud800" decodes to)."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def rows_of(
     records: Mapping[TopicPartition, Sequence[Any]], topics: SinkTopics, stats: SinkStats
 ) -> Batch:
@@ -73,8 +81,11 @@ def rows_of(
             stats.records += 1
             try:
                 _add(batch, tp, record, topics)
-            except (ValidationError, DecodeError, ValueError) as exc:
-                reason = "invalid" if tp.topic != topics.commands else "command_not_applicable"
+            except Exception as exc:  # one bad record must never stop the sink
+                if isinstance(exc, ValidationError | DecodeError | ValueError):
+                    reason = "invalid"
+                else:
+                    reason = "internal_error"
                 stats.skipped += 1
                 stats.by_reason[reason] = stats.by_reason.get(reason, 0) + 1
                 log.warning(
@@ -103,7 +114,7 @@ def _add(batch: Batch, tp: TopicPartition, record: Any, topics: SinkTopics) -> N
                 "amount": entry.amount,
                 "currency": entry.currency,
                 "balance_after": entry.balance_after,
-                "cause_topic": entry.cause_topic,
+                "cause_topic": storable(entry.cause_topic),
                 "cause_id": entry.cause_id,
                 "occurred_at": entry.occurred_at,
                 "recorded_at": entry.recorded_at,
@@ -156,7 +167,7 @@ def _add(batch: Batch, tp: TopicPartition, record: Any, topics: SinkTopics) -> N
                     "attempt": command.attempt,
                     "amount": None,
                     "currency": None,
-                    "reason": command.reason,
+                    "reason": storable(command.reason),
                     "occurred_at": command.occurred_at,
                     **where,
                 }

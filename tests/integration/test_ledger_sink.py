@@ -42,6 +42,7 @@ from tests.unit.test_sink_store import (  # noqa: F401
     store,
     test_a_batch_written_twice_is_in_the_database_once,
     test_a_failed_batch_leaves_neither_rows_nor_positions,
+    test_a_reason_with_a_nul_is_stored_not_a_poison_record,
     test_an_entry_reads_back_as_the_contract_wrote_it,
     test_http_ledger_pages,
     test_http_statement_csv,

@@ -37,6 +37,7 @@ from processor.sink.store import (
     entry_view,
 )
 from schemas.ledger_api import LedgerPage, UsageReport
+from schemas.outputs import LedgerEntry
 from tests.ledger_records import (
     T0,
     LedgerStream,
@@ -192,6 +193,28 @@ def test_records_that_are_no_contract_record_become_no_row_but_advance() -> None
     assert (stats.records, stats.skipped) == (4, 3)
 
 
+def test_a_bug_on_one_record_skips_it_and_the_sink_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entries = list(LedgerStream().entries(3))
+    real = LedgerEntry.model_validate_json
+
+    def flaky(value: bytes) -> LedgerEntry:
+        if value == entries[1].to_json():
+            raise TypeError("a bug")
+        return real(value)
+
+    monkeypatch.setattr(LedgerEntry, "model_validate_json", flaky)
+    stats = SinkStats()
+    records = {
+        TopicPartition(TOPICS.ledger, 0): [Rec(i, e.to_json()) for i, e in enumerate(entries)]
+    }
+    batch = rows_of(records, TOPICS, stats)
+    assert [r["entry_id"] for r in batch.ledger] == [entries[0].entry_id, entries[2].entry_id]
+    assert batch.positions == {(TOPICS.ledger, 0): 3}
+    assert stats.by_reason == {"internal_error": 1}
+
+
 def test_recharge_requests_and_outcomes_become_rows() -> None:
     records = {
         TopicPartition(TOPICS.recharge_requests, 0): [
@@ -247,6 +270,26 @@ async def test_requests_are_keyed_by_request_and_attempt(store: LedgerStore) -> 
     await store.write(GROUP, rows_of(records, TOPICS, SinkStats()))
     assert await store.count("requests") == 2
     assert await store.count("outcomes") == 1
+
+
+async def test_a_reason_with_a_nul_is_stored_not_a_poison_record(store: LedgerStore) -> None:
+    """PostgreSQL refuses NUL in text; billing's free-text reason may carry one (JSON
+    "\\u0000" is valid). Without care the batch fails again on every restart."""
+    value = json.dumps(
+        {
+            "type": "recharge_failed",
+            "command_id": "c-nul",
+            "tenant_id": "acme",
+            "occurred_at": "2026-11-25T10:00:00Z",
+            "recharge_request_id": "r1",
+            "reason": "declined\u0000 caf\u00e9",
+        }
+    ).encode()
+    records = {TopicPartition(TOPICS.commands, 0): [Rec(0, value)]}
+    await store.write(GROUP, rows_of(records, TOPICS, SinkStats()))
+    async with store.engine.connect() as conn:
+        reason = (await conn.execute(sa.text("SELECT reason FROM recharge_outcomes"))).scalar()
+    assert reason == "declined\\u0000 caf\u00e9"
 
 
 # ----------------------------------------------------------------------- queries
