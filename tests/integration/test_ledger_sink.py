@@ -317,3 +317,65 @@ async def test_the_sink_resumes_from_the_database_not_from_kafka_offsets(
         await eventually(loaded, 90, 0.2, "all 500 entries")
     finally:
         assert sink.stop() == 0, sink.log_tail()
+
+
+async def test_two_sinks_share_the_partitions_and_one_is_killed(
+    kafka: Any, deployment: tuple[str, SinkTopics], tmp_path: Path, postgres: LocalPostgres
+) -> None:
+    """Two sinks of one deployment into one PostgreSQL database split the partitions;
+    one is `kill -9`ed mid-stream, the other takes its partitions over from the
+    database's positions: every entry once."""
+    app_id, topics = deployment
+    given = postgres.create_database()
+    url = database_url(given, tmp_path)
+    stream = LedgerStream(tenants=30, prefix=f"{app_id}.", seed=5)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Sink(kafka.bootstrap, app_id, tmp_path / "a", given).start()
+    second = Sink(kafka.bootstrap, app_id, tmp_path / "b", given).start()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap, transactional_id=f"{app_id}-test", linger_ms=5
+    )
+    await producer.start()
+    try:
+
+        async def both_ready() -> bool:
+            first.alive()
+            second.alive()
+            answers = []
+            for sink in (first, second):
+                try:
+                    answers.append((await sink.get("/ready"))[0])
+                except aiohttp.ClientError:
+                    return False
+            return answers == [200, 200]
+
+        await eventually(both_ready, 90, 0.2, "both sinks with partitions")
+        producing = asyncio.create_task(
+            _produce_ledger(producer, topics.ledger, stream, 20_000, per_tx=250)
+        )
+
+        async def reached(n: int) -> bool:
+            first.alive()
+            return await _count(url) >= n
+
+        await eventually(lambda: reached(1000), 90, 0.02, "the first rows")
+        first.kill()
+        assert await _count(url) < 20_000
+        await producing
+
+        async def all_in() -> bool:
+            second.alive()
+            return await _count(url) == 20_000
+
+        await eventually(all_in, 120, 0.2, "every entry, by the surviving sink")
+        db = await LedgerStore.open(url, migrate=False)
+        try:
+            totals = await db.totals()
+        finally:
+            await db.close()
+        assert {t: total for t, (_, total) in totals.items()} == stream.balances
+        assert sum(n for n, _ in totals.values()) == 20_000
+    finally:
+        await producer.stop()
+        assert second.stop() == 0, second.log_tail()
