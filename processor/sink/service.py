@@ -182,8 +182,9 @@ class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Let a batch being written finish first (it is harmless either way: rows
-        # are keyed and positions never move back, but the log is clearer).
+        # Let a batch being written finish first, so the partitions' next owner
+        # starts from its positions rather than reading it again (which would be
+        # harmless: rows are keyed and positions never move back).
         async with self.sink.writing:
             pass
 
