@@ -212,6 +212,59 @@ def cmd_replay_rejected(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if report.problems else EXIT_OK
 
 
+def cmd_ledger_sink(args: argparse.Namespace) -> int:
+    import signal
+
+    from aiokafka.errors import KafkaError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from processor.kafka_options import KafkaConfigError, kafka_client_options
+    from processor.sink.service import LedgerSink, SinkTopics, group_id, serve
+    from processor.sink.store import LedgerStore, database_url, safe_url
+    from processor.topics import TopicNames
+
+    cfg = Settings()
+    secret = cfg.database_url
+    try:
+        url = database_url(None if secret is None else secret.get_secret_value(), cfg.data_dir)
+        options = kafka_client_options(cfg)
+    except (ValueError, KafkaConfigError) as exc:
+        print(f"meter ledger-sink: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    bootstrap = _bootstrap(cfg)
+    names = TopicNames.from_settings(cfg)
+    topics = SinkTopics(names.ledger, names.recharge_requests, names.commands)
+
+    async def main() -> int:
+        try:
+            store = await LedgerStore.open(url)
+        except Exception as exc:  # the driver's own errors: unreachable, refused, ...
+            print(f"meter ledger-sink: database {safe_url(url)}: {exc}", file=sys.stderr)
+            return EXIT_PROBLEM
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sink = LedgerSink(store, bootstrap, topics, group_id(cfg.app_id), client_options=options)
+        logging.getLogger("processor.sink").info(
+            "ledger-sink: %s into %s as group %s",
+            ", ".join(topics.all()),
+            safe_url(url),
+            sink.group,
+        )
+        try:
+            await serve(store, sink, cfg.web_host, cfg.sink_port, stop)
+        except (SQLAlchemyError, KafkaError, OSError) as exc:
+            # Nothing is lost: a restart resumes from the positions in the database.
+            print(f"meter ledger-sink: stopped: {exc!r}", file=sys.stderr)
+            return EXIT_PROBLEM
+        finally:
+            await store.close()
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from processor.demo import run_demo
 
@@ -294,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
         "remembered stays a duplicate)",
     )
     replay.set_defaults(func=cmd_replay_rejected)
+
+    sink = sub.add_parser(
+        "ledger-sink",
+        help="write credits.ledger, recharge requests and outcomes into SQL and serve queries",
+        description="Consume credits.ledger, credits.recharge-requests and the recharge "
+        "outcomes on credits.commands (read_committed, group <METER_APP_ID>-ledger-sink) "
+        "into SQLite (a file in METER_DATA_DIR) or PostgreSQL (METER_DATABASE_URL), "
+        "exactly once, and serve the ledger, usage and CSV statement queries on "
+        "METER_SINK_PORT (default 6070).",
+    )
+    sink.set_defaults(func=cmd_ledger_sink)
 
     demo = sub.add_parser(
         "demo",

@@ -1,7 +1,8 @@
 """`meter demo` (what `make run` runs): the whole pipeline on one machine.
 
-Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), one worker as a
-child process, the traffic simulator and the live view; on Ctrl-C it stops what it
+Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), one worker and
+the ledger sink (`meter ledger-sink`, SQLite in METER_DATA_DIR) as child processes,
+the traffic simulator and the live view; on Ctrl-C it stops what it
 started, in reverse order, and leaves a broker it did not start alone.
 """
 
@@ -33,12 +34,14 @@ DEMO_ENV = {
 }
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+def _wait_ready(
+    url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float, what: str = "worker"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-30:]
-            raise RuntimeError("the worker exited during start-up:\n" + "\n".join(tail))
+            raise RuntimeError(f"the {what} exited during start-up:\n" + "\n".join(tail))
         try:
             with urllib.request.urlopen(url + "/ready", timeout=2) as resp:  # noqa: S310
                 if resp.status == 200:
@@ -46,7 +49,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout
         except OSError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"the worker was not ready within {timeout:.0f}s; see {log_path}")
+    raise RuntimeError(f"the {what} was not ready within {timeout:.0f}s; see {log_path}")
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -80,6 +83,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
     env = {**os.environ, **DEMO_ENV, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     env.setdefault("METER_DATA_DIR", str(run_dir / "data"))
     print(f"starting a worker (log: {worker_log}) ...", flush=True)
+    sink: subprocess.Popen[bytes] | None = None
     with worker_log.open("ab") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "processor.cli", "worker"],
@@ -92,6 +96,22 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
         _wait_ready(f"http://127.0.0.1:{cfg.web_port}", worker, worker_log, timeout=120)
         print(
             f"worker ready: http://127.0.0.1:{cfg.web_port}/tenants/<id>/account and /metrics",
+            flush=True,
+        )
+        # The ledger sink: the ledger in SQLite (METER_DATA_DIR) and its query API.
+        sink_log = run_dir / "ledger-sink.log"
+        with sink_log.open("ab") as out:
+            sink = subprocess.Popen(
+                [sys.executable, "-m", "processor.cli", "ledger-sink"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_ready(f"http://127.0.0.1:{cfg.sink_port}", sink, sink_log, 60, "ledger sink")
+        print(
+            f"ledger sink ready: http://127.0.0.1:{cfg.sink_port}/tenants/<id>/ledger, "
+            "/usage and /ledger.csv",
             flush=True,
         )
         simulator = Simulator(
@@ -123,6 +143,9 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
         print(f"meter demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        if sink is not None:
+            print("stopping the ledger sink ...", flush=True)
+            _stop(sink)
         print("stopping the worker ...", flush=True)
         _stop(worker)
         if started_broker:

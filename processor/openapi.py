@@ -21,6 +21,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from processor.sink import api_doc as sink_doc
 from schemas.admin import (
     AutoRechargeRequest,
     CommandAccepted,
@@ -50,6 +51,7 @@ _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (ErrorBody, "serialization"),
     (Health, "serialization"),
     (Readiness, "serialization"),
+    *sink_doc.MODELS,
 )
 
 
@@ -336,8 +338,9 @@ def build() -> dict[str, Any]:
             {"name": "read", "description": "Accounts, from any worker."},
             {"name": "admin", "description": "Commands, with the admin bearer token."},
             {"name": "operations", "description": "Probes, metrics and this document."},
+            sink_doc.TAG,
         ],
-        "paths": _paths(refs),
+        "paths": {**_paths(refs), **sink_doc.paths(refs)},
         "components": {
             "schemas": definitions["$defs"],
             "securitySchemes": {

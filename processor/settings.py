@@ -16,6 +16,8 @@ RECHARGE_REQUESTS = "credits.recharge-requests"
 LEDGER = "credits.ledger"
 ALERTS = "credits.alerts"
 REJECTED = "credits.rejected"
+# What METER_DATABASE_URL may start with (processor/sink/store.py adds the driver).
+DATABASE_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "sqlite")
 
 
 class Settings(BaseSettings):
@@ -79,6 +81,11 @@ class Settings(BaseSettings):
     metrics_tenant_balances: int = Field(
         default=0, validation_alias="METER_METRICS_TENANT_BALANCES", ge=0
     )
+    # The ledger sink (`meter ledger-sink`, processor/sink/): its database (unset:
+    # SQLite in METER_DATA_DIR; postgresql://user:password@host/db for PostgreSQL) and
+    # the port of its query API. SecretStr: the URL may hold a password.
+    database_url: SecretStr | None = Field(default=None, validation_alias="METER_DATABASE_URL")
+    sink_port: int = Field(default=6070, validation_alias="METER_SINK_PORT", ge=0, le=65535)
 
     # The admin API's bearer token (processor/admin.py); unset disables the admin
     # endpoints. SecretStr: never printed by a repr or a settings dump.
@@ -100,6 +107,14 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = Field(
         default=None, validation_alias="KAFKA_SSL_KEY_PASSWORD"
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        url = "" if value is None else value.get_secret_value()
+        if url and not url.lower().startswith(DATABASE_SCHEMES):
+            raise ValueError("a postgresql:// (or sqlite:///) URL")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

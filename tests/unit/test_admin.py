@@ -333,6 +333,10 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
         "/health",
         "/ready",
         "/openapi.json",
+        # Served by the ledger sink (meter ledger-sink), which each path's servers name.
+        "/tenants/{tenant_id}/ledger",
+        "/tenants/{tenant_id}/usage",
+        "/tenants/{tenant_id}/ledger.csv",
     }
     funds = paths["/tenants/{tenant_id}/funds"]["post"]
     assert funds["security"] == [{"bearerAuth": []}]

@@ -1,0 +1,134 @@
+"""The ledger sink's paths in docs/openapi.json (processor/openapi.py adds them).
+
+They are served by `meter ledger-sink` on METER_SINK_PORT, not by the workers: each
+path names that server.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
+
+from schemas.ledger_api import LedgerPage, UsageReport
+from schemas.types import TENANT_ID_PATTERN
+
+__all__ = ["MODELS", "TAG", "paths"]
+
+MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
+    (LedgerPage, "serialization"),
+    (UsageReport, "serialization"),
+)
+TAG: Final = {
+    "name": "history",
+    "description": "The ledger in SQL: served by `meter ledger-sink` on METER_SINK_PORT "
+    "(default 6070), which also serves `/health` and `/ready`.",
+}
+_SERVERS: Final = [
+    {"url": "http://127.0.0.1:6070", "description": "the ledger sink (meter ledger-sink)"}
+]
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def paths(refs: dict[str, str]) -> dict[str, Any]:
+    error = refs["ErrorBody"]
+    tenant = {
+        "name": "tenant_id",
+        "in": "path",
+        "required": True,
+        "description": "The tenant whose ledger this is.",
+        "schema": {"type": "string", "pattern": TENANT_ID_PATTERN},
+    }
+    bad = _json(
+        error,
+        "`invalid_tenant_id` (the path's tenant id breaks the contract's pattern; "
+        "`tenant_id` is null), `invalid_query` (a parameter out of range, named in "
+        "`detail`) or `invalid_cursor`.",
+    )
+
+    def query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": schema,
+        }
+
+    timestamp = {"type": "string", "format": "date-time"}
+    return {
+        "/tenants/{tenant_id}/ledger": {
+            "get": {
+                "operationId": "getLedger",
+                "summary": "A tenant's ledger entries, newest first",
+                "description": "From the sink's database (it trails the topic by the "
+                "sink's lag). A tenant without entries gets an empty page.",
+                "tags": ["history"],
+                "servers": _SERVERS,
+                "parameters": [
+                    tenant,
+                    query(
+                        "before",
+                        "`next_cursor` of the previous page (opaque).",
+                        {"type": "string", "maxLength": 64},
+                    ),
+                    query(
+                        "limit",
+                        "Entries per page.",
+                        {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                    ),
+                    query(
+                        "kind",
+                        "Only these kinds, comma-separated.",
+                        {"type": "string", "pattern": "^(debit|credit)(,(debit|credit))?$"},
+                    ),
+                ],
+                "responses": {"200": _json(refs["LedgerPage"], "A page."), "400": bad},
+            }
+        },
+        "/tenants/{tenant_id}/usage": {
+            "get": {
+                "operationId": "getUsage",
+                "summary": "Usage per UTC day or per service",
+                "description": "The debits whose usage occurred in [from, to): how many, "
+                "their billed seconds and their exact amount, per bucket.",
+                "tags": ["history"],
+                "servers": _SERVERS,
+                "parameters": [
+                    tenant,
+                    query("from", "Start, inclusive (RFC 3339 with an offset).", timestamp),
+                    query("to", "End, exclusive (RFC 3339 with an offset).", timestamp),
+                    query(
+                        "group_by",
+                        "Buckets.",
+                        {"type": "string", "enum": ["day", "service"], "default": "day"},
+                    ),
+                ],
+                "responses": {"200": _json(refs["UsageReport"], "The buckets."), "400": bad},
+            }
+        },
+        "/tenants/{tenant_id}/ledger.csv": {
+            "get": {
+                "operationId": "getStatement",
+                "summary": "A tenant's statement as CSV, oldest first",
+                "description": "A header row, then one row per entry: entry_id, "
+                "recorded_at, occurred_at, kind, amount, signed_amount, currency, "
+                "balance_after, cause_topic, cause_id, rate_prefix, rate_per_minute, "
+                "billed_seconds. Money as decimal strings.",
+                "tags": ["history"],
+                "servers": _SERVERS,
+                "parameters": [tenant],
+                "responses": {
+                    "200": {
+                        "description": "The statement (an attachment).",
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
+                    "400": bad,
+                },
+            }
+        },
+    }

@@ -1,0 +1,258 @@
+"""The ledger sink's query API (aiohttp, port METER_SINK_PORT, default 6070).
+
+    GET /tenants/{id}/ledger?before=<cursor>&limit=<n>&kind=debit,credit
+    GET /tenants/{id}/usage?from=<RFC 3339>&to=<RFC 3339>&group_by=day|service
+    GET /tenants/{id}/ledger.csv
+    GET /health, GET /ready (200 once the consumer has its partitions, else 503)
+
+Every answer comes from the database the sink writes (so it trails Kafka by the
+sink's lag). A tenant id that breaks the contract's pattern is a 400
+`invalid_tenant_id` before anything else, never echoed; a bad query parameter is a
+400 `invalid_query` naming it. Money is a decimal string, as on the topics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from processor.sink.store import (
+    Cursor,
+    LedgerStore,
+    decode_cursor,
+    encode_cursor,
+    entry_view,
+)
+from processor.views import tenant_id_problem
+from schemas.types import format_money, format_timestamp, parse_timestamp
+
+__all__ = ["CSV_COLUMNS", "DEFAULT_LIMIT", "MAX_LIMIT", "build_app"]
+
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 500
+KINDS: Final = ("debit", "credit")
+GROUPS: Final = ("day", "service")
+CSV_COLUMNS: Final = (
+    "entry_id",
+    "recorded_at",
+    "occurred_at",
+    "kind",
+    "amount",
+    "signed_amount",
+    "currency",
+    "balance_after",
+    "cause_topic",
+    "cause_id",
+    "rate_prefix",
+    "rate_per_minute",
+    "billed_seconds",
+)
+STORE: Final = web.AppKey("store", LedgerStore)
+READY: Final = web.AppKey[Callable[[], bool]]("ready")
+
+
+class _BadQuery(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _error(status: int, code: str, detail: str, tenant_id: str | None) -> web.Response:
+    return _json(status, {"error": code, "detail": detail, "tenant_id": tenant_id})
+
+
+def _tenant(request: web.Request) -> str:
+    tenant_id = request.match_info["tenant_id"]
+    problem = tenant_id_problem(tenant_id)
+    if problem is not None:
+        raise _BadQuery("invalid_tenant_id", problem)
+    return tenant_id
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise _BadQuery("invalid_query", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _kinds(request: web.Request) -> list[str]:
+    raw = request.query.get("kind")
+    if raw is None:
+        return []
+    kinds = [k.strip() for k in raw.split(",")]
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise _BadQuery("invalid_query", "kind must be debit, credit or debit,credit")
+    return sorted(set(kinds))
+
+
+def _cursor(request: web.Request) -> Cursor | None:
+    raw = request.query.get("before")
+    if raw is None:
+        return None
+    try:
+        return decode_cursor(raw)
+    except ValueError:
+        raise _BadQuery(
+            "invalid_cursor", "before must be a next_cursor this API returned"
+        ) from None
+
+
+def _when(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return parse_timestamp(raw)
+    except (ValueError, TypeError):
+        raise _BadQuery(
+            "invalid_query", f"{name} must be an RFC 3339 time with an offset"
+        ) from None
+
+
+def _csv_text(value: str | None) -> str:
+    # A cell a spreadsheet would run as a formula (CSV injection) is quoted as text.
+    if value and value[0] in "=+-@\t\r":
+        return "'" + value
+    return value or ""
+
+
+def _csv_row(row: dict[str, Any]) -> list[str]:
+    amount: Decimal = row["amount"]
+    signed = amount if row["kind"] == "credit" else -amount
+    rate = row["rate_per_minute"]
+    return [
+        _csv_text(row["entry_id"]),
+        format_timestamp(row["recorded_at"]),
+        format_timestamp(row["occurred_at"]),
+        row["kind"],
+        format_money(amount),
+        format_money(signed),
+        row["currency"],
+        format_money(row["balance_after"]),
+        _csv_text(row["cause_topic"]),
+        _csv_text(row["cause_id"]),
+        _csv_text(row["rate_prefix"]),
+        "" if rate is None else format_money(rate),
+        "" if row["billed_seconds"] is None else str(row["billed_seconds"]),
+    ]
+
+
+def _lines(rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
+    return out.getvalue().encode("utf-8")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except _BadQuery as exc:
+        tenant = None if exc.code == "invalid_tenant_id" else request.match_info.get("tenant_id")
+        return _error(400, exc.code, exc.detail, tenant)
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json(200, {"status": "ok"})
+
+
+async def ready_page(request: web.Request) -> web.Response:
+    if request.app[READY]():
+        return _json(200, {"status": "ready"})
+    return _json(503, {"status": "not_ready", "detail": "partitions not assigned yet"})
+
+
+async def ledger(request: web.Request) -> web.Response:
+    tenant_id = _tenant(request)
+    limit, kinds, before = _limit(request), _kinds(request), _cursor(request)
+    rows, following = await request.app[STORE].ledger_page(
+        tenant_id, before=before, limit=limit, kinds=kinds
+    )
+    return _json(
+        200,
+        {
+            "tenant_id": tenant_id,
+            "entries": [entry_view(row) for row in rows],
+            "next_cursor": None if following is None else encode_cursor(following),
+        },
+    )
+
+
+async def usage(request: web.Request) -> web.Response:
+    tenant_id = _tenant(request)
+    start, end = _when(request, "from"), _when(request, "to")
+    if start is not None and end is not None and start >= end:
+        raise _BadQuery("invalid_query", "from must be before to")
+    group_by = request.query.get("group_by", "day")
+    if group_by not in GROUPS:
+        raise _BadQuery("invalid_query", "group_by must be day or service")
+    buckets = await request.app[STORE].usage(
+        tenant_id,
+        start=start,
+        end=end,
+        group_by="day" if group_by == "day" else "service",
+    )
+    return _json(
+        200,
+        {
+            "tenant_id": tenant_id,
+            "group_by": group_by,
+            "from": None if start is None else format_timestamp(start),
+            "to": None if end is None else format_timestamp(end),
+            "buckets": [
+                {
+                    "key": b.key,
+                    "currency": b.currency,
+                    "events": b.events,
+                    "billed_seconds": b.billed_seconds,
+                    "amount": format_money(b.amount),
+                }
+                for b in buckets
+            ],
+        },
+    )
+
+
+async def statement(request: web.Request) -> web.StreamResponse:
+    tenant_id = _tenant(request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            # The tenant id's characters (A-Z a-z 0-9 . _ : -) need no quoting.
+            "Content-Disposition": f'attachment; filename="{tenant_id}-ledger.csv"',
+        }
+    )
+    await response.prepare(request)
+    await response.write(_lines([list(CSV_COLUMNS)]))
+    async for rows in request.app[STORE].statement(tenant_id):
+        await response.write(_lines([_csv_row(row) for row in rows]))
+    await response.write_eof()
+    return response
+
+
+def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app[STORE] = store
+    app[READY] = ready
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready_page)
+    app.router.add_get("/tenants/{tenant_id}/ledger", ledger)
+    app.router.add_get("/tenants/{tenant_id}/ledger.csv", statement)
+    app.router.add_get("/tenants/{tenant_id}/usage", usage)
+    return app

@@ -1,0 +1,508 @@
+"""The ledger sink's SQL store: schema, exactly-once batch writes, and the queries.
+
+SQLite (aiosqlite, a file under METER_DATA_DIR) by default, PostgreSQL (asyncpg) when
+METER_DATABASE_URL says so; SQLAlchemy 2's async engine either way, the schema made
+by Alembic (`migrations/`) when the store opens.
+
+Exactly once into the database: every row has the key of what it records
+(`entry_id`; `request_id` + `attempt`; a command's `command_id`) and is inserted with
+ON CONFLICT DO NOTHING, and the Kafka position each batch reached is written in the
+same transaction as its rows (`sink_offsets`). The consumer resumes from those
+positions, never from Kafka's committed offsets, so a crash at any point either
+leaves a batch out entirely (and it is read again) or in entirely (and reading
+continues after it).
+
+Money is exact: NUMERIC on PostgreSQL, the decimal text on SQLite (whose NUMERIC
+affinity would store a binary float); sums are taken in Python's Decimal, never in
+floating point.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import decimal
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from schemas.types import format_money, format_timestamp
+
+__all__ = [
+    "MIGRATIONS",
+    "Batch",
+    "Cursor",
+    "LedgerStore",
+    "UsageBucket",
+    "database_url",
+    "decode_cursor",
+    "encode_cursor",
+    "safe_url",
+]
+
+MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
+SQLITE_FILE: Final = "ledger.sqlite3"
+# Decimal arithmetic for sums: wide enough for any sum of contract amounts (18
+# integer and 12 fraction digits each), and it raises instead of rounding.
+_EXACT: Final = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Rounded])
+
+
+# ---------------------------------------------------------------------- column types
+
+
+class Money(sa.types.TypeDecorator[Decimal]):
+    """An exact decimal: NUMERIC on PostgreSQL, its fixed-point text elsewhere."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.Numeric(asdecimal=True))
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return format_money(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None or isinstance(value, Decimal):
+            return value
+        return Decimal(str(value))
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A UTC instant: timestamptz on PostgreSQL, naive UTC text on SQLite."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        # SQLite's DATETIME text has no offset: keep every value in UTC, so text order
+        # is time order.
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata: Final = sa.MetaData()
+
+ledger_entries: Final = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("entry_id", sa.Text, primary_key=True),
+    sa.Column("tenant_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("balance_after", Money, nullable=False),
+    sa.Column("cause_topic", sa.Text, nullable=False),
+    sa.Column("cause_id", sa.Text, nullable=False),
+    sa.Column("occurred_at", UtcDateTime, nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.Column("rate_prefix", sa.Text),
+    sa.Column("rate_per_minute", Money),
+    sa.Column("billed_seconds", sa.Integer),
+    sa.Column("source_partition", sa.Integer, nullable=False),
+    sa.Column("source_offset", sa.BigInteger, nullable=False),
+)
+
+recharge_requests: Final = sa.Table(
+    "recharge_requests",
+    metadata,
+    sa.Column("request_id", sa.Text, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.Text, nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("trigger_balance", Money, nullable=False),
+    sa.Column("balance", Money, nullable=False),
+    sa.Column("requested_at", UtcDateTime, nullable=False),
+    sa.Column("source_partition", sa.Integer, nullable=False),
+    sa.Column("source_offset", sa.BigInteger, nullable=False),
+)
+
+recharge_outcomes: Final = sa.Table(
+    "recharge_outcomes",
+    metadata,
+    sa.Column("command_id", sa.Text, primary_key=True),
+    sa.Column("tenant_id", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("recharge_request_id", sa.Text, nullable=False),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("amount", Money),
+    sa.Column("currency", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("occurred_at", UtcDateTime, nullable=False),
+    sa.Column("source_partition", sa.Integer, nullable=False),
+    sa.Column("source_offset", sa.BigInteger, nullable=False),
+)
+
+sink_offsets: Final = sa.Table(
+    "sink_offsets",
+    metadata,
+    sa.Column("consumer_group", sa.Text, primary_key=True),
+    sa.Column("topic", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+)
+
+LEDGER_COLUMNS: Final = tuple(c.name for c in ledger_entries.columns)
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def database_url(raw: str | None, data_dir: Path) -> str:
+    """The SQLAlchemy URL for METER_DATABASE_URL (unset: SQLite under `data_dir`).
+
+    `postgresql://` (or `postgres://`) becomes `postgresql+asyncpg://`, `sqlite:///`
+    becomes `sqlite+aiosqlite:///`; anything else is a ValueError naming what is
+    allowed.
+    """
+    if not raw:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(data_dir / SQLITE_FILE).resolve()}"
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        raise ValueError("a URL such as postgresql://user:password@host:5432/db")
+    drivers = {
+        "postgresql": "postgresql+asyncpg",
+        "postgres": "postgresql+asyncpg",
+        "postgresql+asyncpg": "postgresql+asyncpg",
+        "sqlite": "sqlite+aiosqlite",
+        "sqlite+aiosqlite": "sqlite+aiosqlite",
+    }
+    driver = drivers.get(scheme.lower())
+    if driver is None:
+        raise ValueError("a postgresql:// or sqlite:/// URL")
+    return f"{driver}://{rest}"
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ------------------------------------------------------------------------- cursors
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    """A position in a tenant's ledger: its entries' Kafka coordinates."""
+
+    partition: int
+    offset: int
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    raw = f"{cursor.partition}.{cursor.offset}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Cursor:
+    """The cursor in `text`; ValueError when it is not one this service made."""
+    if not text or len(text) > 64:
+        raise ValueError("not a cursor")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor") from None
+    partition, dot, offset = raw.partition(".")
+    if not dot or not partition.isdigit() or not offset.isdigit():
+        raise ValueError("not a cursor")
+    return Cursor(int(partition), int(offset))
+
+
+# -------------------------------------------------------------------------- writes
+
+
+@dataclass
+class Batch:
+    """What one poll of the consumer brought: rows per table, and where it ended.
+
+    `positions` maps (topic, partition) to the next offset to read: the offset after
+    the last record of the batch, whether that record became a row or not.
+    """
+
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ledger) + len(self.requests) + len(self.outcomes)
+
+
+@dataclass(frozen=True)
+class UsageBucket:
+    key: str
+    currency: str
+    events: int
+    billed_seconds: int
+    amount: Decimal
+
+
+GroupBy = Literal["day", "service"]
+
+
+def service_of(cause_topic: str) -> str:
+    """`calls` or `conferencing` for a usage topic (any prefix), else the topic."""
+    for service in ("calls", "conferencing"):
+        if cause_topic == f"usage.{service}" or cause_topic.endswith(f".usage.{service}"):
+            return service
+    return cause_topic
+
+
+class LedgerStore:
+    """One database: open it with `LedgerStore.open(url)` (migrates), then `close()`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._insert: Any = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> LedgerStore:
+        engine = create_async_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        if migrate:
+            await store.migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self) -> None:
+        """Bring the schema to Alembic's head revision (a no-op when it is there)."""
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Sinks starting together migrate one after the other.
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(2126021)"))
+            await conn.run_sync(_upgrade)
+
+    async def positions(
+        self, group: str, tps: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The next offset to read of each topic-partition the database knows of."""
+        wanted = set(tps)
+        if not wanted:
+            return {}
+        topics = sorted({topic for topic, _ in wanted})
+        query = sa.select(
+            sink_offsets.c.topic, sink_offsets.c.partition, sink_offsets.c.next_offset
+        ).where(sink_offsets.c.consumer_group == group, sink_offsets.c.topic.in_(topics))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {(t, p): int(o) for t, p, o in rows if (t, p) in wanted}
+
+    async def write(self, group: str, batch: Batch) -> None:
+        """The batch's rows and its positions, in one transaction."""
+        async with self.engine.begin() as conn:
+            for table, rows in (
+                (ledger_entries, batch.ledger),
+                (recharge_requests, batch.requests),
+                (recharge_outcomes, batch.outcomes),
+            ):
+                if rows:
+                    await conn.execute(self._insert(table).on_conflict_do_nothing(), rows)
+            if batch.positions:
+                stmt = self._insert(sink_offsets)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["consumer_group", "topic", "partition"],
+                    set_={"next_offset": stmt.excluded.next_offset},
+                    # Never backwards: a batch written late (by a consumer that lost
+                    # the partition meanwhile) must not move the position back.
+                    where=sink_offsets.c.next_offset < stmt.excluded.next_offset,
+                )
+                await conn.execute(
+                    stmt,
+                    [
+                        {"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
+                        for (t, p), o in sorted(batch.positions.items())
+                    ],
+                )
+
+    # ------------------------------------------------------------------- queries
+
+    async def ledger_page(
+        self,
+        tenant_id: str,
+        *,
+        before: Cursor | None = None,
+        limit: int = 100,
+        kinds: Sequence[str] = (),
+    ) -> tuple[list[dict[str, Any]], Cursor | None]:
+        """Up to `limit` entries, newest first (ledger order), and the next page's cursor."""
+        t = ledger_entries.c
+        query = sa.select(ledger_entries).where(t.tenant_id == tenant_id)
+        if kinds:
+            query = query.where(t.kind.in_(list(kinds)))
+        if before is not None:
+            query = query.where(
+                sa.tuple_(t.source_partition, t.source_offset)
+                < sa.tuple_(sa.literal(before.partition), sa.literal(before.offset))
+            )
+        query = query.order_by(t.source_partition.desc(), t.source_offset.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = Cursor(rows[-1]["source_partition"], rows[-1]["source_offset"]) if more else None
+        return rows, cursor
+
+    async def statement(
+        self, tenant_id: str, *, chunk: int = 1000
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every entry of the tenant, oldest first, in chunks (keyset pages)."""
+        t = ledger_entries.c
+        after: tuple[int, int] | None = None
+        while True:
+            query = sa.select(ledger_entries).where(t.tenant_id == tenant_id)
+            if after is not None:
+                query = query.where(
+                    sa.tuple_(t.source_partition, t.source_offset)
+                    > sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
+                )
+            query = query.order_by(t.source_partition, t.source_offset).limit(chunk)
+            async with self.engine.connect() as conn:
+                rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
+            if not rows:
+                return
+            yield rows
+            if len(rows) < chunk:
+                return
+            after = (rows[-1]["source_partition"], rows[-1]["source_offset"])
+
+    async def usage(
+        self,
+        tenant_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        group_by: GroupBy,
+    ) -> list[UsageBucket]:
+        """Debits whose usage occurred in [start, end), per UTC day or per service.
+
+        `events` counts the entries (a zero-second call writes none), `billed_seconds`
+        and `amount` are their sums, exact.
+        """
+        t = ledger_entries.c
+        query = sa.select(
+            t.occurred_at, t.cause_topic, t.currency, t.billed_seconds, t.amount
+        ).where(t.tenant_id == tenant_id, t.kind == "debit")
+        if start is not None:
+            query = query.where(t.occurred_at >= start)
+        if end is not None:
+            query = query.where(t.occurred_at < end)
+        sums: dict[tuple[str, str], list[Any]] = {}
+        async with self.engine.connect() as conn:
+            result = await conn.stream(query.execution_options(yield_per=2000))
+            async for occurred_at, cause_topic, currency, billed, amount in result:
+                key = (
+                    occurred_at.astimezone(UTC).date().isoformat()
+                    if group_by == "day"
+                    else service_of(cause_topic)
+                )
+                acc = sums.setdefault((key, currency), [0, 0, Decimal(0)])
+                acc[0] += 1
+                acc[1] += billed or 0
+                acc[2] = _EXACT.add(acc[2], amount)
+        return [
+            UsageBucket(key, currency, events, billed, amount)
+            for (key, currency), (events, billed, amount) in sorted(sums.items())
+        ]
+
+    async def totals(self) -> dict[str, tuple[int, Decimal]]:
+        """Per tenant: how many entries, and their signed sum (credits minus debits)."""
+        t = ledger_entries.c
+        out: dict[str, tuple[int, Decimal]] = {}
+        async with self.engine.connect() as conn:
+            result = await conn.stream(
+                sa.select(t.tenant_id, t.kind, t.amount).execution_options(yield_per=5000)
+            )
+            async for tenant, kind, amount in result:
+                count, total = out.get(tenant, (0, Decimal(0)))
+                signed = amount if kind == "credit" else -amount
+                out[tenant] = (count + 1, _EXACT.add(total, signed))
+        return out
+
+    async def count(self, table: Literal["ledger", "requests", "outcomes"]) -> int:
+        target = {
+            "ledger": ledger_entries,
+            "requests": recharge_requests,
+            "outcomes": recharge_outcomes,
+        }[table]
+        async with self.engine.connect() as conn:
+            return int(
+                (await conn.execute(sa.select(sa.func.count()).select_from(target))).scalar_one()
+            )
+
+
+def entry_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored ledger row as the contract's LedgerEntry JSON object."""
+    view: dict[str, Any] = {
+        "type": "ledger_entry",
+        "entry_id": row["entry_id"],
+        "tenant_id": row["tenant_id"],
+        "kind": row["kind"],
+        "amount": format_money(row["amount"]),
+        "currency": row["currency"],
+        "balance_after": format_money(row["balance_after"]),
+        "cause_topic": row["cause_topic"],
+        "cause_id": row["cause_id"],
+        "occurred_at": _rfc3339(row["occurred_at"]),
+        "recorded_at": _rfc3339(row["recorded_at"]),
+    }
+    if row["kind"] == "debit":
+        view["rate_prefix"] = row["rate_prefix"]
+        view["rate_per_minute"] = (
+            None if row["rate_per_minute"] is None else format_money(row["rate_per_minute"])
+        )
+        view["billed_seconds"] = row["billed_seconds"]
+    return view
+
+
+def _rfc3339(value: datetime) -> str:
+    return format_timestamp(value)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL: the query API reads while the consumer writes. synchronous=NORMAL in WAL
+    # mode loses nothing when the process is killed; a power cut may lose the last
+    # transactions, rows and positions together, which are then read again.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
