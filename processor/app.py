@@ -98,6 +98,8 @@ RECOVERY_READ_SECONDS = 600.0
 MARKS_FORGOTTEN_PER_TICK = 50_000
 
 
+# A round's transaction must commit within this (rounds take milliseconds).
+TRANSACTION_TIMEOUT_MS = 10_000
 # How long a crashed worker may take to stop before it exits anyway.
 CRASH_EXIT_SECONDS = 20.0
 
@@ -234,6 +236,10 @@ class Meter:
             lambda transactional_id: AIOKafkaProducer(
                 bootstrap_servers=broker.bootstrap,
                 transactional_id=transactional_id,
+                # Kafka Streams' default under exactly-once: a worker killed with a
+                # transaction open holds read_committed consumers back this long at most
+                # (its successor's producer aborts it at once).
+                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                 **client_options,
             ),
         )

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.harness import Client, Deployment, Worker, eventually
+from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ async def test_long_tenant_ids_are_400_and_do_not_grow_the_worker(worker: Worker
                 "type": "funds_added",
                 "command_id": "c-1",
                 "tenant_id": "acme",
-                "occurred_at": "2026-11-25T10:00:00Z",
+                "occurred_at": now_rfc3339(),
                 "amount": "5.00",
                 "currency": "USD",
                 "source": "manual",
@@ -135,7 +135,7 @@ async def test_any_worker_answers_for_any_tenant_through_the_owner(
                         "type": "funds_added",
                         "command_id": f"c-{tenant}",
                         "tenant_id": tenant,
-                        "occurred_at": "2026-11-25T10:00:00Z",
+                        "occurred_at": now_rfc3339(),
                         "amount": "5.00",
                         "currency": "USD",
                         "source": "manual",
