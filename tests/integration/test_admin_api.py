@@ -126,6 +126,9 @@ async def test_auth_validation_and_settings_on_a_real_worker(worker: Worker) -> 
         "recharge_amount": "25.0000",
         "trigger_balance": "5.0000",
         "suspended": False,
+        # Added with recharge-to-target (docs/contract.md): the default mode.
+        "mode": "fixed",
+        "target_balance": None,
     }
 
 
