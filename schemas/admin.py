@@ -20,6 +20,7 @@ from schemas.types import (
     PositiveAmount,
     StrictBool,
     TenantId,
+    check_recharge_target,
 )
 
 __all__ = [
@@ -59,11 +60,7 @@ class AutoRechargeRequest(_Request):
 
     @model_validator(mode="after")
     def _target_for_to_target(self) -> Self:
-        if self.mode == "to_target":
-            if self.target_balance is None:
-                raise ValueError("target_balance is required when mode is to_target")
-            if self.target_balance <= self.trigger_balance:
-                raise ValueError("target_balance must be above trigger_balance")
+        check_recharge_target(self.mode, self.target_balance, self.trigger_balance)
         return self
 
 

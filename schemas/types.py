@@ -336,3 +336,13 @@ WireText = Annotated[str, Strict(), AfterValidator(_require_utf8)]
 
 DurationSeconds = Annotated[int, Strict(), Field(ge=0, le=86400)]
 StrictBool = Annotated[bool, Strict()]
+
+
+def check_recharge_target(mode: str, target_balance: Decimal | None, trigger: Decimal) -> None:
+    """Recharge-to-target needs a target above the trigger (a command and the admin
+    API's request alike); raises ValueError, which pydantic reports as the model's."""
+    if mode == "to_target":
+        if target_balance is None:
+            raise ValueError("target_balance is required when mode is to_target")
+        if target_balance <= trigger:
+            raise ValueError("target_balance must be above trigger_balance")
