@@ -20,6 +20,7 @@ from schemas.types import (
     PositiveAmount,
     StrictBool,
     TenantId,
+    check_limits_named,
     check_recharge_target,
 )
 
@@ -75,11 +76,7 @@ class LimitsRequest(_Request):
 
     @model_validator(mode="after")
     def _names_a_limit(self) -> Self:
-        given = self.model_fields_set
-        if "credit_limit" not in given and "notify_below" not in given:
-            raise ValueError("name credit_limit, notify_below or both")
-        if "credit_limit" in given and self.credit_limit is None:
-            raise ValueError("credit_limit may not be null (0 is no credit)")
+        check_limits_named(self.model_fields_set, self.credit_limit)
         return self
 
 

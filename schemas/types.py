@@ -346,3 +346,12 @@ def check_recharge_target(mode: str, target_balance: Decimal | None, trigger: De
             raise ValueError("target_balance is required when mode is to_target")
         if target_balance <= trigger:
             raise ValueError("target_balance must be above trigger_balance")
+
+
+def check_limits_named(given: set[str], credit_limit: Decimal | None) -> None:
+    """Limits settings (a command and the admin API's request alike) name at least one
+    limit, and never a null credit limit; raises ValueError."""
+    if "credit_limit" not in given and "notify_below" not in given:
+        raise ValueError("name credit_limit, notify_below or both")
+    if "credit_limit" in given and credit_limit is None:
+        raise ValueError("credit_limit may not be null (0 is no credit)")
