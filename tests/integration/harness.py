@@ -8,6 +8,7 @@ deadline, never a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,6 +160,19 @@ class Worker:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def running(d: Deployment, index: int = 0, log_lines: int = 80) -> AsyncIterator[Worker]:
+    """One worker of `d`, ready; stopped afterwards, with its log's tail printed (pytest
+    shows it only when the test failed)."""
+    w = Worker(d, index).start()
+    try:
+        await w.wait_ready()
+        yield w
+    finally:
+        w.stop()
+        print(f"--- worker log ---\n{w.log_tail(log_lines)}")
 
 
 class Client:

@@ -12,7 +12,15 @@ import aiohttp
 import pytest
 
 from processor import openapi
-from tests.integration.harness import METER, Client, Deployment, Worker, eventually, signed_sum
+from tests.integration.harness import (
+    METER,
+    Client,
+    Deployment,
+    Worker,
+    eventually,
+    running,
+    signed_sum,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +30,8 @@ TOKEN = "it-admin-token"
 @pytest.fixture
 async def worker(kafka: Any, tmp_path: Path) -> AsyncIterator[Worker]:
     d = Deployment(kafka.bootstrap, tmp_path, partitions=2, env_extra={"METER_ADMIN_TOKEN": TOKEN})
-    w = Worker(d, 0).start()
-    try:
-        await w.wait_ready()
+    async with running(d) as w:
         yield w
-    finally:
-        w.stop()
-        print(f"--- worker log ---\n{w.log_tail(80)}")  # shown only on failure
 
 
 async def call(

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
+from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339, running
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +23,8 @@ UK_MOBILE = "%2B447700900123"  # +447: 0.0100 connect fee + 0.1200/min per secon
 @pytest.fixture
 async def worker(kafka: Any, tmp_path: Path) -> AsyncIterator[Worker]:
     d = Deployment(kafka.bootstrap, tmp_path, partitions=2, env_extra={"METER_ADMIN_TOKEN": TOKEN})
-    w = Worker(d, 0).start()
-    try:
-        await w.wait_ready()
+    async with running(d) as w:
         yield w
-    finally:
-        w.stop()
-        print(f"--- worker log ---\n{w.log_tail(80)}")  # shown only on failure
 
 
 def funds(tenant: str, amount: str, cid: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
+from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339, running
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +29,8 @@ RSS_GROWTH_BOUND_KB = 5 * 1024
 @pytest.fixture
 async def worker(kafka: Any, tmp_path: Path) -> AsyncIterator[Worker]:
     d = Deployment(kafka.bootstrap, tmp_path, partitions=2)
-    w = Worker(d, 0).start()
-    try:
-        await w.wait_ready()
+    async with running(d, log_lines=60) as w:
         yield w
-    finally:
-        w.stop()
-        print(f"--- worker log ---\n{w.log_tail(60)}")  # shown only on failure
 
 
 def rss_kb(w: Worker) -> int:
