@@ -465,7 +465,7 @@ class Meter:
             interval=self.cfg.timer_interval_seconds, name="recharge-timer"
         )
         async def recharge_timer() -> None:
-            if self._rebuild_due:
+            if self._rebuild_due or self.handler.expiry_rebuild_due():
                 self._rebuild_due = False
                 owned = self._owned_partitions()
                 self.handler.rebuild_due(

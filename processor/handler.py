@@ -63,6 +63,10 @@ MAX_REJECTED_PAYLOAD = sizing.MAX_REJECTED_PAYLOAD
 # How long after firing a tenant's expiry tick the timer fires it again if the tick
 # has not been applied by then (it was lost with a crash, or is still queued).
 EXPIRY_REFIRE = timedelta(seconds=60)
+# The timer indexes only the tenants whose lots are due within this of its last
+# rebuild (most lots are months away: indexing every tenant with lots would cost
+# ~170 bytes each), and rebuilds from the tally when half of it has passed.
+EXPIRY_HORIZON = timedelta(hours=12)
 
 
 class Source(StrEnum):
@@ -268,6 +272,9 @@ class RecordHandler:
         # the tenants due (entries the dict no longer holds are skipped as stale).
         self.expiry_due: dict[str, datetime] = {}
         self._expiry_heap: list[tuple[datetime, str]] = []
+        # Until when the index holds every tenant due (None: it holds every tenant with
+        # lots, as before the first rebuild); later times are left to the next rebuild.
+        self.expiry_horizon: datetime | None = None
         # Labelled metric children by (metric, labels): `labels()` costs microseconds
         # on every record otherwise.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -760,6 +767,10 @@ class RecordHandler:
             self.expiry_due.pop(account.tenant_id, None)
 
     def _expire_at(self, tenant: str, at: datetime) -> None:
+        horizon = self.expiry_horizon
+        if horizon is not None and at > horizon:
+            self.expiry_due.pop(tenant, None)  # the rebuild that moves the horizon finds it
+            return
         if self.expiry_due.get(tenant) != at:
             self.expiry_due[tenant] = at
             heapq.heappush(self._expiry_heap, (at, tenant))
@@ -776,14 +787,19 @@ class RecordHandler:
         being staged or flushed may have opened more. `expiring`: the owned tenants
         with lots and their first lot's expiry (epoch seconds), indexed without
         decoding their values: at the earliest its notice could be due, so at worst
-        one tick finds nothing to do and indexes the tenant's exact time.
+        one tick finds nothing to do and indexes the tenant's exact time. Only those
+        due within EXPIRY_HORIZON are indexed; `expiry_rebuild_due` says when to call
+        this again for the next ones (also without a rebalance).
         """
         self.due.clear()
         self.expiry_due.clear()
         self._expiry_heap.clear()
+        horizon = self.expiry_horizon = self.clock() + EXPIRY_HORIZON
         notice = self.engine.expiry.notice
+        # Compared in epoch seconds: a datetime only for the few within the horizon.
+        last = horizon.timestamp() + notice.total_seconds()
         for tenant, first in expiring:
-            if owned(tenant):
+            if first <= last and owned(tenant):
                 self._expire_at(tenant, datetime.fromtimestamp(first, UTC) - notice)
         for tenant in dict.fromkeys([*pending, *self.accounts.staged_keys()]):
             stored = self.accounts.get(tenant)
@@ -813,6 +829,11 @@ class RecordHandler:
             self._send(self.names.timer, tenant.encode(), dump_tick(tick))
             fired += 1
         return fired + self._fire_expiry(now)
+
+    def expiry_rebuild_due(self) -> bool:
+        """Whether half the expiry index's horizon has passed: time to rebuild it."""
+        horizon = self.expiry_horizon
+        return horizon is not None and self.clock() >= horizon - EXPIRY_HORIZON / 2
 
     def _fire_expiry(self, now: datetime) -> int:
         """Stage an expiry tick for every tenant whose lots are due (heap order).

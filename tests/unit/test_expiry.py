@@ -22,7 +22,8 @@ from processor.codec import (
 from processor.core import account as acc
 from processor.core.engine import EXPIRY_TICK, Engine, Status, TimerTick
 from processor.core.stored import StoredAccount
-from processor.handler import MemoryPublisher, Record, RecordHandler, Source
+from processor.core.values import replace
+from processor.handler import EXPIRY_HORIZON, MemoryPublisher, Record, RecordHandler, Source
 from processor.tally import AccountTally
 from processor.topics import TopicNames
 from processor.views import account_view
@@ -515,3 +516,24 @@ def test_the_timer_fires_only_for_tenants_due_and_expires_through_its_tick(
     assert "funds_expired" in kinds
     # A lost tick is fired again a while later, not on every timer turn.
     assert handler.fire_due() == 0
+
+
+def test_the_index_holds_only_tenants_due_within_its_horizon() -> None:
+    clock = [T0]
+    handler = RecordHandler(engine(), NAMES, 1, MemoryPublisher(), clock=lambda: clock[0])
+    soon = int((T0 + timedelta(days=30, hours=1)).timestamp())  # notice due in an hour
+    later = int((T0 + timedelta(days=60)).timestamp())
+    handler.rebuild_due([], lambda _t: True, [("soon", soon), ("later", later)])
+    assert set(handler.expiry_due) == {"soon"}
+    assert handler.expiry_due["soon"] == T0 + timedelta(hours=1)
+    assert not handler.expiry_rebuild_due()
+    clock[0] = T0 + EXPIRY_HORIZON / 2
+    assert handler.expiry_rebuild_due()
+    # 30 days on, "later" comes within the horizon of a rebuild.
+    clock[0] = T0 + timedelta(days=29, hours=20)
+    handler.rebuild_due([], lambda _t: True, [("later", later)])
+    assert handler.expiry_due == {"later": T0 + timedelta(days=30)}
+    # A tenant whose account changes is indexed only when due within the horizon.
+    a = credit(new(), "1.0000", "c-1", clock[0])
+    handler._track_due(replace(a.account, tenant_id="fresh"))
+    assert "fresh" not in handler.expiry_due
