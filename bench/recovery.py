@@ -4,7 +4,10 @@ ready after a restart, and what that state costs in memory.
 The state is written straight into the accounts changelog (what N tenants' worth of
 applied usage would have left there), so a million tenants take seconds to set up
 rather than the drain of millions of events. Each value is a realistic account: a
-balance, auto-recharge settings, offsets applied on three inputs, a write counter.
+balance, auto-recharge settings, offsets applied on three inputs, a write counter,
+the lots its balance is held in (one or two recharges, expiring a year after them),
+and two months of consumption (outbound calls for all, conferencing and toll-free
+for some).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
@@ -25,7 +28,14 @@ from bench.worker import BenchWorker
 from bench.workload import create_topics, produce_keyed
 from processor import simulator as sim
 from processor.codec import dump_stored
-from processor.core.account import Account, AutoRecharge
+from processor.core.account import (
+    Account,
+    AutoRecharge,
+    Lot,
+    MonthUsage,
+    ServiceUsage,
+    derive_id,
+)
 from processor.core.stored import StoredAccount
 
 
@@ -35,17 +45,61 @@ class Start:
     rss_mb: float
 
 
+_NONE = ServiceUsage()
+
+
+def _lots(tenant: str, i: int, balance: Decimal) -> tuple[Lot, ...]:
+    """The balance held in the last recharge's lot, and for a third of the tenants
+    partly in an older one (what auto-recharges of 25.00 leave)."""
+    expires = datetime(2027, 11, 1, 10, 0, tzinfo=UTC) + timedelta(days=i % 28)
+    if balance <= Decimal("0.0000"):
+        return ()
+    if i % 3 or balance <= Decimal("25.0000"):
+        return (Lot(derive_id("ledger", tenant, "credits.commands", f"r{i}"), balance, expires),)
+    older = balance - Decimal("25.0000")
+    return (
+        Lot(
+            derive_id("ledger", tenant, "credits.commands", f"q{i}"),
+            older,
+            expires - timedelta(days=30),
+        ),
+        Lot(derive_id("ledger", tenant, "credits.commands", f"r{i}"), Decimal("25.0000"), expires),
+    )
+
+
+def _usage(i: int) -> tuple[MonthUsage, ...]:
+    """This month and the last: outbound for all, conferencing dial-out for every
+    fourth tenant, toll-free inbound for every seventh."""
+
+    def month(n: int, scale: int) -> MonthUsage:
+        calls = ServiceUsage(n, n * 90, Decimal(n * 3).scaleb(-2))
+        return MonthUsage(
+            202612 if scale == 1 else 202611,
+            (
+                calls,
+                ServiceUsage(n // 3, n * 40, Decimal(n).scaleb(-2)) if i % 7 == 0 else _NONE,
+                ServiceUsage(n // 2, n * 60, Decimal(n * 2).scaleb(-2)) if i % 4 == 0 else _NONE,
+                _NONE,
+            ),
+        )
+
+    return (month(5 + i % 40, 1), month(20 + i % 90, 2))
+
+
 def account_value(i: int, prefix: str) -> StoredAccount:
     tenant = f"t{i:07d}"
+    balance = Decimal(i % 5000) / 100 + Decimal("0.1234")
     account = Account(
         tenant_id=tenant,
-        balance=Decimal(i % 5000) / 100 + Decimal("0.1234"),
+        balance=balance,
         auto_recharge=AutoRecharge(
             enabled=True, recharge_amount=Decimal("25.00"), trigger_balance=Decimal("5.00")
         ),
         updated_at=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
         entries=40 + i % 60,
         requests_issued=i % 3,
+        lots=_lots(tenant, i, balance),
+        usage=_usage(i),
     )
     # Inputs of an earlier deployment (topics that do not exist here): the inputs
     # this run creates are empty, and a worker refuses accounts that applied more of
