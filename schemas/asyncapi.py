@@ -110,8 +110,8 @@ TOPICS: Final[tuple[Topic, ...]] = (
         "{appId}-recharge-timer",
         "internal",
         ("TimerTick",),
-        "Internal: recharge timeouts and retries, delivered to the tenant's owner "
-        "like any other input.",
+        "Internal: recharge timeouts and retries, and (added) funds expiry, delivered "
+        "to the tenant's owner like any other input.",
     ),
 )
 
@@ -125,8 +125,9 @@ _CONTRACT_MESSAGES: Final = {
     "RechargeFailed": "Billing could not charge the payment method.",
     "TenantLimitsConfigured": "Sets the tenant's credit limit and low-balance level.",
     "RechargeRequested": "Please charge the tenant's payment method.",
-    "LedgerEntry": "A debit or credit and the balance after it.",
-    "BalanceAlert": "exhausted, restored, low_balance or recharge_failed.",
+    "LedgerEntry": "A debit, credit or (added) expiry and the balance after it.",
+    "BalanceAlert": "exhausted, restored, low_balance or recharge_failed; added: "
+    "funds_expiring and funds_expired.",
     "RejectedRecord": "A record that changed no balance, and why.",
 }
 _SOURCE_HEADERS: Final = {
@@ -181,15 +182,21 @@ def _messages() -> dict[str, Any]:
     messages["ReroutedRecord"] = rerouted
     messages["TimerTick"] = _message(
         "TimerTick",
-        "Time to retry or time out one outstanding recharge request.",
+        "Time to retry or time out one outstanding recharge request; or (added, "
+        "`kind: expiry`, no request_id or attempt) to look at the tenant's expiring funds.",
         {
             "type": "object",
-            "required": ["tick_id", "tenant_id", "request_id", "attempt", "at"],
+            "required": ["tick_id", "tenant_id", "at"],
             "properties": {
                 "tick_id": {"type": "string"},
                 "tenant_id": {"type": "string", "pattern": TENANT_ID_PATTERN},
-                "request_id": {"type": "string"},
-                "attempt": {"type": "integer", "minimum": 1},
+                "kind": {"type": "string", "enum": ["recharge", "expiry"], "default": "recharge"},
+                "request_id": {"type": "string", "description": "required unless kind is expiry"},
+                "attempt": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "required unless kind is expiry",
+                },
                 "at": {"type": "string", "format": "date-time"},
             },
         },

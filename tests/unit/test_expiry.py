@@ -537,3 +537,16 @@ def test_the_index_holds_only_tenants_due_within_its_horizon() -> None:
     a = credit(new(), "1.0000", "c-1", clock[0])
     handler._track_due(replace(a.account, tenant_id="fresh"))
     assert "fresh" not in handler.expiry_due
+
+
+def test_both_kinds_of_tick_match_the_documented_timer_message() -> None:
+    import jsonschema
+    import yaml
+
+    from schemas import asyncapi
+
+    document = yaml.safe_load(asyncapi.DOC_PATH.read_text())
+    payload = document["components"]["messages"]["TimerTick"]["payload"]
+    recharge = TimerTick("r#1@1", "acme", "r", 1, T0)
+    for tick in (expiry_tick(T0), recharge):
+        jsonschema.validate(orjson.loads(dump_tick(tick)), payload)
