@@ -775,7 +775,14 @@ def apply_expiry(
         if not lot.noticed and lot.expires_at - policy.notice <= at:
             b.cause = Cause(ledger_topic, lot.lot_id, lot.expires_at)
             noticed[i] = replace(lot, noticed=True)
-            b.alert(AlertKind.FUNDS_EXPIRING, amount=lot.amount, expires_at=lot.expires_at)
+            # Named after the lot and its expiry: a lot merged past the bound (a later
+            # expiry, maybe not noticed) never reuses an id with other content.
+            b.alert(
+                AlertKind.FUNDS_EXPIRING,
+                tag=str(int(lot.expires_at.timestamp())),
+                amount=lot.amount,
+                expires_at=lot.expires_at,
+            )
     b.account = replace(b.account, lots=tuple(noticed), updated_at=at)
     return b.done()
 

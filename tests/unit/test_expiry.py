@@ -550,3 +550,20 @@ def test_both_kinds_of_tick_match_the_documented_timer_message() -> None:
     recharge = TimerTick("r#1@1", "acme", "r", 1, T0)
     for tick in (expiry_tick(T0), recharge):
         jsonschema.validate(orjson.loads(dump_tick(tick)), payload)
+
+
+def test_a_lot_merged_past_the_bound_never_reuses_a_notice_id() -> None:
+    policy = acc.ExpiryPolicy(
+        expire_after=timedelta(days=365), notice=timedelta(days=30), max_lots=1
+    )
+    a = credit(new(), "1.0000", "c-1", T0, policy).account
+    first = a.lots[0].expires_at
+    noticed = acc.apply_expiry(a, LEDGER, first - timedelta(days=1), policy)
+    [notice] = noticed.outputs
+    # A credit a day later merges into the noticed lot (the bound is 1): a later expiry.
+    merged = credit(noticed.account, "2.0000", "c-2", T0 + DAY, policy).account
+    assert [(lot.lot_id, lot.noticed) for lot in merged.lots] == [(a.lots[0].lot_id, False)]
+    again = acc.apply_expiry(merged, LEDGER, first, policy)
+    [second] = again.outputs
+    assert isinstance(second, acc.AlertOut) and second.amount == D("3.0000")
+    assert second.alert_id != notice.alert_id  # type: ignore[union-attr]
