@@ -341,17 +341,25 @@ class _Builder:
         debit: Debit | None = None,
         kind: str | None = None,
         entry_id: str | None = None,
+        lots: tuple[Lot, ...] | None = None,
+        usage: tuple[MonthUsage, ...] | None = None,
     ) -> str:
         """Change the balance by exactly one ledger entry, and raise the state alerts.
 
         Returns the entry's id. `kind` and `entry_id` name an `expiry` entry; the
-        others' come from their sign and their cause. The caller moves the lots.
+        others' come from their sign and their cause. The caller moves the lots
+        (`lots`, `usage`: the account's after this change, set in the same copy).
         """
         before = self.account
         # Exact or raising, never rounded under the default context (core/money.py).
         after_balance = EXACT.add(before.balance, signed_amount)
         self.account = replace(
-            before, balance=after_balance, entries=before.entries + 1, updated_at=self.now
+            before,
+            balance=after_balance,
+            entries=before.entries + 1,
+            updated_at=self.now,
+            lots=before.lots if lots is None else lots,
+            usage=before.usage if usage is None else usage,
         )
         if entry_id is None:
             entry_id = derive_id("ledger", before.tenant_id, self.cause.topic, self.cause.id)
@@ -454,13 +462,11 @@ def apply_debit(account: Account, debit: Debit, cause: Cause, now: datetime) -> 
     if debit.amount == ZERO:
         return Transition(account, changed=False)
     b = _Builder(account, cause, now)
-    b.move_balance(EXACT.minus(debit.amount), debit)
-    lots = _spend(account, debit.amount)
     usage = account.usage
     if debit.service is not None:
         usage = count_usage(usage, cause.occurred_at, debit.service, debit)
-    if lots is not account.lots or usage is not account.usage:
-        b.account = replace(b.account, lots=lots, usage=usage)
+    lots = _spend(account, debit.amount)
+    b.move_balance(EXACT.minus(debit.amount), debit, lots=lots, usage=usage)
     b.request_recharge_if_due()
     return b.done()
 
@@ -812,7 +818,8 @@ _SERVICE_INDEX = {name: i for i, name in enumerate(SERVICES)}
 
 
 def _month_of(at: datetime) -> int:
-    at = at.astimezone(UTC)
+    if at.utcoffset():
+        at = at.astimezone(UTC)
     return at.year * 100 + at.month
 
 
@@ -850,11 +857,11 @@ def count_usage(
 
 
 def _add_usage(month: MonthUsage, index: int, debit: Debit) -> MonthUsage:
-    services = list(month.services)
+    services = month.services
     old = services[index]
-    services[index] = ServiceUsage(
+    counted = ServiceUsage(
         old.events + 1,
         old.billed_seconds + debit.billed_seconds,
         EXACT.add(old.amount, debit.amount),
     )
-    return MonthUsage(month.month, tuple(services))
+    return MonthUsage(month.month, (*services[:index], counted, *services[index + 1 :]))
