@@ -16,6 +16,8 @@ RECHARGE_REQUESTS = "credits.recharge-requests"
 LEDGER = "credits.ledger"
 ALERTS = "credits.alerts"
 REJECTED = "credits.rejected"
+# Added: what became of each command (processor/handler.py, docs/contract.md).
+COMMAND_RESULTS = "credits.command-results"
 # What METER_DATABASE_URL may start with (processor/sink/store.py adds the driver).
 DATABASE_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "sqlite")
 

@@ -81,7 +81,7 @@ async def test_top_up_publishes_a_manual_funds_added_keyed_by_tenant() -> None:
         "command_id": "top-up-1",
         "tenant_id": "acme",
     }
-    assert reply.headers["Location"] == "/tenants/acme/account"
+    assert reply.headers["Location"] == "/commands/top-up-1?tenant_id=acme"
     [(topic, key, value)] = pub.sent
     assert (topic, key) == ("acme.credits.commands", b"acme")
     # Exactly what the processor's own decoder accepts, nothing more.
