@@ -53,13 +53,12 @@ from faust.web import Request, Response, View
 from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from processor import openapi
+from processor import openapi, problems
 from processor.views import tenant_id_problem
 from schemas.admin import (
     AutoRechargePatch,
     AutoRechargeRequest,
     CommandAccepted,
-    ErrorBody,
     FieldError,
     FundsRequest,
     LimitsRequest,
@@ -180,8 +179,10 @@ def _error_reply(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Reply:
-    body = ErrorBody(error=code, detail=detail, tenant_id=tenant_id, errors=errors)
-    return Reply(status, body.to_json(), headers or {})
+    # RFC 9457 problem details (processor/problems.py); `error`, `tenant_id` and
+    # `errors` as the contract promised before.
+    body = problems.problem_body(status, code, detail, tenant_id=tenant_id, errors=errors)
+    return Reply(status, body, problems.problem_headers(status, headers))
 
 
 def _message(error: ErrorDetails) -> str:
@@ -803,7 +804,10 @@ def install(meter: MeterLike) -> AdminAPI:
     document = openapi.render().encode()
 
     def respond(view: View, reply: Reply) -> Response:
-        return view.bytes(reply.body, content_type=JSON, status=reply.status, headers=reply.headers)
+        content_type = problems.PROBLEM_JSON if reply.status >= 400 else JSON
+        return view.bytes(
+            reply.body, content_type=content_type, status=reply.status, headers=reply.headers
+        )
 
     @meter.app.page("/tenants/{tenant_id}/funds")
     class FundsPage(View):

@@ -39,7 +39,7 @@ __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
 DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 # The HTTP API's own version: bump on a change a client would notice.
-API_VERSION: Final = "1.3.0"
+API_VERSION: Final = "1.4.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
@@ -58,7 +58,9 @@ _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+    # Errors are RFC 9457 problem details (processor/problems.py).
+    media = "application/problem+json" if ref.endswith("/ErrorBody") else "application/json"
+    return {"description": description, "content": {media: {"schema": {"$ref": ref}}}}
 
 
 def _paths(refs: dict[str, str]) -> dict[str, Any]:

@@ -133,10 +133,16 @@ class FieldError(OutputModel):
 
 
 class ErrorBody(OutputModel):
-    """Every 4xx/5xx answer: a short code, a sentence, and field errors for 422."""
+    """Every 4xx/5xx answer, as RFC 9457 problem details (``application/problem+json``):
+    ``type``, ``title``, ``status`` and ``detail``, plus a short code (``error``, the
+    last part of ``type``), the tenant and field errors for 422."""
 
-    error: str
+    # Added: RFC 9457's members. `type` is https://credits-meter.dev/problems/<error>.
+    type: str
+    title: str
+    status: int
     detail: str
+    error: str
     tenant_id: str | None
     # Only on 422: every field that was refused, not just the first.
     errors: list[FieldError] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)

@@ -31,7 +31,9 @@ _SERVERS: Final = [
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+    # Errors are RFC 9457 problem details (processor/problems.py).
+    media = "application/problem+json" if ref.endswith("/ErrorBody") else "application/json"
+    return {"description": description, "content": {media: {"schema": {"$ref": ref}}}}
 
 
 def paths(refs: dict[str, str]) -> dict[str, Any]:

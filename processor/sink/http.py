@@ -23,6 +23,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from processor.problems import RETRY_AFTER_SECONDS, as_is, problem, problem_middleware
 from processor.sink.store import (
     Cursor,
     LedgerStore,
@@ -70,7 +71,8 @@ def _json(status: int, body: Any) -> web.Response:
 
 
 def _error(status: int, code: str, detail: str, tenant_id: str | None) -> web.Response:
-    return _json(status, {"error": code, "detail": detail, "tenant_id": tenant_id})
+    # RFC 9457 problem details (processor/problems.py), with the promised fields.
+    return problem(status, code, detail, tenant_id=tenant_id)
 
 
 def _tenant(request: web.Request) -> str:
@@ -175,7 +177,11 @@ async def health(request: web.Request) -> web.Response:
 async def ready_page(request: web.Request) -> web.Response:
     if request.app[READY]():
         return _json(200, {"status": "ready"})
-    return _json(503, {"status": "not_ready", "detail": "partitions not assigned yet"})
+    # A probe's answer, not an error: the contract's body, and like every 503 a
+    # Retry-After.
+    response = _json(503, {"status": "not_ready", "detail": "partitions not assigned yet"})
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return as_is(response)
 
 
 async def ledger(request: web.Request) -> web.Response:
@@ -247,7 +253,7 @@ async def statement(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[problem_middleware, _errors])
     app[STORE] = store
     app[READY] = ready
     app.router.add_get("/health", health)
