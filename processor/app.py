@@ -24,7 +24,7 @@ from faust.types import TP, EventT, Message, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from processor import admin, kafka_options, metrics, observe, store
+from processor import admin, command_status, kafka_options, metrics, observe, store
 from processor import consumer as consumer_
 from processor.changelog_reader import ChangelogReader
 from processor.codec import dump_mark, dump_stored, load_mark, load_stored
@@ -297,6 +297,7 @@ class Meter:
         self._declare_web()
         observe.install(self)
         admin.install(self)
+        command_status.install(self)
 
     # ---- agents ----------------------------------------------------------------
 

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # the port of its query API. SecretStr: the URL may hold a password.
     database_url: SecretStr | None = Field(default=None, validation_alias="METER_DATABASE_URL")
     sink_port: int = Field(default=6070, validation_alias="METER_SINK_PORT", ge=0, le=65535)
+    # Added: where a worker forwards GET /commands/{command_id} (unset: the local sink,
+    # http://127.0.0.1:METER_SINK_PORT).
+    sink_url: str | None = Field(default=None, validation_alias="METER_SINK_URL")
 
     # The admin API's bearer token (processor/admin.py); unset disables the admin
     # endpoints. SecretStr: never printed by a repr or a settings dump.

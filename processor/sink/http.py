@@ -3,6 +3,7 @@
     GET /tenants/{id}/ledger?before=<cursor>&limit=<n>&kind=debit,credit
     GET /tenants/{id}/usage?from=<RFC 3339>&to=<RFC 3339>&group_by=day|service
     GET /tenants/{id}/ledger.csv
+    GET /commands/{command_id}[?tenant_id=<id>]   (added: a command's status)
     GET /health, GET /ready (200 once the consumer has its partitions, else 503)
 
 Every answer comes from the database the sink writes (so it trails Kafka by the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -32,7 +34,7 @@ from processor.sink.store import (
     entry_view,
 )
 from processor.views import tenant_id_problem
-from schemas.types import format_money, format_timestamp, parse_timestamp
+from schemas.types import ID_PATTERN, format_money, format_timestamp, parse_timestamp
 
 __all__ = ["CSV_COLUMNS", "DEFAULT_LIMIT", "MAX_LIMIT", "build_app"]
 
@@ -57,6 +59,7 @@ CSV_COLUMNS: Final = (
 )
 STORE: Final = web.AppKey("store", LedgerStore)
 READY: Final = web.AppKey[Callable[[], bool]]("ready")
+_COMMAND_ID: Final = re.compile(ID_PATTERN)
 
 
 class _BadQuery(Exception):
@@ -252,6 +255,49 @@ async def statement(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def command_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored command row as the contract's CommandStatus JSON object."""
+    return {
+        "command_id": row["command_id"],
+        "tenant_id": row["tenant_id"],
+        "command_type": row["command_type"],
+        "status": row["status"],
+        "entry_id": row["entry_id"],
+        "entry": None if row.get("entry") is None else entry_view(row["entry"]),
+        "reason": row["reason"],
+        "detail": row["detail"],
+        "occurred_at": None if row["occurred_at"] is None else format_timestamp(row["occurred_at"]),
+        "recorded_at": None if row["recorded_at"] is None else format_timestamp(row["recorded_at"]),
+    }
+
+
+async def command_status(request: web.Request) -> web.Response:
+    command_id = request.match_info["command_id"]
+    if not _COMMAND_ID.fullmatch(command_id):
+        raise _BadQuery("invalid_command_id", "must be 1 to 128 printable ASCII characters")
+    tenant_id = request.query.get("tenant_id")
+    if tenant_id is not None and tenant_id_problem(tenant_id) is not None:
+        raise _BadQuery("invalid_tenant_id", f"tenant_id {tenant_id_problem(tenant_id)}")
+    rows = await request.app[STORE].command_status(command_id, tenant_id)
+    if not rows:
+        return _error(
+            404,
+            "unknown_command",
+            "no command with this id has reached the sink (never sent, or the sink is "
+            "behind: see its lag)",
+            tenant_id,
+        )
+    if len(rows) > 1:
+        return _error(
+            409,
+            "ambiguous_command_id",
+            "several tenants sent a command with this id (ids are unique per tenant): "
+            "add ?tenant_id=",
+            None,
+        )
+    return _json(200, command_view(rows[0]))
+
+
 def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> web.Application:
     app = web.Application(middlewares=[problem_middleware, _errors])
     app[STORE] = store
@@ -261,4 +307,5 @@ def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> w
     app.router.add_get("/tenants/{tenant_id}/ledger", ledger)
     app.router.add_get("/tenants/{tenant_id}/ledger.csv", statement)
     app.router.add_get("/tenants/{tenant_id}/usage", usage)
+    app.router.add_get("/commands/{command_id}", command_status)
     return app
