@@ -300,6 +300,13 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if any(results) else EXIT_OK
 
 
+def cmd_rules_export(args: argparse.Namespace) -> int:
+    """Added: regenerate (or check) deploy/k8s/prometheusrule.yaml from the rules file."""
+    from processor import prometheus_rule
+
+    return EXIT_PROBLEM if prometheus_rule.main(["--check"] if args.check else []) else EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from processor import simulator
     from processor.kafka_options import KafkaConfigError, kafka_client_options
@@ -419,6 +426,22 @@ def register(sub: Any) -> None:
     )
     export.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
     export.set_defaults(func=_guarded(cmd_schemas_export, "schemas export"))
+
+    rules = sub.add_parser(
+        "rules",
+        help="the Prometheus alert rules' generated Kubernetes manifest",
+        description="Work with documents generated from deploy/prometheus/rules.",
+    )
+    rules_sub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rules_export = rules_sub.add_parser(
+        "export",
+        help="write deploy/k8s/prometheusrule.yaml from the rules file",
+        description="Regenerate the PrometheusRule manifest from "
+        "deploy/prometheus/rules/credits-meter.rules.yml; with --check, change nothing "
+        "and exit 1 if it is stale.",
+    )
+    rules_export.add_argument("--check", action="store_true", help="exit 1 if it is stale")
+    rules_export.set_defaults(func=_guarded(cmd_rules_export, "rules export"))
 
     from processor.simulator import build_arg_parser
 

@@ -5,6 +5,7 @@
     GET /tenants/{id}/ledger.csv
     GET /commands/{command_id}[?tenant_id=<id>]   (added: a command's status)
     GET /health, GET /ready (200 once the consumer has its partitions, else 503)
+    GET /metrics (added: meter_build_info and the process and Python collectors)
 
 Every answer comes from the database the sink writes (so it trails Kafka by the
 sink's lag). A tenant id that breaks the contract's pattern is a 400
@@ -24,7 +25,9 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
+from processor.metrics import service_registry
 from processor.problems import RETRY_AFTER_SECONDS, as_is, problem, problem_middleware
 from processor.sink.store import (
     Cursor,
@@ -59,6 +62,7 @@ CSV_COLUMNS: Final = (
 )
 STORE: Final = web.AppKey("store", LedgerStore)
 READY: Final = web.AppKey[Callable[[], bool]]("ready")
+REGISTRY: Final = web.AppKey("registry", CollectorRegistry)
 _COMMAND_ID: Final = re.compile(ID_PATTERN)
 
 
@@ -187,6 +191,13 @@ async def ready_page(request: web.Request) -> web.Response:
     return as_is(response)
 
 
+async def metrics_page(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[REGISTRY]),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
 async def ledger(request: web.Request) -> web.Response:
     tenant_id = _tenant(request)
     limit, kinds, before = _limit(request), _kinds(request), _cursor(request)
@@ -302,8 +313,10 @@ def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> w
     app = web.Application(middlewares=[problem_middleware, _errors])
     app[STORE] = store
     app[READY] = ready
+    app[REGISTRY] = service_registry()
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready_page)
+    app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/tenants/{tenant_id}/ledger", ledger)
     app.router.add_get("/tenants/{tenant_id}/ledger.csv", statement)
     app.router.add_get("/tenants/{tenant_id}/usage", usage)
