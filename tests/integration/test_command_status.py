@@ -8,7 +8,10 @@ tests (tests/unit/test_command_status.py) run here again against PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.harness import Client, Deployment, Worker, eventually, running
+from tests.integration.harness import METER, Client, Deployment, Worker, eventually, running
 from tests.integration.test_ledger_sink import Sink
 from tests.postgres import LocalPostgres
 
@@ -159,3 +162,60 @@ async def test_each_admin_command_reports_its_outcome(stack: tuple[Worker, Sink]
         ("f-1", "applied"),
     ]
     sink.alive()
+
+
+def meter(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [METER, *argv],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_the_cli_goes_through_the_admin_api_and_follows_the_status(
+    stack: tuple[Worker, Sink],
+) -> None:
+    w, _ = stack
+    sent = await asyncio.to_thread(
+        meter,
+        "add-funds",
+        "globex",
+        "7.50",
+        "--via-api",
+        w.url,
+        "--idempotency-key",
+        "cli-1",
+        "--output",
+        "json",
+        env={"METER_TOKEN": TOKEN},
+    )
+    assert sent.returncode == 0, sent.stderr
+    accepted = json.loads(sent.stdout)
+    assert accepted["command_id"] == "cli-1"
+    assert accepted["location"] == f"{w.url}/commands/cli-1?tenant_id=globex"
+    argv = ["command", "status", "cli-1", "--tenant", "globex", "--worker-url", w.url]
+    shown = await asyncio.to_thread(meter, *argv, "--wait", "60", "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["status"] == "applied" and status["entry_id"] is not None
+    # Off through the API (DELETE), then its status as a table.
+    off = await asyncio.to_thread(
+        meter,
+        "auto-recharge",
+        "disable",
+        "globex",
+        "--via-api",
+        w.url,
+        "--token",
+        TOKEN,
+        "--idempotency-key",
+        "cli-off",
+    )
+    assert off.returncode == 0, off.stderr
+    argv = ["command", "status", "auto-recharge-off:cli-off", "--worker-url", w.url]
+    shown = await asyncio.to_thread(meter, *argv, "--wait", "60")
+    assert shown.returncode == 0, shown.stderr
+    assert "(auto_recharge_changed, tenant globex): applied" in shown.stdout
