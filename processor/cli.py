@@ -392,11 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     sink = sub.add_parser(
         "ledger-sink",
         help="write credits.ledger, recharge requests and outcomes into SQL and serve queries",
-        description="Consume credits.ledger, credits.recharge-requests and the recharge "
-        "outcomes on credits.commands (read_committed, group <METER_APP_ID>-ledger-sink) "
+        description="Consume credits.ledger, credits.recharge-requests, the recharge "
+        "outcomes on credits.commands and every command's status (credits.commands, "
+        "credits.command-results) (read_committed, group <METER_APP_ID>-ledger-sink) "
         "into SQLite (a file in METER_DATA_DIR) or PostgreSQL (METER_DATABASE_URL), "
-        "exactly once, and serve the ledger, usage and CSV statement queries on "
-        "METER_SINK_PORT (default 6070).",
+        "exactly once, and serve the ledger, usage, CSV statement and command status "
+        "queries on METER_SINK_PORT (default 6070).",
     )
     sink.set_defaults(func=cmd_ledger_sink)
 
