@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
+from processor.cli_output import add_output, emit
 from processor.settings import Settings, settings_problems
 
 EXIT_OK = 0
@@ -143,17 +146,23 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
     state_dir = kafka_local.default_state_dir()
     if args.action == "start":
-        print(kafka_local.start_background(state_dir))
+        started = kafka_local.start_background(state_dir)
+        emit(args.output, {"action": "start", "result": str(started)}, str(started))
         return EXIT_OK
     if args.action == "stop":
         stopped = kafka_local.stop_background(state_dir)
-        print("stopped" if stopped else "not running")
+        text = "stopped" if stopped else "not running"
+        emit(args.output, {"action": "stop", "result": text}, text)
         return EXIT_OK
     state = kafka_local.status(state_dir)
     if not state or not state.get("running"):
-        print("not running")
+        emit(args.output, {"running": False}, "not running")
         return EXIT_PROBLEM
-    print(f"running at {state['bootstrap']} (pid {state['pid']}, data {state['data_dir']})")
+    emit(
+        args.output,
+        {k: state.get(k) for k in ("running", "bootstrap", "pid", "data_dir")},
+        f"running at {state['bootstrap']} (pid {state['pid']}, data {state['data_dir']})",
+    )
     return EXIT_OK
 
 
@@ -177,7 +186,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             **kafka_client_options(cfg),
         )
     )
-    print(report.render())
+    emit(args.output, _as_data(report), report.render())
     return EXIT_PROBLEM if report.discrepancies else EXIT_OK
 
 
@@ -208,8 +217,23 @@ def cmd_replay_rejected(args: argparse.Namespace) -> int:
             client_options=kafka_client_options(cfg),
         )
     )
-    print(report.render())
+    emit(args.output, _as_data(report), report.render())
     return EXIT_PROBLEM if report.problems else EXIT_OK
+
+
+def _as_data(value: Any) -> Any:
+    """A report dataclass as JSON-able data (Decimal and other values as text).
+
+    Not dataclasses.asdict: it rebuilds a Counter from (key, count) pairs as keys."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _as_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _as_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_as_data(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def cmd_ledger_sink(args: argparse.Namespace) -> int:
@@ -233,7 +257,9 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     bootstrap = _bootstrap(cfg)
     names = TopicNames.from_settings(cfg)
-    topics = SinkTopics(names.ledger, names.recharge_requests, names.commands)
+    topics = SinkTopics(
+        names.ledger, names.recharge_requests, names.commands, names.command_results
+    )
 
     async def main() -> int:
         try:
@@ -271,11 +297,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(run_demo(tenants=args.tenants, rate=args.rate, seconds=args.seconds))
 
 
+def version_line() -> str:
+    """Added: `meter --version`: ours, and what it runs on (as meter_build_info says)."""
+    from processor.version import build_info
+
+    info = build_info()
+    return (
+        f"meter (credits-meter) {info['version']} (faust {info['faust']}, "
+        f"aiokafka {info['aiokafka']}, python {info['python']})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meter",
         description="credits-meter: meters prepaid communication credits on Kafka.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = sub.add_parser(
@@ -297,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start, stop or inspect the local KRaft broker (jars from Maven Central).",
     )
     kafka.add_argument("action", choices=["start", "stop", "status"])
+    add_output(kafka)
     kafka.set_defaults(func=cmd_kafka)
 
     rec = sub.add_parser(
@@ -309,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--worker-url", default=None, help="a worker's HTTP address, e.g. http://127.0.0.1:6066"
     )
+    add_output(rec)
     rec.set_defaults(func=cmd_reconcile)
 
     replay = sub.add_parser(
@@ -346,16 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the processor applies what is replayed without the age check (an id still "
         "remembered stays a duplicate)",
     )
+    add_output(replay)
     replay.set_defaults(func=cmd_replay_rejected)
 
     sink = sub.add_parser(
         "ledger-sink",
         help="write credits.ledger, recharge requests and outcomes into SQL and serve queries",
-        description="Consume credits.ledger, credits.recharge-requests and the recharge "
-        "outcomes on credits.commands (read_committed, group <METER_APP_ID>-ledger-sink) "
+        description="Consume credits.ledger, credits.recharge-requests, the recharge "
+        "outcomes on credits.commands and every command's status (credits.commands, "
+        "credits.command-results) (read_committed, group <METER_APP_ID>-ledger-sink) "
         "into SQLite (a file in METER_DATA_DIR) or PostgreSQL (METER_DATABASE_URL), "
-        "exactly once, and serve the ledger, usage and CSV statement queries on "
-        "METER_SINK_PORT (default 6070).",
+        "exactly once, and serve the ledger, usage, CSV statement and command status "
+        "queries on METER_SINK_PORT (default 6070).",
     )
     sink.set_defaults(func=cmd_ledger_sink)
 

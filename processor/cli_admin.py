@@ -1,11 +1,18 @@
 """The operator's `meter` commands: accounts, top-ups, auto-recharge, schemas, traffic.
 
     meter account TENANT [--worker-url URL]
-    meter add-funds TENANT AMOUNT [--currency C] [--idempotency-key K]
-    meter auto-recharge set TENANT --amount A --trigger T [--idempotency-key K]
-    meter auto-recharge disable TENANT [--worker-url URL | --amount A --trigger T]
+    meter add-funds TENANT AMOUNT [--currency C] [--idempotency-key K] [--via-api URL]
+    meter auto-recharge set TENANT --amount A --trigger T [--idempotency-key K] [--via-api URL]
+    meter auto-recharge disable TENANT [--worker-url URL | --amount A --trigger T | --via-api URL]
+    meter command status ID [--tenant T] [--worker-url URL] [--wait SECONDS]
     meter schemas export [--check]
+    meter rules export [--check]
     meter simulate [simulator options]
+
+*Added:* every command that prints a result takes `--output json|table`;
+`--via-api URL` sends a top-up or settings through a worker's admin API (bearer
+token from `--token` or METER_TOKEN) instead of straight to Kafka, and prints where
+its status is (`meter command status ID`).
 
 The commands that change accounts publish the contract's commands straight to
 `credits.commands` (aiokafka, with the KAFKA_* security settings), so they work with
@@ -32,9 +39,10 @@ from urllib.parse import quote
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from processor.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from processor.cli_output import add_output, emit
 from processor.settings import COMMANDS, Settings
 from schemas.inputs import AutoRechargeConfigured, FundsAdded
-from schemas.types import TenantId
+from schemas.types import TenantId, format_money
 
 __all__ = ["register"]
 
@@ -159,13 +167,157 @@ def _check_precision(cfg: Settings, command: BaseModel) -> None:
             )
 
 
-def _publish(cfg: Settings, command: BaseModel, tenant: str, summary: str) -> int:
+def _publish(
+    cfg: Settings,
+    command: BaseModel,
+    tenant: str,
+    summary: str,
+    args: argparse.Namespace | None = None,
+) -> int:
     _check_precision(cfg, command)
     value = command.model_dump_json(exclude_none=True).encode()
     asyncio.run(_send(cfg, tenant, value))
     command_id = getattr(command, "command_id", "")
-    print(f"{summary}: published to {cfg.topic(COMMANDS)} as command {command_id}")
+    emit(
+        _output(args),
+        {
+            "status": "published",
+            "type": getattr(command, "type", ""),
+            "command_id": command_id,
+            "tenant_id": tenant,
+            "topic": cfg.topic(COMMANDS),
+        },
+        f"{summary}: published to {cfg.topic(COMMANDS)} as command {command_id}",
+    )
     return EXIT_OK
+
+
+def _output(args: argparse.Namespace | None) -> str:
+    return str(getattr(args, "output", None) or "table")
+
+
+# ------------------------------------------------------------------ the admin API
+
+
+def _token(args: argparse.Namespace) -> str:
+    import os
+
+    token: str | None = args.token or os.environ.get("METER_TOKEN")
+    if not token:
+        raise _Failed(EXIT_USAGE, "--via-api needs a bearer token: pass --token or set METER_TOKEN")
+    return token
+
+
+async def _http(
+    method: str,
+    url: str,
+    *,
+    token: str | None = None,
+    key: str | None = None,
+    body: Any = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """One request; (0, {"detail"}, {}) when nothing answers."""
+    import aiohttp
+
+    headers = {"Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS)) as s,
+            s.request(method, url, data=data, headers=headers) as resp,
+        ):
+            raw = await resp.read()
+            status, answer_headers = resp.status, dict(resp.headers)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return 0, {"detail": f"nothing answers at {url} ({exc or type(exc).__name__})"}, {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = {"detail": raw.decode(errors="replace")[:200]}
+    return status, parsed if isinstance(parsed, dict) else {"detail": str(parsed)}, answer_headers
+
+
+def _via_api(args: argparse.Namespace, method: str, path: str, body: Any, summary: str) -> int:
+    """Send one admin request (the key is the command's idempotency key) and report."""
+    token = _token(args)
+    key = _command_id(args)
+    base = args.via_api.rstrip("/")
+    status, answer, headers = asyncio.run(
+        _http(method, base + path, token=token, key=key, body=body)
+    )
+    if status != 202:
+        detail = answer.get("detail", answer)
+        code = EXIT_USAGE if status in (400, 413, 422) else EXIT_PROBLEM
+        where = f"HTTP {status}" if status else "unreachable"
+        retry = f"; repeat with --idempotency-key {key}" if status in (0, 503) else ""
+        raise _Failed(code, f"{base} refused it ({where}): {detail}{retry}")
+    location = headers.get("Location")
+    result = {
+        "status": "accepted",
+        "type": answer.get("type"),
+        "command_id": answer.get("command_id"),
+        "tenant_id": answer.get("tenant_id"),
+        "idempotency_key": key,
+        "location": None if location is None else base + location,
+    }
+    emit(
+        _output(args),
+        result,
+        f"{summary}: accepted by {base} as command {result['command_id']}; "
+        f"see `meter command status {result['command_id']} --tenant {args.tenant}`",
+    )
+    return EXIT_OK
+
+
+def cmd_command_status(args: argparse.Namespace) -> int:
+    """Added: GET /commands/{id} from a worker (which asks the ledger sink)."""
+    import time
+
+    base = (args.worker_url or _default_worker_url()).rstrip("/")
+    url = f"{base}/commands/{quote(args.command_id, safe='')}"
+    if args.tenant is not None:
+        url += f"?tenant_id={quote(args.tenant, safe='')}"
+    deadline = time.monotonic() + (args.wait or 0)
+    while True:
+        status, body, _ = asyncio.run(_http("GET", url))
+        pending = status == 200 and body.get("status") == "pending"
+        waiting = status == 404 or pending or status == 503
+        if not (waiting and args.wait and time.monotonic() < deadline):
+            break
+        time.sleep(0.5)
+    if status != 200:
+        where = f"HTTP {status}" if status else "unreachable"
+        raise _Failed(
+            EXIT_USAGE if status == 400 else EXIT_PROBLEM,
+            f"{args.command_id}: {body.get('detail', body)} ({where})",
+        )
+    text = None
+    if _output(args) == "table":
+        lines = [
+            f"{body['command_id']} ({body['command_type']}, tenant {body['tenant_id']}): "
+            f"{body['status']}"
+        ]
+        if body.get("reason"):
+            lines.append(f"  reason: {body['reason']}: {body.get('detail')}")
+        entry = body.get("entry")
+        if entry:
+            lines.append(
+                f"  ledger entry {entry['entry_id']}: {entry['kind']} {entry['amount']} "
+                f"{entry['currency']}, balance after {entry['balance_after']}"
+            )
+        elif body.get("entry_id"):
+            lines.append(f"  ledger entry {body['entry_id']} (not in the sink yet)")
+        text = "\n".join(lines)
+    emit(_output(args), body, text)
+    if pending and args.wait:
+        raise _Failed(EXIT_PROBLEM, f"{args.command_id}: still pending after {args.wait:g}s")
+    return EXIT_PROBLEM if body.get("status") == "rejected" else EXIT_OK
 
 
 def _command_id(args: argparse.Namespace) -> str:
@@ -205,7 +357,14 @@ def cmd_add_funds(args: argparse.Namespace) -> int:
         currency=currency,
         source="manual",
     )
-    return _publish(cfg, command, args.tenant, f"{args.amount} {currency} for {args.tenant}")
+    summary = f"{args.amount} {currency} for {args.tenant}"
+    if args.via_api:
+        assert isinstance(command, FundsAdded)
+        body = {"amount": format_money(command.amount), "currency": currency}
+        return _via_api(
+            args, "POST", f"/tenants/{quote(args.tenant, safe='')}/funds", body, summary
+        )
+    return _publish(cfg, command, args.tenant, summary, args)
 
 
 def _settings_command(
@@ -227,12 +386,25 @@ def cmd_auto_recharge_set(args: argparse.Namespace) -> int:
     cfg = _settings()
     command = _settings_command(args, True, args.amount, args.trigger)
     summary = f"auto-recharge for {args.tenant}: {args.amount} when below {args.trigger}"
-    return _publish(cfg, command, args.tenant, summary)
+    if args.via_api:
+        assert isinstance(command, AutoRechargeConfigured)
+        body = {
+            "enabled": True,
+            "recharge_amount": format_money(command.recharge_amount),
+            "trigger_balance": format_money(command.trigger_balance),
+        }
+        path = f"/tenants/{quote(args.tenant, safe='')}/auto-recharge"
+        return _via_api(args, "PUT", path, body, summary)
+    return _publish(cfg, command, args.tenant, summary, args)
 
 
 def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
     cfg = _settings()
     amount, trigger = args.amount, args.trigger
+    if args.via_api:
+        # DELETE: the owner turns it off and keeps the amounts; none are needed here.
+        path = f"/tenants/{quote(args.tenant, safe='')}/auto-recharge"
+        return _via_api(args, "DELETE", path, None, f"auto-recharge for {args.tenant}: disabled")
     if (amount is None) != (trigger is None):
         raise _Failed(EXIT_USAGE, "give both --amount and --trigger, or neither")
     if amount is None:
@@ -241,7 +413,11 @@ def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
         url = args.worker_url or _default_worker_url()
         status, body = asyncio.run(_get_account(url, args.tenant))
         if status == 404 or (status == 200 and body.get("auto_recharge") is None):
-            print(f"{args.tenant} has no auto-recharge settings: nothing to disable")
+            emit(
+                _output(args),
+                {"status": "unchanged", "tenant_id": args.tenant, "auto_recharge": None},
+                f"{args.tenant} has no auto-recharge settings: nothing to disable",
+            )
             return EXIT_OK
         if status != 200:
             raise _Failed(
@@ -252,7 +428,7 @@ def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
         amount = body["auto_recharge"]["recharge_amount"]
         trigger = body["auto_recharge"]["trigger_balance"]
     command = _settings_command(args, False, amount, trigger)
-    return _publish(cfg, command, args.tenant, f"auto-recharge for {args.tenant}: disabled")
+    return _publish(cfg, command, args.tenant, f"auto-recharge for {args.tenant}: disabled", args)
 
 
 async def _get_account(worker_url: str, tenant: str) -> tuple[int, dict[str, Any]]:
@@ -279,7 +455,7 @@ def cmd_account(args: argparse.Namespace) -> int:
     url = args.worker_url or _default_worker_url()
     status, body = asyncio.run(_get_account(url, args.tenant))
     if status == 200:
-        print(json.dumps(body, indent=2))
+        emit(args.output, body)
         return EXIT_OK
     if status == 404:
         raise _Failed(EXIT_PROBLEM, f"{args.tenant}: no such tenant (no event for it yet)")
@@ -298,6 +474,13 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
     argv = ["--check"] if args.check else []
     results = [export.main(argv), openapi.main(argv), asyncapi.main(argv)]
     return EXIT_PROBLEM if any(results) else EXIT_OK
+
+
+def cmd_rules_export(args: argparse.Namespace) -> int:
+    """Added: regenerate (or check) deploy/k8s/prometheusrule.yaml from the rules file."""
+    from processor import prometheus_rule
+
+    return EXIT_PROBLEM if prometheus_rule.main(["--check"] if args.check else []) else EXIT_OK
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -336,6 +519,22 @@ def _guarded(func: Any, name: str) -> Any:
     return run
 
 
+def _api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--via-api",
+        metavar="URL",
+        default=None,
+        help="send it through a worker's admin API at URL (e.g. http://127.0.0.1:6066) "
+        "instead of straight to Kafka; needs --token or METER_TOKEN",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="the admin API's bearer token (default: $METER_TOKEN); with --via-api",
+    )
+    add_output(parser)
+
+
 def register(sub: Any) -> None:
     """Add the operator commands to `meter`'s subparsers."""
     worker_url = {
@@ -356,6 +555,8 @@ def register(sub: Any) -> None:
     )
     account.add_argument("tenant", metavar="TENANT", type=_tenant)
     account.add_argument("--worker-url", **worker_url)
+    # JSON by default, as it always printed.
+    add_output(account, default="json")
     account.set_defaults(func=_guarded(cmd_account, "account"))
 
     funds = sub.add_parser(
@@ -370,6 +571,7 @@ def register(sub: Any) -> None:
         "--currency", default=None, help="ISO 4217 code (default: the rate card's currency)"
     )
     funds.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
+    _api_options(funds)
     funds.set_defaults(func=_guarded(cmd_add_funds, "add-funds"))
 
     auto = sub.add_parser(
@@ -389,6 +591,7 @@ def register(sub: Any) -> None:
     set_.add_argument("--amount", required=True, help="recharge amount, e.g. 25.00 (> 0)")
     set_.add_argument("--trigger", required=True, help="trigger balance, e.g. 5.00 (>= 0)")
     set_.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
+    _api_options(set_)
     set_.set_defaults(func=_guarded(cmd_auto_recharge_set, "auto-recharge set"))
     disable = auto_sub.add_parser(
         "disable",
@@ -402,6 +605,36 @@ def register(sub: Any) -> None:
     disable.add_argument("--amount", default=None, help="recharge amount to keep")
     disable.add_argument("--trigger", default=None, help="trigger balance to keep")
     disable.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
+    _api_options(disable)
+
+    command = sub.add_parser(
+        "command",
+        help="what became of a command (pending, applied, rejected, ignored)",
+        description="Work with commands sent to credits.commands.",
+    )
+    command_sub = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = command_sub.add_parser(
+        "status",
+        help="a command's status, from a worker (which asks the ledger sink)",
+        description="GET /commands/ID from a worker, which forwards it to the ledger "
+        "sink: pending, applied (with its ledger entry), rejected (with the reason) or "
+        "ignored. Exit 0 when applied, ignored or pending; 1 when rejected, unknown, "
+        "still pending after --wait, or nothing answers.",
+    )
+    status.add_argument("command_id", metavar="ID", help="the command_id (as printed)")
+    status.add_argument(
+        "--tenant", type=_tenant, default=None, help="the tenant (when ids are shared)"
+    )
+    status.add_argument("--worker-url", **worker_url)
+    status.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="poll until it is no longer pending (or unknown), at most this long",
+    )
+    add_output(status)
+    status.set_defaults(func=_guarded(cmd_command_status, "command status"))
     disable.set_defaults(func=_guarded(cmd_auto_recharge_disable, "auto-recharge disable"))
 
     schemas = sub.add_parser(
@@ -419,6 +652,22 @@ def register(sub: Any) -> None:
     )
     export.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
     export.set_defaults(func=_guarded(cmd_schemas_export, "schemas export"))
+
+    rules = sub.add_parser(
+        "rules",
+        help="the Prometheus alert rules' generated Kubernetes manifest",
+        description="Work with documents generated from deploy/prometheus/rules.",
+    )
+    rules_sub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rules_export = rules_sub.add_parser(
+        "export",
+        help="write deploy/k8s/prometheusrule.yaml from the rules file",
+        description="Regenerate the PrometheusRule manifest from "
+        "deploy/prometheus/rules/credits-meter.rules.yml; with --check, change nothing "
+        "and exit 1 if it is stale.",
+    )
+    rules_export.add_argument("--check", action="store_true", help="exit 1 if it is stale")
+    rules_export.set_defaults(func=_guarded(cmd_rules_export, "rules export"))
 
     from processor.simulator import build_arg_parser
 

@@ -15,14 +15,38 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
 )
+
+from processor.version import build_info
 
 # `_created` series double the exposition for no question an operator asks.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+
+def service_registry() -> CollectorRegistry:
+    """Added: a registry with what every service's /metrics shows (the worker's and the
+    ledger sink's): `meter_build_info` and the standard process_* and python_*
+    collectors (CPU, memory, open files, GC, the interpreter's version)."""
+    registry = CollectorRegistry(auto_describe=True)
+    info = build_info()
+    Gauge(
+        "meter_build_info",
+        "Always 1; the labels say which credits-meter, Faust, aiokafka and Python run.",
+        list(info),
+        registry=registry,
+    ).labels(**info).set(1)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+REGISTRY = service_registry()
 
 RECORDS = Counter(
     "meter_records_total",

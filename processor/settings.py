@@ -16,6 +16,8 @@ RECHARGE_REQUESTS = "credits.recharge-requests"
 LEDGER = "credits.ledger"
 ALERTS = "credits.alerts"
 REJECTED = "credits.rejected"
+# Added: what became of each command (processor/handler.py, docs/contract.md).
+COMMAND_RESULTS = "credits.command-results"
 # What METER_DATABASE_URL may start with (processor/sink/store.py adds the driver).
 DATABASE_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "sqlite")
 
@@ -93,6 +95,9 @@ class Settings(BaseSettings):
     # the port of its query API. SecretStr: the URL may hold a password.
     database_url: SecretStr | None = Field(default=None, validation_alias="METER_DATABASE_URL")
     sink_port: int = Field(default=6070, validation_alias="METER_SINK_PORT", ge=0, le=65535)
+    # Added: where a worker forwards GET /commands/{command_id} (unset: the local sink,
+    # http://127.0.0.1:METER_SINK_PORT).
+    sink_url: str | None = Field(default=None, validation_alias="METER_SINK_URL")
 
     # The admin API's bearer token (processor/admin.py); unset disables the admin
     # endpoints. SecretStr: never printed by a repr or a settings dump.

@@ -420,6 +420,22 @@ def workers() -> list[timeseries.Panel]:
                 ),
             ),
         ),
+        graph(
+            "Versions and memory",
+            "Workers per build (meter_build_info: credits-meter, Faust, aiokafka and "
+            "Python versions; two lines during a rolling upgrade), and each worker's "
+            "resident memory (process_resident_memory_bytes).",
+            queries(
+                (
+                    f"count by (version, faust, aiokafka, python) ({sel('meter_build_info')})",
+                    "{{version}} (faust {{faust}}, aiokafka {{aiokafka}}, python {{python}})",
+                ),
+                (
+                    f"sum by (instance) ({sel('process_resident_memory_bytes')}) / 1e6",
+                    "{{instance}} MB",
+                ),
+            ),
+        ),
     ]
 
 

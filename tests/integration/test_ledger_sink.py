@@ -149,7 +149,10 @@ async def deployment(kafka: Any) -> AsyncIterator[tuple[str, SinkTopics]]:
     app_id = f"sink-{uuid.uuid4().hex[:8]}"
     prefix = f"{app_id}."
     topics = SinkTopics(
-        f"{prefix}credits.ledger", f"{prefix}credits.recharge-requests", f"{prefix}credits.commands"
+        f"{prefix}credits.ledger",
+        f"{prefix}credits.recharge-requests",
+        f"{prefix}credits.commands",
+        f"{prefix}credits.command-results",
     )
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
