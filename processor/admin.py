@@ -52,7 +52,8 @@ from faust.web import Request, Response, View
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from processor import openapi, problems
+from processor import auth, openapi, problems
+from processor.auth import Access, AuthError, Principal
 from processor.views import tenant_id_problem
 from schemas.admin import (
     AutoRechargeRequest,
@@ -91,6 +92,12 @@ CommandKind = Literal["funds_added", "auto_recharge_configured", "tenant_limits_
 Endpoint = Literal["funds", "auto-recharge", "limits"]
 Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured
 AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest
+# Each endpoint's route: its permission is auth.ROUTES's.
+_ROUTES: Final[dict[Endpoint, tuple[str, str]]] = {
+    "funds": ("POST", "/tenants/{tenant_id}/funds"),
+    "auto-recharge": ("PUT", "/tenants/{tenant_id}/auto-recharge"),
+    "limits": ("PUT", "/tenants/{tenant_id}/limits"),
+}
 _KINDS: Final[dict[Endpoint, CommandKind]] = {
     "funds": "funds_added",
     "auto-recharge": "auto_recharge_configured",
@@ -332,10 +339,14 @@ class AdminAPI:
         new_command_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
         idempotency: IdempotencyCache | None = None,
+        access: Access | None = None,
     ) -> None:
         # Bytes once, here: compare_digest refuses non-ASCII str, and an operator's
         # token may well contain some.
         self._token = None if token is None else token.get_secret_value().encode()
+        # METER_AUTH=jwt: tokens per tenant and role (processor/auth.py); otherwise
+        # the static token alone, as before.
+        self.access = Access("token", token) if access is None else access
         self.currency = currency
         self.commands_topic = commands_topic
         self._publisher = publisher
@@ -349,12 +360,16 @@ class AdminAPI:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._token)
+        return bool(self._token) or self.access.jwt
 
     # ---- endpoints ---------------------------------------------------------------
 
     async def add_funds(
-        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
     ) -> Reply:
         """POST /tenants/{tenant_id}/funds -> a manual `funds_added` command.
 
@@ -373,10 +388,16 @@ class AdminAPI:
                 source="manual",
             )
 
-        return await self._handle("funds", tenant_id, headers, body, FundsRequest, command)
+        return await self._handle(
+            "funds", tenant_id, headers, body, FundsRequest, command, principal
+        )
 
     async def configure_auto_recharge(
-        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
     ) -> Reply:
         """PUT /tenants/{tenant_id}/auto-recharge -> an `auto_recharge_configured` command."""
 
@@ -396,11 +417,15 @@ class AdminAPI:
             )
 
         return await self._handle(
-            "auto-recharge", tenant_id, headers, body, AutoRechargeRequest, command
+            "auto-recharge", tenant_id, headers, body, AutoRechargeRequest, command, principal
         )
 
     async def configure_limits(
-        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
     ) -> Reply:
         """PUT /tenants/{tenant_id}/limits -> a `tenant_limits_configured` command."""
 
@@ -417,7 +442,9 @@ class AdminAPI:
                 **given,
             )
 
-        return await self._handle("limits", tenant_id, headers, body, LimitsRequest, command)
+        return await self._handle(
+            "limits", tenant_id, headers, body, LimitsRequest, command, principal
+        )
 
     async def _handle(
         self,
@@ -426,15 +453,21 @@ class AdminAPI:
         headers: Mapping[str, str],
         body: bytes | None,
         model: type[AdminRequest],
-        command: Callable[[BaseModel, str], Command],
+        build: Callable[[BaseModel, str], Command],
+        principal: Principal | None = None,
     ) -> Reply:
         kind = _KINDS[endpoint]
         try:
             self._check_tenant(tenant_id)
-            self._authorize(tenant_id, headers)
+            actor = self._authorize(endpoint, tenant_id, headers, principal).subject
             request, key = self._validate(endpoint, tenant_id, headers, body, model)
         except _Refused as refused:
             return refused.reply
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            # Who asked, into the command and so into its ledger entry.
+            return build(request, command_id).model_copy(update={"actor": actor})
+
         if key is None:
             # No key: a new command each time; the answer names a key to retry with.
             key = self._new_command_id()
@@ -501,7 +534,29 @@ class AdminAPI:
         if problem is not None:
             raise _Refused(_error_reply(400, "invalid_tenant_id", problem, None))
 
-    def _authorize(self, tenant_id: str, headers: Mapping[str, str]) -> None:
+    def _authorize(
+        self,
+        endpoint: Endpoint,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        principal: Principal | None,
+    ) -> Principal:
+        """Who is asking: 401/403 (or 503 when disabled) unless they may."""
+        if self.access.jwt:
+            if principal is not None:  # checked by auth.middleware already
+                return principal
+            try:
+                return self.access.check(headers, auth.ROUTES[_ROUTES[endpoint]], tenant_id)
+            except AuthError as refused:
+                raise _Refused(
+                    _error_reply(
+                        refused.status,
+                        refused.code,
+                        refused.detail,
+                        tenant_id,
+                        headers=refused.challenge(),
+                    )
+                ) from None
         if not self._token:
             raise _Refused(
                 _error_reply(
@@ -528,6 +583,7 @@ class AdminAPI:
             # Who tried is worth a log line; what they tried is not.
             log.warning("admin API: wrong bearer token for tenant %r", tenant_id)
             raise _Refused(_error_reply(403, "forbidden", "wrong bearer token", tenant_id))
+        return auth.ADMIN_PRINCIPAL
 
     def _validate(
         self,
@@ -688,6 +744,8 @@ class MeterLike(Protocol):
     def card(self) -> Any: ...
     @property
     def names(self) -> Any: ...
+    @property
+    def access(self) -> Access: ...
 
 
 def _twice(body: bytes) -> str | None:
@@ -722,6 +780,7 @@ def install(meter: MeterLike) -> AdminAPI:
         commands_topic=meter.names.commands,
         publisher=FaustCommandPublisher(meter.app),
         decimals=meter.card.decimals,
+        access=meter.access,
     )
     if not api.enabled:
         log.info("admin API disabled (METER_ADMIN_TOKEN is not set)")
@@ -737,20 +796,24 @@ def install(meter: MeterLike) -> AdminAPI:
     class FundsPage(View):
         async def post(self, request: Request, tenant_id: str) -> Response:
             body = await _body(request)
-            return respond(self, await api.add_funds(tenant_id, request.headers, body))
+            principal = auth.principal_of(request)
+            return respond(self, await api.add_funds(tenant_id, request.headers, body, principal))
 
     @meter.app.page("/tenants/{tenant_id}/auto-recharge")
     class AutoRechargePage(View):
         async def put(self, request: Request, tenant_id: str) -> Response:
             body = await _body(request)
-            reply = await api.configure_auto_recharge(tenant_id, request.headers, body)
+            principal = auth.principal_of(request)
+            reply = await api.configure_auto_recharge(tenant_id, request.headers, body, principal)
             return respond(self, reply)
 
     @meter.app.page("/tenants/{tenant_id}/limits")
     class LimitsPage(View):
         async def put(self, request: Request, tenant_id: str) -> Response:
             body = await _body(request)
-            return respond(self, await api.configure_limits(tenant_id, request.headers, body))
+            principal = auth.principal_of(request)
+            reply = await api.configure_limits(tenant_id, request.headers, body, principal)
+            return respond(self, reply)
 
     @meter.app.page("/openapi.json")
     class OpenAPIPage(View):

@@ -95,6 +95,8 @@ async def test_top_up_publishes_a_manual_funds_added_keyed_by_tenant() -> None:
         "amount": "50.00",
         "currency": "USD",
         "source": "manual",
+        # The static token's actor (processor/auth.py).
+        "actor": "admin-token",
     }
 
 
@@ -585,6 +587,7 @@ async def test_limits_publish_only_the_named_fields() -> None:
         "tenant_id": "acme",
         "occurred_at": "2026-11-25T10:00:00Z",
         "credit_limit": "5.00",
+        "actor": "admin-token",
     }
     assert second["notify_below"] is None and "credit_limit" not in second
     for _, _, value in pub.sent:

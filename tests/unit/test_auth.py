@@ -21,6 +21,7 @@ from processor.auth import (
     Permission,
     Principal,
     TokenVerifier,
+    access_from,
 )
 from processor.settings import Settings
 from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
@@ -66,6 +67,7 @@ def test_missing_claims_are_401(keys: TestKeys, verifier: TokenVerifier) -> None
     refused(verifier, keys.token(role="root"))
     refused(verifier, keys.token(role="tenant_admin"))  # no tenant_id
     refused(verifier, keys.token(sub="x" * 129))
+    refused(verifier, keys.token(sub="caf\u00e9"))
 
 
 def test_a_bad_signature_is_401(keys: TestKeys, verifier: TokenVerifier, tmp_path: Path) -> None:
@@ -121,8 +123,8 @@ def test_malformed_tokens_are_401(verifier: TokenVerifier) -> None:
 def test_settings_bound_the_leeway_and_name_the_keys() -> None:
     with pytest.raises(ValueError):
         Settings(_env_file=None, METER_AUTH_LEEWAY_SECONDS=301)  # type: ignore[call-arg]
-    with pytest.raises(ValueError, match="METER_AUTH_JWKS"):
-        Settings(_env_file=None, METER_AUTH="jwt")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="METER_AUTH_JWKS, METER_AUTH_ISSUER"):
+        access_from(Settings(_env_file=None, METER_AUTH="jwt"))  # type: ignore[call-arg]
     assert Settings(_env_file=None).auth == "token"  # type: ignore[call-arg]
 
 
@@ -197,3 +199,25 @@ def test_the_local_key_pair_is_made_once_private_and_verifies(tmp_path: Path) ->
         keys.issue("tenant_admin")
     # The public set holds no private part.
     assert "d" not in json.loads(keys.jwks_path.read_text())["keys"][0]
+
+
+def test_the_demo_runs_on_the_local_key_pair_and_prints_two_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from processor.demo import local_auth, print_tokens
+
+    env = {"METER_DATA_DIR": str(tmp_path)}
+    keys = local_auth(env)
+    assert keys is not None and env["METER_AUTH"] == "jwt"
+    access = access_from(Settings(_env_file=None, **env))  # type: ignore[arg-type]
+    print_tokens(keys, env, "acme-corp", 6066)
+    tokens = [
+        line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if "token (" in line
+    ]
+    principals = [access.principal({"Authorization": f"Bearer {t}"}) for t in tokens]
+    assert [(p.role, p.tenant_id) for p in principals] == [
+        ("tenant_admin", "acme-corp"),
+        ("operator", None),
+    ]
+    # METER_AUTH chosen by the user is left alone.
+    assert local_auth({"METER_DATA_DIR": str(tmp_path), "METER_AUTH": "token"}) is None

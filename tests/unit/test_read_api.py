@@ -171,7 +171,14 @@ def test_faust_pages_are_off_and_ours_are_on(meter: Meter) -> None:
     served = {prefix for prefix, _ in meter.app.web._enabled_blueprints()}
     assert served == {""}  # only Faust's plain production index at /
     names = {page.__name__ for page in meter.pages}
-    assert names == {"AccountPage", "AuthorizePage", "MetricsPage", "HealthPage", "ReadyPage"}
+    assert names == {
+        "AccountPage",
+        "AuthorizePage",
+        "WhoAmIPage",
+        "MetricsPage",
+        "HealthPage",
+        "ReadyPage",
+    }
 
 
 # ------------------------------------------------------------------------ routing

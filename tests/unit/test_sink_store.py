@@ -131,7 +131,7 @@ async def test_migrating_again_changes_nothing(store: LedgerStore) -> None:
     await store.migrate()
     async with store.engine.connect() as conn:
         version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
-    assert [tuple(v) for v in version] == [("0001",)]
+    assert [tuple(v) for v in version] == [("0002_ledger_actor",)]
     assert await store.count("ledger") == 3
 
 
@@ -484,6 +484,25 @@ async def test_http_statement_csv(store: LedgerStore, http: TestClient[Any, Any]
     assert (
         signed == stream.balances[tenant] == Decimal(rows[-1][CSV_COLUMNS.index("balance_after")])
     )
+
+
+async def test_the_actor_is_stored_shown_and_the_csvs_last_column(
+    store: LedgerStore, http: TestClient[Any, Any]
+) -> None:
+    stream = LedgerStream(tenants=1)
+    tenant = stream.tenant(0)
+    signed = stream.entry(tenant, kind="credit").model_copy(update={"actor": "alice@billing"})
+    usage = stream.entry(tenant, kind="debit")
+    await store.write(GROUP, batch_of([signed, usage]))
+    page = await (await http.get(f"/tenants/{tenant}/ledger")).json()
+    by_id = {e["entry_id"]: e for e in page["entries"]}
+    assert by_id[signed.entry_id]["actor"] == "alice@billing"
+    assert "actor" not in by_id[usage.entry_id]
+    rows = list(
+        csv.reader(io.StringIO(await (await http.get(f"/tenants/{tenant}/ledger.csv")).text()))
+    )
+    assert rows[0][-1] == "actor" and CSV_COLUMNS[-1] == "actor"
+    assert [r[-1] for r in rows[1:]] == ["alice@billing", ""]
 
 
 async def test_http_health(http: TestClient[Any, Any]) -> None:
