@@ -1,6 +1,8 @@
 """The admin HTTP API: manual top-ups and auto-recharge settings, as contract commands.
 
     POST /tenants/{tenant_id}/funds          {"amount": "50.00", "currency": "USD"}
+    POST /tenants/{tenant_id}/recharges/{request_id}/outcome
+                                             {"outcome": "succeeded", "amount": "25.00"}
     PUT  /tenants/{tenant_id}/auto-recharge  {"enabled": true, "recharge_amount": "25.00",
                                               "trigger_balance": "5.00"}
 
@@ -61,10 +63,12 @@ from schemas.admin import (
     FieldError,
     FundsRequest,
     LimitsRequest,
+    RechargeOutcomeRequest,
 )
 from schemas.inputs import (
     AutoRechargeConfigured,
     FundsAdded,
+    RechargeFailed,
     TenantLimitsConfigured,
     first_duplicate_key,
 )
@@ -88,20 +92,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CommandKind = Literal["funds_added", "auto_recharge_configured", "tenant_limits_configured"]
-Endpoint = Literal["funds", "auto-recharge", "limits"]
-Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured
-AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest
+CommandKind = Literal[
+    "funds_added", "auto_recharge_configured", "tenant_limits_configured", "recharge_failed"
+]
+Endpoint = Literal["funds", "auto-recharge", "limits", "recharge-outcome"]
+Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured | RechargeFailed
+AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest | RechargeOutcomeRequest
 # Each endpoint's route: its permission is auth.ROUTES's.
 _ROUTES: Final[dict[Endpoint, tuple[str, str]]] = {
     "funds": ("POST", "/tenants/{tenant_id}/funds"),
     "auto-recharge": ("PUT", "/tenants/{tenant_id}/auto-recharge"),
     "limits": ("PUT", "/tenants/{tenant_id}/limits"),
-}
-_KINDS: Final[dict[Endpoint, CommandKind]] = {
-    "funds": "funds_added",
-    "auto-recharge": "auto_recharge_configured",
-    "limits": "tenant_limits_configured",
+    "recharge-outcome": ("POST", "/tenants/{tenant_id}/recharges/{request_id}/outcome"),
 }
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
@@ -116,9 +118,12 @@ PUBLISH_TIMEOUT_SECONDS: Final = 15.0
 AUTO_RECHARGE_ID_PREFIX: Final = "auto-recharge:"
 # A limits request's command_id: this prefix and its key (added with the endpoint).
 LIMITS_ID_PREFIX: Final = "limits:"
+# A recharge outcome's command_id: this prefix and its key (added with the endpoint).
+OUTCOME_ID_PREFIX: Final = "outcome:"
 _ID_PREFIXES: Final[dict[Endpoint, str]] = {
     "auto-recharge": AUTO_RECHARGE_ID_PREFIX,
     "limits": LIMITS_ID_PREFIX,
+    "recharge-outcome": OUTCOME_ID_PREFIX,
 }
 MAX_COMMAND_ID_LENGTH: Final = 128
 # The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
@@ -446,6 +451,72 @@ class AdminAPI:
             "limits", tenant_id, headers, body, LimitsRequest, command, principal
         )
 
+    async def record_recharge_outcome(
+        self,
+        tenant_id: str,
+        request_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
+    ) -> Reply:
+        """POST /tenants/{tenant_id}/recharges/{request_id}/outcome -> billing's answer:
+        `funds_added` (source auto_recharge) or `recharge_failed`.
+
+        Without an Idempotency-Key the key is the request, attempt and outcome, so a
+        retried answer is one command (a second top-up would be credited).
+        """
+        try:
+            _COMMAND_ID.validate_python(request_id)
+        except ValidationError:
+            return _error_reply(
+                400,
+                "invalid_request_id",
+                "the path's request id must be 1 to 128 printable ASCII characters",
+                None if tenant_id_problem(tenant_id) else tenant_id,
+            )
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            assert isinstance(request, RechargeOutcomeRequest)
+            if request.outcome == "succeeded":
+                assert request.amount is not None
+                return FundsAdded(
+                    type="funds_added",
+                    command_id=command_id,
+                    tenant_id=tenant_id,
+                    occurred_at=self._clock(),
+                    amount=request.amount,
+                    currency=request.currency or self.currency,
+                    source="auto_recharge",
+                    recharge_request_id=request_id,
+                    attempt=request.attempt,
+                )
+            assert request.reason is not None
+            return RechargeFailed(
+                type="recharge_failed",
+                command_id=command_id,
+                tenant_id=tenant_id,
+                occurred_at=self._clock(),
+                recharge_request_id=request_id,
+                reason=request.reason,
+                attempt=request.attempt,
+            )
+
+        def default_key(request: AdminRequest) -> str:
+            assert isinstance(request, RechargeOutcomeRequest)
+            return f"{request_id}#{request.attempt or 0}:{request.outcome}"
+
+        return await self._handle(
+            "recharge-outcome",
+            tenant_id,
+            headers,
+            body,
+            RechargeOutcomeRequest,
+            command,
+            principal,
+            context=(("request_id", request_id),),
+            default_key=default_key,
+        )
+
     async def _handle(
         self,
         endpoint: Endpoint,
@@ -455,8 +526,12 @@ class AdminAPI:
         model: type[AdminRequest],
         build: Callable[[BaseModel, str], Command],
         principal: Principal | None = None,
+        *,
+        context: Fingerprint = (),
+        default_key: Callable[[AdminRequest], str] | None = None,
     ) -> Reply:
-        kind = _KINDS[endpoint]
+        """`context`: what else makes two requests differ (a path's ids); `default_key`:
+        the key of a request sent without one (None: a fresh key, a new command)."""
         try:
             self._check_tenant(tenant_id)
             actor = self._authorize(endpoint, tenant_id, headers, principal).subject
@@ -468,13 +543,15 @@ class AdminAPI:
             # Who asked, into the command and so into its ledger entry.
             return build(request, command_id).model_copy(update={"actor": actor})
 
+        if key is None and default_key is not None:
+            key = default_key(request)
         if key is None:
             # No key: a new command each time; the answer names a key to retry with.
             key = self._new_command_id()
-            command_id = command_id_for(endpoint, key)
-            return await self._publish(command(request, command_id), kind, tenant_id, key)
+            built = command(request, command_id_for(endpoint, key))
+            return await self._publish(built, built.type, tenant_id, key)
         scope = (tenant_id, endpoint, key)
-        fingerprint = self._fingerprint(request)
+        fingerprint = self._fingerprint(request) + context
         seen = self.idempotency.get(scope)
         if seen is not None and seen.fingerprint != fingerprint:
             # Even after a 503: that command may have landed all the same.
@@ -484,9 +561,8 @@ class AdminAPI:
             return await asyncio.shield(seen.answer)
         # New, or the same request after a failure (503): publish (again).
         entry = self.idempotency.remember(scope, fingerprint)
-        publishing = self._publish(
-            command(request, command_id_for(endpoint, key)), kind, tenant_id, key
-        )
+        built = command(request, command_id_for(endpoint, key))
+        publishing = self._publish(built, built.type, tenant_id, key)
         return await self._settle(tenant_id, entry, publishing)
 
     async def _settle(
@@ -813,6 +889,16 @@ def install(meter: MeterLike) -> AdminAPI:
             body = await _body(request)
             principal = auth.principal_of(request)
             reply = await api.configure_limits(tenant_id, request.headers, body, principal)
+            return respond(self, reply)
+
+    @meter.app.page("/tenants/{tenant_id}/recharges/{request_id}/outcome")
+    class RechargeOutcomePage(View):
+        async def post(self, request: Request, tenant_id: str, request_id: str) -> Response:
+            body = await _body(request)
+            principal = auth.principal_of(request)
+            reply = await api.record_recharge_outcome(
+                tenant_id, request_id, request.headers, body, principal
+            )
             return respond(self, reply)
 
     @meter.app.page("/openapi.json")

@@ -221,3 +221,31 @@ def test_the_demo_runs_on_the_local_key_pair_and_prints_two_tokens(
     ]
     # METER_AUTH chosen by the user is left alone.
     assert local_auth({"METER_DATA_DIR": str(tmp_path), "METER_AUTH": "token"}) is None
+
+
+async def test_every_route_of_the_worker_and_the_sink_is_open_or_named(tmp_path: Path) -> None:
+    """Adding an endpoint means naming its permission in auth.ROUTES (or it is open)."""
+    from processor.app import Broker, Meter
+    from processor.auth import OPEN_PATHS
+    from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.sink.http import build_app
+    from processor.sink.store import LedgerStore, database_url
+
+    cfg = Settings(_env_file=None)  # type: ignore[call-arg]
+    meter = Meter(cfg, load_rate_card(example_rate_card_path()), Broker("127.0.0.1:1"), 4)
+    store = await LedgerStore.open(database_url(None, tmp_path))
+    try:
+        routes = [*meter.app.web.web_app.router.routes(), *build_app(store).router.routes()]
+        seen = set()
+        for route in routes:
+            path = route.resource.canonical if route.resource is not None else ""
+            if route.method == "HEAD" or path in OPEN_PATHS or path == "/":
+                continue
+            seen.add((route.method, path))
+            assert (route.method, path) in ROUTES, f"{route.method} {path} names no permission"
+        assert ("GET", "/tenants/{tenant_id}/ledger.csv") in seen
+        assert ("POST", "/tenants/{tenant_id}/recharges/{request_id}/outcome") in seen
+    finally:
+        await store.close()
+        if meter.app._http_client is not None:
+            await meter.app._http_client.close()

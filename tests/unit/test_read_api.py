@@ -209,7 +209,7 @@ def test_the_openapi_document_names_the_400_and_the_retry_after() -> None:
 
     paths = openapi.build()["paths"]
     read = paths["/tenants/{tenant_id}/account"]["get"]["responses"]
-    assert {"200", "400", "404", "503"} == set(read)
+    assert {"200", "400", "401", "403", "404", "503"} == set(read)
     assert "invalid_tenant_id" in read["400"]["description"]
     assert "Retry-After" in read["503"]["headers"]
     for path, method in (
