@@ -249,3 +249,34 @@ async def test_every_route_of_the_worker_and_the_sink_is_open_or_named(tmp_path:
         await store.close()
         if meter.app._http_client is not None:
             await meter.app._http_client.close()
+
+
+async def test_a_key_set_from_a_url_is_cached_and_fetched_off_the_loop(keys: TestKeys) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    fetched = 0
+
+    async def jwks(request: web.Request) -> web.Response:
+        nonlocal fetched
+        fetched += 1
+        return web.Response(body=keys.jwks_path.read_bytes(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    async with TestServer(app) as server:
+        url = str(server.make_url("/.well-known/jwks.json"))
+        access = Access("jwt", None, TokenVerifier(url, ISSUER, AUDIENCE))
+        # The server runs on this loop: a fetch on it would hang; check_async does not.
+        for alg in ("ES256", "RS256", "ES256"):
+            header = keys.header(keys.token(alg=alg, role="operator"))
+            principal = await access.check_async(header, Permission.READ, "acme")
+            assert principal.role == "operator"
+        assert fetched == 1
+        # Made-up key ids: refused, and at most one more fetch within the cooldown.
+        for i in range(20):
+            header = keys.header(keys.token(kid=f"nope-{i}", role="operator"))
+            with pytest.raises(AuthError) as caught:
+                await access.check_async(header, Permission.READ, "acme")
+            assert caught.value.status == 401
+        assert fetched <= 2
