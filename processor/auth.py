@@ -131,8 +131,10 @@ class Principal:
     def may(self, permission: Permission, tenant_id: str | None) -> bool:
         if permission not in GRANTS.get(self.role, frozenset()):
             return False
-        if self.role == "tenant_admin" and tenant_id is not None:
-            return tenant_id == self.tenant_id
+        if self.role == "tenant_admin":
+            # Its own tenant only; a route that names no tenant only when it needs no
+            # more than a signed-in caller (whoami).
+            return tenant_id == self.tenant_id or permission is Permission.SIGNED_IN
         return True
 
     def view(self) -> dict[str, Any]:
@@ -360,6 +362,15 @@ def access_from(cfg: Any) -> Access:
             cfg.auth_jwks, cfg.auth_issuer, cfg.auth_audience, cfg.auth_leeway_seconds
         )
     return Access(cfg.auth, cfg.admin_token, verifier)
+
+
+def client_headers(cfg: Any) -> dict[str, str]:
+    """What the `meter` CLI sends to a worker: METER_API_TOKEN's or METER_ADMIN_TOKEN's
+    bearer, when one is set."""
+    secret = cfg.api_token or cfg.admin_token
+    if secret is None or not secret.get_secret_value():
+        return {}
+    return {"Authorization": f"Bearer {secret.get_secret_value()}"}
 
 
 def _route(request: web.Request) -> str | None:
