@@ -115,6 +115,9 @@ ROUTES: Final[dict[tuple[str, str], Permission]] = {
     ("GET", "/tenants/{tenant_id}/usage"): Permission.READ,
     ("GET", "/tenants/{tenant_id}/ledger.csv"): Permission.READ,
     ("GET", "/auth/whoami"): Permission.SIGNED_IN,
+    # Issue 21 part 3 (wip-d): a command's status names no tenant in its path, so a
+    # tenant admin is refused it (Principal.may); operators and the static token read it.
+    ("GET", "/commands/{command_id}"): Permission.READ,
 }
 # Open to anyone, whatever METER_AUTH says.
 OPEN_PATHS: Final = frozenset({"/metrics", "/health", "/ready", "/openapi.json"})
