@@ -11,7 +11,7 @@
 
 *Added:* every command that prints a result takes `--output json|table`;
 `--via-api URL` sends a top-up or settings through a worker's admin API (bearer
-token from `--token` or METER_TOKEN) instead of straight to Kafka, and prints where
+token from `--token` or METER_API_TOKEN) instead of straight to Kafka, and prints where
 its status is (`meter command status ID`).
 
 The commands that change accounts publish the contract's commands straight to
@@ -202,9 +202,11 @@ def _output(args: argparse.Namespace | None) -> str:
 def _token(args: argparse.Namespace) -> str:
     import os
 
-    token: str | None = args.token or os.environ.get("METER_TOKEN")
+    token: str | None = args.token or os.environ.get("METER_API_TOKEN")
     if not token:
-        raise _Failed(EXIT_USAGE, "--via-api needs a bearer token: pass --token or set METER_TOKEN")
+        raise _Failed(
+            EXIT_USAGE, "--via-api needs a bearer token: pass --token or set METER_API_TOKEN"
+        )
     return token
 
 
@@ -434,11 +436,14 @@ def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
 async def _get_account(worker_url: str, tenant: str) -> tuple[int, dict[str, Any]]:
     import aiohttp
 
+    from processor.auth import client_headers
+
     url = f"{worker_url.rstrip('/')}/tenants/{quote(tenant, safe='')}/account"
+    headers = client_headers(_settings())  # METER_AUTH=jwt: the reads need a token
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS)) as s,
-            s.get(url) as resp,
+            s.get(url, headers=headers) as resp,
         ):
             raw = await resp.read()
             status = resp.status
@@ -525,12 +530,12 @@ def _api_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=None,
         help="send it through a worker's admin API at URL (e.g. http://127.0.0.1:6066) "
-        "instead of straight to Kafka; needs --token or METER_TOKEN",
+        "instead of straight to Kafka; needs --token or METER_API_TOKEN",
     )
     parser.add_argument(
         "--token",
         default=None,
-        help="the admin API's bearer token (default: $METER_TOKEN); with --via-api",
+        help="the admin API's bearer token (default: $METER_API_TOKEN); with --via-api",
     )
     add_output(parser)
 

@@ -102,6 +102,20 @@ class Settings(BaseSettings):
     # The admin API's bearer token (processor/admin.py); unset disables the admin
     # endpoints. SecretStr: never printed by a repr or a settings dump.
     admin_token: SecretStr | None = Field(default=None, validation_alias="METER_ADMIN_TOKEN")
+    # Access per tenant (processor/auth.py). `token`: the read API is open and the
+    # admin API takes METER_ADMIN_TOKEN (as before); `jwt`: every tenant endpoint
+    # takes a JSON Web Token verified against METER_AUTH_JWKS (a file or an http(s)
+    # URL), with this issuer and audience, and METER_ADMIN_TOKEN still works.
+    auth: Literal["token", "jwt"] = Field(default="token", validation_alias="METER_AUTH")
+    auth_jwks: str | None = Field(default=None, validation_alias="METER_AUTH_JWKS")
+    auth_issuer: str | None = Field(default=None, validation_alias="METER_AUTH_ISSUER")
+    auth_audience: str | None = Field(default=None, validation_alias="METER_AUTH_AUDIENCE")
+    # The bearer the `meter` CLI sends to a worker's read API (`meter account`,
+    # `meter reconcile --worker-url`) under METER_AUTH=jwt; else METER_ADMIN_TOKEN's.
+    api_token: SecretStr | None = Field(default=None, validation_alias="METER_API_TOKEN")
+    auth_leeway_seconds: int = Field(
+        default=30, validation_alias="METER_AUTH_LEEWAY_SECONDS", ge=0, le=300
+    )
     # Secure Kafka (processor/kafka_options.py turns these into client options).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"

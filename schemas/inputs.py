@@ -26,6 +26,7 @@ from schemas.types import (
     E164_PATTERN,
     ID_PATTERN,
     TENANT_ID_PATTERN,
+    Actor,
     CommandId,
     Currency,
     DurationSeconds,
@@ -106,6 +107,8 @@ class FundsAdded(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller); carried into its ledger entry.
+    actor: Actor | None = None
     amount: PositiveAmount
     currency: Currency
     source: Literal["manual", "auto_recharge"]
@@ -130,6 +133,8 @@ class AutoRechargeConfigured(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller); carried into its ledger entry.
+    actor: Actor | None = None
     enabled: StrictBool
     recharge_amount: PositiveAmount
     trigger_balance: NonNegativeAmount
@@ -169,6 +174,7 @@ class AutoRechargeChanged(_Input):
     currency: Currency | None = None
     mode: Literal["fixed", "to_target"] | None = None
     target_balance: PositiveAmount | None = None
+    actor: Actor | None = None
 
     @model_validator(mode="after")
     def _names_a_setting(self) -> Self:
@@ -187,6 +193,8 @@ class TenantLimitsConfigured(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller); carried into its ledger entry.
+    actor: Actor | None = None
     # How far below zero the balance may go: exhausted when balance + credit_limit <= 0.
     credit_limit: NonNegativeAmount | None = None
     # A low_balance alert when the balance falls from >= this level to below it.
@@ -206,6 +214,8 @@ class RechargeFailed(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller); carried into its ledger entry.
+    actor: Actor | None = None
     recharge_request_id: RequestId
     reason: Reason
     # Added: the attempt that failed (RechargeRequested.attempt). A failure of an

@@ -7,6 +7,8 @@
     GET /health, GET /ready (200 once the consumer has its partitions, else 503)
     GET /metrics (added: meter_build_info and the process and Python collectors)
 
+With METER_AUTH=jwt the tenant paths take a token as the workers' do (processor/auth.py).
+
 Every answer comes from the database the sink writes (so it trails Kafka by the
 sink's lag). A tenant id that breaks the contract's pattern is a 400
 `invalid_tenant_id` before anything else, never echoed; a bad query parameter is a
@@ -27,6 +29,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
+from processor import auth
+from processor.auth import Access
 from processor.metrics import service_registry
 from processor.problems import RETRY_AFTER_SECONDS, as_is, problem, problem_middleware
 from processor.sink.store import (
@@ -59,6 +63,8 @@ CSV_COLUMNS: Final = (
     "rate_prefix",
     "rate_per_minute",
     "billed_seconds",
+    # Added: who caused the entry (a command's actor); last, so columns keep places.
+    "actor",
 )
 STORE: Final = web.AppKey("store", LedgerStore)
 READY: Final = web.AppKey[Callable[[], bool]]("ready")
@@ -161,6 +167,7 @@ def _csv_row(row: dict[str, Any]) -> list[str]:
         _csv_text(row["rate_prefix"]),
         "" if rate is None else format_money(rate),
         "" if row["billed_seconds"] is None else str(row["billed_seconds"]),
+        _csv_text(row.get("actor")),
     ]
 
 
@@ -312,8 +319,12 @@ async def command_status(request: web.Request) -> web.Response:
     return _json(200, command_view(rows[0]))
 
 
-def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, _errors])
+def build_app(
+    store: LedgerStore, ready: Callable[[], bool] = lambda: True, access: Access | None = None
+) -> web.Application:
+    # METER_AUTH=jwt: the tenant endpoints need a token allowing them (processor/auth.py).
+    guard = auth.middleware(access or Access("token", None))
+    app = web.Application(middlewares=[problem_middleware, guard, _errors])
     app[STORE] = store
     app[READY] = ready
     app[REGISTRY] = service_registry()

@@ -190,7 +190,7 @@ async def test_the_cli_goes_through_the_admin_api_and_follows_the_status(
         "cli-1",
         "--output",
         "json",
-        env={"METER_TOKEN": TOKEN},
+        env={"METER_API_TOKEN": TOKEN},
     )
     assert sent.returncode == 0, sent.stderr
     accepted = json.loads(sent.stdout)

@@ -122,7 +122,7 @@ def test_add_funds_via_the_admin_api(
 def test_auto_recharge_via_the_api_uses_put_and_delete(
     http: FakeHTTP, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("METER_TOKEN", "from-env")
+    monkeypatch.setenv("METER_API_TOKEN", "from-env")
     http.answers = [accepted("auto-recharge:s", "auto_recharge_configured", "/commands/x")]
     argv = ["auto-recharge", "set", "acme", "--amount", "25", "--trigger", "5"]
     assert cli.main([*argv, "--via-api", "http://w", "--idempotency-key", "s"]) == 0
@@ -144,9 +144,9 @@ def test_auto_recharge_via_the_api_uses_put_and_delete(
 def test_via_api_without_a_token_or_refused(
     http: FakeHTTP, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("METER_TOKEN", raising=False)
+    monkeypatch.delenv("METER_API_TOKEN", raising=False)
     assert cli.main(["add-funds", "acme", "5", "--via-api", "http://w"]) == cli.EXIT_USAGE
-    assert "METER_TOKEN" in capsys.readouterr().err and http.calls == []
+    assert "METER_API_TOKEN" in capsys.readouterr().err and http.calls == []
     http.answers = [(422, {"detail": "body.currency: must be USD"}, {})]
     argv = ["add-funds", "acme", "5", "--via-api", "http://w", "--token", "t"]
     assert cli.main(argv) == cli.EXIT_USAGE
