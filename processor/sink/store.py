@@ -156,6 +156,30 @@ recharge_outcomes: Final = sa.Table(
     sa.Column("source_offset", sa.BigInteger, nullable=False),
 )
 
+# Added: one row per tenant, for the operator's list (processor/sink/tenants.py).
+tenants: Final = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("tenant_id", sa.Text, primary_key=True),
+    sa.Column("currency", sa.Text),
+    sa.Column("balance", Money),
+    sa.Column("status", sa.Text),
+    sa.Column("status_seq", sa.Integer),
+    sa.Column("credit_limit", Money),
+    sa.Column("notify_below", Money),
+    sa.Column("trigger_balance", Money),
+    sa.Column("suspended", sa.Boolean, nullable=False),
+    sa.Column("suspended_changed_at", UtcDateTime),
+    sa.Column("recharge_failures", sa.Integer, nullable=False),
+    sa.Column("last_failure_reason", sa.Text),
+    sa.Column("exhausted", sa.Boolean, nullable=False),
+    sa.Column("below_low", sa.Boolean, nullable=False),
+    sa.Column("ledger_offset", sa.BigInteger),
+    sa.Column("alerts_offset", sa.BigInteger),
+    sa.Column("commands_offset", sa.BigInteger),
+    sa.Column("updated_at", UtcDateTime),
+)
+
 sink_offsets: Final = sa.Table(
     "sink_offsets",
     metadata,
@@ -246,6 +270,8 @@ class Batch:
     ledger: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    # Added: what each record tells about its tenant (the tenants table), in order.
+    events: list[Any] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -326,6 +352,10 @@ class LedgerStore:
             ):
                 if rows:
                     await conn.execute(self._insert(table).on_conflict_do_nothing(), rows)
+            if batch.events:
+                from processor.sink.tenants import apply_events  # it imports this module
+
+                await apply_events(conn, batch.events)
             if batch.positions:
                 stmt = self._insert(sink_offsets)
                 stmt = stmt.on_conflict_do_update(

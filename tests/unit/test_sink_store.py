@@ -131,7 +131,7 @@ async def test_migrating_again_changes_nothing(store: LedgerStore) -> None:
     await store.migrate()
     async with store.engine.connect() as conn:
         version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
-    assert [tuple(v) for v in version] == [("0001",)]
+    assert [tuple(v) for v in version] == [("0002",)]
     assert await store.count("ledger") == 3
 
 
