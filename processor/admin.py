@@ -45,24 +45,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal, Protocol, cast
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
-from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from processor import openapi
+from processor import openapi, problems
 from processor.views import tenant_id_problem
 from schemas.admin import (
+    AutoRechargePatch,
     AutoRechargeRequest,
     CommandAccepted,
-    ErrorBody,
     FieldError,
     FundsRequest,
     LimitsRequest,
 )
 from schemas.inputs import (
+    AutoRechargeChanged,
     AutoRechargeConfigured,
     FundsAdded,
     TenantLimitsConfigured,
@@ -88,14 +90,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CommandKind = Literal["funds_added", "auto_recharge_configured", "tenant_limits_configured"]
-Endpoint = Literal["funds", "auto-recharge", "limits"]
-Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured
-AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest
+CommandKind = Literal[
+    "funds_added", "auto_recharge_configured", "tenant_limits_configured", "auto_recharge_changed"
+]
+# The PATCH and DELETE of auto-recharge are endpoints of their own for keys and ids.
+Endpoint = Literal["funds", "auto-recharge", "limits", "auto-recharge-change", "auto-recharge-off"]
+Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured | AutoRechargeChanged
+
+
+class NoBody(BaseModel):
+    """DELETE /tenants/{tenant_id}/auto-recharge takes no body (or `{}`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    currency: None = None
+
+
+AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest | AutoRechargePatch | NoBody
 _KINDS: Final[dict[Endpoint, CommandKind]] = {
     "funds": "funds_added",
     "auto-recharge": "auto_recharge_configured",
     "limits": "tenant_limits_configured",
+    "auto-recharge-change": "auto_recharge_changed",
+    "auto-recharge-off": "auto_recharge_changed",
 }
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
@@ -110,9 +126,14 @@ PUBLISH_TIMEOUT_SECONDS: Final = 15.0
 AUTO_RECHARGE_ID_PREFIX: Final = "auto-recharge:"
 # A limits request's command_id: this prefix and its key (added with the endpoint).
 LIMITS_ID_PREFIX: Final = "limits:"
+# Added with PATCH and DELETE of auto-recharge.
+AUTO_RECHARGE_CHANGE_ID_PREFIX: Final = "auto-recharge-change:"
+AUTO_RECHARGE_OFF_ID_PREFIX: Final = "auto-recharge-off:"
 _ID_PREFIXES: Final[dict[Endpoint, str]] = {
     "auto-recharge": AUTO_RECHARGE_ID_PREFIX,
     "limits": LIMITS_ID_PREFIX,
+    "auto-recharge-change": AUTO_RECHARGE_CHANGE_ID_PREFIX,
+    "auto-recharge-off": AUTO_RECHARGE_OFF_ID_PREFIX,
 }
 MAX_COMMAND_ID_LENGTH: Final = 128
 # The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
@@ -158,8 +179,10 @@ def _error_reply(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Reply:
-    body = ErrorBody(error=code, detail=detail, tenant_id=tenant_id, errors=errors)
-    return Reply(status, body.to_json(), headers or {})
+    # RFC 9457 problem details (processor/problems.py); `error`, `tenant_id` and
+    # `errors` as the contract promised before.
+    body = problems.problem_body(status, code, detail, tenant_id=tenant_id, errors=errors)
+    return Reply(status, body, problems.problem_headers(status, headers))
 
 
 def _message(error: ErrorDetails) -> str:
@@ -202,6 +225,15 @@ def command_id_for(endpoint: Endpoint, key: str) -> str:
     if len(derived) <= MAX_COMMAND_ID_LENGTH:
         return derived
     return f"{prefix}sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def command_location(command_id: str, tenant_id: str) -> str:
+    """Added: where a command's status is (`GET /commands/{command_id}`).
+
+    The id is percent-encoded (it may hold any printable character); the tenant rides
+    along, as command ids are unique per tenant only.
+    """
+    return f"/commands/{quote(command_id, safe='')}?tenant_id={quote(tenant_id, safe='')}"
 
 
 def decimal_places(value: Decimal) -> int:
@@ -398,6 +430,49 @@ class AdminAPI:
             "auto-recharge", tenant_id, headers, body, AutoRechargeRequest, command
         )
 
+    async def change_auto_recharge(
+        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+    ) -> Reply:
+        """PATCH /tenants/{tenant_id}/auto-recharge -> an `auto_recharge_changed` command.
+
+        Only the fields the request named: the owner merges them with the tenant's
+        settings in order with every other command (not here, read-modify-write).
+        """
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            assert isinstance(request, AutoRechargePatch)
+            given = {name: getattr(request, name) for name in request.model_fields_set}
+            return AutoRechargeChanged(
+                type="auto_recharge_changed",
+                command_id=command_id,
+                tenant_id=tenant_id,
+                occurred_at=self._clock(),
+                **given,
+            )
+
+        return await self._handle(
+            "auto-recharge-change", tenant_id, headers, body, AutoRechargePatch, command
+        )
+
+    async def disable_auto_recharge(
+        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+    ) -> Reply:
+        """DELETE /tenants/{tenant_id}/auto-recharge -> `auto_recharge_changed` with
+        `enabled: false` (the settings are kept, off, as a PUT with enabled false)."""
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            return AutoRechargeChanged(
+                type="auto_recharge_changed",
+                command_id=command_id,
+                tenant_id=tenant_id,
+                occurred_at=self._clock(),
+                enabled=False,
+            )
+
+        if body is not None and not body.strip():
+            body = b"{}"
+        return await self._handle("auto-recharge-off", tenant_id, headers, body, NoBody, command)
+
     async def configure_limits(
         self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
     ) -> Reply:
@@ -473,7 +548,9 @@ class AdminAPI:
 
     def _fingerprint(self, request: AdminRequest) -> Fingerprint:
         # A limits request's absent field (kept) differs from its null (cleared).
-        fields = request.model_dump(exclude_unset=isinstance(request, LimitsRequest))
+        fields = request.model_dump(
+            exclude_unset=isinstance(request, LimitsRequest | AutoRechargePatch)
+        )
         if fields.get("currency") is None:
             fields["currency"] = self.currency  # implied by the rate card
         return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
@@ -617,7 +694,7 @@ class AdminAPI:
         self, command: Command, kind: CommandKind, tenant_id: str, key: str
     ) -> Reply:
         command_id = command.command_id
-        if isinstance(command, TenantLimitsConfigured):
+        if isinstance(command, TenantLimitsConfigured | AutoRechargeChanged):
             # What the request named and no more: an absent limit is kept, a null cleared.
             value = command.model_dump_json(exclude_unset=True).encode()
         else:
@@ -652,7 +729,7 @@ class AdminAPI:
         return Reply(
             202,
             accepted.to_json(),
-            {"Location": f"/tenants/{tenant_id}/account", IDEMPOTENCY_HEADER: key},
+            {"Location": command_location(command_id, tenant_id), IDEMPOTENCY_HEADER: key},
         )
 
 
@@ -727,7 +804,10 @@ def install(meter: MeterLike) -> AdminAPI:
     document = openapi.render().encode()
 
     def respond(view: View, reply: Reply) -> Response:
-        return view.bytes(reply.body, content_type=JSON, status=reply.status, headers=reply.headers)
+        content_type = problems.PROBLEM_JSON if reply.status >= 400 else JSON
+        return view.bytes(
+            reply.body, content_type=content_type, status=reply.status, headers=reply.headers
+        )
 
     @meter.app.page("/tenants/{tenant_id}/funds")
     class FundsPage(View):
@@ -740,6 +820,16 @@ def install(meter: MeterLike) -> AdminAPI:
         async def put(self, request: Request, tenant_id: str) -> Response:
             body = await _body(request)
             reply = await api.configure_auto_recharge(tenant_id, request.headers, body)
+            return respond(self, reply)
+
+        async def patch(self, request: Request, tenant_id: str) -> Response:
+            body = await _body(request)
+            reply = await api.change_auto_recharge(tenant_id, request.headers, body)
+            return respond(self, reply)
+
+        async def delete(self, request: Request, tenant_id: str) -> Response:
+            body = await _body(request)
+            reply = await api.disable_auto_recharge(tenant_id, request.headers, body)
             return respond(self, reply)
 
     @meter.app.page("/tenants/{tenant_id}/limits")

@@ -24,7 +24,7 @@ from faust.types import TP, EventT, Message, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from processor import admin, kafka_options, metrics, observe, store
+from processor import admin, command_status, kafka_options, metrics, observe, store
 from processor import consumer as consumer_
 from processor.changelog_reader import ChangelogReader
 from processor.codec import dump_mark, dump_stored, load_mark, load_stored
@@ -32,6 +32,7 @@ from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import RateCard
 from processor.handler import Changelog, Deliveries, Record, RecordHandler, Source
+from processor.problems import PROBLEM_JSON, as_is, install_fallback, problem_body
 from processor.publisher import TransactionalPublisher
 from processor.routing import partition_for
 from processor.settings import Settings
@@ -110,8 +111,14 @@ def _exit_after_crash() -> None:
     os._exit(1)
 
 
-def _error(code: str, detail: str, tenant_id: str | None) -> bytes:
-    return orjson.dumps({"error": code, "detail": detail, "tenant_id": tenant_id})
+def _error(status: int, code: str, detail: str, tenant_id: str | None) -> bytes:
+    # RFC 9457 problem details (processor/problems.py), with the promised fields.
+    return problem_body(status, code, detail, tenant_id=tenant_id)
+
+
+def _content_type(status: int) -> str:
+    # An error is problem details, here or forwarded from the owner (the same code).
+    return PROBLEM_JSON if status >= 400 else "application/json"
 
 
 def _record(event: EventT[Any]) -> Record:
@@ -290,6 +297,7 @@ class Meter:
         self._declare_web()
         observe.install(self)
         admin.install(self)
+        command_status.install(self)
 
     # ---- agents ----------------------------------------------------------------
 
@@ -503,6 +511,9 @@ class Meter:
     def _declare_web(self) -> None:
         app = self.app
         meter = self
+        # What aiohttp and Faust answer on their own (unknown path, method not
+        # served, an exception) leaves as problem details too.
+        install_fallback(app.web)
 
         @app.page("/tenants/{tenant_id}/account")
         class AccountPage(View):
@@ -511,7 +522,7 @@ class Meter:
                     tenant_id, forwarded=FORWARDED_HEADER in request.headers
                 )
                 return self.bytes(
-                    body, content_type="application/json", status=status, headers=headers
+                    body, content_type=_content_type(status), status=status, headers=headers
                 )
 
         @app.page("/tenants/{tenant_id}/authorize")
@@ -525,7 +536,7 @@ class Meter:
                     forwarded=FORWARDED_HEADER in request.headers,
                 )
                 return self.bytes(
-                    body, content_type="application/json", status=status, headers=headers
+                    body, content_type=_content_type(status), status=status, headers=headers
                 )
 
         @app.page("/metrics")
@@ -547,11 +558,16 @@ class Meter:
         class ReadyPage(View):
             async def get(self, request: Request) -> Response:
                 ready, detail = meter.readiness()
-                return self.bytes(
+                # A probe's answer, not an error: the contract's body, and like every
+                # 503 a Retry-After.
+                response = self.bytes(
                     orjson.dumps({"ready": ready, "detail": detail}),
                     content_type="application/json",
                     status=200 if ready else 503,
+                    headers=None if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
+                as_is(cast(web.Response, response))
+                return response
 
         self.pages = (AccountPage, AuthorizePage, MetricsPage, HealthPage, ReadyPage)
 
@@ -573,7 +589,7 @@ class Meter:
 
         def local(stored: Any) -> tuple[int, bytes, dict[str, str]]:
             if stored is None:
-                return 404, _error("not_found", "no event for this tenant yet", tenant_id), {}
+                return 404, _error(404, "not_found", "no event for this tenant yet", tenant_id), {}
             return 200, orjson.dumps(account_view(stored.account, self.card.currency)), {}
 
         return await self._owner_answer(tenant_id, forwarded, "account", local)
@@ -587,7 +603,7 @@ class Meter:
         if problem is None:
             bad = authorize_problem(service, number)
             if bad is not None:
-                return 400, _error(bad[0], bad[1], tenant_id), {}
+                return 400, _error(400, bad[0], bad[1], tenant_id), {}
             assert service is not None and number is not None
 
         def local(stored: Any) -> tuple[int, bytes, dict[str, str]]:
@@ -619,7 +635,7 @@ class Meter:
         """
         problem = tenant_id_problem(tenant_id)
         if problem is not None:
-            return 400, _error("invalid_tenant_id", problem, None), {}
+            return 400, _error(400, "invalid_tenant_id", problem, None), {}
         retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         owner = self.owner_url(tenant_id)
         me = str(self.app.conf.canonical_url)
@@ -634,16 +650,19 @@ class Meter:
                     status, body = resp.status, await resp.read()
             except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
                 detail = f"{owner} did not answer within {self.forward_timeout:g}s"
-                return 503, _error("owner_unreachable", detail, tenant_id), retry
+                return 503, _error(503, "owner_unreachable", detail, tenant_id), retry
             except aiohttp.ClientError as exc:
-                return 503, _error("owner_unreachable", f"{owner}: {exc!r}", tenant_id), retry
+                return 503, _error(503, "owner_unreachable", f"{owner}: {exc!r}", tenant_id), retry
             return status, body, retry if status == 503 else {}
         partition = partition_for(tenant_id, self.partitions)
         if owner != me or partition not in self._owned_partitions() or not self.readiness()[0]:
             return (
                 503,
                 _error(
-                    "unavailable", "the tenant's partition is being reassigned; retry", tenant_id
+                    503,
+                    "unavailable",
+                    "the tenant's partition is being reassigned; retry",
+                    tenant_id,
                 ),
                 retry,
             )

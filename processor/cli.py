@@ -263,7 +263,13 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     bootstrap = _bootstrap(cfg)
     names = TopicNames.from_settings(cfg)
-    topics = SinkTopics(names.ledger, names.recharge_requests, names.commands, names.alerts)
+    topics = SinkTopics(
+        names.ledger,
+        names.recharge_requests,
+        names.commands,
+        names.command_results,
+        alerts=names.alerts,
+    )
 
     async def main() -> int:
         try:

@@ -37,10 +37,12 @@ from schemas import (
     decode_command,
     decode_conference,
 )
-from schemas.types import TENANT_ID_PATTERN, format_timestamp
+from schemas.inputs import COMMAND_TYPES
+from schemas.types import ID_PATTERN, TENANT_ID_PATTERN, format_timestamp
 
 log = logging.getLogger(__name__)
 _TENANT_RE = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
+_COMMAND_ID_RE = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 # Headers that carry a re-routed record's origin, so its ledger entry and any
 # rejection still name the topic, partition and offset it first arrived at.
@@ -271,6 +273,7 @@ class RecordHandler:
             names.rejected: "rejected",
             names.reroute: "reroute",
             names.timer: "timer",
+            names.command_results: "command_results",
         }
 
     # ---- single records: staged and flushed at once ------------------------------
@@ -527,6 +530,8 @@ class RecordHandler:
             event = self._decoders[source](rec.value)
         except DecodeError as err:
             self._reject(origin, err.reason, err.detail)
+            if source is Source.COMMANDS:
+                self._undecoded_result(rec.value, err.reason, err.detail)
             self._metrics.inc(self._child(metrics.RECORDS, label, "rejected"))
             return "rejected"
         tenant = event.tenant_id
@@ -556,7 +561,10 @@ class RecordHandler:
                 rec.offset,
                 extra={"tenant_id": tenant, **_coordinates(rec)},
             )
-            self._reject(origin, "internal_error", f"{type(exc).__name__}: {exc}", tenant)
+            detail = f"{type(exc).__name__}: {exc}"
+            self._reject(origin, "internal_error", detail, tenant)
+            if not isinstance(event, CallUsage | ConferenceUsage):
+                self._command_result(event, "rejected", None, "internal_error", detail)
             self._metrics.inc(self._child(metrics.RECORDS, label, "rejected"))
             return "rejected"
         if outcome.status is Status.APPLIED:
@@ -573,7 +581,91 @@ class RecordHandler:
                 extra={"tenant_id": tenant, "event_id": record_id, **_coordinates(rec)},
             )
         self._finish(label, outcome, origin, started)
+        if not isinstance(event, CallUsage | ConferenceUsage):
+            self._result_of(event, outcome)
         return outcome.status.value
+
+    # ---- command results (added: credits.command-results) -------------------------
+
+    def _result_of(self, cmd: Command, outcome: Outcome) -> None:
+        """Stage what became of `cmd`, beside its other outputs (one transaction).
+
+        Nothing for a duplicate (the first result stands) nor for a record replayed
+        after a crash (its round, result included, is in already)."""
+        status = outcome.status
+        if status is Status.APPLIED:
+            entry = next(
+                (
+                    out.entry_id
+                    for out in outcome.outputs
+                    if isinstance(out, acc.LedgerOut) and out.cause_id == cmd.command_id
+                ),
+                None,
+            )
+            self._command_result(cmd, "applied", entry)
+        elif status is Status.REJECTED:
+            assert outcome.rejection is not None
+            rejection = outcome.rejection
+            self._command_result(cmd, "rejected", None, rejection.reason, rejection.detail)
+        elif status is Status.IGNORED:
+            note = outcome.note or "ignored"
+            self._command_result(cmd, "ignored", None, note, f"nothing changed: {note}")
+
+    def _command_result(
+        self,
+        cmd: Command,
+        outcome: str,
+        entry_id: str | None,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self._result(cmd.command_id, cmd.tenant_id, cmd.type, outcome, entry_id, reason, detail)
+
+    def _result(
+        self,
+        command_id: str,
+        tenant_id: str,
+        command_type: str,
+        outcome: str,
+        entry_id: str | None,
+        reason: str | None,
+        detail: str | None,
+    ) -> None:
+        body: dict[str, Any] = {
+            "type": "command_result",
+            "command_id": command_id,
+            "tenant_id": tenant_id,
+            "command_type": command_type,
+            "outcome": outcome,
+            "entry_id": entry_id,
+        }
+        if reason is not None:
+            body["reason"] = reason
+            # Encodable however it came (an exception's text may quote anything).
+            text = (detail or "").encode("utf-8", "backslashreplace").decode("utf-8")
+            body["detail"] = text[:2000]
+        body["recorded_at"] = format_timestamp(self.clock())
+        self._send(self.names.command_results, tenant_id.encode(), orjson.dumps(body))
+
+    def _undecoded_result(self, value: bytes | None, reason: str, detail: str) -> None:
+        """A command that could not be decoded is rejected in its result too, when it
+        names a valid command_id, tenant_id and command type (else it has no id to be
+        asked about)."""
+        try:
+            body = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(body, dict):
+            return
+        command_id, tenant, kind = body.get("command_id"), body.get("tenant_id"), body.get("type")
+        if (
+            isinstance(command_id, str)
+            and _COMMAND_ID_RE.fullmatch(command_id)
+            and isinstance(tenant, str)
+            and _TENANT_RE.fullmatch(tenant)
+            and kind in COMMAND_TYPES
+        ):
+            self._result(command_id, tenant, kind, "rejected", None, reason, detail)
 
     def _finish(self, label: str, outcome: Outcome, origin: Record, started: float) -> None:
         if outcome.status is Status.REJECTED:

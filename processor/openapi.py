@@ -23,6 +23,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from processor.sink import api_doc as sink_doc
 from schemas.admin import (
+    AutoRechargePatch,
     AutoRechargeRequest,
     CommandAccepted,
     ErrorBody,
@@ -38,12 +39,13 @@ __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
 DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 # The HTTP API's own version: bump on a change a client would notice.
-API_VERSION: Final = "1.3.0"
+API_VERSION: Final = "1.4.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (FundsRequest, "validation"),
     (AutoRechargeRequest, "validation"),
+    (AutoRechargePatch, "validation"),
     (LimitsRequest, "validation"),
     (AccountView, "serialization"),
     (AuthorizeView, "serialization"),
@@ -56,7 +58,9 @@ _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+    # Errors are RFC 9457 problem details (processor/problems.py).
+    media = "application/problem+json" if ref.endswith("/ErrorBody") else "application/json"
+    return {"description": description, "content": {media: {"schema": {"$ref": ref}}}}
 
 
 def _paths(refs: dict[str, str]) -> dict[str, Any]:
@@ -132,7 +136,8 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
         ),
         "headers": {
             "Location": {
-                "description": "Where to read the account.",
+                "description": "Added: where to read what became of the command, "
+                "`/commands/{command_id}?tenant_id={tenant_id}` (percent-encoded).",
                 "schema": {"type": "string"},
             },
             "Idempotency-Key": {
@@ -255,7 +260,36 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 "new settings also lift a suspension.",
                 refs["AutoRechargeRequest"],
                 "The complete settings; `enabled: false` turns auto-recharge off.",
-            )
+            ),
+            "patch": admin(
+                "changeAutoRecharge",
+                "Change some of the auto-recharge settings",
+                "Added. Publishes an `auto_recharge_changed` command keyed by the tenant "
+                "(its `command_id` is `auto-recharge-change:` + the Idempotency-Key) with "
+                "only the fields named. The tenant's owner merges them with the current "
+                "settings in order with every other command and rejects an invalid result "
+                "(`invalid_settings`: a target not above the trigger, or no amount or "
+                "trigger for a tenant without settings); see the command's status.",
+                refs["AutoRechargePatch"],
+                "At least one of `enabled`, `recharge_amount`, `trigger_balance`, `mode`, "
+                "`target_balance`; an absent field keeps its value, `target_balance: null` "
+                "clears it. 422 when what is named is invalid on its own.",
+            ),
+            "delete": {
+                **{
+                    k: v
+                    for k, v in admin(
+                        "disableAutoRecharge",
+                        "Turn auto-recharge off",
+                        "Added. Publishes an `auto_recharge_changed` command with "
+                        "`enabled: false` (its `command_id` is `auto-recharge-off:` + the "
+                        "Idempotency-Key); the amounts are kept. No body (or `{}`).",
+                        refs["AutoRechargePatch"],
+                        "",
+                    ).items()
+                    if k != "requestBody"
+                },
+            },
         },
         "/tenants/{tenant_id}/limits": {
             "put": admin(

@@ -16,6 +16,8 @@ RECHARGE_REQUESTS = "credits.recharge-requests"
 LEDGER = "credits.ledger"
 ALERTS = "credits.alerts"
 REJECTED = "credits.rejected"
+# Added: what became of each command (processor/handler.py, docs/contract.md).
+COMMAND_RESULTS = "credits.command-results"
 # What METER_DATABASE_URL may start with (processor/sink/store.py adds the driver).
 DATABASE_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "sqlite")
 
@@ -91,6 +93,8 @@ class Settings(BaseSettings):
     # METER_WEB_PORT and METER_SINK_PORT).
     console_port: int = Field(default=6080, validation_alias="METER_CONSOLE_PORT", ge=0, le=65535)
     api_url: str | None = Field(default=None, validation_alias="METER_API_URL")
+    # Added: where a worker forwards GET /commands/{command_id}, and where the console
+    # reads the history (unset: the local sink, http://127.0.0.1:METER_SINK_PORT).
     sink_url: str | None = Field(default=None, validation_alias="METER_SINK_URL")
 
     # The admin API's bearer token (processor/admin.py); unset disables the admin

@@ -34,6 +34,8 @@ class TopicNames:
     # Faust's table changelogs (named by Faust: app id, table, no prefix).
     accounts_changelog: str
     dedupe_changelog: str
+    # Added: each command's outcome (last, with a default, for older callers).
+    command_results: str = s.COMMAND_RESULTS
 
     @classmethod
     def from_settings(cls, cfg: s.Settings) -> TopicNames:
@@ -50,6 +52,7 @@ class TopicNames:
             timer=f"{internal}-recharge-timer",
             accounts_changelog=f"{cfg.app_id}-accounts-changelog",
             dedupe_changelog=f"{cfg.app_id}-dedupe-changelog",
+            command_results=cfg.topic(s.COMMAND_RESULTS),
         )
 
     @property
@@ -58,7 +61,13 @@ class TopicNames:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.recharge_requests, self.ledger, self.alerts, self.rejected)
+        return (
+            self.recharge_requests,
+            self.ledger,
+            self.alerts,
+            self.rejected,
+            self.command_results,
+        )
 
     @property
     def changelogs(self) -> tuple[str, ...]:

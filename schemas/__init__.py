@@ -8,6 +8,7 @@ from schemas.api import AccountView, AutoRechargeView, PendingRechargeView
 from schemas.inputs import (
     COMMAND_ADAPTER,
     COMMAND_TYPES,
+    AutoRechargeChanged,
     AutoRechargeConfigured,
     CallUsage,
     Command,
@@ -34,6 +35,7 @@ __all__ = [
     "COMMAND_TYPES",
     "MAX_AMOUNT",
     "AccountView",
+    "AutoRechargeChanged",
     "AutoRechargeConfigured",
     "AutoRechargeView",
     "BalanceAlert",

@@ -22,9 +22,11 @@ from schemas.types import (
     TenantId,
     check_limits_named,
     check_recharge_target,
+    check_settings_named,
 )
 
 __all__ = [
+    "AutoRechargePatch",
     "AutoRechargeRequest",
     "CommandAccepted",
     "ErrorBody",
@@ -65,6 +67,34 @@ class AutoRechargeRequest(_Request):
         return self
 
 
+class AutoRechargePatch(_Request):
+    """Added. Body of ``PATCH /tenants/{tenant_id}/auto-recharge``: a partial change.
+
+    An absent field keeps the current value; ``target_balance: null`` clears it. The
+    processor merges it with the tenant's settings, in order with other commands, and
+    rejects an invalid result (``invalid_settings``); only what is wrong on its own is
+    refused here (a 422), such as a target not above a trigger named beside it.
+    """
+
+    enabled: StrictBool | None = None
+    recharge_amount: PositiveAmount | None = None
+    trigger_balance: NonNegativeAmount | None = None
+    currency: Currency | None = None
+    mode: Literal["fixed", "to_target"] | None = None
+    target_balance: PositiveAmount | None = None
+
+    @model_validator(mode="after")
+    def _names_a_setting(self) -> Self:
+        check_settings_named(self.model_fields_set, self)
+        if (
+            self.target_balance is not None
+            and self.trigger_balance is not None
+            and self.target_balance <= self.trigger_balance
+        ):
+            raise ValueError("target_balance must be above trigger_balance")
+        return self
+
+
 class LimitsRequest(_Request):
     """Added. Body of ``PUT /tenants/{tenant_id}/limits``: the credit limit and the
     low-balance level. An absent field keeps the current value; ``notify_below: null``
@@ -84,7 +114,12 @@ class CommandAccepted(OutputModel):
     """202 body: the command is on ``credits.commands``; the worker applies it once."""
 
     status: Literal["accepted"]
-    type: Literal["funds_added", "auto_recharge_configured", "tenant_limits_configured"]
+    type: Literal[
+        "funds_added",
+        "auto_recharge_configured",
+        "tenant_limits_configured",
+        "auto_recharge_changed",
+    ]
     command_id: CommandId
     tenant_id: TenantId
 
@@ -98,10 +133,16 @@ class FieldError(OutputModel):
 
 
 class ErrorBody(OutputModel):
-    """Every 4xx/5xx answer: a short code, a sentence, and field errors for 422."""
+    """Every 4xx/5xx answer, as RFC 9457 problem details (``application/problem+json``):
+    ``type``, ``title``, ``status`` and ``detail``, plus a short code (``error``, the
+    last part of ``type``), the tenant and field errors for 422."""
 
-    error: str
+    # Added: RFC 9457's members. `type` is https://credits-meter.dev/problems/<error>.
+    type: str
+    title: str
+    status: int
     detail: str
+    error: str
     tenant_id: str | None
     # Only on 422: every field that was refused, not just the first.
     errors: list[FieldError] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)

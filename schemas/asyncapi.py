@@ -62,7 +62,13 @@ TOPICS: Final[tuple[Topic, ...]] = (
         "creditsCommands",
         "credits.commands",
         "in",
-        ("FundsAdded", "AutoRechargeConfigured", "RechargeFailed", "TenantLimitsConfigured"),
+        (
+            "FundsAdded",
+            "AutoRechargeConfigured",
+            "RechargeFailed",
+            "TenantLimitsConfigured",
+            "AutoRechargeChanged",
+        ),
         "Commands from admin tools and billing, told apart by `type`. The admin API "
         "and `meter add-funds` / `meter auto-recharge` publish here too.",
     ),
@@ -98,6 +104,16 @@ TOPICS: Final[tuple[Topic, ...]] = (
         "payload, kept for operators and replay.",
     ),
     Topic(
+        "creditsCommandResults",
+        "credits.command-results",
+        "out",
+        ("CommandResult",),
+        "Added: what became of each command (applied, rejected or ignored), in the same "
+        "transaction as its other outputs; the ledger sink serves it as "
+        "`GET /commands/{command_id}`. De-duplicate on `command_id`: the first result "
+        "of a command stands.",
+    ),
+    Topic(
         "reroute",
         "{appId}-reroute",
         "internal",
@@ -124,6 +140,10 @@ _CONTRACT_MESSAGES: Final = {
     "AutoRechargeConfigured": "Replaces the tenant's auto-recharge settings.",
     "RechargeFailed": "Billing could not charge the payment method.",
     "TenantLimitsConfigured": "Sets the tenant's credit limit and low-balance level.",
+    "AutoRechargeChanged": "Changes some of the tenant's auto-recharge settings, merged "
+    "with the current ones at the tenant's owner.",
+    "CommandResult": "What became of one command: applied (with its ledger entry), "
+    "rejected (with the reason) or ignored.",
     "RechargeRequested": "Please charge the tenant's payment method.",
     "LedgerEntry": "A debit or credit and the balance after it.",
     "BalanceAlert": "exhausted, restored, low_balance or recharge_failed.",

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from schemas.api import AccountView, AuthorizeView
 from schemas.inputs import (
     COMMAND_ADAPTER,
+    AutoRechargeChanged,
     AutoRechargeConfigured,
     CallUsage,
     ConferenceUsage,
@@ -28,7 +29,13 @@ from schemas.inputs import (
     RechargeFailed,
     TenantLimitsConfigured,
 )
-from schemas.outputs import BalanceAlert, LedgerEntry, RechargeRequested, RejectedRecord
+from schemas.outputs import (
+    BalanceAlert,
+    CommandResult,
+    LedgerEntry,
+    RechargeRequested,
+    RejectedRecord,
+)
 
 __all__ = ["INPUT_MODELS", "JSON_DIR", "OUTPUT_MODELS", "check", "main", "render_all", "write"]
 
@@ -42,12 +49,14 @@ INPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     AutoRechargeConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
+    AutoRechargeChanged,
 )
 OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     RechargeRequested,
     LedgerEntry,
     BalanceAlert,
     RejectedRecord,
+    CommandResult,
     AccountView,
     AuthorizeView,
 )

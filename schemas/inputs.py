@@ -41,11 +41,13 @@ from schemas.types import (
     Timestamp,
     check_limits_named,
     check_recharge_target,
+    check_settings_named,
 )
 
 __all__ = [
     "COMMAND_ADAPTER",
     "COMMAND_TYPES",
+    "AutoRechargeChanged",
     "AutoRechargeConfigured",
     "CallUsage",
     "Command",
@@ -146,6 +148,34 @@ class AutoRechargeConfigured(_Input):
         return self
 
 
+class AutoRechargeChanged(_Input):
+    """Added: a partial change of the tenant's auto-recharge settings.
+
+    An absent field keeps the tenant's current value; ``target_balance: null`` clears
+    it. The change is merged with the settings at the tenant's owner, in order with
+    every other command, and the merged settings are checked there: a result that is
+    not valid (a target not above the trigger; no amount or trigger for a tenant that
+    has no settings yet) is rejected as ``invalid_settings``. At least one setting must
+    be named. ``{"enabled": false}`` turns auto-recharge off (`DELETE`).
+    """
+
+    type: Literal["auto_recharge_changed"]
+    command_id: CommandId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    enabled: StrictBool | None = None
+    recharge_amount: PositiveAmount | None = None
+    trigger_balance: NonNegativeAmount | None = None
+    currency: Currency | None = None
+    mode: Literal["fixed", "to_target"] | None = None
+    target_balance: PositiveAmount | None = None
+
+    @model_validator(mode="after")
+    def _names_a_setting(self) -> Self:
+        check_settings_named(self.model_fields_set, self)
+        return self
+
+
 class TenantLimitsConfigured(_Input):
     """Added: the tenant's credit limit and low-balance level.
 
@@ -184,7 +214,11 @@ class RechargeFailed(_Input):
 
 
 Command = Annotated[
-    FundsAdded | AutoRechargeConfigured | RechargeFailed | TenantLimitsConfigured,
+    FundsAdded
+    | AutoRechargeConfigured
+    | RechargeFailed
+    | TenantLimitsConfigured
+    | AutoRechargeChanged,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: Final[TypeAdapter[Command]] = TypeAdapter(Command)
@@ -193,6 +227,7 @@ COMMAND_TYPES: Final = (
     "auto_recharge_configured",
     "recharge_failed",
     "tenant_limits_configured",
+    "auto_recharge_changed",
 )
 
 

@@ -11,9 +11,18 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from schemas.outputs import LedgerEntry, OutputModel
-from schemas.types import Currency, NonNegativeMoney, TenantId, Timestamp
+from schemas.types import (
+    CommandId,
+    Currency,
+    DetailText,
+    NonNegativeMoney,
+    OutputId,
+    ReasonCode,
+    TenantId,
+    Timestamp,
+)
 
-__all__ = ["LedgerPage", "UsageBucketView", "UsageReport"]
+__all__ = ["CommandStatus", "LedgerPage", "UsageBucketView", "UsageReport"]
 
 
 class LedgerPage(OutputModel):
@@ -44,3 +53,26 @@ class UsageReport(OutputModel):
     from_: Timestamp | None = Field(alias="from")
     to: Timestamp | None
     buckets: list[UsageBucketView]
+
+
+class CommandStatus(OutputModel):
+    """Added. 200 body of ``GET /commands/{command_id}``: what became of a command.
+
+    ``pending`` once the sink saw the command on credits.commands; then ``applied``
+    (``entry_id`` names its ledger entry, null for a settings command; ``entry`` is
+    that entry once the sink has stored it), ``rejected`` (``reason``, ``detail``) or
+    ``ignored`` (valid but moot: ``reason`` says why, e.g. a stale recharge answer).
+    """
+
+    command_id: CommandId
+    tenant_id: TenantId
+    command_type: Annotated[str, Field(min_length=1)]
+    status: Literal["pending", "applied", "rejected", "ignored"]
+    entry_id: OutputId | None
+    entry: LedgerEntry | None
+    reason: ReasonCode | None
+    detail: DetailText | None
+    # When the command occurred (null until the sink has read the command itself) and
+    # when its outcome was recorded (null while pending).
+    occurred_at: Timestamp | None
+    recorded_at: Timestamp | None

@@ -24,6 +24,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from schemas.types import (
+    CommandId,
     Currency,
     DetailText,
     EventId,
@@ -44,6 +45,7 @@ from schemas.types import (
 
 __all__ = [
     "BalanceAlert",
+    "CommandResult",
     "LedgerEntry",
     "OutputModel",
     "RechargeRequested",
@@ -210,6 +212,35 @@ class BalanceAlert(OutputModel):
         ):
             raise ValueError("reason and request_id are only on recharge_failed alerts")
         return self
+
+
+class CommandResult(OutputModel):
+    """Added. ``credits.command-results``: what became of one command.
+
+    Published by the tenant's owner in the same Kafka transaction as the command's
+    other outputs (its ledger entry, its rejection), once per command applied,
+    rejected or ignored; a duplicate of a command (the same ``command_id`` again)
+    publishes none, the first result stands. ``entry_id`` names the ledger entry the
+    command wrote (a top-up's credit), null when it wrote none (a settings command).
+    ``reason`` and ``detail`` say why a command was rejected (the reason as on
+    ``credits.rejected``) or ignored (e.g. ``unknown_or_closed_request``).
+    """
+
+    type: Literal["command_result"] = "command_result"
+    command_id: CommandId
+    tenant_id: TenantId
+    command_type: Literal[
+        "funds_added",
+        "auto_recharge_configured",
+        "recharge_failed",
+        "tenant_limits_configured",
+        "auto_recharge_changed",
+    ]
+    outcome: Literal["applied", "rejected", "ignored"]
+    entry_id: OutputId | None
+    reason: ReasonCode | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    detail: DetailText | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    recorded_at: Timestamp
 
 
 class RejectedRecord(OutputModel):

@@ -348,6 +348,29 @@ def check_recharge_target(mode: str, target_balance: Decimal | None, trigger: De
             raise ValueError("target_balance must be above trigger_balance")
 
 
+# The settings a partial auto-recharge change may name.
+AUTO_RECHARGE_SETTINGS: Final = (
+    "enabled",
+    "recharge_amount",
+    "trigger_balance",
+    "mode",
+    "target_balance",
+)
+
+
+def check_settings_named(given: set[str], values: object) -> None:
+    """A partial auto-recharge change (a command and the admin PATCH alike) names at
+    least one setting, and never a null one but target_balance; raises ValueError."""
+    named = [name for name in AUTO_RECHARGE_SETTINGS if name in given]
+    if not named:
+        raise ValueError(
+            "name at least one of enabled, recharge_amount, trigger_balance, mode, target_balance"
+        )
+    for name in named:
+        if name != "target_balance" and getattr(values, name) is None:
+            raise ValueError(f"{name} may not be null (only target_balance may be cleared)")
+
+
 def check_limits_named(given: set[str], credit_limit: Decimal | None) -> None:
     """Limits settings (a command and the admin API's request alike) name at least one
     limit, and never a null credit limit; raises ValueError."""

@@ -25,6 +25,7 @@ from processor.core.stored import (
 )
 from processor.core.values import fast_init
 from schemas import (
+    AutoRechargeChanged,
     AutoRechargeConfigured,
     CallUsage,
     Command,
@@ -33,6 +34,7 @@ from schemas import (
     RechargeFailed,
     TenantLimitsConfigured,
 )
+from schemas.types import check_recharge_target
 
 Usage = CallUsage | ConferenceUsage
 
@@ -258,6 +260,14 @@ class Engine:
                 target_balance=None if target is None else self.card.quantize(target),
             )
             transition = acc.configure_auto_recharge(account, settings, cause, now)
+        elif isinstance(cmd, AutoRechargeChanged):
+            merged = self._merge_auto_recharge(account.auto_recharge, cmd)
+            if isinstance(merged, Rejection):
+                return Outcome(Status.REJECTED, tenant, rejection=merged)
+            if merged is None:
+                # Turning off settings that do not exist: nothing to change.
+                return Outcome(Status.APPLIED, tenant, account=account)
+            transition = acc.configure_auto_recharge(account, merged, cause, now)
         elif isinstance(cmd, TenantLimitsConfigured):
             given = cmd.model_fields_set
             transition = acc.configure_limits(
@@ -283,6 +293,66 @@ class Engine:
                 reason=cmd.reason,
             )
         return self._commit(stored, key, cmd.occurred_at, now, position, transition)
+
+    def _merge_auto_recharge(
+        self, current: acc.AutoRecharge | None, cmd: AutoRechargeChanged
+    ) -> acc.AutoRecharge | Rejection | None:
+        """The tenant's settings with the change applied, checked as a whole.
+
+        None: a change that only turns off a tenant without settings (nothing to do).
+        """
+        given = cmd.model_fields_set
+        if current is None:
+            if cmd.enabled is False and not given & {
+                "recharge_amount",
+                "trigger_balance",
+                "mode",
+                "target_balance",
+            }:
+                return None
+            missing = [
+                name
+                for name in ("enabled", "recharge_amount", "trigger_balance")
+                if getattr(cmd, name) is None
+            ]
+            if missing:
+                return Rejection(
+                    "invalid_settings",
+                    f"the tenant has no auto-recharge settings to change: name "
+                    f"{', '.join(missing)} (or PUT the settings whole)",
+                )
+        q = self.card.quantize
+
+        def pick(name: str, now_value: Decimal | None) -> Decimal | None:
+            value: Decimal | None = getattr(cmd, name)
+            if name in given:
+                return None if value is None else q(value)
+            return now_value
+
+        enabled = (
+            cmd.enabled if cmd.enabled is not None else current is not None and current.enabled
+        )
+        amount = pick("recharge_amount", None if current is None else current.recharge_amount)
+        trigger = pick("trigger_balance", None if current is None else current.trigger_balance)
+        target = pick("target_balance", None if current is None else current.target_balance)
+        mode = (
+            acc.RechargeMode(cmd.mode)
+            if cmd.mode is not None
+            else (acc.RechargeMode.FIXED if current is None else current.mode)
+        )
+        assert amount is not None and trigger is not None  # checked above, or kept
+        try:
+            check_recharge_target(mode.value, target, trigger)
+        except ValueError as exc:
+            return Rejection("invalid_settings", f"the settings after this change: {exc}")
+        return acc.AutoRecharge(
+            enabled=enabled,
+            recharge_amount=amount,
+            trigger_balance=trigger,
+            mode=mode,
+            # A fixed recharge keeps no target (as a replacing command sets none).
+            target_balance=target if mode is acc.RechargeMode.TO_TARGET else None,
+        )
 
     def _too_far(
         self, occurred_at: datetime, now: datetime, force_too_old: bool

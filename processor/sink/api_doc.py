@@ -11,14 +11,15 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from schemas.ledger_api import LedgerPage, UsageReport
-from schemas.types import TENANT_ID_PATTERN
+from schemas.ledger_api import CommandStatus, LedgerPage, UsageReport
+from schemas.types import ID_PATTERN, TENANT_ID_PATTERN
 
 __all__ = ["MODELS", "TAG", "paths"]
 
 MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (LedgerPage, "serialization"),
     (UsageReport, "serialization"),
+    (CommandStatus, "serialization"),
 )
 TAG: Final = {
     "name": "history",
@@ -31,7 +32,9 @@ _SERVERS: Final = [
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+    # Errors are RFC 9457 problem details (processor/problems.py).
+    media = "application/problem+json" if ref.endswith("/ErrorBody") else "application/json"
+    return {"description": description, "content": {media: {"schema": {"$ref": ref}}}}
 
 
 def paths(refs: dict[str, str]) -> dict[str, Any]:
@@ -61,6 +64,52 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
 
     timestamp = {"type": "string", "format": "date-time"}
     return {
+        "/commands/{command_id}": {
+            "get": {
+                "operationId": "getCommandStatus",
+                "summary": "What became of a command: pending, applied, rejected or ignored",
+                "description": "Added. Where the admin API's 202 `Location` points. Served "
+                "by the ledger sink from its database (it records each command as pending "
+                "when it reads it on credits.commands, then the outcome the worker "
+                "published on credits.command-results in the same transaction as the "
+                "command's other outputs); every worker forwards the same path to the sink "
+                "(METER_SINK_URL), so one base URL serves the admin API and this. The first "
+                "outcome stands (a duplicate of the command publishes none), except that "
+                "`applied` replaces `rejected` when the command was re-sent and applied.",
+                "tags": ["history"],
+                "parameters": [
+                    {
+                        "name": "command_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The command's id, percent-encoded.",
+                        "schema": {"type": "string", "pattern": ID_PATTERN},
+                    },
+                    query(
+                        "tenant_id",
+                        "The tenant that sent it (command ids are unique per tenant): needed "
+                        "only when several tenants used the id.",
+                        {"type": "string", "pattern": TENANT_ID_PATTERN},
+                    ),
+                ],
+                "responses": {
+                    "200": _json(refs["CommandStatus"], "The command's status."),
+                    "400": _json(error, "`invalid_command_id` or `invalid_tenant_id`."),
+                    "404": _json(
+                        error,
+                        "`unknown_command`: never sent, or the sink has not read it yet.",
+                    ),
+                    "409": _json(
+                        error, "`ambiguous_command_id`: several tenants used it; add tenant_id."
+                    ),
+                    "503": _json(
+                        error,
+                        "`sink_unavailable` (from a worker): the sink did not answer; "
+                        "retry after `Retry-After`.",
+                    ),
+                },
+            }
+        },
         "/tenants/{tenant_id}/ledger": {
             "get": {
                 "operationId": "getLedger",

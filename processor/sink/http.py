@@ -5,6 +5,7 @@
     GET /tenants/{id}/ledger.csv
     GET /tenants?q=&status=exhausted|suspended|low|failing&cursor=&limit=   (added)
     GET /tenants/{id}/recharges?limit=                                       (added)
+    GET /commands/{command_id}[?tenant_id=<id>]   (added: a command's status)
     GET /health, GET /ready (200 once the consumer has its partitions, else 503)
 
 Every answer comes from the database the sink writes (so it trails Kafka by the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -25,6 +27,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from processor.problems import RETRY_AFTER_SECONDS, as_is, problem, problem_middleware
 from processor.sink.store import (
     Cursor,
     LedgerStore,
@@ -40,7 +43,7 @@ from processor.sink.tenants import (
     tenant_view,
 )
 from processor.views import tenant_id_problem
-from schemas.types import format_money, format_timestamp, parse_timestamp
+from schemas.types import ID_PATTERN, format_money, format_timestamp, parse_timestamp
 
 __all__ = ["CSV_COLUMNS", "DEFAULT_LIMIT", "MAX_LIMIT", "build_app"]
 
@@ -65,6 +68,7 @@ CSV_COLUMNS: Final = (
 )
 STORE: Final = web.AppKey("store", LedgerStore)
 READY: Final = web.AppKey[Callable[[], bool]]("ready")
+_COMMAND_ID: Final = re.compile(ID_PATTERN)
 
 
 class _BadQuery(Exception):
@@ -79,7 +83,8 @@ def _json(status: int, body: Any) -> web.Response:
 
 
 def _error(status: int, code: str, detail: str, tenant_id: str | None) -> web.Response:
-    return _json(status, {"error": code, "detail": detail, "tenant_id": tenant_id})
+    # RFC 9457 problem details (processor/problems.py), with the promised fields.
+    return problem(status, code, detail, tenant_id=tenant_id)
 
 
 def _tenant(request: web.Request) -> str:
@@ -184,7 +189,11 @@ async def health(request: web.Request) -> web.Response:
 async def ready_page(request: web.Request) -> web.Response:
     if request.app[READY]():
         return _json(200, {"status": "ready"})
-    return _json(503, {"status": "not_ready", "detail": "partitions not assigned yet"})
+    # A probe's answer, not an error: the contract's body, and like every 503 a
+    # Retry-After.
+    response = _json(503, {"status": "not_ready", "detail": "partitions not assigned yet"})
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return as_is(response)
 
 
 async def ledger(request: web.Request) -> web.Response:
@@ -289,8 +298,51 @@ async def recharges(request: web.Request) -> web.Response:
     return _json(200, {"tenant_id": tenant_id, "recharges": history})
 
 
+def command_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored command row as the contract's CommandStatus JSON object."""
+    return {
+        "command_id": row["command_id"],
+        "tenant_id": row["tenant_id"],
+        "command_type": row["command_type"],
+        "status": row["status"],
+        "entry_id": row["entry_id"],
+        "entry": None if row.get("entry") is None else entry_view(row["entry"]),
+        "reason": row["reason"],
+        "detail": row["detail"],
+        "occurred_at": None if row["occurred_at"] is None else format_timestamp(row["occurred_at"]),
+        "recorded_at": None if row["recorded_at"] is None else format_timestamp(row["recorded_at"]),
+    }
+
+
+async def command_status(request: web.Request) -> web.Response:
+    command_id = request.match_info["command_id"]
+    if not _COMMAND_ID.fullmatch(command_id):
+        raise _BadQuery("invalid_command_id", "must be 1 to 128 printable ASCII characters")
+    tenant_id = request.query.get("tenant_id")
+    if tenant_id is not None and tenant_id_problem(tenant_id) is not None:
+        raise _BadQuery("invalid_tenant_id", f"tenant_id {tenant_id_problem(tenant_id)}")
+    rows = await request.app[STORE].command_status(command_id, tenant_id)
+    if not rows:
+        return _error(
+            404,
+            "unknown_command",
+            "no command with this id has reached the sink (never sent, or the sink is "
+            "behind: see its lag)",
+            tenant_id,
+        )
+    if len(rows) > 1:
+        return _error(
+            409,
+            "ambiguous_command_id",
+            "several tenants sent a command with this id (ids are unique per tenant): "
+            "add ?tenant_id=",
+            None,
+        )
+    return _json(200, command_view(rows[0]))
+
+
 def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[problem_middleware, _errors])
     app[STORE] = store
     app[READY] = ready
     app.router.add_get("/health", health)
@@ -300,4 +352,5 @@ def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> w
     app.router.add_get("/tenants/{tenant_id}/usage", usage)
     app.router.add_get("/tenants", tenant_list)
     app.router.add_get("/tenants/{tenant_id}/recharges", recharges)
+    app.router.add_get("/commands/{command_id}", command_status)
     return app

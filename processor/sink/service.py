@@ -4,7 +4,9 @@ A plain aiokafka consumer in its own group (`<METER_APP_ID>-ledger-sink`), readi
 `read_committed` (the processor writes its outputs in transactions; an aborted copy
 is never seen) from `credits.ledger`, `credits.recharge-requests` and
 `credits.commands` (for the recharge outcomes: `funds_added` from auto-recharge and
-`recharge_failed`). Each poll becomes one database transaction holding its rows and
+`recharge_failed`; and, added, every command as pending) and `credits.command-results`
+(added: each command's outcome, served as `GET /commands/{command_id}`). Each poll
+becomes one database transaction holding its rows and
 the position it reached (`LedgerStore.write`); whenever partitions are assigned, the
 consumer seeks to the positions the database holds, so Kafka's committed offsets
 (committed too, after the database, for lag monitoring only) are never what it
@@ -38,7 +40,7 @@ from schemas.inputs import (
     TenantLimitsConfigured,
     decode_command,
 )
-from schemas.outputs import BalanceAlert, LedgerEntry, RechargeRequested
+from schemas.outputs import BalanceAlert, CommandResult, LedgerEntry, RechargeRequested
 
 __all__ = ["LedgerSink", "SinkStats", "SinkTopics", "group_id", "rows_of", "storable"]
 
@@ -55,12 +57,20 @@ class SinkTopics:
     ledger: str
     recharge_requests: str
     commands: str
+    # Added: each command's outcome (GET /commands/{command_id}).
+    command_results: str = "credits.command-results"
     # Added: the alerts feed the tenants table (status, suspension); None reads none.
     alerts: str | None = None
 
     def all(self) -> tuple[str, ...]:
         alerts = () if self.alerts is None else (self.alerts,)
-        return (self.ledger, self.recharge_requests, self.commands, *alerts)
+        return (
+            self.ledger,
+            self.recharge_requests,
+            self.commands,
+            self.command_results,
+            *alerts,
+        )
 
 
 @dataclass
@@ -177,9 +187,38 @@ def _add(batch: Batch, tp: TopicPartition, record: Any, topics: SinkTopics) -> N
                 **where,
             }
         )
+    elif tp.topic == topics.command_results:
+        result = CommandResult.model_validate_json(value)
+        batch.result(
+            {
+                "tenant_id": result.tenant_id,
+                "command_id": result.command_id,
+                "command_type": result.command_type,
+                "status": result.outcome,
+                "entry_id": result.entry_id,
+                "reason": result.reason,
+                "detail": None if result.detail is None else storable(result.detail),
+                "occurred_at": None,
+                "recorded_at": result.recorded_at,
+            }
+        )
     elif tp.topic == topics.commands:
         command = decode_command(value)
         _command_event(batch, record.offset, command)
+        # Every command is pending until its result arrives (added).
+        batch.seen(
+            {
+                "tenant_id": command.tenant_id,
+                "command_id": command.command_id,
+                "command_type": command.type,
+                "status": "pending",
+                "entry_id": None,
+                "reason": None,
+                "detail": None,
+                "occurred_at": command.occurred_at,
+                "recorded_at": None,
+            }
+        )
         if isinstance(command, FundsAdded) and command.source == "auto_recharge":
             assert command.recharge_request_id is not None  # the model's rule
             batch.outcomes.append(

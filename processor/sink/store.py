@@ -180,6 +180,21 @@ tenants: Final = sa.Table(
     sa.Column("updated_at", UtcDateTime),
 )
 
+# Added: each command's status, pending until its result arrives (GET /commands/{id}).
+commands: Final = sa.Table(
+    "commands",
+    metadata,
+    sa.Column("tenant_id", sa.Text, primary_key=True),
+    sa.Column("command_id", sa.Text, primary_key=True),
+    sa.Column("command_type", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("entry_id", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("detail", sa.Text),
+    sa.Column("occurred_at", UtcDateTime),
+    sa.Column("recorded_at", UtcDateTime),
+)
+
 sink_offsets: Final = sa.Table(
     "sink_offsets",
     metadata,
@@ -273,9 +288,40 @@ class Batch:
     # Added: what each record tells about its tenant (the tenants table), in order.
     events: list[Any] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Added: commands seen (pending) and their results, by (tenant_id, command_id).
+    pending: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    results: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.ledger) + len(self.requests) + len(self.outcomes)
+        return (
+            len(self.ledger)
+            + len(self.requests)
+            + len(self.outcomes)
+            + len(self.pending)
+            + len(self.results)
+        )
+
+    def seen(self, row: dict[str, Any]) -> None:
+        """A command on credits.commands: pending, unless it has a status already."""
+        self.pending.setdefault((row["tenant_id"], row["command_id"]), row)
+
+    def result(self, row: dict[str, Any]) -> None:
+        """A command's result: the first stands, but `applied` supersedes `rejected`."""
+        key = (row["tenant_id"], row["command_id"])
+        held = self.results.get(key)
+        if held is None or supersedes(held["status"], row["status"]):
+            self.results[key] = row
+
+
+def supersedes(held: str, new: str) -> bool:
+    """Whether a command's status `new` replaces `held`.
+
+    A result replaces `pending`. Otherwise the first result stands (a replay after a
+    crash publishes a rejection again, identical but for its time), except that
+    `applied` replaces `rejected`: the same command re-sent and applied later (e.g.
+    `meter replay-rejected` once the cause was fixed).
+    """
+    return held == "pending" or (held == "rejected" and new == "applied")
 
 
 @dataclass(frozen=True)
@@ -352,6 +398,29 @@ class LedgerStore:
             ):
                 if rows:
                     await conn.execute(self._insert(table).on_conflict_do_nothing(), rows)
+            c = commands.c
+            if batch.pending:
+                seen = self._insert(commands)
+                seen = seen.on_conflict_do_update(
+                    index_elements=["tenant_id", "command_id"],
+                    # Its result came first: keep it, add when the command occurred.
+                    set_={"occurred_at": seen.excluded.occurred_at},
+                    where=c.occurred_at.is_(None),
+                )
+                await conn.execute(seen, list(batch.pending.values()))
+            if batch.results:
+                stmt = self._insert(commands)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["tenant_id", "command_id"],
+                    set_={
+                        name: getattr(stmt.excluded, name)
+                        for name in ("status", "entry_id", "reason", "detail", "recorded_at")
+                    },
+                    # The rule of `supersedes`, in SQL.
+                    where=(c.status == "pending")
+                    | ((c.status == "rejected") & (stmt.excluded.status == "applied")),
+                )
+                await conn.execute(stmt, list(batch.results.values()))
             if batch.events:
                 from processor.sink.tenants import apply_events  # it imports this module
 
@@ -477,11 +546,35 @@ class LedgerStore:
                 out[tenant] = (count + 1, _EXACT.add(total, signed))
         return out
 
-    async def count(self, table: Literal["ledger", "requests", "outcomes"]) -> int:
+    async def command_status(
+        self, command_id: str, tenant_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The command's row (one per tenant that used the id, at most two when no
+        tenant is given), with `entry`: its ledger entry's row when stored."""
+        query = sa.select(commands).where(commands.c.command_id == command_id)
+        if tenant_id is not None:
+            query = query.where(commands.c.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in (await conn.execute(query.limit(2))).all()]
+            for row in rows:
+                row["entry"] = None
+                if row["entry_id"] is not None:
+                    found = (
+                        await conn.execute(
+                            sa.select(ledger_entries).where(
+                                ledger_entries.c.entry_id == row["entry_id"]
+                            )
+                        )
+                    ).first()
+                    row["entry"] = None if found is None else dict(found._mapping)
+        return rows
+
+    async def count(self, table: Literal["ledger", "requests", "outcomes", "commands"]) -> int:
         target = {
             "ledger": ledger_entries,
             "requests": recharge_requests,
             "outcomes": recharge_outcomes,
+            "commands": commands,
         }[table]
         async with self.engine.connect() as conn:
             return int(

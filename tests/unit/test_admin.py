@@ -81,7 +81,7 @@ async def test_top_up_publishes_a_manual_funds_added_keyed_by_tenant() -> None:
         "command_id": "top-up-1",
         "tenant_id": "acme",
     }
-    assert reply.headers["Location"] == "/tenants/acme/account"
+    assert reply.headers["Location"] == "/commands/top-up-1?tenant_id=acme"
     [(topic, key, value)] = pub.sent
     assert (topic, key) == ("acme.credits.commands", b"acme")
     # Exactly what the processor's own decoder accepts, nothing more.
@@ -337,6 +337,7 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
         "/tenants/{tenant_id}/ledger",
         "/tenants/{tenant_id}/usage",
         "/tenants/{tenant_id}/ledger.csv",
+        "/commands/{command_id}",
     }
     funds = paths["/tenants/{tenant_id}/funds"]["post"]
     assert funds["security"] == [{"bearerAuth": []}]

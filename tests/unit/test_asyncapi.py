@@ -101,6 +101,7 @@ def test_every_topic_of_the_processor_is_a_channel() -> None:
         s.LEDGER,
         s.ALERTS,
         s.REJECTED,
+        s.COMMAND_RESULTS,
     }
     assert contract <= addresses and len(addresses - contract) == 2
 
@@ -118,6 +119,8 @@ def test_payloads_reference_the_generated_json_schemas() -> None:
         "LedgerEntry.json",
         "BalanceAlert.json",
         "RejectedRecord.json",
+        "AutoRechargeChanged.json",
+        "CommandResult.json",
     }
     for f in files:
         assert f.is_file(), f
@@ -127,6 +130,7 @@ def test_payloads_reference_the_generated_json_schemas() -> None:
         "AutoRechargeConfigured",
         "RechargeFailed",
         "TenantLimitsConfigured",
+        "AutoRechargeChanged",
     }
     # Refs resolve relative to docs/: the file must be where the ref says.
     ref = document["components"]["messages"]["LedgerEntry"]["payload"]["$ref"]

@@ -123,7 +123,8 @@ async def test_outputs_are_published_before_the_state_and_once_per_batch() -> No
     assert rig.pub.calls == []  # staging waits for nothing and sends nothing
     await rig.handler.flush()
     outputs, state = rig.pub.calls
-    assert {o.topic for o in outputs} == {NAMES.ledger, NAMES.alerts}
+    # The top-up's command result too (added), in the same round as its entry.
+    assert {o.topic for o in outputs} == {NAMES.ledger, NAMES.alerts, NAMES.command_results}
     assert not any(o.state for o in outputs) and all(o.state for o in state)
     assert len([o for o in outputs if o.topic == NAMES.ledger]) == 7  # one per change
     # One account value per touched tenant (the last), one mark per applied record.
@@ -155,7 +156,12 @@ async def test_an_atomic_publisher_gets_outputs_and_state_in_one_round() -> None
     assert rig.handler.stage(Source.CALLS, rerouted) == "rerouted"
     await rig.handler.flush()
     (round_,) = rig.pub.calls
-    assert {o.topic for o in round_ if not o.state} == {NAMES.ledger, NAMES.alerts, NAMES.reroute}
+    assert {o.topic for o in round_ if not o.state} == {
+        NAMES.ledger,
+        NAMES.alerts,
+        NAMES.reroute,
+        NAMES.command_results,
+    }
     assert len([o for o in round_ if o.state]) == 2 + 7  # two account values, seven marks
     # Each record is carried by the transaction of the partition whose records caused
     # it: a tenant's outputs and state by its partition, a re-route by the record's.

@@ -36,6 +36,7 @@ from processor.handler import MAX_REJECTED_PAYLOAD, MemoryPublisher, Record, Rec
 from processor.sizing import Limits, record_size
 from processor.topics import TopicNames
 from schemas import DecodeError, RejectedRecord, decode_call, decode_command, decode_conference
+from schemas.outputs import CommandResult
 from schemas.types import parse_timestamp
 from tests import malformed
 from tests.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
@@ -124,7 +125,14 @@ def _original(text: str | None, encoding: str | None) -> bytes | None:
 
 def check_rejection(rig: Rig, m: Malformed, rec: Record, status: str) -> dict[str, Any]:
     assert status == "rejected", (m.kind, status, m.value[:300] if m.value else m.value)
-    assert [topic for topic, *_ in rig.pub.sent] == [NAMES.rejected], m.kind
+    # A command that still names its id, tenant and type has a rejected result too.
+    results = rig.pub.values(NAMES.command_results)
+    assert len(results) <= 1 and (not results or m.topic == NAMES.commands), m.kind
+    for result in results:
+        CommandResult.model_validate(result)
+        assert result["outcome"] == "rejected" and result["reason"] in m.reasons
+    sent = [out for out in rig.pub.sent if out[0] != NAMES.command_results]
+    assert [topic for topic, *_ in sent] == [NAMES.rejected], m.kind
     [body] = rig.pub.values(NAMES.rejected)
     assert body["reason"] in m.reasons, (m.kind, body["reason"], body["detail"])
     assert body["reason"] in malformed.KNOWN_REASONS  # never internal_error: a caught bug
@@ -144,7 +152,7 @@ def check_rejection(rig: Rig, m: Malformed, rec: Record, status: str) -> dict[st
         assert body["payload_sha256"] == hashlib.sha256(m.value).hexdigest()
         # A prefix, shorter than 256 KiB when its JSON escapes would not fit the topic.
         assert payload is not None and m.value.startswith(payload)
-        assert len(payload) == MAX_REJECTED_PAYLOAD or record_size(None, rig.pub.sent[0][2]) > (
+        assert len(payload) == MAX_REJECTED_PAYLOAD or record_size(None, sent[0][2]) > (
             Limits().limit(NAMES.rejected) - 8 * 1024
         )
     else:
@@ -154,7 +162,7 @@ def check_rejection(rig: Rig, m: Malformed, rec: Record, status: str) -> dict[st
         json.dumps({k: v for k, v in body.items() if k not in TRUNCATION_FIELDS})
     )
     # Every rejection fits what the topic takes, keyed as it is sent.
-    [(_, out_key, value, _)] = rig.pub.sent
+    [(_, out_key, value, _)] = sent
     assert record_size(out_key, value) <= Limits().limit(NAMES.rejected)
     return body
 

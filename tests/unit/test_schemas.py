@@ -744,10 +744,12 @@ def test_render_all_is_stable_and_complete() -> None:
     assert set(first) == {
         "AccountView.json",
         "AuthorizeView.json",
+        "AutoRechargeChanged.json",
         "AutoRechargeConfigured.json",
         "BalanceAlert.json",
         "CallUsage.json",
         "Command.json",
+        "CommandResult.json",
         "ConferenceUsage.json",
         "FundsAdded.json",
         "LedgerEntry.json",
@@ -773,6 +775,7 @@ def test_published_schemas_say_what_crosses_the_wire() -> None:
         "auto_recharge_configured",
         "recharge_failed",
         "tenant_limits_configured",
+        "auto_recharge_changed",
     }
     ledger = files["LedgerEntry.json"]
     assert ledger["properties"]["balance_after"]["type"] == "string"

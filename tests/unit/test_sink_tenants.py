@@ -29,7 +29,7 @@ from tests.ledger_records import (
 from tests.unit.test_sink_store import GROUP, Rec
 
 TOPICS = SinkTopics(
-    "credits.ledger", "credits.recharge-requests", "credits.commands", "credits.alerts"
+    "credits.ledger", "credits.recharge-requests", "credits.commands", alerts="credits.alerts"
 )
 
 

@@ -4,16 +4,16 @@ Filled from the ledger (balance), the alerts (status by `status_seq`, auto-recha
 suspended) and the commands (settings, limits, billing's answers); see
 processor/sink/tenants.py. Each row remembers the last offset it applied per topic.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003_tenants
+Revises: 0002_commands
 Create Date: 2026-12-03
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003_tenants"
+down_revision = "0002_commands"
 branch_labels = None
 depends_on = None
 
