@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Logical topic names from the contract; a deployment prefixes all of them.
@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     # The admin API's bearer token (processor/admin.py); unset disables the admin
     # endpoints. SecretStr: never printed by a repr or a settings dump.
     admin_token: SecretStr | None = Field(default=None, validation_alias="METER_ADMIN_TOKEN")
+    # Access per tenant (processor/auth.py). `token`: the read API is open and the
+    # admin API takes METER_ADMIN_TOKEN (as before); `jwt`: every tenant endpoint
+    # takes a JSON Web Token verified against METER_AUTH_JWKS (a file or an http(s)
+    # URL), with this issuer and audience, and METER_ADMIN_TOKEN still works.
+    auth: Literal["token", "jwt"] = Field(default="token", validation_alias="METER_AUTH")
+    auth_jwks: str | None = Field(default=None, validation_alias="METER_AUTH_JWKS")
+    auth_issuer: str | None = Field(default=None, validation_alias="METER_AUTH_ISSUER")
+    auth_audience: str | None = Field(default=None, validation_alias="METER_AUTH_AUDIENCE")
+    auth_leeway_seconds: int = Field(
+        default=30, validation_alias="METER_AUTH_LEEWAY_SECONDS", ge=0, le=300
+    )
     # Secure Kafka (processor/kafka_options.py turns these into client options).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"
@@ -125,6 +136,22 @@ class Settings(BaseSettings):
         if url and not url.lower().startswith(DATABASE_SCHEMES):
             raise ValueError("a postgresql:// (or sqlite:///) URL")
         return value
+
+    @model_validator(mode="after")
+    def _jwt_names_its_keys(self) -> Self:
+        if self.auth == "jwt":
+            missing = [
+                name
+                for name, value in (
+                    ("METER_AUTH_JWKS", self.auth_jwks),
+                    ("METER_AUTH_ISSUER", self.auth_issuer),
+                    ("METER_AUTH_AUDIENCE", self.auth_audience),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"METER_AUTH=jwt needs {', '.join(missing)} set as well")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

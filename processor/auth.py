@@ -1,0 +1,374 @@
+"""Access per tenant: who may call which endpoint, for which tenant.
+
+With ``METER_AUTH=jwt`` every tenant endpoint of a worker and of the ledger sink
+takes ``Authorization: Bearer <token>``: a JSON Web Token signed RS256 or ES256 by a
+key of the configured key set (``METER_AUTH_JWKS``, a file or an http(s) URL, fetched
+through PyJWKClient with caching), with the configured issuer and audience, not
+expired (``METER_AUTH_LEEWAY_SECONDS`` of clock skew, at most 300). Its claims:
+
+    sub        the actor (written into the commands it causes, and their ledger entries)
+    role       tenant_admin | operator | billing
+    tenant_id  the tenant a tenant_admin administers (required with that role)
+    iss, aud, exp, iat
+
+What each role may do is `GRANTS`; what each endpoint needs is `ROUTES`, the one place
+an endpoint names its permission (an endpoint missing there is refused to every token
+but the static one; a test checks every route is named). ``METER_ADMIN_TOKEN`` stays
+for automation: that bearer is a principal with every permission (actor
+``admin-token``). ``/metrics``, ``/health``, ``/ready`` and ``/openapi.json`` stay open.
+
+401 (with ``WWW-Authenticate: Bearer``, RFC 6750) for a missing, malformed, expired or
+foreign token; 403 for a valid token without the permission. With ``METER_AUTH=token``
+(the default) nothing changes: the read API is open and the admin API takes the
+static token (processor/admin.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import jwt
+import orjson
+from aiohttp import web
+from pydantic import SecretStr
+
+from processor.problems import problem
+
+__all__ = [
+    "ADMIN_TOKEN_ACTOR",
+    "ALGORITHMS",
+    "GRANTS",
+    "OPEN_PATHS",
+    "PRINCIPAL",
+    "ROLES",
+    "ROUTES",
+    "Access",
+    "AuthError",
+    "Permission",
+    "Principal",
+    "TokenVerifier",
+    "access_from",
+    "middleware",
+]
+
+log = logging.getLogger(__name__)
+
+# Asymmetric only: never `none`, never HS* (a public key must not become a secret).
+ALGORITHMS: Final = ("RS256", "ES256")
+ROLES: Final = ("tenant_admin", "operator", "billing")
+Role = Literal["tenant_admin", "operator", "billing", "admin"]
+ADMIN_TOKEN_ACTOR: Final = "admin-token"  # noqa: S105 (a name, not a secret)
+MAX_LEEWAY_SECONDS: Final = 300
+# JWKS fetched from a URL is kept this long (PyJWKClient's cache).
+JWKS_CACHE_SECONDS: Final = 300
+MAX_SUBJECT_LENGTH: Final = 128
+MAX_TOKEN_BYTES: Final = 8 * 1024
+
+
+class Permission(enum.Enum):
+    READ = "read"  # account, authorize, ledger, usage, statement
+    CONFIGURE = "configure"  # auto-recharge, limits, notifications
+    FUNDS = "funds"  # post a top-up
+    RECHARGE_OUTCOME = "recharge_outcome"  # billing's answer to a recharge request
+    SIGNED_IN = "signed_in"  # any valid token (whoami)
+
+
+# What each role may do; a tenant_admin only for its own tenant. A tenant admin does
+# not mint its own credit: funds come from billing (or the static token).
+GRANTS: Final[dict[str, frozenset[Permission]]] = {
+    "tenant_admin": frozenset({Permission.READ, Permission.CONFIGURE, Permission.SIGNED_IN}),
+    "operator": frozenset({Permission.READ, Permission.SIGNED_IN}),
+    "billing": frozenset({Permission.FUNDS, Permission.RECHARGE_OUTCOME, Permission.SIGNED_IN}),
+    "admin": frozenset(Permission),
+}
+
+# Every endpoint that needs a token, by method and route, with what it needs. The
+# worker's and the sink's; an endpoint added later names its permission here.
+ROUTES: Final[dict[tuple[str, str], Permission]] = {
+    ("GET", "/tenants/{tenant_id}/account"): Permission.READ,
+    ("GET", "/tenants/{tenant_id}/authorize"): Permission.READ,
+    ("POST", "/tenants/{tenant_id}/funds"): Permission.FUNDS,
+    ("PUT", "/tenants/{tenant_id}/auto-recharge"): Permission.CONFIGURE,
+    ("PATCH", "/tenants/{tenant_id}/auto-recharge"): Permission.CONFIGURE,
+    ("DELETE", "/tenants/{tenant_id}/auto-recharge"): Permission.CONFIGURE,
+    ("PUT", "/tenants/{tenant_id}/limits"): Permission.CONFIGURE,
+    ("GET", "/tenants/{tenant_id}/notifications"): Permission.READ,
+    ("PUT", "/tenants/{tenant_id}/notifications"): Permission.CONFIGURE,
+    (
+        "POST",
+        "/tenants/{tenant_id}/recharges/{request_id}/outcome",
+    ): Permission.RECHARGE_OUTCOME,
+    ("GET", "/tenants/{tenant_id}/ledger"): Permission.READ,
+    ("GET", "/tenants/{tenant_id}/usage"): Permission.READ,
+    ("GET", "/tenants/{tenant_id}/ledger.csv"): Permission.READ,
+    ("GET", "/auth/whoami"): Permission.SIGNED_IN,
+}
+# Open to anyone, whatever METER_AUTH says.
+OPEN_PATHS: Final = frozenset({"/metrics", "/health", "/ready", "/openapi.json"})
+
+PRINCIPAL: Final = web.RequestKey("meter_principal", object)
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    role: Role
+    tenant_id: str | None = None
+
+    def may(self, permission: Permission, tenant_id: str | None) -> bool:
+        if permission not in GRANTS.get(self.role, frozenset()):
+            return False
+        if self.role == "tenant_admin" and tenant_id is not None:
+            return tenant_id == self.tenant_id
+        return True
+
+    def view(self) -> dict[str, Any]:
+        return {"subject": self.subject, "role": self.role, "tenant_id": self.tenant_id}
+
+
+ADMIN_PRINCIPAL: Final = Principal(ADMIN_TOKEN_ACTOR, "admin")
+
+
+class AuthError(Exception):
+    """A refusal: 401 (who are you?) or 403 (not you)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+    def challenge(self, realm: str = "credits-meter") -> dict[str, str]:
+        if self.status != 401:
+            return {}
+        # RFC 6750 section 3: no error attribute when no token was sent at all.
+        if self.code == "unauthorized":
+            return {"WWW-Authenticate": f'Bearer realm="{realm}"'}
+        return {
+            "WWW-Authenticate": f'Bearer realm="{realm}", error="invalid_token", '
+            f'error_description="{self.detail[:100].replace(chr(34), chr(39))}"'
+        }
+
+    def answer(self, tenant_id: str | None) -> web.Response:
+        return problem(
+            self.status, self.code, self.detail, headers=self.challenge(), tenant_id=tenant_id
+        )
+
+
+def _unauthorized(detail: str) -> AuthError:
+    return AuthError(401, "invalid_token", detail)
+
+
+class TokenVerifier:
+    """Verifies a token's signature, algorithm, issuer, audience and times."""
+
+    def __init__(self, jwks: str, issuer: str, audience: str, leeway_seconds: int = 30) -> None:
+        if not 0 <= leeway_seconds <= MAX_LEEWAY_SECONDS:
+            raise ValueError(f"leeway must be 0 to {MAX_LEEWAY_SECONDS} seconds")
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway_seconds
+        self._client: jwt.PyJWKClient | None = None
+        self._keys: jwt.PyJWKSet | None = None
+        if jwks.startswith(("https://", "http://")):
+            self._client = jwt.PyJWKClient(
+                jwks, cache_jwk_set=True, lifespan=JWKS_CACHE_SECONDS, timeout=5
+            )
+        else:
+            self._keys = jwt.PyJWKSet.from_json(Path(jwks).read_text())
+
+    def _key(self, token: str) -> Any:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise _unauthorized(f"malformed token: {exc}") from None
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise _unauthorized(f"algorithm {str(alg)[:20]!r} is not accepted (RS256, ES256)")
+        kid = header.get("kid")
+        try:
+            if self._client is not None:
+                if kid is None:
+                    raise _unauthorized("the token names no key (kid)")
+                return self._client.get_signing_key(kid).key
+            assert self._keys is not None
+            keys = [k for k in self._keys.keys if kid is None or k.key_id == kid]
+        except jwt.PyJWKClientError as exc:
+            raise _unauthorized(f"no key for this token: {exc}") from None
+        if not keys:
+            raise _unauthorized("no key of the key set signed this token")
+        return keys[0].key
+
+    def verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise _unauthorized("the token is too long")
+        key = self._key(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=list(ALGORITHMS),
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["sub", "iss", "aud", "exp", "iat"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("the token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise _unauthorized("the token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise _unauthorized("the token is from another issuer") from None
+        except jwt.ImmatureSignatureError:
+            raise _unauthorized("the token is not valid yet (iat or nbf in the future)") from None
+        except jwt.PyJWTError as exc:
+            raise _unauthorized(f"invalid token: {exc}") from None
+        return _principal(claims)
+
+
+def _principal(claims: Mapping[str, Any]) -> Principal:
+    subject, role, tenant_id = claims.get("sub"), claims.get("role"), claims.get("tenant_id")
+    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT_LENGTH:
+        raise _unauthorized(f"sub must be a string of 1 to {MAX_SUBJECT_LENGTH} characters")
+    if not subject.isprintable():
+        raise _unauthorized("sub must be printable")
+    if role not in ROLES:
+        raise _unauthorized(f"role must be one of {', '.join(ROLES)}")
+    if tenant_id is not None and not isinstance(tenant_id, str):
+        raise _unauthorized("tenant_id must be a string")
+    if role == "tenant_admin" and not tenant_id:
+        raise _unauthorized("a tenant_admin token needs a tenant_id")
+    return Principal(subject, role, tenant_id if role == "tenant_admin" else None)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The bearer token of an Authorization header, or None."""
+    scheme, _, given = (_header(headers, "Authorization") or "").strip().partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
+        return None
+    return given
+
+
+class Access:
+    """Who a request's bearer is, and whether they may do what they ask."""
+
+    def __init__(
+        self,
+        mode: Literal["token", "jwt"],
+        admin_token: SecretStr | None,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        if mode == "jwt" and verifier is None:
+            raise ValueError("METER_AUTH=jwt needs a token verifier")
+        self.mode = mode
+        self.verifier = verifier
+        self._token = None if admin_token is None else admin_token.get_secret_value().encode()
+
+    @property
+    def jwt(self) -> bool:
+        return self.mode == "jwt"
+
+    def principal(self, headers: Mapping[str, str]) -> Principal:
+        """The bearer's principal; AuthError 401 when there is none or it is invalid."""
+        given = bearer(headers)
+        if given is None:
+            raise AuthError(401, "unauthorized", "missing bearer token")
+        if self._token and hmac.compare_digest(given.encode(), self._token):
+            return ADMIN_PRINCIPAL
+        if self.verifier is None:
+            raise AuthError(401, "invalid_token", "wrong bearer token")
+        return self.verifier.verify(given)
+
+    def check(
+        self, headers: Mapping[str, str], permission: Permission, tenant_id: str | None
+    ) -> Principal:
+        principal = self.principal(headers)
+        if not principal.may(permission, tenant_id):
+            log.warning(
+                "access: %s (%s) may not %s for tenant %r",
+                principal.subject,
+                principal.role,
+                permission.value,
+                tenant_id,
+            )
+            raise AuthError(
+                403,
+                "forbidden",
+                f"a {principal.role} token may not {permission.value.replace('_', ' ')}"
+                + (" for this tenant" if tenant_id is not None else ""),
+            )
+        return principal
+
+
+def access_from(cfg: Any) -> Access:
+    """The Access a Settings asks for (the key set is read, or its client made, here)."""
+    verifier = None
+    if cfg.auth == "jwt":
+        verifier = TokenVerifier(
+            cfg.auth_jwks, cfg.auth_issuer, cfg.auth_audience, cfg.auth_leeway_seconds
+        )
+    return Access(cfg.auth, cfg.admin_token, verifier)
+
+
+def _route(request: web.Request) -> str | None:
+    info = request.match_info
+    route = getattr(info, "route", None)
+    resource = None if route is None else route.resource
+    return None if resource is None else resource.canonical
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def middleware(access: Access) -> Any:
+    """With METER_AUTH=jwt: every request but an open path's needs its permission."""
+
+    @web.middleware
+    async def check_access(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not access.jwt or request.path in OPEN_PATHS:
+            return await handler(request)
+        route = _route(request)
+        if route is None:  # no route: a 404 or 405 from the router, nothing to guard
+            return await handler(request)
+        method = "GET" if request.method == "HEAD" else request.method
+        permission = ROUTES.get((method, route))
+        tenant_id = request.match_info.get("tenant_id")
+        try:
+            if permission is None:
+                # Unnamed: only the static token passes (see ROUTES).
+                principal = access.principal(request.headers)
+                if principal.role != "admin":
+                    raise AuthError(403, "forbidden", "this endpoint names no permission")
+            else:
+                principal = access.check(request.headers, permission, tenant_id)
+        except AuthError as refused:
+            return refused.answer(tenant_id)
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return check_access
+
+
+def principal_of(request: Any) -> Principal | None:
+    """The principal the middleware found for this request (None: not checked)."""
+    found = request.get(PRINCIPAL)
+    return found if isinstance(found, Principal) else None
+
+
+def whoami_body(principal: Principal) -> bytes:
+    return orjson.dumps(principal.view())
