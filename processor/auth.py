@@ -77,13 +77,14 @@ class Permission(enum.Enum):
     FUNDS = "funds"  # post a top-up
     RECHARGE_OUTCOME = "recharge_outcome"  # billing's answer to a recharge request
     SIGNED_IN = "signed_in"  # any valid token (whoami)
+    LIST_TENANTS = "list_tenants"  # added: the sink's GET /tenants (the console's operator page)
 
 
 # What each role may do; a tenant_admin only for its own tenant. A tenant admin does
 # not mint its own credit: funds come from billing (or the static token).
 GRANTS: Final[dict[str, frozenset[Permission]]] = {
     "tenant_admin": frozenset({Permission.READ, Permission.CONFIGURE, Permission.SIGNED_IN}),
-    "operator": frozenset({Permission.READ, Permission.SIGNED_IN}),
+    "operator": frozenset({Permission.READ, Permission.SIGNED_IN, Permission.LIST_TENANTS}),
     "billing": frozenset({Permission.FUNDS, Permission.RECHARGE_OUTCOME, Permission.SIGNED_IN}),
     "admin": frozenset(Permission),
 }
@@ -108,6 +109,9 @@ ROUTES: Final[dict[tuple[str, str], Permission]] = {
     ("GET", "/tenants/{tenant_id}/usage"): Permission.READ,
     ("GET", "/tenants/{tenant_id}/ledger.csv"): Permission.READ,
     ("GET", "/auth/whoami"): Permission.SIGNED_IN,
+    # Added with the console (the sink's): every tenant's row, and one tenant's recharges.
+    ("GET", "/tenants"): Permission.LIST_TENANTS,
+    ("GET", "/tenants/{tenant_id}/recharges"): Permission.READ,
 }
 # Open to anyone, whatever METER_AUTH says.
 OPEN_PATHS: Final = frozenset({"/metrics", "/health", "/ready", "/openapi.json"})

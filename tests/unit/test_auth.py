@@ -162,6 +162,16 @@ def test_roles_and_tenants(keys: TestKeys, access: Access) -> None:
     assert check(access, "static-secre", Permission.READ, "any") == 401
 
 
+def test_only_operators_list_every_tenant(keys: TestKeys, access: Access) -> None:
+    """Added with the console: the sink's GET /tenants names no tenant, so READ (which
+    a tenant admin holds for its own tenant) must not be what guards it."""
+    assert ROUTES[("GET", "/tenants")] is Permission.LIST_TENANTS
+    assert check(access, keys.tenant_admin("acme"), Permission.LIST_TENANTS, None) == 403
+    assert check(access, keys.token(role="billing"), Permission.LIST_TENANTS, None) == 403
+    assert check(access, keys.token(role="operator"), Permission.LIST_TENANTS, None) == 200
+    assert ROUTES[("GET", "/tenants/{tenant_id}/recharges")] is Permission.READ
+
+
 def test_no_token_is_401_with_a_bare_challenge(access: Access) -> None:
     with pytest.raises(AuthError) as caught:
         access.check({}, Permission.READ, "acme")
