@@ -270,6 +270,13 @@ class Meter:
             DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             self.accounts.data,
             self.seen.data,
+            expiry=acc.ExpiryPolicy(
+                expire_after=timedelta(days=cfg.funds_expire_days)
+                if cfg.funds_expire_days
+                else None,
+                notice=timedelta(days=cfg.funds_expiring_notice_days),
+            ),
+            ledger_topic=self.names.ledger,
         )
         self.handler = RecordHandler(
             self.engine,
@@ -469,7 +476,9 @@ class Meter:
             if self._rebuild_due:
                 self._rebuild_due = False
                 owned = self._owned_partitions()
-                self.handler.rebuild_due(self.tally.pending(owned), self._owns)
+                self.handler.rebuild_due(
+                    self.tally.pending(owned), self._owns, self.tally.expiring(owned)
+                )
             self._update_gauges()
             self._forget_expired_marks()
             self.handler.fire_due()
@@ -590,7 +599,13 @@ class Meter:
         def local(stored: Any) -> tuple[int, bytes, dict[str, str]]:
             if stored is None:
                 return 404, _error(404, "not_found", "no event for this tenant yet", tenant_id), {}
-            return 200, orjson.dumps(account_view(stored.account, self.card.currency)), {}
+            return (
+                200,
+                orjson.dumps(
+                    account_view(stored.account, self.card.currency, self.handler.clock())
+                ),
+                {},
+            )
 
         return await self._owner_answer(tenant_id, forwarded, "account", local)
 

@@ -21,14 +21,17 @@ from processor.core.account import (
     AlertOut,
     AutoRecharge,
     LedgerOut,
+    Lot,
+    MonthUsage,
     Output,
     PendingRecharge,
     RechargeMode,
     RechargeOut,
     RechargeStatus,
+    ServiceUsage,
     is_exhausted,
 )
-from processor.core.engine import TimerTick
+from processor.core.engine import EXPIRY_TICK, TimerTick
 from processor.core.money import Unit
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from schemas.types import format_money, format_timestamp, parse_timestamp
@@ -171,6 +174,30 @@ def account_to_dict(account: Account) -> dict[str, Any]:
         data["credit_limit"] = format_money(account.credit_limit)
     if account.notify_below is not None:
         data["notify_below"] = format_money(account.notify_below)
+    if account.lots:
+        # [credit entry id, amount left, expiry (epoch seconds), noticed (0/1)]
+        data["lots"] = [
+            [
+                lot.lot_id,
+                format_money(lot.amount),
+                int(lot.expires_at.timestamp()),
+                int(lot.noticed),
+            ]
+            for lot in account.lots
+        ]
+    if account.usage:
+        # [yyyymm, then per service (core SERVICES order) [events, billed seconds,
+        # amount] or null when none]
+        data["usage"] = [
+            [
+                month.month,
+                *(
+                    None if not u.events else [u.events, u.billed_seconds, format_money(u.amount)]
+                    for u in month.services
+                ),
+            ]
+            for month in account.usage
+        ]
     if ar is not None and ar.mode is not RechargeMode.FIXED:
         data["auto_recharge"]["mode"] = ar.mode.value
         data["auto_recharge"]["target_balance"] = (
@@ -192,6 +219,8 @@ def account_from_dict(data: dict[str, Any]) -> Account:
         notify_below=_opt_decimal(data.get("notify_below")),
         updated_at=_own_dt(data.get("updated_at")),
         auto_recharge=None if ar is None else _settings(ar),
+        lots=_lots(data.get("lots")),
+        usage=_usage(data.get("usage")),
         pending=None
         if pending is None
         else PendingRecharge(
@@ -202,6 +231,35 @@ def account_from_dict(data: dict[str, Any]) -> Account:
             status=RechargeStatus(pending["status"]),
             failed_at=_own_dt(pending.get("failed_at")),
         ),
+    )
+
+
+def _lots(data: list[list[Any]] | None) -> tuple[Lot, ...]:
+    """Added: values written before lots existed have none."""
+    if not data:
+        return ()
+    return tuple(
+        Lot(str(lot_id), Decimal(amount), datetime.fromtimestamp(int(expires), UTC), bool(noticed))
+        for lot_id, amount, expires, noticed in data
+    )
+
+
+_NO_SERVICE = ServiceUsage()
+
+
+def _usage(data: list[list[Any]] | None) -> tuple[MonthUsage, ...]:
+    """Added: values written before consumption was kept have none."""
+    if not data:
+        return ()
+    return tuple(
+        MonthUsage(
+            int(month[0]),
+            tuple(
+                _NO_SERVICE if u is None else ServiceUsage(int(u[0]), int(u[1]), Decimal(u[2]))
+                for u in month[1:]
+            ),
+        )
+        for month in data
     )
 
 
@@ -269,7 +327,7 @@ class Undecoded:
     a value the first time it is read (`processor/store.py`).
     """
 
-    __slots__ = ("exhausted", "order", "pending", "raw", "unit")
+    __slots__ = ("exhausted", "expires", "order", "pending", "raw", "unit")
 
     def __init__(self, raw: bytes, highest: dict[str, int] | None = None) -> None:
         data = orjson.loads(raw)
@@ -287,6 +345,10 @@ class Undecoded:
             Decimal(account["balance"]), Decimal(account.get("credit_limit", 0))
         )
         self.pending = account.get("pending") is not None
+        # The first lot's expiry (epoch seconds), None without lots: the recharge
+        # timer's index learns from it when to look at the tenant, without decoding.
+        lots = account.get("lots")
+        self.expires: int | None = int(lots[0][2]) if lots else None
         # Checked against the running card's as the value is read (processor/store.py).
         self.unit = _unit(data, None)
 
@@ -347,6 +409,12 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             alert["reason"] = out.reason
         if out.request_id is not None:
             alert["request_id"] = out.request_id
+        if out.amount is not None:
+            alert["amount"] = format_money(out.amount)
+        if out.expires_at is not None:
+            alert["expires_at"] = _at(out.expires_at)
+        if out.entry_id is not None:
+            alert["entry_id"] = out.entry_id
         return alert
     assert isinstance(out, RechargeOut)
     return {
@@ -398,6 +466,9 @@ def output_from_dict(data: dict[str, Any]) -> Output:
             status_seq=data.get("status_seq"),
             reason=data.get("reason"),
             request_id=data.get("request_id"),
+            amount=_opt_decimal(data.get("amount")),
+            expires_at=None if "expires_at" not in data else parse_timestamp(data["expires_at"]),
+            entry_id=data.get("entry_id"),
         )
     if kind == "recharge_requested":
         return RechargeOut(
@@ -416,6 +487,16 @@ def output_from_dict(data: dict[str, Any]) -> Output:
 
 
 def dump_tick(tick: TimerTick) -> bytes:
+    if tick.kind == EXPIRY_TICK:
+        # Added: a tick for the tenant's lots names no request.
+        return dumps(
+            {
+                "tick_id": tick.tick_id,
+                "tenant_id": tick.tenant_id,
+                "kind": tick.kind,
+                "at": _at(tick.at),
+            }
+        )
     return dumps(
         {
             "tick_id": tick.tick_id,
@@ -429,10 +510,13 @@ def dump_tick(tick: TimerTick) -> bytes:
 
 def load_tick(raw: bytes) -> TimerTick:
     data = orjson.loads(raw)
+    kind = str(data.get("kind", "recharge"))
+    expiry = kind == EXPIRY_TICK
     return TimerTick(
         tick_id=str(data["tick_id"]),
         tenant_id=str(data["tenant_id"]),
-        request_id=str(data["request_id"]),
-        attempt=int(data["attempt"]),
+        request_id="" if expiry else str(data["request_id"]),
+        attempt=0 if expiry else int(data["attempt"]),
         at=parse_timestamp(data["at"]),
+        kind=kind,
     )

@@ -7,12 +7,13 @@ No Faust here: the agents hand over plain `Record`s and the outputs leave throug
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -21,7 +22,7 @@ import orjson
 from processor import metrics, sizing
 from processor.codec import dump_output, dump_tick, load_tick
 from processor.core import account as acc
-from processor.core.engine import Engine, Outcome, Status, TimerTick, Usage
+from processor.core.engine import EXPIRY_TICK, Engine, Outcome, Status, TimerTick, Usage
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from processor.core.values import fast_init
 from processor.routing import partition_for
@@ -61,6 +62,9 @@ H_FORCE_TOO_OLD = "meter-force-too-old"
 H_REPLAY_OF = "meter-replay-of"
 # Kafka's default max.message.bytes is 1 MiB; base64 grows a payload by a third.
 MAX_REJECTED_PAYLOAD = sizing.MAX_REJECTED_PAYLOAD
+# How long after firing a tenant's expiry tick the timer fires it again if the tick
+# has not been applied by then (it was lost with a crash, or is still queued).
+EXPIRY_REFIRE = timedelta(seconds=60)
 
 
 class Source(StrEnum):
@@ -261,6 +265,11 @@ class RecordHandler:
         }
         # When each owned tenant's pending recharge next needs the timer.
         self.due: dict[str, Due] = {}
+        # When each owned tenant's lots next need the timer (an expiry or an expiring
+        # notice), and the same as a heap, soonest first, so a timer tick looks only at
+        # the tenants due (entries the dict no longer holds are skipped as stale).
+        self.expiry_due: dict[str, datetime] = {}
+        self._expiry_heap: list[tuple[datetime, str]] = []
         # Labelled metric children by (metric, labels): `labels()` costs microseconds
         # on every record otherwise.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -835,17 +844,43 @@ class RecordHandler:
             self.due[account.tenant_id] = Due(
                 at, account.pending.request_id, account.pending.attempt
             )
+        if account.lots:
+            expiry_at = acc.next_expiry_due(account, self.engine.expiry)
+            if expiry_at is not None:
+                self._expire_at(account.tenant_id, expiry_at)
+        elif self.expiry_due:
+            self.expiry_due.pop(account.tenant_id, None)
 
-    def rebuild_due(self, pending: Iterable[str], owned: Callable[[str], bool]) -> None:
+    def _expire_at(self, tenant: str, at: datetime) -> None:
+        if self.expiry_due.get(tenant) != at:
+            self.expiry_due[tenant] = at
+            heapq.heappush(self._expiry_heap, (at, tenant))
+
+    def rebuild_due(
+        self,
+        pending: Iterable[str],
+        owned: Callable[[str], bool],
+        expiring: Iterable[tuple[str, int]] = (),
+    ) -> None:
         """After a rebalance: index the open requests of the tenants now owned here.
 
         `pending`: the owned tenants whose stored value has a request open; the batch
-        being staged or flushed may have opened more.
+        being staged or flushed may have opened more. `expiring`: the owned tenants
+        with lots and their first lot's expiry (epoch seconds), indexed without
+        decoding their values: at the earliest its notice could be due, so at worst
+        one tick finds nothing to do and indexes the tenant's exact time.
         """
         self.due.clear()
+        self.expiry_due.clear()
+        self._expiry_heap.clear()
+        notice = self.engine.expiry.notice
+        for tenant, first in expiring:
+            if owned(tenant):
+                self._expire_at(tenant, datetime.fromtimestamp(first, UTC) - notice)
         for tenant in dict.fromkeys([*pending, *self.accounts.staged_keys()]):
             stored = self.accounts.get(tenant)
-            if stored is not None and stored.account.pending is not None and owned(tenant):
+            timed = stored is not None and (stored.account.pending or stored.account.lots)
+            if stored is not None and timed and owned(tenant):
                 self._track_due(stored.account)
 
     def fire_due(self) -> int:
@@ -868,6 +903,32 @@ class RecordHandler:
                 at=now,
             )
             self._send(self.names.timer, tenant.encode(), dump_tick(tick))
+            fired += 1
+        return fired + self._fire_expiry(now)
+
+    def _fire_expiry(self, now: datetime) -> int:
+        """Stage an expiry tick for every tenant whose lots are due (heap order).
+
+        A fired tenant is looked at again after EXPIRY_REFIRE unless its tick was
+        applied first (which indexes its next time): a tick lost with a crash is sent
+        again, and a repeat finds nothing left to do.
+        """
+        heap, fired = self._expiry_heap, 0
+        while heap and heap[0][0] <= now:
+            at, tenant = heapq.heappop(heap)
+            if self.expiry_due.get(tenant) != at:
+                continue  # stale: re-indexed since
+            self._owner = partition_for(tenant, self.partitions)
+            tick = TimerTick(
+                tick_id=f"expiry@{int(now.timestamp())}",
+                tenant_id=tenant,
+                request_id="",
+                attempt=0,
+                at=now,
+                kind=EXPIRY_TICK,
+            )
+            self._send(self.names.timer, tenant.encode(), dump_tick(tick))
+            self._expire_at(tenant, now + EXPIRY_REFIRE)
             fired += 1
         return fired
 

@@ -136,6 +136,11 @@ class Report:
     distinct_applied: int = 0
     ledger_records: int = 0
     ledger_entries: int = 0
+    # Added: `expiry` entries (funds of a lot that expired): not implied by any input
+    # (the timer's clock wrote them), so each tenant's expected balance is the inputs'
+    # less what expired, and they are not counted against the inputs' entries.
+    expiry_entries: int = 0
+    expired: dict[str, Decimal] = field(default_factory=dict)
     recharge_requests: int = 0
     # Records retention has already removed, per topic partition (not discrepancies:
     # the checks they would feed are left out instead of reported as mismatches).
@@ -150,7 +155,8 @@ class Report:
     def render(self) -> str:
         lines = [
             f"inputs read: {self.inputs}, ledger entries expected: {self.distinct_applied}",
-            f"ledger: {self.ledger_records} records, {self.ledger_entries} distinct entries",
+            f"ledger: {self.ledger_records} records, {self.ledger_entries} distinct entries "
+            f"({self.expiry_entries} expiry)",
             f"recharge requests: {self.recharge_requests} records",
             f"tenants checked: {len(self.tenants)}",
         ]
@@ -240,10 +246,24 @@ def check_ledger(entries: list[dict[str, Any]], report: Report) -> dict[str, Dec
         by_id[e["entry_id"]] = e
         causes[(e["tenant_id"], e["cause_topic"], e["cause_id"])].add(e["entry_id"])
         amount = Decimal(e["amount"])
+        # A debit and an expiry take from the balance; a credit adds to it.
         sums[e["tenant_id"]] += amount if e["kind"] == "credit" else -amount
+        if e["kind"] == "expiry":
+            report.expiry_entries += 1
+            tenant = e["tenant_id"]
+            report.expired[tenant] = report.expired.get(tenant, Decimal(0)) + amount
     for (tenant, topic, cause), ids in causes.items():
         if len(ids) > 1:
             report.problems.append(f"{tenant}: cause {topic}/{cause} has {len(ids)} entries")
+    for e in by_id.values():
+        # An expiry's cause is its lot's credit entry, of the same tenant.
+        if e["kind"] == "expiry":
+            lot = by_id.get(e["cause_id"])
+            if lot is None or lot["kind"] != "credit" or lot["tenant_id"] != e["tenant_id"]:
+                report.problems.append(
+                    f"{e['tenant_id']}: expiry {e['entry_id']} names no credit entry of the "
+                    f"tenant ({e['cause_id']})"
+                )
     report.ledger_records = len(entries)
     report.ledger_entries = len(by_id)
     return sums
@@ -305,11 +325,18 @@ async def reconcile(
     requests = [json.loads(r.value) for r in request_records if r.value]
     check_requests(requests, report)
     complete = report.inputs_complete and report.ledger_complete
-    if complete and report.ledger_entries != report.distinct_applied:
+    if complete and report.ledger_entries - report.expiry_entries != report.distinct_applied:
         report.problems.append(
             f"the inputs imply {report.distinct_applied} ledger entries, the ledger has "
-            f"{report.ledger_entries}"
+            f"{report.ledger_entries - report.expiry_entries} besides its "
+            f"{report.expiry_entries} expiry entries"
         )
+
+    def implied(tenant: str, stored: StoredAccount | None) -> Decimal:
+        """The balance the inputs imply, less what expired (the ledger's expiry entries)."""
+        balance = stored.account.balance if stored else Decimal(0)
+        return balance - report.expired.get(tenant, Decimal(0))
+
     if report.ledger_complete:
         # A chain starts at a tenant's first entry: with the ledger's first records
         # deleted by retention it cannot be followed from zero.
@@ -319,14 +346,13 @@ async def reconcile(
                 (r for r in ledger_records if r.value),
                 (r for r in alert_records if r.value),
                 (r for r in request_records if r.value),
-                {t: stored.account.balance for t, stored in accounts.items()}
+                {t: implied(t, stored) for t, stored in accounts.items()}
                 if report.inputs_complete
                 else None,
             )
         )
     for tenant in sorted(set(accounts) | set(sums)):
-        account = accounts.get(tenant)
-        expected = account.account.balance if account else Decimal(0)
+        expected = implied(tenant, accounts.get(tenant))
         check = TenantCheck(
             tenant,
             expected if report.inputs_complete else None,

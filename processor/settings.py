@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     max_future_seconds: float = Field(
         default=300, validation_alias="METER_MAX_FUTURE_SECONDS", ge=0
     )
+    # Funds expire this many days after the occurred_at of the credit that brought them
+    # (fractions allowed; 0: never), and funds_expiring is published this many days
+    # before a lot with money left expires.
+    funds_expire_days: float = Field(default=365, validation_alias="METER_FUNDS_EXPIRE_DAYS", ge=0)
+    funds_expiring_notice_days: float = Field(
+        default=30, validation_alias="METER_FUNDS_EXPIRING_NOTICE_DAYS", ge=0
+    )
     # How often the recharge timer looks for timed-out or retry-due requests.
     timer_interval_seconds: float = Field(
         default=5.0, validation_alias="METER_TIMER_INTERVAL_SECONDS", gt=0

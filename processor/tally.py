@@ -26,12 +26,22 @@ def _flags(value: Value) -> tuple[bool, bool]:
     return account.exhausted, account.pending is not None
 
 
+def _first_expiry(value: Value) -> int | None:
+    """The first lot's expiry (epoch seconds), None without lots."""
+    if isinstance(value, Undecoded):
+        return value.expires
+    lots = value.account.lots
+    return int(lots[0].expires_at.timestamp()) if lots else None
+
+
 @dataclass
 class _Counts:
     tenants: int = 0
     exhausted: int = 0
     # Tenants with a recharge request open (outstanding or awaiting its retry).
     pending: set[str] = field(default_factory=set)
+    # Tenants with lots (funds that expire): their first lot's expiry, epoch seconds.
+    expiring: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,14 @@ class AccountTally:
             counts.exhausted += sign * exhausted
             if sign < 0:
                 counts.pending.discard(key)
-            elif pending:
-                counts.pending.add(key)
+                if counts.expiring:
+                    counts.expiring.pop(key, None)
+            else:
+                if pending:
+                    counts.pending.add(key)
+                first = _first_expiry(value)
+                if first is not None:
+                    counts.expiring[key] = first
 
     def clear(self) -> None:
         self._parts.clear()
@@ -80,3 +96,10 @@ class AccountTally:
             counts = self._parts.get(p)
             if counts is not None:
                 yield from list(counts.pending)
+
+    def expiring(self, partitions: Iterable[int]) -> Iterator[tuple[str, int]]:
+        """The tenants of these partitions with lots, and their first lot's expiry."""
+        for p in partitions:
+            counts = self._parts.get(p)
+            if counts is not None:
+                yield from list(counts.expiring.items())

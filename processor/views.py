@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from processor.core.account import Account
+from processor.core.account import SERVICES, Account, MonthUsage, month_before
 from processor.core.engine import SERVICE_TABLES
 from processor.core.rating import RateCard
 from schemas.types import E164_PATTERN, TENANT_ID_PATTERN, format_money, format_timestamp
 
+# How many lots the account view lists under "expiring".
+EXPIRING_SHOWN: Final = 3
 
-def account_view(account: Account, currency: str) -> dict[str, Any]:
+
+def account_view(account: Account, currency: str, now: datetime | None = None) -> dict[str, Any]:
+    """The account as GET /tenants/{id}/account shows it; `now` (the worker's clock)
+    names the current month of "consumption"."""
     ar = account.auto_recharge
     pending = account.pending
+    zero = account.balance.copy_abs() * 0
     return {
         "tenant_id": account.tenant_id,
         "currency": currency,
@@ -47,7 +54,40 @@ def account_view(account: Account, currency: str) -> dict[str, Any]:
         "notify_below": None
         if account.notify_below is None
         else format_money(account.notify_below),
+        "expiring": [
+            {"amount": format_money(lot.amount), "expires_at": format_timestamp(lot.expires_at)}
+            for lot in account.lots[:EXPIRING_SHOWN]
+        ],
+        "consumption": consumption_view(account, now or datetime.now(UTC), zero),
     }
+
+
+def consumption_view(account: Account, now: datetime, zero: Any) -> list[dict[str, Any]]:
+    """The current calendar month (UTC) and the one before, newest first, each with
+    every service's charged events, billed seconds and amount.
+
+    The current month is the clock's, or the newest month of usage event time the
+    account has counted when that is later (an event up to METER_MAX_FUTURE_SECONDS
+    ahead, at a month's turn).
+    """
+    now = now.astimezone(UTC)
+    current = now.year * 100 + now.month
+    kept = {m.month: m for m in account.usage}
+    if account.usage and account.usage[0].month > current:
+        current = account.usage[0].month
+    return [_month_view(m, kept.get(m), zero) for m in (current, month_before(current))]
+
+
+def _month_view(month: int, usage: MonthUsage | None, zero: Any) -> dict[str, Any]:
+    services: dict[str, Any] = {}
+    for i, name in enumerate(SERVICES):
+        used = None if usage is None else usage.services[i]
+        services[name] = {
+            "events": 0 if used is None else used.events,
+            "billed_seconds": 0 if used is None else used.billed_seconds,
+            "amount": format_money(zero if used is None or not used.events else used.amount),
+        }
+    return {"month": f"{month // 100:04d}-{month % 100:02d}", "services": services}
 
 
 # The contract's tenant id (schemas.types.TENANT_ID_PATTERN). fullmatch, not "$": in

@@ -26,7 +26,15 @@ from schemas.types import (
     Timestamp,
 )
 
-__all__ = ["AccountView", "AuthorizeView", "AutoRechargeView", "PendingRechargeView"]
+__all__ = [
+    "AccountView",
+    "AuthorizeView",
+    "AutoRechargeView",
+    "ExpiringView",
+    "MonthConsumptionView",
+    "PendingRechargeView",
+    "ServiceConsumptionView",
+]
 
 
 class AutoRechargeView(OutputModel):
@@ -50,6 +58,35 @@ class PendingRechargeView(OutputModel):
     requested_at: Timestamp
 
 
+class ExpiringView(OutputModel):
+    """Added. A lot of the tenant's funds: what is left of it and when it expires."""
+
+    amount: PositiveMoney
+    expires_at: Timestamp
+
+
+class ServiceConsumptionView(OutputModel):
+    """Added. One service's charged usage in one month."""
+
+    events: Annotated[int, Field(ge=0)]
+    billed_seconds: Annotated[int, Field(ge=0)]
+    amount: NonNegativeMoney
+
+
+class ServicesConsumptionView(OutputModel):
+    outbound: ServiceConsumptionView
+    toll_free_inbound: ServiceConsumptionView
+    conferencing_dial_out: ServiceConsumptionView
+    conferencing_toll_free_dial_in: ServiceConsumptionView
+
+
+class MonthConsumptionView(OutputModel):
+    """Added. A calendar month (UTC, of the usage's event time) of charged usage."""
+
+    month: Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
+    services: ServicesConsumptionView
+
+
 class AccountView(OutputModel):
     """200 body of ``GET /tenants/{tenant_id}/account``."""
 
@@ -64,6 +101,10 @@ class AccountView(OutputModel):
     # level (null: none).
     credit_limit: NonNegativeAmount = Decimal(0)
     notify_below: NonNegativeAmount | None = None
+    # Added: the tenant's funds that expire, soonest first, at most 3.
+    expiring: list[ExpiringView] = Field(default_factory=list, max_length=3)
+    # Added: the current calendar month (UTC) and the one before, newest first.
+    consumption: list[MonthConsumptionView] = Field(default_factory=list, max_length=2)
 
 
 class AuthorizeView(OutputModel):

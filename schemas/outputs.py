@@ -159,7 +159,8 @@ class LedgerEntry(OutputModel):
     type: Literal["ledger_entry"] = "ledger_entry"
     entry_id: OutputId
     tenant_id: TenantId
-    kind: Literal["debit", "credit"]
+    # Added: "expiry", funds of a lot that expired (counted negative, as a debit).
+    kind: Literal["debit", "credit", "expiry"]
     amount: PositiveMoney
     currency: Currency
     balance_after: Money
@@ -180,8 +181,8 @@ class LedgerEntry(OutputModel):
         present = [name for name in self._DEBIT_FIELDS if getattr(self, name) is not None]
         if self.kind == "debit" and len(present) != len(self._DEBIT_FIELDS):
             raise ValueError("a debit needs rate_prefix, rate_per_minute and billed_seconds")
-        if self.kind == "credit" and present:
-            raise ValueError(f"a credit has no rate fields, got {', '.join(present)}")
+        if self.kind != "debit" and present:
+            raise ValueError(f"a {self.kind} has no rate fields, got {', '.join(present)}")
         return self
 
 
@@ -191,7 +192,14 @@ class BalanceAlert(OutputModel):
     type: Literal["balance_alert"] = "balance_alert"
     alert_id: OutputId
     tenant_id: TenantId
-    alert: Literal["exhausted", "restored", "low_balance", "recharge_failed"]
+    alert: Literal[
+        "exhausted",
+        "restored",
+        "low_balance",
+        "recharge_failed",
+        "funds_expiring",
+        "funds_expired",
+    ]
     balance: Money
     currency: Currency
     occurred_at: Timestamp
@@ -202,6 +210,28 @@ class BalanceAlert(OutputModel):
     # ("timed_out" when billing never answered), and the request that failed.
     reason: Reason | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     request_id: RequestId | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    # Added, funds_expiring and funds_expired only: the lot's money left (what expires
+    # or expired); funds_expiring: when the lot expires; funds_expired: the `expiry`
+    # ledger entry that took it.
+    amount: PositiveMoney | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    expires_at: Timestamp | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    entry_id: OutputId | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+
+    _LOT_FIELDS: ClassVar = {
+        "funds_expiring": ("amount", "expires_at"),
+        "funds_expired": ("amount", "entry_id"),
+    }
+
+    @model_validator(mode="after")
+    def _lot_fields_only_on_funds_alerts(self) -> Self:
+        wanted = self._LOT_FIELDS.get(self.alert, ())
+        for name in ("amount", "expires_at", "entry_id"):
+            if (getattr(self, name) is not None) != (name in wanted):
+                raise ValueError(
+                    f"{name} is on funds_expiring/funds_expired alerts only, as the "
+                    "contract lists them"
+                )
+        return self
 
     @model_validator(mode="after")
     def _status_seq_only_on_status_alerts(self) -> Self:

@@ -47,6 +47,7 @@ class LedgerStream:
         amount: Decimal | None = None,
         occurred_at: datetime | None = None,
         cause_topic: str | None = None,
+        cause_id: str | None = None,
     ) -> LedgerEntry:
         rng = self._rng
         self._n += 1
@@ -57,6 +58,7 @@ class LedgerStream:
             amount = Decimal(cents).scaleb(-4)
         before = self.balances.get(tenant, Decimal("0.0000"))
         with decimal.localcontext(prec=80):  # exact, like the processor's balances
+            # A debit and an expiry take from the balance.
             after = before + amount if kind == "credit" else before - amount
         self.balances[tenant] = after
         when = occurred_at or T0 + timedelta(minutes=self._n)
@@ -75,12 +77,23 @@ class LedgerStream:
             currency="USD",
             balance_after=after,
             cause_topic=topic,
-            cause_id=f"cause-{self._n}",
+            cause_id=cause_id or f"cause-{self._n}",
             occurred_at=when,
             recorded_at=when + timedelta(seconds=1),
             rate_prefix="+447" if debit else None,
             rate_per_minute=Decimal("0.1200") if debit else None,
             billed_seconds=billed if debit else None,
+        )
+
+    def expiry(self, credit: LedgerEntry, amount: Decimal | None = None) -> LedgerEntry:
+        """The `expiry` entry of the lot `credit` opened: what is left of it (all of it
+        by default) leaves the balance; its cause is the credit entry."""
+        return self.entry(
+            credit.tenant_id,
+            kind="expiry",
+            amount=credit.amount if amount is None else amount,
+            cause_topic=f"{self.prefix}credits.ledger",
+            cause_id=credit.entry_id,
         )
 
     def entries(self, count: int) -> Iterator[LedgerEntry]:

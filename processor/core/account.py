@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -52,6 +52,22 @@ class AlertKind(StrEnum):
     RESTORED = "restored"
     LOW_BALANCE = "low_balance"
     RECHARGE_FAILED = "recharge_failed"
+    # A lot with money left comes within the notice period of its expiry (once a lot).
+    FUNDS_EXPIRING = "funds_expiring"
+    # A lot expired with money left: an `expiry` ledger entry took it.
+    FUNDS_EXPIRED = "funds_expired"
+
+
+# The services usage is counted under in the account's consumption, in this order.
+SERVICES = (
+    "outbound",
+    "toll_free_inbound",
+    "conferencing_dial_out",
+    "conferencing_toll_free_dial_in",
+)
+# At most this many lots per tenant (beyond the merge of lots expiring the same UTC day):
+# past it the two lots that expire last are merged (`_add_lot`).
+MAX_LOTS = 16
 
 
 class RechargeMode(StrEnum):
@@ -95,6 +111,54 @@ class PendingRecharge:
 
 @fast_init
 @dataclass(frozen=True, slots=True)
+class Lot:
+    """Funds of one credit (or of credits merged into it) and when they expire.
+
+    `lot_id` is the `entry_id` of the credit that opened it: the cause of its expiry
+    entry and of its alerts. `amount` is what is left (> 0; a spent lot is dropped).
+    `expires_at` is a whole second (rounded up). `noticed`: its funds_expiring alert
+    has been published.
+    """
+
+    lot_id: str
+    amount: Decimal
+    expires_at: datetime
+    noticed: bool = False
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class ServiceUsage:
+    events: int = 0
+    billed_seconds: int = 0
+    amount: Decimal = ZERO
+
+
+_NO_USAGE = ServiceUsage()
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class MonthUsage:
+    """One calendar month (UTC, of the usage's event time) of charged usage, per
+    service in SERVICES order. `month` is year * 100 + month (202612)."""
+
+    month: int
+    services: tuple[ServiceUsage, ...] = (_NO_USAGE,) * len(SERVICES)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryPolicy:
+    """METER_FUNDS_EXPIRE_DAYS (None: funds never expire) and
+    METER_FUNDS_EXPIRING_NOTICE_DAYS."""
+
+    expire_after: timedelta | None = None
+    notice: timedelta = timedelta(days=30)
+    max_lots: int = MAX_LOTS
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
 class Account:
     tenant_id: str
     balance: Decimal = ZERO
@@ -112,6 +176,12 @@ class Account:
     credit_limit: Decimal = ZERO
     # A low-balance level of the tenant's own (None: none), apart from auto-recharge.
     notify_below: Decimal | None = None
+    # Funds that expire, oldest (soonest to expire) first. What the balance holds beyond
+    # their sum (funds credited before lots existed, or while funds never expire) is
+    # spent before any lot and never expires. A negative balance has no lots.
+    lots: tuple[Lot, ...] = ()
+    # Charged usage of the newest month seen and of the month before it (newest first).
+    usage: tuple[MonthUsage, ...] = ()
 
     @property
     def exhausted(self) -> bool:
@@ -168,6 +238,11 @@ class AlertOut:
     # recharge_failed only: billing's reason for the last failure, and the request.
     reason: str | None = None
     request_id: str | None = None
+    # funds_expiring and funds_expired only: the lot's amount left; funds_expiring:
+    # when it expires; funds_expired: the expiry entry that took it.
+    amount: Decimal | None = None
+    expires_at: datetime | None = None
+    entry_id: str | None = None
 
 
 @fast_init
@@ -206,6 +281,8 @@ class Debit:
     rate_prefix: str
     rate_per_minute: Decimal
     billed_seconds: int
+    # One of SERVICES, for the account's consumption (None: not counted).
+    service: str | None = None
 
 
 @dataclass(slots=True)
@@ -225,6 +302,9 @@ class _Builder:
         *,
         reason: str | None = None,
         request_id: str | None = None,
+        amount: Decimal | None = None,
+        expires_at: datetime | None = None,
+        entry_id: str | None = None,
     ) -> None:
         acct = self.account
         status_seq = None
@@ -244,6 +324,9 @@ class _Builder:
                 status_seq=status_seq,
                 reason=reason,
                 request_id=request_id,
+                amount=amount,
+                expires_at=expires_at,
+                entry_id=entry_id,
             )
         )
 
@@ -252,19 +335,31 @@ class _Builder:
         if before.exhausted != self.account.exhausted:
             self.alert(AlertKind.EXHAUSTED if self.account.exhausted else AlertKind.RESTORED)
 
-    def move_balance(self, signed_amount: Decimal, debit: Debit | None = None) -> None:
-        """Change the balance by exactly one ledger entry, and raise the state alerts."""
+    def move_balance(
+        self,
+        signed_amount: Decimal,
+        debit: Debit | None = None,
+        kind: str | None = None,
+        entry_id: str | None = None,
+    ) -> str:
+        """Change the balance by exactly one ledger entry, and raise the state alerts.
+
+        Returns the entry's id. `kind` and `entry_id` name an `expiry` entry; the
+        others' come from their sign and their cause. The caller moves the lots.
+        """
         before = self.account
         # Exact or raising, never rounded under the default context (core/money.py).
         after_balance = EXACT.add(before.balance, signed_amount)
         self.account = replace(
             before, balance=after_balance, entries=before.entries + 1, updated_at=self.now
         )
+        if entry_id is None:
+            entry_id = derive_id("ledger", before.tenant_id, self.cause.topic, self.cause.id)
         self.outputs.append(
             LedgerOut(
-                entry_id=derive_id("ledger", before.tenant_id, self.cause.topic, self.cause.id),
+                entry_id=entry_id,
                 tenant_id=before.tenant_id,
-                kind="debit" if signed_amount < 0 else "credit",
+                kind=kind or ("debit" if signed_amount < 0 else "credit"),
                 amount=EXACT.abs(signed_amount),
                 balance_after=after_balance,
                 cause_topic=self.cause.topic,
@@ -285,6 +380,7 @@ class _Builder:
         # The tenant's own level; one alert when it is the trigger's and both are crossed.
         if level is not None and level != trigger and before.balance >= level > after_balance:
             self.alert(AlertKind.LOW_BALANCE, tag="notify_below")
+        return entry_id
 
     def request_recharge_if_due(self) -> None:
         acct = self.account
@@ -359,6 +455,12 @@ def apply_debit(account: Account, debit: Debit, cause: Cause, now: datetime) -> 
         return Transition(account, changed=False)
     b = _Builder(account, cause, now)
     b.move_balance(EXACT.minus(debit.amount), debit)
+    lots = _spend(account, debit.amount)
+    usage = account.usage
+    if debit.service is not None:
+        usage = count_usage(usage, cause.occurred_at, debit.service, debit)
+    if lots is not account.lots or usage is not account.usage:
+        b.account = replace(b.account, lots=lots, usage=usage)
     b.request_recharge_if_due()
     return b.done()
 
@@ -371,13 +473,22 @@ def apply_funds(
     *,
     manual: bool,
     recharge_request_id: str | None,
+    expiry: ExpiryPolicy | None = None,
 ) -> Transition:
-    """Funds are always credited; a matching outstanding request is closed."""
+    """Funds are always credited; a matching outstanding request is closed.
+
+    With `expiry` set, what is left once a negative balance is paid off becomes a lot
+    that expires `expiry.expire_after` after the funds' `occurred_at`.
+    """
     if amount <= ZERO:
         raise ValueError("funds are always positive")
     b = _Builder(account, cause, now)
-    b.move_balance(amount)
+    entry_id = b.move_balance(amount)
     acct = b.account
+    if expiry is not None and expiry.expire_after is not None:
+        expires_at = _whole_second(cause.occurred_at + expiry.expire_after)
+        lots = _add_lot(account, amount, entry_id, expires_at, expiry.max_lots)
+        acct = replace(acct, lots=lots)
     if acct.pending is not None and recharge_request_id == acct.pending.request_id:
         acct = replace(acct, pending=None)
         b.recharge.append("fulfilled")
@@ -541,3 +652,202 @@ def next_due(account: Account, policy: RechargePolicy) -> datetime | None:
         return pending.requested_at + policy.timeout
     assert pending.failed_at is not None
     return pending.failed_at + policy.retry_after
+
+
+# ---- expiring funds --------------------------------------------------------------
+
+
+def _whole_second(at: datetime) -> datetime:
+    """`at` rounded up to a whole second, in UTC (a lot's expiry is stored in seconds)."""
+    at = at.astimezone(UTC)
+    if at.microsecond:
+        at = at.replace(microsecond=0) + timedelta(seconds=1)
+    return at
+
+
+def lots_total(lots: tuple[Lot, ...]) -> Decimal:
+    total = ZERO
+    for lot in lots:
+        total = EXACT.add(total, lot.amount)
+    return total
+
+
+def _spend(account: Account, amount: Decimal) -> tuple[Lot, ...]:
+    """The lots left after a debit of `amount`: funds outside any lot first (they are
+    older than every lot), then the oldest lot first."""
+    lots = account.lots
+    if not lots:
+        return lots
+    free = EXACT.subtract(account.balance, lots_total(lots))
+    left = EXACT.subtract(amount, free) if free > ZERO else amount
+    if left <= ZERO:
+        return lots
+    kept = list(lots)
+    while kept and left > ZERO:
+        first = kept[0]
+        if first.amount > left:
+            kept[0] = replace(first, amount=EXACT.subtract(first.amount, left))
+            left = ZERO
+        else:
+            left = EXACT.subtract(left, first.amount)
+            del kept[0]
+    return tuple(kept)
+
+
+def _add_lot(
+    account: Account, amount: Decimal, lot_id: str, expires_at: datetime, max_lots: int
+) -> tuple[Lot, ...]:
+    """The lots after a credit of `amount` to `account` (its value before the credit).
+
+    The credit first pays off a negative balance; the rest is a lot. A lot expiring on
+    the same UTC day as an existing one is merged into it (the later expiry of the two,
+    the first one's id). Past `max_lots` the two lots expiring last are merged (the
+    later expiry, the earlier lot's id): money never expires before its own time.
+    """
+    debt = -account.balance if account.balance < ZERO else ZERO
+    rest = EXACT.subtract(amount, debt) if amount > debt else ZERO
+    lots = account.lots
+    if rest <= ZERO:
+        return lots
+    kept = list(lots)
+    day = expires_at.date()
+    for i, lot in enumerate(kept):
+        if lot.expires_at.date() == day:
+            kept[i] = replace(
+                lot,
+                amount=EXACT.add(lot.amount, rest),
+                expires_at=max(lot.expires_at, expires_at),
+            )
+            break
+    else:
+        kept.append(Lot(lot_id, rest, expires_at))
+        kept.sort(key=_expiry_of)
+    while len(kept) > max(1, max_lots):
+        older, last = kept[-2], kept[-1]
+        kept[-2:] = [
+            replace(
+                older,
+                amount=EXACT.add(older.amount, last.amount),
+                expires_at=max(older.expires_at, last.expires_at),
+                noticed=older.noticed and last.noticed,
+            )
+        ]
+    return tuple(kept)
+
+
+def _expiry_of(lot: Lot) -> datetime:
+    return lot.expires_at
+
+
+def expiry_entry_id(tenant_id: str, lot_id: str) -> str:
+    """The `expiry` entry of a lot: one per lot, whatever tick takes it."""
+    return derive_id("expiry", tenant_id, lot_id)
+
+
+def apply_expiry(
+    account: Account, ledger_topic: str, at: datetime, policy: ExpiryPolicy
+) -> Transition:
+    """The timer's clock at `at` over the tenant's lots.
+
+    Each lot with money left that has come within `policy.notice` of its expiry gets
+    its funds_expiring alert (once). Each lot whose expiry is at or before `at` is
+    taken out of the balance by one `expiry` entry (cause: the lot's credit entry in
+    `ledger_topic`), followed by the alerts and the auto-recharge rule any balance
+    change gets, and a funds_expired alert. Nothing due: unchanged (`changed` False).
+    """
+    due = next_expiry_due(account, policy)
+    if due is None or due > at:
+        return Transition(account, ignored="not_due", changed=False)
+    b = _Builder(account, Cause(ledger_topic, "", at), at)
+    while b.account.lots and b.account.lots[0].expires_at <= at:
+        lot = b.account.lots[0]
+        b.account = replace(b.account, lots=b.account.lots[1:])
+        b.cause = Cause(ledger_topic, lot.lot_id, lot.expires_at)
+        entry_id = b.move_balance(
+            EXACT.minus(lot.amount),
+            kind="expiry",
+            entry_id=expiry_entry_id(account.tenant_id, lot.lot_id),
+        )
+        b.alert(AlertKind.FUNDS_EXPIRED, amount=lot.amount, entry_id=entry_id)
+        b.request_recharge_if_due()
+    noticed = list(b.account.lots)
+    for i, lot in enumerate(noticed):
+        if not lot.noticed and lot.expires_at - policy.notice <= at:
+            b.cause = Cause(ledger_topic, lot.lot_id, lot.expires_at)
+            noticed[i] = replace(lot, noticed=True)
+            b.alert(AlertKind.FUNDS_EXPIRING, amount=lot.amount, expires_at=lot.expires_at)
+    b.account = replace(b.account, lots=tuple(noticed), updated_at=at)
+    return b.done()
+
+
+def _next_notice(lots: tuple[Lot, ...], notice: timedelta) -> datetime | None:
+    """When the first lot not noticed yet comes within `notice` (lots are in expiry
+    order, so the first such lot's notice comes first); None: all noticed."""
+    for lot in lots:
+        if not lot.noticed:
+            return lot.expires_at - notice
+    return None
+
+
+def next_expiry_due(account: Account, policy: ExpiryPolicy) -> datetime | None:
+    """When the timer must next look at this account's lots, or None if never."""
+    lots = account.lots
+    if not lots:
+        return None
+    notice = _next_notice(lots, policy.notice)
+    return lots[0].expires_at if notice is None else min(lots[0].expires_at, notice)
+
+
+# ---- consumption -----------------------------------------------------------------
+
+
+_SERVICE_INDEX = {name: i for i, name in enumerate(SERVICES)}
+
+
+def _month_of(at: datetime) -> int:
+    at = at.astimezone(UTC)
+    return at.year * 100 + at.month
+
+
+def month_before(month: int) -> int:
+    year, m = divmod(month, 100)
+    return (year - 1) * 100 + 12 if m == 1 else month - 1
+
+
+def count_usage(
+    usage: tuple[MonthUsage, ...], occurred_at: datetime, service: str, debit: Debit
+) -> tuple[MonthUsage, ...]:
+    """`usage` with one charged event counted in its event time's month (UTC).
+
+    Kept: the newest month seen and the one before it. An event of a later month
+    starts a new one (keeping the month before it if that is the newest so far); an
+    event older than both months kept is not counted (its debit still is).
+    """
+    month = _month_of(occurred_at)
+    index = _SERVICE_INDEX[service]
+    if usage and usage[0].month == month:  # nearly every event: this month's
+        return (_add_usage(usage[0], index, debit), *usage[1:])
+    for i, kept in enumerate(usage):
+        if kept.month == month:
+            counted = list(usage)
+            counted[i] = _add_usage(kept, index, debit)
+            return tuple(counted)
+    if not usage or month > usage[0].month:
+        new = _add_usage(MonthUsage(month), index, debit)
+        if usage and usage[0].month == month_before(month):
+            return (new, usage[0])
+        return (new,)
+    if len(usage) == 1 and month == month_before(usage[0].month):
+        return (usage[0], _add_usage(MonthUsage(month), index, debit))
+    return usage
+
+
+def _add_usage(month: MonthUsage, index: int, debit: Debit) -> MonthUsage:
+    services = list(month.services)
+    old = services[index]
+    services[index] = ServiceUsage(
+        old.events + 1,
+        old.billed_seconds + debit.billed_seconds,
+        EXACT.add(old.amount, debit.amount),
+    )
+    return MonthUsage(month.month, tuple(services))

@@ -68,6 +68,12 @@ class TimerTick:
     request_id: str
     attempt: int
     at: datetime
+    # "recharge" (a pending request's timeout or retry) or "expiry" (the tenant's lots:
+    # expiry and expiring notices; request_id "" and attempt 0).
+    kind: str = "recharge"
+
+
+EXPIRY_TICK = "expiry"
 
 
 @fast_init
@@ -137,6 +143,13 @@ _USAGE_TABLES = {
     "dial_out": RateTable.CONFERENCING_DIAL_OUT,
     "toll_free_dial_in": RateTable.TOLL_FREE_INBOUND,
 }
+# The service each kind of usage is counted under in the account's consumption.
+_USAGE_SERVICES = {
+    "outbound": "outbound",
+    "toll_free_inbound": "toll_free_inbound",
+    "dial_out": "conferencing_dial_out",
+    "toll_free_dial_in": "conferencing_toll_free_dial_in",
+}
 
 
 # The services a call may be authorized for (GET /tenants/{id}/authorize), rated in
@@ -158,8 +171,14 @@ class Engine:
         accounts: MutableMapping[str, StoredAccount],
         seen: MutableMapping[str, Mark],
         delivered: Callable[[str, OutboxEntry], bool] = never_delivered,
+        expiry: acc.ExpiryPolicy | None = None,
+        ledger_topic: str = "credits.ledger",
     ) -> None:
         self.card = card
+        # Funds expiry (METER_FUNDS_EXPIRE_DAYS); the default: funds never expire.
+        self.expiry = expiry or acc.ExpiryPolicy()
+        # An expiry entry's cause_topic: where its lot's credit entry is.
+        self.ledger_topic = ledger_topic
         self.policy = policy
         self.dedupe = dedupe
         self.accounts = accounts
@@ -214,6 +233,7 @@ class Engine:
             rate_prefix=charge.rate.prefix,
             rate_per_minute=charge.rate.per_minute,
             billed_seconds=charge.billed_seconds,
+            service=_USAGE_SERVICES[table_key],
         )
         cause = acc.Cause(cause_topic, event.event_id, event.occurred_at)
         transition = acc.apply_debit(self._account(stored, tenant), debit, cause, now)
@@ -249,6 +269,7 @@ class Engine:
                 now,
                 manual=cmd.source == "manual",
                 recharge_request_id=cmd.recharge_request_id,
+                expiry=self.expiry,
             )
         elif isinstance(cmd, AutoRechargeConfigured):
             target = cmd.target_balance if cmd.mode == "to_target" else None
@@ -420,6 +441,14 @@ class Engine:
             return Outcome(Status.IGNORED, tick.tenant_id, note="unknown_tenant")
         if stored.has_applied(position):
             return self._replayed(stored, None, tick.at, tick.at, position)
+        if tick.kind == EXPIRY_TICK:
+            expired = acc.apply_expiry(stored.account, self.ledger_topic, tick.at, self.expiry)
+            if not expired.changed:
+                # With the account, so the timer's index learns its next due time.
+                return Outcome(
+                    Status.IGNORED, tick.tenant_id, note=expired.ignored, account=stored.account
+                )
+            return self._write(stored, position, expired)
         cause = acc.Cause(cause_topic, f"{tick.request_id}#{tick.attempt}", tick.at)
         transition = acc.apply_timer(
             stored.account, tick.request_id, tick.attempt, cause, tick.at, self.policy

@@ -133,7 +133,10 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
                     query(
                         "kind",
                         "Only these kinds, comma-separated.",
-                        {"type": "string", "pattern": "^(debit|credit)(,(debit|credit))?$"},
+                        {
+                            "type": "string",
+                            "pattern": "^(debit|credit|expiry)(,(debit|credit|expiry)){0,2}$",
+                        },
                     ),
                 ],
                 "responses": {"200": _json(refs["LedgerPage"], "A page."), "400": bad},

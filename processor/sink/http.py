@@ -49,7 +49,7 @@ __all__ = ["CSV_COLUMNS", "DEFAULT_LIMIT", "MAX_LIMIT", "build_app"]
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 500
-KINDS: Final = ("debit", "credit")
+KINDS: Final = ("debit", "credit", "expiry")
 GROUPS: Final = ("day", "service")
 CSV_COLUMNS: Final = (
     "entry_id",
@@ -110,7 +110,9 @@ def _kinds(request: web.Request) -> list[str]:
         return []
     kinds = [k.strip() for k in raw.split(",")]
     if not kinds or any(k not in KINDS for k in kinds):
-        raise _BadQuery("invalid_query", "kind must be debit, credit or debit,credit")
+        raise _BadQuery(
+            "invalid_query", "kind must be a comma-separated subset of debit, credit, expiry"
+        )
     return sorted(set(kinds))
 
 
@@ -147,6 +149,7 @@ def _csv_text(value: str | None) -> str:
 
 def _csv_row(row: dict[str, Any]) -> list[str]:
     amount: Decimal = row["amount"]
+    # A debit and an expiry take from the balance.
     signed = amount if row["kind"] == "credit" else -amount
     rate = row["rate_per_minute"]
     return [

@@ -7,7 +7,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from processor.reconcile import Raw, check_histories
+from processor.reconcile import Raw, Report, check_histories, check_ledger
 
 
 def _raws(topic: str, outputs: list[dict[str, Any]]) -> list[Raw]:
@@ -88,3 +88,28 @@ def test_alerts_and_requests_must_name_balances_the_account_had() -> None:
 def test_a_retried_request_is_its_own_output() -> None:
     requests = _raws("rr", [request("r1", "9.50"), request("r1", "10.00", attempt=2)])
     assert check_histories(_raws("ledger", GOOD), (), requests) == []
+
+
+def test_an_expiry_entry_counts_negative_in_the_chain() -> None:
+    history = [
+        entry("e1", "credit", "10.00", "10.00"),
+        entry("x1", "expiry", "9.50", "0.50", cause_id="e1"),
+    ]
+    assert check_histories(_raws("ledger", history), balances={"acme": Decimal("0.50")}) == []
+    wrong = [history[0], entry("x1", "expiry", "9.50", "19.50", cause_id="e1")]
+    assert check_histories(_raws("ledger", wrong)) != []
+
+
+def test_reconcile_takes_expired_funds_off_the_inputs_balance() -> None:
+    report = Report()
+    ledger = [
+        entry("e1", "credit", "10.00", "10.00", cause_topic="credits.commands", cause_id="c1"),
+        entry("x1", "expiry", "9.50", "0.50", cause_topic="credits.ledger", cause_id="e1"),
+        # An expiry whose cause is no credit of the tenant is a discrepancy.
+        entry("x2", "expiry", "0.50", "0.00", cause_topic="credits.ledger", cause_id="nope"),
+    ]
+    sums = check_ledger(ledger, report)
+    assert sums["acme"] == Decimal("0.00")
+    assert report.expiry_entries == 2
+    assert report.expired == {"acme": Decimal("10.00")}
+    assert report.problems == ["acme: expiry x2 names no credit entry of the tenant (nope)"]

@@ -693,6 +693,8 @@ def test_account_view_serialises_with_nulls() -> None:
         "updated_at": "2026-11-23T10:00:00Z",
         "credit_limit": "0",
         "notify_below": None,
+        "expiring": [],
+        "consumption": [],
     }
     full = AccountView(
         tenant_id="acme",

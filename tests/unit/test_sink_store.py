@@ -571,3 +571,27 @@ def test_the_sink_imports_no_faust() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+async def test_http_expiry_entries_count_negative(
+    store: LedgerStore, http: TestClient[Any, Any]
+) -> None:
+    stream = LedgerStream(tenants=1)
+    tenant = stream.tenant(0)
+    credit = stream.entry(tenant, kind="credit", amount=Decimal("10.0000"))
+    spent = stream.entry(tenant, kind="debit", amount=Decimal("2.5000"))
+    expired = stream.expiry(credit, Decimal("7.5000"))
+    await store.write(GROUP, batch_of([credit, spent, expired]))
+    resp = await http.get(f"/tenants/{tenant}/ledger?kind=expiry")
+    assert resp.status == 200
+    assert [e["entry_id"] for e in (await resp.json())["entries"]] == [expired.entry_id]
+    resp = await http.get(f"/tenants/{tenant}/ledger?kind=credit,expiry")
+    assert len((await resp.json())["entries"]) == 2
+    resp = await http.get(f"/tenants/{tenant}/ledger.csv")
+    rows = list(csv.reader(io.StringIO(await resp.text())))
+    last = dict(zip(rows[0], rows[-1], strict=True))
+    assert (last["kind"], last["signed_amount"]) == ("expiry", "-7.5000")
+    assert last["cause_id"] == credit.entry_id
+    assert stream.balances[tenant] == Decimal("0.0000") == Decimal(last["balance_after"])
+    signed = sum(Decimal(r[CSV_COLUMNS.index("signed_amount")]) for r in rows[1:])
+    assert signed == stream.balances[tenant]
