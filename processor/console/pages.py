@@ -235,15 +235,18 @@ async def _consumption(
     last, this, following = _month_bounds(today)
     rows: dict[str, dict[str, Any]] = {}
     given = (account or {}).get("consumption")
-    if isinstance(given, dict):
-        # The account view's own (per service, this month and last): the four.
-        for which in ("current", "previous"):
-            month = given.get(which) or {}
-            services = month.get("services", month) if isinstance(month, dict) else {}
-            for service, figures in (services or {}).items():
-                if isinstance(figures, dict) and "amount" in figures:
+    months = (this, last)
+    if isinstance(given, list) and given:
+        # The account view's own: this month and the one before, per service.
+        for which, month in zip(("current", "previous"), given, strict=False):
+            for service, figures in (month.get("services") or {}).items():
+                if figures.get("events"):
                     rows.setdefault(service, {})[which] = figures
+        if isinstance(given[0].get("month"), str):
+            first = date.fromisoformat(given[0]["month"] + "-01")
+            months = (first, (first - timedelta(days=1)).replace(day=1))
     else:
+        # Workers without it: the ledger sink's usage, per service, by month.
         current, previous = await asyncio.gather(
             api.usage(session.token, tenant_id, _iso(this), _iso(following), "service"),
             api.usage(session.token, tenant_id, _iso(last), _iso(this), "service"),
@@ -260,7 +263,7 @@ async def _consumption(
         "consumption": sorted(
             rows.items(), key=lambda kv: SERVICES.index(kv[0]) if kv[0] in SERVICES else 99
         ),
-        "months": (this, last),
+        "months": months,
         "daily": last_days(daily.body.get("buckets", []), today) if daily.ok else None,
     }
 
