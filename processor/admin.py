@@ -1,6 +1,8 @@
 """The admin HTTP API: manual top-ups and auto-recharge settings, as contract commands.
 
     POST /tenants/{tenant_id}/funds          {"amount": "50.00", "currency": "USD"}
+    POST /tenants/{tenant_id}/recharges/{request_id}/outcome
+                                             {"outcome": "succeeded", "amount": "25.00"}
     PUT  /tenants/{tenant_id}/auto-recharge  {"enabled": true, "recharge_amount": "25.00",
                                               "trigger_balance": "5.00"}
 
@@ -53,7 +55,8 @@ from faust.web import Request, Response, View
 from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from processor import openapi, problems
+from processor import auth, openapi, problems
+from processor.auth import Access, AuthError, Principal
 from processor.views import tenant_id_problem
 from schemas.admin import (
     AutoRechargePatch,
@@ -62,11 +65,13 @@ from schemas.admin import (
     FieldError,
     FundsRequest,
     LimitsRequest,
+    RechargeOutcomeRequest,
 )
 from schemas.inputs import (
     AutoRechargeChanged,
     AutoRechargeConfigured,
     FundsAdded,
+    RechargeFailed,
     TenantLimitsConfigured,
     first_duplicate_key,
 )
@@ -91,11 +96,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CommandKind = Literal[
-    "funds_added", "auto_recharge_configured", "tenant_limits_configured", "auto_recharge_changed"
+    "funds_added",
+    "auto_recharge_configured",
+    "tenant_limits_configured",
+    "auto_recharge_changed",
+    "recharge_failed",
 ]
 # The PATCH and DELETE of auto-recharge are endpoints of their own for keys and ids.
-Endpoint = Literal["funds", "auto-recharge", "limits", "auto-recharge-change", "auto-recharge-off"]
-Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured | AutoRechargeChanged
+Endpoint = Literal[
+    "funds", "auto-recharge", "limits", "auto-recharge-change", "auto-recharge-off",
+    "recharge-outcome",
+]  # fmt: skip
+Command = (
+    FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured | AutoRechargeChanged
+    | RechargeFailed
+)  # fmt: skip
 
 
 class NoBody(BaseModel):
@@ -105,15 +120,19 @@ class NoBody(BaseModel):
     currency: None = None
 
 
-AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest | AutoRechargePatch | NoBody
-_KINDS: Final[dict[Endpoint, CommandKind]] = {
-    "funds": "funds_added",
-    "auto-recharge": "auto_recharge_configured",
-    "limits": "tenant_limits_configured",
-    "auto-recharge-change": "auto_recharge_changed",
-    "auto-recharge-off": "auto_recharge_changed",
+AdminRequest = (
+    FundsRequest | AutoRechargeRequest | LimitsRequest | AutoRechargePatch | NoBody
+    | RechargeOutcomeRequest
+)  # fmt: skip
+# Each endpoint's route: its permission is auth.ROUTES's.
+_ROUTES: Final[dict[Endpoint, tuple[str, str]]] = {
+    "funds": ("POST", "/tenants/{tenant_id}/funds"),
+    "auto-recharge": ("PUT", "/tenants/{tenant_id}/auto-recharge"),
+    "limits": ("PUT", "/tenants/{tenant_id}/limits"),
+    "auto-recharge-change": ("PATCH", "/tenants/{tenant_id}/auto-recharge"),
+    "auto-recharge-off": ("DELETE", "/tenants/{tenant_id}/auto-recharge"),
+    "recharge-outcome": ("POST", "/tenants/{tenant_id}/recharges/{request_id}/outcome"),
 }
-
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 JSON: Final = "application/json"
 # Far above any real body ({"amount": ..., "currency": ...}); refuse before reading.
@@ -129,11 +148,14 @@ LIMITS_ID_PREFIX: Final = "limits:"
 # Added with PATCH and DELETE of auto-recharge.
 AUTO_RECHARGE_CHANGE_ID_PREFIX: Final = "auto-recharge-change:"
 AUTO_RECHARGE_OFF_ID_PREFIX: Final = "auto-recharge-off:"
+# A recharge outcome's command_id: this prefix and its key (added with the endpoint).
+OUTCOME_ID_PREFIX: Final = "outcome:"
 _ID_PREFIXES: Final[dict[Endpoint, str]] = {
     "auto-recharge": AUTO_RECHARGE_ID_PREFIX,
     "limits": LIMITS_ID_PREFIX,
     "auto-recharge-change": AUTO_RECHARGE_CHANGE_ID_PREFIX,
     "auto-recharge-off": AUTO_RECHARGE_OFF_ID_PREFIX,
+    "recharge-outcome": OUTCOME_ID_PREFIX,
 }
 MAX_COMMAND_ID_LENGTH: Final = 128
 # The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
@@ -363,10 +385,14 @@ class AdminAPI:
         new_command_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
         idempotency: IdempotencyCache | None = None,
+        access: Access | None = None,
     ) -> None:
         # Bytes once, here: compare_digest refuses non-ASCII str, and an operator's
         # token may well contain some.
         self._token = None if token is None else token.get_secret_value().encode()
+        # METER_AUTH=jwt: tokens per tenant and role (processor/auth.py); otherwise
+        # the static token alone, as before.
+        self.access = Access("token", token) if access is None else access
         self.currency = currency
         self.commands_topic = commands_topic
         self._publisher = publisher
@@ -380,12 +406,16 @@ class AdminAPI:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._token)
+        return bool(self._token) or self.access.jwt
 
     # ---- endpoints ---------------------------------------------------------------
 
     async def add_funds(
-        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
     ) -> Reply:
         """POST /tenants/{tenant_id}/funds -> a manual `funds_added` command.
 
@@ -404,10 +434,16 @@ class AdminAPI:
                 source="manual",
             )
 
-        return await self._handle("funds", tenant_id, headers, body, FundsRequest, command)
+        return await self._handle(
+            "funds", tenant_id, headers, body, FundsRequest, command, principal
+        )
 
     async def configure_auto_recharge(
-        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
     ) -> Reply:
         """PUT /tenants/{tenant_id}/auto-recharge -> an `auto_recharge_configured` command."""
 
@@ -427,7 +463,7 @@ class AdminAPI:
             )
 
         return await self._handle(
-            "auto-recharge", tenant_id, headers, body, AutoRechargeRequest, command
+            "auto-recharge", tenant_id, headers, body, AutoRechargeRequest, command, principal
         )
 
     async def change_auto_recharge(
@@ -474,7 +510,11 @@ class AdminAPI:
         return await self._handle("auto-recharge-off", tenant_id, headers, body, NoBody, command)
 
     async def configure_limits(
-        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
     ) -> Reply:
         """PUT /tenants/{tenant_id}/limits -> a `tenant_limits_configured` command."""
 
@@ -491,7 +531,75 @@ class AdminAPI:
                 **given,
             )
 
-        return await self._handle("limits", tenant_id, headers, body, LimitsRequest, command)
+        return await self._handle(
+            "limits", tenant_id, headers, body, LimitsRequest, command, principal
+        )
+
+    async def record_recharge_outcome(
+        self,
+        tenant_id: str,
+        request_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
+    ) -> Reply:
+        """POST /tenants/{tenant_id}/recharges/{request_id}/outcome -> billing's answer:
+        `funds_added` (source auto_recharge) or `recharge_failed`.
+
+        Without an Idempotency-Key the key is the request, attempt and outcome, so a
+        retried answer is one command (a second top-up would be credited).
+        """
+        try:
+            _COMMAND_ID.validate_python(request_id)
+        except ValidationError:
+            return _error_reply(
+                400,
+                "invalid_request_id",
+                "the path's request id must be 1 to 128 printable ASCII characters",
+                None if tenant_id_problem(tenant_id) else tenant_id,
+            )
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            assert isinstance(request, RechargeOutcomeRequest)
+            if request.outcome == "succeeded":
+                assert request.amount is not None
+                return FundsAdded(
+                    type="funds_added",
+                    command_id=command_id,
+                    tenant_id=tenant_id,
+                    occurred_at=self._clock(),
+                    amount=request.amount,
+                    currency=request.currency or self.currency,
+                    source="auto_recharge",
+                    recharge_request_id=request_id,
+                    attempt=request.attempt,
+                )
+            assert request.reason is not None
+            return RechargeFailed(
+                type="recharge_failed",
+                command_id=command_id,
+                tenant_id=tenant_id,
+                occurred_at=self._clock(),
+                recharge_request_id=request_id,
+                reason=request.reason,
+                attempt=request.attempt,
+            )
+
+        def default_key(request: AdminRequest) -> str:
+            assert isinstance(request, RechargeOutcomeRequest)
+            return f"{request_id}#{request.attempt or 0}:{request.outcome}"
+
+        return await self._handle(
+            "recharge-outcome",
+            tenant_id,
+            headers,
+            body,
+            RechargeOutcomeRequest,
+            command,
+            principal,
+            context=(("request_id", request_id),),
+            default_key=default_key,
+        )
 
     async def _handle(
         self,
@@ -500,22 +608,34 @@ class AdminAPI:
         headers: Mapping[str, str],
         body: bytes | None,
         model: type[AdminRequest],
-        command: Callable[[BaseModel, str], Command],
+        build: Callable[[BaseModel, str], Command],
+        principal: Principal | None = None,
+        *,
+        context: Fingerprint = (),
+        default_key: Callable[[AdminRequest], str] | None = None,
     ) -> Reply:
-        kind = _KINDS[endpoint]
+        """`context`: what else makes two requests differ (a path's ids); `default_key`:
+        the key of a request sent without one (None: a fresh key, a new command)."""
         try:
             self._check_tenant(tenant_id)
-            self._authorize(tenant_id, headers)
+            actor = self._authorize(endpoint, tenant_id, headers, principal).subject
             request, key = self._validate(endpoint, tenant_id, headers, body, model)
         except _Refused as refused:
             return refused.reply
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            # Who asked, into the command and so into its ledger entry.
+            return build(request, command_id).model_copy(update={"actor": actor})
+
+        if key is None and default_key is not None:
+            key = default_key(request)
         if key is None:
             # No key: a new command each time; the answer names a key to retry with.
             key = self._new_command_id()
-            command_id = command_id_for(endpoint, key)
-            return await self._publish(command(request, command_id), kind, tenant_id, key)
+            built = command(request, command_id_for(endpoint, key))
+            return await self._publish(built, built.type, tenant_id, key)
         scope = (tenant_id, endpoint, key)
-        fingerprint = self._fingerprint(request)
+        fingerprint = self._fingerprint(request) + context
         seen = self.idempotency.get(scope)
         if seen is not None and seen.fingerprint != fingerprint:
             # Even after a 503: that command may have landed all the same.
@@ -525,9 +645,8 @@ class AdminAPI:
             return await asyncio.shield(seen.answer)
         # New, or the same request after a failure (503): publish (again).
         entry = self.idempotency.remember(scope, fingerprint)
-        publishing = self._publish(
-            command(request, command_id_for(endpoint, key)), kind, tenant_id, key
-        )
+        built = command(request, command_id_for(endpoint, key))
+        publishing = self._publish(built, built.type, tenant_id, key)
         return await self._settle(tenant_id, entry, publishing)
 
     async def _settle(
@@ -577,7 +696,29 @@ class AdminAPI:
         if problem is not None:
             raise _Refused(_error_reply(400, "invalid_tenant_id", problem, None))
 
-    def _authorize(self, tenant_id: str, headers: Mapping[str, str]) -> None:
+    def _authorize(
+        self,
+        endpoint: Endpoint,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        principal: Principal | None,
+    ) -> Principal:
+        """Who is asking: 401/403 (or 503 when disabled) unless they may."""
+        if self.access.jwt:
+            if principal is not None:  # checked by auth.middleware already
+                return principal
+            try:
+                return self.access.check(headers, auth.ROUTES[_ROUTES[endpoint]], tenant_id)
+            except AuthError as refused:
+                raise _Refused(
+                    _error_reply(
+                        refused.status,
+                        refused.code,
+                        refused.detail,
+                        tenant_id,
+                        headers=refused.challenge(),
+                    )
+                ) from None
         if not self._token:
             raise _Refused(
                 _error_reply(
@@ -604,6 +745,7 @@ class AdminAPI:
             # Who tried is worth a log line; what they tried is not.
             log.warning("admin API: wrong bearer token for tenant %r", tenant_id)
             raise _Refused(_error_reply(403, "forbidden", "wrong bearer token", tenant_id))
+        return auth.ADMIN_PRINCIPAL
 
     def _validate(
         self,
@@ -764,6 +906,8 @@ class MeterLike(Protocol):
     def card(self) -> Any: ...
     @property
     def names(self) -> Any: ...
+    @property
+    def access(self) -> Access: ...
 
 
 def _twice(body: bytes) -> str | None:
@@ -798,6 +942,7 @@ def install(meter: MeterLike) -> AdminAPI:
         commands_topic=meter.names.commands,
         publisher=FaustCommandPublisher(meter.app),
         decimals=meter.card.decimals,
+        access=meter.access,
     )
     if not api.enabled:
         log.info("admin API disabled (METER_ADMIN_TOKEN is not set)")
@@ -813,13 +958,15 @@ def install(meter: MeterLike) -> AdminAPI:
     class FundsPage(View):
         async def post(self, request: Request, tenant_id: str) -> Response:
             body = await _body(request)
-            return respond(self, await api.add_funds(tenant_id, request.headers, body))
+            principal = auth.principal_of(request)
+            return respond(self, await api.add_funds(tenant_id, request.headers, body, principal))
 
     @meter.app.page("/tenants/{tenant_id}/auto-recharge")
     class AutoRechargePage(View):
         async def put(self, request: Request, tenant_id: str) -> Response:
             body = await _body(request)
-            reply = await api.configure_auto_recharge(tenant_id, request.headers, body)
+            principal = auth.principal_of(request)
+            reply = await api.configure_auto_recharge(tenant_id, request.headers, body, principal)
             return respond(self, reply)
 
         async def patch(self, request: Request, tenant_id: str) -> Response:
@@ -836,7 +983,19 @@ def install(meter: MeterLike) -> AdminAPI:
     class LimitsPage(View):
         async def put(self, request: Request, tenant_id: str) -> Response:
             body = await _body(request)
-            return respond(self, await api.configure_limits(tenant_id, request.headers, body))
+            principal = auth.principal_of(request)
+            reply = await api.configure_limits(tenant_id, request.headers, body, principal)
+            return respond(self, reply)
+
+    @meter.app.page("/tenants/{tenant_id}/recharges/{request_id}/outcome")
+    class RechargeOutcomePage(View):
+        async def post(self, request: Request, tenant_id: str, request_id: str) -> Response:
+            body = await _body(request)
+            principal = auth.principal_of(request)
+            reply = await api.record_recharge_outcome(
+                tenant_id, request_id, request.headers, body, principal
+            )
+            return respond(self, reply)
 
     @meter.app.page("/openapi.json")
     class OpenAPIPage(View):

@@ -24,7 +24,7 @@ from faust.types import TP, EventT, Message, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from processor import admin, command_status, kafka_options, metrics, observe, store
+from processor import admin, auth, command_status, kafka_options, metrics, observe, store
 from processor import consumer as consumer_
 from processor.changelog_reader import ChangelogReader
 from processor.codec import dump_mark, dump_stored, load_mark, load_stored
@@ -299,6 +299,8 @@ class Meter:
         self._rebuild_due = True
         self._crashed = False
         self.forward_timeout = FORWARD_TIMEOUT_SECONDS
+        # Who may call which endpoint (processor/auth.py; METER_AUTH).
+        self.access = auth.access_from(cfg)
         self._declare_agents()
         self._declare_timer()
         self._declare_web()
@@ -523,12 +525,16 @@ class Meter:
         # What aiohttp and Faust answer on their own (unknown path, method not
         # served, an exception) leaves as problem details too.
         install_fallback(app.web)
+        # METER_AUTH=jwt: every endpoint but the open ones needs a token allowing it.
+        cast(Any, app.web).web_app.middlewares.append(auth.middleware(meter.access))
 
         @app.page("/tenants/{tenant_id}/account")
         class AccountPage(View):
             async def get(self, request: Request, tenant_id: str) -> Response:
                 status, body, headers = await meter.account_response(
-                    tenant_id, forwarded=FORWARDED_HEADER in request.headers
+                    tenant_id,
+                    forwarded=FORWARDED_HEADER in request.headers,
+                    authorization=request.headers.get("Authorization"),
                 )
                 return self.bytes(
                     body, content_type=_content_type(status), status=status, headers=headers
@@ -543,10 +549,23 @@ class Meter:
                     query.get("service"),
                     query.get("number"),
                     forwarded=FORWARDED_HEADER in request.headers,
+                    authorization=request.headers.get("Authorization"),
                 )
                 return self.bytes(
                     body, content_type=_content_type(status), status=status, headers=headers
                 )
+
+        @app.page("/auth/whoami")
+        class WhoAmIPage(View):
+            async def get(self, request: Request) -> Response:
+                # Checked by auth.middleware under METER_AUTH=jwt; else the static token.
+                principal = auth.principal_of(request)
+                if principal is None:
+                    try:
+                        principal = meter.access.principal(request.headers)
+                    except auth.AuthError as refused:
+                        return cast(Response, refused.answer(None))
+                return self.bytes(auth.whoami_body(principal), content_type="application/json")
 
         @app.page("/metrics")
         class MetricsPage(View):
@@ -578,7 +597,14 @@ class Meter:
                 as_is(cast(web.Response, response))
                 return response
 
-        self.pages = (AccountPage, AuthorizePage, MetricsPage, HealthPage, ReadyPage)
+        self.pages = (
+            AccountPage,
+            AuthorizePage,
+            WhoAmIPage,
+            MetricsPage,
+            HealthPage,
+            ReadyPage,
+        )
 
     # ---- the account read API, answered from any worker -------------------------------
 
@@ -592,7 +618,7 @@ class Meter:
         return None
 
     async def account_response(
-        self, tenant_id: str, forwarded: bool
+        self, tenant_id: str, forwarded: bool, authorization: str | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
         """GET /tenants/{tenant_id}/account: the owner's answer (`_owner_answer`)."""
 
@@ -607,10 +633,15 @@ class Meter:
                 {},
             )
 
-        return await self._owner_answer(tenant_id, forwarded, "account", local)
+        return await self._owner_answer(tenant_id, forwarded, "account", local, authorization)
 
     async def authorize_response(
-        self, tenant_id: str, service: str | None, number: str | None, forwarded: bool
+        self,
+        tenant_id: str,
+        service: str | None,
+        number: str | None,
+        forwarded: bool,
+        authorization: str | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
         """GET /tenants/{tenant_id}/authorize?service=&number=: may this call start, and
         for how long at most (processor/views.py), from the owner like the account."""
@@ -628,7 +659,9 @@ class Meter:
             return 200, orjson.dumps(view), {}
 
         query = urlencode({"service": service or "", "number": number or ""})
-        return await self._owner_answer(tenant_id, forwarded, f"authorize?{query}", local)
+        return await self._owner_answer(
+            tenant_id, forwarded, f"authorize?{query}", local, authorization
+        )
 
     async def _owner_answer(
         self,
@@ -636,6 +669,7 @@ class Meter:
         forwarded: bool,
         page: str,
         local: Callable[[Any], tuple[int, bytes, dict[str, str]]],
+        authorization: str | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
         """Answer here if this worker owns the tenant, else ask the owner for
         `/tenants/{tenant_id}/{page}`; `local` answers from the stored account (None:
@@ -646,7 +680,9 @@ class Meter:
         for the changelog's partitions, which it only knows after writing to them, so
         it fails on a fresh worker; the owner is found here from the assignment
         instead. A worker that is not (or not yet) the owner answers 503 rather than a
-        wrong 404; every 503 carries Retry-After.
+        wrong 404; every 503 carries Retry-After. The caller's Authorization goes
+        along: under METER_AUTH=jwt the owner checks the token again, so the hop's
+        header (X-Meter-Forwarded-By, which anyone can send) grants nothing.
         """
         problem = tenant_id_problem(tenant_id)
         if problem is not None:
@@ -657,9 +693,12 @@ class Meter:
         if owner is not None and owner != me and not forwarded:
             url = f"{owner.rstrip('/')}/tenants/{quote(tenant_id, safe='')}/{page}"
             try:
+                forward = {FORWARDED_HEADER: me}
+                if authorization is not None:
+                    forward["Authorization"] = authorization
                 async with self.app.http_client.get(
                     url,
-                    headers={FORWARDED_HEADER: me},
+                    headers=forward,
                     timeout=aiohttp.ClientTimeout(total=self.forward_timeout),
                 ) as resp:
                     status, body = resp.status, await resp.read()

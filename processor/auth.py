@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from processor.problems import problem
+from schemas.types import ID_PATTERN
 
 __all__ = [
     "ADMIN_TOKEN_ACTOR",
@@ -69,6 +71,7 @@ MAX_LEEWAY_SECONDS: Final = 300
 JWKS_CACHE_SECONDS: Final = 300
 MAX_SUBJECT_LENGTH: Final = 128
 MAX_TOKEN_BYTES: Final = 8 * 1024
+_SUBJECT: Final = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 class Permission(enum.Enum):
@@ -77,14 +80,16 @@ class Permission(enum.Enum):
     FUNDS = "funds"  # post a top-up
     RECHARGE_OUTCOME = "recharge_outcome"  # billing's answer to a recharge request
     SIGNED_IN = "signed_in"  # any valid token (whoami)
-    LIST_TENANTS = "list_tenants"  # added: the sink's GET /tenants (the console's operator page)
+    # Added: reads that name no tenant in their path (the sink's GET /tenants, a
+    # command's status by id): operators, never a tenant admin.
+    READ_ALL = "read_all"
 
 
 # What each role may do; a tenant_admin only for its own tenant. A tenant admin does
 # not mint its own credit: funds come from billing (or the static token).
 GRANTS: Final[dict[str, frozenset[Permission]]] = {
     "tenant_admin": frozenset({Permission.READ, Permission.CONFIGURE, Permission.SIGNED_IN}),
-    "operator": frozenset({Permission.READ, Permission.SIGNED_IN, Permission.LIST_TENANTS}),
+    "operator": frozenset({Permission.READ, Permission.SIGNED_IN, Permission.READ_ALL}),
     "billing": frozenset({Permission.FUNDS, Permission.RECHARGE_OUTCOME, Permission.SIGNED_IN}),
     "admin": frozenset(Permission),
 }
@@ -110,7 +115,8 @@ ROUTES: Final[dict[tuple[str, str], Permission]] = {
     ("GET", "/tenants/{tenant_id}/ledger.csv"): Permission.READ,
     ("GET", "/auth/whoami"): Permission.SIGNED_IN,
     # Added with the console (the sink's): every tenant's row, and one tenant's recharges.
-    ("GET", "/tenants"): Permission.LIST_TENANTS,
+    ("GET", "/tenants"): Permission.READ_ALL,
+    ("GET", "/commands/{command_id}"): Permission.READ_ALL,
     ("GET", "/tenants/{tenant_id}/recharges"): Permission.READ,
 }
 # Open to anyone, whatever METER_AUTH says.
@@ -238,10 +244,11 @@ class TokenVerifier:
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
     subject, role, tenant_id = claims.get("sub"), claims.get("role"), claims.get("tenant_id")
-    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT_LENGTH:
-        raise _unauthorized(f"sub must be a string of 1 to {MAX_SUBJECT_LENGTH} characters")
-    if not subject.isprintable():
-        raise _unauthorized("sub must be printable")
+    # The actor of the commands it sends: the contract's Actor (schemas/types.py).
+    if not isinstance(subject, str) or _SUBJECT.fullmatch(subject) is None:
+        raise _unauthorized(
+            f"sub must be 1 to {MAX_SUBJECT_LENGTH} printable ASCII characters (the actor)"
+        )
     if role not in ROLES:
         raise _unauthorized(f"role must be one of {', '.join(ROLES)}")
     if tenant_id is not None and not isinstance(tenant_id, str):
@@ -323,6 +330,17 @@ def access_from(cfg: Any) -> Access:
     """The Access a Settings asks for (the key set is read, or its client made, here)."""
     verifier = None
     if cfg.auth == "jwt":
+        missing = [
+            name
+            for name, value in (
+                ("METER_AUTH_JWKS", cfg.auth_jwks),
+                ("METER_AUTH_ISSUER", cfg.auth_issuer),
+                ("METER_AUTH_AUDIENCE", cfg.auth_audience),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"METER_AUTH=jwt needs {', '.join(missing)} set as well")
         verifier = TokenVerifier(
             cfg.auth_jwks, cfg.auth_issuer, cfg.auth_audience, cfg.auth_leeway_seconds
         )

@@ -40,6 +40,7 @@ def _bootstrap(cfg: Settings) -> str:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from processor.app import Broker, Meter
+    from processor.auth import access_from
     from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
     from processor.kafka_options import KafkaAccessError, KafkaConfigError, kafka_client_options
     from processor.logs import logging_config
@@ -50,6 +51,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         card = load_rate_card(cfg.rate_card or example_rate_card_path())
     except (RateCardError, OSError) as exc:
         print(f"meter worker: rate card: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        access_from(cfg)  # METER_AUTH=jwt: the key set must be readable now
+    except (OSError, ValueError) as exc:
+        print(f"meter worker: access: {exc}", file=sys.stderr)
         return EXIT_USAGE
     bootstrap = _bootstrap(cfg)
     try:
@@ -242,12 +248,34 @@ def cmd_console(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
+
+    cfg = Settings()
+    keys = LocalKeys(cfg.data_dir)
+    try:
+        token = keys.issue(
+            args.role,
+            args.tenant,
+            subject=args.subject,
+            ttl_seconds=args.ttl,
+            issuer=cfg.auth_issuer or LOCAL_ISSUER,
+            audience=cfg.auth_audience or LOCAL_AUDIENCE,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"meter token: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(token)
+    return EXIT_OK
+
+
 def cmd_ledger_sink(args: argparse.Namespace) -> int:
     import signal
 
     from aiokafka.errors import KafkaError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from processor.auth import access_from
     from processor.kafka_options import KafkaConfigError, kafka_client_options
     from processor.sink.service import LedgerSink, SinkTopics, group_id, serve
     from processor.sink.store import LedgerStore, database_url, safe_url
@@ -258,7 +286,8 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
     try:
         url = database_url(None if secret is None else secret.get_secret_value(), cfg.data_dir)
         options = kafka_client_options(cfg)
-    except (ValueError, KafkaConfigError) as exc:
+        access = access_from(cfg)
+    except (ValueError, OSError, KafkaConfigError) as exc:
         print(f"meter ledger-sink: {exc}", file=sys.stderr)
         return EXIT_USAGE
     bootstrap = _bootstrap(cfg)
@@ -289,7 +318,7 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
             sink.group,
         )
         try:
-            await serve(store, sink, cfg.web_host, cfg.sink_port, stop)
+            await serve(store, sink, cfg.web_host, cfg.sink_port, stop, access)
         except (SQLAlchemyError, KafkaError, OSError) as exc:
             # Nothing is lost: a restart resumes from the positions in the database.
             print(f"meter ledger-sink: stopped: {exc!r}", file=sys.stderr)
@@ -417,6 +446,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)"
     )
     demo.set_defaults(func=cmd_demo)
+
+    token = sub.add_parser(
+        "token",
+        help="issue a token signed by the local key pair (METER_DATA_DIR/auth)",
+        description="Print a JSON Web Token for METER_AUTH=jwt, signed by the local key "
+        "pair kept under METER_DATA_DIR/auth/ (made on first use: private.pem, mode "
+        "0600, and jwks.json, which METER_AUTH_JWKS can point at). Its issuer and "
+        "audience are METER_AUTH_ISSUER and METER_AUTH_AUDIENCE, or the local defaults.",
+    )
+    token.add_argument("action", choices=["issue"])
+    token.add_argument("--role", required=True, choices=["tenant_admin", "operator", "billing"])
+    token.add_argument("--tenant", default=None, help="the tenant (required for tenant_admin)")
+    token.add_argument("--subject", default=None, help="the actor (sub); default from the role")
+    token.add_argument(
+        "--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)"
+    )
+    token.set_defaults(func=cmd_token)
 
     # Operator commands: account, add-funds, auto-recharge, schemas, simulate.
     from processor import cli_admin

@@ -392,6 +392,8 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             entry["rate_prefix"] = out.rate_prefix
             entry["rate_per_minute"] = format_money(out.rate_per_minute)
             entry["billed_seconds"] = out.billed_seconds
+        if out.actor is not None:
+            entry["actor"] = out.actor
         return entry
     if isinstance(out, AlertOut):
         alert: dict[str, Any] = {
@@ -455,6 +457,7 @@ def output_from_dict(data: dict[str, Any]) -> Output:
             rate_prefix=data.get("rate_prefix"),
             rate_per_minute=_opt_decimal(data.get("rate_per_minute")),
             billed_seconds=data.get("billed_seconds"),
+            actor=data.get("actor"),
         )
     if kind == "balance_alert":
         return AlertOut(

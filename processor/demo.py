@@ -4,6 +4,10 @@ Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), one worker a
 the ledger sink (`meter ledger-sink`, SQLite in METER_DATA_DIR) as child processes,
 the traffic simulator and the live view; on Ctrl-C it stops what it
 started, in reverse order, and leaves a broker it did not start alone.
+
+Access is per tenant (METER_AUTH=jwt, unless METER_AUTH says otherwise) on a local
+key pair in METER_DATA_DIR/auth (processor/tokens.py); the demo prints a tenant
+admin's token and an operator's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from processor import kafka_local
 from processor.liveview import LiveView, LiveViewConfig
 from processor.settings import Settings
 from processor.simulator import Simulator, SimulatorConfig, run_until_signalled
+from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,42 @@ def _wait_ready(
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the {what} was not ready within {timeout:.0f}s; see {log_path}")
+
+
+# The printed tokens last a working day.
+DEMO_TOKEN_TTL_SECONDS = 12 * 3600
+
+
+def local_auth(env: dict[str, str]) -> LocalKeys | None:
+    """METER_AUTH=jwt on the local key pair, in `env` (unless METER_AUTH is set)."""
+    if env.get("METER_AUTH", "jwt") != "jwt":
+        return None
+    keys = LocalKeys(Path(env["METER_DATA_DIR"])).ensure()
+    env["METER_AUTH"] = "jwt"
+    env.setdefault("METER_AUTH_JWKS", str(keys.jwks_path))
+    env.setdefault("METER_AUTH_ISSUER", LOCAL_ISSUER)
+    env.setdefault("METER_AUTH_AUDIENCE", LOCAL_AUDIENCE)
+    return keys
+
+
+def print_tokens(keys: LocalKeys, env: dict[str, str], tenant_id: str, web_port: int) -> None:
+    issued: dict[str, str | None] = {"tenant_admin": tenant_id, "operator": None}
+    for role, tenant in issued.items():
+        token = keys.issue(
+            role,
+            tenant,
+            ttl_seconds=DEMO_TOKEN_TTL_SECONDS,
+            issuer=env["METER_AUTH_ISSUER"],
+            audience=env["METER_AUTH_AUDIENCE"],
+        )
+        who = f"{role} of {tenant}" if tenant else role
+        print(f"token ({who}, 12 h): {token}", flush=True)
+    print(
+        f'  curl -H "Authorization: Bearer <token>" '
+        f"http://127.0.0.1:{web_port}/tenants/{tenant_id}/account\n"
+        "  more: meter token issue --role tenant_admin|operator|billing [--tenant T]",
+        flush=True,
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -82,6 +123,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
     worker_log = run_dir / "worker.log"
     env = {**os.environ, **DEMO_ENV, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     env.setdefault("METER_DATA_DIR", str(run_dir / "data"))
+    keys = local_auth(env)
     print(f"starting a worker (log: {worker_log}) ...", flush=True)
     sink: subprocess.Popen[bytes] | None = None
     with worker_log.open("ab") as out:
@@ -123,6 +165,8 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
                 duration_seconds=seconds,
             )
         )
+        if keys is not None:
+            print_tokens(keys, env, simulator.tenants[0].tenant_id, cfg.web_port)
         view = LiveView(
             LiveViewConfig(bootstrap=bootstrap, topic_prefix=cfg.topic_prefix), simulator.stats
         )

@@ -21,6 +21,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from processor import auth
 from processor.sink import api_doc as sink_doc
 from schemas.admin import (
     AutoRechargePatch,
@@ -31,6 +32,7 @@ from schemas.admin import (
     Health,
     LimitsRequest,
     Readiness,
+    RechargeOutcomeRequest,
 )
 from schemas.api import AccountView, AuthorizeView
 from schemas.types import E164_PATTERN, ID_PATTERN, TENANT_ID_PATTERN
@@ -39,7 +41,7 @@ __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
 DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 # The HTTP API's own version: bump on a change a client would notice.
-API_VERSION: Final = "1.4.0"
+API_VERSION: Final = "1.5.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
@@ -47,6 +49,7 @@ _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (AutoRechargeRequest, "validation"),
     (AutoRechargePatch, "validation"),
     (LimitsRequest, "validation"),
+    (RechargeOutcomeRequest, "validation"),
     (AccountView, "serialization"),
     (AuthorizeView, "serialization"),
     (CommandAccepted, "serialization"),
@@ -304,6 +307,63 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                 "value, `notify_below: null` clears the level.",
             )
         },
+        "/tenants/{tenant_id}/recharges/{request_id}/outcome": {
+            "post": {
+                **admin(
+                    "recordRechargeOutcome",
+                    "Billing's answer to a recharge request",
+                    "Added. Publishes `funds_added` (source `auto_recharge`, naming the "
+                    "request and attempt) for `succeeded`, `recharge_failed` for `failed`, "
+                    "keyed by the tenant; its `command_id` is `outcome:` + the "
+                    "Idempotency-Key, which defaults to `<request_id>#<attempt>:<outcome>` "
+                    "so that an answer sent twice is one command. Role `billing`.",
+                    refs["RechargeOutcomeRequest"],
+                    "`outcome`; the `amount` charged (succeeded) or the `reason` (failed); "
+                    "the `attempt` answered (RechargeRequested.attempt).",
+                ),
+                "parameters": [
+                    tenant,
+                    {
+                        "name": "request_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "RechargeRequested.request_id.",
+                        "schema": {"type": "string", "pattern": ID_PATTERN},
+                    },
+                    idempotency,
+                ],
+            }
+        },
+        "/auth/whoami": {
+            "get": {
+                "operationId": "whoAmI",
+                "summary": "Who the bearer token says the caller is",
+                "description": "Added. `{subject, role, tenant_id}` of the token (the static "
+                "token's role is `admin`, its subject `admin-token`).",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "The caller.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["subject", "role", "tenant_id"],
+                                    "properties": {
+                                        "subject": {"type": "string"},
+                                        "role": {
+                                            "type": "string",
+                                            "enum": [*auth.ROLES, "admin"],
+                                        },
+                                        "tenant_id": {"type": ["string", "null"]},
+                                    },
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "operationId": "getMetrics",
@@ -364,7 +424,10 @@ def build() -> dict[str, Any]:
             "description": "Every worker serves this API on METER_WEB_PORT (default "
             "6066). Read endpoints are open; admin endpoints need "
             "`Authorization: Bearer $METER_ADMIN_TOKEN` and publish contract commands "
-            "to credits.commands. Money is a decimal number in a JSON string.",
+            "to credits.commands. With METER_AUTH=jwt every tenant endpoint needs a "
+            "token (`jwt`; `x-permission` names what it needs) and the static token "
+            "still works. Errors are RFC 9457 problem details. Money is a decimal "
+            "number in a JSON string.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": "http://127.0.0.1:6066", "description": "a local worker"}],
@@ -374,18 +437,65 @@ def build() -> dict[str, Any]:
             {"name": "operations", "description": "Probes, metrics and this document."},
             sink_doc.TAG,
         ],
-        "paths": {**_paths(refs), **sink_doc.paths(refs)},
+        "paths": _secured({**_paths(refs), **sink_doc.paths(refs)}, refs["ErrorBody"]),
         "components": {
             "schemas": definitions["$defs"],
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The value of METER_ADMIN_TOKEN on the workers.",
-                }
+                    "description": "The value of METER_ADMIN_TOKEN on the workers (every "
+                    "permission, actor `admin-token`).",
+                },
+                "jwt": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "Added, with METER_AUTH=jwt: a JSON Web Token signed "
+                    "RS256 or ES256 by a key of METER_AUTH_JWKS, issuer METER_AUTH_ISSUER, "
+                    "audience METER_AUTH_AUDIENCE; claims `sub` (the actor), `role` "
+                    "(`tenant_admin`: its own `tenant_id`, reads and settings; `operator`: "
+                    "reads every tenant; `billing`: funds and recharge outcomes), `exp`, "
+                    "`iat`.",
+                },
             },
         },
     }
+
+
+def _secured(paths: dict[str, Any], error: str) -> dict[str, Any]:
+    """Every operation auth.ROUTES guards: its schemes and its 401/403 answers."""
+    for (method, route), permission in auth.ROUTES.items():
+        operation = paths.get(route, {}).get(method.lower())
+        if operation is None:
+            continue
+        schemes: list[dict[str, list[str]]] = [{"jwt": []}, {"bearerAuth": []}]
+        if permission is auth.Permission.READ:
+            schemes.insert(0, {})  # open unless METER_AUTH=jwt
+        operation["security"] = schemes
+        operation["x-permission"] = permission.value
+        responses = operation["responses"]
+        responses["401"] = {
+            **_json(
+                error,
+                "No token, or one that is malformed, expired, badly signed or for another "
+                "issuer or audience (`unauthorized`, `invalid_token`).",
+            ),
+            "headers": {
+                "WWW-Authenticate": {
+                    "description": "RFC 6750: `Bearer realm=...`, with "
+                    '`error="invalid_token"` when a token was sent.',
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+        responses["403"] = _json(
+            error,
+            f"The token's role may not do this (`forbidden`; needs `{permission.value}`), "
+            "or a tenant_admin's token names another tenant; with METER_AUTH=token, a "
+            "wrong admin token.",
+        )
+    return paths
 
 
 def render() -> str:

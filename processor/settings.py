@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Logical topic names from the contract; a deployment prefixes all of them.
@@ -143,22 +143,6 @@ class Settings(BaseSettings):
         if url and not url.lower().startswith(DATABASE_SCHEMES):
             raise ValueError("a postgresql:// (or sqlite:///) URL")
         return value
-
-    @model_validator(mode="after")
-    def _jwt_names_its_keys(self) -> Self:
-        if self.auth == "jwt":
-            missing = [
-                name
-                for name, value in (
-                    ("METER_AUTH_JWKS", self.auth_jwks),
-                    ("METER_AUTH_ISSUER", self.auth_issuer),
-                    ("METER_AUTH_AUDIENCE", self.auth_audience),
-                )
-                if not value
-            ]
-            if missing:
-                raise ValueError(f"METER_AUTH=jwt needs {', '.join(missing)} set as well")
-        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ the API accepts exactly what ``credits.commands`` accepts.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,6 +18,7 @@ from schemas.types import (
     Currency,
     NonNegativeAmount,
     PositiveAmount,
+    Reason,
     StrictBool,
     TenantId,
     check_limits_named,
@@ -35,6 +36,7 @@ __all__ = [
     "Health",
     "LimitsRequest",
     "Readiness",
+    "RechargeOutcomeRequest",
 ]
 
 
@@ -110,6 +112,29 @@ class LimitsRequest(_Request):
         return self
 
 
+class RechargeOutcomeRequest(_Request):
+    """Added. Body of ``POST /tenants/{tenant_id}/recharges/{request_id}/outcome``:
+    billing's answer to a recharge request, published as ``funds_added`` (source
+    ``auto_recharge``) when ``succeeded``, ``recharge_failed`` when ``failed``."""
+
+    outcome: Literal["succeeded", "failed"]
+    # succeeded: the amount charged (the card's currency is implied).
+    amount: PositiveAmount | None = None
+    currency: Currency | None = None
+    # failed: why (shown to the tenant in the recharge_failed alert).
+    reason: Reason | None = None
+    # The attempt answered (RechargeRequested.attempt); recommended.
+    attempt: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_the_outcome(self) -> Self:
+        if self.outcome == "succeeded" and (self.amount is None or self.reason is not None):
+            raise ValueError("a succeeded outcome names the amount charged, and no reason")
+        if self.outcome == "failed" and (self.reason is None or self.amount is not None):
+            raise ValueError("a failed outcome names a reason, and no amount")
+        return self
+
+
 class CommandAccepted(OutputModel):
     """202 body: the command is on ``credits.commands``; the worker applies it once."""
 
@@ -119,6 +144,7 @@ class CommandAccepted(OutputModel):
         "auto_recharge_configured",
         "tenant_limits_configured",
         "auto_recharge_changed",
+        "recharge_failed",
     ]
     command_id: CommandId
     tenant_id: TenantId

@@ -26,6 +26,7 @@ from schemas.types import (
     E164_PATTERN,
     ID_PATTERN,
     TENANT_ID_PATTERN,
+    Actor,
     CommandId,
     Currency,
     DurationSeconds,
@@ -106,6 +107,8 @@ class FundsAdded(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller); carried into its ledger entry.
+    actor: Actor | None = None
     amount: PositiveAmount
     currency: Currency
     source: Literal["manual", "auto_recharge"]
@@ -130,6 +133,8 @@ class AutoRechargeConfigured(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller); carried into its ledger entry.
+    actor: Actor | None = None
     enabled: StrictBool
     recharge_amount: PositiveAmount
     trigger_balance: NonNegativeAmount
@@ -163,6 +168,8 @@ class AutoRechargeChanged(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller), as on every command.
+    actor: Actor | None = None
     enabled: StrictBool | None = None
     recharge_amount: PositiveAmount | None = None
     trigger_balance: NonNegativeAmount | None = None
@@ -187,6 +194,8 @@ class TenantLimitsConfigured(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller); carried into its ledger entry.
+    actor: Actor | None = None
     # How far below zero the balance may go: exhausted when balance + credit_limit <= 0.
     credit_limit: NonNegativeAmount | None = None
     # A low_balance alert when the balance falls from >= this level to below it.
@@ -206,6 +215,8 @@ class RechargeFailed(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller); carried into its ledger entry.
+    actor: Actor | None = None
     recharge_request_id: RequestId
     reason: Reason
     # Added: the attempt that failed (RechargeRequested.attempt). A failure of an

@@ -24,6 +24,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from schemas.types import (
+    Actor,
     CommandId,
     Currency,
     DetailText,
@@ -173,6 +174,8 @@ class LedgerEntry(OutputModel):
     billed_seconds: Annotated[int, Field(ge=0)] | None = Field(
         default=None, exclude_if=OMIT_WHEN_NONE
     )
+    # Added: who sent the command that caused it (its `actor`), when it named one.
+    actor: Actor | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
 
     _DEBIT_FIELDS: ClassVar = ("rate_prefix", "rate_per_minute", "billed_seconds")
 

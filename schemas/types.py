@@ -286,6 +286,8 @@ EventId = Annotated[str, Strict(), StringConstraints(pattern=ID_PATTERN)]
 CommandId = EventId
 RequestId = EventId
 OutputId = Annotated[str, Strict(), StringConstraints(pattern=OUTPUT_ID_PATTERN)]
+# Added: who caused a command (a token's `sub`, `admin-token` for the static token).
+Actor = Annotated[str, Strict(), StringConstraints(pattern=ID_PATTERN)]
 E164 = Annotated[str, Strict(), StringConstraints(pattern=E164_PATTERN)]
 RatePrefix = Annotated[str, Strict(), StringConstraints(pattern=RATE_PREFIX_PATTERN)]
 Currency = Annotated[str, Strict(), StringConstraints(pattern=CURRENCY_PATTERN)]

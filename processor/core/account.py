@@ -203,6 +203,8 @@ class Cause:
     topic: str
     id: str
     occurred_at: datetime
+    # Who sent the command (its `actor`), carried into the ledger entry.
+    actor: str | None = None
 
 
 # ---- outputs ---------------------------------------------------------------------
@@ -223,6 +225,7 @@ class LedgerOut:
     rate_prefix: str | None = None
     rate_per_minute: Decimal | None = None
     billed_seconds: int | None = None
+    actor: str | None = None
 
 
 @fast_init
@@ -369,6 +372,7 @@ class _Builder:
                 rate_prefix=debit.rate_prefix if debit else None,
                 rate_per_minute=debit.rate_per_minute if debit else None,
                 billed_seconds=debit.billed_seconds if debit else None,
+                actor=self.cause.actor,
             )
         )
         self.status_changed(before)

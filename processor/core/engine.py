@@ -259,7 +259,7 @@ class Engine:
         rejection = self._too_far(cmd.occurred_at, now, force_too_old) or self._check_money(cmd)
         if rejection is not None:
             return Outcome(Status.REJECTED, tenant, rejection=rejection)
-        cause = acc.Cause(cause_topic, cmd.command_id, cmd.occurred_at)
+        cause = acc.Cause(cause_topic, cmd.command_id, cmd.occurred_at, cmd.actor)
         account = self._account(stored, tenant)
         if isinstance(cmd, FundsAdded):
             transition = acc.apply_funds(

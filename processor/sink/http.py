@@ -8,6 +8,8 @@
     GET /commands/{command_id}[?tenant_id=<id>]   (added: a command's status)
     GET /health, GET /ready (200 once the consumer has its partitions, else 503)
 
+With METER_AUTH=jwt the tenant paths take a token as the workers' do (processor/auth.py).
+
 Every answer comes from the database the sink writes (so it trails Kafka by the
 sink's lag). A tenant id that breaks the contract's pattern is a 400
 `invalid_tenant_id` before anything else, never echoed; a bad query parameter is a
@@ -27,6 +29,8 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from processor import auth
+from processor.auth import Access
 from processor.problems import RETRY_AFTER_SECONDS, as_is, problem, problem_middleware
 from processor.sink.store import (
     Cursor,
@@ -65,6 +69,8 @@ CSV_COLUMNS: Final = (
     "rate_prefix",
     "rate_per_minute",
     "billed_seconds",
+    # Added: who caused the entry (a command's actor); last, so columns keep places.
+    "actor",
 )
 STORE: Final = web.AppKey("store", LedgerStore)
 READY: Final = web.AppKey[Callable[[], bool]]("ready")
@@ -166,6 +172,7 @@ def _csv_row(row: dict[str, Any]) -> list[str]:
         _csv_text(row["rate_prefix"]),
         "" if rate is None else format_money(rate),
         "" if row["billed_seconds"] is None else str(row["billed_seconds"]),
+        _csv_text(row.get("actor")),
     ]
 
 
@@ -344,8 +351,12 @@ async def command_status(request: web.Request) -> web.Response:
     return _json(200, command_view(rows[0]))
 
 
-def build_app(store: LedgerStore, ready: Callable[[], bool] = lambda: True) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, _errors])
+def build_app(
+    store: LedgerStore, ready: Callable[[], bool] = lambda: True, access: Access | None = None
+) -> web.Application:
+    # METER_AUTH=jwt: the tenant endpoints need a token allowing them (processor/auth.py).
+    guard = auth.middleware(access or Access("token", None))
+    app = web.Application(middlewares=[problem_middleware, guard, _errors])
     app[STORE] = store
     app[READY] = ready
     app.router.add_get("/health", health)

@@ -142,6 +142,7 @@ def _add(batch: Batch, tp: TopicPartition, record: Any, topics: SinkTopics) -> N
                 "rate_prefix": entry.rate_prefix,
                 "rate_per_minute": entry.rate_per_minute,
                 "billed_seconds": entry.billed_seconds,
+                "actor": entry.actor,
                 **where,
             }
         )
@@ -371,13 +372,18 @@ async def serve(
     host: str,
     port: int,
     stop: asyncio.Event,
+    access: Any = None,
 ) -> None:
-    """The consumer and the query API until `stop` is set (or the consumer fails)."""
+    """The consumer and the query API until `stop` is set (or the consumer fails).
+
+    `access`: who may query (processor/auth.py); None: anyone, as before.
+    """
     from aiohttp import web
 
     from processor.sink.http import build_app
 
-    runner = web.AppRunner(build_app(store, sink.assigned_once.is_set), access_log=None)
+    app = build_app(store, sink.assigned_once.is_set, access)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

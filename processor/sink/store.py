@@ -121,6 +121,8 @@ ledger_entries: Final = sa.Table(
     sa.Column("rate_prefix", sa.Text),
     sa.Column("rate_per_minute", Money),
     sa.Column("billed_seconds", sa.Integer),
+    # Added (migration 0002_ledger_actor): the command's actor, when it named one.
+    sa.Column("actor", sa.Text),
     sa.Column("source_partition", sa.Integer, nullable=False),
     sa.Column("source_offset", sa.BigInteger, nullable=False),
 )
@@ -603,6 +605,8 @@ def entry_view(row: Mapping[str, Any]) -> dict[str, Any]:
             None if row["rate_per_minute"] is None else format_money(row["rate_per_minute"])
         )
         view["billed_seconds"] = row["billed_seconds"]
+    if row.get("actor") is not None:
+        view["actor"] = row["actor"]
     return view
 
 

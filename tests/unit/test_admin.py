@@ -95,6 +95,8 @@ async def test_top_up_publishes_a_manual_funds_added_keyed_by_tenant() -> None:
         "amount": "50.00",
         "currency": "USD",
         "source": "manual",
+        # The static token's actor (processor/auth.py).
+        "actor": "admin-token",
     }
 
 
@@ -329,6 +331,8 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
         "/tenants/{tenant_id}/funds",
         "/tenants/{tenant_id}/auto-recharge",
         "/tenants/{tenant_id}/limits",
+        "/tenants/{tenant_id}/recharges/{request_id}/outcome",
+        "/auth/whoami",
         "/metrics",
         "/health",
         "/ready",
@@ -340,7 +344,15 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
         "/commands/{command_id}",
     }
     funds = paths["/tenants/{tenant_id}/funds"]["post"]
-    assert funds["security"] == [{"bearerAuth": []}]
+    assert funds["security"] == [{"jwt": []}, {"bearerAuth": []}]
+    # A read is open unless METER_AUTH=jwt; every guarded operation names 401 and 403.
+    account = paths["/tenants/{tenant_id}/account"]["get"]
+    assert account["security"] == [{}, {"jwt": []}, {"bearerAuth": []}]
+    for path in ("/tenants/{tenant_id}/account", "/tenants/{tenant_id}/ledger.csv"):
+        responses = paths[path]["get"]["responses"]
+        assert {"401", "403"} <= set(responses)
+        assert "application/problem+json" in responses["403"]["content"]
+    assert "jwt" in document["components"]["securitySchemes"]
     assert {"202", "401", "403", "422", "503"} <= set(funds["responses"])
     assert {p["name"] for p in funds["parameters"]} == {"tenant_id", "Idempotency-Key"}
     schemas = document["components"]["schemas"]
@@ -586,6 +598,7 @@ async def test_limits_publish_only_the_named_fields() -> None:
         "tenant_id": "acme",
         "occurred_at": "2026-11-25T10:00:00Z",
         "credit_limit": "5.00",
+        "actor": "admin-token",
     }
     assert second["notify_below"] is None and "credit_limit" not in second
     for _, _, value in pub.sent:

@@ -21,6 +21,7 @@ from processor.auth import (
     Permission,
     Principal,
     TokenVerifier,
+    access_from,
 )
 from processor.settings import Settings
 from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
@@ -66,6 +67,7 @@ def test_missing_claims_are_401(keys: TestKeys, verifier: TokenVerifier) -> None
     refused(verifier, keys.token(role="root"))
     refused(verifier, keys.token(role="tenant_admin"))  # no tenant_id
     refused(verifier, keys.token(sub="x" * 129))
+    refused(verifier, keys.token(sub="caf\u00e9"))
 
 
 def test_a_bad_signature_is_401(keys: TestKeys, verifier: TokenVerifier, tmp_path: Path) -> None:
@@ -121,8 +123,8 @@ def test_malformed_tokens_are_401(verifier: TokenVerifier) -> None:
 def test_settings_bound_the_leeway_and_name_the_keys() -> None:
     with pytest.raises(ValueError):
         Settings(_env_file=None, METER_AUTH_LEEWAY_SECONDS=301)  # type: ignore[call-arg]
-    with pytest.raises(ValueError, match="METER_AUTH_JWKS"):
-        Settings(_env_file=None, METER_AUTH="jwt")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="METER_AUTH_JWKS, METER_AUTH_ISSUER"):
+        access_from(Settings(_env_file=None, METER_AUTH="jwt"))  # type: ignore[call-arg]
     assert Settings(_env_file=None).auth == "token"  # type: ignore[call-arg]
 
 
@@ -165,11 +167,13 @@ def test_roles_and_tenants(keys: TestKeys, access: Access) -> None:
 def test_only_operators_list_every_tenant(keys: TestKeys, access: Access) -> None:
     """Added with the console: the sink's GET /tenants names no tenant, so READ (which
     a tenant admin holds for its own tenant) must not be what guards it."""
-    assert ROUTES[("GET", "/tenants")] is Permission.LIST_TENANTS
-    assert check(access, keys.tenant_admin("acme"), Permission.LIST_TENANTS, None) == 403
-    assert check(access, keys.token(role="billing"), Permission.LIST_TENANTS, None) == 403
-    assert check(access, keys.token(role="operator"), Permission.LIST_TENANTS, None) == 200
+    assert ROUTES[("GET", "/tenants")] is Permission.READ_ALL
+    assert check(access, keys.tenant_admin("acme"), Permission.READ_ALL, None) == 403
+    assert check(access, keys.token(role="billing"), Permission.READ_ALL, None) == 403
+    assert check(access, keys.token(role="operator"), Permission.READ_ALL, None) == 200
     assert ROUTES[("GET", "/tenants/{tenant_id}/recharges")] is Permission.READ
+    # A command's status names its tenant only in the query: not READ either.
+    assert ROUTES[("GET", "/commands/{command_id}")] is Permission.READ_ALL
 
 
 def test_no_token_is_401_with_a_bare_challenge(access: Access) -> None:
@@ -207,3 +211,53 @@ def test_the_local_key_pair_is_made_once_private_and_verifies(tmp_path: Path) ->
         keys.issue("tenant_admin")
     # The public set holds no private part.
     assert "d" not in json.loads(keys.jwks_path.read_text())["keys"][0]
+
+
+def test_the_demo_runs_on_the_local_key_pair_and_prints_two_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from processor.demo import local_auth, print_tokens
+
+    env = {"METER_DATA_DIR": str(tmp_path)}
+    keys = local_auth(env)
+    assert keys is not None and env["METER_AUTH"] == "jwt"
+    access = access_from(Settings(_env_file=None, **env))  # type: ignore[arg-type]
+    print_tokens(keys, env, "acme-corp", 6066)
+    tokens = [
+        line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if "token (" in line
+    ]
+    principals = [access.principal({"Authorization": f"Bearer {t}"}) for t in tokens]
+    assert [(p.role, p.tenant_id) for p in principals] == [
+        ("tenant_admin", "acme-corp"),
+        ("operator", None),
+    ]
+    # METER_AUTH chosen by the user is left alone.
+    assert local_auth({"METER_DATA_DIR": str(tmp_path), "METER_AUTH": "token"}) is None
+
+
+async def test_every_route_of_the_worker_and_the_sink_is_open_or_named(tmp_path: Path) -> None:
+    """Adding an endpoint means naming its permission in auth.ROUTES (or it is open)."""
+    from processor.app import Broker, Meter
+    from processor.auth import OPEN_PATHS
+    from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.sink.http import build_app
+    from processor.sink.store import LedgerStore, database_url
+
+    cfg = Settings(_env_file=None)  # type: ignore[call-arg]
+    meter = Meter(cfg, load_rate_card(example_rate_card_path()), Broker("127.0.0.1:1"), 4)
+    store = await LedgerStore.open(database_url(None, tmp_path))
+    try:
+        routes = [*meter.app.web.web_app.router.routes(), *build_app(store).router.routes()]
+        seen = set()
+        for route in routes:
+            path = route.resource.canonical if route.resource is not None else ""
+            if route.method == "HEAD" or path in OPEN_PATHS or path == "/":
+                continue
+            seen.add((route.method, path))
+            assert (route.method, path) in ROUTES, f"{route.method} {path} names no permission"
+        assert ("GET", "/tenants/{tenant_id}/ledger.csv") in seen
+        assert ("POST", "/tenants/{tenant_id}/recharges/{request_id}/outcome") in seen
+    finally:
+        await store.close()
+        if meter.app._http_client is not None:
+            await meter.app._http_client.close()

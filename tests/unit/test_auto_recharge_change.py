@@ -137,7 +137,9 @@ async def test_patch_publishes_only_the_fields_named() -> None:
     [(topic, key, value)] = pub.sent
     assert (topic, key) == ("acme.credits.commands", b"acme")
     sent = json.loads(value)
-    assert set(sent) == {"type", "command_id", "tenant_id", "occurred_at", "trigger_balance"}
+    assert set(sent) == {
+        "type", "command_id", "tenant_id", "occurred_at", "actor", "trigger_balance"
+    }  # fmt: skip
     command = decode_command(value)
     assert isinstance(command, AutoRechargeChanged)
     assert command.model_fields_set >= {"trigger_balance"} and command.enabled is None

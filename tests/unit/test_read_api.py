@@ -171,7 +171,14 @@ def test_faust_pages_are_off_and_ours_are_on(meter: Meter) -> None:
     served = {prefix for prefix, _ in meter.app.web._enabled_blueprints()}
     assert served == {""}  # only Faust's plain production index at /
     names = {page.__name__ for page in meter.pages}
-    assert names == {"AccountPage", "AuthorizePage", "MetricsPage", "HealthPage", "ReadyPage"}
+    assert names == {
+        "AccountPage",
+        "AuthorizePage",
+        "WhoAmIPage",
+        "MetricsPage",
+        "HealthPage",
+        "ReadyPage",
+    }
 
 
 # ------------------------------------------------------------------------ routing
@@ -202,7 +209,7 @@ def test_the_openapi_document_names_the_400_and_the_retry_after() -> None:
 
     paths = openapi.build()["paths"]
     read = paths["/tenants/{tenant_id}/account"]["get"]["responses"]
-    assert {"200", "400", "404", "503"} == set(read)
+    assert {"200", "400", "401", "403", "404", "503"} == set(read)
     assert "invalid_tenant_id" in read["400"]["description"]
     assert "Retry-After" in read["503"]["headers"]
     for path, method in (

@@ -493,6 +493,25 @@ async def test_http_statement_csv(store: LedgerStore, http: TestClient[Any, Any]
     )
 
 
+async def test_the_actor_is_stored_shown_and_the_csvs_last_column(
+    store: LedgerStore, http: TestClient[Any, Any]
+) -> None:
+    stream = LedgerStream(tenants=1)
+    tenant = stream.tenant(0)
+    signed = stream.entry(tenant, kind="credit").model_copy(update={"actor": "alice@billing"})
+    usage = stream.entry(tenant, kind="debit")
+    await store.write(GROUP, batch_of([signed, usage]))
+    page = await (await http.get(f"/tenants/{tenant}/ledger")).json()
+    by_id = {e["entry_id"]: e for e in page["entries"]}
+    assert by_id[signed.entry_id]["actor"] == "alice@billing"
+    assert "actor" not in by_id[usage.entry_id]
+    rows = list(
+        csv.reader(io.StringIO(await (await http.get(f"/tenants/{tenant}/ledger.csv")).text()))
+    )
+    assert rows[0][-1] == "actor" and CSV_COLUMNS[-1] == "actor"
+    assert [r[-1] for r in rows[1:]] == ["alice@billing", ""]
+
+
 async def test_http_health(http: TestClient[Any, Any]) -> None:
     resp = await http.get("/health")
     assert (resp.status, await resp.json()) == (200, {"status": "ok"})
