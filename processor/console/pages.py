@@ -604,8 +604,15 @@ async def operator_page(request: web.Request) -> web.StreamResponse:
     return render(request, "operator.html", **context)
 
 
+async def ready(request: web.Request) -> web.StreamResponse:
+    """For `meter demo` and probes: the console answers (the APIs have their own)."""
+    return web.json_response({"status": "ready"})
+
+
 def routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/ready", ready)
+    r.add_get("/health", ready)
     r.add_get("/", home)
     r.add_get("/signin", signin_form)
     r.add_post("/signin", signin)
