@@ -25,6 +25,7 @@ static token (processor/admin.py).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hmac
 import logging
@@ -67,8 +68,11 @@ ROLES: Final = ("tenant_admin", "operator", "billing")
 Role = Literal["tenant_admin", "operator", "billing", "admin"]
 ADMIN_TOKEN_ACTOR: Final = "admin-token"  # noqa: S105 (a name, not a secret)
 MAX_LEEWAY_SECONDS: Final = 300
-# JWKS fetched from a URL is kept this long (PyJWKClient's cache).
+# JWKS fetched from a URL is kept this long (PyJWKClient's cache), and a token naming
+# an unknown key makes it fetch again at most this often (a rotated key is found, a
+# flood of made-up key ids costs the identity provider nothing).
 JWKS_CACHE_SECONDS: Final = 300
+JWKS_REFRESH_COOLDOWN_SECONDS: Final = 30
 MAX_SUBJECT_LENGTH: Final = 128
 MAX_TOKEN_BYTES: Final = 8 * 1024
 _SUBJECT: Final = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
@@ -134,8 +138,10 @@ class Principal:
     def may(self, permission: Permission, tenant_id: str | None) -> bool:
         if permission not in GRANTS.get(self.role, frozenset()):
             return False
-        if self.role == "tenant_admin" and tenant_id is not None:
-            return tenant_id == self.tenant_id
+        if self.role == "tenant_admin":
+            # Its own tenant only; a route that names no tenant only when it needs no
+            # more than a signed-in caller (whoami).
+            return tenant_id == self.tenant_id or permission is Permission.SIGNED_IN
         return True
 
     def view(self) -> dict[str, Any]:
@@ -188,10 +194,19 @@ class TokenVerifier:
         self._keys: jwt.PyJWKSet | None = None
         if jwks.startswith(("https://", "http://")):
             self._client = jwt.PyJWKClient(
-                jwks, cache_jwk_set=True, lifespan=JWKS_CACHE_SECONDS, timeout=5
+                jwks,
+                cache_jwk_set=True,
+                lifespan=JWKS_CACHE_SECONDS,
+                timeout=5,
+                cooldown_duration=JWKS_REFRESH_COOLDOWN_SECONDS,
             )
         else:
             self._keys = jwt.PyJWKSet.from_json(Path(jwks).read_text())
+
+    @property
+    def fetches(self) -> bool:
+        """The key set comes from a URL: a verification may wait for the network."""
+        return self._client is not None
 
     def _key(self, token: str) -> Any:
         try:
@@ -305,6 +320,15 @@ class Access:
             raise AuthError(401, "invalid_token", "wrong bearer token")
         return self.verifier.verify(given)
 
+    async def check_async(
+        self, headers: Mapping[str, str], permission: Permission, tenant_id: str | None
+    ) -> Principal:
+        """`check`, off the event loop when the key set may have to be fetched (the
+        worker's loop also runs the stream: it must never wait on the network)."""
+        if self.verifier is not None and self.verifier.fetches:
+            return await asyncio.to_thread(self.check, headers, permission, tenant_id)
+        return self.check(headers, permission, tenant_id)
+
     def check(
         self, headers: Mapping[str, str], permission: Permission, tenant_id: str | None
     ) -> Principal:
@@ -347,6 +371,15 @@ def access_from(cfg: Any) -> Access:
     return Access(cfg.auth, cfg.admin_token, verifier)
 
 
+def client_headers(cfg: Any) -> dict[str, str]:
+    """What the `meter` CLI sends to a worker: METER_API_TOKEN's or METER_ADMIN_TOKEN's
+    bearer, when one is set."""
+    secret = cfg.api_token or cfg.admin_token
+    if secret is None or not secret.get_secret_value():
+        return {}
+    return {"Authorization": f"Bearer {secret.get_secret_value()}"}
+
+
 def _route(request: web.Request) -> str | None:
     info = request.match_info
     route = getattr(info, "route", None)
@@ -373,11 +406,11 @@ def middleware(access: Access) -> Any:
         try:
             if permission is None:
                 # Unnamed: only the static token passes (see ROUTES).
-                principal = access.principal(request.headers)
+                principal = await access.check_async(request.headers, Permission.SIGNED_IN, None)
                 if principal.role != "admin":
                     raise AuthError(403, "forbidden", "this endpoint names no permission")
             else:
-                principal = access.check(request.headers, permission, tenant_id)
+                principal = await access.check_async(request.headers, permission, tenant_id)
         except AuthError as refused:
             return refused.answer(tenant_id)
         request[PRINCIPAL] = principal

@@ -164,6 +164,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from processor.auth import client_headers
     from processor.core.engine import DedupeWindow
     from processor.core.rating import example_rate_card_path, load_rate_card
     from processor.kafka_options import kafka_client_options
@@ -180,6 +181,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             args.worker_url,
             # Judged as the workers judge event times (too old, too far ahead).
             dedupe=DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
+            # METER_AUTH=jwt: the live balances need a token (METER_API_TOKEN).
+            worker_headers=client_headers(cfg),
             **kafka_client_options(cfg),
         )
     )

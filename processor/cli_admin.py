@@ -258,11 +258,14 @@ def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
 async def _get_account(worker_url: str, tenant: str) -> tuple[int, dict[str, Any]]:
     import aiohttp
 
+    from processor.auth import client_headers
+
     url = f"{worker_url.rstrip('/')}/tenants/{quote(tenant, safe='')}/account"
+    headers = client_headers(_settings())  # METER_AUTH=jwt: the reads need a token
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS)) as s,
-            s.get(url) as resp,
+            s.get(url, headers=headers) as resp,
         ):
             raw = await resp.read()
             status = resp.status

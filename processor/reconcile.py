@@ -284,9 +284,13 @@ def check_requests(requests: list[dict[str, Any]], report: Report) -> None:
             report.problems.append(f"request {r['request_id']} re-sent with another amount")
 
 
-def live_balance(url: str, tenant: str) -> Decimal | None:
+def live_balance(url: str, tenant: str, headers: dict[str, str] | None = None) -> Decimal | None:
+    """The live balance a worker reports (`headers`: a bearer under METER_AUTH=jwt)."""
+    request = urllib.request.Request(  # noqa: S310
+        f"{url.rstrip('/')}/tenants/{tenant}/account", headers=headers or {}
+    )
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/tenants/{tenant}/account", timeout=10) as r:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as r:  # noqa: S310
             return Decimal(json.loads(r.read())["balance"])
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
@@ -300,6 +304,7 @@ async def reconcile(
     card: RateCard,
     worker_url: str | None = None,
     dedupe: DedupeWindow | None = None,
+    worker_headers: dict[str, str] | None = None,
     **client_options: Any,
 ) -> Report:
     report = Report()
@@ -359,7 +364,7 @@ async def reconcile(
             sums.get(tenant, Decimal(0)) if report.ledger_complete else None,
         )
         if worker_url is not None:
-            check.live = await asyncio.to_thread(live_balance, worker_url, tenant)
+            check.live = await asyncio.to_thread(live_balance, worker_url, tenant, worker_headers)
             if check.live is None and expected == 0:
                 check.live = expected
         report.tenants.append(check)

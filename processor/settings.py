@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     auth_jwks: str | None = Field(default=None, validation_alias="METER_AUTH_JWKS")
     auth_issuer: str | None = Field(default=None, validation_alias="METER_AUTH_ISSUER")
     auth_audience: str | None = Field(default=None, validation_alias="METER_AUTH_AUDIENCE")
+    # The bearer the `meter` CLI sends to a worker's read API (`meter account`,
+    # `meter reconcile --worker-url`) under METER_AUTH=jwt; else METER_ADMIN_TOKEN's.
+    api_token: SecretStr | None = Field(default=None, validation_alias="METER_API_TOKEN")
     auth_leeway_seconds: int = Field(
         default=30, validation_alias="METER_AUTH_LEEWAY_SECONDS", ge=0, le=300
     )

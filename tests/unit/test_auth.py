@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import stat
@@ -261,3 +262,72 @@ async def test_every_route_of_the_worker_and_the_sink_is_open_or_named(tmp_path:
         await store.close()
         if meter.app._http_client is not None:
             await meter.app._http_client.close()
+
+
+async def test_a_key_set_from_a_url_is_cached_and_fetched_off_the_loop(keys: TestKeys) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    fetched = 0
+
+    async def jwks(request: web.Request) -> web.Response:
+        nonlocal fetched
+        fetched += 1
+        return web.Response(body=keys.jwks_path.read_bytes(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    async with TestServer(app) as server:
+        url = str(server.make_url("/.well-known/jwks.json"))
+        access = Access("jwt", None, TokenVerifier(url, ISSUER, AUDIENCE))
+        # The server runs on this loop: a fetch on it would hang; check_async does not.
+        for alg in ("ES256", "RS256", "ES256"):
+            header = keys.header(keys.token(alg=alg, role="operator"))
+            principal = await access.check_async(header, Permission.READ, "acme")
+            assert principal.role == "operator"
+        assert fetched == 1
+        # Made-up key ids: refused, and at most one more fetch within the cooldown.
+        for i in range(20):
+            header = keys.header(keys.token(kid=f"nope-{i}", role="operator"))
+            with pytest.raises(AuthError) as caught:
+                await access.check_async(header, Permission.READ, "acme")
+            assert caught.value.status == 401
+        assert fetched <= 2
+
+
+def test_a_tenant_admin_reads_no_route_that_names_no_tenant(keys: TestKeys, access: Access) -> None:
+    acme = keys.tenant_admin("acme")
+    assert check(access, acme, Permission.READ, None) == 403
+    assert check(access, acme, Permission.SIGNED_IN, None) == 200
+    assert check(access, keys.token(role="operator"), Permission.READ, None) == 200
+
+
+async def test_the_cli_sends_its_token_to_the_read_api(
+    monkeypatch: pytest.MonkeyPatch, keys: TestKeys
+) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from processor import cli_admin
+    from processor.auth import client_headers
+    from processor.reconcile import live_balance
+
+    operator = keys.token(role="operator")
+    seen: list[str | None] = []
+
+    async def account(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"tenant_id": "acme", "balance": "1.00"})
+
+    app = web.Application()
+    app.router.add_get("/tenants/{tenant_id}/account", account)
+    monkeypatch.setenv("METER_ADMIN_TOKEN", "static")
+    assert client_headers(Settings()) == {"Authorization": "Bearer static"}
+    monkeypatch.setenv("METER_API_TOKEN", operator)
+    async with TestServer(app) as server:
+        url = str(server.make_url("/"))
+        status, _ = await cli_admin._get_account(url, "acme")
+        assert status == 200
+        balance = await asyncio.to_thread(live_balance, url, "acme", client_headers(Settings()))
+        assert str(balance) == "1.00"
+    assert seen == [f"Bearer {operator}"] * 2
