@@ -365,3 +365,42 @@ def test_every_asset_is_local_and_htmx_keeps_its_licence() -> None:
         assert not re.search(r"""(src|href)=["'](https?:)?//""", text), template
     css = (static / "console.css").read_text()
     assert "url(" not in css and "@import" not in css
+
+
+def _luminance(hex_colour: str) -> float:
+    rgb = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_text_colours_meet_wcag_aa_contrast() -> None:
+    css = (HERE / "static" / "console.css").read_text()
+    colours = dict(re.findall(r"--([a-z]+): (#[0-9a-f]{6})", css))
+    for text in ("ink", "muted", "accent", "ok", "bad", "warn"):
+        for background in ("bg", "card"):
+            ratio = _contrast(colours[text], colours[background])
+            assert ratio >= 4.5, (text, background, ratio)
+    assert _contrast("#ffffff", colours["accent"]) >= 4.5  # a primary button's text
+    assert _contrast("#ffffff", "#102a43") >= 4.5  # the header's
+
+
+async def test_every_field_of_the_tenant_page_has_a_label(
+    console: tuple[TestClient[Any, Any], FakeApis],
+) -> None:
+    client, _ = console
+    await sign_in(client, "tok-acme")
+    html = await (await client.get("/tenants/acme")).text()
+    fields = re.findall(r"<(?:input|select|textarea)\b[^>]*>", html)
+    labelled = set(re.findall(r'<label for="([^"]+)"', html))
+    visible = [f for f in fields if 'type="hidden"' not in f]
+    assert len(visible) >= 8
+    for field in visible:
+        found = re.search(r'\bid="([^"]+)"', field)
+        assert found is not None and found[1] in labelled, field
+    assert 'class="skip" href="#main"' in html
+    assert '<html lang="en">' in html
