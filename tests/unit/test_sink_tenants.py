@@ -18,6 +18,7 @@ from aiokafka import TopicPartition
 from processor.sink.http import build_app
 from processor.sink.service import SinkStats, SinkTopics, rows_of
 from processor.sink.store import LedgerStore, database_url
+from schemas.ledger_api import RechargeHistory, TenantList
 from schemas.outputs import BalanceAlert
 from tests.ledger_records import (
     T0,
@@ -85,6 +86,7 @@ async def write(store: LedgerStore, records: dict[str, list[bytes]], first: int 
 async def listing(http: TestClient[Any, Any], query: str = "") -> list[dict[str, Any]]:
     resp = await http.get(f"/tenants{query}")
     assert resp.status == 200, await resp.text()
+    TenantList.model_validate_json(await resp.read())  # what docs/openapi.json says
     return list((await resp.json())["tenants"])
 
 
@@ -220,6 +222,7 @@ async def test_recharge_requests_come_with_their_outcomes(
         },
     )
     resp = await tenants_http.get("/tenants/acme/recharges")
+    RechargeHistory.model_validate_json(await resp.read())  # what docs/openapi.json says
     body = await resp.json()
     assert [(r["attempt"], r["outcome"], r["reason"]) for r in body["recharges"]] == [
         (2, "succeeded", None),
