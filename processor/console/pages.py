@@ -134,7 +134,10 @@ def _field_messages(answer: Answer, t: Any) -> dict[str, list[str]]:
             message = t.gettext("The target must be above the trigger balance.")
             name = "target_balance"
         out.setdefault(name or "form", []).append(message)
-    if not out and answer.status >= 400:
+    if not out and answer.status == 403:
+        # The API's word on this role (e.g. funds come from billing under METER_AUTH=jwt).
+        out["form"] = [f"{t.gettext('Your role may not do this.')} ({answer.problem()})"]
+    elif not out and answer.status >= 400:
         out["form"] = [answer.problem()]
     return out
 

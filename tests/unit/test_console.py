@@ -97,6 +97,29 @@ class FakeApis:
         async def empty(request: web.Request) -> web.Response:
             return web.json_response({"entries": [], "buckets": [], "recharges": []})
 
+        async def ledger(request: web.Request) -> web.Response:
+            self.calls.append(("ledger", request.match_info["tenant_id"], request.query_string))
+            before = request.query.get("before")
+            entry = {
+                "entry_id": f"e-{before or 'newest'}",
+                "tenant_id": request.match_info["tenant_id"],
+                "kind": "credit",
+                "amount": "1.00",
+                "currency": "EUR",
+                "balance_after": "12.34",
+                "cause_topic": "credits.commands",
+                "cause_id": f"cause-{before or 'newest'}",
+                "occurred_at": "2026-12-01T10:00:00Z",
+                "recorded_at": "2026-12-01T10:00:01Z",
+            }
+            following = None if before else "page-2"
+            return web.json_response({"entries": [entry], "next_cursor": following})
+
+        async def funds(request: web.Request) -> web.Response:
+            return web.json_response(
+                {"error": "forbidden", "detail": "a tenant_admin token may not funds"}, status=403
+            )
+
         async def tenants(request: web.Request) -> web.Response:
             listed = [
                 {
@@ -129,7 +152,8 @@ class FakeApis:
             app.router.add_get("/auth/whoami", whoami)
         app.router.add_get("/tenants/{tenant_id}/account", account_view)
         app.router.add_put("/tenants/{tenant_id}/auto-recharge", auto_recharge)
-        app.router.add_get("/tenants/{tenant_id}/ledger", empty)
+        app.router.add_get("/tenants/{tenant_id}/ledger", ledger)
+        app.router.add_post("/tenants/{tenant_id}/funds", funds)
         app.router.add_get("/tenants/{tenant_id}/usage", empty)
         app.router.add_get("/tenants/{tenant_id}/recharges", empty)
         app.router.add_get("/tenants", tenants)
@@ -404,3 +428,34 @@ async def test_every_field_of_the_tenant_page_has_a_label(
         assert found is not None and found[1] in labelled, field
     assert 'class="skip" href="#main"' in html
     assert '<html lang="en">' in html
+
+
+async def test_the_ledger_pages_with_the_sinks_cursor(
+    console: tuple[TestClient[Any, Any], FakeApis],
+) -> None:
+    client, fakes = console
+    await sign_in(client, "tok-acme")
+    html = await (await client.get("/tenants/acme")).text()
+    assert "cause-newest" in html
+    assert 'href="/tenants/acme?before=page-2#ledger"' in html
+    html = await (await client.get("/tenants/acme?before=page-2")).text()
+    assert "cause-page-2" in html and "cause-newest" not in html
+    assert 'id="older"' not in html  # the last page
+    assert ("ledger", "acme", "limit=20&before=page-2") in fakes.calls
+
+
+async def test_a_refused_top_up_says_so_in_the_form(
+    console: tuple[TestClient[Any, Any], FakeApis],
+) -> None:
+    client, _ = console
+    await sign_in(client, "tok-acme")
+    csrf = await csrf_of(client, "/tenants/acme")
+    resp = await client.post(
+        "/tenants/acme/funds",
+        data={"amount": "5.00", "key": "k-1", "csrf": csrf},
+        headers={"HX-Request": "true"},
+    )
+    html = await resp.text()
+    assert "Your role may not do this." in html
+    assert "a tenant_admin token may not funds" in html
+    assert 'role="alert"' in html
