@@ -144,7 +144,6 @@ _ROUTES: Final[dict[Endpoint, tuple[str, str]]] = {
     "auto-recharge-off": ("DELETE", "/tenants/{tenant_id}/auto-recharge"),
     "recharge-outcome": ("POST", "/tenants/{tenant_id}/recharges/{request_id}/outcome"),
 }
-
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 JSON: Final = "application/json"
 # Far above any real body ({"amount": ..., "currency": ...}); refuse before reading.

@@ -84,13 +84,19 @@ class Permission(enum.Enum):
     FUNDS = "funds"  # post a top-up
     RECHARGE_OUTCOME = "recharge_outcome"  # billing's answer to a recharge request
     SIGNED_IN = "signed_in"  # any valid token (whoami)
+    # Added: reads that name no tenant in their path (the sink's GET /tenants, a
+    # command's status by id): operators, never a tenant admin.
+    READ_ALL = "read_all"
 
 
-# What each role may do; a tenant_admin only for its own tenant. A tenant admin does
-# not mint its own credit: funds come from billing (or the static token).
+# What each role may do; a tenant_admin only for its own tenant. A tenant admin adds
+# funds to its own tenant (the console's "Add funds", as in the admin center this
+# product follows); billing's answers to recharge requests stay billing's.
 GRANTS: Final[dict[str, frozenset[Permission]]] = {
-    "tenant_admin": frozenset({Permission.READ, Permission.CONFIGURE, Permission.SIGNED_IN}),
-    "operator": frozenset({Permission.READ, Permission.SIGNED_IN}),
+    "tenant_admin": frozenset(
+        {Permission.READ, Permission.CONFIGURE, Permission.FUNDS, Permission.SIGNED_IN}
+    ),
+    "operator": frozenset({Permission.READ, Permission.SIGNED_IN, Permission.READ_ALL}),
     "billing": frozenset({Permission.FUNDS, Permission.RECHARGE_OUTCOME, Permission.SIGNED_IN}),
     "admin": frozenset(Permission),
 }
@@ -115,10 +121,15 @@ ROUTES: Final[dict[tuple[str, str], Permission]] = {
     ("GET", "/tenants/{tenant_id}/usage"): Permission.READ,
     ("GET", "/tenants/{tenant_id}/ledger.csv"): Permission.READ,
     ("GET", "/auth/whoami"): Permission.SIGNED_IN,
-    # Issue 21 part 3 (wip-d): a command's status names no tenant in its path, so a
-    # tenant admin is refused it (Principal.may); operators and the static token read it.
+    # Added with the console (the sink's): every tenant's row, and one tenant's recharges.
+    ("GET", "/tenants"): Permission.READ_ALL,
+    ("GET", "/tenants/{tenant_id}/recharges"): Permission.READ,
+    # A command's status: its tenant is the `tenant_id` query parameter (the 202's
+    # Location names it), so a tenant admin reads its own commands' status only.
     ("GET", "/commands/{command_id}"): Permission.READ,
 }
+# Routes whose tenant is the `tenant_id` query parameter rather than a path part.
+QUERY_TENANT_ROUTES: Final = frozenset({"/commands/{command_id}"})
 # Open to anyone, whatever METER_AUTH says.
 OPEN_PATHS: Final = frozenset({"/metrics", "/health", "/ready", "/openapi.json"})
 
@@ -399,6 +410,8 @@ def middleware(access: Access) -> Any:
         method = "GET" if request.method == "HEAD" else request.method
         permission = ROUTES.get((method, route))
         tenant_id = request.match_info.get("tenant_id")
+        if route in QUERY_TENANT_ROUTES:
+            tenant_id = request.query.get("tenant_id")
         try:
             if permission is None:
                 # Unnamed: only the static token passes (see ROUTES).

@@ -245,6 +245,36 @@ def _as_data(value: Any) -> Any:
     return str(value)
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    import signal
+
+    from processor.console.api import ApiClient
+    from processor.console.app import build_app, serve
+
+    cfg = Settings()
+    api_url = cfg.api_url or f"http://127.0.0.1:{cfg.web_port}"
+    sink_url = cfg.sink_url or f"http://127.0.0.1:{cfg.sink_port}"
+    token = None if cfg.admin_token is None else cfg.admin_token.get_secret_value()
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        app = build_app(ApiClient(api_url, sink_url), token)
+        logging.getLogger("processor.console").info(
+            "console: worker API %s, ledger sink %s", api_url, sink_url
+        )
+        try:
+            await serve(app, cfg.web_host, cfg.console_port, stop)
+        except OSError as exc:
+            print(f"meter console: {exc}", file=sys.stderr)
+            return EXIT_PROBLEM
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
 
@@ -290,7 +320,11 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
     bootstrap = _bootstrap(cfg)
     names = TopicNames.from_settings(cfg)
     topics = SinkTopics(
-        names.ledger, names.recharge_requests, names.commands, names.command_results
+        names.ledger,
+        names.recharge_requests,
+        names.commands,
+        names.command_results,
+        alerts=names.alerts,
     )
 
     async def main() -> int:
@@ -432,6 +466,16 @@ def build_parser() -> argparse.ArgumentParser:
         "queries on METER_SINK_PORT (default 6070).",
     )
     sink.set_defaults(func=cmd_ledger_sink)
+
+    console = sub.add_parser(
+        "console",
+        help="the admin console: web pages over the worker API and the ledger sink",
+        description="Serve the admin console on METER_CONSOLE_PORT (default 6080): sign in "
+        "with a token; a tenant admin's Communication Credits page and the operator's list "
+        "of tenants. It calls METER_API_URL (a worker) and METER_SINK_URL (the ledger "
+        "sink) with the signed-in user's token.",
+    )
+    console.set_defaults(func=cmd_console)
 
     demo = sub.add_parser(
         "demo",

@@ -1,7 +1,8 @@
 """`meter demo` (what `make run` runs): the whole pipeline on one machine.
 
-Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), one worker and
-the ledger sink (`meter ledger-sink`, SQLite in METER_DATA_DIR) as child processes,
+Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), one worker,
+the ledger sink (`meter ledger-sink`, SQLite in METER_DATA_DIR) and the admin console
+(`meter console`, whose URL it prints with the sign-in tokens) as child processes,
 the traffic simulator and the live view; on Ctrl-C it stops what it
 started, in reverse order, and leaves a broker it did not start alone.
 
@@ -126,6 +127,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
     keys = local_auth(env)
     print(f"starting a worker (log: {worker_log}) ...", flush=True)
     sink: subprocess.Popen[bytes] | None = None
+    console: subprocess.Popen[bytes] | None = None
     with worker_log.open("ab") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "processor.cli", "worker"],
@@ -156,6 +158,18 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
             "/usage and /ledger.csv",
             flush=True,
         )
+        # The admin console (meter console), in front of the worker and the sink.
+        console_log = run_dir / "console.log"
+        with console_log.open("ab") as out:
+            console = subprocess.Popen(
+                [sys.executable, "-m", "processor.cli", "console"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        console_url = f"http://127.0.0.1:{cfg.console_port}"
+        _wait_ready(console_url, console, console_log, 60, "console")
         simulator = Simulator(
             SimulatorConfig(
                 bootstrap=bootstrap,
@@ -167,6 +181,10 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
         )
         if keys is not None:
             print_tokens(keys, env, simulator.tenants[0].tenant_id, cfg.web_port)
+        print(
+            f"console: {console_url}/ (sign in with one of the tokens above; English or Greek)",
+            flush=True,
+        )
         view = LiveView(
             LiveViewConfig(bootstrap=bootstrap, topic_prefix=cfg.topic_prefix), simulator.stats
         )
@@ -187,6 +205,9 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
         print(f"meter demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        if console is not None:
+            print("stopping the console ...", flush=True)
+            _stop(console)
         if sink is not None:
             print("stopping the ledger sink ...", flush=True)
             _stop(sink)

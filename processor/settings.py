@@ -95,8 +95,13 @@ class Settings(BaseSettings):
     # the port of its query API. SecretStr: the URL may hold a password.
     database_url: SecretStr | None = Field(default=None, validation_alias="METER_DATABASE_URL")
     sink_port: int = Field(default=6070, validation_alias="METER_SINK_PORT", ge=0, le=65535)
-    # Added: where a worker forwards GET /commands/{command_id} (unset: the local sink,
-    # http://127.0.0.1:METER_SINK_PORT).
+    # The admin console (`meter console`, processor/console/): its port, and the worker
+    # API and ledger sink it calls with the signed-in user's token (unset: this host's
+    # METER_WEB_PORT and METER_SINK_PORT).
+    console_port: int = Field(default=6080, validation_alias="METER_CONSOLE_PORT", ge=0, le=65535)
+    api_url: str | None = Field(default=None, validation_alias="METER_API_URL")
+    # Added: where a worker forwards GET /commands/{command_id}, and where the console
+    # reads the history (unset: the local sink, http://127.0.0.1:METER_SINK_PORT).
     sink_url: str | None = Field(default=None, validation_alias="METER_SINK_URL")
 
     # The admin API's bearer token (processor/admin.py); unset disables the admin

@@ -168,13 +168,14 @@ class AutoRechargeChanged(_Input):
     command_id: CommandId
     tenant_id: TenantId
     occurred_at: Timestamp
+    # Added: who sent it (the admin API's caller), as on every command.
+    actor: Actor | None = None
     enabled: StrictBool | None = None
     recharge_amount: PositiveAmount | None = None
     trigger_balance: NonNegativeAmount | None = None
     currency: Currency | None = None
     mode: Literal["fixed", "to_target"] | None = None
     target_balance: PositiveAmount | None = None
-    actor: Actor | None = None
 
     @model_validator(mode="after")
     def _names_a_setting(self) -> Self:

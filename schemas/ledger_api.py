@@ -15,14 +15,27 @@ from schemas.types import (
     CommandId,
     Currency,
     DetailText,
+    Money,
     NonNegativeMoney,
     OutputId,
+    PositiveMoney,
+    Reason,
     ReasonCode,
+    RequestId,
     TenantId,
     Timestamp,
 )
 
-__all__ = ["CommandStatus", "LedgerPage", "UsageBucketView", "UsageReport"]
+__all__ = [
+    "CommandStatus",
+    "LedgerPage",
+    "RechargeAttemptView",
+    "RechargeHistory",
+    "TenantList",
+    "TenantRow",
+    "UsageBucketView",
+    "UsageReport",
+]
 
 
 class LedgerPage(OutputModel):
@@ -76,3 +89,51 @@ class CommandStatus(OutputModel):
     # when its outcome was recorded (null while pending).
     occurred_at: Timestamp | None
     recorded_at: Timestamp | None
+
+
+class TenantRow(OutputModel):
+    """Added. One tenant of ``GET /tenants`` (the operator's list), as the sink knows it."""
+
+    tenant_id: TenantId
+    currency: Currency | None
+    # The newest ledger entry's balance_after (null before the tenant's first entry).
+    balance: Money | None
+    status: Literal["active", "exhausted"]
+    auto_recharge_suspended: bool
+    below_low_balance: bool
+    # notify_below when set, else the auto-recharge trigger; null when neither is.
+    low_balance_level: NonNegativeMoney | None
+    # Billing's refusals since its last charged recharge.
+    recharge_failures: Annotated[int, Field(ge=0)]
+    last_failure_reason: Reason | None
+    updated_at: Timestamp | None
+
+
+class TenantList(OutputModel):
+    """Added. 200 body of ``GET /tenants``: tenants in id order."""
+
+    tenants: list[TenantRow]
+    # The next page's `cursor`; null on the last page. Opaque.
+    next_cursor: Annotated[str, Field(min_length=1, max_length=100)] | None
+
+
+class RechargeAttemptView(OutputModel):
+    """Added. One attempt of a recharge request, and billing's answer to it."""
+
+    request_id: RequestId
+    attempt: Annotated[int, Field(ge=1)]
+    amount: PositiveMoney
+    currency: Currency
+    balance: Money
+    requested_at: Timestamp
+    # null while billing has not answered this attempt.
+    outcome: Literal["succeeded", "failed"] | None
+    reason: Reason | None
+    answered_at: Timestamp | None
+
+
+class RechargeHistory(OutputModel):
+    """Added. 200 body of ``GET /tenants/{tenant_id}/recharges``: newest first."""
+
+    tenant_id: TenantId
+    recharges: list[RechargeAttemptView]

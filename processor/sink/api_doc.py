@@ -11,7 +11,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from schemas.ledger_api import CommandStatus, LedgerPage, UsageReport
+from schemas.ledger_api import CommandStatus, LedgerPage, RechargeHistory, TenantList, UsageReport
 from schemas.types import ID_PATTERN, TENANT_ID_PATTERN
 
 __all__ = ["MODELS", "TAG", "paths"]
@@ -20,6 +20,8 @@ MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (LedgerPage, "serialization"),
     (UsageReport, "serialization"),
     (CommandStatus, "serialization"),
+    (TenantList, "serialization"),
+    (RechargeHistory, "serialization"),
 )
 TAG: Final = {
     "name": "history",
@@ -108,6 +110,64 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
                         "retry after `Retry-After`.",
                     ),
                 },
+            }
+        },
+        "/tenants": {
+            "get": {
+                "operationId": "listTenants",
+                "summary": "Every tenant, searched and filtered (the operator's list)",
+                "description": "Added. Tenants in id order, from the sink's tenants table "
+                "(balance from the newest ledger entry, status from the exhausted/restored "
+                "alert with the highest status_seq, suspension and failures from the "
+                "alerts and billing's answers). With METER_AUTH=jwt: operators only.",
+                "tags": ["history"],
+                "servers": _SERVERS,
+                "parameters": [
+                    query(
+                        "q",
+                        "Part of the tenant id, any case.",
+                        {"type": "string", "maxLength": 64},
+                    ),
+                    query(
+                        "status",
+                        "Only the exhausted, the auto-recharge suspended, those below "
+                        "their low-balance level, or those whose recharges fail.",
+                        {"type": "string", "enum": ["exhausted", "suspended", "low", "failing"]},
+                    ),
+                    query(
+                        "cursor",
+                        "`next_cursor` of the previous page (opaque).",
+                        {"type": "string", "maxLength": 100},
+                    ),
+                    query(
+                        "limit",
+                        "Tenants per page.",
+                        {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                    ),
+                ],
+                "responses": {
+                    "200": _json(refs["TenantList"], "A page of tenants."),
+                    "400": _json(error, "`invalid_query` or `invalid_cursor`."),
+                },
+            }
+        },
+        "/tenants/{tenant_id}/recharges": {
+            "get": {
+                "operationId": "getRecharges",
+                "summary": "A tenant's recharge requests and billing's answers, newest first",
+                "description": "Added. Each attempt of each request, with the answer "
+                "that names it (an answer naming no attempt counts for the latest).",
+                "tags": ["history"],
+                "servers": _SERVERS,
+                "parameters": [
+                    tenant,
+                    query(
+                        "limit",
+                        "Attempts.",
+                        {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                    ),
+                ],
+                "responses": {"200": _json(refs["RechargeHistory"], "The attempts."), "400": bad},
             }
         },
         "/tenants/{tenant_id}/ledger": {

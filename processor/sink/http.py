@@ -3,6 +3,8 @@
     GET /tenants/{id}/ledger?before=<cursor>&limit=<n>&kind=debit,credit
     GET /tenants/{id}/usage?from=<RFC 3339>&to=<RFC 3339>&group_by=day|service
     GET /tenants/{id}/ledger.csv
+    GET /tenants?q=&status=exhausted|suspended|low|failing&cursor=&limit=   (added)
+    GET /tenants/{id}/recharges?limit=                                       (added)
     GET /commands/{command_id}[?tenant_id=<id>]   (added: a command's status)
     GET /health, GET /ready (200 once the consumer has its partitions, else 503)
     GET /metrics (added: meter_build_info and the process and Python collectors)
@@ -39,6 +41,13 @@ from processor.sink.store import (
     decode_cursor,
     encode_cursor,
     entry_view,
+)
+from processor.sink.tenants import (
+    STATUS_FILTERS,
+    decode_tenant_cursor,
+    recharge_history,
+    tenant_page,
+    tenant_view,
 )
 from processor.views import tenant_id_problem
 from schemas.types import ID_PATTERN, format_money, format_timestamp, parse_timestamp
@@ -276,6 +285,40 @@ async def statement(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def tenant_list(request: web.Request) -> web.Response:
+    """Added: every tenant the sink has seen, in id order, searched and filtered."""
+    limit = _limit(request)
+    q = request.query.get("q", "").strip()
+    if len(q) > 64:
+        raise _BadQuery("invalid_query", "q is at most 64 characters")
+    status = request.query.get("status") or None
+    if status is not None and status not in STATUS_FILTERS:
+        raise _BadQuery("invalid_query", f"status must be one of {', '.join(STATUS_FILTERS)}")
+    raw = request.query.get("cursor")
+    after = None
+    if raw is not None:
+        try:
+            after = decode_tenant_cursor(raw)
+        except ValueError:
+            raise _BadQuery(
+                "invalid_cursor", "cursor must be a next_cursor this API returned"
+            ) from None
+    async with request.app[STORE].engine.connect() as conn:
+        rows, following = await tenant_page(
+            conn, q=q or None, status=status, after=after, limit=limit
+        )
+    return _json(200, {"tenants": [tenant_view(row) for row in rows], "next_cursor": following})
+
+
+async def recharges(request: web.Request) -> web.Response:
+    """Added: the tenant's newest recharge requests and billing's answers to them."""
+    tenant_id = _tenant(request)
+    limit = _limit(request)
+    async with request.app[STORE].engine.connect() as conn:
+        history = await recharge_history(conn, tenant_id, limit)
+    return _json(200, {"tenant_id": tenant_id, "recharges": history})
+
+
 def command_view(row: dict[str, Any]) -> dict[str, Any]:
     """A stored command row as the contract's CommandStatus JSON object."""
     return {
@@ -334,5 +377,7 @@ def build_app(
     app.router.add_get("/tenants/{tenant_id}/ledger", ledger)
     app.router.add_get("/tenants/{tenant_id}/ledger.csv", statement)
     app.router.add_get("/tenants/{tenant_id}/usage", usage)
+    app.router.add_get("/tenants", tenant_list)
+    app.router.add_get("/tenants/{tenant_id}/recharges", recharges)
     app.router.add_get("/commands/{command_id}", command_status)
     return app

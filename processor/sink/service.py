@@ -31,8 +31,16 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from processor.sink.store import Batch, LedgerStore
-from schemas.inputs import DecodeError, FundsAdded, RechargeFailed, decode_command
-from schemas.outputs import CommandResult, LedgerEntry, RechargeRequested
+from processor.sink.tenants import TenantEvent
+from schemas.inputs import (
+    AutoRechargeConfigured,
+    DecodeError,
+    FundsAdded,
+    RechargeFailed,
+    TenantLimitsConfigured,
+    decode_command,
+)
+from schemas.outputs import BalanceAlert, CommandResult, LedgerEntry, RechargeRequested
 
 __all__ = ["LedgerSink", "SinkStats", "SinkTopics", "group_id", "rows_of", "storable"]
 
@@ -51,9 +59,18 @@ class SinkTopics:
     commands: str
     # Added: each command's outcome (GET /commands/{command_id}).
     command_results: str = "credits.command-results"
+    # Added: the alerts feed the tenants table (status, suspension); None reads none.
+    alerts: str | None = None
 
     def all(self) -> tuple[str, ...]:
-        return (self.ledger, self.recharge_requests, self.commands, self.command_results)
+        alerts = () if self.alerts is None else (self.alerts,)
+        return (
+            self.ledger,
+            self.recharge_requests,
+            self.commands,
+            self.command_results,
+            *alerts,
+        )
 
 
 @dataclass
@@ -129,6 +146,33 @@ def _add(batch: Batch, tp: TopicPartition, record: Any, topics: SinkTopics) -> N
                 **where,
             }
         )
+        batch.events.append(
+            TenantEvent(
+                "ledger",
+                record.offset,
+                entry.tenant_id,
+                entry.recorded_at,
+                "entry",
+                {"balance_after": entry.balance_after, "currency": entry.currency},
+            )
+        )
+    elif tp.topic == topics.alerts:
+        alert = BalanceAlert.model_validate_json(value)
+        batch.events.append(
+            TenantEvent(
+                "alerts",
+                record.offset,
+                alert.tenant_id,
+                alert.occurred_at,
+                "alert",
+                {
+                    "alert": alert.alert,
+                    "currency": alert.currency,
+                    "status_seq": alert.status_seq,
+                    "reason": None if alert.reason is None else storable(alert.reason),
+                },
+            )
+        )
     elif tp.topic == topics.recharge_requests:
         request = RechargeRequested.model_validate_json(value)
         batch.requests.append(
@@ -161,6 +205,7 @@ def _add(batch: Batch, tp: TopicPartition, record: Any, topics: SinkTopics) -> N
         )
     elif tp.topic == topics.commands:
         command = decode_command(value)
+        _command_event(batch, record.offset, command)
         # Every command is pending until its result arrives (added).
         batch.seen(
             {
@@ -207,6 +252,31 @@ def _add(batch: Batch, tp: TopicPartition, record: Any, topics: SinkTopics) -> N
                 }
             )
         # Other commands (manual funds, settings) are no recharge outcome: no row.
+
+
+def _command_event(batch: Batch, offset: int, command: Any) -> None:
+    """What a command tells the tenants table (settings, limits, billing's answers)."""
+    fields: dict[str, Any] = {}
+    if isinstance(command, AutoRechargeConfigured):
+        kind = "auto_recharge_configured"
+        fields["trigger_balance"] = command.trigger_balance
+    elif isinstance(command, TenantLimitsConfigured):
+        kind = "tenant_limits_configured"
+        fields = {
+            name: getattr(command, name)
+            for name in ("credit_limit", "notify_below")
+            if name in command.model_fields_set
+        }
+    elif isinstance(command, FundsAdded):
+        kind = "recharge_succeeded" if command.source == "auto_recharge" else "manual_funds"
+    elif isinstance(command, RechargeFailed):
+        kind = "recharge_failed"
+        fields["reason"] = storable(command.reason)
+    else:
+        return
+    batch.events.append(
+        TenantEvent("commands", offset, command.tenant_id, command.occurred_at, kind, fields)
+    )
 
 
 class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]

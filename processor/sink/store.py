@@ -158,6 +158,30 @@ recharge_outcomes: Final = sa.Table(
     sa.Column("source_offset", sa.BigInteger, nullable=False),
 )
 
+# Added: one row per tenant, for the operator's list (processor/sink/tenants.py).
+tenants: Final = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("tenant_id", sa.Text, primary_key=True),
+    sa.Column("currency", sa.Text),
+    sa.Column("balance", Money),
+    sa.Column("status", sa.Text),
+    sa.Column("status_seq", sa.Integer),
+    sa.Column("credit_limit", Money),
+    sa.Column("notify_below", Money),
+    sa.Column("trigger_balance", Money),
+    sa.Column("suspended", sa.Boolean, nullable=False),
+    sa.Column("suspended_changed_at", UtcDateTime),
+    sa.Column("recharge_failures", sa.Integer, nullable=False),
+    sa.Column("last_failure_reason", sa.Text),
+    sa.Column("exhausted", sa.Boolean, nullable=False),
+    sa.Column("below_low", sa.Boolean, nullable=False),
+    sa.Column("ledger_offset", sa.BigInteger),
+    sa.Column("alerts_offset", sa.BigInteger),
+    sa.Column("commands_offset", sa.BigInteger),
+    sa.Column("updated_at", UtcDateTime),
+)
+
 # Added: each command's status, pending until its result arrives (GET /commands/{id}).
 commands: Final = sa.Table(
     "commands",
@@ -263,6 +287,8 @@ class Batch:
     ledger: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    # Added: what each record tells about its tenant (the tenants table), in order.
+    events: list[Any] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     # Added: commands seen (pending) and their results, by (tenant_id, command_id).
     pending: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -397,6 +423,10 @@ class LedgerStore:
                     | ((c.status == "rejected") & (stmt.excluded.status == "applied")),
                 )
                 await conn.execute(stmt, list(batch.results.values()))
+            if batch.events:
+                from processor.sink.tenants import apply_events  # it imports this module
+
+                await apply_events(conn, batch.events)
             if batch.positions:
                 stmt = self._insert(sink_offsets)
                 stmt = stmt.on_conflict_do_update(

@@ -138,7 +138,7 @@ async def walk_the_workers(
 
     # ---- each role on each endpoint
     expect: list[tuple[str, str, str, Any, int]] = [
-        # tenant admin: its own tenant only; no funds, no outcomes
+        # tenant admin: its own tenant only (its own top-ups too); no outcomes
         (acme_admin, "GET", "/tenants/acme/account", None, 200),
         (acme_admin, "GET", "/tenants/globex/account", None, 403),
         (
@@ -159,7 +159,13 @@ async def walk_the_workers(
         (acme_admin, "PUT", "/tenants/globex/auto-recharge", SETTINGS, 403),
         (acme_admin, "PUT", "/tenants/acme/limits", {"notify_below": "3.00"}, 202),
         (acme_admin, "PUT", "/tenants/globex/limits", {"notify_below": "3.00"}, 403),
-        (acme_admin, "POST", "/tenants/acme/funds", FUNDS, 403),
+        (acme_admin, "POST", "/tenants/acme/funds", FUNDS, 202),
+        (acme_admin, "POST", "/tenants/globex/funds", FUNDS, 403),
+        # a command's status: its tenant is the query's
+        (acme_admin, "GET", "/commands/never-sent?tenant_id=acme", None, 404),
+        (acme_admin, "GET", "/commands/never-sent?tenant_id=globex", None, 403),
+        (acme_admin, "GET", "/commands/never-sent", None, 403),
+        (operator, "GET", "/commands/never-sent?tenant_id=globex", None, 404),
         (
             acme_admin,
             "POST",

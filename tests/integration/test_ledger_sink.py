@@ -54,6 +54,14 @@ from tests.unit.test_sink_store import (  # noqa: F401
     test_requests_are_keyed_by_request_and_attempt,
     test_usage_per_day_and_per_service,
 )
+from tests.unit.test_sink_tenants import (  # noqa: F401
+    tenants_http,
+    tenants_store,
+    test_a_batch_read_again_changes_no_tenant,
+    test_recharge_requests_come_with_their_outcomes,
+    test_the_operator_list_filters_by_status_alert_settings_and_answers,
+    test_the_operator_list_pages_by_cursor,
+)
 
 PARTITIONS = 3
 

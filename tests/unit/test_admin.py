@@ -342,6 +342,8 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
         "/tenants/{tenant_id}/usage",
         "/tenants/{tenant_id}/ledger.csv",
         "/commands/{command_id}",
+        "/tenants",
+        "/tenants/{tenant_id}/recharges",
     }
     funds = paths["/tenants/{tenant_id}/funds"]["post"]
     assert funds["security"] == [{"jwt": []}, {"bearerAuth": []}]

@@ -115,7 +115,8 @@ async def test_under_jwt_who_may_do_what(keys: TestKeys) -> None:
         return int(reply.status)
 
     assert await status(api.add_funds("acme", operator, FUNDS)) == 403
-    assert await status(api.add_funds("acme", acme_admin, FUNDS)) == 403
+    assert await status(api.add_funds("acme", acme_admin, FUNDS)) == 202
+    assert await status(api.add_funds("globex", acme_admin, FUNDS)) == 403
     assert await status(api.record_recharge_outcome("acme", "rr", acme_admin, FAILED)) == 403
     assert await status(api.configure_auto_recharge("globex", acme_admin, settings)) == 403
     assert await status(api.configure_auto_recharge("acme", acme_admin, settings)) == 202
@@ -127,4 +128,4 @@ async def test_under_jwt_who_may_do_what(keys: TestKeys) -> None:
     static = {"Authorization": "Bearer static-automation"}
     assert await status(api.add_funds("acme", static, FUNDS)) == 202
     actors = [decode_command(v).actor for _, _, v in pub.sent]
-    assert actors == ["alice", "admin-token"]
+    assert actors == ["alice", "alice", "admin-token"]

@@ -1,0 +1,121 @@
+"""Languages of the console: English and Greek, per user, with Babel.
+
+Messages are the English text itself (gettext style); the Greek catalog is
+`translations/el/LC_MESSAGES/messages.po` in the repository, read at start-up (no
+compiled .mo to keep in step). Money and dates are formatted by Babel's CLDR data
+for the user's locale: `12,34 €` and `3 Δεκ 2026` in Greek.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+from babel import Locale
+from babel.dates import format_date, format_datetime
+from babel.messages.pofile import read_po
+from babel.numbers import format_currency, format_decimal
+
+__all__ = [
+    "DEFAULT",
+    "LANGUAGES",
+    "Translator",
+    "catalog_path",
+    "translator",
+]
+
+LANGUAGES: Final = {"en": "English", "el": "Ελληνικά"}
+DEFAULT: Final = "en"
+# Babel locales (territory for currency and date conventions).
+_LOCALES: Final = {"en": "en_US", "el": "el_GR"}
+TRANSLATIONS: Final = Path(__file__).resolve().parent / "translations"
+
+
+def catalog_path(lang: str) -> Path:
+    return TRANSLATIONS / lang / "LC_MESSAGES" / "messages.po"
+
+
+@cache
+def _messages(lang: str) -> dict[str, str]:
+    path = catalog_path(lang)
+    if not path.exists():
+        return {}
+    with path.open("rb") as fh:
+        catalog = read_po(fh, locale=lang)
+    return {
+        str(m.id): str(m.string)
+        for m in catalog
+        if m.id and isinstance(m.id, str) and m.string and not m.fuzzy
+    }
+
+
+class Translator:
+    """gettext and formatting for one language."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang if lang in LANGUAGES else DEFAULT
+        self.locale = Locale.parse(_LOCALES[self.lang])
+        self._messages = _messages(self.lang)
+
+    def gettext(self, message: str) -> str:
+        return self._messages.get(message, message)
+
+    def ngettext(self, singular: str, plural: str, n: int) -> str:
+        return self.gettext(singular if n == 1 else plural)
+
+    def money(self, amount: str | Decimal | None, currency: str | None) -> str:
+        """`12,34 €` in Greek, `€12.34` in English; at least two decimals, never fewer
+        than the amount has (a balance of 12.3456 shows all four)."""
+        if amount is None:
+            return "—"
+        try:
+            value = Decimal(str(amount))
+        except InvalidOperation:
+            return str(amount)
+        places = max(2, -int(value.normalize().as_tuple().exponent))
+        pattern = None
+        if places > 2:
+            base = self.locale.currency_formats["standard"].pattern
+            pattern = base.replace("0.00", "0." + "0" * places)
+        if not currency:
+            return format_decimal(value, locale=self.locale, decimal_quantization=False)
+        return format_currency(
+            value,
+            currency,
+            format=pattern,
+            locale=self.locale,
+            currency_digits=pattern is None,
+            decimal_quantization=False,
+        )
+
+    def number(self, value: int | Decimal) -> str:
+        return format_decimal(value, locale=self.locale)
+
+    def when(self, value: str | datetime | None) -> str:
+        if value is None:
+            return "—"
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return format_datetime(moment, "medium", tzinfo=None, locale=self.locale)
+
+    def day(self, value: str | date) -> str:
+        moment = date.fromisoformat(value) if isinstance(value, str) else value
+        return format_date(moment, "medium", locale=self.locale)
+
+    def short_day(self, value: str | date) -> str:
+        moment = date.fromisoformat(value) if isinstance(value, str) else value
+        return format_date(moment, "d MMM", locale=self.locale)
+
+    def month(self, value: date) -> str:
+        return format_date(value, "LLLL y", locale=self.locale)
+
+
+@cache
+def translator(lang: str) -> Translator:
+    return Translator(lang)
+
+
+Gettext = Callable[[str], str]
