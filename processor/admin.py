@@ -53,6 +53,7 @@ from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from processor import openapi
+from processor.sealing import Sealer
 from processor.views import tenant_id_problem
 from schemas.admin import (
     AutoRechargeRequest,
@@ -61,10 +62,12 @@ from schemas.admin import (
     FieldError,
     FundsRequest,
     LimitsRequest,
+    NotificationsRequest,
 )
 from schemas.inputs import (
     AutoRechargeConfigured,
     FundsAdded,
+    NotificationsConfigured,
     TenantLimitsConfigured,
     first_duplicate_key,
 )
@@ -88,14 +91,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CommandKind = Literal["funds_added", "auto_recharge_configured", "tenant_limits_configured"]
-Endpoint = Literal["funds", "auto-recharge", "limits"]
-Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured
-AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest
+CommandKind = Literal[
+    "funds_added",
+    "auto_recharge_configured",
+    "tenant_limits_configured",
+    "notifications_configured",
+]
+Endpoint = Literal["funds", "auto-recharge", "limits", "notifications"]
+Command = FundsAdded | AutoRechargeConfigured | TenantLimitsConfigured | NotificationsConfigured
+AdminRequest = FundsRequest | AutoRechargeRequest | LimitsRequest | NotificationsRequest
 _KINDS: Final[dict[Endpoint, CommandKind]] = {
     "funds": "funds_added",
     "auto-recharge": "auto_recharge_configured",
     "limits": "tenant_limits_configured",
+    "notifications": "notifications_configured",
 }
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
@@ -110,9 +119,12 @@ PUBLISH_TIMEOUT_SECONDS: Final = 15.0
 AUTO_RECHARGE_ID_PREFIX: Final = "auto-recharge:"
 # A limits request's command_id: this prefix and its key (added with the endpoint).
 LIMITS_ID_PREFIX: Final = "limits:"
+# A notifications request's command_id: this prefix and its key (added with it).
+NOTIFICATIONS_ID_PREFIX: Final = "notifications:"
 _ID_PREFIXES: Final[dict[Endpoint, str]] = {
     "auto-recharge": AUTO_RECHARGE_ID_PREFIX,
     "limits": LIMITS_ID_PREFIX,
+    "notifications": NOTIFICATIONS_ID_PREFIX,
 }
 MAX_COMMAND_ID_LENGTH: Final = 128
 # The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
@@ -331,6 +343,7 @@ class AdminAPI:
         new_command_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
         idempotency: IdempotencyCache | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         # Bytes once, here: compare_digest refuses non-ASCII str, and an operator's
         # token may well contain some.
@@ -345,6 +358,8 @@ class AdminAPI:
         # rejects an amount with more (None: not checked).
         self.decimals = decimals
         self.idempotency = IdempotencyCache() if idempotency is None else idempotency
+        # Seals webhook secrets (METER_SECRETS_KEY); None: a webhook cannot be set.
+        self.sealer = sealer
 
     @property
     def enabled(self) -> bool:
@@ -418,6 +433,36 @@ class AdminAPI:
 
         return await self._handle("limits", tenant_id, headers, body, LimitsRequest, command)
 
+    async def configure_notifications(
+        self, tenant_id: str, headers: Mapping[str, str], body: bytes | None
+    ) -> Reply:
+        """PUT /tenants/{tenant_id}/notifications -> a `notifications_configured` command.
+
+        The webhook secret is sealed here (METER_SECRETS_KEY) and published only sealed.
+        """
+        sealer = self.sealer
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            assert isinstance(request, NotificationsRequest)
+            sealed = None
+            if request.webhook_secret is not None:
+                assert sealer is not None  # _check_sealable refused it otherwise
+                sealed = sealer.seal(request.webhook_secret)
+            return NotificationsConfigured(
+                type="notifications_configured",
+                command_id=command_id,
+                tenant_id=tenant_id,
+                occurred_at=self._clock(),
+                emails=list(request.emails),
+                webhook_url=request.webhook_url,
+                webhook_secret_sealed=sealed,
+                events=list(request.events),
+            )
+
+        return await self._handle(
+            "notifications", tenant_id, headers, body, NotificationsRequest, command
+        )
+
     async def _handle(
         self,
         endpoint: Endpoint,
@@ -432,6 +477,7 @@ class AdminAPI:
             self._check_tenant(tenant_id)
             self._authorize(tenant_id, headers)
             request, key = self._validate(endpoint, tenant_id, headers, body, model)
+            self._check_sealable(request, tenant_id)
         except _Refused as refused:
             return refused.reply
         if key is None:
@@ -471,9 +517,30 @@ class AdminAPI:
         entry.answer.set_result(reply)
         return reply
 
+    def _check_sealable(self, request: AdminRequest, tenant_id: str) -> None:
+        if isinstance(request, NotificationsRequest) and (
+            request.webhook_secret is not None and self.sealer is None
+        ):
+            raise _Refused(
+                _error_reply(
+                    503,
+                    "secrets_disabled",
+                    "webhook secrets cannot be stored: set METER_SECRETS_KEY on the workers "
+                    "(and the same key on `meter notifier`)",
+                    tenant_id,
+                )
+            )
+
     def _fingerprint(self, request: AdminRequest) -> Fingerprint:
         # A limits request's absent field (kept) differs from its null (cleared).
         fields = request.model_dump(exclude_unset=isinstance(request, LimitsRequest))
+        if isinstance(request, NotificationsRequest):
+            # Held for a day: the secret's digest tells a changed body, never the secret.
+            secret = fields.pop("webhook_secret")
+            fields["webhook_secret"] = (
+                None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
+            )
+            return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
         if fields.get("currency") is None:
             fields["currency"] = self.currency  # implied by the rate card
         return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
@@ -588,7 +655,8 @@ class AdminAPI:
                 request = model.model_validate(parsed)
             except ValidationError as exc:
                 errors += _field_errors(exc, ("body",))
-        if request is not None and request.currency not in (None, self.currency):
+        currency = getattr(request, "currency", None)
+        if request is not None and currency not in (None, self.currency):
             # The processor would reject it to credits.rejected; say so now instead.
             errors.append(
                 FieldError(
@@ -721,6 +789,7 @@ def install(meter: MeterLike) -> AdminAPI:
         commands_topic=meter.names.commands,
         publisher=FaustCommandPublisher(meter.app),
         decimals=meter.card.decimals,
+        sealer=None if meter.cfg.secrets_key is None else Sealer(meter.cfg.secrets_key),
     )
     if not api.enabled:
         log.info("admin API disabled (METER_ADMIN_TOKEN is not set)")
@@ -747,6 +816,13 @@ def install(meter: MeterLike) -> AdminAPI:
         async def put(self, request: Request, tenant_id: str) -> Response:
             body = await _body(request)
             return respond(self, await api.configure_limits(tenant_id, request.headers, body))
+
+    @meter.app.page("/tenants/{tenant_id}/notifications")
+    class NotificationsPage(View):
+        async def put(self, request: Request, tenant_id: str) -> Response:
+            body = await _body(request)
+            reply = await api.configure_notifications(tenant_id, request.headers, body)
+            return respond(self, reply)
 
     @meter.app.page("/openapi.json")
     class OpenAPIPage(View):

@@ -34,6 +34,8 @@ class TopicNames:
     # Faust's table changelogs (named by Faust: app id, table, no prefix).
     accounts_changelog: str
     dedupe_changelog: str
+    # Added: each tenant's notification settings for `meter notifier` (compacted).
+    notification_settings: str = s.NOTIFICATION_SETTINGS
 
     @classmethod
     def from_settings(cls, cfg: s.Settings) -> TopicNames:
@@ -46,6 +48,7 @@ class TopicNames:
             ledger=cfg.topic(s.LEDGER),
             alerts=cfg.topic(s.ALERTS),
             rejected=cfg.topic(s.REJECTED),
+            notification_settings=cfg.topic(s.NOTIFICATION_SETTINGS),
             reroute=f"{internal}-reroute",
             timer=f"{internal}-recharge-timer",
             accounts_changelog=f"{cfg.app_id}-accounts-changelog",
@@ -58,7 +61,13 @@ class TopicNames:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.recharge_requests, self.ledger, self.alerts, self.rejected)
+        return (
+            self.recharge_requests,
+            self.ledger,
+            self.alerts,
+            self.rejected,
+            self.notification_settings,
+        )
 
     @property
     def changelogs(self) -> tuple[str, ...]:
@@ -105,6 +114,8 @@ def creation_configs(
         for t in names.changelogs
     }
     configs[names.ledger] = {"retention.ms": str(ledger_retention_ms)}
+    # The latest settings per tenant, read whole by every notifier: kept by compaction.
+    configs[names.notification_settings] = {"cleanup.policy": "compact"}
     if input_retention_ms is not None:
         for t in (names.rejected, names.recharge_requests):
             configs[t] = {"retention.ms": str(input_retention_ms)}

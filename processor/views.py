@@ -47,6 +47,19 @@ def account_view(account: Account, currency: str) -> dict[str, Any]:
         "notify_below": None
         if account.notify_below is None
         else format_money(account.notify_below),
+        "notifications": notifications_view(account),
+    }
+
+
+def notifications_view(account: Account) -> dict[str, Any] | None:
+    """The tenant's notification settings as the console shows them: never the secret."""
+    settings = account.notifications
+    if settings is None:
+        return None
+    return {
+        "emails": list(settings.emails),
+        "webhook_url": settings.webhook_url,
+        "events": list(settings.events),
     }
 
 

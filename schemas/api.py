@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from schemas.notifications import Emails, Events, WebhookUrl
 from schemas.outputs import OutputModel
 from schemas.types import (
     Currency,
@@ -50,6 +51,14 @@ class PendingRechargeView(OutputModel):
     requested_at: Timestamp
 
 
+class NotificationsView(OutputModel):
+    """Added: the tenant's notification settings, never the webhook secret."""
+
+    emails: Emails
+    webhook_url: WebhookUrl | None
+    events: Events
+
+
 class AccountView(OutputModel):
     """200 body of ``GET /tenants/{tenant_id}/account``."""
 
@@ -64,6 +73,8 @@ class AccountView(OutputModel):
     # level (null: none).
     credit_limit: NonNegativeAmount = Decimal(0)
     notify_below: NonNegativeAmount | None = None
+    # Added: who is told what (null: nobody); the webhook secret is never shown.
+    notifications: NotificationsView | None = None
 
 
 class AuthorizeView(OutputModel):

@@ -62,7 +62,13 @@ TOPICS: Final[tuple[Topic, ...]] = (
         "creditsCommands",
         "credits.commands",
         "in",
-        ("FundsAdded", "AutoRechargeConfigured", "RechargeFailed", "TenantLimitsConfigured"),
+        (
+            "FundsAdded",
+            "AutoRechargeConfigured",
+            "RechargeFailed",
+            "TenantLimitsConfigured",
+            "NotificationsConfigured",
+        ),
         "Commands from admin tools and billing, told apart by `type`. The admin API "
         "and `meter add-funds` / `meter auto-recharge` publish here too.",
     ),
@@ -98,6 +104,15 @@ TOPICS: Final[tuple[Topic, ...]] = (
         "payload, kept for operators and replay.",
     ),
     Topic(
+        "creditsNotificationSettings",
+        "credits.notification-settings",
+        "out",
+        ("NotificationSettings",),
+        "Added. Each tenant's notification settings as the worker applied them, keyed "
+        "by tenant and compacted: every `meter notifier` reads it whole. The webhook "
+        "secret is only ever here sealed.",
+    ),
+    Topic(
         "reroute",
         "{appId}-reroute",
         "internal",
@@ -124,9 +139,11 @@ _CONTRACT_MESSAGES: Final = {
     "AutoRechargeConfigured": "Replaces the tenant's auto-recharge settings.",
     "RechargeFailed": "Billing could not charge the payment method.",
     "TenantLimitsConfigured": "Sets the tenant's credit limit and low-balance level.",
+    "NotificationsConfigured": "Added. Replaces who is told what, by email and webhook.",
+    "NotificationSettings": "Added. A tenant's notification settings (secret sealed).",
     "RechargeRequested": "Please charge the tenant's payment method.",
     "LedgerEntry": "A debit or credit and the balance after it.",
-    "BalanceAlert": "exhausted, restored, low_balance or recharge_failed.",
+    "BalanceAlert": "exhausted, restored, low_balance, recharge_failed or recharge_succeeded.",
     "RejectedRecord": "A record that changed no balance, and why.",
 }
 _SOURCE_HEADERS: Final = {

@@ -25,10 +25,17 @@ from schemas.inputs import (
     CallUsage,
     ConferenceUsage,
     FundsAdded,
+    NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
 )
-from schemas.outputs import BalanceAlert, LedgerEntry, RechargeRequested, RejectedRecord
+from schemas.outputs import (
+    BalanceAlert,
+    LedgerEntry,
+    NotificationSettings,
+    RechargeRequested,
+    RejectedRecord,
+)
 
 __all__ = ["INPUT_MODELS", "JSON_DIR", "OUTPUT_MODELS", "check", "main", "render_all", "write"]
 
@@ -42,12 +49,14 @@ INPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     AutoRechargeConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
+    NotificationsConfigured,
 )
 OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     RechargeRequested,
     LedgerEntry,
     BalanceAlert,
     RejectedRecord,
+    NotificationSettings,
     AccountView,
     AuthorizeView,
 )

@@ -23,7 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_v
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from schemas.notifications import (
+    Emails,
+    Events,
+    SealedSecret,
+    WebhookUrl,
+)
 from schemas.types import (
+    CommandId,
     Currency,
     DetailText,
     EventId,
@@ -45,6 +52,7 @@ from schemas.types import (
 __all__ = [
     "BalanceAlert",
     "LedgerEntry",
+    "NotificationSettings",
     "OutputModel",
     "RechargeRequested",
     "RejectedRecord",
@@ -189,7 +197,7 @@ class BalanceAlert(OutputModel):
     type: Literal["balance_alert"] = "balance_alert"
     alert_id: OutputId
     tenant_id: TenantId
-    alert: Literal["exhausted", "restored", "low_balance", "recharge_failed"]
+    alert: Literal["exhausted", "restored", "low_balance", "recharge_failed", "recharge_succeeded"]
     balance: Money
     currency: Currency
     occurred_at: Timestamp
@@ -199,17 +207,43 @@ class BalanceAlert(OutputModel):
     # Added, recharge_failed only: billing's reason for the last failed attempt
     # ("timed_out" when billing never answered), and the request that failed.
     reason: Reason | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    # Added, recharge_succeeded too: the request whose funds arrived.
     request_id: RequestId | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    # Added, recharge_succeeded: the amount the recharge credited.
+    amount: PositiveMoney | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
 
     @model_validator(mode="after")
     def _status_seq_only_on_status_alerts(self) -> Self:
         if self.status_seq is not None and self.alert not in ("exhausted", "restored"):
             raise ValueError("status_seq is only on exhausted and restored alerts")
-        if self.alert != "recharge_failed" and (
-            self.reason is not None or self.request_id is not None
+        if self.alert != "recharge_failed" and self.reason is not None:
+            raise ValueError("reason is only on recharge_failed alerts")
+        if self.alert not in ("recharge_failed", "recharge_succeeded") and (
+            self.request_id is not None
         ):
-            raise ValueError("reason and request_id are only on recharge_failed alerts")
+            raise ValueError("request_id is only on recharge_failed and recharge_succeeded alerts")
+        if self.alert == "recharge_succeeded" and (self.amount is None or self.request_id is None):
+            raise ValueError("a recharge_succeeded alert names its request_id and amount")
         return self
+
+
+class NotificationSettings(OutputModel):
+    """Added. ``credits.notification-settings`` (compacted, keyed by tenant): a
+    tenant's notification settings as the worker applied them, for the notifiers.
+
+    The webhook secret is only ever here sealed (a Fernet token under
+    METER_SECRETS_KEY); only the notifier opens it.
+    """
+
+    type: Literal["notification_settings"] = "notification_settings"
+    tenant_id: TenantId
+    emails: Emails
+    webhook_url: WebhookUrl | None
+    webhook_secret_sealed: SealedSecret | None
+    events: Events
+    # The command that set them, and when the worker applied it.
+    command_id: CommandId
+    updated_at: Timestamp
 
 
 class RejectedRecord(OutputModel):

@@ -52,6 +52,8 @@ class AlertKind(StrEnum):
     RESTORED = "restored"
     LOW_BALANCE = "low_balance"
     RECHARGE_FAILED = "recharge_failed"
+    # Added: the funds of an outstanding auto-recharge request arrived.
+    RECHARGE_SUCCEEDED = "recharge_succeeded"
 
 
 class RechargeMode(StrEnum):
@@ -95,6 +97,22 @@ class PendingRecharge:
 
 @fast_init
 @dataclass(frozen=True, slots=True)
+class Notifications:
+    """Who the notifier tells, how, and about what (`notifications_configured`).
+
+    `webhook_secret_sealed` is the secret as the admin API sealed it; the core never
+    sees it in clear.
+    """
+
+    emails: tuple[str, ...]
+    webhook_url: str | None
+    webhook_secret_sealed: str | None
+    events: tuple[str, ...]
+    command_id: str
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
 class Account:
     tenant_id: str
     balance: Decimal = ZERO
@@ -112,6 +130,8 @@ class Account:
     credit_limit: Decimal = ZERO
     # A low-balance level of the tenant's own (None: none), apart from auto-recharge.
     notify_below: Decimal | None = None
+    # Added: the tenant's notification settings (None: nobody is told anything).
+    notifications: Notifications | None = None
 
     @property
     def exhausted(self) -> bool:
@@ -168,6 +188,18 @@ class AlertOut:
     # recharge_failed only: billing's reason for the last failure, and the request.
     reason: str | None = None
     request_id: str | None = None
+    # recharge_succeeded only: what the recharge credited.
+    amount: Decimal | None = None
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class NotificationsOut:
+    """The tenant's notification settings, for `credits.notification-settings`."""
+
+    tenant_id: str
+    settings: Notifications
+    updated_at: datetime
 
 
 @fast_init
@@ -182,7 +214,7 @@ class RechargeOut:
     requested_at: datetime
 
 
-Output = LedgerOut | AlertOut | RechargeOut
+Output = LedgerOut | AlertOut | RechargeOut | NotificationsOut
 
 
 @fast_init
@@ -225,6 +257,7 @@ class _Builder:
         *,
         reason: str | None = None,
         request_id: str | None = None,
+        amount: Decimal | None = None,
     ) -> None:
         acct = self.account
         status_seq = None
@@ -244,6 +277,7 @@ class _Builder:
                 status_seq=status_seq,
                 reason=reason,
                 request_id=request_id,
+                amount=amount,
             )
         )
 
@@ -378,12 +412,16 @@ def apply_funds(
     b = _Builder(account, cause, now)
     b.move_balance(amount)
     acct = b.account
-    if acct.pending is not None and recharge_request_id == acct.pending.request_id:
+    closed = acct.pending is not None and recharge_request_id == acct.pending.request_id
+    if closed:
         acct = replace(acct, pending=None)
         b.recharge.append("fulfilled")
     if manual and acct.auto_recharge is not None and acct.auto_recharge.suspended:
         acct = replace(acct, auto_recharge=replace(acct.auto_recharge, suspended=False))
     b.account = acct
+    if closed:
+        assert recharge_request_id is not None
+        b.alert(AlertKind.RECHARGE_SUCCEEDED, request_id=recharge_request_id, amount=amount)
     b.request_recharge_if_due()
     return b.done()
 
@@ -529,6 +567,17 @@ def configure_limits(
     )
     b.account = limits
     b.status_changed(account)
+    return b.done()
+
+
+def configure_notifications(
+    account: Account, settings: Notifications, cause: Cause, now: datetime
+) -> Transition:
+    """New notification settings replace the old ones; the notifiers learn them from
+    the output (`credits.notification-settings`). No ledger entry, no alert."""
+    b = _Builder(account, cause, now)
+    b.account = replace(account, notifications=settings, updated_at=now)
+    b.outputs.append(NotificationsOut(account.tenant_id, settings, now))
     return b.done()
 
 

@@ -329,6 +329,7 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
         "/tenants/{tenant_id}/funds",
         "/tenants/{tenant_id}/auto-recharge",
         "/tenants/{tenant_id}/limits",
+        "/tenants/{tenant_id}/notifications",
         "/metrics",
         "/health",
         "/ready",

@@ -101,6 +101,7 @@ def test_every_topic_of_the_processor_is_a_channel() -> None:
         s.LEDGER,
         s.ALERTS,
         s.REJECTED,
+        s.NOTIFICATION_SETTINGS,
     }
     assert contract <= addresses and len(addresses - contract) == 2
 
@@ -127,6 +128,7 @@ def test_payloads_reference_the_generated_json_schemas() -> None:
         "AutoRechargeConfigured",
         "RechargeFailed",
         "TenantLimitsConfigured",
+        "NotificationsConfigured",
     }
     # Refs resolve relative to docs/: the file must be where the ref says.
     ref = document["components"]["messages"]["LedgerEntry"]["payload"]["$ref"]

@@ -693,6 +693,7 @@ def test_account_view_serialises_with_nulls() -> None:
         "updated_at": "2026-11-23T10:00:00Z",
         "credit_limit": "0",
         "notify_below": None,
+        "notifications": None,
     }
     full = AccountView(
         tenant_id="acme",
@@ -755,6 +756,8 @@ def test_render_all_is_stable_and_complete() -> None:
         "RechargeRequested.json",
         "RejectedRecord.json",
         "TenantLimitsConfigured.json",
+        "NotificationsConfigured.json",
+        "NotificationSettings.json",
     }
     for text in first.values():
         assert text.endswith("}\n")
@@ -773,6 +776,7 @@ def test_published_schemas_say_what_crosses_the_wire() -> None:
         "auto_recharge_configured",
         "recharge_failed",
         "tenant_limits_configured",
+        "notifications_configured",
     }
     ledger = files["LedgerEntry.json"]
     assert ledger["properties"]["balance_after"]["type"] == "string"
