@@ -494,7 +494,7 @@ class Notifier:
         await self.store.failed(delivery.delivery_id, error, next_at)
         metrics.NOTIFICATIONS.labels(delivery.channel, "retry").inc()
         log.info(
-            "notifier: %s %s to tenant %s failed (try %d, next in %.0f s): %s",
+            "notifier: %s %s to tenant %s failed (try %d, next in %.1f s): %s",
             delivery.event,
             delivery.channel,
             delivery.tenant_id,
