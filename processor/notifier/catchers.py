@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class MailCatcher:
     def start(self) -> MailCatcher:
         from aiosmtpd.controller import Controller
 
+        # aiosmtpd logs every SMTP command at INFO; the live view and tests do not.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
         self._controller.start()
         return self

@@ -315,3 +315,40 @@ def test_signatures_are_standard_webhooks() -> None:
 
 async def _async(value: Any) -> Any:
     return value
+
+
+# ---------------------------------------------------------------- make run (demo)
+
+
+async def test_the_demo_configures_every_tenant_and_the_view_shows_what_was_told() -> None:
+    from processor.demo import DemoNotifications, demo_secret
+    from processor.liveview import ViewState, render, summary_line
+    from schemas import NotificationsConfigured, decode_command
+
+    told = DemoNotifications(["acme", "globex"])
+    commands = told.commands(SEALER)
+    assert [tenant for tenant, _ in commands] == ["acme", "globex"]
+    for tenant, raw in commands:
+        command = decode_command(raw)  # what the worker accepts
+        assert isinstance(command, NotificationsConfigured)
+        assert command.webhook_url == told.hooks.url(tenant)
+        assert command.webhook_secret_sealed is not None
+        assert SEALER.open(command.webhook_secret_sealed) == demo_secret(tenant)
+        assert demo_secret(tenant).encode() not in raw
+    await told.hooks.start()
+    try:
+        body = '{"type":"exhausted"}'
+        headers = webhook_headers(demo_secret("acme"), "al-1", datetime.now(UTC), body)
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):  # the first try is answered 500, as the demo shows retries
+                async with http.post(told.hooks.url("acme"), data=body, headers=headers) as r:
+                    await r.read()
+    finally:
+        await told.hooks.stop()
+    state = ViewState(notifications=told.lines)
+    screen = render(state)
+    assert "NOTIFICATIONS SENT  0 emails, 1 webhooks" in screen
+    assert "exhausted" in screen and "al-1" in screen
+    assert "notifications 0 emails, 1 webhooks" in summary_line(state)
