@@ -26,6 +26,7 @@ import pytest
 from processor.kafka_local import free_port
 from processor.notifier.catchers import MailCatcher, WebhookReceiver
 from processor.notifier.channels import message_id
+from processor.notifier.store import OutboxStore
 from processor.sealing import Sealer
 from tests.integration.harness import (
     METER,
@@ -36,8 +37,40 @@ from tests.integration.harness import (
     now_rfc3339,
     running,
 )
+from tests.postgres import LocalPostgres
+
+# The outbox's and delivery loop's tests, collected here again on a real PostgreSQL
+# server (`store` below), where several notifiers share one outbox.
+from tests.unit.test_notifier import (  # noqa: F401
+    delivering,
+    mail,
+    test_a_delivery_is_given_up_after_the_give_up_time,
+    test_a_row_leased_by_a_dead_notifier_is_sent_again_with_the_same_ids,
+    test_rows_follow_the_settings_and_skip_what_nobody_asked_for,
+    test_two_notifiers_sharing_one_outbox_send_each_delivery_once,
+    test_webhooks_are_signed_retried_through_failures_and_a_hang_then_never_resent,
+)
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Any:
+    server = LocalPostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def store(postgres: LocalPostgres) -> AsyncIterator[OutboxStore]:
+    from processor.sink.store import database_url
+
+    s = await OutboxStore.open(database_url(postgres.create_database(), Path(".")))
+    yield s
+    await s.close()
+
 
 TOKEN = "it-admin-token"
 KEY = Sealer.new_key()
@@ -58,7 +91,7 @@ def secret_for(tenant: str) -> str:
 
 
 class NotifierProcess:
-    def __init__(self, d: Deployment, mail: MailCatcher) -> None:
+    def __init__(self, d: Deployment, catcher: MailCatcher) -> None:
         self.port = free_port()
         self.log_path = d.root / "notifier.log"
         self.env = dict(os.environ)
@@ -71,7 +104,7 @@ class NotifierProcess:
             METER_WEB_HOST="127.0.0.1",
             METER_SECRETS_KEY=KEY,
             METER_SMTP_HOST="127.0.0.1",
-            METER_SMTP_PORT=str(mail.port),
+            METER_SMTP_PORT=str(catcher.port),
             METER_SMTP_STARTTLS="false",
             METER_NOTIFY_TIMEOUT_SECONDS="1",
             METER_NOTIFY_BACKOFF_SECONDS="0.2",
@@ -175,11 +208,11 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
     worker: Worker,
 ) -> None:
     d = worker.deployment
-    mail = MailCatcher().start()
+    smtp = MailCatcher().start()
     receiver = await WebhookReceiver(
         {t: secret_for(t) for t in TENANTS}, fail_first=3, hang_once_seconds=30
     ).start()
-    notifier = NotifierProcess(d, mail)
+    notifier = NotifierProcess(d, smtp)
     try:
         for tenant in TENANTS:
             status, body = await put_settings(
@@ -284,7 +317,7 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
 
             async def all_delivered() -> Any:
                 hooks = {h.webhook_id for h in receiver.delivered()}
-                mails = {m["Message-ID"] for m in mail.received()}
+                mails = {m["Message-ID"] for m in smtp.received()}
                 done = expected <= hooks and {message_id(i) for i in expected} <= mails
                 return done or f"not yet: {len(hooks)} hooks, {len(mails)} mails"
 
@@ -296,7 +329,7 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
         # Nothing lost: every alert by webhook and by email, nothing else sent.
         delivered = receiver.delivered()
         assert {h.webhook_id for h in delivered} == expected
-        assert {m["Message-ID"] for m in mail.received()} == {message_id(i) for i in expected}
+        assert {m["Message-ID"] for m in smtp.received()} == {message_id(i) for i in expected}
         # Every try was signed with the tenant's secret, and each id kept one body:
         # what was sent again (after the kill) is recognisably the same notification.
         assert all(h.verified for h in receiver.hooks)
@@ -313,7 +346,7 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
             answers = [h.answered for h in receiver.hooks if h.webhook_id == webhook_id]
             assert answers[:3] == [500, 500, 500], (webhook_id, answers)
         # Each email went to the tenant's admins, in text and HTML.
-        for message in mail.received():
+        for message in smtp.received():
             assert message["To"].startswith("admin@n-")
             assert {p.get_content_type() for p in message.walk()} >= {"text/plain", "text/html"}
         text = await notifier.metrics()
@@ -323,7 +356,7 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
     finally:
         notifier.stop()
         await receiver.stop()
-        mail.stop()
+        smtp.stop()
         print(f"--- notifier log ---\n{notifier.log_tail()}")
 
 

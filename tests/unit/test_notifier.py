@@ -129,13 +129,18 @@ async def enqueue(notifier: Notifier, *records: Rec) -> list[dict[str, Any]]:
 async def delivering() -> AsyncIterator[Callable[[Notifier], None]]:
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+    started: list[Notifier] = []
 
     def start(notifier: Notifier) -> None:
+        started.append(notifier)
         tasks.append(asyncio.create_task(notifier.deliver(stop)))
 
     yield start
     stop.set()
     await asyncio.gather(*tasks)
+    for notifier in started:
+        await asyncio.gather(*notifier._inflight, return_exceptions=True)
+        await notifier.webhook.close()
 
 
 # ------------------------------------------------------------------------ mapping
@@ -352,3 +357,31 @@ async def test_the_demo_configures_every_tenant_and_the_view_shows_what_was_told
     assert "NOTIFICATIONS SENT  0 emails, 1 webhooks" in screen
     assert "exhausted" in screen and "al-1" in screen
     assert "notifications 0 emails, 1 webhooks" in summary_line(state)
+
+
+async def test_two_notifiers_sharing_one_outbox_send_each_delivery_once(
+    store: OutboxStore, delivering: Callable[[Notifier], None]
+) -> None:
+    tenants = [f"t{i}" for i in range(6)]
+    receiver = await WebhookReceiver({t: secret_for(t) for t in tenants}).start()
+    second = await OutboxStore.open(store.engine.url.render_as_string(hide_password=False))
+    try:
+        one, two = make_notifier(store, None), make_notifier(second, None)
+        one.book.settings = {t: settings(t, receiver.url(t)) for t in tenants}
+        records = [
+            Rec(i, alert(f"s-{i}", tenants[i % len(tenants)], "exhausted")) for i in range(30)
+        ]
+        await enqueue(one, *records)
+        delivering(one)
+        delivering(two)
+
+        async def all_sent() -> bool:
+            return {r["status"] for r in await store.rows()} == {"sent"}
+
+        await eventually(all_sent)
+        await asyncio.sleep(0.3)  # anything sent twice would show by now
+        ids = [h.webhook_id for h in receiver.hooks]
+        assert sorted(ids) == sorted(f"s-{i}" for i in range(30))  # each once
+    finally:
+        await second.close()
+        await receiver.stop()
