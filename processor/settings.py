@@ -144,6 +144,21 @@ class Settings(BaseSettings):
             raise ValueError("a postgresql:// (or sqlite:///) URL")
         return value
 
+    @field_validator("secrets_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from processor.sealing import Sealer, SealError
+
+            try:
+                Sealer(value)
+            except SealError:
+                # Never the value itself: it is the key.
+                raise ValueError(
+                    "Fernet keys (32 url-safe base64 bytes each), comma-separated"
+                ) from None
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_case_level(cls, value: Any) -> Any:

@@ -129,3 +129,16 @@ def test_a_bad_secrets_key_is_refused_without_repeating_it() -> None:
         Sealer("not-a-fernet-key")
     assert "not-a-fernet-key" not in str(info.value)
     assert "hidden" in repr(Sealer(KEY))
+
+
+def test_a_bad_secrets_key_stops_every_command_with_a_sentence() -> None:
+    from pydantic import ValidationError
+
+    from processor.settings import Settings, settings_problems
+
+    with pytest.raises(ValidationError) as info:
+        Settings(METER_SECRETS_KEY="not-a-key")
+    [problem] = settings_problems(info.value)
+    assert problem.startswith("METER_SECRETS_KEY=(hidden) is not allowed: it must be Fernet")
+    assert "not-a-key" not in problem
+    assert Settings(METER_SECRETS_KEY=f"{KEY},{Sealer.new_key()}").secrets_key is not None
