@@ -385,3 +385,37 @@ async def test_two_notifiers_sharing_one_outbox_send_each_delivery_once(
     finally:
         await second.close()
         await receiver.stop()
+
+
+async def test_the_settings_book_catches_up_before_alerts_are_read() -> None:
+    """Settings committed before an alert apply to it: the consumer waits for the book
+    to reach the settings topic's end (its last stable offset) as of now."""
+    tp = TopicPartition("settings", 0)
+
+    class Consumer:
+        position_now = 1
+
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return {tp: 3}
+
+        async def position(self, _tp: TopicPartition) -> int:
+            return self.position_now
+
+    book = SettingsBook("127.0.0.1:1", "settings")
+    consumer = Consumer()
+    book.consumer, book.tps = consumer, [tp]
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(book.caught_up(stop))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    consumer.position_now = 3  # the book's loop applied the records up to the end
+    await asyncio.wait_for(waiting, 1)
+    with pytest.raises(TimeoutError):
+        consumer.position_now = 0
+        await book.caught_up(stop, within=0.1)
+    # A record applied: the latest settings of a tenant win, a tombstone forgets them.
+    record = Rec(0, json.dumps({"tenant_id": "t", "events": ["low_balance"]}).encode(), b"t")
+    book._apply(tp, record)
+    assert book.get("t") is not None and book.get("t").events == {"low_balance"}  # type: ignore[union-attr]
+    book._apply(tp, Rec(1, None, b"t"))
+    assert book.get("t") is None
