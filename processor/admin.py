@@ -3,6 +3,8 @@
     POST /tenants/{tenant_id}/funds          {"amount": "50.00", "currency": "USD"}
     PUT  /tenants/{tenant_id}/auto-recharge  {"enabled": true, "recharge_amount": "25.00",
                                               "trigger_balance": "5.00"}
+    PUT  /tenants/{tenant_id}/notifications  {"emails": [...], "webhook_url": "https://...",
+                                              "webhook_secret": "whsec_...", "events": [...]}
 
 Every worker serves both. A request never touches an account directly: it becomes a
 `funds_added` (source `manual`) or `auto_recharge_configured` command on
