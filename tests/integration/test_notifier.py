@@ -251,9 +251,8 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
 
             notifier.start()
             await notifier.wait_ready()
-            # restored (funds), then exhausted (a long call) for every tenant; an
-            # auto-recharge that succeeds (recharge_succeeded, low_balance) for one; and
-            # the alerts of funds expiry, built as wip-a publishes them.
+            # restored (funds), then exhausted (a long call) for every tenant, and the
+            # alerts of funds expiry, built as wip-a publishes them.
             for tenant in TENANTS:
                 await client.send(
                     "credits.commands",
@@ -302,6 +301,50 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
             notifier.start()
             await notifier.wait_ready()
 
+            # Auto-recharge for one (now exhausted) tenant: billing pays the request it
+            # asks for, and the worker raises recharge_succeeded.
+            await client.send(
+                "credits.commands",
+                {
+                    "type": "auto_recharge_configured",
+                    "command_id": "ar-1",
+                    "tenant_id": TENANTS[0],
+                    "occurred_at": now_rfc3339(),
+                    "enabled": True,
+                    "recharge_amount": "50.00",
+                    "trigger_balance": "10.00",
+                },
+            )
+
+            async def request() -> Any:
+                found = [
+                    r
+                    for r in await client.read_all("credits.recharge-requests")
+                    if r["tenant_id"] == TENANTS[0]
+                ]
+                return found and found[0]
+
+            asked = await eventually(request, what="the recharge request")
+            await client.send(
+                "credits.commands",
+                {
+                    "type": "funds_added",
+                    "command_id": "billing-1",
+                    "tenant_id": TENANTS[0],
+                    "occurred_at": now_rfc3339(),
+                    "amount": asked["amount"],
+                    "currency": "USD",
+                    "source": "auto_recharge",
+                    "recharge_request_id": asked["request_id"],
+                },
+            )
+
+            async def succeeded() -> bool:
+                alerts = await client.read_all("credits.alerts")
+                return any(a["alert"] == "recharge_succeeded" for a in alerts)
+
+            await eventually(succeeded, what="the recharge_succeeded alert")
+
             async def expected_ids() -> set[str]:
                 alerts = await client.read_all("credits.alerts")
                 return {
@@ -312,7 +355,13 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
 
             expected = await expected_ids()
             kinds = {a["alert"] for a in await client.read_all("credits.alerts")}
-            assert {"restored", "exhausted", "funds_expiring", "funds_expired"} <= kinds
+            assert {
+                "restored",
+                "exhausted",
+                "recharge_succeeded",
+                "funds_expiring",
+                "funds_expired",
+            } <= kinds
             assert len(expected) >= 4 * len(TENANTS)
 
             async def all_delivered() -> Any:
