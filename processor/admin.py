@@ -5,6 +5,8 @@
                                              {"outcome": "succeeded", "amount": "25.00"}
     PUT  /tenants/{tenant_id}/auto-recharge  {"enabled": true, "recharge_amount": "25.00",
                                               "trigger_balance": "5.00"}
+    PUT  /tenants/{tenant_id}/notifications  {"emails": [...], "webhook_url": "https://...",
+                                              "webhook_secret": "whsec_...", "events": [...]}
 
 Every worker serves both. A request never touches an account directly: it becomes a
 `funds_added` (source `manual`) or `auto_recharge_configured` command on
@@ -57,6 +59,7 @@ from pydantic_core import ErrorDetails
 
 from processor import auth, openapi, problems
 from processor.auth import Access, AuthError, Principal
+from processor.sealing import Sealer
 from processor.views import tenant_id_problem
 from schemas.admin import (
     AutoRechargePatch,
@@ -65,12 +68,14 @@ from schemas.admin import (
     FieldError,
     FundsRequest,
     LimitsRequest,
+    NotificationsRequest,
     RechargeOutcomeRequest,
 )
 from schemas.inputs import (
     AutoRechargeChanged,
     AutoRechargeConfigured,
     FundsAdded,
+    NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
     first_duplicate_key,
@@ -101,6 +106,7 @@ CommandKind = Literal[
     "tenant_limits_configured",
     "auto_recharge_changed",
     "recharge_failed",
+    "notifications_configured",
 ]
 # The PATCH and DELETE of auto-recharge are endpoints of their own for keys and ids.
 Endpoint = Literal[
@@ -110,6 +116,7 @@ Endpoint = Literal[
     "auto-recharge-change",
     "auto-recharge-off",
     "recharge-outcome",
+    "notifications",
 ]
 Command = (
     FundsAdded
@@ -117,6 +124,7 @@ Command = (
     | TenantLimitsConfigured
     | AutoRechargeChanged
     | RechargeFailed
+    | NotificationsConfigured
 )
 
 
@@ -134,6 +142,7 @@ AdminRequest = (
     | AutoRechargePatch
     | NoBody
     | RechargeOutcomeRequest
+    | NotificationsRequest
 )
 # Each endpoint's route: its permission is auth.ROUTES's.
 _ROUTES: Final[dict[Endpoint, tuple[str, str]]] = {
@@ -143,6 +152,7 @@ _ROUTES: Final[dict[Endpoint, tuple[str, str]]] = {
     "auto-recharge-change": ("PATCH", "/tenants/{tenant_id}/auto-recharge"),
     "auto-recharge-off": ("DELETE", "/tenants/{tenant_id}/auto-recharge"),
     "recharge-outcome": ("POST", "/tenants/{tenant_id}/recharges/{request_id}/outcome"),
+    "notifications": ("PUT", "/tenants/{tenant_id}/notifications"),
 }
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 JSON: Final = "application/json"
@@ -159,6 +169,8 @@ LIMITS_ID_PREFIX: Final = "limits:"
 # Added with PATCH and DELETE of auto-recharge.
 AUTO_RECHARGE_CHANGE_ID_PREFIX: Final = "auto-recharge-change:"
 AUTO_RECHARGE_OFF_ID_PREFIX: Final = "auto-recharge-off:"
+# A notifications request's command_id: this prefix and its key (added with it).
+NOTIFICATIONS_ID_PREFIX: Final = "notifications:"
 # A recharge outcome's command_id: this prefix and its key (added with the endpoint).
 OUTCOME_ID_PREFIX: Final = "outcome:"
 _ID_PREFIXES: Final[dict[Endpoint, str]] = {
@@ -167,6 +179,7 @@ _ID_PREFIXES: Final[dict[Endpoint, str]] = {
     "auto-recharge-change": AUTO_RECHARGE_CHANGE_ID_PREFIX,
     "auto-recharge-off": AUTO_RECHARGE_OFF_ID_PREFIX,
     "recharge-outcome": OUTCOME_ID_PREFIX,
+    "notifications": NOTIFICATIONS_ID_PREFIX,
 }
 MAX_COMMAND_ID_LENGTH: Final = 128
 # The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
@@ -397,6 +410,7 @@ class AdminAPI:
         publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
         idempotency: IdempotencyCache | None = None,
         access: Access | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         # Bytes once, here: compare_digest refuses non-ASCII str, and an operator's
         # token may well contain some.
@@ -414,6 +428,8 @@ class AdminAPI:
         # rejects an amount with more (None: not checked).
         self.decimals = decimals
         self.idempotency = IdempotencyCache() if idempotency is None else idempotency
+        # Seals webhook secrets (METER_SECRETS_KEY); None: a webhook cannot be set.
+        self.sealer = sealer
 
     @property
     def enabled(self) -> bool:
@@ -622,6 +638,40 @@ class AdminAPI:
             default_key=default_key,
         )
 
+    async def configure_notifications(
+        self,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
+    ) -> Reply:
+        """PUT /tenants/{tenant_id}/notifications -> a `notifications_configured` command.
+
+        The webhook secret is sealed here (METER_SECRETS_KEY) and published only sealed.
+        """
+        sealer = self.sealer
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            assert isinstance(request, NotificationsRequest)
+            sealed = None
+            if request.webhook_secret is not None:
+                assert sealer is not None  # _check_sealable refused it otherwise
+                sealed = sealer.seal(request.webhook_secret)
+            return NotificationsConfigured(
+                type="notifications_configured",
+                command_id=command_id,
+                tenant_id=tenant_id,
+                occurred_at=self._clock(),
+                emails=list(request.emails),
+                webhook_url=request.webhook_url,
+                webhook_secret_sealed=sealed,
+                events=list(request.events),
+            )
+
+        return await self._handle(
+            "notifications", tenant_id, headers, body, NotificationsRequest, command, principal
+        )
+
     async def _handle(
         self,
         endpoint: Endpoint,
@@ -641,6 +691,7 @@ class AdminAPI:
             self._check_tenant(tenant_id)
             actor = self._authorize(endpoint, tenant_id, headers, principal).subject
             request, key = self._validate(endpoint, tenant_id, headers, body, model)
+            self._check_sealable(request, tenant_id)
         except _Refused as refused:
             return refused.reply
 
@@ -686,11 +737,32 @@ class AdminAPI:
         entry.answer.set_result(reply)
         return reply
 
+    def _check_sealable(self, request: AdminRequest, tenant_id: str) -> None:
+        if isinstance(request, NotificationsRequest) and (
+            request.webhook_secret is not None and self.sealer is None
+        ):
+            raise _Refused(
+                _error_reply(
+                    503,
+                    "secrets_disabled",
+                    "webhook secrets cannot be stored: set METER_SECRETS_KEY on the workers "
+                    "(and the same key on `meter notifier`)",
+                    tenant_id,
+                )
+            )
+
     def _fingerprint(self, request: AdminRequest) -> Fingerprint:
         # A limits request's absent field (kept) differs from its null (cleared).
         fields = request.model_dump(
             exclude_unset=isinstance(request, LimitsRequest | AutoRechargePatch)
         )
+        if isinstance(request, NotificationsRequest):
+            # Held for a day: the secret's digest tells a changed body, never the secret.
+            secret = fields.pop("webhook_secret")
+            fields["webhook_secret"] = (
+                None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
+            )
+            return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
         if fields.get("currency") is None:
             fields["currency"] = self.currency  # implied by the rate card
         return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
@@ -828,7 +900,8 @@ class AdminAPI:
                 request = model.model_validate(parsed)
             except ValidationError as exc:
                 errors += _field_errors(exc, ("body",))
-        if request is not None and request.currency not in (None, self.currency):
+        currency = getattr(request, "currency", None)
+        if request is not None and currency not in (None, self.currency):
             # The processor would reject it to credits.rejected; say so now instead.
             errors.append(
                 FieldError(
@@ -964,6 +1037,7 @@ def install(meter: MeterLike) -> AdminAPI:
         publisher=FaustCommandPublisher(meter.app),
         decimals=meter.card.decimals,
         access=meter.access,
+        sealer=None if meter.cfg.secrets_key is None else Sealer(meter.cfg.secrets_key),
     )
     if not api.enabled:
         log.info("admin API disabled (METER_ADMIN_TOKEN is not set)")
@@ -1018,6 +1092,14 @@ def install(meter: MeterLike) -> AdminAPI:
             reply = await api.record_recharge_outcome(
                 tenant_id, request_id, request.headers, body, principal
             )
+            return respond(self, reply)
+
+    @meter.app.page("/tenants/{tenant_id}/notifications")
+    class NotificationsPage(View):
+        async def put(self, request: Request, tenant_id: str) -> Response:
+            body = await _body(request)
+            principal = auth.principal_of(request)
+            reply = await api.configure_notifications(tenant_id, request.headers, body, principal)
             return respond(self, reply)
 
     @meter.app.page("/openapi.json")

@@ -357,6 +357,108 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_notifier(args: argparse.Namespace) -> int:
+    import signal
+    from datetime import timedelta
+
+    from aiokafka.errors import KafkaError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from processor.kafka_options import KafkaConfigError, kafka_client_options
+    from processor.notifier.channels import EmailChannel, SmtpConfig, WebhookChannel
+    from processor.notifier.service import (
+        Notifier,
+        NotifierConfig,
+        SettingsBook,
+        group_id,
+        serve,
+    )
+    from processor.notifier.store import SQLITE_FILE, OutboxStore
+    from processor.sealing import Sealer, SealError
+    from processor.sink.store import database_url, safe_url
+    from processor.topics import TopicNames
+
+    cfg = Settings()
+    secret = cfg.database_url
+    try:
+        url = database_url(
+            None if secret is None else secret.get_secret_value(), cfg.data_dir, SQLITE_FILE
+        )
+        options = kafka_client_options(cfg)
+        sealer = None if cfg.secrets_key is None else Sealer(cfg.secrets_key)
+    except (ValueError, KafkaConfigError) as exc:
+        print(f"meter notifier: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SealError as exc:
+        print(f"meter notifier: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    log = logging.getLogger("processor.notifier")
+    if sealer is None:
+        log.warning("notifier: METER_SECRETS_KEY is not set: webhooks cannot be signed")
+    email = None
+    if cfg.smtp_host:
+        email = EmailChannel(
+            SmtpConfig(
+                host=cfg.smtp_host,
+                port=cfg.smtp_port,
+                starttls=cfg.smtp_starttls,
+                username=cfg.smtp_username,
+                password=cfg.smtp_password,
+                sender=cfg.smtp_from,
+                timeout=cfg.notify_timeout_seconds,
+            )
+        )
+    else:
+        log.warning("notifier: METER_SMTP_HOST is not set: no email is sent")
+    bootstrap = _bootstrap(cfg)
+    names = TopicNames.from_settings(cfg)
+    config = NotifierConfig(
+        timeout=cfg.notify_timeout_seconds,
+        backoff=cfg.notify_backoff_seconds,
+        give_up=timedelta(hours=cfg.notify_give_up_hours),
+    )
+
+    async def main() -> int:
+        try:
+            store = await OutboxStore.open(url)
+        except Exception as exc:  # the driver's own errors: unreachable, refused, ...
+            print(f"meter notifier: database {safe_url(url)}: {exc}", file=sys.stderr)
+            return EXIT_PROBLEM
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        notifier = Notifier(
+            store,
+            SettingsBook(bootstrap, names.notification_settings, options),
+            bootstrap,
+            names.alerts,
+            group_id(cfg.app_id),
+            email=email,
+            webhook=WebhookChannel(sealer, cfg.notify_timeout_seconds),
+            config=config,
+            client_options=options,
+        )
+        log.info(
+            "notifier: %s (settings from %s) into %s as group %s",
+            names.alerts,
+            names.notification_settings,
+            safe_url(url),
+            notifier.group,
+        )
+        try:
+            await serve(notifier, cfg.web_host, cfg.notifier_port, stop)
+        except (SQLAlchemyError, KafkaError, OSError) as exc:
+            # Nothing is lost: a restart resumes from the outbox and its positions.
+            print(f"meter notifier: stopped: {exc!r}", file=sys.stderr)
+            return EXIT_PROBLEM
+        finally:
+            await store.close()
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from processor.demo import run_demo
 
@@ -476,6 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
         "sink) with the signed-in user's token.",
     )
     console.set_defaults(func=cmd_console)
+    notifier = sub.add_parser(
+        "notifier",
+        help="email and webhook people about their credits (low balance, recharges, ...)",
+        description="Consume credits.alerts (read_committed, group <METER_APP_ID>-notifier) "
+        "and the tenants' settings on credits.notification-settings, and deliver each "
+        "notification at least once from a durable outbox (SQLite in METER_DATA_DIR or "
+        "METER_DATABASE_URL): email over SMTP (METER_SMTP_*), Standard Webhooks signed "
+        "with the tenant's secret (opened with METER_SECRETS_KEY), retried with "
+        "back-off. /metrics and /ready on METER_NOTIFIER_PORT (default 6071).",
+    )
+    notifier.set_defaults(func=cmd_notifier)
 
     demo = sub.add_parser(
         "demo",

@@ -23,6 +23,8 @@ from processor.core.account import (
     LedgerOut,
     Lot,
     MonthUsage,
+    Notifications,
+    NotificationsOut,
     Output,
     PendingRecharge,
     RechargeMode,
@@ -198,6 +200,8 @@ def account_to_dict(account: Account) -> dict[str, Any]:
             ]
             for month in account.usage
         ]
+    if account.notifications is not None:
+        data["notifications"] = notifications_to_dict(account.notifications)
     if ar is not None and ar.mode is not RechargeMode.FIXED:
         data["auto_recharge"]["mode"] = ar.mode.value
         data["auto_recharge"]["target_balance"] = (
@@ -217,6 +221,7 @@ def account_from_dict(data: dict[str, Any]) -> Account:
         status_seq=int(data.get("status_seq", 0)),
         credit_limit=_amount(data["credit_limit"]) if "credit_limit" in data else ZERO,
         notify_below=_opt_decimal(data.get("notify_below")),
+        notifications=_notifications(data.get("notifications")),
         updated_at=_own_dt(data.get("updated_at")),
         auto_recharge=None if ar is None else _settings(ar),
         lots=_lots(data.get("lots")),
@@ -260,6 +265,29 @@ def _usage(data: list[list[Any]] | None) -> tuple[MonthUsage, ...]:
             ),
         )
         for month in data
+    )
+
+
+def notifications_to_dict(settings: Notifications) -> dict[str, Any]:
+    return {
+        "emails": list(settings.emails),
+        "webhook_url": settings.webhook_url,
+        # Sealed by the admin API (a Fernet token): never the secret itself.
+        "webhook_secret_sealed": settings.webhook_secret_sealed,
+        "events": list(settings.events),
+        "command_id": settings.command_id,
+    }
+
+
+def _notifications(data: dict[str, Any] | None) -> Notifications | None:
+    if data is None:
+        return None
+    return Notifications(
+        emails=tuple(data["emails"]),
+        webhook_url=data.get("webhook_url"),
+        webhook_secret_sealed=data.get("webhook_secret_sealed"),
+        events=tuple(data["events"]),
+        command_id=str(data["command_id"]),
     )
 
 
@@ -418,6 +446,13 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
         if out.entry_id is not None:
             alert["entry_id"] = out.entry_id
         return alert
+    if isinstance(out, NotificationsOut):
+        return {
+            "type": "notification_settings",
+            "tenant_id": out.tenant_id,
+            **notifications_to_dict(out.settings),
+            "updated_at": _at(out.updated_at),
+        }
     assert isinstance(out, RechargeOut)
     return {
         "type": "recharge_requested",
@@ -472,6 +507,14 @@ def output_from_dict(data: dict[str, Any]) -> Output:
             amount=_opt_decimal(data.get("amount")),
             expires_at=None if "expires_at" not in data else parse_timestamp(data["expires_at"]),
             entry_id=data.get("entry_id"),
+        )
+    if kind == "notification_settings":
+        settings = _notifications(data)
+        assert settings is not None
+        return NotificationsOut(
+            tenant_id=data["tenant_id"],
+            settings=settings,
+            updated_at=parse_timestamp(data["updated_at"]),
         )
     if kind == "recharge_requested":
         return RechargeOut(

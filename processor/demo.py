@@ -1,10 +1,12 @@
 """`meter demo` (what `make run` runs): the whole pipeline on one machine.
 
 Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), one worker,
-the ledger sink (`meter ledger-sink`, SQLite in METER_DATA_DIR) and the admin console
-(`meter console`, whose URL it prints with the sign-in tokens) as child processes,
-the traffic simulator and the live view; on Ctrl-C it stops what it
-started, in reverse order, and leaves a broker it did not start alone.
+the ledger sink (`meter ledger-sink`, SQLite in METER_DATA_DIR), the notifier
+(`meter notifier`, with a local SMTP server catching its mail and a local webhook
+receiver verifying its signatures) and the admin console (`meter console`, whose URL
+it prints with the sign-in tokens) as child processes, the traffic simulator and the
+live view; the simulated tenants get notification settings. On Ctrl-C it stops what
+it started, in reverse order, and leaves a broker it did not start alone.
 
 Access is per tenant (METER_AUTH=jwt, unless METER_AUTH says otherwise) on a local
 key pair in METER_DATA_DIR/auth (processor/tokens.py); the demo prints a tenant
@@ -14,7 +16,10 @@ admin's token and an operator's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -22,13 +27,19 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
 
 from processor import kafka_local
 from processor.liveview import LiveView, LiveViewConfig
-from processor.settings import Settings
+from processor.notifier.catchers import MailCatcher, WebhookReceiver
+from processor.sealing import Sealer
+from processor.settings import COMMANDS, Settings
 from processor.simulator import Simulator, SimulatorConfig, run_until_signalled
 from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
+from schemas.types import format_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +117,57 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         proc.wait(5)
 
 
+def demo_secret(tenant_id: str) -> str:
+    """A tenant's webhook secret in the demo (whsec_, 32 bytes derived from its id)."""
+    key = hashlib.sha256(b"credits-meter demo " + tenant_id.encode()).digest()
+    return "whsec_" + base64.b64encode(key).decode()
+
+
+class DemoNotifications:
+    """The notifier's receivers in the demo, and what the live view says of them."""
+
+    def __init__(self, tenant_ids: list[str]) -> None:
+        self.tenant_ids = tenant_ids
+        self.mail = MailCatcher()
+        # Every webhook fails its first try, so the view shows retries happen.
+        self.hooks = WebhookReceiver({t: demo_secret(t) for t in tenant_ids}, fail_first=1)
+
+    def commands(self, sealer: Sealer) -> list[tuple[str, bytes]]:
+        """A notifications_configured command per tenant (secret sealed)."""
+        now = format_timestamp(datetime.now(UTC).replace(microsecond=0))
+        out = []
+        for tenant in self.tenant_ids:
+            command = {
+                "type": "notifications_configured",
+                "command_id": f"notifications:demo-{tenant}",
+                "tenant_id": tenant,
+                "occurred_at": now,
+                "emails": [f"admin@{tenant}.example"],
+                "webhook_url": self.hooks.url(tenant),
+                "webhook_secret_sealed": sealer.seal(demo_secret(tenant)),
+            }
+            out.append((tenant, json.dumps(command).encode()))
+        return out
+
+    def lines(self) -> list[str]:
+        mails = self.mail.received()
+        delivered = self.hooks.delivered()
+        verified = sum(h.verified for h in self.hooks.hooks)
+        retried = sum(1 for h in self.hooks.hooks if not 200 <= h.answered < 300)
+        head = (
+            f"{len(mails)} emails, {len(delivered)} webhooks "
+            f"({verified} requests signature-verified, {retried} answered 500 and retried)"
+        )
+        latest = []
+        for h in delivered[-6:][::-1]:
+            try:
+                kind = json.loads(h.body).get("type", "?")
+            except ValueError:
+                kind = "?"
+            latest.append(f"  webhook {h.tenant_id:<24} {kind:<18} webhook-id {h.webhook_id}")
+        return [head, *latest]
+
+
 def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None) -> int:
     cfg = Settings()
     run_dir = kafka_local.default_state_dir().parent
@@ -125,8 +187,14 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
     env = {**os.environ, **DEMO_ENV, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     env.setdefault("METER_DATA_DIR", str(run_dir / "data"))
     keys = local_auth(env)
+    # One key for the workers (which seal webhook secrets) and the notifier (which opens
+    # them); a fresh one per demo unless the environment gives it.
+    env.setdefault("METER_SECRETS_KEY", Sealer.new_key())
+    sealer = Sealer(env["METER_SECRETS_KEY"])
     print(f"starting a worker (log: {worker_log}) ...", flush=True)
     sink: subprocess.Popen[bytes] | None = None
+    notifier: subprocess.Popen[bytes] | None = None
+    told: DemoNotifications | None = None
     console: subprocess.Popen[bytes] | None = None
     with worker_log.open("ab") as out:
         worker = subprocess.Popen(
@@ -179,6 +247,31 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
                 duration_seconds=seconds,
             )
         )
+        # The notifier, with a local SMTP server and webhook receiver to tell.
+        told = DemoNotifications([t.tenant_id for t in simulator.tenants])
+        told.mail.start()
+        notifier_env = {
+            **env,
+            "METER_SMTP_HOST": "127.0.0.1",
+            "METER_SMTP_PORT": str(told.mail.port),
+            "METER_SMTP_STARTTLS": "false",
+            "METER_NOTIFY_BACKOFF_SECONDS": "2",
+        }
+        notifier_log = run_dir / "notifier.log"
+        with notifier_log.open("ab") as out:
+            notifier = subprocess.Popen(
+                [sys.executable, "-m", "processor.cli", "notifier"],
+                env=notifier_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_ready(f"http://127.0.0.1:{cfg.notifier_port}", notifier, notifier_log, 60, "notifier")
+        print(
+            f"notifier ready: http://127.0.0.1:{cfg.notifier_port}/metrics; mail to "
+            f"127.0.0.1:{told.mail.port}, webhooks to {told.hooks.url('<tenant>')}",
+            flush=True,
+        )
         if keys is not None:
             print_tokens(keys, env, simulator.tenants[0].tenant_id, cfg.web_port)
         print(
@@ -186,10 +279,28 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
             flush=True,
         )
         view = LiveView(
-            LiveViewConfig(bootstrap=bootstrap, topic_prefix=cfg.topic_prefix), simulator.stats
+            LiveViewConfig(bootstrap=bootstrap, topic_prefix=cfg.topic_prefix),
+            simulator.stats,
+            notifications=told.lines,
         )
 
+        async def configure_notifications() -> None:
+            assert told is not None
+            await told.hooks.start()
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+            await producer.start()
+            try:
+                topic = cfg.topic(COMMANDS)
+                sent = [
+                    await producer.send(topic, value, key=tenant.encode())
+                    for tenant, value in told.commands(sealer)
+                ]
+                await asyncio.gather(*sent)
+            finally:
+                await producer.stop()
+
         async def both() -> None:
+            await configure_notifications()
             view_task = asyncio.create_task(view.run())
             try:
                 await simulator.run()
@@ -197,6 +308,8 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
                 view_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await view_task
+                assert told is not None
+                await told.hooks.stop()
 
         run_until_signalled(both())
         print("\n" + simulator.stats.summary(), flush=True)
@@ -208,6 +321,11 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
         if console is not None:
             print("stopping the console ...", flush=True)
             _stop(console)
+        if notifier is not None:
+            print("stopping the notifier ...", flush=True)
+            _stop(notifier)
+        if told is not None:
+            told.mail.stop()
         if sink is not None:
             print("stopping the ledger sink ...", flush=True)
             _stop(sink)

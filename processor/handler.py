@@ -266,6 +266,7 @@ class RecordHandler:
             acc.LedgerOut: names.ledger,
             acc.AlertOut: names.alerts,
             acc.RechargeOut: names.recharge_requests,
+            acc.NotificationsOut: names.notification_settings,
         }
         # When each owned tenant's pending recharge next needs the timer.
         self.due: dict[str, Due] = {}
@@ -290,6 +291,7 @@ class RecordHandler:
             names.reroute: "reroute",
             names.timer: "timer",
             names.command_results: "command_results",
+            names.notification_settings: "notification_settings",
         }
 
     # ---- single records: staged and flushed at once ------------------------------
@@ -836,6 +838,8 @@ class RecordHandler:
             )
         elif isinstance(out, acc.AlertOut):
             self._metrics.inc(self._child(metrics.ALERTS, out.alert.value))
+        elif isinstance(out, acc.NotificationsOut):
+            pass
         else:
             self._metrics.inc(
                 self._child(metrics.RECHARGE_REQUESTS, "first" if out.attempt == 1 else "retry")

@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -160,6 +160,9 @@ class ViewState:
     # independently), so outcomes wait here for their request.
     _early_outcomes: OrderedDict[str, str] = field(default_factory=OrderedDict)
     max_recharges: int = 500
+    # Added: what `meter notifier` delivered, as the demo's local receivers saw it
+    # (a summary line, then the latest deliveries); None: no section.
+    notifications: Callable[[], list[str]] | None = None
 
     def tenant(self, tenant_id: str) -> TenantView:
         view = self.tenants.get(tenant_id)
@@ -381,6 +384,12 @@ def render(state: ViewState, width: int = 100, max_rows: int = 20) -> str:
         lines.append("(none yet)")
     lines.append("")
 
+    if state.notifications is not None:
+        told = state.notifications()
+        lines.append("NOTIFICATIONS SENT  " + (told[0] if told else "(none yet)"))
+        lines.extend(told[1:7])
+        lines.append("")
+
     by_reason = "  ".join(f"{r} {n}" for r, n in state.rejections_by_reason.most_common())
     lines.append("REJECTIONS  " + (by_reason or "(none)"))
     for rej in list(state.recent_rejections)[-6:][::-1]:
@@ -409,6 +418,9 @@ def summary_line(state: ViewState) -> str:
         line += " waiting for " + ",".join(state.waiting_for)
     if state.simulator is not None:
         line += " | sim " + state.simulator.summary()
+    if state.notifications is not None:
+        told = state.notifications()
+        line += " | notifications " + (told[0] if told else "none yet")
     return line
 
 
@@ -422,12 +434,14 @@ class LiveView:
         simulator_stats: SimulatorStats | None = None,
         *,
         stream: TextIO | None = None,
+        notifications: Callable[[], list[str]] | None = None,
     ) -> None:
         self.config = config
         self.state = ViewState(
             bootstrap=config.bootstrap,
             topic_prefix=config.topic_prefix,
             simulator=simulator_stats,
+            notifications=notifications,
         )
         self._stream = stream if stream is not None else sys.stdout
         self._kinds: dict[str, TopicKind] = {

@@ -191,6 +191,31 @@ OUTSTANDING = Gauge(
     registry=REGISTRY,
 )
 
+# ---- `meter notifier` (processor/notifier/): its own registry, served on its own
+# /metrics (METER_NOTIFIER_PORT), so it never shows as a worker that is not ready.
+NOTIFIER_REGISTRY = CollectorRegistry(auto_describe=True)
+NOTIFICATIONS = Counter(
+    "meter_notifications_total",
+    "Notification delivery tries by channel (email, webhook) and outcome: sent (2xx, or "
+    "the SMTP server took it), retry (failed, tried again later), gave_up (still failing "
+    "METER_NOTIFY_GIVE_UP_HOURS after the alert was read).",
+    ["channel", "outcome"],
+    registry=NOTIFIER_REGISTRY,
+)
+NOTIFICATION_LATENCY = Histogram(
+    "meter_notification_delivery_seconds",
+    "From the alert to its notification delivered, by channel (retries included).",
+    ["channel"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
+    registry=NOTIFIER_REGISTRY,
+)
+NOTIFICATION_OUTBOX = Gauge(
+    "meter_notification_outbox",
+    "Deliveries in the notifier's outbox not yet sent nor given up (the queue depth).",
+    ["status"],
+    registry=NOTIFIER_REGISTRY,
+)
+
 
 def _start_at_zero() -> None:
     """Create every labelled series a rule or panel rates, at 0.
@@ -208,8 +233,11 @@ def _start_at_zero() -> None:
         REJECTED.labels(reason)
     for outcome in ("fulfilled", "failed", "timed_out", "suspended", "dropped"):
         RECHARGE_OUTCOMES.labels(outcome)
-    for alert in ("exhausted", "restored", "low_balance", "recharge_failed"):
+    for alert in ("exhausted", "restored", "low_balance", "recharge_failed", "recharge_succeeded"):
         ALERTS.labels(alert)
+    for channel in ("email", "webhook"):
+        for outcome in ("sent", "retry", "gave_up"):
+            NOTIFICATIONS.labels(channel, outcome)
     for attempt in ("first", "retry"):
         RECHARGE_REQUESTS.labels(attempt)
     for source in ("calls", "conferencing", "commands", "timer"):

@@ -31,6 +31,7 @@ from schemas.admin import (
     FundsRequest,
     Health,
     LimitsRequest,
+    NotificationsRequest,
     Readiness,
     RechargeOutcomeRequest,
 )
@@ -41,7 +42,7 @@ __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
 DOC_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 # The HTTP API's own version: bump on a change a client would notice.
-API_VERSION: Final = "1.5.0"
+API_VERSION: Final = "1.6.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
@@ -50,6 +51,7 @@ _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (AutoRechargePatch, "validation"),
     (LimitsRequest, "validation"),
     (RechargeOutcomeRequest, "validation"),
+    (NotificationsRequest, "validation"),
     (AccountView, "serialization"),
     (AuthorizeView, "serialization"),
     (CommandAccepted, "serialization"),
@@ -363,6 +365,21 @@ def _paths(refs: dict[str, str]) -> dict[str, Any]:
                     }
                 },
             }
+        },
+        "/tenants/{tenant_id}/notifications": {
+            "put": admin(
+                "configureNotifications",
+                "Replace who is told what, by email and webhook",
+                "Added. Publishes a `notifications_configured` command keyed by the tenant "
+                "(its `command_id` is `notifications:` + the Idempotency-Key); "
+                "`meter notifier` then emails the addresses and posts Standard Webhooks to "
+                "the URL for the events named. The webhook secret is sealed with "
+                "METER_SECRETS_KEY before it is published and is never shown again; "
+                "without that key a request naming a secret is a 503 `secrets_disabled`.",
+                refs["NotificationsRequest"],
+                "The complete settings: `emails` (at most 10), `webhook_url` with "
+                "`webhook_secret` (`whsec_` + base64), `events` (default: all).",
+            )
         },
         "/metrics": {
             "get": {

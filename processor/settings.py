@@ -18,6 +18,8 @@ ALERTS = "credits.alerts"
 REJECTED = "credits.rejected"
 # Added: what became of each command (processor/handler.py, docs/contract.md).
 COMMAND_RESULTS = "credits.command-results"
+# Added: each tenant's notification settings for `meter notifier` (compacted).
+NOTIFICATION_SETTINGS = "credits.notification-settings"
 # What METER_DATABASE_URL may start with (processor/sink/store.py adds the driver).
 DATABASE_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "sqlite")
 
@@ -104,6 +106,33 @@ class Settings(BaseSettings):
     # reads the history (unset: the local sink, http://127.0.0.1:METER_SINK_PORT).
     sink_url: str | None = Field(default=None, validation_alias="METER_SINK_URL")
 
+    # Added: Fernet key(s) sealing webhook secrets (processor/sealing.py): the admin
+    # API seals with it, `meter notifier` opens with it. Comma-separated to rotate.
+    secrets_key: SecretStr | None = Field(default=None, validation_alias="METER_SECRETS_KEY")
+    # Added: `meter notifier` (processor/notifier/): its port (/metrics, /ready), the
+    # SMTP server it sends through, and how it retries webhooks.
+    notifier_port: int = Field(default=6071, validation_alias="METER_NOTIFIER_PORT", ge=0, le=65535)
+    smtp_host: str | None = Field(default=None, validation_alias="METER_SMTP_HOST")
+    smtp_port: int = Field(default=587, validation_alias="METER_SMTP_PORT", ge=1, le=65535)
+    smtp_starttls: bool = Field(default=True, validation_alias="METER_SMTP_STARTTLS")
+    smtp_username: str | None = Field(default=None, validation_alias="METER_SMTP_USERNAME")
+    smtp_password: SecretStr | None = Field(default=None, validation_alias="METER_SMTP_PASSWORD")
+    smtp_from: str = Field(
+        default="credits-meter <no-reply@localhost>", validation_alias="METER_SMTP_FROM"
+    )
+    # Each try of a webhook or an email gives up after this long.
+    notify_timeout_seconds: float = Field(
+        default=10.0, validation_alias="METER_NOTIFY_TIMEOUT_SECONDS", gt=0
+    )
+    # The first retry waits this long, each next one twice as long (at most an hour),
+    # and a delivery is given up this long after its alert.
+    notify_backoff_seconds: float = Field(
+        default=5.0, validation_alias="METER_NOTIFY_BACKOFF_SECONDS", gt=0
+    )
+    notify_give_up_hours: float = Field(
+        default=24.0, validation_alias="METER_NOTIFY_GIVE_UP_HOURS", gt=0
+    )
+
     # The admin API's bearer token (processor/admin.py); unset disables the admin
     # endpoints. SecretStr: never printed by a repr or a settings dump.
     admin_token: SecretStr | None = Field(default=None, validation_alias="METER_ADMIN_TOKEN")
@@ -145,6 +174,21 @@ class Settings(BaseSettings):
         url = "" if value is None else value.get_secret_value()
         if url and not url.lower().startswith(DATABASE_SCHEMES):
             raise ValueError("a postgresql:// (or sqlite:///) URL")
+        return value
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from processor.sealing import Sealer, SealError
+
+            try:
+                Sealer(value)
+            except SealError:
+                # Never the value itself: it is the key.
+                raise ValueError(
+                    "Fernet keys (32 url-safe base64 bytes each), comma-separated"
+                ) from None
         return value
 
     @field_validator("log_level", mode="before")

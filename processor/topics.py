@@ -36,6 +36,8 @@ class TopicNames:
     dedupe_changelog: str
     # Added: each command's outcome (last, with a default, for older callers).
     command_results: str = s.COMMAND_RESULTS
+    # Added: each tenant's notification settings for `meter notifier` (compacted).
+    notification_settings: str = s.NOTIFICATION_SETTINGS
 
     @classmethod
     def from_settings(cls, cfg: s.Settings) -> TopicNames:
@@ -48,6 +50,7 @@ class TopicNames:
             ledger=cfg.topic(s.LEDGER),
             alerts=cfg.topic(s.ALERTS),
             rejected=cfg.topic(s.REJECTED),
+            notification_settings=cfg.topic(s.NOTIFICATION_SETTINGS),
             reroute=f"{internal}-reroute",
             timer=f"{internal}-recharge-timer",
             accounts_changelog=f"{cfg.app_id}-accounts-changelog",
@@ -67,6 +70,7 @@ class TopicNames:
             self.alerts,
             self.rejected,
             self.command_results,
+            self.notification_settings,
         )
 
     @property
@@ -114,6 +118,8 @@ def creation_configs(
         for t in names.changelogs
     }
     configs[names.ledger] = {"retention.ms": str(ledger_retention_ms)}
+    # The latest settings per tenant, read whole by every notifier: kept by compaction.
+    configs[names.notification_settings] = {"cleanup.policy": "compact"}
     if input_retention_ms is not None:
         for t in (names.rejected, names.recharge_requests):
             configs[t] = {"retention.ms": str(input_retention_ms)}

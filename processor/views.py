@@ -59,6 +59,19 @@ def account_view(account: Account, currency: str, now: datetime | None = None) -
             for lot in account.lots[:EXPIRING_SHOWN]
         ],
         "consumption": consumption_view(account, now or datetime.now(UTC), zero),
+        "notifications": notifications_view(account),
+    }
+
+
+def notifications_view(account: Account) -> dict[str, Any] | None:
+    """The tenant's notification settings as the console shows them: never the secret."""
+    settings = account.notifications
+    if settings is None:
+        return None
+    return {
+        "emails": list(settings.emails),
+        "webhook_url": settings.webhook_url,
+        "events": list(settings.events),
     }
 
 

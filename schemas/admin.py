@@ -12,6 +12,16 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.notifications import (
+    Emails,
+    Events,
+    WebhookSecret,
+    WebhookUrl,
+    all_events,
+    check_emails,
+    check_events,
+    check_webhook_pair,
+)
 from schemas.outputs import OMIT_WHEN_NONE, OutputModel
 from schemas.types import (
     CommandId,
@@ -35,6 +45,7 @@ __all__ = [
     "FundsRequest",
     "Health",
     "LimitsRequest",
+    "NotificationsRequest",
     "Readiness",
     "RechargeOutcomeRequest",
 ]
@@ -135,6 +146,24 @@ class RechargeOutcomeRequest(_Request):
         return self
 
 
+class NotificationsRequest(_Request):
+    """Added. Body of ``PUT /tenants/{tenant_id}/notifications``: replaces who is told
+    what. ``webhook_secret`` (``whsec_`` + base64 of 24 to 64 bytes, the Standard
+    Webhooks form) is sealed before it is published and never shown again."""
+
+    emails: Emails = Field(default_factory=list)
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: WebhookSecret | None = None
+    events: Events = Field(default_factory=all_events)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        check_events(self.events)
+        check_emails(self.emails)
+        check_webhook_pair(self.webhook_url, self.webhook_secret, "webhook_secret")
+        return self
+
+
 class CommandAccepted(OutputModel):
     """202 body: the command is on ``credits.commands``; the worker applies it once."""
 
@@ -145,6 +174,7 @@ class CommandAccepted(OutputModel):
         "tenant_limits_configured",
         "auto_recharge_changed",
         "recharge_failed",
+        "notifications_configured",
     ]
     command_id: CommandId
     tenant_id: TenantId

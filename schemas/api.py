@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from schemas.notifications import Emails, Events, WebhookUrl
 from schemas.outputs import OutputModel
 from schemas.types import (
     Currency,
@@ -87,6 +88,14 @@ class MonthConsumptionView(OutputModel):
     services: ServicesConsumptionView
 
 
+class NotificationsView(OutputModel):
+    """Added: the tenant's notification settings, never the webhook secret."""
+
+    emails: Emails
+    webhook_url: WebhookUrl | None
+    events: Events
+
+
 class AccountView(OutputModel):
     """200 body of ``GET /tenants/{tenant_id}/account``."""
 
@@ -105,6 +114,8 @@ class AccountView(OutputModel):
     expiring: list[ExpiringView] = Field(default_factory=list, max_length=3)
     # Added: the current calendar month (UTC) and the one before, newest first.
     consumption: list[MonthConsumptionView] = Field(default_factory=list, max_length=2)
+    # Added: who is told what (null: nobody); the webhook secret is never shown.
+    notifications: NotificationsView | None = None
 
 
 class AuthorizeView(OutputModel):

@@ -68,6 +68,7 @@ TOPICS: Final[tuple[Topic, ...]] = (
             "RechargeFailed",
             "TenantLimitsConfigured",
             "AutoRechargeChanged",
+            "NotificationsConfigured",
         ),
         "Commands from admin tools and billing, told apart by `type`. The admin API "
         "and `meter add-funds` / `meter auto-recharge` publish here too.",
@@ -114,6 +115,15 @@ TOPICS: Final[tuple[Topic, ...]] = (
         "of a command stands.",
     ),
     Topic(
+        "creditsNotificationSettings",
+        "credits.notification-settings",
+        "out",
+        ("NotificationSettings",),
+        "Added. Each tenant's notification settings as the worker applied them, keyed "
+        "by tenant and compacted: every `meter notifier` reads it whole. The webhook "
+        "secret is only ever here sealed.",
+    ),
+    Topic(
         "reroute",
         "{appId}-reroute",
         "internal",
@@ -144,10 +154,12 @@ _CONTRACT_MESSAGES: Final = {
     "with the current ones at the tenant's owner.",
     "CommandResult": "What became of one command: applied (with its ledger entry), "
     "rejected (with the reason) or ignored.",
+    "NotificationsConfigured": "Added. Replaces who is told what, by email and webhook.",
+    "NotificationSettings": "Added. A tenant's notification settings (secret sealed).",
     "RechargeRequested": "Please charge the tenant's payment method.",
     "LedgerEntry": "A debit, credit or (added) expiry and the balance after it.",
     "BalanceAlert": "exhausted, restored, low_balance or recharge_failed; added: "
-    "funds_expiring and funds_expired.",
+    "funds_expiring, funds_expired and recharge_succeeded.",
     "RejectedRecord": "A record that changed no balance, and why.",
 }
 _SOURCE_HEADERS: Final = {

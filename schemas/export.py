@@ -26,6 +26,7 @@ from schemas.inputs import (
     CallUsage,
     ConferenceUsage,
     FundsAdded,
+    NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
 )
@@ -33,6 +34,7 @@ from schemas.outputs import (
     BalanceAlert,
     CommandResult,
     LedgerEntry,
+    NotificationSettings,
     RechargeRequested,
     RejectedRecord,
 )
@@ -50,6 +52,7 @@ INPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     RechargeFailed,
     TenantLimitsConfigured,
     AutoRechargeChanged,
+    NotificationsConfigured,
 )
 OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     RechargeRequested,
@@ -57,6 +60,7 @@ OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     BalanceAlert,
     RejectedRecord,
     CommandResult,
+    NotificationSettings,
     AccountView,
     AuthorizeView,
 )

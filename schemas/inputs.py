@@ -20,6 +20,16 @@ from typing import Annotated, Any, Final, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+from schemas.notifications import (
+    Emails,
+    Events,
+    SealedSecret,
+    WebhookUrl,
+    all_events,
+    check_emails,
+    check_events,
+    check_webhook_pair,
+)
 from schemas.types import (
     CURRENCY_PATTERN,
     E164,
@@ -55,6 +65,7 @@ __all__ = [
     "ConferenceUsage",
     "DecodeError",
     "FundsAdded",
+    "NotificationsConfigured",
     "RechargeFailed",
     "TenantLimitsConfigured",
     "decode_call",
@@ -224,12 +235,39 @@ class RechargeFailed(_Input):
     attempt: RechargeAttempt | None = None
 
 
+class NotificationsConfigured(_Input):
+    """Added: who the notifier tells, how, and about what; replaces the tenant's
+    notification settings.
+
+    The webhook secret travels only sealed (a Fernet token under METER_SECRETS_KEY,
+    as the admin API makes it); the worker stores and republishes it as it came.
+    """
+
+    type: Literal["notifications_configured"]
+    command_id: CommandId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    actor: Actor | None = None
+    emails: Emails = Field(default_factory=list)
+    webhook_url: WebhookUrl | None = None
+    webhook_secret_sealed: SealedSecret | None = None
+    events: Events = Field(default_factory=all_events)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        check_events(self.events)
+        check_emails(self.emails)
+        check_webhook_pair(self.webhook_url, self.webhook_secret_sealed, "webhook_secret_sealed")
+        return self
+
+
 Command = Annotated[
     FundsAdded
     | AutoRechargeConfigured
     | RechargeFailed
     | TenantLimitsConfigured
-    | AutoRechargeChanged,
+    | AutoRechargeChanged
+    | NotificationsConfigured,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: Final[TypeAdapter[Command]] = TypeAdapter(Command)
@@ -239,6 +277,7 @@ COMMAND_TYPES: Final = (
     "recharge_failed",
     "tenant_limits_configured",
     "auto_recharge_changed",
+    "notifications_configured",
 )
 
 

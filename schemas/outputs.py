@@ -23,6 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_v
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from schemas.notifications import (
+    Emails,
+    Events,
+    SealedSecret,
+    WebhookUrl,
+)
 from schemas.types import (
     Actor,
     CommandId,
@@ -48,6 +54,7 @@ __all__ = [
     "BalanceAlert",
     "CommandResult",
     "LedgerEntry",
+    "NotificationSettings",
     "OutputModel",
     "RechargeRequested",
     "RejectedRecord",
@@ -202,6 +209,7 @@ class BalanceAlert(OutputModel):
         "recharge_failed",
         "funds_expiring",
         "funds_expired",
+        "recharge_succeeded",
     ]
     balance: Money
     currency: Currency
@@ -212,10 +220,11 @@ class BalanceAlert(OutputModel):
     # Added, recharge_failed only: billing's reason for the last failed attempt
     # ("timed_out" when billing never answered), and the request that failed.
     reason: Reason | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    # Added, recharge_succeeded too: the request whose funds arrived.
     request_id: RequestId | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
-    # Added, funds_expiring and funds_expired only: the lot's money left (what expires
-    # or expired); funds_expiring: when the lot expires; funds_expired: the `expiry`
-    # ledger entry that took it.
+    # Added, funds_expiring and funds_expired: the lot's money left (what expires or
+    # expired); funds_expiring: when the lot expires; funds_expired: the `expiry`
+    # ledger entry that took it; recharge_succeeded: the amount the recharge credited.
     amount: PositiveMoney | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     expires_at: Timestamp | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     entry_id: OutputId | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
@@ -223,27 +232,35 @@ class BalanceAlert(OutputModel):
     _LOT_FIELDS: ClassVar = {
         "funds_expiring": ("amount", "expires_at"),
         "funds_expired": ("amount", "entry_id"),
+        "recharge_succeeded": ("amount",),
     }
 
     @model_validator(mode="after")
     def _lot_fields_only_on_funds_alerts(self) -> Self:
         wanted = self._LOT_FIELDS.get(self.alert, ())
         for name in ("amount", "expires_at", "entry_id"):
-            if (getattr(self, name) is not None) != (name in wanted):
+            present = getattr(self, name) is not None
+            if present and name not in wanted:
                 raise ValueError(
-                    f"{name} is on funds_expiring/funds_expired alerts only, as the "
-                    "contract lists them"
+                    f"{name} is on funds_expiring/funds_expired/recharge_succeeded alerts "
+                    "only, as the contract lists them"
                 )
+            if not present and name in wanted and self.alert != "recharge_succeeded":
+                raise ValueError(f"a {self.alert} alert names its {' and '.join(wanted)}")
         return self
 
     @model_validator(mode="after")
     def _status_seq_only_on_status_alerts(self) -> Self:
         if self.status_seq is not None and self.alert not in ("exhausted", "restored"):
             raise ValueError("status_seq is only on exhausted and restored alerts")
-        if self.alert != "recharge_failed" and (
-            self.reason is not None or self.request_id is not None
+        if self.alert != "recharge_failed" and self.reason is not None:
+            raise ValueError("reason is only on recharge_failed alerts")
+        if self.alert not in ("recharge_failed", "recharge_succeeded") and (
+            self.request_id is not None
         ):
-            raise ValueError("reason and request_id are only on recharge_failed alerts")
+            raise ValueError("request_id is only on recharge_failed and recharge_succeeded alerts")
+        if self.alert == "recharge_succeeded" and (self.amount is None or self.request_id is None):
+            raise ValueError("a recharge_succeeded alert names its request_id and amount")
         return self
 
 
@@ -268,12 +285,32 @@ class CommandResult(OutputModel):
         "recharge_failed",
         "tenant_limits_configured",
         "auto_recharge_changed",
+        "notifications_configured",
     ]
     outcome: Literal["applied", "rejected", "ignored"]
     entry_id: OutputId | None
     reason: ReasonCode | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     detail: DetailText | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     recorded_at: Timestamp
+
+
+class NotificationSettings(OutputModel):
+    """Added. ``credits.notification-settings`` (compacted, keyed by tenant): a
+    tenant's notification settings as the worker applied them, for the notifiers.
+
+    The webhook secret is only ever here sealed (a Fernet token under
+    METER_SECRETS_KEY); only the notifier opens it.
+    """
+
+    type: Literal["notification_settings"] = "notification_settings"
+    tenant_id: TenantId
+    emails: Emails
+    webhook_url: WebhookUrl | None
+    webhook_secret_sealed: SealedSecret | None
+    events: Events
+    # The command that set them, and when the worker applied it.
+    command_id: CommandId
+    updated_at: Timestamp
 
 
 class RejectedRecord(OutputModel):

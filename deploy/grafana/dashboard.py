@@ -439,6 +439,41 @@ def workers() -> list[timeseries.Panel]:
     ]
 
 
+def notifications() -> list[timeseries.Panel]:
+    """`meter notifier`: its own /metrics (METER_NOTIFIER_PORT), scraped in the same job."""
+    outbox = sel("meter_notification_outbox", 'status="pending"')
+    return [
+        graph(
+            "Notifications by outcome",
+            "Email and webhook tries per second: sent (2xx, or the SMTP server took it), "
+            "retry (failed, tried again with back-off), gave_up (still failing after "
+            "METER_NOTIFY_GIVE_UP_HOURS).",
+            queries(
+                (
+                    f"sum by (channel, outcome) (rate({sel('meter_notifications_total')}{RATE}))",
+                    "{{channel}} {{outcome}}",
+                )
+            ),
+            unit="reqps",
+            width=8,
+        ),
+        graph(
+            "Notification latency",
+            "From the alert to its notification delivered, retries included (p50, p95, p99).",
+            quantiles("meter_notification_delivery_seconds"),
+            unit="s",
+            width=8,
+        ),
+        graph(
+            "Notification outbox",
+            "Deliveries waiting in the notifier's outbox: due, or backing off after a "
+            "failed try. Growing: receivers are failing or the notifier is behind.",
+            queries((f"sum({outbox})", "pending")),
+            width=8,
+        ),
+    ]
+
+
 def build() -> model.Dashboard:
     rows: list[tuple[str, Sequence[AnyPanel]]] = [
         ("Overview", overview()),
@@ -448,6 +483,7 @@ def build() -> model.Dashboard:
         ("Recharge pipeline", recharges()),
         ("Tenants and alerts", tenants()),
         ("Workers", workers()),
+        ("Notifications", notifications()),
     ]
     board = (
         dashboard.Dashboard("credits-meter")

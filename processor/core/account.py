@@ -56,6 +56,8 @@ class AlertKind(StrEnum):
     FUNDS_EXPIRING = "funds_expiring"
     # A lot expired with money left: an `expiry` ledger entry took it.
     FUNDS_EXPIRED = "funds_expired"
+    # Added: the funds of an outstanding auto-recharge request arrived.
+    RECHARGE_SUCCEEDED = "recharge_succeeded"
 
 
 # The services usage is counted under in the account's consumption, in this order.
@@ -159,6 +161,22 @@ class ExpiryPolicy:
 
 @fast_init
 @dataclass(frozen=True, slots=True)
+class Notifications:
+    """Who the notifier tells, how, and about what (`notifications_configured`).
+
+    `webhook_secret_sealed` is the secret as the admin API sealed it; the core never
+    sees it in clear.
+    """
+
+    emails: tuple[str, ...]
+    webhook_url: str | None
+    webhook_secret_sealed: str | None
+    events: tuple[str, ...]
+    command_id: str
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
 class Account:
     tenant_id: str
     balance: Decimal = ZERO
@@ -182,6 +200,8 @@ class Account:
     lots: tuple[Lot, ...] = ()
     # Charged usage of the newest month seen and of the month before it (newest first).
     usage: tuple[MonthUsage, ...] = ()
+    # Added: the tenant's notification settings (None: nobody is told anything).
+    notifications: Notifications | None = None
 
     @property
     def exhausted(self) -> bool:
@@ -241,11 +261,22 @@ class AlertOut:
     # recharge_failed only: billing's reason for the last failure, and the request.
     reason: str | None = None
     request_id: str | None = None
-    # funds_expiring and funds_expired only: the lot's amount left; funds_expiring:
-    # when it expires; funds_expired: the expiry entry that took it.
+    # funds_expiring and funds_expired: the lot's amount left (recharge_succeeded: what
+    # the recharge credited); funds_expiring: when it expires; funds_expired: the
+    # expiry entry that took it.
     amount: Decimal | None = None
     expires_at: datetime | None = None
     entry_id: str | None = None
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class NotificationsOut:
+    """The tenant's notification settings, for `credits.notification-settings`."""
+
+    tenant_id: str
+    settings: Notifications
+    updated_at: datetime
 
 
 @fast_init
@@ -260,7 +291,7 @@ class RechargeOut:
     requested_at: datetime
 
 
-Output = LedgerOut | AlertOut | RechargeOut
+Output = LedgerOut | AlertOut | RechargeOut | NotificationsOut
 
 
 @fast_init
@@ -499,12 +530,16 @@ def apply_funds(
         expires_at = _whole_second(cause.occurred_at + expiry.expire_after)
         lots = _add_lot(account, amount, entry_id, expires_at, expiry.max_lots)
         acct = replace(acct, lots=lots)
-    if acct.pending is not None and recharge_request_id == acct.pending.request_id:
+    closed = acct.pending is not None and recharge_request_id == acct.pending.request_id
+    if closed:
         acct = replace(acct, pending=None)
         b.recharge.append("fulfilled")
     if manual and acct.auto_recharge is not None and acct.auto_recharge.suspended:
         acct = replace(acct, auto_recharge=replace(acct.auto_recharge, suspended=False))
     b.account = acct
+    if closed:
+        assert recharge_request_id is not None
+        b.alert(AlertKind.RECHARGE_SUCCEEDED, request_id=recharge_request_id, amount=amount)
     b.request_recharge_if_due()
     return b.done()
 
@@ -650,6 +685,17 @@ def configure_limits(
     )
     b.account = limits
     b.status_changed(account)
+    return b.done()
+
+
+def configure_notifications(
+    account: Account, settings: Notifications, cause: Cause, now: datetime
+) -> Transition:
+    """New notification settings replace the old ones; the notifiers learn them from
+    the output (`credits.notification-settings`). No ledger entry, no alert."""
+    b = _Builder(account, cause, now)
+    b.account = replace(account, notifications=settings, updated_at=now)
+    b.outputs.append(NotificationsOut(account.tenant_id, settings, now))
     return b.done()
 
 

@@ -31,6 +31,7 @@ from schemas import (
     Command,
     ConferenceUsage,
     FundsAdded,
+    NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
 )
@@ -303,6 +304,15 @@ class Engine:
                 else self.card.quantize(cmd.notify_below),
                 set_notify_below="notify_below" in given,
             )
+        elif isinstance(cmd, NotificationsConfigured):
+            settings_ = acc.Notifications(
+                emails=tuple(cmd.emails),
+                webhook_url=cmd.webhook_url,
+                webhook_secret_sealed=cmd.webhook_secret_sealed,
+                events=tuple(cmd.events),
+                command_id=cmd.command_id,
+            )
+            transition = acc.configure_notifications(account, settings_, cause, now)
         else:
             transition = acc.apply_recharge_failed(
                 account,
@@ -399,7 +409,7 @@ class Engine:
         return None
 
     def _check_money(self, cmd: Command) -> Rejection | None:
-        if isinstance(cmd, RechargeFailed):
+        if isinstance(cmd, RechargeFailed | NotificationsConfigured):
             return None
         # auto_recharge_configured may omit its currency (the card's is implied); when a
         # command names one, it must be the card's.

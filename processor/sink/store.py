@@ -212,8 +212,8 @@ LEDGER_COLUMNS: Final = tuple(c.name for c in ledger_entries.columns)
 # --------------------------------------------------------------------------- URLs
 
 
-def database_url(raw: str | None, data_dir: Path) -> str:
-    """The SQLAlchemy URL for METER_DATABASE_URL (unset: SQLite under `data_dir`).
+def database_url(raw: str | None, data_dir: Path, file: str = SQLITE_FILE) -> str:
+    """The SQLAlchemy URL for METER_DATABASE_URL (unset: SQLite `file` under `data_dir`).
 
     `postgresql://` (or `postgres://`) becomes `postgresql+asyncpg://`, `sqlite:///`
     becomes `sqlite+aiosqlite:///`; anything else is a ValueError naming what is
@@ -221,7 +221,7 @@ def database_url(raw: str | None, data_dir: Path) -> str:
     """
     if not raw:
         data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{(data_dir / SQLITE_FILE).resolve()}"
+        return f"sqlite+aiosqlite:///{(data_dir / file).resolve()}"
     scheme, sep, rest = raw.partition("://")
     if not sep:
         raise ValueError("a URL such as postgresql://user:password@host:5432/db")
@@ -379,16 +379,7 @@ class LedgerStore:
         self, group: str, tps: Iterable[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:
         """The next offset to read of each topic-partition the database knows of."""
-        wanted = set(tps)
-        if not wanted:
-            return {}
-        topics = sorted({topic for topic, _ in wanted})
-        query = sa.select(
-            sink_offsets.c.topic, sink_offsets.c.partition, sink_offsets.c.next_offset
-        ).where(sink_offsets.c.consumer_group == group, sink_offsets.c.topic.in_(topics))
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return {(t, p): int(o) for t, p, o in rows if (t, p) in wanted}
+        return await read_positions(self.engine, sink_offsets, group, tps)
 
     async def write(self, group: str, batch: Batch) -> None:
         """The batch's rows and its positions, in one transaction."""
@@ -427,22 +418,7 @@ class LedgerStore:
                 from processor.sink.tenants import apply_events  # it imports this module
 
                 await apply_events(conn, batch.events)
-            if batch.positions:
-                stmt = self._insert(sink_offsets)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["consumer_group", "topic", "partition"],
-                    set_={"next_offset": stmt.excluded.next_offset},
-                    # Never backwards: a batch written late (by a consumer that lost
-                    # the partition meanwhile) must not move the position back.
-                    where=sink_offsets.c.next_offset < stmt.excluded.next_offset,
-                )
-                await conn.execute(
-                    stmt,
-                    [
-                        {"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
-                        for (t, p), o in sorted(batch.positions.items())
-                    ],
-                )
+            await write_positions(conn, self._insert, sink_offsets, group, batch.positions)
 
     # ------------------------------------------------------------------- queries
 
@@ -584,6 +560,49 @@ class LedgerStore:
             )
 
 
+# ----------------------------------------------- positions (shared with the notifier)
+
+
+async def read_positions(
+    engine: AsyncEngine, table: sa.Table, group: str, tps: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The next offset to read of each topic-partition `table` (shaped like
+    sink_offsets) holds for `group`."""
+    wanted = set(tps)
+    if not wanted:
+        return {}
+    topics = sorted({topic for topic, _ in wanted})
+    query = sa.select(table.c.topic, table.c.partition, table.c.next_offset).where(
+        table.c.consumer_group == group, table.c.topic.in_(topics)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return {(t, p): int(o) for t, p, o in rows if (t, p) in wanted}
+
+
+async def write_positions(
+    conn: Any, insert: Any, table: sa.Table, group: str, positions: Mapping[tuple[str, int], int]
+) -> None:
+    """Upsert `positions` into `table` inside the caller's transaction, never backwards."""
+    if not positions:
+        return
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["consumer_group", "topic", "partition"],
+        set_={"next_offset": stmt.excluded.next_offset},
+        # Never backwards: a batch written late (by a consumer that lost the partition
+        # meanwhile) must not move the position back.
+        where=table.c.next_offset < stmt.excluded.next_offset,
+    )
+    await conn.execute(
+        stmt,
+        [
+            {"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
+            for (t, p), o in sorted(positions.items())
+        ],
+    )
+
+
 def entry_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """A stored ledger row as the contract's LedgerEntry JSON object."""
     view: dict[str, Any] = {
@@ -626,10 +645,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _upgrade(connection: sa.Connection) -> None:
+    upgrade(connection, MIGRATIONS)
+
+
+def upgrade(connection: sa.Connection, migrations: Path) -> None:
+    """Alembic's upgrade to head of the migrations in `migrations` (whose env.py takes
+    the connection from the config's attributes)."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(migrations))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")

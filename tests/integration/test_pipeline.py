@@ -173,7 +173,11 @@ async def test_low_balance_recharge_round_trip_is_exact(deploy: Callable[..., De
         assert signed_sum(ledger, "acme") == Decimal("20.6040")
         assert len(await c.read_all("credits.recharge-requests")) == 1
         alerts = [a["alert"] for a in await c.read_all("credits.alerts")]
-        assert alerts == ["restored", "low_balance"]
+        # Added: the auto-recharge's funds closed the request, so recharge_succeeded.
+        assert alerts == ["restored", "low_balance", "recharge_succeeded"]
+        [succeeded] = [a for a in await c.read_all("credits.alerts") if a["alert"] == alerts[-1]]
+        assert succeeded["request_id"] == request["request_id"]
+        assert succeeded["amount"] == "20.0000" and succeeded["balance"] == "20.6040"
 
 
 async def test_duplicates_and_miskeyed_records_apply_once(

@@ -41,9 +41,11 @@ def metric_names(expr: str) -> set[str]:
 
 
 def exported_series() -> set[str]:
-    """Every series name the workers' /metrics can carry, from processor.metrics."""
+    """Every series name the workers' (and the notifier's) /metrics can carry, from
+    processor.metrics."""
     names: set[str] = set()
-    for family in metrics.REGISTRY.collect():
+    families = [*metrics.REGISTRY.collect(), *metrics.NOTIFIER_REGISTRY.collect()]
+    for family in families:
         if family.type == "counter":
             names.add(f"{family.name}_total")
         elif family.type == "histogram":

@@ -333,6 +333,7 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
         "/tenants/{tenant_id}/limits",
         "/tenants/{tenant_id}/recharges/{request_id}/outcome",
         "/auth/whoami",
+        "/tenants/{tenant_id}/notifications",
         "/metrics",
         "/health",
         "/ready",

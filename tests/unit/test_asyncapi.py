@@ -102,6 +102,7 @@ def test_every_topic_of_the_processor_is_a_channel() -> None:
         s.ALERTS,
         s.REJECTED,
         s.COMMAND_RESULTS,
+        s.NOTIFICATION_SETTINGS,
     }
     assert contract <= addresses and len(addresses - contract) == 2
 
@@ -131,6 +132,7 @@ def test_payloads_reference_the_generated_json_schemas() -> None:
         "RechargeFailed",
         "TenantLimitsConfigured",
         "AutoRechargeChanged",
+        "NotificationsConfigured",
     }
     # Refs resolve relative to docs/: the file must be where the ref says.
     ref = document["components"]["messages"]["LedgerEntry"]["payload"]["$ref"]

@@ -591,6 +591,9 @@ def check_step(
             currency=card.currency,
             occurred_at=a.occurred_at,
             status_seq=a.status_seq,
+            reason=a.reason,
+            request_id=a.request_id,
+            amount=a.amount,
         )
 
     # -- recharge requests: one outstanding at most, attempts 1, 2, 3 of one id

@@ -79,6 +79,9 @@ def contract_model(out: acc.Output, currency: str = "USD") -> Any:
             currency=currency,
             occurred_at=out.occurred_at,
             status_seq=out.status_seq,
+            reason=out.reason,
+            request_id=out.request_id,
+            amount=out.amount,
         )
     return RechargeRequested(
         request_id=out.request_id,
@@ -781,7 +784,8 @@ def _scenario(h: Harness) -> None:
     h.advance(HOUR)
     h.tick()
     h.command(i.funds("100.0000", "m-1"))
-    assert len(h.requests()) == 3 and len(h.alerts()) == 2  # restored, low_balance
+    # restored, recharge_succeeded (f-1 closed the first request), low_balance
+    assert len(h.requests()) == 3 and len(h.alerts()) == 3
 
 
 def test_replaying_the_same_inputs_gives_the_same_outputs() -> None:

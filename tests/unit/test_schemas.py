@@ -695,6 +695,7 @@ def test_account_view_serialises_with_nulls() -> None:
         "notify_below": None,
         "expiring": [],
         "consumption": [],
+        "notifications": None,
     }
     full = AccountView(
         tenant_id="acme",
@@ -759,6 +760,8 @@ def test_render_all_is_stable_and_complete() -> None:
         "RechargeRequested.json",
         "RejectedRecord.json",
         "TenantLimitsConfigured.json",
+        "NotificationsConfigured.json",
+        "NotificationSettings.json",
     }
     for text in first.values():
         assert text.endswith("}\n")
@@ -778,6 +781,7 @@ def test_published_schemas_say_what_crosses_the_wire() -> None:
         "recharge_failed",
         "tenant_limits_configured",
         "auto_recharge_changed",
+        "notifications_configured",
     }
     ledger = files["LedgerEntry.json"]
     assert ledger["properties"]["balance_after"]["type"] == "string"

@@ -1,0 +1,7 @@
+"""`meter notifier`: tells people about their credits, by email and Standard Webhooks.
+
+Layers, none of which imports Faust: `events` (which alert becomes which
+notification, and who selected it), `store` (the durable outbox and the consumer's
+positions, SQLite or PostgreSQL like the ledger sink), `channels` (SMTP and signed
+webhooks), `service` (the consumer, the settings book and the delivery loop).
+"""

@@ -1,0 +1,183 @@
+"""How a delivery leaves: an email over SMTP, or a Standard Webhooks POST.
+
+Both are idempotent for the receiver: a delivery sent again carries the same
+`Message-ID` (from the alert's own id) or the same `webhook-id` (the alert's id) and
+the same body; only `webhook-timestamp` and the signature over it are of the try.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any, Final
+
+import aiohttp
+import aiosmtplib
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
+
+from processor.notifier.events import SUBJECTS
+from processor.notifier.store import Delivery
+from processor.sealing import Sealer, SealError
+
+__all__ = [
+    "EmailChannel",
+    "Failure",
+    "SmtpConfig",
+    "WebhookChannel",
+    "message_id",
+    "webhook_headers",
+]
+
+USER_AGENT: Final = "credits-meter-notifier/1"
+_ID_SAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class Failure(Exception):
+    """A try that did not deliver; the text is safe to log and store (no secret)."""
+
+
+def message_id(output_id: str) -> str:
+    """The email's Message-ID: the same for every copy sent of one alert."""
+    return f"<{_ID_SAFE.sub('_', output_id)}@credits-meter.notifier>"
+
+
+# ---------------------------------------------------------------------------- email
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    starttls: bool
+    username: str | None
+    password: SecretStr | None
+    sender: str
+    timeout: float
+
+
+_templates: Final = Environment(
+    loader=PackageLoader("processor.notifier", "templates"),
+    autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+class _Data(dict[str, Any]):
+    """A notification's data for the templates: a field the alert lacks is blank."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self.get(name, "")
+
+
+class EmailChannel:
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+
+    def message(self, delivery: Delivery) -> EmailMessage:
+        data = _Data(json.loads(delivery.payload)["data"])
+        context = {
+            "subject": SUBJECTS.get(delivery.event, delivery.event),
+            "event": delivery.event,
+            "tenant_id": delivery.tenant_id,
+            "output_id": delivery.output_id,
+            "data": data,
+        }
+        msg = EmailMessage()
+        msg["Subject"] = f"[{delivery.tenant_id}] {context['subject']}"
+        msg["From"] = self.config.sender
+        msg["To"] = ", ".join(delivery.target.split(","))
+        msg["Message-ID"] = message_id(delivery.output_id)
+        msg["Date"] = format_datetime(delivery.occurred_at.astimezone(UTC))
+        msg["X-Credits-Event"] = delivery.event
+        msg.set_content(_templates.get_template("email.txt.j2").render(context))
+        msg.add_alternative(
+            _templates.get_template("email.html.j2").render(context), subtype="html"
+        )
+        return msg
+
+    async def send(self, delivery: Delivery) -> None:
+        cfg = self.config
+        try:
+            await aiosmtplib.send(
+                self.message(delivery),
+                hostname=cfg.host,
+                port=cfg.port,
+                start_tls=cfg.starttls,
+                username=cfg.username,
+                password=None if cfg.password is None else cfg.password.get_secret_value(),
+                timeout=cfg.timeout,
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise Failure(f"smtp: {type(exc).__name__}: {str(exc)[:300]}") from None
+
+
+# -------------------------------------------------------------------------- webhook
+
+
+def webhook_headers(secret: str, webhook_id: str, at: datetime, body: str) -> dict[str, str]:
+    """The Standard Webhooks headers for one try (`standardwebhooks` signs)."""
+    signature = Webhook(secret).sign(webhook_id, at.astimezone(UTC), body)
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+class WebhookChannel:
+    def __init__(self, sealer: Sealer | None, timeout: float) -> None:
+        self.sealer = sealer
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # Never follow a redirect: the signed request goes where it was set.
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    def secret(self, delivery: Delivery) -> str:
+        if delivery.sealed_secret is None:
+            raise Failure("webhook: no secret configured")
+        if self.sealer is None:
+            raise Failure("webhook: METER_SECRETS_KEY is not set on the notifier")
+        try:
+            return self.sealer.open(delivery.sealed_secret)
+        except SealError as exc:
+            raise Failure(f"webhook: {exc}") from None
+
+    async def send(self, delivery: Delivery, now: datetime) -> int:
+        """POST the delivery; its status when 2xx, else Failure."""
+        headers = webhook_headers(self.secret(delivery), delivery.output_id, now, delivery.payload)
+        try:
+            async with self._client().post(
+                delivery.target,
+                data=delivery.payload.encode("utf-8"),
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                await response.read()
+                status = response.status
+        except TimeoutError:
+            raise Failure(f"webhook: no answer within {self.timeout:g} s") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise Failure(f"webhook: {type(exc).__name__}: {str(exc)[:300]}") from None
+        if not 200 <= status < 300:
+            raise Failure(f"webhook: HTTP {status}")
+        return status
