@@ -55,7 +55,11 @@ class SinkForwarder:
             await self._session.close()
             self._session = None
 
-    async def status(self, command_id: str, tenant_id: str | None) -> Forwarded:
+    async def status(
+        self, command_id: str, tenant_id: str | None, authorization: str | None = None
+    ) -> Forwarded:
+        """`authorization`: the caller's header, sent on so the sink checks the same
+        token (METER_AUTH=jwt) the worker checked."""
         url = f"{self.base_url}/commands/{quote(command_id, safe='')}"
         if tenant_id is not None:
             url += "?" + urlencode({"tenant_id": tenant_id})
@@ -63,13 +67,14 @@ class SinkForwarder:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
             # Encoded already: an id's "/" must reach the sink as %2F.
-            async with self._session.get(URL(url, encoded=True)) as answer:
+            sent = {} if authorization is None else {"Authorization": authorization}
+            async with self._session.get(URL(url, encoded=True), headers=sent) as answer:
                 body = await answer.read()
                 content_type = answer.headers.get("Content-Type", "application/json")
                 headers = {
                     name: value
                     for name, value in answer.headers.items()
-                    if name.lower() == "retry-after"
+                    if name.lower() in ("retry-after", "www-authenticate")
                 }
                 return Forwarded(answer.status, body, content_type, headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -95,7 +100,9 @@ def install(meter: Any) -> SinkForwarder:
     class CommandStatusPage(View):
         async def get(self, request: Request, command_id: str) -> Response:
             aio = cast(web.Request, request)
-            got = await forwarder.status(command_id, aio.query.get("tenant_id"))
+            got = await forwarder.status(
+                command_id, aio.query.get("tenant_id"), aio.headers.get("Authorization")
+            )
             content_type = got.content_type.partition(";")[0].strip()
             return self.bytes(
                 got.body, content_type=content_type, status=got.status, headers=got.headers

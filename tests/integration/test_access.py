@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +59,33 @@ async def call(
         return resp.status, body, resp.headers
 
 
+async def sink_ready(sink: Sink) -> bool:
+    sink.alive()
+    try:
+        return (await sink.get("/ready"))[0] == 200
+    except aiohttp.ClientError:
+        return False
+
+
 async def test_each_role_on_each_endpoint(kafka: Any, tmp_path: Path) -> None:
     keys = TestKeys.make(tmp_path / "keys")
     env = {**keys.env(), "METER_ADMIN_TOKEN": STATIC}
-    d = Deployment(kafka.bootstrap, tmp_path, partitions=4, env_extra=env)
+    app_id = f"meter-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "sink").mkdir()
+    sink = Sink(kafka.bootstrap, app_id, tmp_path / "sink", None)
+    sink.env.update(env)
+    # The workers forward GET /commands/{id} to this sink.
+    worker_env = {**env, "METER_SINK_URL": f"http://127.0.0.1:{sink.port}"}
+    d = Deployment(kafka.bootstrap, tmp_path, partitions=4, app_id=app_id, env_extra=worker_env)
     acme_admin = keys.tenant_admin("acme", sub="alice@acme")
     operator = keys.token(role="operator", sub="olga")
     billing = keys.token(role="billing", sub="billing-svc")
     async with running(d, 0) as w0, running(d, 1) as w1:
         await w0.wait_ready()
-        await walk_the_workers(keys, w0, w1, acme_admin, operator, billing)
-        sink = Sink(kafka.bootstrap, d.app_id, tmp_path / "sink", None)
-        (tmp_path / "sink").mkdir()
-        sink.env.update(env)
         sink.start()
         try:
+            await eventually(lambda: sink_ready(sink), 90, what="the sink ready")
+            await walk_the_workers(keys, w0, w1, acme_admin, operator, billing)
             await walk_the_sink(keys, sink, acme_admin, operator, billing)
         finally:
             sink.stop()
@@ -223,13 +236,16 @@ async def walk_the_sink(
             status, body, _ = await call(base, "GET", "/tenants/acme/ledger", operator)
         except aiohttp.ClientError:
             return False
-        return status == 200 and len(body["entries"]) >= 1
+        credits = [] if status != 200 else [e for e in body["entries"] if e["kind"] == "credit"]
+        return len(credits) >= 3
 
-    await eventually(acme_in_the_sink, 90, what="acme's top-up in the sink")
+    await eventually(acme_in_the_sink, 90, what="acme's three top-ups in the sink")
     status, body, _ = await call(base, "GET", "/tenants/acme/ledger", acme_admin)
     assert status == 200
-    (top_up,) = [e for e in body["entries"] if e["kind"] == "credit"]
-    assert top_up["actor"] == "billing-svc"  # who added the funds, for an audit
+    # Who added each top-up, for an audit: billing's first, then acme's admin's own
+    # (one through each worker).
+    credits = [e for e in body["entries"] if e["kind"] == "credit"]
+    assert sorted(e["actor"] for e in credits) == ["alice@acme", "alice@acme", "billing-svc"]
 
     for path in ("/tenants/acme/ledger", "/tenants/acme/usage", "/tenants/acme/ledger.csv"):
         status, body, headers = await call(base, "GET", path)
@@ -246,4 +262,5 @@ async def walk_the_sink(
     _, text, _ = await call(base, "GET", "/tenants/acme/ledger.csv", acme_admin)
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0][-1] == "actor"
-    assert [r[-1] for r in rows[1:] if r[3] == "credit"] == ["billing-svc"]
+    actors = [r[-1] for r in rows[1:] if r[3] == "credit"]
+    assert sorted(actors) == ["alice@acme", "alice@acme", "billing-svc"]

@@ -147,14 +147,7 @@ async def names(kafka: Any, topic_name: Callable[[str], str]) -> TopicNames:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
     try:
-        topics = [
-            names.ledger,
-            names.alerts,
-            names.recharge_requests,
-            names.rejected,
-            names.accounts_changelog,
-            names.dedupe_changelog,
-        ]
+        topics = [*names.outputs, *names.changelogs]
         await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
     finally:
         await admin.close()
