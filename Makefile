@@ -43,10 +43,12 @@ test-faults: setup
 	METER_FAULT_CYCLES=20 $(BIN)/pytest --timeout=1800 -s \
 		tests/integration/test_faults.py tests/integration/test_faults_more.py
 
+## Lint, format, types and import layers ([tool.importlinter] in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 ## Rewrite requirements.lock after changing a dependency in pyproject.toml; pins that
 ## still fit are kept (`make lock LOCK_FLAGS=--upgrade` moves everything to the newest).
