@@ -43,7 +43,8 @@ test-faults: setup
 	METER_FAULT_CYCLES=20 $(BIN)/pytest --timeout=1800 -s \
 		tests/integration/test_faults.py tests/integration/test_faults_more.py
 
-## Lint, format, types and import layers ([tool.importlinter] in pyproject.toml).
+## Lint, format, types and import layers ([tool.importlinter] in pyproject.toml); the
+## git hooks in .pre-commit-config.yaml run the same.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
