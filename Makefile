@@ -5,15 +5,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JARS := deploy/kafka/target/libs/.complete
+# Every Python package, the dev tools and the build backend included, pinned with its
+# hashes for CPython 3.11 on Linux x86_64 (`make lock` writes it from pyproject.toml).
+LOCK := requirements.lock
 
-.PHONY: setup run test test-unit test-faults lint schemas bench bench-quick clean kafka-start kafka-stop
+.PHONY: setup run test test-unit test-faults lint lock schemas bench bench-quick clean kafka-start kafka-stop
 
 setup: $(STAMP) $(JARS)
 
-$(STAMP): pyproject.toml
+# Only what the lock names, each file checked against its hash, wheels only (nothing is
+# compiled); then the project itself, editable, with the lock's setuptools.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes --only-binary :all: -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 # Apache Kafka's broker jars come from Maven Central (see deploy/kafka/pom.xml).
@@ -38,10 +43,22 @@ test-faults: setup
 	METER_FAULT_CYCLES=20 $(BIN)/pytest --timeout=1800 -s \
 		tests/integration/test_faults.py tests/integration/test_faults_more.py
 
+## Lint, format, types and import layers ([tool.importlinter] in pyproject.toml); the
+## git hooks in .pre-commit-config.yaml run the same.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+## Rewrite requirements.lock after changing a dependency in pyproject.toml; pins that
+## still fit are kept (`make lock LOCK_FLAGS=--upgrade` moves everything to the newest).
+## tests/unit/test_lock.py fails while the two disagree.
+lock: setup
+	$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
+	| $(BIN)/uv pip compile --quiet pyproject.toml - --extra dev --generate-hashes \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu --only-binary :all: \
+		--custom-compile-command 'make lock' $(LOCK_FLAGS) -o $(LOCK)
 
 ## Benchmark: ceiling vs one worker's drain rate, latency, recovery (bench/results.json;
 ## ~7.5 min; add --scaling by hand for the two-worker drain, ~4.5 min more).
