@@ -48,6 +48,10 @@ DEMO_ENV = {
     "METER_RECHARGE_RETRY_AFTER_SECONDS": "10",
     "METER_RECHARGE_TIMEOUT_SECONDS": "60",
     "METER_TIMER_INTERVAL_SECONDS": "1",
+    # Funds expire in minutes rather than a year, so a demo shows the notice (after two
+    # minutes), the expiry entry and the recharge that follows (after five).
+    "METER_FUNDS_EXPIRE_DAYS": str(5 / 1440),
+    "METER_FUNDS_EXPIRING_NOTICE_DAYS": str(3 / 1440),
 }
 
 
@@ -146,6 +150,24 @@ class DemoNotifications:
                 "webhook_url": self.hooks.url(tenant),
                 "webhook_secret_sealed": sealer.seal(demo_secret(tenant)),
             }
+            out.append((tenant, json.dumps(command).encode()))
+        return out
+
+    def limits(self) -> list[tuple[str, bytes]]:
+        """A tenant_limits_configured per tenant: a low-balance level of its own, and a
+        small credit limit for every other tenant (so some go a little below zero)."""
+        now = format_timestamp(datetime.now(UTC).replace(microsecond=0))
+        out = []
+        for index, tenant in enumerate(self.tenant_ids):
+            command: dict[str, str] = {
+                "type": "tenant_limits_configured",
+                "command_id": f"limits:demo-{tenant}",
+                "tenant_id": tenant,
+                "occurred_at": now,
+                "notify_below": "3.00",
+            }
+            if index % 2:
+                command["credit_limit"] = "2.00"
             out.append((tenant, json.dumps(command).encode()))
         return out
 
@@ -293,7 +315,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
                 topic = cfg.topic(COMMANDS)
                 sent = [
                     await producer.send(topic, value, key=tenant.encode())
-                    for tenant, value in told.commands(sealer)
+                    for tenant, value in [*told.commands(sealer), *told.limits()]
                 ]
                 await asyncio.gather(*sent)
             finally:
