@@ -165,10 +165,17 @@ async def apply_events(conn: AsyncConnection, events: list[TenantEvent]) -> None
     old = [r for t, r in rows.items() if t in existing]
     if new:
         await conn.execute(sa.insert(tenants), new)
-    for row in old:
-        values = {k: v for k, v in row.items() if k != "tenant_id"}
+    if old:
+        # One executemany for the batch's tenants, not a statement per tenant: the
+        # sink's throughput (docs/performance.md) depends on it.
+        columns = [c.name for c in tenants.c if c.name != "tenant_id"]
+        update = (
+            sa.update(tenants)
+            .where(tenants.c.tenant_id == sa.bindparam("b_tenant_id"))
+            .values({name: sa.bindparam(f"b_{name}") for name in columns})
+        )
         await conn.execute(
-            sa.update(tenants).where(tenants.c.tenant_id == row["tenant_id"]).values(**values)
+            update, [{f"b_{name}": row[name] for name in ("tenant_id", *columns)} for row in old]
         )
 
 
