@@ -626,6 +626,73 @@ def test_compose_runs_kraft_kafka_two_workers_prometheus_and_grafana() -> None:
     assert any("/etc/grafana/provisioning/dashboards" in v for v in grafana["volumes"])
 
 
+# The compose services that run the credits-meter image, by their command.
+COMPOSE_COMMANDS = {"ledger-sink": "ledger-sink", "notifier": "notifier", "console": "console"}
+
+
+def test_compose_runs_the_ledger_sink_the_notifier_and_the_console() -> None:
+    services = compose()["services"]
+    workers = {n: s for n, s in services.items() if n.startswith("worker-")}
+    for name, command in COMPOSE_COMMANDS.items():
+        service = services[name]
+        assert service["command"] == [command]
+        assert service["image"] == workers["worker-1"]["image"]
+        assert service["build"] == workers["worker-1"]["build"]
+        # Its port: the setting's default, published on loopback (checked above).
+        port = port_default(command)
+        assert service["environment"][PORT_SETTING[command]] == str(port)
+        [published] = service["ports"]
+        assert published.rsplit(":", 1)[1] == str(port)
+        # The image's health check asks the worker port: each has its own.
+        assert f"127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
+    # SQLite (no METER_DATABASE_URL): one sink and one notifier, on a named volume
+    # at the image's METER_DATA_DIR.
+    data_dir = dockerfile().envs["METER_DATA_DIR"]
+    named = set(compose()["volumes"])
+    for name in ("ledger-sink", "notifier"):
+        assert "METER_DATABASE_URL" not in services[name]["environment"]
+        mounts = dict(v.split(":", 2)[1::-1] for v in services[name]["volumes"])
+        assert mounts[data_dir] in named, name
+
+    # The URLs name the compose services on their ports.
+    sink_url = f"http://ledger-sink:{port_default('ledger-sink')}"
+    for worker in workers.values():
+        assert worker["environment"]["METER_SINK_URL"] == sink_url
+    console = services["console"]["environment"]
+    assert console["METER_SINK_URL"] == sink_url
+    api = urlsplit(console["METER_API_URL"])
+    assert api.hostname in {w["hostname"] for w in workers.values()}
+    assert api.port == WORKER_PORT
+    # The console needs no admin token of its own (the workers' whoami knows theirs).
+    assert "METER_ADMIN_TOKEN" not in console
+
+    # The workers seal with the notifier's key: taken from the shell by both, never
+    # a value in this file (and never empty, which a worker refuses).
+    for name in [*workers, "notifier"]:
+        environment = services[name]["environment"]
+        assert "METER_SECRETS_KEY" in environment
+        assert environment["METER_SECRETS_KEY"] is None, name
+
+    # Prometheus scrapes the sink and the notifier, each as its own job.
+    prometheus = services["prometheus"]
+    config_arg = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    config_file = DEPLOY / "prometheus" / Path(config_arg.split("=", 1)[1]).name
+    jobs = {
+        c["job_name"]: set(c["static_configs"][0]["targets"])
+        for c in yaml.safe_load(config_file.read_text())["scrape_configs"]
+    }
+    assert jobs["credits-meter-ledger-sink"] == {f"ledger-sink:{port_default('ledger-sink')}"}
+    assert jobs["credits-meter-notifier"] == {f"notifier:{port_default('notifier')}"}
+
+
+def test_compose_sets_only_settings_on_the_images_services() -> None:
+    for name, service in compose()["services"].items():
+        if service.get("image") != "credits-meter:local":
+            continue
+        unknown = set(service["environment"]) - set(SETTINGS)
+        assert unknown == set(), name
+
+
 def test_compose_publishes_nothing_beyond_localhost() -> None:
     """Kafka's listeners are PLAINTEXT and the read API has no auth: loopback only."""
     published = {
