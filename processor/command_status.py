@@ -55,15 +55,20 @@ class SinkForwarder:
             await self._session.close()
             self._session = None
 
-    async def status(self, command_id: str, tenant_id: str | None) -> Forwarded:
+    async def status(
+        self, command_id: str, tenant_id: str | None, authorization: str | None = None
+    ) -> Forwarded:
+        """`authorization`: the caller's Authorization header, sent along: under
+        METER_AUTH=jwt the sink checks the caller's token itself."""
         url = f"{self.base_url}/commands/{quote(command_id, safe='')}"
+        sent = {} if authorization is None else {"Authorization": authorization}
         if tenant_id is not None:
             url += "?" + urlencode({"tenant_id": tenant_id})
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
             # Encoded already: an id's "/" must reach the sink as %2F.
-            async with self._session.get(URL(url, encoded=True)) as answer:
+            async with self._session.get(URL(url, encoded=True), headers=sent) as answer:
                 body = await answer.read()
                 content_type = answer.headers.get("Content-Type", "application/json")
                 headers = {
@@ -95,7 +100,9 @@ def install(meter: Any) -> SinkForwarder:
     class CommandStatusPage(View):
         async def get(self, request: Request, command_id: str) -> Response:
             aio = cast(web.Request, request)
-            got = await forwarder.status(command_id, aio.query.get("tenant_id"))
+            got = await forwarder.status(
+                command_id, aio.query.get("tenant_id"), aio.headers.get("Authorization")
+            )
             content_type = got.content_type.partition(";")[0].strip()
             return self.bytes(
                 got.body, content_type=content_type, status=got.status, headers=got.headers
