@@ -58,16 +58,16 @@ class SinkForwarder:
     async def status(
         self, command_id: str, tenant_id: str | None, authorization: str | None = None
     ) -> Forwarded:
-        """`authorization`: the caller's header, sent on so the sink checks the same
-        token (METER_AUTH=jwt) the worker checked."""
+        """`authorization`: the caller's Authorization header, sent along: under
+        METER_AUTH=jwt the sink checks the caller's token itself."""
         url = f"{self.base_url}/commands/{quote(command_id, safe='')}"
+        sent = {} if authorization is None else {"Authorization": authorization}
         if tenant_id is not None:
             url += "?" + urlencode({"tenant_id": tenant_id})
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
             # Encoded already: an id's "/" must reach the sink as %2F.
-            sent = {} if authorization is None else {"Authorization": authorization}
             async with self._session.get(URL(url, encoded=True), headers=sent) as answer:
                 body = await answer.read()
                 content_type = answer.headers.get("Content-Type", "application/json")

@@ -37,6 +37,9 @@ UID = "credits-meter"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 # Every query narrows to the chosen job and workers.
 SCOPE = 'job=~"$job", instance=~"$instance"'
+# Except the notifier's: deploy/prometheus scrapes it as its own job, `<job>-notifier`
+# (older configs: in the workers' job), and the Worker variable lists workers only.
+NOTIFIER_SCOPE = 'job=~"$job|$job-notifier"'
 RATE = "[$__rate_interval]"
 
 # Grid: 24 columns; rows of full-width stat strips and half-width graphs.
@@ -49,9 +52,9 @@ AnyPanel = timeseries.Panel | stat.Panel | bargauge.Panel
 ALL = model.VariableOption(selected=True, text="All", value="$__all")
 
 
-def sel(metric: str, extra: str = "") -> str:
+def sel(metric: str, extra: str = "", scope: str = SCOPE) -> str:
     """`metric{job, instance scope[, extra]}`."""
-    return f"{metric}{{{SCOPE}{', ' + extra if extra else ''}}}"
+    return f"{metric}{{{scope}{', ' + extra if extra else ''}}}"
 
 
 def query(
@@ -130,8 +133,8 @@ def single(
     )
 
 
-def quantiles(metric: str) -> list[prometheus.Dataquery]:
-    bucket = f"sum by (le) (rate({sel(metric + '_bucket')}{RATE}))"
+def quantiles(metric: str, scope: str = SCOPE) -> list[prometheus.Dataquery]:
+    bucket = f"sum by (le) (rate({sel(metric + '_bucket', scope=scope)}{RATE}))"
     return queries(
         *((f"histogram_quantile({q}, {bucket})", f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99))
     )
@@ -440,8 +443,8 @@ def workers() -> list[timeseries.Panel]:
 
 
 def notifications() -> list[timeseries.Panel]:
-    """`meter notifier`: its own /metrics (METER_NOTIFIER_PORT), scraped in the same job."""
-    outbox = sel("meter_notification_outbox", 'status="pending"')
+    """`meter notifier`: its own /metrics (METER_NOTIFIER_PORT), its own job."""
+    outbox = sel("meter_notification_outbox", 'status="pending"', NOTIFIER_SCOPE)
     return [
         graph(
             "Notifications by outcome",
@@ -450,7 +453,8 @@ def notifications() -> list[timeseries.Panel]:
             "METER_NOTIFY_GIVE_UP_HOURS).",
             queries(
                 (
-                    f"sum by (channel, outcome) (rate({sel('meter_notifications_total')}{RATE}))",
+                    "sum by (channel, outcome) "
+                    f"(rate({sel('meter_notifications_total', scope=NOTIFIER_SCOPE)}{RATE}))",
                     "{{channel}} {{outcome}}",
                 )
             ),
@@ -460,7 +464,7 @@ def notifications() -> list[timeseries.Panel]:
         graph(
             "Notification latency",
             "From the alert to its notification delivered, retries included (p50, p95, p99).",
-            quantiles("meter_notification_delivery_seconds"),
+            quantiles("meter_notification_delivery_seconds", NOTIFIER_SCOPE),
             unit="s",
             width=8,
         ),

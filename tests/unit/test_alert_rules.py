@@ -39,8 +39,34 @@ def test_scrape_config_is_valid_and_loads_the_rules() -> None:
     assert result.returncode == 0, out
     assert "1 rule files found" in out, out
     scrape = yaml.safe_load(CONFIG.read_text())["scrape_configs"]
-    # The rules select this job; renaming it in one place silences them.
-    assert [c["job_name"] for c in scrape] == ["credits-meter"]
+    # The rules select the workers' job; renaming it in one place silences them.
+    assert [c["job_name"] for c in scrape] == [
+        "credits-meter",
+        "credits-meter-ledger-sink",
+        "credits-meter-notifier",
+    ]
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.compose.yml"])
+def test_the_workers_job_scrapes_workers_only(config: str) -> None:
+    """up{job="credits-meter"} is the workers' (WorkerDown, AllWorkersDown): a notifier
+    or sink in that job would page as a worker when down, and, when up, hide every
+    worker being down."""
+    from processor.settings import Settings
+
+    ports = {
+        name: Settings.model_fields[field].default
+        for name, field in (
+            ("credits-meter", "web_port"),
+            ("credits-meter-ledger-sink", "sink_port"),
+            ("credits-meter-notifier", "notifier_port"),
+        )
+    }
+    scrape = yaml.safe_load((PROM / config).read_text())["scrape_configs"]
+    for job in scrape:
+        targets = [t for c in job["static_configs"] for t in c["targets"]]
+        assert targets, job["job_name"]
+        assert {int(t.rsplit(":", 1)[1]) for t in targets} == {ports[job["job_name"]]}, job
 
 
 def test_the_alerts_the_issue_asks_for_exist() -> None:

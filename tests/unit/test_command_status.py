@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import TopicPartition
+from pydantic import SecretStr
 
+from processor.auth import Access, TokenVerifier
 from processor.command_status import SinkForwarder
 from processor.kafka_local import free_port
 from processor.sink.http import build_app
 from processor.sink.service import SinkStats, SinkTopics, rows_of
 from processor.sink.store import Batch, LedgerStore, supersedes
+from processor.tokens import LocalKeys
 from schemas.outputs import CommandResult, LedgerEntry
 from schemas.types import format_timestamp
 from tests.ledger_records import T0, LedgerStream
@@ -209,3 +213,33 @@ async def test_a_worker_forwards_the_status_to_the_sink(store: LedgerStore) -> N
         await forwarder.close()
     assert down.status == 503 and down.headers["Retry-After"]
     assert json.loads(down.body)["error"] == "sink_unavailable"
+
+
+async def test_the_forward_carries_the_callers_token_to_a_sink_that_checks_it(
+    store: LedgerStore,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Under METER_AUTH=jwt the sink checks who asks: without the caller's token the
+    forwarded read was a 401 for everyone (found running deploy/k8s's settings)."""
+    await store.write(GROUP, batch((TOPICS.commands, command("c/1", tenant="acme"))))
+    keys = LocalKeys(tmp_path)
+    operator = keys.issue("operator", None, issuer="iss", audience="aud")
+    access = Access(
+        "jwt", SecretStr("static-secret"), TokenVerifier(str(keys.jwks_path), "iss", "aud")
+    )
+    runner = web.AppRunner(build_app(store, access=access))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    forwarder = SinkForwarder(f"http://127.0.0.1:{port}")
+    try:
+        for token in (operator, "static-secret"):
+            got = await forwarder.status("c/1", "acme", f"Bearer {token}")
+            assert got.status == 200, got.body
+            assert json.loads(got.body)["status"] == "pending"
+        # No token, or a wrong one: the sink's own refusal, relayed.
+        assert (await forwarder.status("c/1", "acme")).status == 401
+        assert (await forwarder.status("c/1", "acme", "Bearer wrong")).status == 401
+    finally:
+        await forwarder.close()
+        await runner.cleanup()

@@ -166,3 +166,18 @@ def test_an_unknown_metric_is_caught() -> None:
     assert metric_names("sum(rate(meter_records_totl[5m]))") - exported_series() == {
         "meter_records_totl"
     }
+
+
+def test_the_notification_panels_read_the_notifiers_own_job(board: dict[str, Any]) -> None:
+    """deploy/prometheus scrapes the notifier as its own job: the panels must find it
+    whichever workers' job is chosen, and not filter by the workers' instances."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = [c["job_name"] for c in config["scrape_configs"]]
+    workers, notifier = jobs[0], next(j for j in jobs if j.endswith("-notifier"))
+    found = [e for _, e in exprs(board) if "meter_notification" in e]
+    assert len(found) >= 3
+    for expr in found:
+        assert "$instance" not in expr, expr
+        for chosen in (workers, ".*"):  # one job, or All (".*")
+            [pattern] = re.findall(r'job=~"([^"]+)"', expr.replace("$job", chosen))
+            assert re.fullmatch(pattern, notifier), expr

@@ -10,6 +10,7 @@ users, the rate card, the Prometheus job the alert rules select.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -24,7 +26,9 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from processor.cli import build_parser
 from processor.core.rating import load_rate_card
+from processor.settings import _SECRETS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,6 +42,7 @@ def load_all(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+@cache
 def k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
     return [(p, doc) for p in sorted(K8S.glob("*.yaml")) for doc in load_all(p)]
 
@@ -49,6 +54,89 @@ def by_kind(kind: str) -> dict[str, Any]:
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container["env"]}
+
+
+def by_name(kind: str, name: str) -> dict[str, Any]:
+    [doc] = [d for _, d in k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+# The pods, by their app.kubernetes.io/name label (= the workload's name).
+WORKER = "credits-meter"
+SINK = "credits-meter-ledger-sink"
+NOTIFIER = "credits-meter-notifier"
+CONSOLE = "credits-meter-console"
+# Each `meter` command's HTTP port setting (its Service's port is that default).
+PORT_SETTING = {
+    "worker": "METER_WEB_PORT",
+    "ledger-sink": "METER_SINK_PORT",
+    "notifier": "METER_NOTIFIER_PORT",
+    "console": "METER_CONSOLE_PORT",
+}
+SETTINGS = {str(f.validation_alias): f for f in Settings.model_fields.values()}
+KUSTOMIZATION_TEXT = (K8S / "kustomization.yaml").read_text()
+
+
+@cache
+def workloads() -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d
+        for _, d in k8s_docs()
+        if d["kind"] in ("StatefulSet", "Deployment")
+    }
+
+
+def container_of(workload: dict[str, Any]) -> dict[str, Any]:
+    [container] = workload["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def labels_of(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def command_of(workload: dict[str, Any]) -> str:
+    return str(container_of(workload)["args"][0])
+
+
+def settings_of(container: dict[str, Any]) -> dict[str, Any]:
+    """What a container's environment holds: its ConfigMaps' (envFrom), then its own
+    env, which wins as in Kubernetes; a value, or the valueFrom mapping."""
+    merged: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        merged.update(by_name("ConfigMap", source["configMapRef"]["name"])["data"])
+    for entry in container.get("env", []):
+        merged[entry["name"]] = entry["value"] if "value" in entry else entry["valueFrom"]
+    return merged
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def selected(selector: dict[str, Any]) -> set[str]:
+    return {name for name, w in workloads().items() if selects(selector, labels_of(w))}
+
+
+def port_default(command: str) -> int:
+    default = SETTINGS[PORT_SETTING[command]].default
+    assert isinstance(default, int)
+    return default
 
 
 # ------------------------------------------------------------------------ Kubernetes
@@ -109,8 +197,12 @@ def test_statefulset_runs_workers_the_way_the_code_expects() -> None:
     assert mounts[claim["metadata"]["name"]] == env["METER_DATA_DIR"]["value"]
 
     # The rate card: the ConfigMap mounted where METER_RATE_CARD points.
-    configmap = by_kind("ConfigMap")
-    [card_volume] = [v for v in pod["spec"]["volumes"] if "configMap" in v]
+    configmap = by_name("ConfigMap", "credits-meter-rate-card")
+    [card_volume] = [
+        v
+        for v in pod["spec"]["volumes"]
+        if v.get("configMap", {}).get("name") == configmap["metadata"]["name"]
+    ]
     assert card_volume["configMap"]["name"] == configmap["metadata"]["name"]
     card_path = Path(env["METER_RATE_CARD"]["value"])
     assert str(card_path.parent) == mounts[card_volume["name"]]
@@ -129,7 +221,11 @@ def test_statefulset_runs_workers_the_way_the_code_expects() -> None:
 def test_services_select_the_workers() -> None:
     sts = by_kind("StatefulSet")
     labels = sts["spec"]["template"]["metadata"]["labels"]
-    services = {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "Service"}
+    services = {
+        d["metadata"]["name"]: d
+        for _, d in k8s_docs()
+        if d["kind"] == "Service" and d["metadata"]["name"] in {WORKER, sts["spec"]["serviceName"]}
+    }
     headless = services[sts["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None"
     # Workers forward reads to each other before they are ready.
@@ -140,7 +236,7 @@ def test_services_select_the_workers() -> None:
 
 
 def test_the_rate_card_configmap_is_a_valid_card(tmp_path: Path) -> None:
-    configmap = by_kind("ConfigMap")
+    configmap = by_name("ConfigMap", "credits-meter-rate-card")
     [(name, text)] = configmap["data"].items()
     path = tmp_path / name
     path.write_text(text)
@@ -149,79 +245,327 @@ def test_the_rate_card_configmap_is_a_valid_card(tmp_path: Path) -> None:
 
 
 def test_the_pods_carry_no_service_account_token() -> None:
-    pod = by_kind("StatefulSet")["spec"]["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False
+    for workload in workloads().values():
+        assert workload["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
 def rule_ports(rule: dict[str, Any]) -> set[tuple[str, int | str]]:
     return {(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]}
 
 
-def test_the_network_policy_lets_in_only_the_service_port_and_out_only_kafka_and_dns() -> None:
-    policy = by_kind("NetworkPolicy")
-    sts = by_kind("StatefulSet")
-    labels = sts["spec"]["template"]["metadata"]["labels"]
-    spec = policy["spec"]
-    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
-    # Both directions listed: whatever no rule allows is denied.
-    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
-    [container] = sts["spec"]["template"]["spec"]["containers"]
-    named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    service_ports = {
-        (p.get("protocol", "TCP"), p["targetPort"])
+def policy_for(workload: str) -> dict[str, Any]:
+    [policy] = [
+        d
         for _, d in k8s_docs()
-        if d["kind"] == "Service"
-        for p in d["spec"]["ports"]
-    }
-
-    # In: every rule names ports (a rule without ports opens them all), only the
-    # Services' ports, which are the container's named ports.
-    for rule in spec["ingress"]:
-        assert rule_ports(rule) <= service_ports, rule
-        assert all(port in named for _, port in rule_ports(rule))
-
-    # Out: Kafka's port (from the bootstrap servers the workers are given), DNS, and
-    # the other workers' HTTP port (forwarded reads), nothing else.
-    bootstrap = env_of(container)["KAFKA_BOOTSTRAP_SERVERS"]["value"]
-    kafka_ports = {int(server.rsplit(":", 1)[1]) for server in bootstrap.split(",")}
-    allowed_anywhere = {("TCP", port) for port in kafka_ports} | {("UDP", 53), ("TCP", 53)}
-    to_workers = set()
-    for rule in spec["egress"]:
-        ports = rule_ports(rule)
-        assert ports, f"an egress rule without ports opens every port: {rule}"
-        if "to" in rule:
-            [peer] = rule["to"]
-            assert peer == {
-                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "credits-meter"}}
-            }
-            assert peer["podSelector"]["matchLabels"].items() <= labels.items()
-            to_workers |= ports
-        else:
-            assert ports <= allowed_anywhere, rule
-    assert to_workers == {("TCP", "http")}
-    covered = set().union(*(rule_ports(r) for r in spec["egress"] if "to" not in r))
-    assert covered == allowed_anywhere
+        if d["kind"] == "NetworkPolicy" and workload in selected(d["spec"]["podSelector"])
+    ]
+    return policy
 
 
-def test_podmonitor_scrapes_what_the_alert_rules_select() -> None:
+def test_every_pod_is_closed_by_exactly_one_network_policy() -> None:
+    policies = [d for _, d in k8s_docs() if d["kind"] == "NetworkPolicy"]
+    for policy in policies:
+        # Selects pods that exist (a typo in a label would select none, silently).
+        assert selected(policy["spec"]["podSelector"]), policy["metadata"]["name"]
+        # Both directions listed: whatever no rule allows is denied.
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    for name in workloads():
+        policy_for(name)
+
+
+def test_network_policies_let_in_only_each_pods_service_port() -> None:
+    for name, workload in workloads().items():
+        named = {p["name"] for p in container_of(workload)["ports"]}
+        service_ports = {
+            (p.get("protocol", "TCP"), p["targetPort"])
+            for _, d in k8s_docs()
+            if d["kind"] == "Service" and name in selected({"matchLabels": d["spec"]["selector"]})
+            for p in d["spec"]["ports"]
+        }
+        assert service_ports, f"{name}: no Service"
+        # Every rule names ports (a rule without ports opens them all), only the
+        # Services' ports, which are the container's named ports.
+        for rule in policy_for(name)["spec"]["ingress"]:
+            assert rule_ports(rule) <= service_ports, (name, rule)
+            assert all(port in named for _, port in rule_ports(rule)), (name, rule)
+
+
+# Which pods each may open connections to, and on which of their ports: the workers
+# forward account reads to each other and command status reads to the sink
+# (METER_SINK_URL); the console calls the workers (METER_API_URL) and the sink; the
+# sink and the notifier call no pod of ours.
+PEERS: dict[str, set[tuple[str, str]]] = {
+    WORKER: {(WORKER, "http"), (SINK, "http")},
+    SINK: set(),
+    NOTIFIER: set(),
+    CONSOLE: {(WORKER, "http"), (SINK, "http")},
+}
+# The Kafka clients (the console only calls HTTP APIs).
+KAFKA_CLIENTS = {"worker", "ledger-sink", "notifier"}
+POSTGRES_PORT = 5432
+# Where a webhook must not reach: the cluster, the host, cloud metadata, private nets.
+NOT_PUBLIC = {
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+}
+
+
+def test_pods_reach_each_other_only_where_the_code_calls() -> None:
+    assert set(PEERS) == set(workloads())
+    for name in workloads():
+        reached: set[tuple[str, str | int]] = set()
+        for rule in policy_for(name)["spec"]["egress"]:
+            for peer in rule.get("to", []):
+                if "ipBlock" in peer:
+                    continue
+                # A pod selector alone: this namespace's pods, no other namespace's.
+                assert set(peer) == {"podSelector"}, (name, peer)
+                targets = selected(peer["podSelector"])
+                assert targets, f"{name}: {peer} selects no pod"
+                reached |= {(t, port) for t in targets for _, port in rule_ports(rule)}
+        assert reached == PEERS[name], name
+        # ... and each of those lets it in on that port, which it has.
+        for target, port in reached:
+            assert port in {p["name"] for p in container_of(workloads()[target])["ports"]}
+            assert any(
+                port in {p for _, p in rule_ports(rule)}
+                and all(name in selected(source["podSelector"]) for source in rule.get("from", []))
+                for rule in policy_for(target)["spec"]["ingress"]
+            ), (name, target, port)
+
+
+def test_egress_beyond_our_pods_is_kafka_dns_the_database_smtp_and_public_webhooks() -> None:
+    for name, workload in workloads().items():
+        settings = settings_of(container_of(workload))
+        expected = {("UDP", 53), ("TCP", 53)}
+        if command_of(workload) in KAFKA_CLIENTS:
+            bootstrap = settings["KAFKA_BOOTSTRAP_SERVERS"]
+            expected |= {("TCP", int(s.rsplit(":", 1)[1])) for s in bootstrap.split(",")}
+        if "METER_DATABASE_URL" in settings:
+            expected.add(("TCP", POSTGRES_PORT))
+        if settings.get("METER_SMTP_HOST"):
+            smtp_port = settings.get("METER_SMTP_PORT", SETTINGS["METER_SMTP_PORT"].default)
+            expected.add(("TCP", int(smtp_port)))
+        anywhere: set[tuple[str, str | int]] = set()
+        to_addresses = []
+        for rule in policy_for(name)["spec"]["egress"]:
+            assert rule_ports(rule), f"{name}: an egress rule without ports opens every port"
+            if "to" not in rule:
+                anywhere |= rule_ports(rule)
+            elif any("ipBlock" in peer for peer in rule["to"]):
+                to_addresses.append(rule)
+        assert anywhere == expected, name
+
+        # Webhooks: the notifier only, to https and http ports of public addresses.
+        if name != NOTIFIER:
+            assert to_addresses == [], name
+            continue
+        [webhooks] = to_addresses
+        assert rule_ports(webhooks) == {("TCP", 443), ("TCP", 80)}
+        families = set()
+        for peer in webhooks["to"]:
+            block = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+            assert block.prefixlen == 0
+            families.add(block.version)
+            excepted = {ipaddress.ip_network(n) for n in peer["ipBlock"]["except"]}
+            assert all(n.subnet_of(block) for n in excepted)
+            assert {n for n in NOT_PUBLIC if n.version == block.version} <= excepted
+        assert families == {4, 6}
+
+
+def test_podmonitors_scrape_every_metrics_port_as_the_prometheus_config_names_it() -> None:
     """PodMonitor is a CRD, not in the built-in schemas: check its shape by hand."""
-    monitor = by_kind("PodMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
-    assert set(monitor["spec"]) <= {"jobLabel", "selector", "podMetricsEndpoints"}
-    sts = by_kind("StatefulSet")
-    labels = sts["spec"]["template"]["metadata"]["labels"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
-    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
-    assert endpoint["path"] == "/metrics"
-    [container] = sts["spec"]["template"]["spec"]["containers"]
-    assert endpoint["port"] in {p["name"] for p in container["ports"]}
-    assert re.fullmatch(r"[0-9]+(ms|s|m)", endpoint["interval"])
-    # The job label comes from this pod label: it must say what the rules select.
-    job = labels[monitor["spec"]["jobLabel"]]
+    scraped: dict[str, str] = {}
+    for _, monitor in k8s_docs():
+        if monitor["kind"] != "PodMonitor":
+            continue
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+        assert set(monitor["spec"]) <= {"jobLabel", "selector", "podMetricsEndpoints"}
+        targets = selected(monitor["spec"]["selector"])
+        assert targets, monitor["metadata"]["name"]
+        [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+        assert endpoint["path"] == "/metrics"
+        assert re.fullmatch(r"[0-9]+(ms|s|m)", endpoint["interval"])
+        for target in targets:
+            workload = workloads()[target]
+            assert endpoint["port"] in {p["name"] for p in container_of(workload)["ports"]}
+            assert target not in scraped, f"{target} scraped twice"
+            scraped[target] = labels_of(workload)[monitor["spec"]["jobLabel"]]
+    # Everything that serves /metrics; the console serves none.
+    assert set(scraped) == {WORKER, SINK, NOTIFIER}
+    assert '"/metrics"' not in (ROOT / "processor" / "console" / "pages.py").read_text()
+    # The same jobs as the plain Prometheus config; the workers' is the rules' job.
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert set(scraped.values()) == {c["job_name"] for c in config["scrape_configs"]}
     rules = (DEPLOY / "prometheus" / "rules" / "credits-meter.rules.yml").read_text()
-    assert f'job="{job}"' in rules
+    assert f'job="{scraped[WORKER]}"' in rules
+
+
+@pytest.mark.parametrize("name", sorted(workloads()))
+def test_every_workload_is_probed_limited_and_unprivileged(name: str) -> None:
+    workload = workloads()[name]
+    pod = workload["spec"]["template"]
+    assert workload["spec"]["selector"]["matchLabels"].items() <= labels_of(workload).items()
+    # The name label is the workload's: other objects select pods by it.
+    assert labels_of(workload)["app.kubernetes.io/name"] == name
+    container = container_of(workload)
+    # One image runs every command.
+    assert container["image"] == container_of(workloads()[WORKER])["image"]
+    # Arguments `meter` takes.
+    assert build_parser().parse_args(container["args"]).command == command_of(workload)
+
+    # Probes: liveness (and startup) on /health, readiness on /ready, on the named port.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+
+    # The port the command listens on: its setting's default, or what the env says.
+    settings = settings_of(container)
+    setting = PORT_SETTING[command_of(workload)]
+    port = int(settings.get(setting, port_default(command_of(workload))))
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": port}
+
+    # Resources: requests to schedule by, a memory limit.
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert "memory" in resources["limits"]
+
+    # Non-root as the image's user, no privilege, nothing written outside its volumes.
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert str(security["runAsUser"]) == dockerfile_user()
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    volumes = {v["name"] for v in pod["spec"].get("volumes", [])} | {
+        c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])
+    }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert set(mounts) <= volumes
+    assert "/tmp" in mounts.values()
+
+
+def fake_secret(variable: str) -> str:
+    """A value of the right shape for a setting a Secret holds."""
+    return {
+        "METER_SECRETS_KEY": "a" * 43 + "=",
+        "METER_DATABASE_URL": "postgresql://meter:secret@postgres:5432/credits_meter",
+    }.get(variable, "secret")
+
+
+@pytest.mark.parametrize("name", sorted(workloads()))
+def test_every_variable_a_manifest_sets_is_a_setting_it_allows(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = container_of(workloads()[name])
+    args = " ".join(container["args"])
+    for variable in SETTINGS:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in settings_of(container).items():
+        if isinstance(value, dict) and "fieldRef" in value:
+            # The pod's own facts, for $(VAR) in the arguments only.
+            assert f"$({variable})" in args, (name, variable)
+            continue
+        assert variable in SETTINGS, f"{name}: {variable} is not a setting"
+        if isinstance(value, dict):
+            assert set(value) == {"secretKeyRef"}, (name, variable)
+            value = fake_secret(variable)
+        monkeypatch.setenv(variable, value)
+    # The values are ones the settings take (a port, a literal, a URL scheme, ...).
+    Settings()
+
+
+def test_secrets_only_come_from_secrets_that_are_documented() -> None:
+    assert "Secret" not in {d["kind"] for _, d in k8s_docs()}, "a Secret in the repository"
+    for _, doc in k8s_docs():
+        if doc["kind"] == "ConfigMap":
+            assert not set(doc["data"]) & _SECRETS, doc["metadata"]["name"]
+    for name, workload in workloads().items():
+        settings = settings_of(container_of(workload))
+        for variable, value in settings.items():
+            if variable in _SECRETS:
+                assert isinstance(value, dict) and "secretKeyRef" in value, (name, variable)
+            if isinstance(value, dict) and "secretKeyRef" in value:
+                ref = value["secretKeyRef"]
+                # kustomization.yaml says how to make it (and never holds it).
+                assert f"kubectl create secret generic {ref['name']}" in KUSTOMIZATION_TEXT
+                assert f"--from-literal={ref['key']}=" in KUSTOMIZATION_TEXT
+    # The workers seal webhook secrets with the key the notifier opens them with.
+    keys = {
+        name: settings_of(container_of(w))["METER_SECRETS_KEY"]["secretKeyRef"]
+        for name, w in workloads().items()
+        if "METER_SECRETS_KEY" in settings_of(container_of(w))
+    }
+    assert set(keys) == {WORKER, NOTIFIER}
+    assert keys[WORKER] == keys[NOTIFIER]
+
+
+def test_token_checking_pods_mount_the_key_set_the_settings_name() -> None:
+    configmaps = {d["metadata"]["name"] for _, d in k8s_docs() if d["kind"] == "ConfigMap"}
+    checkers = {n: w for n, w in workloads().items() if command_of(w) in ("worker", "ledger-sink")}
+    assert set(checkers) == {WORKER, SINK}
+    for workload in checkers.values():
+        container = container_of(workload)
+        settings = settings_of(container)
+        assert settings["METER_AUTH"] == "jwt"
+        assert settings["METER_AUTH_ISSUER"] and settings["METER_AUTH_AUDIENCE"]
+        jwks = Path(settings["METER_AUTH_JWKS"])
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volume_name = mounts[str(jwks.parent)]
+        [volume] = [
+            v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == volume_name
+        ]
+        # A ConfigMap the deployer makes from the identity provider's key set.
+        configmap = volume["configMap"]["name"]
+        assert configmap not in configmaps
+        assert (
+            f"kubectl create configmap {configmap} --from-file={jwks.name}=" in KUSTOMIZATION_TEXT
+        )
+
+
+def test_services_ports_are_the_settings_defaults() -> None:
+    for _, service in k8s_docs():
+        if service["kind"] != "Service":
+            continue
+        [target] = selected({"matchLabels": service["spec"]["selector"]})
+        workload = workloads()[target]
+        ports = {p["name"]: p["containerPort"] for p in container_of(workload)["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["port"] == ports[port["targetPort"]] == port_default(command_of(workload))
+
+
+def test_the_urls_the_pods_call_name_the_services() -> None:
+    services = {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "Service"}
+
+    def service_target(url: str) -> str:
+        parts = urlsplit(url)
+        service = services[str(parts.hostname)]
+        assert parts.port in {p["port"] for p in service["spec"]["ports"]}, url
+        # A client Service (any ready pod answers), not the headless one.
+        assert service["spec"].get("clusterIP") != "None", url
+        [target] = selected({"matchLabels": service["spec"]["selector"]})
+        return target
+
+    worker = settings_of(container_of(workloads()[WORKER]))
+    console = settings_of(container_of(workloads()[CONSOLE]))
+    assert service_target(worker["METER_SINK_URL"]) == SINK
+    assert service_target(console["METER_SINK_URL"]) == SINK
+    assert service_target(console["METER_API_URL"]) == WORKER
 
 
 # --------------------------------------------------------------------------- compose
@@ -280,6 +624,73 @@ def test_compose_runs_kraft_kafka_two_workers_prometheus_and_grafana() -> None:
     }
     grafana = services["grafana"]
     assert any("/etc/grafana/provisioning/dashboards" in v for v in grafana["volumes"])
+
+
+# The compose services that run the credits-meter image, by their command.
+COMPOSE_COMMANDS = {"ledger-sink": "ledger-sink", "notifier": "notifier", "console": "console"}
+
+
+def test_compose_runs_the_ledger_sink_the_notifier_and_the_console() -> None:
+    services = compose()["services"]
+    workers = {n: s for n, s in services.items() if n.startswith("worker-")}
+    for name, command in COMPOSE_COMMANDS.items():
+        service = services[name]
+        assert service["command"] == [command]
+        assert service["image"] == workers["worker-1"]["image"]
+        assert service["build"] == workers["worker-1"]["build"]
+        # Its port: the setting's default, published on loopback (checked above).
+        port = port_default(command)
+        assert service["environment"][PORT_SETTING[command]] == str(port)
+        [published] = service["ports"]
+        assert published.rsplit(":", 1)[1] == str(port)
+        # The image's health check asks the worker port: each has its own.
+        assert f"127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
+    # SQLite (no METER_DATABASE_URL): one sink and one notifier, on a named volume
+    # at the image's METER_DATA_DIR.
+    data_dir = dockerfile().envs["METER_DATA_DIR"]
+    named = set(compose()["volumes"])
+    for name in ("ledger-sink", "notifier"):
+        assert "METER_DATABASE_URL" not in services[name]["environment"]
+        mounts = dict(v.split(":", 2)[1::-1] for v in services[name]["volumes"])
+        assert mounts[data_dir] in named, name
+
+    # The URLs name the compose services on their ports.
+    sink_url = f"http://ledger-sink:{port_default('ledger-sink')}"
+    for worker in workers.values():
+        assert worker["environment"]["METER_SINK_URL"] == sink_url
+    console = services["console"]["environment"]
+    assert console["METER_SINK_URL"] == sink_url
+    api = urlsplit(console["METER_API_URL"])
+    assert api.hostname in {w["hostname"] for w in workers.values()}
+    assert api.port == WORKER_PORT
+    # The console needs no admin token of its own (the workers' whoami knows theirs).
+    assert "METER_ADMIN_TOKEN" not in console
+
+    # The workers seal with the notifier's key: taken from the shell by both, never
+    # a value in this file (and never empty, which a worker refuses).
+    for name in [*workers, "notifier"]:
+        environment = services[name]["environment"]
+        assert "METER_SECRETS_KEY" in environment
+        assert environment["METER_SECRETS_KEY"] is None, name
+
+    # Prometheus scrapes the sink and the notifier, each as its own job.
+    prometheus = services["prometheus"]
+    config_arg = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    config_file = DEPLOY / "prometheus" / Path(config_arg.split("=", 1)[1]).name
+    jobs = {
+        c["job_name"]: set(c["static_configs"][0]["targets"])
+        for c in yaml.safe_load(config_file.read_text())["scrape_configs"]
+    }
+    assert jobs["credits-meter-ledger-sink"] == {f"ledger-sink:{port_default('ledger-sink')}"}
+    assert jobs["credits-meter-notifier"] == {f"notifier:{port_default('notifier')}"}
+
+
+def test_compose_sets_only_settings_on_the_images_services() -> None:
+    for name, service in compose()["services"].items():
+        if service.get("image") != "credits-meter:local":
+            continue
+        unknown = set(service["environment"]) - set(SETTINGS)
+        assert unknown == set(), name
 
 
 def test_compose_publishes_nothing_beyond_localhost() -> None:
