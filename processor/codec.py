@@ -2,7 +2,9 @@
 
 The core's outputs become the contract's JSON here (field names from CONTRACT.md,
 money as fixed-point strings at the card's precision, RFC 3339 "Z" timestamps). The
-account state is stored as compact JSON so a changelog can be read by a person.
+account state is stored as compact JSON so a changelog can be read by a person: since
+version 3 an array, its fields by position (`stored_to_list`), as it is held in memory
+for every tenant.
 """
 
 from __future__ import annotations
