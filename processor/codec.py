@@ -727,6 +727,16 @@ def dump_stored(stored: StoredAccount) -> bytes:
     return dumps(stored_to_list(stored))
 
 
+def applied_offsets(raw: bytes) -> dict[str, int]:
+    """A stored account's applied offsets (any version), without decoding the rest."""
+    data = orjson.loads(raw)
+    if type(data) is list:
+        if data[0] != STORED_VERSION:
+            raise ValueError(f"unknown stored account version {data[0]!r}")
+        return _applied_of(data[8])
+    return {str(k): int(v) for k, v in data.get("applied", {}).items()}
+
+
 def load_stored(raw: bytes, default_unit: Unit | None = None) -> StoredAccount:
     """A stored account of any version: 3 (an array), or 1 and 2 (objects)."""
     data = orjson.loads(raw)

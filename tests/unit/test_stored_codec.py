@@ -315,3 +315,15 @@ def test_a_typical_tenant_is_held_in_half_the_bytes_of_version_2() -> None:
     new = statistics.mean(len(dump_stored(v)) for v in values)
     old = statistics.mean(len(dumps(stored_to_dict(v))) for v in values)
     assert new <= 360 < 600 <= old
+
+
+def test_the_applied_offsets_read_from_any_version() -> None:
+    """What `meter reconcile` reads of each changelog value (processor/reconcile.py)."""
+    from processor.codec import applied_offsets
+
+    stored = written_by_main()
+    assert applied_offsets(dump_stored(stored)) == dict(stored.applied)
+    assert applied_offsets(MAIN_65933C6) == dict(stored.applied)
+    legacy = stored_to_dict(stored)
+    del legacy["applied"]  # not what any version wrote, read as none
+    assert applied_offsets(dumps(legacy)) == {}
