@@ -33,7 +33,7 @@ amounts = st.builds(
     lambda n, e: Decimal(n).scaleb(e),
     st.one_of(st.integers(-(10**7), 10**7), st.integers(-(10**22), 10**22)),
     st.integers(-12, 2),
-)
+) | st.sampled_from([Decimal("-0.0000"), Decimal("-0"), Decimal("0E+3")])
 # UTC, whole seconds or not, from year 1 to 9999; now and then in another zone.
 instants = st.one_of(
     st.datetimes(timezones=st.just(UTC)),
@@ -47,7 +47,7 @@ instants = st.one_of(
         timezones=st.just(timezone(timedelta(hours=2))),
     ),
 )
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 counts = st.integers(0, 2**40)
 settings_ = st.builds(
     acc.AutoRecharge,
