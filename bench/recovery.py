@@ -183,3 +183,39 @@ async def measure(
         "state_bytes_per_tenant": round(state_mb * 1024 * 1024 / tenants) if tenants else 0,
         "state_write_seconds": round(results["write"].seconds, 1),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Item 4 alone, on a private broker: `python -m bench.recovery --tenants N`."""
+    import argparse
+    import json
+    import shutil
+    import tempfile
+    import uuid
+
+    from processor.kafka_local import LocalKafka
+
+    parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__)
+    parser.add_argument("--tenants", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=12)
+    args = parser.parse_args(argv)
+
+    async def run(root: Path) -> dict[str, object]:
+        broker = LocalKafka(root / "kafka")
+        await broker.astart()
+        try:
+            tag = uuid.uuid4().hex[:6]
+            return await measure(broker.bootstrap, tag, args.tenants, args.partitions, root)
+        finally:
+            await broker.astop()
+
+    root = Path(tempfile.mkdtemp(prefix="meter-recovery-"))
+    try:
+        print(json.dumps(asyncio.run(run(root)), indent=2))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,6 +31,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from processor.codec import applied_offsets
 from processor.core.account import LedgerOut, RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.rating import RateCard
@@ -324,7 +325,7 @@ async def reconcile(
     sums = check_ledger(ledger, report)
     # An input deleted and re-created: its offsets restarted below what accounts applied.
     values = await read_topic(bootstrap, names.accounts_changelog, **client_options)
-    applied = highest_applied(json.loads(r.value).get("applied", {}) for r in values if r.value)
+    applied = highest_applied(applied_offsets(r.value) for r in values if r.value)
     report.problems.extend(rewound_inputs(applied, ends))
     request_records = await read_topic(bootstrap, names.recharge_requests, **client_options)
     requests = [json.loads(r.value) for r in request_records if r.value]

@@ -380,7 +380,7 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
     """The bulk changelog read keeps account values undecoded (most tenants are not
     touched soon after a restart); the newest still wins, the counts are right at once,
     and a read gets the same value an eager decode would."""
-    from processor.codec import Undecoded, dump_stored
+    from processor.codec import Undecoded, dump_stored, dumps, stored_to_dict
     from processor.core.account import Account, PendingRecharge
     from processor.core.stored import StoredAccount
     from processor.store import SeqMemoryStore, UndecodableValue
@@ -412,11 +412,16 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
 
     # A value that parses but does not decode must not pass for an absent tenant (a
     # KeyError would: `get` would answer None and the engine open a new account).
-    broken = json.loads(dump_stored(value("kilo", (1, 1, 1), "5.00")))
+    broken = stored_to_dict(value("kilo", (1, 1, 1), "5.00"))  # version 2's form
     del broken["applied"]
-    store._apply(0, "kilo", Undecoded(json.dumps(broken).encode()))
+    store._apply(0, "kilo", Undecoded(dumps(broken)))
     with pytest.raises(UndecodableValue):
         store.get("kilo")
+    positional = json.loads(dump_stored(value("lima", (1, 1, 1), "5.00")))
+    positional[8] = None  # the applied offsets (codec.stored_to_list)
+    store._apply(0, "lima", Undecoded(json.dumps(positional).encode()))
+    with pytest.raises(UndecodableValue):
+        store.get("lima")
 
 
 async def test_an_account_kept_in_another_unit_stops_the_recovery(

@@ -425,12 +425,11 @@ def test_lots_and_consumption_round_trip_compactly(inputs: Inputs) -> None:
     raw = dump_stored(stored)
     again = load_stored(raw)
     assert again.account == stored.account
-    account = orjson.loads(raw)["account"]
+    data = orjson.loads(raw)  # codec.stored_to_list: lots at 14, usage at 15
     lot = stored.account.lots[0]
-    assert account["lots"] == [
-        [lot.lot_id, "9.9800", int(lot.expires_at.timestamp()), 1],
-    ]
-    assert account["usage"] == [[202611, [1, 60, "0.0200"], None, None, None]]
+    assert lot.expires_at.microsecond == 0 and data[6] == 4  # scale: the card's decimals
+    assert data[14] == [[lot.lot_id, 99800, int(lot.expires_at.timestamp()), 1]]
+    assert data[15] == [[202611, [1, 60, 200]]]
     assert Undecoded(raw).expires == int(lot.expires_at.timestamp())
 
 

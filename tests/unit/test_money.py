@@ -75,7 +75,7 @@ def test_a_value_keeps_its_unit_through_the_codec() -> None:
     stored = StoredAccount(acc.Account(TENANT, balance=Decimal("1.2300")), seq=3, unit=USD4)
     raw = dump_stored(stored)
     data = orjson.loads(raw)
-    assert (data["currency"], data["decimals"]) == ("USD", 4)
+    assert (data[5], data[6]) == ("USD", 4)  # currency, decimals (codec.stored_to_list)
     assert load_stored(raw) == stored
     assert Undecoded(raw).unit == USD4
 
