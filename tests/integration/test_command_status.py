@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.harness import METER, Client, Deployment, Worker, eventually, running
 from tests.integration.test_ledger_sink import Sink
-from tests.postgres import LocalPostgres
+from tests.support.postgres import LocalPostgres
 
 # The store's command tests, collected here again: `db_url` below is PostgreSQL.
 from tests.unit.test_command_status import (  # noqa: F401

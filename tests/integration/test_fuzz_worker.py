@@ -1,6 +1,6 @@
 """Fuzz a running `meter worker`: over 10,000 malformed records among valid traffic.
 
-The malformed records (tests/malformed.py, seeded, every kind in equal shares,
+The malformed records (tests/support/malformed.py, seeded, every kind in equal shares,
 including a few of 900 KB: just under the broker's 1 MB default) are interleaved with
 a few hundred valid events on usage.calls, usage.conferencing and credits.commands.
 Then: the worker is alive and ready, credits.rejected holds exactly one record per
@@ -31,9 +31,9 @@ from processor.reconcile import read_topic, reconcile
 from processor.settings import Settings
 from processor.topics import TopicNames
 from schemas import decode_call, decode_command, decode_conference, parse_timestamp
-from tests import malformed
 from tests.integration.harness import Deployment, Worker, eventually
-from tests.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
+from tests.support import malformed
+from tests.support.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
 
 pytestmark = pytest.mark.integration
 

@@ -32,10 +32,10 @@ from processor.routing import partition_for
 from processor.settings import Settings
 from processor.topics import TopicNames
 from schemas.types import format_timestamp
-from tests import malformed
 from tests.integration.harness import Client, Deployment, Worker, eventually
 from tests.integration.test_fuzz_worker import expected_balances
-from tests.malformed import CALLS, COMMANDS, CONFERENCING
+from tests.support import malformed
+from tests.support.malformed import CALLS, COMMANDS, CONFERENCING
 
 pytestmark = pytest.mark.integration
 

@@ -33,8 +33,13 @@ from processor.reconcile import read_topic
 from processor.sink.service import SinkTopics, group_id
 from processor.sink.store import LedgerStore, database_url
 from tests.integration.harness import METER, eventually
-from tests.ledger_records import LedgerStream, funds_added_auto, recharge_failed, recharge_request
-from tests.postgres import LocalPostgres
+from tests.support.ledger_records import (
+    LedgerStream,
+    funds_added_auto,
+    recharge_failed,
+    recharge_request,
+)
+from tests.support.postgres import LocalPostgres
 
 # The store's tests, collected here again: `db_url` below points them at PostgreSQL.
 from tests.unit.test_sink_store import (  # noqa: F401

@@ -27,7 +27,7 @@ from processor.auth import (
 )
 from processor.settings import Settings
 from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
-from tests.tokens import AUDIENCE, ISSUER, TestKeys
+from tests.support.tokens import AUDIENCE, ISSUER, TestKeys
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from processor.sink.service import SinkStats, SinkTopics, rows_of
 from processor.sink.store import Batch, LedgerStore, supersedes
 from schemas.outputs import CommandResult, LedgerEntry
 from schemas.types import format_timestamp
-from tests.ledger_records import T0, LedgerStream
+from tests.support.ledger_records import T0, LedgerStream
 from tests.unit.test_sink_store import GROUP, Rec, db_url, store  # noqa: F401
 
 TOPICS = SinkTopics(

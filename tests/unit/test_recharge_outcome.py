@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from processor.auth import Access, TokenVerifier
 from schemas import decode_command
 from schemas.inputs import FundsAdded, RechargeFailed
-from tests.tokens import AUDIENCE, ISSUER, TestKeys
+from tests.support.tokens import AUDIENCE, ISSUER, TestKeys
 from tests.unit.test_admin import AUTH, FUNDS, body, enc, make_api
 
 SUCCEEDED = enc({"outcome": "succeeded", "amount": "25.00", "attempt": 2})

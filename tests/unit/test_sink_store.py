@@ -41,7 +41,7 @@ from processor.sink.store import (
 )
 from schemas.ledger_api import LedgerPage, UsageReport
 from schemas.outputs import LedgerEntry
-from tests.ledger_records import (
+from tests.support.ledger_records import (
     T0,
     LedgerStream,
     funds_added_auto,

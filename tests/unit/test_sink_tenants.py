@@ -20,7 +20,7 @@ from processor.sink.service import SinkStats, SinkTopics, rows_of
 from processor.sink.store import LedgerStore, database_url
 from schemas.ledger_api import RechargeHistory, TenantList
 from schemas.outputs import BalanceAlert
-from tests.ledger_records import (
+from tests.support.ledger_records import (
     T0,
     LedgerStream,
     funds_added_auto,
