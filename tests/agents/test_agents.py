@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import pytest
@@ -26,6 +27,11 @@ from processor.handler import H_SOURCE, MemoryPublisher
 from processor.routing import partition_for
 from processor.settings import Settings
 from schemas import RejectedRecord
+from tests.support import events
+
+AT = "2026-11-25T09:59:00Z"
+call = partial(events.call, at=AT)
+funds = partial(events.funds, at=AT)
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 DIRECT = ("calls", "conferencing", "commands")
@@ -141,36 +147,6 @@ async def make_harness() -> AsyncIterator[Callable[..., Harness]]:
     yield factory
 
 
-def call(
-    event_id: str, tenant: str = "acme", seconds: int = 61, dest: str = "+447700900123"
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "tenant_id": tenant,
-        "occurred_at": "2026-11-25T09:59:00Z",
-        "call_id": f"call-{event_id}",
-        "call_type": "outbound",
-        "source_number": "+14155550100",
-        "destination_number": dest,
-        "duration_seconds": seconds,
-    }
-
-
-def funds(
-    command_id: str, amount: str, tenant: str = "acme", currency: str = "USD", **extra: Any
-) -> dict[str, Any]:
-    return {
-        "type": "funds_added",
-        "command_id": command_id,
-        "tenant_id": tenant,
-        "occurred_at": "2026-11-25T09:59:00Z",
-        "amount": amount,
-        "currency": currency,
-        "source": "manual",
-        **extra,
-    }
-
-
 def auto_recharge(
     command_id: str, amount: str, trigger: str, tenant: str = "acme", enabled: bool = True
 ) -> dict[str, Any]:
@@ -187,7 +163,7 @@ def auto_recharge(
 
 async def test_call_debits_with_one_ledger_entry(make_harness: Callable[..., Harness]) -> None:
     h = make_harness()
-    assert await h.put("commands", funds("c1", "10.00"), key=b"acme") == "applied"
+    assert await h.put("commands", funds("c1", amount="10.00"), key=b"acme") == "applied"
     # +447 mobile: 0.0100 connect + 0.1200/min x 61 s billed per second = 0.1320
     assert await h.put("calls", call("e1"), key=b"acme") == "applied"
     ledger = h.out("credits.ledger")
@@ -217,7 +193,7 @@ async def test_duplicate_event_is_applied_once(make_harness: Callable[..., Harne
         ("calls", call("e1", seconds=-5), "invalid_event"),
         ("calls", call("e1", dest="+999123456"), "no_rate"),
         ("conferencing", {"event_id": "x"}, "invalid_event"),
-        ("commands", funds("c1", "10.00", currency="EUR"), "currency_mismatch"),
+        ("commands", funds("c1", amount="10.00", currency="EUR"), "currency_mismatch"),
         ("commands", {"type": "refund", "command_id": "c1", "tenant_id": "acme"}, "invalid_event"),
     ],
 )
@@ -268,7 +244,7 @@ async def test_low_balance_requests_one_recharge_then_funds_close_it(
     make_harness: Callable[..., Harness],
 ) -> None:
     h = make_harness()
-    await h.put("commands", funds("c1", "1.00"), key=b"acme")
+    await h.put("commands", funds("c1", amount="1.00"), key=b"acme")
     await h.put("commands", auto_recharge("c2", "20.00", "0.80"), key=b"acme")
     # 0.1320 per call: 1.00 -> 0.868 -> 0.736 (below 0.80) -> 0.604
     for i in range(3):
@@ -279,7 +255,9 @@ async def test_low_balance_requests_one_recharge_then_funds_close_it(
     assert [a["alert"] for a in h.out("credits.alerts")] == ["restored", "low_balance"]
     await h.put(
         "commands",
-        funds("c3", "20.00", source="auto_recharge", recharge_request_id=request["request_id"]),
+        funds(
+            "c3", amount="20.00", source="auto_recharge", recharge_request_id=request["request_id"]
+        ),
         key=b"acme",
     )
     account = h.meter.accounts["acme"].account
@@ -492,7 +470,7 @@ async def test_the_worker_forgets_marks_once_their_window_has_passed(
     from processor.core.engine import dedupe_key
 
     h = make_harness(METER_DEDUPE_DAYS=1)
-    await h.put("commands", funds("c1", "10.00"), key=b"acme")
+    await h.put("commands", funds("c1", amount="10.00"), key=b"acme")
     await h.put("calls", call("e1"), key=b"acme")
     store = h.meter.seen.data
     key = dedupe_key("acme", "call", "e1")
@@ -568,7 +546,7 @@ async def test_gauges_count_owned_tenants_from_the_tables_writes(
     assert partition_for(acme, 4) != partition_for(zeta, 4)
     for n, tenant in enumerate((acme, zeta)):
         p = partition_for(tenant, 4)
-        await h.put("commands", funds(f"f{n}", "1.00", tenant=tenant), partition=p)
+        await h.put("commands", funds(f"f{n}", amount="1.00", tenant=tenant), partition=p)
     await h.put(
         "commands",
         auto_recharge("c1", "20.00", "0.80", tenant=acme),
@@ -663,7 +641,7 @@ async def test_a_usage_record_a_stream_would_skip_is_refused_not_applied(
     make_harness: Callable[..., Harness], why: str
 ) -> None:
     h = make_harness()
-    await h.put("commands", funds("c1", "10.00"), key=b"acme")
+    await h.put("commands", funds("c1", amount="10.00"), key=b"acme")
     h.statuses.clear()
     message = h.fetched("calls", json.dumps(call("e1")).encode(), key=b"acme")
     if why == "older generation":
@@ -683,7 +661,7 @@ async def test_the_fetch_loop_waits_while_a_batch_of_fetched_records_waits(
     make_harness: Callable[..., Harness],
 ) -> None:
     h = make_harness(METER_BATCH_MAX=3)
-    await h.put("commands", funds("c1", "100.00"), key=b"acme")
+    await h.put("commands", funds("c1", amount="100.00"), key=b"acme")
     h.statuses.clear()
     raw = [json.dumps(call(f"e{i}")).encode() for i in range(3)]
     h.meter.stage([h.fetched("calls", r, key=b"acme") for r in raw])
