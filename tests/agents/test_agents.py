@@ -128,7 +128,7 @@ async def make_harness() -> AsyncIterator[Callable[..., Harness]]:
     made: list[Meter] = []
 
     def factory(partitions: int = 1, **env: Any) -> Harness:
-        cfg = Settings(_env_file=None, **env)  # type: ignore[call-arg]
+        cfg = Settings(_env_file=None, **env)
         meter = Meter(
             cfg,
             load_rate_card(example_rate_card_path()),
@@ -623,7 +623,7 @@ async def test_an_agents_record_is_acked_only_once_its_batch_has_landed(
             message.incref()
             return message
 
-        a.to_message = delivered  # type: ignore[method-assign]
+        a.to_message = delivered
         event = await a.put(value, key=key, partition=home, headers=list(headers or ()))
         # Staged, and Faust's own ack done as the agent moved on: the offset must not
         # be committable while the batch's outputs and state are not in Kafka.

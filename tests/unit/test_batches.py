@@ -28,7 +28,7 @@ from processor.staged import Staged
 from processor.topics import TopicNames
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-NAMES = TopicNames.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+NAMES = TopicNames.from_settings(Settings(_env_file=None))
 CARD = load_rate_card(example_rate_card_path())
 PARTITIONS = 4
 
@@ -60,6 +60,11 @@ def funds(command_id: str, tenant: str, amount: str = "10.00") -> bytes:
             "source": "manual",
         }
     ).encode()
+
+
+def present(value: bytes | None) -> bytes:
+    assert value is not None, "a state write without a value"
+    return value
 
 
 @dataclass
@@ -319,7 +324,7 @@ class Gated:
     def balances(self, index: int) -> dict[bytes | None, str]:
         """The account values written in one call: tenant -> balance."""
         return {
-            o.key: str(load_stored(o.value).account.balance)
+            o.key: str(load_stored(present(o.value)).account.balance)
             for o in self.calls[index]
             if o.topic == "accounts-changelog"
         }

@@ -43,7 +43,7 @@ INVALID = [
 
 @pytest.fixture
 async def meter() -> AsyncIterator[Meter]:
-    cfg = Settings(_env_file=None)  # type: ignore[call-arg]
+    cfg = Settings(_env_file=None)
     m = Meter(cfg, load_rate_card(example_rate_card_path()), Broker("127.0.0.1:1"), partitions=4)
     try:
         yield m

@@ -29,8 +29,9 @@ from tests.support.ledger_records import (
 )
 from tests.unit.test_sink_store import GROUP, Rec
 
+ALERTS = "credits.alerts"
 TOPICS = SinkTopics(
-    "credits.ledger", "credits.recharge-requests", "credits.commands", alerts="credits.alerts"
+    "credits.ledger", "credits.recharge-requests", "credits.commands", alerts=ALERTS
 )
 
 
@@ -100,7 +101,7 @@ async def test_the_operator_list_filters_by_status_alert_settings_and_answers(
         tenants_store,
         {
             TOPICS.ledger: [e.to_json() for e in [*funded, low]],
-            TOPICS.alerts: [
+            ALERTS: [
                 alert("a", "restored", 1),
                 alert("a", "exhausted", 2),
                 # A re-delivered older alert keeps its old number: a stays exhausted.
