@@ -54,7 +54,7 @@ async def test_a_worker_restarted_with_a_card_in_another_currency_exits_2(
     d.workers.append(first)  # type: ignore[attr-defined]
     await first.wait_ready()
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "acme", "5.00"))
+        await c.send("credits.commands", funds("c1", tenant="acme", amount="5.00"))
 
         async def funded() -> bool:
             acct = await account(first, "acme")
@@ -84,9 +84,9 @@ async def test_an_input_deleted_and_recreated_under_its_accounts_is_refused(
     d.workers.append(first)  # type: ignore[attr-defined]
     await first.wait_ready()
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "acme", "5.00"))
+        await c.send("credits.commands", funds("c1", tenant="acme", amount="5.00"))
         for i in range(3):
-            await c.send("usage.calls", call(f"e{i}", "acme"))
+            await c.send("usage.calls", call(f"e{i}", tenant="acme"))
 
         async def charged() -> bool:
             acct = await account(first, "acme")
@@ -114,7 +114,7 @@ async def test_an_input_deleted_and_recreated_under_its_accounts_is_refused(
     finally:
         await admin.close()
     async with Client(d) as c:
-        await c.send("usage.calls", call("after", "acme"))  # offset 0 of the new topic
+        await c.send("usage.calls", call("after", tenant="acme"))  # offset 0 of the new topic
 
     second = Worker(d, 1).start()
     d.workers.append(second)  # type: ignore[attr-defined]
