@@ -215,14 +215,14 @@ async def walk_the_workers(
                 assert body["error"] == "forbidden"
 
     # ---- whoami
-    for token, wanted in (
+    for token, whoami in (
         (acme_admin, {"subject": "alice@acme", "role": "tenant_admin", "tenant_id": "acme"}),
         (operator, {"subject": "olga", "role": "operator", "tenant_id": None}),
         (billing, {"subject": "billing-svc", "role": "billing", "tenant_id": None}),
         (STATIC, {"subject": "admin-token", "role": "admin", "tenant_id": None}),
     ):
         status, body, _ = await call(base, "GET", "/auth/whoami", token)
-        assert (status, body) == (200, wanted)
+        assert (status, body) == (200, whoami)
 
 
 async def walk_the_sink(

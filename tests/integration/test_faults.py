@@ -155,7 +155,7 @@ async def produce(
 
 
 async def reconciled(d: Deployment, url_of: Callable[[], str]) -> Report:
-    cfg = Settings(_env_file=None, METER_TOPIC_PREFIX=d.prefix, METER_APP_ID=d.app_id)  # type: ignore[call-arg]
+    cfg = Settings(_env_file=None, METER_TOPIC_PREFIX=d.prefix, METER_APP_ID=d.app_id)
     names = TopicNames.from_settings(cfg)
     card = load_rate_card(example_rate_card_path())
     last: list[Report] = []
@@ -166,7 +166,8 @@ async def reconciled(d: Deployment, url_of: Callable[[], str]) -> Report:
         return report if report.discrepancies == 0 else None
 
     try:
-        return await eventually(clean, timeout=180, interval=2, what="zero discrepancies")
+        report: Report = await eventually(clean, timeout=180, interval=2, what="zero discrepancies")
+        return report
     except AssertionError:
         failed = AssertionError(last[0].render() if last else "no report")
         raise await explained(d, failed) from None

@@ -135,10 +135,10 @@ async def test_worker_rejects_every_malformed_record_once_and_keeps_exact_balanc
             for topic, key, value, m in stream
         ]
         sent: dict[Coords, Malformed] = {}
-        for fut, m in futures:
+        for fut, maybe in futures:
             meta = await fut
-            if m is not None:
-                sent[(meta.topic, meta.partition, meta.offset)] = m
+            if maybe is not None:
+                sent[(meta.topic, meta.partition, meta.offset)] = maybe
     finally:
         await producer.stop()
     produced = time.monotonic() - started
@@ -203,7 +203,7 @@ async def test_worker_rejects_every_malformed_record_once_and_keeps_exact_balanc
     # Zero discrepancies between the inputs, the ledger and the live balances, and
     # nothing in the ledger caused by a malformed record.
     names = TopicNames.from_settings(
-        Settings(_env_file=None, topic_prefix=d.prefix, app_id=d.app_id)  # type: ignore[call-arg]
+        Settings(_env_file=None, topic_prefix=d.prefix, app_id=d.app_id)
     )
     report = await reconcile(d.bootstrap, names, malformed.CARD, worker.url)
     assert report.discrepancies == 0, report.render()

@@ -83,7 +83,8 @@ async def max_message_bytes(bootstrap: str, topic: str) -> int:
 
 
 def size(key: bytes | None, value: bytes | None) -> int:
-    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+    n: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+    return n
 
 
 def at_most(limit: int, key: bytes | None, make: Any) -> bytes:
@@ -125,7 +126,7 @@ async def test_no_record_the_broker_accepted_stalls_a_partition(deployment: Depl
     hostile: list[tuple[str, bytes | None, bytes, set[str], str]] = []
     for topic in (CALLS, CONFERENCING, COMMANDS):
         short = topic.split(".")[-1]
-        key = at_most(limit, None, lambda n: b"K" * n)[: -len(b"not json") - 8]
+        key: bytes | None = at_most(limit, None, lambda n: b"K" * n)[: -len(b"not json") - 8]
         hostile.append((topic, key, b"not json", {"invalid_json"}, f"{short}: key at max"))
         wrong = b"wrong-key"
         value = at_most(limit, wrong, padded(topic, f"h-max-{short}", AWAY))
@@ -211,7 +212,7 @@ async def test_no_record_the_broker_accepted_stalls_a_partition(deployment: Depl
 
     # The operator's word: the too-old call is applied by a forced replay, once.
     names = TopicNames.from_settings(
-        Settings(_env_file=None, topic_prefix=d.prefix, app_id=d.app_id)  # type: ignore[call-arg]
+        Settings(_env_file=None, topic_prefix=d.prefix, app_id=d.app_id)
     )
     report = await replay_rejected(
         d.bootstrap, names, reasons=frozenset({"too_old"}), force_too_old=True, echo=print

@@ -363,7 +363,10 @@ async def test_two_workers_end_with_the_same_balances_as_one(
 ) -> None:
     _, balances_one = await run_scenario(deploy(), 1)
     two, balances_two = await run_scenario(deploy(), 2)
-    strip = lambda b: {k: v for k, v in b.items() if k not in ("updated_at", "pending_recharge")}  # noqa: E731
+
+    def strip(b: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in b.items() if k not in ("updated_at", "pending_recharge")}
+
     assert {t: strip(b) for t, b in balances_one.items()} == {
         t: strip(b) for t, b in balances_two.items()
     }

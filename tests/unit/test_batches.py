@@ -26,6 +26,7 @@ from processor.routing import partition_for
 from processor.settings import Settings
 from processor.staged import Staged
 from processor.topics import TopicNames
+from tests.support.values import present
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 NAMES = TopicNames.from_settings(Settings(_env_file=None))
@@ -60,11 +61,6 @@ def funds(command_id: str, tenant: str, amount: str = "10.00") -> bytes:
             "source": "manual",
         }
     ).encode()
-
-
-def present(value: bytes | None) -> bytes:
-    assert value is not None, "a state write without a value"
-    return value
 
 
 @dataclass
