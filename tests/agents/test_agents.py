@@ -71,6 +71,7 @@ class Harness:
             self.statuses.append(status)
             return status
 
+        # method-assign: the harness records each staged record by wrapping the method
         self.meter.handler.stage = recorded  # type: ignore[method-assign]
 
     def fetched(
@@ -565,12 +566,14 @@ async def test_gauges_count_owned_tenants_from_the_tables_writes(
     for i in range(8):
         await h.put("calls", call(f"e{i}", tenant=acme), partition=partition_for(acme, 4))
 
+    # method-assign: the test decides which partitions this worker owns
     h.meter._owned_partitions = lambda: {0, 1, 2, 3}  # type: ignore[method-assign]
     h.meter._update_gauges()
     assert metrics.TENANTS._value.get() == 2
     assert metrics.OUTSTANDING._value.get() == 1
     assert metrics.EXHAUSTED._value.get() == 1
 
+    # method-assign: the test decides which partitions this worker owns
     h.meter._owned_partitions = lambda: {partition_for(zeta, 4)}  # type: ignore[method-assign]
     h.meter._update_gauges()
     assert metrics.TENANTS._value.get() == 1

@@ -59,6 +59,8 @@ class Deployment:
     partitions: int = 4
     app_id: str = field(default_factory=lambda: f"meter-{uuid.uuid4().hex[:8]}")
     env_extra: dict[str, str] = field(default_factory=dict)
+    # The workers started for it, which the test's fixture stops (and prints) at the end.
+    workers: list[Worker] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:

@@ -63,7 +63,7 @@ async def deployment(kafka: Any, tmp_path: Path) -> AsyncIterator[Deployment]:
     d = Deployment(kafka.bootstrap, tmp_path / "hostile", partitions=PARTITIONS)
     d.root.mkdir(parents=True)
     workers: list[Worker] = []
-    d.workers = workers  # type: ignore[attr-defined]
+    d.workers = workers
     yield d
     for w in workers:
         w.stop()
@@ -118,7 +118,7 @@ def padded(topic: str, ident: str, tenant: str) -> Any:
 async def test_no_record_the_broker_accepted_stalls_a_partition(deployment: Deployment) -> None:
     d = deployment
     worker = Worker(d, 0).start()
-    d.workers.append(worker)  # type: ignore[attr-defined]
+    d.workers.append(worker)
     await worker.wait_ready()
     limit = await max_message_bytes(d.bootstrap, d.topic(CALLS))
 
@@ -232,7 +232,7 @@ async def test_a_rejection_the_broker_refuses_for_size_becomes_a_minimal_one(
     payload; sizes and hashes) takes its place instead of failing the flush."""
     d = deployment
     worker = Worker(d, 0).start()
-    d.workers.append(worker)  # type: ignore[attr-defined]
+    d.workers.append(worker)
     await worker.wait_ready()
     rejected = d.topic("credits.rejected")
     small = 20_000

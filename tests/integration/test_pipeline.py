@@ -51,7 +51,7 @@ async def deploy(kafka: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Depl
             kafka.bootstrap, tmp_path / f"d{len(workers)}-{random.randrange(10**6)}", **kw
         )
         d.root.mkdir(parents=True)
-        d.workers = workers  # type: ignore[attr-defined]
+        d.workers = workers
         return d
 
     yield factory
@@ -63,7 +63,7 @@ async def deploy(kafka: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Depl
 
 async def start_workers(d: Deployment, n: int) -> list[Worker]:
     started = [Worker(d, i).start() for i in range(n)]
-    d.workers.extend(started)  # type: ignore[attr-defined]
+    d.workers.extend(started)
     for w in started:
         await w.wait_ready()
     return started
@@ -327,8 +327,10 @@ def expected_balances(records: list[tuple[str, dict[str, Any]]]) -> dict[str, st
         event = decoders[topic](json.dumps(body).encode())
         position = Position(f"{topic}:0", offset)
         if topic == "credits.commands":
+            # arg-type: the decoder's union of commands/usage, split by topic here
             engine.command(event, topic, now, position)  # type: ignore[arg-type]
         else:
+            # arg-type: the decoder's union of commands/usage, split by topic here
             engine.usage(event, topic, now, position)  # type: ignore[arg-type]
     return {t: format(a.account.balance, "f") for t, a in accounts.items()}
 
@@ -351,6 +353,7 @@ async def run_scenario(
             if (got[t] or {}).get("balance") != b
         }
         if not wrong:
+            # return-value: with nothing wrong, no account in `got` is None
             return got  # type: ignore[return-value]
         print("expected vs got:", wrong)
         return None

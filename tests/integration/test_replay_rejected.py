@@ -79,7 +79,7 @@ async def deployment(kafka: Any, tmp_path: Path) -> AsyncIterator[Deployment]:
     d = Deployment(kafka.bootstrap, tmp_path / "replay", partitions=2)
     d.root.mkdir(parents=True)
     workers: list[Worker] = []
-    d.workers = workers  # type: ignore[attr-defined]
+    d.workers = workers
     yield d
     for w in workers:
         w.stop()
@@ -116,7 +116,7 @@ async def test_usage_rejected_for_no_rate_is_applied_once_after_the_card_is_fixe
     d = deployment
     d.env_extra["METER_RATE_CARD"] = str(write_card(tmp_path / "no-uk.yaml", with_uk=False))
     first = Worker(d, 0).start()
-    d.workers.append(first)  # type: ignore[attr-defined]
+    d.workers.append(first)
     await first.wait_ready()
 
     big = call(
@@ -148,7 +148,7 @@ async def test_usage_rejected_for_no_rate_is_applied_once_after_the_card_is_fixe
         first.stop()
         d.env_extra["METER_RATE_CARD"] = str(write_card(tmp_path / "with-uk.yaml", with_uk=True))
         second = Worker(d, 0).start()
-        d.workers.append(second)  # type: ignore[attr-defined]
+        d.workers.append(second)
         await second.wait_ready()
 
         calls_before = len(await read_topic(d.bootstrap, d.topic("usage.calls")))

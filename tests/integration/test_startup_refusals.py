@@ -27,7 +27,7 @@ async def deploy(kafka: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Depl
             kafka.bootstrap, tmp_path / f"d{len(workers)}-{random.randrange(10**6)}", **kw
         )
         d.root.mkdir(parents=True)
-        d.workers = workers  # type: ignore[attr-defined]
+        d.workers = workers
         return d
 
     yield factory
@@ -51,7 +51,7 @@ async def test_a_worker_restarted_with_a_card_in_another_currency_exits_2(
 ) -> None:
     d = deploy(partitions=1)
     first = Worker(d, 0).start()
-    d.workers.append(first)  # type: ignore[attr-defined]
+    d.workers.append(first)
     await first.wait_ready()
     async with Client(d) as c:
         await c.send("credits.commands", funds("c1", tenant="acme", amount="5.00"))
@@ -69,7 +69,7 @@ async def test_a_worker_restarted_with_a_card_in_another_currency_exits_2(
     euro.write_text(card.replace("currency: USD", "currency: EUR"))
     d.env_extra["METER_RATE_CARD"] = str(euro)
     second = Worker(d, 1).start()
-    d.workers.append(second)  # type: ignore[attr-defined]
+    d.workers.append(second)
     assert await exit_code(second) == 2
     log = second.log_tail(200)
     assert "meter worker: refusing to start: account 'acme' is kept in USD" in log
@@ -81,7 +81,7 @@ async def test_an_input_deleted_and_recreated_under_its_accounts_is_refused(
 ) -> None:
     d = deploy(partitions=1)
     first = Worker(d, 0).start()
-    d.workers.append(first)  # type: ignore[attr-defined]
+    d.workers.append(first)
     await first.wait_ready()
     async with Client(d) as c:
         await c.send("credits.commands", funds("c1", tenant="acme", amount="5.00"))
@@ -117,7 +117,7 @@ async def test_an_input_deleted_and_recreated_under_its_accounts_is_refused(
         await c.send("usage.calls", call("after", tenant="acme"))  # offset 0 of the new topic
 
     second = Worker(d, 1).start()
-    d.workers.append(second)  # type: ignore[attr-defined]
+    d.workers.append(second)
     assert await exit_code(second) == 2
     log = second.log_tail(200)
     assert f"meter worker: refusing to start: input {calls}:0 ends at offset 1" in log

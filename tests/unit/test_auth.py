@@ -65,6 +65,7 @@ def test_wrong_audience_and_issuer_are_401(keys: TestKeys, verifier: TokenVerifi
 
 def test_missing_claims_are_401(keys: TestKeys, verifier: TokenVerifier) -> None:
     for claim in ("sub", "iss", "aud", "iat"):
+        # arg-type: a claim set to None (left out) is the test
         token = keys.token(**{claim: None})  # type: ignore[arg-type]
         refused(verifier, token)
     refused(verifier, keys.token(role="root"))
@@ -226,6 +227,7 @@ def test_the_demo_runs_on_the_local_key_pair_and_prints_two_tokens(
     env = {"METER_DATA_DIR": str(tmp_path)}
     keys = local_auth(env)
     assert keys is not None and env["METER_AUTH"] == "jwt"
+    # arg-type: settings given as environment strings, parsed by pydantic
     access = access_from(Settings(_env_file=None, **env))  # type: ignore[arg-type]
     print_tokens(keys, env, "acme-corp", 6066)
     tokens = [

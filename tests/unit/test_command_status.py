@@ -57,6 +57,7 @@ def result(
         command_id=command_id,
         tenant_id=tenant,
         command_type="funds_added",
+        # arg-type: outcome as a plain string, as it arrives on the wire
         outcome=outcome,  # type: ignore[arg-type]
         entry_id=entry_id,
         reason=reason,

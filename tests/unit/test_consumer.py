@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from intervaltree import Interval, IntervalTree  # type: ignore[import-untyped]
+from intervaltree import Interval, IntervalTree
 from mode.utils.locks import Event
 
 from processor.consumer import GuardedConsumer, Taken, _ConsumerThread, _step

@@ -216,6 +216,7 @@ async def test_every_admin_api_error_is_a_problem(
 
 
 async def test_a_disabled_admin_api_is_a_503_problem() -> None:
+    # arg-type: an API with no engine nor publisher is the test
     api = admin.AdminAPI(None, "USD", "commands", publisher=None)  # type: ignore[arg-type]
     reply = await api.add_funds("acme", AUTH, FUNDS.encode())
     assert reply.status == 503 and reply.headers["Retry-After"] == "2"

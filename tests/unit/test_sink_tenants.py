@@ -59,6 +59,7 @@ def alert(tenant: str, kind: str, seq: int | None = None, **extra: Any) -> bytes
     return BalanceAlert(
         alert_id=f"{tenant}:{kind}:{seq}",
         tenant_id=tenant,
+        # arg-type: the alert kind as a plain string, as on the wire
         alert=kind,  # type: ignore[arg-type]
         balance=Decimal("0.0000"),
         currency="USD",
