@@ -2,7 +2,7 @@
 
     python -m bench.sink [--entries 50000] [--tenants 1000] [--partitions 6]
 
-Starts a private Kafka broker and a private PostgreSQL server (tests/postgres.py),
+Starts a private Kafka broker and a private PostgreSQL server (tests/support/postgres.py),
 produces N ledger entries in transactions of 1,000 (as the workers write them), then
 for each backend (SQLite in a tmp dir, PostgreSQL) runs the sink's own consumer loop
 (`processor.sink.service.LedgerSink`, the code `meter ledger-sink` runs) from an
@@ -29,8 +29,8 @@ from bench.workload import create_topics
 from processor.kafka_local import LocalKafka
 from processor.sink.service import LedgerSink, SinkTopics, group_id
 from processor.sink.store import LedgerStore, database_url
-from tests.ledger_records import LedgerStream
-from tests.postgres import LocalPostgres
+from tests.support.ledger_records import LedgerStream
+from tests.support.postgres import LocalPostgres
 
 
 async def produce(bootstrap: str, topic: str, entries: int, tenants: int) -> None:

@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,11 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.kafka_local import free_port
-from schemas.types import format_timestamp
+
+# now_rfc3339 is re-exported: the integration tests import it from here.
+from tests.support.events import now_rfc3339 as now_rfc3339
 
 METER = str(Path(sys.executable).with_name("meter"))
-
-
-def now_rfc3339() -> str:
-    """The time now as an event's occurred_at: a worker refuses event times older than
-    METER_DEDUPE_DAYS (too_old) or ahead of its clock, so tests stamp events with now."""
-    return format_timestamp(datetime.now(UTC).replace(microsecond=0))
 
 
 async def eventually(
@@ -64,6 +59,8 @@ class Deployment:
     partitions: int = 4
     app_id: str = field(default_factory=lambda: f"meter-{uuid.uuid4().hex[:8]}")
     env_extra: dict[str, str] = field(default_factory=dict)
+    # The workers started for it, which the test's fixture stops (and prints) at the end.
+    workers: list[Worker] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:

@@ -1,7 +1,7 @@
 """Access per tenant (METER_AUTH=jwt) on real workers, the real broker and the sink.
 
 Two workers (so reads are forwarded between them) and a `meter ledger-sink` (SQLite)
-verify tokens signed by a test key pair (tests/tokens.py). Each role is tried on each
+verify tokens signed by a test key pair (tests/support/tokens.py). Each role is tried on each
 endpoint: a tenant admin reading another tenant is 403, no token is 401, an operator
 reads every tenant but cannot post funds, billing can post funds and recharge
 outcomes, and the actor of a top-up reaches the ledger, the sink and its CSV.
@@ -23,7 +23,7 @@ from processor.app import FORWARDED_HEADER
 from processor.problems import PROBLEM_JSON
 from tests.integration.harness import Deployment, Worker, eventually, running
 from tests.integration.test_ledger_sink import Sink
-from tests.tokens import TestKeys
+from tests.support.tokens import TestKeys
 
 pytestmark = pytest.mark.integration
 
@@ -215,14 +215,14 @@ async def walk_the_workers(
                 assert body["error"] == "forbidden"
 
     # ---- whoami
-    for token, wanted in (
+    for token, whoami in (
         (acme_admin, {"subject": "alice@acme", "role": "tenant_admin", "tenant_id": "acme"}),
         (operator, {"subject": "olga", "role": "operator", "tenant_id": None}),
         (billing, {"subject": "billing-svc", "role": "billing", "tenant_id": None}),
         (STATIC, {"subject": "admin-token", "role": "admin", "tenant_id": None}),
     ):
         status, body, _ = await call(base, "GET", "/auth/whoami", token)
-        assert (status, body) == (200, wanted)
+        assert (status, body) == (200, whoami)
 
 
 async def walk_the_sink(

@@ -12,6 +12,9 @@ import aiohttp
 import pytest
 
 from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339, running
+from tests.support import events
+
+funds = events.funds  # stamped now
 
 pytestmark = pytest.mark.integration
 
@@ -27,26 +30,14 @@ async def worker(kafka: Any, tmp_path: Path) -> AsyncIterator[Worker]:
         yield w
 
 
-def funds(tenant: str, amount: str, cid: str) -> dict[str, Any]:
-    return {
-        "type": "funds_added",
-        "command_id": cid,
-        "tenant_id": tenant,
-        "occurred_at": now_rfc3339(),
-        "amount": amount,
-        "currency": "USD",
-        "source": "manual",
-    }
-
-
 async def authorize(w: Worker, tenant: str, service: str, number: str) -> tuple[int, Any]:
     return await w.get(f"/tenants/{tenant}/authorize?service={service}&number={number}")
 
 
 async def test_authorize_answers_from_the_balance_and_the_credit_limit(worker: Worker) -> None:
     async with Client(worker.deployment) as client:
-        await client.send("credits.commands", funds("funded", "0.1000", "f-1"))
-        await client.send("credits.commands", funds("dry", "0.0100", "f-2"))
+        await client.send("credits.commands", funds("f-1", tenant="funded", amount="0.1000"))
+        await client.send("credits.commands", funds("f-2", tenant="dry", amount="0.0100"))
 
         async def funded() -> bool:
             status, body = await worker.get("/tenants/dry/account")
@@ -177,7 +168,9 @@ async def test_any_worker_authorizes_through_the_owner(kafka: Any, tmp_path: Pat
         tenants = [f"t{i}" for i in range(6)]  # both partitions of 2
         async with Client(d) as client:
             for i, tenant in enumerate(tenants):
-                await client.send("credits.commands", funds(tenant, f"0.{i + 1}000", f"c-{i}"))
+                await client.send(
+                    "credits.commands", funds(f"c-{i}", tenant=tenant, amount=f"0.{i + 1}000")
+                )
 
         async def everywhere() -> Any:
             seen = []

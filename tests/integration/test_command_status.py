@@ -21,16 +21,16 @@ import pytest
 
 from tests.integration.harness import METER, Client, Deployment, Worker, eventually, running
 from tests.integration.test_ledger_sink import Sink
-from tests.postgres import LocalPostgres
+from tests.support.postgres import LocalPostgres
 
 # The store's command tests, collected here again: `db_url` below is PostgreSQL.
 from tests.unit.test_command_status import (  # noqa: F401
     http,
-    store,
     test_a_replayed_result_changes_nothing_but_applied_replaces_rejected,
     test_http_command_status,
     test_pending_then_the_outcome_in_any_order,
 )
+from tests.unit.test_sink_store import store  # noqa: F401  # the fixture the tests below use
 
 TOKEN = "it-admin-token"
 

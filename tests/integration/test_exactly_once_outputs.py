@@ -33,6 +33,7 @@ from processor.publisher import KafkaPublisher, TransactionalPublisher
 from processor.reconcile import check_histories, read_topic
 from processor.settings import Settings
 from processor.topics import TopicNames
+from tests.support.values import present
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 CARD = load_rate_card(example_rate_card_path())
@@ -139,10 +140,10 @@ async def _crash_then_replay(
 
 
 @pytest.fixture
-async def names(kafka: Any, topic_name: Callable[[str], str]) -> TopicNames:
+async def names(kafka: Any, topic_name: Callable[..., str]) -> TopicNames:
     app_id = topic_name()
     names = TopicNames.from_settings(
-        Settings(_env_file=None, topic_prefix=f"{app_id}.", app_id=app_id)  # type: ignore[call-arg]
+        Settings(_env_file=None, topic_prefix=f"{app_id}.", app_id=app_id)
     )
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
@@ -203,7 +204,9 @@ async def test_transactional_outputs_show_one_history(kafka: Any, names: TopicNa
         with contextlib.suppress(Exception):
             await crashed.stop()
     assert problems == []
-    entries = [json.loads(r.value) for r in await read_topic(kafka.bootstrap, names.ledger)]
+    entries = [
+        json.loads(present(r.value)) for r in await read_topic(kafka.bootstrap, names.ledger)
+    ]
     # The replay's order: the call first, then the funds.
     assert [(e["kind"], e["balance_after"]) for e in entries] == [
         ("debit", "-0.1320"),

@@ -135,9 +135,9 @@ def traffic(events: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
 async def deployment(kafka: Any, tmp_path: Path) -> AsyncIterator[Deployment]:
     d = Deployment(kafka.bootstrap, tmp_path / "d", partitions=4)
     d.root.mkdir(parents=True)
-    d.workers = []  # type: ignore[attr-defined]
+    d.workers = []
     yield d
-    for w in d.workers:  # type: ignore[attr-defined]
+    for w in d.workers:
         w.kill()
         print(f"--- worker {w.index} ---\n{w.log_tail(60)}")
 
@@ -155,7 +155,7 @@ async def produce(
 
 
 async def reconciled(d: Deployment, url_of: Callable[[], str]) -> Report:
-    cfg = Settings(_env_file=None, METER_TOPIC_PREFIX=d.prefix, METER_APP_ID=d.app_id)  # type: ignore[call-arg]
+    cfg = Settings(_env_file=None, METER_TOPIC_PREFIX=d.prefix, METER_APP_ID=d.app_id)
     names = TopicNames.from_settings(cfg)
     card = load_rate_card(example_rate_card_path())
     last: list[Report] = []
@@ -166,7 +166,8 @@ async def reconciled(d: Deployment, url_of: Callable[[], str]) -> Report:
         return report if report.discrepancies == 0 else None
 
     try:
-        return await eventually(clean, timeout=180, interval=2, what="zero discrepancies")
+        report: Report = await eventually(clean, timeout=180, interval=2, what="zero discrepancies")
+        return report
     except AssertionError:
         failed = AssertionError(last[0].render() if last else "no report")
         raise await explained(d, failed) from None
@@ -187,7 +188,7 @@ async def one_request_per_tenant(d: Deployment) -> None:
 async def test_kill_9_at_random_moments_loses_and_doubles_nothing(deployment: Deployment) -> None:
     d = deployment
     worker = Worker(d, 0).start()
-    d.workers.append(worker)  # type: ignore[attr-defined]
+    d.workers.append(worker)
     await worker.wait_ready()
     records = traffic(events=6000, seed=11)
     load = asyncio.create_task(produce(d, records, per_second=400))
@@ -198,7 +199,7 @@ async def test_kill_9_at_random_moments_loses_and_doubles_nothing(deployment: De
         worker.kill()
         restarted = time.monotonic()
         worker = Worker(d, 0).start()
-        d.workers.append(worker)  # type: ignore[attr-defined]
+        d.workers.append(worker)
         await worker.wait_ready()
         recoveries.append(time.monotonic() - restarted)
     await load
@@ -218,7 +219,7 @@ async def test_restart_with_an_empty_data_dir_continues_from_the_exact_balance(
 ) -> None:
     d = deployment
     worker = Worker(d, 0).start()
-    d.workers.append(worker)  # type: ignore[attr-defined]
+    d.workers.append(worker)
     await worker.wait_ready()
     records = traffic(events=1500, seed=12)
     load = asyncio.create_task(produce(d, records, per_second=400))
@@ -229,7 +230,7 @@ async def test_restart_with_an_empty_data_dir_continues_from_the_exact_balance(
 
     shutil.rmtree(d.root / "worker-0", ignore_errors=True)
     worker = Worker(d, 0).start()
-    d.workers.append(worker)  # type: ignore[attr-defined]
+    d.workers.append(worker)
     await worker.wait_ready()
     await load
     report = await reconciled(d, lambda: worker.url)

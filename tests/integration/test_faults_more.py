@@ -652,7 +652,7 @@ async def test_crash_right_after_a_threshold_crossing_requests_once(
     load = asyncio.create_task(produce(d, records, per_second=300))
 
     x = "cx-threshold"
-    setup = [
+    setup: list[dict[str, Any]] = [
         {
             "type": "funds_added",
             "command_id": "cx-open",
@@ -824,7 +824,7 @@ async def test_a_worker_joining_as_a_burst_arrives_applies_every_record(
         await eventually(caught_up, 45, interval=1, what="every input committed to its end")
     except AssertionError as exc:
         stalled = str(exc)
-    cfg = Settings(_env_file=None, METER_TOPIC_PREFIX=d.prefix, METER_APP_ID=d.app_id)  # type: ignore[call-arg]
+    cfg = Settings(_env_file=None, METER_TOPIC_PREFIX=d.prefix, METER_APP_ID=d.app_id)
     card = load_rate_card(example_rate_card_path())
     report = await reconcile(d.bootstrap, TopicNames.from_settings(cfg), card, w1.url)
     missing = await never_applied(d)

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ from schemas.types import format_timestamp
 from tests.integration.harness import Client, Deployment, eventually, now_rfc3339
 from tests.integration.test_faults import reconciled
 from tests.integration.test_faults_more import Fleet, Supervisor, account_where
+from tests.support import events
+
+call = partial(events.call, dest="+14155550123")  # +1: 0.0200/min, 60 s increments
+funds = events.funds
 
 pytestmark = pytest.mark.integration
 
@@ -46,31 +51,6 @@ def expiring_in(d: Deployment, expire_seconds: float, notice_seconds: float) -> 
     )
 
 
-def funds(tenant: str, command_id: str, amount: str, at: str) -> dict[str, Any]:
-    return {
-        "type": "funds_added",
-        "command_id": command_id,
-        "tenant_id": tenant,
-        "occurred_at": at,
-        "amount": amount,
-        "currency": "USD",
-        "source": "manual",
-    }
-
-
-def call(tenant: str, event_id: str, seconds: int, at: str) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "tenant_id": tenant,
-        "occurred_at": at,
-        "call_id": f"k-{event_id}",
-        "call_type": "outbound",
-        "source_number": "+14155550100",
-        "destination_number": "+14155550123",  # +1: 0.0200/min, 60 s increments
-        "duration_seconds": seconds,
-    }
-
-
 def check_clean(report: Report, expiries: int) -> None:
     assert report.discrepancies == 0, report.render()
     assert report.expiry_entries == expiries, report.render()
@@ -87,8 +67,8 @@ async def test_a_lot_expires_through_one_entry_with_its_alerts_and_view(
     tenant = "exp-view"
     at = now_rfc3339()
     async with Client(d) as c:
-        await c.send("credits.commands", funds(tenant, "f-1", "10.00", at))
-        await c.send("usage.calls", call(tenant, "u-1", 61, at))  # 120 s: 0.0400
+        await c.send("credits.commands", funds("f-1", tenant=tenant, amount="10.00", at=at))
+        await c.send("usage.calls", call("u-1", tenant=tenant, seconds=61, at=at))  # 120 s: 0.0400
         view = await account_where(
             w, tenant, lambda v: v["balance"] == "9.9600", "the funds and the call applied"
         )
@@ -154,9 +134,13 @@ async def test_expiry_through_a_kill_9_happens_exactly_once(fleet: Fleet, kafka:
             # Event times a second apart: the lots expire over ~24 s, around the kill.
             for i, tenant in enumerate(tenants):
                 at = format_timestamp(now - timedelta(seconds=len(tenants) - i))
-                await c.send("credits.commands", funds(tenant, f"f-{tenant}", "5.00", at))
+                await c.send(
+                    "credits.commands", funds(f"f-{tenant}", tenant=tenant, amount="5.00", at=at)
+                )
                 # A second credit the same UTC day merges into the same lot.
-                await c.send("credits.commands", funds(tenant, f"g-{tenant}", "1.50", at))
+                await c.send(
+                    "credits.commands", funds(f"g-{tenant}", tenant=tenant, amount="1.50", at=at)
+                )
 
             async def first_expiry() -> list[dict[str, Any]]:
                 ledger = await c.read_all("credits.ledger")

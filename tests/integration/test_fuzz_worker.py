@@ -1,6 +1,6 @@
 """Fuzz a running `meter worker`: over 10,000 malformed records among valid traffic.
 
-The malformed records (tests/malformed.py, seeded, every kind in equal shares,
+The malformed records (tests/support/malformed.py, seeded, every kind in equal shares,
 including a few of 900 KB: just under the broker's 1 MB default) are interleaved with
 a few hundred valid events on usage.calls, usage.conferencing and credits.commands.
 Then: the worker is alive and ready, credits.rejected holds exactly one record per
@@ -31,9 +31,9 @@ from processor.reconcile import read_topic, reconcile
 from processor.settings import Settings
 from processor.topics import TopicNames
 from schemas import decode_call, decode_command, decode_conference, parse_timestamp
-from tests import malformed
 from tests.integration.harness import Deployment, Worker, eventually
-from tests.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
+from tests.support import malformed
+from tests.support.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ async def deployment(kafka: Any, tmp_path: Path) -> AsyncIterator[Deployment]:
     d = Deployment(kafka.bootstrap, tmp_path / "fuzz")
     d.root.mkdir(parents=True)
     workers: list[Worker] = []
-    d.workers = workers  # type: ignore[attr-defined]
+    d.workers = workers
     yield d
     for w in workers:
         w.stop()
@@ -86,8 +86,10 @@ def expected_balances(valid: list[tuple[str, dict[str, Any]]]) -> dict[str, Deci
         event = decoders[topic](malformed.dumps(body))
         position = Position(f"{topic}:0", offset)
         if topic == COMMANDS:
+            # arg-type: the decoder's union of commands/usage, split by topic here
             engine.command(event, topic, now, position)  # type: ignore[arg-type]
         else:
+            # arg-type: the decoder's union of commands/usage, split by topic here
             engine.usage(event, topic, now, position)  # type: ignore[arg-type]
     return {t: a.account.balance for t, a in accounts.items()}
 
@@ -97,7 +99,7 @@ async def test_worker_rejects_every_malformed_record_once_and_keeps_exact_balanc
 ) -> None:
     d = deployment
     worker = Worker(d, 0).start()
-    d.workers.append(worker)  # type: ignore[attr-defined]
+    d.workers.append(worker)
     await worker.wait_ready()
 
     rng = random.Random(SEED)
@@ -135,10 +137,10 @@ async def test_worker_rejects_every_malformed_record_once_and_keeps_exact_balanc
             for topic, key, value, m in stream
         ]
         sent: dict[Coords, Malformed] = {}
-        for fut, m in futures:
+        for fut, maybe in futures:
             meta = await fut
-            if m is not None:
-                sent[(meta.topic, meta.partition, meta.offset)] = m
+            if maybe is not None:
+                sent[(meta.topic, meta.partition, meta.offset)] = maybe
     finally:
         await producer.stop()
     produced = time.monotonic() - started
@@ -203,7 +205,7 @@ async def test_worker_rejects_every_malformed_record_once_and_keeps_exact_balanc
     # Zero discrepancies between the inputs, the ledger and the live balances, and
     # nothing in the ledger caused by a malformed record.
     names = TopicNames.from_settings(
-        Settings(_env_file=None, topic_prefix=d.prefix, app_id=d.app_id)  # type: ignore[call-arg]
+        Settings(_env_file=None, topic_prefix=d.prefix, app_id=d.app_id)
     )
     report = await reconcile(d.bootstrap, names, malformed.CARD, worker.url)
     assert report.discrepancies == 0, report.render()

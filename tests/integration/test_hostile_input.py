@@ -32,10 +32,10 @@ from processor.routing import partition_for
 from processor.settings import Settings
 from processor.topics import TopicNames
 from schemas.types import format_timestamp
-from tests import malformed
 from tests.integration.harness import Client, Deployment, Worker, eventually
 from tests.integration.test_fuzz_worker import expected_balances
-from tests.malformed import CALLS, COMMANDS, CONFERENCING
+from tests.support import malformed
+from tests.support.malformed import CALLS, COMMANDS, CONFERENCING
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ async def deployment(kafka: Any, tmp_path: Path) -> AsyncIterator[Deployment]:
     d = Deployment(kafka.bootstrap, tmp_path / "hostile", partitions=PARTITIONS)
     d.root.mkdir(parents=True)
     workers: list[Worker] = []
-    d.workers = workers  # type: ignore[attr-defined]
+    d.workers = workers
     yield d
     for w in workers:
         w.stop()
@@ -83,7 +83,8 @@ async def max_message_bytes(bootstrap: str, topic: str) -> int:
 
 
 def size(key: bytes | None, value: bytes | None) -> int:
-    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+    n: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+    return n
 
 
 def at_most(limit: int, key: bytes | None, make: Any) -> bytes:
@@ -117,7 +118,7 @@ def padded(topic: str, ident: str, tenant: str) -> Any:
 async def test_no_record_the_broker_accepted_stalls_a_partition(deployment: Deployment) -> None:
     d = deployment
     worker = Worker(d, 0).start()
-    d.workers.append(worker)  # type: ignore[attr-defined]
+    d.workers.append(worker)
     await worker.wait_ready()
     limit = await max_message_bytes(d.bootstrap, d.topic(CALLS))
 
@@ -125,7 +126,7 @@ async def test_no_record_the_broker_accepted_stalls_a_partition(deployment: Depl
     hostile: list[tuple[str, bytes | None, bytes, set[str], str]] = []
     for topic in (CALLS, CONFERENCING, COMMANDS):
         short = topic.split(".")[-1]
-        key = at_most(limit, None, lambda n: b"K" * n)[: -len(b"not json") - 8]
+        key: bytes | None = at_most(limit, None, lambda n: b"K" * n)[: -len(b"not json") - 8]
         hostile.append((topic, key, b"not json", {"invalid_json"}, f"{short}: key at max"))
         wrong = b"wrong-key"
         value = at_most(limit, wrong, padded(topic, f"h-max-{short}", AWAY))
@@ -211,7 +212,7 @@ async def test_no_record_the_broker_accepted_stalls_a_partition(deployment: Depl
 
     # The operator's word: the too-old call is applied by a forced replay, once.
     names = TopicNames.from_settings(
-        Settings(_env_file=None, topic_prefix=d.prefix, app_id=d.app_id)  # type: ignore[call-arg]
+        Settings(_env_file=None, topic_prefix=d.prefix, app_id=d.app_id)
     )
     report = await replay_rejected(
         d.bootstrap, names, reasons=frozenset({"too_old"}), force_too_old=True, echo=print
@@ -231,7 +232,7 @@ async def test_a_rejection_the_broker_refuses_for_size_becomes_a_minimal_one(
     payload; sizes and hashes) takes its place instead of failing the flush."""
     d = deployment
     worker = Worker(d, 0).start()
-    d.workers.append(worker)  # type: ignore[attr-defined]
+    d.workers.append(worker)
     await worker.wait_ready()
     rejected = d.topic("credits.rejected")
     small = 20_000

@@ -33,8 +33,14 @@ from processor.reconcile import read_topic
 from processor.sink.service import SinkTopics, group_id
 from processor.sink.store import LedgerStore, database_url
 from tests.integration.harness import METER, eventually
-from tests.ledger_records import LedgerStream, funds_added_auto, recharge_failed, recharge_request
-from tests.postgres import LocalPostgres
+from tests.support.ledger_records import (
+    LedgerStream,
+    funds_added_auto,
+    recharge_failed,
+    recharge_request,
+)
+from tests.support.postgres import LocalPostgres
+from tests.support.values import present
 
 # The store's tests, collected here again: `db_url` below points them at PostgreSQL.
 from tests.unit.test_sink_store import (  # noqa: F401
@@ -250,7 +256,7 @@ async def test_kill_9_mid_stream_loses_and_doubles_nothing(
         sink = Sink(kafka.bootstrap, app_id, tmp_path, given).start()
 
         topic_ids = [
-            json.loads(r.value)["entry_id"]
+            json.loads(present(r.value))["entry_id"]
             for r in await read_topic(kafka.bootstrap, topics.ledger)
         ]
         assert len(topic_ids) == len(set(topic_ids)) == 30_000

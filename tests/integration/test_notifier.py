@@ -37,7 +37,7 @@ from tests.integration.harness import (
     now_rfc3339,
     running,
 )
-from tests.postgres import LocalPostgres
+from tests.support.postgres import LocalPostgres
 
 # The outbox's and delivery loop's tests, collected here again on a real PostgreSQL
 # server (`store` below), where several notifiers share one outbox.

@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,53 +20,14 @@ from tests.integration.harness import (
     now_rfc3339,
     signed_sum,
 )
+from tests.support import events
 
 pytestmark = pytest.mark.integration
 
 NOW = now_rfc3339()  # event time within the dedupe window
-
-
-def call(
-    event_id: str, tenant: str, seconds: int = 61, dest: str = "+447700900123"
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "tenant_id": tenant,
-        "occurred_at": NOW,
-        "call_id": f"call-{event_id}",
-        "call_type": "outbound",
-        "source_number": "+14155550100",
-        "destination_number": dest,
-        "duration_seconds": seconds,
-    }
-
-
-def conference(
-    event_id: str, tenant: str, seconds: int, number: str = "+14155550111"
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "tenant_id": tenant,
-        "occurred_at": NOW,
-        "conference_id": "conf-1",
-        "leg_type": "dial_out",
-        "number": number,
-        "duration_seconds": seconds,
-    }
-
-
-def funds(command_id: str, tenant: str, amount: str, **extra: Any) -> dict[str, Any]:
-    body = {
-        "type": "funds_added",
-        "command_id": command_id,
-        "tenant_id": tenant,
-        "occurred_at": NOW,
-        "amount": amount,
-        "currency": "USD",
-        "source": "manual",
-    }
-    body.update(extra)
-    return body
+call = partial(events.call, at=NOW)
+conference = partial(events.conference, at=NOW)
+funds = partial(events.funds, at=NOW)
 
 
 def auto_recharge(command_id: str, tenant: str, amount: str, trigger: str) -> dict[str, Any]:
@@ -89,7 +51,7 @@ async def deploy(kafka: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Depl
             kafka.bootstrap, tmp_path / f"d{len(workers)}-{random.randrange(10**6)}", **kw
         )
         d.root.mkdir(parents=True)
-        d.workers = workers  # type: ignore[attr-defined]
+        d.workers = workers
         return d
 
     yield factory
@@ -101,7 +63,7 @@ async def deploy(kafka: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Depl
 
 async def start_workers(d: Deployment, n: int) -> list[Worker]:
     started = [Worker(d, i).start() for i in range(n)]
-    d.workers.extend(started)  # type: ignore[attr-defined]
+    d.workers.extend(started)
     for w in started:
         await w.wait_ready()
     return started
@@ -116,7 +78,7 @@ async def test_low_balance_recharge_round_trip_is_exact(deploy: Callable[..., De
     d = deploy()
     [w] = await start_workers(d, 1)
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "acme", "1.00"))
+        await c.send("credits.commands", funds("c1", tenant="acme", amount="1.00"))
         await c.send("credits.commands", auto_recharge("c2", "acme", "20.00", "0.80"))
 
         # Topics are read independently: a call sent after a command on another topic
@@ -127,7 +89,7 @@ async def test_low_balance_recharge_round_trip_is_exact(deploy: Callable[..., De
 
         await eventually(configured, what="the funds and auto-recharge settings applied")
         for i in range(3):  # 0.1320 each: 1.0000 -> 0.8680 -> 0.7360 (< 0.80) -> 0.6040
-            await c.send("usage.calls", call(f"e{i}", "acme"))
+            await c.send("usage.calls", call(f"e{i}", tenant="acme"))
 
         async def one_request() -> list[dict[str, Any]]:
             return await c.read_all("credits.recharge-requests")
@@ -145,8 +107,8 @@ async def test_low_balance_recharge_round_trip_is_exact(deploy: Callable[..., De
             "credits.commands",
             funds(
                 "c3",
-                "acme",
-                "20.00",
+                tenant="acme",
+                amount="20.00",
                 source="auto_recharge",
                 recharge_request_id=request["request_id"],
             ),
@@ -186,15 +148,21 @@ async def test_duplicates_and_miskeyed_records_apply_once(
     d = deploy()
     [w] = await start_workers(d, 1)
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "globex", "5.00"))
-        await c.send("credits.commands", funds("c1", "globex", "5.00"))  # re-sent command
+        await c.send("credits.commands", funds("c1", tenant="globex", amount="5.00"))
+        await c.send(
+            "credits.commands", funds("c1", tenant="globex", amount="5.00")
+        )  # re-sent command
         for _ in range(3):
-            await c.send("usage.calls", call("dup-1", "globex", seconds=120, dest="+14155550123"))
+            await c.send(
+                "usage.calls", call("dup-1", tenant="globex", seconds=120, dest="+14155550123")
+            )
         # The same tenant's events with no key and a wrong key: processed for the body's tenant.
         await c.send(
-            "usage.calls", call("nokey", "globex", seconds=60, dest="+14155550123"), key=None
+            "usage.calls", call("nokey", tenant="globex", seconds=60, dest="+14155550123"), key=None
         )
-        await c.send("usage.conferencing", conference("wrongkey", "globex", 60), key="initech")
+        await c.send(
+            "usage.conferencing", conference("wrongkey", tenant="globex", seconds=60), key="initech"
+        )
 
         # 5.00 - 0.04 (2 min at 0.02) - 0.02 - 0.015 (conference dial-out) = 4.925
         async def settled() -> bool | str:
@@ -226,8 +194,13 @@ async def test_marks_past_their_window_leave_the_worker_and_its_changelog(
     async with Client(d) as c:
         # Stamped as sent: older than the window, they would be refused at once.
         now = now_rfc3339()
-        resent = {**call("e1", "globex", seconds=120, dest="+14155550123"), "occurred_at": now}
-        await c.send("credits.commands", {**funds("c1", "globex", "5.00"), "occurred_at": now})
+        resent = {
+            **call("e1", tenant="globex", seconds=120, dest="+14155550123"),
+            "occurred_at": now,
+        }
+        await c.send(
+            "credits.commands", {**funds("c1", tenant="globex", amount="5.00"), "occurred_at": now}
+        )
         await c.send("usage.calls", resent)
 
         def balance_is(expected: str) -> Callable[[], Awaitable[bool | str]]:
@@ -264,10 +237,12 @@ async def test_bad_input_is_rejected_with_reasons_and_processing_goes_on(
     async with Client(d) as c:
         await c.send("usage.calls", b'{"event_id": "x", "tenant_id": "acme"', key="acme")
         await c.send("usage.calls", b"\xc3\x28 not utf-8", key="acme")
-        await c.send("usage.calls", call("neg", "acme", seconds=-5))
-        await c.send("usage.calls", call("norate", "acme", dest="+999123456"))
-        await c.send("credits.commands", {**funds("eur", "acme", "10.00"), "currency": "EUR"})
-        await c.send("usage.calls", call("good", "acme", seconds=60, dest="+14155550123"))
+        await c.send("usage.calls", call("neg", tenant="acme", seconds=-5))
+        await c.send("usage.calls", call("norate", tenant="acme", dest="+999123456"))
+        await c.send(
+            "credits.commands", {**funds("eur", tenant="acme", amount="10.00"), "currency": "EUR"}
+        )
+        await c.send("usage.calls", call("good", tenant="acme", seconds=60, dest="+14155550123"))
 
         async def all_rejected() -> list[dict[str, Any]] | None:
             rows = await c.read_all("credits.rejected")
@@ -302,7 +277,7 @@ def scenario(
         out.append(
             (
                 "credits.commands",
-                funds(f"f-{t}", t, f"{rng.randint(1, 9)}.{rng.randint(0, 99):02d}"),
+                funds(f"f-{t}", tenant=t, amount=f"{rng.randint(1, 9)}.{rng.randint(0, 99):02d}"),
             )
         )
         if i % 2 == 0:
@@ -311,9 +286,19 @@ def scenario(
     for n in range(events):
         t = rng.choice(names)
         if rng.random() < 0.2:
-            out.append(("usage.conferencing", conference(f"cf-{n}", t, rng.randint(0, 1800))))
+            out.append(
+                (
+                    "usage.conferencing",
+                    conference(f"cf-{n}", tenant=t, seconds=rng.randint(0, 1800)),
+                )
+            )
         else:
-            out.append(("usage.calls", call(f"ev-{n}", t, rng.randint(0, 900), rng.choice(dests))))
+            out.append(
+                (
+                    "usage.calls",
+                    call(f"ev-{n}", tenant=t, seconds=rng.randint(0, 900), dest=rng.choice(dests)),
+                )
+            )
         if rng.random() < 0.05:
             out.append(out[-1])  # a re-sent duplicate
     return out
@@ -342,8 +327,10 @@ def expected_balances(records: list[tuple[str, dict[str, Any]]]) -> dict[str, st
         event = decoders[topic](json.dumps(body).encode())
         position = Position(f"{topic}:0", offset)
         if topic == "credits.commands":
+            # arg-type: the decoder's union of commands/usage, split by topic here
             engine.command(event, topic, now, position)  # type: ignore[arg-type]
         else:
+            # arg-type: the decoder's union of commands/usage, split by topic here
             engine.usage(event, topic, now, position)  # type: ignore[arg-type]
     return {t: format(a.account.balance, "f") for t, a in accounts.items()}
 
@@ -366,6 +353,7 @@ async def run_scenario(
             if (got[t] or {}).get("balance") != b
         }
         if not wrong:
+            # return-value: with nothing wrong, no account in `got` is None
             return got  # type: ignore[return-value]
         print("expected vs got:", wrong)
         return None
@@ -378,7 +366,10 @@ async def test_two_workers_end_with_the_same_balances_as_one(
 ) -> None:
     _, balances_one = await run_scenario(deploy(), 1)
     two, balances_two = await run_scenario(deploy(), 2)
-    strip = lambda b: {k: v for k, v in b.items() if k not in ("updated_at", "pending_recharge")}  # noqa: E731
+
+    def strip(b: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in b.items() if k not in ("updated_at", "pending_recharge")}
+
     assert {t: strip(b) for t, b in balances_one.items()} == {
         t: strip(b) for t, b in balances_two.items()
     }
@@ -412,11 +403,13 @@ async def test_first_start_on_inputs_that_already_hold_records(
         await admin.close()
     tenants = [f"early-{i}" for i in range(40)]
     async with Client(d) as c:
-        await c.send_all("credits.commands", [funds(f"c-{t}", t, "5.00") for t in tenants])
+        await c.send_all(
+            "credits.commands", [funds(f"c-{t}", tenant=t, amount="5.00") for t in tenants]
+        )
         await c.send_all(
             "usage.calls",
             [
-                call(f"e{i}-{t}", t, seconds=60, dest="+14155550123")
+                call(f"e{i}-{t}", tenant=t, seconds=60, dest="+14155550123")
                 for i in range(50)
                 for t in tenants
             ],

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +25,15 @@ import yaml
 
 from processor.kafka_local import free_port
 from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
+from tests.support import events
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "credits-meter.rules.yml"
 NOW = now_rfc3339()  # event time within the dedupe window
-
-
-def call(event_id: str, tenant: str, seconds: int = 61) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "tenant_id": tenant,
-        "occurred_at": NOW,
-        "call_id": f"call-{event_id}",
-        "call_type": "outbound",
-        "source_number": "+14155550100",
-        "destination_number": "+447700900123",  # 0.0100 + 0.1200 x 61 / 60 = 0.1320
-        "duration_seconds": seconds,
-    }
-
-
-def funds(command_id: str, tenant: str, amount: str) -> dict[str, Any]:
-    return {
-        "type": "funds_added",
-        "command_id": command_id,
-        "tenant_id": tenant,
-        "occurred_at": NOW,
-        "amount": amount,
-        "currency": "USD",
-        "source": "manual",
-    }
+call = partial(events.call, at=NOW)
+funds = partial(events.funds, at=NOW)
 
 
 class Prometheus:
@@ -227,12 +206,12 @@ async def test_prometheus_scrapes_the_scenario_and_loads_the_rules(
     await prom.wait_value(f"up{{{target}}}", 1)
 
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "acme", "10.00"))
+        await c.send("credits.commands", funds("c1", tenant="acme", amount="10.00"))
         for i in range(3):
-            await c.send("usage.calls", call(f"e{i}", "acme"))
-        await c.send("usage.calls", call("e0", "acme"))  # a re-sent duplicate
+            await c.send("usage.calls", call(f"e{i}", tenant="acme"))
+        await c.send("usage.calls", call("e0", tenant="acme"))  # a re-sent duplicate
         await c.send("usage.calls", b'{"event_id": "broken', key="acme")
-        await c.send("usage.calls", {**call("bad", "acme"), "duration_seconds": -5})
+        await c.send("usage.calls", {**call("bad", tenant="acme"), "duration_seconds": -5})
 
     async def settled() -> bool | str:
         status, body = await worker.get("/tenants/acme/account")
@@ -315,9 +294,9 @@ async def test_worker_observers_reach_prometheus(stack: Callable[..., Any]) -> N
 
     started = time.monotonic()
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "acme", "1.00"))
-        await c.send("credits.commands", funds("c2", "globex", "5.00"))
-        await c.send("usage.calls", call("e1", "acme"))
+        await c.send("credits.commands", funds("c1", tenant="acme", amount="1.00"))
+        await c.send("credits.commands", funds("c2", tenant="globex", amount="5.00"))
+        await c.send("usage.calls", call("e1", tenant="acme"))
     await prom.wait_value(f'meter_tenant_balance{{{target}, tenant="acme", currency="USD"}}', 0.868)
     await prom.wait_value(f'meter_tenant_balance{{{target}, tenant="globex", currency="USD"}}', 5)
     # Every owned input partition reports its lag, and everything sent was processed

@@ -16,6 +16,7 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,14 @@ from tests.integration.harness import (
     now_rfc3339,
     signed_sum,
 )
+from tests.support import events
 
 pytestmark = pytest.mark.integration
 
 NOW = now_rfc3339()  # event time within the dedupe window
+call = partial(events.call, at=NOW)
+conference = partial(events.conference, at=NOW)
+funds = partial(events.funds, at=NOW)
 UK = "+442071234567"
 US = "+14155550123"
 CARD = """\
@@ -69,50 +74,12 @@ def write_card(path: Path, with_uk: bool) -> Path:
     return path
 
 
-def call(event_id: str, seconds: int, dest: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "tenant_id": "acme",
-        "occurred_at": NOW,
-        "call_id": f"call-{event_id}",
-        "call_type": "outbound",
-        "source_number": "+14155550100",
-        "destination_number": dest,
-        "duration_seconds": seconds,
-        **extra,
-    }
-
-
-def conference(event_id: str, seconds: int, number: str) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "tenant_id": "acme",
-        "occurred_at": NOW,
-        "conference_id": "conf-1",
-        "leg_type": "dial_out",
-        "number": number,
-        "duration_seconds": seconds,
-    }
-
-
-def funds(command_id: str, amount: str, currency: str = "USD") -> dict[str, Any]:
-    return {
-        "type": "funds_added",
-        "command_id": command_id,
-        "tenant_id": "acme",
-        "occurred_at": NOW,
-        "amount": amount,
-        "currency": currency,
-        "source": "manual",
-    }
-
-
 @pytest.fixture
 async def deployment(kafka: Any, tmp_path: Path) -> AsyncIterator[Deployment]:
     d = Deployment(kafka.bootstrap, tmp_path / "replay", partitions=2)
     d.root.mkdir(parents=True)
     workers: list[Worker] = []
-    d.workers = workers  # type: ignore[attr-defined]
+    d.workers = workers
     yield d
     for w in workers:
         w.stop()
@@ -149,18 +116,20 @@ async def test_usage_rejected_for_no_rate_is_applied_once_after_the_card_is_fixe
     d = deployment
     d.env_extra["METER_RATE_CARD"] = str(write_card(tmp_path / "no-uk.yaml", with_uk=False))
     first = Worker(d, 0).start()
-    d.workers.append(first)  # type: ignore[attr-defined]
+    d.workers.append(first)
     await first.wait_ready()
 
-    big = call("e-big", 90, UK, note="x" * 300_000)  # rejected copy keeps 256 KiB of it
+    big = call(
+        "e-big", seconds=90, dest=UK, note="x" * 300_000
+    )  # rejected copy keeps 256 KiB of it
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "10.00"))
-        await c.send("usage.calls", call("e-uk", 60, UK))
-        await c.send("usage.conferencing", conference("cf-uk", 120, UK))
+        await c.send("credits.commands", funds("c1", amount="10.00"))
+        await c.send("usage.calls", call("e-uk", seconds=60, dest=UK))
+        await c.send("usage.conferencing", conference("cf-uk", seconds=120, number=UK))
         await c.send("usage.calls", big)
         await c.send("usage.calls", b'{"event_id": "broken", "tenant_id": "acme"', key="acme")
-        await c.send("credits.commands", funds("c-eur", "5.00", currency="EUR"))
-        await c.send("usage.calls", call("e-us", 60, US))
+        await c.send("credits.commands", funds("c-eur", amount="5.00", currency="EUR"))
+        await c.send("usage.calls", call("e-us", seconds=60, dest=US))
 
         async def five_rejected() -> list[dict[str, Any]] | None:
             rows = await c.read_all("credits.rejected")
@@ -179,7 +148,7 @@ async def test_usage_rejected_for_no_rate_is_applied_once_after_the_card_is_fixe
         first.stop()
         d.env_extra["METER_RATE_CARD"] = str(write_card(tmp_path / "with-uk.yaml", with_uk=True))
         second = Worker(d, 0).start()
-        d.workers.append(second)  # type: ignore[attr-defined]
+        d.workers.append(second)
         await second.wait_ready()
 
         calls_before = len(await read_topic(d.bootstrap, d.topic("usage.calls")))
@@ -199,9 +168,9 @@ async def test_usage_rejected_for_no_rate_is_applied_once_after_the_card_is_fixe
 
         # Records behind the replays on each topic's acme partition: once these are
         # applied, every replay before them has been processed.
-        await c.send("usage.calls", call("s-call", 60, US))
-        await c.send("usage.conferencing", conference("s-conf", 60, US))
-        await c.send("credits.commands", funds("s-funds", "1.00"))
+        await c.send("usage.calls", call("s-call", seconds=60, dest=US))
+        await c.send("usage.conferencing", conference("s-conf", seconds=60, number=US))
+        await c.send("credits.commands", funds("s-funds", amount="1.00"))
 
         async def sentinels_applied() -> list[dict[str, Any]] | None:
             ledger = await c.read_all("credits.ledger")

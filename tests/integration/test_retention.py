@@ -68,9 +68,9 @@ async def test_reconcile_names_inputs_removed_by_retention_instead_of_mismatches
     d = deploy(partitions=1)
     [w] = await start_workers(d, 1)
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "acme", "5.00"))
+        await c.send("credits.commands", funds("c1", tenant="acme", amount="5.00"))
         for i in range(3):
-            await c.send("usage.calls", call(f"e{i}", "acme"))
+            await c.send("usage.calls", call(f"e{i}", tenant="acme"))
 
         async def charged() -> bool:
             acct = await account(w, "acme")

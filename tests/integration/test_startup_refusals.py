@@ -27,7 +27,7 @@ async def deploy(kafka: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Depl
             kafka.bootstrap, tmp_path / f"d{len(workers)}-{random.randrange(10**6)}", **kw
         )
         d.root.mkdir(parents=True)
-        d.workers = workers  # type: ignore[attr-defined]
+        d.workers = workers
         return d
 
     yield factory
@@ -51,10 +51,10 @@ async def test_a_worker_restarted_with_a_card_in_another_currency_exits_2(
 ) -> None:
     d = deploy(partitions=1)
     first = Worker(d, 0).start()
-    d.workers.append(first)  # type: ignore[attr-defined]
+    d.workers.append(first)
     await first.wait_ready()
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "acme", "5.00"))
+        await c.send("credits.commands", funds("c1", tenant="acme", amount="5.00"))
 
         async def funded() -> bool:
             acct = await account(first, "acme")
@@ -69,7 +69,7 @@ async def test_a_worker_restarted_with_a_card_in_another_currency_exits_2(
     euro.write_text(card.replace("currency: USD", "currency: EUR"))
     d.env_extra["METER_RATE_CARD"] = str(euro)
     second = Worker(d, 1).start()
-    d.workers.append(second)  # type: ignore[attr-defined]
+    d.workers.append(second)
     assert await exit_code(second) == 2
     log = second.log_tail(200)
     assert "meter worker: refusing to start: account 'acme' is kept in USD" in log
@@ -81,12 +81,12 @@ async def test_an_input_deleted_and_recreated_under_its_accounts_is_refused(
 ) -> None:
     d = deploy(partitions=1)
     first = Worker(d, 0).start()
-    d.workers.append(first)  # type: ignore[attr-defined]
+    d.workers.append(first)
     await first.wait_ready()
     async with Client(d) as c:
-        await c.send("credits.commands", funds("c1", "acme", "5.00"))
+        await c.send("credits.commands", funds("c1", tenant="acme", amount="5.00"))
         for i in range(3):
-            await c.send("usage.calls", call(f"e{i}", "acme"))
+            await c.send("usage.calls", call(f"e{i}", tenant="acme"))
 
         async def charged() -> bool:
             acct = await account(first, "acme")
@@ -114,10 +114,10 @@ async def test_an_input_deleted_and_recreated_under_its_accounts_is_refused(
     finally:
         await admin.close()
     async with Client(d) as c:
-        await c.send("usage.calls", call("after", "acme"))  # offset 0 of the new topic
+        await c.send("usage.calls", call("after", tenant="acme"))  # offset 0 of the new topic
 
     second = Worker(d, 1).start()
-    d.workers.append(second)  # type: ignore[attr-defined]
+    d.workers.append(second)
     assert await exit_code(second) == 2
     log = second.log_tail(200)
     assert f"meter worker: refusing to start: input {calls}:0 ends at offset 1" in log

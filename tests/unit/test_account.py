@@ -7,6 +7,7 @@ places throughout; the engine tests cover how inputs get there.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -352,7 +353,7 @@ def test_no_request_unless_all_conditions_hold(
 
 def test_at_most_one_request_outstanding_over_many_debits() -> None:
     a = account("10.0000", enabled=True)
-    ids = set()
+    ids: set[str] = set()
     for i in range(5):
         t = acc.apply_debit(a, debit("1.0000"), cause(f"ev-{i}"), T0)
         ids.update(r.request_id for r in requests(t))
@@ -751,8 +752,8 @@ def test_next_due() -> None:
 def test_the_same_transitions_from_the_same_state_give_identical_outputs() -> None:
     def run() -> list[Transition]:
         a = acc.new_account(TENANT, ZERO4)
-        out = []
-        steps = [
+        out: list[Transition] = []
+        steps: list[Callable[[Account], Transition]] = [
             lambda a: acc.configure_auto_recharge(a, settings(trigger="5.0000"), cmd("s"), T0),
             lambda a: funds(a, "3.0000", "m-1"),
             lambda a: acc.apply_debit(a, debit("4.0000"), cause("ev-1"), T0),

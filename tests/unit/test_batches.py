@@ -26,40 +26,24 @@ from processor.routing import partition_for
 from processor.settings import Settings
 from processor.staged import Staged
 from processor.topics import TopicNames
+from tests.support import events
+from tests.support.values import present
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-NAMES = TopicNames.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+NAMES = TopicNames.from_settings(Settings(_env_file=None))
 CARD = load_rate_card(example_rate_card_path())
 PARTITIONS = 4
 
 
+AT = "2026-11-25T09:59:00Z"
+
+
 def call(event_id: str, tenant: str, seconds: int = 61) -> bytes:
-    return json.dumps(
-        {
-            "event_id": event_id,
-            "tenant_id": tenant,
-            "occurred_at": "2026-11-25T09:59:00Z",
-            "call_id": f"k-{event_id}",
-            "call_type": "outbound",
-            "source_number": "+14155550100",
-            "destination_number": "+447700900123",
-            "duration_seconds": seconds,
-        }
-    ).encode()
+    return json.dumps(events.call(event_id, tenant=tenant, seconds=seconds, at=AT)).encode()
 
 
 def funds(command_id: str, tenant: str, amount: str = "10.00") -> bytes:
-    return json.dumps(
-        {
-            "type": "funds_added",
-            "command_id": command_id,
-            "tenant_id": tenant,
-            "occurred_at": "2026-11-25T09:59:00Z",
-            "amount": amount,
-            "currency": "USD",
-            "source": "manual",
-        }
-    ).encode()
+    return json.dumps(events.funds(command_id, tenant=tenant, amount=amount, at=AT)).encode()
 
 
 @dataclass
@@ -319,7 +303,7 @@ class Gated:
     def balances(self, index: int) -> dict[bytes | None, str]:
         """The account values written in one call: tenant -> balance."""
         return {
-            o.key: str(load_stored(o.value).account.balance)
+            o.key: str(load_stored(present(o.value)).account.balance)
             for o in self.calls[index]
             if o.topic == "accounts-changelog"
         }

@@ -28,7 +28,7 @@ from processor.sink.store import Batch, LedgerStore, supersedes
 from processor.tokens import LocalKeys
 from schemas.outputs import CommandResult, LedgerEntry
 from schemas.types import format_timestamp
-from tests.ledger_records import T0, LedgerStream
+from tests.support.ledger_records import T0, LedgerStream
 from tests.unit.test_sink_store import GROUP, Rec, db_url, store  # noqa: F401
 
 TOPICS = SinkTopics(
@@ -61,6 +61,7 @@ def result(
         command_id=command_id,
         tenant_id=tenant,
         command_type="funds_added",
+        # arg-type: outcome as a plain string, as it arrives on the wire
         outcome=outcome,  # type: ignore[arg-type]
         entry_id=entry_id,
         reason=reason,

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from babel.messages.extract import extract_from_dir
 
@@ -24,7 +24,7 @@ from processor.console.charts import daily_spend_svg, last_days
 from processor.console.i18n import Translator, _messages, catalog_path
 
 ADMIN_TOKEN = "static-admin-token"
-TOKENS = {
+TOKENS: dict[str, dict[str, Any]] = {
     "tok-acme": {"subject": "alice", "role": "tenant_admin", "tenant_id": "acme"},
     "tok-ops": {"subject": "olga", "role": "operator", "tenant_id": None},
 }
@@ -181,7 +181,7 @@ async def csrf_of(client: TestClient[Any, Any], path: str = "/signin") -> str:
     return found[1]
 
 
-async def sign_in(client: TestClient[Any, Any], token: str) -> web.StreamResponse:
+async def sign_in(client: TestClient[Any, Any], token: str) -> ClientResponse:
     csrf = await csrf_of(client)
     return await client.post("/signin", data={"token": token, "csrf": csrf}, allow_redirects=False)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from intervaltree import Interval, IntervalTree  # type: ignore[import-untyped]
+from intervaltree import Interval, IntervalTree
 from mode.utils.locks import Event
 
 from processor.consumer import GuardedConsumer, Taken, _ConsumerThread, _step
@@ -195,7 +195,7 @@ async def test_a_hand_over_that_never_waits_runs_at_once_without_a_task() -> Non
 
 
 async def test_a_hand_over_that_waits_finishes_when_awaited_or_is_cancelled() -> None:
-    room = asyncio.get_running_loop().create_future()
+    room: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     log: list[str] = []
 
     async def deliver() -> str:

@@ -744,7 +744,7 @@ def dockerfile() -> DockerfileParser:
 
 
 def final_stage() -> list[dict[str, Any]]:
-    instructions = dockerfile().structure
+    instructions: list[dict[str, Any]] = dockerfile().structure
     last_from = max(i for i, ins in enumerate(instructions) if ins["instruction"] == "FROM")
     return instructions[last_from:]
 

@@ -55,20 +55,23 @@ def exponent(value: Decimal) -> int:
 def contract_model(out: acc.Output, currency: str = "USD") -> Any:
     """The output as the contract's model: validates names, signs and shapes."""
     if isinstance(out, acc.LedgerOut):
-        return LedgerEntry(
-            entry_id=out.entry_id,
-            tenant_id=out.tenant_id,
-            kind=out.kind,
-            amount=out.amount,
-            currency=currency,
-            balance_after=out.balance_after,
-            cause_topic=out.cause_topic,
-            cause_id=out.cause_id,
-            occurred_at=out.occurred_at,
-            recorded_at=out.recorded_at,
-            rate_prefix=out.rate_prefix,
-            rate_per_minute=out.rate_per_minute,
-            billed_seconds=out.billed_seconds,
+        return LedgerEntry.model_validate(
+            # kind: the core's str, checked against the contract's Literal here
+            dict(
+                entry_id=out.entry_id,
+                tenant_id=out.tenant_id,
+                kind=out.kind,
+                amount=out.amount,
+                currency=currency,
+                balance_after=out.balance_after,
+                cause_topic=out.cause_topic,
+                cause_id=out.cause_id,
+                occurred_at=out.occurred_at,
+                recorded_at=out.recorded_at,
+                rate_prefix=out.rate_prefix,
+                rate_per_minute=out.rate_per_minute,
+                billed_seconds=out.billed_seconds,
+            )
         )
     if isinstance(out, acc.AlertOut):
         return BalanceAlert(
@@ -83,6 +86,7 @@ def contract_model(out: acc.Output, currency: str = "USD") -> Any:
             request_id=out.request_id,
             amount=out.amount,
         )
+    assert isinstance(out, acc.RechargeOut), out
     return RechargeRequested(
         request_id=out.request_id,
         tenant_id=out.tenant_id,
@@ -349,13 +353,13 @@ def test_another_precision_card() -> None:
     outs = h.outputs
     assert str(h.account().balance) == "2.82"
     for out in outs:
-        values = (
-            [out.amount, out.balance_after]
-            if isinstance(out, acc.LedgerOut)
-            else [out.balance]
-            if isinstance(out, acc.AlertOut)
-            else [out.amount, out.trigger_balance, out.balance]
-        )
+        if isinstance(out, acc.LedgerOut):
+            values = [out.amount, out.balance_after]
+        elif isinstance(out, acc.AlertOut):
+            values = [out.balance]
+        else:
+            assert isinstance(out, acc.RechargeOut), out
+            values = [out.amount, out.trigger_balance, out.balance]
         assert all(exponent(v) == -2 for v in values), out
     assert [str(r.balance) for r in h.requests()] == ["0.00"]
     assert h.command(i.funds("1.001")).status is Status.REJECTED
@@ -811,6 +815,7 @@ def _ids(out: acc.Output) -> str:
         return out.entry_id
     if isinstance(out, acc.AlertOut):
         return out.alert_id
+    assert isinstance(out, acc.RechargeOut), out
     return f"{out.request_id}#{out.attempt}"
 
 

@@ -20,6 +20,7 @@ from processor.core.engine import DedupeWindow, Engine, Status
 from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount, newer
 from schemas import CallUsage, FundsAdded
+from tests.support import events
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 CARD = load_rate_card(example_rate_card_path())
@@ -37,33 +38,15 @@ def engine(
     )
 
 
+AT = "2026-11-25T09:00:00Z"
+
+
 def call(event_id: str, seconds: int = 61) -> CallUsage:
-    return CallUsage.model_validate(
-        {
-            "event_id": event_id,
-            "tenant_id": "acme",
-            "occurred_at": "2026-11-25T09:00:00Z",
-            "call_id": "c",
-            "call_type": "outbound",
-            "source_number": "+14155550100",
-            "destination_number": "+447700900123",
-            "duration_seconds": seconds,
-        }
-    )
+    return CallUsage.model_validate(events.call(event_id, seconds=seconds, at=AT))
 
 
 def funds(command_id: str, amount: str) -> FundsAdded:
-    return FundsAdded.model_validate(
-        {
-            "type": "funds_added",
-            "command_id": command_id,
-            "tenant_id": "acme",
-            "occurred_at": "2026-11-25T09:00:00Z",
-            "amount": amount,
-            "currency": "USD",
-            "source": "manual",
-        }
-    )
+    return FundsAdded.model_validate(events.funds(command_id, amount=amount, at=AT))
 
 
 P = Position("usage.calls:0", 10)

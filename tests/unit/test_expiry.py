@@ -4,8 +4,10 @@ and the account's consumption (part 2)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
 from hypothesis import given, settings
@@ -185,7 +187,8 @@ def test_funds_expiring_once_per_lot_with_a_deterministic_id() -> None:
     assert alert.alert is acc.AlertKind.FUNDS_EXPIRING
     assert (alert.amount, alert.expires_at) == (D("10.0000"), expires)
     again = acc.apply_expiry(a, LEDGER, expires - timedelta(days=20), YEAR)
-    assert again.outputs[0].alert_id == alert.alert_id  # type: ignore[union-attr]
+    assert isinstance(again.outputs[0], acc.AlertOut)
+    assert again.outputs[0].alert_id == alert.alert_id
     # Once noticed, the next time due is the expiry itself.
     assert not acc.apply_expiry(t.account, LEDGER, expires - DAY, YEAR).changed
     assert acc.next_expiry_due(t.account, YEAR) == expires
@@ -480,8 +483,8 @@ def test_the_timer_fires_only_for_tenants_due_and_expires_through_its_tick(
     pub = MemoryPublisher()
     handler = RecordHandler(engine(), NAMES, 1, pub, clock=lambda: clock[0])
 
-    def run(coro: object) -> None:
-        asyncio.run(coro)  # type: ignore[arg-type]
+    def run(coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run(coro)
 
     for offset, (tenant, day) in enumerate((("acme", 0), ("globex", 40))):
         cmd = inputs.funds("5.0000", f"f-{tenant}", tenant=tenant, at=T0 + day * DAY)
@@ -565,4 +568,5 @@ def test_a_lot_merged_past_the_bound_never_reuses_a_notice_id() -> None:
     again = acc.apply_expiry(merged, LEDGER, first, policy)
     [second] = again.outputs
     assert isinstance(second, acc.AlertOut) and second.amount == D("3.0000")
-    assert second.alert_id != notice.alert_id  # type: ignore[union-attr]
+    assert isinstance(notice, acc.AlertOut)
+    assert second.alert_id != notice.alert_id

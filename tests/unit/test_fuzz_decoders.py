@@ -7,7 +7,7 @@ nothing else, its reason is one the defect allows, it names the record's topic,
 partition and offset and carries the original key and payload; and no account, dedupe
 mark or recharge timer changes.
 
-The records come from tests/malformed.py (each a valid event with one certain defect)
+The records come from tests/support/malformed.py (each a valid event with one certain defect)
 driven by Hypothesis, plus Hypothesis's own bytes, text and JSON values.
 """
 
@@ -38,8 +38,8 @@ from processor.topics import TopicNames
 from schemas import DecodeError, RejectedRecord, decode_call, decode_command, decode_conference
 from schemas.outputs import CommandResult
 from schemas.types import parse_timestamp
-from tests import malformed
-from tests.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
+from tests.support import malformed
+from tests.support.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
 
 RECORDS = 10_000
 # Records per Hypothesis example: the engine's per-example cost is several times the

@@ -25,7 +25,7 @@ CA = ssl.get_default_verify_paths().cafile
 
 
 def settings(**env: Any) -> Settings:
-    return Settings(_env_file=None, **env)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **env)
 
 
 SCRAM = {

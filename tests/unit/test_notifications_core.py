@@ -161,5 +161,5 @@ def test_recharge_succeeded_needs_its_request_and_amount() -> None:
         "occurred_at": T0,
     }
     with pytest.raises(ValueError, match="request_id and amount"):
-        BalanceAlert(**base, request_id="r")
-    BalanceAlert(**base, request_id="r", amount="50.00")
+        BalanceAlert.model_validate({**base, "request_id": "r"})
+    BalanceAlert.model_validate({**base, "request_id": "r", "amount": "50.00"})

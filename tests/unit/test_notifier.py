@@ -416,6 +416,7 @@ async def test_the_settings_book_catches_up_before_alerts_are_read() -> None:
     # A record applied: the latest settings of a tenant win, a tombstone forgets them.
     record = Rec(0, json.dumps({"tenant_id": "t", "events": ["low_balance"]}).encode(), b"t")
     book._apply(tp, record)
+    # union-attr: the left operand asserted it is there
     assert book.get("t") is not None and book.get("t").events == {"low_balance"}  # type: ignore[union-attr]
     book._apply(tp, Rec(1, None, b"t"))
     assert book.get("t") is None

@@ -20,7 +20,7 @@ from processor.settings import Settings
 from processor.topics import TopicNames
 
 PARTITIONS = 4
-CFG = Settings(_env_file=None, METER_TOPIC_PREFIX="t.")  # type: ignore[call-arg]
+CFG = Settings(_env_file=None, METER_TOPIC_PREFIX="t.")
 NAMES = TopicNames.from_settings(CFG)
 
 
@@ -145,12 +145,12 @@ def observer(meter: FakeMeter, chunk: int = observe.CHUNK) -> observe.Observer:
 def test_tenant_balance_export_is_off_by_default_and_read_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert Settings(_env_file=None).metrics_tenant_balances == 0  # type: ignore[call-arg]
+    assert Settings(_env_file=None).metrics_tenant_balances == 0
     monkeypatch.setenv("METER_METRICS_TENANT_BALANCES", "25")
-    assert Settings(_env_file=None).metrics_tenant_balances == 25  # type: ignore[call-arg]
+    assert Settings(_env_file=None).metrics_tenant_balances == 25
     monkeypatch.setenv("METER_METRICS_TENANT_BALANCES", "-1")
     with pytest.raises(ValueError, match="greater than or equal to 0"):
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        Settings(_env_file=None)
 
 
 # ---- wiring -----------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_the_real_meter_has_everything_the_observers_read() -> None:
     from processor.core.rating import example_rate_card_path, load_rate_card
 
     meter = Meter(
-        Settings(_env_file=None),  # type: ignore[call-arg]
+        Settings(_env_file=None),
         load_rate_card(example_rate_card_path()),
         Broker("127.0.0.1:1"),
         partitions=PARTITIONS,
@@ -204,7 +204,7 @@ async def test_the_timer_runs_the_round(monkeypatch: pytest.MonkeyPatch) -> None
     observe.install(meter, interval=0.01)
     assert value("meter_ready") == 0
     # The task Faust starts with the app: its timer loop calling the round.
-    task = asyncio.create_task(app._app_tasks[-1]())
+    task: asyncio.Future[Any] = asyncio.ensure_future(app._app_tasks[-1]())
     try:
         await asyncio.wait_for(rounds.wait(), 5)
     finally:

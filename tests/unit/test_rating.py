@@ -259,7 +259,9 @@ def test_entry_order_does_not_matter() -> None:
 
 
 def test_lookup_accepts_plain_table_name(contract_card: RateCard) -> None:
+    # arg-type: a plain table name instead of the enum is the test
     assert contract_card.lookup("outbound", "+14155550100") is not None  # type: ignore[arg-type]
+    # arg-type: an unknown table name is the test
     assert contract_card.lookup("nonsense", "+14155550100") is None  # type: ignore[arg-type]
 
 
@@ -785,6 +787,7 @@ def test_direct_construction_validates() -> None:
     with pytest.raises(RateCardError, match=r"rounding\.decimals"):
         RateCard("USD", "v", 13, RoundingMode.HALF_UP, (rate,))
     with pytest.raises(ValueError):
+        # arg-type: an unknown rounding mode is the test
         RateCard("USD", "v", 4, "sideways", (rate,))  # type: ignore[arg-type]
     for bad in (
         dict(increment_seconds=0),
@@ -811,6 +814,7 @@ def test_card_is_immutable_hashable_and_comparable(contract_card: RateCard) -> N
     assert again == contract_card
     assert hash(again) == hash(contract_card)
     with pytest.raises(AttributeError):
+        # misc: writing a frozen field is the test
         contract_card.decimals = 2  # type: ignore[misc]
 
 

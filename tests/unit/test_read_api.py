@@ -43,7 +43,7 @@ INVALID = [
 
 @pytest.fixture
 async def meter() -> AsyncIterator[Meter]:
-    cfg = Settings(_env_file=None)  # type: ignore[call-arg]
+    cfg = Settings(_env_file=None)
     m = Meter(cfg, load_rate_card(example_rate_card_path()), Broker("127.0.0.1:1"), partitions=4)
     try:
         yield m
@@ -107,7 +107,9 @@ async def owner(meter: Meter) -> AsyncIterator[Callable[[web.Response | None], A
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
+        # union-attr: aiohttp's private server is set once the site has started
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # method-assign: the test chooses where a tenant's owner is
         meter.owner_url = lambda tenant_id: f"http://127.0.0.1:{port}/"  # type: ignore[method-assign]
 
     yield serve
@@ -155,6 +157,7 @@ async def test_an_unreachable_owner_is_503_with_retry_after(meter: Meter) -> Non
     from processor.kafka_local import free_port
 
     port = free_port()  # nothing listens there
+    # method-assign: the test chooses where a tenant's owner is
     meter.owner_url = lambda tenant_id: f"http://127.0.0.1:{port}/"  # type: ignore[method-assign]
     status, body, headers = await meter.account_response("acme", forwarded=False)
     assert status == 503 and json.loads(body)["error"] == "owner_unreachable"

@@ -4,15 +4,17 @@ and the admin API under METER_AUTH=jwt (processor/admin.py, processor/auth.py)."
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 
 import pytest
 from pydantic import SecretStr
 
+from processor.admin import AdminAPI, Reply
 from processor.auth import Access, TokenVerifier
 from schemas import decode_command
 from schemas.inputs import FundsAdded, RechargeFailed
-from tests.tokens import AUDIENCE, ISSUER, TestKeys
-from tests.unit.test_admin import AUTH, FUNDS, body, enc, make_api
+from tests.support.tokens import AUDIENCE, ISSUER, TestKeys
+from tests.unit.test_admin import AUTH, FUNDS, FakePublisher, body, enc, make_api
 
 SUCCEEDED = enc({"outcome": "succeeded", "amount": "25.00", "attempt": 2})
 FAILED = enc({"outcome": "failed", "reason": "card_declined", "attempt": 1})
@@ -89,7 +91,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> TestKeys:
     return TestKeys.make(tmp_path_factory.mktemp("keys"))
 
 
-def jwt_api(keys: TestKeys, token: str | None = None):  # type: ignore[no-untyped-def]
+def jwt_api(keys: TestKeys, token: str | None = None) -> tuple[AdminAPI, FakePublisher]:
     verifier = TokenVerifier(str(keys.jwks_path), ISSUER, AUDIENCE)
     access = Access("jwt", None if token is None else SecretStr(token), verifier)
     return make_api(token=token, access=access)
@@ -110,8 +112,8 @@ async def test_under_jwt_who_may_do_what(keys: TestKeys) -> None:
     acme_admin = keys.header(keys.tenant_admin("acme", sub="alice"))
     settings = enc({"enabled": True, "recharge_amount": "25.00", "trigger_balance": "5.00"})
 
-    async def status(reply_of: object) -> int:
-        reply = await reply_of  # type: ignore[misc]
+    async def status(reply_of: Awaitable[Reply]) -> int:
+        reply = await reply_of
         return int(reply.status)
 
     assert await status(api.add_funds("acme", operator, FUNDS)) == 403

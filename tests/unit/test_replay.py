@@ -281,6 +281,7 @@ def test_base64_key_and_payload_are_decoded() -> None:
         rejection(rejected_at="yesterday"),
         rejection(payload="!!", payload_encoding="base64"),
         rejection(payload="x", payload_encoding="rot13"),
+        # arg-type: a malformed source (partition "zero") is the test
         rejection(source=(NAMES.calls, "zero", 1)),  # type: ignore[arg-type]
         json.dumps({"type": "rejected", "reason": "no_rate"}).encode(),
     ],

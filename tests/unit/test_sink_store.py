@@ -41,7 +41,7 @@ from processor.sink.store import (
 )
 from schemas.ledger_api import LedgerPage, UsageReport
 from schemas.outputs import LedgerEntry
-from tests.ledger_records import (
+from tests.support.ledger_records import (
     T0,
     LedgerStream,
     funds_added_auto,
@@ -123,6 +123,7 @@ async def test_a_failed_batch_leaves_neither_rows_nor_positions(store: LedgerSto
     assert await store.positions(GROUP, [(TOPICS.ledger, 0)]) == {(TOPICS.ledger, 0): 5}
     # The positions refused: the rows of the batch roll back with them.
     bad = batch_of(list(stream.entries(5)), first_offset=5)
+    # assignment: a position the database refuses is the test
     bad.positions[(TOPICS.ledger, 0)] = None  # type: ignore[assignment]
     with pytest.raises(sa.exc.IntegrityError):
         await store.write(GROUP, bad)

@@ -20,7 +20,7 @@ from processor.sink.service import SinkStats, SinkTopics, rows_of
 from processor.sink.store import LedgerStore, database_url
 from schemas.ledger_api import RechargeHistory, TenantList
 from schemas.outputs import BalanceAlert
-from tests.ledger_records import (
+from tests.support.ledger_records import (
     T0,
     LedgerStream,
     funds_added_auto,
@@ -29,8 +29,9 @@ from tests.ledger_records import (
 )
 from tests.unit.test_sink_store import GROUP, Rec
 
+ALERTS = "credits.alerts"
 TOPICS = SinkTopics(
-    "credits.ledger", "credits.recharge-requests", "credits.commands", alerts="credits.alerts"
+    "credits.ledger", "credits.recharge-requests", "credits.commands", alerts=ALERTS
 )
 
 
@@ -58,6 +59,7 @@ def alert(tenant: str, kind: str, seq: int | None = None, **extra: Any) -> bytes
     return BalanceAlert(
         alert_id=f"{tenant}:{kind}:{seq}",
         tenant_id=tenant,
+        # arg-type: the alert kind as a plain string, as on the wire
         alert=kind,  # type: ignore[arg-type]
         balance=Decimal("0.0000"),
         currency="USD",
@@ -100,7 +102,7 @@ async def test_the_operator_list_filters_by_status_alert_settings_and_answers(
         tenants_store,
         {
             TOPICS.ledger: [e.to_json() for e in [*funded, low]],
-            TOPICS.alerts: [
+            ALERTS: [
                 alert("a", "restored", 1),
                 alert("a", "exhausted", 2),
                 # A re-delivered older alert keeps its old number: a stays exhausted.

@@ -39,7 +39,7 @@ from processor.routing import partition_for
 from processor.sizing import KEY_BOUND, Limits, record_size
 from schemas import RejectedRecord
 from schemas.types import format_timestamp, parse_timestamp
-from tests import malformed
+from tests.support import malformed
 from tests.unit.test_fuzz_decoders import NAMES
 
 NOW = parse_timestamp(malformed.NOW)  # the events' time

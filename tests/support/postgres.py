@@ -47,7 +47,7 @@ class LocalPostgres:
         self.port = free_port()
         self._as_postgres = os.geteuid() == 0
 
-    def _run(self, *argv: str) -> None:
+    def _run(self, *argv: str | Path) -> None:
         command = [str(a) for a in argv]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]

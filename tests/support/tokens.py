@@ -36,11 +36,11 @@ class TestKeys:
         ec_key = ec.generate_private_key(ec.SECP256R1())
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         keys = []
-        for kid, algorithm, key in (
-            ("ec-1", jwt.algorithms.ECAlgorithm, ec_key),
-            ("rsa-1", jwt.algorithms.RSAAlgorithm, rsa_key),
+        for kid, jwk_text in (
+            ("ec-1", jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key())),
+            ("rsa-1", jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key())),
         ):
-            jwk = json.loads(algorithm.to_jwk(key.public_key()))
+            jwk = json.loads(jwk_text)
             jwk.update({"kid": kid, "use": "sig"})
             keys.append(jwk)
         directory.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,7 @@ class LedgerStream:
         return LedgerEntry(
             entry_id=f"{tenant}:e{self._n}",
             tenant_id=tenant,
+            # arg-type: kinds given as plain strings, validated by the model
             kind=kind,  # type: ignore[arg-type]
             amount=amount,
             currency="USD",

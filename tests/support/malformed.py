@@ -343,8 +343,8 @@ def unknown_type(rng: random.Random, body: Body, topic: str) -> Out:
         return dumps({**body, "type": value}), INVALID_EVENT
     # Usage topics have no `type`; their discriminating enums are call_type and leg_type.
     field = "call_type" if topic == CALLS else "leg_type"
-    value = rng.choice(["inbound", "OUTBOUND", "", "dial_in", "toll_free", "sms", 1])
-    return dumps({**body, field: value}), INVALID_EVENT
+    bad: object = rng.choice(["inbound", "OUTBOUND", "", "dial_in", "toll_free", "sms", 1])
+    return dumps({**body, field: bad}), INVALID_EVENT
 
 
 def bad_duration(rng: random.Random, body: Body, _topic: str) -> Out:
