@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from processor.kafka_local import free_port
 
@@ -262,3 +263,83 @@ def signed_sum(entries: Iterable[Mapping[str, Any]], tenant: str) -> Any:
             amount = Decimal(e["amount"])
             total += amount if e["kind"] == "credit" else -amount
     return total
+
+
+# ---- evidence that a fault struck mid-load -------------------------------------------
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """What a fault test records at the moment it kills (or freezes) a process, so that
+    it can assert the strike landed while work was in flight: a kill before the load
+    began, or after everything was already processed, would pass without testing
+    anything.
+
+    `done` is the work the victim had finished (input records its group had committed,
+    rows its database held, deliveries made), `sent` the work handed to it by then
+    (input records produced), `total` all the test hands it. Mid-load means some work
+    was handed over and not finished (`done < sent`) and, when the load is still
+    running (`more_to_come`), that more was still to come (`sent < total`, with `sent`
+    read again after the strike if it could be); when everything was handed over
+    before the strike (`more_to_come=False`), that some had already been finished.
+    """
+
+    what: str
+    done: int
+    sent: int
+    total: int
+    sent_after: int | None = None
+    more_to_come: bool = True
+
+    def check(self) -> InFlight:
+        assert self.done < self.sent, f"{self}: nothing was in flight (done >= sent)"
+        if self.more_to_come:
+            last = self.sent if self.sent_after is None else self.sent_after
+            assert last < self.total, f"{self}: the load had ended (sent == total)"
+        else:
+            assert self.done > 0, f"{self}: the work had not begun (nothing done yet)"
+        return self
+
+    def __str__(self) -> str:
+        after = "" if self.sent_after is None else f" ({self.sent_after} just after)"
+        return f"{self.what}: {self.done} done, {self.sent} sent{after}, of {self.total} in all"
+
+
+INPUTS = ("credits.commands", "usage.calls", "usage.conferencing")
+
+
+async def input_offsets(d: Deployment) -> tuple[int, int]:
+    """The input records the deployment's consumer group has committed, and those
+    produced, each summed over every input partition."""
+    tps = [TopicPartition(d.topic(t), p) for t in INPUTS for p in range(d.partitions)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=d.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=d.bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(d.app_id)
+        ends = await consumer.end_offsets(tps)
+        done = sum(max(committed[tp].offset, 0) for tp in tps if tp in committed)
+        return done, sum(ends.values())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def strike(
+    d: Deployment,
+    action: Callable[[], object],
+    *,
+    total: int,
+    what: str,
+    broker_up_after: bool = True,
+) -> InFlight:
+    """Kill or freeze a process of `d` with `action`, and assert (see `InFlight`) that
+    it struck mid-load: the group's committed input offsets and the input end offsets
+    are read just before, and the end offsets again just after (unless the strike
+    took the broker away), while the load runs on. `total`: every input record the
+    test produces."""
+    done, sent = await input_offsets(d)
+    action()
+    after = (await input_offsets(d))[1] if broker_up_after else None
+    return InFlight(what, done=done, sent=sent, total=total, sent_after=after).check()

@@ -21,11 +21,23 @@ from processor.reconcile import Report, read_topic, reconcile
 from processor.settings import Settings
 from processor.topics import TopicNames
 from tests.integration.diagnose import explained
-from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
+from tests.integration.harness import (
+    Client,
+    Deployment,
+    InFlight,
+    Worker,
+    eventually,
+    now_rfc3339,
+    strike,
+)
 
 pytestmark = pytest.mark.integration
 
 CYCLES = int(os.environ.get("METER_FAULT_CYCLES", "5"))
+# A kill cycle (a random wait, then a restart until ready) takes about 8 s; the load is
+# paced to last SECONDS_PER_CYCLE per cycle, so that every kill lands while records are
+# in flight (each kill asserts it).
+SECONDS_PER_CYCLE = 15
 TENANTS = 200
 DESTINATIONS = [
     "+14155550123",
@@ -191,12 +203,15 @@ async def test_kill_9_at_random_moments_loses_and_doubles_nothing(deployment: De
     d.workers.append(worker)
     await worker.wait_ready()
     records = traffic(events=6000, seed=11)
-    load = asyncio.create_task(produce(d, records, per_second=400))
+    per_second = min(400, len(records) / (CYCLES * SECONDS_PER_CYCLE))
+    load = asyncio.create_task(produce(d, records, per_second=per_second))
     rng = random.Random(5)
     recoveries: list[float] = []
-    for _ in range(CYCLES):
+    strikes: list[InFlight] = []
+    for n in range(CYCLES):
         await asyncio.sleep(rng.uniform(0.5, 2.5))  # a random moment to strike
-        worker.kill()
+        killed = await strike(d, worker.kill, total=len(records), what=f"kill -9 #{n + 1}")
+        strikes.append(killed)
         restarted = time.monotonic()
         worker = Worker(d, 0).start()
         d.workers.append(worker)
@@ -206,8 +221,9 @@ async def test_kill_9_at_random_moments_loses_and_doubles_nothing(deployment: De
     report = await reconciled(d, lambda: worker.url)
     print(report.render())
     print(
-        f"cycles: {CYCLES}, records sent: {len(records)}, "
-        f"restart-to-ready seconds: {[round(r, 1) for r in recoveries]}"
+        f"cycles: {CYCLES}, records sent: {len(records)} at {per_second:.0f}/s, "
+        f"restart-to-ready seconds: {[round(r, 1) for r in recoveries]}, "
+        f"at each kill: {[str(k) for k in strikes]}"
     )
     assert report.discrepancies == 0
     assert report.distinct_applied > 0 and report.ledger_entries == report.distinct_applied
@@ -224,7 +240,8 @@ async def test_restart_with_an_empty_data_dir_continues_from_the_exact_balance(
     records = traffic(events=1500, seed=12)
     load = asyncio.create_task(produce(d, records, per_second=400))
     await asyncio.sleep(1.5)
-    worker.kill()
+    killed = await strike(d, worker.kill, total=len(records), what="kill -9")
+    print(f"at the kill: {killed}")
     # As if on another machine: nothing local survives.
     import shutil
 

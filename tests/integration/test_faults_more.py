@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -44,7 +45,14 @@ from tests.integration.diagnose import (
     never_applied,
     spans,
 )
-from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
+from tests.integration.harness import (
+    Client,
+    Deployment,
+    Worker,
+    eventually,
+    now_rfc3339,
+    strike,
+)
 from tests.integration.test_faults import (
     one_request_per_tenant,
     produce,
@@ -249,10 +257,12 @@ async def test_workers_joining_and_leaving_during_load(fleet: Fleet, kafka: Any)
     ready["w2 joins (member, serving reads)"] = round(time.monotonic() - joined, 1)
     w2_ready = await readiness(w2)
     await asyncio.sleep(rng.uniform(0.5, 2.0))
-    w1.stop()  # leaves gracefully: SIGTERM, the group hands its partitions over
+    # w1 leaves gracefully: SIGTERM, the group hands its partitions over.
+    left = await strike(d, w1.stop, total=len(records), what="w1 stopped")
     assert w1.proc is not None and w1.proc.returncode == 0, w1.log_tail()
     await asyncio.sleep(rng.uniform(0.5, 2.0))
-    w0.kill()  # leaves without a word: the group notices after the session timeout
+    # w0 leaves without a word: the group notices after the session timeout.
+    gone = await strike(d, w0.kill, total=len(records), what="w0 killed")
     killed = time.monotonic()
     assert not load.done(), "the load ended before the membership changes: slow it down"
     # A supervisor brings the killed one back (same data dir): three joins, two leaves.
@@ -282,6 +292,7 @@ async def test_workers_joining_and_leaving_during_load(fleet: Fleet, kafka: Any)
         f"joins: 3, graceful stops: 1, kill -9: 1, ready seconds: {ready}, "
         f"w2's /ready while three were in the group: {w2_ready}, "
         f"kill to group stable: {settled_s}s (last wait {stable_after}s), "
+        f"at the stop: {left}, at the kill: {gone}, "
         f"{report_figures(report)}, sample of {len(sample)} tenants identical on "
         f"{len(survivors)} workers, wall: {time.monotonic() - started:.1f}s"
     )
@@ -379,8 +390,13 @@ async def test_broker_hard_killed_and_restarted_mid_load(
     load = asyncio.create_task(produce_through_outages(d, records, per_second=300))
     rng = random.Random(4)
     await asyncio.sleep(rng.uniform(3.0, 6.0))  # a random moment mid-load
-    broker.kill()  # SIGKILL: no controlled shutdown, no flush
+    # SIGKILL: no controlled shutdown, no flush. Nothing can be read from the broker
+    # after it, so the evidence is read just before.
+    hit = await strike(
+        d, broker.kill, total=len(records), what="broker killed", broker_up_after=False
+    )
     killed = time.monotonic()
+    assert not load.done(), f"the load ended before the broker was killed ({hit})"
     await asyncio.sleep(rng.uniform(2.0, 5.0))  # the outage: the broker stays dead a while
     await broker.astart()
     broker_back = round(time.monotonic() - killed, 1)
@@ -413,7 +429,8 @@ async def test_broker_hard_killed_and_restarted_mid_load(
     check_report(report)
     await one_request_per_tenant(d)
     print(
-        f"FIGURES scenario 4: {load_figures(records)}, sends retried over the outage: "
+        f"FIGURES scenario 4: {load_figures(records)}, at the kill: {hit}, "
+        f"sends retried over the outage: "
         f"{retried}, worker ready before: {first_ready}s, broker back after kill: "
         f"{broker_back}s, load done after kill: {load_done}s, worker ready after kill: "
         f"{recovered}s, reconciled clean after kill: {clean}s, worker restarts by the "
@@ -494,11 +511,14 @@ async def test_frozen_worker_resumed_after_it_was_replaced_changes_nothing_twice
     await compact_eagerly(d.bootstrap, changelog)
     records = traffic(events=7000, seed=51)
     bursts, steady = [records[:1500], records[1500:3000]], records[3000:]
-    load = asyncio.create_task(produce(d, steady, per_second=140))
+    # Paced to outlast both freeze cycles (~35 s each): each freeze asserts the steady
+    # load was still running (at 140/s it ended before the second freeze).
+    load = asyncio.create_task(produce(d, steady, per_second=60))
     rng = random.Random(5)
     takeovers: list[float] = []
     awake: list[float] = []
     rejoins: list[float] = []
+    freezes: list[str] = []
     for chunk in bursts:
         # A burst, faster than the workers keep up with, so that the worker is frozen
         # with records fetched but not yet processed.
@@ -506,7 +526,10 @@ async def test_frozen_worker_resumed_after_it_was_replaced_changes_nothing_twice
         await asyncio.sleep(rng.uniform(0.3, 1.5))  # a random moment to freeze
         w0 = sup.worker
         before = await records_handled(w0)
-        freeze(w0)
+        froze = await strike(
+            d, functools.partial(freeze, w0), total=len(records), what=f"freeze #{len(freezes) + 1}"
+        )
+        freezes.append(str(froze))
         frozen = time.monotonic()
         # Past the session timeout (6 s): the group drops w0, w1 takes every partition.
         await settled(d.bootstrap, d.app_id, members=1, timeout=60)
@@ -554,6 +577,7 @@ async def test_frozen_worker_resumed_after_it_was_replaced_changes_nothing_twice
     writes, late, conflicting = await changelog_audit(d)
     print(
         f"FIGURES scenario 5: {load_figures(records)}, freeze cycles: {len(bursts)}, "
+        f"at each freeze: {freezes}, "
         f"frozen to takeover: {takeovers}s, records the zombie handled in its first "
         f"second awake: {awake}, resume to rejoined: {rejoins}s, zombie restarts "
         f"(exit code, seconds to ready): {sup.restarts}, steady load running "
@@ -700,7 +724,9 @@ async def test_crash_right_after_a_threshold_crossing_requests_once(
             await c.send("usage.calls", usage)
             sent = time.monotonic()
             first = await watch.first_for(x, timeout=30)
-            w.kill()  # right after the request is out, before offsets are committed
+            # Right after the request is out, before offsets are committed. Inputs in
+            # all: the load, the setup, the usage, its 3 re-sends, 2 answers, 1 call.
+            crash = await strike(d, w.kill, total=len(records) + 9, what="kill -9")
             crossing_to_kill = round(time.monotonic() - sent, 2)
             assert first["request_id"] == expected_id, first
             assert first["balance"] == "3.9900" and first["attempt"] == 1, first
@@ -772,7 +798,8 @@ async def test_crash_right_after_a_threshold_crossing_requests_once(
         await watch.stop()
     print(
         f"FIGURES scenario 6: {load_figures(records)}, usage sent to request seen and "
-        f"worker killed: {crossing_to_kill}s, restart-to-ready: {restart_ready}s, "
+        f"worker killed: {crossing_to_kill}s, at the kill: {crash}, "
+        f"restart-to-ready: {restart_ready}s, "
         f"usage re-sent: 3, billing answer sent: 2, request records for the tenant: "
         f"{len(mine)} (ids: {len(ids)}), {report_figures(report)}, "
         f"wall: {time.monotonic() - began:.1f}s"

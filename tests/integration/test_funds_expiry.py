@@ -22,7 +22,7 @@ import pytest
 from processor.core.account import derive_id
 from processor.reconcile import Report
 from schemas.types import format_timestamp
-from tests.integration.harness import Client, Deployment, eventually, now_rfc3339
+from tests.integration.harness import Client, Deployment, InFlight, eventually, now_rfc3339
 from tests.integration.test_faults import reconciled
 from tests.integration.test_faults_more import Fleet, Supervisor, account_where
 from tests.support import events
@@ -149,6 +149,16 @@ async def test_expiry_through_a_kill_9_happens_exactly_once(fleet: Fleet, kafka:
             seen = await eventually(first_expiry, 90, interval=0.1, what="a first expiry")
             sup.worker.kill()  # kill -9 while the other lots are expiring
             killed_at = time.monotonic() - began
+            # Every lot was handed over before; the kill lands after the first expiry
+            # was committed and before the last (the worker is dead: no more).
+            killed = InFlight(
+                "kill -9 among the expiries",
+                done=len(await first_expiry()),
+                sent=len(tenants),
+                total=len(tenants),
+                more_to_come=False,
+            ).check()
+            print(f"at the kill: {killed}")
             print(f"killed after {len(seen)} expiry entries, {killed_at:.1f}s in")
 
             async def all_expired() -> str | bool:

@@ -32,7 +32,7 @@ from processor.kafka_local import free_port
 from processor.reconcile import read_topic
 from processor.sink.service import SinkTopics, group_id
 from processor.sink.store import LedgerStore, database_url
-from tests.integration.harness import METER, eventually
+from tests.integration.harness import METER, InFlight, eventually
 from tests.support.ledger_records import (
     LedgerStream,
     funds_added_auto,
@@ -180,16 +180,30 @@ async def deployment(kafka: Any) -> AsyncIterator[tuple[str, SinkTopics]]:
 
 
 async def _produce_ledger(
-    producer: AIOKafkaProducer, topic: str, stream: LedgerStream, count: int, per_tx: int
+    producer: AIOKafkaProducer,
+    topic: str,
+    stream: LedgerStream,
+    count: int,
+    per_tx: int,
+    committed: list[str] | None = None,
+    pause: float = 0.0,
 ) -> list[str]:
-    """`count` entries in committed transactions of `per_tx`; their ids."""
+    """`count` entries in committed transactions of `per_tx`, `pause` seconds apart;
+    their ids (also added to `committed`, if given, as each transaction commits: the
+    entries sent so far)."""
     ids: list[str] = []
     for start in range(0, count, per_tx):
         await producer.begin_transaction()
+        batch = []
         for entry in stream.entries(min(per_tx, count - start)):
             await producer.send(topic, entry.to_json(), key=entry.tenant_id.encode())
-            ids.append(entry.entry_id)
+            batch.append(entry.entry_id)
         await producer.commit_transaction()
+        ids.extend(batch)
+        if committed is not None:
+            committed.extend(batch)
+        if pause:
+            await asyncio.sleep(pause)  # pacing the load, not waiting for readiness
     return ids
 
 
@@ -245,12 +259,28 @@ async def test_kill_9_mid_stream_loses_and_doubles_nothing(
         sink.kill()
         at_kill = await _count(url)
         assert 0 < at_kill < 20_000, at_kill
+        # 20,000 entries committed before the sink started, 10,000 more to come.
+        first = InFlight("first kill", done=at_kill, sent=20_000, total=30_000).check()
+        sent: list[str] = []
         more = asyncio.create_task(
-            _produce_ledger(producer, topics.ledger, stream, 10_000, per_tx=250)
+            # Paced over ~20 s, so that the second kill lands while entries still arrive
+            # (unpaced, all 10,000 were in before the sink had restarted).
+            _produce_ledger(
+                producer, topics.ledger, stream, 10_000, per_tx=250, committed=sent, pause=0.5
+            )
         )
         sink = Sink(kafka.bootstrap, app_id, tmp_path, given).start()
         await eventually(lambda: reached(at_kill + 2000), 90, 0.02, "progress after a restart")
+        sent_at_kill = 20_000 + len(sent)
         sink.kill()
+        second = InFlight(
+            "second kill",
+            done=await _count(url),
+            sent=sent_at_kill,
+            total=30_000,
+            sent_after=20_000 + len(sent),
+        ).check()
+        print(f"at the kills: {first}; {second}")
         assert await _count(url) < 30_000
         await more
         sink = Sink(kafka.bootstrap, app_id, tmp_path, given).start()
@@ -368,8 +398,9 @@ async def test_two_sinks_share_the_partitions_and_one_is_killed(
             return answers == [200, 200]
 
         await eventually(both_ready, 90, 0.2, "both sinks with partitions")
+        sent: list[str] = []
         producing = asyncio.create_task(
-            _produce_ledger(producer, topics.ledger, stream, 20_000, per_tx=250)
+            _produce_ledger(producer, topics.ledger, stream, 20_000, per_tx=250, committed=sent)
         )
 
         async def reached(n: int) -> bool:
@@ -377,7 +408,15 @@ async def test_two_sinks_share_the_partitions_and_one_is_killed(
             return await _count(url) >= n
 
         await eventually(lambda: reached(1000), 90, 0.02, "the first rows")
+        # The surviving sink writes on after the kill, so the evidence is read just
+        # before it: the rows in the database, then the entries committed by then.
+        done = await _count(url)
+        sent_at_kill = len(sent)
         first.kill()
+        killed = InFlight(
+            "first sink killed", done=done, sent=sent_at_kill, total=20_000, sent_after=len(sent)
+        ).check()
+        print(f"at the kill: {killed}")
         assert await _count(url) < 20_000
         await producing
 

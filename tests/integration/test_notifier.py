@@ -32,6 +32,7 @@ from tests.integration.harness import (
     METER,
     Client,
     Deployment,
+    InFlight,
     Worker,
     eventually,
     now_rfc3339,
@@ -296,8 +297,13 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
 
             # Kill the notifier while a delivery hangs in the receiver.
             await eventually(lambda: _value(receiver._hung), 60, what="a hanging delivery")
+            # The evidence that the kill lands mid-load: the alerts to notify of so far
+            # (read just before it), and the ones delivered (the notifier is dead: no
+            # more) against every alert the test makes (known at the end).
+            alerts_at_kill = len(await notified_ids(client))
             notifier.kill()
             sent_before_kill = len(receiver.delivered())
+            delivered_at_kill = len({h.webhook_id for h in receiver.delivered()})
             notifier.start()
             await notifier.wait_ready()
 
@@ -345,15 +351,13 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
 
             await eventually(succeeded, what="the recharge_succeeded alert")
 
-            async def expected_ids() -> set[str]:
-                alerts = await client.read_all("credits.alerts")
-                return {
-                    a["alert_id"]
-                    for a in alerts
-                    if a.get("tenant_id") in TENANTS and a.get("alert") in NOTIFIED
-                }
-
-            expected = await expected_ids()
+            expected = await notified_ids(client)
+            killed = InFlight(
+                "notifier killed",
+                done=delivered_at_kill,
+                sent=alerts_at_kill,
+                total=len(expected),
+            ).check()
             kinds = {a["alert"] for a in await client.read_all("credits.alerts")}
             assert {
                 "restored",
@@ -402,11 +406,22 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
         assert 'meter_notifications_total{channel="webhook",outcome="sent"}' in text
         assert "meter_notification_outbox" in text
         print(f"delivered before the kill: {sent_before_kill}; after: {len(delivered)}")
+        print(f"at the kill: {killed}")
     finally:
         notifier.stop()
         await receiver.stop()
         smtp.stop()
         print(f"--- notifier log ---\n{notifier.log_tail()}")
+
+
+async def notified_ids(client: Client) -> set[str]:
+    """The ids of the alerts now in credits.alerts that the tenants are notified of."""
+    alerts = await client.read_all("credits.alerts")
+    return {
+        a["alert_id"]
+        for a in alerts
+        if a.get("tenant_id") in TENANTS and a.get("alert") in NOTIFIED
+    }
 
 
 async def _value(value: Any) -> Any:
