@@ -435,7 +435,9 @@ def cmd_notifier(args: argparse.Namespace) -> int:
             names.alerts,
             group_id(cfg.app_id),
             email=email,
-            webhook=WebhookChannel(sealer, cfg.notify_timeout_seconds),
+            webhook=WebhookChannel(
+                sealer, cfg.notify_timeout_seconds, cfg.notify_allow_private_webhooks
+            ),
             config=config,
             client_options=options,
         )

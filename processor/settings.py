@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     notify_give_up_hours: float = Field(
         default=24.0, validation_alias="METER_NOTIFY_GIVE_UP_HOURS", gt=0
     )
+    # Webhooks to loopback and private addresses are refused unless this is set (local
+    # demos and tests): a tenant's URL must not reach the deployment's own services.
+    notify_allow_private_webhooks: bool = Field(
+        default=False, validation_alias="METER_NOTIFY_ALLOW_PRIVATE_WEBHOOKS"
+    )
 
     # The admin API's bearer token (processor/admin.py); unset disables the admin
     # endpoints. SecretStr: never printed by a repr or a settings dump.

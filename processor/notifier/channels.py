@@ -7,13 +7,16 @@ the same body; only `webhook-timestamp` and the signature over it are of the try
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import aiosmtplib
@@ -133,10 +136,59 @@ def webhook_headers(secret: str, webhook_id: str, at: datetime, body: str) -> di
     }
 
 
+def is_public(address: str) -> bool:
+    """A globally routable address: not loopback, private, link-local, CGNAT, ..."""
+    try:
+        return ipaddress.ip_address(address.partition("%")[0]).is_global
+    except ValueError:
+        return False
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+class PrivateAddress(OSError):
+    """A webhook host that resolves to loopback or private addresses only."""
+
+
+class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
+    """Resolves a webhook's host to its public addresses only.
+
+    A tenant admin chooses the URL: without this, a webhook could make the notifier
+    POST to the deployment's own services (a worker's admin API, a database, a cloud
+    metadata endpoint). Filtering what the name resolves to, at connection time, also
+    holds against a name that resolves to a public address when set and a private one
+    later.
+    """
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[Any]:
+        found = await self._inner.resolve(host, port, family)
+        public = [answer for answer in found if is_public(str(answer["host"]))]
+        if not public:
+            raise PrivateAddress(f"{host} is not a public address (refused)")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class WebhookChannel:
-    def __init__(self, sealer: Sealer | None, timeout: float) -> None:
+    def __init__(self, sealer: Sealer | None, timeout: float, allow_private: bool = False) -> None:
+        """`allow_private`: deliver to loopback and private addresses too
+        (METER_NOTIFY_ALLOW_PRIVATE_WEBHOOKS; for local demos and tests)."""
         self.sealer = sealer
         self.timeout = timeout
+        self.allow_private = allow_private
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -149,6 +201,9 @@ class WebhookChannel:
             self._session = aiohttp.ClientSession(
                 # Never follow a redirect: the signed request goes where it was set.
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=None
+                if self.allow_private
+                else aiohttp.TCPConnector(resolver=PublicOnlyResolver()),
             )
         return self._session
 
@@ -165,6 +220,10 @@ class WebhookChannel:
     async def send(self, delivery: Delivery, now: datetime) -> int:
         """POST the delivery; its status when 2xx, else Failure."""
         headers = webhook_headers(self.secret(delivery), delivery.output_id, now, delivery.payload)
+        host = urlsplit(delivery.target).hostname or ""
+        if not self.allow_private and _is_ip_literal(host) and not is_public(host):
+            # An address in the URL is never resolved, so the resolver cannot refuse it.
+            raise Failure(f"webhook: {host} is not a public address (refused)")
         try:
             async with self._client().post(
                 delivery.target,
@@ -177,6 +236,9 @@ class WebhookChannel:
         except TimeoutError:
             raise Failure(f"webhook: no answer within {self.timeout:g} s") from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            refused = getattr(exc, "os_error", None)  # how aiohttp wraps the resolver's
+            if isinstance(refused, PrivateAddress):
+                raise Failure(f"webhook: {refused}") from None
             raise Failure(f"webhook: {type(exc).__name__}: {str(exc)[:300]}") from None
         if not 200 <= status < 300:
             raise Failure(f"webhook: HTTP {status}")

@@ -109,6 +109,7 @@ class NotifierProcess:
             METER_SMTP_STARTTLS="false",
             METER_NOTIFY_TIMEOUT_SECONDS="1",
             METER_NOTIFY_BACKOFF_SECONDS="0.2",
+            METER_NOTIFY_ALLOW_PRIVATE_WEBHOOKS="true",
         )
         self.env.pop("METER_DATABASE_URL", None)
         self.proc: subprocess.Popen[bytes] | None = None

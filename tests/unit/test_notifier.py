@@ -21,14 +21,16 @@ from processor import metrics
 from processor.notifier.catchers import MailCatcher, WebhookReceiver
 from processor.notifier.channels import (
     EmailChannel,
+    Failure,
     SmtpConfig,
     WebhookChannel,
+    is_public,
     message_id,
     webhook_headers,
 )
 from processor.notifier.events import Settings, notification_of, selected
 from processor.notifier.service import Notifier, NotifierConfig, SettingsBook
-from processor.notifier.store import OutboxStore
+from processor.notifier.store import Delivery, OutboxStore
 from processor.sealing import Sealer
 from processor.sink.store import database_url
 from schemas.types import format_timestamp
@@ -114,7 +116,8 @@ def make_notifier(
         "alerts",
         "g",
         email=email,
-        webhook=WebhookChannel(SEALER, timeout),
+        # The receivers here listen on 127.0.0.1.
+        webhook=WebhookChannel(SEALER, timeout, allow_private=True),
         config=config,
     )
 
@@ -307,6 +310,40 @@ async def test_a_row_leased_by_a_dead_notifier_is_sent_again_with_the_same_ids(
         assert [m["Message-ID"] for m in mail.received()] == [message_id("k-1")]
     finally:
         await receiver.stop()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+async def test_webhooks_to_private_addresses_are_refused(host: str) -> None:
+    """A tenant's URL may not make the notifier POST to the deployment's own services."""
+    receiver = await WebhookReceiver({"t": secret_for("t")}).start()
+    channel = WebhookChannel(SEALER, 2)
+    try:
+        target = receiver.url("t").replace("127.0.0.1", host)
+        now = datetime.now(UTC)
+        delivery = Delivery(
+            "d-1", "k-1", "t", "exhausted", "webhook", target, SEALER.seal(secret_for("t")),
+            "{}", now, now, 0,
+        )  # fmt: skip
+        with pytest.raises(Failure, match="public address"):
+            await channel.send(delivery, now)
+        assert receiver.delivered() == []
+        # The same delivery goes through where private addresses are allowed (demos).
+        allowed = WebhookChannel(SEALER, 2, allow_private=True)
+        try:
+            if host == "127.0.0.1":
+                assert 200 <= await allowed.send(delivery, now) < 300
+        finally:
+            await allowed.close()
+    finally:
+        await channel.close()
+        await receiver.stop()
+
+
+def test_only_globally_routable_addresses_are_public() -> None:
+    assert is_public("93.184.216.34") and is_public("2606:2800:220:1:248:1893:25c8:1946")
+    for address in ("127.0.0.1", "10.0.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+                    "::1", "fd00::1", "fe80::1%eth0", "0.0.0.0", "not-an-ip"):  # fmt: skip
+        assert not is_public(address), address
 
 
 def test_signatures_are_standard_webhooks() -> None:
