@@ -55,6 +55,18 @@ DEMO_ENV = {
 }
 
 
+def _spawn(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`meter <command>` as a child in its own session, its output appended to log_path."""
+    with log_path.open("ab") as out:
+        return subprocess.Popen(  # noqa: S603 (our own `meter` subcommands only)
+            [sys.executable, "-m", "processor.cli", command],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def _wait_ready(
     url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float, what: str = "worker"
 ) -> None:
@@ -218,14 +230,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
     notifier: subprocess.Popen[bytes] | None = None
     told: DemoNotifications | None = None
     console: subprocess.Popen[bytes] | None = None
-    with worker_log.open("ab") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "processor.cli", "worker"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    worker = _spawn("worker", env, worker_log)
     try:
         _wait_ready(f"http://127.0.0.1:{cfg.web_port}", worker, worker_log, timeout=120)
         print(
@@ -234,14 +239,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
         )
         # The ledger sink: the ledger in SQLite (METER_DATA_DIR) and its query API.
         sink_log = run_dir / "ledger-sink.log"
-        with sink_log.open("ab") as out:
-            sink = subprocess.Popen(
-                [sys.executable, "-m", "processor.cli", "ledger-sink"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        sink = _spawn("ledger-sink", env, sink_log)
         _wait_ready(f"http://127.0.0.1:{cfg.sink_port}", sink, sink_log, 60, "ledger sink")
         print(
             f"ledger sink ready: http://127.0.0.1:{cfg.sink_port}/tenants/<id>/ledger, "
@@ -250,14 +248,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
         )
         # The admin console (meter console), in front of the worker and the sink.
         console_log = run_dir / "console.log"
-        with console_log.open("ab") as out:
-            console = subprocess.Popen(
-                [sys.executable, "-m", "processor.cli", "console"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        console = _spawn("console", env, console_log)
         console_url = f"http://127.0.0.1:{cfg.console_port}"
         _wait_ready(console_url, console, console_log, 60, "console")
         simulator = Simulator(
@@ -282,14 +273,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
             "METER_NOTIFY_ALLOW_PRIVATE_WEBHOOKS": "true",
         }
         notifier_log = run_dir / "notifier.log"
-        with notifier_log.open("ab") as out:
-            notifier = subprocess.Popen(
-                [sys.executable, "-m", "processor.cli", "notifier"],
-                env=notifier_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        notifier = _spawn("notifier", notifier_env, notifier_log)
         _wait_ready(f"http://127.0.0.1:{cfg.notifier_port}", notifier, notifier_log, 60, "notifier")
         print(
             f"notifier ready: http://127.0.0.1:{cfg.notifier_port}/metrics; mail to "
