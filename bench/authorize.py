@@ -28,7 +28,7 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from bench.worker import BenchWorker
-from processor.kafka_local import LocalKafka
+from processor.dev.kafka_local import LocalKafka
 from schemas.types import format_timestamp
 
 PARTITIONS = 2

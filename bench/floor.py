@@ -24,8 +24,8 @@ from aiokafka import AIOKafkaConsumer
 
 from bench import measures
 from bench.workload import Workload, create_topics, producer
-from processor import simulator as sim
-from processor.kafka_local import LocalKafka
+from processor.dev import simulator as sim
+from processor.dev.kafka_local import LocalKafka
 
 PARTITIONS = 12
 EVENTS = 6000
@@ -38,7 +38,7 @@ async def relay(bootstrap: str, inputs: list[str], ledger: str, ready: asyncio.E
         bootstrap_servers=bootstrap,
         group_id=f"floor-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="latest",
-        fetch_max_wait_ms=20,  # as the worker asks (processor/consumer.py)
+        fetch_max_wait_ms=20,  # as the worker asks (processor/worker/consumer.py)
     )
     prod = producer(bootstrap, acks="all", linger_ms=0)
     await consumer.start()

@@ -20,16 +20,16 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 from bench.workload import Event, Workload
-from processor import simulator as sim
-from processor.cli import GC_THRESHOLDS
-from processor.codec import dump_mark, dump_stored
+from processor.config.settings import Settings
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.handler import Changelog, Out, Record, RecordHandler, Source
-from processor.routing import partition_for
-from processor.settings import Settings
-from processor.topics import TopicNames
+from processor.dev import simulator as sim
+from processor.kafka.routing import partition_for
+from processor.kafka.topics import TopicNames
+from processor.ops.cli import GC_THRESHOLDS
+from processor.worker.codec import dump_mark, dump_stored
+from processor.worker.handler import Changelog, Out, Record, RecordHandler, Source
 
 PARTITIONS = 12
 BATCH = 1000

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench import procstat
 from bench.worker import BenchWorker
 from bench.workload import Event, producer
-from processor.routing import partition_for
+from processor.kafka.routing import partition_for
 
 # ----------------------------------------------------------------------- 1. ceiling
 

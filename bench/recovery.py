@@ -26,8 +26,6 @@ import aiohttp
 from bench import procstat
 from bench.worker import BenchWorker
 from bench.workload import create_topics, produce_keyed
-from processor import simulator as sim
-from processor.codec import dump_stored
 from processor.core.account import (
     Account,
     AutoRecharge,
@@ -37,6 +35,8 @@ from processor.core.account import (
     derive_id,
 )
 from processor.core.stored import StoredAccount
+from processor.dev import simulator as sim
+from processor.worker.codec import dump_stored
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
     import uuid
 
-    from processor.kafka_local import LocalKafka
+    from processor.dev.kafka_local import LocalKafka
 
     parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__)
     parser.add_argument("--tenants", type=int, default=200_000)

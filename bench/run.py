@@ -32,8 +32,8 @@ from typing import Any
 from bench import measures, recovery
 from bench.worker import BenchWorker
 from bench.workload import Workload, create_topics, preload
-from processor import simulator as sim
-from processor.kafka_local import LocalKafka, ensure_jars
+from processor.dev import simulator as sim
+from processor.dev.kafka_local import LocalKafka, ensure_jars
 
 PARTITIONS = 12
 TENANTS = 10_000

@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bench.workload import create_topics
-from processor.kafka_local import LocalKafka
+from processor.dev.kafka_local import LocalKafka
 from processor.sink.service import LedgerSink, SinkTopics, group_id
 from processor.sink.store import LedgerStore, database_url
 from tests.support.ledger_records import LedgerStream

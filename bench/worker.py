@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from processor.kafka_local import free_port
+from processor.dev.kafka_local import free_port
 
 METER = str(Path(sys.executable).with_name("meter"))
 # The sources whose records the drain counts (the timer's ticks are not input).

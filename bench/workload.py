@@ -1,6 +1,6 @@
 """The benchmark's input: a realistic usage mix over many tenants, preloaded once.
 
-The records come from processor.simulator's generators, so they are exactly the
+The records come from processor.dev.simulator's generators, so they are exactly the
 contract JSON the telephony simulator sends (rateable numbers, realistic durations,
 Zipf-like tenant popularity). Seeded, so two runs meter the same traffic.
 """
@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processor import simulator as sim
-from processor.routing import partition_for
+from processor.dev import simulator as sim
+from processor.kafka.routing import partition_for
 
 CURRENCY = "USD"  # the example rate card's currency
 CONFERENCE_SHARE = 0.25

@@ -7,7 +7,7 @@ Message payloads reference the JSON Schema files in ``schemas/json/`` (generated
 ``schemas.export``), so the document and the files cannot name different shapes; a
 unit test checks that every referenced file exists and that the document is current.
 The topic table below is the contract's (CONTRACT.md, "Topics") plus the processor's
-two internal topics; a test holds it equal to ``processor.settings``.
+two internal topics; a test holds it equal to ``processor.config.settings``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 The JSON lands in deploy/grafana/dashboards/credits-meter.json, which Grafana loads
 through deploy/grafana/provisioning/. Every query reads the `meter_*` series that
-processor/metrics.py declares; tests/unit/test_dashboard.py checks both the drift and
+processor/observability/metrics.py declares; tests/unit/test_dashboard.py checks both the drift and
 the metric names.
 """
 

@@ -36,7 +36,7 @@ from processor.console.app import (
 )
 from processor.console.charts import daily_spend_svg, last_days
 from processor.console.i18n import LANGUAGES
-from processor.views import tenant_id_problem
+from processor.http.views import tenant_id_problem
 
 __all__ = ["LABELS", "routes"]
 

@@ -24,9 +24,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
+from processor.config.sealing import Sealer, SealError
 from processor.notifier.events import SUBJECTS
 from processor.notifier.store import Delivery
-from processor.sealing import Sealer, SealError
 
 __all__ = [
     "EmailChannel",

@@ -41,10 +41,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from processor import metrics
 from processor.notifier.channels import EmailChannel, Failure, WebhookChannel
 from processor.notifier.events import Settings, notification_of, selected
 from processor.notifier.store import PENDING, Delivery, OutboxStore
+from processor.observability import metrics
 
 __all__ = ["Notifier", "NotifierConfig", "SettingsBook", "group_id", "serve"]
 

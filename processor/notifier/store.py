@@ -32,10 +32,10 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from processor.sink.store import (
+from processor.storage.sql import (
     UtcDateTime,
-    _sqlite_pragmas,
     read_positions,
+    sqlite_pragmas,
     upgrade,
     write_positions,
 )
@@ -121,7 +121,7 @@ class OutboxStore:
     async def open(cls, url: str) -> OutboxStore:
         engine = create_async_engine(url)
         if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         store = cls(engine)
         async with engine.begin() as conn:
             if store.dialect == "postgresql":

@@ -9,7 +9,7 @@
     GET /health, GET /ready (200 once the consumer has its partitions, else 503)
     GET /metrics (added: meter_build_info and the process and Python collectors)
 
-With METER_AUTH=jwt the tenant paths take a token as the workers' do (processor/auth.py).
+With METER_AUTH=jwt the tenant paths take a token as the workers' do (processor/http/auth.py).
 
 Every answer comes from the database the sink writes (so it trails Kafka by the
 sink's lag). A tenant id that breaks the contract's pattern is a 400
@@ -31,10 +31,11 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from processor import auth
-from processor.auth import Access
-from processor.metrics import service_registry
-from processor.problems import RETRY_AFTER_SECONDS, as_is, problem, problem_middleware
+from processor.http import auth
+from processor.http.auth import Access
+from processor.http.problems import RETRY_AFTER_SECONDS, as_is, problem, problem_middleware
+from processor.http.views import tenant_id_problem
+from processor.observability.metrics import service_registry
 from processor.sink.store import (
     Cursor,
     LedgerStore,
@@ -49,7 +50,6 @@ from processor.sink.tenants import (
     tenant_page,
     tenant_view,
 )
-from processor.views import tenant_id_problem
 from schemas.types import ID_PATTERN, format_money, format_timestamp, parse_timestamp
 
 __all__ = ["CSV_COLUMNS", "DEFAULT_LIMIT", "MAX_LIMIT", "build_app"]
@@ -93,7 +93,7 @@ def _json(status: int, body: Any) -> web.Response:
 
 
 def _error(status: int, code: str, detail: str, tenant_id: str | None) -> web.Response:
-    # RFC 9457 problem details (processor/problems.py), with the promised fields.
+    # RFC 9457 problem details (processor/http/problems.py), with the promised fields.
     return problem(status, code, detail, tenant_id=tenant_id)
 
 
@@ -365,7 +365,7 @@ async def command_status(request: web.Request) -> web.Response:
 def build_app(
     store: LedgerStore, ready: Callable[[], bool] = lambda: True, access: Access | None = None
 ) -> web.Application:
-    # METER_AUTH=jwt: the tenant endpoints need a token allowing them (processor/auth.py).
+    # METER_AUTH=jwt: the tenant endpoints need a token allowing them (processor/http/auth.py).
     guard = auth.middleware(access or Access("token", None))
     app = web.Application(middlewares=[problem_middleware, guard, _errors])
     app[STORE] = store

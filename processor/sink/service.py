@@ -376,7 +376,7 @@ async def serve(
 ) -> None:
     """The consumer and the query API until `stop` is set (or the consumer fails).
 
-    `access`: who may query (processor/auth.py); None: anyone, as before.
+    `access`: who may query (processor/http/auth.py); None: anyone, as before.
     """
     from aiohttp import web
 

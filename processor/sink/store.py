@@ -33,9 +33,18 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from processor.storage.sql import (
+    Money,
+    UtcDateTime,
+    database_url,
+    read_positions,
+    safe_url,
+    sqlite_pragmas,
+    upgrade,
+    write_positions,
+)
 from schemas.types import format_money, format_timestamp
 
 __all__ = [
@@ -51,56 +60,9 @@ __all__ = [
 ]
 
 MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
-SQLITE_FILE: Final = "ledger.sqlite3"
 # Decimal arithmetic for sums: wide enough for any sum of contract amounts (18
 # integer and 12 fraction digits each), and it raises instead of rounding.
 _EXACT: Final = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.Rounded])
-
-
-# ---------------------------------------------------------------------- column types
-
-
-class Money(sa.types.TypeDecorator[Decimal]):
-    """An exact decimal: NUMERIC on PostgreSQL, its fixed-point text elsewhere."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(sa.Numeric(asdecimal=True))
-        return dialect.type_descriptor(sa.Text())
-
-    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
-        if value is None or dialect.name == "postgresql":
-            return value
-        return format_money(value)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        if value is None or isinstance(value, Decimal):
-            return value
-        return Decimal(str(value))
-
-
-class UtcDateTime(sa.types.TypeDecorator[datetime]):
-    """A UTC instant: timestamptz on PostgreSQL, naive UTC text on SQLite."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        value = value.astimezone(UTC)
-        # SQLite's DATETIME text has no offset: keep every value in UTC, so text order
-        # is time order.
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 metadata: Final = sa.MetaData()
@@ -207,40 +169,6 @@ sink_offsets: Final = sa.Table(
 )
 
 LEDGER_COLUMNS: Final = tuple(c.name for c in ledger_entries.columns)
-
-
-# --------------------------------------------------------------------------- URLs
-
-
-def database_url(raw: str | None, data_dir: Path, file: str = SQLITE_FILE) -> str:
-    """The SQLAlchemy URL for METER_DATABASE_URL (unset: SQLite `file` under `data_dir`).
-
-    `postgresql://` (or `postgres://`) becomes `postgresql+asyncpg://`, `sqlite:///`
-    becomes `sqlite+aiosqlite:///`; anything else is a ValueError naming what is
-    allowed.
-    """
-    if not raw:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{(data_dir / file).resolve()}"
-    scheme, sep, rest = raw.partition("://")
-    if not sep:
-        raise ValueError("a URL such as postgresql://user:password@host:5432/db")
-    drivers = {
-        "postgresql": "postgresql+asyncpg",
-        "postgres": "postgresql+asyncpg",
-        "postgresql+asyncpg": "postgresql+asyncpg",
-        "sqlite": "sqlite+aiosqlite",
-        "sqlite+aiosqlite": "sqlite+aiosqlite",
-    }
-    driver = drivers.get(scheme.lower())
-    if driver is None:
-        raise ValueError("a postgresql:// or sqlite:/// URL")
-    return f"{driver}://{rest}"
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password hidden, for logs."""
-    return make_url(url).render_as_string(hide_password=True)
 
 
 # ------------------------------------------------------------------------- cursors
@@ -358,7 +286,7 @@ class LedgerStore:
     async def open(cls, url: str, *, migrate: bool = True) -> LedgerStore:
         engine = create_async_engine(url)
         if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         store = cls(engine)
         if migrate:
             await store.migrate()
@@ -560,49 +488,6 @@ class LedgerStore:
             )
 
 
-# ----------------------------------------------- positions (shared with the notifier)
-
-
-async def read_positions(
-    engine: AsyncEngine, table: sa.Table, group: str, tps: Iterable[tuple[str, int]]
-) -> dict[tuple[str, int], int]:
-    """The next offset to read of each topic-partition `table` (shaped like
-    sink_offsets) holds for `group`."""
-    wanted = set(tps)
-    if not wanted:
-        return {}
-    topics = sorted({topic for topic, _ in wanted})
-    query = sa.select(table.c.topic, table.c.partition, table.c.next_offset).where(
-        table.c.consumer_group == group, table.c.topic.in_(topics)
-    )
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return {(t, p): int(o) for t, p, o in rows if (t, p) in wanted}
-
-
-async def write_positions(
-    conn: Any, insert: Any, table: sa.Table, group: str, positions: Mapping[tuple[str, int], int]
-) -> None:
-    """Upsert `positions` into `table` inside the caller's transaction, never backwards."""
-    if not positions:
-        return
-    stmt = insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["consumer_group", "topic", "partition"],
-        set_={"next_offset": stmt.excluded.next_offset},
-        # Never backwards: a batch written late (by a consumer that lost the partition
-        # meanwhile) must not move the position back.
-        where=table.c.next_offset < stmt.excluded.next_offset,
-    )
-    await conn.execute(
-        stmt,
-        [
-            {"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
-            for (t, p), o in sorted(positions.items())
-        ],
-    )
-
-
 def entry_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """A stored ledger row as the contract's LedgerEntry JSON object."""
     view: dict[str, Any] = {
@@ -633,28 +518,5 @@ def _rfc3339(value: datetime) -> str:
     return format_timestamp(value)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL: the query API reads while the consumer writes. synchronous=NORMAL in WAL
-    # mode loses nothing when the process is killed; a power cut may lose the last
-    # transactions, rows and positions together, which are then read again.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-
-
 def _upgrade(connection: sa.Connection) -> None:
     upgrade(connection, MIGRATIONS)
-
-
-def upgrade(connection: sa.Connection, migrations: Path) -> None:
-    """Alembic's upgrade to head of the migrations in `migrations` (whose env.py takes
-    the connection from the config's attributes)."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")

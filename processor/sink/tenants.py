@@ -30,8 +30,8 @@ from typing import Any, Final, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from processor.http.views import tenant_id_problem
 from processor.sink.store import tenants
-from processor.views import tenant_id_problem
 from schemas.types import format_money, format_timestamp
 
 __all__ = [

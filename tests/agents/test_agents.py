@@ -21,12 +21,12 @@ import pytest
 from faust.types import Message
 from faust.types.tuples import ConsumerMessage
 
-from processor.app import Broker, Meter
+from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.handler import H_SOURCE, MemoryPublisher
-from processor.routing import partition_for
-from processor.settings import Settings
-from processor.store import SeqMemoryStore
+from processor.kafka.routing import partition_for
+from processor.worker.app import Broker, Meter
+from processor.worker.handler import H_SOURCE, MemoryPublisher
+from processor.worker.store import SeqMemoryStore
 from schemas import RejectedRecord
 from tests.support import events
 
@@ -341,7 +341,7 @@ async def test_the_accounts_table_recovers_with_the_newest_value_not_the_last_wr
 
     from processor.core.account import Account
     from processor.core.stored import StoredAccount
-    from processor.store import SeqMemoryStore
+    from processor.worker.store import SeqMemoryStore
 
     h = make_harness()
     table = h.meter.accounts
@@ -367,10 +367,10 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
     """The bulk changelog read keeps account values undecoded (most tenants are not
     touched soon after a restart); the newest still wins, the counts are right at once,
     and a read gets the same value an eager decode would."""
-    from processor.codec import Undecoded, dump_stored, dumps, stored_to_dict
     from processor.core.account import Account, PendingRecharge
     from processor.core.stored import StoredAccount
-    from processor.store import SeqMemoryStore, UndecodableValue
+    from processor.worker.codec import Undecoded, dump_stored, dumps, stored_to_dict
+    from processor.worker.store import SeqMemoryStore, UndecodableValue
 
     h = make_harness()
     store = seq_store(h.meter.accounts)
@@ -418,10 +418,10 @@ async def test_an_account_kept_in_another_unit_stops_the_recovery(
     """Issue 16, item 9: the worker's accounts store checks each value it recovers
     against the running card's currency and decimals; a value in another currency or
     at more decimals raises (the rebalance fails and `meter worker` exits 2)."""
-    from processor.codec import Undecoded, dump_stored
     from processor.core.account import Account
     from processor.core.money import Unit, UnitMismatch
     from processor.core.stored import StoredAccount
+    from processor.worker.codec import Undecoded, dump_stored
 
     h = make_harness()
     store = seq_store(h.meter.accounts)
@@ -481,8 +481,8 @@ async def test_the_worker_forgets_marks_once_their_window_has_passed(
 ) -> None:
     """The timer's sweep forgets a mark after METER_DEDUPE_DAYS, not before: a tombstone
     to the dedupe changelog, then out of the store; a re-sent event then meters again."""
-    from processor import metrics
     from processor.core.engine import dedupe_key
+    from processor.observability import metrics
 
     h = make_harness(METER_DEDUPE_DAYS=1)
     await h.put("commands", funds("c1", amount="10.00"), key=b"acme")
@@ -554,7 +554,7 @@ async def test_gauges_count_owned_tenants_from_the_tables_writes(
 ) -> None:
     """The tenant, open-request and exhausted gauges follow each account write (the
     store's tally), without scanning the table, and count only owned partitions."""
-    from processor import metrics
+    from processor.observability import metrics
 
     h = make_harness(partitions=4)
     acme, zeta = "acme", "zeta"

@@ -1,6 +1,6 @@
 """Integration tests run against a real Kafka broker.
 
-By default the session starts its own broker (processor.kafka_local.LocalKafka) on
+By default the session starts its own broker (processor.dev.kafka_local.LocalKafka) on
 free loopback ports in a fresh tmp dir, so parallel pytest runs never share ports
 or data. With KAFKA_BOOTSTRAP_SERVERS set, that broker is used instead and none is
 started.
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from processor.kafka_local import LocalKafka, wait_ready_blocking
+from processor.dev.kafka_local import LocalKafka, wait_ready_blocking
 
 _HERE = Path(__file__).resolve().parent
 EXTERNAL_ENV = "KAFKA_BOOTSTRAP_SERVERS"

@@ -11,8 +11,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from processor.codec import load_stored
-from processor.reconcile import read_topic
+from processor.ops.reconcile import read_topic
+from processor.worker.codec import load_stored
 from tests.integration.harness import Deployment
 
 

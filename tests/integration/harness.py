@@ -25,7 +25,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from processor.kafka_local import free_port
+from processor.dev.kafka_local import free_port
 
 # now_rfc3339 is re-exported: the integration tests import it from here.
 from tests.support.events import now_rfc3339 as now_rfc3339

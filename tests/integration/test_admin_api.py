@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from processor import openapi
+from processor.http import openapi
 from tests.integration.harness import (
     METER,
     Client,

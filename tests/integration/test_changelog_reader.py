@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
-from processor.changelog_reader import ChangelogReader
+from processor.kafka.changelog import ChangelogReader
 from tests.integration.conftest import KafkaEndpoint
 
 

@@ -26,8 +26,8 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
-from processor.kafka_local import free_port
-from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
+from processor.dev.kafka_local import free_port
+from processor.http.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
 from tests.integration.harness import METER, Client, Deployment, Worker, eventually, now_rfc3339
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -23,16 +23,16 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processor.codec import dump_mark, dump_stored, load_stored
+from processor.config.settings import Settings
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.core.stored import StoredAccount
-from processor.handler import Changelog, Out, Publisher, Record, RecordHandler, Source
-from processor.publisher import KafkaPublisher, TransactionalPublisher
-from processor.reconcile import check_histories, read_topic
-from processor.settings import Settings
-from processor.topics import TopicNames
+from processor.kafka.topics import TopicNames
+from processor.ops.reconcile import check_histories, read_topic
+from processor.worker.codec import dump_mark, dump_stored, load_stored
+from processor.worker.handler import Changelog, Out, Publisher, Record, RecordHandler, Source
+from processor.worker.publisher import KafkaPublisher, TransactionalPublisher
 from tests.support.values import present
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.reconcile import Report, read_topic, reconcile
-from processor.settings import Settings
-from processor.topics import TopicNames
+from processor.kafka.topics import TopicNames
+from processor.ops.reconcile import Report, read_topic, reconcile
 from tests.integration.diagnose import explained
 from tests.integration.harness import (
     Client,

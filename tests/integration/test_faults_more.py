@@ -32,12 +32,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from processor.config.settings import Settings
 from processor.core.account import derive_id
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.kafka_local import LocalKafka
-from processor.reconcile import Report, read_topic, reconcile
-from processor.settings import Settings
-from processor.topics import TopicNames
+from processor.dev.kafka_local import LocalKafka
+from processor.kafka.topics import TopicNames
+from processor.ops.reconcile import Report, read_topic, reconcile
 from tests.integration.diagnose import (
     changelog_audit,
     explained,

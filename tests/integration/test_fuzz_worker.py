@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from processor.config.settings import Settings
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.stored import Position
-from processor.handler import MAX_REJECTED_PAYLOAD
-from processor.reconcile import read_topic, reconcile
-from processor.settings import Settings
-from processor.topics import TopicNames
+from processor.kafka.topics import TopicNames
+from processor.ops.reconcile import read_topic, reconcile
+from processor.worker.handler import MAX_REJECTED_PAYLOAD
 from schemas import decode_call, decode_command, decode_conference, parse_timestamp
 from tests.integration.harness import Deployment, Worker, eventually
 from tests.support import malformed

@@ -27,10 +27,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from processor.replay import replay_rejected
-from processor.routing import partition_for
-from processor.settings import Settings
-from processor.topics import TopicNames
+from processor.config.settings import Settings
+from processor.kafka.routing import partition_for
+from processor.kafka.topics import TopicNames
+from processor.ops.replay import replay_rejected
 from schemas.types import format_timestamp
 from tests.integration.harness import Client, Deployment, Worker, eventually
 from tests.integration.test_fuzz_worker import expected_balances

@@ -28,8 +28,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from processor.kafka_local import free_port
-from processor.reconcile import read_topic
+from processor.dev.kafka_local import free_port
+from processor.ops.reconcile import read_topic
 from processor.sink.service import SinkTopics, group_id
 from processor.sink.store import LedgerStore, database_url
 from tests.integration.harness import METER, InFlight, eventually

@@ -24,9 +24,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import OffsetAndMetadata
 
-from processor import kafka_local
-from processor.kafka_local import LocalKafka, LocalKafkaError
-from processor.simulator import wait_for_topics
+from processor.dev import kafka_local
+from processor.dev.kafka_local import LocalKafka, LocalKafkaError
+from processor.dev.simulator import wait_for_topics
 from tests.integration.conftest import EXTERNAL_ENV, KafkaEndpoint, starts_own_brokers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

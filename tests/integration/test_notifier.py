@@ -23,11 +23,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from processor.kafka_local import free_port
-from processor.notifier.catchers import MailCatcher, WebhookReceiver
+from processor.config.sealing import Sealer
+from processor.dev.catchers import MailCatcher, WebhookReceiver
+from processor.dev.kafka_local import free_port
 from processor.notifier.channels import message_id
 from processor.notifier.store import OutboxStore
-from processor.sealing import Sealer
 from tests.integration.harness import (
     METER,
     Client,

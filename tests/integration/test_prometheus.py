@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import yaml
 
-from processor.kafka_local import free_port
+from processor.dev.kafka_local import free_port
 from tests.integration.harness import Client, Deployment, Worker, eventually, now_rfc3339
 from tests.support import events
 

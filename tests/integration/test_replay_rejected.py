@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from processor.reconcile import read_topic
+from processor.ops.reconcile import read_topic
 from tests.integration.harness import (
     METER,
     Client,

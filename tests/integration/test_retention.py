@@ -10,10 +10,10 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.reconcile import reconcile
-from processor.settings import Settings
-from processor.topics import TopicNames
+from processor.kafka.topics import TopicNames
+from processor.ops.reconcile import reconcile
 from tests.integration.harness import Client, Deployment, eventually
 from tests.integration.test_pipeline import account, call, deploy, funds, start_workers
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from processor.kafka_local import LocalKafka, free_port
+from processor.dev.kafka_local import LocalKafka, free_port
 from tests.integration.harness import METER, Deployment, Worker, eventually
 
 pytestmark = pytest.mark.integration

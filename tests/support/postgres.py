@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from processor.kafka_local import free_port
+from processor.dev.kafka_local import free_port
 
 __all__ = ["LocalPostgres", "postgres_bindir"]
 

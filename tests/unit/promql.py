@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from processor import metrics
+from processor.observability import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_series() -> set[str]:
     """Every series name the workers' (and the notifier's) /metrics can carry, from
-    processor.metrics."""
+    processor.observability.metrics."""
     names: set[str] = set()
     families = [*metrics.REGISTRY.collect(), *metrics.NOTIFIER_REGISTRY.collect()]
     for family in families:

@@ -1,4 +1,4 @@
-"""The admin API's logic (processor/admin.py) with a fake publisher, and its OpenAPI."""
+"""The admin API's logic (processor/http/admin.py) with a fake publisher, and its OpenAPI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from openapi_spec_validator import validate
 from pydantic import SecretStr
 
-from processor import openapi
-from processor.admin import AdminAPI, IdempotencyCache, Reply, command_id_for, decimal_places
+from processor.http import openapi
+from processor.http.admin import AdminAPI, IdempotencyCache, Reply, command_id_for, decimal_places
 from schemas import decode_command
 from schemas.inputs import AutoRechargeConfigured, FundsAdded
 
@@ -95,7 +95,7 @@ async def test_top_up_publishes_a_manual_funds_added_keyed_by_tenant() -> None:
         "amount": "50.00",
         "currency": "USD",
         "source": "manual",
-        # The static token's actor (processor/auth.py).
+        # The static token's actor (processor/http/auth.py).
         "actor": "admin-token",
     }
 
@@ -316,7 +316,7 @@ async def test_a_publish_that_never_acks_times_out_as_503() -> None:
 def test_openapi_document_is_checked_in_and_current() -> None:
     problems = openapi.check()
     assert not problems, (
-        "docs/openapi.json is stale; run `python -m processor.openapi`: " + "; ".join(problems)
+        "docs/openapi.json is stale; run `python -m processor.http.openapi`: " + "; ".join(problems)
     )
 
 
@@ -374,7 +374,7 @@ def test_openapi_check_and_write(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert openapi.check(path) == [f"differs: {path}"]
     capsys.readouterr()
     assert openapi.main(["--check"], path=path) == 1
-    assert "python -m processor.openapi" in capsys.readouterr().err
+    assert "python -m processor.http.openapi" in capsys.readouterr().err
 
 
 async def test_settings_may_name_the_cards_currency_but_no_other() -> None:

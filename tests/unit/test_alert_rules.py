@@ -52,7 +52,7 @@ def test_the_workers_job_scrapes_workers_only(config: str) -> None:
     """up{job="credits-meter"} is the workers' (WorkerDown, AllWorkersDown): a notifier
     or sink in that job would page as a worker when down, and, when up, hide every
     worker being down."""
-    from processor.settings import Settings
+    from processor.config.settings import Settings
 
     ports = {
         name: Settings.model_fields[field].default

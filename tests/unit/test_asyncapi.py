@@ -21,8 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
-from processor import settings as s
-from processor.topics import TopicNames
+from processor.config import settings as s
+from processor.kafka.topics import TopicNames
 from schemas import asyncapi
 
 SCHEMA = Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json"
@@ -142,7 +142,7 @@ def test_payloads_reference_the_generated_json_schemas() -> None:
 
 
 def test_reroute_headers_are_the_handlers() -> None:
-    from processor import handler
+    from processor.worker import handler
 
     headers = checked_in()["components"]["messages"]["ReroutedRecord"]["headers"]
     assert set(headers["required"]) == {

@@ -1,4 +1,4 @@
-"""Token verification (processor/auth.py) and the local key pair (processor/tokens.py)."""
+"""Token verification (processor/http/auth.py) and the local key pair (processor/http/tokens.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
-from processor.auth import (
+from processor.config.settings import Settings
+from processor.http.auth import (
     GRANTS,
     QUERY_TENANT_ROUTES,
     ROUTES,
@@ -25,8 +26,7 @@ from processor.auth import (
     TokenVerifier,
     access_from,
 )
-from processor.settings import Settings
-from processor.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
+from processor.http.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
 from tests.support.faust_web import aiohttp_app
 from tests.support.tokens import AUDIENCE, ISSUER, TestKeys
 
@@ -222,7 +222,7 @@ def test_the_local_key_pair_is_made_once_private_and_verifies(tmp_path: Path) ->
 def test_the_demo_runs_on_the_local_key_pair_and_prints_two_tokens(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from processor.demo import local_auth, print_tokens
+    from processor.dev.demo import local_auth, print_tokens
 
     env = {"METER_DATA_DIR": str(tmp_path)}
     keys = local_auth(env)
@@ -244,11 +244,11 @@ def test_the_demo_runs_on_the_local_key_pair_and_prints_two_tokens(
 
 async def test_every_route_of_the_worker_and_the_sink_is_open_or_named(tmp_path: Path) -> None:
     """Adding an endpoint means naming its permission in auth.ROUTES (or it is open)."""
-    from processor.app import Broker, Meter
-    from processor.auth import OPEN_PATHS
     from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.http.auth import OPEN_PATHS
     from processor.sink.http import build_app
     from processor.sink.store import LedgerStore, database_url
+    from processor.worker.app import Broker, Meter
 
     cfg = Settings(_env_file=None)
     meter = Meter(cfg, load_rate_card(example_rate_card_path()), Broker("127.0.0.1:1"), 4)
@@ -314,9 +314,9 @@ async def test_the_cli_sends_its_token_to_the_read_api(
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from processor import cli_admin
-    from processor.auth import client_headers
-    from processor.reconcile import live_balance
+    from processor.http.auth import client_headers
+    from processor.ops import admin_commands as cli_admin
+    from processor.ops.reconcile import live_balance
 
     operator = keys.token(role="operator")
     seen: list[str | None] = []

@@ -1,5 +1,5 @@
 """Issue 20, part 3: how long may a call last (RateCard.max_seconds) and the answer
-of GET /tenants/{id}/authorize built from it (processor/views.py)."""
+of GET /tenants/{id}/authorize built from it (processor/http/views.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from processor.core.rating import (
     RoundingMode,
     parse_rate_card,
 )
-from processor.views import authorize_problem, authorize_view
+from processor.http.views import authorize_problem, authorize_view
 from schemas.api import AuthorizeView
 from tests.unit.conftest import CARD, TENANT, UK, UK_MOBILE, UNRATED, US, D
 

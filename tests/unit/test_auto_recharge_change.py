@@ -1,6 +1,6 @@
 """PATCH and DELETE of auto-recharge: the `auto_recharge_changed` command, merged with
 the tenant's settings at the owner (processor/core/engine.py), and the admin API
-endpoints that publish it (processor/admin.py)."""
+endpoints that publish it (processor/http/admin.py)."""
 
 from __future__ import annotations
 

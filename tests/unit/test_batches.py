@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-from processor.codec import dump_mark, dump_stored, load_mark, load_stored
+from processor.config.settings import Settings
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine, dedupe_key, dedupe_tenant
 from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.core.stored import Mark, StoredAccount
-from processor.handler import Changelog, MemoryPublisher, Out, Record, RecordHandler, Source
-from processor.routing import partition_for
-from processor.settings import Settings
-from processor.staged import Staged
-from processor.topics import TopicNames
+from processor.kafka.routing import partition_for
+from processor.kafka.topics import TopicNames
+from processor.worker.codec import dump_mark, dump_stored, load_mark, load_stored
+from processor.worker.handler import Changelog, MemoryPublisher, Out, Record, RecordHandler, Source
+from processor.worker.staged import Staged
 from tests.support import events
 from tests.support.values import present
 

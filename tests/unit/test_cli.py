@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from processor import cli, cli_admin
-from processor.kafka_local import free_port
+from processor.dev.kafka_local import free_port
+from processor.ops import admin_commands as cli_admin
+from processor.ops import cli
 from schemas import decode_command
 from schemas.inputs import AutoRechargeConfigured, FundsAdded
 
@@ -248,7 +249,7 @@ def test_schemas_export_check_fails_on_drift(
 
 
 def test_simulate_takes_the_simulators_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    from processor import simulator
+    from processor.dev import simulator
 
     seen: dict[str, Any] = {}
 
@@ -270,7 +271,7 @@ def test_simulate_takes_the_simulators_options(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_simulate_passes_the_sasl_options_to_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
-    from processor import simulator
+    from processor.dev import simulator
 
     seen: dict[str, Any] = {}
 

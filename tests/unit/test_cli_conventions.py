@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from processor import cli, cli_admin
-from processor.cli_output import table
-from processor.version import package_version
+from processor.config.version import package_version
+from processor.ops import admin_commands as cli_admin
+from processor.ops import cli
+from processor.ops.output import table
 from tests.unit.test_cli import ALL, Sent, sent  # noqa: F401
 
 

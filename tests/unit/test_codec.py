@@ -1,4 +1,4 @@
-"""Encodings of the processor's own records (processor/codec.py)."""
+"""Encodings of the processor's own records (processor/worker/codec.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processor.codec import dump_mark, dump_output, dumps, load_mark, output_from_dict
 from processor.core.account import LedgerOut
 from processor.core.stored import Mark, Position
+from processor.worker.codec import dump_mark, dump_output, dumps, load_mark, output_from_dict
 from schemas.types import format_timestamp
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from processor.handler import MemoryPublisher, Record, Source
-from processor.routing import partition_for
+from processor.kafka.routing import partition_for
+from processor.worker.handler import MemoryPublisher, Record, Source
 from schemas.outputs import CommandResult
 from tests.unit.test_batches import NAMES, PARTITIONS, Journal, Rig, call, funds
 

@@ -19,13 +19,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import TopicPartition
 from pydantic import SecretStr
 
-from processor.auth import Access, TokenVerifier
-from processor.command_status import SinkForwarder
-from processor.kafka_local import free_port
+from processor.dev.kafka_local import free_port
+from processor.http.auth import Access, TokenVerifier
+from processor.http.command_status import SinkForwarder
+from processor.http.tokens import LocalKeys
 from processor.sink.http import build_app
 from processor.sink.service import SinkStats, SinkTopics, rows_of
 from processor.sink.store import Batch, LedgerStore, supersedes
-from processor.tokens import LocalKeys
 from schemas.outputs import CommandResult, LedgerEntry
 from schemas.types import format_timestamp
 from tests.support.ledger_records import T0, LedgerStream

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from processor.settings import Settings, settings_problems
+from processor.config.settings import Settings, settings_problems
 
 METER = str(Path(sys.executable).with_name("meter"))
 
@@ -75,6 +75,6 @@ def test_a_secret_is_never_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
     assert problems(METER_LOG_FORMAT="xml") == [
         "METER_LOG_FORMAT='xml' is not allowed: it must be 'text' or 'json'"
     ]
-    monkeypatch.setattr("processor.settings._SECRETS", frozenset({"METER_LOG_FORMAT"}))
+    monkeypatch.setattr("processor.config.settings._SECRETS", frozenset({"METER_LOG_FORMAT"}))
     [problem] = problems(METER_LOG_FORMAT="s3cret")
     assert "s3cret" not in problem and "(hidden)" in problem

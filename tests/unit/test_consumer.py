@@ -1,4 +1,4 @@
-"""The bookkeeping behind processor/consumer.py: only records the handler took commit."""
+"""The bookkeeping behind processor/worker/consumer.py: only records the handler took commit."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from faust.types import TP
 from intervaltree import Interval, IntervalTree
 from mode.utils.locks import Event
 
-from processor.consumer import GuardedConsumer, Taken, _ConsumerThread, _step
+from processor.worker.consumer import GuardedConsumer, Taken, _ConsumerThread, _step
 
 A, B = TP("usage.calls", 0), TP("usage.calls", 1)
 

@@ -26,9 +26,9 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from processor.cli import build_parser
+from processor.config.settings import _SECRETS, Settings
 from processor.core.rating import load_rate_card
-from processor.settings import _SECRETS, Settings
+from processor.ops.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -778,7 +778,7 @@ def test_dockerfile_entrypoint_is_meter_worker_with_a_health_check() -> None:
     assert env["METER_DATA_DIR"] in final["VOLUME"]
     assert env["METER_WEB_PORT"] == str(WORKER_PORT)
     project = (ROOT / "pyproject.toml").read_text()
-    assert 'meter = "processor.cli:main"' in project
+    assert 'meter = "processor.ops.cli:main"' in project
     assert re.search(r"pip install .*credits-meter", dockerfile().content)
 
 

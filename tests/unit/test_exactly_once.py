@@ -186,7 +186,7 @@ def test_request_ids_are_numbered_per_tenant_not_by_cause() -> None:
 
 
 def test_outbox_entries_survive_a_round_trip_through_the_changelog_codec(funded: Engine) -> None:
-    from processor.codec import dump_stored, load_stored
+    from processor.worker.codec import dump_stored, load_stored
 
     first = funded.usage(call("e1"), "usage.calls", NOW, P)
     with_legacy_outbox(funded, P, first.outputs)
@@ -245,7 +245,7 @@ def test_the_writers_generation_survives_the_changelog_codec_and_old_values_read
 ) -> None:
     import orjson
 
-    from processor.codec import dump_stored, load_stored, stored_to_dict
+    from processor.worker.codec import dump_stored, load_stored, stored_to_dict
 
     funded.generation = 7
     funded.usage(call("e1"), "usage.calls", NOW, P)

@@ -13,7 +13,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.codec import (
+from processor.core import account as acc
+from processor.core.engine import EXPIRY_TICK, Engine, Status, TimerTick
+from processor.core.stored import StoredAccount
+from processor.core.values import replace
+from processor.http.views import account_view
+from processor.kafka.topics import TopicNames
+from processor.worker.codec import (
     Undecoded,
     dump_stored,
     dump_tick,
@@ -21,14 +27,8 @@ from processor.codec import (
     load_tick,
     output_to_dict,
 )
-from processor.core import account as acc
-from processor.core.engine import EXPIRY_TICK, Engine, Status, TimerTick
-from processor.core.stored import StoredAccount
-from processor.core.values import replace
-from processor.handler import EXPIRY_HORIZON, MemoryPublisher, Record, RecordHandler, Source
-from processor.tally import AccountTally
-from processor.topics import TopicNames
-from processor.views import account_view
+from processor.worker.handler import EXPIRY_HORIZON, MemoryPublisher, Record, RecordHandler, Source
+from processor.worker.tally import AccountTally
 from schemas import BalanceAlert, LedgerEntry
 from schemas.api import AccountView
 from tests.unit.conftest import CARD, DEDUPE, POLICY, T0, TENANT, D, Harness, Inputs

@@ -32,9 +32,15 @@ from hypothesis import strategies as st
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.stored import Mark, StoredAccount
-from processor.handler import MAX_REJECTED_PAYLOAD, MemoryPublisher, Record, RecordHandler, Source
-from processor.sizing import Limits, record_size
-from processor.topics import TopicNames
+from processor.kafka.topics import TopicNames
+from processor.worker.handler import (
+    MAX_REJECTED_PAYLOAD,
+    MemoryPublisher,
+    Record,
+    RecordHandler,
+    Source,
+)
+from processor.worker.sizing import Limits, record_size
 from schemas import DecodeError, RejectedRecord, decode_call, decode_command, decode_conference
 from schemas.outputs import CommandResult
 from schemas.types import parse_timestamp

@@ -1,4 +1,4 @@
-"""processor/kafka_options.py: one source of SASL/TLS options for Faust and aiokafka."""
+"""processor/kafka/options.py: one source of SASL/TLS options for Faust and aiokafka."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import faust
 import pytest
 from faust.types.auth import AuthProtocol, SASLMechanism
 
-from processor.app import Broker, Meter
+from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.kafka_options import (
+from processor.kafka.options import (
     KafkaConfigError,
     describe,
     faust_credentials,
     kafka_client_options,
 )
-from processor.settings import Settings
+from processor.worker.app import Broker, Meter
 
 PASSWORD = "pa55-w0rd-never-shown"
 CA = ssl.get_default_verify_paths().cafile

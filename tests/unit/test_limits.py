@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor import codec
 from processor.core import account as acc
 from processor.core.account import Account, AlertKind, AlertOut, AutoRecharge, Cause
 from processor.core.engine import Status
-from processor.views import account_view
+from processor.http.views import account_view
+from processor.worker import codec
 from schemas import BalanceAlert, DecodeError, TenantLimitsConfigured, decode_command
 from schemas.api import AccountView
 from tests.unit.conftest import (

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 
-from processor.logs import JsonFormatter, logging_config
+from processor.observability.logs import JsonFormatter, logging_config
 
 
 def test_a_line_about_an_event_carries_its_ids() -> None:
     record = logging.LogRecord(
-        "processor.handler", logging.INFO, __file__, 1, "rejected %s", ("x",), None
+        "processor.worker.handler", logging.INFO, __file__, 1, "rejected %s", ("x",), None
     )
     record.tenant_id = "acme"
     record.event_id = "e-1"

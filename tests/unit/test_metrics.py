@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from processor.metrics import Batched, observe_all
+from processor.observability.metrics import Batched, observe_all
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 # On a bound, between bounds, past the last, zero, repeated.

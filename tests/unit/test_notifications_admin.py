@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from processor.sealing import Sealer, SealError
+from processor.config.sealing import Sealer, SealError
 from schemas import NotificationsConfigured, decode_command
 from tests.unit.test_admin import AUTH, body, enc, make_api
 
@@ -134,7 +134,7 @@ def test_a_bad_secrets_key_is_refused_without_repeating_it() -> None:
 def test_a_bad_secrets_key_stops_every_command_with_a_sentence() -> None:
     from pydantic import ValidationError
 
-    from processor.settings import Settings, settings_problems
+    from processor.config.settings import Settings, settings_problems
 
     with pytest.raises(ValidationError) as info:
         Settings(METER_SECRETS_KEY="not-a-key")

@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-from processor import codec
 from processor.core import account as acc
 from processor.core.engine import Status
-from processor.handler import MemoryPublisher, Record, RecordHandler, Source
-from processor.topics import TopicNames
-from processor.views import account_view
+from processor.http.views import account_view
+from processor.kafka.topics import TopicNames
+from processor.worker import codec
+from processor.worker.handler import MemoryPublisher, Record, RecordHandler, Source
 from schemas import BalanceAlert, DecodeError, NotificationSettings, decode_command
 from schemas.notifications import NOTIFICATION_EVENTS
 from tests.unit.conftest import T0, TENANT, Harness, Inputs, make_engine, ts

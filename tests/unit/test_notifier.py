@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from processor import metrics
-from processor.notifier.catchers import MailCatcher, WebhookReceiver
+from processor.config.sealing import Sealer
+from processor.dev.catchers import MailCatcher, WebhookReceiver
 from processor.notifier.channels import (
     EmailChannel,
     Failure,
@@ -31,7 +31,7 @@ from processor.notifier.channels import (
 from processor.notifier.events import Settings, notification_of, selected
 from processor.notifier.service import Notifier, NotifierConfig, SettingsBook
 from processor.notifier.store import Delivery, OutboxStore
-from processor.sealing import Sealer
+from processor.observability import metrics
 from processor.sink.store import database_url
 from schemas.types import format_timestamp
 
@@ -363,8 +363,8 @@ async def _async(value: Any) -> Any:
 
 
 async def test_the_demo_configures_every_tenant_and_the_view_shows_what_was_told() -> None:
-    from processor.demo import DemoNotifications, demo_secret
-    from processor.liveview import ViewState, render, summary_line
+    from processor.dev.demo import DemoNotifications, demo_secret
+    from processor.dev.liveview import ViewState, render, summary_line
     from schemas import NotificationsConfigured, decode_command
 
     told = DemoNotifications(["acme", "globex"])

@@ -1,4 +1,4 @@
-"""processor.observe against fakes of the Faust app, consumer and table (no broker)."""
+"""processor.observability.observe against fakes of the Faust app, consumer and table."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import faust
 import pytest
 from faust.types import TP
 
-from processor import metrics, observe
-from processor.routing import partition_for
-from processor.settings import Settings
-from processor.topics import TopicNames
+from processor.config.settings import Settings
+from processor.kafka.routing import partition_for
+from processor.kafka.topics import TopicNames
+from processor.observability import metrics, observe
 
 PARTITIONS = 4
 CFG = Settings(_env_file=None, METER_TOPIC_PREFIX="t.")
@@ -157,8 +157,8 @@ def test_tenant_balance_export_is_off_by_default_and_read_from_the_environment(
 
 
 def test_the_real_meter_has_everything_the_observers_read() -> None:
-    from processor.app import Broker, Meter
     from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.worker.app import Broker, Meter
 
     meter = Meter(
         Settings(_env_file=None),
@@ -437,9 +437,9 @@ async def test_tenants_added_while_walking_the_in_memory_table_do_not_break_the_
 def test_balance_is_read_from_an_account_or_a_wrapper_around_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import processor.codec
+    import processor.worker.codec
 
-    monkeypatch.delattr(processor.codec, "balance_of", raising=False)
+    monkeypatch.delattr(processor.worker.codec, "balance_of", raising=False)
     balance_of = observe.load_balance_of()
     assert balance_of(Acct(Decimal("1.5000"))) == Decimal("1.5000")
     assert balance_of(Wrapped(Acct(Decimal("-2")))) == Decimal("-2")
@@ -448,12 +448,12 @@ def test_balance_is_read_from_an_account_or_a_wrapper_around_one(
 def test_the_codec_decides_how_to_read_a_balance_when_it_can(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import processor.codec
+    import processor.worker.codec
 
     def codec_balance_of(v: Any) -> Decimal:
         return Decimal("42")
 
-    monkeypatch.setattr(processor.codec, "balance_of", codec_balance_of, raising=False)
+    monkeypatch.setattr(processor.worker.codec, "balance_of", codec_balance_of, raising=False)
     assert observe.load_balance_of() is codec_balance_of
     assert observe.Observer(FakeMeter())._balance_of is codec_balance_of
 

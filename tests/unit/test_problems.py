@@ -3,7 +3,7 @@
 The worker's read API and admin API (Faust's aiohttp application, served here without
 a broker) and the ledger sink's query API are walked error path by error path: each
 answer is application/problem+json with type, title, status, detail and the
-contract's `error`, and every 503 carries Retry-After (processor/problems.py).
+contract's `error`, and every 503 carries Retry-After (processor/http/problems.py).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from processor import admin
-from processor.app import Broker, Meter
+from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.kafka_local import free_port
-from processor.problems import PROBLEM_JSON, PROBLEM_TYPE_BASE, problem, problem_body
-from processor.settings import Settings
+from processor.dev.kafka_local import free_port
+from processor.http import admin
+from processor.http.problems import PROBLEM_JSON, PROBLEM_TYPE_BASE, problem, problem_body
 from processor.sink.http import build_app
 from processor.sink.store import LedgerStore, database_url
+from processor.worker.app import Broker, Meter
 from schemas.admin import ErrorBody
 from tests.support.faust_web import aiohttp_app
 
@@ -306,7 +306,7 @@ async def test_a_handler_answer_is_not_rewritten() -> None:
         return problem(418, "teapot", "short and stout", extra_field=1)
 
     app = web.Application()
-    from processor.problems import install_fallback
+    from processor.http.problems import install_fallback
 
     install_fallback(app)
     app.router.add_get("/", teapot)

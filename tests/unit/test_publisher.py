@@ -1,4 +1,4 @@
-"""TransactionalPublisher (processor/publisher.py) with producers that record calls."""
+"""TransactionalPublisher (processor/worker/publisher.py) with producers that record calls."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from processor.handler import Out
-from processor.publisher import TransactionalPublisher
+from processor.worker.handler import Out
+from processor.worker.publisher import TransactionalPublisher
 
 
 class FakeBatch:

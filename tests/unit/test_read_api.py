@@ -17,17 +17,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from processor import app as app_module
-from processor.app import Broker, Meter
+from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.routing import (
+from processor.kafka.routing import (
     MAX_CACHED_KEY_BYTES,
     _partition,
     cache_sizes,
     partition_for,
     partition_for_key,
 )
-from processor.settings import Settings
+from processor.worker import app as app_module
+from processor.worker.app import Broker, Meter
 
 INVALID = [
     "x" * 7000,
@@ -154,7 +154,7 @@ async def test_an_owners_answer_is_passed_on(
 
 
 async def test_an_unreachable_owner_is_503_with_retry_after(meter: Meter) -> None:
-    from processor.kafka_local import free_port
+    from processor.dev.kafka_local import free_port
 
     port = free_port()  # nothing listens there
     # method-assign: the test chooses where a tenant's owner is
@@ -208,7 +208,7 @@ def test_every_path_gives_a_tenant_the_same_partition() -> None:
 
 
 def test_the_openapi_document_names_the_400_and_the_retry_after() -> None:
-    from processor import openapi
+    from processor.http import openapi
 
     paths = openapi.build()["paths"]
     read = paths["/tenants/{tenant_id}/account"]["get"]["responses"]

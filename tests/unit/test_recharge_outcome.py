@@ -1,5 +1,5 @@
 """POST /tenants/{id}/recharges/{request_id}/outcome: billing's answer as a command,
-and the admin API under METER_AUTH=jwt (processor/admin.py, processor/auth.py)."""
+and the admin API under METER_AUTH=jwt (processor/http/admin.py, processor/http/auth.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Awaitable
 import pytest
 from pydantic import SecretStr
 
-from processor.admin import AdminAPI, Reply
-from processor.auth import Access, TokenVerifier
+from processor.http.admin import AdminAPI, Reply
+from processor.http.auth import Access, TokenVerifier
 from schemas import decode_command
 from schemas.inputs import FundsAdded, RechargeFailed
 from tests.support.tokens import AUDIENCE, ISSUER, TestKeys

@@ -1,5 +1,5 @@
 """`check_histories`: what a consumer reading the output topics in offset order would
-find wrong (processor/reconcile.py)."""
+find wrong (processor/ops/reconcile.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from processor.reconcile import Raw, Report, check_histories, check_ledger
+from processor.ops.reconcile import Raw, Report, check_histories, check_ledger
 
 
 def _raws(topic: str, outputs: list[dict[str, Any]]) -> list[Raw]:

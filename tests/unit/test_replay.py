@@ -1,4 +1,4 @@
-"""`meter replay-rejected`'s selection, without Kafka (processor.replay.select/finish).
+"""`meter replay-rejected`'s selection, without Kafka (processor.ops.replay.select/finish).
 
 The round trip through the real RecordHandler checks the part that must never drift:
 what the handler writes to credits.rejected is read back as the original key and bytes.
@@ -16,18 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor import cli
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.rating import example_rate_card_path, load_rate_card
-from processor.handler import (
-    H_FORCE_TOO_OLD,
-    MAX_REJECTED_PAYLOAD,
-    MemoryPublisher,
-    Record,
-    RecordHandler,
-)
-from processor.replay import (
+from processor.kafka.topics import TopicNames
+from processor.ops import cli
+from processor.ops.replay import (
     DEFAULT_REASONS,
     REPLAY_HEADER,
     ReplayReport,
@@ -39,7 +33,13 @@ from processor.replay import (
     replay_reasons,
     select,
 )
-from processor.topics import TopicNames
+from processor.worker.handler import (
+    H_FORCE_TOO_OLD,
+    MAX_REJECTED_PAYLOAD,
+    MemoryPublisher,
+    Record,
+    RecordHandler,
+)
 from schemas.types import format_timestamp
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -343,7 +343,7 @@ def test_the_help_names_every_default_reason(capsys: pytest.CaptureFixture[str])
 def test_reconcile_judges_event_times_as_the_workers_do() -> None:
     """An event older than the window when it arrived was refused by the workers
     (too_old), unless a replay forced it; reconcile counts it the same way."""
-    from processor.reconcile import Raw, expected_accounts
+    from processor.ops.reconcile import Raw, expected_accounts
 
     arrived = T0 + timedelta(days=8)
     ms = int(arrived.timestamp() * 1000)

@@ -16,10 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor import metrics, prometheus_rule
+from processor.config.version import package_version
+from processor.observability import metrics
+from processor.observability import rules as prometheus_rule
 from processor.sink.http import build_app
 from processor.sink.store import LedgerStore
-from processor.version import package_version
 from tests.unit.test_sink_store import db_url, store  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

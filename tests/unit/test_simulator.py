@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from processor.liveview import ViewState, render, summary_line
-from processor.simulator import (
+from processor.dev.liveview import ViewState, render, summary_line
+from processor.dev.simulator import (
     COMMANDS,
     EXPECTED_REJECT_REASON,
     GARBAGE_KINDS,

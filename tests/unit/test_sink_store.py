@@ -26,7 +26,7 @@ from aiokafka import TopicPartition
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from processor.kafka_local import free_port
+from processor.dev.kafka_local import free_port
 from processor.sink.http import CSV_COLUMNS, build_app
 from processor.sink.service import SinkStats, SinkTopics, rows_of
 from processor.sink.store import (
@@ -529,7 +529,7 @@ async def test_http_ready_once_partitions_are_assigned(store: LedgerStore) -> No
 
 
 def test_the_sink_paths_are_in_the_openapi_document_with_their_server() -> None:
-    from processor import openapi
+    from processor.http import openapi
 
     document = json.loads(openapi.render())
     for path in ("/ledger", "/usage", "/ledger.csv"):
@@ -583,8 +583,8 @@ def test_an_unreachable_database_is_one_sentence_and_exit_1(tmp_path: Path) -> N
 
 def test_the_sink_imports_no_faust() -> None:
     code = (
-        "import sys, processor.cli, processor.sink.service, processor.sink.http, "
-        "processor.topics, processor.kafka_options; "
+        "import sys, processor.ops.cli, processor.sink.service, processor.sink.http, "
+        "processor.kafka.topics, processor.kafka.options; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('faust', 'mode')))"
     )
     done = subprocess.run(

@@ -1,6 +1,6 @@
 """Records of any size end applied or rejected: rejections and re-routes built to fit.
 
-processor/sizing.py measures what the handler derives from an input (a rejection, a
+processor/worker/sizing.py measures what the handler derives from an input (a rejection, a
 re-route) against what the topic takes; a key too long to copy stands in as a prefix,
 its size and its SHA-256. The handler's path runs here with an in-memory publisher;
 the real broker's side is tests/integration/test_hostile_input.py.
@@ -19,10 +19,11 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from processor import sizing
 from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
-from processor.handler import (
+from processor.kafka.routing import partition_for
+from processor.worker import sizing
+from processor.worker.handler import (
     H_FORCE_TOO_OLD,
     H_KEY,
     H_KEY_SHA256,
@@ -34,9 +35,8 @@ from processor.handler import (
     RecordHandler,
     Source,
 )
-from processor.publisher import KafkaPublisher
-from processor.routing import partition_for
-from processor.sizing import KEY_BOUND, Limits, record_size
+from processor.worker.publisher import KafkaPublisher
+from processor.worker.sizing import KEY_BOUND, Limits, record_size
 from schemas import RejectedRecord
 from schemas.types import format_timestamp, parse_timestamp
 from tests.support import malformed

@@ -1,4 +1,4 @@
-"""The stored account's encoding (processor/codec.py, version 3): every account comes
+"""The stored account's encoding (processor/worker/codec.py, version 3): every account comes
 back as it was, values written by earlier versions still load, and a typical tenant's
 value stays small (it is held in memory for every tenant, docs/performance.md)."""
 
@@ -13,17 +13,17 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.codec import (
+from processor.core import account as acc
+from processor.core.money import Unit
+from processor.core.stored import OutboxEntry, Position, StoredAccount
+from processor.core.values import replace
+from processor.worker.codec import (
     Undecoded,
     dump_stored,
     dumps,
     load_stored,
     stored_to_dict,
 )
-from processor.core import account as acc
-from processor.core.money import Unit
-from processor.core.stored import OutboxEntry, Position, StoredAccount
-from processor.core.values import replace
 
 # ---- strategies ------------------------------------------------------------------------
 
@@ -318,8 +318,8 @@ def test_a_typical_tenant_is_held_in_half_the_bytes_of_version_2() -> None:
 
 
 def test_the_applied_offsets_read_from_any_version() -> None:
-    """What `meter reconcile` reads of each changelog value (processor/reconcile.py)."""
-    from processor.codec import applied_offsets
+    """What `meter reconcile` reads of each changelog value (processor/ops/reconcile.py)."""
+    from processor.worker.codec import applied_offsets
 
     stored = written_by_main()
     assert applied_offsets(dump_stored(stored)) == dict(stored.applied)

@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processor.codec import Undecoded, dump_stored
 from processor.core.account import Account, PendingRecharge
 from processor.core.stored import StoredAccount
-from processor.tally import AccountTally, Totals, Value
+from processor.worker.codec import Undecoded, dump_stored
+from processor.worker.tally import AccountTally, Totals, Value
 
 TENANTS = [f"t{i}" for i in range(6)]
 
@@ -81,7 +81,7 @@ def test_counts_equal_a_scan_of_the_values(sequence: list[tuple[str, str, bool, 
 
 
 def test_the_store_reads_a_value_decoded_once_and_a_missing_one_as_the_default() -> None:
-    from processor.store import SeqMemoryStore
+    from processor.worker.store import SeqMemoryStore
 
     store: Any = object.__new__(SeqMemoryStore)
     acme = value("acme", "10")

@@ -1,4 +1,4 @@
-"""Topic retention and inputs that forget (issue 16, item 10): processor/topics.py,
+"""Topic retention and inputs that forget (issue 16, item 10): processor/kafka/topics.py,
 the checks on stored offsets (processor/core/stored.py) and `meter reconcile`'s report."""
 
 from __future__ import annotations
@@ -7,19 +7,19 @@ from decimal import Decimal
 
 import pytest
 
-from processor.cli import startup_refusal
-from processor.codec import Undecoded, dump_stored
+from processor.config.settings import Settings
 from processor.core.account import Account
 from processor.core.stored import InputsRewound, StoredAccount, highest_applied, rewound_inputs
-from processor.reconcile import Report, TenantCheck, removed_by_retention
-from processor.settings import Settings
-from processor.topics import (
+from processor.kafka.topics import (
     FOREVER,
     TopicNames,
     creation_configs,
     longest_retention,
     retention_warnings,
 )
+from processor.ops.cli import startup_refusal
+from processor.ops.reconcile import Report, TenantCheck, removed_by_retention
+from processor.worker.codec import Undecoded, dump_stored
 
 NAMES = TopicNames.from_settings(Settings(METER_TOPIC_PREFIX="p.", METER_APP_ID="app"))
 WEEK = 7 * 24 * 3600 * 1000

@@ -1,0 +1,297 @@
+"""Producing a batch of records in bulk: one aiokafka record batch per partition.
+
+Faust's `Topic.send` costs a future, a callback chain and a producer-buffer trip per
+record; a batch of outputs instead goes out as one aiokafka record batch per
+partition (`create_batch`/`send_batch`), and the caller waits once for all of them.
+
+The worker publishes through `TransactionalPublisher`: each round's records go out in
+one Kafka transaction per partition number (docs/guarantees.md), so a consumer reading
+`read_committed` sees a batch's outputs and state together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from aiokafka.producer import sender as aiokafka_sender
+
+from processor.kafka.routing import partition_for_key
+from processor.observability import metrics
+from processor.worker.handler import Out
+
+log = logging.getLogger(__name__)
+
+# aiokafka 0.14.0 (pinned; producer/sender.py) waits BACKOFF_OVERRIDE, 20 ms, before it
+# retries an AddPartitionsToTxn that the broker refused with CONCURRENT_TRANSACTIONS,
+# which it answers while it still writes the previous transaction's markers (about a
+# millisecond on one broker): nearly every round paid those 20 ms
+# (docs/performance.md). A shorter wait costs a retried request or two.
+TXN_RETRY_BACKOFF_SECONDS = 0.002
+
+# The broker (or the producer) refused one record as too large.
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+# For a record refused as too large, alone in its batch: the record to produce
+# instead, or None to fail the publish (`RecordHandler.minimal_rejection`).
+Fallback = Callable[[Out], Out | None]
+
+
+class _Sender:
+    """Groups records by topic partition and sends each group as record batches."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[str, int] = {}
+        self._spread = itertools.count()
+
+    async def send(self, producer: Any, records: Iterable[Out]) -> list[_Sent]:
+        """Hand every record to `producer`; each batch's future resolves as the broker
+        acks it, and names the records it holds (to find a lone one refused for size)."""
+        groups: dict[tuple[str, int], list[Out]] = defaultdict(list)
+        counts = self._partitions
+        for r in records:
+            partition = r.partition
+            if partition is None:
+                count = counts.get(r.topic)
+                if count is None:
+                    count = counts[r.topic] = len(await producer.partitions_for(r.topic))
+                if r.key is None:
+                    partition = next(self._spread) % count
+                else:
+                    partition = partition_for_key(r.key, count)
+            groups[(r.topic, partition)].append(r)
+        sent: list[_Sent] = []
+        for (topic, partition), group in groups.items():
+            batch = producer.create_batch()
+            members: list[Out] = []
+            for r in group:
+                headers = list(r.headers) if r.headers else []
+                if (
+                    batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+                    is not None
+                ):
+                    members.append(r)
+                    continue
+                if batch.record_count():
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    sent.append(_Sent(future, members))
+                    batch, members = producer.create_batch(), []
+                if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
+                    # Larger than a whole batch: the producer sends it on its own.
+                    try:
+                        future = await producer.send(
+                            topic, r.value, key=r.key, partition=partition, headers=headers
+                        )
+                    except TOO_LARGE as exc:
+                        future = _failed(exc)
+                    sent.append(_Sent(future, [r]))
+                    batch = producer.create_batch()
+                else:
+                    members.append(r)
+            if batch.record_count():
+                future = await producer.send_batch(batch, topic, partition=partition)
+                sent.append(_Sent(future, members))
+        return sent
+
+
+class _Sent:
+    """One batch handed to the producer: its delivery future and its records."""
+
+    __slots__ = ("future", "members")
+
+    def __init__(self, future: asyncio.Future[Any], members: list[Out]) -> None:
+        self.future = future
+        self.members = members
+
+
+async def _stand_ins(sent: list[_Sent], fallback: Fallback | None) -> dict[int, Out]:
+    """Wait for every batch; for each lone record refused as too large, its stand-in
+    (by the record's id). Raises the first other failure: nothing may pass for sent."""
+    results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
+    stand_ins: dict[int, Out] = {}
+    for batch, result in zip(sent, results, strict=True):
+        if not isinstance(result, BaseException):
+            continue
+        refused = batch.members[0]
+        stand_in = (
+            fallback(refused)
+            if fallback is not None and len(batch.members) == 1 and isinstance(result, TOO_LARGE)
+            else None
+        )
+        if stand_in is None:
+            raise result
+        # Carried by the same transaction as the record it stands for.
+        stand_ins[id(refused)] = Out(
+            stand_in.topic,
+            stand_in.key,
+            stand_in.value,
+            stand_in.headers,
+            stand_in.partition,
+            stand_in.state,
+            refused.owner,
+        )
+    return stand_ins
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future
+
+
+class KafkaPublisher:
+    """`Publisher` on one plain aiokafka producer, got lazily (Faust starts it late).
+
+    Not atomic: the flusher sends a batch's outputs first and its state in the next
+    round. Kept for tools and benchmarks that compare against the transactional path.
+    """
+
+    atomic = False
+
+    def __init__(self, producer: Callable[[], Any], fallback: Fallback | None = None) -> None:
+        self._producer = producer
+        self._sender = _Sender()
+        self.fallback = fallback
+
+    async def publish(self, records: Sequence[Out]) -> None:
+        sent = await self._sender.send(self._producer(), records)
+        stand_ins = await _stand_ins(sent, self.fallback)
+        if stand_ins:
+            # Minimal rejections; one refused in turn fails the publish.
+            await _stand_ins(await self._sender.send(self._producer(), stand_ins.values()), None)
+
+
+class TransactionalPublisher:
+    """`Publisher` that commits each round in one transaction per partition number.
+
+    A tenant's records all come from, and all its state goes to, one partition number
+    p (the input topics, the re-route and timer topics and the changelogs are
+    co-partitioned), so p's transaction holds everything its records caused: outputs,
+    re-routes, rejections and the account values and marks. Each p has its own
+    producer, with the transactional id `<app id>-p<p>`: a worker that is assigned p
+    starts that producer before it reads p's changelog, which fences any earlier
+    owner (a zombie) and aborts whatever transaction it left open, so nothing the
+    zombie writes afterwards is ever committed (Kafka's epoch fencing).
+    """
+
+    atomic = True
+
+    def __init__(
+        self,
+        app_id: str,
+        make_producer: Callable[[str], Any],
+        fallback: Fallback | None = None,
+        before_commit: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.fallback = fallback
+        aiokafka_sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_SECONDS
+        self._app_id = app_id
+        self._make_producer = make_producer
+        self._producers: dict[int, Any] = {}
+        self._sender = _Sender()
+        # Serialises rounds and re-assignments: a producer is never stopped mid-round.
+        self._lock = asyncio.Lock()
+        # The rebalance generation and partitions of the last assignment: every table's
+        # store asks for the same one, and it is carried out once.
+        self._assigned: tuple[int, frozenset[int]] | None = None
+        # A test's hook between a transaction's sends and its commit (a crash there).
+        self._before_commit = before_commit
+
+    def transactional_id(self, partition: int) -> str:
+        return f"{self._app_id}-p{partition}"
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        return frozenset(self._producers)
+
+    async def assign(self, partitions: Iterable[int], generation: int | None = None) -> None:
+        """Own exactly these partition numbers, each with a newly started producer.
+
+        A partition kept through the rebalance gets a new producer too: if this worker
+        was a zombie, another took the partition over in between and fenced the old
+        one, which could never commit again.
+        """
+        wanted = frozenset(partitions)
+        async with self._lock:
+            if generation is not None and self._assigned == (generation, wanted):
+                return
+            self._assigned = None if generation is None else (generation, wanted)
+            for p in sorted(self._producers):
+                with contextlib.suppress(Exception):  # a fenced producer may refuse
+                    await self._producers.pop(p).stop()
+            for p in sorted(wanted):
+                producer = self._make_producer(self.transactional_id(p))
+                # InitProducerId: bumps the epoch of this transactional id, fencing the
+                # previous owner, and waits until its open transaction is aborted.
+                await producer.start()
+                self._producers[p] = producer
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Stop these partitions' producers (a revoke): a round in flight ends first,
+        and records staged for them afterwards are not produced, so the next owner's
+        producer never fences a transaction of ours in the middle."""
+        async with self._lock:
+            for p in sorted(set(partitions) & set(self._producers)):
+                with contextlib.suppress(Exception):
+                    await self._producers.pop(p).stop()
+            self._assigned = None
+
+    async def stop(self) -> None:
+        await self.assign(())
+
+    async def publish(self, records: Sequence[Out]) -> None:
+        groups: dict[int, list[Out]] = defaultdict(list)
+        for r in records:
+            groups[r.owner].append(r)
+        async with self._lock:
+            # Raises the first failure; the caller treats the whole round as failed.
+            await asyncio.gather(*(self._commit(p, group) for p, group in groups.items()))
+
+    async def _commit(self, partition: int, records: list[Out]) -> None:
+        producer = self._producers.get(partition)
+        if producer is None:
+            # Not (or no longer) ours: its new owner does this work again, and a
+            # transaction under its id from here would fence that owner. What reaches
+            # here is a timer's tick or a forgotten mark's tombstone staged before a
+            # rebalance moved the partition; input records are flushed before a revoke.
+            log.warning(
+                "dropped %d records for partition %d, which this worker no longer owns",
+                len(records),
+                partition,
+            )
+            metrics.UNOWNED_DROPPED.inc(len(records))
+            return
+        await producer.begin_transaction()
+        sent = await self._sender.send(producer, records)
+        try:
+            stand_ins = await _stand_ins(sent, self.fallback)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            raise
+        if stand_ins:
+            # A record the broker refused for its size leaves the transaction to be
+            # aborted; the round goes again with minimal rejections in its place, and
+            # fails if one of those is refused in turn.
+            await producer.abort_transaction()
+            await producer.begin_transaction()
+            again = [stand_ins.get(id(r), r) for r in records]
+            try:
+                await _stand_ins(await self._sender.send(producer, again), None)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.abort_transaction()
+                raise
+        if self._before_commit is not None:
+            await self._before_commit(partition)
+        await producer.commit_transaction()
+        metrics.TRANSACTIONS.inc()

@@ -1,0 +1,113 @@
+"""A table seen through the writes of the batch in progress.
+
+The engine reads and writes account values and dedupe marks one record at a time. A
+batch of records must reach Kafka as one write per touched key, and only after the
+batch's outputs are in Kafka (docs/guarantees.md), so the engine is handed this view:
+reads see the batch's own writes first, writes wait here until `take()`.
+
+A key can also be forgotten (`forget`): staged as None, it reaches the changelog as a
+tombstone and leaves the base when its flush settles. Until then reads still find the
+base's value (a dedupe mark past its window, honoured a little longer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Generic, TypeVar
+
+_MISSING: object = object()
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Staged(MutableMapping[K, V], Generic[K, V]):
+    """Reads: the batch's writes, then those of the batches being flushed, then the base.
+
+    A value moves from `pending` (staged) to a flushing layer (`take`) to the base
+    (`settle`), which is written only once that flush has reached Kafka. Flushes
+    overlap (processor/worker/handler.py), so several layers may be in flight; they settle
+    in the order they were taken, and a read sees the newest. The newest in-flight
+    value per key is also kept in one dict (`in_flight`), so that a read costs the
+    same however many layers are in flight.
+    """
+
+    def __init__(self, base: MutableMapping[K, V]) -> None:
+        self.base = base
+        # None: the key is forgotten (`forget`).
+        self.pending: dict[K, V | None] = {}
+        # Batches taken and not yet settled, oldest first.
+        self.flushing: list[dict[K, V | None]] = []
+        self.in_flight: dict[K, V | None] = {}
+
+    def __getitem__(self, key: K) -> V:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
+        # The hot path: a dict probe or two, then the table's own get.
+        value = self.pending.get(key)
+        if value is None:
+            value = self.in_flight.get(key)
+        return value if value is not None else self.base.get(key, default)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key: K) -> None:
+        # The engine never deletes: forgetting is the handler's, for keys no batch in
+        # progress writes (`forget`).
+        raise TypeError("staged tables forget keys through forget(), not del")
+
+    def forget(self, key: K) -> bool:
+        """Stage a tombstone for a key of the base that no unsettled batch writes;
+        False if one does, or if the base does not hold it."""
+        if key in self.pending or key in self.in_flight or key not in self.base:
+            return False
+        self.pending[key] = None
+        return True
+
+    def staged_keys(self) -> dict[K, None]:
+        """The keys written by batches not yet settled."""
+        # `in_flight` holds exactly the keys of the layers not yet settled.
+        keys = dict.fromkeys(self.pending)
+        keys.update(dict.fromkeys(self.in_flight))
+        return keys
+
+    def _keys(self) -> dict[K, None]:
+        keys = self.staged_keys()
+        keys.update(dict.fromkeys(list(self.base)))
+        return keys
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def take(self) -> dict[K, V | None]:
+        """Start flushing the batch's writes (one per key, the last): returns them."""
+        layer, self.pending = self.pending, {}
+        self.flushing.append(layer)
+        self.in_flight.update(layer)
+        return layer
+
+    def settle(self, layer: dict[K, V | None]) -> None:
+        """That flush is in Kafka: write its values to the base."""
+        if not self.flushing or self.flushing[0] is not layer:
+            # A later batch's values would be overwritten by an earlier one's.
+            raise RuntimeError("flushes settle in the order they were taken")
+        self.flushing.pop(0)
+        in_flight = self.in_flight
+        base = self.base
+        for key, value in layer.items():
+            if value is not None:
+                base[key] = value
+            elif key in base:
+                del base[key]
+            # Unless a later layer in flight wrote the key again. (A tombstone is None,
+            # which `get` also answers for a missing key.)
+            if in_flight.get(key, _MISSING) is value:
+                del in_flight[key]
