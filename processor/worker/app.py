@@ -28,7 +28,7 @@ from processor.config.settings import Settings
 from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import RateCard
-from processor.http import admin, auth, command_status
+from processor.http import admin_web, auth, command_status
 from processor.http.problems import PROBLEM_JSON, as_is, install_fallback, problem_body
 from processor.http.views import account_view, authorize_problem, authorize_view, tenant_id_problem
 from processor.kafka import options as kafka_options
@@ -308,7 +308,7 @@ class Meter:
         self._declare_timer()
         self._declare_web()
         observe.install(self)
-        admin.install(self)
+        admin_web.install(self)
         command_status.install(self)
 
     # ---- agents ----------------------------------------------------------------

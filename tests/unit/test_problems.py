@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.dev.kafka_local import free_port
-from processor.http import admin
+from processor.http import admin, admin_web
 from processor.http.problems import PROBLEM_JSON, PROBLEM_TYPE_BASE, problem, problem_body
 from processor.sink.http import build_app
 from processor.sink.store import LedgerStore, database_url
@@ -90,7 +90,7 @@ async def worker(
     async def no_broker(self: Any, topic: str, key: bytes, value: bytes) -> None:
         raise ConnectionError("no broker here")
 
-    monkeypatch.setattr(admin.FaustCommandPublisher, "publish", no_broker)
+    monkeypatch.setattr(admin_web.FaustCommandPublisher, "publish", no_broker)
     async with TestClient(TestServer(aiohttp_app(m.app))) as client:
         yield m, client
     if m.app._http_client is not None:
