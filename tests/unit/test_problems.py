@@ -126,13 +126,13 @@ async def test_every_read_api_error_is_a_problem(
     await assert_problem(await http.get("/tenants/acme/account"), 503, "unavailable", "acme")
     # An owner that does not answer.
     closed = free_port()
-    monkeypatch.setattr(m, "owner_url", lambda tenant_id: f"http://127.0.0.1:{closed}/")
+    monkeypatch.setattr(m.account_api, "owner_url", lambda tenant_id: f"http://127.0.0.1:{closed}/")
     await assert_problem(await http.get("/tenants/acme/account"), 503, "owner_unreachable", "acme")
     # The owner itself, with no event for the tenant.
     me = str(m.app.conf.canonical_url)
-    monkeypatch.setattr(m, "owner_url", lambda tenant_id: me)
-    monkeypatch.setattr(m, "_owned_partitions", lambda: set(range(4)))
-    monkeypatch.setattr(m, "readiness", lambda: (True, "ok"))
+    monkeypatch.setattr(m.account_api, "owner_url", lambda tenant_id: me)
+    monkeypatch.setattr(m.account_api, "owned_partitions", lambda: set(range(4)))
+    monkeypatch.setattr(m.account_api, "ready", lambda: True)
     await assert_problem(await http.get("/tenants/acme/account"), 404, "not_found", "acme")
 
 
