@@ -43,6 +43,12 @@ from processor.http.views import tenant_id_problem
 from schemas.admin import CommandAccepted, NotificationsRequest
 from schemas.inputs import AutoRechargeChanged, TenantLimitsConfigured
 
+__all__ = [
+    "PUBLISH_TIMEOUT_SECONDS",
+    "CommandGate",
+    "CommandPublisher",
+]
+
 log = logging.getLogger(__name__)
 
 # How long a request waits for the broker to acknowledge the command. Past it the

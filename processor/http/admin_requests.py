@@ -45,6 +45,37 @@ from schemas.types import (
     CommandId,
 )
 
+__all__ = [
+    "AUTO_RECHARGE_CHANGE_ID_PREFIX",
+    "AUTO_RECHARGE_ID_PREFIX",
+    "AUTO_RECHARGE_OFF_ID_PREFIX",
+    "COMMAND_ID",
+    "ENDPOINT_ROUTES",
+    "IDEMPOTENCY_HEADER",
+    "ID_PREFIXES",
+    "LIMITS_ID_PREFIX",
+    "MAX_BODY_BYTES",
+    "MAX_COMMAND_ID_LENGTH",
+    "NOTIFICATIONS_ID_PREFIX",
+    "OUTCOME_ID_PREFIX",
+    "AdminRequest",
+    "Command",
+    "CommandKind",
+    "Endpoint",
+    "Fingerprint",
+    "NoBody",
+    "Refused",
+    "Reply",
+    "command_id_for",
+    "command_location",
+    "decimal_places",
+    "error_reply",
+    "fingerprint",
+    "header_value",
+    "key_reused",
+    "validate",
+]
+
 CommandKind = Literal[
     "funds_added",
     "auto_recharge_configured",
@@ -123,7 +154,7 @@ ID_PREFIXES: Final[dict[Endpoint, str]] = {
     "notifications": NOTIFICATIONS_ID_PREFIX,
 }
 MAX_COMMAND_ID_LENGTH: Final = 128
-# The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
+
 COMMAND_ID: Final[TypeAdapter[str]] = TypeAdapter(CommandId)
 _PATTERN_MESSAGES: Final = {
     TENANT_ID_PATTERN: "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -",

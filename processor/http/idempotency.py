@@ -15,6 +15,17 @@ from typing import Final
 
 from processor.http.admin_requests import Fingerprint, Reply
 
+__all__ = [
+    "IDEMPOTENCY_MAX_BYTES",
+    "IDEMPOTENCY_MAX_ENTRIES",
+    "IDEMPOTENCY_TTL_SECONDS",
+    "IdempotencyCache",
+    "Remembered",
+    "Scope",
+    "compact",
+    "failed",
+]
+
 # The first answer to each (tenant, endpoint, key) is kept this long (Stripe keeps
 # 24 hours), for at most this many keys and this many bytes (keys, bodies, answers).
 IDEMPOTENCY_TTL_SECONDS: Final = 24 * 3600.0
@@ -41,8 +52,8 @@ class IdempotencyCache:
     published again, and the processor drops its command id as a duplicate.
     """
 
-    # The answer and the objects holding an entry, beyond its strings: an entry
-    # costs ~1.5-1.7 KB of memory in all (measured 2026-12-03, 10,000 entries).
+    # The answer and the objects holding an entry, beyond its strings (what an entry
+    # costs in all: docs/performance.md, "The admin API's idempotency cache").
     ENTRY_OVERHEAD_BYTES: Final = 1_280
 
     def __init__(
