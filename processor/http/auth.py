@@ -20,7 +20,7 @@ for automation: that bearer is a principal with every permission (actor
 401 (with ``WWW-Authenticate: Bearer``, RFC 6750) for a missing, malformed, expired or
 foreign token; 403 for a valid token without the permission. With ``METER_AUTH=token``
 (the default) nothing changes: the read API is open and the admin API takes the
-static token (processor/http/admin.py).
+static token (processor/http/admin_gate.py).
 """
 
 from __future__ import annotations

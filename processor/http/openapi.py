@@ -6,7 +6,8 @@
 Every body schema comes from the pydantic models (`schemas.api`, `schemas.admin`),
 so the document cannot disagree with what the code validates and sends; a unit test
 fails when the checked-in copy is stale, and each worker serves `render()` at
-`GET /openapi.json`.
+`GET /openapi.json`. The paths are in processor/http/worker_doc.py (the workers') and
+processor/http/ledger_doc.py (the ledger sink's); here, the document around them.
 """
 
 from __future__ import annotations
@@ -21,22 +22,8 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from processor.http import auth
+from processor.http import auth, worker_doc
 from processor.http import ledger_doc as sink_doc
-from schemas.admin import (
-    AutoRechargePatch,
-    AutoRechargeRequest,
-    CommandAccepted,
-    ErrorBody,
-    FundsRequest,
-    Health,
-    LimitsRequest,
-    NotificationsRequest,
-    Readiness,
-    RechargeOutcomeRequest,
-)
-from schemas.api import AccountView, AuthorizeView
-from schemas.types import E164_PATTERN, ID_PATTERN, TENANT_ID_PATTERN
 
 __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
@@ -46,387 +33,9 @@ API_VERSION: Final = "1.6.0"
 _REF: Final = "#/components/schemas/{model}"
 
 _MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
-    (FundsRequest, "validation"),
-    (AutoRechargeRequest, "validation"),
-    (AutoRechargePatch, "validation"),
-    (LimitsRequest, "validation"),
-    (RechargeOutcomeRequest, "validation"),
-    (NotificationsRequest, "validation"),
-    (AccountView, "serialization"),
-    (AuthorizeView, "serialization"),
-    (CommandAccepted, "serialization"),
-    (ErrorBody, "serialization"),
-    (Health, "serialization"),
-    (Readiness, "serialization"),
+    *worker_doc.MODELS,
     *sink_doc.MODELS,
 )
-
-
-def _json(ref: str, description: str) -> dict[str, Any]:
-    # Errors are RFC 9457 problem details (processor/http/problems.py).
-    media = "application/problem+json" if ref.endswith("/ErrorBody") else "application/json"
-    return {"description": description, "content": {media: {"schema": {"$ref": ref}}}}
-
-
-def _paths(refs: dict[str, str]) -> dict[str, Any]:
-    error = refs["ErrorBody"]
-    tenant = {
-        "name": "tenant_id",
-        "in": "path",
-        "required": True,
-        "description": "The tenant (organisation) whose balance this is.",
-        "schema": {"type": "string", "pattern": TENANT_ID_PATTERN},
-    }
-    idempotency = {
-        "name": "Idempotency-Key",
-        "in": "header",
-        "required": False,
-        "description": "Scoped per tenant and endpoint. Becomes the command's "
-        "`command_id` (a top-up's as it is, a settings request's as `auto-recharge:` + "
-        "key, a limits request's as `limits:` + key, hashed past 128 characters), which "
-        "the processor applies once, so "
-        "retrying a request with the same key (after a timeout, a 503, a lost answer) "
-        "changes the balance once. The same key and body again get the first answer "
-        "(the worker remembers it for 24 hours; another worker publishes the same "
-        "command again, which the processor drops); the same key with a different "
-        "body is a 422 (`idempotency_key_reused`). A top-up key may not start with "
-        "`auto-recharge:` or `limits:`. Without it a fresh key is used (returned in the "
-        "`Idempotency-Key` header) and every request is a new command.",
-        "schema": {"type": "string", "pattern": ID_PATTERN},
-    }
-    invalid_tenant = _json(
-        error,
-        "The path's tenant_id breaks the contract's pattern (error `invalid_tenant_id`; "
-        "the id is not repeated, `tenant_id` is null). Nothing else is done with it.",
-    )
-    retry_after = {
-        "Retry-After": {
-            "description": "Seconds to wait before retrying.",
-            "schema": {"type": "integer", "minimum": 1},
-        }
-    }
-    admin_errors = {
-        "400": _json(
-            error,
-            "The path's tenant_id breaks the contract's pattern (`invalid_tenant_id`, "
-            "checked first), or the body is not JSON (`invalid_json`).",
-        ),
-        "401": {
-            **_json(error, "No bearer token."),
-            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-        },
-        "403": _json(error, "Wrong bearer token."),
-        "413": _json(error, "The body is too large."),
-        "422": _json(
-            error,
-            "The header or body is invalid, or names what the processor would reject "
-            "(`invalid_request`; `errors` lists every refused field with its location, "
-            "`header` or `body` first, and a `type` such as `currency_mismatch` or "
-            "`too_many_decimals`: more decimal places than the rate card keeps balances "
-            "at); or the Idempotency-Key was used before for this tenant and endpoint "
-            "with a different body (`idempotency_key_reused`).",
-        ),
-        "503": _json(
-            error,
-            "The admin API is disabled (METER_ADMIN_TOKEN unset), or the command could "
-            "not be published to Kafka: retry with the same Idempotency-Key.",
-        ),
-    }
-    accepted = {
-        **_json(
-            refs["CommandAccepted"],
-            "The command is on credits.commands (acknowledged by the broker); the "
-            "worker owning the tenant applies it within moments. A retry with the same "
-            "Idempotency-Key and body gets this answer again.",
-        ),
-        "headers": {
-            "Location": {
-                "description": "Added: where to read what became of the command, "
-                "`/commands/{command_id}?tenant_id={tenant_id}` (percent-encoded).",
-                "schema": {"type": "string"},
-            },
-            "Idempotency-Key": {
-                "description": "The key (the one sent, or a fresh one): retry with it.",
-                "schema": {"type": "string"},
-            },
-        },
-    }
-
-    def admin(
-        operation_id: str, summary: str, description: str, body: str, body_doc: str
-    ) -> dict[str, Any]:
-        return {
-            "operationId": operation_id,
-            "summary": summary,
-            "description": description,
-            "tags": ["admin"],
-            "security": [{"bearerAuth": []}],
-            "parameters": [tenant, idempotency],
-            "requestBody": {
-                "required": True,
-                "description": body_doc,
-                "content": {"application/json": {"schema": {"$ref": body}}},
-            },
-            "responses": {"202": accepted, **admin_errors},
-        }
-
-    return {
-        "/tenants/{tenant_id}/account": {
-            "get": {
-                "operationId": "getAccount",
-                "summary": "A tenant's balance, status and recharge state",
-                "description": "Answered by any worker: one that does not own the tenant "
-                "asks the owner (and gives up after 2 s).",
-                "tags": ["read"],
-                "parameters": [tenant],
-                "responses": {
-                    "200": _json(refs["AccountView"], "The account."),
-                    "400": invalid_tenant,
-                    "404": _json(error, "No event for this tenant yet."),
-                    "503": {
-                        **_json(
-                            error,
-                            "The tenant's partition is being reassigned, or its owner "
-                            "cannot be reached or did not answer within 2 s; retry after "
-                            "`Retry-After` seconds.",
-                        ),
-                        "headers": retry_after,
-                    },
-                },
-            }
-        },
-        "/tenants/{tenant_id}/authorize": {
-            "get": {
-                "operationId": "authorizeCall",
-                "summary": "May this call start, and for how long at most",
-                "description": "Added. Answered by any worker, from the tenant's owner like "
-                "the account. `max_seconds` is the longest duration whose charge, rated "
-                "exactly as the rate card rates it (increments, minimum, connect fee, "
-                "rounding), the balance plus the tenant's credit limit can pay, capped at "
-                "86400 (a day). Refused calls answer 200 with `allowed: false`, "
-                "`max_seconds: 0` and a `reason`: `exhausted`, `no_rate` or "
-                "`unknown_tenant`.",
-                "tags": ["read"],
-                "parameters": [
-                    tenant,
-                    {
-                        "name": "service",
-                        "in": "query",
-                        "required": True,
-                        "description": "The rate table: outbound, toll_free_inbound, "
-                        "conferencing_dial_out (its own table) or "
-                        "conferencing_toll_free_dial_in (the toll_free_inbound table).",
-                        "schema": {
-                            "type": "string",
-                            "enum": [
-                                "outbound",
-                                "toll_free_inbound",
-                                "conferencing_dial_out",
-                                "conferencing_toll_free_dial_in",
-                            ],
-                        },
-                    },
-                    {
-                        "name": "number",
-                        "in": "query",
-                        "required": True,
-                        "description": "The E.164 number to rate ('+' written %2B).",
-                        "schema": {"type": "string", "pattern": E164_PATTERN},
-                    },
-                ],
-                "responses": {
-                    "200": _json(refs["AuthorizeView"], "The answer, allowed or not."),
-                    "400": _json(
-                        error,
-                        "`invalid_tenant_id` (checked first, as on the account), "
-                        "`invalid_service` or `invalid_number`.",
-                    ),
-                    "503": {
-                        **_json(error, "As on the account: retry after `Retry-After`."),
-                        "headers": retry_after,
-                    },
-                },
-            }
-        },
-        "/tenants/{tenant_id}/funds": {
-            "post": admin(
-                "addFunds",
-                "Manual top-up",
-                "Publishes a `funds_added` command (source `manual`) keyed by the tenant.",
-                refs["FundsRequest"],
-                "The amount and its currency, which must be the rate card's.",
-            )
-        },
-        "/tenants/{tenant_id}/auto-recharge": {
-            "put": admin(
-                "configureAutoRecharge",
-                "Replace the auto-recharge settings",
-                "Publishes an `auto_recharge_configured` command keyed by the tenant; "
-                "new settings also lift a suspension.",
-                refs["AutoRechargeRequest"],
-                "The complete settings; `enabled: false` turns auto-recharge off.",
-            ),
-            "patch": admin(
-                "changeAutoRecharge",
-                "Change some of the auto-recharge settings",
-                "Added. Publishes an `auto_recharge_changed` command keyed by the tenant "
-                "(its `command_id` is `auto-recharge-change:` + the Idempotency-Key) with "
-                "only the fields named. The tenant's owner merges them with the current "
-                "settings in order with every other command and rejects an invalid result "
-                "(`invalid_settings`: a target not above the trigger, or no amount or "
-                "trigger for a tenant without settings); see the command's status.",
-                refs["AutoRechargePatch"],
-                "At least one of `enabled`, `recharge_amount`, `trigger_balance`, `mode`, "
-                "`target_balance`; an absent field keeps its value, `target_balance: null` "
-                "clears it. 422 when what is named is invalid on its own.",
-            ),
-            "delete": {
-                **{
-                    k: v
-                    for k, v in admin(
-                        "disableAutoRecharge",
-                        "Turn auto-recharge off",
-                        "Added. Publishes an `auto_recharge_changed` command with "
-                        "`enabled: false` (its `command_id` is `auto-recharge-off:` + the "
-                        "Idempotency-Key); the amounts are kept. No body (or `{}`).",
-                        refs["AutoRechargePatch"],
-                        "",
-                    ).items()
-                    if k != "requestBody"
-                },
-            },
-        },
-        "/tenants/{tenant_id}/limits": {
-            "put": admin(
-                "configureLimits",
-                "Set the credit limit and the low-balance level",
-                "Added. Publishes a `tenant_limits_configured` command keyed by the tenant "
-                "(its `command_id` is `limits:` + the Idempotency-Key). The tenant is "
-                "exhausted when balance + credit_limit is at or below zero; a `low_balance` "
-                "alert follows when the balance falls below `notify_below`.",
-                refs["LimitsRequest"],
-                "`credit_limit` and/or `notify_below`; an absent field keeps the current "
-                "value, `notify_below: null` clears the level.",
-            )
-        },
-        "/tenants/{tenant_id}/recharges/{request_id}/outcome": {
-            "post": {
-                **admin(
-                    "recordRechargeOutcome",
-                    "Billing's answer to a recharge request",
-                    "Added. Publishes `funds_added` (source `auto_recharge`, naming the "
-                    "request and attempt) for `succeeded`, `recharge_failed` for `failed`, "
-                    "keyed by the tenant; its `command_id` is `outcome:` + the "
-                    "Idempotency-Key, which defaults to `<request_id>#<attempt>:<outcome>` "
-                    "so that an answer sent twice is one command. Role `billing`.",
-                    refs["RechargeOutcomeRequest"],
-                    "`outcome`; the `amount` charged (succeeded) or the `reason` (failed); "
-                    "the `attempt` answered (RechargeRequested.attempt).",
-                ),
-                "parameters": [
-                    tenant,
-                    {
-                        "name": "request_id",
-                        "in": "path",
-                        "required": True,
-                        "description": "RechargeRequested.request_id.",
-                        "schema": {"type": "string", "pattern": ID_PATTERN},
-                    },
-                    idempotency,
-                ],
-            }
-        },
-        "/auth/whoami": {
-            "get": {
-                "operationId": "whoAmI",
-                "summary": "Who the bearer token says the caller is",
-                "description": "Added. `{subject, role, tenant_id}` of the token (the static "
-                "token's role is `admin`, its subject `admin-token`).",
-                "tags": ["operations"],
-                "responses": {
-                    "200": {
-                        "description": "The caller.",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["subject", "role", "tenant_id"],
-                                    "properties": {
-                                        "subject": {"type": "string"},
-                                        "role": {
-                                            "type": "string",
-                                            "enum": [*auth.ROLES, "admin"],
-                                        },
-                                        "tenant_id": {"type": ["string", "null"]},
-                                    },
-                                }
-                            }
-                        },
-                    }
-                },
-            }
-        },
-        "/tenants/{tenant_id}/notifications": {
-            "put": admin(
-                "configureNotifications",
-                "Replace who is told what, by email and webhook",
-                "Added. Publishes a `notifications_configured` command keyed by the tenant "
-                "(its `command_id` is `notifications:` + the Idempotency-Key); "
-                "`meter notifier` then emails the addresses and posts Standard Webhooks to "
-                "the URL for the events named. The webhook secret is sealed with "
-                "METER_SECRETS_KEY before it is published and is never shown again; "
-                "without that key a request naming a secret is a 503 `secrets_disabled`.",
-                refs["NotificationsRequest"],
-                "The complete settings: `emails` (at most 10), `webhook_url` with "
-                "`webhook_secret` (`whsec_` + base64), `events` (default: all).",
-            )
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "getMetrics",
-                "summary": "Prometheus metrics of this worker",
-                "tags": ["operations"],
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text exposition format 0.0.4.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
-        "/health": {
-            "get": {
-                "operationId": "getHealth",
-                "summary": "Liveness: the process serves HTTP",
-                "tags": ["operations"],
-                "responses": {"200": _json(refs["Health"], "Alive.")},
-            }
-        },
-        "/ready": {
-            "get": {
-                "operationId": "getReady",
-                "summary": "Readiness: partitions assigned and state recovered",
-                "tags": ["operations"],
-                "responses": {
-                    "200": _json(refs["Readiness"], "Ready."),
-                    "503": _json(refs["Readiness"], "Not ready; `detail` says why."),
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "operationId": "getOpenAPI",
-                "summary": "This document",
-                "tags": ["operations"],
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3.1.",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
-            }
-        },
-    }
 
 
 def build() -> dict[str, Any]:
@@ -454,7 +63,7 @@ def build() -> dict[str, Any]:
             {"name": "operations", "description": "Probes, metrics and this document."},
             sink_doc.TAG,
         ],
-        "paths": _secured({**_paths(refs), **sink_doc.paths(refs)}, refs["ErrorBody"]),
+        "paths": _secured({**worker_doc.paths(refs), **sink_doc.paths(refs)}, refs["ErrorBody"]),
         "components": {
             "schemas": definitions["$defs"],
             "securitySchemes": {
@@ -493,7 +102,7 @@ def _secured(paths: dict[str, Any], error: str) -> dict[str, Any]:
         operation["x-permission"] = permission.value
         responses = operation["responses"]
         responses["401"] = {
-            **_json(
+            **worker_doc.json_response(
                 error,
                 "No token, or one that is malformed, expired, badly signed or for another "
                 "issuer or audience (`unauthorized`, `invalid_token`).",
@@ -506,7 +115,7 @@ def _secured(paths: dict[str, Any], error: str) -> dict[str, Any]:
                 }
             },
         }
-        responses["403"] = _json(
+        responses["403"] = worker_doc.json_response(
             error,
             f"The token's role may not do this (`forbidden`; needs `{permission.value}`), "
             "or a tenant_admin's token names another tenant; with METER_AUTH=token, a "

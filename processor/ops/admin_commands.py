@@ -152,7 +152,7 @@ def _check_precision(cfg: Settings, command: BaseModel) -> None:
     from decimal import Decimal
 
     from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
-    from processor.http.admin import decimal_places
+    from processor.http.admin_requests import decimal_places
 
     try:
         decimals = load_rate_card(cfg.rate_card or example_rate_card_path()).decimals

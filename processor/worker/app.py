@@ -11,33 +11,27 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
-from urllib.parse import quote, urlencode
+from functools import partial
+from typing import Any
 
-import aiohttp
 import faust
-import orjson
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from faust.serializers import codecs
 from faust.types import TP, EventT, Message, StreamT
-from faust.web import Request, Response, View
-from prometheus_client import generate_latest
 
 from processor.config.settings import Settings
 from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import RateCard
-from processor.http import admin, auth, command_status
-from processor.http.problems import PROBLEM_JSON, as_is, install_fallback, problem_body
-from processor.http.views import account_view, authorize_problem, authorize_view, tenant_id_problem
+from processor.http import admin_web, auth, command_status
+from processor.http.accounts import AccountAPI
 from processor.kafka import options as kafka_options
 from processor.kafka.changelog import ChangelogReader
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
-from processor.worker import store
+from processor.worker import store, web
 from processor.worker.codec import dump_mark, dump_stored, load_mark, load_stored
 from processor.worker.handler import Changelog, Deliveries, Record, RecordHandler, Source
 from processor.worker.publisher import TransactionalPublisher
@@ -86,14 +80,6 @@ class Broker:
         return [f"kafka://{h.strip()}" for h in self.bootstrap.split(",") if h.strip()]
 
 
-FORWARDED_HEADER = "X-Meter-Forwarded-By"
-# A read forwarded to the tenant's owner gets this long, all in (connect, send,
-# answer); past it the client hears 503 and when to retry, rather than wait on a
-# worker that is stuck or gone (the session's default is minutes).
-FORWARD_TIMEOUT_SECONDS = 2.0
-# Every 503 of the read API says when to try again: a reassignment or an owner's
-# restart takes seconds.
-RETRY_AFTER_SECONDS = 2
 # A bulk changelog read that has not reached the end by then fails the rebalance (and
 # the worker restarts) rather than serve a partial state; ~50,000 values/s here.
 RECOVERY_READ_SECONDS = 600.0
@@ -112,16 +98,6 @@ def _exit_after_crash() -> None:
     log.error("crashed worker still running after %.0fs: exiting", CRASH_EXIT_SECONDS)
     logging.shutdown()
     os._exit(1)
-
-
-def _error(status: int, code: str, detail: str, tenant_id: str | None) -> bytes:
-    # RFC 9457 problem details (processor/http/problems.py), with the promised fields.
-    return problem_body(status, code, detail, tenant_id=tenant_id)
-
-
-def _content_type(status: int) -> str:
-    # An error is problem details, here or forwarded from the owner (the same code).
-    return PROBLEM_JSON if status >= 400 else "application/json"
 
 
 def _record(event: EventT[Any]) -> Record:
@@ -175,7 +151,7 @@ class Meter:
             # Faust's own pages are off: /router/ lists the cluster's workers,
             # /table/... serves table data to anyone, /graph/ and the statistics at
             # / describe the worker's insides. The worker's pages are its own
-            # (_declare_web); it finds a tenant's owner in process, not via /router/.
+            # (processor/worker/web.py); it finds a tenant's owner in process, not via /router/.
             # web_metrics_enabled is Faust's JSON /performance/ page, not our
             # /metrics: off (its default), said here so it stays a decision.
             web_router_enabled=False,
@@ -301,14 +277,25 @@ class Meter:
         self.engine.delivered = self.handler.deliveries
         self._rebuild_due = True
         self._crashed = False
-        self.forward_timeout = FORWARD_TIMEOUT_SECONDS
         # Who may call which endpoint (processor/http/auth.py; METER_AUTH).
         self.access = auth.access_from(cfg)
+        # The account read API, answered from any worker (processor/http/accounts.py).
+        self.account_api = AccountAPI(
+            card,
+            partitions,
+            lookup=self.accounts.get,
+            owner_url=partial(web.owner_url, self.app, self.accounts, partitions),
+            owned_partitions=self._owned_partitions,
+            ready=lambda: self.readiness()[0],
+            me=lambda: str(self.app.conf.canonical_url),
+            session=lambda: self.app.http_client,
+            clock=lambda: self.handler.clock(),
+        )
         self._declare_agents()
         self._declare_timer()
-        self._declare_web()
+        self.pages = web.install(self.app, self.access, self.account_api, self.readiness)
         observe.install(self)
-        admin.install(self)
+        admin_web.install(self)
         command_status.install(self)
 
     # ---- agents ----------------------------------------------------------------
@@ -519,211 +506,6 @@ class Meter:
         metrics.TENANTS.set(totals.tenants)
         metrics.OUTSTANDING.set(totals.outstanding)
         metrics.EXHAUSTED.set(totals.exhausted)
-
-    # ---- HTTP ---------------------------------------------------------------------
-
-    def _declare_web(self) -> None:
-        app = self.app
-        meter = self
-        # What aiohttp and Faust answer on their own (unknown path, method not
-        # served, an exception) leaves as problem details too.
-        install_fallback(app.web)
-        # METER_AUTH=jwt: every endpoint but the open ones needs a token allowing it.
-        cast(Any, app.web).web_app.middlewares.append(auth.middleware(meter.access))
-
-        @app.page("/tenants/{tenant_id}/account")
-        class AccountPage(View):
-            async def get(self, request: Request, tenant_id: str) -> Response:
-                status, body, headers = await meter.account_response(
-                    tenant_id,
-                    forwarded=FORWARDED_HEADER in request.headers,
-                    authorization=request.headers.get("Authorization"),
-                )
-                return self.bytes(
-                    body, content_type=_content_type(status), status=status, headers=headers
-                )
-
-        @app.page("/tenants/{tenant_id}/authorize")
-        class AuthorizePage(View):
-            async def get(self, request: Request, tenant_id: str) -> Response:
-                query = cast(web.Request, request).query
-                status, body, headers = await meter.authorize_response(
-                    tenant_id,
-                    query.get("service"),
-                    query.get("number"),
-                    forwarded=FORWARDED_HEADER in request.headers,
-                    authorization=request.headers.get("Authorization"),
-                )
-                return self.bytes(
-                    body, content_type=_content_type(status), status=status, headers=headers
-                )
-
-        @app.page("/auth/whoami")
-        class WhoAmIPage(View):
-            async def get(self, request: Request) -> Response:
-                # Checked by auth.middleware under METER_AUTH=jwt; else the static token.
-                principal = auth.principal_of(request)
-                if principal is None:
-                    try:
-                        principal = meter.access.principal(request.headers)
-                    except auth.AuthError as refused:
-                        return cast(Response, refused.answer(None))
-                return self.bytes(auth.whoami_body(principal), content_type="application/json")
-
-        @app.page("/metrics")
-        class MetricsPage(View):
-            async def get(self, request: Request) -> Response:
-                # aiohttp refuses a charset inside content_type, so the exposition
-                # format's own content type goes in without it.
-                return self.bytes(
-                    generate_latest(metrics.REGISTRY),
-                    content_type="text/plain; version=0.0.4",
-                )
-
-        @app.page("/health")
-        class HealthPage(View):
-            async def get(self, request: Request) -> Response:
-                return self.bytes(b'{"status":"ok"}', content_type="application/json")
-
-        @app.page("/ready")
-        class ReadyPage(View):
-            async def get(self, request: Request) -> Response:
-                ready, detail = meter.readiness()
-                # A probe's answer, not an error: the contract's body, and like every
-                # 503 a Retry-After.
-                response = self.bytes(
-                    orjson.dumps({"ready": ready, "detail": detail}),
-                    content_type="application/json",
-                    status=200 if ready else 503,
-                    headers=None if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)},
-                )
-                as_is(cast(web.Response, response))
-                return response
-
-        self.pages = (
-            AccountPage,
-            AuthorizePage,
-            WhoAmIPage,
-            MetricsPage,
-            HealthPage,
-            ReadyPage,
-        )
-
-    # ---- the account read API, answered from any worker -------------------------------
-
-    def owner_url(self, tenant_id: str) -> str | None:
-        """The HTTP address of the worker whose active partitions hold this tenant."""
-        partition = partition_for(tenant_id, self.partitions)
-        changelog = self.accounts.changelog_topic.get_topic_name()
-        for url, topics in self.app.router.table_metadata(self.accounts.name).items():
-            if partition in topics.get(changelog, ()):
-                return str(url)
-        return None
-
-    async def account_response(
-        self, tenant_id: str, forwarded: bool, authorization: str | None = None
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """GET /tenants/{tenant_id}/account: the owner's answer (`_owner_answer`)."""
-
-        def local(stored: Any) -> tuple[int, bytes, dict[str, str]]:
-            if stored is None:
-                return 404, _error(404, "not_found", "no event for this tenant yet", tenant_id), {}
-            return (
-                200,
-                orjson.dumps(
-                    account_view(stored.account, self.card.currency, self.handler.clock())
-                ),
-                {},
-            )
-
-        return await self._owner_answer(tenant_id, forwarded, "account", local, authorization)
-
-    async def authorize_response(
-        self,
-        tenant_id: str,
-        service: str | None,
-        number: str | None,
-        forwarded: bool,
-        authorization: str | None = None,
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """GET /tenants/{tenant_id}/authorize?service=&number=: may this call start, and
-        for how long at most (processor/http/views.py), from the owner like the account."""
-        problem = tenant_id_problem(tenant_id)
-        if problem is None:
-            bad = authorize_problem(service, number)
-            if bad is not None:
-                return 400, _error(400, bad[0], bad[1], tenant_id), {}
-            assert service is not None and number is not None
-
-        def local(stored: Any) -> tuple[int, bytes, dict[str, str]]:
-            assert service is not None and number is not None
-            account = None if stored is None else stored.account
-            view = authorize_view(tenant_id, account, self.card, service, number)
-            return 200, orjson.dumps(view), {}
-
-        query = urlencode({"service": service or "", "number": number or ""})
-        return await self._owner_answer(
-            tenant_id, forwarded, f"authorize?{query}", local, authorization
-        )
-
-    async def _owner_answer(
-        self,
-        tenant_id: str,
-        forwarded: bool,
-        page: str,
-        local: Callable[[Any], tuple[int, bytes, dict[str, str]]],
-        authorization: str | None = None,
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """Answer here if this worker owns the tenant, else ask the owner for
-        `/tenants/{tenant_id}/{page}`; `local` answers from the stored account (None:
-        never seen).
-
-        The id is validated first: one that breaks the contract's pattern is a 400 and
-        is never hashed, cached or forwarded. Faust's own table_route asks the producer
-        for the changelog's partitions, which it only knows after writing to them, so
-        it fails on a fresh worker; the owner is found here from the assignment
-        instead. A worker that is not (or not yet) the owner answers 503 rather than a
-        wrong 404; every 503 carries Retry-After. The caller's Authorization goes
-        along: under METER_AUTH=jwt the owner checks the token again, so the hop's
-        header (X-Meter-Forwarded-By, which anyone can send) grants nothing.
-        """
-        problem = tenant_id_problem(tenant_id)
-        if problem is not None:
-            return 400, _error(400, "invalid_tenant_id", problem, None), {}
-        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        owner = self.owner_url(tenant_id)
-        me = str(self.app.conf.canonical_url)
-        if owner is not None and owner != me and not forwarded:
-            url = f"{owner.rstrip('/')}/tenants/{quote(tenant_id, safe='')}/{page}"
-            try:
-                forward = {FORWARDED_HEADER: me}
-                if authorization is not None:
-                    forward["Authorization"] = authorization
-                async with self.app.http_client.get(
-                    url,
-                    headers=forward,
-                    timeout=aiohttp.ClientTimeout(total=self.forward_timeout),
-                ) as resp:
-                    status, body = resp.status, await resp.read()
-            except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
-                detail = f"{owner} did not answer within {self.forward_timeout:g}s"
-                return 503, _error(503, "owner_unreachable", detail, tenant_id), retry
-            except aiohttp.ClientError as exc:
-                return 503, _error(503, "owner_unreachable", f"{owner}: {exc!r}", tenant_id), retry
-            return status, body, retry if status == 503 else {}
-        partition = partition_for(tenant_id, self.partitions)
-        if owner != me or partition not in self._owned_partitions() or not self.readiness()[0]:
-            return (
-                503,
-                _error(
-                    503,
-                    "unavailable",
-                    "the tenant's partition is being reassigned; retry",
-                    tenant_id,
-                ),
-                retry,
-            )
-        return local(self.accounts.get(tenant_id))
 
     def readiness(self) -> tuple[bool, str]:
         """Ready = partitions assigned and every table recovered, not mid-rebalance."""

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from processor.http.accounts import FORWARDED_HEADER
 from processor.http.problems import PROBLEM_JSON
-from processor.worker.app import FORWARDED_HEADER
 from tests.integration.harness import Deployment, Worker, eventually, running
 from tests.integration.test_ledger_sink import Sink
 from tests.support.tokens import TestKeys

@@ -15,7 +15,9 @@ from openapi_spec_validator import validate
 from pydantic import SecretStr
 
 from processor.http import openapi
-from processor.http.admin import AdminAPI, IdempotencyCache, Reply, command_id_for, decimal_places
+from processor.http.admin import AdminAPI
+from processor.http.admin_requests import Reply, command_id_for, decimal_places
+from processor.http.idempotency import IdempotencyCache
 from schemas import decode_command
 from schemas.inputs import AutoRechargeConfigured, FundsAdded
 

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.dev.kafka_local import free_port
-from processor.http import admin
+from processor.http import admin, admin_web
 from processor.http.problems import PROBLEM_JSON, PROBLEM_TYPE_BASE, problem, problem_body
 from processor.sink.http import build_app
 from processor.sink.store import LedgerStore, database_url
@@ -90,7 +90,7 @@ async def worker(
     async def no_broker(self: Any, topic: str, key: bytes, value: bytes) -> None:
         raise ConnectionError("no broker here")
 
-    monkeypatch.setattr(admin.FaustCommandPublisher, "publish", no_broker)
+    monkeypatch.setattr(admin_web.FaustCommandPublisher, "publish", no_broker)
     async with TestClient(TestServer(aiohttp_app(m.app))) as client:
         yield m, client
     if m.app._http_client is not None:
@@ -126,13 +126,13 @@ async def test_every_read_api_error_is_a_problem(
     await assert_problem(await http.get("/tenants/acme/account"), 503, "unavailable", "acme")
     # An owner that does not answer.
     closed = free_port()
-    monkeypatch.setattr(m, "owner_url", lambda tenant_id: f"http://127.0.0.1:{closed}/")
+    monkeypatch.setattr(m.account_api, "owner_url", lambda tenant_id: f"http://127.0.0.1:{closed}/")
     await assert_problem(await http.get("/tenants/acme/account"), 503, "owner_unreachable", "acme")
     # The owner itself, with no event for the tenant.
     me = str(m.app.conf.canonical_url)
-    monkeypatch.setattr(m, "owner_url", lambda tenant_id: me)
-    monkeypatch.setattr(m, "_owned_partitions", lambda: set(range(4)))
-    monkeypatch.setattr(m, "readiness", lambda: (True, "ok"))
+    monkeypatch.setattr(m.account_api, "owner_url", lambda tenant_id: me)
+    monkeypatch.setattr(m.account_api, "owned_partitions", lambda: set(range(4)))
+    monkeypatch.setattr(m.account_api, "ready", lambda: True)
     await assert_problem(await http.get("/tenants/acme/account"), 404, "not_found", "acme")
 
 

@@ -1,4 +1,4 @@
-"""The HTTP read API validates before it works (`Meter.account_response`), no broker.
+"""The HTTP read API validates before it works (`AccountAPI.account_response`), no broker.
 
 A tenant id that breaks the contract's pattern is a 400 that hashes, caches and
 forwards nothing; a forward to the owner gives up after FORWARD_TIMEOUT_SECONDS; every
@@ -19,6 +19,8 @@ from aiohttp import web
 
 from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.http import accounts as accounts_module
+from processor.http.problems import RETRY_AFTER_SECONDS
 from processor.kafka.routing import (
     MAX_CACHED_KEY_BYTES,
     _partition,
@@ -26,7 +28,6 @@ from processor.kafka.routing import (
     partition_for,
     partition_for_key,
 )
-from processor.worker import app as app_module
 from processor.worker.app import Broker, Meter
 
 INVALID = [
@@ -56,8 +57,8 @@ def refuse_work(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
     def no(*args: Any) -> Any:
         raise AssertionError("an invalid tenant id reached the routing")
 
-    monkeypatch.setattr(meter, "owner_url", no)
-    monkeypatch.setattr(app_module, "partition_for", no)
+    monkeypatch.setattr(meter.account_api, "owner_url", no)
+    monkeypatch.setattr(accounts_module, "partition_for", no)
 
 
 @pytest.mark.parametrize("tenant", INVALID, ids=lambda t: repr(t[:12]) + f"[{len(t)}]")
@@ -66,7 +67,7 @@ async def test_an_invalid_tenant_id_is_400_before_any_work(
 ) -> None:
     refuse_work(meter, monkeypatch)
     before = cache_sizes()
-    status, body, headers = await meter.account_response(tenant, forwarded=False)
+    status, body, headers = await meter.account_api.account_response(tenant, forwarded=False)
     assert status == 400 and headers == {}
     answer = json.loads(body)
     assert answer["error"] == "invalid_tenant_id"
@@ -78,9 +79,11 @@ async def test_an_invalid_tenant_id_is_400_before_any_work(
 
 async def test_a_valid_tenant_id_is_routed(meter: Meter) -> None:
     # No partition is assigned here: not the owner, so 503 (and when to retry).
-    status, body, headers = await meter.account_response("acme:eu-1_x.y", forwarded=False)
+    status, body, headers = await meter.account_api.account_response(
+        "acme:eu-1_x.y", forwarded=False
+    )
     assert status == 503 and json.loads(body)["error"] == "unavailable"
-    assert headers == {"Retry-After": str(app_module.RETRY_AFTER_SECONDS)}
+    assert headers == {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 @pytest.fixture
@@ -109,8 +112,8 @@ async def owner(meter: Meter) -> AsyncIterator[Callable[[web.Response | None], A
         runners.append(runner)
         # union-attr: aiohttp's private server is set once the site has started
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        # method-assign: the test chooses where a tenant's owner is
-        meter.owner_url = lambda tenant_id: f"http://127.0.0.1:{port}/"  # type: ignore[method-assign]
+        # the test chooses where a tenant's owner is
+        meter.account_api.owner_url = lambda tenant_id: f"http://127.0.0.1:{port}/"
 
     yield serve
     blocked.set()
@@ -121,13 +124,13 @@ async def owner(meter: Meter) -> AsyncIterator[Callable[[web.Response | None], A
 async def test_a_forward_to_a_silent_owner_gives_up_with_503_and_retry_after(
     meter: Meter, owner: Callable[[web.Response | None], Any]
 ) -> None:
-    assert app_module.FORWARD_TIMEOUT_SECONDS == 2.0
+    assert accounts_module.FORWARD_TIMEOUT_SECONDS == 2.0
     await owner(None)
-    meter.forward_timeout = 0.3
+    meter.account_api.forward_timeout = 0.3
     started = time.monotonic()
-    status, body, headers = await meter.account_response("acme", forwarded=False)
+    status, body, headers = await meter.account_api.account_response("acme", forwarded=False)
     assert time.monotonic() - started < 2.0
-    assert status == 503 and headers["Retry-After"] == str(app_module.RETRY_AFTER_SECONDS)
+    assert status == 503 and headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
     answer = json.loads(body)
     assert answer["error"] == "owner_unreachable"
     assert "did not answer within 0.3s" in answer["detail"]
@@ -137,16 +140,16 @@ async def test_an_owners_503_is_passed_on_with_retry_after(
     meter: Meter, owner: Callable[[web.Response | None], Any]
 ) -> None:
     await owner(web.json_response({"error": "unavailable"}, status=503))
-    status, body, headers = await meter.account_response("acme", forwarded=False)
+    status, body, headers = await meter.account_api.account_response("acme", forwarded=False)
     assert status == 503 and json.loads(body) == {"error": "unavailable"}
-    assert headers == {"Retry-After": str(app_module.RETRY_AFTER_SECONDS)}
+    assert headers == {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 async def test_an_owners_answer_is_passed_on(
     meter: Meter, owner: Callable[[web.Response | None], Any]
 ) -> None:
     await owner(web.json_response({"tenant_id": "acme"}, status=200))
-    assert await meter.account_response("acme", forwarded=False) == (
+    assert await meter.account_api.account_response("acme", forwarded=False) == (
         200,
         b'{"tenant_id": "acme"}',
         {},
@@ -157,9 +160,9 @@ async def test_an_unreachable_owner_is_503_with_retry_after(meter: Meter) -> Non
     from processor.dev.kafka_local import free_port
 
     port = free_port()  # nothing listens there
-    # method-assign: the test chooses where a tenant's owner is
-    meter.owner_url = lambda tenant_id: f"http://127.0.0.1:{port}/"  # type: ignore[method-assign]
-    status, body, headers = await meter.account_response("acme", forwarded=False)
+    # the test chooses where a tenant's owner is
+    meter.account_api.owner_url = lambda tenant_id: f"http://127.0.0.1:{port}/"
+    status, body, headers = await meter.account_api.account_response("acme", forwarded=False)
     assert status == 503 and json.loads(body)["error"] == "owner_unreachable"
     assert "Retry-After" in headers
 
@@ -230,7 +233,9 @@ async def test_authorize_an_invalid_tenant_id_is_400_before_any_work(
     meter: Meter, monkeypatch: pytest.MonkeyPatch, tenant: str
 ) -> None:
     refuse_work(meter, monkeypatch)
-    status, body, _ = await meter.authorize_response(tenant, "outbound", "+33612345678", False)
+    status, body, _ = await meter.account_api.authorize_response(
+        tenant, "outbound", "+33612345678", False
+    )
     assert status == 400 and json.loads(body)["error"] == "invalid_tenant_id"
     assert json.loads(body)["tenant_id"] is None
 
@@ -252,7 +257,9 @@ async def test_authorize_a_bad_query_is_400_before_any_work(
     error: str,
 ) -> None:
     refuse_work(meter, monkeypatch)
-    status, body, headers = await meter.authorize_response("acme", service, number, False)
+    status, body, headers = await meter.account_api.authorize_response(
+        "acme", service, number, False
+    )
     assert status == 400 and headers == {}
     assert json.loads(body)["error"] == error and json.loads(body)["tenant_id"] == "acme"
 
@@ -261,7 +268,7 @@ async def test_authorize_is_forwarded_to_the_owner_with_its_query(
     meter: Meter, owner: Callable[[web.Response | None], Any]
 ) -> None:
     await owner(None)
-    status, body, _ = await meter.authorize_response(
+    status, body, _ = await meter.account_api.authorize_response(
         "acme", "conferencing_dial_out", "+33612345678", forwarded=False
     )
     assert status == 200
@@ -272,7 +279,7 @@ async def test_authorize_is_forwarded_to_the_owner_with_its_query(
 
 
 async def test_authorize_not_owned_is_503(meter: Meter) -> None:
-    status, body, headers = await meter.authorize_response(
+    status, body, headers = await meter.account_api.authorize_response(
         "acme", "outbound", "+33612345678", forwarded=False
     )
     assert status == 503 and json.loads(body)["error"] == "unavailable"

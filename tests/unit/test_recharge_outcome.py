@@ -9,7 +9,8 @@ from collections.abc import Awaitable
 import pytest
 from pydantic import SecretStr
 
-from processor.http.admin import AdminAPI, Reply
+from processor.http.admin import AdminAPI
+from processor.http.admin_requests import Reply
 from processor.http.auth import Access, TokenVerifier
 from schemas import decode_command
 from schemas.inputs import FundsAdded, RechargeFailed
