@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from processor.config.settings import Settings, settings_problems
-from processor.ops import admin_commands
+from processor.ops import admin_parser
 from processor.ops.common import EXIT_USAGE
 from processor.ops.output import add_output
 from processor.ops.service_commands import cmd_console, cmd_ledger_sink, cmd_notifier, cmd_worker
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     # Operator commands: account, add-funds, auto-recharge, schemas, simulate.
-    admin_commands.register(sub)
+    admin_parser.register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The `meter` commands that run once and exit: kafka, reconcile, replay-rejected, token, demo."""
+"""The `meter` commands that are not a service: kafka, reconcile, replay-rejected, token, demo."""
 
 from __future__ import annotations
 
