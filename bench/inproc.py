@@ -27,7 +27,7 @@ from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.dev import simulator as sim
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
-from processor.ops.cli import GC_THRESHOLDS
+from processor.ops.service_commands import GC_THRESHOLDS
 from processor.worker.codec import dump_mark, dump_stored
 from processor.worker.handler import Changelog, Out, Record, RecordHandler, Source
 

@@ -6,7 +6,7 @@ Every balance is kept in the rate card's currency at its decimals, and each stor
 account value says which (`StoredAccount.unit`). A worker started with a card in
 another currency, or with fewer decimals than its accounts were kept at, would read
 dollars as euros or round every balance again; `unit_problem` says so, and the worker
-refuses to start (processor/worker/store.py, processor/ops/cli.py).
+refuses to start (processor/worker/store.py, processor/ops/service_commands.py).
 
 Balance arithmetic goes through `EXACT`, a context that traps every signal that
 would change a result silently (inexact or rounded results, overflow, a float mixed

@@ -120,7 +120,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         """Refuse inputs whose offsets restarted below what the accounts applied: a
         topic deleted and re-created. Its new records would be taken for records
         already applied, and never reach a balance. Raised out of the rebalance, the
-        worker stops (processor/ops/cli.py, exit 2)."""
+        worker stops (processor/ops/service_commands.py, exit 2)."""
         problems = rewound_inputs(highest, await reader.end_offsets(highest))
         if problems:
             raise InputsRewound(
@@ -142,7 +142,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
             return
         running = self.unit
         if running is not None and value.unit is not None and value.unit != running:
-            # Raised out of the rebalance: the worker stops (processor/ops/cli.py, exit 2).
+            # Raised out of the rebalance: the worker stops with exit 2
+            # (processor/ops/service_commands.py).
             check_unit(value.unit, running, str(key))
         current = self.data.get(key)
         if newer(current, value):

@@ -438,7 +438,7 @@ def test_background_broker_outlives_its_starter(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from processor import kafka_local; "
+            "import sys; from pathlib import Path; from processor.dev import kafka_local; "
             "print(kafka_local.start_background(Path(sys.argv[1])))",
             str(state_dir),
         ],
@@ -509,9 +509,7 @@ def fake_checkout(tmp_path: Path) -> Path:
     """A repo root whose jars were never fetched."""
     pom = tmp_path / "repo" / "deploy" / "kafka" / "pom.xml"
     pom.parent.mkdir(parents=True)
-    pom.write_text(
-        Path(kafka_local.__file__).parent.parent.joinpath("deploy", "kafka", "pom.xml").read_text()
-    )
+    pom.write_text(REPO_ROOT.joinpath("deploy", "kafka", "pom.xml").read_text())
     return tmp_path / "repo"
 
 

@@ -315,7 +315,7 @@ async def test_the_cli_sends_its_token_to_the_read_api(
     from aiohttp.test_utils import TestServer
 
     from processor.http.auth import client_headers
-    from processor.ops import admin_commands as cli_admin
+    from processor.ops import admin_client
     from processor.ops.reconcile import live_balance
 
     operator = keys.token(role="operator")
@@ -332,7 +332,7 @@ async def test_the_cli_sends_its_token_to_the_read_api(
     monkeypatch.setenv("METER_API_TOKEN", operator)
     async with TestServer(app) as server:
         url = str(server.make_url("/"))
-        status, _ = await cli_admin._get_account(url, "acme")
+        status, _ = await admin_client.get_account(url, "acme")
         assert status == 200
         balance = await asyncio.to_thread(live_balance, url, "acme", client_headers(Settings()))
         assert str(balance) == "1.00"

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from processor.dev.kafka_local import free_port
-from processor.ops import admin_commands as cli_admin
-from processor.ops import cli
+from processor.ops import admin_client, cli, common
 from schemas import decode_command
 from schemas.inputs import AutoRechargeConfigured, FundsAdded
 
@@ -71,7 +70,7 @@ def test_every_command_has_help(path: tuple[str, ...], capsys: pytest.CaptureFix
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
-    assert exit_.value.code == cli.EXIT_USAGE
+    assert exit_.value.code == common.EXIT_USAGE
     assert "usage: meter" in capsys.readouterr().err
 
 
@@ -92,7 +91,7 @@ class Sent:
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
     fake = Sent()
-    monkeypatch.setattr(cli_admin, "_send", fake)
+    monkeypatch.setattr(admin_client, "send_command", fake)
     return fake
 
 
@@ -139,7 +138,7 @@ def test_without_a_key_a_fresh_command_id_is_printed(
 def test_invalid_values_exit_2_before_anything_is_sent(
     argv: list[str], message: str, sent: Sent, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == common.EXIT_USAGE
     assert message in capsys.readouterr().err
     assert sent.records == []
 
@@ -160,7 +159,7 @@ def fake_account(monkeypatch: pytest.MonkeyPatch, status: int, body: dict[str, A
         asked.append(url)
         return status, body
 
-    monkeypatch.setattr(cli_admin, "_get_account", get)
+    monkeypatch.setattr(admin_client, "get_account", get)
     return asked
 
 
@@ -185,7 +184,7 @@ def test_disable_without_settings_or_worker(
     assert cli.main(["auto-recharge", "disable", "acme"]) == 0
     assert "nothing to disable" in capsys.readouterr().out
     fake_account(monkeypatch, 0, {"detail": "no worker answers"})
-    assert cli.main(["auto-recharge", "disable", "acme"]) == cli.EXIT_PROBLEM
+    assert cli.main(["auto-recharge", "disable", "acme"]) == common.EXIT_PROBLEM
     assert "--amount and --trigger" in capsys.readouterr().err
     assert sent.records == []
 
@@ -197,16 +196,16 @@ def test_account_prints_the_json_and_exit_codes_say_what_happened(
     assert cli.main(["account", "acme", "--worker-url", "http://w:1"]) == 0
     assert json.loads(capsys.readouterr().out)["balance"] == "1.0000"
     fake_account(monkeypatch, 404, {"error": "not_found"})
-    assert cli.main(["account", "acme"]) == cli.EXIT_PROBLEM
+    assert cli.main(["account", "acme"]) == common.EXIT_PROBLEM
     assert "no such tenant" in capsys.readouterr().err
     fake_account(monkeypatch, 503, {"detail": "being reassigned"})
-    assert cli.main(["account", "acme"]) == cli.EXIT_PROBLEM
+    assert cli.main(["account", "acme"]) == common.EXIT_PROBLEM
     assert "retry" in capsys.readouterr().err
 
 
 def test_account_with_no_worker_listening_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    assert cli.main(["account", "acme", "--worker-url", url]) == cli.EXIT_PROBLEM
+    assert cli.main(["account", "acme", "--worker-url", url]) == common.EXIT_PROBLEM
     assert f"no worker answers at {url}" in capsys.readouterr().err
 
 
@@ -215,7 +214,7 @@ def test_add_funds_with_kafka_unreachable_exits_1_saying_so(
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", address)
-    assert cli.main(["add-funds", "acme", "5"]) == cli.EXIT_PROBLEM
+    assert cli.main(["add-funds", "acme", "5"]) == common.EXIT_PROBLEM
     err = capsys.readouterr().err
     assert f"cannot use Kafka at {address}" in err and "refused" in err.lower()
 
@@ -226,7 +225,7 @@ def test_half_configured_sasl_exits_2(
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
-    assert cli.main(["add-funds", "acme", "5"]) == cli.EXIT_USAGE
+    assert cli.main(["add-funds", "acme", "5"]) == common.EXIT_USAGE
     assert "KAFKA_SASL_PASSWORD" in capsys.readouterr().err
 
 
@@ -245,7 +244,7 @@ def test_schemas_export_check_fails_on_drift(
     from schemas import export
 
     monkeypatch.setattr(export, "JSON_DIR", tmp_path)
-    assert cli.main(["schemas", "export", "--check"]) == cli.EXIT_PROBLEM
+    assert cli.main(["schemas", "export", "--check"]) == common.EXIT_PROBLEM
 
 
 def test_simulate_takes_the_simulators_options(monkeypatch: pytest.MonkeyPatch) -> None:

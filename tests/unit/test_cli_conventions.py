@@ -1,6 +1,6 @@
 """`meter`'s conventions: --version, --output json|table, `command status`, and
 top-ups and settings sent through the admin API (--via-api). No broker, no worker:
-the HTTP exchange is faked at `cli_admin._http`."""
+the HTTP exchange is faked at `admin_client.request`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from typing import Any
 import pytest
 
 from processor.config.version import package_version
-from processor.ops import admin_commands as cli_admin
-from processor.ops import cli
+from processor.ops import admin_client, cli, common
 from processor.ops.output import table
 from tests.unit.test_cli import ALL, Sent, sent  # noqa: F401
 
 
 class FakeHTTP:
-    """Answers `_http` calls from a list, and keeps what was asked."""
+    """Answers `admin_client.request` calls from a list, and keeps what was asked."""
 
     def __init__(self, *answers: tuple[int, dict[str, Any], dict[str, str]]) -> None:
         self.answers = list(answers)
@@ -31,7 +30,7 @@ class FakeHTTP:
 @pytest.fixture
 def http(monkeypatch: pytest.MonkeyPatch) -> FakeHTTP:
     fake = FakeHTTP((500, {"detail": "not set up"}, {}))
-    monkeypatch.setattr(cli_admin, "_http", fake)
+    monkeypatch.setattr(admin_client, "request", fake)
     return fake
 
 
@@ -75,7 +74,7 @@ def test_every_printing_command_takes_output_json_or_table(
     assert "--output {json,table}" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         cli.main([*path, "--output", "yaml"])
-    assert exit_.value.code == cli.EXIT_USAGE
+    assert exit_.value.code == common.EXIT_USAGE
 
 
 def test_add_funds_output_json_is_one_document(
@@ -146,14 +145,14 @@ def test_via_api_without_a_token_or_refused(
     http: FakeHTTP, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("METER_API_TOKEN", raising=False)
-    assert cli.main(["add-funds", "acme", "5", "--via-api", "http://w"]) == cli.EXIT_USAGE
+    assert cli.main(["add-funds", "acme", "5", "--via-api", "http://w"]) == common.EXIT_USAGE
     assert "METER_API_TOKEN" in capsys.readouterr().err and http.calls == []
     http.answers = [(422, {"detail": "body.currency: must be USD"}, {})]
     argv = ["add-funds", "acme", "5", "--via-api", "http://w", "--token", "t"]
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == common.EXIT_USAGE
     assert "must be USD" in capsys.readouterr().err
     http.answers = [(503, {"detail": "could not publish"}, {})]
-    assert cli.main([*argv, "--idempotency-key", "again"]) == cli.EXIT_PROBLEM
+    assert cli.main([*argv, "--idempotency-key", "again"]) == common.EXIT_PROBLEM
     assert "repeat with --idempotency-key again" in capsys.readouterr().err
 
 
@@ -202,12 +201,12 @@ def test_command_status_exit_codes_and_json(
 ) -> None:
     rejected = status_body("rejected", reason="invalid_settings", detail="target too low")
     http.answers = [(200, rejected, {})]
-    assert cli.main(["command", "status", "k-1", "-o", "json"]) == cli.EXIT_PROBLEM
+    assert cli.main(["command", "status", "k-1", "-o", "json"]) == common.EXIT_PROBLEM
     assert json.loads(capsys.readouterr().out) == rejected
     http.answers = [(404, {"detail": "no command with this id"}, {})]
-    assert cli.main(["command", "status", "nope"]) == cli.EXIT_PROBLEM
+    assert cli.main(["command", "status", "nope"]) == common.EXIT_PROBLEM
     assert "no command with this id (HTTP 404)" in capsys.readouterr().err
     http.answers = [(200, status_body("pending"), {})]
     assert cli.main(["command", "status", "k-1"]) == 0
-    assert cli.main(["command", "status", "k-1", "--wait", "0.6"]) == cli.EXIT_PROBLEM
+    assert cli.main(["command", "status", "k-1", "--wait", "0.6"]) == common.EXIT_PROBLEM
     assert "still pending" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.rating import example_rate_card_path, load_rate_card
 from processor.kafka.topics import TopicNames
-from processor.ops import cli
+from processor.ops import cli, common
 from processor.ops.replay import (
     DEFAULT_REASONS,
     REPLAY_HEADER,
@@ -327,7 +327,7 @@ def test_the_report_says_what_was_replayed_skipped_and_wrong() -> None:
 def test_bad_usage_exits_2_before_touching_kafka(
     args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["replay-rejected", *args]) == cli.EXIT_USAGE
+    assert cli.main(["replay-rejected", *args]) == common.EXIT_USAGE
     assert capsys.readouterr().err.startswith("meter replay-rejected: ")
 
 

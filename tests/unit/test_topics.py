@@ -17,8 +17,8 @@ from processor.kafka.topics import (
     longest_retention,
     retention_warnings,
 )
-from processor.ops.cli import startup_refusal
 from processor.ops.reconcile import Report, TenantCheck, removed_by_retention
+from processor.ops.service_commands import startup_refusal
 from processor.worker.codec import Undecoded, dump_stored
 
 NAMES = TopicNames.from_settings(Settings(METER_TOPIC_PREFIX="p.", METER_APP_ID="app"))

@@ -1,0 +1,275 @@
+"""How the operator's commands reach the processor: Kafka or a worker's HTTP API.
+
+The commands that change accounts publish the contract's commands straight to
+`credits.commands` (aiokafka, with the KAFKA_* security settings), so they work with
+no admin API and no worker running; `--via-api` sends them through a worker's admin
+API instead. Reads (accounts, command status) ask a worker over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import uuid
+from typing import Any, Final
+from urllib.parse import quote
+
+from pydantic import BaseModel
+
+from processor.config.settings import COMMANDS, Settings
+from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, resolve_bootstrap
+from processor.ops.output import emit
+
+__all__ = [
+    "HTTP_TIMEOUT_SECONDS",
+    "SEND_TIMEOUT_SECONDS",
+    "Failed",
+    "command_id",
+    "default_worker_url",
+    "get_account",
+    "kafka_bootstrap",
+    "load_settings",
+    "output_format",
+    "publish",
+    "request",
+    "send_command",
+    "via_api",
+]
+
+# Long enough for a broker under load, short enough that a typo'd address is noticed.
+SEND_TIMEOUT_SECONDS: Final = 30.0
+HTTP_TIMEOUT_SECONDS: Final = 10.0
+
+
+class Failed(Exception):
+    """A command ends with this exit code and message (printed to stderr)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_settings() -> Settings:
+    # A ValidationError goes up to `processor.ops.cli.main`, which names the variable.
+    return Settings()
+
+
+def default_worker_url() -> str:
+    return f"http://127.0.0.1:{load_settings().web_port}"
+
+
+# ------------------------------------------------------------------ Kafka publishing
+
+
+def kafka_bootstrap(cfg: Settings) -> str:
+    try:
+        return resolve_bootstrap(cfg)
+    except SystemExit as exc:  # no KAFKA_BOOTSTRAP_SERVERS and no local broker
+        raise Failed(EXIT_PROBLEM, str(exc.code)) from None
+
+
+async def send_command(cfg: Settings, tenant: str, value: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    from processor.kafka.options import (
+        KafkaAccessError,
+        KafkaConfigError,
+        describe,
+        diagnose,
+        kafka_client_options,
+    )
+
+    try:
+        options = kafka_client_options(cfg)
+    except KafkaConfigError as exc:
+        raise Failed(EXIT_USAGE, f"configuration: {exc}") from None
+    bootstrap = kafka_bootstrap(cfg)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id="credits-meter-cli",
+        acks="all",
+        enable_idempotence=True,
+        **options,
+    )
+    topic = cfg.topic(COMMANDS)
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+            try:
+                await producer.start()
+            except KafkaError:
+                access: KafkaAccessError = await diagnose(bootstrap, options, describe(cfg))
+                raise Failed(EXIT_PROBLEM, str(access)) from None
+            await producer.send_and_wait(topic, value, key=tenant.encode())
+    except TimeoutError:
+        raise Failed(
+            EXIT_PROBLEM,
+            f"no acknowledgement from Kafka at {bootstrap} within {SEND_TIMEOUT_SECONDS:g}s; "
+            "repeat the command with the same --idempotency-key",
+        ) from None
+    except KafkaError as exc:
+        raise Failed(EXIT_PROBLEM, f"Kafka refused the command on {topic}: {exc!r}") from None
+    finally:
+        await producer.stop()
+
+
+def _check_precision(cfg: Settings, command: BaseModel) -> None:
+    """Refuse what the processor would reject: more decimal places than the card keeps.
+
+    Checked when the rate card loads (without it, --currency is the only way here).
+    """
+    from decimal import Decimal
+
+    from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
+    from processor.http.admin_requests import decimal_places
+
+    try:
+        decimals = load_rate_card(cfg.rate_card or example_rate_card_path()).decimals
+    except (RateCardError, OSError):
+        return
+    for name, value in command:
+        if isinstance(value, Decimal) and decimal_places(value) > decimals:
+            raise Failed(
+                EXIT_USAGE,
+                f"{name} {value} has more than {decimals} decimal places; balances are "
+                f"kept at the rate card's {decimals} and the processor would reject it",
+            )
+
+
+def publish(
+    cfg: Settings,
+    command: BaseModel,
+    tenant: str,
+    summary: str,
+    args: argparse.Namespace | None = None,
+) -> int:
+    _check_precision(cfg, command)
+    value = command.model_dump_json(exclude_none=True).encode()
+    asyncio.run(send_command(cfg, tenant, value))
+    command_id = getattr(command, "command_id", "")
+    emit(
+        output_format(args),
+        {
+            "status": "published",
+            "type": getattr(command, "type", ""),
+            "command_id": command_id,
+            "tenant_id": tenant,
+            "topic": cfg.topic(COMMANDS),
+        },
+        f"{summary}: published to {cfg.topic(COMMANDS)} as command {command_id}",
+    )
+    return EXIT_OK
+
+
+def output_format(args: argparse.Namespace | None) -> str:
+    return str(getattr(args, "output", None) or "table")
+
+
+# ------------------------------------------------------------------ the admin API
+
+
+def _token(args: argparse.Namespace) -> str:
+    import os
+
+    token: str | None = args.token or os.environ.get("METER_API_TOKEN")
+    if not token:
+        raise Failed(
+            EXIT_USAGE, "--via-api needs a bearer token: pass --token or set METER_API_TOKEN"
+        )
+    return token
+
+
+async def request(
+    method: str,
+    url: str,
+    *,
+    token: str | None = None,
+    key: str | None = None,
+    body: Any = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """One request; (0, {"detail"}, {}) when nothing answers."""
+    import aiohttp
+
+    headers = {"Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS)) as s,
+            s.request(method, url, data=data, headers=headers) as resp,
+        ):
+            raw = await resp.read()
+            status, answer_headers = resp.status, dict(resp.headers)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return 0, {"detail": f"nothing answers at {url} ({exc or type(exc).__name__})"}, {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = {"detail": raw.decode(errors="replace")[:200]}
+    return status, parsed if isinstance(parsed, dict) else {"detail": str(parsed)}, answer_headers
+
+
+def via_api(args: argparse.Namespace, method: str, path: str, body: Any, summary: str) -> int:
+    """Send one admin request (the key is the command's idempotency key) and report."""
+    token = _token(args)
+    key = command_id(args)
+    base = args.via_api.rstrip("/")
+    status, answer, headers = asyncio.run(
+        request(method, base + path, token=token, key=key, body=body)
+    )
+    if status != 202:
+        detail = answer.get("detail", answer)
+        code = EXIT_USAGE if status in (400, 413, 422) else EXIT_PROBLEM
+        where = f"HTTP {status}" if status else "unreachable"
+        retry = f"; repeat with --idempotency-key {key}" if status in (0, 503) else ""
+        raise Failed(code, f"{base} refused it ({where}): {detail}{retry}")
+    location = headers.get("Location")
+    result = {
+        "status": "accepted",
+        "type": answer.get("type"),
+        "command_id": answer.get("command_id"),
+        "tenant_id": answer.get("tenant_id"),
+        "idempotency_key": key,
+        "location": None if location is None else base + location,
+    }
+    emit(
+        output_format(args),
+        result,
+        f"{summary}: accepted by {base} as command {result['command_id']}; "
+        f"see `meter command status {result['command_id']} --tenant {args.tenant}`",
+    )
+    return EXIT_OK
+
+
+def command_id(args: argparse.Namespace) -> str:
+    key: str | None = args.idempotency_key
+    return key if key is not None else str(uuid.uuid4())
+
+
+async def get_account(worker_url: str, tenant: str) -> tuple[int, dict[str, Any]]:
+    import aiohttp
+
+    from processor.http.auth import client_headers
+
+    url = f"{worker_url.rstrip('/')}/tenants/{quote(tenant, safe='')}/account"
+    headers = client_headers(load_settings())  # METER_AUTH=jwt: the reads need a token
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS)) as s,
+            s.get(url, headers=headers) as resp,
+        ):
+            raw = await resp.read()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return 0, {"detail": f"no worker answers at {worker_url} ({exc or type(exc).__name__})"}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {"detail": raw.decode(errors="replace")[:200]}
+    return status, body if isinstance(body, dict) else {"detail": str(body)}

@@ -1,0 +1,215 @@
+"""How `meter` parses the operator commands: account, add-funds, auto-recharge, command,
+schemas, rules and simulate (their arguments, help texts and exit on failure)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Final
+
+from pydantic import TypeAdapter, ValidationError
+
+from processor.ops.admin_client import Failed
+from processor.ops.admin_commands import (
+    cmd_account,
+    cmd_add_funds,
+    cmd_auto_recharge_disable,
+    cmd_auto_recharge_set,
+    cmd_command_status,
+    cmd_rules_export,
+    cmd_schemas_export,
+    cmd_simulate,
+)
+from processor.ops.output import add_output
+from schemas.types import TenantId
+
+__all__ = ["register"]
+
+_TENANT: Final[TypeAdapter[str]] = TypeAdapter(TenantId)
+
+
+def _tenant(value: str) -> str:
+    """argparse type: a contract tenant id, or a usage error naming the rule."""
+    try:
+        return _TENANT.validate_python(value)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a tenant id is 1 to 64 characters of A-Z a-z 0-9 . _ : -"
+        ) from None
+
+
+def _guarded(func: Any, name: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result: int = func(args)
+        except Failed as failed:
+            print(f"meter {name}: {failed}", file=sys.stderr)
+            return failed.code
+        return result
+
+    return run
+
+
+def _api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--via-api",
+        metavar="URL",
+        default=None,
+        help="send it through a worker's admin API at URL (e.g. http://127.0.0.1:6066) "
+        "instead of straight to Kafka; needs --token or METER_API_TOKEN",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="the admin API's bearer token (default: $METER_API_TOKEN); with --via-api",
+    )
+    add_output(parser)
+
+
+def register(sub: Any) -> None:
+    """Add the operator commands to `meter`'s subparsers."""
+    worker_url = {
+        "default": None,
+        "metavar": "URL",
+        "help": "a worker's HTTP address (default http://127.0.0.1:$METER_WEB_PORT)",
+    }
+    key_help = (
+        "becomes the command_id; repeat a command with the same key and it is applied "
+        "once (default: a new UUID, printed)"
+    )
+
+    account = sub.add_parser(
+        "account",
+        help="show a tenant's balance, status and recharge state (from a worker)",
+        description="GET /tenants/TENANT/account from a worker; any worker answers for "
+        "any tenant. Exit 1 if the tenant is unknown or no worker answers.",
+    )
+    account.add_argument("tenant", metavar="TENANT", type=_tenant)
+    account.add_argument("--worker-url", **worker_url)
+    # JSON by default, as it always printed.
+    add_output(account, default="json")
+    account.set_defaults(func=_guarded(cmd_account, "account"))
+
+    funds = sub.add_parser(
+        "add-funds",
+        help="top a tenant up by hand (publishes funds_added, source manual)",
+        description="Publish a manual funds_added command to credits.commands. Works "
+        "without a running worker; the balance changes when a worker applies it.",
+    )
+    funds.add_argument("tenant", metavar="TENANT", type=_tenant)
+    funds.add_argument("amount", metavar="AMOUNT", help="e.g. 50.00 (> 0, at most 1000000)")
+    funds.add_argument(
+        "--currency", default=None, help="ISO 4217 code (default: the rate card's currency)"
+    )
+    funds.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
+    _api_options(funds)
+    funds.set_defaults(func=_guarded(cmd_add_funds, "add-funds"))
+
+    auto = sub.add_parser(
+        "auto-recharge",
+        help="set or disable a tenant's auto-recharge",
+        description="Publish auto_recharge_configured commands (replacing the tenant's "
+        "settings; new settings also lift a suspension).",
+    )
+    auto_sub = auto.add_subparsers(dest="action", required=True, metavar="ACTION")
+    set_ = auto_sub.add_parser(
+        "set",
+        help="enable: recharge AMOUNT whenever the balance falls below TRIGGER",
+        description="Enable auto-recharge: when the balance falls below --trigger, the "
+        "processor asks billing for --amount.",
+    )
+    set_.add_argument("tenant", metavar="TENANT", type=_tenant)
+    set_.add_argument("--amount", required=True, help="recharge amount, e.g. 25.00 (> 0)")
+    set_.add_argument("--trigger", required=True, help="trigger balance, e.g. 5.00 (>= 0)")
+    set_.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
+    _api_options(set_)
+    set_.set_defaults(func=_guarded(cmd_auto_recharge_set, "auto-recharge set"))
+    disable = auto_sub.add_parser(
+        "disable",
+        help="turn auto-recharge off (keeps the amounts)",
+        description="Disable auto-recharge. The command carries amounts, so the "
+        "tenant's current ones are read from a worker; without a worker, pass "
+        "--amount and --trigger.",
+    )
+    disable.add_argument("tenant", metavar="TENANT", type=_tenant)
+    disable.add_argument("--worker-url", **worker_url)
+    disable.add_argument("--amount", default=None, help="recharge amount to keep")
+    disable.add_argument("--trigger", default=None, help="trigger balance to keep")
+    disable.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
+    _api_options(disable)
+
+    command = sub.add_parser(
+        "command",
+        help="what became of a command (pending, applied, rejected, ignored)",
+        description="Work with commands sent to credits.commands.",
+    )
+    command_sub = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = command_sub.add_parser(
+        "status",
+        help="a command's status, from a worker (which asks the ledger sink)",
+        description="GET /commands/ID from a worker, which forwards it to the ledger "
+        "sink: pending, applied (with its ledger entry), rejected (with the reason) or "
+        "ignored. Exit 0 when applied, ignored or pending; 1 when rejected, unknown, "
+        "still pending after --wait, or nothing answers.",
+    )
+    status.add_argument("command_id", metavar="ID", help="the command_id (as printed)")
+    status.add_argument(
+        "--tenant", type=_tenant, default=None, help="the tenant (when ids are shared)"
+    )
+    status.add_argument("--worker-url", **worker_url)
+    status.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="poll until it is no longer pending (or unknown), at most this long",
+    )
+    add_output(status)
+    status.set_defaults(func=_guarded(cmd_command_status, "command status"))
+    disable.set_defaults(func=_guarded(cmd_auto_recharge_disable, "auto-recharge disable"))
+
+    schemas = sub.add_parser(
+        "schemas",
+        help="the contract's generated documents (JSON Schema, OpenAPI, AsyncAPI)",
+        description="Work with the documents generated from schemas/.",
+    )
+    schemas_sub = schemas.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = schemas_sub.add_parser(
+        "export",
+        help="write schemas/json, docs/openapi.json and docs/asyncapi.yaml",
+        description="Regenerate the JSON Schemas, the OpenAPI and the AsyncAPI "
+        "documents from the models; with --check, change nothing and exit 1 if any "
+        "is stale.",
+    )
+    export.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
+    export.set_defaults(func=_guarded(cmd_schemas_export, "schemas export"))
+
+    rules = sub.add_parser(
+        "rules",
+        help="the Prometheus alert rules' generated Kubernetes manifest",
+        description="Work with documents generated from deploy/prometheus/rules.",
+    )
+    rules_sub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rules_export = rules_sub.add_parser(
+        "export",
+        help="write deploy/k8s/prometheusrule.yaml from the rules file",
+        description="Regenerate the PrometheusRule manifest from "
+        "deploy/prometheus/rules/credits-meter.rules.yml; with --check, change nothing "
+        "and exit 1 if it is stale.",
+    )
+    rules_export.add_argument("--check", action="store_true", help="exit 1 if it is stale")
+    rules_export.set_defaults(func=_guarded(cmd_rules_export, "rules export"))
+
+    from processor.dev.simulator import build_arg_parser
+
+    simulate = sub.add_parser(
+        "simulate",
+        parents=[build_arg_parser(add_help=False)],
+        help="play simulated telephony, conferencing, admin and billing traffic",
+        description="The traffic simulator (python -m processor.dev.simulator), against "
+        "KAFKA_BOOTSTRAP_SERVERS or the local broker. Logs progress every 10 s and a "
+        "summary at the end; runs until --duration or Ctrl-C.",
+    )
+    # None: resolved at run time like every other command (the local broker when
+    # KAFKA_BOOTSTRAP_SERVERS is unset), not the simulator's fixed default.
+    simulate.set_defaults(bootstrap=None, func=_guarded(cmd_simulate, "simulate"))
