@@ -25,9 +25,9 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from processor.config.settings import Settings
-from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import RateCard
+from processor.core.state import ExpiryPolicy, RechargePolicy
 from processor.http import admin, auth, command_status
 from processor.http.problems import PROBLEM_JSON, as_is, install_fallback, problem_body
 from processor.http.views import account_view, authorize_problem, authorize_view, tenant_id_problem
@@ -206,7 +206,7 @@ class Meter:
         # Handed over by the fetch loop, staged on the loop's next turn.
         self._fetched: list[Message] = []
         self._all_staged: asyncio.Future[None] | None = None
-        policy = acc.RechargePolicy(
+        policy = RechargePolicy(
             timeout=timedelta(seconds=cfg.recharge_timeout_seconds),
             retry_after=timedelta(seconds=cfg.recharge_retry_after_seconds),
             max_attempts=cfg.recharge_max_attempts,
@@ -273,7 +273,7 @@ class Meter:
             DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             self.accounts.data,
             self.seen.data,
-            expiry=acc.ExpiryPolicy(
+            expiry=ExpiryPolicy(
                 expire_after=timedelta(days=cfg.funds_expire_days)
                 if cfg.funds_expire_days
                 else None,
