@@ -22,7 +22,7 @@ from faust.types import Message
 from faust.types.tuples import ConsumerMessage
 
 from processor.config.settings import Settings
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.kafka.routing import partition_for
 from processor.worker.app import Broker, Meter
 from processor.worker.handler import H_SOURCE, MemoryPublisher

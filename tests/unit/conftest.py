@@ -19,7 +19,8 @@ import pytest
 
 from processor.core.engine import DedupeWindow, Engine, Outcome, TimerTick
 from processor.core.outputs import AlertOut, LedgerOut, Output, RechargeOut
-from processor.core.rating import RateCard, parse_rate_card
+from processor.core.rate_card_parser import parse_rate_card
+from processor.core.rating import RateCard
 from processor.core.state import Account, RechargePolicy
 from processor.core.stored import Position
 from schemas import (

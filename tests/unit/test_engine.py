@@ -18,7 +18,7 @@ from processor.core.engine import (
     dedupe_key,
 )
 from processor.core.outputs import AlertKind, AlertOut, LedgerOut, Output, RechargeOut
-from processor.core.rating import parse_rate_card
+from processor.core.rate_card_parser import parse_rate_card
 from processor.core.state import PendingRecharge, RechargePolicy, RechargeStatus
 from processor.core.stored import Position
 from schemas import AutoRechargeConfigured, BalanceAlert, LedgerEntry, RechargeRequested

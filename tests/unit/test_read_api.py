@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from processor.config.settings import Settings
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.kafka.routing import (
     MAX_CACHED_KEY_BYTES,
     _partition,
