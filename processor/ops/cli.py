@@ -374,13 +374,9 @@ def cmd_notifier(args: argparse.Namespace) -> int:
     from processor.kafka.options import KafkaConfigError, kafka_client_options
     from processor.kafka.topics import TopicNames
     from processor.notifier.channels import EmailChannel, SmtpConfig, WebhookChannel
-    from processor.notifier.service import (
-        Notifier,
-        NotifierConfig,
-        SettingsBook,
-        group_id,
-        serve,
-    )
+    from processor.notifier.server import serve
+    from processor.notifier.service import Notifier, NotifierConfig, group_id
+    from processor.notifier.settings_book import SettingsBook
     from processor.notifier.store import SQLITE_FILE, OutboxStore
     from processor.sink.store import database_url, safe_url
 
