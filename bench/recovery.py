@@ -26,15 +26,10 @@ import aiohttp
 from bench import procstat
 from bench.worker import BenchWorker
 from bench.workload import create_topics, produce_keyed
-from processor.core.account import (
-    Account,
-    AutoRecharge,
-    Lot,
-    MonthUsage,
-    ServiceUsage,
-    derive_id,
-)
+from processor.core.outputs import derive_id
+from processor.core.state import Account, AutoRecharge, Lot
 from processor.core.stored import StoredAccount
+from processor.core.usage import MonthUsage, ServiceUsage
 from processor.dev import simulator as sim
 from processor.worker.codec import dump_stored
 

@@ -14,7 +14,18 @@ from decimal import Decimal
 from enum import StrEnum
 
 from processor.core import account as acc
+from processor.core.lots import apply_expiry
+from processor.core.outputs import Output
 from processor.core.rating import RateCard, RateTable
+from processor.core.recharge import apply_recharge_failed, apply_timer, configure_auto_recharge
+from processor.core.state import (
+    Account,
+    AutoRecharge,
+    ExpiryPolicy,
+    Notifications,
+    RechargeMode,
+    RechargePolicy,
+)
 from processor.core.stored import (
     Mark,
     OutboxEntry,
@@ -23,6 +34,8 @@ from processor.core.stored import (
     mark_holds,
     never_delivered,
 )
+from processor.core.transition import Cause, Transition
+from processor.core.usage import Debit
 from processor.core.values import fast_init
 from schemas import (
     AutoRechargeChanged,
@@ -82,11 +95,11 @@ EXPIRY_TICK = "expiry"
 class Outcome:
     status: Status
     tenant_id: str
-    outputs: tuple[acc.Output, ...] = ()
+    outputs: tuple[Output, ...] = ()
     rejection: Rejection | None = None
     # Why an ignored input was moot, for logs and metrics.
     note: str | None = None
-    account: acc.Account | None = None
+    account: Account | None = None
     # The account value's write counter after this input (0: nothing written).
     seq: int = 0
     # What became of a recharge request (fulfilled, failed, ...), for metrics.
@@ -167,17 +180,17 @@ class Engine:
     def __init__(
         self,
         card: RateCard,
-        policy: acc.RechargePolicy,
+        policy: RechargePolicy,
         dedupe: DedupeWindow,
         accounts: MutableMapping[str, StoredAccount],
         seen: MutableMapping[str, Mark],
         delivered: Callable[[str, OutboxEntry], bool] = never_delivered,
-        expiry: acc.ExpiryPolicy | None = None,
+        expiry: ExpiryPolicy | None = None,
         ledger_topic: str = "credits.ledger",
     ) -> None:
         self.card = card
         # Funds expiry (METER_FUNDS_EXPIRE_DAYS); the default: funds never expire.
-        self.expiry = expiry or acc.ExpiryPolicy()
+        self.expiry = expiry or ExpiryPolicy()
         # An expiry entry's cause_topic: where its lot's credit entry is.
         self.ledger_topic = ledger_topic
         self.policy = policy
@@ -229,14 +242,14 @@ class Engine:
                     f"matches {number}",
                 ),
             )
-        debit = acc.Debit(
+        debit = Debit(
             amount=charge.amount,
             rate_prefix=charge.rate.prefix,
             rate_per_minute=charge.rate.per_minute,
             billed_seconds=charge.billed_seconds,
             service=_USAGE_SERVICES[table_key],
         )
-        cause = acc.Cause(cause_topic, event.event_id, event.occurred_at)
+        cause = Cause(cause_topic, event.event_id, event.occurred_at)
         transition = acc.apply_debit(self._account(stored, tenant), debit, cause, now)
         return self._commit(stored, key, event.occurred_at, now, position, transition)
 
@@ -260,7 +273,7 @@ class Engine:
         rejection = self._too_far(cmd.occurred_at, now, force_too_old) or self._check_money(cmd)
         if rejection is not None:
             return Outcome(Status.REJECTED, tenant, rejection=rejection)
-        cause = acc.Cause(cause_topic, cmd.command_id, cmd.occurred_at, cmd.actor)
+        cause = Cause(cause_topic, cmd.command_id, cmd.occurred_at, cmd.actor)
         account = self._account(stored, tenant)
         if isinstance(cmd, FundsAdded):
             transition = acc.apply_funds(
@@ -274,14 +287,14 @@ class Engine:
             )
         elif isinstance(cmd, AutoRechargeConfigured):
             target = cmd.target_balance if cmd.mode == "to_target" else None
-            settings = acc.AutoRecharge(
+            settings = AutoRecharge(
                 enabled=cmd.enabled,
                 recharge_amount=self.card.quantize(cmd.recharge_amount),
                 trigger_balance=self.card.quantize(cmd.trigger_balance),
-                mode=acc.RechargeMode(cmd.mode),
+                mode=RechargeMode(cmd.mode),
                 target_balance=None if target is None else self.card.quantize(target),
             )
-            transition = acc.configure_auto_recharge(account, settings, cause, now)
+            transition = configure_auto_recharge(account, settings, cause, now)
         elif isinstance(cmd, AutoRechargeChanged):
             merged = self._merge_auto_recharge(account.auto_recharge, cmd)
             if isinstance(merged, Rejection):
@@ -289,7 +302,7 @@ class Engine:
             if merged is None:
                 # Turning off settings that do not exist: nothing to change.
                 return Outcome(Status.APPLIED, tenant, account=account)
-            transition = acc.configure_auto_recharge(account, merged, cause, now)
+            transition = configure_auto_recharge(account, merged, cause, now)
         elif isinstance(cmd, TenantLimitsConfigured):
             given = cmd.model_fields_set
             transition = acc.configure_limits(
@@ -305,7 +318,7 @@ class Engine:
                 set_notify_below="notify_below" in given,
             )
         elif isinstance(cmd, NotificationsConfigured):
-            settings_ = acc.Notifications(
+            settings_ = Notifications(
                 emails=tuple(cmd.emails),
                 webhook_url=cmd.webhook_url,
                 webhook_secret_sealed=cmd.webhook_secret_sealed,
@@ -314,7 +327,7 @@ class Engine:
             )
             transition = acc.configure_notifications(account, settings_, cause, now)
         else:
-            transition = acc.apply_recharge_failed(
+            transition = apply_recharge_failed(
                 account,
                 cmd.recharge_request_id,
                 cause,
@@ -326,8 +339,8 @@ class Engine:
         return self._commit(stored, key, cmd.occurred_at, now, position, transition)
 
     def _merge_auto_recharge(
-        self, current: acc.AutoRecharge | None, cmd: AutoRechargeChanged
-    ) -> acc.AutoRecharge | Rejection | None:
+        self, current: AutoRecharge | None, cmd: AutoRechargeChanged
+    ) -> AutoRecharge | Rejection | None:
         """The tenant's settings with the change applied, checked as a whole.
 
         None: a change that only turns off a tenant without settings (nothing to do).
@@ -367,22 +380,22 @@ class Engine:
         trigger = pick("trigger_balance", None if current is None else current.trigger_balance)
         target = pick("target_balance", None if current is None else current.target_balance)
         mode = (
-            acc.RechargeMode(cmd.mode)
+            RechargeMode(cmd.mode)
             if cmd.mode is not None
-            else (acc.RechargeMode.FIXED if current is None else current.mode)
+            else (RechargeMode.FIXED if current is None else current.mode)
         )
         assert amount is not None and trigger is not None  # checked above, or kept
         try:
             check_recharge_target(mode.value, target, trigger)
         except ValueError as exc:
             return Rejection("invalid_settings", f"the settings after this change: {exc}")
-        return acc.AutoRecharge(
+        return AutoRecharge(
             enabled=enabled,
             recharge_amount=amount,
             trigger_balance=trigger,
             mode=mode,
             # A fixed recharge keeps no target (as a replacing command sets none).
-            target_balance=target if mode is acc.RechargeMode.TO_TARGET else None,
+            target_balance=target if mode is RechargeMode.TO_TARGET else None,
         )
 
     def _too_far(
@@ -452,15 +465,15 @@ class Engine:
         if stored.has_applied(position):
             return self._replayed(stored, None, tick.at, tick.at, position)
         if tick.kind == EXPIRY_TICK:
-            expired = acc.apply_expiry(stored.account, self.ledger_topic, tick.at, self.expiry)
+            expired = apply_expiry(stored.account, self.ledger_topic, tick.at, self.expiry)
             if not expired.changed:
                 # With the account, so the timer's index learns its next due time.
                 return Outcome(
                     Status.IGNORED, tick.tenant_id, note=expired.ignored, account=stored.account
                 )
             return self._write(stored, position, expired)
-        cause = acc.Cause(cause_topic, f"{tick.request_id}#{tick.attempt}", tick.at)
-        transition = acc.apply_timer(
+        cause = Cause(cause_topic, f"{tick.request_id}#{tick.attempt}", tick.at)
+        transition = apply_timer(
             stored.account, tick.request_id, tick.attempt, cause, tick.at, self.policy
         )
         if not transition.changed:
@@ -469,7 +482,7 @@ class Engine:
 
     # ---- shared --------------------------------------------------------------
 
-    def _account(self, stored: StoredAccount | None, tenant_id: str) -> acc.Account:
+    def _account(self, stored: StoredAccount | None, tenant_id: str) -> Account:
         return stored.account if stored is not None else acc.new_account(tenant_id, self.card.zero)
 
     def _replayed(
@@ -499,7 +512,7 @@ class Engine:
         )
 
     def _write(
-        self, stored: StoredAccount | None, position: Position, transition: acc.Transition
+        self, stored: StoredAccount | None, position: Position, transition: Transition
     ) -> Outcome:
         base = stored if stored is not None else StoredAccount(transition.account)
         updated = base.advance(
@@ -522,7 +535,7 @@ class Engine:
         occurred_at: datetime,
         now: datetime,
         position: Position,
-        transition: acc.Transition,
+        transition: Transition,
     ) -> Outcome:
         tenant = transition.account.tenant_id
         if not transition.changed and (transition.ignored is None or stored is None):

@@ -23,6 +23,7 @@ from decimal import (
     MIN_EMIN,
     Clamped,
     Context,
+    Decimal,
     DivisionByZero,
     FloatOperation,
     Inexact,
@@ -58,6 +59,10 @@ EXACT: Final = Context(
         FloatOperation,
     ],
 )
+
+# Zero, at no particular precision (a balance's zero at the card's decimals is
+# `RateCard.zero`).
+ZERO = Decimal(0)
 
 
 @fast_init

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-from processor.core.account import Account, Output
 from processor.core.money import Unit
+from processor.core.outputs import Output
+from processor.core.state import Account
 from processor.core.values import fast_init, replace
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})

@@ -6,9 +6,10 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from processor.core.account import SERVICES, Account, MonthUsage, month_before
 from processor.core.engine import SERVICE_TABLES
 from processor.core.rating import RateCard
+from processor.core.state import Account
+from processor.core.usage import SERVICES, MonthUsage, month_before
 from schemas.types import E164_PATTERN, TENANT_ID_PATTERN, format_money, format_timestamp
 
 # How many lots the account view lists under "expiring".

@@ -1,10 +1,11 @@
-"""`meter notifier`'s consumer, settings book and delivery loop.
+"""`meter notifier`'s consumer and delivery loop.
 
 Three loops in one process, none of which imports Faust:
 
-- **Settings** (`SettingsBook`): every notifier reads `credits.notification-settings`
-  (compacted, keyed by tenant) whole, from the beginning, with no consumer group, and
-  keeps the latest settings of every tenant in memory.
+- **Settings** (`SettingsBook`, settings_book.py): every notifier reads
+  `credits.notification-settings` (compacted, keyed by tenant) whole, from the
+  beginning, with no consumer group, and keeps the latest settings of every tenant in
+  memory.
 - **Consumer** (`Notifier.consume`): group `<METER_APP_ID>-notifier`, read_committed,
   on `credits.alerts`. Each poll becomes, in one database transaction, the
   deliveries its alerts make (one per channel the tenant configured for the event)
@@ -42,11 +43,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from processor.notifier.channels import EmailChannel, Failure, WebhookChannel
-from processor.notifier.events import Settings, notification_of, selected
+from processor.notifier.events import notification_of, selected
+from processor.notifier.settings_book import SettingsBook
 from processor.notifier.store import PENDING, Delivery, OutboxStore
 from processor.observability import metrics
 
-__all__ = ["Notifier", "NotifierConfig", "SettingsBook", "group_id", "serve"]
+__all__ = ["Notifier", "NotifierConfig", "group_id"]
 
 log = logging.getLogger("processor.notifier")
 
@@ -82,108 +84,6 @@ class NotifierConfig:
 
     def retry_after(self, tries: int) -> timedelta:
         return timedelta(seconds=min(self.backoff * 2 ** max(0, tries - 1), self.max_backoff))
-
-
-# ---------------------------------------------------------------------------- settings
-
-
-class SettingsBook:
-    """Every tenant's notification settings, read whole from the compacted topic."""
-
-    def __init__(
-        self, bootstrap: str, topic: str, client_options: Mapping[str, Any] | None = None
-    ) -> None:
-        self.topic = topic
-        self.settings: dict[str, Settings] = {}
-        self.loaded = asyncio.Event()
-        self.tps: list[TopicPartition] = []
-        self._options: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
-            "group_id": None,
-            "enable_auto_commit": False,
-            "isolation_level": "read_committed",
-            "auto_offset_reset": "earliest",
-            "metadata_max_age_ms": 5000,
-            **dict(client_options or {}),
-        }
-        # Made when started (no client for a book that never runs, as in tests).
-        self.consumer: Any = None
-
-    def get(self, tenant_id: str) -> Settings | None:
-        return self.settings.get(tenant_id)
-
-    async def start(self, stop: asyncio.Event) -> None:
-        self.consumer = AIOKafkaConsumer(**self._options)
-        await self.consumer.start()
-        while not stop.is_set():
-            partitions = self.consumer.partitions_for_topic(self.topic)
-            if partitions:
-                break
-            # The workers create the topic; until then there is nobody to notify.
-            await self.consumer.topics()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-        else:
-            return
-        self.tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self.consumer.assign(self.tps)
-        await self.consumer.seek_to_beginning(*self.tps)
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            if not self.tps:
-                await asyncio.sleep(0.1)
-                continue
-            batches = await self.consumer.getmany(timeout_ms=200)
-            for tp, records in batches.items():
-                for record in records:
-                    self._apply(tp, record)
-            if not self.loaded.is_set() and await self._at_end():
-                log.info("notifier: settings of %d tenants loaded", len(self.settings))
-                self.loaded.set()
-
-    def _apply(self, tp: TopicPartition, record: Any) -> None:
-        tenant = (record.key or b"").decode("utf-8", "replace")
-        if record.value is None:
-            self.settings.pop(tenant, None)
-            return
-        try:
-            settings = Settings.from_record(record.value)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning(
-                "notifier: %s[%d]@%d is no notification settings record: %s",
-                tp.topic,
-                tp.partition,
-                record.offset,
-                str(exc)[:200],
-            )
-            return
-        self.settings[settings.tenant_id] = settings
-
-    async def _at_end(self) -> bool:
-        ends = await self.consumer.end_offsets(self.tps)
-        for tp in self.tps:
-            if await self.consumer.position(tp) < ends[tp]:
-                return False
-        return True
-
-    async def caught_up(self, stop: asyncio.Event, within: float = 30.0) -> None:
-        """Return once every settings record committed before now has been applied."""
-        if not self.tps:
-            return
-        ends = await self.consumer.end_offsets(self.tps)
-        deadline = asyncio.get_running_loop().time() + within
-        while not stop.is_set():
-            behind = [tp for tp in self.tps if await self.consumer.position(tp) < ends[tp]]
-            if not behind:
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"settings topic {self.topic} not read to its end")
-            await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------- notifier
@@ -502,36 +402,3 @@ class Notifier:
             (next_at - now).total_seconds(),
             error,
         )
-
-
-async def serve(notifier: Notifier, host: str, port: int, stop: asyncio.Event) -> None:
-    """The notifier and its /metrics, /health and /ready until `stop` is set."""
-    from aiohttp import web
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.NOTIFIER_REGISTRY),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
-
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def ready(request: web.Request) -> web.Response:
-        ok = notifier.ready
-        detail = "consuming" if ok else "waiting for partitions and the settings topic"
-        return web.json_response({"ready": ok, "detail": detail}, status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-        log.info("notifier: /metrics and /ready on http://%s:%d", host, port)
-        await notifier.run(stop)
-    finally:
-        await runner.cleanup()

@@ -121,7 +121,8 @@ def _check_precision(cfg: Settings, command: BaseModel) -> None:
     """
     from decimal import Decimal
 
-    from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
+    from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+    from processor.core.rating import RateCardError
     from processor.http.admin_requests import decimal_places
 
     try:

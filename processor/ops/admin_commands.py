@@ -117,7 +117,8 @@ def _build(model: type[BaseModel], **fields: Any) -> BaseModel:
 
 
 def _card_currency(cfg: Settings) -> str:
-    from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
+    from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+    from processor.core.rating import RateCardError
 
     try:
         return load_rate_card(cfg.rate_card or example_rate_card_path()).currency

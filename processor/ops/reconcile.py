@@ -31,9 +31,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from processor.core.account import LedgerOut, RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
+from processor.core.outputs import LedgerOut
 from processor.core.rating import RateCard
+from processor.core.state import RechargePolicy
 from processor.core.stored import (
     Mark,
     Position,

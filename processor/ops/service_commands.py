@@ -13,7 +13,8 @@ from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, resolve_boot
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from processor.core.rating import RateCardError, example_rate_card_path, load_rate_card
+    from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+    from processor.core.rating import RateCardError
     from processor.http.auth import access_from
     from processor.kafka.options import KafkaAccessError, KafkaConfigError, kafka_client_options
     from processor.kafka.topics import (
@@ -225,13 +226,9 @@ def cmd_notifier(args: argparse.Namespace) -> int:
     from processor.kafka.options import KafkaConfigError, kafka_client_options
     from processor.kafka.topics import TopicNames
     from processor.notifier.channels import EmailChannel, SmtpConfig, WebhookChannel
-    from processor.notifier.service import (
-        Notifier,
-        NotifierConfig,
-        SettingsBook,
-        group_id,
-        serve,
-    )
+    from processor.notifier.server import serve
+    from processor.notifier.service import Notifier, NotifierConfig, group_id
+    from processor.notifier.settings_book import SettingsBook
     from processor.notifier.store import SQLITE_FILE, OutboxStore
     from processor.sink.store import database_url, safe_url
 

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from processor.http.views import tenant_id_problem
-from processor.sink.store import tenants
+from processor.sink.schema import tenants
 from schemas.types import format_money, format_timestamp
 
 __all__ = [
@@ -251,7 +251,7 @@ async def recharge_history(
     conn: AsyncConnection, tenant_id: str, limit: int
 ) -> list[dict[str, Any]]:
     """The tenant's newest recharge requests (each attempt), with billing's answers."""
-    from processor.sink.store import recharge_outcomes, recharge_requests
+    from processor.sink.schema import recharge_outcomes, recharge_requests
 
     r, o = recharge_requests.c, recharge_outcomes.c
     requests = (

@@ -20,9 +20,9 @@ from faust.serializers import codecs
 from faust.types import TP, EventT, Message, StreamT
 
 from processor.config.settings import Settings
-from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
 from processor.core.rating import RateCard
+from processor.core.state import ExpiryPolicy, RechargePolicy
 from processor.http import admin_web, auth, command_status
 from processor.http.accounts import AccountAPI
 from processor.kafka import options as kafka_options
@@ -182,7 +182,7 @@ class Meter:
         # Handed over by the fetch loop, staged on the loop's next turn.
         self._fetched: list[Message] = []
         self._all_staged: asyncio.Future[None] | None = None
-        policy = acc.RechargePolicy(
+        policy = RechargePolicy(
             timeout=timedelta(seconds=cfg.recharge_timeout_seconds),
             retry_after=timedelta(seconds=cfg.recharge_retry_after_seconds),
             max_attempts=cfg.recharge_max_attempts,
@@ -249,7 +249,7 @@ class Meter:
             DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             self.accounts.data,
             self.seen.data,
-            expiry=acc.ExpiryPolicy(
+            expiry=ExpiryPolicy(
                 expire_after=timedelta(days=cfg.funds_expire_days)
                 if cfg.funds_expire_days
                 else None,

@@ -18,29 +18,28 @@ from typing import Any
 
 import orjson
 
-from processor.core.account import (
-    SERVICES,
-    ZERO,
-    Account,
+from processor.core.engine import EXPIRY_TICK, TimerTick
+from processor.core.money import ZERO, Unit
+from processor.core.outputs import (
     AlertKind,
     AlertOut,
-    AutoRecharge,
     LedgerOut,
-    Lot,
-    MonthUsage,
-    Notifications,
     NotificationsOut,
     Output,
+    RechargeOut,
+)
+from processor.core.state import (
+    Account,
+    AutoRecharge,
+    Lot,
+    Notifications,
     PendingRecharge,
     RechargeMode,
-    RechargeOut,
     RechargeStatus,
-    ServiceUsage,
     is_exhausted,
 )
-from processor.core.engine import EXPIRY_TICK, TimerTick
-from processor.core.money import Unit
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
+from processor.core.usage import SERVICES, MonthUsage, ServiceUsage
 from schemas.types import format_money, format_timestamp, parse_timestamp
 
 

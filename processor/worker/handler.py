@@ -19,8 +19,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from processor.core import account as acc
 from processor.core.engine import EXPIRY_TICK, Engine, Outcome, Status, TimerTick, Usage
+from processor.core.lots import next_expiry_due
+from processor.core.outputs import AlertOut, LedgerOut, NotificationsOut, Output, RechargeOut
+from processor.core.recharge import next_due
+from processor.core.state import Account
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from processor.core.values import fast_init
 from processor.kafka.routing import partition_for
@@ -264,10 +267,10 @@ class RecordHandler:
             Source.COMMANDS: names.commands,
         }
         self._output_topics: dict[type, str] = {
-            acc.LedgerOut: names.ledger,
-            acc.AlertOut: names.alerts,
-            acc.RechargeOut: names.recharge_requests,
-            acc.NotificationsOut: names.notification_settings,
+            LedgerOut: names.ledger,
+            AlertOut: names.alerts,
+            RechargeOut: names.recharge_requests,
+            NotificationsOut: names.notification_settings,
         }
         # When each owned tenant's pending recharge next needs the timer.
         self.due: dict[str, Due] = {}
@@ -617,7 +620,7 @@ class RecordHandler:
                 (
                     out.entry_id
                     for out in outcome.outputs
-                    if isinstance(out, acc.LedgerOut) and out.cause_id == cmd.command_id
+                    if isinstance(out, LedgerOut) and out.cause_id == cmd.command_id
                 ),
                 None,
             )
@@ -832,14 +835,14 @@ class RecordHandler:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def _count_output(self, out: acc.Output) -> None:
-        if isinstance(out, acc.LedgerOut):
+    def _count_output(self, out: Output) -> None:
+        if isinstance(out, LedgerOut):
             self._metrics.inc(
                 self._child(metrics.MONEY, self.currency, out.kind), float(out.amount)
             )
-        elif isinstance(out, acc.AlertOut):
+        elif isinstance(out, AlertOut):
             self._metrics.inc(self._child(metrics.ALERTS, out.alert.value))
-        elif isinstance(out, acc.NotificationsOut):
+        elif isinstance(out, NotificationsOut):
             pass
         else:
             self._metrics.inc(
@@ -848,8 +851,8 @@ class RecordHandler:
 
     # ---- the recharge timer ----------------------------------------------------
 
-    def _track_due(self, account: acc.Account) -> None:
-        at = acc.next_due(account, self.engine.policy)
+    def _track_due(self, account: Account) -> None:
+        at = next_due(account, self.engine.policy)
         if at is None or account.pending is None:
             self.due.pop(account.tenant_id, None)
         else:
@@ -857,7 +860,7 @@ class RecordHandler:
                 at, account.pending.request_id, account.pending.attempt
             )
         if account.lots:
-            expiry_at = acc.next_expiry_due(account, self.engine.expiry)
+            expiry_at = next_expiry_due(account, self.engine.expiry)
             if expiry_at is not None:
                 self._expire_at(account.tenant_id, expiry_at)
         elif self.expiry_due:

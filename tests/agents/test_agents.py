@@ -22,7 +22,7 @@ from faust.types import Message
 from faust.types.tuples import ConsumerMessage
 
 from processor.config.settings import Settings
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.kafka.routing import partition_for
 from processor.worker.app import Broker, Meter
 from processor.worker.handler import H_SOURCE, MemoryPublisher
@@ -339,7 +339,7 @@ async def test_the_accounts_table_recovers_with_the_newest_value_not_the_last_wr
     changelog in which a zombie's late write comes last."""
     from types import SimpleNamespace
 
-    from processor.core.account import Account
+    from processor.core.state import Account
     from processor.core.stored import StoredAccount
     from processor.worker.store import SeqMemoryStore
 
@@ -367,7 +367,7 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
     """The bulk changelog read keeps account values undecoded (most tenants are not
     touched soon after a restart); the newest still wins, the counts are right at once,
     and a read gets the same value an eager decode would."""
-    from processor.core.account import Account, PendingRecharge
+    from processor.core.state import Account, PendingRecharge
     from processor.core.stored import StoredAccount
     from processor.worker.codec import Undecoded, dump_stored, dumps, stored_to_dict
     from processor.worker.store import SeqMemoryStore, UndecodableValue
@@ -418,8 +418,8 @@ async def test_an_account_kept_in_another_unit_stops_the_recovery(
     """Issue 16, item 9: the worker's accounts store checks each value it recovers
     against the running card's currency and decimals; a value in another currency or
     at more decimals raises (the rebalance fails and `meter worker` exits 2)."""
-    from processor.core.account import Account
     from processor.core.money import Unit, UnitMismatch
+    from processor.core.state import Account
     from processor.core.stored import StoredAccount
     from processor.worker.codec import Undecoded, dump_stored
 

@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config.settings import Settings
-from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+from processor.core.state import RechargePolicy
 from processor.core.stored import StoredAccount
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import check_histories, read_topic

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from processor.config.settings import Settings
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import Report, read_topic, reconcile
 from tests.integration.diagnose import explained

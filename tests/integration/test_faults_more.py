@@ -33,8 +33,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from processor.config.settings import Settings
-from processor.core.account import derive_id
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.outputs import derive_id
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.dev.kafka_local import LocalKafka
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import Report, read_topic, reconcile

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from processor.core.account import derive_id
+from processor.core.outputs import derive_id
 from processor.ops.reconcile import Report
 from schemas.types import format_timestamp
 from tests.integration.harness import Client, Deployment, InFlight, eventually, now_rfc3339

@@ -24,8 +24,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.config.settings import Settings
-from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
+from processor.core.state import RechargePolicy
 from processor.core.stored import Position
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import read_topic, reconcile

@@ -308,9 +308,9 @@ def expected_balances(records: list[tuple[str, dict[str, Any]]]) -> dict[str, st
     """What the pure core says the balances must be, computed without Kafka."""
     from datetime import UTC, datetime, timedelta
 
-    from processor.core.account import RechargePolicy
     from processor.core.engine import DedupeWindow, Engine
-    from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+    from processor.core.state import RechargePolicy
     from processor.core.stored import Position
     from schemas import decode_call, decode_command, decode_conference
 

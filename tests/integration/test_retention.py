@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from processor.config.settings import Settings
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import reconcile
 from tests.integration.harness import Client, Deployment, eventually

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processor.core.rating import example_rate_card_path
+from processor.core.rate_card_parser import example_rate_card_path
 from tests.integration.harness import Client, Deployment, Worker, eventually
 from tests.integration.test_pipeline import account, call, funds
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from processor.core.rating import RateTable, example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+from processor.core.rating import RateTable
 from schemas.types import format_timestamp
 
 CALLS: Final = "usage.calls"

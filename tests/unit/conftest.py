@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from processor.core import account as acc
 from processor.core.engine import DedupeWindow, Engine, Outcome, TimerTick
-from processor.core.rating import RateCard, parse_rate_card
+from processor.core.outputs import AlertOut, LedgerOut, Output, RechargeOut
+from processor.core.rate_card_parser import parse_rate_card
+from processor.core.rating import RateCard
+from processor.core.state import Account, RechargePolicy
 from processor.core.stored import Position
 from schemas import (
     AutoRechargeConfigured,
@@ -80,7 +82,7 @@ CARD2_DATA: dict[str, Any] = {
 }
 CARD2: RateCard = parse_rate_card(CARD2_DATA, "two-places-card")
 
-POLICY = acc.RechargePolicy(
+POLICY = RechargePolicy(
     timeout=timedelta(hours=1), retry_after=timedelta(minutes=15), max_attempts=3
 )
 DEDUPE = DedupeWindow(days=7)
@@ -249,7 +251,7 @@ class Inputs:
         return RechargeFailed.model_validate(body)
 
 
-def make_engine(card: RateCard = CARD, policy: acc.RechargePolicy = POLICY) -> Engine:
+def make_engine(card: RateCard = CARD, policy: RechargePolicy = POLICY) -> Engine:
     return Engine(card, policy, DEDUPE, {}, {})
 
 
@@ -278,22 +280,22 @@ class Harness:
     offsets: Offsets = field(default_factory=Offsets)
 
     @property
-    def outputs(self) -> list[acc.Output]:
+    def outputs(self) -> list[Output]:
         return [out for outcome in self.outcomes for out in outcome.outputs]
 
-    def ledger(self, tenant: str = TENANT) -> list[acc.LedgerOut]:
-        return [o for o in self.outputs if isinstance(o, acc.LedgerOut) and o.tenant_id == tenant]
+    def ledger(self, tenant: str = TENANT) -> list[LedgerOut]:
+        return [o for o in self.outputs if isinstance(o, LedgerOut) and o.tenant_id == tenant]
 
-    def alerts(self, tenant: str = TENANT) -> list[acc.AlertOut]:
-        return [o for o in self.outputs if isinstance(o, acc.AlertOut) and o.tenant_id == tenant]
+    def alerts(self, tenant: str = TENANT) -> list[AlertOut]:
+        return [o for o in self.outputs if isinstance(o, AlertOut) and o.tenant_id == tenant]
 
-    def requests(self, tenant: str = TENANT) -> list[acc.RechargeOut]:
-        return [o for o in self.outputs if isinstance(o, acc.RechargeOut) and o.tenant_id == tenant]
+    def requests(self, tenant: str = TENANT) -> list[RechargeOut]:
+        return [o for o in self.outputs if isinstance(o, RechargeOut) and o.tenant_id == tenant]
 
-    def account(self, tenant: str = TENANT) -> acc.Account:
+    def account(self, tenant: str = TENANT) -> Account:
         return self.engine.accounts[tenant].account
 
-    def find(self, tenant: str = TENANT) -> acc.Account | None:
+    def find(self, tenant: str = TENANT) -> Account | None:
         stored = self.engine.accounts.get(tenant)
         return stored.account if stored is not None else None
 

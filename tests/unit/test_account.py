@@ -18,20 +18,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processor.core import account as acc
-from processor.core.account import (
-    Account,
+from processor.core.outputs import (
+    ID_NAMESPACE,
     AlertKind,
     AlertOut,
-    AutoRecharge,
-    Cause,
-    Debit,
     LedgerOut,
-    PendingRecharge,
     RechargeOut,
+    derive_id,
+)
+from processor.core.recharge import (
+    apply_recharge_failed,
+    apply_timer,
+    configure_auto_recharge,
+    next_due,
+)
+from processor.core.state import (
+    Account,
+    AutoRecharge,
+    PendingRecharge,
     RechargePolicy,
     RechargeStatus,
-    Transition,
 )
+from processor.core.transition import Cause, Transition
+from processor.core.usage import Debit
 from tests.unit.conftest import CALLS, COMMANDS, POLICY, T0, TENANT, TIMER, D
 
 ZERO4 = D("0.0000")
@@ -216,8 +225,8 @@ def test_entry_ids_are_deterministic_and_follow_the_cause() -> None:
 
 
 def test_derive_id_separates_parts() -> None:
-    assert acc.derive_id("a", "bc") != acc.derive_id("ab", "c")
-    assert acc.derive_id("x", "y") == acc.derive_id("x", "y")
+    assert derive_id("a", "bc") != derive_id("ab", "c")
+    assert derive_id("x", "y") == derive_id("x", "y")
 
 
 # ---- exhausted / restored ----------------------------------------------------------
@@ -400,7 +409,7 @@ def test_each_request_of_a_tenant_gets_a_new_id() -> None:
 
 def test_settings_on_a_new_tenant_with_a_trigger_above_zero_request_at_once() -> None:
     a = acc.new_account(TENANT, ZERO4)
-    t = acc.configure_auto_recharge(a, settings(trigger="5.0000"), cmd("s-1"), T0)
+    t = configure_auto_recharge(a, settings(trigger="5.0000"), cmd("s-1"), T0)
     (req,) = requests(t)
     assert str(req.balance) == "0.0000" and str(req.amount) == "50.0000"
     assert t.outputs == (req,)  # no entry, no alert: the balance did not change
@@ -409,21 +418,21 @@ def test_settings_on_a_new_tenant_with_a_trigger_above_zero_request_at_once() ->
 
 
 def test_settings_with_a_zero_trigger_do_not_request_at_zero_balance() -> None:
-    t = acc.configure_auto_recharge(
+    t = configure_auto_recharge(
         acc.new_account(TENANT, ZERO4), settings(trigger="0.0000"), cmd("s-1"), T0
     )
     assert t.outputs == () and t.account.pending is None
 
 
 def test_disabled_settings_never_request() -> None:
-    t = acc.configure_auto_recharge(account("-5.0000"), settings(False), cmd("s-1"), T0)
+    t = configure_auto_recharge(account("-5.0000"), settings(False), cmd("s-1"), T0)
     assert requests(t) == []
 
 
 def test_settings_replace_the_old_ones() -> None:
     a = account("100.0000", enabled=True, amount="10.0000", trigger="1.0000")
     new = settings(True, "70.0000", "180.0000")
-    t = acc.configure_auto_recharge(a, new, cmd("s-2"), T0)
+    t = configure_auto_recharge(a, new, cmd("s-2"), T0)
     assert t.account.auto_recharge == new
     # raising the trigger above the balance is a settings change: checked at once
     (req,) = requests(t)
@@ -434,28 +443,28 @@ def test_settings_keep_a_request_that_billing_may_still_be_charging() -> None:
     pending = outstanding("req-1")
     a = account("1.0000", enabled=True, pending=pending)
     for new in (settings(False), settings(True, "99.0000", "50.0000")):
-        t = acc.configure_auto_recharge(a, new, cmd("s"), T0)
+        t = configure_auto_recharge(a, new, cmd("s"), T0)
         assert t.account.pending == pending
         assert requests(t) == []
 
 
 def test_disabling_drops_a_request_waiting_to_be_retried() -> None:
     a = account("1.0000", enabled=True, pending=failed("req-1"))
-    t = acc.configure_auto_recharge(a, settings(False), cmd("s"), T0)
+    t = configure_auto_recharge(a, settings(False), cmd("s"), T0)
     assert t.account.pending is None and t.outputs == ()
     # re-enabling later issues a new request with a new id
-    t2 = acc.configure_auto_recharge(t.account, settings(True), cmd("s2"), T0)
+    t2 = configure_auto_recharge(t.account, settings(True), cmd("s2"), T0)
     (req,) = requests(t2)
     assert req.request_id != "req-1" and req.attempt == 1
 
 
 def test_new_settings_lift_a_suspension_and_can_request_again() -> None:
     a = account("1.0000", enabled=True, suspended=True)
-    t = acc.configure_auto_recharge(a, settings(True), cmd("s"), T0)
+    t = configure_auto_recharge(a, settings(True), cmd("s"), T0)
     assert t.account.auto_recharge is not None and not t.account.auto_recharge.suspended
     assert len(requests(t)) == 1
     # even settings that arrive marked suspended do not keep the suspension
-    t2 = acc.configure_auto_recharge(a, settings(True, suspended=True), cmd("s"), T0)
+    t2 = configure_auto_recharge(a, settings(True, suspended=True), cmd("s"), T0)
     assert t2.account.auto_recharge is not None and not t2.account.auto_recharge.suspended
 
 
@@ -536,19 +545,19 @@ def test_auto_recharge_funds_do_not_lift_a_suspension() -> None:
 def test_recharge_failed_marks_the_attempt_failed_without_output() -> None:
     a = account("1.0000", enabled=True, pending=outstanding("req-1"))
     now = T0 + 2 * MINUTE
-    t = acc.apply_recharge_failed(a, "req-1", cmd("x-1"), now, POLICY)
+    t = apply_recharge_failed(a, "req-1", cmd("x-1"), now, POLICY)
     assert t.outputs == () and t.changed and t.ignored is None
     assert t.account.pending is not None
     assert t.account.pending.status is RechargeStatus.FAILED
     assert t.account.pending.failed_at == now
     assert t.account.pending.attempt == 1
-    assert acc.next_due(t.account, POLICY) == now + POLICY.retry_after
+    assert next_due(t.account, POLICY) == now + POLICY.retry_after
 
 
 @pytest.mark.parametrize("pending", [None, outstanding("req-1")])
 def test_recharge_failed_for_another_request_is_ignored(pending: PendingRecharge | None) -> None:
     a = account("1.0000", enabled=True, pending=pending)
-    t = acc.apply_recharge_failed(a, "req-other", cmd("x"), T0, POLICY)
+    t = apply_recharge_failed(a, "req-other", cmd("x"), T0, POLICY)
     assert t.account == a and t.outputs == () and not t.changed
     assert t.ignored == "unknown_or_closed_request"
 
@@ -556,13 +565,13 @@ def test_recharge_failed_for_another_request_is_ignored(pending: PendingRecharge
 @pytest.mark.parametrize(("attempt", "note"), [(1, "earlier_attempt"), (3, "unknown_attempt")])
 def test_a_failure_naming_another_attempt_changes_nothing(attempt: int, note: str) -> None:
     a = account("1.0000", enabled=True, pending=outstanding("req-1", attempt=2))
-    t = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY, attempt)
+    t = apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY, attempt)
     assert t.account == a and t.outputs == () and not t.changed and t.ignored == note
 
 
 def test_a_failure_naming_the_outstanding_attempt_fails_it() -> None:
     a = account("1.0000", enabled=True, pending=outstanding("req-1", attempt=2))
-    t = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY, 2)
+    t = apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY, 2)
     assert t.account.pending is not None and t.account.pending.status is RechargeStatus.FAILED
 
 
@@ -572,7 +581,7 @@ def test_a_failure_after_auto_recharge_was_turned_off_ends_the_request_quietly(
 ) -> None:
     a = account("1.0000", enabled=True, pending=outstanding("req-1", attempt=3))
     a = replace(a, auto_recharge=None if enabled is None else settings(enabled))
-    t = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY)
+    t = apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY)
     assert t.account.pending is None and t.outputs == ()
     assert t.recharge == ("failed", "dropped")
     assert t.account.auto_recharge is None or not t.account.auto_recharge.suspended
@@ -580,15 +589,15 @@ def test_a_failure_after_auto_recharge_was_turned_off_ends_the_request_quietly(
 
 def test_a_second_failure_of_the_same_attempt_counts_once() -> None:
     a = account("1.0000", enabled=True, pending=failed("req-1"))
-    t = acc.apply_recharge_failed(a, "req-1", cmd("x-2"), T0 + MINUTE, POLICY)
+    t = apply_recharge_failed(a, "req-1", cmd("x-2"), T0 + MINUTE, POLICY)
     assert t.account == a and not t.changed and t.ignored == "attempt_already_failed"
 
 
 def test_retry_only_after_retry_after_with_the_same_id_and_next_attempt() -> None:
     a = account("1.0000", enabled=True, pending=outstanding("req-1"))
     failed_at = T0 + 5 * MINUTE
-    a = acc.apply_recharge_failed(a, "req-1", cmd("x-1"), failed_at, POLICY).account
-    early = acc.apply_timer(
+    a = apply_recharge_failed(a, "req-1", cmd("x-1"), failed_at, POLICY).account
+    early = apply_timer(
         a,
         "req-1",
         1,
@@ -598,12 +607,12 @@ def test_retry_only_after_retry_after_with_the_same_id_and_next_attempt() -> Non
     )
     assert early.account == a and early.outputs == () and early.ignored == "not_due"
     due = failed_at + POLICY.retry_after
-    t = acc.apply_timer(a, "req-1", 1, cause("req-1#1", TIMER), due, POLICY)
+    t = apply_timer(a, "req-1", 1, cause("req-1#1", TIMER), due, POLICY)
     (req,) = requests(t)
     assert (req.request_id, req.attempt, req.requested_at) == ("req-1", 2, due)
     assert str(req.amount) == "50.0000" and str(req.balance) == "1.0000"
     assert t.account.pending == PendingRecharge("req-1", D("50.0000"), 2, due)
-    assert acc.next_due(t.account, POLICY) == due + POLICY.timeout
+    assert next_due(t.account, POLICY) == due + POLICY.timeout
 
 
 def test_retry_keeps_the_amount_of_the_request_when_settings_changed() -> None:
@@ -611,26 +620,26 @@ def test_retry_keeps_the_amount_of_the_request_when_settings_changed() -> None:
     a = account(
         "1.0000", enabled=True, amount="70.0000", trigger="20.0000", pending=failed("req-1")
     )
-    t = acc.apply_timer(a, "req-1", 1, cause("t", TIMER), T0 + timedelta(hours=2), POLICY)
+    t = apply_timer(a, "req-1", 1, cause("t", TIMER), T0 + timedelta(hours=2), POLICY)
     (req,) = requests(t)
     assert str(req.amount) == "50.0000" and str(req.trigger_balance) == "20.0000"
 
 
 def test_timeout_counts_as_a_failed_attempt() -> None:
     a = account("1.0000", enabled=True, pending=outstanding("req-1", at=T0))
-    not_yet = acc.apply_timer(
+    not_yet = apply_timer(
         a, "req-1", 1, cause("t", TIMER), T0 + POLICY.timeout - timedelta(seconds=1), POLICY
     )
     assert not not_yet.changed and not_yet.ignored == "not_due" and not_yet.account == a
     at = T0 + POLICY.timeout
-    t = acc.apply_timer(a, "req-1", 1, cause("t", TIMER), at, POLICY)
+    t = apply_timer(a, "req-1", 1, cause("t", TIMER), at, POLICY)
     assert t.outputs == ()
     assert t.account.pending == failed("req-1", at=T0, failed_at=at)
     # a late failure from billing for the same attempt does not count twice
-    late = acc.apply_recharge_failed(t.account, "req-1", cmd("x"), at + MINUTE, POLICY)
+    late = apply_recharge_failed(t.account, "req-1", cmd("x"), at + MINUTE, POLICY)
     assert not late.changed
     # retried the same way
-    r = acc.apply_timer(t.account, "req-1", 1, cause("t", TIMER), at + POLICY.retry_after, POLICY)
+    r = apply_timer(t.account, "req-1", 1, cause("t", TIMER), at + POLICY.retry_after, POLICY)
     assert [(q.request_id, q.attempt) for q in requests(r)] == [("req-1", 2)]
 
 
@@ -638,15 +647,13 @@ def test_timeout_counts_as_a_failed_attempt() -> None:
 def test_stale_timer_ticks_change_nothing(request_id: str, attempt: int) -> None:
     for pending in (outstanding("req-1"), failed("req-1")):
         a = account("1.0000", enabled=True, pending=pending)
-        t = acc.apply_timer(
-            a, request_id, attempt, cause("t", TIMER), T0 + timedelta(days=1), POLICY
-        )
+        t = apply_timer(a, request_id, attempt, cause("t", TIMER), T0 + timedelta(days=1), POLICY)
         assert t.account == a and t.outputs == () and t.ignored == "stale_timer"
 
 
 def test_timer_tick_without_a_pending_request_changes_nothing() -> None:
     a = account("1.0000", enabled=True)
-    t = acc.apply_timer(a, "req-1", 1, cause("t", TIMER), T0 + timedelta(days=1), POLICY)
+    t = apply_timer(a, "req-1", 1, cause("t", TIMER), T0 + timedelta(days=1), POLICY)
     assert t.account == a and not t.changed
 
 
@@ -660,9 +667,9 @@ def test_timer_tick_without_a_pending_request_changes_nothing() -> None:
 )
 def test_retry_is_dropped_when_nothing_is_left_to_recharge_for(change: dict[str, Any]) -> None:
     a = replace(account("1.0000", enabled=True, pending=failed("req-1")), **change)
-    t = acc.apply_timer(a, "req-1", 1, cause("t", TIMER), T0 + timedelta(hours=1), POLICY)
+    t = apply_timer(a, "req-1", 1, cause("t", TIMER), T0 + timedelta(hours=1), POLICY)
     assert t.account.pending is None and t.outputs == () and t.changed
-    assert acc.next_due(t.account, POLICY) is None
+    assert next_due(t.account, POLICY) is None
 
 
 def run_to_suspension(a: Account, via_timeout: list[bool]) -> tuple[Account, list[Transition]]:
@@ -674,16 +681,16 @@ def run_to_suspension(a: Account, via_timeout: list[bool]) -> tuple[Account, lis
         rid, attempt = a.pending.request_id, a.pending.attempt
         if timeout:
             now = a.pending.requested_at + POLICY.timeout
-            t = acc.apply_timer(a, rid, attempt, cause(f"{rid}#{attempt}", TIMER), now, POLICY)
+            t = apply_timer(a, rid, attempt, cause(f"{rid}#{attempt}", TIMER), now, POLICY)
         else:
             now = now + MINUTE
-            t = acc.apply_recharge_failed(a, rid, cmd(f"fail-{i}"), now, POLICY)
+            t = apply_recharge_failed(a, rid, cmd(f"fail-{i}"), now, POLICY)
         history.append(t)
         a = t.account
         if a.pending is None:
             break
         now = now + POLICY.retry_after
-        t = acc.apply_timer(a, rid, attempt, cause(f"{rid}#{attempt}", TIMER), now, POLICY)
+        t = apply_timer(a, rid, attempt, cause(f"{rid}#{attempt}", TIMER), now, POLICY)
         history.append(t)
         a = t.account
     return a, history
@@ -714,23 +721,23 @@ def test_suspended_after_the_last_attempt_fails(via_timeout: list[bool]) -> None
 def test_max_attempts_comes_from_the_policy() -> None:
     policy = RechargePolicy(max_attempts=1)
     a = account("1.0000", enabled=True, pending=outstanding("req-1"))
-    t = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, policy)
+    t = apply_recharge_failed(a, "req-1", cmd("x"), T0, policy)
     assert t.account.pending is None and alerts(t) == [AlertKind.RECHARGE_FAILED]
     assert t.account.auto_recharge is not None and t.account.auto_recharge.suspended
 
 
 def test_recharge_failed_alert_ids_are_deterministic() -> None:
     a = account("1.0000", enabled=True, pending=outstanding("req-1", attempt=3))
-    t1 = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY)
-    t2 = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0 + timedelta(hours=1), POLICY)
-    t3 = acc.apply_recharge_failed(a, "req-1", cmd("y"), T0, POLICY)
+    t1 = apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY)
+    t2 = apply_recharge_failed(a, "req-1", cmd("x"), T0 + timedelta(hours=1), POLICY)
+    t3 = apply_recharge_failed(a, "req-1", cmd("y"), T0, POLICY)
     ids = [next(o.alert_id for o in t.outputs if isinstance(o, AlertOut)) for t in (t1, t2, t3)]
     assert ids[0] == ids[1] != ids[2]
 
 
 def test_suspension_then_manual_funds_start_a_new_request() -> None:
     a = account("1.0000", enabled=True, pending=outstanding("req-1", attempt=3))
-    suspended = acc.apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY).account
+    suspended = apply_recharge_failed(a, "req-1", cmd("x"), T0, POLICY).account
     t = funds(suspended, "1.0000", "m-1")
     (req,) = requests(t)
     assert req.request_id != "req-1" and req.attempt == 1
@@ -740,10 +747,10 @@ def test_suspension_then_manual_funds_start_a_new_request() -> None:
 
 
 def test_next_due() -> None:
-    assert acc.next_due(account(), POLICY) is None
-    assert acc.next_due(account(pending=outstanding(at=T0)), POLICY) == T0 + POLICY.timeout
+    assert next_due(account(), POLICY) is None
+    assert next_due(account(pending=outstanding(at=T0)), POLICY) == T0 + POLICY.timeout
     f = failed(failed_at=T0 + MINUTE)
-    assert acc.next_due(account(pending=f), POLICY) == T0 + MINUTE + POLICY.retry_after
+    assert next_due(account(pending=f), POLICY) == T0 + MINUTE + POLICY.retry_after
 
 
 # ---- determinism -----------------------------------------------------------------
@@ -754,11 +761,11 @@ def test_the_same_transitions_from_the_same_state_give_identical_outputs() -> No
         a = acc.new_account(TENANT, ZERO4)
         out: list[Transition] = []
         steps: list[Callable[[Account], Transition]] = [
-            lambda a: acc.configure_auto_recharge(a, settings(trigger="5.0000"), cmd("s"), T0),
+            lambda a: configure_auto_recharge(a, settings(trigger="5.0000"), cmd("s"), T0),
             lambda a: funds(a, "3.0000", "m-1"),
             lambda a: acc.apply_debit(a, debit("4.0000"), cause("ev-1"), T0),
-            lambda a: acc.apply_recharge_failed(a, pending_id(a), cmd("x"), T0, POLICY),
-            lambda a: acc.apply_timer(
+            lambda a: apply_recharge_failed(a, pending_id(a), cmd("x"), T0, POLICY),
+            lambda a: apply_timer(
                 a, pending_id(a), 1, cause("t", TIMER), T0 + timedelta(hours=1), POLICY
             ),
         ]
@@ -786,5 +793,5 @@ def test_amounts_keep_their_decimal_places() -> None:
 @given(st.lists(st.text(max_size=40), min_size=1, max_size=6))
 def test_derive_id_is_uuid5_of_the_joined_parts(parts: list[str]) -> None:
     # The ids consumers already de-duplicate on: a faster spelling must not change them.
-    expected = str(uuid.uuid5(acc._ID_NAMESPACE, "\x1f".join(parts)))
-    assert acc.derive_id(*parts) == expected
+    expected = str(uuid.uuid5(ID_NAMESPACE, "\x1f".join(parts)))
+    assert derive_id(*parts) == expected

@@ -13,8 +13,8 @@ from decimal import Decimal
 
 import aiohttp
 
-from processor.core.account import Account
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+from processor.core.state import Account
 from processor.core.stored import StoredAccount
 from processor.http.accounts import AccountAPI
 from processor.http.problems import RETRY_AFTER_SECONDS

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from processor.core import account as acc
+from processor.core.outputs import LedgerOut
 from processor.worker.codec import output_from_dict, output_to_dict
 from schemas import decode_command
 from schemas.outputs import LedgerEntry
@@ -22,7 +22,7 @@ def test_the_actor_of_a_top_up_is_on_its_ledger_entry(harness: Harness, inputs: 
     assert wire["actor"] == "alice@billing"
     LedgerEntry.model_validate_json(orjson.dumps(wire))
     again = output_from_dict(wire)
-    assert isinstance(again, acc.LedgerOut) and again == entry
+    assert isinstance(again, LedgerOut) and again == entry
 
 
 def test_without_an_actor_the_entry_has_none(harness: Harness, inputs: Inputs) -> None:

@@ -244,7 +244,7 @@ def test_the_demo_runs_on_the_local_key_pair_and_prints_two_tokens(
 
 async def test_every_route_of_the_worker_and_the_sink_is_open_or_named(tmp_path: Path) -> None:
     """Adding an endpoint means naming its permission in auth.ROUTES (or it is open)."""
-    from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
     from processor.http.auth import OPEN_PATHS
     from processor.sink.http import build_app
     from processor.sink.store import LedgerStore, database_url

@@ -11,14 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.core.account import Account
-from processor.core.rating import (
-    MAX_AUTHORIZED_SECONDS,
-    RateCard,
-    RateTable,
-    RoundingMode,
-    parse_rate_card,
-)
+from processor.core.rate_card_parser import parse_rate_card
+from processor.core.rating import MAX_AUTHORIZED_SECONDS, RateCard, RateTable, RoundingMode
+from processor.core.state import Account
 from processor.http.views import authorize_problem, authorize_view
 from schemas.api import AuthorizeView
 from tests.unit.conftest import CARD, TENANT, UK, UK_MOBILE, UNRATED, US, D

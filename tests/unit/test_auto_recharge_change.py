@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from processor.core import account as acc
 from processor.core.engine import Status
+from processor.core.state import AutoRecharge, RechargeMode
 from schemas import decode_command
 from schemas.inputs import AutoRechargeChanged
 from tests.unit.conftest import T0, TENANT, Harness, Inputs, ts
@@ -31,7 +31,7 @@ def change(cid: str, **fields: Any) -> AutoRechargeChanged:
     )
 
 
-def settings(h: Harness) -> acc.AutoRecharge | None:
+def settings(h: Harness) -> AutoRecharge | None:
     account = h.find()
     return None if account is None else account.auto_recharge
 
@@ -54,7 +54,7 @@ def test_a_change_keeps_what_it_does_not_name(harness: Harness, inputs: Inputs) 
     # Switch to recharge-to-target; then off; the amounts stay.
     harness.command(change("c-2", mode="to_target", target_balance="80"))
     now = settings(harness)
-    assert now is not None and now.mode is acc.RechargeMode.TO_TARGET
+    assert now is not None and now.mode is RechargeMode.TO_TARGET
     assert now.target_balance == Decimal("80") and now.trigger_balance == Decimal("20")
     harness.command(change("c-3", enabled=False))
     now = settings(harness)
@@ -88,7 +88,7 @@ def test_a_tenant_without_settings_needs_them_named(harness: Harness) -> None:
     assert settings(harness) is None
     out = harness.command(change("c-3", enabled=True, recharge_amount="5", trigger_balance="1"))
     assert out.status is Status.APPLIED
-    assert settings(harness) == acc.AutoRecharge(True, Decimal("5"), Decimal("1"))
+    assert settings(harness) == AutoRecharge(True, Decimal("5"), Decimal("1"))
 
 
 def test_a_change_that_enables_below_the_trigger_requests_a_recharge(

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from processor.config.settings import Settings
-from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine, dedupe_key, dedupe_tenant
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+from processor.core.state import RechargePolicy
 from processor.core.stored import Mark, StoredAccount
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames

@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processor.core.account import LedgerOut
+from processor.core.outputs import LedgerOut
 from processor.core.stored import Mark, Position
 from processor.worker.codec import dump_mark, dump_output, dumps, load_mark, output_from_dict
 from schemas.types import format_timestamp
@@ -68,7 +68,7 @@ def test_a_timestamp_with_another_offset_is_written_in_utc() -> None:
 
 
 def test_a_status_alert_carries_its_status_seq_and_others_do_not() -> None:
-    from processor.core.account import AlertKind, AlertOut
+    from processor.core.outputs import AlertKind, AlertOut
     from schemas import BalanceAlert
 
     at = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

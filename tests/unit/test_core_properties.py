@@ -23,9 +23,17 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from processor.core import account as acc
-from processor.core.account import AlertKind
 from processor.core.engine import Engine, Outcome, Status, TimerTick, dedupe_key
+from processor.core.outputs import AlertKind, AlertOut, LedgerOut, Output, RechargeOut
 from processor.core.rating import RateCard, RateTable
+from processor.core.recharge import next_due
+from processor.core.state import (
+    Account,
+    AutoRecharge,
+    PendingRecharge,
+    RechargePolicy,
+    RechargeStatus,
+)
 from processor.core.stored import Mark, Position, StoredAccount
 from schemas import (
     AutoRechargeConfigured,
@@ -146,8 +154,8 @@ cards = st.sampled_from([CARD, CARD2])
 policies = st.sampled_from(
     [
         POLICY,
-        acc.RechargePolicy(max_attempts=1),
-        acc.RechargePolicy(
+        RechargePolicy(max_attempts=1),
+        RechargePolicy(
             timeout=timedelta(minutes=30), retry_after=timedelta(minutes=5), max_attempts=2
         ),
     ]
@@ -196,7 +204,7 @@ class Generator:
     processed: list[Step] = field(default_factory=list)
     offsets: Offsets = field(default_factory=Offsets)
 
-    def stored(self, tenant: str) -> acc.Account | None:
+    def stored(self, tenant: str) -> Account | None:
         stored = self.engine.accounts.get(tenant)
         return stored.account if stored is not None else None
 
@@ -303,7 +311,7 @@ class Generator:
         else:  # tick
             which = op[2]
             if which == "due" and account is not None:
-                due = acc.next_due(account, self.engine.policy)
+                due = next_due(account, self.engine.policy)
                 if due is not None and due > self.now:
                     self.now = due
             rid = pending.request_id if pending else "none"
@@ -340,7 +348,7 @@ def exponent(value: Decimal) -> int:
 @dataclass
 class Reference:
     card: RateCard
-    policy: acc.RechargePolicy
+    policy: RechargePolicy
     balance: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     ledger_sum: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     entries: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -356,7 +364,7 @@ class Reference:
         assert exponent(value) == -self.card.decimals, f"{what} {value!r} not at card places"
         assert not (value.is_zero() and value.is_signed()), f"{what} is -0"
 
-    def check_account(self, a: acc.Account) -> None:
+    def check_account(self, a: Account) -> None:
         self.check_money(a.balance, "balance")
         if a.auto_recharge is not None:
             self.check_money(a.auto_recharge.recharge_amount, "recharge_amount")
@@ -367,7 +375,7 @@ class Reference:
             assert a.pending.request_id not in self.closed
 
 
-def new(card: RateCard, t: str) -> acc.Account:
+def new(card: RateCard, t: str) -> Account:
     return acc.new_account(t, card.zero)
 
 
@@ -388,7 +396,7 @@ def check_step(
     accounts_before: dict[str, StoredAccount],
     seen_before: dict[str, Mark],
     engine: Engine,
-    first_outputs: dict[Position, tuple[acc.Output, ...]],
+    first_outputs: dict[Position, tuple[Output, ...]],
 ) -> None:
     what, value, now, position = step
     if what == "tick":
@@ -465,7 +473,7 @@ def check_step(
         elif isinstance(value, RechargeFailed) and (
             before.pending is None
             or before.pending.request_id != value.recharge_request_id
-            or before.pending.status is acc.RechargeStatus.FAILED
+            or before.pending.status is RechargeStatus.FAILED
         ):
             expected = Status.IGNORED
         else:
@@ -476,7 +484,7 @@ def check_step(
         if p is None or p.request_id != value.request_id or p.attempt != value.attempt:
             assert outcome.status is Status.IGNORED
         else:
-            due = acc.next_due(before, engine.policy)
+            due = next_due(before, engine.policy)
             assert due is not None
             assert outcome.status is (Status.APPLIED if now >= due else Status.IGNORED)
     assert outcome.status is expected, (outcome, expected)
@@ -502,9 +510,9 @@ def check_step(
     elif not written:
         assert engine.seen == seen_before
 
-    ledger = [o for o in outcome.outputs if isinstance(o, acc.LedgerOut)]
-    alerts = [o for o in outcome.outputs if isinstance(o, acc.AlertOut)]
-    requests = [o for o in outcome.outputs if isinstance(o, acc.RechargeOut)]
+    ledger = [o for o in outcome.outputs if isinstance(o, LedgerOut)]
+    alerts = [o for o in outcome.outputs if isinstance(o, AlertOut)]
+    requests = [o for o in outcome.outputs if isinstance(o, RechargeOut)]
     assert all(o.tenant_id == t for o in outcome.outputs)
 
     # -- balance: exactly one entry per change, the right amount, the running sum
@@ -615,7 +623,7 @@ def check_step(
         assert r.request_id not in ref.closed
         assert after.pending is not None and after.pending.request_id == r.request_id
         assert after.pending.attempt == r.attempt and after.pending.status is (
-            acc.RechargeStatus.OUTSTANDING
+            RechargeStatus.OUTSTANDING
         )
         previous = ref.last_attempt.get(r.request_id)
         if previous is None:
@@ -667,10 +675,10 @@ def check_step(
 def check_recharge_lifecycle(
     value: Any,
     now: datetime,
-    before: acc.Account,
-    after: acc.Account,
-    requests: list[acc.RechargeOut],
-    policy: acc.RechargePolicy,
+    before: Account,
+    after: Account,
+    requests: list[RechargeOut],
+    policy: RechargePolicy,
 ) -> None:
     """What each applied input does to the settings and the pending request."""
     p = before.pending
@@ -678,10 +686,10 @@ def check_recharge_lifecycle(
     suspended_after = after.auto_recharge is not None and after.auto_recharge.suspended
     if isinstance(value, AutoRechargeConfigured):
         # new settings replace the old ones and lift a suspension
-        assert after.auto_recharge == acc.AutoRecharge(
+        assert after.auto_recharge == AutoRecharge(
             value.enabled, value.recharge_amount, value.trigger_balance, suspended=False
         )
-        if p is not None and p.status is acc.RechargeStatus.FAILED and not value.enabled:
+        if p is not None and p.status is RechargeStatus.FAILED and not value.enabled:
             assert after.pending is None  # dropped, no longer to be retried
         elif p is not None:
             assert after.pending == p and requests == []  # billing may still charge it
@@ -697,12 +705,10 @@ def check_recharge_lifecycle(
         return
     assert suspended_after == suspended_before or (suspended_after and p is not None)
     if isinstance(value, RechargeFailed) or (
-        isinstance(value, TimerTick)
-        and p is not None
-        and p.status is acc.RechargeStatus.OUTSTANDING
+        isinstance(value, TimerTick) and p is not None and p.status is RechargeStatus.OUTSTANDING
     ):
         # billing's failure, or no answer within the timeout: a failed attempt
-        assert p is not None and p.status is acc.RechargeStatus.OUTSTANDING
+        assert p is not None and p.status is RechargeStatus.OUTSTANDING
         assert requests == []
         settings = before.auto_recharge
         if settings is None or not settings.enabled:
@@ -712,7 +718,7 @@ def check_recharge_lifecycle(
         if p.attempt >= policy.max_attempts:
             assert after.pending is None and suspended_after
         else:
-            assert after.pending == replace(p, status=acc.RechargeStatus.FAILED, failed_at=now)
+            assert after.pending == replace(p, status=RechargeStatus.FAILED, failed_at=now)
             assert not suspended_after or suspended_before
         return
     if isinstance(value, TimerTick):
@@ -721,7 +727,7 @@ def check_recharge_lifecycle(
         assert now >= p.failed_at + policy.retry_after
         s = before.auto_recharge
         if s is not None and s.enabled and not s.suspended and before.balance < s.trigger_balance:
-            assert after.pending == acc.PendingRecharge(p.request_id, p.amount, p.attempt + 1, now)
+            assert after.pending == PendingRecharge(p.request_id, p.amount, p.attempt + 1, now)
             assert [(r.request_id, r.attempt, r.amount) for r in requests] == [
                 (p.request_id, p.attempt + 1, p.amount)
             ]
@@ -744,14 +750,14 @@ def check_all_tenants(ref: Reference, card: RateCard, engine: Engine) -> None:
 # ---- the properties ------------------------------------------------------------------
 
 
-def fresh(card: RateCard, policy: acc.RechargePolicy = POLICY) -> Engine:
+def fresh(card: RateCard, policy: RechargePolicy = POLICY) -> Engine:
     return Engine(card, policy, DEDUPE, {}, {})
 
 
 @settings(PROPERTY_SETTINGS, max_examples=300)
 @given(card=cards, policy=policies, ops=operations)
 def test_random_sequences_keep_the_contracts_invariants(
-    card: RateCard, policy: acc.RechargePolicy, ops: list[tuple[Any, ...]]
+    card: RateCard, policy: RechargePolicy, ops: list[tuple[Any, ...]]
 ) -> None:
     engine = fresh(card, policy)
     gen = Generator(card, engine)
@@ -759,7 +765,7 @@ def test_random_sequences_keep_the_contracts_invariants(
     steps: list[Step] = []
     outcomes: list[Outcome] = []
     labels: set[str] = set()
-    first_outputs: dict[Position, tuple[acc.Output, ...]] = {}
+    first_outputs: dict[Position, tuple[Output, ...]] = {}
     for op in ops:
         step = gen.concrete(op)
         if step is None:
@@ -771,7 +777,7 @@ def test_random_sequences_keep_the_contracts_invariants(
         check_all_tenants(ref, card, engine)
         labels.update(_lifted(step, accounts_before, engine))
         for out in outcome.outputs:
-            if isinstance(out, acc.RechargeOut) and out.attempt == 1:
+            if isinstance(out, RechargeOut) and out.attempt == 1:
                 gen.issued[out.tenant_id].append(out.request_id)
         gen.processed.append(step)
         steps.append(step)
@@ -790,7 +796,7 @@ def test_random_sequences_keep_the_contracts_invariants(
 @settings(PROPERTY_SETTINGS, max_examples=50)
 @given(card=cards, policy=policies, ops=operations, data=st.data())
 def test_a_resent_input_changes_nothing(
-    card: RateCard, policy: acc.RechargePolicy, ops: list[tuple[Any, ...]], data: st.DataObject
+    card: RateCard, policy: RechargePolicy, ops: list[tuple[Any, ...]], data: st.DataObject
 ) -> None:
     """Re-sending any usage event or command that changed its account (or was
     marked as seen) is a duplicate: same stores, no outputs, whenever it comes back."""
@@ -832,12 +838,12 @@ def test_balance_is_exact_and_every_request_follows_the_rules(
     engine = fresh(card)
     zero = card.zero
     start_balance = card.quantize(Decimal(start).scaleb(-2)) + zero
-    account = acc.Account("t1", balance=start_balance)
+    account = Account("t1", balance=start_balance)
     if enabled or trigger:
-        account = acc.Account(
+        account = Account(
             "t1",
             balance=start_balance,
-            auto_recharge=acc.AutoRecharge(
+            auto_recharge=AutoRecharge(
                 enabled, card.quantize(Decimal(5000)), card.quantize(Decimal(trigger).scaleb(-2))
             ),
         )
@@ -861,7 +867,7 @@ def test_balance_is_exact_and_every_request_follows_the_rules(
         charge = card.rate(RateTable.OUTBOUND, UK, seconds)
         assert charge is not None
         total += charge.amount
-        requests += sum(isinstance(o, acc.RechargeOut) for o in outcome.outputs)
+        requests += sum(isinstance(o, RechargeOut) for o in outcome.outputs)
     final = engine.accounts["t1"].account
     assert final.balance == start_balance - total
     assert exponent(final.balance) == -card.decimals
@@ -891,9 +897,9 @@ def _labels(outcomes: list[Outcome]) -> set[str]:
     for o in outcomes:
         labels.update(f"rejected {o.rejection.reason}" for _ in [0] if o.rejection)
         for out in o.outputs:
-            if isinstance(out, acc.AlertOut):
+            if isinstance(out, AlertOut):
                 labels.add(f"alert {out.alert.value}")
-            elif isinstance(out, acc.RechargeOut):
+            elif isinstance(out, RechargeOut):
                 labels.add(f"request attempt {out.attempt}")
     return labels
 

@@ -27,7 +27,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from processor.config.settings import _SECRETS, Settings
-from processor.core.rating import load_rate_card
+from processor.core.rate_card_parser import load_rate_card
 from processor.ops.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]

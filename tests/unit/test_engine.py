@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-from processor.core import account as acc
-from processor.core.account import AlertKind
 from processor.core.engine import (
     DedupeWindow,
     Engine,
@@ -19,7 +17,9 @@ from processor.core.engine import (
     TimerTick,
     dedupe_key,
 )
-from processor.core.rating import parse_rate_card
+from processor.core.outputs import AlertKind, AlertOut, LedgerOut, Output, RechargeOut
+from processor.core.rate_card_parser import parse_rate_card
+from processor.core.state import PendingRecharge, RechargePolicy, RechargeStatus
 from processor.core.stored import Position
 from schemas import AutoRechargeConfigured, BalanceAlert, LedgerEntry, RechargeRequested
 from tests.unit.conftest import (
@@ -52,9 +52,9 @@ def exponent(value: Decimal) -> int:
     return exp
 
 
-def contract_model(out: acc.Output, currency: str = "USD") -> Any:
+def contract_model(out: Output, currency: str = "USD") -> Any:
     """The output as the contract's model: validates names, signs and shapes."""
-    if isinstance(out, acc.LedgerOut):
+    if isinstance(out, LedgerOut):
         return LedgerEntry.model_validate(
             # kind: the core's str, checked against the contract's Literal here
             dict(
@@ -73,7 +73,7 @@ def contract_model(out: acc.Output, currency: str = "USD") -> Any:
                 billed_seconds=out.billed_seconds,
             )
         )
-    if isinstance(out, acc.AlertOut):
+    if isinstance(out, AlertOut):
         return BalanceAlert(
             alert_id=out.alert_id,
             tenant_id=out.tenant_id,
@@ -86,7 +86,7 @@ def contract_model(out: acc.Output, currency: str = "USD") -> Any:
             request_id=out.request_id,
             amount=out.amount,
         )
-    assert isinstance(out, acc.RechargeOut), out
+    assert isinstance(out, RechargeOut), out
     return RechargeRequested(
         request_id=out.request_id,
         tenant_id=out.tenant_id,
@@ -99,7 +99,7 @@ def contract_model(out: acc.Output, currency: str = "USD") -> Any:
     )
 
 
-def pending(h: Harness) -> acc.PendingRecharge:
+def pending(h: Harness) -> PendingRecharge:
     p = h.account().pending
     assert p is not None
     return p
@@ -155,7 +155,7 @@ def test_usage_is_rated_in_its_table_and_debited_with_one_entry(
     outcome = harness.usage(event)
     assert outcome.status is Status.APPLIED
     (entry,) = outcome.outputs
-    assert isinstance(entry, acc.LedgerOut)
+    assert isinstance(entry, LedgerOut)
     assert entry.kind == "debit"
     assert str(entry.amount) == amount
     assert str(entry.balance_after) == str(D("10.0000") - D(amount))
@@ -236,7 +236,7 @@ def test_a_rejected_usage_applies_on_replay_once_the_card_is_fixed(
     outcome = fixed.usage(event, CALLS, T0, harness.offsets.next(CALLS))
     assert outcome.status is Status.APPLIED
     (entry,) = outcome.outputs
-    assert isinstance(entry, acc.LedgerOut)
+    assert isinstance(entry, LedgerOut)
     assert (entry.rate_prefix, str(entry.amount)) == ("+33", "0.0300")
     dup = fixed.usage(event, CALLS, T0, harness.offsets.next(CALLS))
     assert dup.status is Status.DUPLICATE
@@ -316,7 +316,7 @@ def test_money_is_kept_at_the_cards_places(harness: Harness, inputs: Inputs, amo
     outcome = harness.command(inputs.funds(amount, "f-1"))
     assert outcome.status is Status.APPLIED
     entry = outcome.outputs[0]
-    assert isinstance(entry, acc.LedgerOut)
+    assert isinstance(entry, LedgerOut)
     assert exponent(entry.amount) == -4 and exponent(entry.balance_after) == -4
     assert entry.amount == D(amount)
     assert exponent(harness.account().balance) == -4
@@ -338,7 +338,7 @@ def test_a_new_tenants_first_request_reports_the_balance_at_the_cards_places(
     # first request of a new tenant carries balance 0.0000, not 0.
     outcome = harness.command(inputs.configure("s-1", trigger="10.0000"))
     (req,) = outcome.outputs
-    assert isinstance(req, acc.RechargeOut)
+    assert isinstance(req, RechargeOut)
     assert str(req.balance) == "0.0000"
     assert str(harness.account().balance) == "0.0000"
     contract_model(req)
@@ -353,12 +353,12 @@ def test_another_precision_card() -> None:
     outs = h.outputs
     assert str(h.account().balance) == "2.82"
     for out in outs:
-        if isinstance(out, acc.LedgerOut):
+        if isinstance(out, LedgerOut):
             values = [out.amount, out.balance_after]
-        elif isinstance(out, acc.AlertOut):
+        elif isinstance(out, AlertOut):
             values = [out.balance]
         else:
-            assert isinstance(out, acc.RechargeOut), out
+            assert isinstance(out, RechargeOut), out
             values = [out.amount, out.trigger_balance, out.balance]
         assert all(exponent(v) == -2 for v in values), out
     assert [str(r.balance) for r in h.requests()] == ["0.00"]
@@ -491,7 +491,7 @@ def test_full_cycle_failures_retries_suspension_and_lifting(
     h.advance(timedelta(minutes=1))
     failed = h.command(i.failed(rid, "x-1"))
     assert failed.status is Status.APPLIED and failed.outputs == ()
-    assert pending(h).status is acc.RechargeStatus.FAILED
+    assert pending(h).status is RechargeStatus.FAILED
     # a retry tick too early changes nothing
     h.advance(POLICY.retry_after - timedelta(seconds=1))
     early = h.tick()
@@ -522,9 +522,7 @@ def test_full_cycle_failures_retries_suspension_and_lifting(
     # attempt 3 fails: suspended, one recharge_failed alert
     h.advance(timedelta(minutes=1))
     last = h.command(i.failed(rid, "x-3"))
-    assert [o.alert for o in last.outputs if isinstance(o, acc.AlertOut)] == [
-        AlertKind.RECHARGE_FAILED
-    ]
+    assert [o.alert for o in last.outputs if isinstance(o, AlertOut)] == [AlertKind.RECHARGE_FAILED]
     settings = h.account().auto_recharge
     assert settings is not None and settings.suspended and h.account().pending is None
     # a failure for a closed request is ignored (but remembered as seen)
@@ -543,7 +541,7 @@ def test_full_cycle_failures_retries_suspension_and_lifting(
     assert len(h.requests()) == 3
     # manual funds lift it, and the balance is still below the trigger: new request
     lifted = h.command(i.funds("0.0100", "m-1"))
-    (new,) = [o for o in lifted.outputs if isinstance(o, acc.RechargeOut)]
+    (new,) = [o for o in lifted.outputs if isinstance(o, RechargeOut)]
     assert new.request_id != rid and new.attempt == 1
     assert not suspended(h)
     for out in h.outputs:
@@ -570,7 +568,7 @@ def test_a_resent_stale_failure_does_not_fail_the_next_attempt(
     resent = h.command(i.failed(req.request_id, "x-1"))
     assert resent.status is Status.DUPLICATE and resent.outputs == ()
     assert h.account() == before
-    assert pending(h).status is acc.RechargeStatus.OUTSTANDING
+    assert pending(h).status is RechargeStatus.OUTSTANDING
 
 
 def test_a_late_failure_of_an_earlier_attempt_does_not_fail_the_current_one(
@@ -591,11 +589,11 @@ def test_a_late_failure_of_an_earlier_attempt_does_not_fail_the_current_one(
     assert late.status is Status.IGNORED and late.note == "earlier_attempt"
     assert late.outputs == ()
     assert h.account().pending == before.pending
-    assert pending(h).status is acc.RechargeStatus.OUTSTANDING
+    assert pending(h).status is RechargeStatus.OUTSTANDING
     # the answer for attempt 2 itself still fails it
     now_failed = h.command(i.failed(req.request_id, "x-2", attempt=2))
     assert now_failed.status is Status.APPLIED
-    assert pending(h).status is acc.RechargeStatus.FAILED
+    assert pending(h).status is RechargeStatus.FAILED
 
 
 def test_a_failure_without_attempt_still_fails_the_attempt_outstanding(
@@ -609,7 +607,7 @@ def test_a_failure_without_attempt_still_fails_the_attempt_outstanding(
     h.advance(POLICY.retry_after)
     h.tick()  # attempt 2 sent
     assert h.command(i.failed(req.request_id, "x-any")).status is Status.APPLIED
-    assert pending(h).attempt == 2 and pending(h).status is acc.RechargeStatus.FAILED
+    assert pending(h).attempt == 2 and pending(h).status is RechargeStatus.FAILED
 
 
 def test_auto_recharge_funds_naming_their_attempt_close_the_request(
@@ -671,7 +669,7 @@ def test_disabling_while_the_last_attempt_is_out_ends_it_quietly(
         h.tick()
     assert pending(h).attempt == POLICY.max_attempts
     h.command(i.configure("s-2", enabled=False))
-    assert pending(h).status is acc.RechargeStatus.OUTSTANDING  # billing may still charge
+    assert pending(h).status is RechargeStatus.OUTSTANDING  # billing may still charge
     if via_timeout:
         h.advance(POLICY.timeout)
         outcome = h.tick()
@@ -714,7 +712,7 @@ def test_a_record_read_again_after_a_crash_changes_nothing_and_sends_nothing_aga
 
 def test_new_settings_lift_the_suspension(harness: Harness, inputs: Inputs) -> None:
     h, i = harness, inputs
-    h.engine.policy = acc.RechargePolicy(max_attempts=1)
+    h.engine.policy = RechargePolicy(max_attempts=1)
     h.command(i.configure("s-1"))
     (req,) = h.requests()
     h.command(i.failed(req.request_id, "x-1"))
@@ -799,7 +797,7 @@ def test_replaying_the_same_inputs_gives_the_same_outputs() -> None:
     assert first.outputs == second.outputs
     assert first.engine.accounts == second.engine.accounts
     assert first.engine.seen == second.engine.seen
-    ids = [_ids(o) for o in first.outputs if not isinstance(o, acc.RechargeOut)]
+    ids = [_ids(o) for o in first.outputs if not isinstance(o, RechargeOut)]
     assert len(ids) == len(set(ids))
 
 
@@ -810,12 +808,12 @@ def test_ids_do_not_depend_on_the_clock() -> None:
     assert [_ids(o) for o in first.outputs] == [_ids(o) for o in later.outputs]
 
 
-def _ids(out: acc.Output) -> str:
-    if isinstance(out, acc.LedgerOut):
+def _ids(out: Output) -> str:
+    if isinstance(out, LedgerOut):
         return out.entry_id
-    if isinstance(out, acc.AlertOut):
+    if isinstance(out, AlertOut):
         return out.alert_id
-    assert isinstance(out, acc.RechargeOut), out
+    assert isinstance(out, RechargeOut), out
     return f"{out.request_id}#{out.attempt}"
 
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from processor.core.account import LedgerOut, RechargeOut, RechargePolicy
 from processor.core.engine import DedupeWindow, Engine, Status
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.outputs import LedgerOut, RechargeOut
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+from processor.core.state import RechargePolicy
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount, newer
 from schemas import CallUsage, FundsAdded
 from tests.support import events

@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 from processor.core import account as acc
 from processor.core.engine import EXPIRY_TICK, Engine, Status, TimerTick
+from processor.core.lots import apply_expiry, expiry_entry_id, lots_total, next_expiry_due
+from processor.core.outputs import AlertKind, AlertOut, LedgerOut, RechargeOut
+from processor.core.recharge import configure_auto_recharge
+from processor.core.state import Account, AutoRecharge, ExpiryPolicy
 from processor.core.stored import StoredAccount
+from processor.core.transition import Cause, Transition
+from processor.core.usage import Debit, MonthUsage, count_usage
 from processor.core.values import replace
 from processor.http.views import account_view
 from processor.kafka.topics import TopicNames
@@ -34,32 +40,32 @@ from schemas.api import AccountView
 from tests.unit.conftest import CARD, DEDUPE, POLICY, T0, TENANT, D, Harness, Inputs
 
 LEDGER = "credits.ledger"
-YEAR = acc.ExpiryPolicy(expire_after=timedelta(days=365))
+YEAR = ExpiryPolicy(expire_after=timedelta(days=365))
 DAY = timedelta(days=1)
 
 
-def engine(policy: acc.ExpiryPolicy = YEAR) -> Engine:
+def engine(policy: ExpiryPolicy = YEAR) -> Engine:
     return Engine(CARD, POLICY, DEDUPE, {}, {}, expiry=policy, ledger_topic=LEDGER)
 
 
-def cause(cid: str, at: datetime = T0) -> acc.Cause:
-    return acc.Cause("credits.commands", cid, at)
+def cause(cid: str, at: datetime = T0) -> Cause:
+    return Cause("credits.commands", cid, at)
 
 
 def credit(
-    a: acc.Account, amount: str, cid: str, at: datetime = T0, policy: acc.ExpiryPolicy = YEAR
-) -> acc.Transition:
+    a: Account, amount: str, cid: str, at: datetime = T0, policy: ExpiryPolicy = YEAR
+) -> Transition:
     return acc.apply_funds(
         a, D(amount), cause(cid, at), at, manual=True, recharge_request_id=None, expiry=policy
     )
 
 
-def debit(a: acc.Account, amount: str, eid: str = "ev", at: datetime = T0) -> acc.Transition:
-    d = acc.Debit(D(amount), "+1", D("0.0200"), 60, service="outbound")
-    return acc.apply_debit(a, d, acc.Cause("usage.calls", eid, at), at)
+def debit(a: Account, amount: str, eid: str = "ev", at: datetime = T0) -> Transition:
+    d = Debit(D(amount), "+1", D("0.0200"), 60, service="outbound")
+    return acc.apply_debit(a, d, Cause("usage.calls", eid, at), at)
 
 
-def new() -> acc.Account:
+def new() -> Account:
     return acc.new_account(TENANT, D("0.0000"))
 
 
@@ -69,7 +75,7 @@ def new() -> acc.Account:
 def test_a_credit_is_a_lot_expiring_a_period_after_its_event_time() -> None:
     at = T0 + timedelta(microseconds=250)
     t = credit(new(), "10.0000", "c-1", at)
-    [entry] = [o for o in t.outputs if isinstance(o, acc.LedgerOut)]
+    [entry] = [o for o in t.outputs if isinstance(o, LedgerOut)]
     [lot] = t.account.lots
     assert lot.lot_id == entry.entry_id
     assert lot.amount == D("10.0000")
@@ -78,7 +84,7 @@ def test_a_credit_is_a_lot_expiring_a_period_after_its_event_time() -> None:
 
 
 def test_no_lot_when_funds_never_expire() -> None:
-    t = credit(new(), "10.0000", "c-1", policy=acc.ExpiryPolicy())
+    t = credit(new(), "10.0000", "c-1", policy=ExpiryPolicy())
     assert t.account.lots == ()
     assert t.account.balance == D("10.0000")
 
@@ -103,7 +109,7 @@ def test_debits_spend_the_oldest_lot_first() -> None:
 
 def test_funds_outside_any_lot_are_spent_before_the_lots() -> None:
     # A balance credited before lots existed (an old account value) is the oldest money.
-    old = acc.Account(TENANT, balance=D("3.0000"))
+    old = Account(TENANT, balance=D("3.0000"))
     a = credit(old, "5.0000", "c-1").account
     a = debit(a, "4.0000").account
     assert a.balance == D("4.0000")
@@ -122,14 +128,14 @@ def test_lots_expiring_the_same_utc_day_are_merged() -> None:
 
 
 def test_lots_past_the_bound_merge_the_two_expiring_last() -> None:
-    policy = acc.ExpiryPolicy(expire_after=timedelta(days=365), max_lots=3)
+    policy = ExpiryPolicy(expire_after=timedelta(days=365), max_lots=3)
     a = new()
     for day in range(5):
         a = credit(a, "1.0000", f"c-{day}", T0 + day * DAY, policy).account
     assert len(a.lots) == 3
     assert [lot.amount for lot in a.lots] == [D("1.0000"), D("1.0000"), D("3.0000")]
     assert a.lots[-1].expires_at == T0 + timedelta(days=365 + 4)
-    assert acc.lots_total(a.lots) == a.balance
+    assert lots_total(a.lots) == a.balance
 
 
 # ---- expiry ------------------------------------------------------------------------
@@ -139,13 +145,11 @@ def test_expiry_takes_exactly_what_is_left_through_one_entry() -> None:
     a = credit(new(), "10.0000", "c-1").account
     a = debit(a, "2.5000").account
     lot = a.lots[0]
-    early = acc.apply_expiry(a, LEDGER, lot.expires_at - timedelta(seconds=1), YEAR)
+    early = apply_expiry(a, LEDGER, lot.expires_at - timedelta(seconds=1), YEAR)
     # Only the notice was due (30 days ahead), no expiry.
-    assert [o.alert for o in early.outputs if isinstance(o, acc.AlertOut)] == [
-        acc.AlertKind.FUNDS_EXPIRING
-    ]
-    t = acc.apply_expiry(early.account, LEDGER, lot.expires_at, YEAR)
-    entries = [o for o in t.outputs if isinstance(o, acc.LedgerOut)]
+    assert [o.alert for o in early.outputs if isinstance(o, AlertOut)] == [AlertKind.FUNDS_EXPIRING]
+    t = apply_expiry(early.account, LEDGER, lot.expires_at, YEAR)
+    entries = [o for o in t.outputs if isinstance(o, LedgerOut)]
     assert len(entries) == 1
     [entry] = entries
     assert entry.kind == "expiry"
@@ -153,55 +157,55 @@ def test_expiry_takes_exactly_what_is_left_through_one_entry() -> None:
     assert entry.balance_after == D("0.0000")
     assert entry.cause_topic == LEDGER
     assert entry.cause_id == lot.lot_id
-    assert entry.entry_id == acc.expiry_entry_id(TENANT, lot.lot_id)
+    assert entry.entry_id == expiry_entry_id(TENANT, lot.lot_id)
     assert entry.occurred_at == lot.expires_at
     assert t.account.lots == ()
     assert t.account.entries == a.entries + 1
-    alerts = {o.alert: o for o in t.outputs if isinstance(o, acc.AlertOut)}
-    assert alerts[acc.AlertKind.FUNDS_EXPIRED].amount == D("7.5000")
-    assert alerts[acc.AlertKind.FUNDS_EXPIRED].entry_id == entry.entry_id
+    alerts = {o.alert: o for o in t.outputs if isinstance(o, AlertOut)}
+    assert alerts[AlertKind.FUNDS_EXPIRED].amount == D("7.5000")
+    assert alerts[AlertKind.FUNDS_EXPIRED].entry_id == entry.entry_id
     # The usual alerts after a balance change: the balance reached zero.
-    assert acc.AlertKind.EXHAUSTED in alerts
+    assert AlertKind.EXHAUSTED in alerts
     # Nothing is left to expire: a repeated tick changes nothing.
-    assert not acc.apply_expiry(t.account, LEDGER, lot.expires_at + DAY, YEAR).changed
+    assert not apply_expiry(t.account, LEDGER, lot.expires_at + DAY, YEAR).changed
 
 
 def test_expiry_applies_the_auto_recharge_rule() -> None:
     a = credit(new(), "20.0000", "c-1").account
-    settings = acc.AutoRecharge(True, D("50.0000"), D("10.0000"))
-    a = acc.configure_auto_recharge(a, settings, cause("s-1"), T0).account
-    t = acc.apply_expiry(a, LEDGER, a.lots[0].expires_at, YEAR)
-    [request] = [o for o in t.outputs if isinstance(o, acc.RechargeOut)]
+    settings = AutoRecharge(True, D("50.0000"), D("10.0000"))
+    a = configure_auto_recharge(a, settings, cause("s-1"), T0).account
+    t = apply_expiry(a, LEDGER, a.lots[0].expires_at, YEAR)
+    [request] = [o for o in t.outputs if isinstance(o, RechargeOut)]
     assert request.balance == D("0.0000")
-    assert acc.AlertKind.LOW_BALANCE in [o.alert for o in t.outputs if isinstance(o, acc.AlertOut)]
+    assert AlertKind.LOW_BALANCE in [o.alert for o in t.outputs if isinstance(o, AlertOut)]
 
 
 def test_funds_expiring_once_per_lot_with_a_deterministic_id() -> None:
     a = credit(new(), "10.0000", "c-1").account
     expires = a.lots[0].expires_at
-    assert acc.next_expiry_due(a, YEAR) == expires - timedelta(days=30)
-    assert not acc.apply_expiry(a, LEDGER, expires - timedelta(days=31), YEAR).changed
-    t = acc.apply_expiry(a, LEDGER, expires - timedelta(days=29), YEAR)
+    assert next_expiry_due(a, YEAR) == expires - timedelta(days=30)
+    assert not apply_expiry(a, LEDGER, expires - timedelta(days=31), YEAR).changed
+    t = apply_expiry(a, LEDGER, expires - timedelta(days=29), YEAR)
     [alert] = t.outputs
-    assert isinstance(alert, acc.AlertOut)
-    assert alert.alert is acc.AlertKind.FUNDS_EXPIRING
+    assert isinstance(alert, AlertOut)
+    assert alert.alert is AlertKind.FUNDS_EXPIRING
     assert (alert.amount, alert.expires_at) == (D("10.0000"), expires)
-    again = acc.apply_expiry(a, LEDGER, expires - timedelta(days=20), YEAR)
-    assert isinstance(again.outputs[0], acc.AlertOut)
+    again = apply_expiry(a, LEDGER, expires - timedelta(days=20), YEAR)
+    assert isinstance(again.outputs[0], AlertOut)
     assert again.outputs[0].alert_id == alert.alert_id
     # Once noticed, the next time due is the expiry itself.
-    assert not acc.apply_expiry(t.account, LEDGER, expires - DAY, YEAR).changed
-    assert acc.next_expiry_due(t.account, YEAR) == expires
+    assert not apply_expiry(t.account, LEDGER, expires - DAY, YEAR).changed
+    assert next_expiry_due(t.account, YEAR) == expires
     # The alert as the contract's model takes it.
     BalanceAlert.model_validate_json(orjson.dumps(output_to_dict(alert, "USD")))
 
 
 def test_expiry_outputs_validate_against_the_contract() -> None:
     a = credit(new(), "10.0000", "c-1").account
-    t = acc.apply_expiry(a, LEDGER, a.lots[0].expires_at, YEAR)
+    t = apply_expiry(a, LEDGER, a.lots[0].expires_at, YEAR)
     for out in t.outputs:
         raw = orjson.dumps(output_to_dict(out, "USD"))
-        if isinstance(out, acc.LedgerOut):
+        if isinstance(out, LedgerOut):
             assert LedgerEntry.model_validate_json(raw).kind == "expiry"
         else:
             BalanceAlert.model_validate_json(raw)
@@ -224,7 +228,7 @@ def test_lots_always_add_up_to_the_balance(ops: list[tuple[str, int, int]], max_
     """balance = funds outside lots + lots - debt; lots hold money, in expiry order,
     within the bound; an expiry takes exactly its lot's rest; oldest spent first; and
     the ledger's signed sum is the balance."""
-    policy = acc.ExpiryPolicy(expire_after=timedelta(days=365), max_lots=max_lots)
+    policy = ExpiryPolicy(expire_after=timedelta(days=365), max_lots=max_lots)
     a = new()
     signed = Decimal(0)
     clock = T0
@@ -242,15 +246,15 @@ def test_lots_always_add_up_to_the_balance(ops: list[tuple[str, int, int]], max_
                 assert after[1:] == before[len(before) - len(after) + 1 :]
         else:
             clock = max(clock, at)
-            t = acc.apply_expiry(a, LEDGER, clock, policy)
-            expired = {o.cause_id: o.amount for o in t.outputs if isinstance(o, acc.LedgerOut)}
+            t = apply_expiry(a, LEDGER, clock, policy)
+            expired = {o.cause_id: o.amount for o in t.outputs if isinstance(o, LedgerOut)}
             for lot in a.lots:
                 if lot.expires_at <= clock:
                     assert expired.pop(lot.lot_id) == lot.amount
             assert not expired
             assert all(lot.expires_at > clock for lot in t.account.lots)
         for out in t.outputs:
-            if isinstance(out, acc.LedgerOut):
+            if isinstance(out, LedgerOut):
                 signed += out.amount if out.kind == "credit" else -out.amount
         a = t.account
         lots = a.lots
@@ -262,7 +266,7 @@ def test_lots_always_add_up_to_the_balance(ops: list[tuple[str, int, int]], max_
         if a.balance < 0:
             assert lots == ()
         else:
-            assert acc.lots_total(lots) <= a.balance
+            assert lots_total(lots) <= a.balance
 
 
 # ---- the engine and the timer tick -----------------------------------------------
@@ -292,7 +296,7 @@ def test_engine_expires_a_lot_once_through_a_replayed_tick(inputs: Inputs) -> No
 
 
 def test_engine_credits_lots_only_when_funds_expire(inputs: Inputs) -> None:
-    never = Harness(engine(acc.ExpiryPolicy()))
+    never = Harness(engine(ExpiryPolicy()))
     never.command(inputs.funds("10.0000", "f-1"))
     assert never.account().lots == ()
 
@@ -351,23 +355,23 @@ def test_consumption_counts_per_service_in_the_event_times_month(inputs: Inputs)
 
 
 def test_consumption_keeps_two_months_by_event_time() -> None:
-    d = acc.Debit(D("1.0000"), "+1", D("0.0200"), 60, service="outbound")
-    usage: tuple[acc.MonthUsage, ...] = ()
-    usage = acc.count_usage(usage, datetime(2026, 10, 5, tzinfo=UTC), "outbound", d)
-    usage = acc.count_usage(usage, datetime(2026, 12, 5, tzinfo=UTC), "outbound", d)
+    d = Debit(D("1.0000"), "+1", D("0.0200"), 60, service="outbound")
+    usage: tuple[MonthUsage, ...] = ()
+    usage = count_usage(usage, datetime(2026, 10, 5, tzinfo=UTC), "outbound", d)
+    usage = count_usage(usage, datetime(2026, 12, 5, tzinfo=UTC), "outbound", d)
     assert [m.month for m in usage] == [202612]  # October is not the month before
-    usage = acc.count_usage(usage, datetime(2026, 11, 5, tzinfo=UTC), "outbound", d)
+    usage = count_usage(usage, datetime(2026, 11, 5, tzinfo=UTC), "outbound", d)
     assert [m.month for m in usage] == [202612, 202611]
     # Older than both: not counted.
-    assert acc.count_usage(usage, datetime(2026, 10, 5, tzinfo=UTC), "outbound", d) is usage
-    usage = acc.count_usage(usage, datetime(2027, 1, 1, tzinfo=UTC), "toll_free_inbound", d)
+    assert count_usage(usage, datetime(2026, 10, 5, tzinfo=UTC), "outbound", d) is usage
+    usage = count_usage(usage, datetime(2027, 1, 1, tzinfo=UTC), "toll_free_inbound", d)
     assert [m.month for m in usage] == [202701, 202612]
     assert usage[0].services[1].events == 1
     # The view's current month is the clock's; an idle tenant shows zeros.
-    view = account_view(acc.Account(TENANT, balance=D("0.0000"), usage=usage), "USD", T0)
+    view = account_view(Account(TENANT, balance=D("0.0000"), usage=usage), "USD", T0)
     assert [m["month"] for m in view["consumption"]] == ["2027-01", "2026-12"]
     later = account_view(
-        acc.Account(TENANT, balance=D("0.0000"), usage=usage),
+        Account(TENANT, balance=D("0.0000"), usage=usage),
         "USD",
         datetime(2027, 3, 1, tzinfo=UTC),
     )
@@ -555,18 +559,16 @@ def test_both_kinds_of_tick_match_the_documented_timer_message() -> None:
 
 
 def test_a_lot_merged_past_the_bound_never_reuses_a_notice_id() -> None:
-    policy = acc.ExpiryPolicy(
-        expire_after=timedelta(days=365), notice=timedelta(days=30), max_lots=1
-    )
+    policy = ExpiryPolicy(expire_after=timedelta(days=365), notice=timedelta(days=30), max_lots=1)
     a = credit(new(), "1.0000", "c-1", T0, policy).account
     first = a.lots[0].expires_at
-    noticed = acc.apply_expiry(a, LEDGER, first - timedelta(days=1), policy)
+    noticed = apply_expiry(a, LEDGER, first - timedelta(days=1), policy)
     [notice] = noticed.outputs
     # A credit a day later merges into the noticed lot (the bound is 1): a later expiry.
     merged = credit(noticed.account, "2.0000", "c-2", T0 + DAY, policy).account
     assert [(lot.lot_id, lot.noticed) for lot in merged.lots] == [(a.lots[0].lot_id, False)]
-    again = acc.apply_expiry(merged, LEDGER, first, policy)
+    again = apply_expiry(merged, LEDGER, first, policy)
     [second] = again.outputs
-    assert isinstance(second, acc.AlertOut) and second.amount == D("3.0000")
-    assert isinstance(notice, acc.AlertOut)
+    assert isinstance(second, AlertOut) and second.amount == D("3.0000")
+    assert isinstance(notice, AlertOut)
     assert second.alert_id != notice.alert_id

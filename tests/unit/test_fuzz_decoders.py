@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
+from processor.core.state import RechargePolicy
 from processor.core.stored import Mark, StoredAccount
 from processor.kafka.topics import TopicNames
 from processor.worker.handler import (

@@ -11,7 +11,7 @@ import pytest
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from processor.config.settings import Settings
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.kafka.options import (
     KafkaConfigError,
     describe,

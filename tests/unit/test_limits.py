@@ -13,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.core import account as acc
-from processor.core.account import Account, AlertKind, AlertOut, AutoRecharge, Cause
 from processor.core.engine import Status
+from processor.core.outputs import AlertKind, AlertOut, LedgerOut, Output, RechargeOut
+from processor.core.state import Account, AutoRecharge, RechargeMode, is_exhausted
+from processor.core.transition import Cause
+from processor.core.usage import Debit
 from processor.http.views import account_view
 from processor.worker import codec
 from schemas import BalanceAlert, DecodeError, TenantLimitsConfigured, decode_command
@@ -49,21 +52,21 @@ def limits_cmd(inputs: Inputs, cid: str | None = None, **fields: Any) -> TenantL
     return command
 
 
-def kinds(outputs: tuple[acc.Output, ...] | list[acc.Output]) -> list[AlertKind]:
+def kinds(outputs: tuple[Output, ...] | list[Output]) -> list[AlertKind]:
     return [o.alert for o in outputs if isinstance(o, AlertOut)]
 
 
-def debit(amount: str) -> acc.Debit:
-    return acc.Debit(D(amount), "+1", D("0.0200"), 60)
+def debit(amount: str) -> Debit:
+    return Debit(D(amount), "+1", D("0.0200"), 60)
 
 
 # ---- credit_limit ------------------------------------------------------------------
 
 
 def test_exhausted_is_balance_plus_credit_limit_at_or_below_zero() -> None:
-    assert acc.is_exhausted(D("0"))
-    assert not acc.is_exhausted(D("-4.9999"), D("5.0000"))
-    assert acc.is_exhausted(D("-5.0000"), D("5.0000"))
+    assert is_exhausted(D("0"))
+    assert not is_exhausted(D("-4.9999"), D("5.0000"))
+    assert is_exhausted(D("-5.0000"), D("5.0000"))
     assert Account(TENANT, balance=D("-1.0000"), credit_limit=D("2.0000")).exhausted is False
 
 
@@ -89,7 +92,7 @@ def test_a_new_credit_limit_that_crosses_raises_the_status_alert(inputs: Inputs)
     assert out.status is Status.APPLIED
     assert kinds(out.outputs) == [AlertKind.RESTORED]
     assert not h.account().exhausted
-    assert [o for o in out.outputs if isinstance(o, acc.LedgerOut)] == []  # no entry
+    assert [o for o in out.outputs if isinstance(o, LedgerOut)] == []  # no entry
     out = h.command(limits_cmd(inputs, "l-2", credit_limit="0.2100"))
     assert kinds(out.outputs) == [AlertKind.EXHAUSTED]
     statuses = [a.status_seq for a in h.alerts() if a.status_seq is not None]
@@ -232,11 +235,11 @@ def test_to_target_requests_the_difference_to_the_target() -> None:
 
 
 def test_to_target_amount_follows_the_balance_when_requested() -> None:
-    ar = AutoRecharge(True, D("10.0000"), D("5.0000"), mode=acc.RechargeMode.TO_TARGET,
+    ar = AutoRecharge(True, D("10.0000"), D("5.0000"), mode=RechargeMode.TO_TARGET,
                       target_balance=D("30.0000"))  # fmt: skip
     a = Account(TENANT, balance=D("6.0000"), auto_recharge=ar)
     t = acc.apply_debit(a, debit("8.5000"), CALL, T0)  # -2.5000
-    [request] = [o for o in t.outputs if isinstance(o, acc.RechargeOut)]
+    [request] = [o for o in t.outputs if isinstance(o, RechargeOut)]
     assert request.amount == D("32.5000")
     fixed = acc.apply_debit(
         Account(TENANT, balance=D("6.0000"), auto_recharge=AutoRecharge(True, D("10"), D("5"))),
@@ -244,7 +247,7 @@ def test_to_target_amount_follows_the_balance_when_requested() -> None:
         CALL,
         T0,
     )
-    assert [o.amount for o in fixed.outputs if isinstance(o, acc.RechargeOut)] == [D("10")]
+    assert [o.amount for o in fixed.outputs if isinstance(o, RechargeOut)] == [D("10")]
 
 
 @pytest.mark.parametrize(
@@ -323,7 +326,7 @@ def test_stored_account_keeps_the_new_fields() -> None:
         True,
         D("10.0000"),
         D("5.0000"),
-        mode=acc.RechargeMode.TO_TARGET,
+        mode=RechargeMode.TO_TARGET,
         target_balance=D("30.0000"),
     )
     a = Account(
@@ -362,7 +365,7 @@ def test_values_written_before_decode_with_the_defaults() -> None:
     }
     a = codec.account_from_dict(old)
     assert a.credit_limit == 0 and a.notify_below is None
-    assert a.auto_recharge is not None and a.auto_recharge.mode is acc.RechargeMode.FIXED
+    assert a.auto_recharge is not None and a.auto_recharge.mode is RechargeMode.FIXED
     assert a.auto_recharge.target_balance is None
     assert a.exhausted
     # Written back, an account with the defaults is the same value as before.
@@ -419,7 +422,7 @@ def test_settings_that_differ_only_in_mode_decode_apart() -> None:
     target = Account(
         TENANT,
         auto_recharge=AutoRecharge(
-            True, D("10.0000"), D("5.0000"), mode=acc.RechargeMode.TO_TARGET,
+            True, D("10.0000"), D("5.0000"), mode=RechargeMode.TO_TARGET,
             target_balance=D("20.0000"),
         ),
     )  # fmt: skip

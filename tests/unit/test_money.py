@@ -18,7 +18,11 @@ import pytest
 
 from processor.core import account as acc
 from processor.core.money import EXACT, PRECISION, Unit, UnitMismatch, check_unit, unit_problem
+from processor.core.outputs import LedgerOut
+from processor.core.state import Account
 from processor.core.stored import StoredAccount
+from processor.core.transition import Cause
+from processor.core.usage import Debit
 from processor.ops.service_commands import startup_refusal
 from processor.worker.codec import Undecoded, dump_stored, load_stored, stored_to_dict
 from tests.unit.conftest import CALLS, CARD, CARD2, T0, TENANT, Harness, Inputs, make_engine
@@ -72,7 +76,7 @@ def test_the_engine_stamps_every_value_with_the_cards_unit() -> None:
 
 
 def test_a_value_keeps_its_unit_through_the_codec() -> None:
-    stored = StoredAccount(acc.Account(TENANT, balance=Decimal("1.2300")), seq=3, unit=USD4)
+    stored = StoredAccount(Account(TENANT, balance=Decimal("1.2300")), seq=3, unit=USD4)
     raw = dump_stored(stored)
     data = orjson.loads(raw)
     assert (data[5], data[6]) == ("USD", 4)  # currency, decimals (codec.stored_to_list)
@@ -82,7 +86,7 @@ def test_a_value_keeps_its_unit_through_the_codec() -> None:
 
 def test_a_value_written_before_units_were_stored_still_decodes() -> None:
     # The format of the values already in every changelog: no currency, no decimals.
-    legacy = stored_to_dict(StoredAccount(acc.Account(TENANT, balance=Decimal("1.23")), seq=1))
+    legacy = stored_to_dict(StoredAccount(Account(TENANT, balance=Decimal("1.23")), seq=1))
     assert "currency" not in legacy and "decimals" not in legacy
     raw = orjson.dumps(legacy)
     assert load_stored(raw).unit is None
@@ -125,37 +129,37 @@ def test_the_context_traps_every_silent_change() -> None:
 def test_a_balance_beyond_the_default_precision_stays_exact() -> None:
     # 30 significant digits: the default context (28) rounds the sum silently.
     big = Decimal("12345678901234567890123456.0000")
-    a = acc.Account(TENANT, balance=big)
-    debit = acc.Debit(Decimal("0.0001"), "+1", Decimal("0.0200"), 60)
+    a = Account(TENANT, balance=big)
+    debit = Debit(Decimal("0.0001"), "+1", Decimal("0.0200"), 60)
     with localcontext() as ctx:
         ctx.prec = 28  # the default, whatever a caller set before
-        t = acc.apply_debit(a, debit, acc.Cause(CALLS, "e-1", T0), T0)
+        t = acc.apply_debit(a, debit, Cause(CALLS, "e-1", T0), T0)
         f = acc.apply_funds(
             a,
             Decimal("0.0001"),
-            acc.Cause(CALLS, "f-1", T0),
+            Cause(CALLS, "f-1", T0),
             T0,
             manual=True,
             recharge_request_id=None,
         )
     assert t.account.balance == Decimal("12345678901234567890123455.9999")
     assert f.account.balance == Decimal("12345678901234567890123456.0001")
-    (entry,) = [o for o in t.outputs if isinstance(o, acc.LedgerOut)]
+    (entry,) = [o for o in t.outputs if isinstance(o, LedgerOut)]
     assert entry.balance_after == t.account.balance and entry.amount == Decimal("0.0001")
 
 
 def test_balance_arithmetic_does_not_depend_on_the_callers_context() -> None:
-    a = acc.Account(TENANT, balance=Decimal("10.0000"))
-    debit = acc.Debit(Decimal("0.0123"), "+1", Decimal("0.0200"), 60)
+    a = Account(TENANT, balance=Decimal("10.0000"))
+    debit = Debit(Decimal("0.0123"), "+1", Decimal("0.0200"), 60)
     with localcontext() as ctx:
         ctx.prec = 3  # a caller's careless context must not round a balance
-        t = acc.apply_debit(a, debit, acc.Cause(CALLS, "e-1", T0), T0)
+        t = acc.apply_debit(a, debit, Cause(CALLS, "e-1", T0), T0)
     assert t.account.balance == Decimal("9.9877")
 
 
 def test_a_sum_that_cannot_be_exact_raises_instead_of_rounding() -> None:
     huge = Decimal(10) ** PRECISION  # one digit more than the context holds, plus places
-    a = acc.Account(TENANT, balance=huge)
-    debit = acc.Debit(Decimal("0.0001"), "+1", Decimal("0.0200"), 60)
+    a = Account(TENANT, balance=huge)
+    debit = Debit(Decimal("0.0001"), "+1", Decimal("0.0200"), 60)
     with pytest.raises(Inexact):
-        acc.apply_debit(a, debit, acc.Cause(CALLS, "e-1", T0), T0)
+        acc.apply_debit(a, debit, Cause(CALLS, "e-1", T0), T0)

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from processor.core import account as acc
 from processor.core.engine import Status
+from processor.core.outputs import AlertKind, AlertOut, NotificationsOut
 from processor.http.views import account_view
 from processor.kafka.topics import TopicNames
 from processor.worker import codec
@@ -41,7 +41,7 @@ def test_settings_are_applied_stored_and_published(harness: Harness) -> None:
     outcome = harness.command(decode_command(settings_command()))
     assert outcome.status is Status.APPLIED
     [out] = outcome.outputs
-    assert isinstance(out, acc.NotificationsOut)
+    assert isinstance(out, NotificationsOut)
     account = harness.account()
     assert account.notifications == out.settings
     assert account.notifications.webhook_secret_sealed == SEALED
@@ -136,7 +136,7 @@ def test_funds_that_close_a_request_raise_recharge_succeeded(harness: Harness) -
     [succeeded] = [
         o
         for o in outcome.outputs
-        if isinstance(o, acc.AlertOut) and o.alert is acc.AlertKind.RECHARGE_SUCCEEDED
+        if isinstance(o, AlertOut) and o.alert is AlertKind.RECHARGE_SUCCEEDED
     ]
     assert succeeded.request_id == request.request_id
     assert succeeded.amount == request.amount and succeeded.balance == harness.account().balance
@@ -147,7 +147,7 @@ def test_funds_that_close_a_request_raise_recharge_succeeded(harness: Harness) -
     for cmd in (inputs.funds("1.0000"), inputs.auto_funds("50.0000", request.request_id)):
         out = harness.command(cmd).outputs
         assert not any(
-            isinstance(o, acc.AlertOut) and o.alert is acc.AlertKind.RECHARGE_SUCCEEDED for o in out
+            isinstance(o, AlertOut) and o.alert is AlertKind.RECHARGE_SUCCEEDED for o in out
         )
 
 

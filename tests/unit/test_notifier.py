@@ -29,7 +29,8 @@ from processor.notifier.channels import (
     webhook_headers,
 )
 from processor.notifier.events import Settings, notification_of, selected
-from processor.notifier.service import Notifier, NotifierConfig, SettingsBook
+from processor.notifier.service import Notifier, NotifierConfig
+from processor.notifier.settings_book import SettingsBook
 from processor.notifier.store import Delivery, OutboxStore
 from processor.observability import metrics
 from processor.sink.store import database_url

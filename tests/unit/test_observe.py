@@ -157,7 +157,7 @@ def test_tenant_balance_export_is_off_by_default_and_read_from_the_environment(
 
 
 def test_the_real_meter_has_everything_the_observers_read() -> None:
-    from processor.core.rating import example_rate_card_path, load_rate_card
+    from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
     from processor.worker.app import Broker, Meter
 
     meter = Meter(

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from processor.config.settings import Settings
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.dev.kafka_local import free_port
 from processor.http import admin, admin_web
 from processor.http.problems import PROBLEM_JSON, PROBLEM_TYPE_BASE, problem, problem_body

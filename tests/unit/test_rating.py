@@ -15,17 +15,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.core.rating import (
-    Charge,
-    Rate,
-    RateCard,
-    RateCardError,
-    RateTable,
-    RoundingMode,
-    example_rate_card_path,
-    load_rate_card,
-    parse_rate_card,
-)
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card, parse_rate_card
+from processor.core.rating import Charge, Rate, RateCard, RateCardError, RateTable, RoundingMode
 
 OUT = RateTable.OUTBOUND
 TOLL_FREE = RateTable.TOLL_FREE_INBOUND

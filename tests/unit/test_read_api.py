@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from processor.config.settings import Settings
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.http import accounts as accounts_module
 from processor.http.problems import RETRY_AFTER_SECONDS
 from processor.kafka.routing import (

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
-from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+from processor.core.state import RechargePolicy
 from processor.kafka.topics import TopicNames
 from processor.ops import cli, common
 from processor.ops.replay import (

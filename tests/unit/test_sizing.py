@@ -19,8 +19,8 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from processor.core.account import RechargePolicy
 from processor.core.engine import DedupeWindow, Engine
+from processor.core.state import RechargePolicy
 from processor.kafka.routing import partition_for
 from processor.worker import sizing
 from processor.worker.handler import (

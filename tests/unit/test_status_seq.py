@@ -17,8 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.core import account as acc
-from processor.core.account import AlertKind
 from processor.core.engine import Engine
+from processor.core.outputs import AlertKind, AlertOut
+from processor.core.recharge import configure_auto_recharge
+from processor.core.state import Account, AutoRecharge
+from processor.core.transition import Cause
+from processor.core.usage import Debit
 from schemas import BalanceAlert, CallUsage, Command
 from tests.unit.conftest import (
     CARD,
@@ -71,12 +75,12 @@ def apply(h: Harness, record: Input) -> None:
         h.command(record)
 
 
-def status_alerts(h: Harness, since: int = 0) -> list[acc.AlertOut]:
+def status_alerts(h: Harness, since: int = 0) -> list[AlertOut]:
     return [
         out
         for outcome in h.outcomes[since:]
         for out in outcome.outputs
-        if isinstance(out, acc.AlertOut) and out.alert in (AlertKind.EXHAUSTED, AlertKind.RESTORED)
+        if isinstance(out, AlertOut) and out.alert in (AlertKind.EXHAUSTED, AlertKind.RESTORED)
     ]
 
 
@@ -151,20 +155,20 @@ def test_after_a_replay_in_another_order_the_last_status_alert_is_the_balances_s
 
 
 def test_only_status_alerts_are_numbered() -> None:
-    a = acc.Account(TENANT, balance=Decimal("1.0000"), auto_recharge=None)
-    a = acc.configure_auto_recharge(
+    a = Account(TENANT, balance=Decimal("1.0000"), auto_recharge=None)
+    a = configure_auto_recharge(
         a,
-        acc.AutoRecharge(False, Decimal("5.0000"), Decimal("0.5000")),
-        acc.Cause("credits.commands", "s", T0),
+        AutoRecharge(False, Decimal("5.0000"), Decimal("0.5000")),
+        Cause("credits.commands", "s", T0),
         T0,
     ).account
     t = acc.apply_debit(
         a,
-        acc.Debit(Decimal("2.0000"), "+1", Decimal("0.0200"), 60),
-        acc.Cause("usage.calls", "e", T0),
+        Debit(Decimal("2.0000"), "+1", Decimal("0.0200"), 60),
+        Cause("usage.calls", "e", T0),
         T0,
     )
-    by_kind = {o.alert: o.status_seq for o in t.outputs if isinstance(o, acc.AlertOut)}
+    by_kind = {o.alert: o.status_seq for o in t.outputs if isinstance(o, AlertOut)}
     assert by_kind == {AlertKind.EXHAUSTED: 1, AlertKind.LOW_BALANCE: None}
     assert t.account.status_seq == 1
 
@@ -175,7 +179,7 @@ def test_the_counter_is_kept_in_the_account_value() -> None:
     from processor.core.stored import StoredAccount
     from processor.worker.codec import dump_stored, load_stored, stored_to_dict
 
-    stored = StoredAccount(acc.Account(TENANT, balance=Decimal("1.0000"), status_seq=12), seq=3)
+    stored = StoredAccount(Account(TENANT, balance=Decimal("1.0000"), status_seq=12), seq=3)
     assert load_stored(dump_stored(stored)).account.status_seq == 12
     legacy = stored_to_dict(stored)  # the object form of version 2
     del legacy["account"]["status_seq"]  # written before status alerts were numbered

@@ -13,9 +13,19 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.core import account as acc
-from processor.core.money import Unit
+from processor.core.money import ZERO, Unit
+from processor.core.outputs import LedgerOut
+from processor.core.state import (
+    Account,
+    AutoRecharge,
+    Lot,
+    Notifications,
+    PendingRecharge,
+    RechargeMode,
+    RechargeStatus,
+)
 from processor.core.stored import OutboxEntry, Position, StoredAccount
+from processor.core.usage import SERVICES, MonthUsage, ServiceUsage
 from processor.core.values import replace
 from processor.worker.codec import (
     Undecoded,
@@ -50,35 +60,35 @@ instants = st.one_of(
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 counts = st.integers(0, 2**40)
 settings_ = st.builds(
-    acc.AutoRecharge,
+    AutoRecharge,
     st.booleans(),
     amounts,
     amounts,
     st.booleans(),
-    st.sampled_from(list(acc.RechargeMode)),
+    st.sampled_from(list(RechargeMode)),
     st.none() | amounts,
 )
 pendings = st.builds(
-    acc.PendingRecharge,
+    PendingRecharge,
     text,
     amounts,
     st.integers(0, 10),
     instants,
-    st.sampled_from(list(acc.RechargeStatus)),
+    st.sampled_from(list(RechargeStatus)),
     st.none() | instants,
 )
-lots = st.builds(acc.Lot, text, amounts, instants, st.booleans())
+lots = st.builds(Lot, text, amounts, instants, st.booleans())
 services = st.one_of(
-    st.just(acc.ServiceUsage()),
-    st.builds(acc.ServiceUsage, st.integers(1, 10**6), counts, amounts),
+    st.just(ServiceUsage()),
+    st.builds(ServiceUsage, st.integers(1, 10**6), counts, amounts),
 )
 months = st.builds(
-    acc.MonthUsage,
+    MonthUsage,
     st.integers(190001, 999912),
-    st.tuples(*[services] * len(acc.SERVICES)),
+    st.tuples(*[services] * len(SERVICES)),
 )
 notifications = st.builds(
-    acc.Notifications,
+    Notifications,
     st.lists(text, max_size=3).map(tuple),
     st.none() | text,
     st.none() | text,
@@ -86,7 +96,7 @@ notifications = st.builds(
     text,
 )
 accounts = st.builds(
-    acc.Account,
+    Account,
     tenant_id=text,
     balance=amounts,
     auto_recharge=st.none() | settings_,
@@ -95,7 +105,7 @@ accounts = st.builds(
     entries=counts,
     requests_issued=counts,
     status_seq=counts,
-    credit_limit=st.just(acc.ZERO) | amounts,
+    credit_limit=st.just(ZERO) | amounts,
     notify_below=st.none() | amounts,
     lots=st.lists(lots, max_size=3).map(tuple),
     usage=st.lists(months, max_size=3).map(tuple),
@@ -118,7 +128,7 @@ outboxes = st.lists(
         lambda seq, offset, amount: OutboxEntry(
             seq,
             Position("usage.calls:0", offset),
-            (acc.LedgerOut("e-1", "acme", "credit", amount, amount, "c", "c-1", AT, AT),),
+            (LedgerOut("e-1", "acme", "credit", amount, amount, "c", "c-1", AT, AT),),
         ),
         counts,
         counts,
@@ -148,7 +158,7 @@ def as_version_2_kept_it(stored: StoredAccount) -> StoredAccount:
         for lot in a.lots
     )
     ar = a.auto_recharge
-    if ar is not None and ar.mode is acc.RechargeMode.FIXED:
+    if ar is not None and ar.mode is RechargeMode.FIXED:
         ar = replace(ar, target_balance=None)
     return replace(stored, account=replace(a, lots=cut, auto_recharge=ar))
 
@@ -224,7 +234,7 @@ MAIN_65933C6 = (
 
 def written_by_main() -> StoredAccount:
     D = Decimal
-    entry = acc.LedgerOut(
+    entry = LedgerOut(
         "e-9",
         "acme",
         "debit",
@@ -238,13 +248,13 @@ def written_by_main() -> StoredAccount:
         rate_per_minute=D("0.0200"),
         billed_seconds=60,
     )
-    account = acc.Account(
+    account = Account(
         tenant_id="acme",
         balance=D("42.1234"),
-        auto_recharge=acc.AutoRecharge(
-            True, D("25.00"), D("5.00"), True, acc.RechargeMode.TO_TARGET, D("50.0000")
+        auto_recharge=AutoRecharge(
+            True, D("25.00"), D("5.00"), True, RechargeMode.TO_TARGET, D("50.0000")
         ),
-        pending=acc.PendingRecharge("r-7", D("25.00"), 2, U, acc.RechargeStatus.FAILED, AT),
+        pending=PendingRecharge("r-7", D("25.00"), 2, U, RechargeStatus.FAILED, AT),
         updated_at=U,
         entries=17,
         requests_issued=3,
@@ -252,21 +262,21 @@ def written_by_main() -> StoredAccount:
         credit_limit=D("10.00"),
         notify_below=D("7.5000"),
         lots=(
-            acc.Lot("lot-a", D("17.1234"), datetime(2027, 6, 1, 10, 0, tzinfo=UTC), True),
-            acc.Lot("lot-b", D("25.0000"), datetime(2027, 11, 1, 10, 0, tzinfo=UTC)),
+            Lot("lot-a", D("17.1234"), datetime(2027, 6, 1, 10, 0, tzinfo=UTC), True),
+            Lot("lot-b", D("25.0000"), datetime(2027, 11, 1, 10, 0, tzinfo=UTC)),
         ),
         usage=(
-            acc.MonthUsage(
+            MonthUsage(
                 202612,
                 (
-                    acc.ServiceUsage(3, 180, D("0.0600")),
-                    acc.ServiceUsage(),
-                    acc.ServiceUsage(1, 60, D("0.0300")),
-                    acc.ServiceUsage(),
+                    ServiceUsage(3, 180, D("0.0600")),
+                    ServiceUsage(),
+                    ServiceUsage(1, 60, D("0.0300")),
+                    ServiceUsage(),
                 ),
             ),
         ),
-        notifications=acc.Notifications(
+        notifications=Notifications(
             ("ops@acme.test",), "https://acme.test/hook", "gAAAA-sealed", ("low_balance",), "n-1"
         ),
     )

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processor.core.account import Account, PendingRecharge
+from processor.core.state import Account, PendingRecharge
 from processor.core.stored import StoredAccount
 from processor.worker.codec import Undecoded, dump_stored
 from processor.worker.tally import AccountTally, Totals, Value

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from processor.config.settings import Settings
-from processor.core.account import Account
+from processor.core.state import Account
 from processor.core.stored import InputsRewound, StoredAccount, highest_applied, rewound_inputs
 from processor.kafka.topics import (
     FOREVER,

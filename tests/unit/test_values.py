@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from processor.core import values
-from processor.core.account import Account
+from processor.core.state import Account
 from processor.core.stored import Position, StoredAccount
 from processor.core.values import fast_init
 

@@ -1,0 +1,108 @@
+"""Charged usage: the debit a rated event makes, and the account's consumption.
+
+Pure: no Kafka, Faust or metrics. The consumption counts each charged event under its
+service in the calendar month (UTC) of its event time, for the newest month seen and
+the one before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from processor.core.money import EXACT, ZERO
+from processor.core.values import fast_init
+
+# The services usage is counted under in the account's consumption, in this order.
+SERVICES = (
+    "outbound",
+    "toll_free_inbound",
+    "conferencing_dial_out",
+    "conferencing_toll_free_dial_in",
+)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class ServiceUsage:
+    events: int = 0
+    billed_seconds: int = 0
+    amount: Decimal = ZERO
+
+
+_NO_USAGE = ServiceUsage()
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class MonthUsage:
+    """One calendar month (UTC, of the usage's event time) of charged usage, per
+    service in SERVICES order. `month` is year * 100 + month (202612)."""
+
+    month: int
+    services: tuple[ServiceUsage, ...] = (_NO_USAGE,) * len(SERVICES)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Debit:
+    amount: Decimal
+    rate_prefix: str
+    rate_per_minute: Decimal
+    billed_seconds: int
+    # One of SERVICES, for the account's consumption (None: not counted).
+    service: str | None = None
+
+
+_SERVICE_INDEX = {name: i for i, name in enumerate(SERVICES)}
+
+
+def _month_of(at: datetime) -> int:
+    if at.utcoffset():
+        at = at.astimezone(UTC)
+    return at.year * 100 + at.month
+
+
+def month_before(month: int) -> int:
+    year, m = divmod(month, 100)
+    return (year - 1) * 100 + 12 if m == 1 else month - 1
+
+
+def count_usage(
+    usage: tuple[MonthUsage, ...], occurred_at: datetime, service: str, debit: Debit
+) -> tuple[MonthUsage, ...]:
+    """`usage` with one charged event counted in its event time's month (UTC).
+
+    Kept: the newest month seen and the one before it. An event of a later month
+    starts a new one (keeping the month before it if that is the newest so far); an
+    event older than both months kept is not counted (its debit still is).
+    """
+    month = _month_of(occurred_at)
+    index = _SERVICE_INDEX[service]
+    if usage and usage[0].month == month:  # nearly every event: this month's
+        return (_add_usage(usage[0], index, debit), *usage[1:])
+    for i, kept in enumerate(usage):
+        if kept.month == month:
+            counted = list(usage)
+            counted[i] = _add_usage(kept, index, debit)
+            return tuple(counted)
+    if not usage or month > usage[0].month:
+        new = _add_usage(MonthUsage(month), index, debit)
+        if usage and usage[0].month == month_before(month):
+            return (new, usage[0])
+        return (new,)
+    if len(usage) == 1 and month == month_before(usage[0].month):
+        return (usage[0], _add_usage(MonthUsage(month), index, debit))
+    return usage
+
+
+def _add_usage(month: MonthUsage, index: int, debit: Debit) -> MonthUsage:
+    services = month.services
+    old = services[index]
+    counted = ServiceUsage(
+        old.events + 1,
+        old.billed_seconds + debit.billed_seconds,
+        EXACT.add(old.amount, debit.amount),
+    )
+    return MonthUsage(month.month, (*services[:index], counted, *services[index + 1 :]))
