@@ -37,7 +37,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
 
-from processor.worker.codec import dumps
+from processor.kafka.wire import dumps
 
 __all__ = [
     "BILLING_GROUP_ID",

@@ -1,10 +1,9 @@
-"""Bytes in and out of Kafka for the processor's own state and outputs.
+"""Bytes in and out of Kafka for the worker's own state: stored accounts and marks.
 
-The core's outputs become the contract's JSON here (field names from CONTRACT.md,
-money as fixed-point strings at the card's precision, RFC 3339 "Z" timestamps). The
-account state is stored as compact JSON so a changelog can be read by a person: since
-version 3 an array, its fields by position (`stored_to_list`), as it is held in memory
-for every tenant.
+The account state is stored as compact JSON so a changelog can be read by a person:
+since version 3 an array, its fields by position (`stored_to_list`), as it is held in
+memory for every tenant. The outputs' formats (also kept in an account's outbox) are
+processor/kafka/wire.py's.
 """
 
 from __future__ import annotations
@@ -22,53 +21,31 @@ from processor.core.account import (
     SERVICES,
     ZERO,
     Account,
-    AlertKind,
-    AlertOut,
     AutoRecharge,
-    LedgerOut,
     Lot,
     MonthUsage,
     Notifications,
-    NotificationsOut,
-    Output,
     PendingRecharge,
     RechargeMode,
-    RechargeOut,
     RechargeStatus,
     ServiceUsage,
     is_exhausted,
 )
-from processor.core.engine import EXPIRY_TICK, TimerTick
 from processor.core.money import Unit
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
-from schemas.types import format_money, format_timestamp, parse_timestamp
-
-
-def dumps(value: Any) -> bytes:
-    """orjson.dumps, in a bytes object of the text's own size.
-
-    orjson (3.12 and later) hands back its whole working buffer, at least 4 KiB, with
-    the length set to the text's: an 80-byte dedupe mark held until its batch is
-    produced keeps 4 KiB, and each one written lands on a page never touched before.
-    Held by the thousand, that cost a page fault (3.8 us here) and 4 KiB per record:
-    100,000 marks held took 3.96 us each and +393 MB, copied out 0.96 us and +10 MB
-    (through a memoryview; this join is 0.05 us over orjson.dumps alone).
-    """
-    return b"".join((orjson.dumps(value, option=orjson.OPT_UTC_Z), b""))
-
-
-def _at(value: datetime) -> datetime | str:
-    """A timestamp for `dumps`: RFC 3339 "Z" text, as format_timestamp writes it.
-
-    orjson writes a UTC datetime itself, the same text (microseconds only when
-    non-zero) in 0.4 us against format_timestamp's 3 us (isoformat with an offset, then
-    cut), and a ledger entry has two. Any other datetime goes through format_timestamp.
-    """
-    return value if value.tzinfo is UTC and type(value) is datetime else format_timestamp(value)
+from processor.kafka.wire import (
+    dumps,
+    notifications_from_dict,
+    notifications_to_dict,
+    output_from_dict,
+    output_to_dict,
+    wire_time,
+)
+from schemas.types import format_money
 
 
 def _ts(value: datetime | None) -> datetime | str | None:
-    return None if value is None else _at(value)
+    return None if value is None else wire_time(value)
 
 
 # The processor's own values are read back by the million at recovery, and held in
@@ -225,8 +202,8 @@ def account_from_dict(data: dict[str, Any]) -> Account:
         requests_issued=int(data.get("requests_issued", 0)),
         status_seq=int(data.get("status_seq", 0)),
         credit_limit=_amount(data["credit_limit"]) if "credit_limit" in data else ZERO,
-        notify_below=_opt_decimal(data.get("notify_below")),
-        notifications=_notifications(data.get("notifications")),
+        notify_below=None if data.get("notify_below") is None else Decimal(data["notify_below"]),
+        notifications=notifications_from_dict(data.get("notifications")),
         updated_at=_own_dt(data.get("updated_at")),
         auto_recharge=None if ar is None else _settings(ar),
         lots=_lots(data.get("lots")),
@@ -270,29 +247,6 @@ def _usage(data: list[list[Any]] | None) -> tuple[MonthUsage, ...]:
             ),
         )
         for month in data
-    )
-
-
-def notifications_to_dict(settings: Notifications) -> dict[str, Any]:
-    return {
-        "emails": list(settings.emails),
-        "webhook_url": settings.webhook_url,
-        # Sealed by the admin API (a Fernet token): never the secret itself.
-        "webhook_secret_sealed": settings.webhook_secret_sealed,
-        "events": list(settings.events),
-        "command_id": settings.command_id,
-    }
-
-
-def _notifications(data: dict[str, Any] | None) -> Notifications | None:
-    if data is None:
-        return None
-    return Notifications(
-        emails=tuple(data["emails"]),
-        webhook_url=data.get("webhook_url"),
-        webhook_secret_sealed=data.get("webhook_secret_sealed"),
-        events=tuple(data["events"]),
-        command_id=str(data["command_id"]),
     )
 
 
@@ -416,7 +370,7 @@ def _stamp(value: datetime) -> int | datetime | str:
         micros = seconds * _MICROS + micro
         if micros <= -_SECONDS_BELOW or micros >= _SECONDS_BELOW:
             return micros
-    return _at(value)
+    return wire_time(value)
 
 
 def _from_stamp(value: int | str) -> datetime:
@@ -828,174 +782,3 @@ def dump_mark(mark: Mark) -> bytes:
 def load_mark(raw: bytes) -> Mark:
     data = orjson.loads(raw)
     return Mark(int(data["e"]), Position(_name(data["tp"]), int(data["o"])))
-
-
-# ---- outputs ---------------------------------------------------------------------
-
-
-def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
-    if isinstance(out, LedgerOut):
-        entry: dict[str, Any] = {
-            "type": "ledger_entry",
-            "entry_id": out.entry_id,
-            "tenant_id": out.tenant_id,
-            "kind": out.kind,
-            "amount": format_money(out.amount),
-            "currency": currency,
-            "balance_after": format_money(out.balance_after),
-            "cause_topic": out.cause_topic,
-            "cause_id": out.cause_id,
-            "occurred_at": _at(out.occurred_at),
-            "recorded_at": _at(out.recorded_at),
-        }
-        if out.kind == "debit":
-            assert out.rate_per_minute is not None
-            entry["rate_prefix"] = out.rate_prefix
-            entry["rate_per_minute"] = format_money(out.rate_per_minute)
-            entry["billed_seconds"] = out.billed_seconds
-        if out.actor is not None:
-            entry["actor"] = out.actor
-        return entry
-    if isinstance(out, AlertOut):
-        alert: dict[str, Any] = {
-            "type": "balance_alert",
-            "alert_id": out.alert_id,
-            "tenant_id": out.tenant_id,
-            "alert": out.alert.value,
-            "balance": format_money(out.balance),
-            "currency": currency,
-            "occurred_at": _at(out.occurred_at),
-        }
-        if out.status_seq is not None:
-            alert["status_seq"] = out.status_seq
-        if out.reason is not None:
-            alert["reason"] = out.reason
-        if out.request_id is not None:
-            alert["request_id"] = out.request_id
-        if out.amount is not None:
-            alert["amount"] = format_money(out.amount)
-        if out.expires_at is not None:
-            alert["expires_at"] = _at(out.expires_at)
-        if out.entry_id is not None:
-            alert["entry_id"] = out.entry_id
-        return alert
-    if isinstance(out, NotificationsOut):
-        return {
-            "type": "notification_settings",
-            "tenant_id": out.tenant_id,
-            **notifications_to_dict(out.settings),
-            "updated_at": _at(out.updated_at),
-        }
-    assert isinstance(out, RechargeOut)
-    return {
-        "type": "recharge_requested",
-        "request_id": out.request_id,
-        "tenant_id": out.tenant_id,
-        "amount": format_money(out.amount),
-        "currency": currency,
-        "trigger_balance": format_money(out.trigger_balance),
-        "balance": format_money(out.balance),
-        "attempt": out.attempt,
-        "requested_at": _at(out.requested_at),
-    }
-
-
-def dump_output(out: Output, currency: str) -> bytes:
-    return dumps(output_to_dict(out, currency))
-
-
-def _opt_decimal(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(value)
-
-
-def output_from_dict(data: dict[str, Any]) -> Output:
-    """The inverse of output_to_dict, for outputs kept in an account's outbox."""
-    kind = data["type"]
-    if kind == "ledger_entry":
-        return LedgerOut(
-            entry_id=data["entry_id"],
-            tenant_id=data["tenant_id"],
-            kind=data["kind"],
-            amount=Decimal(data["amount"]),
-            balance_after=Decimal(data["balance_after"]),
-            cause_topic=data["cause_topic"],
-            cause_id=data["cause_id"],
-            occurred_at=parse_timestamp(data["occurred_at"]),
-            recorded_at=parse_timestamp(data["recorded_at"]),
-            rate_prefix=data.get("rate_prefix"),
-            rate_per_minute=_opt_decimal(data.get("rate_per_minute")),
-            billed_seconds=data.get("billed_seconds"),
-            actor=data.get("actor"),
-        )
-    if kind == "balance_alert":
-        return AlertOut(
-            alert_id=data["alert_id"],
-            tenant_id=data["tenant_id"],
-            alert=AlertKind(data["alert"]),
-            balance=Decimal(data["balance"]),
-            occurred_at=parse_timestamp(data["occurred_at"]),
-            status_seq=data.get("status_seq"),
-            reason=data.get("reason"),
-            request_id=data.get("request_id"),
-            amount=_opt_decimal(data.get("amount")),
-            expires_at=None if "expires_at" not in data else parse_timestamp(data["expires_at"]),
-            entry_id=data.get("entry_id"),
-        )
-    if kind == "notification_settings":
-        settings = _notifications(data)
-        assert settings is not None
-        return NotificationsOut(
-            tenant_id=data["tenant_id"],
-            settings=settings,
-            updated_at=parse_timestamp(data["updated_at"]),
-        )
-    if kind == "recharge_requested":
-        return RechargeOut(
-            request_id=data["request_id"],
-            tenant_id=data["tenant_id"],
-            amount=Decimal(data["amount"]),
-            trigger_balance=Decimal(data["trigger_balance"]),
-            balance=Decimal(data["balance"]),
-            attempt=int(data["attempt"]),
-            requested_at=parse_timestamp(data["requested_at"]),
-        )
-    raise ValueError(f"unknown output type {kind!r}")
-
-
-# ---- timer ticks -----------------------------------------------------------------
-
-
-def dump_tick(tick: TimerTick) -> bytes:
-    if tick.kind == EXPIRY_TICK:
-        # Added: a tick for the tenant's lots names no request.
-        return dumps(
-            {
-                "tick_id": tick.tick_id,
-                "tenant_id": tick.tenant_id,
-                "kind": tick.kind,
-                "at": _at(tick.at),
-            }
-        )
-    return dumps(
-        {
-            "tick_id": tick.tick_id,
-            "tenant_id": tick.tenant_id,
-            "request_id": tick.request_id,
-            "attempt": tick.attempt,
-            "at": _at(tick.at),
-        }
-    )
-
-
-def load_tick(raw: bytes) -> TimerTick:
-    data = orjson.loads(raw)
-    kind = str(data.get("kind", "recharge"))
-    expiry = kind == EXPIRY_TICK
-    return TimerTick(
-        tick_id=str(data["tick_id"]),
-        tenant_id=str(data["tenant_id"]),
-        request_id="" if expiry else str(data["request_id"]),
-        attempt=0 if expiry else int(data["attempt"]),
-        at=parse_timestamp(data["at"]),
-        kind=kind,
-    )

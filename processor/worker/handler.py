@@ -25,9 +25,9 @@ from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from processor.core.values import fast_init
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
+from processor.kafka.wire import dump_output, dump_tick, load_tick
 from processor.observability import metrics
 from processor.worker import sizing
-from processor.worker.codec import dump_output, dump_tick, load_tick
 from processor.worker.sizing import KeyFacts, Limits
 from processor.worker.staged import Staged
 from schemas import (

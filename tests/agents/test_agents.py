@@ -369,7 +369,8 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
     and a read gets the same value an eager decode would."""
     from processor.core.account import Account, PendingRecharge
     from processor.core.stored import StoredAccount
-    from processor.worker.codec import Undecoded, dump_stored, dumps, stored_to_dict
+    from processor.kafka.wire import dumps
+    from processor.worker.codec import Undecoded, dump_stored, stored_to_dict
     from processor.worker.store import SeqMemoryStore, UndecodableValue
 
     h = make_harness()

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from processor.core.account import LedgerOut
 from processor.core.stored import Mark, Position
-from processor.worker.codec import dump_mark, dump_output, dumps, load_mark, output_from_dict
+from processor.kafka.wire import dump_output, dumps, output_from_dict
+from processor.worker.codec import dump_mark, load_mark
 from schemas.types import format_timestamp
 
 

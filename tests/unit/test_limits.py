@@ -16,6 +16,7 @@ from processor.core import account as acc
 from processor.core.account import Account, AlertKind, AlertOut, AutoRecharge, Cause
 from processor.core.engine import Status
 from processor.http.views import account_view
+from processor.kafka import wire
 from processor.worker import codec
 from schemas import BalanceAlert, DecodeError, TenantLimitsConfigured, decode_command
 from schemas.api import AccountView
@@ -284,10 +285,10 @@ def test_recharge_failed_alert_carries_billings_reason_and_the_request(inputs: I
     [alert] = [a for a in h.alerts() if a.alert is AlertKind.RECHARGE_FAILED]
     assert alert.reason == "card_declined_3"
     assert alert.request_id == rid
-    wire = orjson.loads(codec.dump_output(alert, "USD"))
-    assert wire["reason"] == "card_declined_3" and wire["request_id"] == rid
-    BalanceAlert.model_validate_json(codec.dump_output(alert, "USD"))
-    assert codec.output_from_dict(wire) == alert
+    body = orjson.loads(wire.dump_output(alert, "USD"))
+    assert body["reason"] == "card_declined_3" and body["request_id"] == rid
+    BalanceAlert.model_validate_json(wire.dump_output(alert, "USD"))
+    assert wire.output_from_dict(body) == alert
 
 
 def test_recharge_failed_alert_after_a_timeout_says_timed_out(inputs: Inputs) -> None:
@@ -334,7 +335,7 @@ def test_stored_account_keeps_the_new_fields() -> None:
         notify_below=D("3.0000"),
         updated_at=T0,
     )
-    assert codec.account_from_dict(orjson.loads(codec.dumps(codec.account_to_dict(a)))) == a
+    assert codec.account_from_dict(orjson.loads(wire.dumps(codec.account_to_dict(a)))) == a
     raw = codec.dump_stored(acc_stored(a))
     assert codec.Undecoded(raw).exhausted is False  # -1 + 2 > 0
 

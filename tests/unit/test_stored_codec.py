@@ -17,10 +17,10 @@ from processor.core import account as acc
 from processor.core.money import Unit
 from processor.core.stored import OutboxEntry, Position, StoredAccount
 from processor.core.values import replace
+from processor.kafka.wire import dumps
 from processor.worker.codec import (
     Undecoded,
     dump_stored,
-    dumps,
     load_stored,
     stored_to_dict,
 )
