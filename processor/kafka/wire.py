@@ -247,3 +247,83 @@ def load_tick(raw: bytes) -> TimerTick:
         at=parse_timestamp(data["at"]),
         kind=kind,
     )
+
+
+# ---- command results (credits.command-results) -----------------------------------
+
+
+def command_result(
+    command_id: str,
+    tenant_id: str,
+    command_type: str,
+    outcome: str,
+    entry_id: str | None,
+    reason: str | None,
+    detail: str | None,
+    recorded_at: datetime,
+) -> bytes:
+    """What became of a command: applied (with its ledger entry), rejected or ignored."""
+    body: dict[str, Any] = {
+        "type": "command_result",
+        "command_id": command_id,
+        "tenant_id": tenant_id,
+        "command_type": command_type,
+        "outcome": outcome,
+        "entry_id": entry_id,
+    }
+    if reason is not None:
+        body["reason"] = reason
+        # Encodable however it came (an exception's text may quote anything).
+        text = (detail or "").encode("utf-8", "backslashreplace").decode("utf-8")
+        body["detail"] = text[:2000]
+    body["recorded_at"] = format_timestamp(recorded_at)
+    return orjson.dumps(body)
+
+
+# ---- rejected records (credits.rejected) -----------------------------------------
+#
+# A rejection copies the rejected record's key and payload, which can be of any size:
+# processor/worker/sizing.py fills them in and cuts them to what the topic takes, from
+# the bodies built here.
+
+
+def rejection(
+    reason: str,
+    detail: str,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    rejected_at: datetime,
+) -> dict[str, Any]:
+    """A rejection's body, its key and payload still to be filled in (sizing)."""
+    return {
+        "type": "rejected",
+        "reason": reason,
+        "detail": detail,
+        "source_topic": source_topic,
+        "source_partition": source_partition,
+        "source_offset": source_offset,
+        "key": None,
+        "payload": None,
+        "rejected_at": format_timestamp(rejected_at),
+    }
+
+
+def refused_reroute(
+    reroute_topic: str,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    rejected_at: datetime,
+) -> dict[str, Any]:
+    """The body of the minimal rejection standing in for a re-route the broker refused
+    as too large; the key's size and hash are added when known (sizing.minimal_value)."""
+    return {
+        "type": "rejected",
+        "reason": "too_large",
+        "detail": f"the broker refused the re-route of this record to {reroute_topic} as too large",
+        "source_topic": source_topic,
+        "source_partition": source_partition,
+        "source_offset": source_offset,
+        "rejected_at": format_timestamp(rejected_at),
+    }
