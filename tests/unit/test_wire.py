@@ -26,8 +26,10 @@ from processor.core.account import (
     Lot,
     Notifications,
     NotificationsOut,
+    PendingRecharge,
     RechargeMode,
     RechargeOut,
+    RechargeStatus,
 )
 from processor.http.views import account_view, authorize_view
 from processor.kafka import wire
@@ -329,6 +331,28 @@ def test_the_account_view_validates() -> None:
     view = account_view(full, "USD", T0)
     assert len(view["expiring"]) == 3
     valid(AccountView, orjson.dumps(view))
+
+
+@pytest.mark.parametrize("status", list(RechargeStatus))
+def test_the_account_view_with_a_pending_recharge_validates(status: RechargeStatus) -> None:
+    pending = PendingRecharge(LONG_ID, LARGEST, 3, LATER, status, None)
+    account = Account(TENANT, balance=Decimal("-0.0100"), pending=pending, updated_at=T0)
+    raw = orjson.dumps(account_view(account, "USD", T0))
+    assert (
+        b'"pending_recharge":{"request_id":"' + LONG_ID.encode() + b'","amount":"'
+        b'999999999999999999.999999999999","attempt":3,"requested_at":'
+        b'"2026-11-23T10:00:00.123456Z","status":"' + status.value.encode() + b'"}'
+    ) in raw
+    valid(AccountView, raw)
+
+
+def test_the_account_view_of_an_account_never_changed_says_null() -> None:
+    # The model requires updated_at; an account no change has stamped yet (the core
+    # stamps every change it makes) is shown with null, as it always was.
+    view = account_view(Account(TENANT), "USD", T0)
+    assert list(view) == list(AccountView.model_fields)
+    assert view["updated_at"] is None
+    assert view["balance"] == view["credit_limit"] == "0"
 
 
 @pytest.mark.parametrize("number", ["+14155550100", "+999"])
