@@ -33,10 +33,10 @@ def dumps(value: Any) -> bytes:
     """orjson.dumps, in a bytes object of the text's own size.
 
     orjson (3.12 and later) hands back its whole working buffer, at least 4 KiB, with
-    the length set to the text's: an 80-byte dedupe mark held until its batch is
-    produced would keep 4 KiB, and each one written lands on a page never touched
-    before, a page fault apiece. Copied out (through a memoryview) it costs a fraction
-    of that (docs/performance.md, "Figures behind design choices").
+    the length set to the text's: a small dedupe mark held until its batch is produced
+    would keep 4 KiB, and each one written lands on a page never touched before, a
+    page fault apiece. Copying it out costs far less than those faults (docs/
+    performance.md, "Figures behind design choices").
     """
     return b"".join((orjson.dumps(value, option=orjson.OPT_UTC_Z), b""))
 
@@ -46,8 +46,8 @@ def wire_time(value: datetime) -> datetime | str:
 
     orjson writes a UTC datetime itself, the same text (microseconds only when
     non-zero), several times faster than format_timestamp (isoformat with an offset,
-    then cut; docs/performance.md), and a ledger entry has two. Any other datetime goes
-    through format_timestamp.
+    then cut; docs/performance.md, "Figures behind design choices"), and a ledger entry
+    has two. Any other datetime goes through format_timestamp.
     """
     return value if value.tzinfo is UTC and type(value) is datetime else format_timestamp(value)
 

@@ -702,10 +702,11 @@ def load_stored(raw: bytes, default_unit: Unit | None = None) -> StoredAccount:
 class Undecoded:
     """An account value read at recovery and not decoded yet.
 
-    Decoding one costs ~10 us, most of a 1,000,000-tenant recovery; most tenants are
-    not touched soon after a restart. Recovery needs only what is kept here: the write
-    order (which value is newest) and what the store's counts track. The store decodes
-    a value the first time it is read (`processor/worker/store.py`).
+    Decoding every value was most of a large recovery's time (docs/performance.md,
+    "Figures behind design choices"); most tenants are not touched soon after a
+    restart. Recovery needs only what is kept here: the write order (which value is
+    newest) and what the store's counts track. The store decodes a value the first
+    time it is read (`processor/worker/store.py`).
     """
 
     __slots__ = ("exhausted", "expires", "order", "pending", "raw", "unit")
@@ -719,7 +720,7 @@ class Undecoded:
         account = data["account"]
         if highest is not None:
             # The highest offset applied per input partition over the values read,
-            # kept by the caller (core/stored.py, rewound_inputs): 0.25 us a value.
+            # kept by the caller (core/stored.py, rewound_inputs).
             for tp, offset in data["applied"].items():
                 if offset > highest.get(tp, -1):
                     highest[tp] = offset
