@@ -17,7 +17,7 @@ from processor.core.account import Account, AlertKind, AlertOut, AutoRecharge, C
 from processor.core.engine import Status
 from processor.http.views import account_view
 from processor.kafka import wire
-from processor.worker import codec
+from processor.worker import codec, stored_v2
 from schemas import BalanceAlert, DecodeError, TenantLimitsConfigured, decode_command
 from schemas.api import AccountView
 from tests.unit.conftest import (
@@ -335,7 +335,7 @@ def test_stored_account_keeps_the_new_fields() -> None:
         notify_below=D("3.0000"),
         updated_at=T0,
     )
-    assert codec.account_from_dict(orjson.loads(wire.dumps(codec.account_to_dict(a)))) == a
+    assert stored_v2.account_from_dict(orjson.loads(wire.dumps(stored_v2.account_to_dict(a)))) == a
     raw = codec.dump_stored(acc_stored(a))
     assert codec.Undecoded(raw).exhausted is False  # -1 + 2 > 0
 
@@ -361,13 +361,13 @@ def test_values_written_before_decode_with_the_defaults() -> None:
         },
         "pending": None,
     }
-    a = codec.account_from_dict(old)
+    a = stored_v2.account_from_dict(old)
     assert a.credit_limit == 0 and a.notify_below is None
     assert a.auto_recharge is not None and a.auto_recharge.mode is acc.RechargeMode.FIXED
     assert a.auto_recharge.target_balance is None
     assert a.exhausted
     # Written back, an account with the defaults is the same value as before.
-    assert codec.account_to_dict(a) == {**old, "requests_issued": 0, "status_seq": 0}
+    assert stored_v2.account_to_dict(a) == {**old, "requests_issued": 0, "status_seq": 0}
 
 
 def test_account_view_shows_limits() -> None:
@@ -425,4 +425,4 @@ def test_settings_that_differ_only_in_mode_decode_apart() -> None:
         ),
     )  # fmt: skip
     for a in (fixed, target, fixed):
-        assert codec.account_from_dict(codec.account_to_dict(a)) == a
+        assert stored_v2.account_from_dict(stored_v2.account_to_dict(a)) == a

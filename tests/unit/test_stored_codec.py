@@ -18,12 +18,8 @@ from processor.core.money import Unit
 from processor.core.stored import OutboxEntry, Position, StoredAccount
 from processor.core.values import replace
 from processor.kafka.wire import dumps
-from processor.worker.codec import (
-    Undecoded,
-    dump_stored,
-    load_stored,
-    stored_to_dict,
-)
+from processor.worker.codec import Undecoded, dump_stored, load_stored
+from processor.worker.stored_v2 import stored_to_dict
 
 # ---- strategies ------------------------------------------------------------------------
 
