@@ -1,4 +1,5 @@
-"""Encodings of the processor's own records (processor/worker/codec.py)."""
+"""Encodings of the processor's records: `dumps` and the outputs' timestamps
+(processor/kafka/wire.py), dedupe marks (processor/worker/codec.py)."""
 
 from __future__ import annotations
 

@@ -26,11 +26,13 @@ from processor.core.account import (
     Lot,
     Notifications,
     NotificationsOut,
+    Output,
     PendingRecharge,
     RechargeMode,
     RechargeOut,
     RechargeStatus,
 )
+from processor.core.engine import EXPIRY_TICK, TimerTick
 from processor.http.views import account_view, authorize_view
 from processor.kafka import wire
 from processor.worker import sizing
@@ -366,3 +368,143 @@ def test_the_wire_timestamps_are_utc_text() -> None:
     assert wire.wire_time(T0) is T0  # orjson writes it
     other = T0.astimezone(timezone(timedelta(hours=-5)))
     assert wire.wire_time(other) == "2026-11-23T10:00:00Z"
+
+
+# ---- the bytes themselves ------------------------------------------------------------------
+#
+# Consumers read these bytes, not the models: field order, money text and timestamp
+# text are pinned here, as the worker wrote them before the formats moved to wire.py.
+
+PINNED: list[tuple[object, bytes]] = [
+    (
+        LedgerOut(
+            "acme:debit:1",
+            "acme",
+            "debit",
+            Decimal("0.0200"),
+            Decimal("-0.0200"),
+            "usage.calls",
+            "call-1",
+            T0,
+            LATER,
+            "+1",
+            Decimal("0.0100"),
+            120,
+        ),
+        b'{"type":"ledger_entry","entry_id":"acme:debit:1","tenant_id":"acme","kind":"debit",'
+        b'"amount":"0.0200","currency":"USD","balance_after":"-0.0200","cause_topic":'
+        b'"usage.calls","cause_id":"call-1","occurred_at":"2026-11-23T10:00:00Z","recorded_at":'
+        b'"2026-11-23T10:00:00.123456Z","rate_prefix":"+1","rate_per_minute":"0.0100",'
+        b'"billed_seconds":120}',
+    ),
+    (
+        LedgerOut(
+            "acme:credit:1",
+            "acme",
+            "credit",
+            LARGEST,
+            Decimal("1000"),
+            "credits.commands",
+            "c-1",
+            T0,
+            T0,
+            actor="ops",
+        ),
+        b'{"type":"ledger_entry","entry_id":"acme:credit:1","tenant_id":"acme","kind":"credit",'
+        b'"amount":"999999999999999999.999999999999","currency":"USD","balance_after":"1000",'
+        b'"cause_topic":"credits.commands","cause_id":"c-1","occurred_at":"2026-11-23T10:00:00Z",'
+        b'"recorded_at":"2026-11-23T10:00:00Z","actor":"ops"}',
+    ),
+    (
+        AlertOut(
+            "a-1",
+            "acme",
+            AlertKind.RECHARGE_FAILED,
+            Decimal("-1.00"),
+            T0,
+            reason="carte refusée",
+            request_id="r-1",
+        ),
+        b'{"type":"balance_alert","alert_id":"a-1","tenant_id":"acme","alert":"recharge_failed",'
+        b'"balance":"-1.00","currency":"USD","occurred_at":"2026-11-23T10:00:00Z","reason":'
+        b'"carte refus\xc3\xa9e","request_id":"r-1"}',
+    ),
+    (
+        AlertOut(
+            "a-2",
+            "acme",
+            AlertKind.FUNDS_EXPIRING,
+            Decimal("3.0000"),
+            T0,
+            amount=Decimal("3.0000"),
+            expires_at=T0 + timedelta(days=7),
+        ),
+        b'{"type":"balance_alert","alert_id":"a-2","tenant_id":"acme","alert":"funds_expiring",'
+        b'"balance":"3.0000","currency":"USD","occurred_at":"2026-11-23T10:00:00Z","amount":'
+        b'"3.0000","expires_at":"2026-11-30T10:00:00Z"}',
+    ),
+    (
+        AlertOut("a-3", "acme", AlertKind.EXHAUSTED, Decimal("-0.0100"), T0, status_seq=7),
+        b'{"type":"balance_alert","alert_id":"a-3","tenant_id":"acme","alert":"exhausted",'
+        b'"balance":"-0.0100","currency":"USD","occurred_at":"2026-11-23T10:00:00Z",'
+        b'"status_seq":7}',
+    ),
+    (
+        RechargeOut("r-1", "acme", Decimal("50.00"), Decimal("5.00"), Decimal("4.99"), 2, LATER),
+        b'{"type":"recharge_requested","request_id":"r-1","tenant_id":"acme","amount":"50.00",'
+        b'"currency":"USD","trigger_balance":"5.00","balance":"4.99","attempt":2,"requested_at":'
+        b'"2026-11-23T10:00:00.123456Z"}',
+    ),
+    (
+        NotificationsOut(
+            "acme",
+            Notifications(
+                ("ops@example.com",),
+                "https://h.example.com/x",
+                "sealed",
+                ("low_balance", "exhausted"),
+                "n-1",
+            ),
+            T0,
+        ),
+        b'{"type":"notification_settings","tenant_id":"acme","emails":["ops@example.com"],'
+        b'"webhook_url":"https://h.example.com/x","webhook_secret_sealed":"sealed","events":'
+        b'["low_balance","exhausted"],"command_id":"n-1","updated_at":"2026-11-23T10:00:00Z"}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("out", "raw"), PINNED, ids=[raw[:40].decode() for _, raw in PINNED])
+def test_an_outputs_bytes_are_pinned(out: Output, raw: bytes) -> None:
+    assert wire.dump_output(out, "USD") == raw
+
+
+def test_a_timer_ticks_bytes_are_pinned() -> None:
+    assert wire.dump_tick(TimerTick("t-1", "acme", "r-1", 2, LATER)) == (
+        b'{"tick_id":"t-1","tenant_id":"acme","request_id":"r-1","attempt":2,'
+        b'"at":"2026-11-23T10:00:00.123456Z"}'
+    )
+    expiry = TimerTick("t-2", "acme", "", 0, T0, EXPIRY_TICK)
+    assert wire.dump_tick(expiry) == (
+        b'{"tick_id":"t-2","tenant_id":"acme","kind":"expiry","at":"2026-11-23T10:00:00Z"}'
+    )
+    assert wire.load_tick(wire.dump_tick(expiry)) == expiry
+
+
+def test_a_command_results_and_a_rejections_bytes_are_pinned() -> None:
+    assert wire.command_result(
+        "c-1", "acme", "funds_added", "rejected", None, "invalid_event", "bad", T0
+    ) == (
+        b'{"type":"command_result","command_id":"c-1","tenant_id":"acme","command_type":'
+        b'"funds_added","outcome":"rejected","entry_id":null,"reason":"invalid_event",'
+        b'"detail":"bad","recorded_at":"2026-11-23T10:00:00Z"}'
+    )
+    body = wire.rejection("invalid_event", "bad", "usage.calls", 3, 12, LATER)
+    raw = sizing.rejection_value(
+        body, key=b"acme", key_facts=None, value=b"{}", out_key=b"acme", limit=1_000_000
+    )
+    assert raw == (
+        b'{"type":"rejected","reason":"invalid_event","detail":"bad","source_topic":'
+        b'"usage.calls","source_partition":3,"source_offset":12,"key":"acme","payload":"{}",'
+        b'"rejected_at":"2026-11-23T10:00:00.123456Z"}'
+    )
