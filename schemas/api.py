@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from schemas.notifications import Emails, Events, WebhookUrl
-from schemas.outputs import OutputModel
+from schemas.outputs import OMIT_WHEN_NONE, OutputModel
 from schemas.types import (
     Currency,
     Money,
@@ -57,6 +57,9 @@ class PendingRechargeView(OutputModel):
     amount: PositiveMoney
     attempt: Annotated[int, Field(ge=1)]
     requested_at: Timestamp
+    # Added, beyond the contract's minimum: outstanding (sent to billing, no answer
+    # yet) or failed (waiting to retry); tells an operator why nothing is moving.
+    status: Literal["outstanding", "failed"] | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
 
 
 class ExpiringView(OutputModel):

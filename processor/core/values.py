@@ -1,14 +1,14 @@
 """Frozen value classes that are cheap to build, for the per-record path.
 
 A `dataclass(frozen=True, slots=True)` sets each field in `__init__` through
-`object.__setattr__`, looked up and called per field: a seven-field value costs about
-1.1 us to build against 0.3 us for a plain one, and a usage record builds about
-sixteen of them (its position, account, stored value, ledger entry, outputs...).
-`fast_init` replaces that `__init__` with one that writes each slot through its own
-descriptor, which a frozen class's `__setattr__` does not stand in front of: the
-same signature, defaults and immutability, at about half the cost. `replace` is
-`dataclasses.replace` for such classes, at a third of its cost (it does not walk
-the fields and build keyword arguments on every call).
+`object.__setattr__`, looked up and called per field, several times what a plain
+class costs, and a usage record builds about sixteen of them (its position, account,
+stored value, ledger entry, outputs...). `fast_init` replaces that `__init__` with one
+that writes each slot through its own descriptor, which a frozen class's `__setattr__`
+does not stand in front of: the same signature, defaults and immutability, for less.
+`replace` is `dataclasses.replace` for such classes, cheaper because it does not walk
+the fields and build keyword arguments on every call. The figures are in
+docs/performance.md ("Figures behind design choices").
 """
 
 from __future__ import annotations

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Final
+from decimal import Decimal
+from typing import Any, Final, cast
 
 from processor.core.engine import SERVICE_TABLES
 from processor.core.rating import RateCard
 from processor.core.state import Account
 from processor.core.usage import SERVICES, MonthUsage, month_before
-from schemas.types import E164_PATTERN, TENANT_ID_PATTERN, format_money, format_timestamp
+from schemas.api import (
+    AccountView,
+    AutoRechargeView,
+    ExpiringView,
+    MonthConsumptionView,
+    NotificationsView,
+    PendingRechargeView,
+    ServiceConsumptionView,
+    ServicesConsumptionView,
+)
+from schemas.notifications import NotificationEvent
+from schemas.types import E164_PATTERN, TENANT_ID_PATTERN, format_money
 
 # How many lots the account view lists under "expiring".
 EXPIRING_SHOWN: Final = 3
@@ -18,65 +30,76 @@ EXPIRING_SHOWN: Final = 3
 
 def account_view(account: Account, currency: str, now: datetime | None = None) -> dict[str, Any]:
     """The account as GET /tenants/{id}/account shows it; `now` (the worker's clock)
-    names the current month of "consumption"."""
+    names the current month of "consumption".
+
+    Built as the contract's `schemas.api.AccountView` and dumped by it: its fields, in
+    its order, money and timestamps written by its serializers. Not validated (the
+    account is the worker's own; tests/unit/test_wire.py reads it back through the
+    model).
+    """
     ar = account.auto_recharge
     pending = account.pending
     zero = account.balance.copy_abs() * 0
-    return {
-        "tenant_id": account.tenant_id,
-        "currency": currency,
-        "balance": format_money(account.balance),
-        "status": "exhausted" if account.exhausted else "active",
-        "auto_recharge": None
+    view = AccountView.model_construct(
+        tenant_id=account.tenant_id,
+        currency=currency,
+        balance=account.balance,
+        status="exhausted" if account.exhausted else "active",
+        auto_recharge=None
         if ar is None
-        else {
-            "enabled": ar.enabled,
-            "recharge_amount": format_money(ar.recharge_amount),
-            "trigger_balance": format_money(ar.trigger_balance),
-            "suspended": ar.suspended,
-            "mode": ar.mode.value,
-            "target_balance": None
-            if ar.target_balance is None
-            else format_money(ar.target_balance),
-        },
-        "pending_recharge": None
+        else AutoRechargeView.model_construct(
+            enabled=ar.enabled,
+            recharge_amount=ar.recharge_amount,
+            trigger_balance=ar.trigger_balance,
+            suspended=ar.suspended,
+            mode=ar.mode.value,
+            target_balance=ar.target_balance,
+        ),
+        pending_recharge=None
         if pending is None
-        else {
-            "request_id": pending.request_id,
-            "amount": format_money(pending.amount),
-            "attempt": pending.attempt,
-            "requested_at": format_timestamp(pending.requested_at),
-            # Not in the contract's minimum; tells an operator why nothing is moving.
-            "status": pending.status.value,
-        },
-        "updated_at": None if account.updated_at is None else format_timestamp(account.updated_at),
+        else PendingRechargeView.model_construct(
+            request_id=pending.request_id,
+            amount=pending.amount,
+            attempt=pending.attempt,
+            requested_at=pending.requested_at,
+            status=pending.status.value,
+        ),
+        updated_at=account.updated_at or _NEVER,
         # At the balance's places when none was set ("0.0000", not "0").
-        "credit_limit": format_money(account.credit_limit or account.balance.copy_abs() * 0),
-        "notify_below": None
-        if account.notify_below is None
-        else format_money(account.notify_below),
-        "expiring": [
-            {"amount": format_money(lot.amount), "expires_at": format_timestamp(lot.expires_at)}
+        credit_limit=account.credit_limit or zero,
+        notify_below=account.notify_below,
+        expiring=[
+            ExpiringView.model_construct(amount=lot.amount, expires_at=lot.expires_at)
             for lot in account.lots[:EXPIRING_SHOWN]
         ],
-        "consumption": consumption_view(account, now or datetime.now(UTC), zero),
-        "notifications": notifications_view(account),
-    }
+        consumption=consumption_view(account, now or datetime.now(UTC), zero),
+        notifications=notifications_view(account),
+    )
+    data = view.model_dump(mode="json")
+    if account.updated_at is None:
+        # The contract's model requires a time; an account no event changed has none.
+        data["updated_at"] = None
+    return data
 
 
-def notifications_view(account: Account) -> dict[str, Any] | None:
+# Stands in for a missing updated_at while the view is dumped (then written as null).
+_NEVER: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def notifications_view(account: Account) -> NotificationsView | None:
     """The tenant's notification settings as the console shows them: never the secret."""
     settings = account.notifications
     if settings is None:
         return None
-    return {
-        "emails": list(settings.emails),
-        "webhook_url": settings.webhook_url,
-        "events": list(settings.events),
-    }
+    return NotificationsView.model_construct(
+        emails=list(settings.emails),
+        webhook_url=settings.webhook_url,
+        # Checked against the contract's events when the command was read.
+        events=cast("list[NotificationEvent]", list(settings.events)),
+    )
 
 
-def consumption_view(account: Account, now: datetime, zero: Any) -> list[dict[str, Any]]:
+def consumption_view(account: Account, now: datetime, zero: Decimal) -> list[MonthConsumptionView]:
     """The current calendar month (UTC) and the one before, newest first, each with
     every service's charged events, billed seconds and amount.
 
@@ -92,16 +115,19 @@ def consumption_view(account: Account, now: datetime, zero: Any) -> list[dict[st
     return [_month_view(m, kept.get(m), zero) for m in (current, month_before(current))]
 
 
-def _month_view(month: int, usage: MonthUsage | None, zero: Any) -> dict[str, Any]:
+def _month_view(month: int, usage: MonthUsage | None, zero: Decimal) -> MonthConsumptionView:
     services: dict[str, Any] = {}
     for i, name in enumerate(SERVICES):
         used = None if usage is None else usage.services[i]
-        services[name] = {
-            "events": 0 if used is None else used.events,
-            "billed_seconds": 0 if used is None else used.billed_seconds,
-            "amount": format_money(zero if used is None or not used.events else used.amount),
-        }
-    return {"month": f"{month // 100:04d}-{month % 100:02d}", "services": services}
+        services[name] = ServiceConsumptionView.model_construct(
+            events=0 if used is None else used.events,
+            billed_seconds=0 if used is None else used.billed_seconds,
+            amount=zero if used is None or not used.events else used.amount,
+        )
+    return MonthConsumptionView.model_construct(
+        month=f"{month // 100:04d}-{month % 100:02d}",
+        services=ServicesConsumptionView.model_construct(**services),
+    )
 
 
 # The contract's tenant id (schemas.types.TENANT_ID_PATTERN). fullmatch, not "$": in

@@ -14,14 +14,15 @@ from typing import Final
 
 from aiokafka.partitioner import murmur2
 
-# murmur2 is pure Python (~6 us); every record asks it (its tenant's partition, and
-# the partition of each output keyed by the tenant), hot tenants again and again, so
-# the answers are cached. The caches are keyed by input, so each is bounded by count
-# and by the size of a key: only keys of at most a tenant id's length (64 ASCII
-# characters, one byte each) are cached; any other (never a valid tenant id) is
-# hashed every time. At most CACHED_KEYS entries of at most
-# MAX_CACHED_KEY_BYTES each: ~430 bytes an entry for both caches (measured
-# 2026-12-03), ~56 MB when full.
+# murmur2 is pure Python, slow (docs/performance.md, "Figures behind design choices"),
+# and every record asks it (its tenant's partition, and the partition of each output
+# keyed by the tenant), hot tenants again and again, so the answers are cached. The
+# caches are keyed by input, so each is bounded by count and by the size of a key:
+# only keys of at most a tenant id's length (64 ASCII characters, one byte each) are
+# cached; any other (never a valid tenant id) is hashed every time. At most
+# CACHED_KEYS entries of at most MAX_CACHED_KEY_BYTES each; what an entry costs in
+# memory, and so the caches when full, is in docs/performance.md ("Figures behind
+# design choices").
 CACHED_KEYS: Final = 1 << 17
 MAX_CACHED_KEY_BYTES: Final = 64
 

@@ -215,13 +215,14 @@ class GuardedConsumer(faust_aiokafka.Consumer):
         """Faust's fetch loop (faust-streaming 0.15.3), without a task per record.
 
         Faust hands each record over with `wait_first(callback(message),
-        suspend_flow.wait())`: two tasks and an asyncio.wait per record (~30 us, a
-        tenth of the worker's time per record), so that a hand-over blocked on a full
-        stream buffer gives way when a rebalance suspends the flow. A hand-over almost
-        never blocks, so here it is stepped once directly; one that does block is
-        handed to wait_first as before. And a guarded record whose partition was
-        sought after its fetch came back is dropped, not delivered: it is stale, and
-        the seek reads it again in its place (`_ConsumerThread`).
+        suspend_flow.wait())`: tasks and an asyncio.wait per record, a good part of
+        the worker's time per record (docs/performance.md, "Figures behind design
+        choices"), so that a hand-over blocked on a full stream buffer gives way when
+        a rebalance suspends the flow. A hand-over almost never blocks, so here it is
+        stepped once directly; one that does block is handed to wait_first as before.
+        And a guarded record whose partition was sought after its fetch came back is
+        dropped, not delivered: it is stale, and the seek reads it again in its place
+        (`_ConsumerThread`).
 
         Records of the `direct` topics skip the conductor and the streams altogether:
         they are collected and handed to the sink in lists (per fetch, at most

@@ -26,11 +26,12 @@ from processor.core.recharge import next_due
 from processor.core.state import Account
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount
 from processor.core.values import fast_init
+from processor.kafka import wire
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
+from processor.kafka.wire import dump_output, dump_tick, load_tick
 from processor.observability import metrics
 from processor.worker import sizing
-from processor.worker.codec import dump_output, dump_tick, load_tick
 from processor.worker.sizing import KeyFacts, Limits
 from processor.worker.staged import Staged
 from schemas import (
@@ -43,7 +44,7 @@ from schemas import (
     decode_conference,
 )
 from schemas.inputs import COMMAND_TYPES
-from schemas.types import ID_PATTERN, TENANT_ID_PATTERN, format_timestamp
+from schemas.types import ID_PATTERN, TENANT_ID_PATTERN
 
 log = logging.getLogger(__name__)
 _TENANT_RE = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
@@ -653,21 +654,10 @@ class RecordHandler:
         reason: str | None,
         detail: str | None,
     ) -> None:
-        body: dict[str, Any] = {
-            "type": "command_result",
-            "command_id": command_id,
-            "tenant_id": tenant_id,
-            "command_type": command_type,
-            "outcome": outcome,
-            "entry_id": entry_id,
-        }
-        if reason is not None:
-            body["reason"] = reason
-            # Encodable however it came (an exception's text may quote anything).
-            text = (detail or "").encode("utf-8", "backslashreplace").decode("utf-8")
-            body["detail"] = text[:2000]
-        body["recorded_at"] = format_timestamp(self.clock())
-        self._send(self.names.command_results, tenant_id.encode(), orjson.dumps(body))
+        value = wire.command_result(
+            command_id, tenant_id, command_type, outcome, entry_id, reason, detail, self.clock()
+        )
+        self._send(self.names.command_results, tenant_id.encode(), value)
 
     def _undecoded_result(self, value: bytes | None, reason: str, detail: str) -> None:
         """A command that could not be decoded is rejected in its result too, when it
@@ -745,17 +735,7 @@ class RecordHandler:
         `tenant`: the tenant the record's body names, when known; the rejection's key
         when the record's own key is too long to reuse (processor/worker/sizing.py).
         """
-        body: dict[str, Any] = {
-            "type": "rejected",
-            "reason": reason,
-            "detail": detail,
-            "source_topic": rec.topic,
-            "source_partition": rec.partition,
-            "source_offset": rec.offset,
-            "key": None,
-            "payload": None,
-            "rejected_at": format_timestamp(self.clock()),
-        }
+        body = wire.rejection(reason, detail, rec.topic, rec.partition, rec.offset, self.clock())
         if rec.key_facts is None and (rec.key is None or len(rec.key) <= sizing.KEY_BOUND):
             # Keyed like the original, so a replay lands where the original would have.
             out_key = rec.key
@@ -799,16 +779,7 @@ class RecordHandler:
                 topic = headers.get(H_TOPIC, b"").decode()
             except (ValueError, UnicodeDecodeError):
                 return None
-            body: dict[str, Any] = {
-                "type": "rejected",
-                "reason": "too_large",
-                "detail": f"the broker refused the re-route of this record to "
-                f"{self.names.reroute} as too large",
-                "source_topic": topic,
-                "source_partition": partition,
-                "source_offset": offset,
-                "rejected_at": format_timestamp(self.clock()),
-            }
+            body = wire.refused_reroute(self.names.reroute, topic, partition, offset, self.clock())
             if H_KEY_SIZE in headers and H_KEY_SHA256 in headers:
                 body["key_size"] = int(headers[H_KEY_SIZE])
                 body["key_sha256"] = headers[H_KEY_SHA256].decode("ascii", "replace")

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import orjson
 
-from processor.worker.codec import dumps
+from processor.kafka.wire import dumps
 from schemas.types import scrub_text
 
 # Keys longer than this are not copied into a rejection or a re-route header, and not

@@ -369,8 +369,10 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
     and a read gets the same value an eager decode would."""
     from processor.core.state import Account, PendingRecharge
     from processor.core.stored import StoredAccount
-    from processor.worker.codec import Undecoded, dump_stored, dumps, stored_to_dict
+    from processor.kafka.wire import dumps
+    from processor.worker.codec import Undecoded, dump_stored
     from processor.worker.store import SeqMemoryStore, UndecodableValue
+    from processor.worker.stored_v2 import stored_to_dict
 
     h = make_harness()
     store = seq_store(h.meter.accounts)

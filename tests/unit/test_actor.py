@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from processor.core.outputs import LedgerOut
-from processor.worker.codec import output_from_dict, output_to_dict
+from processor.kafka.wire import output_from_dict, output_to_dict
 from schemas import decode_command
 from schemas.outputs import LedgerEntry
 from tests.unit.conftest import Harness, Inputs

@@ -1,4 +1,5 @@
-"""Encodings of the processor's own records (processor/worker/codec.py)."""
+"""Encodings of the processor's records: `dumps` and the outputs' timestamps
+(processor/kafka/wire.py), dedupe marks (processor/worker/codec.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 
 from processor.core.outputs import LedgerOut
 from processor.core.stored import Mark, Position
-from processor.worker.codec import dump_mark, dump_output, dumps, load_mark, output_from_dict
+from processor.kafka.wire import dump_output, dumps, output_from_dict
+from processor.worker.codec import dump_mark, load_mark
 from schemas.types import format_timestamp
 
 

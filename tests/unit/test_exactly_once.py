@@ -246,7 +246,8 @@ def test_the_writers_generation_survives_the_changelog_codec_and_old_values_read
 ) -> None:
     import orjson
 
-    from processor.worker.codec import dump_stored, load_stored, stored_to_dict
+    from processor.worker.codec import dump_stored, load_stored
+    from processor.worker.stored_v2 import stored_to_dict
 
     funded.generation = 7
     funded.usage(call("e1"), "usage.calls", NOW, P)

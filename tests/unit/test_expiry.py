@@ -25,14 +25,8 @@ from processor.core.usage import Debit, MonthUsage, count_usage
 from processor.core.values import replace
 from processor.http.views import account_view
 from processor.kafka.topics import TopicNames
-from processor.worker.codec import (
-    Undecoded,
-    dump_stored,
-    dump_tick,
-    load_stored,
-    load_tick,
-    output_to_dict,
-)
+from processor.kafka.wire import dump_tick, load_tick, output_to_dict
+from processor.worker.codec import Undecoded, dump_stored, load_stored
 from processor.worker.handler import EXPIRY_HORIZON, MemoryPublisher, Record, RecordHandler, Source
 from processor.worker.tally import AccountTally
 from schemas import BalanceAlert, LedgerEntry

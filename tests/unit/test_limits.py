@@ -19,7 +19,8 @@ from processor.core.state import Account, AutoRecharge, RechargeMode, is_exhaust
 from processor.core.transition import Cause
 from processor.core.usage import Debit
 from processor.http.views import account_view
-from processor.worker import codec
+from processor.kafka import wire
+from processor.worker import codec, stored_v2
 from schemas import BalanceAlert, DecodeError, TenantLimitsConfigured, decode_command
 from schemas.api import AccountView
 from tests.unit.conftest import (
@@ -287,10 +288,10 @@ def test_recharge_failed_alert_carries_billings_reason_and_the_request(inputs: I
     [alert] = [a for a in h.alerts() if a.alert is AlertKind.RECHARGE_FAILED]
     assert alert.reason == "card_declined_3"
     assert alert.request_id == rid
-    wire = orjson.loads(codec.dump_output(alert, "USD"))
-    assert wire["reason"] == "card_declined_3" and wire["request_id"] == rid
-    BalanceAlert.model_validate_json(codec.dump_output(alert, "USD"))
-    assert codec.output_from_dict(wire) == alert
+    body = orjson.loads(wire.dump_output(alert, "USD"))
+    assert body["reason"] == "card_declined_3" and body["request_id"] == rid
+    BalanceAlert.model_validate_json(wire.dump_output(alert, "USD"))
+    assert wire.output_from_dict(body) == alert
 
 
 def test_recharge_failed_alert_after_a_timeout_says_timed_out(inputs: Inputs) -> None:
@@ -337,7 +338,7 @@ def test_stored_account_keeps_the_new_fields() -> None:
         notify_below=D("3.0000"),
         updated_at=T0,
     )
-    assert codec.account_from_dict(orjson.loads(codec.dumps(codec.account_to_dict(a)))) == a
+    assert stored_v2.account_from_dict(orjson.loads(wire.dumps(stored_v2.account_to_dict(a)))) == a
     raw = codec.dump_stored(acc_stored(a))
     assert codec.Undecoded(raw).exhausted is False  # -1 + 2 > 0
 
@@ -363,13 +364,13 @@ def test_values_written_before_decode_with_the_defaults() -> None:
         },
         "pending": None,
     }
-    a = codec.account_from_dict(old)
+    a = stored_v2.account_from_dict(old)
     assert a.credit_limit == 0 and a.notify_below is None
     assert a.auto_recharge is not None and a.auto_recharge.mode is RechargeMode.FIXED
     assert a.auto_recharge.target_balance is None
     assert a.exhausted
     # Written back, an account with the defaults is the same value as before.
-    assert codec.account_to_dict(a) == {**old, "requests_issued": 0, "status_seq": 0}
+    assert stored_v2.account_to_dict(a) == {**old, "requests_issued": 0, "status_seq": 0}
 
 
 def test_account_view_shows_limits() -> None:
@@ -427,4 +428,4 @@ def test_settings_that_differ_only_in_mode_decode_apart() -> None:
         ),
     )  # fmt: skip
     for a in (fixed, target, fixed):
-        assert codec.account_from_dict(codec.account_to_dict(a)) == a
+        assert stored_v2.account_from_dict(stored_v2.account_to_dict(a)) == a

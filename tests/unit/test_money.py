@@ -24,7 +24,8 @@ from processor.core.stored import StoredAccount
 from processor.core.transition import Cause
 from processor.core.usage import Debit
 from processor.ops.service_commands import startup_refusal
-from processor.worker.codec import Undecoded, dump_stored, load_stored, stored_to_dict
+from processor.worker.codec import Undecoded, dump_stored, load_stored
+from processor.worker.stored_v2 import stored_to_dict
 from tests.unit.conftest import CALLS, CARD, CARD2, T0, TENANT, Harness, Inputs, make_engine
 
 USD4 = Unit("USD", 4)

@@ -12,6 +12,7 @@ import pytest
 from processor.core.engine import Status
 from processor.core.outputs import AlertKind, AlertOut, NotificationsOut
 from processor.http.views import account_view
+from processor.kafka import wire
 from processor.kafka.topics import TopicNames
 from processor.worker import codec
 from processor.worker.handler import MemoryPublisher, Record, RecordHandler, Source
@@ -49,9 +50,9 @@ def test_settings_are_applied_stored_and_published(harness: Harness) -> None:
     stored = harness.engine.accounts[TENANT]
     assert codec.load_stored(codec.dump_stored(stored)) == stored
     # The record is the contract's, byte for byte.
-    raw = codec.dump_output(out, "USD")
+    raw = wire.dump_output(out, "USD")
     assert NotificationSettings.model_validate_json(raw).to_json() == raw
-    assert codec.output_from_dict(orjson.loads(raw)) == out
+    assert wire.output_from_dict(orjson.loads(raw)) == out
     # A repeat is a duplicate: applied exactly once.
     again = harness.command(decode_command(settings_command()))
     assert again.status is Status.DUPLICATE and again.outputs == ()
@@ -140,9 +141,9 @@ def test_funds_that_close_a_request_raise_recharge_succeeded(harness: Harness) -
     ]
     assert succeeded.request_id == request.request_id
     assert succeeded.amount == request.amount and succeeded.balance == harness.account().balance
-    raw = codec.dump_output(succeeded, "USD")
+    raw = wire.dump_output(succeeded, "USD")
     assert BalanceAlert.model_validate_json(raw).to_json() == raw
-    assert codec.output_from_dict(orjson.loads(raw)) == succeeded
+    assert wire.output_from_dict(orjson.loads(raw)) == succeeded
     # Funds that close nothing (manual, or a request already closed) raise none.
     for cmd in (inputs.funds("1.0000"), inputs.auto_funds("50.0000", request.request_id)):
         out = harness.command(cmd).outputs

@@ -177,7 +177,8 @@ def test_the_counter_is_kept_in_the_account_value() -> None:
     import orjson
 
     from processor.core.stored import StoredAccount
-    from processor.worker.codec import dump_stored, load_stored, stored_to_dict
+    from processor.worker.codec import dump_stored, load_stored
+    from processor.worker.stored_v2 import stored_to_dict
 
     stored = StoredAccount(Account(TENANT, balance=Decimal("1.0000"), status_seq=12), seq=3)
     assert load_stored(dump_stored(stored)).account.status_seq == 12

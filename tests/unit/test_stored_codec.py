@@ -27,13 +27,9 @@ from processor.core.state import (
 from processor.core.stored import OutboxEntry, Position, StoredAccount
 from processor.core.usage import SERVICES, MonthUsage, ServiceUsage
 from processor.core.values import replace
-from processor.worker.codec import (
-    Undecoded,
-    dump_stored,
-    dumps,
-    load_stored,
-    stored_to_dict,
-)
+from processor.kafka.wire import dumps
+from processor.worker.codec import Undecoded, dump_stored, load_stored
+from processor.worker.stored_v2 import stored_to_dict
 
 # ---- strategies ------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from processor.dev.simulator.phones import (
     random_digits,
 )
 from processor.dev.simulator.tenants import AutoRecharge, TenantProfile
-from processor.worker.codec import dumps
+from processor.kafka.wire import dumps
 
 
 def _duration(rng: random.Random, *, unanswered: float, median: float) -> int:
