@@ -52,12 +52,12 @@ class Reach:
 
     A "method" is looked up on `owner` and, with `params`, its parameter names are
     compared (an override assumes them). An "attribute" is an instance attribute that
-    `owner.<set_in>` assigns.
+    `owner.<set_in>` assigns; a "class attribute" one with a default on `owner`.
     """
 
     owner: type[Any]
     name: str
-    kind: Literal["method", "attribute"]
+    kind: Literal["method", "attribute", "class attribute"]
     why: str
     params: tuple[str, ...] | None = None
     set_in: str = "__init__"
@@ -99,7 +99,7 @@ REACHES: tuple[Reach, ...] = (
     Reach(_FaustConsumer, "_read_offset", "attribute", "the fetch loop; off by one after seek"),
     Reach(_FaustConsumer, "_committed_offset", "attribute", "lag, deliveries, head check"),
     Reach(_FaustConsumer, "_commit_every", "attribute", "the fetch loop's commit by count"),
-    Reach(_FaustConsumer, "_n_acked", "attribute", "the fetch loop's commit by count"),
+    Reach(_FaustConsumer, "_n_acked", "class attribute", "the fetch loop's commit by count"),
     Reach(
         faust_aiokafka.Consumer,
         "_thread",
