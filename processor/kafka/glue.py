@@ -19,6 +19,8 @@ What the worker needs from the libraries' insides, and why:
   Faust gives no way to configure (fetch wait, isolation level), and aiokafka's
   fetcher, whose seeks are counted so that a fetch that came back before a seek can be
   told stale.
+- Faust's app: its HTTP client, closed by tests that never start the app; the tasks and
+  timers it starts with, and the blueprints its web server serves (tests check them).
 - A Faust table's changelog topic, built again once the table's serializers are set
   (`rebuild_changelog_topic`); mode's crash of a service (`crash`); aiokafka's cluster
   metadata (`fetch_metadata`); the table manager's recovery, absent from its type.
@@ -31,16 +33,18 @@ which subclasses `FetchLoop` and fills in its hooks (`hand_over`, `drop_stale`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+import faust
 from aiokafka import AIOKafkaConsumer
 from faust.tables.base import Collection
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.consumer import Consumer as FaustBaseConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, Message
+from faust.web.base import Web as FaustWeb
 from mode import Service
 
 VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
@@ -132,6 +136,10 @@ REACHES: tuple[Reach, ...] = (
     Reach(AIOKafkaConsumer, "_isolation_level", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_fetcher", "attribute", "its seeks are counted", set_in="start"),
     Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata (partitions of a topic)"),
+    # Faust's app and web server (tests end apps they never started, and check them).
+    Reach(faust.App, "_maybe_close_http_client", "method", "close its HTTP client", ("self",)),
+    Reach(faust.App, "_app_tasks", "attribute", "the tasks and timers it starts with"),
+    Reach(FaustWeb, "_enabled_blueprints", "method", "the blueprints it serves", ("self",)),
     # Faust's table.
     Reach(
         Collection,
@@ -517,3 +525,18 @@ async def fetch_metadata(consumer: AIOKafkaConsumer) -> Any:
     for all of them.
     """
     return await consumer._client.fetch_all_metadata()
+
+
+async def close_http_client(app: faust.App) -> None:
+    """Close the app's HTTP client if it made one (as its stop does)."""
+    await app._maybe_close_http_client()
+
+
+def app_tasks(app: faust.App) -> list[Callable[[], Awaitable[Any]]]:
+    """The tasks and timers the app starts with, in the order they were registered."""
+    return list(app._app_tasks)
+
+
+def enabled_blueprints(web: Any) -> list[tuple[str, Any]]:
+    """The (URL prefix, blueprint) pairs Faust's web server serves."""
+    return list(web._enabled_blueprints())

@@ -137,7 +137,7 @@ class Observer:
         chunk: int = CHUNK,
     ) -> None:
         self._meter = meter
-        self._balance_of = balance_of if balance_of is not None else load_balance_of()
+        self.balance_of = balance_of if balance_of is not None else load_balance_of()
         self._chunk = chunk
         self._inputs = input_labels(meter.names)
         self._lag_series: set[tuple[str, str]] = set()
@@ -227,7 +227,7 @@ class Observer:
             _snapshot(self._meter.accounts),
             limit,
             lambda tenant: partition_for(tenant, partitions) in owned,
-            self._balance_of,
+            self.balance_of,
             self._chunk,
         )
         currency = self._meter.card.currency

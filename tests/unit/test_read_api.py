@@ -19,6 +19,7 @@ from aiohttp import web
 
 from processor.config.settings import Settings
 from processor.core.rating import example_rate_card_path, load_rate_card
+from processor.kafka import glue
 from processor.kafka.routing import (
     MAX_CACHED_KEY_BYTES,
     _partition,
@@ -48,8 +49,7 @@ async def meter() -> AsyncIterator[Meter]:
     try:
         yield m
     finally:
-        if m.app._http_client is not None:
-            await m.app._http_client.close()
+        await glue.close_http_client(m.app)
 
 
 def refuse_work(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,8 +107,7 @@ async def owner(meter: Meter) -> AsyncIterator[Callable[[web.Response | None], A
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
-        # union-attr: aiohttp's private server is set once the site has started
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         # method-assign: the test chooses where a tenant's owner is
         meter.owner_url = lambda tenant_id: f"http://127.0.0.1:{port}/"  # type: ignore[method-assign]
 
@@ -171,7 +170,7 @@ def test_faust_pages_are_off_and_ours_are_on(meter: Meter) -> None:
     assert not conf.web_graph_enabled
     assert not conf.web_stats_enabled
     assert not conf.web_metrics_enabled  # Faust's /performance/, not our /metrics
-    served = {prefix for prefix, _ in meter.app.web._enabled_blueprints()}
+    served = {prefix for prefix, _ in glue.enabled_blueprints(meter.app.web)}
     assert served == {""}  # only Faust's plain production index at /
     names = {page.__name__ for page in meter.pages}
     assert names == {
