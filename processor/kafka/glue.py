@@ -33,7 +33,7 @@ which subclasses `FetchLoop` and fills in its hooks (`hand_over`, `drop_stale`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -46,6 +46,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, Message
 from faust.web.base import Web as FaustWeb
 from mode import Service
+
+from processor.kafka.stepping import step
 
 VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
 
@@ -67,79 +69,57 @@ class Reach:
     set_in: str = "__init__"
 
 
-_FaustConsumer = FaustBaseConsumer
-_FaustThread = faust_aiokafka.AIOKafkaConsumerThread
+_C = FaustBaseConsumer
+_AC = faust_aiokafka.Consumer
+_T = faust_aiokafka.AIOKafkaConsumerThread
+_SELF = ("self",)
 
 REACHES: tuple[Reach, ...] = (
     # Faust's consumer: overridden.
-    Reach(_FaustConsumer, "_drain_messages", "method", "the fetch loop", ("self", "fetcher")),
+    Reach(_C, "_drain_messages", "method", "the fetch loop", ("self", "fetcher")),
+    Reach(_C, "_wait_next_records", "method", "a fetch's seek count", ("self", "timeout")),
     Reach(
-        _FaustConsumer,
-        "_wait_next_records",
-        "method",
-        "to note each fetch's seek count",
-        ("self", "timeout"),
-    ),
-    Reach(
-        _FaustConsumer,
+        _C,
         "_add_gap",
         "method",
-        "a gap ends before the record that revealed it",
+        "a gap ends before its record",
         ("self", "tp", "offset_from", "offset_to"),
     ),
-    Reach(_FaustConsumer, "_new_offset", "method", "the guard narrows the commit", ("self", "tp")),
-    Reach(
-        faust_aiokafka.Consumer,
-        "_new_consumer_thread",
-        "method",
-        "to build our consumer thread",
-        ("self",),
-    ),
+    Reach(_C, "_new_offset", "method", "the guard narrows the commit", ("self", "tp")),
+    Reach(_AC, "_new_consumer_thread", "method", "to build our consumer thread", _SELF),
     # Faust's consumer: read.
-    Reach(_FaustConsumer, "_get_active_partitions", "method", "a seek pauses them", ("self",)),
-    Reach(_FaustConsumer, "_acked", "attribute", "the guard holds acks past a refusal"),
-    Reach(_FaustConsumer, "_acked_index", "attribute", "set with `_acked` (unit tests)"),
-    Reach(_FaustConsumer, "_gap", "attribute", "a known gap at the committed offset"),
-    Reach(_FaustConsumer, "_read_offset", "attribute", "the fetch loop; off by one after seek"),
-    Reach(_FaustConsumer, "_committed_offset", "attribute", "lag, deliveries, head check"),
-    Reach(_FaustConsumer, "_commit_every", "attribute", "the fetch loop's commit by count"),
-    Reach(_FaustConsumer, "_n_acked", "class attribute", "the fetch loop's commit by count"),
-    Reach(
-        faust_aiokafka.Consumer,
-        "_thread",
-        "attribute",
-        "our consumer thread",
-        set_in="__init__",
-    ),
+    Reach(_C, "_get_active_partitions", "method", "a seek pauses them", _SELF),
+    Reach(_C, "_acked", "attribute", "the guard holds acks past a refusal"),
+    Reach(_C, "_acked_index", "attribute", "set with `_acked` (unit tests)"),
+    Reach(_C, "_gap", "attribute", "a known gap at the committed offset"),
+    Reach(_C, "_read_offset", "attribute", "the fetch loop; off by one after a seek"),
+    Reach(_C, "_committed_offset", "attribute", "lag, deliveries, the head check"),
+    Reach(_C, "_commit_every", "attribute", "the fetch loop's commit by count"),
+    Reach(_C, "_n_acked", "class attribute", "the fetch loop's commit by count"),
+    Reach(_AC, "_thread", "attribute", "our consumer thread"),
     # mode's service: the fetch loop stops on these; a failed hand-over crashes the app.
     Reach(Service, "_stopped", "attribute", "the fetch loop stops with the consumer"),
     Reach(Service, "_crashed", "attribute", "set with `_stopped` (unit tests)"),
-    Reach(Service, "_crash", "method", "crash policy: restart and read again", ("self", "reason")),
+    Reach(Service, "_crash", "method", "crash policy: restart, read again", ("self", "reason")),
     # Faust's consumer thread.
+    Reach(_T, "_create_worker_consumer", "method", "fetch wait, isolation", ("self", "transport")),
     Reach(
-        _FaustThread,
-        "_create_worker_consumer",
-        "method",
-        "fetch wait and isolation level",
-        ("self", "transport"),
-    ),
-    Reach(
-        _FaustThread,
+        _T,
         "_fetch_records",
         "method",
         "to tag each fetch with the seek count",
         ("self", "consumer", "active_partitions", "timeout", "max_records"),
     ),
-    Reach(_FaustThread, "_ensure_consumer", "method", "the aiokafka consumer", ("self",)),
+    Reach(_T, "_ensure_consumer", "method", "the aiokafka consumer", _SELF),
     # aiokafka.
     Reach(AIOKafkaConsumer, "_fetch_max_wait_ms", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_isolation_level", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_fetcher", "attribute", "its seeks are counted", set_in="start"),
     Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata (partitions of a topic)"),
     # Faust's app and web server (tests end apps they never started, and check them).
-    Reach(faust.App, "_maybe_close_http_client", "method", "close its HTTP client", ("self",)),
+    Reach(faust.App, "_maybe_close_http_client", "method", "close its HTTP client", _SELF),
     Reach(faust.App, "_app_tasks", "attribute", "the tasks and timers it starts with"),
-    Reach(FaustWeb, "_enabled_blueprints", "method", "the blueprints it serves", ("self",)),
+    Reach(FaustWeb, "_enabled_blueprints", "method", "the blueprints it serves", _SELF),
     # Faust's table.
     Reach(
         Collection,
@@ -149,6 +129,7 @@ REACHES: tuple[Reach, ...] = (
         ("self", "retention", "compacting", "deleting"),
     ),
 )
+
 # Faust's bookkeeping a unit test may set on a consumer built without Faust's __init__.
 CONSUMER_STATE = frozenset(
     {
@@ -433,43 +414,6 @@ class FetchLoop(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
-
-
-def step(awaitable: Awaitable[Any]) -> Awaitable[Any] | None:
-    """Run a coroutine up to its first suspension: None if it finished, else the rest."""
-    if not isinstance(awaitable, Coroutine):
-        return awaitable
-    coro = awaitable
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        return None
-    return _Rest(coro, waiting)
-
-
-class _Rest:
-    """The rest of a coroutine already stepped once: awaits what it was waiting on
-    (handed up to the task, as the coroutine itself would), then carries on."""
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
-        self._coro = coro
-        self._waiting = waiting
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        waiting = self._waiting
-        while True:
-            try:
-                yield waiting
-            except BaseException as exc:  # cancelled (or thrown into) while waiting
-                try:
-                    waiting = self._coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                waiting = self._coro.send(None)
-            except StopIteration as stop:
-                return stop.value
 
 
 def set_consumer_state(consumer: Any, **state: Any) -> None:

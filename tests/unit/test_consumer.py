@@ -14,7 +14,8 @@ from intervaltree import Interval, IntervalTree
 from mode.utils.locks import Event
 
 from processor.kafka import glue
-from processor.kafka.glue import ConsumerThread, step
+from processor.kafka.glue import ConsumerThread
+from processor.kafka.stepping import step
 from processor.worker.consumer import GuardedConsumer, Taken
 
 A, B = TP("usage.calls", 0), TP("usage.calls", 1)

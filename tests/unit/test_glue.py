@@ -16,7 +16,7 @@ from processor.kafka import glue
 
 GLUE_SOURCE = Path(glue.__file__).read_text(encoding="utf-8")
 # Private names of the glue's own making (its own classes' members), not the libraries'.
-OWN = {"_Rest", "_coro", "_waiting", "_count", "_pause_here", "_FaustConsumer", "_FaustThread"}
+OWN = {"_count", "_pause_here"}
 
 
 @pytest.mark.parametrize("distribution", sorted(glue.VERSIONS))
