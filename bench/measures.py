@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench import procstat
 from bench.worker import BenchWorker
 from bench.workload import Event, producer
+from processor.kafka import glue
 from processor.kafka.routing import partition_for
 
 # ----------------------------------------------------------------------- 1. ceiling
@@ -37,7 +38,7 @@ async def ceiling(bootstrap: str, topics: Sequence[str], out_topic: str, expecte
     await consumer.start()
     await prod.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await glue.fetch_metadata(consumer)
         tps = [
             TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t))
         ]
@@ -216,7 +217,7 @@ async def latency(
     arrived: dict[str, float] = {}
     tracked = {e.event_id for e in events if e.charged}
     try:
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await glue.fetch_metadata(consumer)
         tps = [TopicPartition(ledger_topic, p) for p in cluster.partitions_for_topic(ledger_topic)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)

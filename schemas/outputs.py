@@ -103,9 +103,9 @@ class OutputModel(BaseModel):
         validation has already put every datetime in UTC, which orjson writes as "Z"
         with microseconds only when non-zero, and Decimals go through format_money.
         """
-        return orjson.dumps(self._wire_dict(), default=_wire_default, option=orjson.OPT_UTC_Z)
+        return orjson.dumps(self.wire_dict(), default=_wire_default, option=orjson.OPT_UTC_Z)
 
-    def _wire_dict(self) -> dict[str, Any]:
+    def wire_dict(self) -> dict[str, Any]:
         data = self.__dict__
         omit = self._omit_when_none
         if omit:
@@ -143,7 +143,7 @@ def _wire_default(value: object) -> object:
     if isinstance(value, Decimal):
         return format_money(value)
     if isinstance(value, OutputModel):
-        return value._wire_dict()
+        return value.wire_dict()
     raise TypeError(f"{type(value).__name__} is not part of the wire format")
 
 

@@ -84,7 +84,7 @@ class WebhookReceiver:
     port: int = field(default_factory=free_port)
     hooks: list[Hook] = field(default_factory=list)
     tries: Counter[str] = field(default_factory=Counter)
-    _hung: bool = False
+    hung: bool = False
     _runner: web.AppRunner | None = None
     _released: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -135,8 +135,8 @@ class WebhookReceiver:
         if self.tries[webhook_id] <= self.fail_first:
             self.hooks.append(hook(500))
             return web.Response(status=500, text="try again")
-        if self.hang_once_seconds and not self._hung:
-            self._hung = True
+        if self.hang_once_seconds and not self.hung:
+            self.hung = True
             self.hooks.append(hook(0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._released.wait(), self.hang_once_seconds)

@@ -21,6 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
+from processor.kafka import glue
+
 log = logging.getLogger(__name__)
 
 # One fetch returns up to this much per partition: a compacted changelog holds one
@@ -113,7 +115,7 @@ class ChangelogReader:
         )
         await consumer.start()
         try:
-            cluster = await consumer._client.fetch_all_metadata()
+            cluster = await glue.fetch_metadata(consumer)
             parts = []
             for tp in tps:
                 topic, _, partition = tp.rpartition(":")

@@ -106,8 +106,8 @@ class Delivery:
     attempts: int
 
     @classmethod
-    def of(cls, row: Any) -> Delivery:
-        m = row._mapping
+    def of(cls, m: Any) -> Delivery:
+        """From a row's mapping (`Result.mappings()`)."""
         return cls(**{name: m[name] for name in cls.__dataclass_fields__})
 
 
@@ -171,7 +171,7 @@ class OutboxStore:
         taken: list[Delivery] = []
         counts = dict(busy or {})
         async with self.engine.begin() as conn:
-            candidates = [Delivery.of(r) for r in (await conn.execute(query)).all()]
+            candidates = [Delivery.of(m) for m in (await conn.execute(query)).mappings().all()]
             for row in candidates:
                 if len(taken) >= limit:
                     break
@@ -229,4 +229,4 @@ class OutboxStore:
         """Every row, for tests and operators."""
         async with self.engine.connect() as conn:
             result = await conn.execute(sa.select(outbox).order_by(outbox.c.created_at))
-            return [dict(r._mapping) for r in result.all()]
+            return [dict(m) for m in result.mappings().all()]

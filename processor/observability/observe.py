@@ -20,11 +20,12 @@ import asyncio
 import heapq
 import importlib
 import logging
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator
 from decimal import Decimal
 from typing import Any, Protocol
 
 from processor.config.settings import Settings
+from processor.kafka import glue
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.observability import metrics
@@ -136,7 +137,7 @@ class Observer:
         chunk: int = CHUNK,
     ) -> None:
         self._meter = meter
-        self._balance_of = balance_of if balance_of is not None else load_balance_of()
+        self.balance_of = balance_of if balance_of is not None else load_balance_of()
         self._chunk = chunk
         self._inputs = input_labels(meter.names)
         self._lag_series: set[tuple[str, str]] = set()
@@ -203,8 +204,7 @@ class Observer:
             return None
         # Faust's own record of what it committed (next offset to read). It is None
         # before the first commit of a fresh group and, in Faust, for offset 0.
-        committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
-        done = committed.get(tp)
+        done = glue.committed_offsets(consumer).get(tp)
         if done is None:
             try:
                 # The fetch position runs ahead of processing by at most the fetch
@@ -227,7 +227,7 @@ class Observer:
             _snapshot(self._meter.accounts),
             limit,
             lambda tenant: partition_for(tenant, partitions) in owned,
-            self._balance_of,
+            self.balance_of,
             self._chunk,
         )
         currency = self._meter.card.currency

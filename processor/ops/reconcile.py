@@ -42,6 +42,7 @@ from processor.core.stored import (
     highest_applied,
     rewound_inputs,
 )
+from processor.kafka import glue
 from processor.kafka.topics import TopicNames
 from processor.worker.codec import applied_offsets
 from processor.worker.handler import H_FORCE_TOO_OLD, H_REPLAY_OF
@@ -81,7 +82,7 @@ async def read_topic(
     )
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await glue.fetch_metadata(consumer)
         tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
         if not tps:
             return []

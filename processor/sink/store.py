@@ -269,7 +269,7 @@ class LedgerStore:
             )
         query = query.order_by(t.source_partition.desc(), t.source_offset.desc()).limit(limit + 1)
         async with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
+            rows = [dict(m) for m in (await conn.execute(query)).mappings().all()]
         more = len(rows) > limit
         rows = rows[:limit]
         cursor = Cursor(rows[-1]["source_partition"], rows[-1]["source_offset"]) if more else None
@@ -290,7 +290,7 @@ class LedgerStore:
                 )
             query = query.order_by(t.source_partition, t.source_offset).limit(chunk)
             async with self.engine.connect() as conn:
-                rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
+                rows = [dict(m) for m in (await conn.execute(query)).mappings().all()]
             if not rows:
                 return
             yield rows
@@ -360,18 +360,22 @@ class LedgerStore:
         if tenant_id is not None:
             query = query.where(commands.c.tenant_id == tenant_id)
         async with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in (await conn.execute(query.limit(2))).all()]
+            rows = [dict(m) for m in (await conn.execute(query.limit(2))).mappings().all()]
             for row in rows:
                 row["entry"] = None
                 if row["entry_id"] is not None:
                     found = (
-                        await conn.execute(
-                            sa.select(ledger_entries).where(
-                                ledger_entries.c.entry_id == row["entry_id"]
+                        (
+                            await conn.execute(
+                                sa.select(ledger_entries).where(
+                                    ledger_entries.c.entry_id == row["entry_id"]
+                                )
                             )
                         )
-                    ).first()
-                    row["entry"] = None if found is None else dict(found._mapping)
+                        .mappings()
+                        .first()
+                    )
+                    row["entry"] = None if found is None else dict(found)
         return rows
 
     async def count(self, table: Literal["ledger", "requests", "outcomes", "commands"]) -> int:

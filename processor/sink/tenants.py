@@ -151,7 +151,7 @@ async def apply_events(conn: AsyncConnection, events: list[TenantEvent]) -> None
     query = sa.select(tenants).where(tenants.c.tenant_id.in_(touched))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    existing = {r.tenant_id: dict(r._mapping) for r in (await conn.execute(query)).all()}
+    existing = {m["tenant_id"]: dict(m) for m in (await conn.execute(query)).mappings().all()}
     rows: dict[str, dict[str, Any]] = {}
     for event in events:
         row = rows.get(event.tenant_id)
@@ -221,7 +221,7 @@ async def tenant_page(
     if after is not None:
         query = query.where(t.tenant_id > after)
     query = query.order_by(t.tenant_id).limit(limit + 1)
-    rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
+    rows = [dict(m) for m in (await conn.execute(query)).mappings().all()]
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (encode_tenant_cursor(rows[-1]["tenant_id"]) if more and rows else None)
@@ -265,14 +265,14 @@ async def recharge_history(
     ids = sorted({row.request_id for row in requests})
     answers: dict[tuple[str, int | None], dict[str, Any]] = {}
     if ids:
-        for row in (
+        for answered in (
             await conn.execute(
                 sa.select(recharge_outcomes)
                 .where(o.tenant_id == tenant_id, o.recharge_request_id.in_(ids))
                 .order_by(o.source_partition, o.source_offset)
             )
-        ).all():
-            answers[(row.recharge_request_id, row.attempt)] = dict(row._mapping)
+        ).mappings():
+            answers[(answered["recharge_request_id"], answered["attempt"])] = dict(answered)
     out = []
     for row in requests:
         answer = answers.get((row.request_id, row.attempt))

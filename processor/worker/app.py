@@ -25,6 +25,7 @@ from processor.core.rating import RateCard
 from processor.core.state import ExpiryPolicy, RechargePolicy
 from processor.http import admin_web, auth, command_status
 from processor.http.accounts import AccountAPI
+from processor.kafka import glue
 from processor.kafka import options as kafka_options
 from processor.kafka.changelog import ChangelogReader
 from processor.kafka.routing import partition_for
@@ -204,7 +205,7 @@ class Meter:
         for table, value_codec in tables:
             table.key_serializer = "meter-str"
             table.value_serializer = value_codec
-            table.changelog_topic = table._new_changelog_topic()
+            table.changelog_topic = glue.rebuild_changelog_topic(table)
             if isinstance(table.data, store.SeqMemoryStore):
                 table.data.tally = self.tally if table is self.accounts else None
                 table.data.unit = card.unit if table is self.accounts else None
@@ -377,7 +378,7 @@ class Meter:
             # bug, and the records after it are neither staged nor acked: restart and
             # read them again rather than stall the commits.
             log.exception("staging fetched records failed")
-            self.app._crash(exc)
+            glue.crash(self.app, exc)
         finally:
             if staged is not None and not staged.done():
                 staged.set_result(None)
@@ -448,7 +449,7 @@ class Meter:
         # are not committed), rather than commit past a record that never landed.
         metrics.OUTPUT_ERRORS.inc()
         log.error("batch not delivered: %r", exc)
-        self.app._crash(exc)
+        glue.crash(self.app, exc)
         # Faust's shutdown can hang in the middle of a rebalance (a fenced zombie's
         # is); a crash must end the process so that it starts afresh. Exiting at any
         # point is safe: it is what kill -9 does, and the fault suite proves that.
@@ -487,8 +488,7 @@ class Meter:
     def _committed_offset(self, tp: str) -> int | None:
         """The group's committed offset for `topic:partition`, as this worker knows it."""
         topic, _, partition = tp.rpartition(":")
-        committed: Any = getattr(self.app.consumer, "_committed_offset", {})
-        offset = committed.get(TP(topic, int(partition)))
+        offset = glue.committed_offsets(self.app.consumer).get(TP(topic, int(partition)))
         return offset if isinstance(offset, int) else None
 
     def _owned_partitions(self) -> set[int]:
@@ -512,7 +512,7 @@ class Meter:
         app = self.app
         if app.rebalancing:
             return False, "rebalancing"
-        recovery: Any = getattr(app.tables, "recovery", None)
+        recovery = glue.recovery_of(app)
         if app.in_recovery or recovery is None or not recovery.completed.is_set():
             return False, "recovering state"
         if not self._owned_partitions():

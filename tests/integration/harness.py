@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from processor.dev.kafka_local import free_port
+from processor.kafka import glue
 
 # now_rfc3339 is re-exported: the integration tests import it from here.
 from tests.support.events import now_rfc3339 as now_rfc3339
@@ -223,7 +224,7 @@ class Client:
         )
         await consumer.start()
         try:
-            cluster = await consumer._client.fetch_all_metadata()
+            cluster = await glue.fetch_metadata(consumer)
             partitions = cluster.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             if not tps:

@@ -36,6 +36,7 @@ from processor.config.settings import Settings
 from processor.core.outputs import derive_id
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.dev.kafka_local import LocalKafka
+from processor.kafka import glue
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import Report, read_topic, reconcile
 from tests.integration.diagnose import (
@@ -612,7 +613,7 @@ class RequestWatch:
 
     async def start(self) -> None:
         await self.consumer.start()
-        cluster = await self.consumer._client.fetch_all_metadata()
+        cluster = await glue.fetch_metadata(self.consumer)
         partitions = cluster.partitions_for_topic(self.topic) or set()
         assert partitions, f"{self.topic} does not exist"
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]

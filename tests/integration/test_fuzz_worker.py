@@ -27,6 +27,7 @@ from processor.config.settings import Settings
 from processor.core.engine import DedupeWindow, Engine
 from processor.core.state import RechargePolicy
 from processor.core.stored import Position
+from processor.kafka import glue
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import read_topic, reconcile
 from processor.worker.handler import MAX_REJECTED_PAYLOAD
@@ -151,7 +152,7 @@ async def test_worker_rejects_every_malformed_record_once_and_keeps_exact_balanc
     await consumer.start()
     try:
         topic = d.topic("credits.rejected")
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await glue.fetch_metadata(consumer)
         tps = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
         assert tps, "the worker did not create credits.rejected"
 

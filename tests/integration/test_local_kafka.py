@@ -27,6 +27,7 @@ from aiokafka.structs import OffsetAndMetadata
 from processor.dev import kafka_local
 from processor.dev.kafka_local import LocalKafka, LocalKafkaError
 from processor.dev.simulator import wait_for_topics
+from processor.kafka import glue
 from tests.integration.conftest import EXTERNAL_ENV, KafkaEndpoint, starts_own_brokers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ async def read_to_end(
         partitions: set[int] | None = None
         while not partitions:  # metadata for a just-created topic may lag a moment
             assert time.monotonic() < deadline, f"no metadata for {topic}"
-            cluster = await consumer._client.fetch_all_metadata()
+            cluster = await glue.fetch_metadata(consumer)
             partitions = cluster.partitions_for_topic(topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)

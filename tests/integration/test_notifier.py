@@ -297,7 +297,7 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
                 )
 
             # Kill the notifier while a delivery hangs in the receiver.
-            await eventually(lambda: _value(receiver._hung), 60, what="a hanging delivery")
+            await eventually(lambda: _value(receiver.hung), 60, what="a hanging delivery")
             # The evidence that the kill lands mid-load: the alerts to notify of so far
             # (read just before it), and the ones delivered (the notifier is dead: no
             # more) against every alert the test makes (known at the end).

@@ -27,6 +27,7 @@ from processor.http.auth import (
     access_from,
 )
 from processor.http.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
+from processor.kafka import glue
 from tests.support.faust_web import aiohttp_app
 from tests.support.tokens import AUDIENCE, ISSUER, TestKeys
 
@@ -266,8 +267,7 @@ async def test_every_route_of_the_worker_and_the_sink_is_open_or_named(tmp_path:
         assert ("POST", "/tenants/{tenant_id}/recharges/{request_id}/outcome") in seen
     finally:
         await store.close()
-        if meter.app._http_client is not None:
-            await meter.app._http_client.close()
+        await glue.close_http_client(meter.app)
 
 
 async def test_a_key_set_from_a_url_is_cached_and_fetched_off_the_loop(keys: TestKeys) -> None:

@@ -19,8 +19,9 @@ def commands(
 ) -> list[tuple[str, ...]]:
     """Every command path of the parser tree, e.g. ("auto-recharge", "set")."""
     found: list[tuple[str, ...]] = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
+    # argparse offers no public walk of a parser tree; these two are its stable internals.
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
             for name, sub in action.choices.items():
                 found.append((*prefix, name))
                 found += commands(sub, (*prefix, name))

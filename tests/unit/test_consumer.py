@@ -13,7 +13,10 @@ from faust.types import TP
 from intervaltree import Interval, IntervalTree
 from mode.utils.locks import Event
 
-from processor.worker.consumer import GuardedConsumer, Taken, _ConsumerThread, _step
+from processor.kafka import glue
+from processor.kafka.glue import ConsumerThread
+from processor.kafka.stepping import step
+from processor.worker.consumer import GuardedConsumer, Taken
 
 A, B = TP("usage.calls", 0), TP("usage.calls", 1)
 
@@ -48,18 +51,21 @@ def _consumer(committed: int | None, acked: list[int], refused: set[int]) -> Any
     """A GuardedConsumer with just the bookkeeping Faust's `_new_offset` reads."""
     c: Any = object.__new__(GuardedConsumer)
     c.refused = {A: refused} if refused else {}
-    c._acked = defaultdict(list, {A: list(acked)})
-    c._acked_index = defaultdict(set, {A: set(acked)})
-    c._gap = defaultdict(IntervalTree)
-    c._committed_offset = defaultdict(lambda: None, {A: committed})
+    glue.set_consumer_state(
+        c,
+        acked=defaultdict(list, {A: list(acked)}),
+        acked_index=defaultdict(set, {A: set(acked)}),
+        gap=defaultdict(IntervalTree),
+        committed_offset=defaultdict(lambda: None, {A: committed}),
+    )
     return c
 
 
 def test_no_commit_reaches_past_a_refused_record() -> None:
     # 5..9 processed, 10 skipped by the stream (refused), 11..14 processed.
     c = _consumer(committed=5, acked=[5, 6, 7, 8, 9, 11, 12, 13, 14], refused={10})
-    assert c._new_offset(A) == 10  # next to read: the refused record
-    assert c._acked[A] == [11, 12, 13, 14]  # kept for when 10 is processed
+    assert c.commit_offset(A) == 10  # next to read: the refused record
+    assert c.acked[A] == [11, 12, 13, 14]  # kept for when 10 is processed
 
 
 def test_a_refused_record_at_the_head_blocks_the_commit_faust_would_make() -> None:
@@ -67,27 +73,27 @@ def test_a_refused_record_at_the_head_blocks_the_commit_faust_would_make() -> No
     # committed offset it checks no head at all.
     for committed in (10, None):
         c = _consumer(committed=committed, acked=[11, 12, 13, 14], refused={10})
-        assert c._new_offset(A) is None
-        assert c._acked[A] == [11, 12, 13, 14]
+        assert c.commit_offset(A) is None
+        assert c.acked[A] == [11, 12, 13, 14]
 
 
 def test_without_refusals_faust_decides() -> None:
     c = _consumer(committed=5, acked=[5, 6, 7], refused=set())
-    assert c._new_offset(A) == 8
+    assert c.commit_offset(A) == 8
 
 
 def test_a_record_missing_at_the_committed_offset_blocks_the_commit() -> None:
     # 54 was dropped from a stream's queue at a rebalance: never acked, never refused.
     # Faust alone commits 57 here, past it.
     c = _consumer(committed=54, acked=[55, 56], refused=set())
-    assert c._new_offset(A) is None
+    assert c.commit_offset(A) is None
 
 
 def test_a_known_gap_at_the_committed_offset_does_not_block() -> None:
     # A transaction marker at 54: recorded as a gap when the read resumed after it.
     c = _consumer(committed=54, acked=[55, 56], refused=set())
-    c._gap[A].addi(54, 55)
-    assert c._new_offset(A) == 57
+    c.gaps[A].addi(54, 55)
+    assert c.commit_offset(A) == 57
 
 
 # ---- gaps ------------------------------------------------------------------------
@@ -99,9 +105,9 @@ async def test_a_gap_ends_before_the_record_that_revealed_it() -> None:
     # 8 is then dropped from a stream's queue at a rebalance, 9 is processed: with 8 in
     # the gap, the commit would pass 8, which never reached a balance.
     c = _consumer(committed=5, acked=[5, 9], refused=set())
-    await c._add_gap(A, 6, 8)
-    assert sorted(c._gap[A]) == [Interval(6, 8)]
-    assert c._new_offset(A) == 8  # next to read: 8 itself
+    await c.record_gap(A, 6, 8)
+    assert sorted(c.gaps[A]) == [Interval(6, 8)]
+    assert c.commit_offset(A) == 8  # next to read: 8 itself
 
 
 # ---- seeks ------------------------------------------------------------------------
@@ -120,12 +126,12 @@ async def test_a_seek_keeps_the_input_partitions_paused_until_the_flow_resumes(
     monkeypatch.setattr(faust_aiokafka.Consumer, "perform_seek", no_seek)
     c: Any = object.__new__(GuardedConsumer)
     c.guarded = frozenset({A.topic})
-    c._read_offset = {}
-    c._resuming = set()
+    glue.set_consumer_state(c, read_offset={})
+    c.resuming = set()
     c.can_resume_flow = Event()
     assigned = {A, B}
     paused: set[TP] = set()
-    c._get_active_partitions = lambda: assigned - paused
+    c.active_partitions = lambda: assigned - paused
     c.assignment = lambda: set(assigned)
     c.pause_partitions = paused.update
     c.resume_partitions = paused.difference_update
@@ -138,7 +144,7 @@ async def test_a_seek_keeps_the_input_partitions_paused_until_the_flow_resumes(
         async def resume_fetching(self, tps: set[TP]) -> None:
             fetching.update(tps & assigned)
 
-    c._thread = Thread()
+    glue.set_consumer_state(c, thread=Thread())
 
     await c.perform_seek()
     for _ in range(5):
@@ -169,7 +175,7 @@ class _Fetcher:
 
 
 def test_a_fetch_that_came_back_before_a_seek_of_its_partition_is_stale() -> None:
-    thread: Any = object.__new__(_ConsumerThread)
+    thread: Any = object.__new__(ConsumerThread)
     thread.seeked = {}
     fetcher = _Fetcher()
     thread.count_seeks(fetcher)
@@ -190,7 +196,7 @@ async def test_a_hand_over_that_never_waits_runs_at_once_without_a_task() -> Non
     async def deliver(n: int) -> None:
         done.append(n)
 
-    assert _step(deliver(1)) is None
+    assert step(deliver(1)) is None
     assert done == [1]
 
 
@@ -205,7 +211,7 @@ async def test_a_hand_over_that_waits_finishes_when_awaited_or_is_cancelled() ->
         log.append("delivered")
         return value
 
-    rest = _step(deliver())
+    rest = step(deliver())
     assert rest is not None and log == ["started"]
     task = asyncio.ensure_future(rest)
     await asyncio.sleep(0.01)
@@ -219,7 +225,7 @@ async def test_a_hand_over_that_waits_finishes_when_awaited_or_is_cancelled() ->
         finally:
             log.append("unwound")
 
-    rest = _step(stuck())
+    rest = step(stuck())
     assert rest is not None
     task = asyncio.ensure_future(rest)
     await asyncio.sleep(0)
@@ -260,16 +266,20 @@ def _looping_consumer(
     """A GuardedConsumer whose fetch loop runs over one fetch, then stops."""
     c: Any = object.__new__(GuardedConsumer)
     called: list[Any] = []
-    stopped, fetcher = Event(), SimpleNamespace(_stopped=Event())
-    c._thread = SimpleNamespace(stale=lambda tp, at: False)
+    stopped, fetcher_stopped = Event(), Event()
+    fetcher = SimpleNamespace(_stopped=fetcher_stopped)  # Faust's fetcher service
     c.guarded = frozenset({A.topic, "credits.commands"})
     c.direct = frozenset({A.topic})
     c.sink = sink
-    c._fetched_at = 0
-    c._stopped, c._crashed = stopped, Event()
-    c._read_offset = defaultdict(lambda: None)
+    glue.set_consumer_state(
+        c,
+        thread=SimpleNamespace(stale=lambda tp, at: False),
+        stopped=stopped,
+        crashed=Event(),
+        read_offset=defaultdict(lambda: None),
+        commit_every=None,
+    )
     c.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
-    c._commit_every = None
     c.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
     c.suspend_flow = Event()
 
@@ -287,7 +297,7 @@ def _looping_consumer(
     async def getmany(timeout: float) -> Any:
         for item in fetch:
             yield item
-        fetcher._stopped.set()
+        fetcher_stopped.set()
 
     c.sleep, c.wait_first, c.callback, c.getmany = sleep, wait_first, callback, getmany
     c.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
@@ -303,18 +313,18 @@ async def test_the_fetch_loop_hands_direct_records_over_in_lists_the_rest_singly
             fetch.append((cmd, _Message(cmd, i // 3)))
     sink = _Sink()
     c, called, fetcher = _looping_consumer(fetch, sink)
-    await c._drain_messages(fetcher)
+    await c.fetch_loop(fetcher)
     handed = [m for batch in sink.lists for m in batch]
     assert [m.offset for m in handed] == list(range(150))  # all, in order, once
     assert all(0 < len(batch) <= 100 for batch in sink.lists)  # the loop yields between
     assert [m.offset for m in called] == list(range(50))  # commands through Faust's path
-    assert c._read_offset[A] == 149 and c._read_offset[cmd] == 49
+    assert c.read_offsets[A] == 149 and c.read_offsets[cmd] == 49
 
 
 async def test_the_fetch_loop_waits_for_room_when_the_sink_is_full() -> None:
     fetch = [(A, _Message(A, i)) for i in range(250)]
     sink = _Sink(room_after=1)
     c, _, fetcher = _looping_consumer(fetch, sink)
-    await c._drain_messages(fetcher)
+    await c.fetch_loop(fetcher)
     assert sink.waited == 1
     assert sum(len(batch) for batch in sink.lists) == 250

@@ -535,7 +535,7 @@ def test_the_index_holds_only_tenants_due_within_its_horizon() -> None:
     assert handler.expiry_due == {"later": T0 + timedelta(days=30)}
     # A tenant whose account changes is indexed only when due within the horizon.
     a = credit(new(), "1.0000", "c-1", clock[0])
-    handler._track_due(replace(a.account, tenant_id="fresh"))
+    handler._track_due(replace(a.account, tenant_id="fresh"))  # noqa: SLF001 until wip-1 lands
     assert "fresh" not in handler.expiry_due
 
 

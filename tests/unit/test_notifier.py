@@ -41,6 +41,13 @@ SEALER = Sealer(KEY)
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
+def _retries() -> float:
+    found = metrics.NOTIFIER_REGISTRY.get_sample_value(
+        "meter_notifications_total", {"channel": "webhook", "outcome": "retry"}
+    )
+    return found or 0.0
+
+
 def secret_for(tenant: str) -> str:
     return "whsec_" + base64.b64encode(tenant.encode().ljust(32, b"#")).decode()
 
@@ -143,7 +150,7 @@ async def delivering() -> AsyncIterator[Callable[[Notifier], None]]:
     stop.set()
     await asyncio.gather(*tasks)
     for notifier in started:
-        await asyncio.gather(*notifier._inflight, return_exceptions=True)
+        await asyncio.gather(*notifier._inflight, return_exceptions=True)  # noqa: SLF001 until wip-6 lands
         await notifier.webhook.close()
 
 
@@ -212,7 +219,7 @@ async def test_webhooks_are_signed_retried_through_failures_and_a_hang_then_neve
     try:
         notifier = make_notifier(store, mail, timeout=0.5)
         notifier.book.settings = {"t1": settings("t1", receiver.url("t1"), ("a@t1.example",))}
-        before = metrics.NOTIFICATIONS.labels("webhook", "retry")._value.get()
+        before = _retries()
         await enqueue(notifier, Rec(0, alert("alert-1", "t1", "low_balance")))
         delivering(notifier)
 
@@ -232,7 +239,7 @@ async def test_webhooks_are_signed_retried_through_failures_and_a_hang_then_neve
         assert all(h.verified for h in receiver.hooks)
         rows = {r["channel"]: r for r in await store.rows()}
         assert rows["webhook"]["attempts"] == 5 and rows["email"]["attempts"] == 1
-        assert metrics.NOTIFICATIONS.labels("webhook", "retry")._value.get() - before == 4
+        assert _retries() - before == 4
         # Sent: never taken again, however long the loop runs.
         await asyncio.sleep(0.5)
         assert len(receiver.hooks) == 5
@@ -453,8 +460,8 @@ async def test_the_settings_book_catches_up_before_alerts_are_read() -> None:
         await book.caught_up(stop, within=0.1)
     # A record applied: the latest settings of a tenant win, a tombstone forgets them.
     record = Rec(0, json.dumps({"tenant_id": "t", "events": ["low_balance"]}).encode(), b"t")
-    book._apply(tp, record)
+    book._apply(tp, record)  # noqa: SLF001 until wip-6 lands (a public name there)
     # union-attr: the left operand asserted it is there
     assert book.get("t") is not None and book.get("t").events == {"low_balance"}  # type: ignore[union-attr]
-    book._apply(tp, Rec(1, None, b"t"))
+    book._apply(tp, Rec(1, None, b"t"))  # noqa: SLF001 until wip-6 lands
     assert book.get("t") is None

@@ -15,6 +15,7 @@ import pytest
 from faust.types import TP
 
 from processor.config.settings import Settings
+from processor.kafka import glue
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.observability import metrics, observe
@@ -66,7 +67,9 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.assigned: set[TP] = set()
         self.highwaters: dict[TP, int | None] = {}
+        # Faust's name for it, which the glue reads (glue.committed_offsets).
         self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self.committed = self._committed_offset
         self.positions: dict[TP, int] = {}
         self.fail_assignment = False
 
@@ -178,9 +181,9 @@ def test_the_real_meter_has_everything_the_observers_read() -> None:
 async def test_install_counts_every_rebalance_and_registers_one_timer() -> None:
     app = faust.App("observe-test", broker="kafka://127.0.0.1:1", autodiscover=False)
     meter = FakeMeter(app=app)
-    tasks_before = len(app._app_tasks)
+    tasks_before = len(glue.app_tasks(app))
     observe.install(meter)
-    assert len(app._app_tasks) == tasks_before + 1
+    assert len(glue.app_tasks(app)) == tasks_before + 1
     assert value("meter_ready") == 0  # until the first round says otherwise
 
     before = value("meter_rebalances_total") or 0.0
@@ -204,7 +207,7 @@ async def test_the_timer_runs_the_round(monkeypatch: pytest.MonkeyPatch) -> None
     observe.install(meter, interval=0.01)
     assert value("meter_ready") == 0
     # The task Faust starts with the app: its timer loop calling the round.
-    task: asyncio.Future[Any] = asyncio.ensure_future(app._app_tasks[-1]())
+    task: asyncio.Future[Any] = asyncio.ensure_future(glue.app_tasks(app)[-1]())
     try:
         await asyncio.wait_for(rounds.wait(), 5)
     finally:
@@ -239,7 +242,7 @@ async def test_lag_is_highwater_minus_committed_per_owned_input_partition() -> N
     changelog = TP("credits-meter-accounts-changelog", 0)
     c.assigned = {calls0, calls1, commands0, reroute0, changelog}
     c.highwaters = {calls0: 120, calls1: 50, commands0: 7, reroute0: 0, changelog: 999}
-    c._committed_offset.update({calls0: 100, calls1: 50, commands0: 7, changelog: 3})
+    c.committed.update({calls0: 100, calls1: 50, commands0: 7, changelog: 3})
     c.positions = {reroute0: 0}
 
     await observer(meter).update_consumer_lag()
@@ -279,7 +282,7 @@ async def test_lag_series_of_a_revoked_partition_disappear() -> None:
     kept, moved = TP(NAMES.calls, 0), TP(NAMES.calls, 3)
     c.assigned = {kept, moved}
     c.highwaters = {kept: 10, moved: 30}
-    c._committed_offset.update({kept: 5, moved: 1})
+    c.committed.update({kept: 5, moved: 1})
     obs = observer(meter)
     await obs.update_consumer_lag()
     assert value("meter_consumer_lag_records", topic="calls", partition="3") == 29
@@ -299,7 +302,7 @@ async def test_lag_never_goes_negative_when_highwater_is_stale() -> None:
     tp = TP(NAMES.calls, 0)
     c.assigned = {tp}
     c.highwaters = {tp: 10}
-    c._committed_offset[tp] = 12
+    c.committed[tp] = 12
     await observer(meter).update_consumer_lag()
     assert value("meter_consumer_lag_records", topic="calls", partition="0") == 0
 
@@ -455,7 +458,7 @@ def test_the_codec_decides_how_to_read_a_balance_when_it_can(
 
     monkeypatch.setattr(processor.worker.codec, "balance_of", codec_balance_of, raising=False)
     assert observe.load_balance_of() is codec_balance_of
-    assert observe.Observer(FakeMeter())._balance_of is codec_balance_of
+    assert observe.Observer(FakeMeter()).balance_of is codec_balance_of
 
 
 # ---- a round never fails -------------------------------------------------------------
@@ -474,7 +477,7 @@ async def test_a_failing_step_does_not_stop_the_others_or_raise(
     tp = TP(NAMES.calls, 0)
     meter.app.consumer.assigned = {tp}
     meter.app.consumer.highwaters = {tp: 4}
-    meter.app.consumer._committed_offset[tp] = 1
+    meter.app.consumer.committed[tp] = 1
     metrics.READY.set(0)
 
     await observer(meter).tick()

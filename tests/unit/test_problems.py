@@ -24,6 +24,7 @@ from processor.core.rate_card_parser import example_rate_card_path, load_rate_ca
 from processor.dev.kafka_local import free_port
 from processor.http import admin, admin_web
 from processor.http.problems import PROBLEM_JSON, PROBLEM_TYPE_BASE, problem, problem_body
+from processor.kafka import glue
 from processor.sink.http import build_app
 from processor.sink.store import LedgerStore, database_url
 from processor.worker.app import Broker, Meter
@@ -93,8 +94,7 @@ async def worker(
     monkeypatch.setattr(admin_web.FaustCommandPublisher, "publish", no_broker)
     async with TestClient(TestServer(aiohttp_app(m.app))) as client:
         yield m, client
-    if m.app._http_client is not None:
-        await m.app._http_client.close()
+    await glue.close_http_client(m.app)
 
 
 async def test_every_read_api_error_is_a_problem(

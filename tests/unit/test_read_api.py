@@ -21,6 +21,7 @@ from processor.config.settings import Settings
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.http import accounts as accounts_module
 from processor.http.problems import RETRY_AFTER_SECONDS
+from processor.kafka import glue
 from processor.kafka.routing import (
     MAX_CACHED_KEY_BYTES,
     _partition,
@@ -49,8 +50,7 @@ async def meter() -> AsyncIterator[Meter]:
     try:
         yield m
     finally:
-        if m.app._http_client is not None:
-            await m.app._http_client.close()
+        await glue.close_http_client(m.app)
 
 
 def refuse_work(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,8 +110,7 @@ async def owner(meter: Meter) -> AsyncIterator[Callable[[web.Response | None], A
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
-        # union-attr: aiohttp's private server is set once the site has started
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         # the test chooses where a tenant's owner is
         meter.account_api.owner_url = lambda tenant_id: f"http://127.0.0.1:{port}/"
 
@@ -174,7 +173,7 @@ def test_faust_pages_are_off_and_ours_are_on(meter: Meter) -> None:
     assert not conf.web_graph_enabled
     assert not conf.web_stats_enabled
     assert not conf.web_metrics_enabled  # Faust's /performance/, not our /metrics
-    served = {prefix for prefix, _ in meter.app.web._enabled_blueprints()}
+    served = {prefix for prefix, _ in glue.enabled_blueprints(meter.app.web)}
     assert served == {""}  # only Faust's plain production index at /
     names = {page.__name__ for page in meter.pages}
     assert names == {

@@ -134,7 +134,7 @@ def start_background(
             wait_ready_blocking(current["bootstrap"], timeout)
             return current["bootstrap"]
         broker = LocalKafka(state_dir, port=port, extra_properties=extra_properties)
-        broker._owned = False  # not stopped at our exit: that is the point
+        broker.owned = False  # not stopped at our exit: that is the point
         broker.start(timeout)
         assert broker.pid is not None
         record = {

@@ -98,7 +98,8 @@ class LocalKafka:
         # (e.g. --add-scram to create SASL/SCRAM users, which KRaft stores as metadata).
         self._format_args = tuple(format_args)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._owned = True
+        # Stopped at our exit; a broker started for the CLI outlives it.
+        self.owned = True
         # (temp file the JVM dumps its CDS archive to at exit, final archive path)
         self._cds_pending: tuple[Path, Path] | None = None
         old_port, old_controller = read_ports(self.properties_file)
@@ -358,7 +359,7 @@ class LocalKafka:
             self._jvm_opts,
             "kafka.Kafka",
             str(self.properties_file),
-            create_cds=self._owned,
+            create_cds=self.owned,
         )
         with self.stdout_file.open("ab") as out:
             self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
@@ -371,7 +372,7 @@ class LocalKafka:
                 # test runner's group doesn't reach it, and `kill()` can hit just it.
                 start_new_session=True,
             )
-        if self._owned:
+        if self.owned:
             _OWNED.add(self)
 
     def _check_alive(self) -> None:
