@@ -309,9 +309,9 @@ class RateCard:
         if duration_seconds == 0:
             return Charge(amount=self._zero, billed_seconds=0, rate=rate)
         billed = rate.billed_seconds(duration_seconds)
-        return Charge(amount=self._charge(entry, billed), billed_seconds=billed, rate=rate)
+        return Charge(amount=self.charge_of(entry, billed), billed_seconds=billed, rate=rate)
 
-    def _charge(self, entry: _Entry, billed: int) -> Decimal:
+    def charge_of(self, entry: _Entry, billed: int) -> Decimal:
         # charge * 10**decimals = (fee + per_minute * billed) / denominator, all
         # exact integers (see _entry). The division may not terminate (60 has a
         # factor 3), so it is split into quotient and remainder instead. Where the
@@ -356,7 +356,7 @@ class RateCard:
 
         def affordable(increments: int) -> bool:
             seconds = min(increments * increment, cap)
-            return self._charge(entry, rate.billed_seconds(seconds)) <= budget
+            return self.charge_of(entry, rate.billed_seconds(seconds)) <= budget
 
         top = -(-cap // increment)  # increments that reach the cap
         if affordable(top):

@@ -67,15 +67,15 @@ class IdempotencyCache:
         self.max_bytes = max_bytes
         self.ttl = ttl
         self._clock = clock
-        self._entries: OrderedDict[Scope, Remembered] = OrderedDict()
+        self.entries: OrderedDict[Scope, Remembered] = OrderedDict()
         self.bytes = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def get(self, scope: Scope) -> Remembered | None:
         self._expire()
-        return self._entries.get(scope)
+        return self.entries.get(scope)
 
     def remember(self, scope: Scope, fingerprint: Fingerprint) -> Remembered:
         size = (
@@ -90,27 +90,27 @@ class IdempotencyCache:
             self._clock() + self.ttl,
         )
         self.forget(scope)
-        self._entries[scope] = entry
+        self.entries[scope] = entry
         self.bytes += size
-        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+        while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
             self._pop_oldest()
         return entry
 
     def forget(self, scope: Scope, entry: Remembered | None = None) -> None:
         """Drop the scope's entry (only if it is still `entry`, when given)."""
-        held = self._entries.get(scope)
+        held = self.entries.get(scope)
         if held is not None and (entry is None or held is entry):
-            del self._entries[scope]
+            del self.entries[scope]
             self.bytes -= held.size
 
     def _expire(self) -> None:
         now = self._clock()
         # Insertion order is age order: the oldest expire first.
-        while self._entries and next(iter(self._entries.values())).expires <= now:
+        while self.entries and next(iter(self.entries.values())).expires <= now:
             self._pop_oldest()
 
     def _pop_oldest(self) -> None:
-        _, entry = self._entries.popitem(last=False)
+        _, entry = self.entries.popitem(last=False)
         self.bytes -= entry.size
 
 

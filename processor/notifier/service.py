@@ -141,7 +141,7 @@ class Notifier:
         self.assigned_once = asyncio.Event()
         self._wake = asyncio.Event()
         self._busy: dict[str, int] = {}
-        self._inflight: set[asyncio.Task[None]] = set()
+        self.inflight: set[asyncio.Task[None]] = set()
         self._options: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
             "group_id": group,
@@ -199,7 +199,7 @@ class Notifier:
             stop.set()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, *self._inflight, return_exceptions=True)
+            await asyncio.gather(*tasks, *self.inflight, return_exceptions=True)
             await self.consumer.stop()
             await self.book.stop()
             await self.webhook.close()
@@ -309,7 +309,7 @@ class Notifier:
         last_depth = 0.0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
-            free = cfg.concurrency - len(self._inflight)
+            free = cfg.concurrency - len(self.inflight)
             if free > 0:
                 now = self.clock()
                 taken = await self.store.claim(
@@ -327,10 +327,10 @@ class Notifier:
     def _start(self, delivery: Delivery) -> None:
         self._busy[delivery.tenant_id] = self._busy.get(delivery.tenant_id, 0) + 1
         task = asyncio.create_task(self._send(delivery))
-        self._inflight.add(task)
+        self.inflight.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
-            self._inflight.discard(t)
+            self.inflight.discard(t)
             left = self._busy.get(delivery.tenant_id, 1) - 1
             if left:
                 self._busy[delivery.tenant_id] = left

@@ -76,12 +76,12 @@ class SettingsBook:
             batches = await self.consumer.getmany(timeout_ms=200)
             for tp, records in batches.items():
                 for record in records:
-                    self._apply(tp, record)
+                    self.apply(tp, record)
             if not self.loaded.is_set() and await self._at_end():
                 log.info("notifier: settings of %d tenants loaded", len(self.settings))
                 self.loaded.set()
 
-    def _apply(self, tp: TopicPartition, record: Any) -> None:
+    def apply(self, tp: TopicPartition, record: Any) -> None:
         tenant = (record.key or b"").decode("utf-8", "replace")
         if record.value is None:
             self.settings.pop(tenant, None)

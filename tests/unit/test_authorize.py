@@ -93,14 +93,14 @@ def test_rounding_down_lets_a_fraction_of_a_quantum_through() -> None:
 def test_never_rates_every_second(monkeypatch: pytest.MonkeyPatch) -> None:
     card = card_with({"per_minute": "0.000001", "increment_seconds": 1}, decimals=6)
     calls = 0
-    charge = RateCard._charge  # noqa: SLF001 until wip-6 lands (a public name there)
+    charge = RateCard.charge_of
 
     def counting(self: RateCard, entry: Any, billed: int) -> Decimal:
         nonlocal calls
         calls += 1
         return charge(self, entry, billed)
 
-    monkeypatch.setattr(RateCard, "_charge", counting)
+    monkeypatch.setattr(RateCard, "charge_of", counting)
     assert 0 < seconds(card, "0.000500") < MAX_AUTHORIZED_SECONDS
     assert calls <= 25
 

@@ -107,7 +107,7 @@ async def test_the_same_key_and_body_is_one_command_a_new_secret_is_a_new_reques
     )
     assert changed.status == 422 and body(changed)["error"] == "idempotency_key_reused"
     # The cache keeps a digest of the secret, never the secret.
-    assert SECRET not in repr(api.idempotency._entries)  # noqa: SLF001 until wip-3 lands
+    assert SECRET not in repr(api.idempotency.entries)
 
 
 async def test_needs_the_token_a_tenant_id_and_the_prefix_is_reserved() -> None:

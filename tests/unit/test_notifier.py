@@ -150,7 +150,7 @@ async def delivering() -> AsyncIterator[Callable[[Notifier], None]]:
     stop.set()
     await asyncio.gather(*tasks)
     for notifier in started:
-        await asyncio.gather(*notifier._inflight, return_exceptions=True)  # noqa: SLF001 until wip-6 lands
+        await asyncio.gather(*notifier.inflight, return_exceptions=True)
         await notifier.webhook.close()
 
 
@@ -460,8 +460,8 @@ async def test_the_settings_book_catches_up_before_alerts_are_read() -> None:
         await book.caught_up(stop, within=0.1)
     # A record applied: the latest settings of a tenant win, a tombstone forgets them.
     record = Rec(0, json.dumps({"tenant_id": "t", "events": ["low_balance"]}).encode(), b"t")
-    book._apply(tp, record)  # noqa: SLF001 until wip-6 lands (a public name there)
+    book.apply(tp, record)
     # union-attr: the left operand asserted it is there
     assert book.get("t") is not None and book.get("t").events == {"low_balance"}  # type: ignore[union-attr]
-    book._apply(tp, Rec(1, None, b"t"))  # noqa: SLF001 until wip-6 lands
+    book.apply(tp, Rec(1, None, b"t"))
     assert book.get("t") is None
