@@ -1,4 +1,4 @@
-"""The Faust app: topics, tables, thin agents around `RecordHandler`, the timer, HTTP.
+"""The Faust app: topics, tables, thin agents around the `Pipeline`, the timer, HTTP.
 
 Everything about money lives in `processor.core`; this module only wires Kafka to it.
 """
@@ -6,11 +6,12 @@ Everything about money lives in `processor.core`; this module only wires Kafka t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import quote, urlencode
 
@@ -26,7 +27,7 @@ from prometheus_client import generate_latest
 
 from processor.config.settings import Settings
 from processor.core import account as acc
-from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
+from processor.core.engine import DedupeWindow, dedupe_tenant
 from processor.core.rating import RateCard
 from processor.http import admin, auth, command_status
 from processor.http.problems import PROBLEM_JSON, as_is, install_fallback, problem_body
@@ -39,8 +40,11 @@ from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
 from processor.worker import store
 from processor.worker.codec import dump_mark, dump_stored, load_mark, load_stored
-from processor.worker.handler import Changelog, Deliveries, Record, RecordHandler, Source
+from processor.worker.flusher import Deliveries
+from processor.worker.intake import minimal_rejection
+from processor.worker.pipeline import Pipeline
 from processor.worker.publisher import TransactionalPublisher
+from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
 from processor.worker.sizing import Limits
 from processor.worker.tally import AccountTally
 
@@ -97,9 +101,9 @@ RETRY_AFTER_SECONDS = 2
 # A bulk changelog read that has not reached the end by then fails the rebalance (and
 # the worker restarts) rather than serve a partial state; ~50,000 values/s here.
 RECOVERY_READ_SECONDS = 600.0
-# Dedupe marks forgotten per timer tick, at most: at the default 5 s tick, 10,000 a
+# Seen marks forgotten per timer tick, at most: at the default 5 s tick, 10,000 a
 # second, as many as the worker can meter; a tick's tombstones are one flush.
-MARKS_FORGOTTEN_PER_TICK = 50_000
+SEEN_FORGOTTEN_PER_TICK = 50_000
 
 
 # A round's transaction must commit within this (rounds take milliseconds).
@@ -152,7 +156,12 @@ class Meter:
         partitions: int,
         web_host: str = "127.0.0.1",
         limits: Mapping[str, int] | None = None,
+        *,
+        publisher: Publisher | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """`publisher`: where the rounds go instead of Kafka transactions, and `clock`:
+        the time records are applied at (both for tests)."""
         self.cfg = cfg
         self.card = card
         self.partitions = partitions
@@ -190,7 +199,7 @@ class Meter:
             autodiscover=False,
         )
         n = self.names
-        # Commits count only records the handler took (processor/worker/consumer.py); the
+        # Commits count only records the flusher landed (processor/worker/consumer.py); the
         # contract's input topics' records come straight from the fetch loop (`stage`).
         self.taken = consumer_.install(
             self.app,
@@ -229,14 +238,6 @@ class Meter:
             table.key_serializer = "meter-str"
             table.value_serializer = value_codec
             table.changelog_topic = table._new_changelog_topic()
-            if isinstance(table.data, store.SeqMemoryStore):
-                table.data.tally = self.tally if table is self.accounts else None
-                table.data.unit = card.unit if table is self.accounts else None
-                table.data.reader = ChangelogReader(
-                    broker.bootstrap,
-                    kafka_options.kafka_client_options(cfg),
-                    within=RECOVERY_READ_SECONDS,
-                )
         # Each round's records go out in one Kafka transaction per partition number
         # (processor/worker/publisher.py); the stores start a partition's producer, fencing
         # its earlier owner, before they read its changelog.
@@ -252,10 +253,21 @@ class Meter:
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                 **client_options,
             ),
+            # A lone output the broker refuses as too large becomes a minimal rejection.
+            fallback=functools.partial(minimal_rejection, self.names, utcnow),
         )
         for table in (self.accounts, self.seen):
             if isinstance(table.data, store.SeqMemoryStore):
-                table.data.fence = self.publisher.assign
+                table.data.attach(
+                    reader=ChangelogReader(
+                        broker.bootstrap,
+                        kafka_options.kafka_client_options(cfg),
+                        within=RECOVERY_READ_SECONDS,
+                    ),
+                    fence=self.publisher.assign,
+                    tally=self.tally if table is self.accounts else None,
+                    unit=card.unit if table is self.accounts else None,
+                )
 
         @self.app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def _stop_producers(sender: Any, **kwargs: Any) -> None:
@@ -265,27 +277,23 @@ class Meter:
         async def _release_producers(sender: Any, revoked: Any, **kwargs: Any) -> None:
             await self.publisher.release({tp.partition for tp in revoked})
 
-        # The engine works on the tables' stores: the handler writes their changelogs
-        # itself, once per batch and after the batch's outputs (processor/worker/handler.py).
-        self.engine = Engine(
+        # The engine works on the tables' stores: the flusher writes their changelogs
+        # itself, once per batch and after the batch's outputs (processor/worker/flusher.py).
+        self.pipeline = Pipeline.build(
             card,
             policy,
             DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             self.accounts.data,
             self.seen.data,
+            self.names,
+            partitions,
+            publisher or self.publisher,
             expiry=acc.ExpiryPolicy(
                 expire_after=timedelta(days=cfg.funds_expire_days)
                 if cfg.funds_expire_days
                 else None,
                 notice=timedelta(days=cfg.funds_expiring_notice_days),
             ),
-            ledger_topic=self.names.ledger,
-        )
-        self.handler = RecordHandler(
-            self.engine,
-            self.names,
-            partitions,
-            self.publisher,
             changelogs=(
                 Changelog(self.accounts.changelog_topic.get_topic_name(), dump_stored, str),
                 Changelog(self.seen.changelog_topic.get_topic_name(), dump_mark, dedupe_tenant),
@@ -293,12 +301,10 @@ class Meter:
             batch_max=cfg.batch_max,
             # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
             limits=Limits(self.app.conf.producer_max_request_size, dict(limits or {})),
+            deliveries=Deliveries(self._committed_offset),
+            landed=self._landed,
+            clock=clock,
         )
-        # A lone output the broker refuses as too large becomes a minimal rejection.
-        self.publisher.fallback = self.handler.minimal_rejection
-        self.handler.deliveries = Deliveries(self._committed_offset)
-        self.handler.landed = self._landed
-        self.engine.delivered = self.handler.deliveries
         self._rebuild_due = True
         self._crashed = False
         self.forward_timeout = FORWARD_TIMEOUT_SECONDS
@@ -319,7 +325,7 @@ class Meter:
         )
 
     def _declare_agents(self) -> None:
-        handler = self.handler
+        intake, flusher = self.pipeline.intake, self.pipeline.flusher
         n = self.names
         # The contract's input topics have no agent: the fetch loop hands their
         # records straight to `stage` (processor/worker/consumer.py). Subscribed here, they
@@ -337,19 +343,19 @@ class Meter:
                 # has landed. Holding a reference to its message makes that ack not
                 # the last; the last comes when the flush has landed (`_landed`).
                 event.message.incref()
-                handler.hold(event.message)
-                if handler.full():
-                    await handler.room()
+                flusher.hold(event.message)
+                if flusher.full():
+                    await flusher.room()
                 yield status
 
         @self.app.agent(self._topic(n.reroute), name="rerouted")
         async def rerouted(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive_each(stream, handler.stage_rerouted):
+            async for status in drive_each(stream, intake.stage_rerouted):
                 yield status
 
         @self.app.agent(self._topic(n.timer), name="recharge-timer")
         async def ticks(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive_each(stream, handler.stage_tick):
+            async for status in drive_each(stream, intake.stage_tick):
                 yield status
 
         self.agents = {
@@ -386,7 +392,7 @@ class Meter:
         try:
             self._stage_each(messages)
         except Exception as exc:
-            # The handler turns a bad record into a rejection; anything else here is a
+            # Intake turns a bad record into a rejection; anything else here is a
             # bug, and the records after it are neither staged nor acked: restart and
             # read them again rather than stall the commits.
             log.exception("staging fetched records failed")
@@ -401,25 +407,25 @@ class Meter:
         flowing = app.flow_control.is_active()
         generation = app.consumer_generation_id
         sources = self._direct_sources
-        handler = self.handler
+        intake, flusher = self.pipeline.intake, self.pipeline.flusher
         for message in messages:
             if not flowing or message.generation_id != generation:
                 message.ack(consumer)
                 continue
             # Tracked, the record keeps a rebalance waiting until its ack (`_landed`).
             consumer.track_message(message)
-            handler.stage(sources[message.topic], _record_of(message))
-            handler.hold(message)
+            intake.stage(sources[message.topic], _record_of(message))
+            flusher.hold(message)
 
     def full(self) -> bool:
-        return len(self._fetched) >= self.cfg.batch_max or self.handler.full()
+        return len(self._fetched) >= self.cfg.batch_max or self.pipeline.flusher.full()
 
     async def room(self) -> None:
         if self._fetched:
             if self._all_staged is None:
                 self._all_staged = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._all_staged)
-        await self.handler.room()
+        await self.pipeline.flusher.room()
 
     def _landed(self, messages: list[Message], failure: Exception | None) -> None:
         """The last ack of records whose flush has landed (and only then)."""
@@ -436,21 +442,6 @@ class Meter:
         for message in messages:
             took(message.tp, message.offset)
             message.ack(consumer)
-
-    async def _flush(self) -> None:
-        await self._start_flush()
-
-    def _start_flush(self) -> asyncio.Future[None]:
-        flushing = self.handler.start_flush()
-        flushing.add_done_callback(self._check_flush)
-        return flushing
-
-    def _check_flush(self, flushing: asyncio.Future[None]) -> None:
-        if flushing.cancelled() or flushing.exception() is None:
-            return
-        exc = flushing.exception()
-        assert exc is not None
-        self._crash_undelivered(exc)
 
     def _crash_undelivered(self, exc: BaseException) -> None:
         if self._crashed:
@@ -478,23 +469,26 @@ class Meter:
             interval=self.cfg.timer_interval_seconds, name="recharge-timer"
         )
         async def recharge_timer() -> None:
-            if self._rebuild_due or self.handler.expiry_rebuild_due():
+            due = self.pipeline.due
+            if self._rebuild_due or due.needs_rebuild():
                 self._rebuild_due = False
                 owned = self._owned_partitions()
-                self.handler.rebuild_due(
-                    self.tally.pending(owned), self._owns, self.tally.expiring(owned)
-                )
+                due.rebuild(self.tally.pending(owned), self._owns, self.tally.expiring(owned))
             self._update_gauges()
-            self._forget_expired_marks()
-            self.handler.fire_due()
-            await self._flush()
+            self._forget_expired_seen()
+            due.fire()
+            try:
+                await self.pipeline.flusher.flush()
+            except Exception as exc:
+                self._crash_undelivered(exc)
+                raise
 
-    def _forget_expired_marks(self) -> None:
+    def _forget_expired_seen(self) -> None:
         marks = self.seen.data
         if not isinstance(marks, store.SeqMemoryStore):
             return
-        now = int(self.handler.clock().timestamp())
-        self.handler.forget_marks(marks.expired_marks(now, MARKS_FORGOTTEN_PER_TICK))
+        now = int(self.pipeline.intake.clock().timestamp())
+        self.pipeline.flusher.forget_seen(marks.expired_marks(now, SEEN_FORGOTTEN_PER_TICK))
         metrics.MARKS.set(len(marks.data))
 
     def _committed_offset(self, tp: str) -> int | None:
@@ -631,7 +625,7 @@ class Meter:
             return (
                 200,
                 orjson.dumps(
-                    account_view(stored.account, self.card.currency, self.handler.clock())
+                    account_view(stored.account, self.card.currency, self.pipeline.intake.clock())
                 ),
                 {},
             )
