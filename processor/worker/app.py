@@ -16,12 +16,10 @@ from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 import aiohttp
-import faust
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from faust.serializers import codecs
-from faust.types import TP, EventT, Message, StreamT
+from faust.types import TP, Message, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
@@ -39,7 +37,8 @@ from processor.kafka.topics import TopicNames
 from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
 from processor.worker import store
-from processor.worker.codec import dump_mark, dump_stored, load_mark, load_stored
+from processor.worker.codec import dump_mark, dump_stored
+from processor.worker.faust_app import faust_app, record_of, register_codecs
 from processor.worker.flusher import Deliveries
 from processor.worker.intake import minimal_rejection
 from processor.worker.pipeline import Pipeline
@@ -47,37 +46,9 @@ from processor.worker.publisher import TransactionalPublisher
 from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
 from processor.worker.sizing import Limits
 from processor.worker.tally import AccountTally
+from processor.worker.timer import RechargeTimer
 
 log = logging.getLogger(__name__)
-
-
-class _Utf8Codec(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        return str(obj).encode()
-
-    def _loads(self, s: bytes) -> Any:
-        return s.decode()
-
-
-class _AccountCodec(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        return dump_stored(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return load_stored(s)
-
-
-class _MarkCodec(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        return dump_mark(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return load_mark(s)
-
-
-codecs.register("meter-str", _Utf8Codec())
-codecs.register("meter-account", _AccountCodec())
-codecs.register("meter-mark", _MarkCodec())
 
 
 @dataclass(frozen=True)
@@ -101,9 +72,6 @@ RETRY_AFTER_SECONDS = 2
 # A bulk changelog read that has not reached the end by then fails the rebalance (and
 # the worker restarts) rather than serve a partial state; ~50,000 values/s here.
 RECOVERY_READ_SECONDS = 600.0
-# Seen marks forgotten per timer tick, at most: at the default 5 s tick, 10,000 a
-# second, as many as the worker can meter; a tick's tombstones are one flush.
-SEEN_FORGOTTEN_PER_TICK = 50_000
 
 
 # A round's transaction must commit within this (rounds take milliseconds).
@@ -128,23 +96,6 @@ def _content_type(status: int) -> str:
     return PROBLEM_JSON if status >= 400 else "application/json"
 
 
-def _record(event: EventT[Any]) -> Record:
-    return _record_of(event.message)
-
-
-def _record_of(m: Message) -> Record:
-    headers = m.headers.items() if isinstance(m.headers, Mapping) else (m.headers or ())
-    return Record(
-        topic=m.topic,
-        partition=m.partition,
-        offset=m.offset,
-        key=m.key,
-        value=m.value,
-        headers=tuple(headers),
-        generation=m.generation_id or 0,
-    )
-
-
 class Meter:
     """One worker's app. Build it with `create_meter`; run it with `faust.Worker`."""
 
@@ -166,38 +117,8 @@ class Meter:
         self.card = card
         self.partitions = partitions
         self.names = TopicNames.from_settings(cfg)
-        self.app = faust.App(
-            cfg.app_id,
-            broker=broker.faust_urls(),
-            broker_credentials=kafka_options.faust_credentials(cfg),
-            store=cfg.store,
-            datadir=str(cfg.data_dir),
-            topic_partitions=partitions,
-            topic_replication_factor=cfg.replication_factor,
-            topic_allow_declare=True,
-            topic_disable_leader=True,
-            processing_guarantee="at_least_once",
-            consumer_auto_offset_reset="earliest",
-            broker_session_timeout=cfg.session_timeout_seconds,
-            broker_heartbeat_interval=max(0.5, cfg.session_timeout_seconds / 10),
-            web_enabled=True,
-            # Faust's own pages are off: /router/ lists the cluster's workers,
-            # /table/... serves table data to anyone, /graph/ and the statistics at
-            # / describe the worker's insides. The worker's pages are its own
-            # (_declare_web); it finds a tenant's owner in process, not via /router/.
-            # web_metrics_enabled is Faust's JSON /performance/ page, not our
-            # /metrics: off (its default), said here so it stays a decision.
-            web_router_enabled=False,
-            web_tables_enabled=False,
-            web_graph_enabled=False,
-            web_stats_enabled=False,
-            web_metrics_enabled=False,
-            web_port=cfg.web_port,
-            web_bind=cfg.web_host,
-            web_host=web_host,
-            web_in_thread=False,
-            autodiscover=False,
-        )
+        register_codecs()
+        self.app = faust_app(cfg, broker.faust_urls(), partitions, web_host)
         n = self.names
         # Commits count only records the flusher landed (processor/worker/consumer.py); the
         # contract's input topics' records come straight from the fetch loop (`stage`).
@@ -254,7 +175,7 @@ class Meter:
                 **client_options,
             ),
             # A lone output the broker refuses as too large becomes a minimal rejection.
-            fallback=functools.partial(minimal_rejection, self.names, utcnow),
+            fallback=functools.partial(minimal_rejection, self.names, clock),
         )
         for table in (self.accounts, self.seen):
             if isinstance(table.data, store.SeqMemoryStore):
@@ -305,7 +226,9 @@ class Meter:
             landed=self._landed,
             clock=clock,
         )
-        self._rebuild_due = True
+        self.timer = RechargeTimer(
+            self.pipeline, self.tally, self.seen.data, self._owned_partitions
+        )
         self._crashed = False
         self.forward_timeout = FORWARD_TIMEOUT_SECONDS
         # Who may call which endpoint (processor/http/auth.py; METER_AUTH).
@@ -338,7 +261,7 @@ class Meter:
         ) -> AsyncIterator[str]:
             # The processor's own topics' records, one at a time through Faust's stream.
             async for event in stream.events():
-                status = stage(_record(event))
+                status = stage(record_of(event.message))
                 # Faust acks an event once the agent moves on, long before its flush
                 # has landed. Holding a reference to its message makes that ack not
                 # the last; the last comes when the flush has landed (`_landed`).
@@ -414,7 +337,7 @@ class Meter:
                 continue
             # Tracked, the record keeps a rebalance waiting until its ack (`_landed`).
             consumer.track_message(message)
-            intake.stage(sources[message.topic], _record_of(message))
+            intake.stage(sources[message.topic], record_of(message))
             flusher.hold(message)
 
     def full(self) -> bool:
@@ -463,33 +386,17 @@ class Meter:
     def _declare_timer(self) -> None:
         @self.app.on_rebalance_complete.connect  # type: ignore[arg-type]
         async def _on_rebalanced(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-            self._rebuild_due = True
+            self.timer.rebalanced()
 
         @self.app.timer(  # type: ignore[untyped-decorator]
             interval=self.cfg.timer_interval_seconds, name="recharge-timer"
         )
         async def recharge_timer() -> None:
-            due = self.pipeline.due
-            if self._rebuild_due or due.needs_rebuild():
-                self._rebuild_due = False
-                owned = self._owned_partitions()
-                due.rebuild(self.tally.pending(owned), self._owns, self.tally.expiring(owned))
-            self._update_gauges()
-            self._forget_expired_seen()
-            due.fire()
             try:
-                await self.pipeline.flusher.flush()
+                await self.timer.turn()
             except Exception as exc:
                 self._crash_undelivered(exc)
                 raise
-
-    def _forget_expired_seen(self) -> None:
-        marks = self.seen.data
-        if not isinstance(marks, store.SeqMemoryStore):
-            return
-        now = int(self.pipeline.intake.clock().timestamp())
-        self.pipeline.flusher.forget_seen(marks.expired_marks(now, SEEN_FORGOTTEN_PER_TICK))
-        metrics.MARKS.set(len(marks.data))
 
     def _committed_offset(self, tp: str) -> int | None:
         """The group's committed offset for `topic:partition`, as this worker knows it."""
@@ -504,15 +411,6 @@ class Meter:
         except Exception:  # not yet assigned
             return set()
         return {tp.partition for tp in actives if tp.topic == self.names.calls}
-
-    def _owns(self, tenant: str) -> bool:
-        return partition_for(tenant, self.partitions) in self._owned_partitions()
-
-    def _update_gauges(self) -> None:
-        totals = self.tally.totals(self._owned_partitions())
-        metrics.TENANTS.set(totals.tenants)
-        metrics.OUTSTANDING.set(totals.outstanding)
-        metrics.EXHAUSTED.set(totals.exhausted)
 
     # ---- HTTP ---------------------------------------------------------------------
 

@@ -492,22 +492,24 @@ async def test_the_worker_forgets_marks_once_their_window_has_passed(
     key = dedupe_key("acme", "call", "e1")
 
     h.clock.now = T0 + timedelta(hours=23)
-    h.meter._forget_expired_seen()
+    h.meter.timer.forget_expired_seen()
     await h.meter.pipeline.flusher.flush()
     assert key in store.data
-    assert metrics.MARKS._value.get() == 2  # the command's mark and the call's
+    assert (
+        metrics.REGISTRY.get_sample_value("meter_dedupe_marks") == 2
+    )  # the command's mark and the call's
     assert await h.put("calls", call("e1"), key=b"acme") == "duplicate"
 
     h.clock.now = T0 + timedelta(days=1, minutes=1)
     h.pub.state.clear()
-    h.meter._forget_expired_seen()
+    h.meter.timer.forget_expired_seen()
     await h.meter.pipeline.flusher.flush()
     tombstones = {r.key: r.value for r in h.pub.state}
     assert tombstones == {key.encode(): None, dedupe_key("acme", "command", "c1").encode(): None}
     assert all(r.topic == h.meter.seen.changelog_topic.get_topic_name() for r in h.pub.state)
     assert key not in store.data
-    h.meter._forget_expired_seen()  # the next tick counts what is left
-    assert metrics.MARKS._value.get() == 0
+    h.meter.timer.forget_expired_seen()  # the next tick counts what is left
+    assert metrics.REGISTRY.get_sample_value("meter_dedupe_marks") == 0
     # Re-sent after its window, the event can no longer be told from a duplicate: it
     # is refused as too old, not metered again.
     assert await h.put("calls", call("e1"), key=b"acme") == "rejected"
@@ -572,19 +574,16 @@ async def test_gauges_count_owned_tenants_from_the_tables_writes(
     for i in range(8):
         await h.put("calls", call(f"e{i}", tenant=acme), partition=partition_for(acme, 4))
 
-    # method-assign: the test decides which partitions this worker owns
-    h.meter._owned_partitions = lambda: {0, 1, 2, 3}  # type: ignore[method-assign]
-    h.meter._update_gauges()
-    assert metrics.TENANTS._value.get() == 2
-    assert metrics.OUTSTANDING._value.get() == 1
-    assert metrics.EXHAUSTED._value.get() == 1
+    # The test decides which partitions this worker owns.
+    h.meter.timer.update_gauges({0, 1, 2, 3})
+    assert metrics.REGISTRY.get_sample_value("meter_tenants") == 2
+    assert metrics.REGISTRY.get_sample_value("meter_recharge_outstanding") == 1
+    assert metrics.REGISTRY.get_sample_value("meter_tenants_exhausted") == 1
 
-    # method-assign: the test decides which partitions this worker owns
-    h.meter._owned_partitions = lambda: {partition_for(zeta, 4)}  # type: ignore[method-assign]
-    h.meter._update_gauges()
-    assert metrics.TENANTS._value.get() == 1
-    assert metrics.OUTSTANDING._value.get() == 0
-    assert metrics.EXHAUSTED._value.get() == 0
+    h.meter.timer.update_gauges({partition_for(zeta, 4)})
+    assert metrics.REGISTRY.get_sample_value("meter_tenants") == 1
+    assert metrics.REGISTRY.get_sample_value("meter_recharge_outstanding") == 0
+    assert metrics.REGISTRY.get_sample_value("meter_tenants_exhausted") == 0
 
     # After a rebalance the timer's index comes from the same counts.
     h.meter.pipeline.due.rebuild(h.meter.tally.pending({partition_for(acme, 4)}), lambda t: True)
