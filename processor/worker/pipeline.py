@@ -29,6 +29,8 @@ from processor.worker.staged import Staged
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
+    """The worker's core: what `Meter` (and the tests, over dicts) drive."""
+
     engine: Engine
     intake: Intake
     flusher: Flusher
