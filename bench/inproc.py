@@ -3,7 +3,7 @@
     python -m bench.inproc [--records N] [--tenants N]
 
 Workload records (the bench's usage mix, 12 partitions, each on its tenant's partition)
-go through a `RecordHandler` on plain dicts, staged in batches of 1,000 and flushed to a
+go through a `Pipeline` on plain dicts, staged in batches of 1,000 and flushed to a
 publisher that keeps nothing, with the worker's collector thresholds. It times what the
 full bench's drain cannot resolve: a change of a few percent in staging, decided by
 alternating runs of the two codes (the machine's speed drifts between runs). Prints the
@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from bench.workload import Event, Workload
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
+from processor.core.engine import DedupeWindow, dedupe_tenant
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.dev import simulator as sim
@@ -29,7 +29,8 @@ from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.ops.service_commands import GC_THRESHOLDS
 from processor.worker.codec import dump_mark, dump_stored
-from processor.worker.handler import Changelog, Out, Record, RecordHandler, Source
+from processor.worker.pipeline import Pipeline
+from processor.worker.records import Changelog, Out, Record, Source
 
 PARTITIONS = 12
 BATCH = 1000
@@ -60,13 +61,13 @@ def _records(events: Iterable[Event], names: TopicNames) -> list[tuple[Source, R
     return out
 
 
-def _run(handler: RecordHandler, records: list[tuple[Source, Record]]) -> None:
+def _run(pipeline: Pipeline, records: list[tuple[Source, Record]]) -> None:
     loop = asyncio.new_event_loop()
     try:
         for start in range(0, len(records), BATCH):
             for source, rec in records[start : start + BATCH]:
-                handler.stage(source, rec)
-            loop.run_until_complete(handler.flush())
+                pipeline.intake.stage(source, rec)
+            loop.run_until_complete(pipeline.flusher.flush())
     finally:
         loop.close()
 
@@ -74,15 +75,12 @@ def _run(handler: RecordHandler, records: list[tuple[Source, Record]]) -> None:
 def measure(records: int, tenants: int) -> float:
     """CPU seconds per usage record through staging and flushing."""
     names = TopicNames.from_settings(Settings(_env_file=None))
-    engine = Engine(
+    pipeline = Pipeline.build(
         load_rate_card(example_rate_card_path()),
         RechargePolicy(timeout=timedelta(hours=1)),
         DedupeWindow(7),
         {},
         {},
-    )
-    handler = RecordHandler(
-        engine,
         names,
         PARTITIONS,
         _Discard(),
@@ -95,9 +93,9 @@ def measure(records: int, tenants: int) -> float:
     setup = _records(work.setup(), names)
     usage = _records(work.usage(records), names)
     gc.set_threshold(*GC_THRESHOLDS)
-    _run(handler, setup)
+    _run(pipeline, setup)
     started = time.process_time()
-    _run(handler, usage)
+    _run(pipeline, usage)
     return (time.process_time() - started) / records
 
 

@@ -2,7 +2,7 @@
 
     python -m bench.rounds
 
-A flusher round (processor/worker/handler.py) is one `KafkaPublisher.publish` over every
+A flusher round (processor/worker/flusher.py) is one `KafkaPublisher.publish` over every
 partition its records touch: a ledger entry, an account value and a dedupe mark per
 record land on three topics of 12 partitions each. This publishes rounds of a given
 size spread over 3 x 12 partitions on a private broker and reports this process's CPU
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from bench.workload import create_topics, producer
 from processor.dev.kafka_local import LocalKafka
-from processor.worker.handler import Out
 from processor.worker.publisher import KafkaPublisher
+from processor.worker.records import Out
 
 TOPICS = ("rounds.a", "rounds.b", "rounds.c")
 PARTITIONS = 12

@@ -16,7 +16,7 @@ RECHARGE_REQUESTS = "credits.recharge-requests"
 LEDGER = "credits.ledger"
 ALERTS = "credits.alerts"
 REJECTED = "credits.rejected"
-# Added: what became of each command (processor/worker/handler.py, docs/contract.md).
+# Added: what became of each command (processor/worker/intake.py, docs/contract.md).
 COMMAND_RESULTS = "credits.command-results"
 # Added: each tenant's notification settings for `meter notifier` (compacted).
 NOTIFICATION_SETTINGS = "credits.notification-settings"

@@ -199,9 +199,6 @@ class Engine:
         self.seen = seen
         # Whether an outbox entry's outputs are safely in Kafka, so it can be dropped.
         self.delivered = delivered
-        # The consumer group generation of the input being applied, set by the caller
-        # before each call: what the account value is stamped with (core/stored.py).
-        self.generation = 0
 
     # ---- usage ---------------------------------------------------------------
 
@@ -212,7 +209,10 @@ class Engine:
         now: datetime,
         position: Position,
         force_too_old: bool = False,
+        generation: int = 0,
     ) -> Outcome:
+        """Apply a usage event. `generation`: the consumer group generation the event
+        was fetched in, what the account value is stamped with (core/stored.py)."""
         tenant = event.tenant_id
         table_key: str
         if isinstance(event, CallUsage):
@@ -222,7 +222,7 @@ class Engine:
         key = dedupe_key(tenant, kind, event.event_id)
         stored = self.accounts.get(tenant)
         if stored is not None and stored.has_applied(position):
-            return self._replayed(stored, key, event.occurred_at, now, position)
+            return self._replayed(stored, key, event.occurred_at, now, position, generation)
         if mark_holds(self.seen.get(key), stored):
             return Outcome(Status.DUPLICATE, tenant)
         at, window = event.occurred_at, self.dedupe
@@ -251,7 +251,7 @@ class Engine:
         )
         cause = Cause(cause_topic, event.event_id, event.occurred_at)
         transition = acc.apply_debit(self._account(stored, tenant), debit, cause, now)
-        return self._commit(stored, key, event.occurred_at, now, position, transition)
+        return self._commit(stored, key, event.occurred_at, now, position, transition, generation)
 
     # ---- commands ------------------------------------------------------------
 
@@ -262,12 +262,13 @@ class Engine:
         now: datetime,
         position: Position,
         force_too_old: bool = False,
+        generation: int = 0,
     ) -> Outcome:
         tenant = cmd.tenant_id
         key = dedupe_key(tenant, "command", cmd.command_id)
         stored = self.accounts.get(tenant)
         if stored is not None and stored.has_applied(position):
-            return self._replayed(stored, key, cmd.occurred_at, now, position)
+            return self._replayed(stored, key, cmd.occurred_at, now, position, generation)
         if mark_holds(self.seen.get(key), stored):
             return Outcome(Status.DUPLICATE, tenant)
         rejection = self._too_far(cmd.occurred_at, now, force_too_old) or self._check_money(cmd)
@@ -336,7 +337,7 @@ class Engine:
                 cmd.attempt,
                 reason=cmd.reason,
             )
-        return self._commit(stored, key, cmd.occurred_at, now, position, transition)
+        return self._commit(stored, key, cmd.occurred_at, now, position, transition, generation)
 
     def _merge_auto_recharge(
         self, current: AutoRecharge | None, cmd: AutoRechargeChanged
@@ -458,12 +459,14 @@ class Engine:
 
     # ---- timer ---------------------------------------------------------------
 
-    def timer(self, tick: TimerTick, cause_topic: str, position: Position) -> Outcome:
+    def timer(
+        self, tick: TimerTick, cause_topic: str, position: Position, generation: int = 0
+    ) -> Outcome:
         stored = self.accounts.get(tick.tenant_id)
         if stored is None:
             return Outcome(Status.IGNORED, tick.tenant_id, note="unknown_tenant")
         if stored.has_applied(position):
-            return self._replayed(stored, None, tick.at, tick.at, position)
+            return self._replayed(stored, None, tick.at, tick.at, position, generation)
         if tick.kind == EXPIRY_TICK:
             expired = apply_expiry(stored.account, self.ledger_topic, tick.at, self.expiry)
             if not expired.changed:
@@ -471,14 +474,14 @@ class Engine:
                 return Outcome(
                     Status.IGNORED, tick.tenant_id, note=expired.ignored, account=stored.account
                 )
-            return self._write(stored, position, expired)
+            return self._write(stored, position, expired, generation)
         cause = Cause(cause_topic, f"{tick.request_id}#{tick.attempt}", tick.at)
         transition = apply_timer(
             stored.account, tick.request_id, tick.attempt, cause, tick.at, self.policy
         )
         if not transition.changed:
             return Outcome(Status.IGNORED, tick.tenant_id, note=transition.ignored)
-        return self._write(stored, position, transition)
+        return self._write(stored, position, transition, generation)
 
     # ---- shared --------------------------------------------------------------
 
@@ -492,6 +495,7 @@ class Engine:
         occurred_at: datetime,
         now: datetime,
         position: Position,
+        generation: int,
     ) -> Outcome:
         """A record already in this account value, read again after a crash.
 
@@ -499,7 +503,7 @@ class Engine:
         acknowledged), and the account value and mark are written again: either may
         have been lost with the crash, while the local store kept them.
         """
-        refreshed = stored.rewritten(self.delivered, self.generation)
+        refreshed = stored.rewritten(self.delivered, generation)
         self.accounts[stored.account.tenant_id] = refreshed
         if key is not None and not mark_holds(self.seen.get(key), refreshed):
             self.seen[key] = Mark(self.dedupe.expires(occurred_at, now), position)
@@ -512,11 +516,15 @@ class Engine:
         )
 
     def _write(
-        self, stored: StoredAccount | None, position: Position, transition: Transition
+        self,
+        stored: StoredAccount | None,
+        position: Position,
+        transition: Transition,
+        generation: int,
     ) -> Outcome:
         base = stored if stored is not None else StoredAccount(transition.account)
         updated = base.advance(
-            transition.account, position, self.delivered, self.generation, self.card.unit
+            transition.account, position, self.delivered, generation, self.card.unit
         )
         self.accounts[transition.account.tenant_id] = updated
         return Outcome(
@@ -536,6 +544,7 @@ class Engine:
         now: datetime,
         position: Position,
         transition: Transition,
+        generation: int,
     ) -> Outcome:
         tenant = transition.account.tenant_id
         if not transition.changed and (transition.ignored is None or stored is None):
@@ -548,7 +557,7 @@ class Engine:
         # An ignored command of a known tenant is written (unchanged) and marked too:
         # re-evaluated later it need not stay moot (a stale recharge_failed re-sent
         # during the next attempt would fail that attempt), and a repeat is a duplicate.
-        outcome = self._write(stored, position, transition)
+        outcome = self._write(stored, position, transition, generation)
         self.seen[key] = Mark(self.dedupe.expires(occurred_at, now), position)
         if transition.ignored is not None:
             return Outcome(Status.IGNORED, tenant, note=transition.ignored, seq=outcome.seq)

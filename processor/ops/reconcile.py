@@ -45,7 +45,7 @@ from processor.core.stored import (
 from processor.kafka import glue
 from processor.kafka.topics import TopicNames
 from processor.worker.codec import applied_offsets
-from processor.worker.handler import H_FORCE_TOO_OLD, H_REPLAY_OF
+from processor.worker.records import H_FORCE_TOO_OLD, H_REPLAY_OF
 from schemas import DecodeError, decode_call, decode_command, decode_conference
 
 
@@ -56,7 +56,7 @@ class Raw:
     offset: int
     value: bytes | None
     # The record's timestamp (ms; -1 unknown) and headers: when it arrived, and whether
-    # a replay forced it past the age check (processor/worker/handler.py, H_FORCE_TOO_OLD).
+    # a replay forced it past the age check (processor/worker/records.py, H_FORCE_TOO_OLD).
     timestamp: int = -1
     headers: tuple[tuple[str, bytes], ...] = ()
 

@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import read_topic
-from processor.worker.handler import H_FORCE_TOO_OLD, H_REPLAY_OF
+from processor.worker.records import H_FORCE_TOO_OLD, H_REPLAY_OF
 from schemas.types import parse_timestamp
 
 # Causes a fix outside the record can cure. invalid_event is not among them by default

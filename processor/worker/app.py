@@ -1,4 +1,4 @@
-"""The Faust app: topics, tables, thin agents around `RecordHandler`, the timer, HTTP.
+"""The Faust app: topics, tables, thin agents around the `Pipeline`, the timer, HTTP.
 
 Everything about money lives in `processor.core`; this module only wires Kafka to it.
 """
@@ -6,21 +6,20 @@ Everything about money lives in `processor.core`; this module only wires Kafka t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-import faust
 from aiokafka import AIOKafkaProducer
-from faust.serializers import codecs
-from faust.types import TP, EventT, Message, StreamT
+from faust.types import TP, Message, StreamT
 
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
+from processor.core.engine import DedupeWindow, dedupe_tenant
 from processor.core.rating import RateCard
 from processor.core.state import ExpiryPolicy, RechargePolicy
 from processor.http import admin_web, auth, command_status
@@ -28,47 +27,22 @@ from processor.http.accounts import AccountAPI
 from processor.kafka import glue
 from processor.kafka import options as kafka_options
 from processor.kafka.changelog import ChangelogReader
-from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
 from processor.worker import store, web
-from processor.worker.codec import dump_mark, dump_stored, load_mark, load_stored
-from processor.worker.handler import Changelog, Deliveries, Record, RecordHandler, Source
+from processor.worker.codec import dump_mark, dump_stored
+from processor.worker.faust_app import faust_app, record_of, register_codecs
+from processor.worker.flusher import Deliveries
+from processor.worker.intake import minimal_rejection
+from processor.worker.pipeline import Pipeline
 from processor.worker.publisher import TransactionalPublisher
+from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
 from processor.worker.sizing import Limits
 from processor.worker.tally import AccountTally
+from processor.worker.timer import RechargeTimer
 
 log = logging.getLogger(__name__)
-
-
-class _Utf8Codec(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        return str(obj).encode()
-
-    def _loads(self, s: bytes) -> Any:
-        return s.decode()
-
-
-class _AccountCodec(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        return dump_stored(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return load_stored(s)
-
-
-class _MarkCodec(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        return dump_mark(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return load_mark(s)
-
-
-codecs.register("meter-str", _Utf8Codec())
-codecs.register("meter-account", _AccountCodec())
-codecs.register("meter-mark", _MarkCodec())
 
 
 @dataclass(frozen=True)
@@ -84,9 +58,6 @@ class Broker:
 # A bulk changelog read that has not reached the end by then fails the rebalance (and
 # the worker restarts) rather than serve a partial state; ~50,000 values/s here.
 RECOVERY_READ_SECONDS = 600.0
-# Dedupe marks forgotten per timer tick, at most: at the default 5 s tick, 10,000 a
-# second, as many as the worker can meter; a tick's tombstones are one flush.
-MARKS_FORGOTTEN_PER_TICK = 50_000
 
 
 # A round's transaction must commit within this (rounds take milliseconds).
@@ -101,23 +72,6 @@ def _exit_after_crash() -> None:
     os._exit(1)
 
 
-def _record(event: EventT[Any]) -> Record:
-    return _record_of(event.message)
-
-
-def _record_of(m: Message) -> Record:
-    headers = m.headers.items() if isinstance(m.headers, Mapping) else (m.headers or ())
-    return Record(
-        topic=m.topic,
-        partition=m.partition,
-        offset=m.offset,
-        key=m.key,
-        value=m.value,
-        headers=tuple(headers),
-        generation=m.generation_id or 0,
-    )
-
-
 class Meter:
     """One worker's app. Build it with `create_meter`; run it with `faust.Worker`."""
 
@@ -129,45 +83,20 @@ class Meter:
         partitions: int,
         web_host: str = "127.0.0.1",
         limits: Mapping[str, int] | None = None,
+        *,
+        publisher: Publisher | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """`publisher`: where the rounds go instead of Kafka transactions, and `clock`:
+        the time records are applied at (both for tests)."""
         self.cfg = cfg
         self.card = card
         self.partitions = partitions
         self.names = TopicNames.from_settings(cfg)
-        self.app = faust.App(
-            cfg.app_id,
-            broker=broker.faust_urls(),
-            broker_credentials=kafka_options.faust_credentials(cfg),
-            store=cfg.store,
-            datadir=str(cfg.data_dir),
-            topic_partitions=partitions,
-            topic_replication_factor=cfg.replication_factor,
-            topic_allow_declare=True,
-            topic_disable_leader=True,
-            processing_guarantee="at_least_once",
-            consumer_auto_offset_reset="earliest",
-            broker_session_timeout=cfg.session_timeout_seconds,
-            broker_heartbeat_interval=max(0.5, cfg.session_timeout_seconds / 10),
-            web_enabled=True,
-            # Faust's own pages are off: /router/ lists the cluster's workers,
-            # /table/... serves table data to anyone, /graph/ and the statistics at
-            # / describe the worker's insides. The worker's pages are its own
-            # (processor/worker/web.py); it finds a tenant's owner in process, not via /router/.
-            # web_metrics_enabled is Faust's JSON /performance/ page, not our
-            # /metrics: off (its default), said here so it stays a decision.
-            web_router_enabled=False,
-            web_tables_enabled=False,
-            web_graph_enabled=False,
-            web_stats_enabled=False,
-            web_metrics_enabled=False,
-            web_port=cfg.web_port,
-            web_bind=cfg.web_host,
-            web_host=web_host,
-            web_in_thread=False,
-            autodiscover=False,
-        )
+        register_codecs()
+        self.app = faust_app(cfg, broker.faust_urls(), partitions, web_host)
         n = self.names
-        # Commits count only records the handler took (processor/worker/consumer.py); the
+        # Commits count only records the flusher landed (processor/worker/consumer.py); the
         # contract's input topics' records come straight from the fetch loop (`stage`).
         self.taken = consumer_.install(
             self.app,
@@ -206,14 +135,6 @@ class Meter:
             table.key_serializer = "meter-str"
             table.value_serializer = value_codec
             table.changelog_topic = glue.rebuild_changelog_topic(table)
-            if isinstance(table.data, store.SeqMemoryStore):
-                table.data.tally = self.tally if table is self.accounts else None
-                table.data.unit = card.unit if table is self.accounts else None
-                table.data.reader = ChangelogReader(
-                    broker.bootstrap,
-                    kafka_options.kafka_client_options(cfg),
-                    within=RECOVERY_READ_SECONDS,
-                )
         # Each round's records go out in one Kafka transaction per partition number
         # (processor/worker/publisher.py); the stores start a partition's producer, fencing
         # its earlier owner, before they read its changelog.
@@ -229,10 +150,21 @@ class Meter:
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                 **client_options,
             ),
+            # A lone output the broker refuses as too large becomes a minimal rejection.
+            fallback=functools.partial(minimal_rejection, self.names, clock),
         )
         for table in (self.accounts, self.seen):
             if isinstance(table.data, store.SeqMemoryStore):
-                table.data.fence = self.publisher.assign
+                table.data.attach(
+                    reader=ChangelogReader(
+                        broker.bootstrap,
+                        kafka_options.kafka_client_options(cfg),
+                        within=RECOVERY_READ_SECONDS,
+                    ),
+                    fence=self.publisher.assign,
+                    tally=self.tally if table is self.accounts else None,
+                    unit=card.unit if table is self.accounts else None,
+                )
 
         @self.app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def _stop_producers(sender: Any, **kwargs: Any) -> None:
@@ -242,27 +174,23 @@ class Meter:
         async def _release_producers(sender: Any, revoked: Any, **kwargs: Any) -> None:
             await self.publisher.release({tp.partition for tp in revoked})
 
-        # The engine works on the tables' stores: the handler writes their changelogs
-        # itself, once per batch and after the batch's outputs (processor/worker/handler.py).
-        self.engine = Engine(
+        # The engine works on the tables' stores: the flusher writes their changelogs
+        # itself, once per batch and after the batch's outputs (processor/worker/flusher.py).
+        self.pipeline = Pipeline.build(
             card,
             policy,
             DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             self.accounts.data,
             self.seen.data,
+            self.names,
+            partitions,
+            publisher or self.publisher,
             expiry=ExpiryPolicy(
                 expire_after=timedelta(days=cfg.funds_expire_days)
                 if cfg.funds_expire_days
                 else None,
                 notice=timedelta(days=cfg.funds_expiring_notice_days),
             ),
-            ledger_topic=self.names.ledger,
-        )
-        self.handler = RecordHandler(
-            self.engine,
-            self.names,
-            partitions,
-            self.publisher,
             changelogs=(
                 Changelog(self.accounts.changelog_topic.get_topic_name(), dump_stored, str),
                 Changelog(self.seen.changelog_topic.get_topic_name(), dump_mark, dedupe_tenant),
@@ -270,13 +198,13 @@ class Meter:
             batch_max=cfg.batch_max,
             # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
             limits=Limits(self.app.conf.producer_max_request_size, dict(limits or {})),
+            deliveries=Deliveries(self._committed_offset),
+            landed=self._landed,
+            clock=clock,
         )
-        # A lone output the broker refuses as too large becomes a minimal rejection.
-        self.publisher.fallback = self.handler.minimal_rejection
-        self.handler.deliveries = Deliveries(self._committed_offset)
-        self.handler.landed = self._landed
-        self.engine.delivered = self.handler.deliveries
-        self._rebuild_due = True
+        self.timer = RechargeTimer(
+            self.pipeline, self.tally, self.seen.data, self._owned_partitions
+        )
         self._crashed = False
         # Who may call which endpoint (processor/http/auth.py; METER_AUTH).
         self.access = auth.access_from(cfg)
@@ -290,7 +218,7 @@ class Meter:
             ready=lambda: self.readiness()[0],
             me=lambda: str(self.app.conf.canonical_url),
             session=lambda: self.app.http_client,
-            clock=lambda: self.handler.clock(),
+            clock=lambda: self.pipeline.intake.clock(),
         )
         self._declare_agents()
         self._declare_timer()
@@ -307,7 +235,7 @@ class Meter:
         )
 
     def _declare_agents(self) -> None:
-        handler = self.handler
+        intake, flusher = self.pipeline.intake, self.pipeline.flusher
         n = self.names
         # The contract's input topics have no agent: the fetch loop hands their
         # records straight to `stage` (processor/worker/consumer.py). Subscribed here, they
@@ -320,24 +248,24 @@ class Meter:
         ) -> AsyncIterator[str]:
             # The processor's own topics' records, one at a time through Faust's stream.
             async for event in stream.events():
-                status = stage(_record(event))
+                status = stage(record_of(event.message))
                 # Faust acks an event once the agent moves on, long before its flush
                 # has landed. Holding a reference to its message makes that ack not
                 # the last; the last comes when the flush has landed (`_landed`).
                 event.message.incref()
-                handler.hold(event.message)
-                if handler.full():
-                    await handler.room()
+                flusher.hold(event.message)
+                if flusher.full():
+                    await flusher.room()
                 yield status
 
         @self.app.agent(self._topic(n.reroute), name="rerouted")
         async def rerouted(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive_each(stream, handler.stage_rerouted):
+            async for status in drive_each(stream, intake.stage_rerouted):
                 yield status
 
         @self.app.agent(self._topic(n.timer), name="recharge-timer")
         async def ticks(stream: StreamT[Any]) -> AsyncIterator[str]:
-            async for status in drive_each(stream, handler.stage_tick):
+            async for status in drive_each(stream, intake.stage_tick):
                 yield status
 
         self.agents = {
@@ -374,7 +302,7 @@ class Meter:
         try:
             self._stage_each(messages)
         except Exception as exc:
-            # The handler turns a bad record into a rejection; anything else here is a
+            # Intake turns a bad record into a rejection; anything else here is a
             # bug, and the records after it are neither staged nor acked: restart and
             # read them again rather than stall the commits.
             log.exception("staging fetched records failed")
@@ -389,25 +317,25 @@ class Meter:
         flowing = app.flow_control.is_active()
         generation = app.consumer_generation_id
         sources = self._direct_sources
-        handler = self.handler
+        intake, flusher = self.pipeline.intake, self.pipeline.flusher
         for message in messages:
             if not flowing or message.generation_id != generation:
                 message.ack(consumer)
                 continue
             # Tracked, the record keeps a rebalance waiting until its ack (`_landed`).
             consumer.track_message(message)
-            handler.stage(sources[message.topic], _record_of(message))
-            handler.hold(message)
+            intake.stage(sources[message.topic], record_of(message))
+            flusher.hold(message)
 
     def full(self) -> bool:
-        return len(self._fetched) >= self.cfg.batch_max or self.handler.full()
+        return len(self._fetched) >= self.cfg.batch_max or self.pipeline.flusher.full()
 
     async def room(self) -> None:
         if self._fetched:
             if self._all_staged is None:
                 self._all_staged = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._all_staged)
-        await self.handler.room()
+        await self.pipeline.flusher.room()
 
     def _landed(self, messages: list[Message], failure: Exception | None) -> None:
         """The last ack of records whose flush has landed (and only then)."""
@@ -424,21 +352,6 @@ class Meter:
         for message in messages:
             took(message.tp, message.offset)
             message.ack(consumer)
-
-    async def _flush(self) -> None:
-        await self._start_flush()
-
-    def _start_flush(self) -> asyncio.Future[None]:
-        flushing = self.handler.start_flush()
-        flushing.add_done_callback(self._check_flush)
-        return flushing
-
-    def _check_flush(self, flushing: asyncio.Future[None]) -> None:
-        if flushing.cancelled() or flushing.exception() is None:
-            return
-        exc = flushing.exception()
-        assert exc is not None
-        self._crash_undelivered(exc)
 
     def _crash_undelivered(self, exc: BaseException) -> None:
         if self._crashed:
@@ -460,30 +373,17 @@ class Meter:
     def _declare_timer(self) -> None:
         @self.app.on_rebalance_complete.connect  # type: ignore[arg-type]
         async def _on_rebalanced(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-            self._rebuild_due = True
+            self.timer.rebalanced()
 
         @self.app.timer(  # type: ignore[untyped-decorator]
             interval=self.cfg.timer_interval_seconds, name="recharge-timer"
         )
         async def recharge_timer() -> None:
-            if self._rebuild_due or self.handler.expiry_rebuild_due():
-                self._rebuild_due = False
-                owned = self._owned_partitions()
-                self.handler.rebuild_due(
-                    self.tally.pending(owned), self._owns, self.tally.expiring(owned)
-                )
-            self._update_gauges()
-            self._forget_expired_marks()
-            self.handler.fire_due()
-            await self._flush()
-
-    def _forget_expired_marks(self) -> None:
-        marks = self.seen.data
-        if not isinstance(marks, store.SeqMemoryStore):
-            return
-        now = int(self.handler.clock().timestamp())
-        self.handler.forget_marks(marks.expired_marks(now, MARKS_FORGOTTEN_PER_TICK))
-        metrics.MARKS.set(len(marks.data))
+            try:
+                await self.timer.turn()
+            except Exception as exc:
+                self._crash_undelivered(exc)
+                raise
 
     def _committed_offset(self, tp: str) -> int | None:
         """The group's committed offset for `topic:partition`, as this worker knows it."""
@@ -497,15 +397,6 @@ class Meter:
         except Exception:  # not yet assigned
             return set()
         return {tp.partition for tp in actives if tp.topic == self.names.calls}
-
-    def _owns(self, tenant: str) -> bool:
-        return partition_for(tenant, self.partitions) in self._owned_partitions()
-
-    def _update_gauges(self) -> None:
-        totals = self.tally.totals(self._owned_partitions())
-        metrics.TENANTS.set(totals.tenants)
-        metrics.OUTSTANDING.set(totals.outstanding)
-        metrics.EXHAUSTED.set(totals.exhausted)
 
     def readiness(self) -> tuple[bool, str]:
         """Ready = partitions assigned and every table recovered, not mid-rebalance."""

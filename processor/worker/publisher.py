@@ -28,7 +28,7 @@ from aiokafka.producer import sender as aiokafka_sender
 
 from processor.kafka.routing import partition_for_key
 from processor.observability import metrics
-from processor.worker.handler import Out
+from processor.worker.records import Out
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ TXN_RETRY_BACKOFF_SECONDS = 0.002
 # The broker (or the producer) refused one record as too large.
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 # For a record refused as too large, alone in its batch: the record to produce
-# instead, or None to fail the publish (`RecordHandler.minimal_rejection`).
+# instead, or None to fail the publish (`intake.minimal_rejection`).
 Fallback = Callable[[Out], Out | None]
 
 

@@ -26,7 +26,7 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
 
     A value moves from `pending` (staged) to a flushing layer (`take`) to the base
     (`settle`), which is written only once that flush has reached Kafka. Flushes
-    overlap (processor/worker/handler.py), so several layers may be in flight; they settle
+    overlap (processor/worker/flusher.py), so several layers may be in flight; they settle
     in the order they were taken, and a read sees the newest. The newest in-flight
     value per key is also kept in one dict (`in_flight`), so that a read costs the
     same however many layers are in flight.
@@ -57,7 +57,7 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         self.pending[key] = value
 
     def __delitem__(self, key: K) -> None:
-        # The engine never deletes: forgetting is the handler's, for keys no batch in
+        # The engine never deletes: forgetting is the flusher's, for keys no batch in
         # progress writes (`forget`).
         raise TypeError("staged tables forget keys through forget(), not del")
 

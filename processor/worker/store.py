@@ -49,7 +49,8 @@ _MISSING = object()
 
 
 class SeqMemoryStore(MemoryStore[Any, Any]):
-    # Set by the app once the store exists; None: Faust's recovery reads everything.
+    # Given by the app once the store exists (`attach`); None: Faust's recovery reads
+    # everything.
     reader: ChangelogReader | None = None
     # The accounts table's counts per partition (processor/worker/tally.py).
     tally: AccountTally | None = None
@@ -60,6 +61,21 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     # The running rate card's currency and decimals: an account value read back in
     # another currency, or at more decimals, stops the worker (core/money.py).
     unit: Unit | None = None
+
+    def attach(
+        self,
+        *,
+        reader: ChangelogReader | None,
+        fence: Callable[[set[int], int], Awaitable[None]] | None,
+        tally: AccountTally | None = None,
+        unit: Unit | None = None,
+    ) -> None:
+        """Give the store what it recovers with. Faust builds the store itself (from
+        the table's `store` URL), so the app hands these over once, right after."""
+        self.reader = reader
+        self.fence = fence
+        self.tally = tally
+        self.unit = unit
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -110,7 +126,9 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
                 # Every write to a table's changelog has a key; Faust's recovery
                 # would fail on one without.
                 if key is not None:
-                    self._apply(partition, keys(key), None if value is None else values(value))
+                    self.apply_recovered(
+                        partition, keys(key), None if value is None else values(value)
+                    )
 
             self._read_to = await self.reader.read(mine, apply)
             if highest:
@@ -128,7 +146,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
                 "start these accounts again (docs/guarantees.md, 'Inputs re-created')"
             )
 
-    def _apply(self, partition: int, key: Any, value: Any) -> None:
+    def apply_recovered(self, partition: int, key: Any, value: Any) -> None:
+        """Keep one value read back from the changelog (None: a tombstone)."""
         self._key_partition[key] = partition
         if value is None:
             self._count(partition, key, self.data.pop(key, None), None)
@@ -197,7 +216,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
             partition = self._key_partition[key] = partition_for(key, self.table.partitions)
         return partition
 
-    # The handler's writes (a batch's values, once in Kafka) come through here.
+    # The flusher's writes (a batch's values, once in Kafka) come through here.
     def __setitem__(self, key: Any, value: Any) -> None:
         if self.tally is not None:
             self.tally.replace(self._partition_of(key), key, self.data.get(key), value)
@@ -252,7 +271,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     ) -> None:
         for event in batch:
             value = None if event.message.value is None else to_value(event.value)
-            self._apply(event.message.partition, to_key(event.key), value)
+            self.apply_recovered(event.message.partition, to_key(event.key), value)
 
 
 def register() -> str:

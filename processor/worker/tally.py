@@ -101,7 +101,7 @@ class AccountTally:
         """The tenants of these partitions with lots, and their first lot's expiry.
 
         Not copied (a million pairs would be ~64 MB at once): consume it without
-        awaiting in between, as `RecordHandler.rebuild_due` does."""
+        awaiting in between, as `DueIndex.rebuild` does."""
         for p in partitions:
             counts = self._parts.get(p)
             if counts is not None:

@@ -24,8 +24,9 @@ from faust.types.tuples import ConsumerMessage
 from processor.config.settings import Settings
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.kafka.routing import partition_for
+from processor.testing import MemoryPublisher
 from processor.worker.app import Broker, Meter
-from processor.worker.handler import H_SOURCE, MemoryPublisher
+from processor.worker.records import H_SOURCE
 from processor.worker.store import SeqMemoryStore
 from schemas import RejectedRecord
 from tests.support import events
@@ -59,12 +60,12 @@ class Harness:
     pub: MemoryPublisher
     clock: Clock
     offsets: dict[str, int] = field(default_factory=dict)
-    # What the handler answered for each usage record staged (the fetch loop's
+    # What intake answered for each usage record staged (the fetch loop's
     # hand-over returns nothing).
     statuses: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        stage = self.meter.handler.stage
+        stage = self.meter.pipeline.intake.stage
 
         def recorded(source: Any, rec: Any) -> str:
             status = stage(source, rec)
@@ -72,7 +73,7 @@ class Harness:
             return status
 
         # method-assign: the harness records each staged record by wrapping the method
-        self.meter.handler.stage = recorded  # type: ignore[method-assign]
+        self.meter.pipeline.intake.stage = recorded  # type: ignore[method-assign]
 
     def fetched(
         self,
@@ -113,7 +114,7 @@ class Harness:
             await self.meter.room()  # staged on the loop's next turn
             # Its outputs land with the flusher's next rounds, which an empty flush
             # waits for.
-            await self.meter.handler.flush()
+            await self.meter.pipeline.flusher.flush()
             assert message.acked
             return self.statuses[-1]
         async with self.meter.agents[agent].test_context() as a:
@@ -123,7 +124,7 @@ class Harness:
             event = await a.put(raw, key=key, partition=partition, headers=headers)
             # The agent yields once the record is staged; its outputs land with the
             # flusher's next rounds, which an empty flush waits for.
-            await self.meter.handler.flush()
+            await self.meter.pipeline.flusher.flush()
             self.offsets[agent] = a.sent_offset
             assert event.message.offset == self.offsets[agent] - 1
             return str(list(a.results.values())[-1])
@@ -138,16 +139,16 @@ async def make_harness() -> AsyncIterator[Callable[..., Harness]]:
 
     def factory(partitions: int = 1, **env: Any) -> Harness:
         cfg = Settings(_env_file=None, **env)
+        pub = MemoryPublisher()
+        clock = Clock()
         meter = Meter(
             cfg,
             load_rate_card(example_rate_card_path()),
             Broker("127.0.0.1:1"),
             partitions=partitions,
+            publisher=pub,
+            clock=clock,
         )
-        pub = MemoryPublisher()
-        clock = Clock()
-        meter.handler.publisher = pub
-        meter.handler.clock = clock
         meter.app.finalize()
         meter.app.flow_control.resume()
         made.append(meter)
@@ -295,10 +296,10 @@ async def test_timer_retries_a_failed_request_after_the_wait(
     )
     h.pub.sent.clear()
     h.clock.now = T0 + timedelta(seconds=899)
-    assert h.meter.handler.fire_due() == 0
+    assert h.meter.pipeline.due.fire() == 0
     h.clock.now = T0 + timedelta(seconds=901)
-    assert h.meter.handler.fire_due() == 1
-    await h.meter.handler.flush()
+    assert h.meter.pipeline.due.fire() == 1
+    await h.meter.pipeline.flusher.flush()
     [(topic, key, tick, _)] = h.pub.sent
     assert topic == "credits-meter-recharge-timer"
     h.pub.sent.clear()
@@ -386,11 +387,11 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
 
     successor = value("acme", (2, 2, 7), "-0.40")
     zombie = value("acme", (1, 1, 9), "37.86")  # written later, on the older branch
-    store._apply(0, "acme", Undecoded(dump_stored(successor)))
-    store._apply(0, "acme", Undecoded(dump_stored(zombie)))
-    store._apply(0, "zeta", Undecoded(dump_stored(value("zeta", (1, 1, 1), "3.00"))))
+    store.apply_recovered(0, "acme", Undecoded(dump_stored(successor)))
+    store.apply_recovered(0, "acme", Undecoded(dump_stored(zombie)))
+    store.apply_recovered(0, "zeta", Undecoded(dump_stored(value("zeta", (1, 1, 1), "3.00"))))
     # Faust's own recovery of the tail decodes; it compares with the undecoded value.
-    store._apply(0, "zeta", value("zeta", (1, 1, 0), "9.00"))
+    store.apply_recovered(0, "zeta", value("zeta", (1, 1, 0), "9.00"))
 
     assert type(store.data["acme"]) is Undecoded  # nothing decoded yet
     assert h.meter.tally.totals([0]).exhausted == 1
@@ -404,12 +405,12 @@ async def test_values_read_in_bulk_are_decoded_when_first_read_and_still_compare
     # KeyError would: `get` would answer None and the engine open a new account).
     broken = stored_to_dict(value("kilo", (1, 1, 1), "5.00"))  # version 2's form
     del broken["applied"]
-    store._apply(0, "kilo", Undecoded(dumps(broken)))
+    store.apply_recovered(0, "kilo", Undecoded(dumps(broken)))
     with pytest.raises(UndecodableValue):
         store.get("kilo")
     positional = json.loads(dump_stored(value("lima", (1, 1, 1), "5.00")))
     positional[8] = None  # the applied offsets (codec.stored_to_list)
-    store._apply(0, "lima", Undecoded(json.dumps(positional).encode()))
+    store.apply_recovered(0, "lima", Undecoded(json.dumps(positional).encode()))
     with pytest.raises(UndecodableValue):
         store.get("lima")
 
@@ -434,24 +435,24 @@ async def test_an_account_kept_in_another_unit_stops_the_recovery(
         return StoredAccount(Account(tenant, balance=Decimal("1.00")), seq=1, unit=unit)
 
     # the running unit, more decimals than stored, and a value from before units
-    store._apply(0, "same", Undecoded(dump_stored(value("same", running))))
+    store.apply_recovered(0, "same", Undecoded(dump_stored(value("same", running))))
     fewer = Unit(running.currency, running.decimals - 1)
-    store._apply(0, "fewer", Undecoded(dump_stored(value("fewer", fewer))))
-    store._apply(0, "legacy", Undecoded(dump_stored(value("legacy", None))))
+    store.apply_recovered(0, "fewer", Undecoded(dump_stored(value("fewer", fewer))))
+    store.apply_recovered(0, "legacy", Undecoded(dump_stored(value("legacy", None))))
     other = "EUR" if running.currency != "EUR" else "USD"
     with pytest.raises(UnitMismatch, match=f"'euro' is kept in {other}"):
-        store._apply(0, "euro", Undecoded(dump_stored(value("euro", Unit(other, 2)))))
+        store.apply_recovered(0, "euro", Undecoded(dump_stored(value("euro", Unit(other, 2)))))
     more = Unit(running.currency, running.decimals + 2)
     with pytest.raises(UnitMismatch, match="decimals"):
         # Faust's own recovery of the tail hands over decoded values: checked alike
-        store._apply(0, "finer", value("finer", more))
+        store.apply_recovered(0, "finer", value("finer", more))
     assert set(store.data) == {"same", "fewer", "legacy"}
 
 
 async def test_the_dedupe_store_holds_marks_out_of_the_collectors_reach(
     make_harness: Callable[..., Harness],
 ) -> None:
-    """A mark written by the handler or read at recovery reads back as the same Mark,
+    """A mark written by the worker or read at recovery reads back as the same Mark,
     and is held so that the garbage collector stops tracking it: a million of them
     otherwise cost every full collection a walk of two million objects."""
     import gc
@@ -493,22 +494,24 @@ async def test_the_worker_forgets_marks_once_their_window_has_passed(
     key = dedupe_key("acme", "call", "e1")
 
     h.clock.now = T0 + timedelta(hours=23)
-    h.meter._forget_expired_marks()
-    await h.meter.handler.flush()
+    h.meter.timer.forget_expired_seen()
+    await h.meter.pipeline.flusher.flush()
     assert key in store.data
-    assert metrics.MARKS._value.get() == 2  # the command's mark and the call's
+    assert (
+        metrics.REGISTRY.get_sample_value("meter_dedupe_marks") == 2
+    )  # the command's mark and the call's
     assert await h.put("calls", call("e1"), key=b"acme") == "duplicate"
 
     h.clock.now = T0 + timedelta(days=1, minutes=1)
     h.pub.state.clear()
-    h.meter._forget_expired_marks()
-    await h.meter.handler.flush()
+    h.meter.timer.forget_expired_seen()
+    await h.meter.pipeline.flusher.flush()
     tombstones = {r.key: r.value for r in h.pub.state}
     assert tombstones == {key.encode(): None, dedupe_key("acme", "command", "c1").encode(): None}
     assert all(r.topic == h.meter.seen.changelog_topic.get_topic_name() for r in h.pub.state)
     assert key not in store.data
-    h.meter._forget_expired_marks()  # the next tick counts what is left
-    assert metrics.MARKS._value.get() == 0
+    h.meter.timer.forget_expired_seen()  # the next tick counts what is left
+    assert metrics.REGISTRY.get_sample_value("meter_dedupe_marks") == 0
     # Re-sent after its window, the event can no longer be told from a duplicate: it
     # is refused as too old, not metered again.
     assert await h.put("calls", call("e1"), key=b"acme") == "rejected"
@@ -573,23 +576,20 @@ async def test_gauges_count_owned_tenants_from_the_tables_writes(
     for i in range(8):
         await h.put("calls", call(f"e{i}", tenant=acme), partition=partition_for(acme, 4))
 
-    # method-assign: the test decides which partitions this worker owns
-    h.meter._owned_partitions = lambda: {0, 1, 2, 3}  # type: ignore[method-assign]
-    h.meter._update_gauges()
-    assert metrics.TENANTS._value.get() == 2
-    assert metrics.OUTSTANDING._value.get() == 1
-    assert metrics.EXHAUSTED._value.get() == 1
+    # The test decides which partitions this worker owns.
+    h.meter.timer.update_gauges({0, 1, 2, 3})
+    assert metrics.REGISTRY.get_sample_value("meter_tenants") == 2
+    assert metrics.REGISTRY.get_sample_value("meter_recharge_outstanding") == 1
+    assert metrics.REGISTRY.get_sample_value("meter_tenants_exhausted") == 1
 
-    # method-assign: the test decides which partitions this worker owns
-    h.meter._owned_partitions = lambda: {partition_for(zeta, 4)}  # type: ignore[method-assign]
-    h.meter._update_gauges()
-    assert metrics.TENANTS._value.get() == 1
-    assert metrics.OUTSTANDING._value.get() == 0
-    assert metrics.EXHAUSTED._value.get() == 0
+    h.meter.timer.update_gauges({partition_for(zeta, 4)})
+    assert metrics.REGISTRY.get_sample_value("meter_tenants") == 1
+    assert metrics.REGISTRY.get_sample_value("meter_recharge_outstanding") == 0
+    assert metrics.REGISTRY.get_sample_value("meter_tenants_exhausted") == 0
 
     # After a rebalance the timer's index comes from the same counts.
-    h.meter.handler.rebuild_due(h.meter.tally.pending({partition_for(acme, 4)}), lambda t: True)
-    assert list(h.meter.handler.due) == [acme]
+    h.meter.pipeline.due.rebuild(h.meter.tally.pending({partition_for(acme, 4)}), lambda t: True)
+    assert list(h.meter.pipeline.due.due) == [acme]
 
 
 class HeldPublisher(MemoryPublisher):
@@ -608,7 +608,7 @@ async def test_a_usage_record_is_acked_only_once_its_batch_has_landed(
     make_harness: Callable[..., Harness],
 ) -> None:
     h = make_harness()
-    pub = h.meter.handler.publisher = HeldPublisher()
+    pub = h.meter.pipeline.flusher.publisher = HeldPublisher()
     message = h.fetched("calls", json.dumps(call("e1")).encode(), key=b"acme")
     h.meter.stage([message])
     await h.meter.room()
@@ -618,7 +618,7 @@ async def test_a_usage_record_is_acked_only_once_its_batch_has_landed(
     assert not message.acked
     assert pub.sent == [] and pub.state == []
     pub.gate.set()
-    await h.meter.handler.flush()
+    await h.meter.pipeline.flusher.flush()
     assert message.acked
     assert [e["kind"] for e in pub.values("credits.ledger")] == ["debit"]
     assert pub.state  # the account value and the mark went out before the ack
@@ -631,7 +631,7 @@ async def test_an_agents_record_is_acked_only_once_its_batch_has_landed(
     home = partition_for("acme", 4)
     await h.put("calls", call("e1"), key=b"someone-else", partition=(home + 1) % 4)
     [(_, key, value, headers)] = h.pub.sent
-    pub = h.meter.handler.publisher = HeldPublisher()
+    pub = h.meter.pipeline.flusher.publisher = HeldPublisher()
     async with h.meter.agents["rerouted"].test_context() as a:
         to_message = a.to_message
 
@@ -649,7 +649,7 @@ async def test_an_agents_record_is_acked_only_once_its_batch_has_landed(
         assert not event.message.acked
         assert pub.sent == [] and pub.state == []
         pub.gate.set()
-        await h.meter.handler.flush()
+        await h.meter.pipeline.flusher.flush()
         assert event.message.acked
     assert [e["kind"] for e in pub.values("credits.ledger")] == ["debit"]
     assert pub.state
@@ -669,7 +669,7 @@ async def test_a_usage_record_a_stream_would_skip_is_refused_not_applied(
         h.meter.app.flow_control.suspend()  # a rebalance has begun
     h.meter.stage([message])
     await h.meter.room()
-    await h.meter.handler.flush()
+    await h.meter.pipeline.flusher.flush()
     # Not processed, and its offset held back until the rebalance's seek reads it again.
     assert h.statuses == [] and h.out("credits.ledger")[1:] == []
     consumer: Any = h.meter.app.consumer
@@ -688,6 +688,6 @@ async def test_the_fetch_loop_waits_while_a_batch_of_fetched_records_waits(
     assert h.meter.full() and h.statuses == []
     await h.meter.room()
     assert h.statuses == ["applied"] * 3
-    await h.meter.handler.flush()
+    await h.meter.pipeline.flusher.flush()
     assert not h.meter.full()
     assert len(h.out("credits.ledger")) == 4

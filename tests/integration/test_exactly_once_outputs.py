@@ -24,15 +24,16 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, Engine, dedupe_tenant
+from processor.core.engine import DedupeWindow, dedupe_tenant
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.core.stored import StoredAccount
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import check_histories, read_topic
 from processor.worker.codec import dump_mark, dump_stored, load_stored
-from processor.worker.handler import Changelog, Out, Publisher, Record, RecordHandler, Source
+from processor.worker.pipeline import Pipeline
 from processor.worker.publisher import KafkaPublisher, TransactionalPublisher
+from processor.worker.records import Changelog, Out, Publisher, Record, Source
 from tests.support.values import present
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -93,9 +94,12 @@ async def _run(
     accounts: dict[str, StoredAccount],
     records: list[tuple[Source, Record]],
 ) -> None:
-    engine = Engine(CARD, RechargePolicy(), DedupeWindow(7), accounts, {})
-    handler = RecordHandler(
-        engine,
+    pipeline = Pipeline.build(
+        CARD,
+        RechargePolicy(),
+        DedupeWindow(7),
+        accounts,
+        {},
         names,
         1,
         publisher,
@@ -106,8 +110,8 @@ async def _run(
         ),
     )
     for source, rec in records:
-        handler.stage(source, rec)
-    await handler.flush()
+        pipeline.intake.stage(source, rec)
+    await pipeline.flusher.flush()
 
 
 async def _recovered(bootstrap: str, names: TopicNames) -> dict[str, StoredAccount]:

@@ -30,7 +30,7 @@ from processor.core.stored import Position
 from processor.kafka import glue
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import read_topic, reconcile
-from processor.worker.handler import MAX_REJECTED_PAYLOAD
+from processor.worker.sizing import MAX_REJECTED_PAYLOAD
 from schemas import decode_call, decode_command, decode_conference, parse_timestamp
 from tests.integration.harness import Deployment, Worker, eventually
 from tests.support import malformed

@@ -142,14 +142,14 @@ def test_payloads_reference_the_generated_json_schemas() -> None:
 
 
 def test_reroute_headers_are_the_handlers() -> None:
-    from processor.worker import handler
+    from processor.worker import records
 
     headers = checked_in()["components"]["messages"]["ReroutedRecord"]["headers"]
     assert set(headers["required"]) == {
-        handler.H_SOURCE,
-        handler.H_TOPIC,
-        handler.H_PARTITION,
-        handler.H_OFFSET,
+        records.H_SOURCE,
+        records.H_TOPIC,
+        records.H_PARTITION,
+        records.H_OFFSET,
     }
 
 

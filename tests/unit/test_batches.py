@@ -1,4 +1,4 @@
-"""A batch through RecordHandler: staged, then flushed outputs first, state after.
+"""A batch through the Pipeline: staged, then flushed outputs first, state after.
 
 docs/guarantees.md rests on this order: a changelog record of an account value may
 reach Kafka only once the outputs of every record it applied are there, so a value
@@ -17,14 +17,16 @@ from typing import Any
 import pytest
 
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, Engine, dedupe_key, dedupe_tenant
+from processor.core.engine import DedupeWindow, dedupe_key, dedupe_tenant
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.core.stored import Mark, StoredAccount
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
+from processor.testing import MemoryPublisher
 from processor.worker.codec import dump_mark, dump_stored, load_mark, load_stored
-from processor.worker.handler import Changelog, MemoryPublisher, Out, Record, RecordHandler, Source
+from processor.worker.pipeline import Pipeline
+from processor.worker.records import Changelog, Out, Record, Source
 from processor.worker.staged import Staged
 from tests.support import events
 from tests.support.values import present
@@ -68,15 +70,12 @@ class Rig:
     offsets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        engine = Engine(
+        self.pipeline = Pipeline.build(
             CARD,
             RechargePolicy(timeout=timedelta(hours=1)),
             DedupeWindow(7),
             self.accounts,
             self.seen,
-        )
-        self.handler = RecordHandler(
-            engine,
             NAMES,
             PARTITIONS,
             self.pub,
@@ -91,7 +90,7 @@ class Rig:
         p = partition_for(tenant, PARTITIONS)
         offset = self.offsets.get(f"{topic}:{p}", 0)
         self.offsets[f"{topic}:{p}"] = offset + 1
-        return self.handler.stage(source, Record(topic, p, offset, tenant.encode(), value))
+        return self.pipeline.intake.stage(source, Record(topic, p, offset, tenant.encode(), value))
 
 
 def a_batch(rig: Rig) -> None:
@@ -105,7 +104,7 @@ async def test_outputs_are_published_before_the_state_and_once_per_batch() -> No
     rig = Rig()
     a_batch(rig)
     assert rig.pub.calls == []  # staging waits for nothing and sends nothing
-    await rig.handler.flush()
+    await rig.pipeline.flusher.flush()
     outputs, state = rig.pub.calls
     # The top-up's command result too (added), in the same round as its entry.
     assert {o.topic for o in outputs} == {NAMES.ledger, NAMES.alerts, NAMES.command_results}
@@ -137,8 +136,8 @@ async def test_an_atomic_publisher_gets_outputs_and_state_in_one_round() -> None
     # A re-route: a call for acme read from another tenant's partition.
     elsewhere = (partition_for("acme", PARTITIONS) + 1) % PARTITIONS
     rerouted = Record(NAMES.calls, elsewhere, 0, b"wrong", call("r1", "acme"))
-    assert rig.handler.stage(Source.CALLS, rerouted) == "rerouted"
-    await rig.handler.flush()
+    assert rig.pipeline.intake.stage(Source.CALLS, rerouted) == "rerouted"
+    await rig.pipeline.flusher.flush()
     (round_,) = rig.pub.calls
     assert {o.topic for o in round_ if not o.state} == {
         NAMES.ledger,
@@ -162,15 +161,15 @@ async def test_an_atomic_round_that_fails_writes_no_state_locally() -> None:
     rig = Rig(pub=Journal(fail_on=1, atomic=True))
     a_batch(rig)
     with pytest.raises(ConnectionError):
-        await rig.handler.flush()
+        await rig.pipeline.flusher.flush()
     assert rig.accounts == {} and rig.seen == {}
 
 
 async def test_nothing_is_staged_twice_and_an_empty_flush_publishes_nothing() -> None:
     rig = Rig()
     a_batch(rig)
-    await rig.handler.flush()
-    await rig.handler.flush()
+    await rig.pipeline.flusher.flush()
+    await rig.pipeline.flusher.flush()
     assert len(rig.pub.calls) == 2
 
 
@@ -178,7 +177,7 @@ async def test_a_failed_output_publish_writes_no_state_anywhere() -> None:
     rig = Rig(pub=Journal(fail_on=1))
     a_batch(rig)
     with pytest.raises(ConnectionError):
-        await rig.handler.flush()
+        await rig.pipeline.flusher.flush()
     assert len(rig.pub.calls) == 1  # the state was never sent
     assert rig.accounts == {} and rig.seen == {}  # nor written locally
 
@@ -187,7 +186,7 @@ async def test_a_failed_state_publish_leaves_the_local_store_as_it_was() -> None
     rig = Rig(pub=Journal(fail_on=2))
     a_batch(rig)
     with pytest.raises(ConnectionError):
-        await rig.handler.flush()
+        await rig.pipeline.flusher.flush()
     assert rig.accounts == {} and rig.seen == {}
 
 
@@ -196,7 +195,7 @@ async def test_a_batch_reads_its_own_writes_and_those_being_flushed() -> None:
     rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
     # A duplicate within the batch is recognised from the staged mark.
     assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "duplicate"
-    await rig.handler.flush()
+    await rig.pipeline.flusher.flush()
     assert rig.accounts["acme"].account.balance == CARD.quantize(CARD.zero + 10)
     ledger = rig.pub.values(NAMES.ledger)
     assert [e["balance_after"] for e in ledger] == ["10.0000"]
@@ -245,12 +244,12 @@ async def test_forgotten_marks_go_out_as_tombstones_and_leave_the_store() -> Non
     rig = Rig()
     assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "applied"
     assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
-    await rig.handler.flush()
+    await rig.pipeline.flusher.flush()
     key = dedupe_key("acme", "call", "e1")
     assert key in rig.seen
 
-    assert rig.handler.forget_marks([key, "never-seen"]) == 1
-    await rig.handler.flush()
+    assert rig.pipeline.flusher.forget_seen([key, "never-seen"]) == 1
+    await rig.pipeline.flusher.flush()
 
     (tombstone,) = rig.pub.calls[-1]
     assert (tombstone.topic, tombstone.key, tombstone.value) == (
@@ -267,7 +266,7 @@ async def test_forgotten_marks_go_out_as_tombstones_and_leave_the_store() -> Non
 @dataclass
 class Gated:
     """A publisher whose acknowledgements the test releases (or refuses) one call at a
-    time: each call is one round of the handler's flusher."""
+    time: each call is one round of the flusher."""
 
     calls: list[list[Out]] = field(default_factory=list)
     gates: list[asyncio.Event] = field(default_factory=list)
@@ -318,13 +317,13 @@ async def test_a_batch_staged_while_one_flushes_rides_the_next_round_with_its_st
     rig = Rig(pub=Gated())
     pub: Gated = rig.pub
     rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
-    first = asyncio.create_task(rig.handler.flush())
+    first = asyncio.create_task(rig.pipeline.flusher.flush())
     await settle_loop()
     assert pub.kinds() == ["outputs"]
 
     # Batch 2 is staged on top of batch 1's values while batch 1's outputs are in flight.
     assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
-    second = asyncio.create_task(rig.handler.flush())
+    second = asyncio.create_task(rig.pipeline.flusher.flush())
     await settle_loop()
     assert pub.kinds() == ["outputs"]  # one round at a time
     pub.gates[0].set()  # batch 1's outputs acknowledged
@@ -349,16 +348,16 @@ async def test_a_refused_round_fails_its_batches_and_every_later_one() -> None:
     rig = Rig(pub=Gated())
     pub: Gated = rig.pub
     a_batch(rig)
-    first = asyncio.create_task(rig.handler.flush())
+    first = asyncio.create_task(rig.pipeline.flusher.flush())
     await settle_loop()
     rig.stage(Source.CALLS, NAMES.calls, "zeta", call("z2", "zeta"))
-    second = asyncio.create_task(rig.handler.flush())
+    second = asyncio.create_task(rig.pipeline.flusher.flush())
     await settle_loop()
     pub.gates[0].set()
     await settle_loop()
     assert pub.kinds() == ["outputs", "outputs+state"]
     rig.stage(Source.CALLS, NAMES.calls, "zeta", call("z3", "zeta"))
-    third = asyncio.create_task(rig.handler.flush())
+    third = asyncio.create_task(rig.pipeline.flusher.flush())
     await settle_loop()
     pub.refuse(1)  # batch 1's state and batch 2's outputs are refused
     for flush in (first, second, third):
@@ -370,7 +369,7 @@ async def test_a_refused_round_fails_its_batches_and_every_later_one() -> None:
     # And a flush after that fails at once: the worker is to restart and replay.
     rig.stage(Source.CALLS, NAMES.calls, "zeta", call("z4", "zeta"))
     with pytest.raises(ConnectionError):
-        await rig.handler.flush()
+        await rig.pipeline.flusher.flush()
     assert len(pub.calls) == 2
 
 
@@ -378,7 +377,7 @@ async def test_a_batch_without_outputs_writes_its_state_in_the_first_free_round(
     rig = Rig(pub=Gated())
     pub: Gated = rig.pub
     rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
-    first = asyncio.create_task(rig.handler.flush())
+    first = asyncio.create_task(rig.pipeline.flusher.flush())
     await settle_loop()
     pub.gates[0].set()
     await settle_loop()
@@ -386,5 +385,5 @@ async def test_a_batch_without_outputs_writes_its_state_in_the_first_free_round(
     await first
     # A duplicate writes nothing but must still land after the batches before it.
     assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "duplicate"
-    await rig.handler.flush()  # nothing to publish: no round needed
+    await rig.pipeline.flusher.flush()  # nothing to publish: no round needed
     assert pub.kinds() == ["outputs", "state"]

@@ -1,4 +1,4 @@
-"""credits.command-results: what became of each command, staged by RecordHandler in
+"""credits.command-results: what became of each command, staged by Intake in
 the same round (transaction) as the command's other outputs."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from processor.kafka.routing import partition_for
-from processor.worker.handler import MemoryPublisher, Record, Source
+from processor.testing import MemoryPublisher
+from processor.worker.records import Record, Source
 from schemas.outputs import CommandResult
 from tests.unit.test_batches import NAMES, PARTITIONS, Journal, Rig, call, funds
 
@@ -55,7 +56,7 @@ async def test_applied_rejected_and_ignored_commands_have_one_result_each() -> N
     assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", moot) == "ignored"
     # Usage has no result.
     assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e-1", "acme")) == "applied"
-    await rig.handler.flush()
+    await rig.pipeline.flusher.flush()
     (round_,) = rig.pub.calls
     got = results(rig)
     assert [(r["command_id"], r["outcome"]) for r in got] == [
@@ -78,7 +79,7 @@ async def test_a_settings_command_is_applied_without_an_entry() -> None:
     rig = Rig(pub=Journal(atomic=True))
     change = settings("s-1", "acme", enabled=True, recharge_amount="5", trigger_balance="1")
     assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", change) == "applied"
-    await rig.handler.flush()
+    await rig.pipeline.flusher.flush()
     [result] = results(rig)
     assert (result["outcome"], result["entry_id"], result["command_type"]) == (
         "applied",
@@ -101,12 +102,12 @@ async def test_an_undecodable_command_that_names_its_id_is_rejected_in_its_resul
             "enabled": "yes",
         }
     ).encode()
-    assert await rig.handler.handle(Source.COMMANDS, Record(NAMES.commands, p, 0, b"a", bad)) == (
+    assert await rig.pipeline.handle(Source.COMMANDS, Record(NAMES.commands, p, 0, b"a", bad)) == (
         "rejected"
     )
     # Without a usable id there is nothing to be asked about: no result.
     garbage = b'{"type": "funds_added", "command_id": 7}'
-    assert await rig.handler.handle(
+    assert await rig.pipeline.handle(
         Source.COMMANDS, Record(NAMES.commands, p, 1, b"a", garbage)
     ) == ("rejected")
     [result] = pub.values(NAMES.command_results)

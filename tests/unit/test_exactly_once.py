@@ -213,10 +213,11 @@ def test_a_zombies_late_branch_loses_to_its_successor_whatever_its_counter(
     """
     # Stored values are immutable: each branch gets its own mapping of the same values.
     zombie, successor = engine(dict(funded.accounts)), engine(dict(funded.accounts))
-    zombie.generation, successor.generation = 4, 5
-    zombie.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20))
-    zombie.usage(call("late-2", seconds=600), "usage.calls", NOW, Position("usage.calls:0", 21))
-    successor.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20))
+    zombie.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20), generation=4)
+    zombie.usage(
+        call("late-2", seconds=600), "usage.calls", NOW, Position("usage.calls:0", 21), generation=4
+    )
+    successor.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20), generation=5)
     zombies, successors = zombie.accounts["acme"], successor.accounts["acme"]
     assert zombies.seq > successors.seq and zombies.account.balance != successors.account.balance
 
@@ -233,8 +234,7 @@ def test_a_replayed_record_is_written_again_in_the_writers_generation(funded: En
     own generation, so a zombie's equal counter cannot win at recovery."""
     funded.usage(call("e1"), "usage.calls", NOW, P)
     written = funded.accounts["acme"]
-    funded.generation = 9
-    replay = funded.usage(call("e1"), "usage.calls", NOW, P)
+    replay = funded.usage(call("e1"), "usage.calls", NOW, P, generation=9)
     rewritten = funded.accounts["acme"]
     assert replay.status is Status.REPLAYED
     assert (rewritten.seq, rewritten.generation) == (written.seq, 9)
@@ -249,8 +249,7 @@ def test_the_writers_generation_survives_the_changelog_codec_and_old_values_read
     from processor.worker.codec import dump_stored, load_stored
     from processor.worker.stored_v2 import stored_to_dict
 
-    funded.generation = 7
-    funded.usage(call("e1"), "usage.calls", NOW, P)
+    funded.usage(call("e1"), "usage.calls", NOW, P, generation=7)
     raw = dump_stored(funded.accounts["acme"])
     assert load_stored(raw).generation == 7
     legacy = stored_to_dict(funded.accounts["acme"])  # the object form of version 2
@@ -259,13 +258,12 @@ def test_the_writers_generation_survives_the_changelog_codec_and_old_values_read
 
 
 def test_a_value_the_zombie_wrote_itself_still_passes_to_its_successor(funded: Engine) -> None:
-    funded.generation = 4  # the zombie-to-be owns the tenant and writes it
-    funded.usage(call("e1"), "usage.calls", NOW, P)
+    # The zombie-to-be owns the tenant and writes it, in generation 4.
+    funded.usage(call("e1"), "usage.calls", NOW, P, generation=4)
     zombie, successor = engine(dict(funded.accounts)), engine(dict(funded.accounts))
-    zombie.generation, successor.generation = 4, 5
-    zombie.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20))
-    zombie.usage(call("late-2"), "usage.calls", NOW, Position("usage.calls:0", 21))
-    successor.usage(call("late-2"), "usage.calls", NOW, Position("usage.calls:0", 21))
+    zombie.usage(call("late-1"), "usage.calls", NOW, Position("usage.calls:0", 20), generation=4)
+    zombie.usage(call("late-2"), "usage.calls", NOW, Position("usage.calls:0", 21), generation=4)
+    successor.usage(call("late-2"), "usage.calls", NOW, Position("usage.calls:0", 21), generation=5)
     z, s = zombie.accounts["acme"], successor.accounts["acme"]
     assert z.seq > s.seq
     assert newer(z, s) and not newer(s, z)
@@ -276,10 +274,8 @@ def test_writes_after_kafka_forgot_the_group_still_beat_the_values_before(
 ) -> None:
     """A group left empty past its offsets' retention is deleted; its generations
     start again from 1. Values written after that must still win at recovery."""
-    funded.generation = 50
-    funded.usage(call("e1"), "usage.calls", NOW, P)
+    funded.usage(call("e1"), "usage.calls", NOW, P, generation=50)
     before = funded.accounts["acme"]
-    funded.generation = 1
-    funded.usage(call("e2"), "usage.calls", NOW, Position("usage.calls:0", 11))
+    funded.usage(call("e2"), "usage.calls", NOW, Position("usage.calls:0", 11), generation=1)
     after = funded.accounts["acme"]
     assert newer(before, after) and not newer(after, before)

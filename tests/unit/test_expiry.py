@@ -26,8 +26,11 @@ from processor.core.values import replace
 from processor.http.views import account_view
 from processor.kafka.topics import TopicNames
 from processor.kafka.wire import dump_tick, load_tick, output_to_dict
+from processor.testing import MemoryPublisher
 from processor.worker.codec import Undecoded, dump_stored, load_stored
-from processor.worker.handler import EXPIRY_HORIZON, MemoryPublisher, Record, RecordHandler, Source
+from processor.worker.due import EXPIRY_HORIZON
+from processor.worker.pipeline import Pipeline
+from processor.worker.records import Record, Source
 from processor.worker.tally import AccountTally
 from schemas import BalanceAlert, LedgerEntry
 from schemas.api import AccountView
@@ -479,7 +482,9 @@ def test_the_timer_fires_only_for_tenants_due_and_expires_through_its_tick(
 ) -> None:
     clock = [T0]
     pub = MemoryPublisher()
-    handler = RecordHandler(engine(), NAMES, 1, pub, clock=lambda: clock[0])
+    pipeline = Pipeline.build(
+        CARD, POLICY, DEDUPE, {}, {}, NAMES, 1, pub, expiry=YEAR, clock=lambda: clock[0]
+    )
 
     def run(coro: Coroutine[Any, Any, None]) -> None:
         asyncio.run(coro)
@@ -488,55 +493,66 @@ def test_the_timer_fires_only_for_tenants_due_and_expires_through_its_tick(
         cmd = inputs.funds("5.0000", f"f-{tenant}", tenant=tenant, at=T0 + day * DAY)
         clock[0] = T0 + day * DAY
         value = orjson.dumps(cmd.model_dump(mode="json"))
-        status = handler.stage(
+        status = pipeline.intake.stage(
             Source.COMMANDS, Record(NAMES.commands, 0, offset, tenant.encode(), value)
         )
         assert status == "applied"
-    run(handler.flush())
-    assert set(handler.expiry_due) == {"acme", "globex"}
-    acme_lot = handler.engine.accounts["acme"].account.lots[0]
+    run(pipeline.flusher.flush())
+    assert set(pipeline.due.expiry_due) == {"acme", "globex"}
+    acme_lot = pipeline.engine.accounts["acme"].account.lots[0]
     # Not yet within the notice period: nothing fires.
     clock[0] = acme_lot.expires_at - timedelta(days=31)
-    assert handler.fire_due() == 0
+    assert pipeline.due.fire() == 0
     # At acme's expiry only acme is due (globex's notice comes 10 days after it).
     clock[0] = acme_lot.expires_at
-    assert handler.fire_due() == 1
-    run(handler.flush())
+    assert pipeline.due.fire() == 1
+    run(pipeline.flusher.flush())
     [tick_value] = [v for t, _k, v, _h in pub.sent if t == NAMES.timer]
     tick = load_tick(tick_value)
     assert (tick.tenant_id, tick.kind) == ("acme", EXPIRY_TICK)
     # The tick comes back through the timer topic to the owner and is applied there.
-    assert handler.stage_tick(Record(NAMES.timer, 0, 0, b"acme", tick_value)) == "applied"
-    run(handler.flush())
-    assert "acme" not in handler.expiry_due
-    assert handler.engine.accounts["acme"].account.balance == D("0.0000")
+    assert pipeline.intake.stage_tick(Record(NAMES.timer, 0, 0, b"acme", tick_value)) == "applied"
+    run(pipeline.flusher.flush())
+    assert "acme" not in pipeline.due.expiry_due
+    assert pipeline.engine.accounts["acme"].account.balance == D("0.0000")
     [entry] = [e for e in pub.values(NAMES.ledger) if e["kind"] == "expiry"]
     assert entry["cause_id"] == acme_lot.lot_id
     kinds = [a["alert"] for a in pub.values(NAMES.alerts)]
     assert "funds_expired" in kinds
     # A lost tick is fired again a while later, not on every timer turn.
-    assert handler.fire_due() == 0
+    assert pipeline.due.fire() == 0
 
 
 def test_the_index_holds_only_tenants_due_within_its_horizon() -> None:
     clock = [T0]
-    handler = RecordHandler(engine(), NAMES, 1, MemoryPublisher(), clock=lambda: clock[0])
+    pipeline = Pipeline.build(
+        CARD,
+        POLICY,
+        DEDUPE,
+        {},
+        {},
+        NAMES,
+        1,
+        MemoryPublisher(),
+        expiry=YEAR,
+        clock=lambda: clock[0],
+    )
     soon = int((T0 + timedelta(days=30, hours=1)).timestamp())  # notice due in an hour
     later = int((T0 + timedelta(days=60)).timestamp())
-    handler.rebuild_due([], lambda _t: True, [("soon", soon), ("later", later)])
-    assert set(handler.expiry_due) == {"soon"}
-    assert handler.expiry_due["soon"] == T0 + timedelta(hours=1)
-    assert not handler.expiry_rebuild_due()
+    pipeline.due.rebuild([], lambda _t: True, [("soon", soon), ("later", later)])
+    assert set(pipeline.due.expiry_due) == {"soon"}
+    assert pipeline.due.expiry_due["soon"] == T0 + timedelta(hours=1)
+    assert not pipeline.due.needs_rebuild()
     clock[0] = T0 + EXPIRY_HORIZON / 2
-    assert handler.expiry_rebuild_due()
+    assert pipeline.due.needs_rebuild()
     # 30 days on, "later" comes within the horizon of a rebuild.
     clock[0] = T0 + timedelta(days=29, hours=20)
-    handler.rebuild_due([], lambda _t: True, [("later", later)])
-    assert handler.expiry_due == {"later": T0 + timedelta(days=30)}
+    pipeline.due.rebuild([], lambda _t: True, [("later", later)])
+    assert pipeline.due.expiry_due == {"later": T0 + timedelta(days=30)}
     # A tenant whose account changes is indexed only when due within the horizon.
     a = credit(new(), "1.0000", "c-1", clock[0])
-    handler._track_due(replace(a.account, tenant_id="fresh"))  # noqa: SLF001 until wip-1 lands
-    assert "fresh" not in handler.expiry_due
+    pipeline.due.track(replace(a.account, tenant_id="fresh"))
+    assert "fresh" not in pipeline.due.expiry_due
 
 
 def test_both_kinds_of_tick_match_the_documented_timer_message() -> None:

@@ -1,6 +1,6 @@
 """Fuzz: over 10,000 malformed records through the processor's record path.
 
-Each record goes through `RecordHandler.handle` exactly as an agent hands it over
+Each record goes through `Pipeline.handle` exactly as an agent hands it over
 (decode, route, apply, publish), with dict stores and an in-memory publisher. For
 every one: no exception escapes, exactly one `credits.rejected` record comes out and
 nothing else, its reason is one the defect allows, it names the record's topic,
@@ -29,18 +29,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from processor.core.engine import DedupeWindow, Engine
+from processor.core.engine import DedupeWindow
 from processor.core.state import RechargePolicy
 from processor.core.stored import Mark, StoredAccount
 from processor.kafka.topics import TopicNames
-from processor.worker.handler import (
-    MAX_REJECTED_PAYLOAD,
-    MemoryPublisher,
-    Record,
-    RecordHandler,
-    Source,
-)
-from processor.worker.sizing import Limits, record_size
+from processor.testing import MemoryPublisher
+from processor.worker.pipeline import Pipeline
+from processor.worker.records import Record, Source
+from processor.worker.sizing import MAX_REJECTED_PAYLOAD, Limits, record_size
 from schemas import DecodeError, RejectedRecord, decode_call, decode_command, decode_conference
 from schemas.outputs import CommandResult
 from schemas.types import parse_timestamp
@@ -77,7 +73,7 @@ TRUNCATION_FIELDS = ("payload_truncated", "payload_size")
 
 @dataclass
 class Rig:
-    """A RecordHandler over dict stores, one partition, a fixed clock."""
+    """A Pipeline over dict stores, one partition, a fixed clock."""
 
     accounts: dict[str, StoredAccount] = field(default_factory=dict)
     seen: dict[str, Mark] = field(default_factory=dict)
@@ -85,21 +81,24 @@ class Rig:
     offsets: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        engine = Engine(
+        self.pipeline = Pipeline.build(
             malformed.CARD,
             RechargePolicy(timeout=timedelta(hours=1)),
             DedupeWindow(7),
             self.accounts,
             self.seen,
+            NAMES,
+            1,
+            self.pub,
+            clock=lambda: T0,
         )
-        self.handler = RecordHandler(engine, NAMES, 1, self.pub, clock=lambda: T0)
 
     async def put(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Record, str]:
         # Offsets only grow, as in a real partition: a repeated position would be
         # taken for a replay after a crash.
         rec = Record(topic, 0, self.offsets[topic], key, value)
         self.offsets[topic] += 1
-        return rec, await self.handler.handle(SOURCES[topic], rec)
+        return rec, await self.pipeline.handle(SOURCES[topic], rec)
 
     async def seed(self) -> None:
         """Accounts with funds, settings and usage, so there is something to corrupt."""
@@ -120,7 +119,7 @@ class Rig:
         self.pub.sent.clear()
 
     def state(self) -> tuple[dict[str, Any], ...]:
-        return dict(self.accounts), dict(self.seen), dict(self.handler.due)
+        return dict(self.accounts), dict(self.seen), dict(self.pipeline.due.due)
 
 
 def _original(text: str | None, encoding: str | None) -> bytes | None:

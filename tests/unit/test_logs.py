@@ -10,7 +10,7 @@ from processor.observability.logs import JsonFormatter, logging_config
 
 def test_a_line_about_an_event_carries_its_ids() -> None:
     record = logging.LogRecord(
-        "processor.worker.handler", logging.INFO, __file__, 1, "rejected %s", ("x",), None
+        "processor.worker.intake", logging.INFO, __file__, 1, "rejected %s", ("x",), None
     )
     record.tenant_id = "acme"
     record.event_id = "e-1"

@@ -14,11 +14,13 @@ from processor.core.outputs import AlertKind, AlertOut, NotificationsOut
 from processor.http.views import account_view
 from processor.kafka import wire
 from processor.kafka.topics import TopicNames
+from processor.testing import MemoryPublisher
 from processor.worker import codec
-from processor.worker.handler import MemoryPublisher, Record, RecordHandler, Source
+from processor.worker.pipeline import Pipeline
+from processor.worker.records import Record, Source
 from schemas import BalanceAlert, DecodeError, NotificationSettings, decode_command
 from schemas.notifications import NOTIFICATION_EVENTS
-from tests.unit.conftest import T0, TENANT, Harness, Inputs, make_engine, ts
+from tests.unit.conftest import CARD, DEDUPE, POLICY, T0, TENANT, Harness, Inputs, ts
 
 SEALED = "gAAAAABsealed-secret_token="  # a Fernet token's alphabet; never opened here
 
@@ -119,9 +121,9 @@ async def test_the_worker_publishes_settings_keyed_by_tenant_to_their_topic() ->
         dedupe_changelog="d",
     )
     pub = MemoryPublisher()
-    handler = RecordHandler(make_engine(), names, 1, pub, clock=lambda: T0)
+    pipeline = Pipeline.build(CARD, POLICY, DEDUPE, {}, {}, names, 1, pub, clock=lambda: T0)
     record = Record("credits.commands", 0, 0, TENANT.encode(), settings_command())
-    assert await handler.handle(Source.COMMANDS, record) == "applied"
+    assert await pipeline.handle(Source.COMMANDS, record) == "applied"
     # Beside the command's result on credits.command-results.
     [(topic, key, value, _)] = [s for s in pub.sent if s[0] == names.notification_settings]
     assert topic == "credits.notification-settings"

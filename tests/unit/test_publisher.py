@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from processor.worker.handler import Out
 from processor.worker.publisher import TransactionalPublisher
+from processor.worker.records import Out
 
 
 class FakeBatch:

@@ -1,6 +1,6 @@
 """`meter replay-rejected`'s selection, without Kafka (processor.ops.replay.select/finish).
 
-The round trip through the real RecordHandler checks the part that must never drift:
+The round trip through the real Intake checks the part that must never drift:
 what the handler writes to credits.rejected is read back as the original key and bytes.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.core.engine import DedupeWindow, Engine
+from processor.core.engine import DedupeWindow
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.kafka.topics import TopicNames
@@ -33,13 +33,10 @@ from processor.ops.replay import (
     replay_reasons,
     select,
 )
-from processor.worker.handler import (
-    H_FORCE_TOO_OLD,
-    MAX_REJECTED_PAYLOAD,
-    MemoryPublisher,
-    Record,
-    RecordHandler,
-)
+from processor.testing import MemoryPublisher
+from processor.worker.pipeline import Pipeline
+from processor.worker.records import H_FORCE_TOO_OLD, Record
+from processor.worker.sizing import MAX_REJECTED_PAYLOAD
 from schemas.types import format_timestamp
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -63,19 +60,22 @@ INPUTS = frozenset({NAMES.calls, NAMES.conferencing, NAMES.commands})
 def handler_rejection(key: bytes | None, value: bytes | None, reason: str = "no_rate") -> bytes:
     """The credits.rejected value the processor itself writes for this record."""
     pub = MemoryPublisher()
-    engine = Engine(
+    pipeline = Pipeline.build(
         CARD,
         RechargePolicy(timeout=timedelta(hours=1)),
         DedupeWindow(7),
         {},
         {},
+        NAMES,
+        1,
+        pub,
+        clock=lambda: T0,
     )
-    handler = RecordHandler(engine, NAMES, 1, pub, clock=lambda: T0)
     record = Record(NAMES.calls, 3, 42, key, value)
-    # _reject is the one place that writes rejections; going through it (rather than
-    # a copy of its format) is what makes this test catch a drift.
-    handler._reject(record, reason, "test")  # noqa: SLF001 until wip-1 lands
-    asyncio.run(handler.flush())
+    # Intake.reject is the one place that writes rejections; going through it (rather
+    # than a copy of its format) is what makes this test catch a drift.
+    pipeline.intake.reject(record, reason, "test")
+    asyncio.run(pipeline.flusher.flush())
     [(topic, _key, raw, _headers)] = pub.sent
     assert topic == NAMES.rejected
     return raw

@@ -19,23 +19,24 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from processor.core.engine import DedupeWindow, Engine
+from processor.core.engine import DedupeWindow
 from processor.core.state import RechargePolicy
 from processor.kafka.routing import partition_for
+from processor.testing import MemoryPublisher
 from processor.worker import sizing
-from processor.worker.handler import (
+from processor.worker.intake import minimal_rejection
+from processor.worker.pipeline import Pipeline
+from processor.worker.publisher import KafkaPublisher
+from processor.worker.records import (
     H_FORCE_TOO_OLD,
     H_KEY,
     H_KEY_SHA256,
     H_KEY_SIZE,
     H_REPLAY_OF,
-    MemoryPublisher,
     Out,
     Record,
-    RecordHandler,
     Source,
 )
-from processor.worker.publisher import KafkaPublisher
 from processor.worker.sizing import KEY_BOUND, Limits, record_size
 from schemas import RejectedRecord
 from schemas.types import format_timestamp, parse_timestamp
@@ -58,15 +59,12 @@ class Rig:
     def __init__(self, limits: Limits | None = None) -> None:
         self.pub = MemoryPublisher()
         self.accounts: dict[str, Any] = {}
-        engine = Engine(
+        self.pipeline = Pipeline.build(
             malformed.CARD,
             RechargePolicy(timeout=timedelta(hours=1)),
             DedupeWindow(7),
             self.accounts,
             {},
-        )
-        self.handler = RecordHandler(
-            engine,
             NAMES,
             PARTITIONS,
             self.pub,
@@ -90,8 +88,8 @@ class Rig:
             malformed.COMMANDS: Source.COMMANDS,
         }[topic]
         rec = Record(topic, partition, self.offset, key, value, headers)
-        status = self.handler.stage(source, rec)
-        asyncio.run(self.handler.flush())
+        status = self.pipeline.intake.stage(source, rec)
+        asyncio.run(self.pipeline.flusher.flush())
         return status
 
     def rerouted_again(self) -> str:
@@ -100,8 +98,8 @@ class Rig:
         self.pub.sent.clear()
         self.offset += 1
         rec = Record(topic, HOME, self.offset, key, value, tuple(headers or ()))
-        status = self.handler.stage_rerouted(rec)
-        asyncio.run(self.handler.flush())
+        status = self.pipeline.intake.stage_rerouted(rec)
+        asyncio.run(self.pipeline.flusher.flush())
         return status
 
     def rejection(self) -> tuple[bytes | None, dict[str, Any], bytes]:
@@ -266,7 +264,7 @@ def test_a_refused_rejection_becomes_a_minimal_one() -> None:
     rig = Rig()
     assert rig.put(b"k" * 5000, b"y" * 300_000) == "rejected"
     [(topic, key, value, _)] = rig.pub.sent
-    stand_in = rig.handler.minimal_rejection(Out(topic, key, value))
+    stand_in = minimal_rejection(NAMES, lambda: NOW, Out(topic, key, value))
     assert stand_in is not None and stand_in.topic == NAMES.rejected and stand_in.key is None
     body = orjson.loads(stand_in.value or b"")
     RejectedRecord.model_validate(body)
@@ -282,7 +280,7 @@ def test_a_refused_reroute_becomes_a_too_large_rejection() -> None:
     value = padded(500_000)
     assert rig.put(key, value, partition=AWAY) == "rerouted"
     [(topic, out_key, sent, headers)] = rig.pub.sent
-    stand_in = rig.handler.minimal_rejection(Out(topic, out_key, sent, headers))
+    stand_in = minimal_rejection(NAMES, lambda: NOW, Out(topic, out_key, sent, headers))
     assert stand_in is not None
     body = orjson.loads(stand_in.value or b"")
     RejectedRecord.model_validate(body)
@@ -290,7 +288,7 @@ def test_a_refused_reroute_becomes_a_too_large_rejection() -> None:
     assert (body["source_topic"], body["source_partition"]) == (malformed.CALLS, AWAY)
     assert (body["payload_size"], body["payload_sha256"]) == (len(value), sha(value))
     assert (body["key_size"], body["key_sha256"]) == (3000, sha(key))
-    assert rig.handler.minimal_rejection(Out(NAMES.ledger, b"t", b"{}")) is None
+    assert minimal_rejection(NAMES, lambda: NOW, Out(NAMES.ledger, b"t", b"{}")) is None
 
 
 class _Batch:

@@ -1,0 +1,293 @@
+"""The flush protocol: a batch's outputs, then its state, then its input records' acks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from processor.core.stored import Mark, OutboxEntry, StoredAccount
+from processor.core.values import fast_init
+from processor.kafka.routing import partition_for
+from processor.observability.worker_hooks import WorkerHooks
+from processor.worker.records import Changelog, Out, Publisher
+from processor.worker.staged import Staged
+
+# What the caller is handed back for the records of a flush that landed (None) or
+# failed (the failure): the tokens it gave `hold`, its input messages in the worker.
+Landed = Callable[[list[Any], Exception | None], None]
+
+
+class Deliveries:
+    """Which outbox entries are safely in Kafka, so account values can drop them.
+
+    Only values written before outputs preceded state hold entries (core/stored.py).
+    An entry is delivered once the offset of the record that caused it is committed:
+    everything a record caused is acknowledged before its offset is.
+    """
+
+    def __init__(self, committed: Callable[[str], int | None] = lambda _tp: None) -> None:
+        self._committed = committed
+
+    def __call__(self, tenant: str, entry: OutboxEntry) -> bool:
+        committed = self._committed(entry.position.tp)
+        return committed is not None and entry.position.offset < committed
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A batch taken for flushing: its outputs, its account values and seen marks."""
+
+    outputs: list[Out]
+    accounts: dict[str, StoredAccount | None]
+    seen: dict[str, Mark | None]
+    held: list[Any]
+    done: asyncio.Future[None]
+    started: float
+
+
+class Flusher:
+    """Takes what intake staged in batches and lands each in Kafka, in order.
+
+    The commit protocol, step by step (docs/guarantees.md):
+
+    1. Intake stages a record's outputs here (`send`) and its account value and seen
+       mark in the staged views (processor/worker/staged.py); the worker hands over
+       the record's input message (`hold`), which stays unacknowledged.
+    2. A batch is taken (`flush`, or the running flusher itself once a round is done):
+       its outputs, the views' pending writes (one per key, the newest) and the held
+       messages. Records staged while a round is in flight go out together in the next
+       round, so a worker under load sends large rounds and an idle one sends a batch
+       as soon as it is staged. `full`/`room`: at `batch_max` held records the worker
+       stages no more until the next take (back-pressure).
+    3. One round at a time (aiokafka keeps one request in flight per broker anyway),
+       the batch's outputs are published, in the order they were staged.
+    4. Then its state: one changelog record per touched account and seen mark, sent
+       only once the round carrying its outputs was acknowledged, so a value never
+       reaches the changelog before the outputs of the records it applied. With an
+       atomic publisher (the worker's: one Kafka transaction per partition number,
+       processor/worker/publisher.py) a batch's outputs and state go in the same round
+       and land together or not at all.
+    5. The state landed: the staged views settle the batch into the local stores (in
+       batch order), the batch's `flush` returns, and `landed(held, None)` hands the
+       messages back. The worker (`Meter._landed`) marks each taken
+       (processor/worker/consumer.py `Taken`) and gives it its last ack.
+    6. Faust commits the acked offsets: its commit timer every
+       `broker_commit_interval`, and the fetch loop every `broker_commit_every` acks.
+       `GuardedConsumer.ack` (processor/worker/consumer.py) refuses the ack of a record
+       that was not taken in its generation, and nothing is committed past a refused
+       offset. So an input offset is committed only after everything it caused is in
+       Kafka, and outbox entries below a committed offset count as delivered
+       (`Deliveries`).
+
+    A failed publish breaks the flusher: every batch not yet landed fails (its `flush`
+    raises, `landed(held, failure)`), the local stores stop at the batch before, and
+    every later flush fails too: the worker crashes and replays from the committed
+    offsets. A batch taken with nothing staged is a barrier: done once every batch
+    before it has landed.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        accounts: Staged[str, StoredAccount],
+        seen: Staged[str, Mark],
+        partitions: int,
+        hooks: WorkerHooks,
+        changelogs: tuple[Changelog, Changelog] | None = None,
+        batch_max: int = 2000,
+        landed: Landed | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.accounts = accounts
+        self.seen = seen
+        self.partitions = partitions
+        self.hooks = hooks
+        self.changelogs = changelogs
+        self.batch_max = batch_max
+        self._landed = landed or _ignore
+        self._outputs: list[Out] = []
+        # Batches taken whose outputs are still to be sent; batches whose outputs are
+        # in and whose state is still to be sent; and the task that sends both.
+        self._unsent: list[_Batch] = []
+        self._unwritten: list[_Batch] = []
+        self._running: asyncio.Future[None] | None = None
+        # What the caller holds for each record staged since the last take (its input
+        # message), handed back through `landed` once the record's flush has landed.
+        self._held: list[Any] = []
+        self._took: asyncio.Future[None] | None = None
+        # Set when a state write failed: the local stores stop at the batch before it,
+        # and every later flush fails too (the worker restarts and replays them).
+        self._broken: Exception | None = None
+
+    # ---- staging ------------------------------------------------------------------
+
+    def send(self, out: Out) -> None:
+        """Stage one output for the next batch."""
+        self._outputs.append(out)
+        self.hooks.output(out.topic)
+
+    def hold(self, token: Any) -> None:
+        """Keep `token` for the record just staged, and have the flusher take it."""
+        self._held.append(token)
+        self._wake()
+
+    def full(self) -> bool:
+        """Whether `batch_max` records wait for the next round: stage no more."""
+        return len(self._held) >= self.batch_max
+
+    async def room(self) -> None:
+        """Wait until the flusher has taken what waits (or failed)."""
+        while self.full() and self._broken is None:
+            if self._took is None:
+                self._took = asyncio.get_running_loop().create_future()
+            self._wake()
+            await asyncio.shield(self._took)
+
+    def forget_seen(self, keys: Iterable[str]) -> int:
+        """Forget seen marks past their window: each goes to the changelog as a
+        tombstone with the next flush, and leaves the store once that has landed. A key
+        a batch in progress writes again is kept (its new mark has a new window)."""
+        forget = self.seen.forget
+        forgotten = sum(1 for key in keys if forget(key))
+        if forgotten:
+            self.hooks.seen_forgotten(forgotten)
+        return forgotten
+
+    # ---- flushing -------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Take what was staged now; return once it (and everything before) is in Kafka."""
+        batch = self._take()
+        self._wake()
+        await batch.done
+
+    def _take(self) -> _Batch:
+        self.hooks.apply()
+        loop = asyncio.get_running_loop()
+        outputs, self._outputs = self._outputs, []
+        held, self._held = self._held, []
+        accounts, seen = self.accounts.take(), self.seen.take()
+        batch = _Batch(outputs, accounts, seen, held, loop.create_future(), time.perf_counter())
+        # A failure nobody waits on is reported through `landed`.
+        batch.done.add_done_callback(_retrieve)
+        took, self._took = self._took, None
+        if took is not None and not took.done():
+            took.set_result(None)
+        if self._broken is not None:
+            self._fail(batch, self._broken)
+        else:
+            self._unsent.append(batch)
+        return batch
+
+    def _staged(self) -> bool:
+        return bool(self._outputs or self._held or self.accounts.pending or self.seen.pending)
+
+    def _wake(self) -> None:
+        if self._running is None and self._broken is None:
+            self._running = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self._staged():
+                    self._take()
+                if not (self._unsent or self._unwritten):
+                    break
+                sending, self._unsent = self._unsent, []
+                landing, self._unwritten = self._unwritten, []
+                if self.publisher.atomic:
+                    # Outputs and state land together or not at all: one round each.
+                    landing += sending
+                    sending = []
+                    records = [out for batch in landing for out in batch.outputs]
+                else:
+                    # A batch with no outputs, behind no batch whose outputs are in
+                    # flight, may write its state in this round already.
+                    while sending and not sending[0].outputs:
+                        landing.append(sending.pop(0))
+                    records = [out for batch in sending for out in batch.outputs]
+                records += self._state_of(landing)
+                try:
+                    if records:
+                        await self.publisher.publish(records)
+                    for batch in landing:
+                        self.accounts.settle(batch.accounts)
+                        self.seen.settle(batch.seen)
+                except BaseException as exc:
+                    # Reported through each batch's own future, to its caller; the local
+                    # stores stop at the batch before the first that failed.
+                    self._broken = failed = _failure(exc)
+                    for batch in [*landing, *sending, *self._unsent]:
+                        self._fail(batch, failed)
+                    self._unsent = []
+                    if self._took is not None and not self._took.done():
+                        self._took.set_result(None)
+                    return
+                now = time.perf_counter()
+                for batch in landing if self.publisher.atomic else sending:
+                    self.hooks.flushed("outputs", now - batch.started)
+                for batch in landing:
+                    self.hooks.flushed("state", now - batch.started)
+                    if not batch.done.done():  # a caller may have cancelled its wait
+                        batch.done.set_result(None)
+                    if batch.held:
+                        self._landed(batch.held, None)
+                self._unwritten = sending
+        finally:
+            self._running = None
+
+    def _fail(self, batch: _Batch, failed: Exception) -> None:
+        if not batch.done.done():
+            batch.done.set_exception(failed)
+        if batch.held:
+            self._landed(batch.held, failed)
+
+    def _state_of(self, batches: list[_Batch]) -> list[Out]:
+        if self.changelogs is None or not batches:
+            return []
+        accounts: dict[str, StoredAccount | None] = {}
+        seen: dict[str, Mark | None] = {}
+        for batch in batches:  # oldest first: the newest value per key wins
+            accounts.update(batch.accounts)
+            seen.update(batch.seen)
+        return self._state_records(accounts, seen)
+
+    def _state_records(
+        self,
+        accounts: Mapping[str, StoredAccount | None],
+        seen: Mapping[str, Mark | None],
+    ) -> list[Out]:
+        assert self.changelogs is not None
+        records = []
+        for log_, values in zip(self.changelogs, (accounts, seen), strict=True):
+            for key, value in values.items():
+                # Faust reads a table's partition p from its changelog's p.
+                partition = partition_for(log_.tenant_of(key), self.partitions)
+                records.append(
+                    Out(
+                        log_.topic,
+                        key.encode(),
+                        None if value is None else log_.encode(value),
+                        partition=partition,
+                        state=True,
+                        owner=partition,
+                    )
+                )
+        return records
+
+
+def _failure(exc: BaseException) -> Exception:
+    return exc if isinstance(exc, Exception) else RuntimeError(f"flush stopped: {exc!r}")
+
+
+def _ignore(tokens: list[Any], failure: Exception | None) -> None:
+    pass
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

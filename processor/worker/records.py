@@ -1,0 +1,117 @@
+"""The plain data the worker's parts share: input records, outputs, and their headers.
+
+No Faust here: the agents and the fetch loop hand over plain `Record`s, and outputs
+leave as `Out`s through a `Publisher`, so the whole path runs in unit tests with an
+in-memory publisher (processor/testing.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from processor.core.stored import Position
+from processor.core.values import fast_init
+from processor.worker.sizing import KeyFacts
+
+# Headers that carry a re-routed record's origin, so its ledger entry and any
+# rejection still name the topic, partition and offset it first arrived at.
+H_SOURCE = "meter-source"
+H_TOPIC = "meter-source-topic"
+H_PARTITION = "meter-source-partition"
+H_OFFSET = "meter-source-offset"
+H_KEY = "meter-source-key"  # absent when the original record had no key
+# A key over sizing.KEY_BOUND travels as its prefix (H_KEY) with its size and SHA-256.
+H_KEY_SIZE = "meter-source-key-size"
+H_KEY_SHA256 = "meter-source-key-sha256"
+# `meter replay-rejected --force-too-old` sets both on a record it re-sends: an event
+# older than the dedupe window is then applied on the operator's word (docs/contract.md).
+# Honoured only with H_REPLAY_OF beside it, and carried along by a re-route.
+H_FORCE_TOO_OLD = "meter-force-too-old"
+H_REPLAY_OF = "meter-replay-of"
+
+
+class Source(StrEnum):
+    CALLS = "calls"
+    CONFERENCING = "conferencing"
+    COMMANDS = "commands"
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+    # The consumer group generation the record was fetched in: what the account value
+    # written for it is stamped with (core/stored.py), however late it is processed.
+    generation: int = 0
+    # Set when `key` holds only a prefix of the original key (a re-routed record's
+    # origin): the original's size and SHA-256, for its rejection.
+    key_facts: KeyFacts | None = None
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    @property
+    def position(self) -> Position:
+        return Position(f"{self.topic}:{self.partition}", self.offset)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    # None: a tombstone (a forgotten dedupe mark).
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] | None = None
+    # None: the key's partition by Kafka's default partitioner (any, for no key).
+    partition: int | None = None
+    # A changelog record of the processor's own state, not an output of the contract.
+    state: bool = False
+    # The partition number whose transaction carries the record: that of the input
+    # record that caused it, or of the tenant a timer tick or a state record is for.
+    owner: int = -1
+
+
+class Publisher(Protocol):
+    # Whether `publish` lands its records all together or not at all (a transaction):
+    # then a batch's outputs and state go in one round, else outputs first.
+    atomic: bool
+
+    async def publish(self, records: Sequence[Out]) -> None:
+        """Produce every record; return once the broker has acknowledged all of them.
+
+        Raises if any record could not be delivered.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Changelog:
+    """Where a table's batch writes go besides its local store: its changelog topic.
+
+    The flusher produces the changelog records itself (the engine is given the table's
+    store, not the table), so that a batch costs one record per touched key, sent after
+    the batch's outputs.
+    """
+
+    topic: str
+    encode: Callable[[Any], bytes]
+    tenant_of: Callable[[str], str]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
