@@ -31,8 +31,10 @@ run: setup
 	$(BIN)/meter demo
 
 ## The whole suite: unit, agent and integration tests (starts its own Kafka broker).
+## Two processes, each with its own broker and PostgreSQL (pytest-xdist; a file's tests
+## stay together, so module fixtures such as the console's stack start once).
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile --durations=15
 
 test-unit: setup
 	$(BIN)/pytest tests/unit tests/agents
