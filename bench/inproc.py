@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from bench.workload import Event, Workload
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, dedupe_tenant
+from processor.core.dedupe import DedupeWindow, dedupe_tenant
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.dev import simulator as sim

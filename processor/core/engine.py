@@ -8,14 +8,14 @@ worker, dicts in tests), the clock is an argument.
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 
 from processor.core import account as acc
+from processor.core.dedupe import DedupeWindow, dedupe_key
 from processor.core.lots import apply_expiry
-from processor.core.outputs import Output
+from processor.core.outcome import Outcome, Rejection, Status
 from processor.core.rating import RateCard, RateTable
 from processor.core.recharge import apply_recharge_failed, apply_timer, configure_auto_recharge
 from processor.core.state import (
@@ -53,21 +53,6 @@ from schemas.types import check_recharge_target
 Usage = CallUsage | ConferenceUsage
 
 
-class Status(StrEnum):
-    APPLIED = "applied"  # took effect (possibly a zero charge: no entry, nothing else)
-    DUPLICATE = "duplicate"  # seen before within the dedupe window; nothing changed
-    REJECTED = "rejected"  # not applied; goes to credits.rejected for a later replay
-    IGNORED = "ignored"  # valid but moot: a stale answer or timer; nothing changed
-    REPLAYED = "replayed"  # already in the balance (re-read after a crash); outputs again
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    reason: str
-    detail: str
-
-
 @fast_init
 @dataclass(frozen=True, slots=True)
 class TimerTick:
@@ -88,67 +73,6 @@ class TimerTick:
 
 
 EXPIRY_TICK = "expiry"
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    status: Status
-    tenant_id: str
-    outputs: tuple[Output, ...] = ()
-    rejection: Rejection | None = None
-    # Why an ignored input was moot, for logs and metrics.
-    note: str | None = None
-    account: Account | None = None
-    # The account value's write counter after this input (0: nothing written).
-    seq: int = 0
-    # What became of a recharge request (fulfilled, failed, ...), for metrics.
-    recharge: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class DedupeWindow:
-    """How long (event time) ids are remembered, and how far ahead of the clock an
-    event may be (METER_DEDUPE_DAYS, METER_MAX_FUTURE_SECONDS)."""
-
-    days: float
-    max_future_seconds: float = 300.0
-    # The window as a timedelta, built once: every applied record asks for its expiry.
-    span: timedelta = field(init=False, repr=False, compare=False)
-    ahead: timedelta = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "span", timedelta(days=self.days))
-        object.__setattr__(self, "ahead", timedelta(seconds=self.max_future_seconds))
-
-    def expires(self, occurred_at: datetime, now: datetime) -> int:
-        """Epoch second until which the id is remembered: `days` of event time.
-
-        From the event's time, or from `now` when that is later; never past `now` +
-        the window + `max_future_seconds` (the engine refuses an event further ahead
-        than that, and one older than the window, before it marks it). Until the mark
-        expires a repeat is a duplicate; after it, the repeat is older than the window
-        and refused as `too_old`: no repeat is metered twice.
-        """
-        if occurred_at <= now:
-            return int((now + self.span).timestamp())
-        return int((min(occurred_at, now + self.ahead) + self.span).timestamp())
-
-    def too_old(self, occurred_at: datetime, now: datetime) -> bool:
-        """Older than the window: a repeat of it may have been forgotten already."""
-        return occurred_at < now - self.span
-
-    def too_new(self, occurred_at: datetime, now: datetime) -> bool:
-        return occurred_at - now > self.ahead
-
-
-def dedupe_key(tenant_id: str, kind: str, record_id: str) -> str:
-    return f"{tenant_id}\x1f{kind}\x1f{record_id}"
-
-
-def dedupe_tenant(key: str) -> str:
-    """The tenant a dedupe key belongs to (tenant ids hold no \\x1f)."""
-    return key.partition("\x1f")[0]
 
 
 _USAGE_TABLES = {

@@ -22,7 +22,7 @@ What the worker needs from the libraries' insides, and why:
 - Faust's app: its HTTP client, closed by tests that never start the app; the tasks and
   timers it starts with, and the blueprints its web server serves (tests check them).
 - A Faust table's changelog topic, built again once the table's serializers are set
-  (`rebuild_changelog_topic`); mode's crash of a service (`crash`); aiokafka's cluster
+  (`use_codecs`); mode's crash of a service (`crash`); aiokafka's cluster
   metadata (`fetch_metadata`); the table manager's recovery, absent from its type.
 
 The worker's policy (what is taken, refused, staged) stays in processor/worker/consumer.py,
@@ -333,8 +333,8 @@ class FetchLoop(faust_aiokafka.Consumer):
         """Faust's fetch loop (faust-streaming 0.15.3), without a task per record.
 
         Faust hands each record over with `wait_first(callback(message),
-        suspend_flow.wait())`: two tasks and an asyncio.wait per record (~30 us, a
-        tenth of the worker's time per record), so that a hand-over blocked on a full
+        suspend_flow.wait())`: two tasks and an asyncio.wait per record (a tenth of
+        the worker's time per record: docs/performance.md), so that a hand-over blocked on a full
         stream buffer gives way when a rebalance suspends the flow. A hand-over almost
         never blocks, so here it is stepped once directly; one that does block is
         handed to wait_first as before. And a guarded record whose partition was
@@ -440,12 +440,18 @@ def committed_offsets(consumer: Any) -> Mapping[TP, int | None]:
     return found
 
 
-def rebuild_changelog_topic(table: Any) -> Any:
-    """The table's changelog topic built again, after its serializers were changed.
+def use_codecs(table: Any, key_serializer: str, value_serializer: str) -> None:
+    """Make `table` send and recover with these registered codecs.
 
-    Faust builds it in the table's __init__, from the serializers it had then.
+    Faust picks a table's changelog codecs from its key and value types ("json" for
+    anything but a faust.Record) and takes no serializer arguments: sends read the
+    table's attributes, recovery decodes with its changelog topic, which the table
+    built in its __init__ from the serializers it had then. So both are set here, and
+    the topic built again.
     """
-    return table._new_changelog_topic()
+    table.key_serializer = key_serializer
+    table.value_serializer = value_serializer
+    table.changelog_topic = table._new_changelog_topic()
 
 
 def crash(service: Any, exc: BaseException) -> None:

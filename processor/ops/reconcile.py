@@ -31,7 +31,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from processor.core.engine import DedupeWindow, Engine
+from processor.core.dedupe import DedupeWindow
+from processor.core.engine import Engine
 from processor.core.outputs import LedgerOut
 from processor.core.rating import RateCard
 from processor.core.state import RechargePolicy

@@ -99,9 +99,8 @@ def startup_refusal(exc: BaseException | None) -> str | None:
 # A worker keeps every dedupe mark of its window and every account in memory, and
 # allocates a few dozen objects per record. With the default thresholds (700, 10, 10)
 # the collector's full passes over that growing heap cost about as much CPU as the
-# records themselves (in process, 100,000 records: 177 us per record against 99 with
-# the collector off; docs/performance.md), and pause the loop for the duration of a
-# pass. Young passes every 50,000 allocations and full ones a tenth as often keep
+# records themselves (docs/performance.md, "Figures behind design choices"), and pause
+# the loop for the duration of a pass. Young passes every 50,000 allocations and full ones a tenth as often keep
 # cyclic garbage collected at a small fraction of that cost.
 GC_THRESHOLDS = (50_000, 20, 100)
 

@@ -39,7 +39,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from processor.core.engine import DedupeWindow
+    from processor.core.dedupe import DedupeWindow
     from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
     from processor.http.auth import client_headers
     from processor.kafka.options import kafka_client_options

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP, Message, StreamT
 
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, dedupe_tenant
+from processor.core.dedupe import DedupeWindow, dedupe_tenant
 from processor.core.rating import RateCard
 from processor.core.state import ExpiryPolicy, RechargePolicy
 from processor.http import admin_web, auth, command_status
@@ -122,19 +122,9 @@ class Meter:
         table_store = store.register() if cfg.store == "memory://" else cfg.store
         self.accounts = self.app.Table("accounts", partitions=partitions, store=table_store)
         self.seen = self.app.Table("dedupe", partitions=partitions, store=table_store)
-        # Faust picks a table's changelog codecs from its key and value types ("json"
-        # for anything but a faust.Record): sends pass the table's attributes, recovery
-        # decodes with its changelog topic, which the table built in its constructor.
-        # Both must name our codecs, so set the attributes and build the topic again.
         self.tally = AccountTally()
-        tables: tuple[tuple[Any, str], ...] = (
-            (self.accounts, "meter-account"),
-            (self.seen, "meter-mark"),
-        )
-        for table, value_codec in tables:
-            table.key_serializer = "meter-str"
-            table.value_serializer = value_codec
-            table.changelog_topic = glue.rebuild_changelog_topic(table)
+        glue.use_codecs(self.accounts, "meter-str", "meter-account")
+        glue.use_codecs(self.seen, "meter-str", "meter-mark")
         # Each round's records go out in one Kafka transaction per partition number
         # (processor/worker/publisher.py); the stores start a partition's producer, fencing
         # its earlier owner, before they read its changelog.

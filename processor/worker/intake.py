@@ -15,7 +15,8 @@ from datetime import datetime
 
 import orjson
 
-from processor.core.engine import Engine, Outcome, Status, Usage
+from processor.core.engine import Engine, Usage
+from processor.core.outcome import Outcome, Status
 from processor.core.outputs import AlertOut, LedgerOut, NotificationsOut, RechargeOut
 from processor.kafka import wire
 from processor.kafka.routing import partition_for

@@ -13,7 +13,8 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from processor.core.engine import DedupeWindow, Engine
+from processor.core.dedupe import DedupeWindow
+from processor.core.engine import Engine
 from processor.core.rating import RateCard
 from processor.core.state import ExpiryPolicy, RechargePolicy
 from processor.core.stored import Mark, StoredAccount

@@ -100,7 +100,7 @@ class AccountTally:
     def expiring(self, partitions: Iterable[int]) -> Iterator[tuple[str, int]]:
         """The tenants of these partitions with lots, and their first lot's expiry.
 
-        Not copied (a million pairs would be ~64 MB at once): consume it without
+        Not copied (a million tenants' pairs would be a large transient copy): consume it without
         awaiting in between, as `DueIndex.rebuild` does."""
         for p in partitions:
             counts = self._parts.get(p)

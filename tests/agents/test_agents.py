@@ -484,7 +484,7 @@ async def test_the_worker_forgets_marks_once_their_window_has_passed(
 ) -> None:
     """The timer's sweep forgets a mark after METER_DEDUPE_DAYS, not before: a tombstone
     to the dedupe changelog, then out of the store; a re-sent event then meters again."""
-    from processor.core.engine import dedupe_key
+    from processor.core.dedupe import dedupe_key
     from processor.observability import metrics
 
     h = make_harness(METER_DEDUPE_DAYS=1)

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, dedupe_tenant
+from processor.core.dedupe import DedupeWindow, dedupe_tenant
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.core.stored import StoredAccount

@@ -24,7 +24,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, Engine
+from processor.core.dedupe import DedupeWindow
+from processor.core.engine import Engine
 from processor.core.state import RechargePolicy
 from processor.core.stored import Position
 from processor.kafka import glue

@@ -308,7 +308,8 @@ def expected_balances(records: list[tuple[str, dict[str, Any]]]) -> dict[str, st
     """What the pure core says the balances must be, computed without Kafka."""
     from datetime import UTC, datetime, timedelta
 
-    from processor.core.engine import DedupeWindow, Engine
+    from processor.core.dedupe import DedupeWindow
+    from processor.core.engine import Engine
     from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
     from processor.core.state import RechargePolicy
     from processor.core.stored import Position

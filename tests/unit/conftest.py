@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from processor.core.engine import DedupeWindow, Engine, Outcome, TimerTick
+from processor.core.dedupe import DedupeWindow
+from processor.core.engine import Engine, TimerTick
+from processor.core.outcome import Outcome
 from processor.core.outputs import AlertOut, LedgerOut, Output, RechargeOut
 from processor.core.rate_card_parser import parse_rate_card
 from processor.core.rating import RateCard

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from processor.core.engine import Status
+from processor.core.outcome import Status
 from processor.core.state import AutoRecharge, RechargeMode
 from schemas import decode_command
 from schemas.inputs import AutoRechargeChanged

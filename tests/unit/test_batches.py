@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from processor.config.settings import Settings
-from processor.core.engine import DedupeWindow, dedupe_key, dedupe_tenant
+from processor.core.dedupe import DedupeWindow, dedupe_key, dedupe_tenant
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.core.stored import Mark, StoredAccount

@@ -23,7 +23,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from processor.core import account as acc
-from processor.core.engine import Engine, Outcome, Status, TimerTick, dedupe_key
+from processor.core.dedupe import dedupe_key
+from processor.core.engine import Engine, TimerTick
+from processor.core.outcome import Outcome, Status
 from processor.core.outputs import AlertKind, AlertOut, LedgerOut, Output, RechargeOut
 from processor.core.rating import RateCard, RateTable
 from processor.core.recharge import next_due

@@ -10,13 +10,9 @@ from typing import Any
 
 import pytest
 
-from processor.core.engine import (
-    DedupeWindow,
-    Engine,
-    Status,
-    TimerTick,
-    dedupe_key,
-)
+from processor.core.dedupe import DedupeWindow, dedupe_key
+from processor.core.engine import Engine, TimerTick
+from processor.core.outcome import Status
 from processor.core.outputs import AlertKind, AlertOut, LedgerOut, Output, RechargeOut
 from processor.core.rate_card_parser import parse_rate_card
 from processor.core.state import PendingRecharge, RechargePolicy, RechargeStatus

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from processor.core.engine import DedupeWindow, Engine, Status
+from processor.core.dedupe import DedupeWindow
+from processor.core.engine import Engine
+from processor.core.outcome import Status
 from processor.core.outputs import LedgerOut, RechargeOut
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy

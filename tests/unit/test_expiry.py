@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.core import account as acc
-from processor.core.engine import EXPIRY_TICK, Engine, Status, TimerTick
+from processor.core.engine import EXPIRY_TICK, Engine, TimerTick
 from processor.core.lots import apply_expiry, expiry_entry_id, lots_total, next_expiry_due
+from processor.core.outcome import Status
 from processor.core.outputs import AlertKind, AlertOut, LedgerOut, RechargeOut
 from processor.core.recharge import configure_auto_recharge
 from processor.core.state import Account, AutoRecharge, ExpiryPolicy

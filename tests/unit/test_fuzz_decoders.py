@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from processor.core.engine import DedupeWindow
+from processor.core.dedupe import DedupeWindow
 from processor.core.state import RechargePolicy
 from processor.core.stored import Mark, StoredAccount
 from processor.kafka.topics import TopicNames

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.core import account as acc
-from processor.core.engine import Status
+from processor.core.outcome import Status
 from processor.core.outputs import AlertKind, AlertOut, LedgerOut, Output, RechargeOut
 from processor.core.state import Account, AutoRecharge, RechargeMode, is_exhausted
 from processor.core.transition import Cause

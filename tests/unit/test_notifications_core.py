@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from processor.core.engine import Status
+from processor.core.outcome import Status
 from processor.core.outputs import AlertKind, AlertOut, NotificationsOut
 from processor.http.views import account_view
 from processor.kafka import wire

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.core.engine import DedupeWindow
+from processor.core.dedupe import DedupeWindow
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.kafka.topics import TopicNames

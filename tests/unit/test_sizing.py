@@ -19,7 +19,7 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from processor.core.engine import DedupeWindow
+from processor.core.dedupe import DedupeWindow
 from processor.core.state import RechargePolicy
 from processor.kafka.routing import partition_for
 from processor.testing import MemoryPublisher
