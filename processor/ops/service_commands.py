@@ -100,8 +100,8 @@ def startup_refusal(exc: BaseException | None) -> str | None:
 # allocates a few dozen objects per record. With the default thresholds (700, 10, 10)
 # the collector's full passes over that growing heap cost about as much CPU as the
 # records themselves (docs/performance.md, "Figures behind design choices"), and pause
-# the loop for the duration of a pass. Young passes every 50,000 allocations and full ones a tenth as often keep
-# cyclic garbage collected at a small fraction of that cost.
+# the loop for the duration of a pass. Young passes every 50,000 allocations and full
+# ones a tenth as often keep cyclic garbage collected at a small fraction of that cost.
 GC_THRESHOLDS = (50_000, 20, 100)
 
 

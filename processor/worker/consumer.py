@@ -73,7 +73,8 @@ class Taken:
 # How long the broker may hold a fetch that finds no new records. Faust asks for 1.5 s,
 # and aiokafka leaves out of a fetch the partitions whose records it still buffers: a
 # record arriving on one of those waits for the held fetch of the others to return, up
-# to 1.5 s (docs/performance.md, "Figures behind design choices"). An idle worker now polls every 20 ms instead; a busy one never waits.
+# to 1.5 s (docs/performance.md, "Figures behind design choices"). An idle worker now
+# polls every 20 ms instead; a busy one never waits.
 FETCH_MAX_WAIT_MS = 20
 # The fetch loop yields to the event loop after this many records, and hands what it
 # collected for the sink over first, so the flusher can send it meanwhile.
