@@ -68,6 +68,9 @@ async def test_a_lot_expires_through_one_entry_with_its_alerts_and_view(
     at = now_rfc3339()
     async with Client(d) as c:
         await c.send("credits.commands", funds("f-1", tenant=tenant, amount="10.00", at=at))
+        # Two topics have no order between them: the call goes once the funds are in, so
+        # the ledger reads credit, debit, expiry whatever the worker's speed.
+        await account_where(w, tenant, lambda v: v["balance"] == "10.0000", "the funds applied")
         await c.send("usage.calls", call("u-1", tenant=tenant, seconds=61, at=at))  # 120 s: 0.0400
         view = await account_where(
             w, tenant, lambda v: v["balance"] == "9.9600", "the funds and the call applied"
