@@ -35,6 +35,7 @@ __all__ = [
     "MAX_PROCESSES",
     "Child",
     "Supervisor",
+    "child_data_dir",
     "child_env",
     "run_processes",
 ]
@@ -214,8 +215,12 @@ def child_env(
     """
     env = dict(environ)
     env["METER_WEB_PORT"] = str(web_port + index if web_port else 0)
-    env["METER_DATA_DIR"] = str(data_dir / f"process-{index}")
+    env["METER_DATA_DIR"] = str(child_data_dir(data_dir, index))
     return env
+
+
+def child_data_dir(data_dir: Path, index: int) -> Path:
+    return data_dir / f"process-{index}"
 
 
 def run_processes(
@@ -235,6 +240,8 @@ def run_processes(
     command = [sys.executable, "-m", "processor.ops.cli", "worker", *worker_args]
 
     def spawn(index: int) -> Child:
+        # Faust creates its data dir but not the parents (METER_DATA_DIR may be new).
+        child_data_dir(data_dir, index).mkdir(parents=True, exist_ok=True)
         # The supervisor's process group: a group-wide signal (Ctrl-C in a terminal,
         # kill -- -PGID) reaches the children as well as the forwarded one, which mode's
         # worker ignores (it acts on the first), and a group-wide SIGKILL leaves no

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +190,24 @@ def test_run_supervises_until_a_signal_and_returns_the_exit_code() -> None:
     assert rig.sup.run() == 0
     assert len(rig.spawned) == 3
     assert [c.signals for c in (rig.live(0), rig.live(1))] == [[signal.SIGTERM]] * 2
+
+
+def test_children_that_refuse_to_start_stop_the_real_supervisor_with_2(tmp_path: Path) -> None:
+    """End to end with real children: a rate card that does not load is a refusal."""
+    env = {
+        **os.environ,
+        "METER_RATE_CARD": str(tmp_path / "missing.yaml"),
+        "METER_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "processor.ops.cli", "worker", "--processes", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "refused to start (exit 2); stopping all" in done.stderr
+    assert (tmp_path / "data" / "process-1").is_dir()
