@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -15,6 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from processor.dev.kafka_local import free_port
+from processor.dev.kafka_local.host import port_is_free
 from tests.integration.harness import METER, Client, Deployment, eventually
 from tests.integration.test_pipeline import expected_balances, scenario
 
@@ -25,21 +25,11 @@ LAG_LINE = re.compile(r'^meter_consumer_lag_records\{[^}]*partition="(\d+)"')
 
 
 def free_port_run(count: int) -> int:
-    """A port p with p .. p+count-1 all free now (the children take METER_WEB_PORT + i)."""
+    """A port p with p .. p+count-1 free now: `--processes` children take p + i."""
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count > 65535:
-            continue
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    s = stack.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
+        base = free_port()
+        if all(port_is_free(port) for port in range(base + 1, base + count)):
+            return base
     raise AssertionError(f"no {count} consecutive free ports")
 
 
