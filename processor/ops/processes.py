@@ -80,9 +80,9 @@ class _Slot:
 
 
 class Supervisor:
-    """Keeps `count` children running until told to stop; the policy, without I/O.
+    """Keeps `count` children running until told to stop.
 
-    `spawn(i)` starts child i; `clock` and `sleep` are injectable so the policy can
+    `spawn(i)` starts child i; it, `clock` and `sleep` are injected so the policy can
     be tested with fake children and fake time.
     """
 
@@ -100,7 +100,7 @@ class Supervisor:
         self._sleep = sleep
         self._slots: list[_Slot] = []
         self._stop_signal: int | None = None
-        self._forwarded = False
+        self._stopping = False  # a stop signal went to the children
         self._stop_deadline: float | None = None
         self._refused = False
 
@@ -130,7 +130,7 @@ class Supervisor:
     def step(self) -> bool:
         """One round of the policy; True once every child has stopped for good."""
         now = self._clock()
-        if self._stop_signal is not None and not self._forwarded:
+        if self._stop_signal is not None and not self._stopping:
             self._forward(self._stop_signal, now)
         for slot in self._slots:
             if slot.exit_code is not None:
@@ -165,12 +165,8 @@ class Supervisor:
             self._stop_deadline = None
         return all(slot.exit_code is not None for slot in self._slots)
 
-    @property
-    def _stopping(self) -> bool:
-        return self._forwarded
-
     def _forward(self, sig: int, now: float) -> None:
-        self._forwarded = True
+        self._stopping = True
         self._stop_deadline = now + STOP_GRACE_SECONDS
         for slot in self._slots:
             if slot.exit_code is None and slot.restart_at is None:
@@ -192,7 +188,15 @@ class Supervisor:
         slot.backoff = min(slot.backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _restart(self, slot: _Slot, now: float) -> None:
-        slot.child = self._spawn(slot.index)
+        try:
+            child = self._spawn(slot.index)
+        except OSError as exc:
+            # Out of processes or memory for a moment: try again, later each time.
+            log.error("worker process %d could not be started: %s", slot.index, exc)
+            slot.restart_at = now + slot.backoff
+            slot.backoff = min(slot.backoff * 2, MAX_BACKOFF_SECONDS)
+            return
+        slot.child = child
         slot.started = now
         slot.restart_at = None
         log.info("worker process %d restarted: pid %d", slot.index, slot.child.pid)

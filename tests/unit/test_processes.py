@@ -211,3 +211,26 @@ def test_children_that_refuse_to_start_stop_the_real_supervisor_with_2(tmp_path:
     assert done.returncode == 2, done.stderr
     assert "refused to start (exit 2); stopping all" in done.stderr
     assert (tmp_path / "data" / "process-1").is_dir()
+
+
+def test_a_child_that_cannot_be_spawned_again_is_tried_later() -> None:
+    rig = Rig(1)
+    calls = 0
+
+    def flaky(index: int) -> FakeChild:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first restart
+            raise OSError("fork: no more processes")
+        return rig.spawn(index)
+
+    rig.sup = Supervisor(1, flaky, clock=lambda: rig.now, sleep=rig.advance)
+    rig.sup.start()
+    rig.live(0).code = 1
+    rig.sup.step()
+    rig.advance(FIRST_BACKOFF_SECONDS)
+    rig.sup.step()  # the spawn fails: no new child, no crash of the supervisor
+    assert len(rig.spawned) == 1
+    rig.advance(2 * FIRST_BACKOFF_SECONDS)
+    rig.sup.step()
+    assert len(rig.spawned) == 2 and rig.live(0).poll() is None
