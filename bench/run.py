@@ -1,14 +1,15 @@
 """`make bench`: how fast credits-meter meters, next to the fastest plain Python loop.
 
     python -m bench.run [--quick] [--events N] [--out bench/results.json] [--profile S]
-                        [--scaling] [--recovery-tenants N]
+                        [--scaling] [--processes N] [--recovery-tenants N]
 
 One run, one private broker (so the machine's drift hits both sides alike):
 preload a usage mix over 10,000 tenants into 12-partition topics, measure the
 ceiling loop on it, then let one real `meter worker` drain the same records, then
 measure append-to-ledger latency at half the drain rate, then (item 4) the time a
 worker holding N tenants takes to be ready, and (item 5, --scaling) the drain with
-two workers. Writes a JSON result.
+two workers, and (--processes N, issue 19) the drain with one `meter worker
+--processes N`. Writes a JSON result.
 """
 
 from __future__ import annotations
@@ -105,6 +106,36 @@ async def two_workers(
         "two_workers_cpu_seconds_per_1000": round(result.cpu_seconds_per_1000, 4),
         "broker_cpu_seconds_per_1000": _rounded(result.broker_cpu_seconds_per_1000),
         "machine_busy": _rounded(result.machine_busy),
+        "events": result.events,
+    }
+
+
+async def processes_drain(
+    bootstrap: str,
+    app_id: str,
+    prefix: str,
+    root: Path,
+    expected: int,
+    broker_pid: int | None,
+    processes: int,
+) -> dict[str, Any]:
+    """Issue 19: one `meter worker --processes N` of a third deployment drains the same
+    input topics from the start, as `two_workers` does with two separate workers."""
+    app = f"{app_id}-p{processes}"
+    changelogs = [f"{app}-{table}-changelog" for table in ("accounts", "dedupe")]
+    await create_topics(bootstrap, changelogs, PARTITIONS, compact=frozenset(changelogs))
+    worker = BenchWorker(bootstrap, app, prefix, PARTITIONS, root, index=3, processes=processes)
+    try:
+        result = await measures.drain(worker, expected, within=900.0, broker_pid=broker_pid)
+    finally:
+        worker.stop()
+    return {
+        "processes": processes,
+        "events_per_s": round(result.events_per_s, 1),
+        "cpu_seconds_per_1000": round(result.cpu_seconds_per_1000, 4),
+        "broker_cpu_seconds_per_1000": _rounded(result.broker_cpu_seconds_per_1000),
+        "machine_busy": _rounded(result.machine_busy),
+        "peak_rss_mb": round(result.peak_rss_mb, 1),
         "events": result.events,
     }
 
@@ -210,8 +241,31 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 broker.pid,
             )
             scaling["one_worker_events_per_s"] = round(drain.events_per_s, 1)
+            scaling["ratio_to_one_worker"] = round(
+                scaling["two_workers_events_per_s"] / drain.events_per_s, 4
+            )
             walls["scaling"] = time.perf_counter() - t
             log(f"scaling: {scaling}")
+
+        processes: dict[str, Any] | None = None
+        if args.processes > 1:
+            t = time.perf_counter()
+            processes = await processes_drain(
+                broker.bootstrap,
+                app_id,
+                prefix,
+                root,
+                len(setup) + events + latency_events,
+                broker.pid,
+                args.processes,
+            )
+            # The gain, within this run: the same records, one process against N.
+            processes["one_worker_events_per_s"] = round(drain.events_per_s, 1)
+            processes["ratio_to_one_worker"] = round(
+                processes["events_per_s"] / drain.events_per_s, 4
+            )
+            walls["processes"] = time.perf_counter() - t
+            log(f"processes: {processes}")
     finally:
         if worker is not None:
             worker.stop()
@@ -246,6 +300,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "quick": bool(args.quick),
         "recovery": restart,
         "scaling": scaling,
+        "processes": processes,
         "wall_seconds": {k: round(v, 1) for k, v in walls.items()},
     }
 
@@ -261,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-out", default="bench/profile.raw.txt")
     parser.add_argument(
         "--scaling", action="store_true", help="also drain with two workers (item 5)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="also drain with one `meter worker --processes N` (issue 19), N > 1",
     )
     parser.add_argument(
         "--recovery-tenants", type=int, help="tenants in the restart measurement (item 4)"

@@ -1,4 +1,9 @@
-"""One real `meter worker` subprocess, configured only through its environment."""
+"""One real `meter worker` subprocess, configured only through its environment.
+
+With `processes` > 1 it is `meter worker --processes N`: a supervisor whose children
+serve METER_WEB_PORT + i; their records are summed, and their CPU and memory are the
+supervisor's process tree's (bench/procstat.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from processor.dev.kafka_local import free_port
+from processor.dev.kafka_local.host import port_is_free
 
 METER = str(Path(sys.executable).with_name("meter"))
 # The sources whose records the drain counts (the timer's ticks are not input).
@@ -19,9 +25,17 @@ INPUT_TOPICS = ("calls", "conferencing", "commands")
 
 class BenchWorker:
     def __init__(
-        self, bootstrap: str, app_id: str, prefix: str, partitions: int, root: Path, index: int = 0
+        self,
+        bootstrap: str,
+        app_id: str,
+        prefix: str,
+        partitions: int,
+        root: Path,
+        index: int = 0,
+        processes: int = 1,
     ) -> None:
-        self.port = free_port()
+        self.processes = processes
+        self.port = free_port() if processes == 1 else free_port_run(processes)
         self.log_path = root / f"worker-{index}.log"
         self.env = dict(os.environ)
         self.env.update(
@@ -44,8 +58,11 @@ class BenchWorker:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            command = [METER, "worker"]
+            if self.processes > 1:
+                command += ["--processes", str(self.processes)]
             self.proc = subprocess.Popen(
-                [METER, "worker"],
+                command,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -64,9 +81,20 @@ class BenchWorker:
             raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
 
     async def records_done(self, http: aiohttp.ClientSession) -> int | None:
-        """Input records the worker has handled, any outcome (None: not answering yet)."""
+        """Input records the worker has handled, any outcome (None: not answering yet).
+
+        With several processes, their sum once every one answers."""
+        total = 0
+        for port in range(self.port, self.port + self.processes):
+            done = await self._records_done(http, port)
+            if done is None:
+                return None
+            total += done
+        return total
+
+    async def _records_done(self, http: aiohttp.ClientSession, port: int) -> int | None:
         try:
-            async with http.get(f"http://127.0.0.1:{self.port}/metrics") as resp:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return None
@@ -79,7 +107,8 @@ class BenchWorker:
         return int(total)
 
     def stop(self, timeout: float = 20.0) -> None:
-        # SIGTERM, then SIGKILL: a Faust worker can hang in shutdown.
+        # SIGTERM, then SIGKILL: a Faust worker can hang in shutdown. The group holds a
+        # supervisor's children too.
         if self.proc is None or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -88,3 +117,12 @@ class BenchWorker:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+def free_port_run(count: int) -> int:
+    """A port p with p .. p+count-1 free now: `--processes` children take p + i."""
+    for _ in range(50):
+        base = free_port()
+        if all(port_is_free(port) for port in range(base + 1, base + count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports")

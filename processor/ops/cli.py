@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="host name other workers use to reach this one's HTTP API (default 127.0.0.1)",
     )
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes of this deployment on this host, one per core "
+        "(default 1: this process is the worker). With N > 1 this process supervises "
+        "them: child i serves HTTP on METER_WEB_PORT + i and keeps its state in "
+        "METER_DATA_DIR/process-i; a crashed child is restarted, SIGTERM stops them all",
+    )
     worker.set_defaults(func=cmd_worker)
 
     kafka = sub.add_parser(

@@ -10,9 +10,27 @@ import sys
 
 from processor.config.settings import Settings
 from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, resolve_bootstrap
+from processor.ops.processes import MAX_PROCESSES, run_processes
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    processes: int = args.processes
+    if not 1 <= processes <= MAX_PROCESSES:
+        print(
+            f"meter worker: --processes {processes}: must be 1 to {MAX_PROCESSES}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if processes > 1:
+        cfg = Settings()
+        return run_processes(
+            processes, ["--advertise-host", args.advertise_host], cfg.web_port, cfg.data_dir
+        )
+    return _run_worker(args)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    """One worker in this process (`--processes 1`, the default)."""
     from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
     from processor.core.rating import RateCardError
     from processor.http.auth import access_from
