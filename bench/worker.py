@@ -15,8 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from processor.dev.kafka_local import free_port
-from processor.dev.kafka_local.host import port_is_free
+from processor.dev.kafka_local import free_port, free_port_run
 
 METER = str(Path(sys.executable).with_name("meter"))
 # The sources whose records the drain counts (the timer's ticks are not input).
@@ -117,12 +116,3 @@ class BenchWorker:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-
-
-def free_port_run(count: int) -> int:
-    """A port p with p .. p+count-1 free now: `--processes` children take p + i."""
-    for _ in range(50):
-        base = free_port()
-        if all(port_is_free(port) for port in range(base + 1, base + count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports")

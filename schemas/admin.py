@@ -37,6 +37,7 @@ from schemas.types import (
 )
 
 __all__ = [
+    "AdminCommandType",
     "AutoRechargePatch",
     "AutoRechargeRequest",
     "CommandAccepted",
@@ -164,18 +165,22 @@ class NotificationsRequest(_Request):
         return self
 
 
+# The commands the admin API publishes (the 202's `type`).
+AdminCommandType = Literal[
+    "funds_added",
+    "auto_recharge_configured",
+    "tenant_limits_configured",
+    "auto_recharge_changed",
+    "recharge_failed",
+    "notifications_configured",
+]
+
+
 class CommandAccepted(OutputModel):
     """202 body: the command is on ``credits.commands``; the worker applies it once."""
 
     status: Literal["accepted"]
-    type: Literal[
-        "funds_added",
-        "auto_recharge_configured",
-        "tenant_limits_configured",
-        "auto_recharge_changed",
-        "recharge_failed",
-        "notifications_configured",
-    ]
+    type: AdminCommandType
     command_id: CommandId
     tenant_id: TenantId
 

@@ -24,7 +24,6 @@ from processor.http.admin_requests import (
     IDEMPOTENCY_HEADER,
     AdminRequest,
     Command,
-    CommandKind,
     Endpoint,
     Fingerprint,
     Refused,
@@ -40,7 +39,7 @@ from processor.http.admin_requests import (
 from processor.http.auth import Access, AuthError, Principal
 from processor.http.idempotency import IdempotencyCache, Remembered, compact, failed
 from processor.http.views import tenant_id_problem
-from schemas.admin import CommandAccepted, NotificationsRequest
+from schemas.admin import AdminCommandType, CommandAccepted, NotificationsRequest
 from schemas.inputs import AutoRechargeChanged, TenantLimitsConfigured
 
 __all__ = [
@@ -242,7 +241,7 @@ class CommandGate:
         return auth.ADMIN_PRINCIPAL
 
     async def _publish(
-        self, command: Command, kind: CommandKind, tenant_id: str, key: str
+        self, command: Command, kind: AdminCommandType, tenant_id: str, key: str
     ) -> Reply:
         command_id = command.command_id
         if isinstance(command, TenantLimitsConfigured | AutoRechargeChanged):

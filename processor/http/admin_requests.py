@@ -60,7 +60,6 @@ __all__ = [
     "OUTCOME_ID_PREFIX",
     "AdminRequest",
     "Command",
-    "CommandKind",
     "Endpoint",
     "Fingerprint",
     "NoBody",
@@ -76,14 +75,6 @@ __all__ = [
     "validate",
 ]
 
-CommandKind = Literal[
-    "funds_added",
-    "auto_recharge_configured",
-    "tenant_limits_configured",
-    "auto_recharge_changed",
-    "recharge_failed",
-    "notifications_configured",
-]
 # The PATCH and DELETE of auto-recharge are endpoints of their own for keys and ids.
 Endpoint = Literal[
     "funds",

@@ -14,7 +14,12 @@ from pydantic.json_schema import JsonSchemaMode
 from schemas.ledger_api import CommandStatus, LedgerPage, RechargeHistory, TenantList, UsageReport
 from schemas.types import ID_PATTERN, TENANT_ID_PATTERN
 
-__all__ = ["MODELS", "TAG", "paths"]
+__all__ = [
+    "MODELS",
+    "TAG",
+    "json_response",
+    "paths",
+]
 
 MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (LedgerPage, "serialization"),
@@ -33,7 +38,7 @@ _SERVERS: Final = [
 ]
 
 
-def _json(ref: str, description: str) -> dict[str, Any]:
+def json_response(ref: str, description: str) -> dict[str, Any]:
     # Errors are RFC 9457 problem details (processor/http/problems.py).
     media = "application/problem+json" if ref.endswith("/ErrorBody") else "application/json"
     return {"description": description, "content": {media: {"schema": {"$ref": ref}}}}
@@ -48,7 +53,7 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
         "description": "The tenant whose ledger this is.",
         "schema": {"type": "string", "pattern": TENANT_ID_PATTERN},
     }
-    bad = _json(
+    bad = json_response(
         error,
         "`invalid_tenant_id` (the path's tenant id breaks the contract's pattern; "
         "`tenant_id` is null), `invalid_query` (a parameter out of range, named in "
@@ -95,16 +100,16 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
                     ),
                 ],
                 "responses": {
-                    "200": _json(refs["CommandStatus"], "The command's status."),
-                    "400": _json(error, "`invalid_command_id` or `invalid_tenant_id`."),
-                    "404": _json(
+                    "200": json_response(refs["CommandStatus"], "The command's status."),
+                    "400": json_response(error, "`invalid_command_id` or `invalid_tenant_id`."),
+                    "404": json_response(
                         error,
                         "`unknown_command`: never sent, or the sink has not read it yet.",
                     ),
-                    "409": _json(
+                    "409": json_response(
                         error, "`ambiguous_command_id`: several tenants used it; add tenant_id."
                     ),
-                    "503": _json(
+                    "503": json_response(
                         error,
                         "`sink_unavailable` (from a worker): the sink did not answer; "
                         "retry after `Retry-After`.",
@@ -146,8 +151,8 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
                     ),
                 ],
                 "responses": {
-                    "200": _json(refs["TenantList"], "A page of tenants."),
-                    "400": _json(error, "`invalid_query` or `invalid_cursor`."),
+                    "200": json_response(refs["TenantList"], "A page of tenants."),
+                    "400": json_response(error, "`invalid_query` or `invalid_cursor`."),
                 },
             }
         },
@@ -167,7 +172,10 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
                         {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
                     ),
                 ],
-                "responses": {"200": _json(refs["RechargeHistory"], "The attempts."), "400": bad},
+                "responses": {
+                    "200": json_response(refs["RechargeHistory"], "The attempts."),
+                    "400": bad,
+                },
             }
         },
         "/tenants/{tenant_id}/ledger": {
@@ -199,7 +207,7 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
                         },
                     ),
                 ],
-                "responses": {"200": _json(refs["LedgerPage"], "A page."), "400": bad},
+                "responses": {"200": json_response(refs["LedgerPage"], "A page."), "400": bad},
             }
         },
         "/tenants/{tenant_id}/usage": {
@@ -220,7 +228,10 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
                         {"type": "string", "enum": ["day", "service"], "default": "day"},
                     ),
                 ],
-                "responses": {"200": _json(refs["UsageReport"], "The buckets."), "400": bad},
+                "responses": {
+                    "200": json_response(refs["UsageReport"], "The buckets."),
+                    "400": bad,
+                },
             }
         },
         "/tenants/{tenant_id}/ledger.csv": {

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from processor.http import auth
+from processor.http.ledger_doc import json_response
 from schemas.admin import (
     AutoRechargePatch,
     AutoRechargeRequest,
@@ -43,12 +44,6 @@ MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (Health, "serialization"),
     (Readiness, "serialization"),
 )
-
-
-def json_response(ref: str, description: str) -> dict[str, Any]:
-    # Errors are RFC 9457 problem details (processor/http/problems.py).
-    media = "application/problem+json" if ref.endswith("/ErrorBody") else "application/json"
-    return {"description": description, "content": {media: {"schema": {"$ref": ref}}}}
 
 
 def paths(refs: dict[str, str]) -> dict[str, Any]:

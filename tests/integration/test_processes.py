@@ -13,8 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from processor.dev.kafka_local import free_port
-from processor.dev.kafka_local.host import port_is_free
+from processor.dev.kafka_local import free_port_run
 from tests.integration.harness import METER, Client, Deployment, eventually
 from tests.integration.test_pipeline import expected_balances, scenario
 
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.integration
 
 PROCESSES = 2
 LAG_LINE = re.compile(r'^meter_consumer_lag_records\{[^}]*partition="(\d+)"')
-
-
-def free_port_run(count: int) -> int:
-    """A port p with p .. p+count-1 free now: `--processes` children take p + i."""
-    for _ in range(50):
-        base = free_port()
-        if all(port_is_free(port) for port in range(base + 1, base + count)):
-            return base
-    raise AssertionError(f"no {count} consecutive free ports")
 
 
 def children(pid: int) -> list[int]:

@@ -36,6 +36,7 @@ from processor.dev.kafka_local.host import (
     LocalKafkaError,
     default_state_dir,
     free_port,
+    free_port_run,
     java_executable,
 )
 from processor.dev.kafka_local.jars import ensure_jars
@@ -49,6 +50,7 @@ __all__ = [
     "default_state_dir",
     "ensure_jars",
     "free_port",
+    "free_port_run",
     "java_executable",
     "start_background",
     "status",

@@ -56,6 +56,16 @@ def free_port() -> int:
         return port
 
 
+def free_port_run(count: int) -> int:
+    """A port p with p .. p+count-1 free now (`meter worker --processes` children take
+    p + i); racy like `free_port`."""
+    for _ in range(50):
+        base = free_port()
+        if all(port_is_free(port) for port in range(base + 1, base + count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # The JVM binds with SO_REUSEADDR, so a previous broker's TIME_WAIT sockets
