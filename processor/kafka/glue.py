@@ -18,7 +18,8 @@ What the worker needs from the libraries' insides, and why:
 - Faust's consumer thread (`ConsumerThread`): the aiokafka consumer it builds, which
   Faust gives no way to configure (fetch wait, isolation level), and aiokafka's
   fetcher, whose seeks are counted so that a fetch that came back before a seek can be
-  told stale.
+  told stale. And the thread itself, left out (`MainLoopConsumer`): aiokafka runs on
+  the worker's loop, with mode's thread service started and stopped as a plain one.
 - Faust's app: its HTTP client, closed by tests that never start the app; the tasks and
   timers it starts with, and the blueprints its web server serves (tests check them).
 - A Faust table's changelog topic, built again once the table's serializers are set
@@ -46,6 +47,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, Message
 from faust.web.base import Web as FaustWeb
 from mode import Service
+from mode.threads import ServiceThread
+from mode.utils.futures import maybe_async
 
 from processor.kafka.stepping import step
 
@@ -101,6 +104,14 @@ REACHES: tuple[Reach, ...] = (
     Reach(Service, "_stopped", "attribute", "the fetch loop stops with the consumer"),
     Reach(Service, "_crashed", "attribute", "set with `_stopped` (unit tests)"),
     Reach(Service, "_crash", "method", "crash policy: restart, read again", ("self", "reason")),
+    # mode's thread service, run on the main loop (`MainLoopConsumer`).
+    Reach(Service, "_default_start", "method", "start as a plain service", _SELF),
+    Reach(Service, "_started", "attribute", "start and stop once"),
+    Reach(Service, "_shutdown", "attribute", "set where the thread set it"),
+    Reach(Service, "_default_stop_children", "method", "as the thread ended", _SELF),
+    Reach(Service, "_default_stop_futures", "method", "as the thread ended", _SELF),
+    Reach(Service, "_default_stop_exit_stacks", "method", "as the thread ended", _SELF),
+    Reach(ServiceThread, "_thread_keepalive", "method", "turned the thread's loop (a task)"),
     # Faust's consumer thread.
     Reach(_T, "_create_worker_consumer", "method", "fetch wait, isolation", ("self", "transport")),
     Reach(
@@ -241,6 +252,61 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return Fetched(records, self.seeks)
 
 
+class MainLoopConsumer(ConsumerThread):
+    """Faust's consumer thread without the thread: aiokafka runs on the worker's loop.
+
+    In the thread, each fetch passed from the thread's loop to the main loop and the
+    next request back, each side waiting for the other's turn and both for the
+    interpreter lock (docs/performance.md). Here `call_thread` is a plain await, the
+    rebalance callbacks call Faust's consumer directly rather than through its method
+    queue, and the service starts and stops as a plain one: what `ServiceThread` did
+    in its thread (`_serve`, `_shutdown_thread`) is done in `start` and `stop`.
+    """
+
+    def __init__(self, *args: Any, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        # The "thread's" loop is the main loop, which ServiceThread then never closes.
+        super().__init__(*args, loop=loop, thread_loop=loop, **kwargs)
+
+    async def start(self) -> None:
+        await self._default_start()
+
+    async def maybe_start(self) -> bool:
+        if self._started.is_set():
+            return False
+        await self.start()
+        return True
+
+    async def stop(self) -> None:
+        # `_shutdown_thread`'s steps (the method queue and aiokafka consumer stopped by
+        # `on_thread_stop`), with `Service.stop`'s guard and ending.
+        if not self._started.is_set() or self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.on_thread_stop()
+        await self._default_stop_children()
+        self._shutdown.set()
+        await self._default_stop_futures()
+        await self._default_stop_exit_stacks()
+        await self.on_shutdown()
+
+    @Service.task
+    async def _thread_keepalive(self) -> None:
+        """Kept the thread's loop turning so that its method queue was served: none."""
+
+    async def call_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Some are plain functions (aiokafka's subscribe, seek_to_beginning).
+        return await maybe_async(fun(*args, **kwargs))
+
+    async def cast_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        await maybe_async(fun(*args, **kwargs))
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await self.consumer.on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        await self.consumer.on_partitions_assigned(assigned, generation_id)
+
+
 class FetchLoop(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with our fetch loop, and its bookkeeping made public.
 
@@ -260,6 +326,8 @@ class FetchLoop(faust_aiokafka.Consumer):
     isolation_level: str | None = None
     # The consumer thread's seek count when the fetch being handed over came back.
     fetched_at = 0
+    # aiokafka on the main loop (`MainLoopConsumer`) or in Faust's consumer thread.
+    on_main_loop = True
 
     # ---- the hooks ---------------------------------------------------------------
 
@@ -303,6 +371,8 @@ class FetchLoop(faust_aiokafka.Consumer):
     # ---- Faust's private methods, overridden -----------------------------------------
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        if self.on_main_loop:
+            return MainLoopConsumer(self, loop=self.loop, beacon=self.beacon)
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _new_offset(self, tp: TP) -> int | None:

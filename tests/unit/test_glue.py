@@ -89,7 +89,7 @@ def test_every_private_member_the_glue_uses_is_listed_in_its_reaches() -> None:
 
 def test_the_overrides_override_something() -> None:
     # An override of a method the library renamed would silently never be called.
-    for cls in (glue.FetchLoop, glue.ConsumerThread):
+    for cls in (glue.FetchLoop, glue.ConsumerThread, glue.MainLoopConsumer):
         for name, member in vars(cls).items():
             if name.startswith("_") and not name.startswith("__") and callable(member):
                 if name in OWN:
