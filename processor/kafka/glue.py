@@ -45,10 +45,11 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.consumer import Consumer as FaustBaseConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, Message
+from faust.types.tuples import ack_lock
 from faust.web.base import Web as FaustWeb
 from mode import Service
 from mode.threads import ServiceThread
-from mode.utils.futures import maybe_async
+from mode.utils.futures import maybe_async, notify
 
 from processor.kafka.stepping import step
 
@@ -93,11 +94,13 @@ REACHES: tuple[Reach, ...] = (
     # Faust's consumer: read.
     Reach(_C, "_get_active_partitions", "method", "a seek pauses them", _SELF),
     Reach(_C, "_acked", "attribute", "the guard holds acks past a refusal"),
-    Reach(_C, "_acked_index", "attribute", "set with `_acked` (unit tests)"),
+    Reach(_C, "_acked_index", "attribute", "acks of a partition at once (`ack_offsets`)"),
     Reach(_C, "_gap", "attribute", "a known gap at the committed offset"),
     Reach(_C, "_read_offset", "attribute", "the fetch loop; off by one after a seek"),
     Reach(_C, "_committed_offset", "attribute", "lag, deliveries, the head check"),
     Reach(_C, "_commit_every", "attribute", "the fetch loop's commit by count"),
+    Reach(_C, "_waiting_for_ack", "attribute", "acks of a partition at once wake it too"),
+    Reach(_C, "_unacked_messages", "attribute", "what `unacked` reads (unit tests)"),
     Reach(_C, "_n_acked", "class attribute", "the fetch loop's commit by count"),
     Reach(_AC, "_thread", "attribute", "our consumer thread"),
     # mode's service: the fetch loop stops on these; a failed hand-over crashes the app.
@@ -146,6 +149,8 @@ CONSUMER_STATE = frozenset(
     {
         "acked",
         "acked_index",
+        "waiting_for_ack",
+        "unacked_messages",
         "gap",
         "read_offset",
         "committed_offset",
@@ -367,6 +372,21 @@ class FetchLoop(faust_aiokafka.Consumer):
 
     def active_partitions(self) -> set[TP]:
         return set(self._get_active_partitions())
+
+    def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> None:
+        """Faust's `ack` for many records of `tp` at once (its bookkeeping, one lock).
+
+        As there, offsets below the committed one or acked already are left out, and a
+        `wait_empty` waiting for acks is woken.
+        """
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index = self._acked_index[tp]
+            fresh = [o for o in offsets if o not in index and (committed is None or o >= committed)]
+            index.update(fresh)
+            self._acked[tp].extend(fresh)
+            self._n_acked += len(fresh)
+            notify(self._waiting_for_ack)
 
     # ---- Faust's private methods, overridden -----------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, Message, StreamT
@@ -303,19 +303,27 @@ class Meter:
 
     def _stage_each(self, messages: list[Message]) -> None:
         app = self.app
-        consumer = app.consumer
+        consumer = self._consumer()
         flowing = app.flow_control.is_active()
         generation = app.consumer_generation_id
         sources = self._direct_sources
         intake, flusher = self.pipeline.intake, self.pipeline.flusher
-        for message in messages:
-            if not flowing or message.generation_id != generation:
-                message.ack(consumer)
-                continue
-            # Tracked, the record keeps a rebalance waiting until its ack (`_landed`).
-            consumer.track_message(message)
-            intake.stage(sources[message.topic], record_of(message))
-            flusher.hold(message)
+        held = 0
+        try:
+            for message in messages:
+                if not flowing or message.generation_id != generation:
+                    message.ack(consumer)
+                    continue
+                intake.stage(sources[message.topic], record_of(message))
+                flusher.hold(message)
+                held += 1
+        finally:
+            # Counted in flight, the records keep a rebalance waiting until they are
+            # settled (`_landed`).
+            consumer.staged(held)
+
+    def _consumer(self) -> consumer_.GuardedConsumer:
+        return cast(consumer_.GuardedConsumer, self.app.consumer)
 
     def full(self) -> bool:
         return len(self._fetched) >= self.cfg.batch_max or self.pipeline.flusher.full()
@@ -328,20 +336,36 @@ class Meter:
         await self.pipeline.flusher.room()
 
     def _landed(self, messages: list[Message], failure: Exception | None) -> None:
-        """The last ack of records whose flush has landed (and only then)."""
-        consumer = self.app.consumer
+        """The last ack of records whose flush has landed (and only then).
+
+        The input topics' records are settled per partition at once (`settle`); the
+        agents' records, which Faust's streams track one by one, are acked each.
+        """
+        consumer = self._consumer()
+        direct = self._direct_sources
         if failure is not None:
-            # Untracked but not taken: the guard refuses these acks (nothing is
-            # committed past them), and a rebalance or the shutdown the crash starts
-            # no longer waits for records that will never land here.
+            # Not taken: the guard refuses these acks (nothing is committed past
+            # them), and a rebalance or the shutdown the crash starts no longer waits
+            # for records that will never land here.
             for message in messages:
                 message.ack(consumer)
+            consumer.unstaged(sum(message.topic in direct for message in messages))
             self._crash_undelivered(failure)
             return
         took = self.taken.took
+        settled: dict[TP, list[Message]] = {}
         for message in messages:
-            took(message.tp, message.offset)
-            message.ack(consumer)
+            if message.topic in direct:
+                tp = message.tp
+                if tp in settled:
+                    settled[tp].append(message)
+                else:
+                    settled[tp] = [message]
+            else:
+                took(message.tp, message.offset)
+                message.ack(consumer)
+        for tp, landed in settled.items():
+            consumer.settle(tp, landed)
 
     def _crash_undelivered(self, exc: BaseException) -> None:
         if self._crashed:

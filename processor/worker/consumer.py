@@ -36,7 +36,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Coroutine, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from faust.types import TP, Message
 
@@ -68,6 +68,23 @@ class Taken:
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self._offsets.pop(tp, None)
+
+
+class InFlight:
+    """Stands for the records staged from the fetch loop and not yet settled.
+
+    Faust waits at a rebalance (`wait_empty`) until every message it tracks is acked,
+    so that what was processed is committed before the partitions go. The direct
+    topics' records are not tracked one by one: this one object is in that set while
+    any of them is in flight (`wait_empty` reads its `acked` and `refcount`).
+    """
+
+    def __init__(self) -> None:
+        self.refcount = 0
+
+    @property
+    def acked(self) -> bool:
+        return not self.refcount
 
 
 # How long the broker may hold a fetch that finds no new records. Faust asks for 1.5 s,
@@ -118,6 +135,7 @@ class GuardedConsumer(glue.FetchLoop):
         # Partitions to resume once the flow is: tasks the loop only weakly holds.
         self.resuming: set[asyncio.Future[None]] = set()
         self._stale_logged: tuple[TP, int] | None = None
+        self.in_flight = InFlight()
 
     async def hand_over(self, batch: list[Message]) -> None:
         # Records collected but not handed over when the loop stops are neither acked
@@ -193,6 +211,41 @@ class GuardedConsumer(glue.FetchLoop):
         if refused:
             refused.discard(offset)
         return bool(super().ack(message))
+
+    def staged(self, n: int) -> None:
+        """`n` records of the `direct` topics were staged: a rebalance waits for them."""
+        in_flight = self.in_flight
+        if n and not in_flight.refcount:
+            self.unacked.add(cast(Message, in_flight))
+        in_flight.refcount += n
+
+    def settle(self, tp: TP, messages: list[Message]) -> None:
+        """The last ack of staged `direct` records of `tp` whose flush has landed.
+
+        What `ack` decides per record, for a partition's records of a round at once:
+        they were taken (staged, landed), so one fetched in an older generation is
+        refused and the others are acked in one step (`ack_offsets`).
+        """
+        generation = self.app.consumer_generation_id
+        offsets: list[int] = []
+        for message in messages:
+            message.acked = True
+            if message.generation_id == generation:
+                offsets.append(message.offset)
+            else:
+                self._refuse(message)
+        refused = self.refused.get(tp)
+        if refused:
+            refused.difference_update(offsets)
+        self.ack_offsets(tp, offsets)
+        self.unstaged(len(messages))
+
+    def unstaged(self, n: int) -> None:
+        """`n` staged records were settled, or failed and their acks refused."""
+        in_flight = self.in_flight
+        in_flight.refcount = max(in_flight.refcount - n, 0)
+        if not in_flight.refcount:
+            self.unacked.discard(cast(Message, in_flight))
 
     def _refuse(self, message: Message) -> bool:
         message.acked = True
