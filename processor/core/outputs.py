@@ -27,14 +27,17 @@ def derive_id(*parts: str) -> str:
     """A deterministic id from the parts of a cause (uuid5, so consumers can dedupe).
 
     uuid.uuid5 spelled out (SHA-1 of namespace and name, version 5, RFC 4122 variant):
-    the same ids, without building a UUID object on every ledger entry.
+    the same ids, without building a UUID object on every ledger entry. Written on
+    the hex digest: the version is the 13th digit, '5'; the variant the top two bits
+    of the 17th, '10', which _VARIANT sets on a digit.
     """
-    name = _NAMESPACE_BYTES + "\x1f".join(parts).encode()
-    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest())
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest[:16].hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = _sha1(_NAMESPACE_BYTES + "\x1f".join(parts).encode(), usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_sha1 = hashlib.sha1
+# A hex digit with its top two bits set to 10 (the RFC 4122 variant): 0-3 -> 8-b, ...
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
 class AlertKind(StrEnum):
