@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Final
 
 import orjson
 
@@ -56,6 +57,9 @@ from schemas.types import ID_PATTERN, TENANT_ID_PATTERN
 log = logging.getLogger(__name__)
 _TENANT_RE = re.compile(TENANT_ID_PATTERN.removeprefix("^").removesuffix("$"))
 _COMMAND_ID_RE = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
+# A tuple, not `CallUsage | ConferenceUsage`: that builds a union object per use, which
+# isinstance then checks through pydantic's metaclass (~0.2 us a check, three a record).
+_USAGE: Final = (CallUsage, ConferenceUsage)
 
 
 class Intake:
@@ -181,7 +185,7 @@ class Intake:
         position = rec.position
         generation = rec.generation
         try:
-            if isinstance(event, CallUsage | ConferenceUsage):
+            if isinstance(event, _USAGE):
                 outcome = self.engine.usage(
                     event, cause_topic, now, position, force_too_old, generation
                 )
@@ -201,7 +205,7 @@ class Intake:
             )
             detail = f"{type(exc).__name__}: {exc}"
             self.reject(origin, "internal_error", detail, tenant)
-            if not isinstance(event, CallUsage | ConferenceUsage):
+            if not isinstance(event, _USAGE):
                 self._command_result(event, "rejected", None, "internal_error", detail)
             self.hooks.record(label, "rejected")
             return "rejected"
@@ -219,7 +223,7 @@ class Intake:
                 extra={"tenant_id": tenant, "event_id": record_id, **_coordinates(rec)},
             )
         self._finish(label, outcome, origin, started)
-        if not isinstance(event, CallUsage | ConferenceUsage):
+        if not isinstance(event, _USAGE):
             self._result_of(event, outcome)
         return outcome.status.value
 
