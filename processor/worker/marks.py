@@ -175,6 +175,50 @@ class MarkTable:
             if len(side.keys) > SHARD_BYTES and side.depth < _TOP:
                 self._split(side, bytes(side.keys[:DIGEST_BYTES]))
 
+    def load(self, keys: bytes | bytearray, vals: bytes | bytearray) -> None:
+        """Hold many marks at once (recovery): digests and packed values side by side,
+        oldest first (the newest under a digest wins). Into an empty table the shards
+        are built directly at the depth their number asks for, without a split or a
+        look-up per mark; otherwise each is `put`."""
+        n = len(keys) // DIGEST_BYTES
+        if self.count or n <= SHARD_MAX:
+            for i in range(0, n * DIGEST_BYTES, DIGEST_BYTES):
+                position, expires = VALUE.unpack_from(vals, i)
+                self.put(bytes(keys[i : i + DIGEST_BYTES]), position, expires)
+            return
+        # Slices of bytes can be told apart by a set (duplicates), those of a bytearray not.
+        keys = bytes(keys)
+        # Between half and all of SHARD_MAX on average (the few past it split).
+        depth = max(0, (n // (SHARD_MAX // 2)).bit_length() - 1)
+        shift = _TOP - depth
+        buckets: list[list[int]] = [[] for _ in range(1 << depth)]
+        for i in range(0, n * DIGEST_BYTES, DIGEST_BYTES):
+            buckets[int.from_bytes(keys[i : i + 4], "big") >> shift].append(i)
+        shards = []
+        count = 0
+        for slot, bucket in enumerate(buckets):
+            shard = _Shard(depth, slot)
+            picked = [keys[i : i + DIGEST_BYTES] for i in bucket]
+            if len(set(picked)) != len(picked):
+                # The same mark written twice: keep the newest (the last read).
+                last = {bytes(k): i for k, i in zip(picked, bucket, strict=True)}
+                bucket = sorted(last.values())
+                picked = [keys[i : i + DIGEST_BYTES] for i in bucket]
+            shard.keys = bytearray().join(picked)
+            shard.vals = bytearray().join([vals[i : i + VALUE_BYTES] for i in bucket])
+            shard.soonest = min((e for _, e in VALUE.iter_unpack(shard.vals)), default=NEVER + 1)
+            count += len(bucket)
+            shards.append(shard)
+        self.directory = list(shards)
+        self.shards = shards
+        self.depth = depth
+        self.count = count
+        self._cursor = 0
+        # A shard the digests crowded past SHARD_MAX splits now.
+        for shard in list(shards):
+            if len(shard.keys) > SHARD_BYTES:
+                self._split(shard, bytes(shard.keys[:DIGEST_BYTES]))
+
     def sweep(self, now: int, budget: Budget, grace: int = 0) -> int:
         """Drop marks that expired by `now` from the next shards (taking turns),
         within `budget`; returns the marks dropped. A shard is rebuilt only once its

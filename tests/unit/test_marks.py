@@ -293,3 +293,30 @@ def test_the_store_keeps_only_the_partitions_it_is_given() -> None:
     assert key(0, 0) in store
     with pytest.raises(TypeError):
         iter(store)
+
+
+def test_a_bulk_load_holds_what_puts_one_by_one_would() -> None:
+    """Recovery's way in: the newest of two marks under one digest wins, and the
+    shards are as a table grown one put at a time would have them."""
+    n = 20_000
+    keys = bytearray()
+    vals = bytearray()
+    expected: dict[bytes, tuple[int, int]] = {}
+    for i in [*range(n), *range(0, n, 7)]:  # every 7th written again, later
+        d = digest(key(i % 50, i))
+        value = (i, 5_000 + i + (n if d in expected else 0))
+        keys += d
+        vals += marks_module.VALUE.pack(*value)
+        expected[d] = value
+    table = MarkTable()
+    table.load(keys, vals)
+    assert table.count == n
+    assert all(table.get(d) == v for d, v in expected.items())
+    assert table.get(digest("never written")) is None
+    assert all(len(s.keys) <= SHARD_MAX * DIGEST_BYTES for s in table.shards)
+    assert len(table.directory) == 1 << table.depth
+    # It goes on like any table: puts, splits and sweeps.
+    for i in range(n, n + 5_000):
+        table.put(digest(key(0, i)), i, 1)
+    assert table.get(digest(key(0, n + 10))) == (n + 10, 1)
+    assert table.sweep(4_999 + n // 2, Budget(1 << 20, 1 << 30)) > 5_000
