@@ -240,6 +240,98 @@ async def test_marks_past_their_window_leave_the_worker_and_its_changelog(
         assert await balance_is("4.9600")() is True
 
 
+async def test_marks_of_the_legacy_dedupe_changelog_still_catch_a_repeat(
+    deploy: Callable[..., Deployment],
+) -> None:
+    """An upgrade in the middle of a window: a worker before the marks topic kept its
+    marks in `<app id>-dedupe-changelog`. Here the call's mark is only there (the
+    marks topic's records deleted), and the restarted worker still takes the call,
+    re-sent at another offset, for a duplicate."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+
+    from processor.core.dedupe import dedupe_key
+    from processor.core.stored import Mark, Position
+    from processor.kafka.routing import partition_for
+    from processor.worker.codec import dump_mark
+    from processor.worker.marks import digest
+
+    d = deploy()
+    [w] = await start_workers(d, 1)
+    tenant = "initech"
+    first = call("u1", tenant=tenant, seconds=120, dest="+14155550123")
+    async with Client(d) as c:
+        await c.send("credits.commands", funds("c1", tenant=tenant, amount="5.00"))
+        await c.send("usage.calls", first)
+
+        async def applied() -> bool | str:
+            acct = await account(w, tenant)
+            return (acct is not None and acct["balance"] == "4.9600") or f"not yet: {acct}"
+
+        await eventually(applied, what="the call applied")
+        marks_topic = f"{d.app_id}-dedupe-marks"
+        key = dedupe_key(tenant, "call", "u1")
+        held = [m for r in await c.read_records(marks_topic) for m in unpack_marks(r.value)]
+        [(_, tp, offset, expires)] = [m for m in held if m[0] == digest(key)]
+    w.stop()
+
+    # What a worker of the old layout left: the mark in the legacy changelog, none in
+    # the marks topic.
+    admin = AIOKafkaAdminClient(bootstrap_servers=d.bootstrap)
+    await admin.start()
+    try:
+        legacy = f"{d.app_id}-dedupe-changelog"
+        await admin.create_topics(
+            [NewTopic(legacy, d.partitions, 1, topic_configs={"cleanup.policy": "compact"})]
+        )
+        ends = await _end_offsets(d.bootstrap, marks_topic, d.partitions)
+        await admin.delete_records(
+            {TopicPartition(marks_topic, p): RecordsToDelete(end) for p, end in ends.items()}
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=d.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            legacy,
+            dump_mark(Mark(expires, Position(tp, offset))),
+            key=key.encode(),
+            partition=partition_for(tenant, d.partitions),
+        )
+    finally:
+        await producer.stop()
+
+    async with Client(d) as c:
+        assert not [r for r in await c.read_records(marks_topic) if r.value]
+        w2 = Worker(d, 1).start()
+        d.workers.append(w2)
+        await w2.wait_ready()
+        await c.send("usage.calls", first)  # the same call again, at a new offset
+        await c.send("usage.calls", call("u2", tenant=tenant, seconds=60, dest="+14155550123"))
+
+        async def second_applied() -> bool | str:
+            acct = await account(w2, tenant)
+            return (acct is not None and acct["balance"] == "4.9400") or f"not yet: {acct}"
+
+        await eventually(second_applied, what="the second call applied, the repeat not")
+        entries = [e for e in await c.read_all("credits.ledger") if e["tenant_id"] == tenant]
+        assert sorted(e["cause_id"] for e in entries) == ["c1", "u1", "u2"], entries
+
+
+async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
 async def test_bad_input_is_rejected_with_reasons_and_processing_goes_on(
     deploy: Callable[..., Deployment],
 ) -> None:
