@@ -277,6 +277,7 @@ class MarkStore(MutableMapping[str, Mark]):
         self._sweep_from = 0
 
     def partition_of(self, key: str) -> int:
+        """The partition of a dedupe key: its tenant's."""
         return partition_for(dedupe_tenant(key), self.partitions)
 
     def tp_index(self, tp: str) -> int:
@@ -303,7 +304,8 @@ class MarkStore(MutableMapping[str, Mark]):
     # ---- the engine's view ------------------------------------------------------------
 
     def get(self, key: str, default: Mark | None = None) -> Mark | None:  # type: ignore[override]
-        table = self.tables.get(self.partition_of(key))
+        # partition_of, inlined: every record the engine applies asks.
+        table = self.tables.get(partition_for(key.partition("\x1f")[0], self.partitions))
         if table is None:
             return default
         found = table.get(digest(key))
