@@ -28,7 +28,9 @@ from processor.dev import simulator as sim
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.ops.service_commands import GC_THRESHOLDS
-from processor.worker.codec import dump_mark, dump_stored
+from processor.worker.codec import dump_stored
+from processor.worker.marks import MarkStore
+from processor.worker.marks_log import MarksLog
 from processor.worker.pipeline import Pipeline
 from processor.worker.records import Changelog, Out, Record, Source
 
@@ -80,13 +82,14 @@ def measure(records: int, tenants: int) -> float:
         RechargePolicy(timeout=timedelta(hours=1)),
         DedupeWindow(7),
         {},
-        {},
+        # The worker's own marks store, and its marks records (processor/worker/marks.py).
+        MarkStore(PARTITIONS),
         names,
         PARTITIONS,
         _Discard(),
         changelogs=(
             Changelog("accounts-changelog", dump_stored, str),
-            Changelog("dedupe-changelog", dump_mark, dedupe_tenant),
+            MarksLog("dedupe-marks", dedupe_tenant),
         ),
     )
     work = Workload(tenants, seed=6, run_tag="inproc")

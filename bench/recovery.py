@@ -149,7 +149,7 @@ async def measure(
         app_id = f"bench-rec-{label}-{tag}"
         prefix = f"{app_id}."
         inputs = [prefix + t for t in (sim.USAGE_CALLS, sim.USAGE_CONFERENCING, sim.COMMANDS)]
-        changelogs = [f"{app_id}-{table}-changelog" for table in ("accounts", "dedupe")]
+        changelogs = [f"{app_id}-{table}-changelog" for table in ("accounts",)]
         await create_topics(bootstrap, [*inputs, *changelogs], parts, compact=frozenset(changelogs))
         t = time.perf_counter()
         if count:

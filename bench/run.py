@@ -1,7 +1,7 @@
 """`make bench`: how fast credits-meter meters, next to the fastest plain Python loop.
 
     python -m bench.run [--quick] [--events N] [--out bench/results.json] [--profile S]
-                        [--scaling] [--processes N] [--recovery-tenants N]
+                        [--scaling] [--processes N] [--recovery-tenants N] [--marks N]
 
 One run, one private broker (so the machine's drift hits both sides alike):
 preload a usage mix over 10,000 tenants into 12-partition topics, measure the
@@ -9,7 +9,8 @@ ceiling loop on it, then let one real `meter worker` drain the same records, the
 measure append-to-ledger latency at half the drain rate, then (item 4) the time a
 worker holding N tenants takes to be ready, and (item 5, --scaling) the drain with
 two workers, and (--processes N, issue 19) the drain with one `meter worker
---processes N`. Writes a JSON result.
+--processes N`, and (--marks N, issue 19) what N dedupe marks cost in memory, on disk
+and at a restart (bench/marks.py). Writes a JSON result.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import measures, recovery
+from bench import marks, measures, recovery
 from bench.worker import BenchWorker
 from bench.workload import Workload, create_topics, preload
 from processor.dev import simulator as sim
@@ -53,6 +54,10 @@ QUICK_LATENCY_EVENTS = 300
 # here, and writing the state ~45 s (docs/performance.md); --recovery-tenants.
 FULL_RECOVERY_TENANTS = 1_000_000
 QUICK_RECOVERY_TENANTS = 2_000
+# The marks phase (bench/marks.py): the issue asks for at least 10 million marks (its
+# timings are in docs/performance.md); --marks.
+FULL_MARKS = 10_000_000
+QUICK_MARKS = 100_000
 
 
 def kafka_version() -> str:
@@ -93,7 +98,7 @@ async def two_workers(
     needed (its outputs land beside the first deployment's, which is harmless here).
     """
     app2 = f"{app_id}-x2"
-    changelogs = [f"{app2}-{table}-changelog" for table in ("accounts", "dedupe")]
+    changelogs = [f"{app2}-{table}-changelog" for table in ("accounts",)]
     await create_topics(bootstrap, changelogs, PARTITIONS, compact=frozenset(changelogs))
     pair = [BenchWorker(bootstrap, app2, prefix, PARTITIONS, root, index=i) for i in (1, 2)]
     try:
@@ -122,7 +127,7 @@ async def processes_drain(
     """Issue 19: one `meter worker --processes N` of a third deployment drains the same
     input topics from the start, as `two_workers` does with two separate workers."""
     app = f"{app_id}-p{processes}"
-    changelogs = [f"{app}-{table}-changelog" for table in ("accounts", "dedupe")]
+    changelogs = [f"{app}-{table}-changelog" for table in ("accounts",)]
     await create_topics(bootstrap, changelogs, PARTITIONS, compact=frozenset(changelogs))
     worker = BenchWorker(bootstrap, app, prefix, PARTITIONS, root, index=3, processes=processes)
     try:
@@ -160,7 +165,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         # on preloaded topics otherwise races its own topic creation: Faust sees the
         # changelog with 0 partitions and every record fails with PartitionsMismatch
         # (found by this harness; see docs/performance.md).
-        changelogs = [f"{app_id}-{table}-changelog" for table in ("accounts", "dedupe")]
+        changelogs = [f"{app_id}-{table}-changelog" for table in ("accounts",)]
         await create_topics(
             broker.bootstrap,
             [*inputs, ceiling_out, *changelogs],
@@ -228,6 +233,18 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         restart = await recovery.measure(broker.bootstrap, tag, rec_tenants, PARTITIONS, root)
         walls["recovery"] = time.perf_counter() - t
         log(f"recovery: {restart}")
+
+        marks_result: dict[str, Any] | None = None
+        n_marks = args.marks
+        if n_marks is None:
+            n_marks = QUICK_MARKS if args.quick else FULL_MARKS
+        if n_marks:
+            t = time.perf_counter()
+            marks_result = await marks.measure(
+                broker.bootstrap, tag, n_marks, PARTITIONS, broker.kafka_data_dir
+            )
+            walls["marks"] = time.perf_counter() - t
+            log(f"marks: {marks_result}")
 
         scaling: dict[str, Any] | None = None
         if args.scaling:
@@ -299,6 +316,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": bool(args.quick),
         "recovery": restart,
+        "marks": marks_result,
         "scaling": scaling,
         "processes": processes,
         "wall_seconds": {k: round(v, 1) for k, v in walls.items()},
@@ -326,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--recovery-tenants", type=int, help="tenants in the restart measurement (item 4)"
+    )
+    parser.add_argument(
+        "--marks", type=int, help="dedupe marks in the marks phase (issue 19), 0 to skip"
     )
     parser.add_argument(
         "--latency-rate", type=float, help="events/s in the latency phase (half the drain's)"

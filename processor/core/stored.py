@@ -24,10 +24,11 @@ atomic: the account's own table value. So that value carries, next to the balanc
   again from 1 when Kafka deletes a group that stayed empty past its offsets'
   retention; the epoch only grows.
 
-A dedupe mark (kept in a separate table, for re-sent duplicates at other offsets)
-records *where* its event was applied; it counts only if this account value has
-applied that position. A mark that reached Kafka while its account value did not is
-thus ignored, and the event is applied when its record is replayed.
+A dedupe mark (kept apart, compact, for re-sent duplicates at other offsets: the
+worker's processor/worker/marks.py) records *where* its event was applied; it counts
+only if this account value has applied that position. A mark that reached Kafka while
+its account value did not is thus ignored, and the event is applied when its record
+is replayed.
 """
 
 from __future__ import annotations
@@ -69,26 +70,6 @@ class Mark:
 
     expires: int
     position: Position
-
-    def packed(self) -> PackedMark:
-        """The mark as the dedupe store holds it: a tuple of plain values.
-
-        A worker holds a mark per event of its dedupe window, a million after a million
-        events. As two objects each they are all tracked by the garbage collector, and
-        every full pass walks them (1.3-1.7 s, docs/performance.md); a tuple of ints and
-        a string stops being tracked at its first pass.
-        """
-        position = self.position
-        return (self.expires, position.tp, position.offset)
-
-    @staticmethod
-    def unpacked(packed: PackedMark) -> Mark:
-        expires, tp, offset = packed
-        return Mark(expires, Position(tp, offset))
-
-
-# Mark.packed's form: expires, `topic:partition`, offset.
-PackedMark = tuple[int, str, int]
 
 
 @fast_init

@@ -31,13 +31,22 @@ class TopicNames:
     # Internal: records re-routed to their tenant's partition, and the recharge timer.
     reroute: str
     timer: str
-    # Faust's table changelogs (named by Faust: app id, table, no prefix).
+    # Faust's table changelogs (named by Faust: app id, table, no prefix). The dedupe
+    # table's is gone: its marks are only read, at an upgrade (processor/worker/marks_log.py).
     accounts_changelog: str
     dedupe_changelog: str
     # Added: each command's outcome (last, with a default, for older callers).
     command_results: str = s.COMMAND_RESULTS
     # Added: each tenant's notification settings for `meter notifier` (compacted).
     notification_settings: str = s.NOTIFICATION_SETTINGS
+    # Added: the dedupe marks, one record per partition per round (processor/worker/
+    # marks_log.py); by default named like the changelogs: `<app id>-dedupe-marks`.
+    dedupe_marks: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.dedupe_marks:
+            app_id = self.accounts_changelog.removesuffix("-accounts-changelog")
+            object.__setattr__(self, "dedupe_marks", f"{app_id}-dedupe-marks")
 
     @classmethod
     def from_settings(cls, cfg: s.Settings) -> TopicNames:
@@ -56,6 +65,7 @@ class TopicNames:
             accounts_changelog=f"{cfg.app_id}-accounts-changelog",
             dedupe_changelog=f"{cfg.app_id}-dedupe-changelog",
             command_results=cfg.topic(s.COMMAND_RESULTS),
+            dedupe_marks=f"{cfg.app_id}-dedupe-marks",
         )
 
     @property
@@ -75,10 +85,11 @@ class TopicNames:
 
     @property
     def changelogs(self) -> tuple[str, ...]:
-        return (self.accounts_changelog, self.dedupe_changelog)
+        """The compacted state topics the worker creates."""
+        return (self.accounts_changelog,)
 
     def all(self) -> tuple[str, ...]:
-        return self.inputs + self.outputs + self.changelogs
+        return self.inputs + self.outputs + self.changelogs + (self.dedupe_marks,)
 
 
 class TopicLayoutError(RuntimeError):
@@ -104,13 +115,23 @@ def longest_retention(values: Iterable[int]) -> int | None:
     return longest
 
 
+def marks_retention_ms(dedupe_days: float, max_future_seconds: float) -> int:
+    """How long the marks topic keeps a record: the dedupe window, plus how far ahead
+    an event may be dated, plus a day; every mark in it has expired by then."""
+    return int((dedupe_days * 86_400 + max_future_seconds + 86_400) * 1000)
+
+
 def creation_configs(
-    names: TopicNames, ledger_retention_ms: int, input_retention_ms: int | None
+    names: TopicNames,
+    ledger_retention_ms: int,
+    input_retention_ms: int | None,
+    marks_retention: int | None = None,
 ) -> dict[str, dict[str, str]]:
     """The configs the worker gives each topic it creates (none: the broker's defaults).
 
     `input_retention_ms` is the longest retention.ms of the input topics (as the broker
-    reports it, its default included), None when unknown.
+    reports it, its default included), None when unknown. `marks_retention`: the
+    marks topic's retention.ms (`marks_retention_ms`; None: the default settings').
     """
     configs: dict[str, dict[str, str]] = {
         # Compacted, as Faust would make them.
@@ -118,6 +139,13 @@ def creation_configs(
         for t in names.changelogs
     }
     configs[names.ledger] = {"retention.ms": str(ledger_retention_ms)}
+    # Not compacted: a record holds a round's marks, deleted once they all expired.
+    if marks_retention is None:
+        marks_retention = marks_retention_ms(7, 300)  # the settings' defaults
+    configs[names.dedupe_marks] = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(marks_retention),
+    }
     # The latest settings per tenant, read whole by every notifier: kept by compaction.
     configs[names.notification_settings] = {"cleanup.policy": "compact"}
     if input_retention_ms is not None:
@@ -184,6 +212,7 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int,
     ledger_retention_ms: int = FOREVER,
+    marks_retention: int | None = None,
     **client_options: object,
 ) -> int:
     """Create missing topics and return the partition count every input shares.
@@ -221,7 +250,7 @@ async def ensure_topics(
         # exist and the broker can say what their retention is.
         following = (names.rejected, names.recharge_requests)
         missing = [t for t in names.all() if t not in existing and t not in following]
-        configs = creation_configs(names, ledger_retention_ms, None)
+        configs = creation_configs(names, ledger_retention_ms, None, marks_retention)
         # The changelogs too, before the worker starts: Faust creates them itself,
         # but a worker that starts on inputs already holding records processes them
         # before its new changelogs are visible, and every table write then fails
@@ -235,7 +264,7 @@ async def ensure_topics(
             for t in (names.calls, names.conferencing, names.commands)
             if "retention.ms" in retention.get(t, {})
         )
-        configs = creation_configs(names, ledger_retention_ms, inputs)
+        configs = creation_configs(names, ledger_retention_ms, inputs, marks_retention)
         late = [t for t in following if t not in existing]
         await _create(admin, late, count, replication_factor, configs)
         for warning in retention_warnings(names, retention):

@@ -149,7 +149,7 @@ MARKS_FORGOTTEN = Counter(
 )
 MARKS = Gauge(
     "meter_dedupe_marks",
-    "Dedupe marks this worker holds (about 310 bytes of memory each).",
+    "Dedupe marks this worker holds (about 30 bytes of memory each).",
     registry=REGISTRY,
 )
 REBALANCES = Counter(

@@ -39,6 +39,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         TopicLayoutError,
         TopicNames,
         ensure_topics,
+        marks_retention_ms,
         max_message_bytes,
     )
     from processor.observability.logs import logging_config
@@ -64,6 +65,7 @@ def _run_worker(args: argparse.Namespace) -> int:
                 cfg.partitions,
                 cfg.replication_factor,
                 ledger_retention_ms=cfg.ledger_retention_ms,
+                marks_retention=marks_retention_ms(cfg.dedupe_days, cfg.max_future_seconds),
                 **kafka_client_options(cfg),
             )
         )

@@ -31,10 +31,12 @@ from processor.kafka.topics import TopicNames
 from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
 from processor.worker import store, web
-from processor.worker.codec import dump_mark, dump_stored
+from processor.worker.codec import dump_stored
 from processor.worker.faust_app import faust_app, record_of, register_codecs
 from processor.worker.flusher import Deliveries
 from processor.worker.intake import minimal_rejection
+from processor.worker.marks import MarkStore
+from processor.worker.marks_log import MarksLog
 from processor.worker.pipeline import Pipeline
 from processor.worker.publisher import TransactionalPublisher
 from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
@@ -121,10 +123,10 @@ class Meter:
         # the changelogs in bulk (processor/worker/store.py).
         table_store = store.register() if cfg.store == "memory://" else cfg.store
         self.accounts = self.app.Table("accounts", partitions=partitions, store=table_store)
-        self.seen = self.app.Table("dedupe", partitions=partitions, store=table_store)
+        # The dedupe marks: compact, read back with the accounts (processor/worker/marks.py).
+        self.marks = MarkStore(partitions)
         self.tally = AccountTally()
         glue.use_codecs(self.accounts, "meter-str", "meter-account")
-        glue.use_codecs(self.seen, "meter-str", "meter-mark")
         # Each round's records go out in one Kafka transaction per partition number
         # (processor/worker/publisher.py); the stores start a partition's producer, fencing
         # its earlier owner, before they read its changelog.
@@ -143,18 +145,19 @@ class Meter:
             # A lone output the broker refuses as too large becomes a minimal rejection.
             fallback=functools.partial(minimal_rejection, self.names, clock),
         )
-        for table in (self.accounts, self.seen):
-            if isinstance(table.data, store.SeqMemoryStore):
-                table.data.attach(
-                    reader=ChangelogReader(
-                        broker.bootstrap,
-                        kafka_options.kafka_client_options(cfg),
-                        within=RECOVERY_READ_SECONDS,
-                    ),
-                    fence=self.publisher.assign,
-                    tally=self.tally if table is self.accounts else None,
-                    unit=card.unit if table is self.accounts else None,
-                )
+        if isinstance(self.accounts.data, store.SeqMemoryStore):
+            self.accounts.data.attach(
+                reader=ChangelogReader(
+                    broker.bootstrap,
+                    kafka_options.kafka_client_options(cfg),
+                    within=RECOVERY_READ_SECONDS,
+                ),
+                fence=self.publisher.assign,
+                tally=self.tally,
+                unit=card.unit,
+                marks=self.marks,
+                marks_topics=(self.names.dedupe_marks, self.names.dedupe_changelog),
+            )
 
         @self.app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def _stop_producers(sender: Any, **kwargs: Any) -> None:
@@ -171,7 +174,7 @@ class Meter:
             policy,
             DedupeWindow(cfg.dedupe_days, cfg.max_future_seconds),
             self.accounts.data,
-            self.seen.data,
+            self.marks,
             self.names,
             partitions,
             publisher or self.publisher,
@@ -183,7 +186,7 @@ class Meter:
             ),
             changelogs=(
                 Changelog(self.accounts.changelog_topic.get_topic_name(), dump_stored, str),
-                Changelog(self.seen.changelog_topic.get_topic_name(), dump_mark, dedupe_tenant),
+                MarksLog(self.names.dedupe_marks, dedupe_tenant),
             ),
             batch_max=cfg.batch_max,
             # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
@@ -192,9 +195,7 @@ class Meter:
             landed=self._landed,
             clock=clock,
         )
-        self.timer = RechargeTimer(
-            self.pipeline, self.tally, self.seen.data, self._owned_partitions
-        )
+        self.timer = RechargeTimer(self.pipeline, self.tally, self.marks, self._owned_partitions)
         self._crashed = False
         # Who may call which endpoint (processor/http/auth.py; METER_AUTH).
         self.access = auth.access_from(cfg)

@@ -12,7 +12,7 @@ from faust.types import Message
 
 from processor.config.settings import Settings
 from processor.kafka import options as kafka_options
-from processor.worker.codec import dump_mark, dump_stored, load_mark, load_stored
+from processor.worker.codec import dump_stored, load_stored
 from processor.worker.records import Record
 
 
@@ -68,20 +68,11 @@ class _AccountCodec(codecs.Codec):
         return load_stored(s)
 
 
-class _MarkCodec(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        return dump_mark(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return load_mark(s)
-
-
 def register_codecs() -> None:
-    """Name the tables' codecs for Faust ("meter-str", "meter-account", "meter-mark"):
+    """Name the tables' codecs for Faust ("meter-str", "meter-account"):
     before any table that uses them is built. Registering again replaces them."""
     codecs.register("meter-str", _Utf8Codec())
     codecs.register("meter-account", _AccountCodec())
-    codecs.register("meter-mark", _MarkCodec())
 
 
 def record_of(m: Message) -> Record:

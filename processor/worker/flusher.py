@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,8 @@ from processor.core.stored import Mark, OutboxEntry, StoredAccount
 from processor.core.values import fast_init
 from processor.kafka.routing import partition_for
 from processor.observability.worker_hooks import WorkerHooks
+from processor.worker.marks import Budget, MarkStore
+from processor.worker.marks_log import MarksLog, marks_records
 from processor.worker.records import Changelog, Out, Publisher
 from processor.worker.staged import Staged
 
@@ -65,7 +67,8 @@ class Flusher:
        stages no more until the next take (back-pressure).
     3. One round at a time (aiokafka keeps one request in flight per broker anyway),
        the batch's outputs are published, in the order they were staged.
-    4. Then its state: one changelog record per touched account and seen mark, sent
+    4. Then its state: one changelog record per touched account, and one record per
+       partition holding the round's seen marks (processor/worker/marks_log.py), sent
        only once the round carrying its outputs was acknowledged, so a value never
        reaches the changelog before the outputs of the records it applied. With an
        atomic publisher (the worker's: one Kafka transaction per partition number,
@@ -97,7 +100,7 @@ class Flusher:
         seen: Staged[str, Mark],
         partitions: int,
         hooks: WorkerHooks,
-        changelogs: tuple[Changelog, Changelog] | None = None,
+        changelogs: tuple[Changelog, MarksLog] | None = None,
         batch_max: int = 2000,
         landed: Landed | None = None,
     ) -> None:
@@ -147,15 +150,17 @@ class Flusher:
             self._wake()
             await asyncio.shield(self._took)
 
-    def forget_seen(self, keys: Iterable[str]) -> int:
-        """Forget seen marks past their window: each goes to the changelog as a
-        tombstone with the next flush, and leaves the store once that has landed. A key
-        a batch in progress writes again is kept (its new mark has a new window)."""
-        forget = self.seen.forget
-        forgotten = sum(1 for key in keys if forget(key))
-        if forgotten:
-            self.hooks.seen_forgotten(forgotten)
-        return forgotten
+    def sweep_seen(self, now: int, budget: Budget, grace: int = 0) -> int:
+        """Drop seen marks past their window from the seen store, if it is the marks
+        store (processor/worker/marks.py), within `budget`: nothing goes to Kafka (the
+        marks topic forgets by age). Returns the marks dropped."""
+        base = self.seen.base
+        if not isinstance(base, MarkStore):
+            return 0
+        dropped = base.sweep(now, budget, grace)
+        if dropped:
+            self.hooks.seen_forgotten(dropped)
+        return dropped
 
     # ---- flushing -------------------------------------------------------------------
 
@@ -262,21 +267,25 @@ class Flusher:
         seen: Mapping[str, Mark | None],
     ) -> list[Out]:
         assert self.changelogs is not None
+        changelog, marks = self.changelogs
         records = []
-        for log_, values in zip(self.changelogs, (accounts, seen), strict=True):
-            for key, value in values.items():
-                # Faust reads a table's partition p from its changelog's p.
-                partition = partition_for(log_.tenant_of(key), self.partitions)
-                records.append(
-                    Out(
-                        log_.topic,
-                        key.encode(),
-                        None if value is None else log_.encode(value),
-                        partition=partition,
-                        state=True,
-                        owner=partition,
-                    )
+        for key, value in accounts.items():
+            # Faust reads a table's partition p from its changelog's p.
+            partition = partition_for(changelog.tenant_of(key), self.partitions)
+            records.append(
+                Out(
+                    changelog.topic,
+                    key.encode(),
+                    None if value is None else changelog.encode(value),
+                    partition=partition,
+                    state=True,
+                    owner=partition,
                 )
+            )
+        for partition, packed in marks_records(marks, seen.items(), self.partitions):
+            records.append(
+                Out(marks.topic, None, packed, partition=partition, state=True, owner=partition)
+            )
         return records
 
 

@@ -23,6 +23,7 @@ from processor.observability.worker_hooks import WorkerHooks
 from processor.worker.due import DueIndex
 from processor.worker.flusher import Deliveries, Flusher, Landed
 from processor.worker.intake import Intake
+from processor.worker.marks_log import MarksLog
 from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
 from processor.worker.sizing import Limits
 from processor.worker.staged import Staged
@@ -51,7 +52,7 @@ class Pipeline:
         *,
         expiry: ExpiryPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
-        changelogs: tuple[Changelog, Changelog] | None = None,
+        changelogs: tuple[Changelog, MarksLog] | None = None,
         batch_max: int = 2000,
         limits: Limits | None = None,
         deliveries: Deliveries | None = None,

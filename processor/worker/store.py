@@ -18,11 +18,14 @@ the active partitions are read to their end here, during the rebalance, and Faus
 own recovery is told to start after what was read, so it only reads the tail. Account
 values read that way stay undecoded until first read (`codec.Undecoded`), which holds
 what the comparison and the counts need.
+
+The dedupe marks are no table of Faust's: they are held compact
+(processor/worker/marks.py) and read back here too, right after the fence
+(processor/worker/marks_log.py).
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -32,10 +35,12 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TP, EventT
 
 from processor.core.money import Unit, check_unit
-from processor.core.stored import InputsRewound, Mark, StoredAccount, newer, rewound_inputs
+from processor.core.stored import InputsRewound, StoredAccount, newer, rewound_inputs
 from processor.kafka.changelog import ChangelogReader
 from processor.kafka.routing import partition_for
 from processor.worker.codec import Undecoded
+from processor.worker.marks import MarkStore
+from processor.worker.marks_log import recover_marks
 from processor.worker.tally import AccountTally
 
 SCHEME = "metermemory"
@@ -61,6 +66,10 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     # The running rate card's currency and decimals: an account value read back in
     # another currency, or at more decimals, stops the worker (core/money.py).
     unit: Unit | None = None
+    # The dedupe marks (processor/worker/marks.py), read back with the accounts, from
+    # the marks topic and the legacy changelog (`marks_topics`; None: none).
+    marks: MarkStore | None = None
+    marks_topics: tuple[str, str | None] = ("", None)
 
     def attach(
         self,
@@ -69,6 +78,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         fence: Callable[[set[int], int], Awaitable[None]] | None,
         tally: AccountTally | None = None,
         unit: Unit | None = None,
+        marks: MarkStore | None = None,
+        marks_topics: tuple[str, str | None] = ("", None),
     ) -> None:
         """Give the store what it recovers with. Faust builds the store itself (from
         the table's `store` URL), so the app hands these over once, right after."""
@@ -76,16 +87,13 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         self.fence = fence
         self.tally = tally
         self.unit = unit
+        self.marks = marks
+        self.marks_topics = marks_topics
 
     def __post_init__(self) -> None:
         super().__post_init__()
         # Per changelog partition, the offset the bulk read of this rebalance reached.
         self._read_to: dict[TP, int] = {}
-        # The dedupe marks held, as a heap of (expires, key): a mark dated in the future
-        # expires late and must not hold back the ones written after it. Marks come
-        # nearly in order of expiry, so a push rarely moves. An entry whose key was
-        # written again or dropped since is stale; `expired_marks` skips it.
-        self._expiry: list[tuple[int, Any]] = []
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._read_to.get(tp)
@@ -108,8 +116,16 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         self._read_to = {}
         actives = self.app.assignor.assigned_actives()
         mine = [tp for tp in actives if tp.topic == changelog]
+        partitions = {tp.partition for tp in mine}
         if self.fence is not None:
-            await self.fence({tp.partition for tp in mine}, generation_id)
+            await self.fence(partitions, generation_id)
+        if self.marks is not None:
+            # Held only for the active partitions, read again whole (after the fence,
+            # like the accounts: another worker may have written some meanwhile).
+            self.marks.keep_only(partitions)
+            if self.reader is not None:
+                topic, legacy = self.marks_topics
+                await recover_marks(self.reader, self.marks, partitions, topic, legacy)
         if self.reader is not None and mine:
             table: Any = self.table
             keys = codecs.get_codec(table.key_serializer).loads
@@ -156,8 +172,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
             self._keep(partition, key, value)
 
     def _keep(self, partition: int, key: Any, value: Any) -> None:
-        if not isinstance(value, (StoredAccount, Undecoded)):  # a tuple: faster than a union
-            self._hold(key, value)
+        if not isinstance(value, (StoredAccount, Undecoded)):
+            self.data[key] = value
             return
         running = self.unit
         if running is not None and value.unit is not None and value.unit != running:
@@ -180,8 +196,6 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     # Every read of a value comes through here (Faust's `get` is Mapping's, on top).
     def __getitem__(self, key: Any) -> Any:
         value = self.data[key]
-        if type(value) is tuple:
-            return Mark.unpacked(value)
         if type(value) is Undecoded:
             try:
                 value = self.data[key] = value.decode()
@@ -193,11 +207,11 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
 
     def get(self, key: Any, default: Any = None) -> Any:
         # Mapping's get goes through __getitem__ and a KeyError for a missing key: a
-        # raised exception for nearly every dedupe mark looked up (a new event id).
+        # raised exception for every new tenant looked up.
         value = self.data.get(key, _MISSING)
         if value is _MISSING:
             return default
-        return self[key] if type(value) is Undecoded or type(value) is tuple else value
+        return self[key] if type(value) is Undecoded else value
 
     def values(self) -> Any:
         return (self[key] for key in list(self.data))
@@ -220,28 +234,7 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     def __setitem__(self, key: Any, value: Any) -> None:
         if self.tally is not None:
             self.tally.replace(self._partition_of(key), key, self.data.get(key), value)
-        self._hold(key, value)
-
-    def _hold(self, key: Any, value: Any) -> None:
-        if type(value) is Mark:
-            # Held packed (Mark.packed): the collector stops tracking them.
-            self.data[key] = value.packed()
-            heapq.heappush(self._expiry, (value.expires, key))
-        else:
-            self.data[key] = value
-
-    def expired_marks(self, now: int, limit: int) -> list[Any]:
-        """Keys of at most `limit` marks whose window ended by `now` (epoch seconds),
-        oldest first. The caller forgets them (a tombstone each, then a delete)."""
-        expiry, data = self._expiry, self.data
-        keys: list[Any] = []
-        while expiry and expiry[0][0] <= now and len(keys) < limit:
-            expires, key = heapq.heappop(expiry)
-            value = data.get(key)
-            # Skipped if written again since (its new entry is further on) or dropped.
-            if type(value) is tuple and value[0] == expires:
-                keys.append(key)
-        return keys
+        self.data[key] = value
 
     def __delitem__(self, key: Any) -> None:
         partition = self._key_partition.pop(key, None)
@@ -253,11 +246,6 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
         # Faust drops the keys of partitions no longer active here, straight from
         # `data`; the counts are rebuilt from what stays.
         await super().on_recovery_completed(active_tps, standby_tps)
-        if self._expiry:
-            # Without the keys of partitions this worker no longer holds.
-            data = self.data
-            self._expiry = [e for e in self._expiry if e[1] in data]
-            heapq.heapify(self._expiry)
         if self.tally is not None:
             self.tally.clear()
             for key, value in self.data.items():

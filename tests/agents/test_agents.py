@@ -453,105 +453,69 @@ async def test_the_dedupe_store_holds_marks_out_of_the_collectors_reach(
     make_harness: Callable[..., Harness],
 ) -> None:
     """A mark written by the worker or read at recovery reads back as the same Mark,
-    and is held so that the garbage collector stops tracking it: a million of them
-    otherwise cost every full collection a walk of two million objects."""
+    and is held so that the garbage collector
+    never tracks it: a million of them otherwise cost every full collection a walk of
+    two million objects."""
     import gc
-    from types import SimpleNamespace
 
     from processor.core.stored import Mark, Position
+    from processor.worker.marks import digest
 
     h = make_harness()
-    store = seq_store(h.meter.seen)
-    written = Mark(1_790_000_000, Position("usage.calls:3", 12))
-    recovered = Mark(1_790_000_001, Position("usage.calls:4", 7))
-    store["evt-1"] = written
-    event: Any = SimpleNamespace(  # a stand-in for a Faust event
-        key="evt-2", value=recovered, message=SimpleNamespace(partition=4, value=b"x")
-    )
-    store.apply_changelog_batch([event], lambda k: k, lambda v: v)
+    store = h.meter.marks
+    written = Mark(1_790_000_001, Position("usage.calls:3", 12))
+    recovered = Mark(1_790_000_100, Position("usage.calls:4", 7))
+    store["t\x1fcall\x1fevt-1"] = written
+    partition = store.partition_of("t\x1fcall\x1fevt-2")
+    store.put_digest(partition, digest("t\x1fcall\x1fevt-2"), "usage.calls:4", 7, 1_790_000_100)
     gc.collect()
 
-    assert not gc.is_tracked(store.data["evt-1"])
-    assert not gc.is_tracked(store.data["evt-2"])
-    assert store.get("evt-1") == written
-    assert h.meter.seen["evt-2"] == recovered
-    assert store.get("evt-3") is None
-    assert dict(store.items()) == {"evt-1": written, "evt-2": recovered}
+    for table in store.tables.values():
+        for shard in table.shards:
+            assert not gc.is_tracked(shard.keys) and not gc.is_tracked(shard.vals)
+    assert store.get("t\x1fcall\x1fevt-1") == written
+    assert store["t\x1fcall\x1fevt-2"] == recovered
+    assert store.get("t\x1fcall\x1fevt-3") is None
+    assert len(store) == 2
 
 
 async def test_the_worker_forgets_marks_once_their_window_has_passed(
     make_harness: Callable[..., Harness],
 ) -> None:
-    """The timer's sweep forgets a mark after METER_DEDUPE_DAYS, not before: a tombstone
-    to the dedupe changelog, then out of the store; a re-sent event then meters again."""
+    """The timer's sweep forgets a mark after METER_DEDUPE_DAYS, not before (and not
+    long after: within its grace): out of the store, with nothing written to Kafka (the
+    marks topic forgets by age); a re-sent event is then refused as too old."""
     from processor.core.dedupe import dedupe_key
     from processor.observability import metrics
+    from processor.worker.timer import sweep_grace
 
     h = make_harness(METER_DEDUPE_DAYS=1)
     await h.put("commands", funds("c1", amount="10.00"), key=b"acme")
     await h.put("calls", call("e1"), key=b"acme")
-    store = seq_store(h.meter.seen)
+    store = h.meter.marks
     key = dedupe_key("acme", "call", "e1")
 
     h.clock.now = T0 + timedelta(hours=23)
-    h.meter.timer.forget_expired_seen()
+    await h.meter.timer.sweep_seen()
     await h.meter.pipeline.flusher.flush()
-    assert key in store.data
+    assert key in store
     assert (
         metrics.REGISTRY.get_sample_value("meter_dedupe_marks") == 2
     )  # the command's mark and the call's
     assert await h.put("calls", call("e1"), key=b"acme") == "duplicate"
 
-    h.clock.now = T0 + timedelta(days=1, minutes=1)
+    h.clock.now = T0 + timedelta(days=1, seconds=sweep_grace(86_400) + 1)
     h.pub.state.clear()
-    h.meter.timer.forget_expired_seen()
+    await h.meter.timer.sweep_seen()
     await h.meter.pipeline.flusher.flush()
-    tombstones = {r.key: r.value for r in h.pub.state}
-    assert tombstones == {key.encode(): None, dedupe_key("acme", "command", "c1").encode(): None}
-    assert all(r.topic == h.meter.seen.changelog_topic.get_topic_name() for r in h.pub.state)
-    assert key not in store.data
-    h.meter.timer.forget_expired_seen()  # the next tick counts what is left
+    assert h.pub.state == []
+    assert key not in store
+    assert dedupe_key("acme", "command", "c1") not in store
     assert metrics.REGISTRY.get_sample_value("meter_dedupe_marks") == 0
     # Re-sent after its window, the event can no longer be told from a duplicate: it
     # is refused as too old, not metered again.
     assert await h.put("calls", call("e1"), key=b"acme") == "rejected"
     assert h.pub.values(h.meter.names.rejected)[-1]["reason"] == "too_old"
-
-
-async def test_the_dedupe_store_finds_expired_marks_oldest_first(
-    make_harness: Callable[..., Harness],
-) -> None:
-    """Expired marks come out in order of expiry, at most `limit` at a time, without
-    those written again since with a later window; after a recovery, which reads
-    partition after partition, too; and one dated far ahead holds back none."""
-    from types import SimpleNamespace
-
-    from faust.types import TP
-
-    from processor.core.stored import Mark, Position
-
-    h = make_harness(partitions=2)
-    store = seq_store(h.meter.seen)
-    changelog = h.meter.seen.changelog_topic.get_topic_name()
-
-    def mark(expires: int) -> Mark:
-        return Mark(expires, Position("usage.calls:0", expires))
-
-    # Recovery order: one partition's marks, then the other's.
-    events: list[Any] = [  # stand-ins for Faust events
-        SimpleNamespace(key=k, value=mark(e), message=SimpleNamespace(partition=p, value=b"x"))
-        for k, e, p in [("p0-a", 10, 0), ("p0-b", 30, 0), ("p1-a", 20, 1), ("p1-b", 40, 1)]
-    ]
-    store.apply_changelog_batch(events, lambda k: k, lambda v: v)
-    await store.on_recovery_completed({TP(changelog, 0), TP(changelog, 1)}, set())
-    store["p1-a"] = mark(50)  # written again: a later window
-    store["ahead"] = mark(10**10)  # an event dated in the future
-    store["p1-c"] = mark(45)
-
-    assert store.expired_marks(5, limit=10) == []
-    assert store.expired_marks(35, limit=1) == ["p0-a"]
-    assert store.expired_marks(35, limit=10) == ["p0-b"]
-    assert store.expired_marks(100, limit=10) == ["p1-b", "p1-c", "p1-a"]
 
 
 async def test_gauges_count_owned_tenants_from_the_tables_writes(

@@ -30,7 +30,8 @@ from processor.core.state import RechargePolicy
 from processor.core.stored import StoredAccount
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import check_histories, read_topic
-from processor.worker.codec import dump_mark, dump_stored, load_stored
+from processor.worker.codec import dump_stored, load_stored
+from processor.worker.marks_log import MarksLog
 from processor.worker.pipeline import Pipeline
 from processor.worker.publisher import KafkaPublisher, TransactionalPublisher
 from processor.worker.records import Changelog, Out, Publisher, Record, Source
@@ -106,7 +107,7 @@ async def _run(
         clock=lambda: T0,
         changelogs=(
             Changelog(names.accounts_changelog, dump_stored, str),
-            Changelog(names.dedupe_changelog, dump_mark, dedupe_tenant),
+            MarksLog(names.dedupe_marks, dedupe_tenant),
         ),
     )
     for source, rec in records:
@@ -152,7 +153,7 @@ async def names(kafka: Any, topic_name: Callable[..., str]) -> TopicNames:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
     try:
-        topics = [*names.outputs, *names.changelogs]
+        topics = [*names.outputs, *names.changelogs, names.dedupe_marks]
         await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
     finally:
         await admin.close()

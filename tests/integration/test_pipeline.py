@@ -10,8 +10,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from processor.worker.marks_log import unpack_marks
 from tests.integration.harness import (
     Client,
     Deployment,
@@ -186,9 +188,10 @@ async def test_duplicates_and_miskeyed_records_apply_once(
 async def test_marks_past_their_window_leave_the_worker_and_its_changelog(
     deploy: Callable[..., Deployment],
 ) -> None:
-    """With a window of five seconds: each mark gets a tombstone in the dedupe changelog
-    (what a restart reads back), and an event re-sent after that is not metered again:
-    it is older than the window, so refused as too old."""
+    """With a window of five seconds: the marks (one record per partition per round in
+    the marks topic, what a restart reads back) leave the worker once past their window,
+    and an event re-sent after that is not metered again: it is older than the window,
+    so refused as too old."""
     d = deploy(env_extra={"METER_DEDUPE_DAYS": str(5 / 86400)})
     [w] = await start_workers(d, 1)
     async with Client(d) as c:
@@ -212,12 +215,20 @@ async def test_marks_past_their_window_leave_the_worker_and_its_changelog(
 
         await eventually(balance_is("4.9600"), what="globex at 4.9600")
 
-        async def tombstoned() -> bool | str:
-            records = await c.read_records(f"{d.app_id}-dedupe-changelog")
-            last = {r.key: r.value for r in records}
-            return (len(last) == 2 and set(last.values()) == {None}) or f"not yet: {last}"
+        records = await c.read_records(f"{d.app_id}-dedupe-marks")
+        held = [m for r in records for m in unpack_marks(r.value or b"")]
+        assert len(held) == 2, held  # the command's mark and the call's
 
-        await eventually(tombstoned, what="a tombstone for each mark")
+        async def forgotten() -> bool | str:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{w.url}/metrics") as resp,
+            ):
+                text = await resp.text()
+            marks = [line for line in text.splitlines() if line.startswith("meter_dedupe_marks ")]
+            return marks == ["meter_dedupe_marks 0.0"] or f"not yet: {marks}"
+
+        await eventually(forgotten, what="both marks forgotten")
         await c.send("usage.calls", resent)
 
         async def refused() -> list[dict[str, Any]] | None:
@@ -227,6 +238,98 @@ async def test_marks_past_their_window_leave_the_worker_and_its_changelog(
         [rejection] = await eventually(refused, what="the re-sent call refused")
         assert rejection["reason"] == "too_old", rejection
         assert await balance_is("4.9600")() is True
+
+
+async def test_marks_of_the_legacy_dedupe_changelog_still_catch_a_repeat(
+    deploy: Callable[..., Deployment],
+) -> None:
+    """An upgrade in the middle of a window: a worker before the marks topic kept its
+    marks in `<app id>-dedupe-changelog`. Here the call's mark is only there (the
+    marks topic's records deleted), and the restarted worker still takes the call,
+    re-sent at another offset, for a duplicate."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+
+    from processor.core.dedupe import dedupe_key
+    from processor.core.stored import Mark, Position
+    from processor.kafka.routing import partition_for
+    from processor.worker.codec import dump_mark
+    from processor.worker.marks import digest
+
+    d = deploy()
+    [w] = await start_workers(d, 1)
+    tenant = "initech"
+    first = call("u1", tenant=tenant, seconds=120, dest="+14155550123")
+    async with Client(d) as c:
+        await c.send("credits.commands", funds("c1", tenant=tenant, amount="5.00"))
+        await c.send("usage.calls", first)
+
+        async def applied() -> bool | str:
+            acct = await account(w, tenant)
+            return (acct is not None and acct["balance"] == "4.9600") or f"not yet: {acct}"
+
+        await eventually(applied, what="the call applied")
+        marks_topic = f"{d.app_id}-dedupe-marks"
+        key = dedupe_key(tenant, "call", "u1")
+        held = [m for r in await c.read_records(marks_topic) for m in unpack_marks(r.value)]
+        [(_, tp, offset, expires)] = [m for m in held if m[0] == digest(key)]
+    w.stop()
+
+    # What a worker of the old layout left: the mark in the legacy changelog, none in
+    # the marks topic.
+    admin = AIOKafkaAdminClient(bootstrap_servers=d.bootstrap)
+    await admin.start()
+    try:
+        legacy = f"{d.app_id}-dedupe-changelog"
+        await admin.create_topics(
+            [NewTopic(legacy, d.partitions, 1, topic_configs={"cleanup.policy": "compact"})]
+        )
+        ends = await _end_offsets(d.bootstrap, marks_topic, d.partitions)
+        await admin.delete_records(
+            {TopicPartition(marks_topic, p): RecordsToDelete(end) for p, end in ends.items()}
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=d.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            legacy,
+            dump_mark(Mark(expires, Position(tp, offset))),
+            key=key.encode(),
+            partition=partition_for(tenant, d.partitions),
+        )
+    finally:
+        await producer.stop()
+
+    async with Client(d) as c:
+        assert not [r for r in await c.read_records(marks_topic) if r.value]
+        w2 = Worker(d, 1).start()
+        d.workers.append(w2)
+        await w2.wait_ready()
+        await c.send("usage.calls", first)  # the same call again, at a new offset
+        await c.send("usage.calls", call("u2", tenant=tenant, seconds=60, dest="+14155550123"))
+
+        async def second_applied() -> bool | str:
+            acct = await account(w2, tenant)
+            return (acct is not None and acct["balance"] == "4.9400") or f"not yet: {acct}"
+
+        await eventually(second_applied, what="the second call applied, the repeat not")
+        entries = [e for e in await c.read_all("credits.ledger") if e["tenant_id"] == tenant]
+        assert sorted(e["cause_id"] for e in entries) == ["c1", "u1", "u2"], entries
+
+
+async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
 
 
 async def test_bad_input_is_rejected_with_reasons_and_processing_goes_on(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +24,9 @@ from processor.core.stored import Mark, StoredAccount
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.testing import MemoryPublisher
-from processor.worker.codec import dump_mark, dump_stored, load_mark, load_stored
+from processor.worker.codec import dump_stored, load_stored
+from processor.worker.marks import Budget, MarkStore, digest
+from processor.worker.marks_log import MarksLog, unpack_marks
 from processor.worker.pipeline import Pipeline
 from processor.worker.records import Changelog, Out, Record, Source
 from processor.worker.staged import Staged
@@ -66,7 +68,7 @@ class Journal:
 class Rig:
     pub: Any = field(default_factory=Journal)
     accounts: dict[str, StoredAccount] = field(default_factory=dict)
-    seen: dict[str, Mark] = field(default_factory=dict)
+    seen: MutableMapping[str, Mark] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,7 +84,7 @@ class Rig:
             clock=lambda: T0,
             changelogs=(
                 Changelog("accounts-changelog", dump_stored, str),
-                Changelog("dedupe-changelog", dump_mark, dedupe_tenant),
+                MarksLog("dedupe-marks", dedupe_tenant),
             ),
         )
 
@@ -110,22 +112,29 @@ async def test_outputs_are_published_before_the_state_and_once_per_batch() -> No
     assert {o.topic for o in outputs} == {NAMES.ledger, NAMES.alerts, NAMES.command_results}
     assert not any(o.state for o in outputs) and all(o.state for o in state)
     assert len([o for o in outputs if o.topic == NAMES.ledger]) == 7  # one per change
-    # One account value per touched tenant (the last), one mark per applied record.
+    # One account value per touched tenant (the last); the marks: one record per
+    # partition of the round, one mark in it per applied record.
     accounts = [o for o in state if o.topic == "accounts-changelog"]
-    marks = [o for o in state if o.topic == "dedupe-changelog"]
+    marks = [o for o in state if o.topic == "dedupe-marks"]
     assert sorted(o.key for o in accounts) == [b"acme", b"zeta"]
-    assert len(marks) == 7
+    partitions = {partition_for("acme", PARTITIONS), partition_for("zeta", PARTITIONS)}
+    assert sorted(o.partition for o in marks) == sorted(partitions)
+    held = [m for o in marks for m in unpack_marks(o.value or b"")]
+    assert len(held) == 7
     acme = load_stored(next(o.value for o in accounts if o.key == b"acme"))
     assert acme.seq == 6 and acme.applied[f"{NAMES.calls}:{partition_for('acme', 4)}"] == 4
     # Written after its outputs were acknowledged: it need carry none of them.
     assert acme.outbox == ()
     # Each record goes to its tenant's changelog partition, where recovery looks.
-    for o in state:
+    for o in accounts:
         assert o.key is not None
         assert o.partition == partition_for(dedupe_tenant(o.key.decode()), PARTITIONS)
-    assert {load_mark(o.value).position.tp for o in marks} >= {
-        f"{NAMES.calls}:{partition_for('acme', 4)}"
-    }
+    for o in marks:
+        assert o.owner == o.partition
+        for d, _tp, _offset, _expires in unpack_marks(o.value or b""):
+            tenant = "acme" if o.partition == partition_for("acme", PARTITIONS) else "zeta"
+            assert d in {digest(k) for k in rig.pipeline.engine.seen if k.startswith(tenant)}
+    assert {tp for _d, tp, _o, _e in held} >= {f"{NAMES.calls}:{partition_for('acme', 4)}"}
     # And the local store holds exactly what the changelog got.
     assert rig.accounts["acme"] == acme
 
@@ -145,12 +154,17 @@ async def test_an_atomic_publisher_gets_outputs_and_state_in_one_round() -> None
         NAMES.reroute,
         NAMES.command_results,
     }
-    assert len([o for o in round_ if o.state]) == 2 + 7  # two account values, seven marks
+    # Two account values, and seven marks in one record per partition.
+    marks = [o for o in round_ if o.topic == "dedupe-marks"]
+    assert len([o for o in round_ if o.state]) == 2 + len(marks) and len(marks) == 2
+    assert sum(len(list(unpack_marks(o.value or b""))) for o in marks) == 7
     # Each record is carried by the transaction of the partition whose records caused
     # it: a tenant's outputs and state by its partition, a re-route by the record's.
     for o in round_:
         if o.topic == NAMES.reroute:
             assert o.owner == elsewhere
+        elif o.topic == "dedupe-marks":
+            assert o.owner == o.partition
         else:
             tenant = dedupe_tenant(o.key.decode()) if o.key else ""
             assert o.owner == partition_for(tenant, PARTITIONS), o
@@ -240,24 +254,21 @@ def test_a_forgotten_key_stays_readable_until_its_tombstone_settles() -> None:
         s["a"]
 
 
-async def test_forgotten_marks_go_out_as_tombstones_and_leave_the_store() -> None:
-    rig = Rig()
+async def test_marks_past_their_window_leave_the_store_with_nothing_sent() -> None:
+    rig = Rig(seen=MarkStore(PARTITIONS))
     assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "applied"
     assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
     await rig.pipeline.flusher.flush()
     key = dedupe_key("acme", "call", "e1")
     assert key in rig.seen
+    mark = rig.seen[key]
+    sent = len(rig.pub.calls)
 
-    assert rig.pipeline.flusher.forget_seen([key, "never-seen"]) == 1
+    flusher = rig.pipeline.flusher
+    assert flusher.sweep_seen(mark.expires - 60, Budget(100, 100)) == 0  # not yet
+    assert flusher.sweep_seen(mark.expires, Budget(100, 100)) == 2
     await rig.pipeline.flusher.flush()
-
-    (tombstone,) = rig.pub.calls[-1]
-    assert (tombstone.topic, tombstone.key, tombstone.value) == (
-        "dedupe-changelog",
-        key.encode(),
-        None,
-    )
-    assert tombstone.state and tombstone.partition == partition_for("acme", PARTITIONS)
+    assert len(rig.pub.calls) == sent  # no tombstones: the marks topic forgets by age
     assert key not in rig.seen
     # Past its window a re-sent event is metered again, as the contract allows.
     assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
