@@ -65,7 +65,7 @@ lock: setup
 ## Benchmark: ceiling vs one worker's drain rate, latency, recovery (bench/results.json;
 ## ~7.5 min; add --scaling by hand for the two-worker drain, ~4.5 min more).
 bench: setup
-	$(BIN)/python -m bench.run --out bench/results.json
+	$(BIN)/python -m bench.run --processes 2 --out bench/results.json
 
 bench-quick: setup
 	$(BIN)/python -m bench.run --quick --out bench/results-quick.json
