@@ -76,15 +76,15 @@ class Flusher:
        and land together or not at all.
     5. The state landed: the staged views settle the batch into the local stores (in
        batch order), the batch's `flush` returns, and `landed(held, None)` hands the
-       messages back. The worker (`Meter._landed`) marks each taken
-       (processor/worker/consumer.py `Taken`) and gives it its last ack.
+       messages back. The worker (`Meter._landed`) settles the input topics' records
+       per partition at once (processor/worker/consumer.py `GuardedConsumer.settle`),
+       and marks each of the agents' records taken (`Taken`) and gives it its last ack.
     6. Faust commits the acked offsets: its commit timer every
        `broker_commit_interval`, and the fetch loop every `broker_commit_every` acks.
-       `GuardedConsumer.ack` (processor/worker/consumer.py) refuses the ack of a record
-       that was not taken in its generation, and nothing is committed past a refused
-       offset. So an input offset is committed only after everything it caused is in
-       Kafka, and outbox entries below a committed offset count as delivered
-       (`Deliveries`).
+       The guard (processor/worker/consumer.py) refuses the ack of a record that was
+       not taken in its generation, and nothing is committed past a refused offset.
+       So an input offset is committed only after everything it caused is in Kafka,
+       and outbox entries below a committed offset count as delivered (`Deliveries`).
 
     A failed publish breaks the flusher: every batch not yet landed fails (its `flush`
     raises, `landed(held, failure)`), the local stores stop at the batch before, and
