@@ -1,6 +1,6 @@
 """Running a coroutine up to its first suspension, without a task.
 
-The fetch loop (processor/kafka/glue.py) hands most records over this way: a hand-over
+The fetch loop (processor/kafka/glue/) hands most records over this way: a hand-over
 almost never blocks, and a task per record cost more than the hand-over itself.
 """
 

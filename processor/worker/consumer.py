@@ -117,7 +117,7 @@ class Sink(Protocol):
 
 
 class GuardedConsumer(glue.FetchLoop):
-    """The guard's policy over Faust's consumer (the mechanics are processor/kafka/glue.py)."""
+    """The guard's policy over Faust's consumer (the mechanics are processor/kafka/glue/)."""
 
     taken: Taken
     guarded: frozenset[str]

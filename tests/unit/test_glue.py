@@ -1,4 +1,4 @@
-"""processor/kafka/glue.py reaches into the libraries' private members: an upgrade that
+"""processor/kafka/glue/ reaches into the libraries' private members: an upgrade that
 moves one must fail here, loudly, before it fails in the fault suite."""
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import pytest
 
 from processor.kafka import glue
 
-GLUE_SOURCE = Path(glue.__file__).read_text(encoding="utf-8")
+# The glue is a package: every module of it.
+GLUE_SOURCE = "\n".join(
+    path.read_text(encoding="utf-8") for path in sorted(Path(glue.__file__).parent.glob("*.py"))
+)
 # Private names of the glue's own making (its own classes' members), not the libraries'.
 OWN = {"_count", "_pause_here"}
 
@@ -25,7 +28,7 @@ def test_the_installed_libraries_are_those_the_glue_was_written_against(
 ) -> None:
     assert version(distribution) == glue.VERSIONS[distribution], (
         f"{distribution} is {version(distribution)}, the glue was written against "
-        f"{glue.VERSIONS[distribution]}: check every reach in processor/kafka/glue.py "
+        f"{glue.VERSIONS[distribution]}: check every reach in processor/kafka/glue/ "
         "against the new sources, then update VERSIONS"
     )
 
