@@ -4,6 +4,7 @@ and the keys of the table of ids seen."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -30,11 +31,13 @@ class DedupeWindow:
         the window + `max_future_seconds` (the engine refuses an event further ahead
         than that, and one older than the window, before it marks it). Until the mark
         expires a repeat is a duplicate; after it, the repeat is older than the window
-        and refused as `too_old`: no repeat is metered twice.
+        and refused as `too_old`: no repeat is metered twice. Rounded up to the second:
+        rounded down, a mark could be gone up to a second before its event is older
+        than the window, and a repeat in that second would be metered again.
         """
         if occurred_at <= now:
-            return int((now + self.span).timestamp())
-        return int((min(occurred_at, now + self.ahead) + self.span).timestamp())
+            return math.ceil((now + self.span).timestamp())
+        return math.ceil((min(occurred_at, now + self.ahead) + self.span).timestamp())
 
     def too_old(self, occurred_at: datetime, now: datetime) -> bool:
         """Older than the window: a repeat of it may have been forgotten already."""

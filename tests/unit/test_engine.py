@@ -434,6 +434,17 @@ def test_seen_is_remembered_for_the_dedupe_window(harness: Harness, inputs: Inpu
     )
 
 
+def test_a_mark_never_ends_before_its_window() -> None:
+    # Rounded down, a mark made at .5 s would go half a second before its event is
+    # older than the window, and a repeat in that half second would be metered again.
+    half = T0 + timedelta(milliseconds=500)
+    window = DedupeWindow(7)
+    expires = window.expires(half, half)
+    assert expires == int((T0 + timedelta(days=7)).timestamp()) + 1
+    gone = datetime.fromtimestamp(expires, UTC)
+    assert window.too_old(half, gone + timedelta(microseconds=1))
+
+
 def test_dedupe_keys_are_distinct() -> None:
     keys = {
         dedupe_key("a", "call", "x"),
