@@ -34,6 +34,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import procstat
+from bench.standalone import print_on_private_broker
 from bench.workload import producer
 from processor.core.dedupe import dedupe_key, dedupe_tenant
 from processor.core.stored import Mark, Position
@@ -177,11 +178,6 @@ async def measure(
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.marks --marks N`, on a private broker."""
     import argparse
-    import shutil
-    import tempfile
-    import uuid
-
-    from processor.dev.kafka_local import LocalKafka
 
     parser = argparse.ArgumentParser(prog="python -m bench.marks", description=__doc__)
     parser.add_argument("--marks", type=int, default=1_000_000)
@@ -199,23 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    async def run(root: Path) -> dict[str, Any]:
-        broker = LocalKafka(root / "kafka")
-        await broker.astart()
-        try:
-            tag = uuid.uuid4().hex[:6]
-            return await measure(
-                broker.bootstrap, tag, args.marks, args.partitions, broker.kafka_data_dir
-            )
-        finally:
-            await broker.astop()
-
-    root = Path(tempfile.mkdtemp(prefix="meter-marks-"))
-    try:
-        print(json.dumps(asyncio.run(run(root)), indent=2))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return print_on_private_broker(
+        "meter-marks-",
+        lambda broker, tag, _root: measure(
+            broker.bootstrap, tag, args.marks, args.partitions, broker.kafka_data_dir
+        ),
+    )
 
 
 if __name__ == "__main__":

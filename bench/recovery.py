@@ -24,6 +24,7 @@ from types import MappingProxyType
 import aiohttp
 
 from bench import procstat
+from bench.standalone import print_on_private_broker
 from bench.worker import BenchWorker
 from bench.workload import create_topics, produce_keyed
 from processor.core.outputs import derive_id
@@ -183,33 +184,18 @@ async def measure(
 def main(argv: list[str] | None = None) -> int:
     """Item 4 alone, on a private broker: `python -m bench.recovery --tenants N`."""
     import argparse
-    import json
-    import shutil
-    import tempfile
-    import uuid
-
-    from processor.dev.kafka_local import LocalKafka
 
     parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__)
     parser.add_argument("--tenants", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=12)
     args = parser.parse_args(argv)
 
-    async def run(root: Path) -> dict[str, object]:
-        broker = LocalKafka(root / "kafka")
-        await broker.astart()
-        try:
-            tag = uuid.uuid4().hex[:6]
-            return await measure(broker.bootstrap, tag, args.tenants, args.partitions, root)
-        finally:
-            await broker.astop()
-
-    root = Path(tempfile.mkdtemp(prefix="meter-recovery-"))
-    try:
-        print(json.dumps(asyncio.run(run(root)), indent=2))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return print_on_private_broker(
+        "meter-recovery-",
+        lambda broker, tag, root: measure(
+            broker.bootstrap, tag, args.tenants, args.partitions, root
+        ),
+    )
 
 
 if __name__ == "__main__":

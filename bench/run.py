@@ -88,6 +88,12 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+def against_one_worker(result: dict[str, Any], events_per_s: float, drain: measures.Drain) -> None:
+    """The gain, within this run: the same records, one worker against several."""
+    result["one_worker_events_per_s"] = round(drain.events_per_s, 1)
+    result["ratio_to_one_worker"] = round(events_per_s / drain.events_per_s, 4)
+
+
 async def two_workers(
     bootstrap: str, app_id: str, prefix: str, root: Path, expected: int, broker_pid: int | None
 ) -> dict[str, Any]:
@@ -257,10 +263,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 len(setup) + events + latency_events,
                 broker.pid,
             )
-            scaling["one_worker_events_per_s"] = round(drain.events_per_s, 1)
-            scaling["ratio_to_one_worker"] = round(
-                scaling["two_workers_events_per_s"] / drain.events_per_s, 4
-            )
+            against_one_worker(scaling, scaling["two_workers_events_per_s"], drain)
             walls["scaling"] = time.perf_counter() - t
             log(f"scaling: {scaling}")
 
@@ -276,11 +279,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 broker.pid,
                 args.processes,
             )
-            # The gain, within this run: the same records, one process against N.
-            processes["one_worker_events_per_s"] = round(drain.events_per_s, 1)
-            processes["ratio_to_one_worker"] = round(
-                processes["events_per_s"] / drain.events_per_s, 4
-            )
+            against_one_worker(processes, processes["events_per_s"], drain)
             walls["processes"] = time.perf_counter() - t
             log(f"processes: {processes}")
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import blake2b
 
 from processor.core.dedupe import dedupe_tenant
@@ -49,6 +50,9 @@ SHARD_BYTES = SHARD_MAX * DIGEST_BYTES
 _TOP = 32
 
 
+# A mark's digest is asked for three times: the look-up, its changelog record, and the
+# store once that has landed (a round or two later). The recent ones are kept.
+@lru_cache(maxsize=16_384)
 def digest(key: str) -> bytes:
     """The fixed-size digest a mark is held under."""
     return blake2b(key.encode(), digest_size=DIGEST_BYTES).digest()
