@@ -2,25 +2,25 @@
 
 A worker remembers every event and command id of its dedupe window (7 days by
 default), tens of millions of them. As Python objects a mark cost ~310 bytes; here it
-is a 12-byte BLAKE2b digest of its dedupe key (core/dedupe.py) in one bytearray and
-its value packed beside it in another: the position's topic-partition (an index into
-the store's interned names) and offset in 8 bytes, the expiry (epoch seconds, up to
-2106) in 4. Two digests alike in their 96
-bits would take one id for the other (docs/guarantees.md gives the odds).
+is a 12-byte BLAKE2b digest of its dedupe key (core/dedupe.py) and its value packed
+in 12 more: the position's topic-partition (an index into the store's interned names)
+and offset in 8 bytes, the expiry (epoch seconds, up to 2106) in 4. Two digests alike
+in their 96 bits would take one id for the other (docs/guarantees.md gives the odds).
 
 Each partition's marks are their own table (`MarkTable`), so a partition that moves
 away is dropped whole. A table is an extendible hash: a directory indexed by the
-digest's leading bits points to small shards (at most SHARD_MAX marks each); a
-look-up is one `bytearray.find` over a shard's digests, done in C, and a full shard
-splits in two by one more bit, so growing never rehashes more than one shard on the
-loop. Marks past their window are dropped by the store itself, a bounded number of
+digest's leading bits points to small shards (at most SHARD_MAX marks each), each one
+exact-size `bytes`; a look-up is one `bytes.find` over a shard's digests, done in C,
+and a full shard splits in two by one more bit, so growing never rehashes more than one
+shard on the loop. Marks past their window are dropped by the store itself, a bounded number of
 shards at a time (`MarkStore.sweep`): there are no tombstones.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, MutableMapping
+from array import array
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
@@ -43,11 +43,16 @@ NEVER = (1 << 32) - 1
 # A shard splits past this many marks: a look-up scans at most this many digests,
 # and a split or a sweep of one shard is a few hundred microseconds at most.
 SHARD_MAX = 128
-# Estimated bytes per shard beyond its marks (objects, buffers' headers, directory).
-SHARD_OVERHEAD = 230
+# Estimated bytes per shard beyond its marks: a `bytes` object's header and the
+# allocator's, its place in the list of shards, its depth and soonest expiry, and its
+# share of the directory.
+SHARD_OVERHEAD = 80
+# The most digest bytes a shard holds (the tests shrink it to split often).
 SHARD_BYTES = SHARD_MAX * DIGEST_BYTES
 # The directory is indexed by the digest's first 32 bits.
 _TOP = 32
+# A shard's soonest expiry when it holds no mark: later than any.
+_EMPTY = NEVER + 1
 
 
 # A mark's digest is asked for three times: the look-up, its changelog record, and the
@@ -72,112 +77,132 @@ class Budget:
     marks: int
 
 
-class _Shard:
-    __slots__ = ("depth", "keys", "slot", "soonest", "vals")
+def _find(data: bytes, d: bytes) -> int:
+    """Where the digest `d` is in a shard's digests (the first half of `data`), or -1."""
+    half = len(data) >> 1
+    i = data.find(d, 0, half)
+    # A match across two digests is possible in principle: only aligned ones count.
+    while i > 0 and i % DIGEST_BYTES:
+        i = data.find(d, i + 1, half)
+    return i
 
-    def __init__(self, depth: int, slot: int) -> None:
-        self.depth = depth
-        # Position in the table's list of shards (for the sweep).
-        self.slot = slot
-        self.keys = bytearray()
-        self.vals = bytearray()
-        # No mark here expires before this second (a bound, not always exact).
-        self.soonest = NEVER + 1
 
-    def index(self, d: bytes) -> int:
-        """Where the mark under `d` is in `keys`, or -1."""
-        keys = self.keys
-        i = keys.find(d)
-        # A match across two digests is possible in principle: only aligned ones count.
-        while i > 0 and i % DIGEST_BYTES:
-            i = keys.find(d, i + 1)
-        return i
+def _shard(keys: Sequence[bytes | bytearray], vals: Sequence[bytes | bytearray]) -> bytes:
+    """A shard's one buffer: its digests, then their values in the same order."""
+    return b"".join([*keys, *vals])
+
+
+def _soonest(data: bytes) -> int:
+    return min((e for _, e in VALUE.iter_unpack(data[len(data) >> 1 :])), default=_EMPTY)
 
 
 class MarkTable:
-    """One partition's marks: digest -> (packed position, expiry second)."""
+    """One partition's marks: digest -> (packed position, expiry second).
+
+    A shard is one immutable `bytes` of exactly its size, its digests then their values
+    (a mark's value sits as far into the second half as its digest into the first), and
+    a new mark makes a new one: a copy of at most a few KB, and no buffer grown by
+    reallocation, so marks grown one at a time cost what marks built at once do. A
+    shard is a number: its buffer, depth and soonest expiry are at that index in
+    `data`, `depths` and `soonest`, and the directory holds shard numbers (no object per
+    shard)."""
 
     def __init__(self) -> None:
-        first = _Shard(0, 0)
-        self.directory: list[_Shard] = [first]
+        self.data: list[bytes] = [b""]
+        self.depths = bytearray(1)
+        # No mark in a shard expires before this second (a bound, not always exact).
+        self.soonest = array("q", [_EMPTY])
+        self.directory = array("I", [0])
         self.depth = 0
-        self.shards: list[_Shard] = [first]
         self.count = 0
         self._cursor = 0
 
+    def _slot(self, d: bytes) -> int:
+        return self.directory[int.from_bytes(d[:4], "big") >> (_TOP - self.depth)]
+
     def get(self, d: bytes) -> tuple[int, int] | None:
-        shard = self.directory[int.from_bytes(d[:4], "big") >> (_TOP - self.depth)]
-        i = shard.index(d)
+        data = self.data[self.directory[int.from_bytes(d[:4], "big") >> (_TOP - self.depth)]]
+        i = _find(data, d)
         if i < 0:
             return None
-        # The same width as a digest: a mark's byte offset is the same in both.
-        position, expires = VALUE.unpack_from(shard.vals, i)
+        position, expires = VALUE.unpack_from(data, (len(data) >> 1) + i)
         return position, expires
 
     def put(self, d: bytes, position: int, expires: int) -> None:
         """Hold a mark, in place of any under the same digest."""
-        shard = self.directory[int.from_bytes(d[:4], "big") >> (_TOP - self.depth)]
-        if expires < shard.soonest:
-            shard.soonest = expires
-        i = shard.index(d)
+        slot = self._slot(d)
+        if expires < self.soonest[slot]:
+            self.soonest[slot] = expires
+        data = self.data[slot]
+        half = len(data) >> 1
+        i = _find(data, d)
         if i >= 0:
-            VALUE.pack_into(shard.vals, i, position, expires)
+            at = half + i
+            self.data[slot] = b"".join(
+                (data[:at], VALUE.pack(position, expires), data[at + VALUE_BYTES :])
+            )
             return
-        shard.keys += d
-        shard.vals += VALUE.pack(position, expires)
+        self.data[slot] = b"".join((data[:half], d, data[half:], VALUE.pack(position, expires)))
         self.count += 1
-        if len(shard.keys) > SHARD_BYTES and shard.depth < _TOP:
-            self._split(shard, d)
+        if half + DIGEST_BYTES > SHARD_BYTES and self.depths[slot] < _TOP:
+            self._split(slot, d)
 
     def remove(self, d: bytes) -> bool:
         """Drop the mark under `d`; False if there is none."""
-        shard = self.directory[int.from_bytes(d[:4], "big") >> (_TOP - self.depth)]
-        i = shard.index(d)
+        slot = self._slot(d)
+        data = self.data[slot]
+        i = _find(data, d)
         if i < 0:
             return False
-        del shard.keys[i : i + DIGEST_BYTES]
-        del shard.vals[i : i + VALUE_BYTES]
+        at = (len(data) >> 1) + i
+        self.data[slot] = b"".join(
+            (data[:i], data[i + DIGEST_BYTES : at], data[at + VALUE_BYTES :])
+        )
         self.count -= 1
         return True
 
-    def _split(self, shard: _Shard, d: bytes) -> None:
-        if shard.depth == self.depth:
-            self.directory = [s for s in self.directory for _ in (0, 1)]
+    def shard_sizes(self) -> list[int]:
+        """How many marks each shard holds."""
+        return [len(data) // (DIGEST_BYTES + VALUE_BYTES) for data in self.data]
+
+    def _split(self, slot: int, d: bytes) -> None:
+        depth = self.depths[slot]
+        if depth == self.depth:
+            # Each entry twice, in C: a directory of a million entries is a few ms.
+            old = self.directory
+            doubled = old * 2
+            doubled[0::2] = old
+            doubled[1::2] = old
+            self.directory = doubled
             self.depth += 1
-        depth = shard.depth + 1
-        low, high = _Shard(depth, shard.slot), _Shard(depth, len(self.shards))
-        self.shards[shard.slot] = low
-        self.shards.append(high)
-        shift = _TOP - depth
-        keys, vals = shard.keys, shard.vals
-        sides = [
-            (int.from_bytes(keys[i : i + 4], "big") >> shift) & 1
-            for i in range(0, len(keys), DIGEST_BYTES)
-        ]
-        for side, bit in ((low, 0), (high, 1)):
-            picked = [j for j, b in enumerate(sides) if b == bit]
-            side.keys = bytearray().join(
-                [keys[j * DIGEST_BYTES : (j + 1) * DIGEST_BYTES] for j in picked]
-            )
-            side.vals = bytearray().join(
-                [vals[j * VALUE_BYTES : (j + 1) * VALUE_BYTES] for j in picked]
-            )
-            side.soonest = min((m for _, m in VALUE.iter_unpack(side.vals)), default=NEVER + 1)
+        data = self.data[slot]
+        half = len(data) >> 1
+        shift = _TOP - depth - 1
+        sides: tuple[tuple[list[bytes], list[bytes]], ...] = (([], []), ([], []))
+        for i in range(0, half, DIGEST_BYTES):
+            keys, vals = sides[(int.from_bytes(data[i : i + 4], "big") >> shift) & 1]
+            keys.append(data[i : i + DIGEST_BYTES])
+            vals.append(data[half + i : half + i + VALUE_BYTES])
+        high = len(self.data)
+        low_data = _shard(*sides[0])
+        high_data = _shard(*sides[1])
+        self.data[slot] = low_data
+        self.data.append(high_data)
+        self.depths[slot] = depth + 1
+        self.depths.append(depth + 1)
+        self.soonest[slot] = _soonest(low_data)
+        self.soonest.append(_soonest(high_data))
         # The directory's entries for the old shard: its prefix, widened to the
-        # directory's depth; the lower half now points to `low`, the upper to `high`.
-        prefix = int.from_bytes(d[:4], "big") >> (_TOP - shard.depth)
-        span = 1 << (self.depth - shard.depth)
+        # directory's depth; the lower half still points to it, the upper now to `high`.
+        prefix = int.from_bytes(d[:4], "big") >> (_TOP - depth)
+        span = 1 << (self.depth - depth)
         start = prefix * span
-        half = span // 2
-        directory = self.directory
-        for j in range(start, start + half):
-            directory[j] = low
-        for j in range(start + half, start + span):
-            directory[j] = high
+        half_span = span // 2
+        self.directory[start + half_span : start + span] = array("I", [high]) * half_span
         # One side may still hold them all (digests alike in their leading bits).
-        for side in (low, high):
-            if len(side.keys) > SHARD_BYTES and side.depth < _TOP:
-                self._split(side, bytes(side.keys[:DIGEST_BYTES]))
+        for side, side_data in ((slot, low_data), (high, high_data)):
+            if len(side_data) >> 1 > SHARD_BYTES and depth + 1 < _TOP:
+                self._split(side, side_data[:DIGEST_BYTES])
 
     def load(self, keys: bytes | bytearray, vals: bytes | bytearray) -> None:
         """Hold many marks at once (recovery): digests and packed values side by side,
@@ -199,29 +224,31 @@ class MarkTable:
         for i in range(0, n * DIGEST_BYTES, DIGEST_BYTES):
             buckets[int.from_bytes(keys[i : i + 4], "big") >> shift].append(i)
         shards = []
+        soonest = array("q")
         count = 0
-        for slot, bucket in enumerate(buckets):
-            shard = _Shard(depth, slot)
+        for bucket in buckets:
             picked = [keys[i : i + DIGEST_BYTES] for i in bucket]
             if len(set(picked)) != len(picked):
                 # The same mark written twice: keep the newest (the last read).
                 last = {bytes(k): i for k, i in zip(picked, bucket, strict=True)}
                 bucket = sorted(last.values())
                 picked = [keys[i : i + DIGEST_BYTES] for i in bucket]
-            shard.keys = bytearray().join(picked)
-            shard.vals = bytearray().join([vals[i : i + VALUE_BYTES] for i in bucket])
-            shard.soonest = min((e for _, e in VALUE.iter_unpack(shard.vals)), default=NEVER + 1)
+            data = _shard(picked, [vals[i : i + VALUE_BYTES] for i in bucket])
+            soonest.append(_soonest(data))
             count += len(bucket)
-            shards.append(shard)
-        self.directory = list(shards)
-        self.shards = shards
+            shards.append(data)
+        self.data = shards
+        self.depths = bytearray([depth]) * len(shards)
+        self.soonest = soonest
+        self.directory = array("I", range(len(shards)))
         self.depth = depth
         self.count = count
         self._cursor = 0
         # A shard the digests crowded past SHARD_MAX splits now.
-        for shard in list(shards):
-            if len(shard.keys) > SHARD_BYTES:
-                self._split(shard, bytes(shard.keys[:DIGEST_BYTES]))
+        for slot in range(len(shards)):
+            data = self.data[slot]
+            if len(data) >> 1 > SHARD_BYTES:
+                self._split(slot, data[:DIGEST_BYTES])
 
     def sweep(self, now: int, budget: Budget, grace: int = 0) -> int:
         """Drop marks that expired by `now` from the next shards (taking turns),
@@ -229,8 +256,9 @@ class MarkTable:
         soonest mark is `grace` seconds past its expiry, so that a pass does not
         rebuild every shard for the few marks that just expired."""
         dropped = 0
-        listed = self.shards
-        n = len(listed)
+        shards = self.data
+        soonest = self.soonest
+        n = len(shards)
         cursor = self._cursor
         visits = min(budget.shards, n)
         for _ in range(visits):
@@ -238,31 +266,30 @@ class MarkTable:
                 break
             if cursor >= n:
                 cursor = 0
-            shard = listed[cursor]
+            slot = cursor
             cursor += 1
             budget.shards -= 1
-            if shard.soonest > now - grace:
+            if soonest[slot] > now - grace:
                 continue
-            values = list(VALUE.iter_unpack(shard.vals))
+            data = shards[slot]
+            half = len(data) >> 1
+            values = list(VALUE.iter_unpack(data[half:]))
             budget.marks -= len(values)
             live = [i for i, (_, e) in enumerate(values) if e > now]
             if len(live) < len(values):
-                keys, vals = shard.keys, shard.vals
-                shard.keys = bytearray().join(
-                    [keys[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES] for i in live]
-                )
-                shard.vals = bytearray().join(
-                    [vals[i * VALUE_BYTES : (i + 1) * VALUE_BYTES] for i in live]
+                shards[slot] = _shard(
+                    [data[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES] for i in live],
+                    [data[half + i * VALUE_BYTES : half + (i + 1) * VALUE_BYTES] for i in live],
                 )
                 dropped += len(values) - len(live)
-            shard.soonest = min((values[i][1] for i in live), default=NEVER + 1)
+            soonest[slot] = min((values[i][1] for i in live), default=_EMPTY)
         self.count -= dropped
         self._cursor = cursor
         return dropped
 
     def nbytes(self) -> int:
         """About what the table holds in memory."""
-        return self.count * (DIGEST_BYTES + VALUE_BYTES) + len(self.shards) * SHARD_OVERHEAD
+        return self.count * (DIGEST_BYTES + VALUE_BYTES) + len(self.data) * SHARD_OVERHEAD
 
 
 class MarkStore(MutableMapping[str, Mark]):

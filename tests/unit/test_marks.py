@@ -150,8 +150,8 @@ def test_shards_split_as_they_fill_and_every_mark_stays_found() -> None:
     digests = [digest(key(0, i)) for i in range(5000)]
     for i, d in enumerate(digests):
         table.put(d, i, 1000 + i)
-    assert len(table.shards) > 5000 // SHARD_MAX
-    assert all(len(s.keys) <= SHARD_MAX * DIGEST_BYTES for s in table.shards)
+    assert len(table.data) > 5000 // SHARD_MAX
+    assert all(n <= SHARD_MAX for n in table.shard_sizes())
     assert len(table.directory) == 1 << table.depth
     assert all(table.get(d) == (i, 1000 + i) for i, d in enumerate(digests))
     assert table.get(digest("never written")) is None
@@ -177,7 +177,7 @@ def test_a_sweep_does_a_bounded_amount_of_work_and_takes_turns() -> None:
         mp.setattr(marks_module, "SHARD_BYTES", 4 * DIGEST_BYTES)
         for i in range(600):
             store[key(i % 7, i)] = Mark(10, Position("usage.calls:0", i))
-    shards = sum(len(t.shards) for t in store.tables.values())
+    shards = sum(len(t.data) for t in store.tables.values())
     assert shards > 100
     dropped = 0
     for _ in range(shards):
@@ -313,7 +313,7 @@ def test_a_bulk_load_holds_what_puts_one_by_one_would() -> None:
     assert table.count == n
     assert all(table.get(d) == v for d, v in expected.items())
     assert table.get(digest("never written")) is None
-    assert all(len(s.keys) <= SHARD_MAX * DIGEST_BYTES for s in table.shards)
+    assert all(n <= SHARD_MAX for n in table.shard_sizes())
     assert len(table.directory) == 1 << table.depth
     # It goes on like any table: puts, splits and sweeps.
     for i in range(n, n + 5_000):
