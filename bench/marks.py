@@ -220,19 +220,26 @@ def grow_marks(n: int, parts: int, rate: float, now: int) -> dict[str, Any]:
                 collected_in_puts += 1
         if (start // ROUND + 1) % SWEEP_ROUNDS and start + ROUND < n:
             continue
-        # The timer's turns (RechargeTimer.sweep_seen) of the time these rounds took:
-        # slices until one ends with budget to spare, at which point every shard due
-        # at this clock has been rebuilt; each slice is a pause of the loop.
+        # The timer's turns (RechargeTimer.sweep_seen) of the time these rounds took,
+        # each slices until one ends with budget to spare; each slice is a pause of the
+        # loop. The clock stands still meanwhile: once every shard has been looked at
+        # with budget to spare, the rest would find nothing due.
         turns = max(1, math.ceil(SWEEP_ROUNDS * ROUND / rate / TIMER_SECONDS))
-        for _ in range(turns * SWEEP_SLICES):
-            budget = Budget(SWEEP_SHARDS, SWEEP_MARKS)
-            cpu = time.thread_time()
-            store.sweep(at, budget, grace)
-            took = time.thread_time() - cpu
-            sweep_seconds += took
-            sweep_max = max(sweep_max, took)
-            slices += 1
-            if budget.shards > 0 and budget.marks > 0:
+        shards = sum(len(table.data) for table in store.tables.values())
+        looked = 0
+        for _ in range(turns):
+            for _ in range(SWEEP_SLICES):
+                budget = Budget(SWEEP_SHARDS, SWEEP_MARKS)
+                cpu = time.thread_time()
+                store.sweep(at, budget, grace)
+                took = time.thread_time() - cpu
+                sweep_seconds += took
+                sweep_max = max(sweep_max, took)
+                slices += 1
+                looked += SWEEP_SHARDS - budget.shards
+                if budget.shards > 0 and budget.marks > 0:
+                    break
+            if looked >= shards:
                 break
     gc.callbacks.remove(collected)
     del batch
