@@ -391,17 +391,30 @@ class MarkStore(MutableMapping[str, Mark]):
         dropped. `grace`: seconds (`MarkTable.sweep`)."""
         partitions = sorted(self.tables)
         start = next((i for i, p in enumerate(partitions) if p >= self._sweep_from), 0)
+        order = partitions[start:] + partitions[:start]
+        # Shards of each table not yet looked at in this call: each at most once, and
+        # shards of the budget left over mean every table was looked at whole (the
+        # timer goes on slice after slice until then).
+        left = {p: len(self.tables[p].data) for p in order}
         dropped = 0
-        for partition in partitions[start:] + partitions[:start]:
-            if budget.shards <= 0 or budget.marks <= 0:
-                break
-            table = self.tables[partition]
-            share = Budget(max(1, budget.shards // len(partitions)), budget.marks)
-            given = share.shards
-            dropped += table.sweep(now, share, grace)
-            budget.shards -= given - share.shards
-            budget.marks = share.marks
-            self._sweep_from = partition + 1
+        while order and budget.shards > 0 and budget.marks > 0:
+            cut = []
+            for turn, partition in enumerate(order):
+                if budget.shards <= 0 or budget.marks <= 0:
+                    break
+                # What is left, shared among the partitions left (rounded up).
+                fair = -(-budget.shards // (len(order) - turn))
+                share = Budget(min(fair, left[partition]), budget.marks)
+                given = share.shards
+                dropped += self.tables[partition].sweep(now, share, grace)
+                looked = given - share.shards
+                budget.shards -= looked
+                budget.marks = share.marks
+                left[partition] -= looked
+                self._sweep_from = partition + 1
+                if left[partition]:
+                    cut.append(partition)
+            order = cut
         return dropped
 
     def nbytes(self) -> int:

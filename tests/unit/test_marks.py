@@ -198,6 +198,22 @@ def test_a_sweep_does_a_bounded_amount_of_work_and_takes_turns() -> None:
     assert 0 < store.sweep(20, budget) < 50 and budget.marks <= 0
 
 
+def test_a_sweep_leaves_shards_of_its_budget_only_once_every_shard_was_looked_at() -> None:
+    """The timer goes on slice after slice until one leaves budget to spare."""
+    store = MarkStore(PARTITIONS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(marks_module, "SHARD_BYTES", 2 * DIGEST_BYTES)
+        for i in range(900):
+            store[key(i % 7, i)] = Mark(10, Position("usage.calls:0", i))
+    shards = sum(len(t.data) for t in store.tables.values())
+    budget = Budget(shards - 1, 1 << 20)
+    store.sweep(5, budget)
+    assert budget.shards == 0
+    budget = Budget(shards + 1, 1 << 20)
+    store.sweep(5, budget)
+    assert budget.shards == 1
+
+
 def test_a_mark_far_ahead_is_held_as_never_expiring() -> None:
     store = MarkStore(PARTITIONS)
     store[key(0, 1)] = Mark(1 << 40, Position("usage.calls:0", 1))
