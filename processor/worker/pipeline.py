@@ -90,7 +90,9 @@ class Pipeline:
         due = DueIndex(
             staged_accounts, policy, engine.expiry, names.timer, partitions, flusher.send, clock
         )
-        intake = Intake(engine, names, partitions, flusher.send, due, hooks, clock, limits)
+        intake = Intake(
+            engine, names, partitions, flusher.send, due, hooks, clock, limits, at=flusher.at
+        )
         return cls(engine, intake, flusher, due)
 
     async def handle(self, source: Source, rec: Record) -> str:
