@@ -75,7 +75,6 @@ class Intake:
         hooks: WorkerHooks,
         clock: Callable[[], datetime] = utcnow,
         limits: Limits | None = None,
-        at: Callable[[int], None] = lambda _partition: None,
     ) -> None:
         self.engine = engine
         self.names = names
@@ -89,8 +88,6 @@ class Intake:
         self.limits = limits or Limits()
         # The partition number of the record being processed: its outputs' transaction.
         self._owner = -1
-        # Told that number before the record stages anything (the flusher's `at`).
-        self._at = at
         self._decoders: dict[Source, Callable[[bytes | None], Usage | Command]] = {
             Source.CALLS: decode_call,
             Source.CONFERENCING: decode_conference,
@@ -145,7 +142,6 @@ class Intake:
     def stage_tick(self, rec: Record) -> str:
         started = time.perf_counter()
         self._owner = rec.partition
-        self._at(rec.partition)
         try:
             tick = load_tick(rec.value or b"")
         except (ValueError, KeyError, TypeError) as exc:
@@ -167,7 +163,6 @@ class Intake:
     ) -> str:
         started = time.perf_counter()
         self._owner = rec.partition
-        self._at(rec.partition)
         label = source.value
         try:
             event = self._decoders[source](rec.value)

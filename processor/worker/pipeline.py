@@ -90,9 +90,7 @@ class Pipeline:
         due = DueIndex(
             staged_accounts, policy, engine.expiry, names.timer, partitions, flusher.send, clock
         )
-        intake = Intake(
-            engine, names, partitions, flusher.send, due, hooks, clock, limits, at=flusher.at
-        )
+        intake = Intake(engine, names, partitions, flusher.send, due, hooks, clock, limits)
         return cls(engine, intake, flusher, due)
 
     async def handle(self, source: Source, rec: Record) -> str:

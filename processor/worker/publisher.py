@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka.errors import (
@@ -198,11 +198,7 @@ class TransactionalPublisher:
         self._make_producer = make_producer
         self._producers: dict[int, Any] = {}
         self._sender = _Sender()
-        # A lock per partition number: its rounds one at a time, and never a producer
-        # stopped mid-round. Rounds of different partitions run side by side (the
-        # flusher's chains); a re-assignment takes every lock it touches, in order.
-        self._locks: dict[int, asyncio.Lock] = {}
-        # Serialises re-assignments among themselves.
+        # Serialises rounds and re-assignments: a producer is never stopped mid-round.
         self._lock = asyncio.Lock()
         # The rebalance generation and partitions of the last assignment: every table's
         # store asks for the same one, and it is carried out once.
@@ -225,7 +221,7 @@ class TransactionalPublisher:
         one, which could never commit again.
         """
         wanted = frozenset(partitions)
-        async with self._lock, self._locked(set(self._producers) | wanted):
+        async with self._lock:
             if generation is not None and self._assigned == (generation, wanted):
                 return
             self._assigned = None if generation is None else (generation, wanted)
@@ -243,7 +239,7 @@ class TransactionalPublisher:
         """Stop these partitions' producers (a revoke): a round in flight ends first,
         and records staged for them afterwards are not produced, so the next owner's
         producer never fences a transaction of ours in the middle."""
-        async with self._lock, self._locked(set(partitions) & set(self._producers)):
+        async with self._lock:
             for p in sorted(set(partitions) & set(self._producers)):
                 with contextlib.suppress(Exception):
                     await self._producers.pop(p).stop()
@@ -256,24 +252,9 @@ class TransactionalPublisher:
         groups: dict[int, list[Out]] = defaultdict(list)
         for r in records:
             groups[r.owner].append(r)
-        async with self._locked(groups):
+        async with self._lock:
             # Raises the first failure; the caller treats the whole round as failed.
-            if len(groups) == 1:
-                [(p, group)] = groups.items()
-                await self._commit(p, group)
-            else:
-                await asyncio.gather(*(self._commit(p, group) for p, group in groups.items()))
-
-    @contextlib.asynccontextmanager
-    async def _locked(self, partitions: Iterable[int]) -> AsyncIterator[None]:
-        """Hold the locks of `partitions`, taken in ascending order (no deadlock)."""
-        async with contextlib.AsyncExitStack() as stack:
-            for p in sorted(partitions):
-                lock = self._locks.get(p)
-                if lock is None:
-                    lock = self._locks[p] = asyncio.Lock()
-                await stack.enter_async_context(lock)
-            yield
+            await asyncio.gather(*(self._commit(p, group) for p, group in groups.items()))
 
     async def _commit(self, partition: int, records: list[Out]) -> None:
         producer = self._producers.get(partition)

@@ -1,14 +1,9 @@
-"""A table seen through the writes of the batches in progress.
+"""A table seen through the writes of the batch in progress.
 
 The engine reads and writes account values and dedupe marks one record at a time. A
 batch of records must reach Kafka as one write per touched key, and only after the
 batch's outputs are in Kafka (docs/guarantees.md), so the engine is handed this view:
-reads see the batches' own writes first, writes wait here until `take()`.
-
-Writes are kept apart per chain (`at`): the worker's flusher lands each partition
-number's batches on their own (processor/worker/flusher.py), and a record's writes go
-with the batch of the partition it was read from, which intake names before it stages
-the record. A key belongs to one partition, so its writes all go to one chain.
+reads see the batch's own writes first, writes wait here until `take()`.
 
 A key can also be forgotten (`forget`): staged as None, it reaches the changelog as a
 tombstone and leaves the base when its flush settles. Until then reads still find the
@@ -27,42 +22,23 @@ V = TypeVar("V")
 
 
 class Staged(MutableMapping[K, V], Generic[K, V]):
-    """Reads: the newest write not yet settled (staged or being flushed), then the base.
+    """Reads: the batch's writes, then those of the batches being flushed, then the base.
 
-    A value moves from a chain's pending layer (staged) to that chain's flushing
-    layers (`take`) to the base (`settle`), which is written only once that flush has
-    reached Kafka. Flushes overlap, so several layers of a chain may be in flight;
-    they settle in the order they were taken. The newest unsettled value per key, of
-    any chain, is also kept in one dict (`newest`), so that a read costs one probe
-    however many layers are staged or in flight.
+    A value moves from `pending` (staged) to a flushing layer (`take`) to the base
+    (`settle`), which is written only once that flush has reached Kafka. Flushes
+    overlap (processor/worker/flusher.py), so several layers may be in flight; they settle
+    in the order they were taken, and a read sees the newest. The newest in-flight
+    value per key is also kept in one dict (`in_flight`), so that a read costs the
+    same however many layers are in flight.
     """
 
     def __init__(self, base: MutableMapping[K, V]) -> None:
         self.base = base
         # None: the key is forgotten (`forget`).
-        self.newest: dict[K, V | None] = {}
-        # Per chain, the writes staged and not yet taken; `pending` is the chain of
-        # the record being staged (`at`).
-        self.layers: dict[int, dict[K, V | None]] = {0: {}}
-        self.pending: dict[K, V | None] = self.layers[0]
-        self._chain = 0
-        # Per chain, the layers taken and not yet settled, oldest first.
-        self.flushing: dict[int, list[dict[K, V | None]]] = {}
-
-    def at(self, chain: int) -> None:
-        """Stage the writes that follow in `chain`'s next batch."""
-        if chain != self._chain:
-            layer = self.layers.get(chain)
-            if layer is None:
-                layer = self.layers[chain] = {}
-            self.pending, self._chain = layer, chain
-
-    def staged(self) -> bool:
-        """Whether some chain has writes not yet taken."""
-        return any(self.layers.values())
-
-    def staged_in(self, chain: int) -> bool:
-        return bool(self.layers.get(chain))
+        self.pending: dict[K, V | None] = {}
+        # Batches taken and not yet settled, oldest first.
+        self.flushing: list[dict[K, V | None]] = []
+        self.in_flight: dict[K, V | None] = {}
 
     def __getitem__(self, key: K) -> V:
         value = self.get(key)
@@ -71,13 +47,14 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         return value
 
     def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
-        # The hot path: a dict probe, then the table's own get.
-        value = self.newest.get(key)
+        # The hot path: a dict probe or two, then the table's own get.
+        value = self.pending.get(key)
+        if value is None:
+            value = self.in_flight.get(key)
         return value if value is not None else self.base.get(key, default)
 
     def __setitem__(self, key: K, value: V) -> None:
         self.pending[key] = value
-        self.newest[key] = value
 
     def __delitem__(self, key: K) -> None:
         # The engine never deletes: forgetting is the flusher's, for keys no batch in
@@ -87,15 +64,17 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
     def forget(self, key: K) -> bool:
         """Stage a tombstone for a key of the base that no unsettled batch writes;
         False if one does, or if the base does not hold it."""
-        if key in self.newest or key not in self.base:
+        if key in self.pending or key in self.in_flight or key not in self.base:
             return False
         self.pending[key] = None
-        self.newest[key] = None
         return True
 
     def staged_keys(self) -> dict[K, None]:
         """The keys written by batches not yet settled."""
-        return dict.fromkeys(self.newest)
+        # `in_flight` holds exactly the keys of the layers not yet settled.
+        keys = dict.fromkeys(self.pending)
+        keys.update(dict.fromkeys(self.in_flight))
+        return keys
 
     def _keys(self) -> dict[K, None]:
         keys = self.staged_keys()
@@ -108,33 +87,27 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
     def __len__(self) -> int:
         return len(self._keys())
 
-    def take(self, chain: int = 0) -> dict[K, V | None]:
-        """Start flushing `chain`'s writes (one per key, the last): returns them."""
-        layer = self.layers.get(chain)
-        if layer is None:
-            layer = {}
-        fresh: dict[K, V | None] = {}
-        self.layers[chain] = fresh
-        if chain == self._chain:
-            self.pending = fresh
-        self.flushing.setdefault(chain, []).append(layer)
+    def take(self) -> dict[K, V | None]:
+        """Start flushing the batch's writes (one per key, the last): returns them."""
+        layer, self.pending = self.pending, {}
+        self.flushing.append(layer)
+        self.in_flight.update(layer)
         return layer
 
-    def settle(self, layer: dict[K, V | None], chain: int = 0) -> None:
+    def settle(self, layer: dict[K, V | None]) -> None:
         """That flush is in Kafka: write its values to the base."""
-        flushing = self.flushing.get(chain)
-        if not flushing or flushing[0] is not layer:
+        if not self.flushing or self.flushing[0] is not layer:
             # A later batch's values would be overwritten by an earlier one's.
             raise RuntimeError("flushes settle in the order they were taken")
-        flushing.pop(0)
-        newest = self.newest
+        self.flushing.pop(0)
+        in_flight = self.in_flight
         base = self.base
         for key, value in layer.items():
             if value is not None:
                 base[key] = value
             elif key in base:
                 del base[key]
-            # Unless a later layer wrote the key again. (A tombstone is None, which
-            # `get` also answers for a missing key.)
-            if newest.get(key, _MISSING) is value:
-                del newest[key]
+            # Unless a later layer in flight wrote the key again. (A tombstone is None,
+            # which `get` also answers for a missing key.)
+            if in_flight.get(key, _MISSING) is value:
+                del in_flight[key]
