@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
@@ -87,6 +87,8 @@ class Drain:
     # worker and broker share two cores, so together they set the drain rate.
     broker_cpu_seconds_per_1000: float | None = None
     machine_busy: float | None = None
+    # Kafka transactions the worker(s) committed per 1,000 events over the same span.
+    transactions_per_1000: float | None = None
 
 
 async def drain(
@@ -131,11 +133,13 @@ async def drain(
             if done:
                 if t0 is None:
                     t0, n0, cpu0 = now, done, cpu()
+                    tx0 = sum(w.transactions for w in workers)
                     broker0, machine0 = broker_cpu(), procstat.machine_busy_seconds()
                     if on_start is not None:
                         on_start(workers[0].pid)
                 if done >= expected:
                     cpu1 = cpu()
+                    tx1 = sum(w.transactions for w in workers)
                     broker1, machine1 = broker_cpu(), procstat.machine_busy_seconds()
                     break
             await asyncio.sleep(0.25)
@@ -153,7 +157,15 @@ async def drain(
         if broker_pid is None
         else (broker1 - broker0) / measured * 1000,
         machine_busy=(machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1e-9),
+        transactions_per_1000=(tx1 - tx0) / measured * 1000,
     )
+
+
+async def transactions(worker: BenchWorker) -> float:
+    """The worker's meter_transactions_total now."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        await worker.records_done(http)
+    return worker.transactions
 
 
 # ------------------------------------------------------------------------ 3. latency
@@ -178,6 +190,12 @@ class Latency:
     # Median latency of the last tenth of the sends minus that of the first tenth:
     # near zero when the worker keeps up, growing when a backlog builds.
     backlog_growth_ms: float
+    # Where the latency goes (ms, p50 and p99 of each part): from the send to the
+    # worker writing the ledger entry (its CreateTime, set as the worker appends it to
+    # a round's transaction: fetch, staging, the wait for the partition's round), and
+    # from there to the entry being read (the round's commit, then the read_committed
+    # fetch). Wall clock on both sides, at the millisecond the record's timestamp has.
+    split: dict[str, float] = field(default_factory=dict)
 
 
 async def latency(
@@ -215,6 +233,9 @@ async def latency(
     sent: dict[str, float] = {}
     acked: set[str] = set()
     arrived: dict[str, float] = {}
+    # Wall-clock send time and ledger entry CreateTime, in ms (`Latency.split`).
+    sent_wall: dict[str, float] = {}
+    written: dict[str, float] = {}
     tracked = {e.event_id for e in events if e.charged}
     try:
         cluster = await glue.fetch_metadata(consumer)
@@ -233,6 +254,7 @@ async def latency(
                         cause = orjson.loads(r.value).get("cause_id")
                         if cause in tracked and cause not in arrived:
                             arrived[cause] = now
+                            written[cause] = r.timestamp
 
         reader = asyncio.create_task(read())
 
@@ -253,6 +275,7 @@ async def latency(
             if delay > tick:
                 await asyncio.sleep(delay)
             sent[ev.event_id] = time.perf_counter()
+            sent_wall[ev.event_id] = time.time() * 1000
             fut = await prod.send(
                 prefix + ev.topic,
                 ev.value,
@@ -288,4 +311,24 @@ async def latency(
         p999_ms=percentile(lat, 0.999),
         max_ms=lat[-1],
         backlog_growth_ms=growth,
+        split=_split(sent, sent_wall, written, arrived, acked),
     )
+
+
+def _split(
+    sent: dict[str, float],
+    sent_wall: dict[str, float],
+    written: dict[str, float],
+    arrived: dict[str, float],
+    acked: set[str],
+) -> dict[str, float]:
+    ids = [e for e in arrived if e in acked]
+    to_written = sorted(written[e] - sent_wall[e] for e in ids)
+    # The arrival on the wall clock: its send's wall time plus the measured latency.
+    to_read = sorted(sent_wall[e] + (arrived[e] - sent[e]) * 1000 - written[e] for e in ids)
+    return {
+        "sent_to_written_p50": round(percentile(to_written, 0.5), 1),
+        "sent_to_written_p99": round(percentile(to_written, 0.99), 1),
+        "written_to_read_p50": round(percentile(to_read, 0.5), 1),
+        "written_to_read_p99": round(percentile(to_read, 0.99), 1),
+    }

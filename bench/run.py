@@ -220,6 +220,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         if not args.quick:
             latency_events = max(latency_events, int(rate * FULL_LATENCY_SECONDS))
         lat_events = list(work.usage(latency_events))
+        tx0 = await measures.transactions(worker)
         lat = await measures.latency(
             broker.bootstrap,
             prefix,
@@ -229,6 +230,9 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             partitions=PARTITIONS,
         )
         walls["latency"] = time.perf_counter() - t
+        lat.split["transactions_per_s"] = round(
+            (await measures.transactions(worker) - tx0) / walls["latency"], 1
+        )
         log(f"latency: {lat}")
         worker.stop()
 

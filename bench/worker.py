@@ -36,6 +36,9 @@ class BenchWorker:
         self.processes = processes
         self.port = free_port() if processes == 1 else free_port_run(processes)
         self.log_path = root / f"worker-{index}.log"
+        # meter_transactions_total at the last /metrics poll (`records_done`), summed.
+        self.transactions = 0.0
+        self._transactions = 0.0
         self.env = dict(os.environ)
         self.env.update(
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
@@ -84,11 +87,14 @@ class BenchWorker:
 
         With several processes, their sum once every one answers."""
         total = 0
+        transactions = 0.0
         for port in range(self.port, self.port + self.processes):
             done = await self._records_done(http, port)
             if done is None:
                 return None
             total += done
+            transactions += self._transactions
+        self.transactions = transactions
         return total
 
     async def _records_done(self, http: aiohttp.ClientSession, port: int) -> int | None:
@@ -98,7 +104,10 @@ class BenchWorker:
         except (aiohttp.ClientError, TimeoutError):
             return None
         total = 0.0
+        self._transactions = 0.0
         for line in text.splitlines():
+            if line.startswith("meter_transactions_total "):
+                self._transactions = float(line.rsplit(" ", 1)[1])
             if line.startswith("meter_records_total{") and any(
                 f'topic="{t}"' in line for t in INPUT_TOPICS
             ):
