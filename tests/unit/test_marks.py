@@ -171,13 +171,19 @@ def test_a_mark_written_again_replaces_the_one_before() -> None:
     assert k not in store
 
 
-def test_a_sweep_does_a_bounded_amount_of_work_and_takes_turns() -> None:
+def _split_often(marks: int, shard_marks: int) -> tuple[MarkStore, int]:
+    """A store of `marks` marks (expiring at 10) in shards of `shard_marks`, and its
+    number of shards."""
     store = MarkStore(PARTITIONS)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(marks_module, "SHARD_BYTES", 4 * DIGEST_BYTES)
-        for i in range(600):
+        mp.setattr(marks_module, "SHARD_BYTES", shard_marks * DIGEST_BYTES)
+        for i in range(marks):
             store[key(i % 7, i)] = Mark(10, Position("usage.calls:0", i))
-    shards = sum(len(t.data) for t in store.tables.values())
+    return store, sum(len(t.data) for t in store.tables.values())
+
+
+def test_a_sweep_does_a_bounded_amount_of_work_and_takes_turns() -> None:
+    store, shards = _split_often(600, 4)
     assert shards > 100
     dropped = 0
     for _ in range(shards):
@@ -200,12 +206,7 @@ def test_a_sweep_does_a_bounded_amount_of_work_and_takes_turns() -> None:
 
 def test_a_sweep_leaves_shards_of_its_budget_only_once_every_shard_was_looked_at() -> None:
     """The timer goes on slice after slice until one leaves budget to spare."""
-    store = MarkStore(PARTITIONS)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(marks_module, "SHARD_BYTES", 2 * DIGEST_BYTES)
-        for i in range(900):
-            store[key(i % 7, i)] = Mark(10, Position("usage.calls:0", i))
-    shards = sum(len(t.data) for t in store.tables.values())
+    store, shards = _split_often(900, 2)
     budget = Budget(shards - 1, 1 << 20)
     store.sweep(5, budget)
     assert budget.shards == 0
