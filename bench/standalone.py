@@ -1,5 +1,6 @@
 """A single-figure bench run on its own: a private broker in a temporary directory, the
-result printed as JSON (`python -m bench.recovery`, `python -m bench.marks`)."""
+result printed as JSON (`python -m bench.recovery`, `python -m bench.marks`), or
+printed by the run itself (`python -m bench.txn_rounds`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from processor.dev.kafka_local import LocalKafka
 Measure = Callable[[LocalKafka, str, Path], Awaitable[Any]]
 
 
-def print_on_private_broker(prefix: str, measure: Measure) -> int:
-    """Start a broker, run `measure` against it, print its result; returns 0."""
+def on_private_broker(prefix: str, measure: Measure) -> Any:
+    """Start a broker in a temporary directory, run `measure` against it, remove it all;
+    returns what `measure` returned."""
 
     async def run(root: Path) -> Any:
         broker = LocalKafka(root / "kafka")
@@ -31,7 +33,12 @@ def print_on_private_broker(prefix: str, measure: Measure) -> int:
 
     root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        print(json.dumps(asyncio.run(run(root)), indent=2))
+        return asyncio.run(run(root))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def print_on_private_broker(prefix: str, measure: Measure) -> int:
+    """`on_private_broker`, its result printed as JSON; returns 0."""
+    print(json.dumps(on_private_broker(prefix, measure), indent=2))
     return 0

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import procstat
+from bench.standalone import on_private_broker
 from processor.dev.kafka_local import LocalKafka
 from processor.worker.publisher import TXN_RETRY_BACKOFF_SECONDS
 
@@ -32,31 +31,26 @@ PARTITIONS = 12
 TOPICS = ("txn.ledger", "txn.state", "txn.marks")
 
 
-async def measure(seconds: float, rate: float) -> None:
+async def measure(broker: LocalKafka, seconds: float, rate: float) -> None:
     from aiokafka.producer import sender
 
     sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_SECONDS  # as the worker sets it
-    broker = LocalKafka(Path(tempfile.mkdtemp(prefix="txn-rounds-")))
-    await broker.astart()
-    try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in TOPICS])
-        await admin.close()
-        producers = []
-        for p in range(PARTITIONS):
-            producer = AIOKafkaProducer(
-                bootstrap_servers=broker.bootstrap, transactional_id=f"txn-rounds-{p}"
-            )
-            await producer.start()
-            producers.append(producer)
-        assert broker.pid is not None
-        for mode in ("together", "together", "chains", "together", "chains"):  # 1st: warm-up
-            await run(mode, producers, broker.pid, seconds, rate)
-        for producer in producers:
-            await producer.stop()
-    finally:
-        await broker.astop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in TOPICS])
+    await admin.close()
+    producers = []
+    for p in range(PARTITIONS):
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap, transactional_id=f"txn-rounds-{p}"
+        )
+        await producer.start()
+        producers.append(producer)
+    assert broker.pid is not None
+    for mode in ("together", "together", "chains", "together", "chains"):  # 1st: warm-up
+        await run(mode, producers, broker.pid, seconds, rate)
+    for producer in producers:
+        await producer.stop()
 
 
 async def run(
@@ -136,4 +130,6 @@ async def run(
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    asyncio.run(measure(float(args[0]) if args else 8.0, float(args[1]) if len(args) > 1 else 3000))
+    seconds = float(args[0]) if args else 8.0
+    rate = float(args[1]) if len(args) > 1 else 3000
+    on_private_broker("txn-rounds-", lambda broker, _tag, _root: measure(broker, seconds, rate))
