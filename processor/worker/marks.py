@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
@@ -53,6 +53,10 @@ SHARD_BYTES = SHARD_MAX * DIGEST_BYTES
 _TOP = 32
 # A shard's soonest expiry when it holds no mark: later than any.
 _EMPTY = NEVER + 1
+
+# A mark as a round's marks record holds it (processor/worker/marks_log.py): digest,
+# `topic:partition`, offset, expiry second (`expiry_of`).
+Entry = tuple[bytes, str, int, int]
 
 
 # A mark's digest is asked for three times: the look-up, its changelog record, and the
@@ -371,6 +375,23 @@ class MarkStore(MutableMapping[str, Mark]):
         return sum(t.count for t in self.tables.values())
 
     # ---- recovery and upkeep ------------------------------------------------------------
+
+    def put_entries(self, partition: int, entries: Iterable[Entry]) -> None:
+        """Hold a round's marks of one partition, as its marks record was packed from
+        them (each digest, partition and expiry computed once per round, not again
+        here), oldest first: the store then holds what `store[key] = mark` of each
+        would have left."""
+        table = self.table(partition)
+        put = table.put
+        # A round's marks come from a few input topic-partitions.
+        tps: dict[str, int] = {}
+        for d, tp, offset, expires in entries:
+            index = tps.get(tp)
+            if index is None:
+                index = tps[tp] = self.tp_index(tp) << OFFSET_BITS
+            if not 0 <= offset <= OFFSET_MASK:
+                raise ValueError(f"offset {offset} out of the range marks hold")
+            put(d, index | offset, expires)
 
     def put_digest(self, partition: int, d: bytes, tp: str, offset: int, expires: int) -> None:
         """Hold a mark read back from Kafka (its digest computed when it was written)."""
