@@ -36,6 +36,7 @@ from processor.kafka.routing import partition_for
 from processor.worker.codec import load_mark
 from processor.worker.marks import (
     DIGEST_BYTES,
+    NEVER,
     OFFSET_BITS,
     OFFSET_MASK,
     VALUE,
@@ -156,7 +157,10 @@ def round_marks(
             continue
         partition = partition_for(tenant_of(key), partitions)
         position = mark.position
-        entry = (digest(key), position.tp, position.offset, expiry_of(mark.expires))
+        expires = mark.expires
+        if not 0 <= expires <= NEVER:
+            expires = expiry_of(expires)
+        entry = (digest(key), position.tp, position.offset, expires)
         group = grouped.get(partition)
         if group is None:
             group = grouped[partition] = []

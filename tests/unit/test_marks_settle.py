@@ -30,6 +30,7 @@ from processor.worker.marks import (
     SHARD_MAX,
     VALUE,
     MarkStore,
+    MarkTable,
 )
 from processor.worker.marks_log import MarksLog, entry_of, round_marks, unpack_marks
 from processor.worker.records import Changelog, Out
@@ -281,3 +282,20 @@ def test_put_entries_holds_what_setting_each_key_does() -> None:
 def test_a_round_that_forgets_a_key_is_settled_key_by_key() -> None:
     packed = round_marks(LOG, [(key(0, 0), None), (key(1, 0), Mark(5, Position("a:0", 1)))], 3)
     assert packed.entries is None and len(packed.records) == 1
+
+
+def test_a_digest_found_across_two_held_ones_is_not_taken_for_a_mark() -> None:
+    """`get` and `put` look a digest up with one `bytes.find` over a shard's digests:
+    a match straddling two of them is not a mark."""
+    table = MarkTable()
+    first, second = b"\x01" * 6 + b"abcdef", b"ghijkl" + b"\x02" * 6
+    table.put(first, 1, 10)
+    table.put(second, 2, 20)
+    straddling = b"abcdef" + b"ghijkl"
+    assert table.get(straddling) is None
+    table.put(straddling, 3, 30)
+    assert table.count == 3
+    assert [table.get(d) for d in (first, second, straddling)] == [(1, 10), (2, 20), (3, 30)]
+    table.put(straddling, 4, 40)  # in place
+    assert table.count == 3 and table.get(straddling) == (4, 40)
+    assert table.get(first) == (1, 10) and table.get(second) == (2, 20)
