@@ -59,8 +59,9 @@ _EMPTY = NEVER + 1
 Entry = tuple[bytes, str, int, int]
 
 
-# A mark's digest is asked for three times: the look-up, its changelog record, and the
-# store once that has landed (a round or two later). The recent ones are kept.
+# A mark's digest is asked for twice: the look-up, and its marks record a round or two
+# later (the store is then given the digest the record was packed with,
+# `MarkStore.put_entries`). The recent ones are kept.
 @lru_cache(maxsize=16_384)
 def digest(key: str) -> bytes:
     """The fixed-size digest a mark is held under."""
