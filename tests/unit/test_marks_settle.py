@@ -79,7 +79,7 @@ class PerKey(MutableMapping[str, Mark]):
 
 @dataclass
 class Gated:
-    """An atomic publisher whose rounds the test lets land one at a time."""
+    """A publisher whose rounds the test lets land one at a time."""
 
     atomic: bool = True
     calls: list[list[Out]] = field(default_factory=list)
@@ -103,10 +103,11 @@ class Side:
     """One flusher over a marks store, settled in bulk or (`per_key`) key by key."""
 
     per_key: bool
+    atomic: bool = True
     store: MarkStore = field(default_factory=lambda: MarkStore(PARTITIONS))
-    pub: Gated = field(default_factory=Gated)
 
     def __post_init__(self) -> None:
+        self.pub = Gated(atomic=self.atomic)
         base: MutableMapping[str, Mark] = PerKey(self.store) if self.per_key else self.store
         self.seen: Staged[str, Mark] = Staged(base)
         self.flusher = Flusher(
@@ -170,14 +171,14 @@ steps = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(steps=steps, shard_max=st.sampled_from([1, 2, SHARD_MAX]))
+@given(steps=steps, shard_max=st.sampled_from([1, 2, SHARD_MAX]), atomic=st.booleans())
 async def test_a_round_settled_in_bulk_leaves_the_store_as_settled_key_by_key(
-    steps: list[tuple[Any, ...]], shard_max: int
+    steps: list[tuple[Any, ...]], shard_max: int, atomic: bool
 ) -> None:
     with pytest.MonkeyPatch.context() as mp:
         # Tiny shards: the round's puts split shards and double directories.
         mp.setattr(marks_module, "SHARD_BYTES", shard_max * DIGEST_BYTES)
-        bulk, per_key = Side(per_key=False), Side(per_key=True)
+        bulk, per_key = Side(per_key=False, atomic=atomic), Side(per_key=True, atomic=atomic)
         sides = (bulk, per_key)
         model: dict[str, Mark] = {}
         for step in [*steps, ("take",), *[("land",)] * (len(steps) + 1)]:
