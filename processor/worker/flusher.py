@@ -8,12 +8,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from processor.core.dedupe import dedupe_tenant
 from processor.core.stored import Mark, OutboxEntry, StoredAccount
 from processor.core.values import fast_init
 from processor.kafka.routing import partition_for
 from processor.observability.worker_hooks import WorkerHooks
-from processor.worker.marks import Budget, MarkStore
-from processor.worker.marks_log import MarksLog, marks_records
+from processor.worker.marks import Budget, Entry, MarkStore
+from processor.worker.marks_log import MarksLog, round_marks
 from processor.worker.records import Changelog, Out, Publisher
 from processor.worker.staged import Staged
 
@@ -125,6 +126,17 @@ class Flusher:
         # Set when a state write failed: the local stores stop at the batch before it,
         # and every later flush fails too (the worker restarts and replays them).
         self._broken: Exception | None = None
+        # The marks store, when a round's marks can be settled into it from what was
+        # packed for Kafka (`_settle`): its partitions are the marks records'.
+        base = seen.base
+        self._marks: MarkStore | None = (
+            base
+            if isinstance(base, MarkStore)
+            and base.partitions == partitions
+            and changelogs is not None
+            and changelogs[1].tenant_of is dedupe_tenant
+            else None
+        )
 
     # ---- staging ------------------------------------------------------------------
 
@@ -215,13 +227,12 @@ class Flusher:
                     while sending and not sending[0].outputs:
                         landing.append(sending.pop(0))
                     records = [out for batch in sending for out in batch.outputs]
-                records += self._state_of(landing)
+                state, marks = self._state_of(landing)
+                records += state
                 try:
                     if records:
                         await self.publisher.publish(records)
-                    for batch in landing:
-                        self.accounts.settle(batch.accounts)
-                        self.seen.settle(batch.seen)
+                    self._settle(landing, marks)
                 except BaseException as exc:
                     # Reported through each batch's own future, to its caller; the local
                     # stores stop at the batch before the first that failed.
@@ -251,9 +262,28 @@ class Flusher:
         if batch.held:
             self._landed(batch.held, failed)
 
-    def _state_of(self, batches: list[_Batch]) -> list[Out]:
+    def _settle(self, landing: list[_Batch], marks: dict[int, list[Entry]] | None) -> None:
+        """The round's batches are in Kafka: into the local stores, oldest first. The
+        marks go into the marks store in one go from what `_state_of` packed (each
+        mark's partition and digest computed once a round), the newest per key as the
+        records hold them, which leaves what settling the batches one by one would."""
+        if marks is None or self._marks is None:
+            for batch in landing:
+                self.accounts.settle(batch.accounts)
+                self.seen.settle(batch.seen)
+            return
+        for batch in landing:
+            self.accounts.settle(batch.accounts)
+        for partition, entries in marks.items():
+            self._marks.put_entries(partition, entries)
+        for batch in landing:
+            self.seen.settle(batch.seen, written=True)
+
+    def _state_of(self, batches: list[_Batch]) -> tuple[list[Out], dict[int, list[Entry]] | None]:
+        """The batches' state records, and their marks per partition as packed (None:
+        settle them key by key)."""
         if self.changelogs is None or not batches:
-            return []
+            return [], None
         accounts: dict[str, StoredAccount | None] = {}
         seen: dict[str, Mark | None] = {}
         for batch in batches:  # oldest first: the newest value per key wins
@@ -265,7 +295,7 @@ class Flusher:
         self,
         accounts: Mapping[str, StoredAccount | None],
         seen: Mapping[str, Mark | None],
-    ) -> list[Out]:
+    ) -> tuple[list[Out], dict[int, list[Entry]] | None]:
         assert self.changelogs is not None
         changelog, marks = self.changelogs
         records = []
@@ -282,11 +312,12 @@ class Flusher:
                     owner=partition,
                 )
             )
-        for partition, packed in marks_records(marks, seen.items(), self.partitions):
+        packed = round_marks(marks, seen.items(), self.partitions)
+        for partition, raw in packed.records:
             records.append(
-                Out(marks.topic, None, packed, partition=partition, state=True, owner=partition)
+                Out(marks.topic, None, raw, partition=partition, state=True, owner=partition)
             )
-        return records
+        return records, packed.entries
 
 
 def _failure(exc: BaseException) -> Exception:

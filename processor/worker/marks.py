@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
@@ -54,9 +54,14 @@ _TOP = 32
 # A shard's soonest expiry when it holds no mark: later than any.
 _EMPTY = NEVER + 1
 
+# A mark as a round's marks record holds it (processor/worker/marks_log.py): digest,
+# `topic:partition`, offset, expiry second (`expiry_of`).
+Entry = tuple[bytes, str, int, int]
 
-# A mark's digest is asked for three times: the look-up, its changelog record, and the
-# store once that has landed (a round or two later). The recent ones are kept.
+
+# A mark's digest is asked for twice: the look-up, and its marks record a round or two
+# later (the store is then given the digest the record was packed with,
+# `MarkStore.put_entries`). The recent ones are kept.
 @lru_cache(maxsize=16_384)
 def digest(key: str) -> bytes:
     """The fixed-size digest a mark is held under."""
@@ -121,21 +126,28 @@ class MarkTable:
         return self.directory[int.from_bytes(d[:4], "big") >> (_TOP - self.depth)]
 
     def get(self, d: bytes) -> tuple[int, int] | None:
+        # `_slot` and `_find` inlined: every record the engine applies looks one up.
         data = self.data[self.directory[int.from_bytes(d[:4], "big") >> (_TOP - self.depth)]]
-        i = _find(data, d)
+        half = len(data) >> 1
+        i = data.find(d, 0, half)
+        if i > 0 and i % DIGEST_BYTES:
+            i = _find(data, d)
         if i < 0:
             return None
-        position, expires = VALUE.unpack_from(data, (len(data) >> 1) + i)
+        position, expires = VALUE.unpack_from(data, half + i)
         return position, expires
 
     def put(self, d: bytes, position: int, expires: int) -> None:
         """Hold a mark, in place of any under the same digest."""
-        slot = self._slot(d)
+        # `_slot` and `_find` inlined: a round settles each of its marks here.
+        slot = self.directory[int.from_bytes(d[:4], "big") >> (_TOP - self.depth)]
         if expires < self.soonest[slot]:
             self.soonest[slot] = expires
         data = self.data[slot]
         half = len(data) >> 1
-        i = _find(data, d)
+        i = data.find(d, 0, half)
+        if i > 0 and i % DIGEST_BYTES:
+            i = _find(data, d)
         if i >= 0:
             at = half + i
             self.data[slot] = b"".join(
@@ -371,6 +383,23 @@ class MarkStore(MutableMapping[str, Mark]):
         return sum(t.count for t in self.tables.values())
 
     # ---- recovery and upkeep ------------------------------------------------------------
+
+    def put_entries(self, partition: int, entries: Iterable[Entry]) -> None:
+        """Hold a round's marks of one partition, as its marks record was packed from
+        them (each digest, partition and expiry computed once per round, not again
+        here), oldest first: the store then holds what `store[key] = mark` of each
+        would have left."""
+        table = self.table(partition)
+        put = table.put
+        # A round's marks come from a few input topic-partitions.
+        tps: dict[str, int] = {}
+        for d, tp, offset, expires in entries:
+            index = tps.get(tp)
+            if index is None:
+                index = tps[tp] = self.tp_index(tp) << OFFSET_BITS
+            if not 0 <= offset <= OFFSET_MASK:
+                raise ValueError(f"offset {offset} out of the range marks hold")
+            put(d, index | offset, expires)
 
     def put_digest(self, partition: int, d: bytes, tp: str, offset: int, expires: int) -> None:
         """Hold a mark read back from Kafka (its digest computed when it was written)."""

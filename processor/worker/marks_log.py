@@ -36,9 +36,11 @@ from processor.kafka.routing import partition_for
 from processor.worker.codec import load_mark
 from processor.worker.marks import (
     DIGEST_BYTES,
+    NEVER,
     OFFSET_BITS,
     OFFSET_MASK,
     VALUE,
+    Entry,
     MarkStore,
     digest,
     expiry_of,
@@ -65,23 +67,34 @@ class MarksLog:
 
 def pack_marks(marks: Iterable[tuple[str, Mark]]) -> bytes:
     """One record's value holding `marks` (dedupe key, mark)."""
+    return pack_entries([entry_of(key, mark) for key, mark in marks])
+
+
+def entry_of(key: str, mark: Mark) -> Entry:
+    """A mark as its record holds it (and `MarkStore.put_entries` takes it)."""
+    position = mark.position
+    return digest(key), position.tp, position.offset, expiry_of(mark.expires)
+
+
+def pack_entries(entries: Iterable[Entry]) -> bytes:
+    """One record's value holding `entries`."""
     names: dict[str, int] = {}
-    entries = []
+    packed = []
     latest = 0
-    for key, mark in marks:
-        tp = mark.position.tp
+    pack = ENTRY.pack
+    for d, tp, offset, expires in entries:
         index = names.get(tp)
         if index is None:
             index = names[tp] = len(names)
-        expires = expiry_of(mark.expires)
-        latest = max(latest, expires)
-        entries.append(ENTRY.pack(digest(key), index, mark.position.offset, expires))
-    parts = [_HEAD.pack(MARKS_VERSION, latest, len(entries), len(names))]
+        if expires > latest:
+            latest = expires
+        packed.append(pack(d, index, offset, expires))
+    parts = [_HEAD.pack(MARKS_VERSION, latest, len(packed), len(names))]
     for name in names:
         raw = name.encode()
         parts.append(_NAME.pack(len(raw)))
         parts.append(raw)
-    parts.extend(entries)
+    parts.extend(packed)
     return b"".join(parts)
 
 
@@ -117,22 +130,55 @@ def read_record(
     return names, ENTRY.iter_unpack(memoryview(raw)[pos:end])
 
 
+@dataclass(frozen=True, slots=True)
+class RoundMarks:
+    """A round's marks as they go to Kafka, and as they were packed."""
+
+    # (partition, record value): one per partition (more only past MARKS_PER_RECORD).
+    records: list[tuple[int, bytes]]
+    # Each partition's marks as packed, in the round's order, for the marks store to
+    # hold once the round has landed (`MarkStore.put_entries`) without computing each
+    # mark's partition and digest again; None when the round forgets a key (a None
+    # mark), which the store must then be told key by key.
+    entries: dict[int, list[Entry]] | None
+
+
+def round_marks(
+    log_: MarksLog, marks: Iterable[tuple[str, Mark | None]], partitions: int
+) -> RoundMarks:
+    """A round's marks records, and its marks per partition as packed. A None mark
+    (nothing forgets marks this way any more) is not written."""
+    grouped: dict[int, list[Entry]] = {}
+    forgets = False
+    tenant_of = log_.tenant_of
+    for key, mark in marks:
+        if mark is None:
+            forgets = True
+            continue
+        partition = partition_for(tenant_of(key), partitions)
+        position = mark.position
+        expires = mark.expires
+        if not 0 <= expires <= NEVER:
+            expires = expiry_of(expires)
+        entry = (digest(key), position.tp, position.offset, expires)
+        group = grouped.get(partition)
+        if group is None:
+            group = grouped[partition] = []
+        group.append(entry)
+    records = [
+        (partition, pack_entries(entries[i : i + MARKS_PER_RECORD]))
+        for partition, entries in grouped.items()
+        for i in range(0, len(entries), MARKS_PER_RECORD)
+    ]
+    return RoundMarks(records, None if forgets else grouped)
+
+
 def marks_records(
     log_: MarksLog, marks: Iterable[tuple[str, Mark | None]], partitions: int
 ) -> list[tuple[int, bytes]]:
     """A round's marks as (partition, record value) pairs: one per partition (more
-    only past MARKS_PER_RECORD). A None mark (nothing forgets marks this way any
-    more) is skipped."""
-    grouped: dict[int, list[tuple[str, Mark]]] = {}
-    for key, mark in marks:
-        if mark is not None:
-            partition = partition_for(log_.tenant_of(key), partitions)
-            grouped.setdefault(partition, []).append((key, mark))
-    records = []
-    for partition, items in grouped.items():
-        for i in range(0, len(items), MARKS_PER_RECORD):
-            records.append((partition, pack_marks(items[i : i + MARKS_PER_RECORD])))
-    return records
+    only past MARKS_PER_RECORD). A None mark is skipped."""
+    return round_marks(log_, marks, partitions).records
 
 
 async def recover_marks(

@@ -94,19 +94,28 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         self.in_flight.update(layer)
         return layer
 
-    def settle(self, layer: dict[K, V | None]) -> None:
-        """That flush is in Kafka: write its values to the base."""
+    def settle(self, layer: dict[K, V | None], written: bool = False) -> None:
+        """That flush is in Kafka: write its values to the base. `written`: the caller
+        has written them already, in bulk (the flusher, into the marks store, from
+        what it packed for Kafka); only the layer leaves the reads' way."""
         if not self.flushing or self.flushing[0] is not layer:
             # A later batch's values would be overwritten by an earlier one's.
             raise RuntimeError("flushes settle in the order they were taken")
         self.flushing.pop(0)
         in_flight = self.in_flight
-        base = self.base
+        if not written:
+            base = self.base
+            for key, value in layer.items():
+                if value is not None:
+                    base[key] = value
+                elif key in base:
+                    del base[key]
+        if not self.flushing:
+            # The last layer in flight (a round's usual case): `in_flight` holds its
+            # keys and no other.
+            in_flight.clear()
+            return
         for key, value in layer.items():
-            if value is not None:
-                base[key] = value
-            elif key in base:
-                del base[key]
             # Unless a later layer in flight wrote the key again. (A tombstone is None,
             # which `get` also answers for a missing key.)
             if in_flight.get(key, _MISSING) is value:
