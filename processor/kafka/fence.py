@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from aiokafka.client import ConnectionGroup, CoordinationType
@@ -69,6 +69,7 @@ FENCED_CODES = frozenset(
     }
 )
 UNSTABLE_OFFSET_COMMIT = 88
+NOT_COORDINATOR_CODES = frozenset({15, 16})  # COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR
 # Answers worth the same request again, after a pause.
 RETRIABLE = (
     ConcurrentTransactions,
@@ -228,7 +229,7 @@ Member: TypeAlias = tuple[int, str]
 Identity = Callable[[Any], tuple[int, int]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class GroupFence:
     """Fences transactions by consumer group generation (module docstring)."""
 
@@ -238,13 +239,13 @@ class GroupFence:
     # The topics whose partitions hold a partition number's state (changelogs, marks).
     state_topics: tuple[str, ...]
     identity: Identity
+    _coordinators: _Coordinators = field(default_factory=lambda: _Coordinators(), init=False)
 
-    async def join(
-        self, producer: Any, transactional_id: str, member: Member, partitions: Iterable[int]
-    ) -> None:
-        """Enlist the group in `producer`'s open transaction, committing the fence
-        offsets of `partitions` as `member`. Raises GroupFenced if the group refuses."""
-        client = producer.client
+    async def enlist(self, producer: Any, transactional_id: str) -> None:
+        """Add the group to `producer`'s transaction (AddOffsetsToTxn). Done before the
+        transaction's records are sent: the coordinator answers a request that comes
+        while another of the transaction's is in progress with CONCURRENT_TRANSACTIONS,
+        and aiokafka waits 100 ms before it adds partitions again."""
         producer_id, epoch = self.identity(producer)
         add = AddOffsetsToTxnRequest(
             transactional_id=transactional_id,
@@ -253,12 +254,24 @@ class GroupFence:
             group_id=self.group_id,
         )
         while True:
-            response = await _ask(client, TRANSACTION, transactional_id, add)
+            response = await self._coordinators.ask(
+                producer.client, TRANSACTION, transactional_id, add
+            )
             # CONCURRENT_TRANSACTIONS while the broker still writes the last one's markers.
             if not _retriable(response.error_code):
                 _raise_for(response.error_code)
-                break
+                return
+            self._coordinators.answered(TRANSACTION, transactional_id, {response.error_code})
             await asyncio.sleep(RETRY_SECONDS)
+
+    async def commit(
+        self, producer: Any, transactional_id: str, member: Member, partitions: Iterable[int]
+    ) -> None:
+        """Commit the fence offsets of `partitions` in `producer`'s transaction, which
+        `enlist` added the group to, as `member` (TxnOffsetCommit v3). Raises
+        GroupFenced if the group refuses."""
+        client = producer.client
+        producer_id, epoch = self.identity(producer)
         generation, member_id = member
         topics: list[Any] = [
             (
@@ -279,7 +292,7 @@ class GroupFence:
             {},
         )
         while True:
-            response = await _ask(client, GROUP, self.group_id, commit)
+            response = await self._coordinators.ask(client, GROUP, self.group_id, commit)
             codes = {code for _t, parts, _ in response.topics for _p, code, _ in parts}
             if codes & FENCED_CODES:
                 raise GroupFenced(
@@ -287,6 +300,7 @@ class GroupFence:
                     f"member {member_id!r} (error codes {sorted(codes)})"
                 )
             if any(_retriable(code) for code in codes):
+                self._coordinators.answered(GROUP, self.group_id, codes)
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             for code in codes:
@@ -302,7 +316,7 @@ class GroupFence:
         client = producer.client
         fetch = StableOffsetFetch(self.group_id, [(self.topic, sorted(partitions), {})], True, {})
         while True:
-            response = await _ask(client, GROUP, self.group_id, fetch)
+            response = await self._coordinators.ask(client, GROUP, self.group_id, fetch)
             codes = {part[4] for _t, parts, _ in response.topics for part in parts} | {
                 response.error_code
             }
@@ -311,6 +325,7 @@ class GroupFence:
                 for code in codes:
                     _raise_for(code)
                 break
+            self._coordinators.answered(GROUP, self.group_id, codes)
             await asyncio.sleep(POLL_SECONDS)
         tps = [TopicPartition(t, p) for t in self.state_topics for p in sorted(partitions)]
         while True:
@@ -323,14 +338,30 @@ class GroupFence:
             await asyncio.sleep(POLL_SECONDS)
 
 
-async def _ask(client: Any, kind: int, key: str, request: Any) -> Any:
-    """`request` to the coordinator of `key`, again on a coordinator change."""
-    while True:
-        try:
-            node = await client.coordinator_lookup(kind, key)
-            return await client.send(node, request, group=ConnectionGroup.COORDINATION)
-        except RETRIABLE:
-            await asyncio.sleep(RETRY_SECONDS)
+class _Coordinators:
+    """The coordinator node of each (kind, key), looked up once and again only after
+    a request to it failed (a lookup per request would be a round trip more)."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[tuple[int, str], int] = {}
+
+    async def ask(self, client: Any, kind: int, key: str, request: Any) -> Any:
+        """`request` to the coordinator of `key`; again, after a pause, on a failure
+        to reach it."""
+        while True:
+            node = self._nodes.get((kind, key))
+            try:
+                if node is None:
+                    node = self._nodes[(kind, key)] = await client.coordinator_lookup(kind, key)
+                return await client.send(node, request, group=ConnectionGroup.COORDINATION)
+            except RETRIABLE:
+                self._nodes.pop((kind, key), None)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    def answered(self, kind: int, key: str, codes: set[int]) -> None:
+        """Forget the coordinator if it answered that it is not (or not yet) one."""
+        if codes & NOT_COORDINATOR_CODES:
+            self._nodes.pop((kind, key), None)
 
 
 def _retriable(code: int) -> bool:

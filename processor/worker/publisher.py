@@ -70,37 +70,47 @@ class _Sender:
                 else:
                     partition = partition_for_key(r.key, count)
             groups[(r.topic, partition)].append(r)
+        # aiokafka holds one batch per partition until it is sent, and sends one request
+        # at a time per broker: a partition's next batch waits a round trip. The
+        # partitions are handed over side by side, so a round waits for its longest
+        # partition, not for the sum of them (docs/performance.md, "One transaction a
+        # round").
+        handed = await asyncio.gather(
+            *(self._send_group(producer, tp, group) for tp, group in groups.items())
+        )
+        return [s for group_sent in handed for s in group_sent]
+
+    async def _send_group(
+        self, producer: Any, tp: tuple[str, int], group: list[Out]
+    ) -> list[_Sent]:
+        topic, partition = tp
         sent: list[_Sent] = []
-        for (topic, partition), group in groups.items():
-            batch = producer.create_batch()
-            members: list[Out] = []
-            for r in group:
-                headers = list(r.headers) if r.headers else []
-                if (
-                    batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
-                    is not None
-                ):
-                    members.append(r)
-                    continue
-                if batch.record_count():
-                    future = await producer.send_batch(batch, topic, partition=partition)
-                    sent.append(_Sent(future, members))
-                    batch, members = producer.create_batch(), []
-                if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
-                    # Larger than a whole batch: the producer sends it on its own.
-                    try:
-                        future = await producer.send(
-                            topic, r.value, key=r.key, partition=partition, headers=headers
-                        )
-                    except TOO_LARGE as exc:
-                        future = _failed(exc)
-                    sent.append(_Sent(future, [r]))
-                    batch = producer.create_batch()
-                else:
-                    members.append(r)
+        batch = producer.create_batch()
+        members: list[Out] = []
+        for r in group:
+            headers = list(r.headers) if r.headers else []
+            if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is not None:
+                members.append(r)
+                continue
             if batch.record_count():
                 future = await producer.send_batch(batch, topic, partition=partition)
                 sent.append(_Sent(future, members))
+                batch, members = producer.create_batch(), []
+            if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
+                # Larger than a whole batch: the producer sends it on its own.
+                try:
+                    future = await producer.send(
+                        topic, r.value, key=r.key, partition=partition, headers=headers
+                    )
+                except TOO_LARGE as exc:
+                    future = _failed(exc)
+                sent.append(_Sent(future, [r]))
+                batch = producer.create_batch()
+            else:
+                members.append(r)
+        if batch.record_count():
+            future = await producer.send_batch(batch, topic, partition=partition)
+            sent.append(_Sent(future, members))
         return sent
 
 
@@ -174,7 +184,9 @@ class KafkaPublisher:
 class Fence(Protocol):
     """What keeps a zombie's transactions out (processor/kafka/fence.py `GroupFence`)."""
 
-    async def join(
+    async def enlist(self, producer: Any, transactional_id: str) -> None: ...
+
+    async def commit(
         self, producer: Any, transactional_id: str, member: Member, partitions: Iterable[int]
     ) -> None: ...
 
@@ -322,12 +334,13 @@ class TransactionalPublisher:
         fallback: Fallback | None,
     ) -> dict[int, Out]:
         """Send `records` in the open transaction and commit the fence alongside."""
+        await self._fence.enlist(producer, self.transactional_id)
         sent = await self._sender.send(producer, records)
         # Both run to their end before the caller may abort the transaction: a fence
         # request after the abort would open another one on the broker.
         stand_ins, joined = await asyncio.gather(
             _stand_ins(sent, fallback),
-            self._fence.join(producer, self.transactional_id, self._member, partitions),
+            self._fence.commit(producer, self.transactional_id, self._member, partitions),
             return_exceptions=True,
         )
         for outcome in (stand_ins, joined):

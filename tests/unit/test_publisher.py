@@ -65,7 +65,10 @@ class FakeFence:
         self.log = log
         self.refuse = False
 
-    async def join(
+    async def enlist(self, producer: Any, transactional_id: str) -> None:
+        self.log.append(("fence", f"enlist {transactional_id}"))
+
+    async def commit(
         self, producer: Any, transactional_id: str, member: Member, partitions: Iterable[int]
     ) -> None:
         self.log.append(("fence", f"join {transactional_id} as {member} {sorted(partitions)}"))
@@ -107,7 +110,11 @@ async def test_a_round_is_one_transaction_over_every_partition_with_the_fence_jo
     sent = rig.of_producer()
     assert sent[0] == "begin" and sent[-1] == "commit" and sent.count("begin") == 1
     assert len([s for s in sent if s.startswith("send")]) == 2  # ledger and changelog
-    # Committed as the member the worker was when it was assigned the partitions.
+    # The group is in the transaction before any of its records is sent (a request of
+    # the transaction's meanwhile would be refused as concurrent), and the fence is
+    # committed as the member the worker was when it was assigned the partitions.
+    first_send = next(i for i, (_, what) in enumerate(rig.log) if what.startswith("send"))
+    assert rig.log.index(("fence", "enlist app-worker-w1")) < first_send
     assert ("fence", "join app-worker-w1 as (1, 'member-a') [0, 2]") in rig.log
 
 
