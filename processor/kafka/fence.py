@@ -70,6 +70,8 @@ FENCED_CODES = frozenset(
 )
 UNSTABLE_OFFSET_COMMIT = 88
 NOT_COORDINATOR_CODES = frozenset({15, 16})  # COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR
+LEADER_MOVED_CODES = frozenset({5, 6})  # LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER
+UNKNOWN_TOPIC_OR_PARTITION = 3
 # Answers worth the same request again, after a pause.
 RETRIABLE = (
     ConcurrentTransactions,
@@ -377,15 +379,29 @@ async def _end_offsets(
     client: Any, tps: list[TopicPartition], read_committed: bool
 ) -> dict[TopicPartition, int]:
     """The end offsets of `tps`: the last stable offset if `read_committed`, else the
-    log end (ListOffsets, latest, from each partition's leader)."""
+    log end (ListOffsets, latest, from each partition's leader). A partition of a topic
+    that does not exist (an older worker's) is left out: nothing is open on it."""
+    while True:
+        found, moved = await _ask_leaders(client, tps, read_committed)
+        if not moved:
+            return found
+        # A leader not (yet) known or moved, as for a topic just created.
+        await client.force_metadata_update()
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _ask_leaders(
+    client: Any, tps: list[TopicPartition], read_committed: bool
+) -> tuple[dict[TopicPartition, int], bool]:
     by_leader: dict[int, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
     if any(_leader(client, tp) is None for tp in tps):
         await client.force_metadata_update()
     for tp in tps:
         leader = _leader(client, tp)
-        if leader is not None:  # else no such topic (an older worker's), nothing open
+        if leader is not None:
             by_leader[leader][tp.topic].append((tp.partition, -1))
     found: dict[TopicPartition, int] = {}
+    moved = False
     for leader, topics in by_leader.items():
         request = OffsetRequest(-1, 1 if read_committed else 0, list(topics.items()))
         response = await client.send(leader, request)
@@ -393,9 +409,12 @@ async def _end_offsets(
             for part in parts:
                 # (partition, error code, timestamp, offset[, leader epoch])
                 partition, code, offset = part[0], part[1], part[3]
-                _raise_for(code)
-                found[TopicPartition(topic, partition)] = offset
-    return found
+                if code in LEADER_MOVED_CODES:
+                    moved = True
+                elif code != UNKNOWN_TOPIC_OR_PARTITION:
+                    _raise_for(code)
+                    found[TopicPartition(topic, partition)] = offset
+    return found, moved
 
 
 def _leader(client: Any, tp: TopicPartition) -> int | None:

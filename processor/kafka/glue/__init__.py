@@ -74,6 +74,7 @@ __all__ = [
     "app_tasks",
     "close_http_client",
     "committed_offsets",
+    "consumer_member",
     "crash",
     "enabled_blueprints",
     "fetch_metadata",
@@ -235,7 +236,12 @@ def enabled_blueprints(web: Any) -> list[tuple[str, Any]]:
 
 def group_member(app: AppT) -> tuple[int, str]:
     """The group generation and member id of `app`'s consumer, as aiokafka last joined."""
-    coordinator = app.consumer.thread._ensure_consumer()._coordinator  # type: ignore[attr-defined]
+    return consumer_member(app.consumer.thread._ensure_consumer())  # type: ignore[attr-defined]
+
+
+def consumer_member(consumer: AIOKafkaConsumer) -> tuple[int, str]:
+    """The group generation and member id of an aiokafka consumer, as it last joined."""
+    coordinator = consumer._coordinator
     return int(coordinator.generation), str(coordinator.member_id)
 
 
