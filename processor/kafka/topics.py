@@ -42,16 +42,11 @@ class TopicNames:
     # Added: the dedupe marks, one record per partition per round (processor/worker/
     # marks_log.py); by default named like the changelogs: `<app id>-dedupe-marks`.
     dedupe_marks: str = ""
-    # Added: the group fence (processor/kafka/fence.py), never written: each transaction
-    # commits offset 0 of its partitions as the worker's group member. `<app id>-fence`.
-    fence: str = ""
 
     def __post_init__(self) -> None:
-        app_id = self.accounts_changelog.removesuffix("-accounts-changelog")
         if not self.dedupe_marks:
+            app_id = self.accounts_changelog.removesuffix("-accounts-changelog")
             object.__setattr__(self, "dedupe_marks", f"{app_id}-dedupe-marks")
-        if not self.fence:
-            object.__setattr__(self, "fence", f"{app_id}-fence")
 
     @classmethod
     def from_settings(cls, cfg: s.Settings) -> TopicNames:
@@ -71,7 +66,6 @@ class TopicNames:
             dedupe_changelog=f"{cfg.app_id}-dedupe-changelog",
             command_results=cfg.topic(s.COMMAND_RESULTS),
             dedupe_marks=f"{cfg.app_id}-dedupe-marks",
-            fence=f"{cfg.app_id}-fence",
         )
 
     @property
@@ -95,7 +89,7 @@ class TopicNames:
         return (self.accounts_changelog,)
 
     def all(self) -> tuple[str, ...]:
-        return self.inputs + self.outputs + self.changelogs + (self.dedupe_marks, self.fence)
+        return self.inputs + self.outputs + self.changelogs + (self.dedupe_marks,)
 
 
 class TopicLayoutError(RuntimeError):
@@ -127,9 +121,6 @@ def marks_retention_ms(dedupe_days: float, max_future_seconds: float) -> int:
     return int((dedupe_days * 86_400 + max_future_seconds + 86_400) * 1000)
 
 
-FENCE_RETENTION_MS = 3_600_000
-
-
 def creation_configs(
     names: TopicNames,
     ledger_retention_ms: int,
@@ -155,8 +146,6 @@ def creation_configs(
         "cleanup.policy": "delete",
         "retention.ms": str(marks_retention),
     }
-    # Never written (its committed offsets are the group fence's): nothing to keep.
-    configs[names.fence] = {"cleanup.policy": "delete", "retention.ms": str(FENCE_RETENTION_MS)}
     # The latest settings per tenant, read whole by every notifier: kept by compaction.
     configs[names.notification_settings] = {"cleanup.policy": "compact"}
     if input_retention_ms is not None:

@@ -139,7 +139,7 @@ UNOWNED_DROPPED = Counter(
 )
 TRANSACTIONS = Counter(
     "meter_transactions_total",
-    "Kafka transactions committed by the flusher (one per round).",
+    "Kafka transactions committed by the flusher (one per partition number per round).",
     registry=REGISTRY,
 )
 MARKS_FORGOTTEN = Counter(

@@ -27,7 +27,6 @@ from processor.http.accounts import AccountAPI
 from processor.kafka import glue
 from processor.kafka import options as kafka_options
 from processor.kafka.changelog import ChangelogReader
-from processor.kafka.fence import GroupFence
 from processor.kafka.topics import TopicNames
 from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
@@ -35,7 +34,6 @@ from processor.worker import store, web
 from processor.worker.codec import dump_stored
 from processor.worker.faust_app import faust_app, record_of, register_codecs
 from processor.worker.flusher import Deliveries
-from processor.worker.identity import WorkerIdentity
 from processor.worker.intake import minimal_rejection
 from processor.worker.marks import MarkStore
 from processor.worker.marks_log import MarksLog
@@ -129,34 +127,21 @@ class Meter:
         self.marks = MarkStore(partitions)
         self.tally = AccountTally()
         glue.use_codecs(self.accounts, "meter-str", "meter-account")
-        # Each round's records go out in one Kafka transaction (processor/worker/
-        # publisher.py), fenced by the consumer group (processor/kafka/fence.py); the
-        # stores wait, before they read a partition's changelog, until no transaction
-        # that could still write it is open.
+        # Each round's records go out in one Kafka transaction per partition number
+        # (processor/worker/publisher.py); the stores start a partition's producer, fencing
+        # its earlier owner, before they read its changelog.
         client_options = kafka_options.kafka_client_options(cfg)
-        self.identity = WorkerIdentity(cfg.data_dir)
         self.publisher = TransactionalPublisher(
-            f"{cfg.app_id}-worker-{self.identity.value}",
+            cfg.app_id,
             lambda transactional_id: AIOKafkaProducer(
                 bootstrap_servers=broker.bootstrap,
                 transactional_id=transactional_id,
                 # Kafka Streams' default under exactly-once: a worker killed with a
                 # transaction open holds read_committed consumers back this long at most
-                # (its own restart aborts it at once; another worker waits it out).
+                # (its successor's producer aborts it at once).
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                 **client_options,
             ),
-            GroupFence(
-                self.app.conf.id,
-                self.names.fence,
-                (
-                    self.names.accounts_changelog,
-                    self.names.dedupe_marks,
-                    self.names.dedupe_changelog,
-                ),
-                glue.producer_identity,
-            ),
-            functools.partial(glue.group_member, self.app),
             # A lone output the broker refuses as too large becomes a minimal rejection.
             fallback=functools.partial(minimal_rejection, self.names, clock),
         )
@@ -177,7 +162,6 @@ class Meter:
         @self.app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def _stop_producers(sender: Any, **kwargs: Any) -> None:
             await self.publisher.stop()
-            self.identity.release()
 
         @self.app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def _release_producers(sender: Any, revoked: Any, **kwargs: Any) -> None:

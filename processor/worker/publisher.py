@@ -5,8 +5,8 @@ record; a batch of outputs instead goes out as one aiokafka record batch per
 partition (`create_batch`/`send_batch`), and the caller waits once for all of them.
 
 The worker publishes through `TransactionalPublisher`: each round's records go out in
-one Kafka transaction (docs/guarantees.md), so a consumer reading `read_committed` sees
-a batch's outputs and state together or not at all.
+one Kafka transaction per partition number (docs/guarantees.md), so a consumer reading
+`read_committed` sees a batch's outputs and state together or not at all.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka.errors import (
     MessageSizeTooLargeError,
@@ -26,7 +26,6 @@ from aiokafka.errors import (
 )
 from aiokafka.producer import sender as aiokafka_sender
 
-from processor.kafka.fence import Member
 from processor.kafka.routing import partition_for_key
 from processor.observability import metrics
 from processor.worker.records import Out
@@ -70,47 +69,37 @@ class _Sender:
                 else:
                     partition = partition_for_key(r.key, count)
             groups[(r.topic, partition)].append(r)
-        # aiokafka holds one batch per partition until it is sent, and sends one request
-        # at a time per broker: a partition's next batch waits a round trip. The
-        # partitions are handed over side by side, so a round waits for its longest
-        # partition, not for the sum of them (docs/performance.md, "One transaction a
-        # round").
-        handed = await asyncio.gather(
-            *(self._send_group(producer, tp, group) for tp, group in groups.items())
-        )
-        return [s for group_sent in handed for s in group_sent]
-
-    async def _send_group(
-        self, producer: Any, tp: tuple[str, int], group: list[Out]
-    ) -> list[_Sent]:
-        topic, partition = tp
         sent: list[_Sent] = []
-        batch = producer.create_batch()
-        members: list[Out] = []
-        for r in group:
-            headers = list(r.headers) if r.headers else []
-            if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is not None:
-                members.append(r)
-                continue
+        for (topic, partition), group in groups.items():
+            batch = producer.create_batch()
+            members: list[Out] = []
+            for r in group:
+                headers = list(r.headers) if r.headers else []
+                if (
+                    batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+                    is not None
+                ):
+                    members.append(r)
+                    continue
+                if batch.record_count():
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    sent.append(_Sent(future, members))
+                    batch, members = producer.create_batch(), []
+                if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
+                    # Larger than a whole batch: the producer sends it on its own.
+                    try:
+                        future = await producer.send(
+                            topic, r.value, key=r.key, partition=partition, headers=headers
+                        )
+                    except TOO_LARGE as exc:
+                        future = _failed(exc)
+                    sent.append(_Sent(future, [r]))
+                    batch = producer.create_batch()
+                else:
+                    members.append(r)
             if batch.record_count():
                 future = await producer.send_batch(batch, topic, partition=partition)
                 sent.append(_Sent(future, members))
-                batch, members = producer.create_batch(), []
-            if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
-                # Larger than a whole batch: the producer sends it on its own.
-                try:
-                    future = await producer.send(
-                        topic, r.value, key=r.key, partition=partition, headers=headers
-                    )
-                except TOO_LARGE as exc:
-                    future = _failed(exc)
-                sent.append(_Sent(future, [r]))
-                batch = producer.create_batch()
-            else:
-                members.append(r)
-        if batch.record_count():
-            future = await producer.send_batch(batch, topic, partition=partition)
-            sent.append(_Sent(future, members))
         return sent
 
 
@@ -181,55 +170,35 @@ class KafkaPublisher:
             await _stand_ins(await self._sender.send(self._producer(), stand_ins.values()), None)
 
 
-class Fence(Protocol):
-    """What keeps a zombie's transactions out (processor/kafka/fence.py `GroupFence`)."""
-
-    async def enlist(self, producer: Any, transactional_id: str) -> None: ...
-
-    async def commit(
-        self, producer: Any, transactional_id: str, member: Member, partitions: Iterable[int]
-    ) -> None: ...
-
-    async def settled(self, producer: Any, partitions: set[int]) -> None: ...
-
-
 class TransactionalPublisher:
-    """`Publisher` that commits each round in one Kafka transaction.
+    """`Publisher` that commits each round in one transaction per partition number.
 
-    The worker has one transactional producer, whose id stays the worker's across its
-    restarts (a restart fences its previous self and aborts what it left open). A
-    round's records all go out in one transaction, whatever their partition numbers,
-    and the transaction commits the group fence (processor/kafka/fence.py) as the group
-    member this worker was when it was assigned those partitions: the group refuses a
-    worker it has since moved on from (a zombie), which then aborts and fails. A worker
-    assigned partitions waits until no transaction that could still commit state for
-    them is open (`Fence.settled`) before its stores read that state.
+    A tenant's records all come from, and all its state goes to, one partition number
+    p (the input topics, the re-route and timer topics and the changelogs are
+    co-partitioned), so p's transaction holds everything its records caused: outputs,
+    re-routes, rejections and the account values and marks. Each p has its own
+    producer, with the transactional id `<app id>-p<p>`: a worker that is assigned p
+    starts that producer before it reads p's changelog, which fences any earlier
+    owner (a zombie) and aborts whatever transaction it left open, so nothing the
+    zombie writes afterwards is ever committed (Kafka's epoch fencing).
     """
 
     atomic = True
 
     def __init__(
         self,
-        transactional_id: str,
+        app_id: str,
         make_producer: Callable[[str], Any],
-        fence: Fence,
-        member: Callable[[], Member],
         fallback: Fallback | None = None,
-        before_commit: Callable[[frozenset[int]], Awaitable[None]] | None = None,
+        before_commit: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.fallback = fallback
         aiokafka_sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_SECONDS
-        self.transactional_id = transactional_id
+        self._app_id = app_id
         self._make_producer = make_producer
-        self._fence = fence
-        self._member_now = member
-        self._producer: Any = None
+        self._producers: dict[int, Any] = {}
         self._sender = _Sender()
-        # The partition numbers this worker owns, and the group member it was assigned
-        # them as: the transactions commit the fence as that member.
-        self._owned: frozenset[int] = frozenset()
-        self._member: Member = (-1, "")
-        # Serialises rounds and re-assignments: no round runs across an assignment.
+        # Serialises rounds and re-assignments: a producer is never stopped mid-round.
         self._lock = asyncio.Lock()
         # The rebalance generation and partitions of the last assignment: every table's
         # store asks for the same one, and it is carried out once.
@@ -237,114 +206,92 @@ class TransactionalPublisher:
         # A test's hook between a transaction's sends and its commit (a crash there).
         self._before_commit = before_commit
 
+    def transactional_id(self, partition: int) -> str:
+        return f"{self._app_id}-p{partition}"
+
     @property
     def partitions(self) -> frozenset[int]:
-        return self._owned
+        return frozenset(self._producers)
 
     async def assign(self, partitions: Iterable[int], generation: int | None = None) -> None:
-        """Own exactly these partition numbers, once no transaction that could still
-        commit their state is open.
+        """Own exactly these partition numbers, each with a newly started producer.
 
-        Each new assignment starts the producer anew: if this worker was a zombie, the
-        broker may have aborted its open transaction and fenced the producer meanwhile.
+        A partition kept through the rebalance gets a new producer too: if this worker
+        was a zombie, another took the partition over in between and fenced the old
+        one, which could never commit again.
         """
         wanted = frozenset(partitions)
         async with self._lock:
             if generation is not None and self._assigned == (generation, wanted):
                 return
             self._assigned = None if generation is None else (generation, wanted)
-            self._owned = frozenset()
-            await self._stop_producer()
-            producer = self._make_producer(self.transactional_id)
-            # InitProducerId: aborts what an earlier run under this id left open.
-            await producer.start()
-            self._producer = producer
-            await self._fence.settled(producer, set(wanted))
-            self._member = self._member_now()
-            self._owned = wanted
+            for p in sorted(self._producers):
+                with contextlib.suppress(Exception):  # a fenced producer may refuse
+                    await self._producers.pop(p).stop()
+            for p in sorted(wanted):
+                producer = self._make_producer(self.transactional_id(p))
+                # InitProducerId: bumps the epoch of this transactional id, fencing the
+                # previous owner, and waits until its open transaction is aborted.
+                await producer.start()
+                self._producers[p] = producer
 
     async def release(self, partitions: Iterable[int]) -> None:
-        """Stop producing for these partitions (a revoke): a round in flight ends first,
-        and records staged for them afterwards are not produced."""
+        """Stop these partitions' producers (a revoke): a round in flight ends first,
+        and records staged for them afterwards are not produced, so the next owner's
+        producer never fences a transaction of ours in the middle."""
         async with self._lock:
-            self._owned = self._owned - frozenset(partitions)
+            for p in sorted(set(partitions) & set(self._producers)):
+                with contextlib.suppress(Exception):
+                    await self._producers.pop(p).stop()
             self._assigned = None
 
     async def stop(self) -> None:
-        async with self._lock:
-            self._owned = frozenset()
-            self._assigned = None
-            await self._stop_producer()
-
-    async def _stop_producer(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):  # a fenced producer may refuse
-                await producer.stop()
+        await self.assign(())
 
     async def publish(self, records: Sequence[Out]) -> None:
+        groups: dict[int, list[Out]] = defaultdict(list)
+        for r in records:
+            groups[r.owner].append(r)
         async with self._lock:
-            owned = self._owned
-            mine = [r for r in records if r.owner in owned]
-            if len(mine) < len(records):
-                self._drop([r for r in records if r.owner not in owned])
-            if mine:
-                # Raises the first failure; the caller treats the whole round as failed.
-                await self._commit(mine)
+            # Raises the first failure; the caller treats the whole round as failed.
+            await asyncio.gather(*(self._commit(p, group) for p, group in groups.items()))
 
-    def _drop(self, records: list[Out]) -> None:
-        # Not (or no longer) ours: their new owner does this work again. What reaches
-        # here is a timer's tick staged before a rebalance moved its partition; input
-        # records are flushed before a revoke.
-        log.warning(
-            "dropped %d records for partitions %s, which this worker no longer owns",
-            len(records),
-            sorted({r.owner for r in records}),
-        )
-        metrics.UNOWNED_DROPPED.inc(len(records))
-
-    async def _commit(self, records: list[Out]) -> None:
-        producer = self._producer
-        partitions = frozenset(r.owner for r in records)
+    async def _commit(self, partition: int, records: list[Out]) -> None:
+        producer = self._producers.get(partition)
+        if producer is None:
+            # Not (or no longer) ours: its new owner does this work again, and a
+            # transaction under its id from here would fence that owner. What reaches
+            # here is a timer's tick or a forgotten mark's tombstone staged before a
+            # rebalance moved the partition; input records are flushed before a revoke.
+            log.warning(
+                "dropped %d records for partition %d, which this worker no longer owns",
+                len(records),
+                partition,
+            )
+            metrics.UNOWNED_DROPPED.inc(len(records))
+            return
         await producer.begin_transaction()
+        sent = await self._sender.send(producer, records)
         try:
-            stand_ins = await self._send(producer, records, partitions, self.fallback)
-            if stand_ins:
-                # A record the broker refused for its size leaves the transaction to be
-                # aborted; the round goes again with minimal rejections in its place,
-                # and fails if one of those is refused in turn.
-                await producer.abort_transaction()
-                await producer.begin_transaction()
-                again = [stand_ins.get(id(r), r) for r in records]
-                await self._send(producer, again, partitions, None)
+            stand_ins = await _stand_ins(sent, self.fallback)
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
             raise
+        if stand_ins:
+            # A record the broker refused for its size leaves the transaction to be
+            # aborted; the round goes again with minimal rejections in its place, and
+            # fails if one of those is refused in turn.
+            await producer.abort_transaction()
+            await producer.begin_transaction()
+            again = [stand_ins.get(id(r), r) for r in records]
+            try:
+                await _stand_ins(await self._sender.send(producer, again), None)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.abort_transaction()
+                raise
         if self._before_commit is not None:
-            await self._before_commit(partitions)
+            await self._before_commit(partition)
         await producer.commit_transaction()
         metrics.TRANSACTIONS.inc()
-
-    async def _send(
-        self,
-        producer: Any,
-        records: list[Out],
-        partitions: frozenset[int],
-        fallback: Fallback | None,
-    ) -> dict[int, Out]:
-        """Send `records` in the open transaction and commit the fence alongside."""
-        await self._fence.enlist(producer, self.transactional_id)
-        sent = await self._sender.send(producer, records)
-        # Both run to their end before the caller may abort the transaction: a fence
-        # request after the abort would open another one on the broker.
-        stand_ins, joined = await asyncio.gather(
-            _stand_ins(sent, fallback),
-            self._fence.commit(producer, self.transactional_id, self._member, partitions),
-            return_exceptions=True,
-        )
-        for outcome in (stand_ins, joined):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert isinstance(stand_ins, dict)
-        return stand_ins

@@ -28,8 +28,6 @@ from processor.core.dedupe import DedupeWindow, dedupe_tenant
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.core.stored import StoredAccount
-from processor.kafka import glue
-from processor.kafka.fence import GroupFence
 from processor.kafka.topics import TopicNames
 from processor.ops.reconcile import check_histories, read_topic
 from processor.worker.codec import dump_stored, load_stored
@@ -155,7 +153,7 @@ async def names(kafka: Any, topic_name: Callable[..., str]) -> TopicNames:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
     try:
-        topics = [*names.outputs, *names.changelogs, names.dedupe_marks, names.fence]
+        topics = [*names.outputs, *names.changelogs, names.dedupe_marks]
         await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
     finally:
         await admin.close()
@@ -191,29 +189,16 @@ async def test_transactional_outputs_show_one_history(kafka: Any, names: TopicNa
             bootstrap_servers=kafka.bootstrap, transactional_id=transactional_id
         )
 
-    async def crash(partitions: frozenset[int]) -> None:
-        raise Crashed(f"before committing the transaction of partitions {sorted(partitions)}")
+    async def crash(partition: int) -> None:
+        raise Crashed(f"before committing partition {partition}'s transaction")
 
-    def publisher(**hooks: Any) -> TransactionalPublisher:
-        # The same worker before and after its restart: the same transactional id.
-        # Not a group member here (generation -1): the group accepts its fence as is.
-        fence = GroupFence(
-            app_id,
-            names.fence,
-            (names.accounts_changelog, names.dedupe_marks),
-            glue.producer_identity,
-        )
-        return TransactionalPublisher(
-            f"{app_id}-worker-w0", producer, fence, lambda: (-1, ""), **hooks
-        )
-
-    crashed = publisher(before_commit=crash)
+    crashed = TransactionalPublisher(app_id, producer, before_commit=crash)
     await crashed.assign({0})
-    replaying = publisher()
+    replaying = TransactionalPublisher(app_id, producer)
 
     async def restarted() -> Publisher:
-        # The restarted worker's producer fences the dead one's and aborts the
-        # transaction it left open.
+        # The restarted worker's producer for partition 0 fences the dead one's and
+        # aborts the transaction it left open.
         await replaying.assign({0})
         return replaying
 

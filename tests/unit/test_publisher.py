@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
-from processor.kafka.fence import GroupFenced, Member
 from processor.worker.publisher import TransactionalPublisher
 from processor.worker.records import Out
 
@@ -54,120 +52,57 @@ class FakeProducer:
     async def commit_transaction(self) -> None:
         self.log.append((self.id, "commit"))
 
-    async def abort_transaction(self) -> None:
-        self.log.append((self.id, "abort"))
+
+def rig() -> tuple[TransactionalPublisher, list[tuple[str, str]]]:
+    log: list[tuple[str, str]] = []
+    return TransactionalPublisher("app", lambda tid: FakeProducer(tid, log)), log
 
 
-class FakeFence:
-    """Records what the publisher asks of the group fence; `refuse` fails a join."""
-
-    def __init__(self, log: list[tuple[str, str]]) -> None:
-        self.log = log
-        self.refuse = False
-
-    async def enlist(self, producer: Any, transactional_id: str) -> None:
-        self.log.append(("fence", f"enlist {transactional_id}"))
-
-    async def commit(
-        self, producer: Any, transactional_id: str, member: Member, partitions: Iterable[int]
-    ) -> None:
-        self.log.append(("fence", f"join {transactional_id} as {member} {sorted(partitions)}"))
-        if self.refuse:
-            raise GroupFenced("refused")
-
-    async def settled(self, producer: Any, partitions: set[int]) -> None:
-        self.log.append(("fence", f"settled {sorted(partitions)}"))
-
-
-class Rig:
-    def __init__(self, before_commit: Any = None) -> None:
-        self.log: list[tuple[str, str]] = []
-        self.fence = FakeFence(self.log)
-        self.generation = 1
-        self.pub = TransactionalPublisher(
-            "app-worker-w1",
-            lambda tid: FakeProducer(tid, self.log),
-            self.fence,
-            lambda: (self.generation, "member-a"),
-            before_commit=before_commit,
-        )
-
-    def of_producer(self) -> list[str]:
-        return [what for who, what in self.log if who == "app-worker-w1"]
-
-
-async def test_a_round_is_one_transaction_over_every_partition_with_the_fence_joined() -> None:
-    rig = Rig()
-    await rig.pub.assign({0, 2}, generation=1)
-    rig.log.clear()
-    await rig.pub.publish(
+async def test_each_partition_number_commits_its_own_records_in_one_transaction() -> None:
+    pub, log = rig()
+    await pub.assign({0, 2}, generation=1)
+    log.clear()
+    await pub.publish(
         [
             Out("ledger", b"a", b"1", owner=0),
             Out("changelog", b"a", b"2", partition=0, state=True, owner=0),
             Out("ledger", b"b", b"3", owner=2),
         ]
     )
-    sent = rig.of_producer()
-    assert sent[0] == "begin" and sent[-1] == "commit" and sent.count("begin") == 1
-    assert len([s for s in sent if s.startswith("send")]) == 2  # ledger and changelog
-    # The group is in the transaction before any of its records is sent (a request of
-    # the transaction's meanwhile would be refused as concurrent), and the fence is
-    # committed as the member the worker was when it was assigned the partitions.
-    first_send = next(i for i, (_, what) in enumerate(rig.log) if what.startswith("send"))
-    assert rig.log.index(("fence", "enlist app-worker-w1")) < first_send
-    assert ("fence", "join app-worker-w1 as (1, 'member-a') [0, 2]") in rig.log
+    p0 = [what for tid, what in log if tid == "app-p0"]
+    assert p0[0] == "begin" and p0[-1] == "commit" and len(p0) == 4
+    assert [what for tid, what in log if tid == "app-p2"][::2] == ["begin", "commit"]
 
 
 async def test_records_of_a_partition_not_owned_are_not_produced() -> None:
-    rig = Rig()
-    await rig.pub.assign({0}, generation=1)
-    rig.log.clear()
-    await rig.pub.publish([Out("timer", b"t", b"tick", owner=3)])
-    assert rig.log == []
-    await rig.pub.publish(
-        [Out("timer", b"t", b"tick", owner=3), Out("ledger", b"a", b"1", owner=0)]
-    )
-    assert ("fence", "join app-worker-w1 as (1, 'member-a') [0]") in rig.log
+    pub, log = rig()
+    await pub.assign({0}, generation=1)
+    log.clear()
+    await pub.publish([Out("timer", b"t", b"tick", owner=3)])
+    assert log == []
 
 
-async def test_an_assignment_waits_for_open_transactions_once_per_generation() -> None:
-    rig = Rig()
-    await rig.pub.assign({0, 1}, generation=1)
-    await rig.pub.assign({0, 1}, generation=1)  # the second table's store: nothing again
-    assert rig.log == [("app-worker-w1", "start"), ("fence", "settled [0, 1]")]
-    rig.log.clear()
-    # A new generation: the producer is started anew (this worker may have been a
-    # zombie whose producer the broker fenced), and the new member is remembered.
-    rig.generation = 2
-    await rig.pub.assign({1}, generation=2)
-    assert rig.log == [
-        ("app-worker-w1", "stop"),
-        ("app-worker-w1", "start"),
-        ("fence", "settled [1]"),
-    ]
-    assert rig.pub.partitions == frozenset({1})
-    await rig.pub.publish([Out("ledger", b"a", b"1", owner=1)])
-    assert ("fence", "join app-worker-w1 as (2, 'member-a') [1]") in rig.log
+async def test_every_assignment_starts_fresh_producers_once_per_generation() -> None:
+    pub, log = rig()
+    await pub.assign({0, 1}, generation=1)
+    await pub.assign({0, 1}, generation=1)  # the second table's store: nothing again
+    assert log == [("app-p0", "start"), ("app-p1", "start")]
+    log.clear()
+    # A new generation: even a kept partition's producer is started anew, since a
+    # successor may have fenced it meanwhile (this worker was a zombie).
+    await pub.assign({1}, generation=2)
+    assert log == [("app-p0", "stop"), ("app-p1", "stop"), ("app-p1", "start")]
+    assert pub.partitions == frozenset({1})
 
 
 async def test_a_failing_commit_fails_the_publish() -> None:
-    async def crash(partitions: frozenset[int]) -> None:
-        raise RuntimeError(f"crashed before committing {sorted(partitions)}")
+    async def crash(partition: int) -> None:
+        raise RuntimeError(f"fenced on {partition}")
 
-    rig = Rig(before_commit=crash)
-    await rig.pub.assign({0})
-    with pytest.raises(RuntimeError, match=r"committing \[0\]"):
-        await rig.pub.publish([Out("ledger", b"a", b"1", owner=0)])
-
-
-async def test_a_transaction_the_group_refuses_is_aborted_and_fails_the_publish() -> None:
-    rig = Rig()
-    await rig.pub.assign({0}, generation=1)
-    rig.fence.refuse = True
-    with pytest.raises(GroupFenced):
-        await rig.pub.publish([Out("ledger", b"a", b"1", owner=0)])
-    sent = rig.of_producer()
-    assert sent[-1] == "abort" and "commit" not in sent
+    pub = TransactionalPublisher("app", lambda tid: FakeProducer(tid, []), before_commit=crash)
+    await pub.assign({0})
+    with pytest.raises(RuntimeError, match="fenced on 0"):
+        await pub.publish([Out("ledger", b"a", b"1", owner=0)])
 
 
 def test_the_transaction_retry_backoff_aiokafka_hides_is_still_where_we_set_it() -> None:
@@ -175,18 +110,17 @@ def test_the_transaction_retry_backoff_aiokafka_hides_is_still_where_we_set_it()
 
     # A moved or renamed constant would leave every round paying aiokafka's 20 ms.
     assert isinstance(sender.BACKOFF_OVERRIDE, float)
-    Rig()
+    rig()
     assert sender.BACKOFF_OVERRIDE == 0.002
 
 
-async def test_a_revoke_stops_producing_for_it_and_the_next_assignment_owns_it_again() -> None:
-    rig = Rig()
-    await rig.pub.assign({0, 1}, generation=1)
-    await rig.pub.release({1})
-    assert rig.pub.partitions == frozenset({0})
-    rig.log.clear()
-    await rig.pub.publish([Out("timer", b"t", b"tick", owner=1)])  # staged before the revoke
-    assert rig.log == []
-    await rig.pub.assign({0, 1}, generation=2)
-    assert rig.pub.partitions == frozenset({0, 1})
-    assert ("fence", "settled [0, 1]") in rig.log
+async def test_a_revoke_stops_its_producers_and_the_next_assignment_starts_them_again() -> None:
+    pub, log = rig()
+    await pub.assign({0, 1}, generation=1)
+    await pub.release({1})
+    assert pub.partitions == frozenset({0})
+    log.clear()
+    await pub.publish([Out("timer", b"t", b"tick", owner=1)])  # staged before the revoke
+    assert log == []
+    await pub.assign({0, 1}, generation=2)
+    assert ("app-p1", "start") in log

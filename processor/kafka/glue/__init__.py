@@ -22,9 +22,6 @@ What the worker needs from the libraries' insides, and why:
   the worker's loop, with mode's thread service started and stopped as a plain one.
 - Faust's app: its HTTP client, closed by tests that never start the app; the tasks and
   timers it starts with, and the blueprints its web server serves (tests check them).
-- The group member the worker's consumer is (generation, member id) and its
-  transactional producer's id and epoch: the group fence's requests carry them
-  (processor/kafka/fence.py), which aiokafka 0.14 has no API for.
 - A Faust table's changelog topic, built again once the table's serializers are set
   (`use_codecs`); mode's crash of a service (`crash`); aiokafka's cluster
   metadata (`fetch_metadata`); the table manager's recovery, absent from its type.
@@ -43,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from faust.tables.base import Collection
 from faust.transport.consumer import Consumer as FaustBaseConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -74,12 +71,9 @@ __all__ = [
     "app_tasks",
     "close_http_client",
     "committed_offsets",
-    "consumer_member",
     "crash",
     "enabled_blueprints",
     "fetch_metadata",
-    "group_member",
-    "producer_identity",
     "recovery_of",
     "set_consumer_state",
     "use_codecs",
@@ -161,10 +155,6 @@ REACHES: tuple[Reach, ...] = (
     Reach(AIOKafkaConsumer, "_isolation_level", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_fetcher", "attribute", "its seeks are counted", set_in="start"),
     Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata (partitions of a topic)"),
-    Reach(
-        AIOKafkaConsumer, "_coordinator", "attribute", "the group fence's member", set_in="start"
-    ),
-    Reach(AIOKafkaProducer, "_txn_manager", "attribute", "the group fence's producer id, epoch"),
     # Faust's app and web server (tests end apps they never started, and check them).
     Reach(faust.App, "_maybe_close_http_client", "method", "close its HTTP client", _SELF),
     Reach(faust.App, "_app_tasks", "attribute", "the tasks and timers it starts with"),
@@ -232,20 +222,3 @@ def app_tasks(app: faust.App) -> list[Callable[[], Awaitable[Any]]]:
 def enabled_blueprints(web: Any) -> list[tuple[str, Any]]:
     """The (URL prefix, blueprint) pairs Faust's web server serves."""
     return list(web._enabled_blueprints())
-
-
-def group_member(app: AppT) -> tuple[int, str]:
-    """The group generation and member id of `app`'s consumer, as aiokafka last joined."""
-    return consumer_member(app.consumer.thread._ensure_consumer())  # type: ignore[attr-defined]
-
-
-def consumer_member(consumer: AIOKafkaConsumer) -> tuple[int, str]:
-    """The group generation and member id of an aiokafka consumer, as it last joined."""
-    coordinator = consumer._coordinator
-    return int(coordinator.generation), str(coordinator.member_id)
-
-
-def producer_identity(producer: AIOKafkaProducer) -> tuple[int, int]:
-    """A transactional producer's producer id and epoch (its transaction manager's)."""
-    manager = producer._txn_manager
-    return int(manager.producer_id), int(manager.producer_epoch)
