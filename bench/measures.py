@@ -334,6 +334,42 @@ async def latency(
     )
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    """CPU seconds used so far by the worker's and the broker's process trees, by this
+    process alone, and the machine's (busy, all) seconds: `cores_between` two marks."""
+
+    worker: float
+    broker: float
+    bench: float
+    machine: tuple[float, float]
+    at: float
+
+
+def cpu_mark(worker_pid: int, broker_pid: int) -> CpuMark:
+    return CpuMark(
+        procstat.cpu_seconds(worker_pid),
+        procstat.cpu_seconds(broker_pid),
+        time.process_time(),
+        procstat.machine_busy_seconds(),
+        time.perf_counter(),
+    )
+
+
+def cores_between(before: CpuMark, after: CpuMark) -> dict[str, float]:
+    """The cores each used on average between the two marks (the worker's, the
+    broker's, the bench's own), and the machine's busy share."""
+    seconds = max(after.at - before.at, 1e-9)
+    busy = after.machine[0] - before.machine[0]
+    every = max(after.machine[1] - before.machine[1], 1e-9)
+    return {
+        "worker_cores": round((after.worker - before.worker) / seconds, 2),
+        "broker_cores": round((after.broker - before.broker) / seconds, 2),
+        "bench_cores": round((after.bench - before.bench) / seconds, 2),
+        "machine_busy": round(busy / every, 2),
+    }
+
+
 def _split(
     sent: dict[str, float],
     sent_wall: dict[str, float],
