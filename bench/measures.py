@@ -157,7 +157,7 @@ async def drain(
         broker_cpu_seconds_per_1000=None
         if broker_pid is None
         else (broker1 - broker0) / measured * 1000,
-        machine_busy=(machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1e-9),
+        machine_busy=procstat.busy_share(machine0, machine1),
         transactions_per_1000=(tx1 - tx0) / measured * 1000,
     )
 
@@ -360,13 +360,11 @@ def cores_between(before: CpuMark, after: CpuMark) -> dict[str, float]:
     """The cores each used on average between the two marks (the worker's, the
     broker's, the bench's own), and the machine's busy share."""
     seconds = max(after.at - before.at, 1e-9)
-    busy = after.machine[0] - before.machine[0]
-    every = max(after.machine[1] - before.machine[1], 1e-9)
     return {
         "worker_cores": round((after.worker - before.worker) / seconds, 2),
         "broker_cores": round((after.broker - before.broker) / seconds, 2),
         "bench_cores": round((after.bench - before.bench) / seconds, 2),
-        "machine_busy": round(busy / every, 2),
+        "machine_busy": round(procstat.busy_share(before.machine, after.machine), 2),
     }
 
 

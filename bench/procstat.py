@@ -78,3 +78,8 @@ def machine_busy_seconds() -> tuple[float, float]:
     idle = fields[3] + fields[4]
     total = sum(fields[:8])
     return (total - idle) / _TICKS, total / _TICKS
+
+
+def busy_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The machine's busy share between two `machine_busy_seconds` readings."""
+    return (after[0] - before[0]) / max(after[1] - before[1], 1e-9)

@@ -74,6 +74,13 @@ def expiry_of(expires: int) -> int:
     return min(max(expires, 0), NEVER)
 
 
+def _with_offset(tp_bits: int, offset: int) -> int:
+    """A mark's position as it is held: its topic-partition's index bits and offset."""
+    if not 0 <= offset <= OFFSET_MASK:
+        raise ValueError(f"offset {offset} out of the range marks hold")
+    return tp_bits | offset
+
+
 @dataclass(slots=True)
 class Budget:
     """What a sweep may still do: shards to look at, marks to rebuild."""
@@ -333,10 +340,7 @@ class MarkStore(MutableMapping[str, Mark]):
         return index
 
     def packed_position(self, position: Position) -> int:
-        offset = position.offset
-        if not 0 <= offset <= OFFSET_MASK:
-            raise ValueError(f"offset {offset} out of the range marks hold")
-        return self.tp_index(position.tp) << OFFSET_BITS | offset
+        return _with_offset(self.tp_index(position.tp) << OFFSET_BITS, position.offset)
 
     def table(self, partition: int) -> MarkTable:
         table = self.tables.get(partition)
@@ -397,9 +401,7 @@ class MarkStore(MutableMapping[str, Mark]):
             index = tps.get(tp)
             if index is None:
                 index = tps[tp] = self.tp_index(tp) << OFFSET_BITS
-            if not 0 <= offset <= OFFSET_MASK:
-                raise ValueError(f"offset {offset} out of the range marks hold")
-            put(d, index | offset, expires)
+            put(d, _with_offset(index, offset), expires)
 
     def put_digest(self, partition: int, d: bytes, tp: str, offset: int, expires: int) -> None:
         """Hold a mark read back from Kafka (its digest computed when it was written)."""
