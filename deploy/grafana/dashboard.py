@@ -426,12 +426,17 @@ def workers() -> list[timeseries.Panel]:
         graph(
             "Versions and memory",
             "Workers per build (meter_build_info: credits-meter, Faust, aiokafka and "
-            "Python versions; two lines during a rolling upgrade), and each worker's "
-            "resident memory (process_resident_memory_bytes).",
+            "Python versions; two lines during a rolling upgrade), workers per event loop "
+            "(meter_event_loop_info, METER_EVENT_LOOP), and each worker's resident memory "
+            "(process_resident_memory_bytes).",
             queries(
                 (
                     f"count by (version, faust, aiokafka, python) ({sel('meter_build_info')})",
                     "{{version}} (faust {{faust}}, aiokafka {{aiokafka}}, python {{python}})",
+                ),
+                (
+                    f"count by (loop) ({sel('meter_event_loop_info')})",
+                    "workers on {{loop}}",
                 ),
                 (
                     f"sum by (instance) ({sel('process_resident_memory_bytes')}) / 1e6",

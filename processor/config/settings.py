@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     # How many staged records (or fetched ones waiting to be staged) make the fetch
     # loop and the agents wait for the flusher to take them.
     batch_max: int = Field(default=2000, validation_alias="METER_BATCH_MAX", ge=1)
+    # The worker's event loop: uvloop (libuv) unless asyncio's own is asked for, e.g.
+    # to rule the loop out when chasing a problem.
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", validation_alias="METER_EVENT_LOOP"
+    )
     # Faust store URL; memory:// rebuilds state from the changelog on start.
     store: str = Field(default="memory://", validation_alias="METER_STORE")
     # Any case ("INFO" too); kept lower-case.

@@ -48,6 +48,12 @@ def service_registry() -> CollectorRegistry:
 
 REGISTRY = service_registry()
 
+EVENT_LOOP = Gauge(
+    "meter_event_loop_info",
+    "Always 1; the label says which event loop the worker runs on (METER_EVENT_LOOP).",
+    ["loop"],
+    registry=REGISTRY,
+)
 RECORDS = Counter(
     "meter_records_total",
     "Input records handled, by source (calls, conferencing, commands, timer) and outcome "

@@ -78,7 +78,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         max_message_bytes(bootstrap, (names.rejected, names.reroute), **kafka_client_options(cfg))
     )
     # ensure_topics closed its loop; Faust's worker wants a current one of its own.
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    asyncio.set_event_loop(new_event_loop(cfg.event_loop))
     meter = Meter(
         cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host, limits=limits
     )
@@ -123,6 +123,24 @@ def startup_refusal(exc: BaseException | None) -> str | None:
 # the loop for the duration of a pass. Young passes every 50,000 allocations and full
 # ones a tenth as often keep cyclic garbage collected at a small fraction of that cost.
 GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The worker's event loop: uvloop's, or asyncio's own for `kind` "asyncio".
+
+    On uvloop the worker's p99 latency at half load is about a quarter lower and its
+    drain the same (docs/performance.md, "The worker on uvloop").
+    """
+    from processor.observability import metrics
+
+    if kind == "asyncio":
+        loop = asyncio.new_event_loop()
+    else:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    metrics.EVENT_LOOP.labels(loop=kind).set(1)
+    return loop
 
 
 def _tune_gc() -> None:

@@ -105,7 +105,9 @@ async def test_faust_pages_are_not_served(worker: Worker, path: str) -> None:
 async def test_our_pages_are_served(worker: Worker) -> None:
     async with aiohttp.ClientSession() as http, http.get(worker.url + "/metrics") as resp:
         assert resp.status == 200
-        assert "meter_records_total" in (await resp.read()).decode()
+        text = (await resp.read()).decode()
+    assert "meter_records_total" in text
+    assert 'meter_event_loop_info{loop="uvloop"} 1.0' in text.splitlines()
     assert (await worker.get("/health"))[0] == 200
     assert (await worker.get("/ready"))[0] == 200
     status, body = await worker.get("/tenants/has%20space/account")
