@@ -128,8 +128,8 @@ GC_THRESHOLDS = (50_000, 20, 100)
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     """The worker's event loop: uvloop's, or asyncio's own for `kind` "asyncio".
 
-    On uvloop the worker's p99 latency at half load is about a quarter lower and its
-    drain the same (docs/performance.md, "The worker on uvloop").
+    On uvloop the worker drains at the same rate and its p99 latency at half load was
+    lower in most alternating runs (docs/performance.md, "The worker on uvloop").
     """
     from processor.observability import metrics
 
