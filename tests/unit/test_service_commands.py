@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import pytest
 import uvloop
@@ -20,7 +21,7 @@ def test_the_default_setting_is_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(("kind", "expected"), [("uvloop", uvloop.Loop), ("asyncio", None)])
 def test_the_loop_is_the_one_asked_for_and_the_metric_says_so(
-    kind: str, expected: type | None
+    kind: Literal["uvloop", "asyncio"], expected: type | None
 ) -> None:
     loop = new_event_loop(kind)
     try:
