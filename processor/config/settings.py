@@ -24,6 +24,10 @@ NOTIFICATION_SETTINGS = "credits.notification-settings"
 DATABASE_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "sqlite")
 
 
+# The event loops a worker can run on (METER_EVENT_LOOP).
+EventLoop = Literal["uvloop", "asyncio"]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
@@ -81,9 +85,7 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=2000, validation_alias="METER_BATCH_MAX", ge=1)
     # The worker's event loop: uvloop (libuv) unless asyncio's own is asked for, e.g.
     # to rule the loop out when chasing a problem.
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        default="uvloop", validation_alias="METER_EVENT_LOOP"
-    )
+    event_loop: EventLoop = Field(default="uvloop", validation_alias="METER_EVENT_LOOP")
     # Faust store URL; memory:// rebuilds state from the changelog on start.
     store: str = Field(default="memory://", validation_alias="METER_STORE")
     # Any case ("INFO" too); kept lower-case.

@@ -7,9 +7,8 @@ import asyncio
 import gc
 import logging
 import sys
-from typing import Literal
 
-from processor.config.settings import Settings
+from processor.config.settings import EventLoop, Settings
 from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, resolve_bootstrap
 from processor.ops.processes import MAX_PROCESSES, run_processes
 
@@ -126,7 +125,7 @@ def startup_refusal(exc: BaseException | None) -> str | None:
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventLoop:
+def new_event_loop(kind: EventLoop) -> asyncio.AbstractEventLoop:
     """The worker's event loop, as `METER_EVENT_LOOP` asks, which `meter_event_loop_info`
     then reports.
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
 
 import pytest
 import uvloop
 from prometheus_client import generate_latest
 
-from processor.config.settings import Settings
+from processor.config.settings import EventLoop, Settings
 from processor.observability import metrics
 from processor.ops.service_commands import new_event_loop
 
@@ -21,7 +20,7 @@ def test_the_default_setting_is_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(("kind", "expected"), [("uvloop", uvloop.Loop), ("asyncio", None)])
 def test_the_loop_is_the_one_asked_for_and_the_metric_says_so(
-    kind: Literal["uvloop", "asyncio"], expected: type | None
+    kind: EventLoop, expected: type | None
 ) -> None:
     loop = new_event_loop(kind)
     try:
