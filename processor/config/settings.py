@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     # The worker's event loop: uvloop (libuv) unless asyncio's own is asked for, e.g.
     # to rule the loop out when chasing a problem.
     event_loop: EventLoop = Field(default="uvloop", validation_alias="METER_EVENT_LOOP")
+    # Warm copies each worker keeps of the tables of partitions it does not own, for a
+    # faster takeover. Off by default, as in Kafka Streams: a standby reads every
+    # changelog record the other workers write, which cost a pair of workers on one
+    # host 30-40% of their drain (docs/performance.md, "Standby replicas"); without
+    # one, a takeover restores the partitions from their changelogs.
+    standby_replicas: int = Field(default=0, validation_alias="METER_STANDBY_REPLICAS", ge=0)
     # Faust store URL; memory:// rebuilds state from the changelog on start.
     store: str = Field(default="memory://", validation_alias="METER_STORE")
     # Any case ("INFO" too); kept lower-case.

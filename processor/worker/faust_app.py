@@ -49,6 +49,7 @@ def faust_app(cfg: Settings, urls: list[str], partitions: int, web_host: str) ->
         web_host=web_host,
         web_in_thread=False,
         autodiscover=False,
+        table_standby_replicas=cfg.standby_replicas,
     )
 
 

@@ -33,6 +33,7 @@ def run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     [
         (["worker"], "METER_LOG_FORMAT", "xml", ["'text'", "'json'"]),
         (["worker"], "METER_EVENT_LOOP", "trio", ["'uvloop'", "'asyncio'"]),
+        (["worker"], "METER_STANDBY_REPLICAS", "-1", ["at least 0"]),
         (["worker"], "METER_LOG_LEVEL", "verbose", ["'debug'", "'info'", "'critical'"]),
         (["worker"], "METER_WEB_PORT", "70000", ["at most 65535"]),
         (["reconcile"], "METER_PARTITIONS", "many", ["a whole number"]),
