@@ -103,7 +103,9 @@ async def drain(
     handled.
 
     The clock starts at the first poll that sees a handled record, not at process
-    start: Faust's boot, topic creation and first rebalance are not throughput. The
+    start: Faust's boot, topic creation and first rebalance are not throughput. With
+    several workers (or processes) it starts once each has handled a record: the first
+    to join handles records alone until the others' join rebalance is over. The
     records handled before that poll are left out of the rate. /metrics is polled
     every 0.25 s, so the end is known to within a quarter second. With several
     workers, their counts and CPU are summed and peak memory is the largest.
@@ -131,7 +133,7 @@ async def drain(
             counts = [await w.records_done(http) for w in workers]
             done = sum(c or 0 for c in counts)
             now = time.perf_counter()
-            if done:
+            if done and all(w.all_handling for w in workers):
                 if t0 is None:
                     t0, n0, cpu0 = now, done, cpu()
                     tx0 = sum(w.transactions for w in workers)

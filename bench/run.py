@@ -88,10 +88,14 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def against_one_worker(result: dict[str, Any], events_per_s: float, drain: measures.Drain) -> None:
-    """The gain, within this run: the same records, one worker against several."""
+def against_one_worker(
+    result: dict[str, Any], events_per_s: float, drain: measures.Drain, ceiling: float
+) -> None:
+    """The gain, within this run: the same records, one worker against several; and
+    the several against the ceiling, as `ratio_to_ceiling` is for one."""
     result["one_worker_events_per_s"] = round(drain.events_per_s, 1)
     result["ratio_to_one_worker"] = round(events_per_s / drain.events_per_s, 4)
+    result["ratio_to_ceiling"] = round(events_per_s / ceiling, 4)
 
 
 async def two_workers(
@@ -118,6 +122,7 @@ async def two_workers(
         "broker_cpu_seconds_per_1000": _rounded(result.broker_cpu_seconds_per_1000),
         "machine_busy": _rounded(result.machine_busy),
         "events": result.events,
+        "transactions_per_1000": _rounded(result.transactions_per_1000),
     }
 
 
@@ -148,6 +153,7 @@ async def processes_drain(
         "machine_busy": _rounded(result.machine_busy),
         "peak_rss_mb": round(result.peak_rss_mb, 1),
         "events": result.events,
+        "transactions_per_1000": _rounded(result.transactions_per_1000),
     }
 
 
@@ -271,7 +277,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 len(setup) + events + latency_events,
                 broker.pid,
             )
-            against_one_worker(scaling, scaling["two_workers_events_per_s"], drain)
+            against_one_worker(scaling, scaling["two_workers_events_per_s"], drain, ceiling)
             walls["scaling"] = time.perf_counter() - t
             log(f"scaling: {scaling}")
 
@@ -287,7 +293,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 broker.pid,
                 args.processes,
             )
-            against_one_worker(processes, processes["events_per_s"], drain)
+            against_one_worker(processes, processes["events_per_s"], drain, ceiling)
             walls["processes"] = time.perf_counter() - t
             log(f"processes: {processes}")
     finally:

@@ -38,6 +38,7 @@ class BenchWorker:
         self.log_path = root / f"worker-{index}.log"
         # meter_transactions_total at the last /metrics poll (`records_done`), summed.
         self.transactions = 0.0
+        self.all_handling = False
         self._transactions = 0.0
         self.env = dict(os.environ)
         self.env.update(
@@ -85,16 +86,20 @@ class BenchWorker:
     async def records_done(self, http: aiohttp.ClientSession) -> int | None:
         """Input records the worker has handled, any outcome (None: not answering yet).
 
-        With several processes, their sum once every one answers."""
+        With several processes, their sum once every one answers; `all_handling` says
+        whether each has handled a record yet (so the group's first rebalance is over)."""
         total = 0
         transactions = 0.0
+        handling = True
         for port in range(self.port, self.port + self.processes):
             done = await self._records_done(http, port)
             if done is None:
                 return None
             total += done
             transactions += self._transactions
+            handling = handling and done > 0
         self.transactions = transactions
+        self.all_handling = handling
         return total
 
     async def _records_done(self, http: aiohttp.ClientSession, port: int) -> int | None:
