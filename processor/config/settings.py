@@ -81,8 +81,16 @@ class Settings(BaseSettings):
         default=30.0, validation_alias="METER_SESSION_TIMEOUT_SECONDS", gt=0
     )
     # How many staged records (or fetched ones waiting to be staged) make the fetch
-    # loop and the agents wait for the flusher to take them.
-    batch_max: int = Field(default=2000, validation_alias="METER_BATCH_MAX", ge=1)
+    # loop and the agents wait for the flusher to take them: the largest round a
+    # worker that is behind sends. Larger rounds are fewer transactions per record
+    # (docs/performance.md, "Rounds as large as a drain needs").
+    batch_max: int = Field(default=6000, validation_alias="METER_BATCH_MAX", ge=1)
+    # The same wait at this many bytes of staged input records (key and value), so
+    # that large records, hostile ones included, hold a bounded amount of memory
+    # whatever their count.
+    batch_max_bytes: int = Field(
+        default=16 * 1024 * 1024, validation_alias="METER_BATCH_MAX_BYTES", ge=1
+    )
     # The worker's event loop: uvloop (libuv) unless asyncio's own is asked for, e.g.
     # to rule the loop out when chasing a problem.
     event_loop: EventLoop = Field(default="uvloop", validation_alias="METER_EVENT_LOOP")

@@ -68,6 +68,11 @@ TRANSACTION_TIMEOUT_MS = 10_000
 CRASH_EXIT_SECONDS = 20.0
 
 
+def _size(message: Message) -> int:
+    """An input record's bytes, key and value (a null one is -1 to the client)."""
+    return max(message.serialized_key_size, 0) + max(message.serialized_value_size, 0)
+
+
 def _exit_after_crash() -> None:
     log.error("crashed worker still running after %.0fs: exiting", CRASH_EXIT_SECONDS)
     logging.shutdown()
@@ -189,6 +194,7 @@ class Meter:
                 MarksLog(self.names.dedupe_marks, dedupe_tenant),
             ),
             batch_max=cfg.batch_max,
+            batch_max_bytes=cfg.batch_max_bytes,
             # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
             limits=Limits(self.app.conf.producer_max_request_size, dict(limits or {})),
             deliveries=Deliveries(self._committed_offset),
@@ -244,7 +250,7 @@ class Meter:
                 # has landed. Holding a reference to its message makes that ack not
                 # the last; the last comes when the flush has landed (`_landed`).
                 event.message.incref()
-                flusher.hold(event.message)
+                flusher.hold(event.message, _size(event.message))
                 if flusher.full():
                     await flusher.room()
                 yield status
@@ -316,7 +322,7 @@ class Meter:
                     message.ack(consumer)
                     continue
                 intake.stage(sources[message.topic], record_of(message))
-                flusher.hold(message)
+                flusher.hold(message, _size(message))
                 held += 1
         finally:
             # Counted in flight, the records keep a rebalance waiting until they are

@@ -64,8 +64,9 @@ class Flusher:
        its outputs, the views' pending writes (one per key, the newest) and the held
        messages. Records staged while a round is in flight go out together in the next
        round, so a worker under load sends large rounds and an idle one sends a batch
-       as soon as it is staged. `full`/`room`: at `batch_max` held records the worker
-       stages no more until the next take (back-pressure).
+       as soon as it is staged. `full`/`room`: at `batch_max` held records, or
+       `batch_max_bytes` of their input, the worker stages no more until the next
+       take (back-pressure).
     3. One round at a time (aiokafka keeps one request in flight per broker anyway),
        the batch's outputs are published, in the order they were staged.
     4. Then its state: one changelog record per touched account, and one record per
@@ -102,7 +103,8 @@ class Flusher:
         partitions: int,
         hooks: WorkerHooks,
         changelogs: tuple[Changelog, MarksLog] | None = None,
-        batch_max: int = 2000,
+        batch_max: int = 6000,
+        batch_max_bytes: int = 16 * 1024 * 1024,
         landed: Landed | None = None,
     ) -> None:
         self.publisher = publisher
@@ -112,6 +114,7 @@ class Flusher:
         self.hooks = hooks
         self.changelogs = changelogs
         self.batch_max = batch_max
+        self.batch_max_bytes = batch_max_bytes
         self._landed = landed or _ignore
         self._outputs: list[Out] = []
         # Batches taken whose outputs are still to be sent; batches whose outputs are
@@ -122,6 +125,7 @@ class Flusher:
         # What the caller holds for each record staged since the last take (its input
         # message), handed back through `landed` once the record's flush has landed.
         self._held: list[Any] = []
+        self._held_bytes = 0
         self._took: asyncio.Future[None] | None = None
         # Set when a state write failed: the local stores stop at the batch before it,
         # and every later flush fails too (the worker restarts and replays them).
@@ -145,14 +149,17 @@ class Flusher:
         self._outputs.append(out)
         self.hooks.output(out.topic)
 
-    def hold(self, token: Any) -> None:
-        """Keep `token` for the record just staged, and have the flusher take it."""
+    def hold(self, token: Any, size: int = 0) -> None:
+        """Keep `token` for the record just staged (`size`: its input's bytes), and have
+        the flusher take it."""
         self._held.append(token)
+        self._held_bytes += size
         self._wake()
 
     def full(self) -> bool:
-        """Whether `batch_max` records wait for the next round: stage no more."""
-        return len(self._held) >= self.batch_max
+        """Whether `batch_max` records, or `batch_max_bytes` of their input, wait for
+        the next round: stage no more."""
+        return len(self._held) >= self.batch_max or self._held_bytes >= self.batch_max_bytes
 
     async def room(self) -> None:
         """Wait until the flusher has taken what waits (or failed)."""
@@ -187,6 +194,7 @@ class Flusher:
         loop = asyncio.get_running_loop()
         outputs, self._outputs = self._outputs, []
         held, self._held = self._held, []
+        self._held_bytes = 0
         accounts, seen = self.accounts.take(), self.seen.take()
         batch = _Batch(outputs, accounts, seen, held, loop.create_future(), time.perf_counter())
         # A failure nobody waits on is reported through `landed`.

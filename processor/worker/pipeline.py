@@ -53,7 +53,8 @@ class Pipeline:
         expiry: ExpiryPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
         changelogs: tuple[Changelog, MarksLog] | None = None,
-        batch_max: int = 2000,
+        batch_max: int = 6000,
+        batch_max_bytes: int = 16 * 1024 * 1024,
         limits: Limits | None = None,
         deliveries: Deliveries | None = None,
         landed: Landed | None = None,
@@ -85,6 +86,7 @@ class Pipeline:
             hooks,
             changelogs=changelogs,
             batch_max=batch_max,
+            batch_max_bytes=batch_max_bytes,
             landed=landed,
         )
         due = DueIndex(

@@ -70,6 +70,8 @@ class Rig:
     accounts: dict[str, StoredAccount] = field(default_factory=dict)
     seen: MutableMapping[str, Mark] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
+    batch_max: int = 6000
+    batch_max_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline.build(
@@ -86,6 +88,8 @@ class Rig:
                 Changelog("accounts-changelog", dump_stored, str),
                 MarksLog("dedupe-marks", dedupe_tenant),
             ),
+            batch_max=self.batch_max,
+            batch_max_bytes=self.batch_max_bytes,
         )
 
     def stage(self, source: Source, topic: str, tenant: str, value: bytes) -> str:
@@ -252,6 +256,22 @@ def test_a_forgotten_key_stays_readable_until_its_tombstone_settles() -> None:
     assert s.get("a") is None
     with pytest.raises(KeyError):
         s["a"]
+
+
+@pytest.mark.parametrize(("count", "size", "full_at"), [(3, 10, 3), (100, 400, 3)])
+async def test_staging_stops_at_the_count_or_the_bytes_whichever_comes_first(
+    count: int, size: int, full_at: int
+) -> None:
+    # 3 records, or 1,000 bytes of input: large records hold bounded memory whatever
+    # their count, and many small ones a bounded count.
+    rig = Rig(batch_max=count, batch_max_bytes=1000)
+    flusher = rig.pipeline.flusher
+    for _ in range(full_at):
+        assert not flusher.full()
+        flusher.hold(object(), size)
+    assert flusher.full()
+    await flusher.flush()  # taken: room again
+    assert not flusher.full()
 
 
 async def test_marks_past_their_window_leave_the_store_with_nothing_sent() -> None:
