@@ -154,6 +154,9 @@ async def processes_drain(
         "peak_rss_mb": round(result.peak_rss_mb, 1),
         "events": result.events,
         "transactions_per_1000": _rounded(result.transactions_per_1000),
+        # The records each process handled: Kafka splits the work by partition, and
+        # the hot tenants' partitions carry more (docs/performance.md, "Processes per host").
+        "records_per_process": worker.each,
     }
 
 

@@ -39,6 +39,8 @@ class BenchWorker:
         # meter_transactions_total at the last /metrics poll (`records_done`), summed.
         self.transactions = 0.0
         self.all_handling = False
+        # Each process's count at the last poll (their partitions' shares of the work).
+        self.each: list[int] = []
         self._transactions = 0.0
         self.env = dict(os.environ)
         self.env.update(
@@ -88,19 +90,18 @@ class BenchWorker:
 
         With several processes, their sum once every one answers; `all_handling` says
         whether each has handled a record yet (so the group's first rebalance is over)."""
-        total = 0
+        each = []
         transactions = 0.0
-        handling = True
         for port in range(self.port, self.port + self.processes):
             done = await self._records_done(http, port)
             if done is None:
                 return None
-            total += done
+            each.append(done)
             transactions += self._transactions
-            handling = handling and done > 0
         self.transactions = transactions
-        self.all_handling = handling
-        return total
+        self.each = each
+        self.all_handling = all(each)
+        return sum(each)
 
     async def _records_done(self, http: aiohttp.ClientSession, port: int) -> int | None:
         try:
