@@ -104,9 +104,9 @@ async def drain(
 
     The clock starts at the first poll that sees a handled record, not at process
     start: Faust's boot, topic creation and first rebalance are not throughput. With
-    several workers (or processes) it starts once each has handled a record: the first
-    to join handles records alone until the others' join rebalance is over. The
-    records handled before that poll are left out of the rate. /metrics is polled
+    several workers (or processes) it starts again once each has handled a record: the
+    first to join handles records alone until the others' join rebalance is over. The
+    records handled before the clock's start are left out of the rate. /metrics is polled
     every 0.25 s, so the end is known to within a quarter second. With several
     workers, their counts and CPU are summed and peak memory is the largest.
     """
@@ -125,6 +125,7 @@ async def drain(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         t0 = cpu0 = None
         n0 = 0
+        every_one = False  # whether the clock started with every worker handling
         while True:
             for w in workers:
                 w.check_alive()
@@ -133,13 +134,16 @@ async def drain(
             counts = [await w.records_done(http) for w in workers]
             done = sum(c or 0 for c in counts)
             now = time.perf_counter()
-            if done and all(w.all_handling for w in workers):
-                if t0 is None:
-                    t0, n0, cpu0 = now, done, cpu()
+            if done:
+                handling = all(w.all_handling for w in workers)
+                # Started at the first handled record, started again once every worker
+                # handles them (unless that is already the end: a tiny drain).
+                if t0 is None or (handling and not every_one and done < expected):
+                    if t0 is None and on_start is not None:
+                        on_start(workers[0].pid)
+                    t0, n0, cpu0, every_one = now, done, cpu(), handling
                     tx0 = sum(w.transactions for w in workers)
                     broker0, machine0 = broker_cpu(), procstat.machine_busy_seconds()
-                    if on_start is not None:
-                        on_start(workers[0].pid)
                 if done >= expected:
                     cpu1 = cpu()
                     tx1 = sum(w.transactions for w in workers)

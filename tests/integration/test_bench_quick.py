@@ -30,7 +30,7 @@ NUMBERS = (
 def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench.run", "--quick", "--processes", "2", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,6 +53,14 @@ def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
     assert rec["tenants"] == 2000, rec
     assert rec["ready_seconds_first_start"] > 0 and rec["ready_seconds_restart"] > 0, rec
     assert rec["rss_mb_ready"] > 0 and rec["rss_mb_empty"] > 0, rec
+    # `--processes 2`: each child's records are counted (in the quick form the first
+    # to join may drain them all before the other does), and the pair is set against
+    # one worker and the ceiling as the one worker is.
+    procs = result["processes"]
+    assert procs["processes"] == 2 and procs["events_per_s"] > 0, procs
+    assert len(procs["records_per_process"]) == 2, procs
+    assert sum(procs["records_per_process"]) >= procs["events"], procs
+    assert procs["ratio_to_ceiling"] > 0 and procs["ratio_to_one_worker"] > 0, procs
     assert result["quick"] is True
     assert result["partitions"] == 12
     assert result["kafka_version"]
