@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from processor.core.dedupe import dedupe_tenant
 from processor.core.stored import Mark, OutboxEntry, StoredAccount
@@ -50,6 +50,12 @@ class _Batch:
     held: list[Any]
     done: asyncio.Future[None]
     started: float
+
+
+# A round's bounds when the worker's settings give none (METER_BATCH_MAX and
+# METER_BATCH_MAX_BYTES carry the same defaults).
+BATCH_MAX: Final = 6000
+BATCH_MAX_BYTES: Final = 16 * 1024 * 1024
 
 
 class Flusher:
@@ -103,8 +109,8 @@ class Flusher:
         partitions: int,
         hooks: WorkerHooks,
         changelogs: tuple[Changelog, MarksLog] | None = None,
-        batch_max: int = 6000,
-        batch_max_bytes: int = 16 * 1024 * 1024,
+        batch_max: int = BATCH_MAX,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
         landed: Landed | None = None,
     ) -> None:
         self.publisher = publisher

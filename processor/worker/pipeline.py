@@ -21,7 +21,7 @@ from processor.core.stored import Mark, StoredAccount
 from processor.kafka.topics import TopicNames
 from processor.observability.worker_hooks import WorkerHooks
 from processor.worker.due import DueIndex
-from processor.worker.flusher import Deliveries, Flusher, Landed
+from processor.worker.flusher import BATCH_MAX, BATCH_MAX_BYTES, Deliveries, Flusher, Landed
 from processor.worker.intake import Intake
 from processor.worker.marks_log import MarksLog
 from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
@@ -53,8 +53,8 @@ class Pipeline:
         expiry: ExpiryPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
         changelogs: tuple[Changelog, MarksLog] | None = None,
-        batch_max: int = 6000,
-        batch_max_bytes: int = 16 * 1024 * 1024,
+        batch_max: int = BATCH_MAX,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
         limits: Limits | None = None,
         deliveries: Deliveries | None = None,
         landed: Landed | None = None,

@@ -25,6 +25,7 @@ from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.testing import MemoryPublisher
 from processor.worker.codec import dump_stored, load_stored
+from processor.worker.flusher import BATCH_MAX, BATCH_MAX_BYTES
 from processor.worker.marks import Budget, MarkStore, digest
 from processor.worker.marks_log import MarksLog, unpack_marks
 from processor.worker.pipeline import Pipeline
@@ -70,8 +71,8 @@ class Rig:
     accounts: dict[str, StoredAccount] = field(default_factory=dict)
     seen: MutableMapping[str, Mark] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
-    batch_max: int = 6000
-    batch_max_bytes: int = 16 * 1024 * 1024
+    batch_max: int = BATCH_MAX
+    batch_max_bytes: int = BATCH_MAX_BYTES
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline.build(
@@ -256,6 +257,11 @@ def test_a_forgotten_key_stays_readable_until_its_tombstone_settles() -> None:
     assert s.get("a") is None
     with pytest.raises(KeyError):
         s["a"]
+
+
+def test_a_pipeline_built_without_bounds_has_the_settings_defaults() -> None:
+    cfg = Settings(_env_file=None)
+    assert (cfg.batch_max, cfg.batch_max_bytes) == (BATCH_MAX, BATCH_MAX_BYTES)
 
 
 @pytest.mark.parametrize(("count", "size", "full_at"), [(3, 10, 3), (100, 400, 3)])
