@@ -38,7 +38,6 @@ class BenchWorker:
         self.log_path = root / f"worker-{index}.log"
         # meter_transactions_total at the last /metrics poll (`records_done`), summed.
         self.transactions = 0.0
-        self.all_handling = False
         # Each process's count at the last poll (their partitions' shares of the work).
         self.each: list[int] = []
         self._transactions = 0.0
@@ -100,8 +99,12 @@ class BenchWorker:
             transactions += self._transactions
         self.transactions = transactions
         self.each = each
-        self.all_handling = all(each)
         return sum(each)
+
+    @property
+    def all_handling(self) -> bool:
+        """Whether every process had handled a record at the last poll."""
+        return bool(self.each) and all(self.each)
 
     async def _records_done(self, http: aiohttp.ClientSession, port: int) -> int | None:
         try:

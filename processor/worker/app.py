@@ -32,7 +32,7 @@ from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
 from processor.worker import store, web
 from processor.worker.codec import dump_stored
-from processor.worker.faust_app import faust_app, record_of, register_codecs
+from processor.worker.faust_app import faust_app, input_bytes, record_of, register_codecs
 from processor.worker.flusher import Deliveries
 from processor.worker.intake import minimal_rejection
 from processor.worker.marks import MarkStore
@@ -66,11 +66,6 @@ RECOVERY_READ_SECONDS = 600.0
 TRANSACTION_TIMEOUT_MS = 10_000
 # How long a crashed worker may take to stop before it exits anyway.
 CRASH_EXIT_SECONDS = 20.0
-
-
-def _size(message: Message) -> int:
-    """An input record's bytes, key and value (a null one is -1 to the client)."""
-    return max(message.serialized_key_size, 0) + max(message.serialized_value_size, 0)
 
 
 def _exit_after_crash() -> None:
@@ -250,7 +245,7 @@ class Meter:
                 # has landed. Holding a reference to its message makes that ack not
                 # the last; the last comes when the flush has landed (`_landed`).
                 event.message.incref()
-                flusher.hold(event.message, _size(event.message))
+                flusher.hold(event.message, input_bytes(event.message))
                 if flusher.full():
                     await flusher.room()
                 yield status
@@ -322,7 +317,7 @@ class Meter:
                     message.ack(consumer)
                     continue
                 intake.stage(sources[message.topic], record_of(message))
-                flusher.hold(message, _size(message))
+                flusher.hold(message, input_bytes(message))
                 held += 1
         finally:
             # Counted in flight, the records keep a rebalance waiting until they are

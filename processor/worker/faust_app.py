@@ -76,6 +76,11 @@ def register_codecs() -> None:
     codecs.register("meter-account", _AccountCodec())
 
 
+def input_bytes(m: Message) -> int:
+    """A fetched record's size, key and value (a null one is -1 to the client)."""
+    return max(m.serialized_key_size, 0) + max(m.serialized_value_size, 0)
+
+
 def record_of(m: Message) -> Record:
     """The plain record the worker's parts take, for a message Faust fetched."""
     headers = m.headers.items() if isinstance(m.headers, Mapping) else (m.headers or ())

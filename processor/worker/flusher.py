@@ -155,7 +155,7 @@ class Flusher:
         self._outputs.append(out)
         self.hooks.output(out.topic)
 
-    def hold(self, token: Any, size: int = 0) -> None:
+    def hold(self, token: Any, size: int) -> None:
         """Keep `token` for the record just staged (`size`: its input's bytes), and have
         the flusher take it."""
         self._held.append(token)
