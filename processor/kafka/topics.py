@@ -88,6 +88,11 @@ class TopicNames:
         """The compacted state topics the worker creates."""
         return (self.accounts_changelog,)
 
+    @property
+    def written(self) -> tuple[str, ...]:
+        """Every topic the worker produces to."""
+        return (*self.outputs, self.reroute, self.timer, *self.changelogs, self.dedupe_marks)
+
     def all(self) -> tuple[str, ...]:
         return self.inputs + self.outputs + self.changelogs + (self.dedupe_marks,)
 

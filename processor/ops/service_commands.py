@@ -73,10 +73,9 @@ def _run_worker(args: argparse.Namespace) -> int:
         print(f"meter worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
     names = TopicNames.from_settings(cfg)
-    # What the output topics take, so no rejection or re-route is built too large.
-    limits = asyncio.run(
-        max_message_bytes(bootstrap, (names.rejected, names.reroute), **kafka_client_options(cfg))
-    )
+    # What the topics it writes take: no rejection or re-route is built too large, and
+    # no record batch is filled past what its topic takes.
+    limits = asyncio.run(max_message_bytes(bootstrap, names.written, **kafka_client_options(cfg)))
     # ensure_topics closed its loop; Faust's worker wants a current one of its own.
     asyncio.set_event_loop(new_event_loop(cfg.event_loop))
     meter = Meter(

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
-from aiokafka import AIOKafkaProducer
 from faust.types import TP, Message, StreamT
 
 from processor.config.settings import Settings
@@ -38,7 +37,7 @@ from processor.worker.intake import minimal_rejection
 from processor.worker.marks import MarkStore
 from processor.worker.marks_log import MarksLog
 from processor.worker.pipeline import Pipeline
-from processor.worker.publisher import TransactionalPublisher
+from processor.worker.publisher import TransactionalPublisher, transactional_producer
 from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
 from processor.worker.sizing import Limits
 from processor.worker.tally import AccountTally
@@ -62,8 +61,6 @@ class Broker:
 RECOVERY_READ_SECONDS = 600.0
 
 
-# A round's transaction must commit within this (rounds take milliseconds).
-TRANSACTION_TIMEOUT_MS = 10_000
 # How long a crashed worker may take to stop before it exits anyway.
 CRASH_EXIT_SECONDS = 20.0
 
@@ -131,16 +128,12 @@ class Meter:
         # (processor/worker/publisher.py); the stores start a partition's producer, fencing
         # its earlier owner, before they read its changelog.
         client_options = kafka_options.kafka_client_options(cfg)
+        # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
+        sizes = Limits(self.app.conf.producer_max_request_size, dict(limits or {}))
         self.publisher = TransactionalPublisher(
             cfg.app_id,
-            lambda transactional_id: AIOKafkaProducer(
-                bootstrap_servers=broker.bootstrap,
-                transactional_id=transactional_id,
-                # Kafka Streams' default under exactly-once: a worker killed with a
-                # transaction open holds read_committed consumers back this long at most
-                # (its successor's producer aborts it at once).
-                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-                **client_options,
+            lambda transactional_id: transactional_producer(
+                broker.bootstrap, transactional_id, sizes.batch_bytes(), client_options
             ),
             # A lone output the broker refuses as too large becomes a minimal rejection.
             fallback=functools.partial(minimal_rejection, self.names, clock),
@@ -190,8 +183,7 @@ class Meter:
             ),
             batch_max=cfg.batch_max,
             batch_max_bytes=cfg.batch_max_bytes,
-            # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
-            limits=Limits(self.app.conf.producer_max_request_size, dict(limits or {})),
+            limits=sizes,
             deliveries=Deliveries(self._committed_offset),
             landed=self._landed,
             clock=clock,

@@ -16,9 +16,10 @@ import contextlib
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
@@ -39,11 +40,32 @@ log = logging.getLogger(__name__)
 # (docs/performance.md). A shorter wait costs a retried request or two.
 TXN_RETRY_BACKOFF_SECONDS = 0.002
 
+# A round's transaction must commit within this (rounds take milliseconds). Kafka
+# Streams' default under exactly-once: a worker killed with a transaction open holds
+# read_committed consumers back this long at most (its successor's producer aborts it
+# at once).
+TRANSACTION_TIMEOUT_MS = 10_000
+
 # The broker (or the producer) refused one record as too large.
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 # For a record refused as too large, alone in its batch: the record to produce
 # instead, or None to fail the publish (`intake.minimal_rejection`).
 Fallback = Callable[[Out], Out | None]
+
+
+def transactional_producer(
+    bootstrap: str, transactional_id: str, batch_bytes: int, options: Mapping[str, Any]
+) -> AIOKafkaProducer:
+    """A partition number's producer (not started): its record batches hold up to
+    `batch_bytes` (`sizing.Limits.batch_bytes`), so a round's records for one partition
+    go in one batch, one produce request."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+        max_batch_size=batch_bytes,
+        **options,
+    )
 
 
 class _Sender:
@@ -53,9 +75,10 @@ class _Sender:
         self._partitions: dict[str, int] = {}
         self._spread = itertools.count()
 
-    async def send(self, producer: Any, records: Iterable[Out]) -> list[_Sent]:
+    async def send(self, producer: Any, records: Iterable[Out], alone: bool = False) -> list[_Sent]:
         """Hand every record to `producer`; each batch's future resolves as the broker
-        acks it, and names the records it holds (to find a lone one refused for size)."""
+        acks it, and names the records it holds (to find a lone one refused for size).
+        `alone`: every record in a batch of its own."""
         groups: dict[tuple[str, int], list[Out]] = defaultdict(list)
         counts = self._partitions
         for r in records:
@@ -75,12 +98,13 @@ class _Sender:
             members: list[Out] = []
             for r in group:
                 headers = list(r.headers) if r.headers else []
-                if (
+                if not (alone and members) and (
                     batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
                     is not None
                 ):
                     members.append(r)
                     continue
+                # The batch is full, or holds its one record: send it, start the next.
                 if batch.record_count():
                     future = await producer.send_batch(batch, topic, partition=partition)
                     sent.append(_Sent(future, members))
@@ -113,10 +137,22 @@ class _Sent:
         self.members = members
 
 
-async def _stand_ins(sent: list[_Sent], fallback: Fallback | None) -> dict[int, Out]:
+class _Crowded(Exception):
+    """The broker refused a batch of several records as too large."""
+
+
+async def _stand_ins(
+    sent: list[_Sent], fallback: Fallback | None, split: bool = False
+) -> dict[int, Out]:
     """Wait for every batch; for each lone record refused as too large, its stand-in
-    (by the record's id). Raises the first other failure: nothing may pass for sent."""
+    (by the record's id). Raises the first other failure: nothing may pass for sent.
+    `split`: a batch of several records refused as too large raises `_Crowded`."""
     results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
+    if split and any(
+        isinstance(result, TOO_LARGE) and len(batch.members) > 1
+        for batch, result in zip(sent, results, strict=True)
+    ):
+        raise _Crowded()
     stand_ins: dict[int, Out] = {}
     for batch, result in zip(sent, results, strict=True):
         if not isinstance(result, BaseException):
@@ -256,6 +292,22 @@ class TransactionalPublisher:
             # Raises the first failure; the caller treats the whole round as failed.
             await asyncio.gather(*(self._commit(p, group) for p, group in groups.items()))
 
+    async def _renew(self, partition: int, producer: Any) -> Any:
+        """Abort the open transaction and start the partition's producer anew.
+
+        aiokafka numbered the refused batch's records and does not take the numbers
+        back, so the broker would refuse every later batch of that producer to the
+        partition as out of order; a new producer (a new epoch) numbers from zero.
+        """
+        with contextlib.suppress(Exception):
+            await producer.abort_transaction()
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        renewed = self._make_producer(self.transactional_id(partition))
+        await renewed.start()
+        self._producers[partition] = renewed
+        return renewed
+
     async def _commit(self, partition: int, records: list[Out]) -> None:
         producer = self._producers.get(partition)
         if producer is None:
@@ -271,26 +323,28 @@ class TransactionalPublisher:
             metrics.UNOWNED_DROPPED.inc(len(records))
             return
         await producer.begin_transaction()
-        sent = await self._sender.send(producer, records)
-        try:
-            stand_ins = await _stand_ins(sent, self.fallback)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.abort_transaction()
-            raise
-        if stand_ins:
-            # A record the broker refused for its size leaves the transaction to be
-            # aborted; the round goes again with minimal rejections in its place, and
-            # fails if one of those is refused in turn.
-            await producer.abort_transaction()
-            await producer.begin_transaction()
-            again = [stand_ins.get(id(r), r) for r in records]
+        # A refusal for size leaves the transaction to be aborted and the records sent
+        # again: each in a batch of its own once a batch of several was refused (its
+        # topic takes less than when the worker started), then with minimal rejections
+        # in place of lone records refused; the round fails if one of those is refused.
+        alone, fallback = False, self.fallback
+        while True:
+            sent = await self._sender.send(producer, records, alone)
             try:
-                await _stand_ins(await self._sender.send(producer, again), None)
+                stand_ins = await _stand_ins(sent, fallback, split=not alone)
+            except _Crowded:
+                alone = True
             except BaseException:
                 with contextlib.suppress(Exception):
                     await producer.abort_transaction()
                 raise
+            else:
+                if not stand_ins:
+                    break
+                records = [stand_ins.get(id(r), r) for r in records]
+                fallback = None
+            producer = await self._renew(partition, producer)
+            await producer.begin_transaction()
         if self._before_commit is not None:
             await self._before_commit(partition)
         await producer.commit_transaction()

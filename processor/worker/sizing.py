@@ -80,6 +80,19 @@ class Limits:
     def limit(self, topic: str) -> int:
         return min(self.max_request_size, self.topics.get(topic, DEFAULT_MAX_MESSAGE_BYTES))
 
+    def batch_bytes(self) -> int:
+        """The largest record batch every topic takes: the size the worker's producers
+        fill their batches to.
+
+        aiokafka sends one batch per partition in a produce request and keeps one
+        request in flight per broker, so a partition with a second batch in a round
+        waits a whole round trip for it (and a transaction adds its partition again).
+        Its default of 16 KiB made a busy partition's round take several produce
+        requests one after the other (docs/performance.md); a batch as large as the
+        smallest topic takes makes it one.
+        """
+        return min(self.max_request_size, DEFAULT_MAX_MESSAGE_BYTES, *self.topics.values())
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -231,32 +231,12 @@ async def test_a_rejection_the_broker_refuses_for_size_becomes_a_minimal_one(
     refuses a rejection the worker built to fit 1 MB, and the minimal rejection (no
     payload; sizes and hashes) takes its place instead of failing the flush."""
     d = deployment
-    worker = Worker(d, 0).start()
-    d.workers.append(worker)
-    await worker.wait_ready()
+    worker = await _ready_worker(d)
     rejected = d.topic("credits.rejected")
-    small = 20_000
-    admin = AIOKafkaAdminClient(bootstrap_servers=d.bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, rejected, {"max.message.bytes": str(small)})]
-        )
-    finally:
-        await admin.close()
+    await _shrink(d, rejected, 20_000)
     producer = AIOKafkaProducer(bootstrap_servers=d.bootstrap, acks="all")
     await producer.start()
     try:
-        # Until the broker applies the new limit: a probe too large for it is refused.
-        async def refused() -> bool:
-            probe = json.dumps({"type": "probe", "pad": "x" * 2 * small}).encode()
-            try:
-                await producer.send_and_wait(rejected, probe)
-            except MessageSizeTooLargeError:
-                return True
-            return False
-
-        await eventually(refused, timeout=30, what="the smaller max.message.bytes in force")
         value = b"\xff" + b"y" * 300_000  # not UTF-8: a 256 KiB base64 payload
         bad = await producer.send_and_wait(d.topic(CALLS), value, key=GOOD.encode(), partition=HOME)
         good = body(CALLS, "g-after", GOOD)
@@ -278,3 +258,81 @@ async def test_a_rejection_the_broker_refuses_for_size_becomes_a_minimal_one(
     assert minimal["payload_truncated"] is True and minimal["payload_size"] == len(value)
     assert minimal["payload_sha256"] == hashlib.sha256(value).hexdigest()
     assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+
+
+async def test_rejections_that_together_pass_a_shrunk_limit_all_land_whole(
+    deployment: Deployment,
+) -> None:
+    """credits.rejected shrinks below the record batches the worker fills: a round's
+    rejections, each well under the new limit but together over it, are refused as one
+    batch; they go again a batch each, whole, and the worker keeps running."""
+    d = deployment
+    worker = await _ready_worker(d)
+    rejected = d.topic("credits.rejected")
+    await _shrink(d, rejected, 20_000)
+    bad = [b"{not json " + bytes([65 + i]) * 6_000 for i in range(8)]
+    producer = AIOKafkaProducer(bootstrap_servers=d.bootstrap, acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(d.topic(CALLS), value, key=GOOD.encode(), partition=HOME)
+            for value in bad
+        ]
+        offsets = [(await s).offset for s in sent]
+        good = body(CALLS, "g-after-many", GOOD)
+        await producer.send_and_wait(
+            d.topic(CALLS), malformed.dumps(good), key=GOOD.encode(), partition=HOME
+        )
+    finally:
+        await producer.stop()
+    expected = format(expected_balances([(CALLS, good)])[GOOD], "f")
+
+    async def applied() -> bool | str:
+        status, account = await worker.get(f"/tenants/{GOOD}/account")
+        return (status == 200 and account["balance"] == expected) or f"not yet: {account}"
+
+    await eventually(applied, timeout=60, what="the good call after the rejections")
+    rows = {
+        r["source_offset"]: r
+        for r in (json.loads(x.value) for x in await Client(d).read_records(rejected))
+        if "source_offset" in r
+    }
+    for offset, value in zip(offsets, bad, strict=True):
+        assert rows[offset]["reason"] == "invalid_json"
+        assert rows[offset]["payload"] == value.decode(), offset
+    assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+
+
+async def _ready_worker(d: Deployment) -> Worker:
+    worker = Worker(d, 0).start()
+    d.workers.append(worker)
+    await worker.wait_ready()
+    return worker
+
+
+async def _shrink(d: Deployment, topic: str, limit: int) -> None:
+    """Lower the topic's max.message.bytes, and wait until the broker refuses a probe
+    too large for it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=d.bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)})]
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=d.bootstrap, acks="all")
+    await producer.start()
+    try:
+
+        async def refused() -> bool:
+            probe = json.dumps({"type": "probe", "pad": "x" * 2 * limit}).encode()
+            try:
+                await producer.send_and_wait(topic, probe)
+            except MessageSizeTooLargeError:
+                return True
+            return False
+
+        await eventually(refused, timeout=30, what="the smaller max.message.bytes in force")
+    finally:
+        await producer.stop()

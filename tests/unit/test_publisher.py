@@ -6,9 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiokafka.errors import RecordListTooLargeError
 
-from processor.worker.publisher import TransactionalPublisher
+from processor.worker.publisher import TransactionalPublisher, transactional_producer
 from processor.worker.records import Out
+from processor.worker.sizing import Limits
 
 
 class FakeBatch:
@@ -51,6 +53,9 @@ class FakeProducer:
 
     async def commit_transaction(self) -> None:
         self.log.append((self.id, "commit"))
+
+    async def abort_transaction(self) -> None:
+        self.log.append((self.id, "abort"))
 
 
 def rig() -> tuple[TransactionalPublisher, list[tuple[str, str]]]:
@@ -124,3 +129,55 @@ async def test_a_revoke_stops_its_producers_and_the_next_assignment_starts_them_
     assert log == []
     await pub.assign({0, 1}, generation=2)
     assert ("app-p1", "start") in log
+
+
+async def test_a_busy_partitions_round_fits_one_record_batch() -> None:
+    # aiokafka sends one batch per partition in a request and keeps one request in
+    # flight: each further batch of a round waited a round trip (docs/performance.md).
+    ledger_entry = b"e" * 400
+    round_of_one_partition = 2_000
+
+    def batches(producer: Any) -> int:
+        batch, count = producer.create_batch(), 1
+        for _ in range(round_of_one_partition):
+            if batch.append(key=b"tenant", value=ledger_entry, timestamp=None, headers=[]) is None:
+                batch, count = producer.create_batch(), count + 1
+        return count
+
+    ours = transactional_producer("127.0.0.1:1", "app-p0", Limits().batch_bytes(), {})
+    assert batches(ours) == 1
+    # What aiokafka's default batch size (16 KiB) made of it.
+    assert batches(transactional_producer("127.0.0.1:1", "app-p0", 16 * 1024, {})) > 40
+
+
+class ShrunkTopic(FakeProducer):
+    """The broker refuses a batch of more than one record: the topic's
+    max.message.bytes was lowered after the worker sized its batches."""
+
+    async def send_batch(self, batch: FakeBatch, topic: str, partition: int) -> Any:
+        done = await super().send_batch(batch, topic, partition)
+        if len(batch.records) > 1:
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_exception(RecordListTooLargeError())
+            return refused
+        return done
+
+
+async def test_a_batch_refused_as_too_large_goes_again_one_record_a_batch() -> None:
+    log: list[tuple[str, str]] = []
+    pub = TransactionalPublisher("app", lambda tid: ShrunkTopic(tid, log))
+    await pub.assign({0}, generation=1)
+    log.clear()
+    await pub.publish([Out("ledger", b"a", v, partition=0, owner=0) for v in (b"1", b"2", b"3")])
+    assert [what for _, what in log] == [
+        "begin",
+        "send ledger[0] [b'1', b'2', b'3']",
+        "abort",
+        "stop",
+        "start",  # a new epoch: aiokafka does not take back the refused batch's numbers
+        "begin",
+        "send ledger[0] [b'1']",
+        "send ledger[0] [b'2']",
+        "send ledger[0] [b'3']",
+        "commit",
+    ]

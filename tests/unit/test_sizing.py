@@ -152,6 +152,14 @@ def test_limits_take_the_smaller_of_the_producers_and_the_topics() -> None:
     assert Limits().limit("unknown") == sizing.DEFAULT_MAX_MESSAGE_BYTES
 
 
+def test_a_batch_holds_what_the_smallest_topic_takes() -> None:
+    assert Limits().batch_bytes() == sizing.DEFAULT_MAX_MESSAGE_BYTES
+    assert Limits(1_000_000, {"big": 5_000_000}).batch_bytes() == 1_000_000
+    assert Limits(1_000_000, {"big": 5_000_000, "small": 50_000}).batch_bytes() == 50_000
+    # A topic taking more than Kafka's default does not make batches larger than that.
+    assert Limits(8_000_000, {"big": 5_000_000}).batch_bytes() == 1_048_576
+
+
 def test_a_long_key_is_clipped_with_its_size_and_hash() -> None:
     assert sizing.clip_key(b"k" * KEY_BOUND) == (b"k" * KEY_BOUND, None)
     assert sizing.clip_key(None) == (None, None)

@@ -28,6 +28,23 @@ WEEK = 7 * 24 * 3600 * 1000
 # ---- what the worker creates -----------------------------------------------------------
 
 
+def test_every_topic_the_worker_produces_to_is_written_and_no_input_of_the_contract() -> None:
+    # Their max.message.bytes bound the record batches the worker fills.
+    n = NAMES
+    assert set(n.written) >= {
+        n.ledger,
+        n.alerts,
+        n.rejected,
+        n.recharge_requests,
+        n.command_results,
+        n.reroute,
+        n.timer,
+        n.accounts_changelog,
+        n.dedupe_marks,
+    }
+    assert not set(n.written) & {n.calls, n.conferencing, n.commands}
+
+
 def test_the_ledger_is_kept_forever_by_default() -> None:
     assert Settings().ledger_retention_ms == FOREVER == -1
     configs = creation_configs(NAMES, Settings().ledger_retention_ms, WEEK)
