@@ -17,16 +17,19 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     RecordTooLargeError,
 )
 from aiokafka.producer import sender as aiokafka_sender
 
+from processor.kafka import glue
 from processor.kafka.routing import partition_for_key
 from processor.observability import metrics
 from processor.worker.records import Out
@@ -107,7 +110,7 @@ class _Sender:
                 # The batch is full, or holds its one record: send it, start the next.
                 if batch.record_count():
                     future = await producer.send_batch(batch, topic, partition=partition)
-                    sent.append(_Sent(future, members))
+                    sent.append(_Sent(future, members, topic, partition))
                     batch, members = producer.create_batch(), []
                 if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
                     # Larger than a whole batch: the producer sends it on its own.
@@ -115,67 +118,102 @@ class _Sender:
                         future = await producer.send(
                             topic, r.value, key=r.key, partition=partition, headers=headers
                         )
+                        sent.append(_Sent(future, [r], topic, partition))
                     except TOO_LARGE as exc:
-                        future = _failed(exc)
-                    sent.append(_Sent(future, [r]))
+                        sent.append(_Sent(_failed(exc), [r], topic, partition, numbered=False))
                     batch = producer.create_batch()
                 else:
                     members.append(r)
             if batch.record_count():
                 future = await producer.send_batch(batch, topic, partition=partition)
-                sent.append(_Sent(future, members))
+                sent.append(_Sent(future, members, topic, partition))
         return sent
 
 
 class _Sent:
-    """One batch handed to the producer: its delivery future and its records."""
+    """One batch handed to the producer: its delivery future, where it went and its
+    records; `numbered`: the producer gave its records sequence numbers (it was not
+    refused before it was queued)."""
 
-    __slots__ = ("future", "members")
+    __slots__ = ("future", "members", "numbered", "partition", "topic")
 
-    def __init__(self, future: asyncio.Future[Any], members: list[Out]) -> None:
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        members: list[Out],
+        topic: str,
+        partition: int,
+        numbered: bool = True,
+    ) -> None:
         self.future = future
         self.members = members
+        self.topic = topic
+        self.partition = partition
+        self.numbered = numbered
 
 
-class _Crowded(Exception):
-    """The broker refused a batch of several records as too large."""
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What the broker made of a transaction's batches."""
+
+    # For each lone record refused as too large, the record standing in for it.
+    stand_ins: dict[int, Out]
+    # Batches of several records refused as too large: to go again one record a batch.
+    crowded: bool
+    # The batches the broker appended nothing of, numbered by the producer.
+    refused: list[_Sent]
+
+    @property
+    def complete(self) -> bool:
+        """Every record is in: nothing to send again."""
+        return not (self.refused or self.stand_ins)
 
 
-async def _stand_ins(
-    sent: list[_Sent], fallback: Fallback | None, split: bool = False
-) -> dict[int, Out]:
-    """Wait for every batch; for each lone record refused as too large, its stand-in
-    (by the record's id). Raises the first other failure: nothing may pass for sent.
-    `split`: a batch of several records refused as too large raises `_Crowded`."""
+async def _outcome(sent: list[_Sent], fallback: Fallback | None, split: bool = False) -> _Outcome:
+    """Wait for every batch. Raises the first failure other than a refusal for size (or
+    its consequence): nothing may pass for sent. `split`: a batch of several records
+    refused as too large is `crowded`, else such a refusal raises too."""
     results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
-    if split and any(
-        isinstance(result, TOO_LARGE) and len(batch.members) > 1
+    too_large = {
+        (batch.topic, batch.partition)
         for batch, result in zip(sent, results, strict=True)
-    ):
-        raise _Crowded()
+        if isinstance(result, TOO_LARGE)
+    }
     stand_ins: dict[int, Out] = {}
+    refused: list[_Sent] = []
+    crowded = False
     for batch, result in zip(sent, results, strict=True):
         if not isinstance(result, BaseException):
             continue
-        refused = batch.members[0]
+        if batch.numbered:
+            refused.append(batch)
+        if isinstance(result, OutOfOrderSequenceNumber) and (
+            (batch.topic, batch.partition) in too_large
+        ):
+            # Numbered after a batch of its partition that was refused: refused in turn.
+            continue
+        if split and isinstance(result, TOO_LARGE) and len(batch.members) > 1:
+            crowded = True
+            continue
+        refused_record = batch.members[0]
         stand_in = (
-            fallback(refused)
+            fallback(refused_record)
             if fallback is not None and len(batch.members) == 1 and isinstance(result, TOO_LARGE)
             else None
         )
         if stand_in is None:
             raise result
         # Carried by the same transaction as the record it stands for.
-        stand_ins[id(refused)] = Out(
+        stand_ins[id(refused_record)] = Out(
             stand_in.topic,
             stand_in.key,
             stand_in.value,
             stand_in.headers,
             stand_in.partition,
             stand_in.state,
-            refused.owner,
+            refused_record.owner,
         )
-    return stand_ins
+    return _Outcome(stand_ins, crowded, refused)
 
 
 def _failed(exc: BaseException) -> asyncio.Future[Any]:
@@ -200,10 +238,10 @@ class KafkaPublisher:
 
     async def publish(self, records: Sequence[Out]) -> None:
         sent = await self._sender.send(self._producer(), records)
-        stand_ins = await _stand_ins(sent, self.fallback)
+        stand_ins = (await _outcome(sent, self.fallback)).stand_ins
         if stand_ins:
             # Minimal rejections; one refused in turn fails the publish.
-            await _stand_ins(await self._sender.send(self._producer(), stand_ins.values()), None)
+            await _outcome(await self._sender.send(self._producer(), stand_ins.values()), None)
 
 
 class TransactionalPublisher:
@@ -227,8 +265,11 @@ class TransactionalPublisher:
         make_producer: Callable[[str], Any],
         fallback: Fallback | None = None,
         before_commit: Callable[[int], Awaitable[None]] | None = None,
+        unnumber: Callable[[Any, str, int, int], None] = glue.unnumber,
     ) -> None:
         self.fallback = fallback
+        # Takes back the sequence numbers of a batch the broker refused (tests record it).
+        self._unnumber = unnumber
         aiokafka_sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_SECONDS
         self._app_id = app_id
         self._make_producer = make_producer
@@ -292,22 +333,6 @@ class TransactionalPublisher:
             # Raises the first failure; the caller treats the whole round as failed.
             await asyncio.gather(*(self._commit(p, group) for p, group in groups.items()))
 
-    async def _renew(self, partition: int, producer: Any) -> Any:
-        """Abort the open transaction and start the partition's producer anew.
-
-        aiokafka numbered the refused batch's records and does not take the numbers
-        back, so the broker would refuse every later batch of that producer to the
-        partition as out of order; a new producer (a new epoch) numbers from zero.
-        """
-        with contextlib.suppress(Exception):
-            await producer.abort_transaction()
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        renewed = self._make_producer(self.transactional_id(partition))
-        await renewed.start()
-        self._producers[partition] = renewed
-        return renewed
-
     async def _commit(self, partition: int, records: list[Out]) -> None:
         producer = self._producers.get(partition)
         if producer is None:
@@ -331,20 +356,22 @@ class TransactionalPublisher:
         while True:
             sent = await self._sender.send(producer, records, alone)
             try:
-                stand_ins = await _stand_ins(sent, fallback, split=not alone)
-            except _Crowded:
-                alone = True
+                outcome = await _outcome(sent, fallback, split=not alone)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await producer.abort_transaction()
                 raise
-            else:
-                if not stand_ins:
-                    break
-                records = [stand_ins.get(id(r), r) for r in records]
-                fallback = None
-            producer = await self._renew(partition, producer)
+            if outcome.complete:
+                break
+            await producer.abort_transaction()
+            for batch in outcome.refused:
+                self._unnumber(producer, batch.topic, batch.partition, len(batch.members))
             await producer.begin_transaction()
+            if outcome.crowded:
+                alone = True
+            else:
+                records = [outcome.stand_ins.get(id(r), r) for r in records]
+                fallback = None
         if self._before_commit is not None:
             await self._before_commit(partition)
         await producer.commit_transaction()

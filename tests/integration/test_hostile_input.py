@@ -239,19 +239,10 @@ async def test_a_rejection_the_broker_refuses_for_size_becomes_a_minimal_one(
     try:
         value = b"\xff" + b"y" * 300_000  # not UTF-8: a 256 KiB base64 payload
         bad = await producer.send_and_wait(d.topic(CALLS), value, key=GOOD.encode(), partition=HOME)
-        good = body(CALLS, "g-after", GOOD)
-        await producer.send_and_wait(
-            d.topic(CALLS), malformed.dumps(good), key=GOOD.encode(), partition=HOME
-        )
+        good = await _good_call(d, producer, "g-after")
     finally:
         await producer.stop()
-    expected = format(expected_balances([(CALLS, good)])[GOOD], "f")
-
-    async def applied() -> bool | str:
-        status, account = await worker.get(f"/tenants/{GOOD}/account")
-        return (status == 200 and account["balance"] == expected) or f"not yet: {account}"
-
-    await eventually(applied, timeout=60, what="the good call after the refused rejection")
+    await _applied(worker, good, "the good call after the refused rejection")
     rows = [json.loads(r.value) for r in await Client(d).read_records(rejected)]
     [minimal] = [r for r in rows if r.get("source_offset") == bad.offset]
     assert minimal["reason"] == "invalid_json" and minimal["payload"] is None
@@ -263,44 +254,71 @@ async def test_a_rejection_the_broker_refuses_for_size_becomes_a_minimal_one(
 async def test_rejections_that_together_pass_a_shrunk_limit_all_land_whole(
     deployment: Deployment,
 ) -> None:
-    """credits.rejected shrinks below the record batches the worker fills: a round's
-    rejections, each well under the new limit but together over it, are refused as one
-    batch; they go again a batch each, whole, and the worker keeps running."""
+    """credits.rejected shrinks below the record batches the worker fills, after the
+    worker wrote a rejection there: a round's rejections, each under the new limit but
+    together over it, are refused as one batch and go again a batch each, whole; one
+    too large alone becomes a minimal rejection; the worker keeps running. (The broker
+    refuses a producer's batches after a refused one as out of order unless their
+    numbers are taken back.)"""
     d = deployment
     worker = await _ready_worker(d)
     rejected = d.topic("credits.rejected")
-    await _shrink(d, rejected, 20_000)
-    bad = [b"{not json " + bytes([65 + i]) * 6_000 for i in range(8)]
     producer = AIOKafkaProducer(bootstrap_servers=d.bootstrap, acks="all", linger_ms=50)
     await producer.start()
     try:
+        first = await producer.send_and_wait(
+            d.topic(CALLS), b"{not json, first", key=GOOD.encode(), partition=HOME
+        )
+
+        async def written() -> bool:
+            rows = [json.loads(r.value) for r in await Client(d).read_records(rejected)]
+            return any(r.get("source_offset") == first.offset for r in rows)
+
+        await eventually(written, timeout=60, what="a rejection written before the shrink")
+        await _shrink(d, rejected, 20_000)
+        bad = [b"{not json " + bytes([65 + i]) * 6_000 for i in range(8)]
+        huge = b"\xff" + b"z" * 30_000  # not UTF-8: its rejection no longer fits
+        values = [*bad[:4], huge, *bad[4:]]
         sent = [
             await producer.send(d.topic(CALLS), value, key=GOOD.encode(), partition=HOME)
-            for value in bad
+            for value in values
         ]
         offsets = [(await s).offset for s in sent]
-        good = body(CALLS, "g-after-many", GOOD)
-        await producer.send_and_wait(
-            d.topic(CALLS), malformed.dumps(good), key=GOOD.encode(), partition=HOME
-        )
+        good = await _good_call(d, producer, "g-after-many")
     finally:
         await producer.stop()
+    await _applied(worker, good, "the good call after the rejections")
+    rows = {
+        r["source_offset"]: r
+        for r in (json.loads(x.value) for x in await Client(d).read_records(rejected))
+        if "source_offset" in r
+    }
+    for offset, value in zip(offsets, values, strict=True):
+        assert rows[offset]["reason"] == "invalid_json"
+        if value is huge:
+            assert rows[offset]["payload"] is None and rows[offset]["payload_size"] == len(huge)
+        else:
+            assert rows[offset]["payload"] == value.decode(), offset
+    assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+
+
+async def _good_call(d: Deployment, producer: AIOKafkaProducer, ident: str) -> dict[str, Any]:
+    """An ordinary call of the good tenant, on the partition the hostile records took."""
+    good = body(CALLS, ident, GOOD)
+    await producer.send_and_wait(
+        d.topic(CALLS), malformed.dumps(good), key=GOOD.encode(), partition=HOME
+    )
+    return good
+
+
+async def _applied(worker: Worker, good: dict[str, Any], what: str) -> None:
     expected = format(expected_balances([(CALLS, good)])[GOOD], "f")
 
     async def applied() -> bool | str:
         status, account = await worker.get(f"/tenants/{GOOD}/account")
         return (status == 200 and account["balance"] == expected) or f"not yet: {account}"
 
-    await eventually(applied, timeout=60, what="the good call after the rejections")
-    rows = {
-        r["source_offset"]: r
-        for r in (json.loads(x.value) for x in await Client(d).read_records(rejected))
-        if "source_offset" in r
-    }
-    for offset, value in zip(offsets, bad, strict=True):
-        assert rows[offset]["reason"] == "invalid_json"
-        assert rows[offset]["payload"] == value.decode(), offset
-    assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+    await eventually(applied, timeout=60, what=what)
 
 
 async def _ready_worker(d: Deployment) -> Worker:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.errors import RecordListTooLargeError
+from aiokafka.errors import OutOfOrderSequenceNumber, RecordListTooLargeError
 
 from processor.worker.publisher import TransactionalPublisher, transactional_producer
 from processor.worker.records import Out
@@ -151,21 +151,52 @@ async def test_a_busy_partitions_round_fits_one_record_batch() -> None:
 
 
 class ShrunkTopic(FakeProducer):
-    """The broker refuses a batch of more than one record: the topic's
-    max.message.bytes was lowered after the worker sized its batches."""
+    """The broker refuses a batch of more than one record, or the record b"huge", as too
+    large (the topic's max.message.bytes was lowered after the worker sized its
+    batches), and every later batch of the partition as out of order: aiokafka numbered
+    the refused batch's records and keeps the numbers."""
+
+    def __init__(self, transactional_id: str, log: list[tuple[str, str]]) -> None:
+        super().__init__(transactional_id, log)
+        self.gap: set[tuple[str, int]] = set()
 
     async def send_batch(self, batch: FakeBatch, topic: str, partition: int) -> Any:
-        done = await super().send_batch(batch, topic, partition)
-        if len(batch.records) > 1:
-            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            refused.set_exception(RecordListTooLargeError())
-            return refused
+        await super().send_batch(batch, topic, partition)
+        failure: Exception | None = None
+        if (topic, partition) in self.gap:
+            failure = OutOfOrderSequenceNumber()
+        elif len(batch.records) > 1 or batch.records == [b"huge"]:
+            failure = RecordListTooLargeError()
+            self.gap.add((topic, partition))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if failure is None:
+            done.set_result(None)
+        else:
+            done.set_exception(failure)
         return done
 
 
-async def test_a_batch_refused_as_too_large_goes_again_one_record_a_batch() -> None:
+def shrunk_rig() -> tuple[TransactionalPublisher, list[tuple[str, str]]]:
     log: list[tuple[str, str]] = []
-    pub = TransactionalPublisher("app", lambda tid: ShrunkTopic(tid, log))
+    producers: list[ShrunkTopic] = []
+
+    def make(tid: str) -> ShrunkTopic:
+        producers.append(ShrunkTopic(tid, log))
+        return producers[-1]
+
+    def unnumber(producer: Any, topic: str, partition: int, records: int) -> None:
+        # The numbers taken back: the broker accepts the partition's next batch again.
+        log.append((producer.id, f"unnumber {topic}[{partition}] {records}"))
+        producer.gap.discard((topic, partition))
+
+    def stand_in(out: Out) -> Out:
+        return Out(out.topic, out.key, b"minimal", partition=out.partition, owner=out.owner)
+
+    return TransactionalPublisher("app", make, fallback=stand_in, unnumber=unnumber), log
+
+
+async def test_a_batch_refused_as_too_large_goes_again_one_record_a_batch() -> None:
+    pub, log = shrunk_rig()
     await pub.assign({0}, generation=1)
     log.clear()
     await pub.publish([Out("ledger", b"a", v, partition=0, owner=0) for v in (b"1", b"2", b"3")])
@@ -173,11 +204,55 @@ async def test_a_batch_refused_as_too_large_goes_again_one_record_a_batch() -> N
         "begin",
         "send ledger[0] [b'1', b'2', b'3']",
         "abort",
-        "stop",
-        "start",  # a new epoch: aiokafka does not take back the refused batch's numbers
+        "unnumber ledger[0] 3",
         "begin",
         "send ledger[0] [b'1']",
         "send ledger[0] [b'2']",
         "send ledger[0] [b'3']",
         "commit",
     ]
+
+
+async def test_batches_after_a_refused_one_go_again_with_its_stand_in() -> None:
+    # One record alone too large: the partition's batches after it were refused as out
+    # of order; all their numbers are taken back and they go again, unchanged.
+    pub, log = shrunk_rig()
+    await pub.assign({0}, generation=1)
+    log.clear()
+    values = (b"1", b"huge", b"3")
+    await pub.publish([Out("ledger", b"a", v, partition=0, owner=0) for v in values])
+    assert [what for _, what in log] == [
+        "begin",
+        "send ledger[0] [b'1', b'huge', b'3']",
+        "abort",
+        "unnumber ledger[0] 3",
+        "begin",
+        "send ledger[0] [b'1']",
+        "send ledger[0] [b'huge']",
+        "send ledger[0] [b'3']",
+        "abort",
+        "unnumber ledger[0] 1",
+        "unnumber ledger[0] 1",
+        "begin",
+        "send ledger[0] [b'1']",
+        "send ledger[0] [b'minimal']",
+        "send ledger[0] [b'3']",
+        "commit",
+    ]
+
+
+def test_a_refused_batchs_numbers_are_taken_back_in_aiokafkas_producer() -> None:
+    from aiokafka.structs import TopicPartition
+
+    from processor.kafka import glue
+
+    async def numbers() -> tuple[int, int]:
+        producer = transactional_producer("127.0.0.1:1", "app-p0", 1024, {})
+        manager = producer._txn_manager  # noqa: SLF001 - what glue.unnumber reaches
+        tp = TopicPartition("ledger", 0)
+        manager.increment_sequence_number(tp, 5)  # a sent batch of five
+        manager.increment_sequence_number(tp, 3)  # a refused batch of three
+        glue.unnumber(producer, "ledger", 0, 3)
+        return manager.sequence_number(tp), manager.sequence_number(TopicPartition("ledger", 1))
+
+    assert asyncio.run(numbers()) == (5, 0)

@@ -25,6 +25,8 @@ What the worker needs from the libraries' insides, and why:
 - A Faust table's changelog topic, built again once the table's serializers are set
   (`use_codecs`); mode's crash of a service (`crash`); aiokafka's cluster
   metadata (`fetch_metadata`); the table manager's recovery, absent from its type.
+- aiokafka's producer: the sequence numbers of a batch the broker refused, taken back
+  (`unnumber`), so that the batches after it are not refused as out of order.
 
 The worker's policy (what is taken, refused, staged) stays in processor/worker/consumer.py,
 which subclasses `FetchLoop` and fills in its hooks (`hand_over`, `drop_stale`,
@@ -40,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import faust
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 from faust.tables.base import Collection
 from faust.transport.consumer import Consumer as FaustBaseConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -76,6 +79,7 @@ __all__ = [
     "fetch_metadata",
     "recovery_of",
     "set_consumer_state",
+    "unnumber",
     "use_codecs",
 ]
 VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
@@ -155,6 +159,7 @@ REACHES: tuple[Reach, ...] = (
     Reach(AIOKafkaConsumer, "_isolation_level", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_fetcher", "attribute", "its seeks are counted", set_in="start"),
     Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata (partitions of a topic)"),
+    Reach(AIOKafkaProducer, "_txn_manager", "attribute", "a refused batch's numbers taken back"),
     # Faust's app and web server (tests end apps they never started, and check them).
     Reach(faust.App, "_maybe_close_http_client", "method", "close its HTTP client", _SELF),
     Reach(faust.App, "_app_tasks", "attribute", "the tasks and timers it starts with"),
@@ -222,3 +227,15 @@ def app_tasks(app: faust.App) -> list[Callable[[], Awaitable[Any]]]:
 def enabled_blueprints(web: Any) -> list[tuple[str, Any]]:
     """The (URL prefix, blueprint) pairs Faust's web server serves."""
     return list(web._enabled_blueprints())
+
+
+def unnumber(producer: AIOKafkaProducer, topic: str, partition: int, records: int) -> None:
+    """Take back the sequence numbers of `records` records of a batch the broker refused
+    (appended nothing of) on that partition.
+
+    aiokafka numbers a batch's records as it sends it and keeps the numbers when the
+    broker refuses the batch, which expects them again: every later batch of the
+    producer to that partition would be refused as out of order. (Java's producer takes
+    them back: `TransactionManager.adjustSequencesDueToFailedBatch`.)
+    """
+    producer._txn_manager.increment_sequence_number(TopicPartition(topic, partition), -records)
