@@ -49,6 +49,9 @@ TXN_RETRY_BACKOFF_SECONDS = 0.002
 # at once).
 TRANSACTION_TIMEOUT_MS = 10_000
 
+# A topic and a partition.
+_TP = tuple[str, int]
+
 # The broker (or the producer) refused one record as too large.
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 # For a record refused as too large, alone in its batch: the record to produce
@@ -78,10 +81,12 @@ class _Sender:
         self._partitions: dict[str, int] = {}
         self._spread = itertools.count()
 
-    async def send(self, producer: Any, records: Iterable[Out], alone: bool = False) -> list[_Sent]:
+    async def send(
+        self, producer: Any, records: Iterable[Out], alone: frozenset[_TP] = frozenset()
+    ) -> list[_Sent]:
         """Hand every record to `producer`; each batch's future resolves as the broker
         acks it, and names the records it holds (to find a lone one refused for size).
-        `alone`: every record in a batch of its own."""
+        `alone`: the topic partitions whose records go in a batch each."""
         groups: dict[tuple[str, int], list[Out]] = defaultdict(list)
         counts = self._partitions
         for r in records:
@@ -99,9 +104,10 @@ class _Sender:
         for (topic, partition), group in groups.items():
             batch = producer.create_batch()
             members: list[Out] = []
+            one_each = (topic, partition) in alone
             for r in group:
                 headers = list(r.headers) if r.headers else []
-                if not (alone and members) and (
+                if not (one_each and members) and (
                     batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
                     is not None
                 ):
@@ -158,8 +164,9 @@ class _Outcome:
 
     # For each lone record refused as too large, the record standing in for it.
     stand_ins: dict[int, Out]
-    # Batches of several records refused as too large: to go again one record a batch.
-    crowded: bool
+    # Where a batch of several records was refused as too large: to go again one
+    # record a batch.
+    crowded: frozenset[_TP]
     # The batches the broker appended nothing of, numbered by the producer.
     refused: list[_Sent]
 
@@ -172,7 +179,8 @@ class _Outcome:
 async def _outcome(sent: list[_Sent], fallback: Fallback | None, split: bool = False) -> _Outcome:
     """Wait for every batch. Raises the first failure other than a refusal for size (or
     its consequence): nothing may pass for sent. `split`: a batch of several records
-    refused as too large is `crowded`, else such a refusal raises too."""
+    refused as too large is `crowded` (its topic partition), else such a refusal
+    raises too."""
     results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
     too_large = {
         (batch.topic, batch.partition)
@@ -181,7 +189,7 @@ async def _outcome(sent: list[_Sent], fallback: Fallback | None, split: bool = F
     }
     stand_ins: dict[int, Out] = {}
     refused: list[_Sent] = []
-    crowded = False
+    crowded: set[_TP] = set()
     for batch, result in zip(sent, results, strict=True):
         if not isinstance(result, BaseException):
             continue
@@ -193,7 +201,7 @@ async def _outcome(sent: list[_Sent], fallback: Fallback | None, split: bool = F
             # Numbered after a batch of its partition that was refused: refused in turn.
             continue
         if split and isinstance(result, TOO_LARGE) and len(batch.members) > 1:
-            crowded = True
+            crowded.add((batch.topic, batch.partition))
             continue
         refused_record = batch.members[0]
         stand_in = (
@@ -213,7 +221,7 @@ async def _outcome(sent: list[_Sent], fallback: Fallback | None, split: bool = F
             stand_in.state,
             refused_record.owner,
         )
-    return _Outcome(stand_ins, crowded, refused)
+    return _Outcome(stand_ins, frozenset(crowded), refused)
 
 
 def _failed(exc: BaseException) -> asyncio.Future[Any]:
@@ -349,14 +357,16 @@ class TransactionalPublisher:
             return
         await producer.begin_transaction()
         # A refusal for size leaves the transaction to be aborted and the records sent
-        # again: each in a batch of its own once a batch of several was refused (its
-        # topic takes less than when the worker started), then with minimal rejections
-        # in place of lone records refused; the round fails if one of those is refused.
-        alone, fallback = False, self.fallback
+        # again: a batch each for those of a topic partition where a batch of several
+        # was refused (its topic takes less than when the worker started), then with
+        # minimal rejections in place of lone records refused; the round fails if one
+        # of those is refused.
+        alone: frozenset[_TP] = frozenset()
+        fallback = self.fallback
         while True:
             sent = await self._sender.send(producer, records, alone)
             try:
-                outcome = await _outcome(sent, fallback, split=not alone)
+                outcome = await _outcome(sent, fallback, split=True)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await producer.abort_transaction()
@@ -368,7 +378,7 @@ class TransactionalPublisher:
                 self._unnumber(producer, batch.topic, batch.partition, len(batch.members))
             await producer.begin_transaction()
             if outcome.crowded:
-                alone = True
+                alone |= outcome.crowded
             else:
                 records = [outcome.stand_ins.get(id(r), r) for r in records]
                 fallback = None

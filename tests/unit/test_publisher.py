@@ -199,16 +199,23 @@ async def test_a_batch_refused_as_too_large_goes_again_one_record_a_batch() -> N
     pub, log = shrunk_rig()
     await pub.assign({0}, generation=1)
     log.clear()
-    await pub.publish([Out("ledger", b"a", v, partition=0, owner=0) for v in (b"1", b"2", b"3")])
+    await pub.publish(
+        [
+            *(Out("ledger", b"a", v, partition=0, owner=0) for v in (b"1", b"2", b"3")),
+            Out("changelog", b"a", b"c", partition=0, state=True, owner=0),
+        ]
+    )
     assert [what for _, what in log] == [
         "begin",
         "send ledger[0] [b'1', b'2', b'3']",
+        "send changelog[0] [b'c']",
         "abort",
         "unnumber ledger[0] 3",
         "begin",
         "send ledger[0] [b'1']",
         "send ledger[0] [b'2']",
         "send ledger[0] [b'3']",
+        "send changelog[0] [b'c']",  # only the refused partition's records go one a batch
         "commit",
     ]
 
