@@ -87,7 +87,7 @@ class _Sender:
         """Hand every record to `producer`; each batch's future resolves as the broker
         acks it, and names the records it holds (to find a lone one refused for size).
         `alone`: the topic partitions whose records go in a batch each."""
-        groups: dict[tuple[str, int], list[Out]] = defaultdict(list)
+        groups: dict[_TP, list[Out]] = defaultdict(list)
         counts = self._partitions
         for r in records:
             partition = r.partition
@@ -182,6 +182,8 @@ async def _outcome(sent: list[_Sent], fallback: Fallback | None, split: bool = F
     refused as too large is `crowded` (its topic partition), else such a refusal
     raises too."""
     results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
+    if not any(isinstance(result, BaseException) for result in results):
+        return _Outcome({}, frozenset(), [])  # every round's usual case
     too_large = {
         (batch.topic, batch.partition)
         for batch, result in zip(sent, results, strict=True)
