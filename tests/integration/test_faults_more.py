@@ -180,11 +180,16 @@ async def group_state(bootstrap: str, group: str) -> tuple[str, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        [response] = await admin.describe_consumer_groups([group])
-        _error, _group, state, _ptype, _protocol, members, *_ = response.groups[0]
-        return str(state), len(members)
+        return await described_state(admin, group)
     finally:
         await admin.close()
+
+
+async def described_state(admin: AIOKafkaAdminClient, group: str) -> tuple[str, int]:
+    """`group_state` through a started admin client: a poll of a few milliseconds."""
+    [response] = await admin.describe_consumer_groups([group])
+    _error, _group, state, _ptype, _protocol, members, *_ = response.groups[0]
+    return str(state), len(members)
 
 
 async def settled(bootstrap: str, group: str, members: int, timeout: float = 90.0) -> float:
@@ -830,13 +835,20 @@ async def test_a_worker_joining_as_a_burst_arrives_applies_every_record(
     w0 = fleet.start(d, 0)
     await w0.wait_ready()
     records = traffic(events=3000, seed=71)
-    w1 = fleet.start(d, 1)
+    # One client for the whole watch: a client started per poll took long enough that
+    # the join's short rebalance fell between two polls.
+    admin = AIOKafkaAdminClient(bootstrap_servers=d.bootstrap)
+    await admin.start()
+    try:
+        w1 = fleet.start(d, 1)
 
-    async def rebalancing() -> str:
-        state, _ = await group_state(d.bootstrap, d.app_id)
-        return "not yet" if state == "Stable" else state
+        async def rebalancing() -> str:
+            state, _ = await described_state(admin, d.app_id)
+            return "not yet" if state == "Stable" else state
 
-    state = await eventually(rebalancing, 60, interval=0.02, what="the join's rebalance")
+        state = await eventually(rebalancing, 60, interval=0.02, what="the join's rebalance")
+    finally:
+        await admin.close()
     joined = round(time.monotonic() - began, 1)
     await burst(d, records)
     await settled(d.bootstrap, d.app_id, members=2)
