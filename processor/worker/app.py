@@ -124,9 +124,10 @@ class Meter:
         self.marks = MarkStore(partitions)
         self.tally = AccountTally()
         glue.use_codecs(self.accounts, "meter-str", "meter-account")
-        # Each round's records go out in one Kafka transaction per partition number
-        # (processor/worker/publisher.py); the stores start a partition's producer, fencing
-        # its earlier owner, before they read its changelog.
+        # Each round's records go out in one Kafka transaction per partition number, or per
+        # group of them this worker owns whole (processor/worker/publisher.py); the stores
+        # start a partition's producers, fencing its earlier owner, before they read its
+        # changelog.
         client_options = kafka_options.kafka_client_options(cfg)
         # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
         sizes = Limits(self.app.conf.producer_max_request_size, dict(limits or {}))
@@ -137,6 +138,7 @@ class Meter:
             ),
             # A lone output the broker refuses as too large becomes a minimal rejection.
             fallback=functools.partial(minimal_rejection, self.names, clock),
+            partitions=partitions,
         )
         if isinstance(self.accounts.data, store.SeqMemoryStore):
             self.accounts.data.attach(

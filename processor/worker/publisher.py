@@ -5,8 +5,9 @@ record; a batch of outputs instead goes out as one aiokafka record batch per
 partition (`create_batch`/`send_batch`), and the caller waits once for all of them.
 
 The worker publishes through `TransactionalPublisher`: each round's records go out in
-one Kafka transaction per partition number (docs/guarantees.md), so a consumer reading
-`read_committed` sees a batch's outputs and state together or not at all.
+one Kafka transaction per partition number, or per group of partition numbers the worker
+owns whole (docs/guarantees.md), so a consumer reading `read_committed` sees a batch's
+outputs and state together or not at all.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -49,8 +50,42 @@ TXN_RETRY_BACKOFF_SECONDS = 0.002
 # at once).
 TRANSACTION_TIMEOUT_MS = 10_000
 
+# Partition numbers g, g + TRANSACTION_GROUPS, g + 2 * TRANSACTION_GROUPS, ... share one
+# transaction a round (transactional id `<app id>-g<g>`) while one worker owns them all,
+# and each has its own (`<app id>-p<p>`) otherwise: a round's fixed cost, its
+# transactions' requests and the broker's writes for them, falls with their number
+# (docs/performance.md, "Partition numbers sharing a transaction"). Grouped by remainder
+# because Faust assigns partition numbers round robin, which keeps the groups whole for
+# one, two or four workers. Part of the fencing protocol: every worker of an app must use
+# the same value (docs/guarantees.md).
+TRANSACTION_GROUPS: Final = 4
+
 # A topic and a partition.
 _TP = tuple[str, int]
+
+
+def transaction_routes(
+    app_id: str, owned: frozenset[int], partitions: int | None
+) -> tuple[dict[int, str], frozenset[str]]:
+    """Which transactional id carries each owned partition number's records, and every id
+    a new owner of them must start (fence) first: its own, and its group's, which an
+    earlier owner of the whole group used. `partitions`: the topics' partition count
+    (None: no groups, a transaction per partition number)."""
+    route: dict[int, str] = {}
+    fenced: set[str] = set()
+    for p in owned:
+        alone = f"{app_id}-p{p}"
+        fenced.add(alone)
+        route[p] = alone
+        if partitions is None:
+            continue
+        g = p % TRANSACTION_GROUPS
+        shared = f"{app_id}-g{g}"
+        fenced.add(shared)
+        if owned.issuperset(range(g, partitions, TRANSACTION_GROUPS)):
+            route[p] = shared
+    return route, frozenset(fenced)
+
 
 # The broker (or the producer) refused one record as too large.
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
@@ -255,16 +290,17 @@ class KafkaPublisher:
 
 
 class TransactionalPublisher:
-    """`Publisher` that commits each round in one transaction per partition number.
+    """`Publisher` that commits each round in one transaction per partition number, or
+    per group of them that this worker owns whole (`transaction_routes`).
 
     A tenant's records all come from, and all its state goes to, one partition number
     p (the input topics, the re-route and timer topics and the changelogs are
     co-partitioned), so p's transaction holds everything its records caused: outputs,
-    re-routes, rejections and the account values and marks. Each p has its own
-    producer, with the transactional id `<app id>-p<p>`: a worker that is assigned p
-    starts that producer before it reads p's changelog, which fences any earlier
-    owner (a zombie) and aborts whatever transaction it left open, so nothing the
-    zombie writes afterwards is ever committed (Kafka's epoch fencing).
+    re-routes, rejections and the account values and marks. A worker that is assigned p
+    starts the producers of p's transactional ids (its own and its group's) before it
+    reads p's changelog, which fences any earlier owner (a zombie) and aborts whatever
+    transaction it left open, so nothing the zombie writes afterwards is ever committed
+    (Kafka's epoch fencing).
     """
 
     atomic = True
@@ -274,8 +310,9 @@ class TransactionalPublisher:
         app_id: str,
         make_producer: Callable[[str], Any],
         fallback: Fallback | None = None,
-        before_commit: Callable[[int], Awaitable[None]] | None = None,
+        before_commit: Callable[[str], Awaitable[None]] | None = None,
         unnumber: Callable[[Any, str, int, int], None] = glue.unnumber,
+        partitions: int | None = None,
     ) -> None:
         self.fallback = fallback
         # Takes back the sequence numbers of a batch the broker refused (tests record it).
@@ -283,25 +320,32 @@ class TransactionalPublisher:
         aiokafka_sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_SECONDS
         self._app_id = app_id
         self._make_producer = make_producer
-        self._producers: dict[int, Any] = {}
+        # The topics' partition count, which the groups are drawn from.
+        self._partition_count = partitions
+        # Each owned partition number's transactional id, and the producers by id.
+        self._routes: dict[int, str] = {}
+        self._producers: dict[str, Any] = {}
         self._sender = _Sender()
         # Serialises rounds and re-assignments: a producer is never stopped mid-round.
         self._lock = asyncio.Lock()
         # The rebalance generation and partitions of the last assignment: every table's
         # store asks for the same one, and it is carried out once.
         self._assigned: tuple[int, frozenset[int]] | None = None
-        # A test's hook between a transaction's sends and its commit (a crash there).
+        # A test's hook between a transaction's sends and its commit (a crash there),
+        # given the transaction's id.
         self._before_commit = before_commit
-
-    def transactional_id(self, partition: int) -> str:
-        return f"{self._app_id}-p{partition}"
 
     @property
     def partitions(self) -> frozenset[int]:
-        return frozenset(self._producers)
+        return frozenset(self._routes)
+
+    @property
+    def routes(self) -> dict[int, str]:
+        """Each owned partition number's transactional id."""
+        return dict(self._routes)
 
     async def assign(self, partitions: Iterable[int], generation: int | None = None) -> None:
-        """Own exactly these partition numbers, each with a newly started producer.
+        """Own exactly these partition numbers, each with newly started producers.
 
         A partition kept through the rebalance gets a new producer too: if this worker
         was a zombie, another took the partition over in between and fenced the old
@@ -312,51 +356,74 @@ class TransactionalPublisher:
             if generation is not None and self._assigned == (generation, wanted):
                 return
             self._assigned = None if generation is None else (generation, wanted)
-            for p in sorted(self._producers):
-                with contextlib.suppress(Exception):  # a fenced producer may refuse
-                    await self._producers.pop(p).stop()
-            for p in sorted(wanted):
-                producer = self._make_producer(self.transactional_id(p))
+            await self._stop(set(self._producers))
+            self._routes = {}
+            routes, fenced = transaction_routes(self._app_id, wanted, self._partition_count)
+            used = set(routes.values())
+            for tid in sorted(fenced):
                 # InitProducerId: bumps the epoch of this transactional id, fencing the
                 # previous owner, and waits until its open transaction is aborted.
-                await producer.start()
-                self._producers[p] = producer
+                await self._start(tid)
+                if tid not in used:
+                    # Only fenced: an earlier owner may have used it; this worker won't.
+                    await self._stop({tid})
+            self._routes = routes
 
     async def release(self, partitions: Iterable[int]) -> None:
-        """Stop these partitions' producers (a revoke): a round in flight ends first,
+        """Stop the producers of these partitions (a revoke): a round in flight ends first,
         and records staged for them afterwards are not produced, so the next owner's
-        producer never fences a transaction of ours in the middle."""
+        producer never fences a transaction of ours in the middle. A kept partition
+        whose group's producer stopped goes on with its own until the next assignment."""
         async with self._lock:
-            for p in sorted(set(partitions) & set(self._producers)):
-                with contextlib.suppress(Exception):
-                    await self._producers.pop(p).stop()
+            revoked = set(partitions) & set(self._routes)
+            stopped = {self._routes.pop(p) for p in revoked}
+            await self._stop(stopped)
+            for p in sorted(p for p, tid in self._routes.items() if tid in stopped):
+                tid = f"{self._app_id}-p{p}"
+                await self._start(tid)
+                self._routes[p] = tid
             self._assigned = None
 
     async def stop(self) -> None:
         await self.assign(())
 
-    async def publish(self, records: Sequence[Out]) -> None:
-        groups: dict[int, list[Out]] = defaultdict(list)
-        for r in records:
-            groups[r.owner].append(r)
-        async with self._lock:
-            # Raises the first failure; the caller treats the whole round as failed.
-            await asyncio.gather(*(self._commit(p, group) for p, group in groups.items()))
+    async def _start(self, transactional_id: str) -> None:
+        producer = self._make_producer(transactional_id)
+        await producer.start()
+        self._producers[transactional_id] = producer
 
-    async def _commit(self, partition: int, records: list[Out]) -> None:
-        producer = self._producers.get(partition)
-        if producer is None:
-            # Not (or no longer) ours: its new owner does this work again, and a
-            # transaction under its id from here would fence that owner. What reaches
-            # here is a timer's tick or a forgotten mark's tombstone staged before a
-            # rebalance moved the partition; input records are flushed before a revoke.
-            log.warning(
-                "dropped %d records for partition %d, which this worker no longer owns",
-                len(records),
-                partition,
-            )
-            metrics.UNOWNED_DROPPED.inc(len(records))
-            return
+    async def _stop(self, transactional_ids: Iterable[str]) -> None:
+        for tid in sorted(transactional_ids):
+            with contextlib.suppress(Exception):  # a fenced producer may refuse
+                await self._producers.pop(tid).stop()
+
+    async def publish(self, records: Sequence[Out]) -> None:
+        async with self._lock:
+            groups: dict[str, list[Out]] = defaultdict(list)
+            unowned: dict[int, int] = defaultdict(int)
+            for r in records:
+                tid = self._routes.get(r.owner)
+                if tid is None:
+                    unowned[r.owner] += 1
+                else:
+                    groups[tid].append(r)
+            for partition, count in unowned.items():
+                # Not (or no longer) ours: its new owner does this work again, and a
+                # transaction under its ids from here would fence that owner. What
+                # reaches here is a timer's tick or a forgotten mark's tombstone staged
+                # before a rebalance moved the partition; input records are flushed
+                # before a revoke.
+                log.warning(
+                    "dropped %d records for partition %d, which this worker no longer owns",
+                    count,
+                    partition,
+                )
+                metrics.UNOWNED_DROPPED.inc(count)
+            # Raises the first failure; the caller treats the whole round as failed.
+            await asyncio.gather(*(self._commit(tid, group) for tid, group in groups.items()))
+
+    async def _commit(self, transactional_id: str, records: list[Out]) -> None:
+        producer = self._producers[transactional_id]
         await producer.begin_transaction()
         # A refusal for size leaves the transaction to be aborted and the records sent
         # again: a batch each for those of a topic partition where a batch of several
@@ -385,6 +452,6 @@ class TransactionalPublisher:
                 records = [outcome.stand_ins.get(id(r), r) for r in records]
                 fallback = None
         if self._before_commit is not None:
-            await self._before_commit(partition)
+            await self._before_commit(transactional_id)
         await producer.commit_transaction()
         metrics.TRANSACTIONS.inc()

@@ -13,6 +13,7 @@ attempt's transaction is aborted, so the consumer sees one history.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import ProducerFenced
 
 from processor.config.settings import Settings
 from processor.core.dedupe import DedupeWindow, dedupe_tenant
@@ -189,8 +191,8 @@ async def test_transactional_outputs_show_one_history(kafka: Any, names: TopicNa
             bootstrap_servers=kafka.bootstrap, transactional_id=transactional_id
         )
 
-    async def crash(partition: int) -> None:
-        raise Crashed(f"before committing partition {partition}'s transaction")
+    async def crash(transactional_id: str) -> None:
+        raise Crashed(f"before committing {transactional_id}'s transaction")
 
     crashed = TransactionalPublisher(app_id, producer, before_commit=crash)
     await crashed.assign({0})
@@ -217,3 +219,52 @@ async def test_transactional_outputs_show_one_history(kafka: Any, names: TopicNa
         ("debit", "-0.1320"),
         ("credit", "9.8680"),
     ]
+
+
+async def test_a_new_owner_of_one_partition_fences_its_groups_open_transaction(
+    kafka: Any, topic_name: Callable[..., str]
+) -> None:
+    # A worker owning every partition commits partitions 0 and 4 in their group's one
+    # transaction (TRANSACTION_GROUPS 4 over 8 partitions). It freezes before the
+    # commit (a zombie); the next owner of partition 0 alone must still fence it.
+    app_id, topic = topic_name(), topic_name("ledger")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 8, 1)])
+    finally:
+        await admin.close()
+
+    def producer(transactional_id: str) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap, transactional_id=transactional_id
+        )
+
+    frozen, woken = asyncio.Event(), asyncio.Event()
+
+    async def freeze(transactional_id: str) -> None:
+        if transactional_id == f"{app_id}-g0":
+            frozen.set()
+            await woken.wait()
+
+    zombie = TransactionalPublisher(app_id, producer, before_commit=freeze, partitions=8)
+    successor = TransactionalPublisher(app_id, producer, partitions=8)
+    try:
+        await zombie.assign(range(8))
+        assert zombie.routes[0] == zombie.routes[4] == f"{app_id}-g0"
+        round_ = asyncio.create_task(
+            zombie.publish([Out(topic, b"z", b"zombie", partition=p, owner=p) for p in (0, 4)])
+        )
+        await frozen.wait()
+        await successor.assign({0})
+        assert successor.routes == {0: f"{app_id}-p0"}
+        woken.set()
+        with pytest.raises(ProducerFenced):
+            await round_
+        await successor.publish([Out(topic, b"s", b"successor", partition=0, owner=0)])
+    finally:
+        await successor.stop()
+        with contextlib.suppress(Exception):
+            await zombie.stop()
+    values = [r.value for r in await read_topic(kafka.bootstrap, topic)]
+    assert values == [b"successor"]

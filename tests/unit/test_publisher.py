@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from aiokafka.errors import OutOfOrderSequenceNumber, RecordListTooLargeError
 
-from processor.worker.publisher import TransactionalPublisher, transactional_producer
+from processor.worker.publisher import (
+    TRANSACTION_GROUPS,
+    TransactionalPublisher,
+    transaction_routes,
+    transactional_producer,
+)
 from processor.worker.records import Out
 from processor.worker.sizing import Limits
 
@@ -58,9 +63,60 @@ class FakeProducer:
         self.log.append((self.id, "abort"))
 
 
-def rig() -> tuple[TransactionalPublisher, list[tuple[str, str]]]:
+def rig(partitions: int | None = None) -> tuple[TransactionalPublisher, list[tuple[str, str]]]:
     log: list[tuple[str, str]] = []
-    return TransactionalPublisher("app", lambda tid: FakeProducer(tid, log)), log
+    pub = TransactionalPublisher("app", lambda tid: FakeProducer(tid, log), partitions=partitions)
+    return pub, log
+
+
+def test_a_group_of_partition_numbers_shares_a_transaction_only_when_owned_whole() -> None:
+    assert TRANSACTION_GROUPS == 4  # with 8 partitions, group g is {g, g + 4}
+    alone = {f"app-p{p}" for p in range(8)}
+    shared = {f"app-g{g}" for g in range(4)}
+    routes, fenced = transaction_routes("app", frozenset(range(8)), 8)
+    assert routes == {p: f"app-g{p % 4}" for p in range(8)}
+    assert fenced == alone | shared
+    # One of two workers under round-robin assignment: its two groups are whole.
+    routes, fenced = transaction_routes("app", frozenset({0, 2, 4, 6}), 8)
+    assert routes == {0: "app-g0", 4: "app-g0", 2: "app-g2", 6: "app-g2"}
+    assert fenced == {"app-p0", "app-p2", "app-p4", "app-p6", "app-g0", "app-g2"}
+    # A group split between workers: each of its partitions alone, and the group's id
+    # fenced all the same (an earlier owner of the whole group used it).
+    routes, fenced = transaction_routes("app", frozenset({0, 1, 5}), 8)
+    assert routes == {0: "app-p0", 1: "app-g1", 5: "app-g1"}
+    assert {"app-g0", "app-g1"} <= fenced
+    # No partition count: a transaction per partition number, as before groups.
+    routes, fenced = transaction_routes("app", frozenset({0, 4}), None)
+    assert routes == {0: "app-p0", 4: "app-p4"} and fenced == {"app-p0", "app-p4"}
+
+
+async def test_a_worker_owning_every_partition_commits_a_round_in_one_transaction_a_group() -> None:
+    pub, log = rig(partitions=8)
+    await pub.assign(range(8), generation=1)
+    # Every id is started (fenced); the partitions' own are stopped again, unused.
+    assert {tid for tid, what in log if what == "start"} == {
+        *(f"app-p{p}" for p in range(8)),
+        *(f"app-g{g}" for g in range(4)),
+    }
+    assert {tid for tid, what in log if what == "stop"} == {f"app-p{p}" for p in range(8)}
+    log.clear()
+    await pub.publish([Out("ledger", bytes([p]), b"x", partition=p, owner=p) for p in range(8)])
+    assert sorted(tid for tid, what in log if what == "commit") == [f"app-g{g}" for g in range(4)]
+    assert ("app-g1", "send ledger[1] [b'x']") in log
+    assert ("app-g1", "send ledger[5] [b'x']") in log
+
+
+async def test_a_revoke_splitting_a_group_stops_its_producer_and_the_rest_go_on_alone() -> None:
+    pub, log = rig(partitions=8)
+    await pub.assign(range(8), generation=1)
+    log.clear()
+    await pub.release({4})
+    # The next owner of 4 fences app-g0: this worker no longer commits under it.
+    assert log == [("app-g0", "stop"), ("app-p0", "start")]
+    assert pub.routes[0] == "app-p0" and 4 not in pub.partitions
+    log.clear()
+    await pub.publish([Out("timer", b"t", b"tick", owner=p) for p in (0, 4)])
+    assert [tid for tid, what in log if what == "commit"] == ["app-p0"]
 
 
 async def test_each_partition_number_commits_its_own_records_in_one_transaction() -> None:
@@ -101,12 +157,12 @@ async def test_every_assignment_starts_fresh_producers_once_per_generation() -> 
 
 
 async def test_a_failing_commit_fails_the_publish() -> None:
-    async def crash(partition: int) -> None:
-        raise RuntimeError(f"fenced on {partition}")
+    async def crash(transactional_id: str) -> None:
+        raise RuntimeError(f"fenced on {transactional_id}")
 
     pub = TransactionalPublisher("app", lambda tid: FakeProducer(tid, []), before_commit=crash)
     await pub.assign({0})
-    with pytest.raises(RuntimeError, match="fenced on 0"):
+    with pytest.raises(RuntimeError, match="fenced on app-p0"):
         await pub.publish([Out("ledger", b"a", b"1", owner=0)])
 
 
