@@ -50,15 +50,15 @@ TXN_RETRY_BACKOFF_SECONDS = 0.002
 # at once).
 TRANSACTION_TIMEOUT_MS = 10_000
 
-# Partition numbers g, g + TRANSACTION_GROUPS, g + 2 * TRANSACTION_GROUPS, ... share one
-# transaction a round (transactional id `<app id>-g<g>`) while one worker owns them all,
-# and each has its own (`<app id>-p<p>`) otherwise: a round's fixed cost, its
-# transactions' requests and the broker's writes for them, falls with their number
-# (docs/performance.md, "Partition numbers sharing a transaction"). Grouped by remainder
-# because Faust assigns partition numbers round robin, which keeps the groups whole for
-# one, two or four workers. Part of the fencing protocol: every worker of an app must use
-# the same value (docs/guarantees.md).
-TRANSACTION_GROUPS: Final = 4
+# The groups of partition numbers that may share one transaction a round, coarsest first:
+# level k's groups are the partition numbers with the same remainder modulo k (level 1:
+# all of them). A worker commits each partition number it owns in the coarsest group it
+# owns whole (transactional id `<app id>-g<k>.<remainder>`), else alone (`<app id>-p<p>`):
+# a round's cost is mostly per transaction (docs/performance.md, "Partition numbers
+# sharing a transaction"). Faust assigns partition numbers round robin, which keeps a
+# level's groups whole for k workers. Part of the fencing protocol: every worker of an
+# app must use the same levels (docs/guarantees.md).
+TRANSACTION_LEVELS: Final = (1, 2, 3, 4)
 
 # A topic and a partition.
 _TP = tuple[str, int]
@@ -68,9 +68,9 @@ def transaction_routes(
     app_id: str, owned: frozenset[int], partitions: int | None
 ) -> tuple[dict[int, str], frozenset[str]]:
     """Which transactional id carries each owned partition number's records, and every id
-    a new owner of them must start (fence) first: its own, and its group's, which an
-    earlier owner of the whole group used. `partitions`: the topics' partition count
-    (None: no groups, a transaction per partition number)."""
+    a new owner of them must start (fence) first: its own and its groups' at every
+    level, any of which an earlier owner may have used. `partitions`: the topics'
+    partition count (None: no groups, a transaction per partition number)."""
     route: dict[int, str] = {}
     fenced: set[str] = set()
     for p in owned:
@@ -79,11 +79,11 @@ def transaction_routes(
         route[p] = alone
         if partitions is None:
             continue
-        g = p % TRANSACTION_GROUPS
-        shared = f"{app_id}-g{g}"
-        fenced.add(shared)
-        if owned.issuperset(range(g, partitions, TRANSACTION_GROUPS)):
-            route[p] = shared
+        for k in reversed(TRANSACTION_LEVELS):  # the coarsest whole group is taken last
+            shared = f"{app_id}-g{k}.{p % k}"
+            fenced.add(shared)
+            if owned.issuperset(range(p % k, partitions, k)):
+                route[p] = shared
     return route, frozenset(fenced)
 
 
@@ -297,7 +297,7 @@ class TransactionalPublisher:
     p (the input topics, the re-route and timer topics and the changelogs are
     co-partitioned), so p's transaction holds everything its records caused: outputs,
     re-routes, rejections and the account values and marks. A worker that is assigned p
-    starts the producers of p's transactional ids (its own and its group's) before it
+    starts the producers of p's transactional ids (its own and its groups') before it
     reads p's changelog, which fences any earlier owner (a zombie) and aborts whatever
     transaction it left open, so nothing the zombie writes afterwards is ever committed
     (Kafka's epoch fencing).

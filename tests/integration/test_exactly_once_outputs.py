@@ -224,9 +224,9 @@ async def test_transactional_outputs_show_one_history(kafka: Any, names: TopicNa
 async def test_a_new_owner_of_one_partition_fences_its_groups_open_transaction(
     kafka: Any, topic_name: Callable[..., str]
 ) -> None:
-    # A worker owning every partition commits partitions 0 and 4 in their group's one
-    # transaction (TRANSACTION_GROUPS 4 over 8 partitions). It freezes before the
-    # commit (a zombie); the next owner of partition 0 alone must still fence it.
+    # A worker owning every partition commits them all in one transaction a round (its
+    # group of level 1). It freezes before the commit (a zombie); the next owner of
+    # partition 0 alone must still fence it.
     app_id, topic = topic_name(), topic_name("ledger")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
@@ -243,7 +243,7 @@ async def test_a_new_owner_of_one_partition_fences_its_groups_open_transaction(
     frozen, woken = asyncio.Event(), asyncio.Event()
 
     async def freeze(transactional_id: str) -> None:
-        if transactional_id == f"{app_id}-g0":
+        if transactional_id == f"{app_id}-g1.0":
             frozen.set()
             await woken.wait()
 
@@ -251,7 +251,7 @@ async def test_a_new_owner_of_one_partition_fences_its_groups_open_transaction(
     successor = TransactionalPublisher(app_id, producer, partitions=8)
     try:
         await zombie.assign(range(8))
-        assert zombie.routes[0] == zombie.routes[4] == f"{app_id}-g0"
+        assert set(zombie.routes.values()) == {f"{app_id}-g1.0"}
         round_ = asyncio.create_task(
             zombie.publish([Out(topic, b"z", b"zombie", partition=p, owner=p) for p in (0, 4)])
         )

@@ -9,7 +9,7 @@ import pytest
 from aiokafka.errors import OutOfOrderSequenceNumber, RecordListTooLargeError
 
 from processor.worker.publisher import (
-    TRANSACTION_GROUPS,
+    TRANSACTION_LEVELS,
     TransactionalPublisher,
     transaction_routes,
     transactional_producer,
@@ -69,53 +69,61 @@ def rig(partitions: int | None = None) -> tuple[TransactionalPublisher, list[tup
     return pub, log
 
 
-def test_a_group_of_partition_numbers_shares_a_transaction_only_when_owned_whole() -> None:
-    assert TRANSACTION_GROUPS == 4  # with 8 partitions, group g is {g, g + 4}
-    alone = {f"app-p{p}" for p in range(8)}
-    shared = {f"app-g{g}" for g in range(4)}
-    routes, fenced = transaction_routes("app", frozenset(range(8)), 8)
-    assert routes == {p: f"app-g{p % 4}" for p in range(8)}
-    assert fenced == alone | shared
-    # One of two workers under round-robin assignment: its two groups are whole.
-    routes, fenced = transaction_routes("app", frozenset({0, 2, 4, 6}), 8)
-    assert routes == {0: "app-g0", 4: "app-g0", 2: "app-g2", 6: "app-g2"}
-    assert fenced == {"app-p0", "app-p2", "app-p4", "app-p6", "app-g0", "app-g2"}
-    # A group split between workers: each of its partitions alone, and the group's id
-    # fenced all the same (an earlier owner of the whole group used it).
-    routes, fenced = transaction_routes("app", frozenset({0, 1, 5}), 8)
-    assert routes == {0: "app-p0", 1: "app-g1", 5: "app-g1"}
-    assert {"app-g0", "app-g1"} <= fenced
+def test_partition_numbers_share_the_coarsest_transaction_group_owned_whole() -> None:
+    assert TRANSACTION_LEVELS == (1, 2, 3, 4)
+    every = frozenset(range(12))
+    # Alone on every partition: one transaction a round.
+    routes, fenced = transaction_routes("app", every, 12)
+    assert set(routes.values()) == {"app-g1.0"}
+    assert fenced == {
+        *(f"app-p{p}" for p in range(12)),
+        *(f"app-g{k}.{r}" for k in (1, 2, 3, 4) for r in range(k)),
+    }
+    # Faust's round robin over k workers gives each the groups of level k, whole.
+    for k in (2, 3, 4):
+        for r in range(k):
+            routes, _ = transaction_routes("app", frozenset(range(r, 12, k)), 12)
+            assert set(routes.values()) == {f"app-g{k}.{r}"}
+    # A group split between workers: the coarsest group still whole, else alone, and
+    # every group's id fenced all the same (an earlier owner may have used it).
+    routes, fenced = transaction_routes("app", frozenset({0, 1, 5, 9}), 12)
+    assert routes == {0: "app-p0", 1: "app-g4.1", 5: "app-g4.1", 9: "app-g4.1"}
+    assert {"app-g1.0", "app-g2.0", "app-g3.0", "app-g4.0", "app-g2.1"} <= fenced
     # No partition count: a transaction per partition number, as before groups.
     routes, fenced = transaction_routes("app", frozenset({0, 4}), None)
     assert routes == {0: "app-p0", 4: "app-p4"} and fenced == {"app-p0", "app-p4"}
 
 
-async def test_a_worker_owning_every_partition_commits_a_round_in_one_transaction_a_group() -> None:
+async def test_a_worker_owning_every_partition_commits_a_round_in_one_transaction() -> None:
     pub, log = rig(partitions=8)
     await pub.assign(range(8), generation=1)
-    # Every id is started (fenced); the partitions' own are stopped again, unused.
-    assert {tid for tid, what in log if what == "start"} == {
-        *(f"app-p{p}" for p in range(8)),
-        *(f"app-g{g}" for g in range(4)),
-    }
-    assert {tid for tid, what in log if what == "stop"} == {f"app-p{p}" for p in range(8)}
+    # Every id is started (fenced); all but the one used are stopped again.
+    started = {tid for tid, what in log if what == "start"}
+    assert {f"app-p{p}" for p in range(8)} | {"app-g1.0", "app-g2.1", "app-g4.3"} <= started
+    assert {tid for tid, what in log if what == "stop"} == started - {"app-g1.0"}
     log.clear()
     await pub.publish([Out("ledger", bytes([p]), b"x", partition=p, owner=p) for p in range(8)])
-    assert sorted(tid for tid, what in log if what == "commit") == [f"app-g{g}" for g in range(4)]
-    assert ("app-g1", "send ledger[1] [b'x']") in log
-    assert ("app-g1", "send ledger[5] [b'x']") in log
+    assert [tid for tid, what in log if what == "commit"] == ["app-g1.0"]
+    assert {what for tid, what in log if what.startswith("send")} == {
+        f"send ledger[{p}] [b'x']" for p in range(8)
+    }
 
 
 async def test_a_revoke_splitting_a_group_stops_its_producer_and_the_rest_go_on_alone() -> None:
-    pub, log = rig(partitions=8)
-    await pub.assign(range(8), generation=1)
+    pub, log = rig(partitions=4)
+    await pub.assign(range(4), generation=1)
     log.clear()
-    await pub.release({4})
-    # The next owner of 4 fences app-g0: this worker no longer commits under it.
-    assert log == [("app-g0", "stop"), ("app-p0", "start")]
-    assert pub.routes[0] == "app-p0" and 4 not in pub.partitions
+    await pub.release({3})
+    # The next owner of 3 fences app-g1.0: this worker no longer commits under it.
+    assert log == [
+        ("app-g1.0", "stop"),
+        ("app-p0", "start"),
+        ("app-p1", "start"),
+        ("app-p2", "start"),
+    ]
+    assert pub.routes == {0: "app-p0", 1: "app-p1", 2: "app-p2"}
     log.clear()
-    await pub.publish([Out("timer", b"t", b"tick", owner=p) for p in (0, 4)])
+    await pub.publish([Out("timer", b"t", b"tick", owner=p) for p in (0, 3)])
     assert [tid for tid, what in log if what == "commit"] == ["app-p0"]
 
 
