@@ -64,6 +64,11 @@ TRANSACTION_LEVELS: Final = (1, 2, 3, 4)
 _TP = tuple[str, int]
 
 
+def own_transactional_id(app_id: str, partition: int) -> str:
+    """The transactional id of a partition number's own transactions."""
+    return f"{app_id}-p{partition}"
+
+
 def transaction_routes(
     app_id: str, owned: frozenset[int], partitions: int | None
 ) -> tuple[dict[int, str], frozenset[str]]:
@@ -74,7 +79,7 @@ def transaction_routes(
     route: dict[int, str] = {}
     fenced: set[str] = set()
     for p in owned:
-        alone = f"{app_id}-p{p}"
+        alone = own_transactional_id(app_id, p)
         fenced.add(alone)
         route[p] = alone
         if partitions is None:
@@ -379,7 +384,7 @@ class TransactionalPublisher:
             stopped = {self._routes.pop(p) for p in revoked}
             await self._stop(stopped)
             for p in sorted(p for p, tid in self._routes.items() if tid in stopped):
-                tid = f"{self._app_id}-p{p}"
+                tid = own_transactional_id(self._app_id, p)
                 await self._start(tid)
                 self._routes[p] = tid
             self._assigned = None
@@ -401,8 +406,9 @@ class TransactionalPublisher:
         async with self._lock:
             groups: dict[str, list[Out]] = defaultdict(list)
             unowned: dict[int, int] = defaultdict(int)
+            routes = self._routes
             for r in records:
-                tid = self._routes.get(r.owner)
+                tid = routes.get(r.owner)
                 if tid is None:
                     unowned[r.owner] += 1
                 else:
