@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -50,15 +50,30 @@ TXN_RETRY_BACKOFF_SECONDS = 0.002
 # at once).
 TRANSACTION_TIMEOUT_MS = 10_000
 
-# The groups of partition numbers that may share one transaction a round, coarsest first:
-# level k's groups are the partition numbers with the same remainder modulo k (level 1:
-# all of them). A worker commits each partition number it owns in the coarsest group it
-# owns whole (transactional id `<app id>-g<k>.<remainder>`), else alone (`<app id>-p<p>`):
-# a round's cost is mostly per transaction (docs/performance.md, "Partition numbers
-# sharing a transaction"). Faust assigns partition numbers round robin, which keeps a
-# level's groups whole for k workers. Part of the fencing protocol: every worker of an
-# app must use the same levels (docs/guarantees.md).
+# The groups of partition numbers that may share one transaction a round. Each level k
+# has two kinds: the partition numbers with the same remainder modulo k (`g`, strided)
+# and k contiguous blocks of them (`b`, the last one shorter when k does not divide the
+# count); level 1 is all of them. A worker commits each partition number it owns in the
+# coarsest group it owns whole (transactional id `<app id>-g<k>.<remainder>` or
+# `<app id>-b<k>.<block>`), else alone (`<app id>-p<p>`): a round's cost is mostly per
+# transaction (docs/performance.md, "Partition numbers sharing a transaction"). k
+# workers that join together get strided groups whole (Faust assigns round robin); a
+# worker joining one that owns everything gets a block (Faust's sticky assignment keeps
+# the highest numbers where they were and hands the lowest over). Part of the fencing
+# protocol: every worker of an app must use the same groups (docs/guarantees.md).
 TRANSACTION_LEVELS: Final = (1, 2, 3, 4)
+
+
+def _groups(p: int, partitions: int) -> Iterator[tuple[str, range]]:
+    """Partition number p's groups, each as its id's suffix and its members, coarsest
+    last."""
+    for k in reversed(TRANSACTION_LEVELS):
+        yield f"g{k}.{p % k}", range(p % k, partitions, k)
+        if k > 1:
+            size = -(-partitions // k)
+            block = p // size
+            yield f"b{k}.{block}", range(block * size, min(partitions, (block + 1) * size))
+
 
 # A topic and a partition.
 _TP = tuple[str, int]
@@ -84,10 +99,10 @@ def transaction_routes(
         route[p] = alone
         if partitions is None:
             continue
-        for k in reversed(TRANSACTION_LEVELS):  # the coarsest whole group is taken last
-            shared = f"{app_id}-g{k}.{p % k}"
+        for suffix, members in _groups(p, partitions):  # the coarsest whole one is taken last
+            shared = f"{app_id}-{suffix}"
             fenced.add(shared)
-            if owned.issuperset(range(p % k, partitions, k)):
+            if owned.issuperset(members):
                 route[p] = shared
     return route, frozenset(fenced)
 

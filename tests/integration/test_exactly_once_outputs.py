@@ -221,12 +221,21 @@ async def test_transactional_outputs_show_one_history(kafka: Any, names: TopicNa
     ]
 
 
+@pytest.mark.parametrize(
+    ("owned", "group", "taken"),
+    [
+        # Alone on every partition: its group of level 1, one transaction a round.
+        (range(8), "g1.0", 5),
+        # The upper half, as a worker keeps when another joins (a contiguous block).
+        (range(4, 8), "b2.1", 5),
+    ],
+)
 async def test_a_new_owner_of_one_partition_fences_its_groups_open_transaction(
-    kafka: Any, topic_name: Callable[..., str]
+    kafka: Any, topic_name: Callable[..., str], owned: range, group: str, taken: int
 ) -> None:
-    # A worker owning every partition commits them all in one transaction a round (its
-    # group of level 1). It freezes before the commit (a zombie); the next owner of
-    # partition 0 alone must still fence it.
+    # A worker commits the partitions it owns in one transaction a round (a group's).
+    # It freezes before the commit (a zombie); the next owner of one of them alone must
+    # still fence it.
     app_id, topic = topic_name(), topic_name("ledger")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
@@ -243,25 +252,27 @@ async def test_a_new_owner_of_one_partition_fences_its_groups_open_transaction(
     frozen, woken = asyncio.Event(), asyncio.Event()
 
     async def freeze(transactional_id: str) -> None:
-        if transactional_id == f"{app_id}-g1.0":
+        if transactional_id == f"{app_id}-{group}":
             frozen.set()
             await woken.wait()
 
     zombie = TransactionalPublisher(app_id, producer, before_commit=freeze, partitions=8)
     successor = TransactionalPublisher(app_id, producer, partitions=8)
     try:
-        await zombie.assign(range(8))
-        assert set(zombie.routes.values()) == {f"{app_id}-g1.0"}
+        await zombie.assign(owned)
+        assert set(zombie.routes.values()) == {f"{app_id}-{group}"}
         round_ = asyncio.create_task(
-            zombie.publish([Out(topic, b"z", b"zombie", partition=p, owner=p) for p in (0, 4)])
+            zombie.publish(
+                [Out(topic, b"z", b"zombie", partition=p, owner=p) for p in (owned[0], taken)]
+            )
         )
         await frozen.wait()
-        await successor.assign({0})
-        assert successor.routes == {0: f"{app_id}-p0"}
+        await successor.assign({taken})
+        assert successor.routes == {taken: f"{app_id}-p{taken}"}
         woken.set()
         with pytest.raises(ProducerFenced):
             await round_
-        await successor.publish([Out(topic, b"s", b"successor", partition=0, owner=0)])
+        await successor.publish([Out(topic, b"s", b"successor", partition=taken, owner=taken)])
     finally:
         await successor.stop()
         with contextlib.suppress(Exception):

@@ -78,17 +78,31 @@ def test_partition_numbers_share_the_coarsest_transaction_group_owned_whole() ->
     assert fenced == {
         *(f"app-p{p}" for p in range(12)),
         *(f"app-g{k}.{r}" for k in (1, 2, 3, 4) for r in range(k)),
+        *(f"app-b{k}.{b}" for k in (2, 3, 4) for b in range(k)),
     }
     # Faust's round robin over k workers gives each the groups of level k, whole.
     for k in (2, 3, 4):
         for r in range(k):
             routes, _ = transaction_routes("app", frozenset(range(r, 12, k)), 12)
             assert set(routes.values()) == {f"app-g{k}.{r}"}
+    # A worker that joins one owning everything: Faust's sticky assignment hands it the
+    # lowest partition numbers and keeps the rest, contiguous blocks either way.
+    for k in (2, 3, 4):
+        size = 12 // k
+        for b in range(k):
+            block = frozenset(range(b * size, (b + 1) * size))
+            routes, _ = transaction_routes("app", block, 12)
+            assert set(routes.values()) == {f"app-b{k}.{b}"}
+    # Blocks of a count that k does not divide: the last one is shorter.
+    routes, fenced = transaction_routes("app", frozenset({8, 9}), 10)
+    assert routes == {8: "app-b3.2", 9: "app-b3.2"}
+    assert {"app-b4.2", "app-b4.3"} <= fenced and "app-b4.1" not in fenced
     # A group split between workers: the coarsest group still whole, else alone, and
     # every group's id fenced all the same (an earlier owner may have used it).
     routes, fenced = transaction_routes("app", frozenset({0, 1, 5, 9}), 12)
     assert routes == {0: "app-p0", 1: "app-g4.1", 5: "app-g4.1", 9: "app-g4.1"}
     assert {"app-g1.0", "app-g2.0", "app-g3.0", "app-g4.0", "app-g2.1"} <= fenced
+    assert {"app-b2.0", "app-b3.0", "app-b4.0", "app-b4.1", "app-b2.1", "app-b4.3"} <= fenced
     # No partition count: a transaction per partition number, as before groups.
     routes, fenced = transaction_routes("app", frozenset({0, 4}), None)
     assert routes == {0: "app-p0", 4: "app-p4"} and fenced == {"app-p0", "app-p4"}
