@@ -53,20 +53,22 @@ TRANSACTION_TIMEOUT_MS = 10_000
 # The groups of partition numbers that may share one transaction a round. Each level k
 # has two kinds: the partition numbers with the same remainder modulo k (`g`, strided)
 # and k contiguous blocks of them (`b`, the last one shorter when k does not divide the
-# count); level 1 is all of them. A worker commits each partition number it owns in the
-# coarsest group it owns whole (transactional id `<app id>-g<k>.<remainder>` or
-# `<app id>-b<k>.<block>`), else alone (`<app id>-p<p>`): a round's cost is mostly per
-# transaction (docs/performance.md, "Partition numbers sharing a transaction"). k
-# workers that join together get strided groups whole (Faust assigns round robin); a
-# worker joining one that owns everything gets a block (Faust's sticky assignment keeps
-# the highest numbers where they were and hands the lowest over). Part of the fencing
-# protocol: every worker of an app must use the same groups (docs/guarantees.md).
+# count); level 1 is all of them. A worker commits each partition number it owns in its
+# group of the coarsest level where it owns one whole (transactional id
+# `<app id>-g<k>.<remainder>` or `<app id>-b<k>.<block>`), else alone (`<app id>-p<p>`):
+# a round's cost is mostly per transaction (docs/performance.md, "Partition numbers
+# sharing a transaction"). k workers that join together get strided groups whole
+# (Faust assigns round robin); a worker joining one that owns everything gets a block
+# (Faust's sticky assignment keeps the highest numbers where they were and hands the
+# lowest over). Part of the fencing protocol: every worker of an app must use the same
+# groups (docs/guarantees.md).
 TRANSACTION_LEVELS: Final = (1, 2, 3, 4)
 
 
 def _groups(p: int, partitions: int) -> Iterator[tuple[str, range]]:
-    """Partition number p's groups, each as its id's suffix and its members, coarsest
-    last."""
+    """Partition number p's groups, each as its id's suffix and its members, coarser
+    levels last (within a level, the block after the remainder group; they differ in
+    size only when k does not divide the count)."""
     for k in reversed(TRANSACTION_LEVELS):
         yield f"g{k}.{p % k}", range(p % k, partitions, k)
         if k > 1:
@@ -99,7 +101,7 @@ def transaction_routes(
         route[p] = alone
         if partitions is None:
             continue
-        for suffix, members in _groups(p, partitions):  # the coarsest whole one is taken last
+        for suffix, members in _groups(p, partitions):  # the last whole one is taken
             shared = f"{app_id}-{suffix}"
             fenced.add(shared)
             if owned.issuperset(members):
