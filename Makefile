@@ -5,13 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JARS := deploy/kafka/target/libs/.complete
+# The worker's per-record path compiled with mypyc (processor/ops/compiled.py), rebuilt
+# whenever a file of the packages changes.
+COMPILED := .build/compiled/manifest.json
 # Every Python package, the dev tools and the build backend included, pinned with its
 # hashes for CPython 3.11 on Linux x86_64 (`make lock` writes it from pyproject.toml).
 LOCK := requirements.lock
 
 .PHONY: setup run test test-unit test-faults lint lock schemas bench bench-quick clean kafka-start kafka-stop
 
-setup: $(STAMP) $(JARS)
+setup: $(STAMP) $(JARS) $(COMPILED)
 
 # Only what the lock names, each file checked against its hash, wheels only (nothing is
 # compiled); then the project itself, editable, with the lock's setuptools.
@@ -20,6 +23,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install -q --require-hashes --only-binary :all: -r $(LOCK)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# A failed compile is written in the manifest and the worker runs interpreted.
+$(COMPILED): $(STAMP) $(shell find processor schemas -type f -not -path '*/__pycache__/*')
+	$(BIN)/python -m processor.ops.compiled
 
 # Apache Kafka's broker jars come from Maven Central (see deploy/kafka/pom.xml).
 $(JARS): deploy/kafka/pom.xml
@@ -81,4 +88,4 @@ kafka-stop: setup
 	$(BIN)/meter kafka stop
 
 clean:
-	rm -rf $(VENV) deploy/kafka/target .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) deploy/kafka/target .build .run .pytest_cache .mypy_cache .ruff_cache

@@ -427,8 +427,9 @@ def workers() -> list[timeseries.Panel]:
             "Versions and memory",
             "Workers per build (meter_build_info: credits-meter, Faust, aiokafka and "
             "Python versions; two lines during a rolling upgrade), workers per event loop "
-            "(meter_event_loop_info, METER_EVENT_LOOP), and each worker's resident memory "
-            "(process_resident_memory_bytes).",
+            "(meter_event_loop_info, METER_EVENT_LOOP), workers running their per-record "
+            "path compiled or interpreted (meter_record_path_info, METER_COMPILED), and each "
+            "worker's resident memory (process_resident_memory_bytes).",
             queries(
                 (
                     f"count by (version, faust, aiokafka, python) ({sel('meter_build_info')})",
@@ -437,6 +438,10 @@ def workers() -> list[timeseries.Panel]:
                 (
                     f"count by (loop) ({sel('meter_event_loop_info')})",
                     "workers on {{loop}}",
+                ),
+                (
+                    f"count by (path) ({sel('meter_record_path_info')})",
+                    "workers {{path}}",
                 ),
                 (
                     f"sum by (instance) ({sel('process_resident_memory_bytes')}) / 1e6",

@@ -26,6 +26,9 @@ DATABASE_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "sq
 
 # The event loops a worker can run on (METER_EVENT_LOOP).
 EventLoop = Literal["uvloop", "asyncio"]
+# Whether a worker runs its per-record path compiled (METER_COMPILED,
+# processor/ops/compiled.py).
+Compiled = Literal["auto", "off", "require"]
 
 
 class Settings(BaseSettings):
@@ -94,6 +97,9 @@ class Settings(BaseSettings):
     # The worker's event loop: uvloop (libuv) unless asyncio's own is asked for, e.g.
     # to rule the loop out when chasing a problem.
     event_loop: EventLoop = Field(default="uvloop", validation_alias="METER_EVENT_LOOP")
+    # The compiled build of the per-record path (`make setup` makes it): "auto" runs it
+    # when it is current, "off" never, "require" refuses to start without it.
+    compiled: Compiled = Field(default="auto", validation_alias="METER_COMPILED")
     # Warm copies each worker keeps of the tables of partitions it does not own, for a
     # faster takeover. Off by default, as in Kafka Streams: a standby reads every
     # changelog record the other workers write, which cost a pair of workers on one

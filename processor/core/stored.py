@@ -163,7 +163,9 @@ def never_delivered(_tenant: str, _entry: OutboxEntry) -> bool:
     return False
 
 
-class InputsRewound(RuntimeError):
+# An Exception, not a RuntimeError: mypyc compiles this module (processor/ops/compiled.py)
+# and cannot subclass RuntimeError.
+class InputsRewound(Exception):
     """Input partitions whose offsets restarted below what the accounts applied."""
 
 

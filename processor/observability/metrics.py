@@ -54,6 +54,13 @@ EVENT_LOOP = Gauge(
     ["loop"],
     registry=REGISTRY,
 )
+RECORD_PATH = Gauge(
+    "meter_record_path_info",
+    "Always 1; the label says whether the worker's per-record path runs compiled or "
+    "interpreted (METER_COMPILED).",
+    ["path"],
+    registry=REGISTRY,
+)
 RECORDS = Counter(
     "meter_records_total",
     "Input records handled, by source (calls, conferencing, commands, timer) and outcome "

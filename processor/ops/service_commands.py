@@ -9,6 +9,7 @@ import logging
 import sys
 
 from processor.config.settings import EventLoop, Settings
+from processor.ops import compiled
 from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, resolve_bootstrap
 from processor.ops.processes import MAX_PROCESSES, run_processes
 
@@ -21,8 +22,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    cfg = Settings()
+    # Re-run from the compiled build when it is current (no return); a supervisor's
+    # children inherit it.
+    argv = ["worker", "--advertise-host", args.advertise_host, "--processes", str(processes)]
+    try:
+        interpreted = compiled.enter(cfg.compiled, argv)
+    except compiled.BuildMissing as exc:
+        print(f"meter worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if interpreted is not None:
+        print(f"meter worker: running interpreted: {interpreted}", file=sys.stderr)
     if processes > 1:
-        cfg = Settings()
         return run_processes(
             processes, ["--advertise-host", args.advertise_host], cfg.web_port, cfg.data_dir
         )
@@ -126,7 +137,7 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 def new_event_loop(kind: EventLoop) -> asyncio.AbstractEventLoop:
     """The worker's event loop, as `METER_EVENT_LOOP` asks, which `meter_event_loop_info`
-    then reports.
+    then reports (and `meter_record_path_info` whether the per-record path runs compiled).
 
     On uvloop the worker drains at the same rate and its p99 latency at half load was
     lower in most alternating runs (docs/performance.md, "The worker on uvloop").
@@ -140,6 +151,9 @@ def new_event_loop(kind: EventLoop) -> asyncio.AbstractEventLoop:
 
         loop = uvloop.new_event_loop()
     metrics.EVENT_LOOP.labels(loop=kind).set(1)
+    metrics.RECORD_PATH.labels(
+        path="compiled" if compiled.running_compiled() else "interpreted"
+    ).set(1)
     return loop
 
 

@@ -35,3 +35,5 @@ def test_the_loop_is_the_one_asked_for_and_the_metric_says_so(
         loop.close()
     exposed = generate_latest(metrics.REGISTRY).decode().splitlines()
     assert f'meter_event_loop_info{{loop="{kind}"}} 1.0' in exposed
+    # The tests run the checkout's sources, never a build.
+    assert 'meter_record_path_info{path="interpreted"} 1.0' in exposed
