@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ from bench.worker import BenchWorker
 from bench.workload import Workload, create_topics, preload
 from processor.dev import simulator as sim
 from processor.dev.kafka_local import LocalKafka, ensure_jars
+from processor.ops import compiled
 
 PARTITIONS = 12
 TENANTS = 10_000
@@ -70,6 +72,15 @@ def kafka_version() -> str:
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def worker_build() -> str:
+    """Which per-record path the bench's `meter worker`s run (processor/ops/compiled.py)."""
+    if os.environ.get("METER_COMPILED") == "off":
+        return "interpreted: METER_COMPILED=off"
+    root = compiled.source_root()
+    found = compiled.status(root, compiled.default_build_dir(root))
+    return "compiled" if found.usable else f"interpreted: {found.reason}"
 
 
 def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -166,6 +177,8 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     walls: dict[str, float] = {}
     t = time.perf_counter()
 
+    build = worker_build()
+    log(f"workers run the {build} per-record path")
     broker = LocalKafka(root / "kafka")
     await broker.astart()
     walls["broker_start"] = time.perf_counter() - t
@@ -329,6 +342,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "processing_guarantee": "kafka_transactions",
         "kafka_version": kafka_version(),
         "python": sys.version.split()[0],
+        "worker_build": build,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": bool(args.quick),
         "recovery": restart,
