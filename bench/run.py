@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 from bench import marks, measures, recovery
 from bench.worker import BenchWorker
 from bench.workload import Workload, create_topics, preload
+from processor.config.settings import Settings
 from processor.dev import simulator as sim
 from processor.dev.kafka_local import LocalKafka, ensure_jars
 from processor.ops import compiled
@@ -76,11 +76,8 @@ def log(msg: str) -> None:
 
 def worker_build() -> str:
     """Which per-record path the bench's `meter worker`s run (processor/ops/compiled.py)."""
-    if os.environ.get("METER_COMPILED") == "off":
-        return "interpreted: METER_COMPILED=off"
-    root = compiled.source_root()
-    found = compiled.status(root, compiled.default_build_dir(root))
-    return "compiled" if found.usable else f"interpreted: {found.reason}"
+    why = compiled.interpreted_reason(Settings().compiled, compiled.source_root())
+    return "compiled" if why is None else f"interpreted: {why}"
 
 
 def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:

@@ -117,6 +117,17 @@ def running_compiled(root: Path | None = None) -> bool:
     return ((root or source_root()) / MANIFEST).is_file()
 
 
+def interpreted_reason(mode: str, root: Path) -> str | None:
+    """Why a worker started from `root` would run the sources, or None when it runs the
+    build (it is current, or `root` is a build already). `mode` is METER_COMPILED."""
+    if running_compiled(root):
+        return None
+    if mode == "off":
+        return "METER_COMPILED=off"
+    found = status(root, default_build_dir(root))
+    return None if found.usable else found.reason
+
+
 def enter(mode: str, argv: list[str], root: Path | None = None) -> str | None:
     """Re-run this command from the compiled build when it is current (no return).
 
@@ -129,16 +140,15 @@ def enter(mode: str, argv: list[str], root: Path | None = None) -> str | None:
     root = root or source_root()
     if running_compiled(root):
         return None
-    build_dir = default_build_dir(root)
-    if mode == "off":
-        return "METER_COMPILED=off"
-    found = status(root, build_dir)
-    if not found.usable:
+    why = interpreted_reason(mode, root)
+    if why is not None:
         if mode == "require":
-            raise BuildMissing(f"METER_COMPILED=require: {found.reason}")
-        return found.reason
+            raise BuildMissing(f"METER_COMPILED=require: {why}")
+        return why
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(build_dir), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(default_build_dir(root)), *filter(None, [env.get("PYTHONPATH")])]
+    )
     # `-m` would put the working directory, often the checkout, ahead of the build.
     env["PYTHONSAFEPATH"] = "1"
     os.execve(sys.executable, [sys.executable, "-m", "processor.ops.cli", *argv], env)  # noqa: S606

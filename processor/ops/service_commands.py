@@ -37,10 +37,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return run_processes(
             processes, ["--advertise-host", args.advertise_host], cfg.web_port, cfg.data_dir
         )
-    return _run_worker(args)
+    return _run_worker(args, cfg)
 
 
-def _run_worker(args: argparse.Namespace) -> int:
+def _run_worker(args: argparse.Namespace, cfg: Settings) -> int:
     """One worker in this process (`--processes 1`, the default)."""
     from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
     from processor.core.rating import RateCardError
@@ -56,7 +56,6 @@ def _run_worker(args: argparse.Namespace) -> int:
     from processor.observability.logs import logging_config
     from processor.worker.app import Broker, Meter
 
-    cfg = Settings()
     try:
         card = load_rate_card(cfg.rate_card or example_rate_card_path())
     except (RateCardError, OSError) as exc:
