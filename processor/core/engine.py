@@ -11,6 +11,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Final
 
 from processor.core import account as acc
 from processor.core.dedupe import DedupeWindow, dedupe_key
@@ -36,7 +37,6 @@ from processor.core.stored import (
 )
 from processor.core.transition import Cause, Transition
 from processor.core.usage import Debit
-from processor.core.values import fast_init
 from schemas import (
     AutoRechargeChanged,
     AutoRechargeConfigured,
@@ -53,8 +53,7 @@ from schemas.types import check_recharge_target
 Usage = CallUsage | ConferenceUsage
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class TimerTick:
     """The worker's timer asking the owner of `tenant_id` to look at one request.
 
@@ -62,14 +61,30 @@ class TimerTick:
     the tick happens to be processed.
     """
 
-    tick_id: str
-    tenant_id: str
-    request_id: str
-    attempt: int
-    at: datetime
+    tick_id: Final[str]
+    tenant_id: Final[str]
+    request_id: Final[str]
+    attempt: Final[int]
+    at: Final[datetime]
     # "recharge" (a pending request's timeout or retry) or "expiry" (the tenant's lots:
     # expiry and expiring notices; request_id "" and attempt 0).
-    kind: str = "recharge"
+    kind: Final[str]
+
+    def __init__(
+        self,
+        tick_id: str,
+        tenant_id: str,
+        request_id: str,
+        attempt: int,
+        at: datetime,
+        kind: str = "recharge",
+    ) -> None:
+        self.tick_id = tick_id
+        self.tenant_id = tenant_id
+        self.request_id = request_id
+        self.attempt = attempt
+        self.at = at
+        self.kind = kind
 
 
 EXPIRY_TICK = "expiry"

@@ -35,8 +35,6 @@ from decimal import (
 )
 from typing import Final
 
-from processor.core.values import fast_init
-
 # 64 significant digits: 36 more than the default context, far beyond any balance the
 # contract's limits let a tenant reach (amounts of at most 1,000,000 at <= 12 places),
 # so a signal below is a bug (a division, a float, a corrupt value), never a balance;
@@ -65,13 +63,16 @@ EXACT: Final = Context(
 ZERO = Decimal(0)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Unit:
     """What a balance's number means: a currency and the decimals it is kept at."""
 
-    currency: str
-    decimals: int
+    currency: Final[str]
+    decimals: Final[int]
+
+    def __init__(self, currency: str, decimals: int) -> None:
+        self.currency = currency
+        self.decimals = decimals
 
     def __str__(self) -> str:
         return f"{self.currency} at {self.decimals} decimals"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from processor.core.outputs import Output
 from processor.core.state import Account
-from processor.core.values import fast_init
 
 
 class Status(StrEnum):
@@ -19,24 +19,46 @@ class Status(StrEnum):
     REPLAYED = "replayed"  # already in the balance (re-read after a crash); outputs again
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Rejection:
-    reason: str
-    detail: str
+    reason: Final[str]
+    detail: Final[str]
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Outcome:
-    status: Status
-    tenant_id: str
-    outputs: tuple[Output, ...] = ()
-    rejection: Rejection | None = None
+    status: Final[Status]
+    tenant_id: Final[str]
+    outputs: Final[tuple[Output, ...]]
+    rejection: Final[Rejection | None]
     # Why an ignored input was moot, for logs and metrics.
-    note: str | None = None
-    account: Account | None = None
+    note: Final[str | None]
+    account: Final[Account | None]
     # The account value's write counter after this input (0: nothing written).
-    seq: int = 0
+    seq: Final[int]
     # What became of a recharge request (fulfilled, failed, ...), for metrics.
-    recharge: tuple[str, ...] = ()
+    recharge: Final[tuple[str, ...]]
+
+    def __init__(
+        self,
+        status: Status,
+        tenant_id: str,
+        outputs: tuple[Output, ...] = (),
+        rejection: Rejection | None = None,
+        note: str | None = None,
+        account: Account | None = None,
+        seq: int = 0,
+        recharge: tuple[str, ...] = (),
+    ) -> None:
+        self.status = status
+        self.tenant_id = tenant_id
+        self.outputs = outputs
+        self.rejection = rejection
+        self.note = note
+        self.account = account
+        self.seq = seq
+        self.recharge = recharge

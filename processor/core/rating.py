@@ -43,7 +43,6 @@ from fractions import Fraction
 from typing import Final
 
 from processor.core.money import Unit
-from processor.core.values import fast_init
 
 __all__ = [
     "MAX_AUTHORIZED_SECONDS",
@@ -182,8 +181,7 @@ def _exponent(value: Decimal) -> int:
     return exponent
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Charge:
     """The rated cost of one usage event.
 
@@ -191,9 +189,14 @@ class Charge:
     to/subtract it from balances as is.
     """
 
-    amount: Decimal
-    billed_seconds: int
-    rate: Rate
+    amount: Final[Decimal]
+    billed_seconds: Final[int]
+    rate: Final[Rate]
+
+    def __init__(self, amount: Decimal, billed_seconds: int, rate: Rate) -> None:
+        self.amount = amount
+        self.billed_seconds = billed_seconds
+        self.rate = rate
 
 
 @dataclass(frozen=True)

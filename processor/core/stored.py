@@ -34,56 +34,83 @@ is replayed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import Final, Protocol
 
 from processor.core.money import Unit
 from processor.core.outputs import Output
 from processor.core.state import Account
-from processor.core.values import fast_init, replace
+from processor.core.values import replace
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Position:
     """An input record's place: `topic:partition` and offset."""
 
-    tp: str
-    offset: int
+    tp: Final[str]
+    offset: Final[int]
+
+    def __init__(self, tp: str, offset: int) -> None:
+        self.tp = tp
+        self.offset = offset
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class OutboxEntry:
-    seq: int
-    position: Position
-    outputs: tuple[Output, ...]
+    seq: Final[int]
+    position: Final[Position]
+    outputs: Final[tuple[Output, ...]]
+
+    def __init__(self, seq: int, position: Position, outputs: tuple[Output, ...]) -> None:
+        self.seq = seq
+        self.position = position
+        self.outputs = outputs
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Mark:
     """A seen event or command: until when to remember it, and where it was applied."""
 
-    expires: int
-    position: Position
+    expires: Final[int]
+    position: Final[Position]
+
+    def __init__(self, expires: int, position: Position) -> None:
+        self.expires = expires
+        self.position = position
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class StoredAccount:
-    account: Account
-    seq: int = 0
-    generation: int = 0
-    epoch: int = 0
-    applied: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    outbox: tuple[OutboxEntry, ...] = ()
+    account: Final[Account]
+    seq: Final[int]
+    generation: Final[int]
+    epoch: Final[int]
+    applied: Final[Mapping[str, int]]
+    outbox: Final[tuple[OutboxEntry, ...]]
     # The currency and decimals the balance is kept in (the rate card's when it was
     # written); None for a value written before units were stored (core/money.py).
-    unit: Unit | None = None
+    unit: Final[Unit | None]
+
+    def __init__(
+        self,
+        account: Account,
+        seq: int = 0,
+        generation: int = 0,
+        epoch: int = 0,
+        applied: Mapping[str, int] = _EMPTY,
+        outbox: tuple[OutboxEntry, ...] = (),
+        unit: Unit | None = None,
+    ) -> None:
+        self.account = account
+        self.seq = seq
+        self.generation = generation
+        self.epoch = epoch
+        self.applied = applied
+        self.outbox = outbox
+        self.unit = unit
 
     @property
     def order(self) -> tuple[int, int, int]:

@@ -7,9 +7,10 @@ Pure: no Kafka, Faust or metrics. Every balance change goes through
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Final
 
 from processor.core.money import EXACT
 from processor.core.outputs import (
@@ -22,44 +23,75 @@ from processor.core.outputs import (
 )
 from processor.core.state import Account, Lot, PendingRecharge, RechargeStatus
 from processor.core.usage import Debit, MonthUsage
-from processor.core.values import fast_init, replace
+from processor.core.values import replace
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Cause:
     """What made a transition happen: the input record, or a timer firing."""
 
-    topic: str
-    id: str
-    occurred_at: datetime
+    topic: Final[str]
+    id: Final[str]
+    occurred_at: Final[datetime]
     # Who sent the command (its `actor`), carried into the ledger entry.
-    actor: str | None = None
+    actor: Final[str | None]
+
+    def __init__(
+        self,
+        topic: str,
+        id: str,
+        occurred_at: datetime,
+        actor: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self.id = id
+        self.occurred_at = occurred_at
+        self.actor = actor
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Transition:
-    account: Account
-    outputs: tuple[Output, ...] = ()
+    account: Final[Account]
+    outputs: Final[tuple[Output, ...]]
     # Why nothing happened, when nothing did (a stale answer, a timer for a request
     # that has moved on); None when the input took effect.
-    ignored: str | None = None
-    changed: bool = True
+    ignored: Final[str | None]
+    changed: Final[bool]
     # What became of a recharge request in this transition, for metrics: fulfilled,
     # failed, timed_out, suspended, dropped.
-    recharge: tuple[str, ...] = ()
+    recharge: Final[tuple[str, ...]]
+
+    def __init__(
+        self,
+        account: Account,
+        outputs: tuple[Output, ...] = (),
+        ignored: str | None = None,
+        changed: bool = True,
+        recharge: tuple[str, ...] = (),
+    ) -> None:
+        self.account = account
+        self.outputs = outputs
+        self.ignored = ignored
+        self.changed = changed
+        self.recharge = recharge
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Builder:
     """Collects the outputs of one transition in the order consumers expect."""
 
     account: Account
     cause: Cause
-    now: datetime
-    outputs: list[Output] = field(default_factory=list)
-    recharge: list[str] = field(default_factory=list)
+    now: Final[datetime]
+    outputs: Final[list[Output]]
+    recharge: Final[list[str]]
+
+    def __init__(self, account: Account, cause: Cause, now: datetime) -> None:
+        self.account = account
+        self.cause = cause
+        self.now = now
+        self.outputs = []
+        self.recharge = []
 
     def alert(
         self,

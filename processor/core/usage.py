@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Final
 
 from processor.core.money import EXACT, ZERO
-from processor.core.values import fast_init
 
 # The services usage is counted under in the account's consumption, in this order.
 SERVICES = (
@@ -23,36 +23,60 @@ SERVICES = (
 )
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class ServiceUsage:
-    events: int = 0
-    billed_seconds: int = 0
-    amount: Decimal = ZERO
+    events: Final[int]
+    billed_seconds: Final[int]
+    amount: Final[Decimal]
+
+    def __init__(self, events: int = 0, billed_seconds: int = 0, amount: Decimal = ZERO) -> None:
+        self.events = events
+        self.billed_seconds = billed_seconds
+        self.amount = amount
 
 
 _NO_USAGE = ServiceUsage()
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class MonthUsage:
     """One calendar month (UTC, of the usage's event time) of charged usage, per
     service in SERVICES order. `month` is year * 100 + month (202612)."""
 
-    month: int
-    services: tuple[ServiceUsage, ...] = (_NO_USAGE,) * len(SERVICES)
+    month: Final[int]
+    services: Final[tuple[ServiceUsage, ...]]
+
+    def __init__(
+        self,
+        month: int,
+        services: tuple[ServiceUsage, ...] = (_NO_USAGE,) * len(SERVICES),
+    ) -> None:
+        self.month = month
+        self.services = services
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Debit:
-    amount: Decimal
-    rate_prefix: str
-    rate_per_minute: Decimal
-    billed_seconds: int
+    amount: Final[Decimal]
+    rate_prefix: Final[str]
+    rate_per_minute: Final[Decimal]
+    billed_seconds: Final[int]
     # One of SERVICES, for the account's consumption (None: not counted).
-    service: str | None = None
+    service: Final[str | None]
+
+    def __init__(
+        self,
+        amount: Decimal,
+        rate_prefix: str,
+        rate_per_minute: Decimal,
+        billed_seconds: int,
+        service: str | None = None,
+    ) -> None:
+        self.amount = amount
+        self.rate_prefix = rate_prefix
+        self.rate_per_minute = rate_per_minute
+        self.billed_seconds = billed_seconds
+        self.service = service
 
 
 _SERVICE_INDEX = {name: i for i, name in enumerate(SERVICES)}

@@ -13,13 +13,13 @@ import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from processor.core.engine import EXPIRY_TICK, TimerTick
 from processor.core.lots import next_expiry_due
 from processor.core.recharge import next_due
 from processor.core.state import Account, ExpiryPolicy, RechargePolicy
 from processor.core.stored import StoredAccount
-from processor.core.values import fast_init
 from processor.kafka.routing import partition_for
 from processor.kafka.wire import dump_tick
 from processor.worker.records import Out
@@ -34,12 +34,16 @@ EXPIRY_REFIRE = timedelta(seconds=60)
 EXPIRY_HORIZON = timedelta(hours=12)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Due:
-    at: datetime
-    request_id: str
-    attempt: int
+    at: Final[datetime]
+    request_id: Final[str]
+    attempt: Final[int]
+
+    def __init__(self, at: datetime, request_id: str, attempt: int) -> None:
+        self.at = at
+        self.request_id = request_id
+        self.attempt = attempt
 
 
 class DueIndex:

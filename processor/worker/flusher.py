@@ -10,7 +10,6 @@ from typing import Any, Final
 
 from processor.core.dedupe import dedupe_tenant
 from processor.core.stored import Mark, OutboxEntry, StoredAccount
-from processor.core.values import fast_init
 from processor.kafka.routing import partition_for
 from processor.observability.worker_hooks import WorkerHooks
 from processor.worker.marks import Budget, Entry, MarkStore
@@ -39,17 +38,32 @@ class Deliveries:
         return committed is not None and entry.position.offset < committed
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class _Batch:
     """A batch taken for flushing: its outputs, its account values and seen marks."""
 
-    outputs: list[Out]
-    accounts: dict[str, StoredAccount | None]
-    seen: dict[str, Mark | None]
-    held: list[Any]
-    done: asyncio.Future[None]
-    started: float
+    outputs: Final[list[Out]]
+    accounts: Final[dict[str, StoredAccount | None]]
+    seen: Final[dict[str, Mark | None]]
+    held: Final[list[Any]]
+    done: Final[asyncio.Future[None]]
+    started: Final[float]
+
+    def __init__(
+        self,
+        outputs: list[Out],
+        accounts: dict[str, StoredAccount | None],
+        seen: dict[str, Mark | None],
+        held: list[Any],
+        done: asyncio.Future[None],
+        started: float,
+    ) -> None:
+        self.outputs = outputs
+        self.accounts = accounts
+        self.seen = seen
+        self.held = held
+        self.done = done
+        self.started = started
 
 
 # A round's bounds when the worker's settings give none (METER_BATCH_MAX and

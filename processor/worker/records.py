@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from processor.core.stored import Position
-from processor.core.values import fast_init
 from processor.worker.sizing import KeyFacts
 
 # Headers that carry a re-routed record's origin, so its ledger entry and any
@@ -40,21 +39,40 @@ class Source(StrEnum):
     COMMANDS = "commands"
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
+    topic: Final[str]
+    partition: Final[int]
+    offset: Final[int]
+    key: Final[bytes | None]
+    value: Final[bytes | None]
+    headers: Final[Sequence[tuple[str, bytes]]]
     # The consumer group generation the record was fetched in: what the account value
     # written for it is stamped with (core/stored.py), however late it is processed.
-    generation: int = 0
+    generation: Final[int]
     # Set when `key` holds only a prefix of the original key (a re-routed record's
     # origin): the original's size and SHA-256, for its rejection.
-    key_facts: KeyFacts | None = None
+    key_facts: Final[KeyFacts | None]
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        generation: int = 0,
+        key_facts: KeyFacts | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.generation = generation
+        self.key_facts = key_facts
 
     def header(self, name: str) -> bytes | None:
         for k, v in self.headers:
@@ -67,23 +85,40 @@ class Record:
         return Position(f"{self.topic}:{self.partition}", self.offset)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Out:
     """One record to produce."""
 
-    topic: str
-    key: bytes | None
+    topic: Final[str]
+    key: Final[bytes | None]
     # None: a tombstone (a forgotten dedupe mark).
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]] | None = None
+    value: Final[bytes | None]
+    headers: Final[Sequence[tuple[str, bytes]] | None]
     # None: the key's partition by Kafka's default partitioner (any, for no key).
-    partition: int | None = None
+    partition: Final[int | None]
     # A changelog record of the processor's own state, not an output of the contract.
-    state: bool = False
+    state: Final[bool]
     # The partition number whose transaction carries the record: that of the input
     # record that caused it, or of the tenant a timer tick or a state record is for.
-    owner: int = -1
+    owner: Final[int]
+
+    def __init__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        state: bool = False,
+        owner: int = -1,
+    ) -> None:
+        self.topic = topic
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.partition = partition
+        self.state = state
+        self.owner = owner
 
 
 class Publisher(Protocol):

@@ -7,6 +7,8 @@ The other integration tests run compiled workers too, whenever the build is curr
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,26 @@ async def test_the_worker_runs_the_current_build_unless_told_not_to(
     assert rejected == []
     got = {tenant: signed_sum(entries, tenant) for tenant in TENANTS}
     assert got == expected_balances(records)
+
+
+def test_the_build_refuses_a_write_to_a_value_field() -> None:
+    # Interpreted, only mypy keeps the value classes' Final fields unchanged; compiled,
+    # they are read-only attributes of native classes.
+    root = compiled.source_root()
+    build_dir = compiled.default_build_dir(root)
+    found = compiled.status(root, build_dir)
+    assert found.usable, f"make setup builds it: {found.reason}"
+    script = (
+        "import processor.core.stored as stored\n"
+        "assert not stored.__file__.endswith('.py'), stored.__file__\n"
+        "position = stored.Position('calls:0', 5)\n"
+        "try:\n"
+        "    position.offset = 6\n"
+        "except AttributeError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    env = {"PYTHONPATH": str(build_dir), "PYTHONSAFEPATH": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.startswith("refused:"), done.stdout + done.stderr
