@@ -3,9 +3,11 @@
 The value classes (position, account, stored value, ledger entry, outputs...) are
 dataclasses with `Final` fields and an `__init__` of their own: mypy refuses any
 assignment to them, and the compiled build (processor/ops/compiled.py) makes them
-native classes whose attributes cannot be set. `replace` is `dataclasses.replace` for
-them, cheaper because it does not walk the fields and build keyword arguments on every
-call.
+native classes whose attributes cannot be set. Neither a class decorator mypyc does
+not know nor an `__init__` left to `dataclasses` would: either keeps the class built by
+interpreted code (docs/performance.md, "The value classes native"). `replace` is
+`dataclasses.replace` for them, cheaper because it does not walk the fields and build
+keyword arguments on every call.
 """
 
 from __future__ import annotations
