@@ -40,14 +40,20 @@ def _mapped(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
 
-@pytest.mark.parametrize("mode", ["auto", "off"])
-async def test_the_worker_runs_the_current_build_unless_told_not_to(
-    kafka: Any, tmp_path: Path, mode: str
-) -> None:
+def _current_build() -> Path:
+    """The build `make setup` made, which the tests need current."""
     root = compiled.source_root()
     build_dir = compiled.default_build_dir(root)
     found = compiled.status(root, build_dir)
     assert found.usable, f"make setup builds it: {found.reason}"
+    return build_dir
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+async def test_the_worker_runs_the_current_build_unless_told_not_to(
+    kafka: Any, tmp_path: Path, mode: str
+) -> None:
+    build_dir = _current_build()
     d = Deployment(
         kafka.bootstrap, tmp_path / "compiled", partitions=2, env_extra={"METER_COMPILED": mode}
     )
@@ -79,10 +85,7 @@ async def test_the_worker_runs_the_current_build_unless_told_not_to(
 def test_the_build_refuses_a_write_to_a_value_field() -> None:
     # Interpreted, only mypy keeps the value classes' Final fields unchanged; compiled,
     # they are read-only attributes of native classes.
-    root = compiled.source_root()
-    build_dir = compiled.default_build_dir(root)
-    found = compiled.status(root, build_dir)
-    assert found.usable, f"make setup builds it: {found.reason}"
+    build_dir = _current_build()
     script = (
         "import processor.core.stored as stored\n"
         "assert not stored.__file__.endswith('.py'), stored.__file__\n"

@@ -16,8 +16,8 @@ from processor.core.stored import Position, StoredAccount
 from processor.ops import compiled
 
 
-def value_classes() -> list[type]:
-    """The compiled modules' dataclasses hashed by their fields: the value classes."""
+def compiled_module_names() -> list[str]:
+    """The modules `compiled.MODULES` names, a package's own modules each."""
     names: list[str] = []
     for path in compiled.MODULES:
         name = path.removesuffix("/").removesuffix(".py").replace("/", ".")
@@ -26,8 +26,13 @@ def value_classes() -> list[type]:
             names += [f"{name}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
         else:
             names.append(name)
+    return names
+
+
+def value_classes() -> list[type]:
+    """The compiled modules' dataclasses hashed by their fields: the value classes."""
     found: list[type] = []
-    for name in names:
+    for name in compiled_module_names():
         module = importlib.import_module(name)
         for cls in vars(module).values():
             params = getattr(cls, "__dataclass_params__", None)
