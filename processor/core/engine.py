@@ -36,21 +36,17 @@ from processor.core.stored import (
     never_delivered,
 )
 from processor.core.transition import Cause, Transition
-from processor.core.usage import Debit
+from processor.core.usage import Debit, UsageEvent
 from schemas import (
     AutoRechargeChanged,
     AutoRechargeConfigured,
-    CallUsage,
     Command,
-    ConferenceUsage,
     FundsAdded,
     NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
 )
 from schemas.types import check_recharge_target
-
-Usage = CallUsage | ConferenceUsage
 
 
 @dataclass(init=False, unsafe_hash=True, slots=True)
@@ -143,7 +139,7 @@ class Engine:
 
     def usage(
         self,
-        event: Usage,
+        event: UsageEvent,
         cause_topic: str,
         now: datetime,
         position: Position,
@@ -153,12 +149,8 @@ class Engine:
         """Apply a usage event. `generation`: the consumer group generation the event
         was fetched in, what the account value is stamped with (core/stored.py)."""
         tenant = event.tenant_id
-        table_key: str
-        if isinstance(event, CallUsage):
-            kind, table_key, number = "call", event.call_type, event.destination_number
-        else:
-            kind, table_key, number = "conference", event.leg_type, event.number
-        key = dedupe_key(tenant, kind, event.event_id)
+        table_key, number = event.usage_type, event.number
+        key = dedupe_key(tenant, event.kind, event.event_id)
         stored = self.accounts.get(tenant)
         if stored is not None and stored.has_applied(position):
             return self._replayed(stored, key, event.occurred_at, now, position, generation)

@@ -1,4 +1,4 @@
-"""Charged usage: the debit a rated event makes, and the account's consumption.
+"""Usage: the event the engine rates, the debit it makes, and the account's consumption.
 
 Pure: no Kafka, Faust or metrics. The consumption counts each charged event under its
 service in the calendar month (UTC) of its event time, for the newest month seen and
@@ -21,6 +21,45 @@ SERVICES = (
     "conferencing_dial_out",
     "conferencing_toll_free_dial_in",
 )
+
+
+@dataclass(init=False, unsafe_hash=True, slots=True)
+class UsageEvent:
+    """A call or a conference leg, reduced to what rating and de-duplication read.
+
+    Decoded from the contract's CallUsage or ConferenceUsage (processor/kafka/
+    usage_wire.py): a native value rather than the pydantic model, since building the
+    model is most of a usage record's decode.
+    """
+
+    event_id: Final[str]
+    tenant_id: Final[str]
+    occurred_at: Final[datetime]
+    # "call" or "conference": the event's kind in its dedupe key.
+    kind: Final[str]
+    # call_type or leg_type: which rate table and service the event is charged under.
+    usage_type: Final[str]
+    # destination_number or number: what is rated.
+    number: Final[str]
+    duration_seconds: Final[int]
+
+    def __init__(
+        self,
+        event_id: str,
+        tenant_id: str,
+        occurred_at: datetime,
+        kind: str,
+        usage_type: str,
+        number: str,
+        duration_seconds: int,
+    ) -> None:
+        self.event_id = event_id
+        self.tenant_id = tenant_id
+        self.occurred_at = occurred_at
+        self.kind = kind
+        self.usage_type = usage_type
+        self.number = number
+        self.duration_seconds = duration_seconds
 
 
 @dataclass(init=False, unsafe_hash=True, slots=True)

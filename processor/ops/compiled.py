@@ -29,6 +29,7 @@ PACKAGES: Final = ("processor", "schemas")
 MODULES: Final = (
     "processor/core/",
     "processor/kafka/routing.py",
+    "processor/kafka/usage_wire.py",
     "processor/kafka/wire.py",
     "processor/observability/worker_hooks.py",
     "processor/worker/codec.py",

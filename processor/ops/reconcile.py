@@ -45,9 +45,10 @@ from processor.core.stored import (
 )
 from processor.kafka import glue
 from processor.kafka.topics import TopicNames
+from processor.kafka.usage_wire import read_call, read_conference
 from processor.worker.codec import applied_offsets
 from processor.worker.records import H_FORCE_TOO_OLD, H_REPLAY_OF
-from schemas import DecodeError, decode_call, decode_command, decode_conference
+from schemas import DecodeError, decode_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,9 +222,9 @@ def expected_accounts(
                 cmd = decode_command(raw.value)
                 outcome = engine.command(cmd, raw.topic, now, position, force)
             elif raw.topic == names.calls:
-                outcome = engine.usage(decode_call(raw.value), raw.topic, now, position, force)
+                outcome = engine.usage(read_call(raw.value), raw.topic, now, position, force)
             else:
-                event = decode_conference(raw.value)
+                event = read_conference(raw.value)
                 outcome = engine.usage(event, raw.topic, now, position, force)
         except DecodeError:
             continue

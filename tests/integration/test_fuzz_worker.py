@@ -30,9 +30,10 @@ from processor.core.state import RechargePolicy
 from processor.core.stored import Position
 from processor.kafka import glue
 from processor.kafka.topics import TopicNames
+from processor.kafka.usage_wire import read_call, read_conference
 from processor.ops.reconcile import read_topic, reconcile
 from processor.worker.sizing import MAX_REJECTED_PAYLOAD
-from schemas import decode_call, decode_command, decode_conference, parse_timestamp
+from schemas import decode_command, parse_timestamp
 from tests.integration.harness import Deployment, Worker, eventually
 from tests.support import malformed
 from tests.support.malformed import CALLS, COMMANDS, CONFERENCING, TENANTS, Malformed
@@ -78,7 +79,7 @@ def valid_traffic(rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
 
 def expected_balances(valid: list[tuple[str, dict[str, Any]]]) -> dict[str, Decimal]:
     """The balances the valid events alone imply, from the pure core."""
-    decoders = {CALLS: decode_call, CONFERENCING: decode_conference, COMMANDS: decode_command}
+    decoders = {CALLS: read_call, CONFERENCING: read_conference, COMMANDS: decode_command}
     accounts: dict[str, Any] = {}
     engine = Engine(
         malformed.CARD, RechargePolicy(timedelta(hours=1)), DedupeWindow(7), accounts, {}

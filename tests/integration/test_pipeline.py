@@ -421,11 +421,12 @@ def expected_balances(records: list[tuple[str, dict[str, Any]]]) -> dict[str, st
     from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
     from processor.core.state import RechargePolicy
     from processor.core.stored import Position
-    from schemas import decode_call, decode_command, decode_conference
+    from processor.kafka.usage_wire import read_call, read_conference
+    from schemas import decode_command
 
     decoders = {
-        "usage.calls": decode_call,
-        "usage.conferencing": decode_conference,
+        "usage.calls": read_call,
+        "usage.conferencing": read_conference,
         "credits.commands": decode_command,
     }
     card = load_rate_card(example_rate_card_path())

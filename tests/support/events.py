@@ -3,7 +3,8 @@
 One copy for every test that writes records to Kafka or feeds the worker raw bodies;
 a test file binds its own constants once, e.g. `call = partial(events.call, at=NOW)`.
 Everything after the id is a keyword, so a call site says what it varies. The pydantic
-builders for the domain core are the `events` fixture in tests/unit/conftest.py.
+builders for the domain core are the `events` fixture in tests/unit/conftest.py;
+`usage_event` turns a validated usage model into what the engine rates.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from processor.core.usage import UsageEvent
+from processor.kafka.usage_wire import call_event, conference_event
+from schemas import CallUsage, ConferenceUsage
 from schemas.types import format_timestamp
 
 TENANT = "acme"
@@ -23,6 +27,11 @@ def now_rfc3339() -> str:
     """The time now as an event's occurred_at: a worker refuses event times older than
     METER_DEDUPE_DAYS (too_old) or ahead of its clock, so tests stamp events with now."""
     return format_timestamp(datetime.now(UTC).replace(microsecond=0))
+
+
+def usage_event(model: CallUsage | ConferenceUsage) -> UsageEvent:
+    """The engine's view of a usage model, as the worker decodes it."""
+    return call_event(model) if isinstance(model, CallUsage) else conference_event(model)
 
 
 def call(

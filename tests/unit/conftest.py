@@ -25,6 +25,8 @@ from processor.core.rate_card_parser import parse_rate_card
 from processor.core.rating import RateCard
 from processor.core.state import Account, RechargePolicy
 from processor.core.stored import Position
+from processor.core.usage import UsageEvent
+from processor.kafka.usage_wire import call_event, conference_event
 from schemas import (
     AutoRechargeConfigured,
     CallUsage,
@@ -138,8 +140,8 @@ class Inputs:
         call_type: str = "outbound",
         tenant: str | None = None,
         at: datetime = T0,
-    ) -> CallUsage:
-        return CallUsage.model_validate(
+    ) -> UsageEvent:
+        model = CallUsage.model_validate(
             {
                 "event_id": event_id or self._id("call"),
                 "tenant_id": tenant or self.tenant,
@@ -152,6 +154,7 @@ class Inputs:
                 "duration_seconds": duration,
             }
         )
+        return call_event(model)
 
     def conference(
         self,
@@ -162,8 +165,8 @@ class Inputs:
         leg_type: str = "dial_out",
         tenant: str | None = None,
         at: datetime = T0,
-    ) -> ConferenceUsage:
-        return ConferenceUsage.model_validate(
+    ) -> UsageEvent:
+        model = ConferenceUsage.model_validate(
             {
                 "event_id": event_id or self._id("leg"),
                 "tenant_id": tenant or self.tenant,
@@ -175,6 +178,7 @@ class Inputs:
                 "duration_seconds": duration,
             }
         )
+        return conference_event(model)
 
     def funds(
         self,
@@ -305,10 +309,8 @@ class Harness:
         self.now += delta
         return self.now
 
-    def usage(
-        self, event: CallUsage | ConferenceUsage, position: Position | None = None
-    ) -> Outcome:
-        topic = CALLS if isinstance(event, CallUsage) else CONFERENCING
+    def usage(self, event: UsageEvent, position: Position | None = None) -> Outcome:
+        topic = CALLS if event.kind == "call" else CONFERENCING
         outcome = self.engine.usage(event, topic, self.now, position or self.offsets.next(topic))
         self.outcomes.append(outcome)
         return outcome

@@ -47,6 +47,7 @@ from schemas import (
     RechargeFailed,
     RechargeRequested,
 )
+from tests.support.events import usage_event
 from tests.unit.conftest import (
     CALLS,
     CARD,
@@ -332,7 +333,7 @@ class Generator:
 def run(engine: Engine, step: Step) -> Outcome:
     what, value, now, position = step
     if what == "usage":
-        return engine.usage(value, topic_of(what, value), now, position)
+        return engine.usage(usage_event(value), topic_of(what, value), now, position)
     if what == "command":
         return engine.command(value, COMMANDS, now, position)
     return engine.timer(value, TIMER, position)
@@ -865,7 +866,7 @@ def test_balance_is_exact_and_every_request_follows_the_rules(
                 "duration_seconds": seconds,
             }
         )
-        outcome = engine.usage(event, CALLS, T0, Position(f"{CALLS}:0", n))
+        outcome = engine.usage(usage_event(event), CALLS, T0, Position(f"{CALLS}:0", n))
         charge = card.rate(RateTable.OUTBOUND, UK, seconds)
         assert charge is not None
         total += charge.amount

@@ -22,6 +22,7 @@ from processor.core.outputs import LedgerOut, RechargeOut
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.core.state import RechargePolicy
 from processor.core.stored import Mark, OutboxEntry, Position, StoredAccount, newer
+from processor.core.usage import UsageEvent
 from schemas import CallUsage, FundsAdded
 from tests.support import events
 
@@ -44,8 +45,10 @@ def engine(
 AT = "2026-11-25T09:00:00Z"
 
 
-def call(event_id: str, seconds: int = 61) -> CallUsage:
-    return CallUsage.model_validate(events.call(event_id, seconds=seconds, at=AT))
+def call(event_id: str, seconds: int = 61) -> UsageEvent:
+    return events.usage_event(
+        CallUsage.model_validate(events.call(event_id, seconds=seconds, at=AT))
+    )
 
 
 def funds(command_id: str, amount: str) -> FundsAdded:

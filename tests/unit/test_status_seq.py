@@ -22,8 +22,8 @@ from processor.core.outputs import AlertKind, AlertOut
 from processor.core.recharge import configure_auto_recharge
 from processor.core.state import Account, AutoRecharge
 from processor.core.transition import Cause
-from processor.core.usage import Debit
-from schemas import BalanceAlert, CallUsage, Command
+from processor.core.usage import Debit, UsageEvent
+from schemas import BalanceAlert, Command
 from tests.unit.conftest import (
     CARD,
     DEDUPE,
@@ -37,7 +37,7 @@ from tests.unit.conftest import (
     make_engine,
 )
 
-Input = CallUsage | Command
+Input = UsageEvent | Command
 
 # One tenant; amounts of comparable size so the balance crosses zero often.
 debit = st.tuples(st.just("debit"), st.sampled_from([US, UK_MOBILE]), st.integers(1, 600))
@@ -69,7 +69,7 @@ def build(ops: list[tuple[object, ...]]) -> list[Input]:
 
 
 def apply(h: Harness, record: Input) -> None:
-    if isinstance(record, CallUsage):
+    if isinstance(record, UsageEvent):
         h.usage(record)
     else:
         h.command(record)

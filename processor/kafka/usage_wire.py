@@ -1,0 +1,225 @@
+"""The bytes of a usage record (usage.calls, usage.conferencing) to the engine's UsageEvent.
+
+The contract's models (schemas/inputs.py) say what a usage record may be and why one is
+refused. Building a model is most of what decoding a usage record costs, and nearly
+every record has one shape: the contract's fields and no others, in compact JSON. Such
+a record is read here with orjson and the checks the models make, straight into a
+UsageEvent. Anything else (an unknown or repeated field, spacing, a value these checks
+do not pass) goes to the models, which accept it or give the rejection's reason and
+detail: a verdict is always the models' (tests/unit/test_usage_wire.py compares the two
+over malformed and generated records).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+
+from processor.core.usage import UsageEvent
+from schemas.inputs import CallUsage, ConferenceUsage, decode_call, decode_conference, keys_once
+from schemas.types import parse_timestamp
+
+
+class _Shape:
+    """What a topic's common record holds, by field name."""
+
+    def __init__(
+        self,
+        kind: str,
+        usage_type: str,
+        usage_types: tuple[str, ...],
+        rated: str,
+        external_id: str,
+        optional_text: str,
+        other_numbers: tuple[str, ...],
+    ) -> None:
+        self.kind: Final = kind
+        self.usage_type: Final = usage_type
+        self.usage_types: Final = usage_types
+        self.rated: Final = rated
+        self.external_id: Final = external_id
+        self.optional_text: Final = optional_text
+        self.other_numbers: Final = other_numbers
+        # Every field but the optional one.
+        self.fields: Final = frozenset(
+            ("event_id", "tenant_id", "occurred_at", "duration_seconds", usage_type, rated)
+        ) | {external_id, *other_numbers}
+
+
+_CALL: Final = _Shape(
+    "call",
+    "call_type",
+    ("outbound", "toll_free_inbound"),
+    "destination_number",
+    "call_id",
+    "user_id",
+    ("source_number",),
+)
+_CONFERENCE: Final = _Shape(
+    "conference",
+    "leg_type",
+    ("dial_out", "toll_free_dial_in"),
+    "number",
+    "conference_id",
+    "participant_id",
+    (),
+)
+# schemas.types.TENANT_ID_PATTERN's characters.
+_TENANT_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+# schemas.types.DurationSeconds.
+_MAX_SECONDS: Final = 86_400
+
+
+def read_call(raw: bytes | None) -> UsageEvent:
+    """A usage.calls record's value as a UsageEvent, or DecodeError (as decode_call)."""
+    event = _try_common(raw, _CALL)
+    return event if event is not None else call_event(decode_call(raw))
+
+
+def read_conference(raw: bytes | None) -> UsageEvent:
+    """A usage.conferencing record's value as a UsageEvent, or DecodeError."""
+    event = _try_common(raw, _CONFERENCE)
+    return event if event is not None else conference_event(decode_conference(raw))
+
+
+def _try_common(raw: bytes | None, shape: _Shape) -> UsageEvent | None:
+    if type(raw) is not bytes:
+        return None
+    try:
+        return _common(raw, shape)
+    except Exception:  # a bug here must cost the fast path, not the record
+        return None
+
+
+def call_event(model: CallUsage) -> UsageEvent:
+    return UsageEvent(
+        model.event_id,
+        model.tenant_id,
+        model.occurred_at,
+        "call",
+        model.call_type,
+        model.destination_number,
+        model.duration_seconds,
+    )
+
+
+def conference_event(model: ConferenceUsage) -> UsageEvent:
+    return UsageEvent(
+        model.event_id,
+        model.tenant_id,
+        model.occurred_at,
+        "conference",
+        model.leg_type,
+        model.number,
+        model.duration_seconds,
+    )
+
+
+# ---- the common shape ----------------------------------------------------------------
+
+
+def common_call(data: bytes) -> UsageEvent | None:
+    """The call in `data` when it has the common shape and passes every check the
+    CallUsage model makes; None for the model to decide."""
+    return _common(data, _CALL)
+
+
+def common_conference(data: bytes) -> UsageEvent | None:
+    """The leg in `data` when it has the common shape and passes every check the
+    ConferenceUsage model makes; None for the model to decide."""
+    return _common(data, _CONFERENCE)
+
+
+def _common(data: bytes, shape: _Shape) -> UsageEvent | None:
+    body = _object(data, shape.fields, shape.optional_text)
+    if body is None:
+        return None
+    usage_type = body[shape.usage_type]
+    number = body[shape.rated]
+    if (
+        usage_type not in shape.usage_types
+        or not _e164(number)
+        or not _external_id(body[shape.external_id])
+        or not _optional_text(body.get(shape.optional_text))
+        or not all(_e164(body[name]) for name in shape.other_numbers)
+    ):
+        return None
+    return _event(body, shape.kind, usage_type, number)
+
+
+def _object(data: bytes, fields: frozenset[str], optional: str) -> dict[str, Any] | None:
+    """The JSON object in `data` when it names every one of `fields`, perhaps `optional`,
+    nothing else, and no key twice."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict:
+        return None
+    size = len(body)
+    if size == len(fields):
+        if not fields.issubset(body):
+            return None
+    elif size != len(fields) + 1 or optional not in body or not fields.issubset(body):
+        return None
+    return body if keys_once(data, size) else None
+
+
+def _event(body: dict[str, Any], kind: str, usage_type: str, number: str) -> UsageEvent | None:
+    """The event from the fields every usage record has, when they pass the checks."""
+    event_id = body["event_id"]
+    tenant_id = body["tenant_id"]
+    seconds = body["duration_seconds"]
+    if not _event_id(event_id) or not _tenant_id(tenant_id):
+        return None
+    if type(seconds) is not int or not 0 <= seconds <= _MAX_SECONDS:
+        return None
+    occurred_at = _timestamp(body["occurred_at"])
+    if occurred_at is None:
+        return None
+    return UsageEvent(event_id, tenant_id, occurred_at, kind, usage_type, number, seconds)
+
+
+# The checks of schemas.types, written with str methods: each a few times faster than
+# the pattern's regular expression, and exactly as strict (tests/unit/test_usage_wire.py).
+
+
+def _event_id(value: object) -> bool:
+    # ID_PATTERN, [ -~]{1,128}: printable ASCII is exactly the space to the tilde.
+    return type(value) is str and 0 < len(value) <= 128 and value.isascii() and value.isprintable()
+
+
+def _tenant_id(value: object) -> bool:
+    # TENANT_ID_PATTERN: nothing is left once its characters are stripped from both ends.
+    return type(value) is str and 0 < len(value) <= 64 and not value.strip(_TENANT_CHARS)
+
+
+def _e164(value: object) -> bool:
+    # E164_PATTERN, \+[1-9][0-9]{1,14}; isdigit alone would take other scripts' digits.
+    return (
+        type(value) is str
+        and 3 <= len(value) <= 16
+        and value.isascii()
+        and value[0] == "+"
+        and value[1] != "0"
+        and value[1:].isdigit()
+    )
+
+
+def _external_id(value: object) -> bool:
+    # ExternalId: any text of 1 to 256 characters.
+    return type(value) is str and 0 < len(value) <= 256
+
+
+def _optional_text(value: object) -> bool:
+    # OptionalText | None: absent, null, or text of at most 128 characters.
+    return value is None or (type(value) is str and len(value) <= 128)
+
+
+def _timestamp(value: object) -> datetime | None:
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        return None
