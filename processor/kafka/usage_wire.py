@@ -18,7 +18,7 @@ from typing import Any, Final
 import orjson
 
 from processor.core.usage import UsageEvent
-from schemas.inputs import CallUsage, ConferenceUsage, decode_call, decode_conference, keys_once
+from schemas.inputs import CallUsage, ConferenceUsage, decode_call, decode_conference
 from schemas.types import parse_timestamp
 
 
@@ -42,10 +42,9 @@ class _Shape:
         self.external_id: Final = external_id
         self.optional_text: Final = optional_text
         self.other_numbers: Final = other_numbers
-        # Every field but the optional one.
-        self.fields: Final = frozenset(
-            ("event_id", "tenant_id", "occurred_at", "duration_seconds", usage_type, rated)
-        ) | {external_id, *other_numbers}
+        # The fields but the optional one: the four every usage event has, the usage
+        # type, the rated number, the external id, and any other numbers.
+        self.size: Final = 7 + len(other_numbers)
 
 
 _CALL: Final = _Shape(
@@ -133,38 +132,45 @@ def common_conference(data: bytes) -> UsageEvent | None:
 
 
 def _common(data: bytes, shape: _Shape) -> UsageEvent | None:
-    body = _object(data, shape.fields, shape.optional_text)
-    if body is None:
-        return None
-    usage_type = body[shape.usage_type]
-    number = body[shape.rated]
-    if (
-        usage_type not in shape.usage_types
-        or not _e164(number)
-        or not _external_id(body[shape.external_id])
-        or not _optional_text(body.get(shape.optional_text))
-        or not all(_e164(body[name]) for name in shape.other_numbers)
-    ):
-        return None
-    return _event(body, shape.kind, usage_type, number)
-
-
-def _object(data: bytes, fields: frozenset[str], optional: str) -> dict[str, Any] | None:
-    """The JSON object in `data` when it names every one of `fields`, perhaps `optional`,
-    nothing else, and no key twice."""
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     if type(body) is not dict:
         return None
-    size = len(body)
-    if size == len(fields):
-        if not fields.issubset(body):
-            return None
-    elif size != len(fields) + 1 or optional not in body or not fields.issubset(body):
+    named = shape.optional_text in body
+    # As many fields as the shape has, counting the optional one when named: every
+    # other one is read below (a KeyError for one missing), so there is no other.
+    if len(body) != shape.size + named:
         return None
-    return body if keys_once(data, size) else None
+    try:
+        usage_type = body[shape.usage_type]
+        number = body[shape.rated]
+        external_id = body[shape.external_id]
+        others = [body[name] for name in shape.other_numbers]
+        event = _event(body, shape.kind, usage_type, number)
+    except KeyError:
+        return None
+    optional = body.get(shape.optional_text)
+    if (
+        event is None
+        or usage_type not in shape.usage_types
+        or not _e164(number)
+        or not _external_id(external_id)
+        or not _optional_text(optional)
+    ):
+        return None
+    for other in others:
+        if not _e164(other):
+            return None
+    # No key named twice (orjson keeps the last of repeated keys). Every value is text
+    # now but the duration and a null optional field: with no key repeated and no
+    # escaped quote, the text holds exactly two quotes a key and two a text value, and
+    # a repeated key adds at least two (its own).
+    texts = len(body) - 1 - (named and optional is None)
+    if data.count(b'"') != 2 * (len(body) + texts):
+        return None
+    return event
 
 
 def _event(body: dict[str, Any], kind: str, usage_type: str, number: str) -> UsageEvent | None:

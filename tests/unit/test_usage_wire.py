@@ -81,6 +81,17 @@ def test_valid_usage_takes_the_common_path_to_the_models_value(
     assert common == models(topic, raw)
 
 
+@pytest.mark.parametrize(
+    ("topic", "optional"), [(CALLS, "user_id"), (CONFERENCING, "participant_id")]
+)
+def test_a_null_optional_field_takes_the_common_path(topic: str, optional: str) -> None:
+    body = malformed.valid_body(random.Random(1), topic, "ev-1", "acme", ())
+    raw = malformed.dumps(body | {optional: None})
+    common = common_call(raw) if topic == CALLS else common_conference(raw)
+    assert common is not None
+    assert common == models(topic, raw)
+
+
 def test_the_simulators_records_take_the_common_path() -> None:
     rng = random.Random(7)
     now = datetime.now(UTC)
