@@ -6,8 +6,7 @@
 One run, one private broker (so the machine's drift hits both sides alike):
 preload a usage mix over 10,000 tenants into 12-partition topics, measure the
 ceiling loop on it, then let one real `meter worker` drain the same records, then
-measure append-to-ledger latency at half the drain rate, then the ceiling again (the
-ratios are to the mean of the two), then (item 4) the time a
+measure append-to-ledger latency at half the drain rate, then (item 4) the time a
 worker holding N tenants takes to be ready, and (item 5, --scaling) the drain with
 two workers, and (--processes N, issue 19) the drain with one `meter worker
 --processes N`, and (--marks N, issue 19) what N dedupe marks cost in memory, on disk
@@ -208,9 +207,9 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         log(f"preloaded {len(setup)} commands + {events} usage events {counts}")
 
         t = time.perf_counter()
-        ceiling_before = await measures.ceiling(broker.bootstrap, inputs[:2], ceiling_out, events)
+        ceiling = await measures.ceiling(broker.bootstrap, inputs[:2], ceiling_out, events)
         walls["ceiling"] = time.perf_counter() - t
-        log(f"ceiling: {ceiling_before:,.0f} events/s")
+        log(f"ceiling: {ceiling:,.0f} events/s")
 
         worker = BenchWorker(broker.bootstrap, app_id, prefix, PARTITIONS, root)
         profiler: subprocess.Popen[bytes] | None = None
@@ -259,15 +258,6 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         )
         log(f"latency: {lat}")
         worker.stop()
-
-        # The ceiling again, the worker stopped: one 15 s measure moved between runs of a
-        # day by as much as a step gains (docs/performance.md, "What changed on
-        # 2026-12-05 (twelfth step)"), and the ratios are to the mean of the two.
-        t = time.perf_counter()
-        ceiling_after = await measures.ceiling(broker.bootstrap, inputs[:2], ceiling_out, events)
-        walls["ceiling_after"] = time.perf_counter() - t
-        ceiling = (ceiling_before + ceiling_after) / 2
-        log(f"ceiling again: {ceiling_after:,.0f} events/s (mean {ceiling:,.0f})")
 
         t = time.perf_counter()
         rec_tenants = args.recovery_tenants
@@ -326,7 +316,6 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
     return {
         "ceiling_events_per_s": round(ceiling, 1),
-        "ceiling_measures_events_per_s": [round(ceiling_before, 1), round(ceiling_after, 1)],
         "drain_events_per_s": round(drain.events_per_s, 1),
         "ratio_to_ceiling": round(drain.events_per_s / ceiling, 4),
         "cpu_seconds_per_1000": round(drain.cpu_seconds_per_1000, 4),

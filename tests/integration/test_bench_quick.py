@@ -41,14 +41,6 @@ def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     for key in NUMBERS:
         assert isinstance(result[key], int | float) and result[key] > 0, (key, result.get(key))
-    # The ceiling measured twice, before the drain and after the latency phase; the
-    # ratios are to their mean.
-    before, after = result["ceiling_measures_events_per_s"]
-    assert before > 0 and after > 0, result
-    assert result["ceiling_events_per_s"] == pytest.approx((before + after) / 2, abs=0.1)
-    assert result["ratio_to_ceiling"] == pytest.approx(
-        result["drain_events_per_s"] / result["ceiling_events_per_s"], rel=1e-3
-    )
     # The broker works for every drained record, and two processes were busy.
     assert result["broker_cpu_seconds_per_1000"] > 0, result
     assert 0 < result["machine_busy"] <= 1, result
