@@ -441,7 +441,7 @@ def first_duplicate_key(data: bytes | bytearray | str) -> str | None:
     return None
 
 
-def decode_call(raw: bytes | None) -> CallUsage:
+def decode_call(raw: object) -> CallUsage:
     """Bytes from ``usage.calls`` to a CallUsage, or DecodeError."""
     data = _require_bytes(raw)
     try:
@@ -453,7 +453,7 @@ def decode_call(raw: bytes | None) -> CallUsage:
     return _unique_keys(data, event)
 
 
-def decode_conference(raw: bytes | None) -> ConferenceUsage:
+def decode_conference(raw: object) -> ConferenceUsage:
     """Bytes from ``usage.conferencing`` to a ConferenceUsage, or DecodeError."""
     data = _require_bytes(raw)
     try:
@@ -468,7 +468,7 @@ def decode_conference(raw: bytes | None) -> ConferenceUsage:
 _validate_command_json: Final = COMMAND_ADAPTER.validate_json
 
 
-def decode_command(raw: bytes | None) -> Command:
+def decode_command(raw: object) -> Command:
     """Bytes from ``credits.commands`` to one of the Command models, or DecodeError."""
     data = _require_bytes(raw)
     try:

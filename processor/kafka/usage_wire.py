@@ -71,19 +71,23 @@ _TENANT_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 _MAX_SECONDS: Final = 86_400
 
 
-def read_call(raw: bytes | None) -> UsageEvent:
+# `raw: object`, not `bytes | None`: compiled, a function refuses an argument of another
+# type with a TypeError, and a value of any type must become a rejection.
+
+
+def read_call(raw: object) -> UsageEvent:
     """A usage.calls record's value as a UsageEvent, or DecodeError (as decode_call)."""
     event = _try_common(raw, _CALL)
     return event if event is not None else call_event(decode_call(raw))
 
 
-def read_conference(raw: bytes | None) -> UsageEvent:
+def read_conference(raw: object) -> UsageEvent:
     """A usage.conferencing record's value as a UsageEvent, or DecodeError."""
     event = _try_common(raw, _CONFERENCE)
     return event if event is not None else conference_event(decode_conference(raw))
 
 
-def _try_common(raw: bytes | None, shape: _Shape) -> UsageEvent | None:
+def _try_common(raw: object, shape: _Shape) -> UsageEvent | None:
     if type(raw) is not bytes:
         return None
     try:

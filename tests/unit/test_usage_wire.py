@@ -217,7 +217,9 @@ def test_usage_built_field_by_field_gets_the_models_verdict(record: tuple[str, b
     assert worker(topic, raw) == models(topic, raw)
 
 
-@pytest.mark.parametrize("raw", [None, b"", bytearray(b"{}"), b"null", b"[]", b'"x"'])
+@pytest.mark.parametrize(
+    "raw", [None, b"", bytearray(b"{}"), memoryview(b"{}"), "{}", 3, b"null", b"[]", b'"x"']
+)
 @pytest.mark.parametrize("topic", malformed.USAGE)
 def test_values_that_are_no_object_get_the_models_verdict(topic: str, raw: Any) -> None:
     assert worker(topic, raw) == models(topic, raw)
