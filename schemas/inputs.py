@@ -400,7 +400,7 @@ def _unique_keys(data: bytes | bytearray, event: _M) -> _M:
     no spacing) no key can repeat, at the cost of one `bytes.count`; otherwise the
     record is parsed again, keeping every key, to tell.
     """
-    if keys_once(data, len(event.__pydantic_fields_set__)):
+    if data.count(b'":') == len(event.__pydantic_fields_set__) and not _SPACED.search(data):
         return event
     try:
         name = first_duplicate_key(data)
@@ -412,13 +412,6 @@ def _unique_keys(data: bytes | bytearray, event: _M) -> _M:
             "invalid_event", _clip(f"{name}: the key appears more than once in one JSON object")
         )
     return event
-
-
-def keys_once(data: bytes | bytearray, keys: int) -> bool:
-    """True when the JSON text `data`, read to an object of `keys` distinct keys, can
-    name no key twice: compact, and with one `":` a key (`_unique_keys` says why).
-    False says only that the text must be parsed again to tell."""
-    return data.count(b'":') == keys and not _SPACED.search(data)
 
 
 def first_duplicate_key(data: bytes | bytearray | str) -> str | None:

@@ -72,13 +72,22 @@ __all__ = [
     "scrub_text",
 ]
 
-TENANT_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+# The limits of the input fields, named once for the patterns and types below and for
+# the worker's own reading of usage records (processor/kafka/usage_wire.py).
+MAX_TENANT_ID_LENGTH: Final = 64
+MAX_ID_LENGTH: Final = 128
+MAX_EXTERNAL_ID_LENGTH: Final = 256
+MAX_TEXT_LENGTH: Final = 128
+MAX_E164_DIGITS: Final = 15
+MAX_DURATION_SECONDS: Final = 86_400
+
+TENANT_ID_PATTERN: Final = rf"^[A-Za-z0-9._:-]{{1,{MAX_TENANT_ID_LENGTH}}}$"
 # 0x20-0x7E written as a range so ECMA and Rust read it the same way.
-ID_PATTERN: Final = r"^[ -~]{1,128}$"
+ID_PATTERN: Final = rf"^[ -~]{{1,{MAX_ID_LENGTH}}}$"
 # Ids the processor derives (entry_id, alert_id, ...) may embed a tenant id and an
 # event id, so they get more room than the ids producers send.
 OUTPUT_ID_PATTERN: Final = r"^[ -~]{1,256}$"
-E164_PATTERN: Final = r"^\+[1-9][0-9]{1,14}$"
+E164_PATTERN: Final = rf"^\+[1-9][0-9]{{1,{MAX_E164_DIGITS - 1}}}$"
 # A rate-card prefix may be shorter than a full number ("+1").
 RATE_PREFIX_PATTERN: Final = r"^\+[0-9]{1,15}$"
 CURRENCY_PATTERN: Final = r"^[A-Z]{3}$"
@@ -294,10 +303,12 @@ Currency = Annotated[str, Strict(), StringConstraints(pattern=CURRENCY_PATTERN)]
 
 # call_id / conference_id: the contract only says "string"; telephony ids (SIP
 # Call-ID and the like) are free-form, so any non-empty text of sane length.
-ExternalId = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=256)]
+ExternalId = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=MAX_EXTERNAL_ID_LENGTH)
+]
 # Informational optional fields (user_id, participant_id). Empty is tolerated: a
 # billing event must not be rejected over a blank label.
-OptionalText = Annotated[str, Strict(), StringConstraints(max_length=128)]
+OptionalText = Annotated[str, Strict(), StringConstraints(max_length=MAX_TEXT_LENGTH)]
 Reason = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=1000)]
 # Kafka caps topic names at 249 characters.
 TopicName = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=249)]
@@ -336,7 +347,7 @@ def _require_utf8(value: str) -> str:
 # encoder could write it, instead of failing later inside the producer.
 WireText = Annotated[str, Strict(), AfterValidator(_require_utf8)]
 
-DurationSeconds = Annotated[int, Strict(), Field(ge=0, le=86400)]
+DurationSeconds = Annotated[int, Strict(), Field(ge=0, le=MAX_DURATION_SECONDS)]
 StrictBool = Annotated[bool, Strict()]
 
 

@@ -19,7 +19,15 @@ import orjson
 
 from processor.core.usage import UsageEvent
 from schemas.inputs import CallUsage, ConferenceUsage, decode_call, decode_conference
-from schemas.types import parse_timestamp
+from schemas.types import (
+    MAX_DURATION_SECONDS,
+    MAX_E164_DIGITS,
+    MAX_EXTERNAL_ID_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_TENANT_ID_LENGTH,
+    MAX_TEXT_LENGTH,
+    parse_timestamp,
+)
 
 
 class _Shape:
@@ -67,8 +75,6 @@ _CONFERENCE: Final = _Shape(
 )
 # schemas.types.TENANT_ID_PATTERN's characters.
 _TENANT_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
-# schemas.types.DurationSeconds.
-_MAX_SECONDS: Final = 86_400
 
 
 # `raw: object`, not `bytes | None`: compiled, a function refuses an argument of another
@@ -142,7 +148,8 @@ def _common(data: bytes, shape: _Shape) -> UsageEvent | None:
         return None
     if type(body) is not dict:
         return None
-    named = shape.optional_text in body
+    optional = body.get(shape.optional_text)
+    named = optional is not None or shape.optional_text in body
     # As many fields as the shape has, counting the optional one when named: every
     # other one is read below (a KeyError for one missing), so there is no other.
     if len(body) != shape.size + named:
@@ -155,7 +162,6 @@ def _common(data: bytes, shape: _Shape) -> UsageEvent | None:
         event = _event(body, shape.kind, usage_type, number)
     except KeyError:
         return None
-    optional = body.get(shape.optional_text)
     if (
         event is None
         or usage_type not in shape.usage_types
@@ -184,7 +190,7 @@ def _event(body: dict[str, Any], kind: str, usage_type: str, number: str) -> Usa
     seconds = body["duration_seconds"]
     if not _event_id(event_id) or not _tenant_id(tenant_id):
         return None
-    if type(seconds) is not int or not 0 <= seconds <= _MAX_SECONDS:
+    if type(seconds) is not int or not 0 <= seconds <= MAX_DURATION_SECONDS:
         return None
     occurred_at = _timestamp(body["occurred_at"])
     if occurred_at is None:
@@ -197,20 +203,29 @@ def _event(body: dict[str, Any], kind: str, usage_type: str, number: str) -> Usa
 
 
 def _event_id(value: object) -> bool:
-    # ID_PATTERN, [ -~]{1,128}: printable ASCII is exactly the space to the tilde.
-    return type(value) is str and 0 < len(value) <= 128 and value.isascii() and value.isprintable()
+    # ID_PATTERN, [ -~]{1,n}: printable ASCII is exactly the space to the tilde.
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and value.isascii()
+        and value.isprintable()
+    )
 
 
 def _tenant_id(value: object) -> bool:
     # TENANT_ID_PATTERN: nothing is left once its characters are stripped from both ends.
-    return type(value) is str and 0 < len(value) <= 64 and not value.strip(_TENANT_CHARS)
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_TENANT_ID_LENGTH
+        and not value.strip(_TENANT_CHARS)
+    )
 
 
 def _e164(value: object) -> bool:
-    # E164_PATTERN, \+[1-9][0-9]{1,14}; isdigit alone would take other scripts' digits.
+    # E164_PATTERN, \+[1-9][0-9]{1,n-1}; isdigit alone would take other scripts' digits.
     return (
         type(value) is str
-        and 3 <= len(value) <= 16
+        and 3 <= len(value) <= 1 + MAX_E164_DIGITS
         and value.isascii()
         and value[0] == "+"
         and value[1] != "0"
@@ -219,13 +234,13 @@ def _e164(value: object) -> bool:
 
 
 def _external_id(value: object) -> bool:
-    # ExternalId: any text of 1 to 256 characters.
-    return type(value) is str and 0 < len(value) <= 256
+    # ExternalId: any text of 1 to n characters.
+    return type(value) is str and 0 < len(value) <= MAX_EXTERNAL_ID_LENGTH
 
 
 def _optional_text(value: object) -> bool:
-    # OptionalText | None: absent, null, or text of at most 128 characters.
-    return value is None or (type(value) is str and len(value) <= 128)
+    # OptionalText | None: absent, null, or text of at most n characters.
+    return value is None or (type(value) is str and len(value) <= MAX_TEXT_LENGTH)
 
 
 def _timestamp(value: object) -> datetime | None:
