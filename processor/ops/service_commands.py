@@ -54,7 +54,6 @@ def _run_worker(args: argparse.Namespace, cfg: Settings) -> int:
         max_message_bytes,
     )
     from processor.observability.logs import logging_config
-    from processor.worker import producer_thread
     from processor.worker.app import Broker, Meter
 
     try:
@@ -93,7 +92,6 @@ def _run_worker(args: argparse.Namespace, cfg: Settings) -> int:
         cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host, limits=limits
     )
     _tune_gc()
-    sys.setswitchinterval(producer_thread.SWITCH_INTERVAL_SECONDS)
     worker = _quiet_worker_class()(
         meter.app,
         loglevel=cfg.log_level,
@@ -144,9 +142,13 @@ def new_event_loop(kind: EventLoop) -> asyncio.AbstractEventLoop:
     lower in most alternating runs (docs/performance.md, "The worker on uvloop").
     """
     from processor.observability import metrics
-    from processor.worker.producer_thread import new_loop
 
-    loop = new_loop(kind)
+    if kind == "asyncio":
+        loop = asyncio.new_event_loop()
+    else:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
     metrics.EVENT_LOOP.labels(loop=kind).set(1)
     metrics.RECORD_PATH.labels(
         path="compiled" if compiled.running_compiled() else "interpreted"

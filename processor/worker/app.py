@@ -37,7 +37,6 @@ from processor.worker.intake import minimal_rejection
 from processor.worker.marks import MarkStore
 from processor.worker.marks_log import MarksLog
 from processor.worker.pipeline import Pipeline
-from processor.worker.producer_thread import ThreadedPublisher, new_loop
 from processor.worker.publisher import TransactionalPublisher, transactional_producer
 from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
 from processor.worker.sizing import Limits
@@ -132,19 +131,14 @@ class Meter:
         client_options = kafka_options.kafka_client_options(cfg)
         # `limits`: each topic's max.message.bytes (topics.max_message_bytes).
         sizes = Limits(self.app.conf.producer_max_request_size, dict(limits or {}))
-        # On a thread of their own, so the broker's answers are read while the worker's
-        # loop stages records (processor/worker/producer_thread.py).
-        self.publisher = ThreadedPublisher(
-            TransactionalPublisher(
-                cfg.app_id,
-                lambda transactional_id: transactional_producer(
-                    broker.bootstrap, transactional_id, sizes.batch_bytes(), client_options
-                ),
-                # A lone output the broker refuses as too large becomes a minimal rejection.
-                fallback=functools.partial(minimal_rejection, self.names, clock),
-                partitions=partitions,
+        self.publisher = TransactionalPublisher(
+            cfg.app_id,
+            lambda transactional_id: transactional_producer(
+                broker.bootstrap, transactional_id, sizes.batch_bytes(), client_options
             ),
-            functools.partial(new_loop, cfg.event_loop),
+            # A lone output the broker refuses as too large becomes a minimal rejection.
+            fallback=functools.partial(minimal_rejection, self.names, clock),
+            partitions=partitions,
         )
         if isinstance(self.accounts.data, store.SeqMemoryStore):
             self.accounts.data.attach(
