@@ -139,7 +139,7 @@ class Intake:
             return "rejected"
         outcome = self.engine.timer(tick, self.names.timer, rec.position, rec.generation)
         self._finish("timer", outcome, rec, started)
-        return outcome.status.value
+        return outcome.status
 
     # ---- the path ------------------------------------------------------------
 
@@ -153,7 +153,9 @@ class Intake:
     ) -> str:
         started = time.perf_counter()
         self._owner = rec.partition
-        label = source.value
+        # A StrEnum member is a str equal to its value: `.value` would cost a call of
+        # enum's descriptor, interpreted, on every record.
+        label: str = source
         try:
             event = self._decoders[source](rec.value)
         except DecodeError as err:
@@ -215,7 +217,7 @@ class Intake:
         self._finish(label, outcome, origin, started)
         if not isinstance(event, UsageEvent):
             self._result_of(event, outcome)
-        return outcome.status.value
+        return outcome.status
 
     # ---- command results (added: credits.command-results) -------------------------
 
@@ -303,7 +305,7 @@ class Intake:
             self.hooks.recharge_outcome(what)
         if outcome.account is not None:
             self.due.track(outcome.account)
-        self.hooks.record(label, outcome.status.value)
+        self.hooks.record(label, outcome.status)
         self.hooks.processing(time.perf_counter() - started)
 
     def _reroute(self, source: Source, rec: Record, tenant: str, force_too_old: bool) -> bool:
