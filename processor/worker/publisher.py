@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
@@ -41,7 +40,9 @@ log = logging.getLogger(__name__)
 # retries an AddPartitionsToTxn that the broker refused with CONCURRENT_TRANSACTIONS,
 # which it answers while it still writes the previous transaction's markers (about a
 # millisecond on one broker): nearly every round paid those 20 ms
-# (docs/performance.md). A shorter wait costs a retried request or two.
+# (docs/performance.md). A shorter wait costs a retried request or two. Under
+# transactions v2 the broker retries itself, and this is the wait before a produce the
+# broker still refused that way goes again (processor/kafka/glue/transactions_v2.py).
 TXN_RETRY_BACKOFF_SECONDS = 0.002
 
 # A round's transaction must commit within this (rounds take milliseconds). Kafka
@@ -118,11 +119,12 @@ Fallback = Callable[[Out], Out | None]
 
 def transactional_producer(
     bootstrap: str, transactional_id: str, batch_bytes: int, options: Mapping[str, Any]
-) -> AIOKafkaProducer:
+) -> glue.TransactionsV2Producer:
     """A partition number's producer (not started): its record batches hold up to
     `batch_bytes` (`sizing.Limits.batch_bytes`), so a round's records for one partition
-    go in one batch, one produce request."""
-    return AIOKafkaProducer(
+    go in one batch, one produce request. It speaks Kafka's transactions v2 where the
+    cluster has them: a transaction is its produce and EndTxn."""
+    return glue.TransactionsV2Producer(
         bootstrap_servers=bootstrap,
         transactional_id=transactional_id,
         transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,

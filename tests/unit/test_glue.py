@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from processor.kafka import glue
+from processor.kafka.glue import transactions_v2
 
 # The glue is a package: every module of it.
 GLUE_SOURCE = "\n".join(
@@ -92,7 +93,14 @@ def test_every_private_member_the_glue_uses_is_listed_in_its_reaches() -> None:
 
 def test_the_overrides_override_something() -> None:
     # An override of a method the library renamed would silently never be called.
-    for cls in (glue.FetchLoop, glue.ConsumerThread, glue.MainLoopConsumer):
+    for cls in (
+        glue.FetchLoop,
+        glue.ConsumerThread,
+        glue.MainLoopConsumer,
+        transactions_v2.SenderV2,
+        transactions_v2.ProduceV2Handler,
+        transactions_v2.EndTxnV2Handler,
+    ):
         for name, member in vars(cls).items():
             if name.startswith("_") and not name.startswith("__") and callable(member):
                 if name in OWN:

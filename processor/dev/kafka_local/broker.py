@@ -191,6 +191,12 @@ class LocalKafka:
             # Default 128 MiB of heap for compaction (faust changelogs are compacted);
             # too much for a 512 MiB heap and far more than local data needs.
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            # Under transactions v2 a produce adds its partition to the transaction, and
+            # the broker retries that itself while the last transaction's markers are
+            # still being written (about a millisecond on one broker): every 20 ms by
+            # default, which a worker's next round nearly always met
+            # (docs/performance.md, "Transactions v2").
+            "add.partitions.to.txn.retry.backoff.ms": "1",
         }
         props.update(self._extra)
         return props

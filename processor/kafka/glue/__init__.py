@@ -26,13 +26,16 @@ What the worker needs from the libraries' insides, and why:
   (`use_codecs`); mode's crash of a service (`crash`); aiokafka's cluster
   metadata (`fetch_metadata`); the table manager's recovery, absent from its type.
 - aiokafka's producer: the sequence numbers of a batch the broker refused, taken back
-  (`unnumber`), so that the batches after it are not refused as out of order.
+  (`unnumber`), so that the batches after it are not refused as out of order. And its
+  sender, taught Kafka's transactions v2 (`transactions_v2.py`): a round's transaction
+  in two requests where aiokafka sends three.
 
 The worker's policy (what is taken, refused, staged) stays in processor/worker/consumer.py,
 which subclasses `FetchLoop` and fills in its hooks (`hand_over`, `drop_stale`,
 `commit_offset`). The glue is this package: here the list and the single reaches, in
 `driver.py` Faust's aiokafka driver reshaped (`ConsumerThread`, `MainLoopConsumer`,
-`FetchLoop`). It imports nothing of ours but `processor.kafka.stepping`.
+`FetchLoop`), in `transactions_v2.py` aiokafka's transactional producer speaking v2
+(`TransactionsV2Producer`). It imports nothing of ours but `processor.kafka.stepping`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.conn import AIOKafkaConnection
+from aiokafka.producer import sender as aiokafka_sender
+from aiokafka.producer.transaction_manager import TransactionManager
 from aiokafka.structs import TopicPartition
 from faust.tables.base import Collection
 from faust.transport.consumer import Consumer as FaustBaseConsumer
@@ -61,6 +67,7 @@ from processor.kafka.glue.driver import (
     committed_offsets,
     set_consumer_state,
 )
+from processor.kafka.glue.transactions_v2 import TransactionsV2Producer
 
 __all__ = [
     "CONSUMER_STATE",
@@ -71,6 +78,7 @@ __all__ = [
     "Fetched",
     "MainLoopConsumer",
     "Reach",
+    "TransactionsV2Producer",
     "app_tasks",
     "close_http_client",
     "committed_offsets",
@@ -106,6 +114,11 @@ _C = FaustBaseConsumer
 _AC = faust_aiokafka.Consumer
 _T = faust_aiokafka.AIOKafkaConsumerThread
 _SELF = ("self",)
+_S = aiokafka_sender.Sender
+_PH = aiokafka_sender.SendProduceReqHandler
+_EH = aiokafka_sender.EndTxnHandler
+_TM = TransactionManager
+_GET_CONN = ("self", "node_id", "group", "no_hint")
 
 REACHES: tuple[Reach, ...] = (
     # Faust's consumer: overridden.
@@ -160,6 +173,36 @@ REACHES: tuple[Reach, ...] = (
     Reach(AIOKafkaConsumer, "_fetcher", "attribute", "its seeks are counted", set_in="start"),
     Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata (partitions of a topic)"),
     Reach(AIOKafkaProducer, "_txn_manager", "attribute", "a refused batch's numbers taken back"),
+    # aiokafka's producer speaking transactions v2 (`transactions_v2.py`).
+    Reach(AIOKafkaProducer, "_sender", "attribute", "replaced by the v2 sender"),
+    Reach(AIOKafkaProducer, "_message_accumulator", "attribute", "the v2 sender drains it"),
+    Reach(_S, "_txn_manager", "attribute", "the transaction's id, producer id and epoch"),
+    Reach(_S, "_acks", "attribute", "a v12 produce's acks"),
+    Reach(_S, "_retry_backoff", "attribute", "the v2 sender is built like the one it replaces"),
+    Reach(_S, "_request_timeout_ms", "attribute", "a v12 produce's timeout"),
+    Reach(_S, "_in_flight", "attribute", "a produce's node is free again when answered"),
+    Reach(_S, "_muted_partitions", "attribute", "its partitions too"),
+    Reach(_S, "_message_accumulator", "attribute", "flushed before EndTxn"),
+    Reach(_S, "_maybe_wait_for_pid", "method", "a v2 sender starts with a producer id", _SELF),
+    Reach(
+        _S,
+        "_find_coordinator",
+        "method",
+        "whose broker's versions decide v2",
+        ("self", "coordinator_type", "coordinator_key"),
+    ),
+    Reach(_S, "_maybe_do_transactional_request", "method", "no AddPartitionsToTxn", _SELF),
+    Reach(_S, "_send_produce_req", "method", "a v12 produce", ("self", "node_id", "batches")),
+    Reach(_S, "_do_txn_commit", "method", "a v5 EndTxn", ("self", "commit_result")),
+    Reach(_PH, "_batches", "attribute", "the batches of a v12 produce"),
+    Reach(_PH, "_sender", "attribute", "its sender", set_in="__init__"),
+    Reach(_PH, "_default_backoff", "attribute", "short after CONCURRENT_TRANSACTIONS"),
+    Reach(_PH, "_can_retry", "method", "CONCURRENT_TRANSACTIONS is", ("self", "error", "batch")),
+    Reach(_EH, "_commit_result", "attribute", "commit or abort"),
+    Reach(_TM, "_pid_and_epoch", "attribute", "the epoch EndTxn v5 returns"),
+    Reach(_TM, "_sequence_numbers", "attribute", "start again under a new epoch"),
+    Reach(AIOKafkaClient, "_get_conn", "method", "the coordinator's connection", _GET_CONN),
+    Reach(AIOKafkaConnection, "_versions", "attribute", "its broker's ApiVersions answer"),
     # Faust's app and web server (tests end apps they never started, and check them).
     Reach(faust.App, "_maybe_close_http_client", "method", "close its HTTP client", _SELF),
     Reach(faust.App, "_app_tasks", "attribute", "the tasks and timers it starts with"),
@@ -238,4 +281,6 @@ def unnumber(producer: AIOKafkaProducer, topic: str, partition: int, records: in
     producer to that partition would be refused as out of order. (Java's producer takes
     them back: `TransactionManager.adjustSequencesDueToFailedBatch`.)
     """
+    if isinstance(producer, TransactionsV2Producer) and producer.transactions_v2:
+        return  # the abort before this bumped the epoch: the numbers start again from 0
     producer._txn_manager.increment_sequence_number(TopicPartition(topic, partition), -records)
