@@ -143,9 +143,13 @@ class FakeBatch:
         return False
 
 
+def _sender() -> Any:
+    """What aiokafka's handlers read of their sender."""
+    return SimpleNamespace(client=None, _retry_backoff=0.1, _txn_manager=None)
+
+
 def _handler(batch: FakeBatch) -> ProduceV2Handler:
-    sender = SimpleNamespace(client=None, _retry_backoff=0.1, _txn_manager=None)
-    return ProduceV2Handler(sender, {TopicPartition("ledger", 2): batch})
+    return ProduceV2Handler(_sender(), {TopicPartition("ledger", 2): batch})
 
 
 def test_an_appended_batch_is_done_at_its_offset() -> None:
@@ -174,7 +178,6 @@ def test_a_fenced_produce_fails_its_batch_as_fenced() -> None:
 
 
 def test_a_fenced_end_txn_raises_fenced() -> None:
-    sender = SimpleNamespace(client=None, _retry_backoff=0.1, _txn_manager=None)
     fenced = EndTxnResponseV5(0, 90, -1, -1, {})
     with pytest.raises(ProducerFenced):
-        EndTxnV2Handler(sender, True).handle_response(fenced)
+        EndTxnV2Handler(_sender(), True).handle_response(fenced)
