@@ -328,3 +328,104 @@ async def test_the_fetch_loop_waits_for_room_when_the_sink_is_full() -> None:
     await c.fetch_loop(fetcher)
     assert sink.waited == 1
     assert sum(len(batch) for batch in sink.lists) == 250
+
+
+def _fetching_consumer(
+    records: dict[TP, list[Any]], active: set[TP] | None, buffered: frozenset[TP] = frozenset()
+) -> tuple[Any, dict[TP, int]]:
+    """A GuardedConsumer whose next fetch returns `records`; the end offsets its monitor
+    was handed are returned next to it."""
+    c: Any = object.__new__(GuardedConsumer)
+    tracked: dict[TP, int] = {}
+    c.app = SimpleNamespace(
+        consumer_generation_id=7,
+        monitor=SimpleNamespace(track_tp_end_offset=tracked.__setitem__),
+    )
+    c.flow_active = True
+    c.highwater = lambda tp: 1_000 + tp.partition
+    glue.set_consumer_state(c, stopped=Event(), crashed=Event(), buffered_partitions=set(buffered))
+
+    async def wait_next_records(timeout: float) -> Any:
+        return records, active
+
+    c._wait_next_records = wait_next_records  # noqa: SLF001 (a stand-in for the fetcher)
+    return c, tracked
+
+
+def _fetched(tp: TP, offsets: range) -> list[Any]:
+    return [
+        SimpleNamespace(
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=o,
+            timestamp=1_700_000_000_000 + o,
+            timestamp_type=0,
+            headers=[],
+            key=b"tenant",
+            value=b"{}",
+            checksum=None,
+            serialized_key_size=6,
+            serialized_value_size=2,
+        )
+        for o in offsets
+    ]
+
+
+async def test_getmany_yields_each_partitions_records_in_order_as_faust_messages() -> None:
+    cmd = TP("credits.commands", 0)
+    c, tracked = _fetching_consumer(
+        {A: _fetched(A, range(5)), B: _fetched(B, range(10, 13)), cmd: _fetched(cmd, range(2))},
+        active=None,
+    )
+    got = [(tp, m) async for tp, m in c.getmany(timeout=1.0)]
+    for tp, expected in ((A, [0, 1, 2, 3, 4]), (B, [10, 11, 12]), (cmd, [0, 1])):
+        assert [m.offset for t, m in got if t == tp] == expected
+    _, first = got[0]
+    assert (first.topic, first.partition, first.timestamp) == (A.topic, 0, 1_700_000_000.0)
+    assert first.generation_id == 7 and first.tp == A
+    # The monitor learns each partition's end offset, once a fetch.
+    assert tracked == {A: 1_000, B: 1_001, cmd: 1_000}
+
+
+async def test_getmany_leaves_out_partitions_neither_active_nor_buffered() -> None:
+    inactive, buffered = TP("usage.calls", 2), TP("usage.calls", 3)
+    c, tracked = _fetching_consumer(
+        {
+            A: _fetched(A, range(2)),
+            inactive: _fetched(inactive, range(2)),
+            buffered: _fetched(buffered, range(1)),
+        },
+        active={A},
+        buffered=frozenset({buffered}),
+    )
+    got = [(tp, m.offset) async for tp, m in c.getmany(timeout=1.0)]
+    assert got == [(A, 0), (A, 1), (buffered, 0)]
+    assert inactive not in tracked
+
+
+async def test_getmany_stops_when_the_flow_stops_or_the_generation_changes() -> None:
+    for stop in ("flow", "generation"):
+        c, _ = _fetching_consumer({A: _fetched(A, range(5)), B: _fetched(B, range(5))}, None)
+        got = []
+        async for _tp, m in c.getmany(timeout=1.0):
+            got.append(m.offset)
+            if len(got) == 2:  # a rebalance begins while the fetch is handed over
+                if stop == "flow":
+                    c.flow_active = False
+                else:
+                    c.app.consumer_generation_id = 8
+        assert got == [0, 1], stop
+
+
+async def test_getmany_while_the_flow_is_stopped_seeks_back_and_yields_nothing() -> None:
+    c, _ = _fetching_consumer({A: _fetched(A, range(3))}, None)
+    c.flow_active = False
+    seeks: list[bool] = []
+
+    async def perform_seek() -> None:
+        seeks.append(True)
+
+    c.perform_seek = perform_seek
+    c.log = SimpleNamespace(dev=lambda *a: None, warning=lambda *a: None)
+    assert [m async for m in c.getmany(timeout=1.0)] == []
+    assert seeks == [True]

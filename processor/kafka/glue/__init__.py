@@ -11,7 +11,8 @@ What the worker needs from the libraries' insides, and why:
 
 - Faust's consumer (`FetchLoop`): its fetch loop, copied from faust-streaming 0.15.3 and
   reshaped (no task per record, a list hand-over for `direct` topics, stale records
-  dropped); the commit offset it computes (`_new_offset`), which the worker's guard
+  dropped) and its `getmany` (a partition at a time, Faust's `_to_message` and
+  buffered partitions); the commit offset it computes (`_new_offset`), which the worker's guard
   narrows; its gap bookkeeping, whose end Faust sets one record too far; the
   bookkeeping itself (acked offsets, gaps, read and committed offsets), which the
   guard reads.
@@ -132,12 +133,14 @@ REACHES: tuple[Reach, ...] = (
         ("self", "tp", "offset_from", "offset_to"),
     ),
     Reach(_C, "_new_offset", "method", "the guard narrows the commit", ("self", "tp")),
+    Reach(_AC, "_to_message", "method", "getmany a partition at a time", ("self", "tp", "record")),
     Reach(_AC, "_new_consumer_thread", "method", "to build our consumer thread", _SELF),
     # Faust's consumer: read.
     Reach(_C, "_get_active_partitions", "method", "a seek pauses them", _SELF),
     Reach(_C, "_acked", "attribute", "the guard holds acks past a refusal"),
     Reach(_C, "_acked_index", "attribute", "acks of a partition at once (`ack_offsets`)"),
     Reach(_C, "_gap", "attribute", "a known gap at the committed offset"),
+    Reach(_C, "_buffered_partitions", "attribute", "getmany's active-partition filter"),
     Reach(_C, "_read_offset", "attribute", "the fetch loop; off by one after a seek"),
     Reach(_C, "_committed_offset", "attribute", "lag, deliveries, the head check"),
     Reach(_C, "_commit_every", "attribute", "the fetch loop's commit by count"),
