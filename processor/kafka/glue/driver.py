@@ -384,8 +384,8 @@ class FetchLoop(faust_aiokafka.Consumer):
 
         Faust takes a fetch's records one topic after another in turn, and hands the
         monitor the partition's high watermark at every record, which costs a drained
-        record as much again as the rest of this (docs/performance.md, "Tried on the
-        evening of 2026-12-05"). A partition's records keep the fetch's order. The
+        record as much again as the rest of this (docs/performance.md, "Faust's
+        getmany a partition at a time"). A partition's records keep the fetch's order. The
         order across partitions does not matter: the fetch loop hands a fetch's direct
         records over in lists, and each agent's stream is its own. The flow,
         generation and active-partition checks are Faust's, per record.
