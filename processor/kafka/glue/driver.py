@@ -383,12 +383,13 @@ class FetchLoop(faust_aiokafka.Consumer):
         """Faust's `getmany` (faust-streaming 0.15.3), a partition at a time.
 
         Faust takes a fetch's records one topic after another in turn, and hands the
-        monitor the partition's high watermark at every record, which costs a drained
-        record as much again as the rest of this (docs/performance.md, "Faust's
-        getmany a partition at a time"). A partition's records keep the fetch's order. The
-        order across partitions does not matter: the fetch loop hands a fetch's direct
-        records over in lists, and each agent's stream is its own. The flow,
-        generation and active-partition checks are Faust's, per record.
+        monitor the partition's high watermark at every record; here the monitor gets it
+        once a partition (docs/performance.md, "Faust's getmany a partition at a
+        time"). A partition's records keep the fetch's order. The order across
+        partitions does not matter: the fetch loop hands a fetch's direct records over
+        in lists, and each agent's stream is its own. The flow, generation and
+        active-partition checks are Faust's, per record, since they can change while
+        the fetch loop awaits between records.
         """
         records, active_partitions = await self._wait_next_records(timeout)
         app = self.app
