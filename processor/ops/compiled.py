@@ -34,6 +34,7 @@ MODULES: Final = (
     "processor/observability/worker_hooks.py",
     "processor/worker/codec.py",
     "processor/worker/due.py",
+    "processor/worker/fetched.py",
     "processor/worker/flusher.py",
     "processor/worker/intake.py",
     "processor/worker/interned.py",

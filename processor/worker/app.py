@@ -31,7 +31,8 @@ from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
 from processor.worker import store, web
 from processor.worker.codec import dump_stored
-from processor.worker.faust_app import faust_app, input_bytes, record_of, register_codecs
+from processor.worker.faust_app import faust_app, register_codecs
+from processor.worker.fetched import FetchedStager, input_bytes, record_of
 from processor.worker.flusher import Deliveries
 from processor.worker.intake import minimal_rejection
 from processor.worker.marks import MarkStore
@@ -190,6 +191,9 @@ class Meter:
             landed=self._landed,
             clock=clock,
         )
+        self._stager = FetchedStager(
+            self._direct_sources, self.pipeline.intake, self.pipeline.flusher
+        )
         self.timer = RechargeTimer(self.pipeline, self.tally, self.marks, self._owned_partitions)
         self._crashed = False
         # Who may call which endpoint (processor/http/auth.py; METER_AUTH).
@@ -299,24 +303,8 @@ class Meter:
 
     def _stage_each(self, messages: list[Message]) -> None:
         app = self.app
-        consumer = self._consumer()
-        flowing = app.flow_control.is_active()
-        generation = app.consumer_generation_id
-        sources = self._direct_sources
-        intake, flusher = self.pipeline.intake, self.pipeline.flusher
-        held = 0
-        try:
-            for message in messages:
-                if not flowing or message.generation_id != generation:
-                    message.ack(consumer)
-                    continue
-                intake.stage(sources[message.topic], record_of(message))
-                flusher.hold(message, input_bytes(message))
-                held += 1
-        finally:
-            # Counted in flight, the records keep a rebalance waiting until they are
-            # settled (`_landed`).
-            consumer.staged(held)
+        generation = app.consumer_generation_id if app.flow_control.is_active() else None
+        self._stager.stage(messages, generation, self._consumer())
 
     def _consumer(self) -> consumer_.GuardedConsumer:
         return cast(consumer_.GuardedConsumer, self.app.consumer)

@@ -1,19 +1,16 @@
-"""The worker's Faust configuration: the app's settings, the tables' codecs, and the
-plain `Record` a Faust message becomes."""
+"""The worker's Faust configuration: the app's settings and the tables' codecs. (The
+plain `Record` a Faust message becomes is processor/worker/fetched.py's.)"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import faust
 from faust.serializers import codecs
-from faust.types import Message
 
 from processor.config.settings import Settings
 from processor.kafka import options as kafka_options
 from processor.worker.codec import dump_stored, load_stored
-from processor.worker.records import Record
 
 
 def faust_app(cfg: Settings, urls: list[str], partitions: int, web_host: str) -> faust.App:
@@ -74,22 +71,3 @@ def register_codecs() -> None:
     before any table that uses them is built. Registering again replaces them."""
     codecs.register("meter-str", _Utf8Codec())
     codecs.register("meter-account", _AccountCodec())
-
-
-def input_bytes(m: Message) -> int:
-    """A fetched record's size, key and value (a null one is -1 to the client)."""
-    return max(m.serialized_key_size, 0) + max(m.serialized_value_size, 0)
-
-
-def record_of(m: Message) -> Record:
-    """The plain record the worker's parts take, for a message Faust fetched."""
-    headers = m.headers.items() if isinstance(m.headers, Mapping) else (m.headers or ())
-    return Record(
-        topic=m.topic,
-        partition=m.partition,
-        offset=m.offset,
-        key=m.key,
-        value=m.value,
-        headers=tuple(headers),
-        generation=m.generation_id or 0,
-    )

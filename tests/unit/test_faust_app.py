@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import faust
 import pytest
-from faust.types.tuples import ConsumerMessage
 
 from processor.config.settings import Settings
-from processor.worker.faust_app import faust_app, input_bytes
+from processor.worker.faust_app import faust_app
 
 
 def _app() -> faust.App:
@@ -28,12 +27,3 @@ def test_standby_copies_are_what_the_setting_asks(
 ) -> None:
     monkeypatch.setenv("METER_STANDBY_REPLICAS", str(replicas))
     assert _app().conf.table_standby_replicas == replicas
-
-
-def test_a_fetched_records_size_is_its_key_and_value_a_null_one_counting_nothing() -> None:
-    def message(key: bytes | None, value: bytes | None) -> ConsumerMessage:
-        return ConsumerMessage("usage.calls", 0, 0, 0.0, 0, [], key, value, None)
-
-    assert input_bytes(message(b"acme", b"x" * 100)) == 104
-    assert input_bytes(message(None, b"x" * 100)) == 100
-    assert input_bytes(message(None, None)) == 0
