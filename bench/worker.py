@@ -18,6 +18,11 @@ import aiohttp
 from processor.dev.kafka_local import free_port, free_port_run
 
 METER = str(Path(sys.executable).with_name("meter"))
+# The checkout this bench is in. `meter` comes from the virtualenv, whose editable
+# install imports `processor` from the checkout it was installed from: a bench run from
+# another worktree would drive that checkout's worker, not its own
+# (docs/performance.md, "Comparing two codes: the worker must run the worktree's").
+CHECKOUT = Path(__file__).resolve().parents[1]
 # The sources whose records the drain counts (the timer's ticks are not input).
 INPUT_TOPICS = ("calls", "conferencing", "commands")
 
@@ -51,6 +56,7 @@ class BenchWorker:
             METER_WEB_PORT=str(self.port),
             METER_WEB_HOST="127.0.0.1",
             METER_LOG_LEVEL="warning",
+            PYTHONPATH=worker_pythonpath(os.environ.get("PYTHONPATH")),
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -134,3 +140,9 @@ class BenchWorker:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+def worker_pythonpath(inherited: str | None) -> str:
+    """The worker's PYTHONPATH: this bench's checkout first, so its `processor` (and the
+    compiled build beside it) is the one that runs."""
+    return os.pathsep.join([str(CHECKOUT), *filter(None, [inherited])])
