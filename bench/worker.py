@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from processor.dev.kafka_local import free_port, free_port_run
+from processor.ops.compiled import pythonpath_first
 
 METER = str(Path(sys.executable).with_name("meter"))
 # The checkout this bench is in. `meter` comes from the virtualenv, whose editable
@@ -145,4 +146,4 @@ class BenchWorker:
 def worker_pythonpath(inherited: str | None) -> str:
     """The worker's PYTHONPATH: this bench's checkout first, so its `processor` (and the
     compiled build beside it) is the one that runs."""
-    return os.pathsep.join([str(CHECKOUT), *filter(None, [inherited])])
+    return pythonpath_first(CHECKOUT, inherited)

@@ -148,13 +148,16 @@ def enter(mode: str, argv: list[str], root: Path | None = None) -> str | None:
             raise BuildMissing(f"METER_COMPILED=require: {why}")
         return why
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(default_build_dir(root)), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = pythonpath_first(default_build_dir(root), env.get("PYTHONPATH"))
     # `-m` would put the working directory, often the checkout, ahead of the build.
     env["PYTHONSAFEPATH"] = "1"
     os.execve(sys.executable, [sys.executable, "-m", "processor.ops.cli", *argv], env)  # noqa: S606
     return None  # not reached: execve replaces this process
+
+
+def pythonpath_first(path: Path, inherited: str | None) -> str:
+    """A PYTHONPATH with `path` ahead of what `inherited` (a PYTHONPATH, or None) holds."""
+    return os.pathsep.join([str(path), *filter(None, [inherited])])
 
 
 def build(root: Path, build_dir: Path) -> Status:
