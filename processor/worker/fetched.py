@@ -20,12 +20,14 @@ from processor.worker.records import Record, Source
 def record_of(m: Any) -> Record:
     """The plain record the worker's parts take, for a message Faust fetched."""
     headers = m.headers
-    if isinstance(headers, Mapping):
-        headers = tuple(headers.items())
-    elif not headers:
-        headers = ()
-    elif type(headers) is not tuple:
-        headers = tuple(headers)
+    # aiokafka hands headers over as a tuple or a list; the ABC check is the rare case.
+    if type(headers) is not tuple:
+        if not headers:
+            headers = ()
+        elif isinstance(headers, Mapping):
+            headers = tuple(headers.items())
+        else:
+            headers = tuple(headers)
     return Record(
         topic=m.topic,
         partition=m.partition,
