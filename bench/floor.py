@@ -1,13 +1,23 @@
-"""The latency harness's own floor: a plain aiokafka relay in place of the worker.
+"""The latency harness's own floor: a relay as light as aiokafka allows, in place of the worker.
 
-    python -m bench.floor [--rate 1800] [--passes 2]
+    python -m bench.floor [--rate 9000] [--passes 2] [--plain]
+    python -m bench.floor relay --bootstrap HOST:PORT --prefix P [--plain]
 
 Item 3 of the benchmark times a usage record from the producer to its ledger entry
 being readable. With the broker, the harness and the worker on the same two cores,
-part of that is the path itself. Here one consumer reads the usage topics and, per
-record, produces an entry carrying its `cause_id` to the ledger topic, nothing else;
-`measures.latency` then times it exactly as it times the worker. The first pass warms
-the broker's new topics up (its JIT, the log segments); the later ones are the floor.
+part of that is the path itself. The relay, a process of its own as the worker is,
+reads the usage topics and writes what the worker's rounds write, with none of the
+worker's work in between: a round takes every record fetched while the last one was in
+flight and commits, in one transaction of one producer speaking transactions v2 (the
+worker's `TransactionsV2Producer`), a ledger entry per record naming its `cause_id`, a
+state record per tenant and a marks record per partition. `measures.latency` times it
+exactly as it times the worker, at the same rate. `--plain`: one entry per record and
+no transaction (the floor before transactions, 2026-12-02).
+
+`make bench` runs this after the worker's latency phase, on its own topics, at the
+same rate (`measure`): the worker's p99 next to what the machine gives a relay in the
+same run. The standalone form starts its own broker; its first pass warms the broker's
+new topics up (its JIT, the log segments), the later ones are the floor.
 """
 
 from __future__ import annotations
@@ -15,49 +25,174 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import uvloop
 from aiokafka import AIOKafkaConsumer
 
 from bench import measures
-from bench.workload import Workload, create_topics, producer
+from bench.worker import CHECKOUT
+from bench.workload import Event, Workload, create_topics, producer
 from processor.dev import simulator as sim
 from processor.dev.kafka_local import LocalKafka
+from processor.kafka import glue
 
 PARTITIONS = 12
 EVENTS = 6000
+READY = "ready"
+# A round's records, as the relay fetched them: partition, key, event id.
+Fetched = tuple[int, bytes | None, str]
 
 
-async def relay(bootstrap: str, inputs: list[str], ledger: str, ready: asyncio.Event) -> None:
-    """Each usage record becomes one ledger record naming it, as fast as plain aiokafka."""
-    consumer = AIOKafkaConsumer(
-        *inputs,
+@dataclass(frozen=True)
+class FloorTopics:
+    """The relay's topics, apart from the worker's so it never sees the floor's records."""
+
+    inputs: tuple[str, ...]
+    ledger: str
+    state: str
+    marks: str
+
+    @classmethod
+    def under(cls, prefix: str) -> FloorTopics:
+        base = f"{prefix}floor."
+        return cls(
+            inputs=(base + sim.USAGE_CALLS, base + sim.USAGE_CONFERENCING),
+            ledger=base + "credits.ledger",
+            state=base + "state",
+            marks=base + "marks",
+        )
+
+    @property
+    def send_prefix(self) -> str:
+        """What `measures.latency` puts before an event's topic to reach the inputs."""
+        return self.ledger.removesuffix("credits.ledger")
+
+    @property
+    def every(self) -> list[str]:
+        return [*self.inputs, self.ledger, self.state, self.marks]
+
+
+# A mark's share of its partition's marks record: about what the worker's packed
+# marks take a record (processor/worker/marks_log.py).
+MARK_BYTES = 24
+
+
+def round_records(
+    fetched: Sequence[Fetched], topics: FloorTopics
+) -> dict[tuple[str, int], list[tuple[bytes | None, bytes]]]:
+    """A round's records by topic partition: a ledger entry per record, on its
+    partition, in order; the newest state per key; one marks record per partition."""
+    out: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+    state: dict[bytes | None, int] = {}
+    marks: dict[int, int] = {}
+    for partition, key, event_id in fetched:
+        entry = orjson.dumps({"cause_id": event_id, "amount": "0.0000", "balance": "0.0000"})
+        out.setdefault((topics.ledger, partition), []).append((key, entry))
+        state[key] = partition
+        marks[partition] = marks.get(partition, 0) + 1
+    for key, partition in state.items():
+        value = orjson.dumps([3, key.decode() if key else None, "0.0000", 0, 0])
+        out.setdefault((topics.state, partition), []).append((key, value))
+    for partition, count in marks.items():
+        out.setdefault((topics.marks, partition), []).append((None, b"m" * MARK_BYTES * count))
+    return out
+
+
+async def _assigned(consumer: AIOKafkaConsumer) -> None:
+    """Until the group gave the consumer its partitions and their "latest" positions
+    are resolved: a record sent before that would be skipped."""
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+
+
+def _consumer(bootstrap: str, topics: FloorTopics) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics.inputs,
         bootstrap_servers=bootstrap,
         group_id=f"floor-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="latest",
         fetch_max_wait_ms=20,  # as the worker asks (processor/worker/consumer.py)
     )
+
+
+async def transactional_relay(
+    bootstrap: str, topics: FloorTopics, ready: Callable[[], None]
+) -> None:
+    """Rounds as the worker's: records are staged as they are fetched, and a round
+    commits all staged so far while the next ones are fetched."""
+    consumer = _consumer(bootstrap, topics)
+    prod = glue.TransactionsV2Producer(
+        bootstrap_servers=bootstrap,
+        transactional_id=f"floor-{uuid.uuid4().hex[:6]}",
+        transaction_timeout_ms=10_000,
+        max_batch_size=1024 * 1024,
+    )
+    await consumer.start()
+    await prod.start()
+    staged: list[Fetched] = []
+    waiting = asyncio.Event()
+
+    async def fetch() -> None:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=100)
+            for tp, records in fetched.items():
+                for r in records:
+                    staged.append((tp.partition, r.key, orjson.loads(r.value)["event_id"]))
+            if staged:
+                waiting.set()
+
+    fetching: asyncio.Task[None] | None = None
+    try:
+        await _assigned(consumer)
+        ready()
+        fetching = asyncio.create_task(fetch())
+        while True:
+            await waiting.wait()
+            waiting.clear()
+            taken = staged[:]
+            staged.clear()
+            await prod.begin_transaction()
+            sends = []
+            for (topic, partition), records in round_records(taken, topics).items():
+                batch = prod.create_batch()
+                for key, value in records:
+                    batch.append(key=key, value=value, timestamp=None)
+                sends.append(await prod.send_batch(batch, topic, partition=partition))
+            await asyncio.gather(*sends)
+            await prod.commit_transaction()
+    finally:
+        if fetching is not None:
+            fetching.cancel()
+        await consumer.stop()
+        await prod.stop()
+
+
+async def plain_relay(bootstrap: str, topics: FloorTopics, ready: Callable[[], None]) -> None:
+    """Each usage record becomes one ledger record naming it, no transaction."""
+    consumer = _consumer(bootstrap, topics)
     prod = producer(bootstrap, acks="all", linger_ms=0)
     await consumer.start()
     await prod.start()
     try:
-        # Ready once the group gave this consumer its partitions and their "latest"
-        # positions are resolved: a record sent before that would be skipped.
-        while not consumer.assignment():
-            await consumer.getmany(timeout_ms=100)
-        for tp in consumer.assignment():
-            await consumer.position(tp)
-        ready.set()
+        await _assigned(consumer)
+        ready()
         while True:
             fetched = await consumer.getmany(timeout_ms=100)
             sends = []
             for records in fetched.values():
                 for r in records:
-                    entry = {"cause_id": orjson.loads(r.value).get("event_id")}
-                    sends.append(await prod.send(ledger, orjson.dumps(entry), key=r.key))
+                    entry = {"cause_id": orjson.loads(r.value)["event_id"]}
+                    sends.append(await prod.send(topics.ledger, orjson.dumps(entry), key=r.key))
             if sends:
                 await asyncio.gather(*sends)
     finally:
@@ -65,44 +200,134 @@ async def relay(bootstrap: str, inputs: list[str], ledger: str, ready: asyncio.E
         await prod.stop()
 
 
-async def measure(rate: float, passes: int) -> None:
+class RelayProcess:
+    """`python -m bench.floor relay` in a process of its own, ready once it says so."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @classmethod
+    async def start(
+        cls, bootstrap: str, prefix: str, plain: bool = False, within: float = 60.0
+    ) -> RelayProcess:
+        args = ["relay", "--bootstrap", bootstrap, "--prefix", prefix]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.floor",
+            *args,
+            *(["--plain"] if plain else []),
+            stdout=asyncio.subprocess.PIPE,
+            cwd=CHECKOUT,  # `bench` is imported from this checkout
+        )
+        relay = cls(proc)
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), within)
+            if line.decode().strip() != READY:
+                raise RuntimeError(f"the floor's relay ended before it was ready: {line!r}")
+        except BaseException:
+            await relay.stop()
+            raise
+        return relay
+
+    async def stop(self) -> None:
+        if self._proc.returncode is None:
+            self._proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            await self._proc.wait()
+
+
+@dataclass(frozen=True)
+class Floor:
+    latency: measures.Latency
+    # Cores used meanwhile by the relay, the broker and this process.
+    cores: dict[str, float]
+
+
+async def measure(
+    bootstrap: str,
+    prefix: str,
+    passes: Sequence[Sequence[Event]],
+    rate: float,
+    broker_pid: int,
+    plain: bool = False,
+) -> list[Floor]:
+    """The relay's latency at `rate`, timed as the worker's (on topics of its own), for
+    each pass of events in turn. Count the first as a warm-up: on partitions the broker
+    has just created, its first transactions' markers come seconds late
+    (docs/performance.md, "Transactions v2"), where the worker's drain warmed its own."""
+    topics = FloorTopics.under(prefix)
+    await create_topics(bootstrap, topics.every, PARTITIONS)
+    relay = await RelayProcess.start(bootstrap, prefix, plain)
+    floors = []
+    try:
+        for events in passes:
+            before = measures.cpu_mark(relay.pid, broker_pid)
+            lat = await measures.latency(
+                bootstrap, topics.send_prefix, topics.ledger, events, rate, PARTITIONS
+            )
+            cores = measures.cores_between(before, measures.cpu_mark(relay.pid, broker_pid))
+            cores["relay_cores"] = cores.pop("worker_cores")
+            floors.append(Floor(lat, cores))
+    finally:
+        await relay.stop()
+    return floors
+
+
+async def standalone(rate: float, passes: int, plain: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="floor-"))
     broker = LocalKafka(root / "kafka")
     await broker.astart()
     try:
         tag = uuid.uuid4().hex[:6]
-        prefix = f"floor-{tag}."
-        inputs = [prefix + t for t in (sim.USAGE_CALLS, sim.USAGE_CONFERENCING)]
-        ledger = prefix + "credits.ledger"
-        await create_topics(broker.bootstrap, [*inputs, ledger], PARTITIONS)
-        ready = asyncio.Event()
-        task = asyncio.create_task(relay(broker.bootstrap, inputs, ledger, ready))
-        try:
-            await asyncio.wait_for(ready.wait(), 60)
-            work = Workload(10_000, seed=6, run_tag=tag)
-            for n in range(passes):
-                events = list(work.usage(EVENTS))
-                lat = await measures.latency(
-                    broker.bootstrap, prefix, ledger, events, rate, PARTITIONS
-                )
-                print(
-                    f"pass {n + 1} at {rate:,.0f}/s: p50 {lat.p50_ms:.1f} p99 {lat.p99_ms:.1f} "
-                    f"p99.9 {lat.p999_ms:.1f} ms (growth {lat.backlog_growth_ms:+.1f} ms)"
-                )
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        work = Workload(10_000, seed=6, run_tag=tag)
+        size = max(EVENTS, int(rate * 10))
+        runs = [list(work.usage(size)) for _ in range(passes)]
+        floors = await measure(broker.bootstrap, f"floor-{tag}.", runs, rate, broker.pid, plain)
+        for n, floor in enumerate(floors):
+            lat = floor.latency
+            print(
+                f"pass {n + 1} at {rate:,.0f}/s: p50 {lat.p50_ms:.1f} p99 {lat.p99_ms:.1f} "
+                f"p99.9 {lat.p999_ms:.1f} ms (growth {lat.backlog_growth_ms:+.1f} ms) "
+                f"{lat.split} {floor.cores}",
+                flush=True,
+            )
     finally:
         await broker.astop()
 
 
-def main() -> None:
+async def relay_main(bootstrap: str, prefix: str, plain: bool) -> None:
+    def ready() -> None:
+        print(READY, flush=True)
+
+    relay = plain_relay if plain else transactional_relay
+    await relay(bootstrap, FloorTopics.under(prefix), ready)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=1800.0, help="events/s sent")
+    parser.add_argument("--plain", action="store_true", help="no transactions")
+    sub = parser.add_subparsers(dest="command")
+    relay = sub.add_parser("relay", help="the relay itself (started by the measurement)")
+    relay.add_argument("--bootstrap", required=True)
+    relay.add_argument("--prefix", required=True)
+    relay.add_argument("--plain", action="store_true", help="no transactions")
+    parser.add_argument("--rate", type=float, default=9000.0, help="events/s sent")
     parser.add_argument("--passes", type=int, default=2, help="timed passes (first warms)")
-    args = parser.parse_args()
-    asyncio.run(measure(args.rate, args.passes))
+    args = parser.parse_args(argv)
+    if args.command == "relay":
+        with contextlib.suppress(KeyboardInterrupt):
+            # The worker's loop (processor/ops/service_commands.py).
+            uvloop.run(relay_main(args.bootstrap, args.prefix, args.plain))
+        return
+    start = time.perf_counter()
+    uvloop.run(standalone(args.rate, args.passes, args.plain))
+    print(f"{time.perf_counter() - start:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import marks, measures, recovery
+from bench import floor, marks, measures, recovery
 from bench.worker import BenchWorker
 from bench.workload import Workload, create_topics, preload
 from processor.config.settings import Settings
@@ -168,6 +168,25 @@ async def processes_drain(
     }
 
 
+def floor_result(relay: floor.Floor, worker: measures.Latency) -> dict[str, Any]:
+    """The relay's latency in the same phase, and the worker's as a multiple of it."""
+    lat = relay.latency
+    return {
+        "latency_ms": {
+            "p50": round(lat.p50_ms, 2),
+            "p99": round(lat.p99_ms, 2),
+            "p999": round(lat.p999_ms, 2),
+        },
+        "split": {**lat.split, **relay.cores},
+        "tracked": lat.tracked,
+        "matched": lat.matched,
+        "worker_over_floor": {
+            "p50": round(worker.p50_ms / lat.p50_ms, 2),
+            "p99": round(worker.p99_ms / lat.p99_ms, 2),
+        },
+    }
+
+
 async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     latency_events = QUICK_LATENCY_EVENTS if args.quick else FULL_LATENCY_EVENTS
@@ -259,6 +278,21 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         log(f"latency: {lat}")
         worker.stop()
 
+        # The same phase with a relay in place of the worker (bench/floor.py), after a
+        # warm-up pass of a third of it: what the machine gives any transactional
+        # consumer at this rate, in this run.
+        t = time.perf_counter()
+        floors = await floor.measure(
+            broker.bootstrap,
+            prefix,
+            [list(work.usage(max(1, len(lat_events) // 3))), list(work.usage(len(lat_events)))],
+            rate,
+            broker.pid,
+        )
+        lat_floor = floors[-1]
+        walls["latency_floor"] = time.perf_counter() - t
+        log(f"latency floor: {lat_floor}")
+
         t = time.perf_counter()
         rec_tenants = args.recovery_tenants
         if rec_tenants is None:
@@ -329,6 +363,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "max": round(lat.max_ms, 2),
         },
         "latency": {k: v for k, v in asdict(lat).items() if not k.endswith("_ms")},
+        "latency_floor": floor_result(lat_floor, lat),
         "drain": asdict(drain),
         "events": events,
         "setup_commands": len(setup),

@@ -49,6 +49,13 @@ def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
     assert (
         result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["p999"]
     )
+    # The relay's floor in the same phase: every tracked event timed, the worker's
+    # latency set against it.
+    floor = result["latency_floor"]
+    assert 0 < floor["matched"] == floor["tracked"], floor
+    assert 0 < floor["latency_ms"]["p50"] <= floor["latency_ms"]["p99"], floor
+    assert floor["split"]["relay_cores"] > 0, floor
+    assert floor["worker_over_floor"]["p99"] > 0, floor
     rec = result["recovery"]
     assert rec["tenants"] == 2000, rec
     assert rec["ready_seconds_first_start"] > 0 and rec["ready_seconds_restart"] > 0, rec
