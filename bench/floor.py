@@ -288,7 +288,10 @@ async def standalone(rate: float, passes: int, plain: bool) -> None:
         work = Workload(10_000, seed=6, run_tag=tag)
         size = max(EVENTS, int(rate * 10))
         runs = [list(work.usage(size)) for _ in range(passes)]
-        floors = await measure(broker.bootstrap, f"floor-{tag}.", runs, rate, broker.pid, plain)
+        pid = broker.pid
+        if pid is None:
+            raise RuntimeError("the broker has no process")
+        floors = await measure(broker.bootstrap, f"floor-{tag}.", runs, rate, pid, plain)
         for n, floor in enumerate(floors):
             lat = floor.latency
             print(
