@@ -146,21 +146,8 @@ class _Sender:
         """Hand every record to `producer`; each batch's future resolves as the broker
         acks it, and names the records it holds (to find a lone one refused for size).
         `alone`: the topic partitions whose records go in a batch each."""
-        groups: dict[_TP, list[Out]] = defaultdict(list)
-        counts = self._partitions
-        for r in records:
-            partition = r.partition
-            if partition is None:
-                count = counts.get(r.topic)
-                if count is None:
-                    count = counts[r.topic] = len(await producer.partitions_for(r.topic))
-                if r.key is None:
-                    partition = next(self._spread) % count
-                else:
-                    partition = partition_for_key(r.key, count)
-            groups[(r.topic, partition)].append(r)
         sent: list[_Sent] = []
-        for (topic, partition), group in groups.items():
+        for (topic, partition), group in (await self._group(producer, records)).items():
             batch = producer.create_batch()
             members: list[Out] = []
             one_each = (topic, partition) in alone
@@ -193,6 +180,45 @@ class _Sender:
                 future = await producer.send_batch(batch, topic, partition=partition)
                 sent.append(_Sent(future, members, topic, partition))
         return sent
+
+    async def pack(self, producer: Any, records: Iterable[Out]) -> list[glue.Batch] | None:
+        """The records in record batches, in order, for a transaction sent straight
+        (`glue.produce_round`); None if one is larger than a batch (the producer's own
+        path sends those)."""
+        batches: list[glue.Batch] = []
+        for (topic, partition), group in (await self._group(producer, records)).items():
+            batch = producer.create_batch()
+            for r in group:
+                headers = list(r.headers) if r.headers else []
+                if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
+                    if not batch.record_count():
+                        return None
+                    batches.append((topic, partition, batch))
+                    batch = producer.create_batch()
+                    if (
+                        batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+                        is None
+                    ):
+                        return None
+            batches.append((topic, partition, batch))
+        return batches
+
+    async def _group(self, producer: Any, records: Iterable[Out]) -> dict[_TP, list[Out]]:
+        """The records by topic partition, in order."""
+        groups: dict[_TP, list[Out]] = defaultdict(list)
+        counts = self._partitions
+        for r in records:
+            partition = r.partition
+            if partition is None:
+                count = counts.get(r.topic)
+                if count is None:
+                    count = counts[r.topic] = len(await producer.partitions_for(r.topic))
+                if r.key is None:
+                    partition = next(self._spread) % count
+                else:
+                    partition = partition_for_key(r.key, count)
+            groups[(r.topic, partition)].append(r)
+        return groups
 
 
 class _Sent:
@@ -449,6 +475,19 @@ class TransactionalPublisher:
 
     async def _commit(self, transactional_id: str, records: list[Out]) -> None:
         producer = self._producers[transactional_id]
+        if isinstance(producer, glue.TransactionsV2Producer) and producer.transactions_v2:
+            batches = await self._sender.pack(producer, records)
+            if batches is not None:
+                try:
+                    await glue.produce_round(producer, batches)
+                except glue.RoundRefused:
+                    pass  # aborted: sent again below, where refusals are handled
+                else:
+                    if self._before_commit is not None:
+                        await self._before_commit(transactional_id)
+                    await glue.end_round(producer, commit=True)
+                    metrics.TRANSACTIONS.inc()
+                    return
         await producer.begin_transaction()
         # A refusal for size leaves the transaction to be aborted and the records sent
         # again: a batch each for those of a topic partition where a batch of several

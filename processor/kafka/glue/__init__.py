@@ -29,7 +29,8 @@ What the worker needs from the libraries' insides, and why:
 - aiokafka's producer: the sequence numbers of a batch the broker refused, taken back
   (`unnumber`), so that the batches after it are not refused as out of order. And its
   sender, taught Kafka's transactions v2 (`transactions_v2.py`): a round's transaction
-  in two requests where aiokafka sends three.
+  in two requests where aiokafka sends three; and a round's transaction sent straight
+  (`rounds.py`), its batches numbered and built outside aiokafka's accumulator.
 
 The worker's policy (what is taken, refused, staged) stays in processor/worker/consumer.py,
 which subclasses `FetchLoop` and fills in its hooks (`hand_over`, `drop_stale`,
@@ -49,6 +50,7 @@ import faust
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import AIOKafkaConnection
 from aiokafka.producer import sender as aiokafka_sender
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.producer.transaction_manager import TransactionManager
 from aiokafka.structs import TopicPartition
 from faust.tables.base import Collection
@@ -68,24 +70,29 @@ from processor.kafka.glue.driver import (
     committed_offsets,
     set_consumer_state,
 )
+from processor.kafka.glue.rounds import Batch, RoundRefused, end_round, produce_round
 from processor.kafka.glue.transactions_v2 import TransactionsV2Producer
 
 __all__ = [
     "CONSUMER_STATE",
     "REACHES",
     "VERSIONS",
+    "Batch",
     "ConsumerThread",
     "FetchLoop",
     "Fetched",
     "MainLoopConsumer",
     "Reach",
+    "RoundRefused",
     "TransactionsV2Producer",
     "app_tasks",
     "close_http_client",
     "committed_offsets",
     "crash",
     "enabled_blueprints",
+    "end_round",
     "fetch_metadata",
+    "produce_round",
     "recovery_of",
     "set_consumer_state",
     "unnumber",
@@ -205,6 +212,22 @@ REACHES: tuple[Reach, ...] = (
     Reach(_TM, "_pid_and_epoch", "attribute", "the epoch EndTxn v5 returns"),
     Reach(_TM, "_sequence_numbers", "attribute", "start again under a new epoch"),
     Reach(AIOKafkaClient, "_get_conn", "method", "the coordinator's connection", _GET_CONN),
+    # A round's transaction sent straight (`rounds.py`).
+    Reach(
+        BatchBuilder,
+        "_set_producer_state",
+        "method",
+        "a batch numbered outside the accumulator",
+        ("self", "producer_id", "producer_epoch", "base_sequence"),
+    ),
+    Reach(BatchBuilder, "_build", "method", "its bytes for a produce of our own", _SELF),
+    Reach(
+        _S,
+        "_coordinator_dead",
+        "method",
+        "EndTxn found the coordinator moved",
+        ("self", "coordinator_type"),
+    ),
     Reach(AIOKafkaConnection, "_versions", "attribute", "its broker's ApiVersions answer"),
     # Faust's app and web server (tests end apps they never started, and check them).
     Reach(faust.App, "_maybe_close_http_client", "method", "close its HTTP client", _SELF),

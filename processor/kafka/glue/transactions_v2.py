@@ -287,7 +287,7 @@ class EndTxnV2(Request[EndTxnRequestV5]):  # type: ignore[misc]
 _AS_V1: dict[int, int] = {90: 47, 120: 48}
 
 
-def _v1_code(code: int) -> int:
+def v1_code(code: int) -> int:
     return _AS_V1.get(code, code)
 
 
@@ -316,7 +316,7 @@ class ProduceV2Handler(aiokafka_sender.SendProduceReqHandler):  # type: ignore[m
             for p, error, offset, ts, start, errors, message, _ptags in partitions:
                 if error == ConcurrentTransactions.errno:
                     self._default_backoff = aiokafka_sender.BACKOFF_OVERRIDE
-                rows.append((p, _v1_code(error), offset, ts, start, errors, message))
+                rows.append((p, v1_code(error), offset, ts, start, errors, message))
             topics.append((topic, rows))
         super().handle_response(SimpleNamespace(API_VERSION=8, topics=topics))
 
@@ -342,7 +342,7 @@ class EndTxnV2Handler(aiokafka_sender.EndTxnHandler):  # type: ignore[misc]
             txn = self._sender._txn_manager
             txn._pid_and_epoch = PidAndEpoch(resp.producer_id, resp.producer_epoch)
             txn._sequence_numbers.clear()
-        resp.error_code = _v1_code(resp.error_code)
+        resp.error_code = v1_code(resp.error_code)
         backoff: float | None = super().handle_response(resp)
         return backoff
 
