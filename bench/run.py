@@ -168,15 +168,19 @@ async def processes_drain(
     }
 
 
+def latency_ms(lat: measures.Latency) -> dict[str, float]:
+    return {
+        "p50": round(lat.p50_ms, 2),
+        "p99": round(lat.p99_ms, 2),
+        "p999": round(lat.p999_ms, 2),
+    }
+
+
 def floor_result(relay: floor.Floor, worker: measures.Latency) -> dict[str, Any]:
     """The relay's latency in the same phase, and the worker's as a multiple of it."""
     lat = relay.latency
     return {
-        "latency_ms": {
-            "p50": round(lat.p50_ms, 2),
-            "p99": round(lat.p99_ms, 2),
-            "p999": round(lat.p999_ms, 2),
-        },
+        "latency_ms": latency_ms(lat),
         "split": {**lat.split, **relay.cores},
         "tracked": lat.tracked,
         "matched": lat.matched,
@@ -356,12 +360,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "broker_cpu_seconds_per_1000": _rounded(drain.broker_cpu_seconds_per_1000),
         "machine_busy": _rounded(drain.machine_busy),
         "peak_rss_mb": round(drain.peak_rss_mb, 1),
-        "latency_ms": {
-            "p50": round(lat.p50_ms, 2),
-            "p99": round(lat.p99_ms, 2),
-            "p999": round(lat.p999_ms, 2),
-            "max": round(lat.max_ms, 2),
-        },
+        "latency_ms": {**latency_ms(lat), "max": round(lat.max_ms, 2)},
         "latency": {k: v for k, v in asdict(lat).items() if not k.endswith("_ms")},
         "latency_floor": floor_result(lat_floor, lat),
         "drain": asdict(drain),

@@ -190,16 +190,15 @@ class _Sender:
             batch = producer.create_batch()
             for r in group:
                 headers = list(r.headers) if r.headers else []
+                appended = batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+                if appended is not None:
+                    continue
+                if not batch.record_count():
+                    return None  # larger than a whole batch
+                batches.append((topic, partition, batch))  # full: the next one
+                batch = producer.create_batch()
                 if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
-                    if not batch.record_count():
-                        return None
-                    batches.append((topic, partition, batch))
-                    batch = producer.create_batch()
-                    if (
-                        batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
-                        is None
-                    ):
-                        return None
+                    return None
             batches.append((topic, partition, batch))
         return batches
 
@@ -481,7 +480,7 @@ class TransactionalPublisher:
 
     async def _commit(self, transactional_id: str, records: list[Out]) -> None:
         producer = self._producers[transactional_id]
-        if isinstance(producer, glue.TransactionsV2Producer) and producer.transactions_v2:
+        if glue.speaks_v2(producer):
             batches = await self._sender.pack(producer, records)
             if batches is not None:
                 try:

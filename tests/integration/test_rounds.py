@@ -46,10 +46,13 @@ async def _topic(bootstrap: str, name: str, **configs: str) -> str:
 
 
 @pytest.fixture
-async def producer(kafka: Any, topic_name: Callable[[str], str]) -> AsyncIterator[Any]:
-    tid = topic_name("tid")
+def tid(topic_name: Callable[[str], str]) -> str:
+    return topic_name("tid")
+
+
+@pytest.fixture
+async def producer(kafka: Any, tid: str) -> AsyncIterator[Any]:
     made = transactional_producer(kafka.bootstrap, tid, BATCH_BYTES, {})
-    made.transactional_id = tid  # for the fencing test's successor
     await made.start()
     assert made.transactions_v2
     try:
@@ -132,11 +135,11 @@ async def test_a_refused_batch_aborts_the_whole_round_and_the_producer_goes_on(
 
 
 async def test_a_new_producer_of_the_id_fences_a_round_sent_straight(
-    kafka: Any, topic_name: Callable[[str], str], producer: Any
+    kafka: Any, topic_name: Callable[[str], str], producer: Any, tid: str
 ) -> None:
     topic = await _topic(kafka.bootstrap, topic_name(""))
     await glue.produce_round(producer, _batches(producer, topic, {0: _values(0, 0, 3)}))
-    successor = transactional_producer(kafka.bootstrap, producer.transactional_id, BATCH_BYTES, {})
+    successor = transactional_producer(kafka.bootstrap, tid, BATCH_BYTES, {})
     await successor.start()  # aborts the round left open, and fences its producer
     try:
         with pytest.raises(ProducerFenced):

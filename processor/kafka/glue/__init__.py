@@ -95,6 +95,7 @@ __all__ = [
     "produce_round",
     "recovery_of",
     "set_consumer_state",
+    "speaks_v2",
     "unnumber",
     "use_codecs",
 ]
@@ -298,6 +299,12 @@ def enabled_blueprints(web: Any) -> list[tuple[str, Any]]:
     return list(web._enabled_blueprints())
 
 
+def speaks_v2(producer: object) -> bool:
+    """Whether `producer` commits with transactions v2 (a started `TransactionsV2Producer`
+    on a cluster that has them)."""
+    return isinstance(producer, TransactionsV2Producer) and producer.transactions_v2
+
+
 def unnumber(producer: AIOKafkaProducer, topic: str, partition: int, records: int) -> None:
     """Take back the sequence numbers of `records` records of a batch the broker refused
     (appended nothing of) on that partition.
@@ -307,6 +314,6 @@ def unnumber(producer: AIOKafkaProducer, topic: str, partition: int, records: in
     producer to that partition would be refused as out of order. (Java's producer takes
     them back: `TransactionManager.adjustSequencesDueToFailedBatch`.)
     """
-    if isinstance(producer, TransactionsV2Producer) and producer.transactions_v2:
+    if speaks_v2(producer):
         return  # the abort before this bumped the epoch: the numbers start again from 0
     producer._txn_manager.increment_sequence_number(TopicPartition(topic, partition), -records)

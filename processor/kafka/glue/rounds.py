@@ -25,7 +25,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka.client import ConnectionGroup, CoordinationType
-from aiokafka.errors import ProducerFenced, for_code
+from aiokafka.errors import ConcurrentTransactions, ProducerFenced, for_code
+from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.producer.transaction_manager import PidAndEpoch
 from aiokafka.structs import TopicPartition
 
@@ -38,9 +39,9 @@ from processor.kafka.glue.transactions_v2 import (
 
 # Answered by the broker when it could not add a partition to the transaction (the
 # last transaction's markers still being written there) or could not end it yet: sent
-# again after this, not aiokafka's 100 ms.
-CONCURRENT_TRANSACTIONS = 51
-RETRY_BACKOFF_SECONDS = 0.002
+# again after aiokafka's BACKOFF_OVERRIDE, which the publisher sets (2 ms), as the v2
+# sender's produce handler does.
+_CONCURRENT = ConcurrentTransactions.errno
 # The coordinator moved or is loading: found again, then sent again.
 _COORDINATOR_MOVED = frozenset({14, 15, 16})
 # INVALID_PRODUCER_EPOCH, as v1_code reads PRODUCER_FENCED: aiokafka raises ProducerFenced.
@@ -140,13 +141,13 @@ async def _produce(
                 if not error:
                     continue
                 tp = TopicPartition(topic, p)
-                if error == CONCURRENT_TRANSACTIONS and time.monotonic() < deadline:
+                if error == _CONCURRENT and time.monotonic() < deadline:
                     again[tp] = data[tp]
                 else:
                     refused[tp] = v1_code(error)
         data = again
         if data:
-            await asyncio.sleep(RETRY_BACKOFF_SECONDS)
+            await asyncio.sleep(aiokafka_sender.BACKOFF_OVERRIDE)
     return refused
 
 
@@ -170,9 +171,9 @@ async def end_round(producer: TransactionsV2Producer, commit: bool) -> None:
             break
         if error in _COORDINATOR_MOVED:
             sender._coordinator_dead(CoordinationType.TRANSACTION)
-        elif error != CONCURRENT_TRANSACTIONS:
+        elif error != _CONCURRENT:
             break
-        await asyncio.sleep(RETRY_BACKOFF_SECONDS)
+        await asyncio.sleep(aiokafka_sender.BACKOFF_OVERRIDE)
     if error == _FENCED:
         raise ProducerFenced()
     raise for_code(error)()
