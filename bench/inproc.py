@@ -1,10 +1,11 @@
 """The worker's per-record path in process: CPU per record, no broker, no Faust.
 
-    python -m bench.inproc [--records N] [--tenants N]
+    python -m bench.inproc [--records N] [--tenants N] [--round N]
 
 Workload records (the bench's usage mix, 12 partitions, each on its tenant's partition)
-go through a `Pipeline` on plain dicts, staged in batches of 1,000 and flushed to a
-publisher that keeps nothing, with the worker's collector thresholds. It times what the
+go through a `Pipeline` on plain dicts, staged in rounds of 1,000 (`--round`: the
+latency phase's rounds carry 100-500) and flushed to a publisher that keeps nothing,
+with the worker's collector thresholds. It times what the
 full bench's drain cannot resolve: a change of a few percent in staging, decided by
 alternating runs of the two codes (the machine's speed drifts between runs). Prints the
 process CPU per record over the usage records (the setup top-ups are not timed).
@@ -35,7 +36,7 @@ from processor.worker.pipeline import Pipeline
 from processor.worker.records import Changelog, Out, Record, Source
 
 PARTITIONS = 12
-BATCH = 1000
+ROUND = 1000
 
 
 class _Discard:
@@ -63,19 +64,20 @@ def _records(events: Iterable[Event], names: TopicNames) -> list[tuple[Source, R
     return out
 
 
-def _run(pipeline: Pipeline, records: list[tuple[Source, Record]]) -> None:
+def _run(pipeline: Pipeline, records: list[tuple[Source, Record]], size: int) -> None:
     loop = asyncio.new_event_loop()
     try:
-        for start in range(0, len(records), BATCH):
-            for source, rec in records[start : start + BATCH]:
+        for start in range(0, len(records), size):
+            for source, rec in records[start : start + size]:
                 pipeline.intake.stage(source, rec)
             loop.run_until_complete(pipeline.flusher.flush())
     finally:
         loop.close()
 
 
-def measure(records: int, tenants: int) -> float:
-    """CPU seconds per usage record through staging and flushing."""
+def measure(records: int, tenants: int, size: int = ROUND) -> float:
+    """CPU seconds per usage record through staging and flushing, `size` records a
+    round."""
     names = TopicNames.from_settings(Settings(_env_file=None))
     pipeline = Pipeline.build(
         load_rate_card(example_rate_card_path()),
@@ -96,9 +98,9 @@ def measure(records: int, tenants: int) -> float:
     setup = _records(work.setup(), names)
     usage = _records(work.usage(records), names)
     gc.set_threshold(*GC_THRESHOLDS)
-    _run(pipeline, setup)
+    _run(pipeline, setup, ROUND)
     started = time.process_time()
-    _run(pipeline, usage)
+    _run(pipeline, usage, size)
     return (time.process_time() - started) / records
 
 
@@ -106,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__)
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--tenants", type=int, default=10_000)
+    parser.add_argument("--round", type=int, default=ROUND, help="records a round")
     args = parser.parse_args(argv)
-    per_record = measure(args.records, args.tenants)
-    print(f"{per_record * 1e6:.1f} us CPU per record ({args.records:,} records)")
+    per_record = measure(args.records, args.tenants, args.round)
+    print(
+        f"{per_record * 1e6:.1f} us CPU per record ({args.records:,} records, "
+        f"{args.round:,} a round)"
+    )
     return 0
 
 

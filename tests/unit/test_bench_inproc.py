@@ -18,4 +18,11 @@ def test_the_in_process_harness_times_every_usage_record() -> None:
 
 def test_it_prints_the_cost_per_record(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--records", "500", "--tenants", "50"]) == 0
-    assert "us CPU per record (500 records)" in capsys.readouterr().out
+    assert "us CPU per record (500 records, 1,000 a round)" in capsys.readouterr().out
+
+
+def test_rounds_as_small_as_the_latency_phase_s_are_timed_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--records", "500", "--tenants", "50", "--round", "170"]) == 0
+    assert "(500 records, 170 a round)" in capsys.readouterr().out
