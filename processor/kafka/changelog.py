@@ -7,6 +7,11 @@ fetches the same partitions with a plain aiokafka consumer of its own (no group,
 assignment) from their beginning to the end offsets they had when it started, and hands
 each record's raw key and value to the store. The store then tells Faust's recovery it
 has read up to there (`persisted_offset`), so Faust reads only what was appended since.
+
+It reads `read_committed`, to the last stable offsets. What lies past them and will be
+committed by the worker's own producers' next markers (a transaction whose markers the
+broker lost) is read too, when the reader knows those producers (`producers`;
+processor/kafka/glue/pending.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,8 +41,18 @@ Apply = Callable[[int, bytes | None, bytes | None], None]
 class ChangelogReader:
     """Reads changelog partitions to their current end through its own consumer."""
 
-    def __init__(self, bootstrap: str, client_options: dict[str, Any], within: float) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        client_options: dict[str, Any],
+        within: float,
+        producers: Callable[[], Collection[int]] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        # The producer ids whose next commit will make their records past the last
+        # stable offsets readable (the worker's transactional producers, fenced and
+        # started before a rebalance's reads); None: read to the last stable offsets only.
+        self.producers = producers
         self.client_options = client_options
         self.within = within
 
@@ -96,6 +111,8 @@ class ChangelogReader:
                 for tp in list(todo):
                     if await consumer.position(tp) >= end[tp]:
                         todo.discard(tp)
+            if self.producers is not None:
+                records += await self._read_pending(consumer, end, apply)
         finally:
             if collecting:
                 gc.enable()
@@ -107,6 +124,28 @@ class ChangelogReader:
             time.perf_counter() - began,
         )
         return {TP(tp.topic, tp.partition): end[tp] - 1 for tp in parts}
+
+    async def _read_pending(
+        self, consumer: AIOKafkaConsumer, end: dict[TopicPartition, int], apply: Apply
+    ) -> int:
+        """Apply what the own producers' next commit will make readable past `end`."""
+        assert self.producers is not None
+        producers = set(self.producers())
+        pending = await glue.pending_records(consumer, end, producers)
+        count = 0
+        for tp, rows in pending.items():
+            for _offset, key, value in rows:
+                apply(tp.partition, key, value)
+            count += len(rows)
+            if rows:
+                log.warning(
+                    "%s: read %d records past its last stable offset %d, committed or "
+                    "left by this worker's producers without markers",
+                    tp,
+                    len(rows),
+                    end[tp],
+                )
+        return count
 
     async def end_offsets(self, tps: Iterable[str]) -> dict[str, int]:
         """The end offsets of those `topic:partition`s that exist now."""

@@ -147,6 +147,7 @@ class Meter:
                     broker.bootstrap,
                     kafka_options.kafka_client_options(cfg),
                     within=RECOVERY_READ_SECONDS,
+                    producers=self.publisher.producer_ids,
                 ),
                 fence=self.publisher.assign,
                 tally=self.tally,

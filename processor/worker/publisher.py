@@ -388,6 +388,11 @@ class TransactionalPublisher:
     def partitions(self) -> frozenset[int]:
         return frozenset(self._routes)
 
+    def producer_ids(self) -> set[int]:
+        """The producer ids of the started producers: recovery reads what their next
+        commit will make readable (processor/kafka/changelog.py)."""
+        return {glue.producer_id(p) for p in self._producers.values()}
+
     @property
     def routes(self) -> dict[int, str]:
         """Each owned partition number's transactional id."""

@@ -70,6 +70,7 @@ from processor.kafka.glue.driver import (
     committed_offsets,
     set_consumer_state,
 )
+from processor.kafka.glue.pending import pending_records
 from processor.kafka.glue.rounds import Batch, RoundRefused, end_round, produce_round
 from processor.kafka.glue.transactions_v2 import TransactionsV2Producer
 
@@ -92,7 +93,9 @@ __all__ = [
     "enabled_blueprints",
     "end_round",
     "fetch_metadata",
+    "pending_records",
     "produce_round",
+    "producer_id",
     "recovery_of",
     "set_consumer_state",
     "speaks_v2",
@@ -182,7 +185,7 @@ REACHES: tuple[Reach, ...] = (
     Reach(AIOKafkaConsumer, "_fetch_max_wait_ms", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_isolation_level", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_fetcher", "attribute", "its seeks are counted", set_in="start"),
-    Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata (partitions of a topic)"),
+    Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata; pending records' fetch"),
     Reach(AIOKafkaProducer, "_txn_manager", "attribute", "a refused batch's numbers taken back"),
     # aiokafka's producer speaking transactions v2 (`transactions_v2.py`).
     Reach(AIOKafkaProducer, "_sender", "attribute", "replaced by the v2 sender"),
@@ -297,6 +300,13 @@ def app_tasks(app: faust.App) -> list[Callable[[], Awaitable[Any]]]:
 def enabled_blueprints(web: Any) -> list[tuple[str, Any]]:
     """The (URL prefix, blueprint) pairs Faust's web server serves."""
     return list(web._enabled_blueprints())
+
+
+def producer_id(producer: AIOKafkaProducer) -> int:
+    """The producer id a started transactional producer writes under (-1 before its
+    first InitProducerId)."""
+    pid: int = producer._txn_manager.producer_id
+    return pid
 
 
 def speaks_v2(producer: object) -> bool:
