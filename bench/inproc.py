@@ -5,10 +5,10 @@
 Workload records (the bench's usage mix, 12 partitions, each on its tenant's partition)
 go through a `Pipeline` on plain dicts, staged in rounds of 1,000 (`--round`: the
 latency phase's rounds carry 100-500) and flushed to a publisher that keeps nothing,
-with the worker's collector thresholds. It times what the
-full bench's drain cannot resolve: a change of a few percent in staging, decided by
-alternating runs of the two codes (the machine's speed drifts between runs). Prints the
-process CPU per record over the usage records (the setup top-ups are not timed).
+with the worker's collector thresholds. It times what the full bench's drain cannot
+resolve: a change of a few percent in staging, decided by alternating runs of the two
+codes (the machine's speed drifts between runs). Prints the process CPU per record over
+the usage records (the setup top-ups are not timed).
 """
 
 from __future__ import annotations
