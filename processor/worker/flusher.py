@@ -98,7 +98,8 @@ class Flusher:
        and land together or not at all.
     5. The state landed: the staged views settle the batch into the local stores (in
        batch order), the batch's `flush` returns, and `landed(held, None)` hands the
-       messages back. The worker (`Meter._landed`) settles the input topics' records
+       messages back. This waits for nothing, but runs once the next round's requests
+       are sent (if one follows at once), so the next round does not wait for it. The worker (`Meter._landed`) settles the input topics' records
        per partition at once (processor/worker/consumer.py `GuardedConsumer.settle`),
        and marks each of the agents' records taken (`Taken`) and gives it its last ack.
     6. Faust commits the acked offsets: its commit timer every
@@ -236,6 +237,11 @@ class Flusher:
             self._running = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
+        # The last round's landing, still to be done: it runs once the next round's
+        # requests are on their way, not between the two rounds, where each record
+        # staged meanwhile would wait for it.
+        unlanded: tuple[list[_Batch], list[_Batch], dict[int, list[Entry]] | None] | None
+        unlanded = None
         try:
             while True:
                 if self._staged():
@@ -259,30 +265,62 @@ class Flusher:
                 records += state
                 try:
                     if records:
-                        await self.publisher.publish(records)
-                    self._settle(landing, marks)
+                        publishing = self.publisher.publish(records)
+                        if unlanded is not None:
+                            # Runs when the publish first waits for the broker.
+                            asyncio.get_running_loop().call_soon(self._land, *unlanded)
+                            unlanded = None
+                        await publishing
+                    if self._broken is not None:  # the last round's landing failed
+                        raise self._broken
                 except BaseException as exc:
                     # Reported through each batch's own future, to its caller; the local
                     # stores stop at the batch before the first that failed.
-                    self._broken = failed = _failure(exc)
-                    for batch in [*landing, *sending, *self._unsent]:
-                        self._fail(batch, failed)
-                    self._unsent = []
-                    if self._took is not None and not self._took.done():
-                        self._took.set_result(None)
+                    if unlanded is not None:
+                        self._land(*unlanded)
+                        unlanded = None
+                    self._break(_failure(exc), [*landing, *sending])
                     return
-                now = time.perf_counter()
-                for batch in landing if self.publisher.atomic else sending:
-                    self.hooks.flushed("outputs", now - batch.started)
-                for batch in landing:
-                    self.hooks.flushed("state", now - batch.started)
-                    if not batch.done.done():  # a caller may have cancelled its wait
-                        batch.done.set_result(None)
-                    if batch.held:
-                        self._landed(batch.held, None)
+                if unlanded is not None:
+                    self._land(*unlanded)
+                unlanded = (landing, sending, marks)
                 self._unwritten = sending
         finally:
+            if unlanded is not None:
+                self._land(*unlanded)
             self._running = None
+
+    def _land(
+        self,
+        landing: list[_Batch],
+        sending: list[_Batch],
+        marks: dict[int, list[Entry]] | None,
+    ) -> None:
+        """A round is in Kafka: its batches into the local stores, their callers told."""
+        try:
+            self._settle(landing, marks)
+        except Exception as exc:
+            self._break(exc, [*landing, *sending])
+            return
+        now = time.perf_counter()
+        for batch in landing if self.publisher.atomic else sending:
+            self.hooks.flushed("outputs", now - batch.started)
+        for batch in landing:
+            self.hooks.flushed("state", now - batch.started)
+            if not batch.done.done():  # a caller may have cancelled its wait
+                batch.done.set_result(None)
+            if batch.held:
+                self._landed(batch.held, None)
+
+    def _break(self, failed: Exception, batches: list[_Batch]) -> None:
+        """A round failed (or its landing did): it and every batch after it fail."""
+        if self._broken is None:
+            self._broken = failed
+        for batch in [*batches, *self._unsent]:
+            self._fail(batch, failed)
+        self._unsent = []
+        if self._took is not None and not self._took.done():
+            self._took.set_result(None)
 
     def _fail(self, batch: _Batch, failed: Exception) -> None:
         if not batch.done.done():

@@ -424,3 +424,54 @@ async def test_a_batch_without_outputs_writes_its_state_in_the_first_free_round(
     assert rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme")) == "duplicate"
     await rig.pipeline.flusher.flush()  # nothing to publish: no round needed
     assert pub.kinds() == ["outputs", "state"]
+
+
+@dataclass
+class Watching(Gated):
+    """A gated publisher that notes, at each round it is given, the local accounts."""
+
+    accounts: dict[str, StoredAccount] = field(default_factory=dict)
+    settled_at_call: list[dict[str, int]] = field(default_factory=list)
+
+    async def publish(self, records: Sequence[Out]) -> None:
+        self.settled_at_call.append({k: v.seq for k, v in self.accounts.items()})
+        await super().publish(records)
+
+
+async def test_a_round_lands_while_the_next_one_is_in_flight_not_before_it_is_sent() -> None:
+    accounts: dict[str, StoredAccount] = {}
+    pub = Watching(atomic=True, accounts=accounts)
+    rig = Rig(pub=pub, accounts=accounts)
+    rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
+    first = asyncio.create_task(rig.pipeline.flusher.flush())
+    await settle_loop()
+    assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
+    second = asyncio.create_task(rig.pipeline.flusher.flush())
+    await settle_loop()
+    pub.gates[0].set()
+    await first
+    # Round 2 went out before round 1 settled locally (the records staged meanwhile do
+    # not wait for that), and round 1 settled without waiting for round 2's answer.
+    assert pub.settled_at_call == [{}, {}]
+    assert rig.accounts["acme"].seq == 1 and not second.done()
+    pub.gates[1].set()
+    await second
+    assert rig.accounts["acme"].seq == 2
+
+
+async def test_a_refused_round_still_lets_the_round_before_it_land() -> None:
+    rig = Rig(pub=Gated(atomic=True))
+    pub: Gated = rig.pub
+    rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
+    first = asyncio.create_task(rig.pipeline.flusher.flush())
+    await settle_loop()
+    rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme"))
+    second = asyncio.create_task(rig.pipeline.flusher.flush())
+    await settle_loop()
+    pub.gates[0].set()
+    await settle_loop()
+    pub.refuse(1)
+    await first  # in Kafka: settled locally
+    with pytest.raises(ConnectionError):
+        await second
+    assert rig.accounts["acme"].seq == 1
