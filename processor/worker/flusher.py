@@ -99,9 +99,10 @@ class Flusher:
     5. The state landed: the staged views settle the batch into the local stores (in
        batch order), the batch's `flush` returns, and `landed(held, None)` hands the
        messages back. This waits for nothing, but runs once the next round's requests
-       are sent (if one follows at once), so the next round does not wait for it. The worker (`Meter._landed`) settles the input topics' records
-       per partition at once (processor/worker/consumer.py `GuardedConsumer.settle`),
-       and marks each of the agents' records taken (`Taken`) and gives it its last ack.
+       are sent (if one follows at once), so the next round does not wait for it. The
+       worker (`Meter._landed`) settles the input topics' records per partition at
+       once (processor/worker/consumer.py `GuardedConsumer.settle`), and marks each of
+       the agents' records taken (`Taken`) and gives it its last ack.
     6. Faust commits the acked offsets: its commit timer every
        `broker_commit_interval`, and the fetch loop every `broker_commit_every` acks.
        The guard (processor/worker/consumer.py) refuses the ack of a record that was
