@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
@@ -13,6 +15,9 @@ from processor.kafka.changelog import ChangelogReader
 from processor.worker.publisher import transactional_producer
 from tests.integration.conftest import KafkaEndpoint
 
+# NOT_LEADER_OR_FOLLOWER: a new topic's partition before the broker leads it.
+NOT_LEADER = 6
+
 
 async def _topic(bootstrap: str, name: str, partitions: int) -> str:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -22,6 +27,23 @@ async def _topic(bootstrap: str, name: str, partitions: int) -> str:
     finally:
         await admin.close()
     return name
+
+
+async def _until_taken(
+    producer: glue.TransactionsV2Producer, batches: Callable[[], list[glue.Batch]]
+) -> None:
+    """Send a round until the broker takes it. Right after a topic is created the broker
+    may refuse produces to it (NOT_LEADER_OR_FOLLOWER) until its own metadata catches
+    up; a refused round is aborted and wrote nothing, so it is sent again."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await glue.produce_round(producer, batches())
+            return
+        except glue.RoundRefused as refused:
+            if set(refused.errors.values()) != {NOT_LEADER} or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)
 
 
 async def test_reads_every_record_in_order_and_says_where_it_stopped(
@@ -73,6 +95,9 @@ async def test_reads_past_the_last_stable_offset_what_its_own_producers_left_ope
                 out.append((topic, partition, batch))
             return out
 
+        # Aborted, so nothing of it is ever read: it only waits until both are led.
+        await _until_taken(producer, lambda: batches({0: b"warm-up", 1: b"warm-up"}))
+        await glue.end_round(producer, commit=False)
         await glue.produce_round(producer, batches({0: b"committed"}))
         await glue.end_round(producer, commit=True)
         await glue.produce_round(producer, batches({0: b"aborted"}))
