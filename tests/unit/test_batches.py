@@ -438,16 +438,23 @@ class Watching(Gated):
         await super().publish(records)
 
 
-async def test_a_round_lands_while_the_next_one_is_in_flight_not_before_it_is_sent() -> None:
-    accounts: dict[str, StoredAccount] = {}
-    pub = Watching(atomic=True, accounts=accounts)
-    rig = Rig(pub=pub, accounts=accounts)
+async def two_rounds(rig: Rig) -> tuple[asyncio.Task[None], asyncio.Task[None]]:
+    """Two flushes of acme's records: the first round in flight, the second staged behind
+    it (an atomic publisher: one round each)."""
     rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
     first = asyncio.create_task(rig.pipeline.flusher.flush())
     await settle_loop()
     assert rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme")) == "applied"
     second = asyncio.create_task(rig.pipeline.flusher.flush())
     await settle_loop()
+    return first, second
+
+
+async def test_a_round_lands_while_the_next_one_is_in_flight_not_before_it_is_sent() -> None:
+    accounts: dict[str, StoredAccount] = {}
+    pub = Watching(atomic=True, accounts=accounts)
+    rig = Rig(pub=pub, accounts=accounts)
+    first, second = await two_rounds(rig)
     pub.gates[0].set()
     await first
     # Round 2 went out before round 1 settled locally (the records staged meanwhile do
@@ -462,12 +469,7 @@ async def test_a_round_lands_while_the_next_one_is_in_flight_not_before_it_is_se
 async def test_a_refused_round_still_lets_the_round_before_it_land() -> None:
     rig = Rig(pub=Gated(atomic=True))
     pub: Gated = rig.pub
-    rig.stage(Source.COMMANDS, NAMES.commands, "acme", funds("c1", "acme"))
-    first = asyncio.create_task(rig.pipeline.flusher.flush())
-    await settle_loop()
-    rig.stage(Source.CALLS, NAMES.calls, "acme", call("e1", "acme"))
-    second = asyncio.create_task(rig.pipeline.flusher.flush())
-    await settle_loop()
+    first, second = await two_rounds(rig)
     pub.gates[0].set()
     await settle_loop()
     pub.refuse(1)
