@@ -95,8 +95,13 @@ class InFlight:
 # and aiokafka leaves out of a fetch the partitions whose records it still buffers: a
 # record arriving on one of those waits for the held fetch of the others to return, up
 # to 1.5 s (docs/performance.md, "Figures behind design choices"). An idle worker now
-# polls every 20 ms instead; a busy one never waits.
+# polls every 20 ms instead; a busy one waits only until FETCH_MIN_BYTES have come.
 FETCH_MAX_WAIT_MS = 20
+# How much a fetch waits to gather (or FETCH_MAX_WAIT_MS) before the broker answers it.
+# With aiokafka's default, a byte, a busy worker's fetch came back with whatever the
+# last few milliseconds had brought, and each one cost the worker and the broker a
+# request's fixed work (docs/performance.md, "Fetches the broker fills").
+FETCH_MIN_BYTES = 32 * 1024
 # The fetch loop yields to the event loop after this many records, and hands what it
 # collected for the sink over first, so the flusher can send it meanwhile.
 HAND_OVER_EVERY = 100
@@ -126,6 +131,7 @@ class GuardedConsumer(glue.FetchLoop):
     sink: Sink | None
     hand_over_every = HAND_OVER_EVERY
     fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+    fetch_min_bytes = FETCH_MIN_BYTES
     # The worker writes its outputs, re-routes, timer ticks and changelogs in
     # transactions (processor/worker/publisher.py): what an aborted one wrote must never
     # be read back, by recovery or by the agents. Faust reads committed only in its

@@ -13,10 +13,13 @@ from faust.types import TP
 from intervaltree import Interval, IntervalTree
 from mode.utils.locks import Event
 
+from processor.config.settings import Settings
 from processor.kafka import glue
 from processor.kafka.glue import ConsumerThread
 from processor.kafka.stepping import step
+from processor.worker import consumer
 from processor.worker.consumer import GuardedConsumer, Taken
+from processor.worker.faust_app import faust_app
 
 A, B = TP("usage.calls", 0), TP("usage.calls", 1)
 
@@ -188,6 +191,28 @@ def test_a_fetch_that_came_back_before_a_seek_of_its_partition_is_stale() -> Non
     assert not thread.stale(A, after)
     fetcher.request_offset_reset([B], "earliest")  # a seek to the beginning
     assert thread.stale(B, after) and not thread.stale(A, after)
+
+
+async def test_the_worker_fetches_read_committed_and_lets_the_broker_fill_each_fetch() -> None:
+    # Faust builds its aiokafka consumer with a 1.5 s wait, a one-byte minimum and
+    # read_uncommitted; the worker's consumer must ask for its own (the private
+    # attributes are those processor/kafka/glue lists and checks).
+    app = faust_app(Settings(_env_file=None), ["kafka://127.0.0.1:9092"], 6, "127.0.0.1")
+    consumer.install(app, ["usage.calls"])
+    worker_consumer = app.consumer
+    assert isinstance(worker_consumer, GuardedConsumer)
+    thread = worker_consumer.thread
+    built = thread._create_worker_consumer(app.transport)  # noqa: SLF001 - as Faust builds it
+    try:
+        asked = (
+            built._fetch_min_bytes,  # noqa: SLF001 - what the glue sets
+            built._fetch_max_wait_ms,  # noqa: SLF001
+            built._isolation_level,  # noqa: SLF001
+        )
+        assert asked == (consumer.FETCH_MIN_BYTES, consumer.FETCH_MAX_WAIT_MS, "read_committed")
+        assert consumer.FETCH_MIN_BYTES > 1
+    finally:
+        await built.stop()
 
 
 async def test_a_hand_over_that_never_waits_runs_at_once_without_a_task() -> None:

@@ -172,7 +172,13 @@ REACHES: tuple[Reach, ...] = (
     Reach(Service, "_default_stop_exit_stacks", "method", "as the thread ended", _SELF),
     Reach(ServiceThread, "_thread_keepalive", "method", "turned the thread's loop (a task)"),
     # Faust's consumer thread.
-    Reach(_T, "_create_worker_consumer", "method", "fetch wait, isolation", ("self", "transport")),
+    Reach(
+        _T,
+        "_create_worker_consumer",
+        "method",
+        "fetch wait and size, isolation",
+        ("self", "transport"),
+    ),
     Reach(
         _T,
         "_fetch_records",
@@ -183,6 +189,7 @@ REACHES: tuple[Reach, ...] = (
     Reach(_T, "_ensure_consumer", "method", "the aiokafka consumer", _SELF),
     # aiokafka.
     Reach(AIOKafkaConsumer, "_fetch_max_wait_ms", "attribute", "read when the fetcher is built"),
+    Reach(AIOKafkaConsumer, "_fetch_min_bytes", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_isolation_level", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_fetcher", "attribute", "its seeks are counted", set_in="start"),
     Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata; pending records' fetch"),

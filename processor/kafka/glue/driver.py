@@ -64,11 +64,13 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # Both are read by the aiokafka consumer's start(), when it builds its fetcher;
-        # Faust passes neither through. The values are the worker's (FetchLoop).
+        # These are read by the aiokafka consumer's start(), when it builds its fetcher;
+        # Faust passes none through. The values are the worker's (FetchLoop).
         owner = cast(FetchLoop, self.consumer)
         if owner.fetch_max_wait_ms is not None:
             consumer._fetch_max_wait_ms = owner.fetch_max_wait_ms
+        if owner.fetch_min_bytes is not None:
+            consumer._fetch_min_bytes = owner.fetch_min_bytes
         if owner.isolation_level is not None:
             consumer._isolation_level = owner.isolation_level
         return consumer
@@ -202,6 +204,7 @@ class FetchLoop(faust_aiokafka.Consumer):
     hand_over_every = 100
     # Set on the aiokafka consumer Faust builds, which Faust configures without them.
     fetch_max_wait_ms: int | None = None
+    fetch_min_bytes: int | None = None
     isolation_level: str | None = None
     # The consumer thread's seek count when the fetch being handed over came back.
     fetched_at = 0
