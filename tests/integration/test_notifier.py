@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from tests.integration.harness import (
     now_rfc3339,
     running,
 )
+from tests.integration.test_faults_more import account_where
 from tests.support.postgres import LocalPostgres
 
 # The outbox's and delivery loop's tests, collected here again on a real PostgreSQL
@@ -268,6 +270,16 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
                         "source": "manual",
                     },
                 )
+            # Two topics have no order between them: the calls go once the funds are in,
+            # so that each call has funds to exhaust, whatever the worker's fetches.
+            for tenant in TENANTS:
+                await account_where(
+                    worker,
+                    tenant,
+                    lambda v: Decimal(v["balance"]) >= Decimal("5.00"),
+                    f"{tenant}'s funds applied",
+                )
+            for tenant in TENANTS:
                 await client.send(
                     "usage.calls",
                     {
