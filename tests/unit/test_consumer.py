@@ -13,13 +13,12 @@ from faust.types import TP
 from intervaltree import Interval, IntervalTree
 from mode.utils.locks import Event
 
-from processor.config.settings import Settings
 from processor.kafka import glue
 from processor.kafka.glue import ConsumerThread
 from processor.kafka.stepping import step
 from processor.worker import consumer
 from processor.worker.consumer import GuardedConsumer, Taken
-from processor.worker.faust_app import faust_app
+from tests.support.worker_app import worker_faust_app
 
 A, B = TP("usage.calls", 0), TP("usage.calls", 1)
 
@@ -197,7 +196,7 @@ async def test_the_worker_fetches_read_committed_and_lets_the_broker_fill_each_f
     # Faust builds its aiokafka consumer with a 1.5 s wait, a one-byte minimum and
     # read_uncommitted; the worker's consumer must ask for its own (the private
     # attributes are those processor/kafka/glue lists and checks).
-    app = faust_app(Settings(_env_file=None), ["kafka://127.0.0.1:9092"], 6, "127.0.0.1")
+    app = worker_faust_app()
     consumer.install(app, ["usage.calls"])
     worker_consumer = app.consumer
     assert isinstance(worker_consumer, GuardedConsumer)

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import faust
 import pytest
 
-from processor.config.settings import Settings
-from processor.worker.faust_app import faust_app
-
-
-def _app() -> faust.App:
-    cfg = Settings(_env_file=None)
-    return faust_app(cfg, ["kafka://127.0.0.1:9092"], partitions=6, web_host="127.0.0.1")
+from tests.support.worker_app import worker_faust_app
 
 
 def test_a_worker_keeps_no_standby_copies_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     # Faust's own default is one standby per table; a standby reads every changelog
     # record the other workers write (docs/performance.md, "Standby replicas").
     monkeypatch.delenv("METER_STANDBY_REPLICAS", raising=False)
-    assert _app().conf.table_standby_replicas == 0
+    assert worker_faust_app().conf.table_standby_replicas == 0
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -26,4 +19,4 @@ def test_standby_copies_are_what_the_setting_asks(
     monkeypatch: pytest.MonkeyPatch, replicas: int
 ) -> None:
     monkeypatch.setenv("METER_STANDBY_REPLICAS", str(replicas))
-    assert _app().conf.table_standby_replicas == replicas
+    assert worker_faust_app().conf.table_standby_replicas == replicas
