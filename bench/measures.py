@@ -203,6 +203,10 @@ class Latency:
     # from there to the entry being read (the round's commit, then the read_committed
     # fetch). Wall clock on both sides, at the millisecond the record's timestamp has.
     split: dict[str, float] = field(default_factory=dict)
+    # The p99 of the records sent in each second of the phase, in order: a phase's
+    # p99 is often made by a second or two in which the worker's loop fell behind
+    # (docs/performance.md, "The phase second by second").
+    p99_ms_by_second: list[float] = field(default_factory=list)
 
 
 async def latency(
@@ -337,7 +341,28 @@ async def latency(
         max_ms=lat[-1],
         backlog_growth_ms=growth,
         split=_split(sent, sent_wall, written, arrived, acked),
+        p99_ms_by_second=p99_by_second(sent, arrived, acked),
     )
+
+
+def p99_by_second(
+    sent: dict[str, float], arrived: dict[str, float], acked: set[str]
+) -> list[float]:
+    """The p99 latency (ms) of the records sent in each second after the first send;
+    a second with no record read reports 0."""
+    if not sent:
+        return []
+    start = min(sent.values())
+    seconds: dict[int, list[float]] = {}
+    for e, at in arrived.items():
+        if e in acked:
+            seconds.setdefault(int(sent[e] - start), []).append((at - sent[e]) * 1000)
+    if not seconds:
+        return []
+    return [
+        round(percentile(sorted(seconds[s]), 0.99), 1) if s in seconds else 0.0
+        for s in range(max(seconds) + 1)
+    ]
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,7 @@ def floor_result(relay: floor.Floor, worker: measures.Latency) -> dict[str, Any]
         "split": {**lat.split, **relay.cores},
         "tracked": lat.tracked,
         "matched": lat.matched,
+        "p99_ms_by_second": lat.p99_ms_by_second,
         "worker_over_floor": {
             "p50": round(worker.p50_ms / lat.p50_ms, 2),
             "p99": round(worker.p99_ms / lat.p99_ms, 2),
