@@ -843,8 +843,13 @@ async def test_a_worker_joining_as_a_burst_arrives_applies_every_record(
         w1 = fleet.start(d, 1)
 
         async def rebalancing() -> str:
-            state, _ = await described_state(admin, d.app_id)
-            return "not yet" if state == "Stable" else state
+            state, members = await described_state(admin, d.app_id)
+            if state != "Stable":
+                return state
+            # On a loaded machine the join's rebalance can fall between two polls. The
+            # group Stable with both members means it is over: the burst then follows
+            # it instead of meeting it (the FIGURES line says which).
+            return "over before a poll saw it" if members == 2 else "not yet"
 
         state = await eventually(rebalancing, 60, interval=0.02, what="the join's rebalance")
     finally:
