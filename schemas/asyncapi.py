@@ -12,8 +12,6 @@ two internal topics; a test holds it equal to ``processor.config.settings``.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from schemas import generated
 from schemas.export import JSON_DIR
 from schemas.types import TENANT_ID_PATTERN
 
@@ -356,40 +355,23 @@ def referenced_files(document: dict[str, Any] | None = None) -> list[Path]:
 def check(path: Path = DOC_PATH) -> list[str]:
     """Problems with the checked-in document; empty when it is current."""
     problems = [f"missing schema: {p}" for p in referenced_files() if not p.is_file()]
-    if not path.is_file():
-        problems.append(f"missing: {path}")
-    elif path.read_text(encoding="utf-8") != render():
-        problems.append(f"differs: {path}")
-    return problems
+    return problems + generated.drift(path, render())
 
 
 def write(path: Path = DOC_PATH) -> bool:
-    text = render()
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8", newline="\n")
-    return True
+    return generated.rewrite(path, render())
 
 
 def main(argv: Sequence[str] | None = None, path: Path = DOC_PATH) -> int:
-    parser = argparse.ArgumentParser(
+    return generated.command(
+        argv,
         prog="python -m schemas.asyncapi",
         description="Write (or check) docs/asyncapi.yaml, generated from schemas/.",
+        check=lambda: check(path),
+        write=lambda: [f"wrote {path}" if write(path) else f"{path} unchanged"],
+        current=f"{path} up to date",
+        stale="AsyncAPI document is stale: run `python -m schemas.asyncapi`",
     )
-    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if stale")
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = check(path)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            print("AsyncAPI document is stale: run `python -m schemas.asyncapi`", file=sys.stderr)
-            return 1
-        print(f"{path} up to date")
-        return 0
-    print(f"wrote {path}" if write(path) else f"{path} unchanged")
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@ Inputs publish their *validation* schema (what we accept), outputs their
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 
+from schemas import generated
 from schemas.api import AccountView, AuthorizeView
 from schemas.inputs import (
     COMMAND_ADAPTER,
@@ -102,11 +101,7 @@ def check(directory: Path | None = None) -> list[str]:
     expected = render_all()
     problems: list[str] = []
     for name, text in expected.items():
-        path = directory / name
-        if not path.is_file():
-            problems.append(f"missing: {path}")
-        elif path.read_text(encoding="utf-8") != text:
-            problems.append(f"differs: {path}")
+        problems.extend(generated.drift(directory / name, text))
     if directory.is_dir():
         for path in sorted(directory.glob("*.json")):
             if path.name not in expected:
@@ -122,9 +117,7 @@ def write(directory: Path | None = None) -> list[Path]:
     changed: list[Path] = []
     for name, text in expected.items():
         path = directory / name
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            # newline="\n": identical bytes on every platform.
-            path.write_text(text, encoding="utf-8", newline="\n")
+        if generated.rewrite(path, text):
             changed.append(path)
     for path in sorted(directory.glob("*.json")):
         if path.name not in expected:
@@ -134,28 +127,15 @@ def write(directory: Path | None = None) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return generated.command(
+        argv,
         prog="python -m schemas.export",
         description="Write (or check) the JSON Schema files generated from schemas/.",
+        check=check,
+        write=lambda: [f"wrote {path}" for path in write()],
+        current=f"{len(render_all())} JSON Schema files up to date",
+        stale="JSON Schemas have drifted: run `python -m schemas.export`",
     )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="do not write; exit 1 listing files that are missing, differ or are stale",
-    )
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = check()
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            print("JSON Schemas have drifted: run `python -m schemas.export`", file=sys.stderr)
-            return 1
-        print(f"{len(render_all())} JSON Schema files up to date")
-        return 0
-    for path in write():
-        print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

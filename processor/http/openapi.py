@@ -12,9 +12,7 @@ processor/http/ledger_doc.py (the ledger sink's); here, the document around them
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +22,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from processor.http import auth, worker_doc
 from processor.http import ledger_doc as sink_doc
+from schemas import generated
 
 __all__ = ["DOC_PATH", "build", "check", "main", "render", "write"]
 
@@ -131,43 +130,24 @@ def render() -> str:
 
 def check(path: Path = DOC_PATH) -> list[str]:
     """Problems with the checked-in document; empty when it matches the models."""
-    if not path.is_file():
-        return [f"missing: {path}"]
-    if path.read_text(encoding="utf-8") != render():
-        return [f"differs: {path}"]
-    return []
+    return generated.drift(path, render())
 
 
 def write(path: Path = DOC_PATH) -> bool:
     """Rewrite the document if it changed; True when it did."""
-    text = render()
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8", newline="\n")
-    return True
+    return generated.rewrite(path, render())
 
 
 def main(argv: Sequence[str] | None = None, path: Path = DOC_PATH) -> int:
-    parser = argparse.ArgumentParser(
+    return generated.command(
+        argv,
         prog="python -m processor.http.openapi",
         description="Write (or check) docs/openapi.json, generated from schemas/.",
+        check=lambda: check(path),
+        write=lambda: [f"wrote {path}" if write(path) else f"{path} unchanged"],
+        current=f"{path} up to date",
+        stale="OpenAPI document is stale: run `python -m processor.http.openapi`",
     )
-    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if stale")
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = check(path)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            print(
-                "OpenAPI document is stale: run `python -m processor.http.openapi`", file=sys.stderr
-            )
-            return 1
-        print(f"{path} up to date")
-        return 0
-    print(f"wrote {path}" if write(path) else f"{path} unchanged")
-    return 0
 
 
 if __name__ == "__main__":

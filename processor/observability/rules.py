@@ -12,13 +12,14 @@ when the two differ.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+
+from schemas import generated
 
 __all__ = ["MANIFEST", "RULES", "check", "main", "render", "write"]
 
@@ -72,31 +73,19 @@ def check(rules: Path = RULES, manifest: Path = MANIFEST) -> list[str]:
 
 def write(rules: Path = RULES, manifest: Path = MANIFEST) -> bool:
     """Rewrite the manifest if it changed; True when it did."""
-    text = render(rules)
-    if manifest.is_file() and manifest.read_text(encoding="utf-8") == text:
-        return False
-    manifest.write_text(text, encoding="utf-8", newline="\n")
-    return True
+    return generated.rewrite(manifest, render(rules))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return generated.command(
+        argv,
         prog="meter rules export",
         description="Write (or check) deploy/k8s/prometheusrule.yaml from the rules file.",
+        check=check,
+        write=lambda: [f"wrote {MANIFEST}" if write() else f"{MANIFEST} unchanged"],
+        current=f"{MANIFEST} up to date",
+        stale="the PrometheusRule has drifted: run `meter rules export`",
     )
-    parser.add_argument("--check", action="store_true", help="exit 1 if the manifest is stale")
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = check()
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            print("the PrometheusRule has drifted: run `meter rules export`", file=sys.stderr)
-            return 1
-        print(f"{MANIFEST} up to date")
-        return 0
-    print(f"wrote {MANIFEST}" if write() else f"{MANIFEST} unchanged")
-    return 0
 
 
 if __name__ == "__main__":
