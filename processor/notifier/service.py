@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from processor.kafka.stored_positions import SeekToStored
 from processor.notifier.channels import EmailChannel, Failure, WebhookChannel
 from processor.notifier.events import notification_of, selected
 from processor.notifier.settings_book import SettingsBook
@@ -99,18 +100,6 @@ class NotifierStats:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, notifier: Notifier) -> None:
-        self.notifier = notifier
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self.notifier.writing:
-            pass
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.notifier.seek_to_stored(list(assigned))
-
-
 class Notifier:
     def __init__(
         self,
@@ -157,23 +146,15 @@ class Notifier:
     def ready(self) -> bool:
         return self.assigned_once.is_set() and self.book.loaded.is_set()
 
-    async def seek_to_stored(self, tps: Sequence[TopicPartition]) -> None:
-        stored = await self.store.positions(self.group, [(tp.topic, tp.partition) for tp in tps])
-        fresh = []
-        for tp in tps:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                fresh.append(tp)
-            else:
-                self.consumer.seek(tp, offset)
-        if fresh:
-            await self.consumer.seek_to_beginning(*fresh)
-        log.info(
-            "notifier: assigned %d partitions; %d resume from the database's positions",
-            len(tps),
-            len(tps) - len(fresh),
+    def _seeker(self) -> SeekToStored:
+        return SeekToStored(
+            self.consumer,
+            self.store,
+            self.group,
+            writing=self.writing,
+            assigned_once=self.assigned_once,
+            name="notifier",
         )
-        self.assigned_once.set()
 
     # ---- the whole service ---------------------------------------------------------
 
@@ -183,7 +164,7 @@ class Notifier:
         await self.consumer.start()
         tasks: list[asyncio.Task[None]] = []
         try:
-            self.consumer.subscribe([self.topic], listener=_Seeker(self))
+            self.consumer.subscribe([self.topic], listener=self._seeker())
             tasks = [
                 asyncio.create_task(self.book.run(stop), name="notifier-settings"),
                 asyncio.create_task(self.consume(stop), name="notifier-consume"),

@@ -26,10 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from processor.kafka.stored_positions import SeekToStored
 from processor.sink.store import Batch, LedgerStore
 from processor.sink.tenants import TenantEvent
 from schemas.inputs import (
@@ -279,23 +280,6 @@ def _command_event(batch: Batch, offset: int, command: Any) -> None:
     )
 
 
-class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]
-    """On every assignment, the positions the database holds (not Kafka's)."""
-
-    def __init__(self, sink: LedgerSink) -> None:
-        self.sink = sink
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Let a batch being written finish first, so the partitions' next owner
-        # starts from its positions rather than reading it again (which would be
-        # harmless: rows are keyed and positions never move back).
-        async with self.sink.writing:
-            pass
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.sink.seek_to_stored(list(assigned))
-
-
 class LedgerSink:
     def __init__(
         self,
@@ -326,28 +310,20 @@ class LedgerSink:
             **dict(client_options or {}),
         )
 
-    async def seek_to_stored(self, tps: Sequence[TopicPartition]) -> None:
-        stored = await self.store.positions(self.group, [(tp.topic, tp.partition) for tp in tps])
-        fresh = []
-        for tp in tps:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                fresh.append(tp)
-            else:
-                self.consumer.seek(tp, offset)
-        if fresh:
-            await self.consumer.seek_to_beginning(*fresh)
-        log.info(
-            "ledger-sink: assigned %d partitions; %d resume from the database's positions",
-            len(tps),
-            len(tps) - len(fresh),
+    def _seeker(self) -> SeekToStored:
+        return SeekToStored(
+            self.consumer,
+            self.store,
+            self.group,
+            writing=self.writing,
+            assigned_once=self.assigned_once,
+            name="ledger-sink",
         )
-        self.assigned_once.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.consumer.start()
         try:
-            self.consumer.subscribe(list(self.topics.all()), listener=_Seeker(self))
+            self.consumer.subscribe(list(self.topics.all()), listener=self._seeker())
             while not stop.is_set():
                 records = await self.consumer.getmany(timeout_ms=500, max_records=self.max_records)
                 if not records:
