@@ -26,51 +26,62 @@ class PositionStore(Protocol):
         ...
 
 
+class Positioned(Protocol):
+    """A service consuming with its positions in the database (read-only here)."""
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer: ...
+
+    @property
+    def store(self) -> PositionStore: ...
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def writing(self) -> asyncio.Lock:
+        """Held by the service while it writes a batch (rows and positions)."""
+        ...
+
+    @property
+    def assigned_once(self) -> asyncio.Event:
+        """Set after the first assignment's seeks: the service is ready from then on."""
+        ...
+
+
 class SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     """On every assignment, the positions the database holds (not Kafka's)."""
 
-    def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        store: PositionStore,
-        group: str,
-        *,
-        writing: asyncio.Lock,
-        assigned_once: asyncio.Event,
-        name: str,
-    ) -> None:
-        self.consumer = consumer
-        self.store = store
-        self.group = group
-        # Held by the service while it writes a batch (rows and positions).
-        self.writing = writing
-        # Set after the first assignment's seeks: the service is ready from then on.
-        self.assigned_once = assigned_once
+    def __init__(self, service: Positioned, name: str) -> None:
+        self.service = service
         self.name = name
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # Let a batch being written finish first, so the partitions' next owner
         # starts from its positions rather than reading it again (which would be
         # harmless: rows are keyed and positions never move back).
-        async with self.writing:
+        async with self.service.writing:
             pass
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        service = self.service
         tps: list[TopicPartition] = list(assigned)
-        stored = await self.store.positions(self.group, [(tp.topic, tp.partition) for tp in tps])
+        stored = await service.store.positions(
+            service.group, [(tp.topic, tp.partition) for tp in tps]
+        )
         fresh = []
         for tp in tps:
             offset = stored.get((tp.topic, tp.partition))
             if offset is None:
                 fresh.append(tp)
             else:
-                self.consumer.seek(tp, offset)
+                service.consumer.seek(tp, offset)
         if fresh:
-            await self.consumer.seek_to_beginning(*fresh)
+            await service.consumer.seek_to_beginning(*fresh)
         log.info(
             "%s: assigned %d partitions; %d resume from the database's positions",
             self.name,
             len(tps),
             len(tps) - len(fresh),
         )
-        self.assigned_once.set()
+        service.assigned_once.set()

@@ -146,16 +146,6 @@ class Notifier:
     def ready(self) -> bool:
         return self.assigned_once.is_set() and self.book.loaded.is_set()
 
-    def _seeker(self) -> SeekToStored:
-        return SeekToStored(
-            self.consumer,
-            self.store,
-            self.group,
-            writing=self.writing,
-            assigned_once=self.assigned_once,
-            name="notifier",
-        )
-
     # ---- the whole service ---------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -164,7 +154,7 @@ class Notifier:
         await self.consumer.start()
         tasks: list[asyncio.Task[None]] = []
         try:
-            self.consumer.subscribe([self.topic], listener=self._seeker())
+            self.consumer.subscribe([self.topic], listener=SeekToStored(self, "notifier"))
             tasks = [
                 asyncio.create_task(self.book.run(stop), name="notifier-settings"),
                 asyncio.create_task(self.consume(stop), name="notifier-consume"),

@@ -310,20 +310,11 @@ class LedgerSink:
             **dict(client_options or {}),
         )
 
-    def _seeker(self) -> SeekToStored:
-        return SeekToStored(
-            self.consumer,
-            self.store,
-            self.group,
-            writing=self.writing,
-            assigned_once=self.assigned_once,
-            name="ledger-sink",
-        )
-
     async def run(self, stop: asyncio.Event) -> None:
         await self.consumer.start()
         try:
-            self.consumer.subscribe(list(self.topics.all()), listener=self._seeker())
+            seeker = SeekToStored(self, "ledger-sink")
+            self.consumer.subscribe(list(self.topics.all()), listener=seeker)
             while not stop.is_set():
                 records = await self.consumer.getmany(timeout_ms=500, max_records=self.max_records)
                 if not records:

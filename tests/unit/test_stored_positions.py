@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from processor.kafka.stored_positions import SeekToStored
 
@@ -35,15 +36,20 @@ class Store:
         return {(t, p): self.held[group, t, p] for t, p in tps if (group, t, p) in self.held}
 
 
+@dataclass
+class Service:
+    consumer: Any
+    store: Store
+    group: str = "sink"
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    assigned_once: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 def seeker(consumer: Consumer, store: Store, writing: asyncio.Lock | None = None) -> SeekToStored:
-    return SeekToStored(
-        cast(AIOKafkaConsumer, consumer),
-        store,
-        "sink",
-        writing=writing or asyncio.Lock(),
-        assigned_once=asyncio.Event(),
-        name="test",
-    )
+    service = Service(consumer, store)
+    if writing is not None:
+        service.writing = writing
+    return SeekToStored(service, "test")
 
 
 async def test_an_assignment_resumes_where_the_database_says_and_reads_the_rest_anew() -> None:
@@ -57,7 +63,7 @@ async def test_an_assignment_resumes_where_the_database_says_and_reads_the_rest_
 
     assert consumer.seeks == {assigned[0]: 41, assigned[2]: 7}
     assert consumer.from_beginning == [assigned[1]]
-    assert listener.assigned_once.is_set()
+    assert listener.service.assigned_once.is_set()
 
 
 async def test_a_revocation_waits_for_the_batch_being_written() -> None:
@@ -76,5 +82,5 @@ async def test_an_empty_assignment_still_makes_the_service_ready() -> None:
     consumer: Any = Consumer()
     listener = seeker(consumer, Store({}))
     await listener.on_partitions_assigned(set())
-    assert listener.assigned_once.is_set()
+    assert listener.service.assigned_once.is_set()
     assert consumer.seeks == {} and consumer.from_beginning == []
