@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None, path: Path = DOC_PATH) -> int:
         description="Write (or check) docs/asyncapi.yaml, generated from schemas/.",
         check=lambda: check(path),
         write=lambda: [f"wrote {path}" if write(path) else f"{path} unchanged"],
-        current=f"{path} up to date",
+        current=lambda: f"{path} up to date",
         stale="AsyncAPI document is stale: run `python -m schemas.asyncapi`",
     )
 

@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write (or check) the JSON Schema files generated from schemas/.",
         check=check,
         write=lambda: [f"wrote {path}" for path in write()],
-        current=f"{len(render_all())} JSON Schema files up to date",
+        current=lambda: f"{len(render_all())} JSON Schema files up to date",
         stale="JSON Schemas have drifted: run `python -m schemas.export`",
     )
 

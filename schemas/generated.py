@@ -39,11 +39,12 @@ def command(
     description: str,
     check: Callable[[], list[str]],
     write: Callable[[], list[str]],
-    current: str,
+    current: Callable[[], str],
     stale: str,
 ) -> int:
     """The generator's command line: with `--check`, print `check()`'s problems and
-    `stale` and exit 1, or `current`; without, print what `write()` did."""
+    `stale` and exit 1, or `current()`; without, print what `write()` did. `current` is
+    called only then, since saying it may mean rendering again."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if stale")
     args = parser.parse_args(argv)
@@ -54,7 +55,7 @@ def command(
         if problems:
             print(stale, file=sys.stderr)
             return 1
-        print(current)
+        print(current())
         return 0
     for line in write():
         print(line)

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write (or check) deploy/k8s/prometheusrule.yaml from the rules file.",
         check=check,
         write=lambda: [f"wrote {MANIFEST}" if write() else f"{MANIFEST} unchanged"],
-        current=f"{MANIFEST} up to date",
+        current=lambda: f"{MANIFEST} up to date",
         stale="the PrometheusRule has drifted: run `meter rules export`",
     )
 
