@@ -69,10 +69,10 @@ lock: setup
 		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu --only-binary :all: \
 		--custom-compile-command 'make lock' $(LOCK_FLAGS) -o $(LOCK)
 
-## Benchmark: ceiling vs one worker's drain rate, latency, recovery (bench/results.json;
-## ~7.5 min; add --scaling by hand for the two-worker drain, ~4.5 min more).
+## Benchmark: ceiling vs one worker's drain rate, latency, recovery, marks, and the
+## drain of two workers and of `--processes 2` (bench/results.json; ~10 min).
 bench: setup
-	$(BIN)/python -m bench.run --processes 2 --out bench/results.json
+	$(BIN)/python -m bench.run --processes 2 --scaling --out bench/results.json
 
 bench-quick: setup
 	$(BIN)/python -m bench.run --quick --out bench/results-quick.json

@@ -131,6 +131,8 @@ async def two_workers(
         "machine_busy": _rounded(result.machine_busy),
         "events": result.events,
         "transactions_per_1000": _rounded(result.transactions_per_1000),
+        # As `records_per_process`: the partitions, not the workers, split the work.
+        "records_per_worker": [sum(w.each) for w in pair],
     }
 
 

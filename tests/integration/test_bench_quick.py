@@ -30,7 +30,17 @@ NUMBERS = (
 def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--processes", "2", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--processes",
+            "2",
+            "--scaling",
+            "--out",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -68,6 +78,12 @@ def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
     assert len(procs["records_per_process"]) == 2, procs
     assert sum(procs["records_per_process"]) >= procs["events"], procs
     assert procs["ratio_to_ceiling"] > 0 and procs["ratio_to_one_worker"] > 0, procs
+    # `--scaling`: two separate workers of a second deployment, counted the same way.
+    pair = result["scaling"]
+    assert pair["two_workers_events_per_s"] > 0, pair
+    assert len(pair["records_per_worker"]) == 2, pair
+    assert sum(pair["records_per_worker"]) >= pair["events"], pair
+    assert pair["ratio_to_ceiling"] > 0 and pair["ratio_to_one_worker"] > 0, pair
     assert result["quick"] is True
     assert result["partitions"] == 12
     assert result["kafka_version"]
