@@ -75,8 +75,22 @@ def log(msg: str) -> None:
 
 
 def worker_build() -> str:
-    """Which per-record path the bench's `meter worker`s run (processor/ops/compiled.py)."""
-    why = compiled.interpreted_reason(Settings().compiled, compiled.source_root())
+    """Which per-record path the bench's `meter worker`s run (processor/ops/compiled.py),
+    building it first when it is missing or older than the sources.
+
+    After an edit under `processor/` the workers would otherwise run the interpreted
+    path, which no user runs, and the whole run would measure that (docs/performance.md,
+    "Two workers and `--processes 2` on the final code"). METER_COMPILED=off still runs
+    the sources, on purpose.
+    """
+    mode = Settings().compiled
+    root = compiled.source_root()
+    build_dir = compiled.default_build_dir(root)
+    found = compiled.status(root, build_dir)
+    if mode != "off" and not found.usable:
+        log(f"building the workers' compiled path first ({found.reason}), about a minute")
+        compiled.build(root, build_dir)
+    why = compiled.interpreted_reason(mode, root)
     return "compiled" if why is None else f"interpreted: {why}"
 
 
