@@ -29,6 +29,7 @@ from processor.dev.simulator import (
     USAGE_CONFERENCING,
     AutoRecharge,
     BillingBook,
+    CallGate,
     DuplicateScheduler,
     OutRecord,
     SimulatorConfig,
@@ -383,6 +384,97 @@ def test_garbage_ratio_is_roughly_respected() -> None:
     gen = _generator(garbage_ratio=0.1)
     kinds = Counter(gen.next_traffic(NOW)[1] for _ in range(5000))
     assert 350 < kinds["garbage"] < 650
+
+
+# ------------------------------------------------------------------- call gate
+
+
+def _status(tenant: str, alert: str, seq: int | None = None) -> dict[str, Any]:
+    value: dict[str, Any] = {"type": "balance_alert", "tenant_id": tenant, "alert": alert}
+    if seq is not None:
+        value["status_seq"] = seq
+    return value
+
+
+def test_gate_blocks_an_exhausted_tenant_until_it_is_restored() -> None:
+    gate = CallGate(["a", "b"])
+    assert gate.allows("a") and gate.allows("b")  # no alert yet: nothing to go by
+    gate.observe(_status("a", "exhausted", 1))
+    assert not gate.allows("a") and gate.allows("b")
+    assert gate.exhausted() == ["a"]
+    gate.observe(_status("a", "restored", 2))
+    assert gate.allows("a") and gate.exhausted() == []
+
+
+def test_gate_goes_by_the_highest_status_seq_not_the_last_arrival() -> None:
+    gate = CallGate(["a"])
+    gate.observe(_status("a", "exhausted", 3))
+    gate.observe(_status("a", "restored", 2))  # an older alert re-delivered late
+    assert not gate.allows("a")
+    gate.observe(_status("a", "restored", 3))  # the same number again changes nothing
+    assert not gate.allows("a")
+    gate.observe(_status("a", "restored", 4))
+    assert gate.allows("a")
+
+
+def test_gate_ranks_unnumbered_alerts_below_numbered_ones() -> None:
+    gate = CallGate(["a"])
+    gate.observe(_status("a", "exhausted"))
+    assert not gate.allows("a")
+    gate.observe(_status("a", "restored"))  # among unnumbered, the last one counts
+    assert gate.allows("a")
+    gate.observe(_status("a", "exhausted", 1))
+    gate.observe(_status("a", "restored"))
+    assert not gate.allows("a")
+
+
+@pytest.mark.parametrize(
+    "alert",
+    [
+        _status("a", "low_balance", 9),
+        _status("a", "recharge_failed", 9),
+        _status("stranger", "exhausted", 1),
+        {"alert": "exhausted", "tenant_id": 7, "status_seq": 1},
+        {"alert": "exhausted", "status_seq": 1},
+    ],
+)
+def test_gate_ignores_other_alerts_and_other_tenants(alert: dict[str, Any]) -> None:
+    gate = CallGate(["a"])
+    gate.observe(alert)
+    assert gate.allows("a") and gate.allows("stranger")
+    assert gate.exhausted() == []
+
+
+def test_traffic_places_no_call_for_a_tenant_the_gate_blocks() -> None:
+    config = SimulatorConfig(bootstrap="unused:9092", seed=7, garbage_ratio=0.0, miskey_ratio=0.0)
+    tenants = generate_tenants(config.tenants, random.Random(1))
+    gate = CallGate(t.tenant_id for t in tenants)
+    blocked = {t.tenant_id for t in tenants[::2]}
+    for tenant in blocked:
+        gate.observe(_status(tenant, "exhausted", 1))
+    gen = TrafficGenerator(
+        config, random.Random(7), run_tag="t3st", tenants=tenants, allows=gate.allows
+    )
+    kinds: Counter[str] = Counter()
+    callers: set[str] = set()
+    for _ in range(3000):
+        record, kind = gen.next_traffic(NOW)
+        kinds[kind] += 1
+        if record is not None:
+            callers.add(orjson.loads(record.value)["tenant_id"])
+    assert kinds["blocked"] > 0 and kinds["usage"] > 0
+    assert callers and not callers & blocked
+
+
+def test_an_open_gate_leaves_the_seeded_traffic_as_it_was() -> None:
+    config = SimulatorConfig(bootstrap="unused:9092", seed=7)
+    rng = random.Random(7)  # the tenants first, from the same stream, as the runner does
+    tenants = generate_tenants(config.tenants, rng)
+    gate = CallGate(t.tenant_id for t in tenants)
+    gated = TrafficGenerator(config, rng, run_tag="t3st", tenants=tenants, allows=gate.allows)
+    plain = _generator(seed=7)
+    for _ in range(500):
+        assert gated.next_traffic(NOW) == plain.next_traffic(NOW)
 
 
 # ------------------------------------------------------------------ duplicates

@@ -1,18 +1,21 @@
 """Traffic simulator for local runs, demos and soak tests.
 
 Plays the systems around the processor against the topics fixed in CONTRACT.md:
-telephony and conferencing (usage events), admins (manual top-ups and auto-recharge
-settings) and the billing system (answers every recharge request with funds or a
-failure). It talks to Kafka with aiokafka directly, so it exercises the processor's
-edges the way a foreign system would, not through faust's own serialisation.
+telephony and conferencing (usage events; no calls for a tenant `credits.alerts` says
+is exhausted), admins (manual top-ups and auto-recharge settings) and the billing
+system (answers every recharge request with funds or a failure). It talks to Kafka
+with aiokafka directly, so it exercises the processor's edges the way a foreign system
+would, not through faust's own serialisation.
 
 Everything that decides *what* to send is pure and seeded (``generate_tenants``,
-``make_*``, ``TrafficGenerator``, ``BillingBook``, ``DuplicateScheduler``), so the
-unit tests need no broker; ``Simulator`` only adds pacing and I/O.
+``make_*``, ``TrafficGenerator``, ``BillingBook``, ``CallGate``,
+``DuplicateScheduler``), so the unit tests need no broker; ``Simulator`` only adds
+pacing and I/O.
 
 Its parts: `contract` (topic names, rejection reasons, value formats), `phones`,
-`tenants`, `events` (the records), `billing`, `config` (settings and counters),
-`traffic` (what to send and when), `runner` (Kafka I/O) and `cli`.
+`tenants`, `events` (the records), `billing`, `gate` (telephony's call gate), `config`
+(settings and counters), `traffic` (what to send and when), `runner` (Kafka I/O) and
+`cli`.
 """
 
 from processor.dev.simulator.billing import BillingBook
@@ -24,6 +27,7 @@ from processor.dev.simulator.cli import (
 )
 from processor.dev.simulator.config import SimulatorConfig, SimulatorStats
 from processor.dev.simulator.contract import (
+    ALERTS,
     BILLING_GROUP_ID,
     COMMANDS,
     EXPECTED_REJECT_REASON,
@@ -44,11 +48,13 @@ from processor.dev.simulator.events import (
     make_garbage,
     make_recharge_failed,
 )
+from processor.dev.simulator.gate import CallGate
 from processor.dev.simulator.runner import Simulator, wait_for_topics
 from processor.dev.simulator.tenants import AutoRecharge, TenantProfile, generate_tenants
 from processor.dev.simulator.traffic import DuplicateScheduler, TokenBucket, TrafficGenerator
 
 __all__ = [
+    "ALERTS",
     "BILLING_GROUP_ID",
     "COMMANDS",
     "EXPECTED_REJECT_REASON",
@@ -59,6 +65,7 @@ __all__ = [
     "USAGE_CONFERENCING",
     "AutoRecharge",
     "BillingBook",
+    "CallGate",
     "DuplicateScheduler",
     "OutRecord",
     "Simulator",

@@ -44,6 +44,11 @@ def build_arg_parser(*, add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--currency", default="USD")
     p.add_argument("--no-setup", action="store_true", help="skip the initial funds/settings")
     p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="place calls for exhausted tenants too (telephony that ignores credits.alerts)",
+    )
+    p.add_argument(
         "--topic-wait",
         type=float,
         default=60.0,
@@ -66,6 +71,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> SimulatorCon
         duration_seconds=args.duration,
         currency=args.currency,
         setup=not args.no_setup,
+        gate_calls=not args.no_gate,
         topic_wait_seconds=None if args.topic_wait < 0 else args.topic_wait,
     )
     for name, value in overrides.items():

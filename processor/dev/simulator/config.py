@@ -31,6 +31,9 @@ class SimulatorConfig:
     # the broker's default partition count. None: do not wait.
     topic_wait_seconds: float | None = 60.0
     setup: bool = True  # send initial funds and settings for every tenant
+    # Place no call for a tenant credits.alerts says is exhausted, as the contract
+    # asks of telephony (simulator/gate.py). False: call regardless of the balance.
+    gate_calls: bool = True
     stats_log_seconds: float | None = None  # log stats periodically (standalone runs)
     # SASL/TLS keyword arguments for every Kafka client (processor.kafka.options).
     client_options: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -70,6 +73,7 @@ class SimulatorStats:
     funds_answered: int = 0
     failures_answered: int = 0
     miskeyed_sent: int = 0
+    calls_blocked: int = 0  # calls the gate refused: their tenants were exhausted
     requests_ignored: int = 0  # re-deliveries and paid requests billing did not answer
     send_errors: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -80,7 +84,8 @@ class SimulatorStats:
     def summary(self) -> str:
         return (
             f"usage {self.usage_sent} dup {self.duplicates_sent} garbage {self.garbage_sent}"
-            f" miskeyed {self.miskeyed_sent} commands {self.commands_sent}"
+            f" miskeyed {self.miskeyed_sent} blocked {self.calls_blocked}"
+            f" commands {self.commands_sent}"
             f" recharge-requests {self.recharge_requests_seen} paid {self.funds_answered}"
             f" failed {self.failures_answered} ignored {self.requests_ignored}"
             f" send-errors {self.send_errors}"

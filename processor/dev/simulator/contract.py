@@ -12,6 +12,7 @@ USAGE_CALLS: Final = "usage.calls"
 USAGE_CONFERENCING: Final = "usage.conferencing"
 COMMANDS: Final = "credits.commands"
 RECHARGE_REQUESTS: Final = "credits.recharge-requests"
+ALERTS: Final = "credits.alerts"  # telephony's call gate reads the status alerts
 SIMULATOR_TOPICS: Final = (USAGE_CALLS, USAGE_CONFERENCING, COMMANDS, RECHARGE_REQUESTS)
 
 BILLING_GROUP_ID: Final = "credits-meter-simulator-billing"

@@ -12,12 +12,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 
 from processor.dev.simulator.billing import BillingBook
 from processor.dev.simulator.config import SimulatorConfig, SimulatorStats
 from processor.dev.simulator.contract import (
+    ALERTS,
     COMMANDS,
     RECHARGE_REQUESTS,
     SIMULATOR_TOPICS,
@@ -25,7 +26,8 @@ from processor.dev.simulator.contract import (
     utcnow,
 )
 from processor.dev.simulator.events import OutRecord, encode
-from processor.dev.simulator.tenants import TenantProfile
+from processor.dev.simulator.gate import CallGate
+from processor.dev.simulator.tenants import TenantProfile, generate_tenants
 from processor.dev.simulator.traffic import DuplicateScheduler, TokenBucket, TrafficGenerator
 
 # The simulator's one logger, named for the package as it always was.
@@ -68,12 +70,21 @@ class Simulator:
         self._rng = random.Random(seed)  # noqa: S311 - simulation, not security
         self._billing_rng = random.Random(seed ^ 0x5EED)  # noqa: S311
         self.run_tag = uuid.uuid4().hex[:8]
-        self.traffic = TrafficGenerator(config, self._rng, self.run_tag)
+        tenants = generate_tenants(config.tenants, self._rng)
+        self.gate = CallGate(t.tenant_id for t in tenants) if config.gate_calls else None
+        self.traffic = TrafficGenerator(
+            config,
+            self._rng,
+            self.run_tag,
+            tenants=tenants,
+            allows=self.gate.allows if self.gate is not None else None,
+        )
         self.billing = BillingBook(failure_ratio=config.failure_ratio, rng=self._billing_rng)
         self.duplicates = DuplicateScheduler(config.duplicate_ratio, self._rng)
         self.stats = SimulatorStats()
         self._answers: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
         self._billing_ready = asyncio.Event()
+        self._gate_ready = asyncio.Event()
         self._error_logged = 0
 
     @property
@@ -83,7 +94,8 @@ class Simulator:
     async def run(self) -> None:
         cfg = self.config
         if cfg.topic_wait_seconds is not None:
-            wanted = [cfg.topic(t) for t in SIMULATOR_TOPICS]
+            gated = (ALERTS,) if self.gate is not None else ()
+            wanted = [cfg.topic(t) for t in (*SIMULATOR_TOPICS, *gated)]
             missing = await wait_for_topics(
                 cfg.bootstrap, wanted, cfg.topic_wait_seconds, **cfg.client_options
             )
@@ -113,11 +125,28 @@ class Simulator:
             isolation_level="read_committed",
             **cfg.client_options,
         )
+        # The gate reads every status alert from the start, outside any group: it
+        # needs each tenant's newest status, not a share of the partitions.
+        alerts = AIOKafkaConsumer(
+            cfg.topic(ALERTS),
+            bootstrap_servers=cfg.bootstrap,
+            client_id="credits-meter-simulator-telephony",
+            group_id=None,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            **cfg.client_options,
+        )
         await producer.start()
         try:
             await consumer.start()
             try:
-                await self._run_tasks(producer, consumer)
+                if self.gate is not None:
+                    await alerts.start()
+                try:
+                    await self._run_tasks(producer, consumer, alerts)
+                finally:
+                    if self.gate is not None:
+                        await alerts.stop()
             finally:
                 await consumer.stop()
         finally:
@@ -126,11 +155,21 @@ class Simulator:
             await producer.stop()
             log.info("simulator stopped: %s", self.stats.summary())
 
-    async def _run_tasks(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
+    async def _run_tasks(
+        self,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        alerts: AIOKafkaConsumer,
+    ) -> None:
         billing_in = asyncio.create_task(self._billing_consume(consumer), name="sim-billing-in")
         billing_out = asyncio.create_task(self._billing_answer(producer), name="sim-billing-out")
         traffic = asyncio.create_task(self._traffic(producer), name="sim-traffic")
         tasks = [billing_in, billing_out, traffic]
+        if self.gate is not None:
+            gate = self.gate
+            tasks.append(asyncio.create_task(self._follow_alerts(alerts, gate), name="sim-gate"))
+        else:
+            self._gate_ready.set()
         if self.config.stats_log_seconds:
             tasks.append(asyncio.create_task(self._log_stats(self.config.stats_log_seconds)))
         try:
@@ -179,6 +218,11 @@ class Simulator:
             await asyncio.wait_for(self._billing_ready.wait(), timeout=30)
         if not self._billing_ready.is_set():
             log.warning("simulator: billing consumer got no partitions yet; starting anyway")
+        with contextlib.suppress(TimeoutError):
+            # Tenants exhausted before this run must not get calls from its first tick.
+            await asyncio.wait_for(self._gate_ready.wait(), timeout=30)
+        if not self._gate_ready.is_set():
+            log.warning("simulator: the call gate has not read credits.alerts yet; calling anyway")
         if cfg.setup:
             for record in self.traffic.setup_records(utcnow()):
                 await self._send(producer, record)
@@ -193,15 +237,18 @@ class Simulator:
             now = utcnow()
             mono = time.monotonic()
             for _ in range(n):
-                record, kind = self.traffic.next_traffic(now)
-                await self._send(producer, record)
+                sent, kind = self.traffic.next_traffic(now)
+                if sent is None:
+                    self.stats.calls_blocked += 1
+                    continue
+                await self._send(producer, sent)
                 if kind == "garbage":
                     self.stats.garbage_sent += 1
                 else:
                     self.stats.usage_sent += 1
                     if kind == "miskeyed":
                         self.stats.miskeyed_sent += 1
-                    self.duplicates.offer(record, mono)
+                    self.duplicates.offer(sent, mono)
             for record in self.duplicates.due(mono):
                 await self._send(producer, record)
                 self.stats.duplicates_sent += 1
@@ -222,12 +269,30 @@ class Simulator:
                 for message in messages:
                     self._on_request(message.value)
 
+    async def _follow_alerts(self, alerts: AIOKafkaConsumer, gate: CallGate) -> None:
+        """Feed every status alert to the gate; ready once the alerts published before
+        the start have been read."""
+        ends: dict[TopicPartition, int] | None = None
+        while True:
+            batches = await alerts.getmany(timeout_ms=500, max_records=1000)
+            for messages in batches.values():
+                for message in messages:
+                    alert = _decoded(message.value)
+                    if alert is not None:
+                        gate.observe(alert)
+            if self._gate_ready.is_set():
+                continue
+            assigned = alerts.assignment()
+            if not assigned:
+                continue
+            if ends is None:
+                ends = await alerts.end_offsets(list(assigned))
+            if all([await alerts.position(tp) >= end for tp, end in ends.items()]):
+                self._gate_ready.set()
+
     def _on_request(self, raw: bytes | None) -> None:
-        try:
-            request = orjson.loads(raw) if raw is not None else None
-        except orjson.JSONDecodeError:
-            request = None
-        if not isinstance(request, dict):
+        request = _decoded(raw)
+        if request is None:
             log.warning("simulator: billing ignored an undecodable recharge request")
             return
         self.stats.recharge_requests_seen += 1
@@ -258,3 +323,12 @@ class Simulator:
         while True:
             await asyncio.sleep(every)
             log.info("simulator: %s", self.stats.summary())
+
+
+def _decoded(raw: bytes | None) -> dict[str, Any] | None:
+    """A record's JSON object, or None for anything else."""
+    try:
+        value = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

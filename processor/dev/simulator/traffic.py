@@ -83,6 +83,10 @@ class DuplicateScheduler:
 
 # ----------------------------------------------------------------------- traffic
 
+# What `TrafficGenerator.next_traffic` made of a tick: "blocked" is a call the gate
+# refused, so nothing is sent.
+TrafficKind = Literal["usage", "garbage", "miskeyed", "blocked"]
+
 
 class TrafficGenerator:
     """Decides every record the simulated telephony, conferencing and admins send.
@@ -92,11 +96,22 @@ class TrafficGenerator:
     must not turn the whole run into duplicates of the previous one.
     """
 
-    def __init__(self, config: SimulatorConfig, rng: random.Random, run_tag: str) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        rng: random.Random,
+        run_tag: str,
+        *,
+        tenants: list[TenantProfile] | None = None,
+        allows: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``tenants``: generated from ``rng`` when not given. ``allows``: telephony's
+        call gate (``CallGate.allows``); None places every call."""
         self.config = config
         self.rng = rng
         self.run_tag = run_tag
-        self.tenants = generate_tenants(config.tenants, rng)
+        self.tenants = tenants if tenants is not None else generate_tenants(config.tenants, rng)
+        self._allows = allows
         self._cum_weights: list[float] = []
         total = 0.0
         for t in self.tenants:
@@ -130,9 +145,13 @@ class TrafficGenerator:
                 out.append(OutRecord(COMMANDS, key, encode(cmd)))
         return out
 
-    def next_usage(self, now: datetime) -> tuple[OutRecord, bool]:
-        """One valid usage record and whether it was deliberately mis-keyed."""
-        tenant = self.pick_tenant()
+    def next_usage(
+        self, now: datetime, tenant: TenantProfile | None = None
+    ) -> tuple[OutRecord, bool]:
+        """One valid usage record (of ``tenant``, or of one picked by activity) and
+        whether it was deliberately mis-keyed."""
+        if tenant is None:
+            tenant = self.pick_tenant()
         event_id = self.next_id("ev")
         if self.rng.random() < self.config.conference_share:
             topic, event = (
@@ -161,12 +180,14 @@ class TrafficGenerator:
             self.config.currency,
         )
 
-    def next_traffic(
-        self, now: datetime
-    ) -> tuple[OutRecord, Literal["usage", "garbage", "miskeyed"]]:
+    def next_traffic(self, now: datetime) -> tuple[OutRecord | None, TrafficKind]:
+        """The next record to send, or None for a call the gate refused ("blocked")."""
         if self.rng.random() < self.config.garbage_ratio:
             return self.next_garbage(now), "garbage"
-        record, miskeyed = self.next_usage(now)
+        tenant = self.pick_tenant()
+        if self._allows is not None and not self._allows(tenant.tenant_id):
+            return None, "blocked"
+        record, miskeyed = self.next_usage(now, tenant)
         return record, "miskeyed" if miskeyed else "usage"
 
     def admin_action(self, now: datetime) -> OutRecord:
