@@ -1,7 +1,7 @@
 """The latency harness's own floor: a relay as light as aiokafka allows, in place of the worker.
 
-    python -m bench.floor [--rate 9000] [--passes 2] [--plain]
-    python -m bench.floor relay --bootstrap HOST:PORT --prefix P [--plain]
+    python -m bench.floor [--rate 9000] [--passes 2] [--plain] [--work-us W] [--half-drain N]
+    python -m bench.floor relay --bootstrap HOST:PORT --prefix P [--plain] [--work-us W]
 
 Item 3 of the benchmark times a usage record from the producer to its ledger entry
 being readable. With the broker, the harness and the worker on the same two cores,
@@ -18,6 +18,13 @@ no transaction (the floor before transactions, 2026-12-02).
 same rate (`measure`): the worker's p99 next to what the machine gives a relay in the
 same run. The standalone form starts its own broker; its first pass warms the broker's
 new topics up (its JIT, the log segments), the later ones are the floor.
+
+`--work-us W` gives the relay W microseconds of its thread's CPU a record, a stand-in
+for the worker's own work, so the relay models a worker whose only cost besides that
+work is the lightest transactional client. `--half-drain N` first drains N preloaded
+events with such a relay and times the phase at half the rate it drained, as `make
+bench` times the worker's (docs/performance.md, "The lightest consumer at half its own
+drain rate").
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
@@ -39,7 +46,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench import measures
 from bench.worker import CHECKOUT
-from bench.workload import Event, Workload, create_topics, producer
+from bench.workload import Event, Workload, create_topics, preload, producer
 from processor.dev import simulator as sim
 from processor.dev.kafka_local import LocalKafka
 from processor.kafka import glue
@@ -47,6 +54,14 @@ from processor.kafka import glue
 PARTITIONS = 12
 EVENTS = 6000
 READY = "ready"
+# A round takes at most the worker's METER_BATCH_MAX records, and the relay stages at
+# most two rounds ahead: in a drain, a fetch loop left to run ahead would do the work
+# of records long before the rounds that commit them, and a drain's rate would lie.
+ROUND_MAX = 6000
+STAGED_MAX = 2 * ROUND_MAX
+# A drain's clock starts once a fifth of its records are committed: the broker's first
+# transactions on new partitions are slow ("Transactions v2").
+DRAIN_WARM_SHARE = 0.2
 # A round's records, as the relay fetched them: partition, key, event id.
 Fetched = tuple[int, bytes | None, str]
 
@@ -106,6 +121,26 @@ def round_records(
     return out
 
 
+def spend(work_us: float) -> None:
+    """Burn `work_us` microseconds of this thread's CPU (not wall time: a busy loop
+    preempted by the broker would otherwise cost less than it says)."""
+    if work_us <= 0:
+        return
+    end = time.thread_time() + work_us / 1e6
+    while time.thread_time() < end:
+        pass
+
+
+@dataclass(frozen=True)
+class RelayDrain:
+    """A relay's drain of preloaded events, from its first fifth on."""
+
+    events: int
+    seconds: float
+    events_per_s: float
+    cpu_us_per_event: float
+
+
 async def _assigned(consumer: AIOKafkaConsumer) -> None:
     """Until the group gave the consumer its partitions and their "latest" positions
     are resolved: a record sent before that would be skipped."""
@@ -115,22 +150,29 @@ async def _assigned(consumer: AIOKafkaConsumer) -> None:
         await consumer.position(tp)
 
 
-def _consumer(bootstrap: str, topics: FloorTopics) -> AIOKafkaConsumer:
+def _consumer(bootstrap: str, topics: FloorTopics, earliest: bool = False) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics.inputs,
         bootstrap_servers=bootstrap,
         group_id=f"floor-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="latest",
+        auto_offset_reset="earliest" if earliest else "latest",
         fetch_max_wait_ms=20,  # as the worker asks (processor/worker/consumer.py)
     )
 
 
 async def transactional_relay(
-    bootstrap: str, topics: FloorTopics, ready: Callable[[], None]
-) -> None:
+    bootstrap: str,
+    topics: FloorTopics,
+    ready: Callable[[], None],
+    work_us: float = 0.0,
+    drain: int | None = None,
+) -> RelayDrain | None:
     """Rounds as the worker's: records are staged as they are fetched, and a round
-    commits all staged so far while the next ones are fetched."""
-    consumer = _consumer(bootstrap, topics)
+    commits all staged so far (up to ROUND_MAX) while the next ones are fetched.
+
+    `work_us`: CPU spent on each record as it is staged. `drain`: read the inputs from
+    their start and return once that many records are committed, with the rate."""
+    consumer = _consumer(bootstrap, topics, earliest=drain is not None)
     prod = glue.TransactionsV2Producer(
         bootstrap_servers=bootstrap,
         transactional_id=f"floor-{uuid.uuid4().hex[:6]}",
@@ -141,26 +183,41 @@ async def transactional_relay(
     await prod.start()
     staged: list[Fetched] = []
     waiting = asyncio.Event()
+    room = asyncio.Event()  # set while fewer than STAGED_MAX records wait for a round
 
     async def fetch() -> None:
         while True:
-            fetched = await consumer.getmany(timeout_ms=100)
+            while len(staged) >= STAGED_MAX:
+                room.clear()
+                await room.wait()
+            fetched = await consumer.getmany(timeout_ms=100, max_records=ROUND_MAX)
             for tp, records in fetched.items():
                 for r in records:
                     staged.append((tp.partition, r.key, orjson.loads(r.value)["event_id"]))
+                    spend(work_us)
             if staged:
                 waiting.set()
+            # getmany answers from its buffer without suspending: let the rounds run.
+            await asyncio.sleep(0)
 
     fetching: asyncio.Task[None] | None = None
+    committed = 0
+    warmed = False
     try:
         await _assigned(consumer)
         ready()
+        # Records, wall and CPU time at the drain's start: moved to the end of the first
+        # round past the warm share, unless that round ends the drain.
+        clock = (0, time.perf_counter(), time.process_time())
         fetching = asyncio.create_task(fetch())
         while True:
             await waiting.wait()
             waiting.clear()
-            taken = staged[:]
-            staged.clear()
+            taken = staged[:ROUND_MAX]
+            del staged[:ROUND_MAX]
+            room.set()
+            if staged:
+                waiting.set()
             await prod.begin_transaction()
             sends = []
             for (topic, partition), records in round_records(taken, topics).items():
@@ -170,6 +227,17 @@ async def transactional_relay(
                 sends.append(await prod.send_batch(batch, topic, partition=partition))
             await asyncio.gather(*sends)
             await prod.commit_transaction()
+            committed += len(taken)
+            if drain is None:
+                continue
+            if not warmed and drain * DRAIN_WARM_SHARE <= committed < drain:
+                clock = (committed, time.perf_counter(), time.process_time())
+                warmed = True
+            if committed >= drain:
+                events = committed - clock[0]
+                seconds = time.perf_counter() - clock[1]
+                cpu = time.process_time() - clock[2]
+                return RelayDrain(events, seconds, events / seconds, cpu / events * 1e6)
     finally:
         if fetching is not None:
             fetching.cancel()
@@ -212,9 +280,17 @@ class RelayProcess:
 
     @classmethod
     async def start(
-        cls, bootstrap: str, prefix: str, plain: bool = False, within: float = 60.0
+        cls,
+        bootstrap: str,
+        prefix: str,
+        plain: bool = False,
+        within: float = 60.0,
+        work_us: float = 0.0,
+        drain: int | None = None,
     ) -> RelayProcess:
-        args = ["relay", "--bootstrap", bootstrap, "--prefix", prefix]
+        args = ["relay", "--bootstrap", bootstrap, "--prefix", prefix, "--work-us", str(work_us)]
+        if drain is not None:
+            args += ["--drain", str(drain)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -234,6 +310,14 @@ class RelayProcess:
             await relay.stop()
             raise
         return relay
+
+    async def drained(self, within: float) -> RelayDrain:
+        """What a relay started with `drain` reports once it has committed them all."""
+        assert self._proc.stdout is not None
+        line = await asyncio.wait_for(self._proc.stdout.readline(), within)
+        if not line:
+            raise RuntimeError("the floor's relay ended before its drain was done")
+        return RelayDrain(**orjson.loads(line))
 
     async def stop(self) -> None:
         if self._proc.returncode is None:
@@ -256,6 +340,7 @@ async def measure(
     rate: float,
     broker_pid: int,
     plain: bool = False,
+    work_us: float = 0.0,
 ) -> list[Floor]:
     """The relay's latency at `rate`, timed as the worker's (on topics of its own), for
     each pass of events in turn. Count the first as a warm-up: on partitions the broker
@@ -263,7 +348,7 @@ async def measure(
     (docs/performance.md, "Transactions v2"), where the worker's drain warmed its own."""
     topics = FloorTopics.under(prefix)
     await create_topics(bootstrap, topics.every, PARTITIONS)
-    relay = await RelayProcess.start(bootstrap, prefix, plain)
+    relay = await RelayProcess.start(bootstrap, prefix, plain, work_us=work_us)
     floors = []
     try:
         for events in passes:
@@ -279,19 +364,43 @@ async def measure(
     return floors
 
 
-async def standalone(rate: float, passes: int, plain: bool) -> None:
+async def drain_rate(
+    bootstrap: str, prefix: str, work: Workload, events: int, work_us: float
+) -> RelayDrain:
+    """A relay's drain of `events` preloaded usage events, on topics of its own."""
+    topics = FloorTopics.under(prefix)
+    await create_topics(bootstrap, topics.every, PARTITIONS)
+    await preload(bootstrap, topics.send_prefix, work.usage(events), PARTITIONS)
+    relay = await RelayProcess.start(bootstrap, prefix, work_us=work_us, drain=events)
+    try:
+        return await relay.drained(within=600.0)
+    finally:
+        await relay.stop()
+
+
+async def standalone(
+    rate: float, passes: int, plain: bool, work_us: float = 0.0, half_drain: int = 0
+) -> None:
     root = Path(tempfile.mkdtemp(prefix="floor-"))
     broker = LocalKafka(root / "kafka")
     await broker.astart()
     try:
         tag = uuid.uuid4().hex[:6]
         work = Workload(10_000, seed=6, run_tag=tag)
+        if half_drain:
+            drained = await drain_rate(
+                broker.bootstrap, f"floor-drain-{tag}.", work, half_drain, work_us
+            )
+            rate = drained.events_per_s / 2
+            print(f"drain: {drained}; the phase at half of it", flush=True)
         size = max(EVENTS, int(rate * 10))
         runs = [list(work.usage(size)) for _ in range(passes)]
         pid = broker.pid
         if pid is None:
             raise RuntimeError("the broker has no process")
-        floors = await measure(broker.bootstrap, f"floor-{tag}.", runs, rate, pid, plain)
+        floors = await measure(
+            broker.bootstrap, f"floor-{tag}.", runs, rate, pid, plain, work_us=work_us
+        )
         for n, floor in enumerate(floors):
             lat = floor.latency
             print(
@@ -304,12 +413,19 @@ async def standalone(rate: float, passes: int, plain: bool) -> None:
         await broker.astop()
 
 
-async def relay_main(bootstrap: str, prefix: str, plain: bool) -> None:
+async def relay_main(
+    bootstrap: str, prefix: str, plain: bool, work_us: float, drain: int | None
+) -> None:
     def ready() -> None:
         print(READY, flush=True)
 
-    relay = plain_relay if plain else transactional_relay
-    await relay(bootstrap, FloorTopics.under(prefix), ready)
+    topics = FloorTopics.under(prefix)
+    if plain:
+        await plain_relay(bootstrap, topics, ready)
+        return
+    drained = await transactional_relay(bootstrap, topics, ready, work_us, drain)
+    if drained is not None:
+        print(orjson.dumps(asdict(drained)).decode(), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -320,16 +436,30 @@ def main(argv: list[str] | None = None) -> None:
     relay.add_argument("--bootstrap", required=True)
     relay.add_argument("--prefix", required=True)
     relay.add_argument("--plain", action="store_true", help="no transactions")
+    relay.add_argument("--work-us", type=float, default=0.0)
+    relay.add_argument("--drain", type=int, default=None, help="report after this many")
     parser.add_argument("--rate", type=float, default=9000.0, help="events/s sent")
     parser.add_argument("--passes", type=int, default=2, help="timed passes (first warms)")
+    parser.add_argument(
+        "--work-us", type=float, default=0.0, help="CPU microseconds of work a record"
+    )
+    parser.add_argument(
+        "--half-drain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drain N preloaded events first, and time the phase at half that rate",
+    )
     args = parser.parse_args(argv)
     if args.command == "relay":
         with contextlib.suppress(KeyboardInterrupt):
             # The worker's loop (processor/ops/service_commands.py).
-            uvloop.run(relay_main(args.bootstrap, args.prefix, args.plain))
+            uvloop.run(
+                relay_main(args.bootstrap, args.prefix, args.plain, args.work_us, args.drain)
+            )
         return
     start = time.perf_counter()
-    uvloop.run(standalone(args.rate, args.passes, args.plain))
+    uvloop.run(standalone(args.rate, args.passes, args.plain, args.work_us, args.half_drain))
     print(f"{time.perf_counter() - start:.0f} s in all")
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 
-from bench.floor import MARK_BYTES, FloorTopics, round_records
+from bench.floor import MARK_BYTES, FloorTopics, round_records, spend
 from processor.dev import simulator as sim
 
 TOPICS = FloorTopics.under("bench-abc.")
@@ -38,3 +40,13 @@ def test_a_round_writes_an_entry_a_record_the_newest_state_a_key_and_marks_a_par
 
 def test_an_empty_round_writes_nothing() -> None:
     assert round_records([], TOPICS) == {}
+
+
+def test_spend_burns_the_threads_cpu_it_is_asked_for() -> None:
+    start = time.thread_time()
+    for _ in range(100):
+        spend(200.0)
+    assert time.thread_time() - start >= 100 * 200e-6
+    before = time.thread_time()
+    spend(0.0)
+    assert time.thread_time() - before < 0.01
