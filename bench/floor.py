@@ -451,6 +451,8 @@ def main(argv: list[str] | None = None) -> None:
         help="drain N preloaded events first, and time the phase at half that rate",
     )
     args = parser.parse_args(argv)
+    if args.plain and (args.work_us or args.half_drain):
+        parser.error("--work-us and --half-drain model the transactional relay, not --plain")
     if args.command == "relay":
         with contextlib.suppress(KeyboardInterrupt):
             # The worker's loop (processor/ops/service_commands.py).

@@ -127,25 +127,29 @@ class Simulator:
         )
         # The gate reads every status alert from the start, outside any group: it
         # needs each tenant's newest status, not a share of the partitions.
-        alerts = AIOKafkaConsumer(
-            cfg.topic(ALERTS),
-            bootstrap_servers=cfg.bootstrap,
-            client_id="credits-meter-simulator-telephony",
-            group_id=None,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            **cfg.client_options,
+        alerts = (
+            AIOKafkaConsumer(
+                cfg.topic(ALERTS),
+                bootstrap_servers=cfg.bootstrap,
+                client_id="credits-meter-simulator-telephony",
+                group_id=None,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                **cfg.client_options,
+            )
+            if self.gate is not None
+            else None
         )
         await producer.start()
         try:
             await consumer.start()
             try:
-                if self.gate is not None:
+                if alerts is not None:
                     await alerts.start()
                 try:
                     await self._run_tasks(producer, consumer, alerts)
                 finally:
-                    if self.gate is not None:
+                    if alerts is not None:
                         await alerts.stop()
             finally:
                 await consumer.stop()
@@ -159,15 +163,15 @@ class Simulator:
         self,
         producer: AIOKafkaProducer,
         consumer: AIOKafkaConsumer,
-        alerts: AIOKafkaConsumer,
+        alerts: AIOKafkaConsumer | None,
     ) -> None:
         billing_in = asyncio.create_task(self._billing_consume(consumer), name="sim-billing-in")
         billing_out = asyncio.create_task(self._billing_answer(producer), name="sim-billing-out")
         traffic = asyncio.create_task(self._traffic(producer), name="sim-traffic")
         tasks = [billing_in, billing_out, traffic]
-        if self.gate is not None:
-            gate = self.gate
-            tasks.append(asyncio.create_task(self._follow_alerts(alerts, gate), name="sim-gate"))
+        if alerts is not None and self.gate is not None:
+            following = self._follow_alerts(alerts, self.gate)
+            tasks.append(asyncio.create_task(following, name="sim-gate"))
         else:
             self._gate_ready.set()
         if self.config.stats_log_seconds:
@@ -212,17 +216,15 @@ class Simulator:
 
     async def _traffic(self, producer: AIOKafkaProducer) -> None:
         cfg = self.config
-        with contextlib.suppress(TimeoutError):
-            # Billing must be listening before the first request can exist: it
-            # starts from the latest offset and would miss earlier ones.
-            await asyncio.wait_for(self._billing_ready.wait(), timeout=30)
-        if not self._billing_ready.is_set():
-            log.warning("simulator: billing consumer got no partitions yet; starting anyway")
-        with contextlib.suppress(TimeoutError):
-            # Tenants exhausted before this run must not get calls from its first tick.
-            await asyncio.wait_for(self._gate_ready.wait(), timeout=30)
-        if not self._gate_ready.is_set():
-            log.warning("simulator: the call gate has not read credits.alerts yet; calling anyway")
+        # Billing must be listening before the first request can exist: it starts
+        # from the latest offset and would miss earlier ones.
+        await _ready_or_warn(
+            self._billing_ready, "billing consumer got no partitions yet; starting anyway"
+        )
+        # Tenants exhausted before this run must not get calls from its first tick.
+        await _ready_or_warn(
+            self._gate_ready, "the call gate has not read credits.alerts yet; calling anyway"
+        )
         if cfg.setup:
             for record in self.traffic.setup_records(utcnow()):
                 await self._send(producer, record)
@@ -323,6 +325,14 @@ class Simulator:
         while True:
             await asyncio.sleep(every)
             log.info("simulator: %s", self.stats.summary())
+
+
+async def _ready_or_warn(ready: asyncio.Event, otherwise: str, within: float = 30.0) -> None:
+    """Wait for `ready`, at most `within` seconds; log `otherwise` if it did not come."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ready.wait(), timeout=within)
+    if not ready.is_set():
+        log.warning("simulator: %s", otherwise)
 
 
 def _decoded(raw: bytes | None) -> dict[str, Any] | None:
