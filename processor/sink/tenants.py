@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from processor.core.status import STATUS_ALERTS, status_rank, supersedes
 from processor.http.views import tenant_id_problem
 from processor.sink.schema import tenants
 from schemas.types import format_money, format_timestamp
@@ -104,11 +105,11 @@ def _apply(row: dict[str, Any], event: TenantEvent) -> bool:
     elif event.kind == "alert":
         alert = f["alert"]
         row["currency"] = f.get("currency") or row["currency"]
-        if alert in ("exhausted", "restored"):
-            seq = f.get("status_seq") or 0
-            if row["status_seq"] is None or seq >= row["status_seq"]:
+        if alert in STATUS_ALERTS:
+            rank = status_rank(f.get("status_seq"))
+            if supersedes(rank, row["status_seq"]):
                 row["status"] = "exhausted" if alert == "exhausted" else "active"
-                row["status_seq"] = seq
+                row["status_seq"] = rank
         elif alert == "recharge_failed":
             _suspend(row, True, event.occurred_at)
             if f.get("reason"):

@@ -428,6 +428,18 @@ def test_gate_ranks_unnumbered_alerts_below_numbered_ones() -> None:
     assert not gate.allows("a")
 
 
+def test_live_view_shows_the_status_of_the_highest_status_seq() -> None:
+    # The console's terminal view follows the same consumer rule as the gate and the sink.
+    state = ViewState()
+    state.apply("alerts", _status("globex", "exhausted", 3))
+    state.apply("alerts", _status("globex", "restored", 2))  # an older one, re-delivered
+    assert state.tenants["globex"].status == "exhausted"
+    assert state.exhausted == 1
+    state.apply("alerts", _status("globex", "restored", 4))
+    assert state.tenants["globex"].status == "active"
+    assert state.tenants["globex"].last_alert == "restored"
+
+
 @pytest.mark.parametrize(
     "alert",
     [

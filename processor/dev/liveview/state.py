@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
+from processor.core.status import STATUS_ALERTS, status_rank, supersedes
 from processor.dev.simulator import (
     SimulatorStats,
 )
@@ -31,7 +32,10 @@ class TenantView:
     currency: str = ""
     debits: int = 0
     credits: int = 0
-    status: str | None = None  # from the last exhausted/restored alert
+    # From the exhausted/restored alert ranked highest (processor/core/status.py), and
+    # that alert's rank.
+    status: str | None = None
+    status_rank: int | None = None
     last_alert: str | None = None
     last_alert_at: str | None = None
 
@@ -187,8 +191,11 @@ class ViewState:
         view = self.tenant(tenant_id)
         view.last_alert = alert
         view.last_alert_at = at
-        if alert in ("exhausted", "restored"):
-            view.status = "exhausted" if alert == "exhausted" else "active"
+        if alert in STATUS_ALERTS:
+            rank = status_rank(p.get("status_seq"))
+            if supersedes(rank, view.status_rank):
+                view.status = "exhausted" if alert == "exhausted" else "active"
+                view.status_rank = rank
         self.alerts.append(AlertView(tenant_id, alert, _decimal(p.get("balance")), at))
         return True
 

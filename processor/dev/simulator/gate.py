@@ -10,15 +10,14 @@ arrives still ends with its usage event, so a balance may go a little past the l
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any
 
-_STATUS_ALERTS: Final = frozenset({"exhausted", "restored"})
+from processor.core.status import STATUS_ALERTS, status_rank, supersedes
 
 
 class CallGate:
-    """Each of the simulator's tenants' status, by the contract's rule for consumers:
-    the `exhausted`/`restored` alert with the highest `status_seq` wins; one without a
-    number is older than any numbered one, and among those the last to arrive wins.
+    """Each of the simulator's tenants' status, by the contract's rule for consumers
+    (processor/core/status.py).
 
     Only the simulator's own tenants are tracked, so a topic shared with other tenants
     cannot grow it. A tenant no alert has named yet may call (its first funds answer
@@ -32,17 +31,14 @@ class CallGate:
         """Take one decoded `credits.alerts` value into account; others are ignored."""
         kind = alert.get("alert")
         tenant_id = alert.get("tenant_id")
-        if kind not in _STATUS_ALERTS or not isinstance(tenant_id, str):
+        if kind not in STATUS_ALERTS or not isinstance(tenant_id, str):
             return
         if tenant_id not in self._status:
             return
-        seq = alert.get("status_seq")
-        # Unnumbered alerts predate the field: 0 ranks them below any numbered one.
-        rank = seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else 0
+        rank = status_rank(alert.get("status_seq"))
         known = self._status[tenant_id]
-        if known is not None and (rank < known[0] or (rank == known[0] and rank > 0)):
-            return  # an older alert re-delivered, or the same one again
-        self._status[tenant_id] = (rank, kind == "exhausted")
+        if supersedes(rank, None if known is None else known[0]):
+            self._status[tenant_id] = (rank, kind == "exhausted")
 
     def allows(self, tenant_id: str) -> bool:
         """Whether a credit-funded call may start for ``tenant_id`` now."""
