@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Final
 
-STATUS_ALERTS: Final = frozenset({"exhausted", "restored"})
+# The status alerts, and the status each one leaves the tenant in (the word the
+# tenant APIs use).
+STATUS_AFTER: Final = {"exhausted": "exhausted", "restored": "active"}
+STATUS_ALERTS: Final = frozenset(STATUS_AFTER)
 
 
 def status_rank(status_seq: object) -> int:

@@ -30,7 +30,7 @@ from typing import Any, Final, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from processor.core.status import STATUS_ALERTS, status_rank, supersedes
+from processor.core.status import STATUS_AFTER, STATUS_ALERTS, status_rank, supersedes
 from processor.http.views import tenant_id_problem
 from processor.sink.schema import tenants
 from schemas.types import format_money, format_timestamp
@@ -108,7 +108,7 @@ def _apply(row: dict[str, Any], event: TenantEvent) -> bool:
         if alert in STATUS_ALERTS:
             rank = status_rank(f.get("status_seq"))
             if supersedes(rank, row["status_seq"]):
-                row["status"] = "exhausted" if alert == "exhausted" else "active"
+                row["status"] = STATUS_AFTER[alert]
                 row["status_seq"] = rank
         elif alert == "recharge_failed":
             _suspend(row, True, event.occurred_at)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
-from processor.core.status import STATUS_ALERTS, status_rank, supersedes
+from processor.core.status import STATUS_AFTER, STATUS_ALERTS, status_rank, supersedes
 from processor.dev.simulator import (
     SimulatorStats,
 )
@@ -194,7 +194,7 @@ class ViewState:
         if alert in STATUS_ALERTS:
             rank = status_rank(p.get("status_seq"))
             if supersedes(rank, view.status_rank):
-                view.status = "exhausted" if alert == "exhausted" else "active"
+                view.status = STATUS_AFTER[alert]
                 view.status_rank = rank
         self.alerts.append(AlertView(tenant_id, alert, _decimal(p.get("balance")), at))
         return True
