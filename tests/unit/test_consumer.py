@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import CommitFailedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from intervaltree import Interval, IntervalTree
@@ -352,6 +353,52 @@ async def test_the_fetch_loop_waits_for_room_when_the_sink_is_full() -> None:
     await c.fetch_loop(fetcher)
     assert sink.waited == 1
     assert sum(len(batch) for batch in sink.lists) == 250
+
+
+async def test_a_commit_by_count_goes_beside_the_fetch_loop_one_at_a_time() -> None:
+    fetch = [(A, _Message(A, i)) for i in range(250)]
+    sink = _Sink()
+    c, _, fetcher = _looping_consumer(fetch, sink)
+    glue.set_consumer_state(c, commit_every=10, n_acked=10)
+    answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    began: list[int] = []
+
+    async def commit() -> bool:
+        began.append(sum(len(batch) for batch in sink.lists))
+        await answered
+        return True
+
+    c.commit = commit
+    await c.fetch_loop(fetcher)
+    # The commit began as the loop went on, and every record was handed over while it
+    # still waited for the coordinator.
+    assert sum(len(batch) for batch in sink.lists) == 250
+    assert len(began) == 1 and began[0] < 250 and not answered.done()
+    c.commit_aside()  # the count reached again meanwhile: left to the next
+    answered.set_result(None)
+    await asyncio.sleep(0)
+    assert len(began) == 1 and c.committing is None
+    c.commit_aside()
+    await asyncio.sleep(0)
+    assert began[1:] == [250]
+
+
+async def test_a_failed_commit_by_count_crashes_the_consumer() -> None:
+    c, _, _ = _looping_consumer([], _Sink())
+    failure = CommitFailedError("rebalanced")
+    crashed: list[BaseException] = []
+
+    async def commit() -> bool:
+        raise failure
+
+    async def crash(reason: BaseException) -> None:
+        crashed.append(reason)
+
+    c.commit, c.crash = commit, crash
+    c.commit_aside()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert crashed == [failure] and c.committing is None
 
 
 def _fetching_consumer(

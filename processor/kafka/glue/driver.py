@@ -32,6 +32,7 @@ CONSUMER_STATE = frozenset(
         "stopped",
         "crashed",
         "buffered_partitions",
+        "n_acked",
     }
 )
 
@@ -210,6 +211,9 @@ class FetchLoop(faust_aiokafka.Consumer):
     fetched_at = 0
     # aiokafka on the main loop (`MainLoopConsumer`) or in Faust's consumer thread.
     on_main_loop = True
+    # The commit by count in flight (`commit_aside`), held here: the loop keeps only a
+    # weak reference to a task.
+    committing: asyncio.Future[None] | None = None
 
     # ---- the hooks ---------------------------------------------------------------
 
@@ -356,7 +360,7 @@ class FetchLoop(faust_aiokafka.Consumer):
                                 await self._add_gap(tp, r_offset + 1, offset)
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
-                                await self.commit()
+                                self.commit_aside()
                             if tp.topic in direct:
                                 batch.append(message)
                             else:
@@ -381,6 +385,29 @@ class FetchLoop(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
+
+    def commit_aside(self) -> None:
+        """Faust's commit by count (every `broker_commit_every` acks), in a task of its own.
+
+        Faust's fetch loop awaits it: while the commit's request went to the group
+        coordinator and back, no record was handed over and no fetch asked for, and the
+        records arriving meanwhile were then fetched at once and staged over more than one
+        round (docs/performance.md, "A commit by count beside the fetch loop"). One at a
+        time: a count reached while one is in flight is left to the next.
+        """
+        if self.committing is None:
+            self.committing = asyncio.ensure_future(self.commit_by_count())
+
+    async def commit_by_count(self) -> None:
+        try:
+            await self.commit()
+        except Exception as exc:
+            # Awaited in the fetch loop, a failed commit stopped the loop and crashed
+            # the consumer; so it does here, unless the app is stopping anyway.
+            if not self.transport.app.should_stop:
+                await self.crash(exc)
+        finally:
+            self.committing = None
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 (Faust's)
         """Faust's `getmany` (faust-streaming 0.15.3), a partition at a time.
