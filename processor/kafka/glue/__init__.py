@@ -11,11 +11,11 @@ What the worker needs from the libraries' insides, and why:
 
 - Faust's consumer (`FetchLoop`): its fetch loop, copied from faust-streaming 0.15.3 and
   reshaped (no task per record, a list hand-over for `direct` topics, stale records
-  dropped), and its `getmany` (a partition at a time, with Faust's `_to_message` and
-  buffered partitions); the commit offset it computes (`_new_offset`), which the
-  worker's guard narrows; its gap bookkeeping, whose end Faust sets one record too far; the
-  bookkeeping itself (acked offsets, gaps, read and committed offsets), which the
-  guard reads.
+  dropped, the commit by count in a task beside it), and its `getmany` (a partition
+  at a time, with Faust's `_to_message` and buffered partitions); the commit offset it
+  computes (`_new_offset`), which the worker's guard narrows; its gap bookkeeping,
+  whose end Faust sets one record too far; the bookkeeping itself (acked offsets,
+  gaps, read and committed offsets), which the guard reads.
 - Faust's consumer thread (`ConsumerThread`): the aiokafka consumer it builds, which
   Faust gives no way to configure (fetch wait, isolation level), and aiokafka's
   fetcher, whose seeks are counted so that a fetch that came back before a seek can be

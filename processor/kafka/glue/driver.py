@@ -316,7 +316,8 @@ class FetchLoop(faust_aiokafka.Consumer):
         they are collected and handed over in lists (per fetch, at most
         `hand_over_every` at a time). The per-record path of a stream (an Event, a
         channel queue, the stream's iteration, a take buffer, its acks) cost about as
-        much as rating and applying the record. Everything else is Faust's loop as it is.
+        much as rating and applying the record. The commit by count no longer holds the
+        loop (`commit_aside`). Everything else is Faust's loop as it is.
         """
         thread: Any = self._thread
         stale = thread.stale
