@@ -54,6 +54,15 @@ def test_quick_bench_writes_every_number(tmp_path: Path) -> None:
     # The broker works for every drained record, and two processes were busy.
     assert result["broker_cpu_seconds_per_1000"] > 0, result
     assert 0 < result["machine_busy"] <= 1, result
+    # The ceiling's two passes, either side of the drain, and the drain set against
+    # their mean.
+    passes = result["ceiling"]
+    before, after = passes["before_events_per_s"], passes["after_events_per_s"]
+    assert before > 0 and after > 0, passes
+    assert result["ceiling_events_per_s"] == pytest.approx((before + after) / 2, abs=0.1)
+    assert result["ratio_to_ceiling"] == pytest.approx(
+        result["drain_events_per_s"] / result["ceiling_events_per_s"], rel=1e-3
+    )
     for q in ("p50", "p99", "p999"):
         assert result["latency_ms"][q] > 0, result["latency_ms"]
     assert (
