@@ -210,9 +210,9 @@ def grow_marks(n: int, parts: int, rate: float, now: int) -> dict[str, Any]:
         for k, mark in batch:
             seen = passes[0]
             cpu = time.thread_time()
-            t = clock()
+            began = clock()
             store[k] = mark
-            put_seconds += clock() - t
+            put_seconds += clock() - began
             # The longest in CPU time: on a shared machine a put may wait for a core.
             if passes[0] == seen:
                 put_max = max(put_max, time.thread_time() - cpu)

@@ -220,6 +220,8 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     broker = LocalKafka(root / "kafka")
     await broker.astart()
     walls["broker_start"] = time.perf_counter() - t
+    broker_pid = broker.pid
+    assert broker_pid is not None, "a started broker has a process"
     worker: BenchWorker | None = None
     try:
         tag = uuid.uuid4().hex[:6]
@@ -282,7 +284,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             latency_events = max(latency_events, int(rate * FULL_LATENCY_SECONDS))
         lat_events = list(work.usage(latency_events))
         tx0 = await measures.transactions(worker)
-        cpu0 = measures.cpu_mark(worker.pid, broker.pid)
+        cpu0 = measures.cpu_mark(worker.pid, broker_pid)
         lat = await measures.latency(
             broker.bootstrap,
             prefix,
@@ -294,7 +296,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         walls["latency"] = time.perf_counter() - t
         # Where the machine's two cores went meanwhile: the worker shares them with the
         # broker and with this process's sends and reads.
-        lat.split.update(measures.cores_between(cpu0, measures.cpu_mark(worker.pid, broker.pid)))
+        lat.split.update(measures.cores_between(cpu0, measures.cpu_mark(worker.pid, broker_pid)))
         lat.split["transactions_per_s"] = round(
             (await measures.transactions(worker) - tx0) / walls["latency"], 1
         )
@@ -320,7 +322,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             prefix,
             [list(work.usage(max(1, len(lat_events) // 3))), list(work.usage(len(lat_events)))],
             rate,
-            broker.pid,
+            broker_pid,
         )
         lat_floor = floors[-1]
         walls["latency_floor"] = time.perf_counter() - t
