@@ -32,7 +32,7 @@ from bench.worker import BenchWorker
 from bench.workload import Workload, create_topics, preload
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
 from processor.dev import simulator as sim
-from processor.dev.kafka_local import LocalKafka
+from processor.dev.kafka_local import LocalKafka, java_executable
 
 APP = Path(__file__).resolve().parent / "streams_app"
 STEPS = ("ceiling", "streams", "worker")
@@ -52,8 +52,10 @@ def build_app(build_dir: Path) -> str:
             stdout=sys.stderr,
         )
     classpath = f"{build_dir}:{libs}/*"
+    # The JDK the broker runs on (JAVA_HOME, else PATH): its compiler sits beside it.
+    javac = str(Path(java_executable()).resolve().with_name("javac"))
     subprocess.run(
-        ["javac", "-cp", f"{libs}/*", "-d", str(build_dir), str(APP / "src" / "Meter.java")],
+        [javac, "-cp", f"{libs}/*", "-d", str(build_dir), str(APP / "src" / "Meter.java")],
         check=True,
     )
     return classpath
@@ -80,7 +82,8 @@ def streams_drain(
     card, state = root / "card.tsv", root / "streams-state"
     export_rate_card(card)
     state.mkdir()
-    cmd = ["java", "-Xmx1g", "-cp", classpath, "Meter", bootstrap, prefix, str(events)]
+    cmd = [java_executable(), "-Xmx1g", "-cp", classpath, "Meter", bootstrap, prefix]
+    cmd.append(str(events))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [*cmd, str(card), str(state)], capture_output=True, text=True, timeout=900, check=False

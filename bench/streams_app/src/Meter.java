@@ -26,7 +26,8 @@ public class Meter {
   static final ObjectMapper M = new ObjectMapper();
   // table -> prefix -> {per_minute, increment, minimum, connect_fee}
   static final Map<String, Map<String, String[]>> CARD = new HashMap<>();
-  static long expected; static long done = 0; static long t0 = 0, tHalf = 0;
+  // `done` is counted on the stream thread and polled by main: volatile, so main sees it.
+  static long expected; static volatile long done = 0; static long t0 = 0, tHalf = 0;
 
   static String[] find(String table, String number) {
     Map<String, String[]> t = CARD.get(table);
