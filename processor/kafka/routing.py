@@ -9,8 +9,7 @@ placed elsewhere (no key, another key, another partitioner) is re-routed first.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from aiokafka.partitioner import murmur2
 
@@ -32,31 +31,53 @@ def _partition(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-_cached_key = lru_cache(maxsize=CACHED_KEYS)(_partition)
+# Plain dicts, one per partition count, emptied when full: a hit is one probe, where an
+# lru_cache's was a call through its wrapper and a move in its list, several times a
+# record (docs/performance.md, "Partitions cached in plain dicts"). A hot tenant is back
+# in the cache with its next record.
+_tenants: dict[int, dict[str, int]] = {}
+_keys: dict[int, dict[bytes, int]] = {}
 
 
-@lru_cache(maxsize=CACHED_KEYS)
-def _cached_tenant(tenant_id: str, partitions: int) -> int:
-    return _cached_key(tenant_id.encode(), partitions)
+def _cache_of(caches: dict[int, dict[Any, int]], partitions: int) -> dict[Any, int]:
+    cache = caches.get(partitions)
+    if cache is None:
+        cache = caches[partitions] = {}
+    elif len(cache) >= CACHED_KEYS:
+        cache.clear()
+    return cache
 
 
 def partition_for_key(key: bytes, partitions: int) -> int:
+    cache = _keys.get(partitions)
+    if cache is not None:
+        found = cache.get(key)
+        if found is not None:
+            return found
     if len(key) > MAX_CACHED_KEY_BYTES:
         return _partition(key, partitions)
-    return _cached_key(key, partitions)
+    found = _cache_of(_keys, partitions)[key] = _partition(key, partitions)
+    return found
 
 
 def _partition_for(tenant_id: str, partitions: int) -> int:
+    cache = _tenants.get(partitions)
+    if cache is not None:
+        found = cache.get(tenant_id)
+        if found is not None:
+            return found
     if len(tenant_id) > MAX_CACHED_KEY_BYTES or not tenant_id.isascii():
         return _partition(tenant_id.encode(), partitions)
-    return _cached_tenant(tenant_id, partitions)
+    found = partition_for_key(tenant_id.encode(), partitions)
+    _cache_of(_tenants, partitions)[tenant_id] = found
+    return found
 
 
-# Typed as loosely as the lru_cache it replaces (callers pass a table's `partitions`,
+# Typed as loosely as the lru_cache it replaced (callers pass a table's `partitions`,
 # typed int | None by Faust, always set by then).
 partition_for: Callable[..., int] = _partition_for
 
 
 def cache_sizes() -> tuple[int, int]:
     """Entries held by the tenant cache and the key cache (for tests and metrics)."""
-    return _cached_tenant.cache_info().currsize, _cached_key.cache_info().currsize
+    return sum(map(len, _tenants.values())), sum(map(len, _keys.values()))

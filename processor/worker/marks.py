@@ -22,8 +22,8 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from hashlib import blake2b
+from typing import Final
 
 from processor.core.dedupe import dedupe_tenant
 from processor.core.stored import Mark, Position
@@ -61,11 +61,20 @@ Entry = tuple[bytes, str, int, int]
 
 # A mark's digest is asked for twice: the look-up, and its marks record a round or two
 # later (the store is then given the digest the record was packed with,
-# `MarkStore.put_entries`). The recent ones are kept.
-@lru_cache(maxsize=16_384)
+# `MarkStore.put_entries`). The recent ones are kept, in a plain dict emptied when full
+# (a hit is one probe; an lru_cache's was a call through its wrapper).
+CACHED_DIGESTS: Final = 16_384
+_digests: dict[str, bytes] = {}
+
+
 def digest(key: str) -> bytes:
     """The fixed-size digest a mark is held under."""
-    return blake2b(key.encode(), digest_size=DIGEST_BYTES).digest()
+    found = _digests.get(key)
+    if found is None:
+        if len(_digests) >= CACHED_DIGESTS:
+            _digests.clear()
+        found = _digests[key] = blake2b(key.encode(), digest_size=DIGEST_BYTES).digest()
+    return found
 
 
 def expiry_of(expires: int) -> int:

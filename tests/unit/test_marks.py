@@ -5,6 +5,7 @@ after any writes, sweeps and recoveries."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from hashlib import blake2b
 from typing import Any
 
 import pytest
@@ -337,3 +338,13 @@ def test_a_bulk_load_holds_what_puts_one_by_one_would() -> None:
         table.put(digest(key(0, i)), i, 1)
     assert table.get(digest(key(0, n + 10))) == (n + 10, 1)
     assert table.sweep(4_999 + n // 2, Budget(1 << 20, 1 << 30)) > 5_000
+
+
+def test_the_digest_cache_never_holds_more_than_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(marks_module, "CACHED_DIGESTS", 8)
+    for n in range(100):
+        key = dedupe_key("acme", "usage", f"event-{n}")
+        assert digest(key) == blake2b(key.encode(), digest_size=DIGEST_BYTES).digest()
+        assert len(marks_module._digests) <= 8  # noqa: SLF001
