@@ -261,41 +261,6 @@ def _start_at_zero() -> None:
 _start_at_zero()
 
 
-class Batched:
-    """Metric updates gathered record by record and applied once per batch.
-
-    prometheus_client takes a lock for every increment, and a histogram's observe
-    takes two and scans its buckets: the six or so updates a record makes cost about
-    a tenth of its handling. Here a record's updates are dict additions; `apply`
-    hands them to the registry, once per batch taken for flushing.
-    """
-
-    def __init__(self) -> None:
-        self._counts: dict[Any, float] = {}
-        self._observed: dict[Any, list[float]] = {}
-
-    def inc(self, counter: Any, amount: float = 1.0) -> None:
-        """`counter.inc(amount)`, later (`counter`: a Counter or a labelled child)."""
-        counts = self._counts
-        counts[counter] = counts.get(counter, 0.0) + amount
-
-    def observe(self, histogram: Any, value: float) -> None:
-        """`histogram.observe(value)`, later."""
-        values = self._observed.get(histogram)
-        if values is None:
-            self._observed[histogram] = [value]
-        else:
-            values.append(value)
-
-    def apply(self) -> None:
-        counts, self._counts = self._counts, {}
-        observed, self._observed = self._observed, {}
-        for counter, amount in counts.items():
-            counter.inc(amount)
-        for histogram, values in observed.items():
-            observe_all(histogram, values)
-
-
 def observe_all(histogram: Any, values: list[float]) -> None:
     """`histogram.observe(v)` for each of `values`, one lock per bucket touched.
 

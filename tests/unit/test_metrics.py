@@ -1,10 +1,10 @@
-"""Metric updates batched per flush come out as if made one at a time."""
+"""Histogram values observed at once come out as if observed one at a time."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from processor.observability.metrics import Batched, observe_all
+from processor.observability.metrics import observe_all
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 # On a bound, between bounds, past the last, zero, repeated.
@@ -22,23 +22,3 @@ def test_observe_all_gives_the_exposition_of_one_observe_per_value() -> None:
         a.observe(v)
     observe_all(b, VALUES)
     assert generate_latest(at_once) == generate_latest(one_by_one)
-
-
-def test_batched_updates_reach_the_registry_only_when_applied() -> None:
-    registry = CollectorRegistry()
-    counter = Counter("c_total", "c", ["kind"], registry=registry)
-    histogram = Histogram("plain_seconds", "p", buckets=BUCKETS, registry=registry)
-    batch = Batched()
-    batch.inc(counter.labels("debit"))
-    batch.inc(counter.labels("debit"), 2.5)
-    batch.inc(counter.labels("credit"))
-    for v in VALUES:
-        batch.observe(histogram, v)
-    assert registry.get_sample_value("c_total", {"kind": "debit"}) == 0.0
-    batch.apply()
-    assert registry.get_sample_value("c_total", {"kind": "debit"}) == 3.5
-    assert registry.get_sample_value("c_total", {"kind": "credit"}) == 1.0
-    assert registry.get_sample_value("plain_seconds_count") == len(VALUES)
-    assert registry.get_sample_value("plain_seconds_bucket", {"le": "0.01"}) == 3
-    batch.apply()  # nothing new: nothing added twice
-    assert registry.get_sample_value("c_total", {"kind": "debit"}) == 3.5
