@@ -932,6 +932,19 @@ def test_money_text_round_trips_exactly(data: st.DataObject, places: int) -> Non
     assert format_money(parsed) == text
 
 
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False)
+    | st.builds(
+        lambda digits, exponent: Decimal(digits).scaleb(exponent),
+        st.integers(-(10**30), 10**30),
+        st.integers(-40, 40),
+    )
+)
+def test_money_text_is_formats_fixed_point_text(amount: Decimal) -> None:
+    # The fast path (str) must never differ from format(value, "f").
+    assert format_money(amount) == format(amount.copy_abs() if amount.is_zero() else amount, "f")
+
+
 def sample_outputs() -> list[BaseModel]:
     plus_two = timezone(timedelta(hours=2))
     return [
