@@ -45,7 +45,10 @@ def spend(account: Account, amount: Decimal) -> tuple[Lot, ...]:
     while kept and left > ZERO:
         first = kept[0]
         if first.amount > left:
-            kept[0] = replace(first, amount=EXACT.subtract(first.amount, left))
+            # Built, not `replace`d: every debit of a tenant with lots comes here.
+            kept[0] = Lot(
+                first.lot_id, EXACT.subtract(first.amount, left), first.expires_at, first.noticed
+            )
             left = ZERO
         else:
             left = EXACT.subtract(left, first.amount)

@@ -21,7 +21,9 @@ def is_exhausted(balance: Decimal, credit_limit: Decimal = ZERO) -> bool:
     """The one definition of exhausted: the balance plus the tenant's credit limit (how
     far below zero it may go) is at or below zero. Every crossing check, the account
     view and the tallies ask this."""
-    return EXACT.add(balance, credit_limit) <= ZERO
+    # balance + credit_limit <= 0 without the sum: a comparison of Decimals is exact, and
+    # so is copy_negate (no context), at a third of the cost of a sum in EXACT.
+    return balance <= credit_limit.copy_negate()
 
 
 # At most this many lots per tenant (beyond the merge of lots expiring the same UTC day):
@@ -225,6 +227,36 @@ class Account:
     @property
     def exhausted(self) -> bool:
         return is_exhausted(self.balance, self.credit_limit)
+
+    def moved(
+        self,
+        balance: Decimal,
+        entries: int,
+        updated_at: datetime,
+        lots: tuple[Lot, ...],
+        usage: tuple[MonthUsage, ...],
+    ) -> Account:
+        """A copy after a change of the balance (`transition.Builder.move_balance`).
+
+        The one copy every record makes, built here rather than by `values.replace`,
+        whose generic copy is interpreted and takes its changes as keywords (several
+        times the cost). Every field is named: tests/unit/test_state.py holds the list.
+        """
+        return Account(
+            self.tenant_id,
+            balance,
+            self.auto_recharge,
+            self.pending,
+            updated_at,
+            entries,
+            self.requests_issued,
+            self.status_seq,
+            self.credit_limit,
+            self.notify_below,
+            lots,
+            usage,
+            self.notifications,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,13 +151,12 @@ class Builder:
         before = self.account
         # Exact or raising, never rounded under the default context (core/money.py).
         after_balance = EXACT.add(before.balance, signed_amount)
-        self.account = replace(
-            before,
-            balance=after_balance,
-            entries=before.entries + 1,
-            updated_at=self.now,
-            lots=before.lots if lots is None else lots,
-            usage=before.usage if usage is None else usage,
+        self.account = before.moved(
+            after_balance,
+            before.entries + 1,
+            self.now,
+            before.lots if lots is None else lots,
+            before.usage if usage is None else usage,
         )
         if entry_id is None:
             entry_id = derive_id("ledger", before.tenant_id, self.cause.topic, self.cause.id)

@@ -7,12 +7,21 @@ import dataclasses
 import importlib
 import inspect
 import pkgutil
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from processor.core import values
-from processor.core.state import Account
+from processor.core.state import (
+    Account,
+    AutoRecharge,
+    Lot,
+    Notifications,
+    PendingRecharge,
+)
 from processor.core.stored import Position, StoredAccount
+from processor.core.usage import MonthUsage
 from processor.ops import compiled
 
 
@@ -82,3 +91,44 @@ def test_replace_changes_only_the_named_fields() -> None:
         values.replace(account, colour="red")
     with pytest.raises(TypeError):
         values.replace(object())
+
+
+def test_an_accounts_move_copies_every_field_it_does_not_change() -> None:
+    # Account.moved names each field: a field added to Account must be added there too.
+    assert [f.name for f in dataclasses.fields(Account)] == [
+        "tenant_id",
+        "balance",
+        "auto_recharge",
+        "pending",
+        "updated_at",
+        "entries",
+        "requests_issued",
+        "status_seq",
+        "credit_limit",
+        "notify_below",
+        "lots",
+        "usage",
+        "notifications",
+    ]
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    account = Account(
+        "t1",
+        Decimal("5.0000"),
+        AutoRecharge(True, Decimal("20.00"), Decimal("5.00")),
+        PendingRecharge("r-1", Decimal("20.00"), 1, at),
+        at,
+        3,
+        1,
+        2,
+        Decimal("1.0000"),
+        Decimal("2.0000"),
+        (Lot("l-1", Decimal("5.0000"), at),),
+        (MonthUsage(202612),),
+        Notifications(("a@example.com",), None, None, ("recharge_failed",), "n-1"),
+    )
+    later = at + timedelta(seconds=1)
+    lots = (Lot("l-1", Decimal("4.0000"), at),)
+    usage = (MonthUsage(202612), MonthUsage(202611))
+    assert account.moved(Decimal("4.0000"), 4, later, lots, usage) == dataclasses.replace(
+        account, balance=Decimal("4.0000"), entries=4, updated_at=later, lots=lots, usage=usage
+    )
