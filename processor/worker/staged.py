@@ -12,7 +12,7 @@ base's value (a dedupe mark past its window, honoured a little longer).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Generic, TypeVar
 
 _MISSING: object = object()
@@ -34,6 +34,11 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
 
     def __init__(self, base: MutableMapping[K, V]) -> None:
         self.base = base
+        # A base that takes a batch's values in one call (the worker's table store,
+        # `SeqMemoryStore.settle_values`); None: one `base[key] = value` each.
+        self._settle_values: Callable[[list[tuple[K, V]]], None] | None = getattr(
+            base, "settle_values", None
+        )
         # None: the key is forgotten (`forget`).
         self.pending: dict[K, V | None] = {}
         # Batches taken and not yet settled, oldest first.
@@ -105,11 +110,18 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         in_flight = self.in_flight
         if not written:
             base = self.base
-            for key, value in layer.items():
-                if value is not None:
-                    base[key] = value
-                elif key in base:
-                    del base[key]
+            settle_values = self._settle_values
+            if settle_values is not None:
+                settle_values([(key, value) for key, value in layer.items() if value is not None])
+                for key, value in layer.items():
+                    if value is None and key in base:
+                        del base[key]
+            else:
+                for key, value in layer.items():
+                    if value is not None:
+                        base[key] = value
+                    elif key in base:
+                        del base[key]
         if not self.flushing:
             # The last layer in flight (a round's usual case): `in_flight` holds its
             # keys and no other.

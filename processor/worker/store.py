@@ -236,6 +236,19 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
             self.tally.replace(self._partition_of(key), key, self.data.get(key), value)
         self.data[key] = value
 
+    def settle_values(self, values: list[tuple[Any, Any]]) -> None:
+        """What `store[key] = value` does for each, in one call: the flusher settles a
+        batch's values here (`Staged.settle`), one interpreted call a batch rather than
+        two a value."""
+        data = self.data
+        tally = self.tally
+        if tally is None:
+            data.update(values)
+            return
+        for key, value in values:
+            tally.replace(self._partition_of(key), key, data.get(key), value)
+            data[key] = value
+
     def __delitem__(self, key: Any) -> None:
         partition = self._key_partition.pop(key, None)
         old = self.data.pop(key)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from processor.core.state import Account, PendingRecharge
 from processor.core.stored import StoredAccount
+from processor.kafka.routing import partition_for
 from processor.worker.codec import Undecoded, dump_stored
 from processor.worker.tally import AccountTally, Totals, Value
 
@@ -91,3 +92,36 @@ def test_the_store_reads_a_value_decoded_once_and_a_missing_one_as_the_default()
     assert read == acme
     assert store.data["acme"] is read  # decoded in place, once
     assert store.get("acme") is read
+
+
+def _store(data: dict[str, Any]) -> Any:
+    from types import SimpleNamespace
+
+    from processor.worker.store import SeqMemoryStore
+
+    store: Any = object.__new__(SeqMemoryStore)
+    store.data = dict(data)
+    store.tally = AccountTally()
+    store.table = SimpleNamespace(partitions=2)
+    store._key_partition = {}  # noqa: SLF001 - as Faust's table builds it
+    return store
+
+
+def test_a_batch_settled_in_one_call_leaves_what_one_write_each_would() -> None:
+    before = {"t0": value("t0", "10"), "t1": value("t1", "0", pending=True)}
+    batch = [
+        ("t0", value("t0", "-1")),
+        ("t2", value("t2", "5", pending=True)),
+        ("t1", value("t1", "3")),
+    ]
+    one_each, at_once = _store(before), _store(before)
+    for store in (one_each, at_once):
+        for key, stored in before.items():
+            store.tally.replace(partition_for(key, 2), key, None, stored)
+    for key, stored in batch:
+        one_each[key] = stored
+    at_once.settle_values(batch)
+    assert at_once.data == one_each.data
+    assert at_once.tally.totals([0, 1]) == one_each.tally.totals([0, 1])
+    assert at_once.tally.totals([0, 1]) == Totals(tenants=3, outstanding=1, exhausted=1)
+    assert sorted(at_once.tally.pending([0, 1])) == ["t2"]
