@@ -187,19 +187,8 @@ class _Sender:
         path sends those)."""
         batches: list[glue.Batch] = []
         for (topic, partition), group in (await self._group(producer, records)).items():
-            batch = producer.create_batch()
-            for r in group:
-                headers = list(r.headers) if r.headers else []
-                appended = batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
-                if appended is not None:
-                    continue
-                if not batch.record_count():
-                    return None  # larger than a whole batch
-                batches.append((topic, partition, batch))  # full: the next one
-                batch = producer.create_batch()
-                if batch.append(key=r.key, value=r.value, timestamp=None, headers=headers) is None:
-                    return None
-            batches.append((topic, partition, batch))
+            if not glue.pack_group(producer, topic, partition, group, batches):
+                return None
         return batches
 
     async def _group(self, producer: Any, records: Iterable[Out]) -> dict[_TP, list[Out]]:

@@ -71,7 +71,13 @@ from processor.kafka.glue.driver import (
     set_consumer_state,
 )
 from processor.kafka.glue.pending import pending_records
-from processor.kafka.glue.rounds import Batch, RoundRefused, end_round, produce_round
+from processor.kafka.glue.rounds import (
+    Batch,
+    RoundRefused,
+    end_round,
+    pack_group,
+    produce_round,
+)
 from processor.kafka.glue.transactions_v2 import TransactionsV2Producer
 
 __all__ = [
@@ -93,6 +99,7 @@ __all__ = [
     "enabled_blueprints",
     "end_round",
     "fetch_metadata",
+    "pack_group",
     "pending_records",
     "produce_round",
     "producer_id",
@@ -232,6 +239,10 @@ REACHES: tuple[Reach, ...] = (
         ("self", "producer_id", "producer_epoch", "base_sequence"),
     ),
     Reach(BatchBuilder, "_build", "method", "its bytes for a produce of our own", _SELF),
+    Reach(BatchBuilder, "_builder", "attribute", "the C builder fed straight (`pack_group`)"),
+    Reach(BatchBuilder, "_relative_offset", "attribute", "the count `pack_group` appended"),
+    Reach(BatchBuilder, "_key_serializer", "attribute", "`pack_group` takes bytes only"),
+    Reach(BatchBuilder, "_value_serializer", "attribute", "`pack_group` takes bytes only"),
     Reach(
         _S,
         "_coordinator_dead",

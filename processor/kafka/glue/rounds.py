@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka.client import ConnectionGroup, CoordinationType
 from aiokafka.errors import ConcurrentTransactions, ProducerFenced, for_code
@@ -48,6 +48,59 @@ _COORDINATOR_MOVED = frozenset({14, 15, 16})
 _FENCED = 47
 # A record batch for a topic partition, as `AIOKafkaProducer.create_batch` builds it.
 Batch = tuple[str, int, Any]
+
+
+class Keyed(Protocol):
+    """A record to produce, as `pack_group` reads it."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]] | None: ...
+
+
+# The C builder reads a record's headers from a list and keeps none: one empty list
+# serves every record without headers.
+_NO_HEADERS: list[tuple[str, bytes]] = []
+
+
+def pack_group(
+    producer: Any, topic: str, partition: int, records: Iterable[Keyed], into: list[Batch]
+) -> bool:
+    """Append one topic partition's records, in order, to record batches of
+    `producer.create_batch()`, each batch to `into` as it fills, for `produce_round`.
+    An empty batch takes any record, as `BatchBuilder.append`'s does (the broker may
+    then refuse it); False if the builder refused one all the same (`into` then holds
+    part of the group, and the caller sends the round the producer's own way).
+
+    aiokafka's C builder (`BatchBuilder._builder`) is fed straight, and the batch told
+    its count once: `BatchBuilder.append` costs two interpreted calls a record and
+    serializes nothing here (the producer has no serializers).
+    """
+    batch = producer.create_batch()
+    if batch._key_serializer is not None or batch._value_serializer is not None:
+        raise TypeError("pack_group takes records already in bytes (no serializers)")
+    append = batch._builder.append
+    count = 0
+    for r in records:
+        headers = list(r.headers) if r.headers else _NO_HEADERS
+        if append(count, None, key=r.key, value=r.value, headers=headers) is not None:
+            count += 1
+            continue
+        if not count:
+            return False  # larger than a whole batch
+        batch._relative_offset = count  # full: the next one
+        into.append((topic, partition, batch))
+        batch = producer.create_batch()
+        append = batch._builder.append
+        if append(0, None, key=r.key, value=r.value, headers=headers) is None:
+            return False
+        count = 1
+    batch._relative_offset = count
+    into.append((topic, partition, batch))
+    return True
 
 
 class RoundRefused(Exception):
