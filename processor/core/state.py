@@ -240,7 +240,7 @@ class Account:
 
         The one copy every record makes, built here rather than by `values.replace`,
         whose generic copy is interpreted and takes its changes as keywords (several
-        times the cost). Every field is named: tests/unit/test_state.py holds the list.
+        times the cost). Every field is named: tests/unit/test_values.py holds the list.
         """
         return Account(
             self.tenant_id,

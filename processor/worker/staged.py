@@ -110,18 +110,17 @@ class Staged(MutableMapping[K, V], Generic[K, V]):
         in_flight = self.in_flight
         if not written:
             base = self.base
-            settle_values = self._settle_values
-            if settle_values is not None:
-                settle_values([(key, value) for key, value in layer.items() if value is not None])
-                for key, value in layer.items():
-                    if value is None and key in base:
-                        del base[key]
+            values: list[tuple[K, V]] = []
+            for key, value in layer.items():
+                if value is not None:
+                    values.append((key, value))
+                elif key in base:
+                    del base[key]  # a tombstone: no other value of the layer is its key's
+            if self._settle_values is not None:
+                self._settle_values(values)
             else:
-                for key, value in layer.items():
-                    if value is not None:
-                        base[key] = value
-                    elif key in base:
-                        del base[key]
+                for key, value in values:
+                    base[key] = value
         if not self.flushing:
             # The last layer in flight (a round's usual case): `in_flight` holds its
             # keys and no other.

@@ -77,12 +77,7 @@ _shared_prefixes: dict[tuple[str, ...], str] = {}
 
 
 def _money(value: Decimal, scale: int) -> int | str:
-    # As format_money: str() unless it would write an exponent (several times faster).
-    text = str(value)
-    if "E" in text:
-        text = format(value, "f")
-    if text[0] == "-" and value.is_zero():
-        text = text[1:]  # as format_money: never "-0"
+    text = format_money(value)
     n = len(text)
     if n <= _MAX_DIGITS:
         if scale:
