@@ -28,6 +28,7 @@ import processor
 PACKAGES: Final = ("processor", "schemas")
 MODULES: Final = (
     "processor/core/",
+    "processor/kafka/protocol.py",
     "processor/kafka/routing.py",
     "processor/kafka/usage_wire.py",
     "processor/kafka/wire.py",
