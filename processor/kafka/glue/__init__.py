@@ -31,13 +31,16 @@ What the worker needs from the libraries' insides, and why:
   sender, taught Kafka's transactions v2 (`transactions_v2.py`): a round's transaction
   in two requests where aiokafka sends three; and a round's transaction sent straight
   (`rounds.py`), its batches numbered and built outside aiokafka's accumulator.
+- aiokafka's fetcher and requests: each fetch it plans, and each round's produce, coded
+  by hand (`codecs.py`, processor/kafka/protocol.py) in place of its generic schemas.
 
 The worker's policy (what is taken, refused, staged) stays in processor/worker/consumer.py,
 which subclasses `FetchLoop` and fills in its hooks (`hand_over`, `drop_stale`,
 `commit_offset`). The glue is this package: here the list and the single reaches, in
 `driver.py` Faust's aiokafka driver reshaped (`ConsumerThread`, `MainLoopConsumer`,
 `FetchLoop`), in `transactions_v2.py` aiokafka's transactional producer speaking v2
-(`TransactionsV2Producer`). It imports nothing of ours but `processor.kafka.stepping`.
+(`TransactionsV2Producer`). It imports nothing of ours but `processor.kafka.stepping` and
+`processor.kafka.protocol`.
 """
 
 from __future__ import annotations
@@ -49,9 +52,11 @@ from typing import Any, Literal
 import faust
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import AIOKafkaConnection
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.producer.transaction_manager import TransactionManager
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import TopicPartition
 from faust.tables.base import Collection
 from faust.transport.consumer import Consumer as FaustBaseConsumer
@@ -199,6 +204,19 @@ REACHES: tuple[Reach, ...] = (
     Reach(AIOKafkaConsumer, "_fetch_min_bytes", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_isolation_level", "attribute", "read when the fetcher is built"),
     Reach(AIOKafkaConsumer, "_fetcher", "attribute", "its seeks are counted", set_in="start"),
+    # Its fetches coded by hand (`codecs.py`).
+    Reach(
+        Fetcher,
+        "_get_actions_per_node",
+        "method",
+        "its requests made quick",
+        ("self", "assignment"),
+    ),
+    Reach(FetchRequest, "_max_wait_ms", "attribute", "a quick fetch's copy"),
+    Reach(FetchRequest, "_min_bytes", "attribute", "a quick fetch's copy"),
+    Reach(FetchRequest, "_max_bytes", "attribute", "a quick fetch's copy"),
+    Reach(FetchRequest, "_isolation_level", "attribute", "a quick fetch's copy"),
+    Reach(FetchRequest, "_rack_id", "attribute", "a quick fetch's copy"),
     Reach(AIOKafkaConsumer, "_client", "attribute", "cluster metadata; pending records' fetch"),
     Reach(AIOKafkaProducer, "_txn_manager", "attribute", "a refused batch's numbers taken back"),
     # aiokafka's producer speaking transactions v2 (`transactions_v2.py`).

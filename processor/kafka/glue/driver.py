@@ -15,6 +15,7 @@ from faust.types.tuples import ack_lock
 from mode import Service
 from mode.utils.futures import maybe_async, notify
 
+from processor.kafka.glue.codecs import quick_fetches
 from processor.kafka.stepping import step
 
 # Faust's bookkeeping a unit test may set on a consumer built without Faust's __init__.
@@ -78,7 +79,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def on_start(self) -> None:
         await super().on_start()
-        self.count_seeks(self._ensure_consumer()._fetcher)
+        fetcher = self._ensure_consumer()._fetcher
+        self.count_seeks(fetcher)
+        quick_fetches(fetcher)
 
     def count_seeks(self, fetcher: Any) -> None:
         """Number every position change aiokafka's fetcher makes (seek, reset)."""

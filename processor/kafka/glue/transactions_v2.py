@@ -53,6 +53,9 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 
+from processor.kafka.glue.codecs import answer_fields
+from processor.kafka.protocol import decode_produce_v12, encode_produce_v12
+
 PRODUCE_V2 = 12
 END_TXN_V2 = 5
 _PRODUCE = 0
@@ -183,6 +186,11 @@ class ProduceResponseV12(Response):  # type: ignore[misc]
         ("tags", TaggedFields),
     )
 
+    @classmethod
+    def decode(cls, data: BytesIO | bytes) -> ProduceResponseV12:
+        # By hand (processor/kafka/protocol.py).
+        return cls(*answer_fields(decode_produce_v12, data))
+
 
 class ProduceRequestV12(RequestStruct):  # type: ignore[misc]
     FLEXIBLE_VERSION = True
@@ -208,6 +216,12 @@ class ProduceRequestV12(RequestStruct):  # type: ignore[misc]
         ),
         ("tags", TaggedFields),
     )
+
+    def encode(self) -> bytes:
+        # By hand (processor/kafka/protocol.py): the schema's bytes, without its calls.
+        return encode_produce_v12(
+            self.transactional_id, self.required_acks, self.timeout, self.topics, self.tags
+        )
 
 
 class ProduceV2(Request[ProduceRequestV12]):  # type: ignore[misc]
