@@ -26,15 +26,13 @@ _FETCH_HEAD: Final = struct.Struct(">iiiibii")
 # A partition in a fetch: partition, current leader epoch, fetch offset, log start
 # offset, max bytes.
 _FETCH_PARTITION: Final = struct.Struct(">iiqqi")
-# A partition in a fetch's answer, up to its aborted transactions: partition, error,
-# high watermark, last stable offset, log start offset.
-_FETCHED_PARTITION: Final = struct.Struct(">ihqqq")
+# A partition in either answer, up to its variable fields: partition, error, then three
+# 64-bit fields (a fetch's high watermark, last stable offset and log start offset; a
+# produce's base offset, log append time and log start offset).
+_ANSWERED_PARTITION: Final = struct.Struct(">ihqqq")
 _ABORTED: Final = struct.Struct(">qq")
 # The answer's head: throttle time, error, session id.
 _FETCHED_HEAD: Final = struct.Struct(">ihi")
-# A partition in a produce's answer, up to its record errors: partition, error, base
-# offset, log append time, log start offset.
-_PRODUCED_PARTITION: Final = struct.Struct(">ihqqq")
 _PRODUCE_HEAD: Final = struct.Struct(">hi")
 
 # No leader epoch known, no fetch session (a full fetch each time), as aiokafka asks.
@@ -192,8 +190,8 @@ def decode_fetch_v11(
         name = r.string()
         partitions: list[FetchedPartition] = []
         for _ in range(r.i32()):
-            partition, code, high, stable, start = _FETCHED_PARTITION.unpack_from(
-                data, r.take(_FETCHED_PARTITION.size)
+            partition, code, high, stable, start = _ANSWERED_PARTITION.unpack_from(
+                data, r.take(_ANSWERED_PARTITION.size)
             )
             count = r.i32()
             aborted: list[tuple[int, int]] | None = None
@@ -275,8 +273,8 @@ def decode_produce_v12(
             if pcount >= 0:
                 partitions = []
                 for _ in range(pcount):
-                    partition, code, base, append_time, start = _PRODUCED_PARTITION.unpack_from(
-                        data, r.take(_PRODUCED_PARTITION.size)
+                    partition, code, base, append_time, start = _ANSWERED_PARTITION.unpack_from(
+                        data, r.take(_ANSWERED_PARTITION.size)
                     )
                     errors: list[tuple[int, str | None, dict[int, bytes]]] | None = None
                     ecount = r.uvarint() - 1
