@@ -112,6 +112,11 @@ class Meter:
         # Handed over by the fetch loop, staged on the loop's next turn.
         self._fetched: list[Message] = []
         self._all_staged: asyncio.Future[None] | None = None
+        # The fetch the loop is handing over: how many of its records are still to
+        # come, and the flusher's future, done once all of it is staged
+        # (`_fetch_in_hand`).
+        self._fetch_rest = 0
+        self._fetch_staged: asyncio.Future[None] | None = None
         policy = RechargePolicy(
             timeout=timedelta(seconds=cfg.recharge_timeout_seconds),
             retry_after=timedelta(seconds=cfg.recharge_retry_after_seconds),
@@ -190,6 +195,7 @@ class Meter:
             limits=sizes,
             deliveries=Deliveries(self._committed_offset),
             landed=self._landed,
+            fetch_in_hand=self._fetch_in_hand,
             clock=clock,
         )
         self._stager = FetchedStager(
@@ -266,7 +272,7 @@ class Meter:
 
     # ---- the input topics' records, straight from the fetch loop ---------------------
 
-    def stage(self, messages: list[Message]) -> None:
+    def stage(self, messages: list[Message], rest: int) -> None:
         """Take a fetch's input records (`consumer.Sink`); each is acked once landed.
 
         The worker's fetch loop hands these over without Faust's streams (see
@@ -276,7 +282,9 @@ class Meter:
         taken): staged in the loop, a record arriving meanwhile waited for the whole
         fetch's staging before it was even fetched.
         """
+        self._fetch_rest = rest
         if not messages:
+            self._fetch_done()
             return
         # Records waiting means a staging is already scheduled.
         if not self._fetched:
@@ -301,6 +309,25 @@ class Meter:
         finally:
             if staged is not None and not staged.done():
                 staged.set_result(None)
+            self._fetch_done()
+
+    def _fetch_in_hand(self) -> asyncio.Future[None] | None:
+        """For the flusher, which cuts no round in the middle of a fetch: a future done
+        once the fetch being handed over is all staged, or None if it is."""
+        if not (self._fetch_rest or self._fetched):
+            return None
+        if self._fetch_staged is None:
+            self._fetch_staged = asyncio.get_running_loop().create_future()
+        return self._fetch_staged
+
+    def _fetch_done(self) -> None:
+        if not (self._fetch_rest or self._fetched):
+            self._release_flusher()
+
+    def _release_flusher(self) -> None:
+        done, self._fetch_staged = self._fetch_staged, None
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def _stage_each(self, messages: list[Message]) -> None:
         app = self.app
@@ -318,6 +345,10 @@ class Meter:
             if self._all_staged is None:
                 self._all_staged = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._all_staged)
+        if self.pipeline.flusher.full():
+            # The flusher may be waiting for the rest of this fetch, which now waits
+            # for the flusher's next take.
+            self._release_flusher()
         await self.pipeline.flusher.room()
 
     def _landed(self, messages: list[Message], failure: Exception | None) -> None:

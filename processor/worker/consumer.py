@@ -103,15 +103,17 @@ FETCH_MAX_WAIT_MS = 20
 # request's fixed work (docs/performance.md, "Fetches the broker fills").
 FETCH_MIN_BYTES = 32 * 1024
 # The fetch loop yields to the event loop after this many records, and hands what it
-# collected for the sink over first, so the flusher can send it meanwhile.
+# collected for the sink over first, so that a round's answers are not left waiting
+# behind a whole fetch's staging.
 HAND_OVER_EVERY = 100
 
 
 class Sink(Protocol):
     """Where the fetch loop hands the records of `GuardedConsumer.direct` topics."""
 
-    def stage(self, messages: list[Message]) -> None:
-        """Take a fetch's records (in offset order per partition), or refuse them."""
+    def stage(self, messages: list[Message], rest: int) -> None:
+        """Take a fetch's records (in offset order per partition), or refuse them;
+        `rest`: how many records of the same fetch are still to follow."""
         ...
 
     def full(self) -> bool:
@@ -147,12 +149,12 @@ class GuardedConsumer(glue.FetchLoop):
         self._stale_logged: tuple[TP, int] | None = None
         self.in_flight = InFlight()
 
-    async def hand_over(self, batch: list[Message]) -> None:
+    async def hand_over(self, batch: list[Message], rest: int) -> None:
         # Records collected but not handed over when the loop stops are neither acked
         # nor committed: they are read again.
         sink = self.sink
         assert sink is not None
-        sink.stage(batch)
+        sink.stage(batch, rest)
         if sink.full():
             # Like a blocked hand-over in the loop: a rebalance must not wait for room.
             await self.wait_first(sink.room(), self.suspend_flow.wait())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from processor.worker.staged import Staged
 # What the caller is handed back for the records of a flush that landed (None) or
 # failed (the failure): the tokens it gave `hold`, its input messages in the worker.
 Landed = Callable[[list[Any], Exception | None], None]
+# What the caller still has to stage of the fetch in hand: a future done once it is all
+# staged, or None when nothing of it waits (`Flusher`, `fetch_in_hand`).
+FetchInHand = Callable[[], "asyncio.Future[None] | None"]
 
 
 class Deliveries:
@@ -70,6 +74,12 @@ class _Batch:
 # METER_BATCH_MAX_BYTES carry the same defaults).
 BATCH_MAX: Final = 6000
 BATCH_MAX_BYTES: Final = 16 * 1024 * 1024
+# How long a round may wait for the rest of the fetch in hand to be staged
+# (docs/performance.md, "A round waits for the rest of its fetch"): a fetch is staged in
+# slices, and a round cut between two would leave the later slices a whole round more
+# to wait. Bounded, so that a large fetch, or a fetch loop held elsewhere, never holds
+# a round for long.
+FETCH_WAIT_SECONDS: Final = 0.010
 
 
 class Flusher:
@@ -84,9 +94,11 @@ class Flusher:
        its outputs, the views' pending writes (one per key, the newest) and the held
        messages. Records staged while a round is in flight go out together in the next
        round, so a worker under load sends large rounds and an idle one sends a batch
-       as soon as it is staged. `full`/`room`: at `batch_max` held records, or
-       `batch_max_bytes` of their input, the worker stages no more until the next
-       take (back-pressure).
+       as soon as it is staged. A round is not cut in the middle of a fetch: the
+       flusher first waits, up to `fetch_wait` seconds, for the rest of the fetch in
+       hand to be staged (`fetch_in_hand`).
+       `full`/`room`: at `batch_max` held records, or `batch_max_bytes` of their
+       input, the worker stages no more until the next take (back-pressure).
     3. One round at a time (aiokafka keeps one request in flight per broker anyway),
        the batch's outputs are published, in the order they were staged.
     4. Then its state: one changelog record per touched account, and one record per
@@ -128,6 +140,8 @@ class Flusher:
         batch_max: int = BATCH_MAX,
         batch_max_bytes: int = BATCH_MAX_BYTES,
         landed: Landed | None = None,
+        fetch_in_hand: FetchInHand | None = None,
+        fetch_wait: float = FETCH_WAIT_SECONDS,
     ) -> None:
         self.publisher = publisher
         self.accounts = accounts
@@ -138,6 +152,8 @@ class Flusher:
         self.batch_max = batch_max
         self.batch_max_bytes = batch_max_bytes
         self._landed = landed or _ignore
+        self._fetch_in_hand = fetch_in_hand
+        self.fetch_wait = fetch_wait
         self._outputs: list[Out] = []
         # Batches taken whose outputs are still to be sent; batches whose outputs are
         # in and whose state is still to be sent; and the task that sends both.
@@ -245,6 +261,7 @@ class Flusher:
         unlanded = None
         try:
             while True:
+                await self._rest_of_fetch()
                 if self._staged():
                     self._take()
                 if not (self._unsent or self._unwritten):
@@ -290,6 +307,18 @@ class Flusher:
             if unlanded is not None:
                 self._land(*unlanded)
             self._running = None
+
+    async def _rest_of_fetch(self) -> None:
+        """Wait, up to `fetch_wait`, for the fetch in hand to be staged whole, unless
+        the flusher is full (the fetch loop then waits for this take)."""
+        if self._fetch_in_hand is None or self.full():
+            return
+        rest = self._fetch_in_hand()
+        if rest is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.fetch_wait):
+                await asyncio.shield(rest)
 
     def _land(
         self,

@@ -21,7 +21,14 @@ from processor.core.stored import Mark, StoredAccount
 from processor.kafka.topics import TopicNames
 from processor.observability.worker_hooks import WorkerHooks
 from processor.worker.due import DueIndex
-from processor.worker.flusher import BATCH_MAX, BATCH_MAX_BYTES, Deliveries, Flusher, Landed
+from processor.worker.flusher import (
+    BATCH_MAX,
+    BATCH_MAX_BYTES,
+    Deliveries,
+    FetchInHand,
+    Flusher,
+    Landed,
+)
 from processor.worker.intake import Intake
 from processor.worker.marks_log import MarksLog
 from processor.worker.records import Changelog, Publisher, Record, Source, utcnow
@@ -58,12 +65,14 @@ class Pipeline:
         limits: Limits | None = None,
         deliveries: Deliveries | None = None,
         landed: Landed | None = None,
+        fetch_in_hand: FetchInHand | None = None,
     ) -> Pipeline:
         """Wire the parts over `accounts` and `seen` (a table's store, or a dict).
 
         `deliveries`: which outbox entries are in Kafka (the worker's asks the group's
         committed offsets); `landed`: handed the tokens of `flusher.hold` once their
-        flush landed or failed.
+        flush landed or failed; `fetch_in_hand`: what of a fetch is still to be
+        staged, so that no round is cut in the middle of one.
         """
         staged_accounts: Staged[str, StoredAccount] = Staged(accounts)
         staged_seen: Staged[str, Mark] = Staged(seen)
@@ -88,6 +97,7 @@ class Pipeline:
             batch_max=batch_max,
             batch_max_bytes=batch_max_bytes,
             landed=landed,
+            fetch_in_hand=fetch_in_hand,
         )
         due = DueIndex(
             staged_accounts, policy, engine.expiry, names.timer, partitions, flusher.send, clock

@@ -110,7 +110,7 @@ class Harness:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         if agent in DIRECT:
             message = self.fetched(agent, raw, key, partition, headers)
-            self.meter.stage([message])
+            self.meter.stage([message], 0)
             await self.meter.room()  # staged on the loop's next turn
             # Its outputs land with the flusher's next rounds, which an empty flush
             # waits for.
@@ -574,7 +574,7 @@ async def test_a_usage_record_is_acked_only_once_its_batch_has_landed(
     h = make_harness()
     pub = h.meter.pipeline.flusher.publisher = HeldPublisher()
     message = h.fetched("calls", json.dumps(call("e1")).encode(), key=b"acme")
-    h.meter.stage([message])
+    h.meter.stage([message], 0)
     await h.meter.room()
     assert h.statuses == ["applied"]
     # Staged: the offset must not be committable while the batch's outputs and state
@@ -631,13 +631,32 @@ async def test_a_usage_record_a_stream_would_skip_is_refused_not_applied(
         message.generation_id = h.meter.app.consumer_generation_id - 1
     else:
         h.meter.app.flow_control.suspend()  # a rebalance has begun
-    h.meter.stage([message])
+    h.meter.stage([message], 0)
     await h.meter.room()
     await h.meter.pipeline.flusher.flush()
     # Not processed, and its offset held back until the rebalance's seek reads it again.
     assert h.statuses == [] and h.out("credits.ledger")[1:] == []
     consumer: Any = h.meter.app.consumer
     assert message.acked and consumer.refused[message.tp] == {message.offset}
+
+
+async def test_a_fetch_handed_over_in_parts_goes_out_whole_in_one_round(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    await h.put("commands", funds("c1", amount="100.00"), key=b"acme")
+    before = len(h.out("credits.ledger"))
+    first = h.fetched("calls", json.dumps(call("e1")).encode(), key=b"acme")
+    h.meter.stage([first], 1)  # one more record of the same fetch is to come
+    await h.meter.room()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert h.statuses[-1] == "applied" and len(h.out("credits.ledger")) == before
+    second = h.fetched("calls", json.dumps(call("e2")).encode(), key=b"acme")
+    h.meter.stage([second], 0)
+    await h.meter.room()
+    await h.meter.pipeline.flusher.flush()
+    assert len(h.out("credits.ledger")) == before + 2 and first.acked and second.acked
 
 
 async def test_the_fetch_loop_waits_while_a_batch_of_fetched_records_waits(
@@ -647,7 +666,7 @@ async def test_the_fetch_loop_waits_while_a_batch_of_fetched_records_waits(
     await h.put("commands", funds("c1", amount="100.00"), key=b"acme")
     h.statuses.clear()
     raw = [json.dumps(call(f"e{i}")).encode() for i in range(3)]
-    h.meter.stage([h.fetched("calls", r, key=b"acme") for r in raw])
+    h.meter.stage([h.fetched("calls", r, key=b"acme") for r in raw], 0)
     # Handed over, not yet staged: the fetch loop must wait before it fetches more.
     assert h.meter.full() and h.statuses == []
     await h.meter.room()

@@ -25,7 +25,7 @@ from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.testing import MemoryPublisher
 from processor.worker.codec import dump_stored, load_stored
-from processor.worker.flusher import BATCH_MAX, BATCH_MAX_BYTES
+from processor.worker.flusher import BATCH_MAX, BATCH_MAX_BYTES, FetchInHand
 from processor.worker.marks import Budget, MarkStore, digest
 from processor.worker.marks_log import MarksLog, unpack_marks
 from processor.worker.pipeline import Pipeline
@@ -73,6 +73,7 @@ class Rig:
     offsets: dict[str, int] = field(default_factory=dict)
     batch_max: int = BATCH_MAX
     batch_max_bytes: int = BATCH_MAX_BYTES
+    fetch_in_hand: FetchInHand | None = None
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline.build(
@@ -91,6 +92,7 @@ class Rig:
             ),
             batch_max=self.batch_max,
             batch_max_bytes=self.batch_max_bytes,
+            fetch_in_hand=self.fetch_in_hand,
         )
 
     def stage(self, source: Source, topic: str, tenant: str, value: bytes) -> str:
@@ -477,3 +479,73 @@ async def test_a_refused_round_still_lets_the_round_before_it_land() -> None:
     with pytest.raises(ConnectionError):
         await second
     assert rig.accounts["acme"].seq == 1
+
+
+# ---- no round cut in the middle of a fetch --------------------------------------------
+
+
+@dataclass
+class Announcing(Journal):
+    """A journal that says when it is first given a round."""
+
+    published: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def publish(self, records: Sequence[Out]) -> None:
+        await super().publish(records)
+        self.published.set()
+
+
+class Fetch:
+    """The fetch loop's side of `fetch_in_hand`: a fetch whose rest is still to come
+    until `ended`."""
+
+    def __init__(self) -> None:
+        self.rest: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def in_hand(self) -> asyncio.Future[None] | None:
+        return None if self.rest.done() else self.rest
+
+    def ended(self) -> None:
+        self.rest.set_result(None)
+
+
+def ledger_entries(records: Sequence[Out]) -> int:
+    return sum(o.topic == NAMES.ledger for o in records)
+
+
+def held(rig: Rig, source: Source, topic: str, value: bytes, token: str) -> None:
+    """One record of a fetch staged and held, as the worker's fetch loop does it."""
+    rig.stage(source, topic, "acme", value)
+    rig.pipeline.flusher.hold(token, len(value))
+
+
+async def test_a_round_waits_for_the_rest_of_the_fetch_in_hand() -> None:
+    fetch = Fetch()
+    rig = Rig(pub=Journal(atomic=True), fetch_in_hand=fetch.in_hand)
+    held(rig, Source.COMMANDS, NAMES.commands, funds("c1", "acme"), "m1")
+    await settle_loop()
+    assert rig.pub.calls == []  # the first part of the fetch waits for the rest
+    held(rig, Source.CALLS, NAMES.calls, call("e1", "acme"), "m2")
+    fetch.ended()
+    await settle_loop()
+    # One round carries the whole fetch: the credit and the call's debit.
+    assert len(rig.pub.calls) == 1 and ledger_entries(rig.pub.calls[0]) == 2
+
+
+async def test_a_round_waits_for_the_rest_of_a_fetch_no_longer_than_its_bound() -> None:
+    fetch = Fetch()  # never ends: a fetch loop held elsewhere
+    rig = Rig(pub=Announcing(atomic=True), fetch_in_hand=fetch.in_hand)
+    held(rig, Source.COMMANDS, NAMES.commands, funds("c1", "acme"), "m1")
+    await asyncio.wait_for(rig.pub.published.wait(), 10 * rig.pipeline.flusher.fetch_wait)
+    assert ledger_entries(rig.pub.calls[0]) == 1 and not fetch.rest.done()
+
+
+async def test_a_full_flusher_takes_at_once_without_waiting_for_the_fetch() -> None:
+    fetch = Fetch()
+    rig = Rig(pub=Journal(atomic=True), fetch_in_hand=fetch.in_hand, batch_max=2)
+    held(rig, Source.COMMANDS, NAMES.commands, funds("c1", "acme"), "m1")
+    held(rig, Source.CALLS, NAMES.calls, call("e1", "acme"), "m2")
+    assert rig.pipeline.flusher.full()
+    await settle_loop()
+    # The fetch loop waits for this take before it hands over more: no waiting here.
+    assert len(rig.pub.calls) == 1 and not fetch.rest.done()

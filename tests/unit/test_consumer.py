@@ -266,11 +266,13 @@ async def test_a_hand_over_that_waits_finishes_when_awaited_or_is_cancelled() ->
 class _Sink:
     def __init__(self, room_after: int | None = None) -> None:
         self.lists: list[list[Any]] = []
+        self.rests: list[int] = []  # each hand-over's word on the rest of its fetch
         self.room_after = room_after
         self.waited = 0
 
-    def stage(self, messages: list[Any]) -> None:
+    def stage(self, messages: list[Any], rest: int) -> None:
         self.lists.append(list(messages))
+        self.rests.append(rest)
 
     def full(self) -> bool:
         return self.room_after is not None and len(self.lists) >= self.room_after
@@ -325,6 +327,7 @@ def _looping_consumer(
         fetcher_stopped.set()
 
     c.sleep, c.wait_first, c.callback, c.getmany = sleep, wait_first, callback, getmany
+    c.fetch_size = len(fetch)  # as `getmany` counts the fetch it hands out
     c.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
     return c, called, fetcher
 
@@ -342,8 +345,30 @@ async def test_the_fetch_loop_hands_direct_records_over_in_lists_the_rest_singly
     handed = [m for batch in sink.lists for m in batch]
     assert [m.offset for m in handed] == list(range(150))  # all, in order, once
     assert all(0 < len(batch) <= 100 for batch in sink.lists)  # the loop yields between
+    # The sink knows how much of the fetch follows each hand-over: the record that made
+    # the loop yield and the 99 after it, then none.
+    assert sink.rests == [100, 0]
     assert [m.offset for m in called] == list(range(50))  # commands through Faust's path
     assert c.read_offsets[A] == 149 and c.read_offsets[cmd] == 49
+
+
+async def test_a_fetch_handed_over_in_parts_ends_with_a_last_one_even_if_empty() -> None:
+    cmd = TP("credits.commands", 0)
+    # The command after a hundred direct records makes the loop hand them over, and
+    # nothing direct follows it.
+    fetch = [(A, _Message(A, i)) for i in range(100)] + [(cmd, _Message(cmd, 0))]
+    sink = _Sink()
+    c, called, fetcher = _looping_consumer(fetch, sink)
+    await c.fetch_loop(fetcher)
+    assert [len(batch) for batch in sink.lists] == [100, 0]
+    assert sink.rests == [1, 0] and len(called) == 1
+
+
+async def test_a_fetch_handed_over_at_once_says_nothing_more_follows() -> None:
+    sink = _Sink()
+    c, _, fetcher = _looping_consumer([(A, _Message(A, i)) for i in range(30)], sink)
+    await c.fetch_loop(fetcher)
+    assert [len(batch) for batch in sink.lists] == [30] and sink.rests == [0]
 
 
 async def test_the_fetch_loop_waits_for_room_when_the_sink_is_full() -> None:

@@ -210,8 +210,10 @@ class FetchLoop(faust_aiokafka.Consumer):
     fetch_max_wait_ms: int | None = None
     fetch_min_bytes: int | None = None
     isolation_level: str | None = None
-    # The consumer thread's seek count when the fetch being handed over came back.
+    # The consumer thread's seek count when the fetch being handed over came back, and
+    # its records.
     fetched_at = 0
+    fetch_size = 0
     # aiokafka on the main loop (`MainLoopConsumer`) or in Faust's consumer thread.
     on_main_loop = True
     # The commit by count in flight (`commit_aside`), held here: the loop keeps only a
@@ -220,7 +222,9 @@ class FetchLoop(faust_aiokafka.Consumer):
 
     # ---- the hooks ---------------------------------------------------------------
 
-    async def hand_over(self, batch: list[Message]) -> None:
+    async def hand_over(self, batch: list[Message], rest: int) -> None:
+        """Take a list of the direct topics' records; `rest`: how many records of the
+        fetch they came in are still to come (0: these end it)."""
         raise NotImplementedError
 
     def drop_stale(self, tp: TP, offset: int) -> None:
@@ -317,9 +321,10 @@ class FetchLoop(faust_aiokafka.Consumer):
 
         Records of the `direct` topics skip the conductor and the streams altogether:
         they are collected and handed over in lists (per fetch, at most
-        `hand_over_every` at a time). The per-record path of a stream (an Event, a
-        channel queue, the stream's iteration, a take buffer, its acks) cost about as
-        much as rating and applying the record. The commit by count no longer holds the
+        `hand_over_every` at a time), each saying how much of the fetch follows.
+        The per-record path of a stream (an Event, a channel queue, the stream's
+        iteration, a take buffer, its acks) cost about as much as rating and applying
+        the record. The commit by count no longer holds the
         loop (`commit_aside`). Everything else is Faust's loop as it is.
         """
         thread: Any = self._thread
@@ -345,15 +350,21 @@ class FetchLoop(faust_aiokafka.Consumer):
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
+                    handed = False  # a part of this fetch was handed over already
+                    taken = 0
                     async for tp, message in ait:
+                        taken += 1
                         if tp.topic in guarded and stale(tp, self.fetched_at):
                             self.drop_stale(tp, message.offset)
                             continue
                         num_since_yield += 1
                         if num_since_yield > yield_every:
                             if batch:
-                                await self.hand_over(batch)
+                                # This record and those after it are still to come.
+                                rest = max(self.fetch_size - taken + 1, 1)
+                                await self.hand_over(batch, rest)
                                 batch = []
+                                handed = True
                             await asyncio.sleep(0)
                             num_since_yield = 0
                         offset = message.offset
@@ -372,8 +383,8 @@ class FetchLoop(faust_aiokafka.Consumer):
                                 if blocked is not None:
                                     await self.wait_first(blocked, self.suspend_flow.wait())
                             set_read_offset(tp, offset)
-                    if batch:
-                        await self.hand_over(batch)
+                    if batch or handed:
+                        await self.hand_over(batch, 0)
                         batch = []
                     unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -437,6 +448,7 @@ class FetchLoop(faust_aiokafka.Consumer):
             except Exception as exc:
                 self.log.warning(f"exception performing seek when flow not active {exc}")
             return
+        self.fetch_size = sum(len(partition_records) for partition_records in records.values())
         to_message = self._to_message
         buffered = self._buffered_partitions
         track_end_offset = app.monitor.track_tp_end_offset
