@@ -314,14 +314,17 @@ class Meter:
     def _fetch_in_hand(self) -> asyncio.Future[None] | None:
         """For the flusher, which cuts no round in the middle of a fetch: a future done
         once the fetch being handed over is all staged, or None if it is."""
-        if not (self._fetch_rest or self._fetched):
+        if self._fetch_staged_whole():
             return None
         if self._fetch_staged is None:
             self._fetch_staged = asyncio.get_running_loop().create_future()
         return self._fetch_staged
 
+    def _fetch_staged_whole(self) -> bool:
+        return not (self._fetch_rest or self._fetched)
+
     def _fetch_done(self) -> None:
-        if not (self._fetch_rest or self._fetched):
+        if self._fetch_staged_whole():
             self._release_flusher()
 
     def _release_flusher(self) -> None:
