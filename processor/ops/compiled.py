@@ -6,6 +6,9 @@ C extensions in the copy, and a manifest naming the digest of the sources it was
 from. `meter worker` then runs from that copy (`enter`), unless METER_COMPILED=off or
 the sources have changed since: the checkout itself never holds a compiled module, so an
 edited source is never shadowed by an old build, and a stale build is never run.
+Packages installed from a wheel are built the same way, beside them in site-packages,
+given the checkout's pyproject.toml for the compiler's settings (`--config`): the image
+does so (deploy/Dockerfile).
 
 The modules are the pure core and the worker's per-record path: typed throughout, and
 the ones a record passes through (docs/performance.md, "The per-record path compiled").
@@ -13,6 +16,7 @@ the ones a record passes through (docs/performance.md, "The per-record path comp
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -49,7 +53,9 @@ MODULES: Final = (
     "schemas/types.py",
 )
 MANIFEST: Final = "manifest.json"
-# The mypy settings the compiler reads (strictness, the pydantic plugin) travel along.
+# The mypy settings the compiler reads (strictness, the pydantic plugin) travel along:
+# the checkout's, or for packages installed from a wheel, which carries none, the
+# checkout's file the build is given (`--config`; deploy/Dockerfile).
 _CONFIG: Final = "pyproject.toml"
 
 
@@ -161,11 +167,18 @@ def pythonpath_first(path: Path, inherited: str | None) -> str:
     return os.pathsep.join([str(path), *filter(None, [inherited])])
 
 
-def build(root: Path, build_dir: Path) -> Status:
+def build(root: Path, build_dir: Path, config: Path | None = None) -> Status:
     """Copy the packages next to `build_dir`, compile `MODULES` there, then swap it in.
 
-    A failed compile leaves a manifest saying so, and the worker runs interpreted.
+    `config`: the pyproject.toml whose mypy settings the compiler reads, the one beside
+    the packages by default. A failed compile leaves a manifest saying so, and the
+    worker runs interpreted.
     """
+    config = config or root / _CONFIG
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"no {_CONFIG} beside the packages in {root}: give the checkout's (--config)"
+        )
     work = build_dir.with_name(build_dir.name + ".new")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -174,7 +187,7 @@ def build(root: Path, build_dir: Path) -> Status:
         shutil.copytree(
             root / package, work / package, ignore=shutil.ignore_patterns("__pycache__", "*.so")
         )
-    shutil.copy2(root / _CONFIG, work / _CONFIG)
+    shutil.copy2(config, work / _CONFIG)
     manifest: dict[str, object] = {"digest": source_digest, "python": sys.version.split()[0]}
     done = subprocess.run(  # noqa: S603 - our own interpreter and module list
         [sys.executable, "-m", "mypyc", *MODULES],
@@ -193,11 +206,30 @@ def build(root: Path, build_dir: Path) -> Status:
     return status(root, build_dir)
 
 
-def main() -> int:
-    root = source_root()
-    found = build(root, default_build_dir(root))
+def main(argv: list[str] | None = None, root: Path | None = None) -> int:
+    """`root`: where the packages to build live, this process's by default."""
+    parser = argparse.ArgumentParser(
+        prog="python -m processor.ops.compiled",
+        description="Build the worker's compiled per-record path beside the packages run.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the pyproject.toml with the mypy settings (default: the one beside the packages)",
+    )
+    parser.add_argument(
+        "--require",
+        action="store_true",
+        help="exit 1 unless the build can run (an image build fails, not its workers)",
+    )
+    args = parser.parse_args(argv)
+    root = root or source_root()
+    try:
+        found = build(root, default_build_dir(root), args.config)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     print(f"compiled build in {found.build_dir}: {found.reason}")
-    return 0
+    return 1 if args.require and not found.usable else 0
 
 
 if __name__ == "__main__":

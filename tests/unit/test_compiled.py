@@ -103,3 +103,34 @@ def test_every_compiled_module_exists_in_the_checkout() -> None:
     root = compiled.source_root()
     for module in compiled.MODULES:
         assert (root / module).exists(), module
+
+
+def test_installed_packages_build_with_the_settings_they_are_given(tmp_path: Path) -> None:
+    # A wheel carries no pyproject.toml: the image gives the checkout's (deploy/Dockerfile).
+    root = _tree(tmp_path / "site-packages")
+    config = tmp_path / "checkout" / "pyproject.toml"
+    config.parent.mkdir()
+    config.write_text('[tool.mypy]\nplugins = ["pydantic.mypy"]\n')
+    # The tree holds none of MODULES, so the compile fails at once, and says so.
+    assert compiled.main(["--config", str(config)], root) == 0
+    build_dir = compiled.default_build_dir(root)
+    assert (build_dir / "pyproject.toml").read_text() == config.read_text()
+    found = compiled.status(root, build_dir)
+    assert not found.usable and "mypyc exited with" in found.reason
+
+
+def test_require_fails_the_command_when_the_build_cannot_run(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (root / "pyproject.toml").write_text("[tool.mypy]\n")
+    assert compiled.main(["--require"], root) == 1
+
+
+def test_installed_packages_without_settings_are_refused_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _tree(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        compiled.main([], root)
+    assert exited.value.code == 2
+    assert "give the checkout's (--config)" in capsys.readouterr().err
+    assert not compiled.default_build_dir(root).exists()
