@@ -16,8 +16,9 @@ import re
 import shutil
 import subprocess
 from functools import cache
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -25,8 +26,10 @@ import kubernetes_validate
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from processor.config.settings import _SECRETS, Settings
+from processor.config.settings import _SECRETS, Compiled, Settings
 from processor.core.rate_card_parser import load_rate_card
 from processor.ops.cli import build_parser
 
@@ -779,7 +782,67 @@ def test_dockerfile_entrypoint_is_meter_worker_with_a_health_check() -> None:
     assert env["METER_WEB_PORT"] == str(WORKER_PORT)
     project = (ROOT / "pyproject.toml").read_text()
     assert 'meter = "processor.ops.cli:main"' in project
-    assert re.search(r"pip install .*credits-meter", dockerfile().content)
+
+
+def _build_stage_run() -> str:
+    """The build stage's RUN that installs the project, its continuation lines joined."""
+    [run] = [
+        i["value"]
+        for i in dockerfile().structure
+        if i["instruction"] == "RUN" and "processor.ops.compiled" in i["value"]
+    ]
+    return " ".join(str(run).split())
+
+
+def test_the_image_runs_the_compiled_worker_at_the_locked_versions() -> None:
+    run = _build_stage_run()
+    # The project and the compiler, at requirements.lock's versions.
+    pins = re.search(r"(sed [^>]* requirements\.lock) > (\S+)", run)
+    assert pins is not None
+    assert re.search(rf"pip install --no-cache-dir -c {pins[2]} \. .*\bmypy\b", run)
+    constraints = subprocess.run(
+        pins[1], shell=True, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    lines = [line for line in constraints.splitlines() if not line.lstrip().startswith("#")]
+    assert lines and all(re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.!+]+", line) for line in lines)
+    assert "mypy==" in constraints and "faust-streaming==" in constraints
+    # The installed packages built beside them, with the checkout's mypy settings; a
+    # failed compile fails the image build.
+    assert re.search(
+        r"PYTHONSAFEPATH=1 (\S+)/bin/python -m processor\.ops\.compiled "
+        r"--config /src/pyproject\.toml --require",
+        run,
+    )
+    venv = run.split("python -m venv ")[1].split()[0]
+    copies = [i["value"] for i in final_stage() if i["instruction"] == "COPY"]
+    assert f"--from=build {venv} {venv}" in copies
+    env = dockerfile().envs  # the final stage's
+    assert env["PATH"].startswith(f"{venv}/bin:")
+    # A worker that is not running the build refuses to start, rather than run slower.
+    assert env["METER_COMPILED"] == "require"
+    assert "require" in get_args(Compiled)
+
+
+def _runtime_requirements(name: str) -> set[str]:
+    """Every distribution `name` needs at run time (no extras), by canonical name."""
+    wanted, seen = [name], set[str]()
+    while wanted:
+        dist = canonicalize_name(wanted.pop())
+        if dist in seen:
+            continue
+        seen.add(dist)
+        for line in metadata.requires(dist) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                wanted.append(req.name)
+    return seen
+
+
+def test_the_image_drops_only_the_compilers_packages() -> None:
+    run = _build_stage_run()
+    dropped = {canonicalize_name(n) for n in run.split("pip uninstall -y ")[1].split()}
+    assert "mypy" in dropped
+    assert not dropped & _runtime_requirements("credits-meter")
 
 
 def test_dockerfile_copies_only_what_exists_and_the_dockerignore_lets_in() -> None:
