@@ -20,7 +20,9 @@ import org.apache.kafka.streams.state.*;
  * recharge request the first time the balance falls below 5.
  * It does less than the worker: no validation of the contract, no lots, expiry, months,
  * outbox, alerts or commands. Prints "RESULT n rate second-half-rate" once `expected`
- * records are processed, then stops.
+ * records are processed, then stops; or, given "stay", goes on until its standard input
+ * closes, so that the driver can time a latency phase on it.
+ * Arguments: bootstrap prefix expected card state-dir [commit-ms (100)] [stay].
  */
 public class Meter {
   static final ObjectMapper M = new ObjectMapper();
@@ -77,7 +79,9 @@ public class Meter {
             entry.put("tenant_id", tenant); entry.put("cause_id", id); entry.put("kind", "usage");
             entry.put("amount", charge.negate().toPlainString()); entry.put("balance_after", after.toPlainString());
             entry.put("rate_prefix", number.substring(0, 3)); entry.put("billed_seconds", billed);
-            ctx.forward(new Record<>(tenant, M.writeValueAsBytes(entry), rec.timestamp()), "ledger");
+            // Stamped when written, as the worker's entries are, so that the latency
+            // bench can split its time into before and after the write.
+            ctx.forward(new Record<>(tenant, M.writeValueAsBytes(entry), System.currentTimeMillis()), "ledger");
             if (!pending && after.compareTo(BigDecimal.valueOf(5)) < 0) {
               ObjectNode req = M.createObjectNode();
               req.put("request_id", UUID.randomUUID().toString()); req.put("tenant_id", tenant);
@@ -112,7 +116,7 @@ public class Meter {
     p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
     p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.EXACTLY_ONCE_V2);
     p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 1);
-    p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+    p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, a.length > 5 ? Integer.parseInt(a[5]) : 100);
     p.put(StreamsConfig.STATE_DIR_CONFIG, a[4]);
     p.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
     Topology t = new Topology();
@@ -126,6 +130,9 @@ public class Meter {
     KafkaStreams ks = new KafkaStreams(t, p);
     ks.start();
     while (done < expected) Thread.sleep(200);
+    if (a.length > 6 && a[6].equals("stay")) {
+      while (System.in.read() != -1) { }
+    }
     Thread.sleep(500);
     ks.close(java.time.Duration.ofSeconds(20));
     System.exit(0);
