@@ -185,6 +185,12 @@ async def processes_drain(
     }
 
 
+def phase_events(rate: float, least: int) -> int:
+    """How many events a latency phase sends: `FULL_LATENCY_SECONDS` at `rate`, and at
+    least `least`."""
+    return max(least, int(rate * FULL_LATENCY_SECONDS))
+
+
 def latency_ms(lat: measures.Latency) -> dict[str, float]:
     return {
         "p50": round(lat.p50_ms, 2),
@@ -281,7 +287,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         t = time.perf_counter()
         rate = args.latency_rate or max(1.0, drain.events_per_s / 2)
         if not args.quick:
-            latency_events = max(latency_events, int(rate * FULL_LATENCY_SECONDS))
+            latency_events = phase_events(rate, latency_events)
         lat_events = list(work.usage(latency_events))
         tx0 = await measures.transactions(worker)
         cpu0 = measures.cpu_mark(worker.pid, broker_pid)

@@ -30,13 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import measures, procstat
-from bench.run import (
-    FULL_LATENCY_EVENTS,
-    FULL_LATENCY_SECONDS,
-    PARTITIONS,
-    TENANTS,
-    log,
-)
+from bench.run import FULL_LATENCY_EVENTS, PARTITIONS, TENANTS, latency_ms, log, phase_events
 from bench.worker import BenchWorker
 from bench.workload import Workload, create_topics, preload
 from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
@@ -102,7 +96,7 @@ class Phase:
 
     async def time(self, drained_per_s: float, pid: int, ledger_topic: str) -> dict[str, Any]:
         rate = self.rate or drained_per_s / 2
-        events = list(self.work.usage(max(FULL_LATENCY_EVENTS, int(rate * FULL_LATENCY_SECONDS))))
+        events = list(self.work.usage(phase_events(rate, FULL_LATENCY_EVENTS)))
         before = measures.cpu_mark(pid, self.broker_pid)
         lat = await measures.latency(
             self.bootstrap, self.prefix, ledger_topic, events, rate=rate, partitions=PARTITIONS
@@ -113,11 +107,7 @@ class Phase:
         cores["process_cores"] = cores.pop("worker_cores")
         return {
             "rate": round(lat.rate, 1),
-            "latency_ms": {
-                "p50": round(lat.p50_ms, 2),
-                "p99": round(lat.p99_ms, 2),
-                "p999": round(lat.p999_ms, 2),
-            },
+            "latency_ms": latency_ms(lat),
             "tracked": lat.tracked,
             "matched": lat.matched,
             "split": {**lat.split, **cores},
