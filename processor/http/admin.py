@@ -1,18 +1,22 @@
-"""The admin HTTP API: manual top-ups and auto-recharge settings, as contract commands.
+"""The admin HTTP API: top-ups, billing's answers and a tenant's settings, as contract commands.
 
-    POST /tenants/{tenant_id}/funds          {"amount": "50.00", "currency": "USD"}
-    POST /tenants/{tenant_id}/recharges/{request_id}/outcome
-                                             {"outcome": "succeeded", "amount": "25.00"}
-    PUT  /tenants/{tenant_id}/auto-recharge  {"enabled": true, "recharge_amount": "25.00",
-                                              "trigger_balance": "5.00"}
-    PUT  /tenants/{tenant_id}/notifications  {"emails": [...], "webhook_url": "https://...",
-                                              "webhook_secret": "whsec_...", "events": [...]}
+    POST   /tenants/{tenant_id}/funds          {"amount": "50.00", "currency": "USD"}
+    POST   /tenants/{tenant_id}/recharges/{request_id}/outcome
+                                               {"outcome": "succeeded", "amount": "25.00"}
+    PUT    /tenants/{tenant_id}/auto-recharge  {"enabled": true, "recharge_amount": "25.00",
+                                                "trigger_balance": "5.00"}
+    PATCH  /tenants/{tenant_id}/auto-recharge  only the fields to change
+    DELETE /tenants/{tenant_id}/auto-recharge  auto-recharge off, its settings kept
+    PUT    /tenants/{tenant_id}/limits         {"credit_limit": "20.00", "notify_below": "3.00"}
+    PUT    /tenants/{tenant_id}/notifications  {"emails": [...], "webhook_url": "https://...",
+                                                "webhook_secret": "whsec_...", "events": [...]}
 
-Every worker serves both. A request never touches an account directly: it becomes a
-`funds_added` (source `manual`) or `auto_recharge_configured` command on
-`credits.commands`, keyed by tenant, exactly what any other admin tool would send,
-so the worker that owns the tenant applies it through the same exactly-once path as
-everything else.
+Every worker serves them all. A request never touches an account directly: it becomes
+a command on `credits.commands` (`funds_added`, `recharge_failed`,
+`auto_recharge_configured`, `auto_recharge_changed`, `tenant_limits_configured`,
+`notifications_configured`), keyed by tenant, exactly what any other admin tool would
+send, so the worker that owns the tenant applies it through the same exactly-once path
+as everything else.
 
 An `Idempotency-Key` is scoped per tenant and endpoint. It becomes the `command_id`
 (`command_id_for`): a top-up's key as it is, a settings request's prefixed with
@@ -27,9 +31,11 @@ A request the processor would reject is refused here, with a 422 naming the fiel
 a currency other than the rate card's, an amount with more decimal places than the
 card keeps balances at, a zero or negative amount.
 
-Authentication is one bearer token (`METER_ADMIN_TOKEN`), compared in constant time.
-Without it configured the endpoints answer 503: an admin API that is open because
-someone forgot a variable would let anyone mint credit.
+Authentication (`CommandGate`): under `METER_AUTH=jwt`, a signed token whose role grants
+the endpoint for this tenant (processor/http/auth.py); the static bearer token
+`METER_ADMIN_TOKEN`, compared in constant time, works in either mode. With neither
+configured the endpoints answer 503: an admin API that is open because someone forgot
+a variable would let anyone mint credit.
 
 `AdminAPI` (the endpoints, here) and `CommandGate` (the way each request takes,
 processor/http/admin_gate.py) are plain code over a `CommandPublisher`, tested
