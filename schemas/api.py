@@ -1,4 +1,5 @@
-"""The HTTP read API's body: ``GET /tenants/{tenant_id}/account`` (CONTRACT.md).
+"""The HTTP read API's bodies: ``GET /tenants/{tenant_id}/account`` (CONTRACT.md) and,
+added, ``GET /tenants/{tenant_id}/authorize``.
 
 ``auto_recharge`` and ``pending_recharge`` are always present, ``null`` when the
 tenant has no settings / no outstanding request, as the contract shows them.

@@ -6,9 +6,11 @@ not bounce because a newer producer sent one more label. Everything the contract
 does name is validated strictly: no number-to-string, string-to-number or
 float-to-int coercion.
 
-The ``decode_*`` helpers are the only way the processor should turn record bytes
-into events. They raise exactly one exception type, ``DecodeError``, whose
-``reason`` is the ``credits.rejected`` reason code.
+The ``decode_*`` helpers turn record bytes into events, and raise exactly one
+exception type, ``DecodeError``, whose ``reason`` is the ``credits.rejected`` reason
+code. The worker reads a usage record of the common shape itself
+(processor/kafka/usage_wire.py, as strict as these models) and hands every other one
+to ``decode_call`` / ``decode_conference``, whose verdict stands.
 """
 
 from __future__ import annotations

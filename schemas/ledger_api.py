@@ -1,7 +1,8 @@
 """The ledger sink's query answers (`meter ledger-sink`, docs/contract.md, *added*).
 
-Bodies of `GET /tenants/{tenant_id}/ledger` and `GET /tenants/{tenant_id}/usage` on
-the sink's port; `docs/openapi.json` is generated from these models.
+Bodies of `GET /tenants/{tenant_id}/ledger`, `GET /tenants/{tenant_id}/usage`,
+`GET /commands/{command_id}`, `GET /tenants` and `GET /tenants/{tenant_id}/recharges`
+on the sink's port; `docs/openapi.json` is generated from these models.
 """
 
 from __future__ import annotations

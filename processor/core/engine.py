@@ -1,8 +1,9 @@
 """From a decoded input to an account transition: rating, validation against the card,
 de-duplication, and dispatch to the state machine.
 
-Pure like the rest of the core: the stores are plain mappings (Faust tables in the
-worker, dicts in tests), the clock is an argument.
+Pure like the rest of the core: the stores are plain mappings (in the worker, staged
+views of the accounts table's store and of the compact marks store; dicts in tests),
+the clock is an argument.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 This module is pure (no Kafka, Faust or metrics) so that the money rules can be
 tested exhaustively and reused by tools. The rules are the contract's
-(`/work/shared/CONTRACT.md`, "The rate card"):
+(docs/contract.md, "The rate card"):
 
 * the longest matching ``prefix`` of the event's table wins;
 * ``increment_seconds`` defaults to 60, ``minimum_seconds`` to ``increment_seconds``,

@@ -212,9 +212,10 @@ def header_value(headers: Mapping[str, str], name: str) -> str | None:
 def command_id_for(endpoint: Endpoint, key: str) -> str:
     """The command_id of a request with this Idempotency-Key, unique per endpoint.
 
-    A top-up's is the key itself (as it always was, so ledger entries name it); a
-    settings request's is `auto-recharge:` + key, or + `sha256:` and the key's hash
-    when that would pass the contract's 128 characters.
+    A top-up's is the key itself (as it always was, so ledger entries name it); any
+    other endpoint's is its prefix (`ID_PREFIXES`: `auto-recharge:`, `limits:`, ...) +
+    key, or + `sha256:` and the key's hash when that would pass the contract's 128
+    characters.
     """
     if endpoint == "funds":
         return key

@@ -84,8 +84,8 @@ class Permission(enum.Enum):
     FUNDS = "funds"  # post a top-up
     RECHARGE_OUTCOME = "recharge_outcome"  # billing's answer to a recharge request
     SIGNED_IN = "signed_in"  # any valid token (whoami)
-    # Added: reads that name no tenant in their path (the sink's GET /tenants, a
-    # command's status by id): operators, never a tenant admin.
+    # Added: reads that name no tenant (the sink's GET /tenants): operators, never a
+    # tenant admin. A command's status names its tenant in the query (READ).
     READ_ALL = "read_all"
 
 

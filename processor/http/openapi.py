@@ -3,11 +3,12 @@
     python -m processor.http.openapi          # (re)write docs/openapi.json
     python -m processor.http.openapi --check  # exit 1 if docs/openapi.json has drifted
 
-Every body schema comes from the pydantic models (`schemas.api`, `schemas.admin`),
-so the document cannot disagree with what the code validates and sends; a unit test
-fails when the checked-in copy is stale, and each worker serves `render()` at
-`GET /openapi.json`. The paths are in processor/http/worker_doc.py (the workers') and
-processor/http/ledger_doc.py (the ledger sink's); here, the document around them.
+Every body schema comes from the pydantic models (`schemas.api`, `schemas.admin`,
+`schemas.ledger_api`), so the document cannot disagree with what the code validates
+and sends; a unit test fails when the checked-in copy is stale, and each worker serves
+`render()` at `GET /openapi.json`. The paths are in processor/http/worker_doc.py (the
+workers') and processor/http/ledger_doc.py (the ledger sink's); here, the document
+around them.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from processor.http import auth
+from processor.http.admin_requests import ID_PREFIXES
 from processor.http.ledger_doc import json_response
 from schemas.admin import (
     AutoRechargePatch,
@@ -60,15 +61,16 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
         "in": "header",
         "required": False,
         "description": "Scoped per tenant and endpoint. Becomes the command's "
-        "`command_id` (a top-up's as it is, a settings request's as `auto-recharge:` + "
-        "key, a limits request's as `limits:` + key, hashed past 128 characters), which "
+        "`command_id` (a top-up's as it is; any other endpoint's as its prefix + key: "
+        f"{', '.join(f'`{p}`' for p in ID_PREFIXES.values())}; hashed past 128 "
+        "characters), which "
         "the processor applies once, so "
         "retrying a request with the same key (after a timeout, a 503, a lost answer) "
         "changes the balance once. The same key and body again get the first answer "
         "(the worker remembers it for 24 hours; another worker publishes the same "
         "command again, which the processor drops); the same key with a different "
         "body is a 422 (`idempotency_key_reused`). A top-up key may not start with "
-        "`auto-recharge:` or `limits:`. Without it a fresh key is used (returned in the "
+        "one of those prefixes. Without it a fresh key is used (returned in the "
         "`Idempotency-Key` header) and every request is a new command.",
         "schema": {"type": "string", "pattern": ID_PATTERN},
     }

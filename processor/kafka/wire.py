@@ -2,8 +2,9 @@
 
 Field names are the contract's (docs/contract.md, the models in `schemas/`), money is a
 fixed-point string at the card's precision, timestamps are RFC 3339 with "Z". The
-worker, replay, the simulator and the services all encode through here, so a format
-has one definition; tests/unit/test_wire.py checks each against its pydantic model.
+worker encodes every output, timer tick, command result and rejection through here, so
+a format has one definition; tests/unit/test_wire.py checks each against its pydantic
+model.
 The state the worker keeps for itself (stored accounts, marks) is encoded in
 processor/worker/codec.py.
 """
@@ -33,9 +34,9 @@ def dumps(value: Any) -> bytes:
     """orjson.dumps, in a bytes object of the text's own size.
 
     orjson (3.12 and later) hands back its whole working buffer, at least 4 KiB, with
-    the length set to the text's: a small dedupe mark held until its batch is produced
-    would keep 4 KiB, and each one written lands on a page never touched before, a
-    page fault apiece. Copying it out costs far less than those faults (docs/
+    the length set to the text's: a small output or account value held until its batch
+    is produced would keep 4 KiB, and each one written lands on a page never touched
+    before, a page fault apiece. Copying it out costs far less than those faults (docs/
     performance.md, "Figures behind design choices").
     """
     return b"".join((orjson.dumps(value, option=orjson.OPT_UTC_Z), b""))

@@ -145,14 +145,15 @@ STALE_DROPPED = Counter(
 )
 UNOWNED_DROPPED = Counter(
     "meter_unowned_records_dropped_total",
-    "Records staged for a partition this worker no longer owns (timer ticks, mark "
-    "tombstones), not produced: its new owner does that work, and producing them "
+    "Records staged for a partition this worker no longer owns (timer ticks), not "
+    "produced: its new owner does that work, and producing them "
     "would fence it.",
     registry=REGISTRY,
 )
 TRANSACTIONS = Counter(
     "meter_transactions_total",
-    "Kafka transactions committed by the flusher (one per partition number per round).",
+    "Kafka transactions committed by the flusher (one a round per partition number, "
+    "or per group of them the worker owns whole).",
     registry=REGISTRY,
 )
 MARKS_FORGOTTEN = Counter(

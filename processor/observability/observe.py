@@ -66,7 +66,8 @@ class MeterLike(Protocol):
 
 
 def _fallback_balance_of(value: Any) -> Decimal:
-    # The stored value is an Account today, and may become a wrapper holding one.
+    # A stored value holds its Account (`StoredAccount.account`); an Account has the
+    # balance itself.
     balance = getattr(value, "balance", None)
     if balance is None:
         balance = value.account.balance
@@ -76,8 +77,9 @@ def _fallback_balance_of(value: Any) -> Decimal:
 def load_balance_of() -> BalanceOf:
     """`processor.worker.codec.balance_of` where it exists, else read the attribute.
 
-    Imported when called, not at module import: the stored value's type is owned by
-    the codec, which is changing independently of this module.
+    Imported when called, not at module import: the stored value's type is the
+    worker's, and processor.observability sits below processor.worker in the import
+    layers (pyproject.toml).
     """
     codec = importlib.import_module("processor.worker.codec")
     found = getattr(codec, "balance_of", None)

@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.set_defaults(func=cmd_token)
 
-    # Operator commands: account, add-funds, auto-recharge, schemas, simulate.
+    # Operator commands: account, add-funds, auto-recharge, command, schemas, rules,
+    # simulate.
     admin_parser.register(sub)
     return parser
 

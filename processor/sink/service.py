@@ -2,15 +2,16 @@
 
 A plain aiokafka consumer in its own group (`<METER_APP_ID>-ledger-sink`), reading
 `read_committed` (the processor writes its outputs in transactions; an aborted copy
-is never seen) from `credits.ledger`, `credits.recharge-requests` and
-`credits.commands` (for the recharge outcomes: `funds_added` from auto-recharge and
-`recharge_failed`; and, added, every command as pending) and `credits.command-results`
-(added: each command's outcome, served as `GET /commands/{command_id}`). Each poll
-becomes one database transaction holding its rows and
-the position it reached (`LedgerStore.write`); whenever partitions are assigned, the
-consumer seeks to the positions the database holds, so Kafka's committed offsets
-(committed too, after the database, for lag monitoring only) are never what it
-resumes from.
+is never seen) from `credits.ledger`, `credits.recharge-requests`, `credits.commands`
+(for the recharge outcomes: `funds_added` from auto-recharge and `recharge_failed`;
+and, added, every command as pending), `credits.command-results` (added: each
+command's outcome, served as `GET /commands/{command_id}`) and `credits.alerts`
+(added: with the ledger and the commands, they keep the tenants table,
+processor/sink/tenants.py). Each poll becomes one database transaction holding its
+rows and the position it reached (`LedgerStore.write`); whenever partitions are
+assigned, the consumer seeks to the positions the database holds, so Kafka's
+committed offsets (committed too, after the database, for lag monitoring only) are
+never what it resumes from.
 
 A record that is not what the contract says (a foreign producer on the topic, a
 command the processor rejects) becomes no row: it is logged with its coordinates and

@@ -122,8 +122,9 @@ class Meter:
             retry_after=timedelta(seconds=cfg.recharge_retry_after_seconds),
             max_attempts=cfg.recharge_max_attempts,
         )
-        # Recovery keeps the account value with the highest write counter, and reads
-        # the changelogs in bulk (processor/worker/store.py).
+        # Recovery keeps the newest account value (`StoredAccount.order`: epoch,
+        # generation, write counter), and reads the changelogs in bulk
+        # (processor/worker/store.py).
         table_store = store.register() if cfg.store == "memory://" else cfg.store
         self.accounts = self.app.Table("accounts", partitions=partitions, store=table_store)
         # The dedupe marks: compact, read back with the accounts (processor/worker/marks.py).

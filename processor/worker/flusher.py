@@ -105,9 +105,9 @@ class Flusher:
        partition holding the round's seen marks (processor/worker/marks_log.py), sent
        only once the round carrying its outputs was acknowledged, so a value never
        reaches the changelog before the outputs of the records it applied. With an
-       atomic publisher (the worker's: one Kafka transaction per partition number,
-       processor/worker/publisher.py) a batch's outputs and state go in the same round
-       and land together or not at all.
+       atomic publisher (the worker's: one Kafka transaction per partition number, or
+       per group of them it owns whole, processor/worker/publisher.py) a batch's
+       outputs and state go in the same round and land together or not at all.
     5. The state landed: the staged views settle the batch into the local stores (in
        batch order), the batch's `flush` returns, and `landed(held, None)` hands the
        messages back. This waits for nothing, but runs once the next round's requests

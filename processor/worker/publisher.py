@@ -454,9 +454,8 @@ class TransactionalPublisher:
             for partition, count in unowned.items():
                 # Not (or no longer) ours: its new owner does this work again, and a
                 # transaction under its ids from here would fence that owner. What
-                # reaches here is a timer's tick or a forgotten mark's tombstone staged
-                # before a rebalance moved the partition; input records are flushed
-                # before a revoke.
+                # reaches here is a timer's tick staged before a rebalance moved the
+                # partition; input records are flushed before a revoke.
                 log.warning(
                     "dropped %d records for partition %d, which this worker no longer owns",
                     count,

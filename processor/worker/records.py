@@ -91,7 +91,8 @@ class Out:
 
     topic: Final[str]
     key: Final[bytes | None]
-    # None: a tombstone (a forgotten dedupe mark).
+    # None: a tombstone (a key forgotten from the accounts' view, `Staged.forget`);
+    # dedupe marks are never written as tombstones (processor/worker/marks_log.py).
     value: Final[bytes | None]
     headers: Final[Sequence[tuple[str, bytes]] | None]
     # None: the key's partition by Kafka's default partitioner (any, for no key).

@@ -5,9 +5,10 @@ batch of records must reach Kafka as one write per touched key, and only after t
 batch's outputs are in Kafka (docs/guarantees.md), so the engine is handed this view:
 reads see the batch's own writes first, writes wait here until `take()`.
 
-A key can also be forgotten (`forget`): staged as None, it reaches the changelog as a
-tombstone and leaves the base when its flush settles. Until then reads still find the
-base's value (a dedupe mark past its window, honoured a little longer).
+A key can also be forgotten (`forget`): staged as None, it leaves the base when its
+flush settles, and until then reads still find the base's value. The flusher writes a
+forgotten account as a tombstone and skips a forgotten mark; dedupe marks past their
+window are dropped by the marks store itself (processor/worker/marks.py).
 """
 
 from __future__ import annotations

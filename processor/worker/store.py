@@ -61,7 +61,8 @@ class SeqMemoryStore(MemoryStore[Any, Any]):
     tally: AccountTally | None = None
     # Called with the active partition numbers before the changelog is read: the app
     # starts their transactional producers there, which fences any earlier owner.
-    # (and the rebalance's generation, so that the two tables' stores fence once)
+    # (and the rebalance's generation: a second call for the same generation and
+    # partitions fences nothing again)
     fence: Callable[[set[int], int], Awaitable[None]] | None = None
     # The running rate card's currency and decimals: an account value read back in
     # another currency, or at more decimals, stops the worker (core/money.py).

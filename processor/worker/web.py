@@ -2,7 +2,7 @@
 
 The account read API (`AccountAPI`, processor/http/accounts.py), who the caller is,
 metrics and the probes; the admin endpoints are added by processor/http/admin_web.py.
-Faust's own pages are off (processor/worker/app.py says why).
+Faust's own pages are off (processor/worker/faust_app.py says why).
 """
 
 from __future__ import annotations
