@@ -8,7 +8,7 @@ for the user's locale: `12,34 €` and `3 Δεκ 2026` in Greek.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
@@ -26,6 +26,7 @@ __all__ = [
     "N_",
     "Translator",
     "catalog_path",
+    "column_places",
     "translator",
 ]
 
@@ -34,6 +35,26 @@ DEFAULT: Final = "en"
 # Babel locales (territory for currency and date conventions).
 _LOCALES: Final = {"en": "en_US", "el": "el_GR"}
 TRANSLATIONS: Final = Path(__file__).resolve().parent / "translations"
+
+
+def _decimal(amount: str | Decimal) -> Decimal | None:
+    try:
+        return Decimal(str(amount))
+    except InvalidOperation:
+        return None
+
+
+def _places(value: Decimal) -> int:
+    """The decimals an amount needs to show exactly (at least two)."""
+    exponent = value.normalize().as_tuple().exponent
+    return max(2, -exponent) if isinstance(exponent, int) else 2
+
+
+def column_places(amounts: Iterable[str | Decimal | None]) -> int:
+    """The decimals a column of amounts shows, so that its decimal points line up:
+    the most any of them has, at least two."""
+    found = (_decimal(a) for a in amounts if a is not None)
+    return max((_places(v) for v in found if v is not None), default=2)
 
 
 def N_(message: str) -> str:  # gettext's name for "mark, translate later"
@@ -72,30 +93,36 @@ class Translator:
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         return self.gettext(singular if n == 1 else plural)
 
-    def money(self, amount: str | Decimal | None, currency: str | None) -> str:
-        """`12,34 €` in Greek, `€12.34` in English; at least two decimals, never fewer
-        than the amount has (a balance of 12.3456 shows all four)."""
+    def money(self, amount: str | Decimal | None, currency: str | None, places: int = 2) -> str:
+        """`12,34 €` in Greek, `€12.34` in English; at least `places` decimals, never
+        fewer than the amount has (a balance of 12.3456 shows all four). A negative
+        amount takes the minus sign (U+2212) the ledger's debits show, not a hyphen."""
         if amount is None:
             return "—"
-        try:
-            value = Decimal(str(amount))
-        except InvalidOperation:
+        value = _decimal(amount)
+        if value is None:
             return str(amount)
-        places = max(2, -int(value.normalize().as_tuple().exponent))
+        places = max(places, _places(value))
         pattern = None
         if places > 2:
             base = self.locale.currency_formats["standard"].pattern
             pattern = base.replace("0.00", "0." + "0" * places)
+        magnitude = value.copy_abs()
         if not currency:
-            return format_decimal(value, locale=self.locale, decimal_quantization=False)
-        return format_currency(
-            value,
-            currency,
-            format=pattern,
-            locale=self.locale,
-            currency_digits=pattern is None,
-            decimal_quantization=False,
-        )
+            text = format_decimal(magnitude, locale=self.locale, decimal_quantization=False)
+        else:
+            text = format_currency(
+                magnitude,
+                currency,
+                format=pattern,
+                locale=self.locale,
+                currency_digits=pattern is None,
+                decimal_quantization=False,
+            )
+        return "\u2212" + text if value < 0 else text
+
+    def places(self, amounts: Iterable[str | Decimal | None]) -> int:
+        return column_places(amounts)
 
     def number(self, value: int | Decimal) -> str:
         return format_decimal(value, locale=self.locale)

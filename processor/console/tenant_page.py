@@ -18,6 +18,7 @@ from processor.console.access import Refused, page_of, signed_in, tenant_of
 from processor.console.api import ApiClient
 from processor.console.app import API, Session, is_htmx, render, t_of
 from processor.console.charts import daily_spend_svg, last_days
+from processor.console.i18n import column_places
 
 __all__ = [
     "ledger_part",
@@ -95,6 +96,11 @@ async def _consumption(
         session.token, tenant_id, _iso(start), _iso(today + timedelta(days=1)), "day"
     )
     return {
+        # Each month's column at one number of decimals, so that its amounts line up.
+        "consumption_places": {
+            which: column_places(f[which].get("amount") for f in rows.values() if which in f)
+            for which in ("current", "previous")
+        },
         "consumption": sorted(
             rows.items(), key=lambda kv: SERVICES.index(kv[0]) if kv[0] in SERVICES else 99
         ),

@@ -363,7 +363,24 @@ def test_money_and_dates_per_locale() -> None:
     assert greek.money("1234.5", "EUR") == "1.234,50\xa0€"
     # A balance keeps every decimal it has (the card's four).
     assert english.money("0.0245", "USD") == "$0.0245"
+    # A negative balance takes the ledger's minus sign, before the currency.
+    assert english.money("-2.2368", "USD") == "\u2212$2.2368"
+    assert greek.money("-1234.5", "EUR") == "\u22121.234,50\xa0€"
+    assert english.money("-0.00", "USD") == "$0.00"
     assert greek.day("2026-12-03") == "3 Δεκ 2026"
+
+
+def test_a_column_of_amounts_shows_one_number_of_decimals() -> None:
+    english = Translator("en")
+    column = ["83.688", "69.96", None, "200.6654", "-2.2"]
+    places = english.places(column)
+    assert places == 4
+    shown = [english.money(a, "USD", places) for a in column]
+    assert shown == ["$83.6880", "$69.9600", "—", "$200.6654", "\u2212$2.2000"]
+    # Never fewer decimals than an amount has, and two when the column is whole.
+    assert english.money("1.2345", "USD", 2) == "$1.2345"
+    assert english.places(["5", "7.10"]) == 2
+    assert english.places([]) == 2
 
 
 def test_the_daily_chart_is_svg_with_a_bar_and_a_title_per_day() -> None:
