@@ -4,7 +4,7 @@ A broker, a worker and the ledger sink with per-tenant access (METER_AUTH=jwt on
 local key pair), and `meter console` in front of them, all as processes. Debian's
 chromium (/usr/bin/chromium, which .ci/run installs) is driven by Playwright for
 Python; no browser is downloaded. Every wait is Playwright's `expect` with a deadline.
-Screenshots go to test-artifacts/console/ (gitignored); docs/console-*.png are copies.
+Screenshots go to test-artifacts/console/ (gitignored); docs/console/*.png are copies.
 """
 
 from __future__ import annotations
