@@ -27,6 +27,7 @@ __all__ = [
     "Translator",
     "catalog_path",
     "column_places",
+    "form_amount",
     "translator",
 ]
 
@@ -55,6 +56,15 @@ def column_places(amounts: Iterable[str | Decimal | None]) -> int:
     the most any of them has, at least two."""
     found = (_decimal(a) for a in amounts if a is not None)
     return max((_places(v) for v in found if v is not None), default=2)
+
+
+def form_amount(amount: str | None) -> str:
+    """An amount as a form field shows it: plain digits at the decimals it needs, at
+    least two (the API's `25.0000` as `25.00`), so the value sent back is the same."""
+    value = None if amount is None else _decimal(amount)
+    if value is None:
+        return amount or ""
+    return format(value.quantize(Decimal(1).scaleb(-_places(value))), "f")
 
 
 def N_(message: str) -> str:  # gettext's name for "mark, translate later"

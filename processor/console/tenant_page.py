@@ -18,7 +18,7 @@ from processor.console.access import Refused, page_of, signed_in, tenant_of
 from processor.console.api import ApiClient
 from processor.console.app import API, Session, is_htmx, render, t_of
 from processor.console.charts import daily_spend_svg, last_days
-from processor.console.i18n import column_places
+from processor.console.i18n import column_places, form_amount
 
 __all__ = [
     "ledger_part",
@@ -148,9 +148,9 @@ async def tenant_context(
         "ar_form": {
             "enabled": bool(ar.get("enabled")),
             "mode": ar.get("mode") or "fixed",
-            "recharge_amount": ar.get("recharge_amount") or "",
-            "target_balance": ar.get("target_balance") or "",
-            "trigger_balance": ar.get("trigger_balance") or "",
+            "recharge_amount": form_amount(ar.get("recharge_amount")),
+            "target_balance": form_amount(ar.get("target_balance")),
+            "trigger_balance": form_amount(ar.get("trigger_balance")),
         },
         "ar_errors": {},
         "ar_saved": False,

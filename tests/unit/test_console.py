@@ -21,7 +21,7 @@ from processor.console import pages
 from processor.console.api import ApiClient
 from processor.console.app import HERE, build_app
 from processor.console.charts import daily_spend_svg, last_days
-from processor.console.i18n import Translator, _messages, catalog_path
+from processor.console.i18n import Translator, _messages, catalog_path, form_amount
 
 ADMIN_TOKEN = "static-admin-token"
 TOKENS: dict[str, dict[str, Any]] = {
@@ -381,6 +381,15 @@ def test_a_column_of_amounts_shows_one_number_of_decimals() -> None:
     assert english.money("1.2345", "USD", 2) == "$1.2345"
     assert english.places(["5", "7.10"]) == 2
     assert english.places([]) == 2
+
+
+def test_a_form_shows_an_amount_at_the_decimals_it_needs() -> None:
+    assert form_amount("25.0000") == "25.00"
+    assert form_amount("61.8400") == "61.84"
+    assert form_amount("5.0001") == "5.0001"
+    assert form_amount("100") == "100.00"
+    assert form_amount(None) == ""
+    assert form_amount("not money") == "not money"
 
 
 def test_the_daily_chart_is_svg_with_a_bar_and_a_title_per_day() -> None:
