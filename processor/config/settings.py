@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -147,6 +148,9 @@ class Settings(BaseSettings):
     smtp_from: str = Field(
         default="credits-meter <no-reply@localhost>", validation_alias="METER_SMTP_FROM"
     )
+    # Added: the console's address as tenants' admins reach it; each email links to the
+    # tenant's page there. Unset: emails carry no link.
+    console_url: str | None = Field(default=None, validation_alias="METER_CONSOLE_URL")
     # Each try of a webhook or an email gives up after this long.
     notify_timeout_seconds: float = Field(
         default=10.0, validation_alias="METER_NOTIFY_TIMEOUT_SECONDS", gt=0
@@ -206,6 +210,18 @@ class Settings(BaseSettings):
         url = "" if value is None else value.get_secret_value()
         if url and not url.lower().startswith(DATABASE_SCHEMES):
             raise ValueError("a postgresql:// (or sqlite:///) URL")
+        return value
+
+    @field_validator("console_url")
+    @classmethod
+    def _console_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("an http(s):// URL")
+        if parts.query or parts.fragment:
+            raise ValueError("an http(s):// URL without a query or fragment")
         return value
 
     @field_validator("secrets_key")

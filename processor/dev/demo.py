@@ -268,6 +268,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
             "METER_SMTP_HOST": "127.0.0.1",
             "METER_SMTP_PORT": str(told.mail.port),
             "METER_SMTP_STARTTLS": "false",
+            "METER_CONSOLE_URL": console_url,
             "METER_NOTIFY_BACKOFF_SECONDS": "2",
             # The demo's webhook receiver listens on 127.0.0.1.
             "METER_NOTIFY_ALLOW_PRIVATE_WEBHOOKS": "true",

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import aiosmtplib
@@ -34,6 +34,8 @@ __all__ = [
     "SmtpConfig",
     "WebhookChannel",
     "message_id",
+    "readable_time",
+    "tenant_page",
     "webhook_headers",
 ]
 
@@ -62,6 +64,9 @@ class SmtpConfig:
     password: SecretStr | None
     sender: str
     timeout: float
+    # The console's address as the tenant's admins reach it (METER_CONSOLE_URL): each
+    # email then links to the tenant's page, where the balance and these settings are.
+    console_url: str | None = None
 
 
 _templates: Final = Environment(
@@ -70,6 +75,26 @@ _templates: Final = Environment(
     undefined=StrictUndefined,
     keep_trailing_newline=True,
 )
+
+
+def readable_time(value: Any) -> str:
+    """An alert's RFC 3339 time as a reader takes it in: `7 Dec 2026, 21:28 UTC`.
+    Anything else (blank, not a time) as it is."""
+    try:
+        at = datetime.fromisoformat(str(value)).astimezone(UTC)
+    except ValueError:
+        return str(value)
+    return f"{at.day} {at:%b %Y, %H:%M} UTC"
+
+
+def tenant_page(console_url: str | None, tenant_id: str) -> str | None:
+    """The console's page of the tenant, or None without a console address."""
+    if not console_url:
+        return None
+    return f"{console_url.rstrip('/')}/tenants/{quote(tenant_id, safe='')}"
+
+
+_templates.filters["readable_time"] = readable_time
 
 
 class _Data(dict[str, Any]):
@@ -91,6 +116,7 @@ class EmailChannel:
             "tenant_id": delivery.tenant_id,
             "output_id": delivery.output_id,
             "data": data,
+            "page": tenant_page(self.config.console_url, delivery.tenant_id),
         }
         msg = EmailMessage()
         msg["Subject"] = f"[{delivery.tenant_id}] {context['subject']}"

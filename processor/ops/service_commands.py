@@ -310,6 +310,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
                 password=cfg.smtp_password,
                 sender=cfg.smtp_from,
                 timeout=cfg.notify_timeout_seconds,
+                console_url=cfg.console_url,
             )
         )
     else:

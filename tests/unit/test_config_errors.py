@@ -40,6 +40,7 @@ def run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
         (["replay-rejected", "--dry-run"], "METER_DEDUPE_DAYS", "0", ["greater than 0"]),
         (["add-funds", "acme", "5"], "KAFKA_SECURITY_PROTOCOL", "TLS", ["'SSL'", "'SASL_SSL'"]),
         (["account", "acme"], "METER_WEB_PORT", "-1", ["at least 0"]),
+        (["notifier"], "METER_CONSOLE_URL", "credits.example.com", ["an http(s):// URL"]),
     ],
 )
 def test_a_bad_setting_names_variable_value_and_what_is_allowed(

@@ -26,6 +26,7 @@ from processor.notifier.channels import (
     WebhookChannel,
     is_public,
     message_id,
+    readable_time,
     webhook_headers,
 )
 from processor.notifier.events import Settings, notification_of, selected
@@ -152,6 +153,48 @@ async def delivering() -> AsyncIterator[Callable[[Notifier], None]]:
     for notifier in started:
         await asyncio.gather(*notifier.inflight, return_exceptions=True)
         await notifier.webhook.close()
+
+
+# ------------------------------------------------------------------------ email
+
+
+def _delivery(tenant_id: str, event: str, data: dict[str, Any]) -> Delivery:
+    at = datetime(2026, 12, 7, 21, 28, tzinfo=UTC)
+    payload = json.dumps({"type": event, "data": data})
+    return Delivery(
+        "d-1", "alert-9", tenant_id, event, "email", "a@t.example", None, payload, at, at, 0
+    )
+
+
+def test_an_email_links_to_the_tenants_console_page_and_reads_its_times() -> None:
+    data = {
+        "amount": "5.0000",
+        "currency": "USD",
+        "expires_at": "2027-12-07T21:28:48Z",
+        "occurred_at": "2026-12-07T21:28:48.972664Z",
+    }
+    config = SmtpConfig("h", 25, False, None, None, "m <m@x.example>", 5, "https://c.example/")
+    message = EmailChannel(config).message(_delivery("cogswell:cogs", "funds_expiring", data))
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    page = "https://c.example/tenants/cogswell%3Acogs"
+    assert f"Your balance, history and settings: {page}" in text.get_content()
+    assert f'<a href="{page}">' in html.get_content()
+    assert "expire at 7 Dec 2027, 21:28 UTC." in text.get_content()
+    assert "When: 7 Dec 2026, 21:28 UTC" in text.get_content()
+    # Without a console address: no link, and nothing else missing.
+    bare = SmtpConfig("h", 25, False, None, None, "m <m@x.example>", 5)
+    plain = EmailChannel(bare).message(_delivery("t1", "funds_expiring", data))
+    body = plain.get_body(("plain",))
+    assert body is not None and "http" not in body.get_content()
+    assert "PUT /tenants/t1/notifications" in body.get_content()
+
+
+def test_a_time_that_is_not_one_is_shown_as_it_is() -> None:
+    assert readable_time("2026-01-05T08:04:00+02:00") == "5 Jan 2026, 06:04 UTC"
+    assert readable_time("") == ""
+    assert readable_time("soon") == "soon"
 
 
 # ------------------------------------------------------------------------ mapping
