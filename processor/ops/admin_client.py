@@ -144,9 +144,17 @@ def publish(
     tenant: str,
     summary: str,
     args: argparse.Namespace | None = None,
+    *,
+    exclude_unset: bool = False,
 ) -> int:
+    """Send `command` to credits.commands and say so. Its fields at None are left out;
+    with `exclude_unset`, only the fields it was built with are written, None as null
+    (a partial command, where an absent field keeps a value and null clears it)."""
     _check_precision(cfg, command)
-    value = command.model_dump_json(exclude_none=True).encode()
+    if exclude_unset:
+        value = command.model_dump_json(exclude_unset=True).encode()
+    else:
+        value = command.model_dump_json(exclude_none=True).encode()
     asyncio.run(send_command(cfg, tenant, value))
     command_id = getattr(command, "command_id", "")
     emit(

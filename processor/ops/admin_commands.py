@@ -2,8 +2,11 @@
 
     meter account TENANT [--worker-url URL]
     meter add-funds TENANT AMOUNT [--currency C] [--idempotency-key K] [--via-api URL]
-    meter auto-recharge set TENANT --amount A --trigger T [--idempotency-key K] [--via-api URL]
+    meter auto-recharge set TENANT --amount A --trigger T [--target B] [--idempotency-key K]
+                            [--via-api URL]
     meter auto-recharge disable TENANT [--worker-url URL | --amount A --trigger T | --via-api URL]
+    meter limits TENANT [--credit-limit A] [--notify-below B | --no-notify-below]
+                        [--idempotency-key K] [--via-api URL]
     meter command status ID [--tenant T] [--worker-url URL] [--wait SECONDS]
     meter schemas export [--check]
     meter rules export [--check]
@@ -42,7 +45,12 @@ from processor.ops import admin_client
 from processor.ops.admin_client import Failed, command_id, default_worker_url, load_settings
 from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from processor.ops.output import emit
-from schemas.inputs import AutoRechargeConfigured, FundsAdded
+from schemas.inputs import (
+    AutoRechargeChanged,
+    AutoRechargeConfigured,
+    FundsAdded,
+    TenantLimitsConfigured,
+)
 from schemas.types import format_money
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "cmd_auto_recharge_disable",
     "cmd_auto_recharge_set",
     "cmd_command_status",
+    "cmd_limits",
     "cmd_rules_export",
     "cmd_schemas_export",
     "cmd_simulate",
@@ -153,7 +162,7 @@ def cmd_add_funds(args: argparse.Namespace) -> int:
 
 
 def _settings_command(
-    args: argparse.Namespace, enabled: bool, amount: str, trigger: str
+    args: argparse.Namespace, enabled: bool, amount: str, trigger: str, target: str | None = None
 ) -> BaseModel:
     return _build(
         AutoRechargeConfigured,
@@ -164,20 +173,27 @@ def _settings_command(
         enabled=enabled,
         recharge_amount=amount,
         trigger_balance=trigger,
+        mode="fixed" if target is None else "to_target",
+        target_balance=target,
     )
 
 
 def cmd_auto_recharge_set(args: argparse.Namespace) -> int:
     cfg = load_settings()
-    command = _settings_command(args, True, args.amount, args.trigger)
+    command = _settings_command(args, True, args.amount, args.trigger, args.target)
     summary = f"auto-recharge for {args.tenant}: {args.amount} when below {args.trigger}"
+    if args.target is not None:
+        summary = f"auto-recharge for {args.tenant}: up to {args.target} when below {args.trigger}"
     if args.via_api:
         assert isinstance(command, AutoRechargeConfigured)
-        body = {
+        body: dict[str, Any] = {
             "enabled": True,
             "recharge_amount": format_money(command.recharge_amount),
             "trigger_balance": format_money(command.trigger_balance),
         }
+        if command.target_balance is not None:
+            body["mode"] = "to_target"
+            body["target_balance"] = format_money(command.target_balance)
         path = f"/tenants/{quote(args.tenant, safe='')}/auto-recharge"
         return admin_client.via_api(args, "PUT", path, body, summary)
     return admin_client.publish(cfg, command, args.tenant, summary, args)
@@ -186,36 +202,70 @@ def cmd_auto_recharge_set(args: argparse.Namespace) -> int:
 def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
     cfg = load_settings()
     amount, trigger = args.amount, args.trigger
+    summary = f"auto-recharge for {args.tenant}: disabled"
     if args.via_api:
         # DELETE: the owner turns it off and keeps the amounts; none are needed here.
         path = f"/tenants/{quote(args.tenant, safe='')}/auto-recharge"
-        summary = f"auto-recharge for {args.tenant}: disabled"
         return admin_client.via_api(args, "DELETE", path, None, summary)
     if (amount is None) != (trigger is None):
         raise Failed(EXIT_USAGE, "give both --amount and --trigger, or neither")
-    if amount is None:
-        # The contract's command always carries amounts; keep the tenant's current
-        # ones so that re-enabling later (or reading the account) shows no surprise.
-        url = args.worker_url or default_worker_url()
-        status, body = asyncio.run(admin_client.get_account(url, args.tenant))
-        if status == 404 or (status == 200 and body.get("auto_recharge") is None):
-            emit(
-                admin_client.output_format(args),
-                {"status": "unchanged", "tenant_id": args.tenant, "auto_recharge": None},
-                f"{args.tenant} has no auto-recharge settings: nothing to disable",
-            )
-            return EXIT_OK
-        if status != 200:
-            raise Failed(
-                EXIT_PROBLEM,
-                f"cannot read {args.tenant}'s current settings from {url} ({status}: "
-                f"{body.get('detail', body)}); pass --amount and --trigger to keep them",
-            )
-        amount = body["auto_recharge"]["recharge_amount"]
-        trigger = body["auto_recharge"]["trigger_balance"]
-    command = _settings_command(args, False, amount, trigger)
-    summary = f"auto-recharge for {args.tenant}: disabled"
-    return admin_client.publish(cfg, command, args.tenant, summary, args)
+    if amount is not None:
+        # Explicit amounts: the settings replaced, off, as before this command had
+        # auto_recharge_changed.
+        command = _settings_command(args, False, amount, trigger)
+        return admin_client.publish(cfg, command, args.tenant, summary, args)
+    # What DELETE publishes: `enabled: false`, merged at the tenant's owner in order
+    # with every other command, so its amounts, mode and target are kept as they are
+    # there, not as a read a moment ago saw them.
+    url = args.worker_url or default_worker_url()
+    status, body = asyncio.run(admin_client.get_account(url, args.tenant))
+    if status == 404 or (status == 200 and body.get("auto_recharge") is None):
+        emit(
+            admin_client.output_format(args),
+            {"status": "unchanged", "tenant_id": args.tenant, "auto_recharge": None},
+            f"{args.tenant} has no auto-recharge settings: nothing to disable",
+        )
+        return EXIT_OK
+    # Any other answer (no worker reachable among them) does not stop it: the owner
+    # decides, and `meter command status ID` tells what it did.
+    changed = _build(
+        AutoRechargeChanged,
+        type="auto_recharge_changed",
+        command_id=command_id(args),
+        tenant_id=args.tenant,
+        occurred_at=datetime.now(UTC),
+        enabled=False,
+    )
+    return admin_client.publish(cfg, changed, args.tenant, summary, args)
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    cfg = load_settings()
+    # Only what was given: an absent limit is kept at the owner, a null level cleared.
+    given: dict[str, Any] = {}
+    if args.credit_limit is not None:
+        given["credit_limit"] = args.credit_limit
+    if args.notify_below is not None or args.no_notify_below:
+        given["notify_below"] = args.notify_below
+    command = _build(
+        TenantLimitsConfigured,
+        type="tenant_limits_configured",
+        command_id=command_id(args),
+        tenant_id=args.tenant,
+        occurred_at=datetime.now(UTC),
+        **given,
+    )
+    shown = ", ".join(f"{name} {value or 'none'}" for name, value in given.items())
+    summary = f"limits for {args.tenant}: {shown}"
+    if args.via_api:
+        assert isinstance(command, TenantLimitsConfigured)
+        body = {
+            name: None if value is None else format_money(value)
+            for name, value in command.model_dump(include=set(given)).items()
+        }
+        path = f"/tenants/{quote(args.tenant, safe='')}/limits"
+        return admin_client.via_api(args, "PUT", path, body, summary)
+    return admin_client.publish(cfg, command, args.tenant, summary, args, exclude_unset=True)
 
 
 def cmd_account(args: argparse.Namespace) -> int:

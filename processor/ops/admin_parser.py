@@ -16,6 +16,7 @@ from processor.ops.admin_commands import (
     cmd_auto_recharge_disable,
     cmd_auto_recharge_set,
     cmd_command_status,
+    cmd_limits,
     cmd_rules_export,
     cmd_schemas_export,
     cmd_simulate,
@@ -108,28 +109,38 @@ def register(sub: Any) -> None:
     auto = sub.add_parser(
         "auto-recharge",
         help="set or disable a tenant's auto-recharge",
-        description="Publish auto_recharge_configured commands (replacing the tenant's "
-        "settings; new settings also lift a suspension).",
+        description="Set (auto_recharge_configured: replaces the tenant's settings and "
+        "lifts a suspension) or disable (auto_recharge_changed: off, the rest kept) a "
+        "tenant's auto-recharge.",
     )
     auto_sub = auto.add_subparsers(dest="action", required=True, metavar="ACTION")
     set_ = auto_sub.add_parser(
         "set",
         help="enable: recharge AMOUNT whenever the balance falls below TRIGGER",
         description="Enable auto-recharge: when the balance falls below --trigger, the "
-        "processor asks billing for --amount.",
+        "processor asks billing for --amount, or with --target for what brings the "
+        "balance up to --target (--amount is still kept, for a later switch back). "
+        "Replaces the tenant's settings and lifts a suspension.",
     )
     set_.add_argument("tenant", metavar="TENANT", type=_tenant)
     set_.add_argument("--amount", required=True, help="recharge amount, e.g. 25.00 (> 0)")
     set_.add_argument("--trigger", required=True, help="trigger balance, e.g. 5.00 (>= 0)")
+    set_.add_argument(
+        "--target",
+        default=None,
+        help="recharge up to this balance instead of by --amount (mode to_target; above "
+        "--trigger), e.g. 50.00",
+    )
     set_.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
     _api_options(set_)
     set_.set_defaults(func=_guarded(cmd_auto_recharge_set, "auto-recharge set"))
     disable = auto_sub.add_parser(
         "disable",
         help="turn auto-recharge off (keeps the amounts)",
-        description="Disable auto-recharge. The command carries amounts, so the "
-        "tenant's current ones are read from a worker; without a worker, pass "
-        "--amount and --trigger.",
+        description="Disable auto-recharge, keeping its amounts, mode and target (an "
+        "auto_recharge_changed command, as DELETE /tenants/TENANT/auto-recharge "
+        "publishes). A worker is asked first whether there is anything to disable; "
+        "with --amount and --trigger, the settings are replaced by these, off.",
     )
     disable.add_argument("tenant", metavar="TENANT", type=_tenant)
     disable.add_argument("--worker-url", **worker_url)
@@ -137,6 +148,32 @@ def register(sub: Any) -> None:
     disable.add_argument("--trigger", default=None, help="trigger balance to keep")
     disable.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
     _api_options(disable)
+
+    limits = sub.add_parser(
+        "limits",
+        help="set a tenant's credit limit and low-balance level",
+        description="Publish a tenant_limits_configured command (as PUT "
+        "/tenants/TENANT/limits does). What is not given is kept; --no-notify-below "
+        "clears the low-balance level.",
+    )
+    limits.add_argument("tenant", metavar="TENANT", type=_tenant)
+    limits.add_argument(
+        "--credit-limit",
+        default=None,
+        metavar="AMOUNT",
+        help="how far below zero the balance may go, e.g. 20.00 (0: none)",
+    )
+    level = limits.add_mutually_exclusive_group()
+    level.add_argument(
+        "--notify-below",
+        default=None,
+        metavar="AMOUNT",
+        help="alert (low_balance) when the balance falls below this, e.g. 5.00",
+    )
+    level.add_argument("--no-notify-below", action="store_true", help="no low-balance alerts")
+    limits.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
+    _api_options(limits)
+    limits.set_defaults(func=_guarded(cmd_limits, "limits"))
 
     command = sub.add_parser(
         "command",

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.set_defaults(func=cmd_token)
 
-    # Operator commands: account, add-funds, auto-recharge, command, schemas, rules,
+    # Operator commands: account, add-funds, auto-recharge, limits, command, schemas, rules,
     # simulate.
     admin_parser.register(sub)
     return parser

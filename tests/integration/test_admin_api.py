@@ -168,8 +168,9 @@ async def test_meter_add_funds_reaches_the_worker_and_meter_account_reads_it(
         0
     ] == 0
     code, out, err = await meter(
-        worker, "auto-recharge", "set", "initech", "--amount", "10", "--trigger", "1"
-    )
+        worker, "auto-recharge", "set", "initech", "--amount", "10", "--trigger", "1",
+        "--target", "30",
+    )  # fmt: skip
     assert code == 0, err
 
     async def configured() -> bool:
@@ -181,8 +182,38 @@ async def test_meter_add_funds_reaches_the_worker_and_meter_account_reads_it(
     assert code == 0, err
     account = json.loads(out)
     assert account["balance"] == "12.5000" and account["auto_recharge"]["enabled"] is True
+    assert account["auto_recharge"]["mode"] == "to_target"
     code, _, err = await meter(worker, "account", "never-seen")
     assert code == 1 and "no such tenant" in err
+    # Off, straight to Kafka: the owner keeps the amounts, the mode and the target.
+    code, out, err = await meter(worker, "auto-recharge", "disable", "initech")
+    assert code == 0, err
+
+    async def disabled() -> dict[str, Any] | str:
+        _, body = await worker.get("/tenants/initech/account")
+        settings = body.get("auto_recharge") or {}
+        return dict(settings) if settings.get("enabled") is False else f"not yet: {body}"
+
+    off = await eventually(disabled, timeout=30, what="auto-recharge disabled")
+    assert (off["mode"], off["target_balance"], off["recharge_amount"]) == (
+        "to_target",
+        "30.0000",
+        "10.0000",
+    ), off
+    # Limits: what is named changes, the rest is kept; --no-notify-below clears the level.
+    code, _, err = await meter(
+        worker, "limits", "initech", "--credit-limit", "5", "--notify-below", "2"
+    )
+    assert code == 0, err
+    code, _, err = await meter(worker, "limits", "initech", "--no-notify-below")
+    assert code == 0, err
+
+    async def limited() -> dict[str, Any] | str:
+        _, body = await worker.get("/tenants/initech/account")
+        done = body.get("credit_limit") == "5.0000" and body.get("notify_below") is None
+        return dict(body) if done else f"not yet: {body}"
+
+    await eventually(limited, timeout=30, what="the limits applied")
 
 
 async def test_refused_at_the_api_what_the_processor_would_reject_and_keys_per_endpoint(

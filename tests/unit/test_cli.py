@@ -11,7 +11,12 @@ import pytest
 from processor.dev.kafka_local import free_port
 from processor.ops import admin_client, cli, common
 from schemas import decode_command
-from schemas.inputs import AutoRechargeConfigured, FundsAdded
+from schemas.inputs import (
+    AutoRechargeChanged,
+    AutoRechargeConfigured,
+    FundsAdded,
+    TenantLimitsConfigured,
+)
 
 
 def commands(
@@ -40,6 +45,7 @@ def test_the_operator_commands_are_registered() -> None:
         ("auto-recharge",),
         ("auto-recharge", "set"),
         ("auto-recharge", "disable"),
+        ("limits",),
         ("schemas", "export"),
         ("simulate",),
     } <= set(ALL)
@@ -131,6 +137,10 @@ def test_without_a_key_a_fresh_command_id_is_printed(
         (["auto-recharge", "set", "acme", "--amount", "0", "--trigger", "1"], "recharge_amount"),
         (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "-1"], "trigger_balance"),
         (["auto-recharge", "disable", "acme", "--amount", "5"], "both --amount and --trigger"),
+        (
+            ["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "9", "--target", "8"],
+            "above trigger_balance",
+        ),
         # The example card keeps 4 decimal places; the processor would reject more.
         (["add-funds", "acme", "5.00001"], "more than 4 decimal places"),
         (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "0.12345"], "trigger"),
@@ -164,30 +174,80 @@ def fake_account(monkeypatch: pytest.MonkeyPatch, status: int, body: dict[str, A
     return asked
 
 
-def test_disable_keeps_the_current_amounts_read_from_a_worker(
+def test_disable_turns_it_off_at_the_owner_keeping_amounts_mode_and_target(
     sent: Sent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = {"enabled": True, "recharge_amount": "20.0000", "trigger_balance": "2.5000"}
+    settings = {
+        "enabled": True,
+        "recharge_amount": "20.0000",
+        "trigger_balance": "2.5000",
+        "mode": "to_target",
+        "target_balance": "40.0000",
+    }
     asked = fake_account(monkeypatch, 200, {"auto_recharge": settings})
     monkeypatch.setenv("METER_WEB_PORT", "7777")
-    assert cli.main(["auto-recharge", "disable", "acme"]) == 0
+    assert cli.main(["auto-recharge", "disable", "acme", "--idempotency-key", "off-1"]) == 0
     assert asked == ["http://127.0.0.1:7777"]  # the default follows METER_WEB_PORT
-    [(_, value)] = sent.records
+    [(tenant, value)] = sent.records
     command = decode_command(value)
-    assert isinstance(command, AutoRechargeConfigured) and not command.enabled
-    assert str(command.recharge_amount) == "20.0000"
+    # Only `enabled: false`: the owner keeps what it has (the mode and target too),
+    # as the API's DELETE does; not amounts as a read saw them, in fixed mode.
+    assert isinstance(command, AutoRechargeChanged) and tenant == "acme"
+    assert command.command_id == "off-1" and command.enabled is False
+    assert json.loads(value).keys() >= {"enabled"}
+    assert "recharge_amount" not in json.loads(value) and "mode" not in json.loads(value)
 
 
-def test_disable_without_settings_or_worker(
+def test_disable_without_settings_says_so_and_without_a_worker_still_publishes(
     sent: Sent, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake_account(monkeypatch, 404, {"error": "not_found"})
     assert cli.main(["auto-recharge", "disable", "acme"]) == 0
     assert "nothing to disable" in capsys.readouterr().out
-    fake_account(monkeypatch, 0, {"detail": "no worker answers"})
-    assert cli.main(["auto-recharge", "disable", "acme"]) == common.EXIT_PROBLEM
-    assert "--amount and --trigger" in capsys.readouterr().err
     assert sent.records == []
+    # No worker to ask: the owner decides when it applies the command.
+    fake_account(monkeypatch, 0, {"detail": "no worker answers"})
+    assert cli.main(["auto-recharge", "disable", "acme"]) == 0
+    [(_, value)] = sent.records
+    assert isinstance(decode_command(value), AutoRechargeChanged)
+
+
+def test_limits_sends_only_what_was_given_and_null_to_clear_the_level(sent: Sent) -> None:
+    assert cli.main(["limits", "acme", "--credit-limit", "20", "--notify-below", "5"]) == 0
+    assert cli.main(["limits", "acme", "--no-notify-below"]) == 0
+    assert cli.main(["limits", "acme", "--credit-limit", "0"]) == 0
+    both, cleared, credit = (json.loads(v) for _, v in sent.records)
+    assert (both["credit_limit"], both["notify_below"]) == ("20", "5")
+    # null clears the level; the credit limit, not named, is kept at the owner.
+    assert cleared["notify_below"] is None and "credit_limit" not in cleared
+    assert credit["credit_limit"] == "0" and "notify_below" not in credit
+    for _, value in sent.records:
+        assert isinstance(decode_command(value), TenantLimitsConfigured)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["limits", "acme"], "name credit_limit, notify_below or both"),
+        (["limits", "acme", "--credit-limit", "-1"], "credit_limit"),
+        (["limits", "acme", "--notify-below", "1.00001"], "more than 4 decimal places"),
+    ],
+)
+def test_limits_refuses_what_the_processor_would_reject(
+    argv: list[str], message: str, sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == common.EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert sent.records == []
+
+
+def test_set_with_a_target_recharges_up_to_it(sent: Sent) -> None:
+    argv = ["auto-recharge", "set", "acme", "--amount", "25", "--trigger", "5", "--target", "60"]
+    assert cli.main(argv) == 0
+    [(_, value)] = sent.records
+    command = decode_command(value)
+    assert isinstance(command, AutoRechargeConfigured) and command.enabled
+    assert command.mode == "to_target" and str(command.target_balance) == "60"
 
 
 def test_account_prints_the_json_and_exit_codes_say_what_happened(
