@@ -125,6 +125,20 @@ def _build(model: type[BaseModel], **fields: Any) -> BaseModel:
         raise Failed(EXIT_USAGE, _problems(exc)) from None
 
 
+def _command(
+    model: type[BaseModel], kind: str, args: argparse.Namespace, **fields: Any
+) -> BaseModel:
+    """A contract command of this type for args.tenant, under args' key, made now."""
+    return _build(
+        model,
+        type=kind,
+        command_id=command_id(args),
+        tenant_id=args.tenant,
+        occurred_at=datetime.now(UTC),
+        **fields,
+    )
+
+
 def _card_currency(cfg: Settings) -> str:
     from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
     from processor.core.rating import RateCardError
@@ -141,12 +155,10 @@ def _card_currency(cfg: Settings) -> str:
 def cmd_add_funds(args: argparse.Namespace) -> int:
     cfg = load_settings()
     currency = args.currency or _card_currency(cfg)
-    command = _build(
+    command = _command(
         FundsAdded,
-        type="funds_added",
-        command_id=command_id(args),
-        tenant_id=args.tenant,
-        occurred_at=datetime.now(UTC),
+        "funds_added",
+        args,
         amount=args.amount,
         currency=currency,
         source="manual",
@@ -164,12 +176,10 @@ def cmd_add_funds(args: argparse.Namespace) -> int:
 def _settings_command(
     args: argparse.Namespace, enabled: bool, amount: str, trigger: str, target: str | None = None
 ) -> BaseModel:
-    return _build(
+    return _command(
         AutoRechargeConfigured,
-        type="auto_recharge_configured",
-        command_id=command_id(args),
-        tenant_id=args.tenant,
-        occurred_at=datetime.now(UTC),
+        "auto_recharge_configured",
+        args,
         enabled=enabled,
         recharge_amount=amount,
         trigger_balance=trigger,
@@ -228,12 +238,10 @@ def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
         return EXIT_OK
     # Any other answer (no worker reachable among them) does not stop it: the owner
     # decides, and `meter command status ID` tells what it did.
-    changed = _build(
+    changed = _command(
         AutoRechargeChanged,
-        type="auto_recharge_changed",
-        command_id=command_id(args),
-        tenant_id=args.tenant,
-        occurred_at=datetime.now(UTC),
+        "auto_recharge_changed",
+        args,
         enabled=False,
     )
     return admin_client.publish(cfg, changed, args.tenant, summary, args)
@@ -247,12 +255,10 @@ def cmd_limits(args: argparse.Namespace) -> int:
         given["credit_limit"] = args.credit_limit
     if args.notify_below is not None or args.no_notify_below:
         given["notify_below"] = args.notify_below
-    command = _build(
+    command = _command(
         TenantLimitsConfigured,
-        type="tenant_limits_configured",
-        command_id=command_id(args),
-        tenant_id=args.tenant,
-        occurred_at=datetime.now(UTC),
+        "tenant_limits_configured",
+        args,
         **given,
     )
     shown = ", ".join(f"{name} {value or 'none'}" for name, value in given.items())
