@@ -27,7 +27,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from processor.console.api import ApiClient
-from processor.console.i18n import DEFAULT, LANGUAGES, Translator, translator
+from processor.console.i18n import DEFAULT, LANGUAGES, Translator, column_places, translator
 
 __all__ = ["Principal", "Session", "build_app", "serve"]
 
@@ -204,6 +204,7 @@ def templates() -> jinja2.Environment:
         extensions=["jinja2.ext.i18n"],
     )
     env.globals["nbsp"] = Markup("&nbsp;")
+    env.globals["column_places"] = column_places
     return env
 
 

@@ -131,9 +131,6 @@ class Translator:
             )
         return "\u2212" + text if value < 0 else text
 
-    def places(self, amounts: Iterable[str | Decimal | None]) -> int:
-        return column_places(amounts)
-
     def number(self, value: int | Decimal) -> str:
         return format_decimal(value, locale=self.locale)
 

@@ -151,10 +151,9 @@ def publish(
     with `exclude_unset`, only the fields it was built with are written, None as null
     (a partial command, where an absent field keeps a value and null clears it)."""
     _check_precision(cfg, command)
-    if exclude_unset:
-        value = command.model_dump_json(exclude_unset=True).encode()
-    else:
-        value = command.model_dump_json(exclude_none=True).encode()
+    value = command.model_dump_json(
+        exclude_unset=exclude_unset, exclude_none=not exclude_unset
+    ).encode()
     asyncio.run(send_command(cfg, tenant, value))
     command_id = getattr(command, "command_id", "")
     emit(

@@ -21,7 +21,7 @@ from processor.console import pages
 from processor.console.api import ApiClient
 from processor.console.app import HERE, build_app
 from processor.console.charts import daily_spend_svg, last_days
-from processor.console.i18n import Translator, _messages, catalog_path, form_amount
+from processor.console.i18n import Translator, _messages, catalog_path, column_places, form_amount
 
 ADMIN_TOKEN = "static-admin-token"
 TOKENS: dict[str, dict[str, Any]] = {
@@ -373,14 +373,14 @@ def test_money_and_dates_per_locale() -> None:
 def test_a_column_of_amounts_shows_one_number_of_decimals() -> None:
     english = Translator("en")
     column = ["83.688", "69.96", None, "200.6654", "-2.2"]
-    places = english.places(column)
+    places = column_places(column)
     assert places == 4
     shown = [english.money(a, "USD", places) for a in column]
     assert shown == ["$83.6880", "$69.9600", "—", "$200.6654", "\u2212$2.2000"]
     # Never fewer decimals than an amount has, and two when the column is whole.
     assert english.money("1.2345", "USD", 2) == "$1.2345"
-    assert english.places(["5", "7.10"]) == 2
-    assert english.places([]) == 2
+    assert column_places(["5", "7.10"]) == 2
+    assert column_places([]) == 2
 
 
 def test_a_form_shows_an_amount_at_the_decimals_it_needs() -> None:
