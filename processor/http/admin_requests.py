@@ -1,9 +1,10 @@
 """What an admin request is, how it is read and refused, and the reply it gets.
 
 The endpoints' names, routes and command kinds; the Idempotency-Key and the command id
-made of it (`command_id_for`); `validate`, which refuses with 400/413/422 what the
-processor would reject later; the problem-details replies (processor/http/problems.py).
-Plain code: no web framework, no Kafka (processor/http/admin.py uses it).
+made of it (`command_id_for`, `key_errors`: `meter`'s commands make theirs the same way);
+`validate`, which refuses with 400/413/422 what the processor would reject later; the
+problem-details replies (processor/http/problems.py). Plain code: no web framework, no
+Kafka (processor/http/admin.py uses it).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ __all__ = [
     "error_reply",
     "fingerprint",
     "header_value",
+    "key_errors",
     "key_reused",
     "validate",
 ]
@@ -226,6 +228,29 @@ def command_id_for(endpoint: Endpoint, key: str) -> str:
     return f"{prefix}sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
+def key_errors(endpoint: Endpoint, key: str) -> list[FieldError]:
+    """What is wrong with this Idempotency-Key for this endpoint (nothing: []).
+
+    A key is a command id's characters; a top-up's may not start with another
+    endpoint's prefix, or its command_id would be that endpoint's (`command_id_for`).
+    """
+    errors: list[FieldError] = []
+    try:
+        COMMAND_ID.validate_python(key)
+    except ValidationError as exc:
+        errors += _field_errors(exc, ("header", IDEMPOTENCY_HEADER))
+    for other, prefix in ID_PREFIXES.items():
+        if endpoint == "funds" and key.startswith(prefix):
+            errors.append(
+                FieldError(
+                    loc=["header", IDEMPOTENCY_HEADER],
+                    msg=f"must not start with {prefix!r} (the {other} endpoint's command ids do)",
+                    type="reserved_prefix",
+                )
+            )
+    return errors
+
+
 def command_location(command_id: str, tenant_id: str) -> str:
     """Added: where a command's status is (`GET /commands/{command_id}`).
 
@@ -285,23 +310,8 @@ def validate(
                 413, "too_large", f"the body is larger than {MAX_BODY_BYTES} bytes", tenant_id
             )
         )
-    errors: list[FieldError] = []
     key = header_value(headers, IDEMPOTENCY_HEADER)
-    if key is not None:
-        try:
-            COMMAND_ID.validate_python(key)
-        except ValidationError as exc:
-            errors += _field_errors(exc, ("header", IDEMPOTENCY_HEADER))
-        for other, prefix in ID_PREFIXES.items():
-            if endpoint == "funds" and key.startswith(prefix):
-                errors.append(
-                    FieldError(
-                        loc=["header", IDEMPOTENCY_HEADER],
-                        msg=f"must not start with {prefix!r} (the {other} endpoint's "
-                        "command ids do)",
-                        type="reserved_prefix",
-                    )
-                )
+    errors: list[FieldError] = [] if key is None else key_errors(endpoint, key)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
