@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import json
 import uuid
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -21,6 +21,9 @@ from processor.config.settings import COMMANDS, Settings
 from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, resolve_bootstrap
 from processor.ops.output import emit
 
+if TYPE_CHECKING:
+    from processor.http.admin_requests import Endpoint
+
 __all__ = [
     "HTTP_TIMEOUT_SECONDS",
     "SEND_TIMEOUT_SECONDS",
@@ -28,6 +31,7 @@ __all__ = [
     "command_id",
     "default_worker_url",
     "get_account",
+    "idempotency_key",
     "kafka_bootstrap",
     "load_settings",
     "output_format",
@@ -105,8 +109,7 @@ async def send_command(cfg: Settings, tenant: str, value: bytes) -> None:
     except TimeoutError:
         raise Failed(
             EXIT_PROBLEM,
-            f"no acknowledgement from Kafka at {bootstrap} within {SEND_TIMEOUT_SECONDS:g}s; "
-            "repeat the command with the same --idempotency-key",
+            f"no acknowledgement from Kafka at {bootstrap} within {SEND_TIMEOUT_SECONDS:g}s",
         ) from None
     except KafkaError as exc:
         raise Failed(EXIT_PROBLEM, f"Kafka refused the command on {topic}: {exc!r}") from None
@@ -154,7 +157,14 @@ def publish(
     value = command.model_dump_json(
         exclude_unset=exclude_unset, exclude_none=not exclude_unset
     ).encode()
-    asyncio.run(send_command(cfg, tenant, value))
+    key: str | None = getattr(args, "idempotency_key", None)
+    try:
+        asyncio.run(send_command(cfg, tenant, value))
+    except Failed as failed:
+        if failed.code != EXIT_PROBLEM or key is None:
+            raise
+        # Perhaps published after all: the same key again is applied once.
+        raise Failed(failed.code, f"{failed}; repeat with --idempotency-key {key}") from None
     command_id = getattr(command, "command_id", "")
     emit(
         output_format(args),
@@ -163,11 +173,17 @@ def publish(
             "type": getattr(command, "type", ""),
             "command_id": command_id,
             "tenant_id": tenant,
+            "idempotency_key": key,
             "topic": cfg.topic(COMMANDS),
         },
-        f"{summary}: published to {cfg.topic(COMMANDS)} as command {command_id}",
+        f"{summary}: published to {cfg.topic(COMMANDS)} as command {command_id}"
+        + ("" if key is None else f"; {_again(key)}"),
     )
     return EXIT_OK
+
+
+def _again(key: str) -> str:
+    return f"a repeat with --idempotency-key {key} is applied once"
 
 
 def output_format(args: argparse.Namespace | None) -> str:
@@ -226,7 +242,7 @@ async def request(
 def via_api(args: argparse.Namespace, method: str, path: str, body: Any, summary: str) -> int:
     """Send one admin request (the key is the command's idempotency key) and report."""
     token = _token(args)
-    key = command_id(args)
+    key = idempotency_key(args)
     base = args.via_api.rstrip("/")
     status, answer, headers = asyncio.run(
         request(method, base + path, token=token, key=key, body=body)
@@ -249,15 +265,33 @@ def via_api(args: argparse.Namespace, method: str, path: str, body: Any, summary
     emit(
         output_format(args),
         result,
-        f"{summary}: accepted by {base} as command {result['command_id']}; "
+        f"{summary}: accepted by {base} as command {result['command_id']}; {_again(key)}; "
         f"see `meter command status {result['command_id']} --tenant {args.tenant}`",
     )
     return EXIT_OK
 
 
-def command_id(args: argparse.Namespace) -> str:
-    key: str | None = args.idempotency_key
-    return key if key is not None else str(uuid.uuid4())
+def idempotency_key(args: argparse.Namespace) -> str:
+    """--idempotency-key, or a new UUID kept in args: one run, one key (printed)."""
+    if args.idempotency_key is None:
+        args.idempotency_key = str(uuid.uuid4())
+    return str(args.idempotency_key)
+
+
+def command_id(args: argparse.Namespace, endpoint: Endpoint) -> str:
+    """The command_id the admin API makes of this key at this endpoint (`command_id_for`):
+    a key is scoped per kind of command, and names the same command sent either way.
+
+    A key the API would refuse is refused here (exit 2), e.g. a top-up's that starts
+    with `limits:`.
+    """
+    from processor.http.admin_requests import command_id_for, key_errors
+
+    key = idempotency_key(args)
+    problems = key_errors(endpoint, key)
+    if problems:
+        raise Failed(EXIT_USAGE, "--idempotency-key: " + "; ".join(e.msg for e in problems))
+    return command_id_for(endpoint, key)
 
 
 async def get_account(worker_url: str, tenant: str) -> tuple[int, dict[str, Any]]:

@@ -20,9 +20,12 @@ its status is (`meter command status ID`).
 The commands that change accounts publish the contract's commands straight to
 `credits.commands` (processor.ops.admin_client), so they work with no admin API and
 no worker running; the worker applies them when it gets there. Every command prints
-the `command_id` it used: run it again with `--idempotency-key` set to that id and the
-processor applies it once, so a command whose outcome is unknown (a timeout) is safe
-to repeat.
+the `command_id` it used and its key (`--idempotency-key`, or a new UUID): run it again
+with `--idempotency-key` set to that key and the processor applies it once, so a
+command whose outcome is unknown (a timeout) is safe to repeat. The command_id is made
+of the key as the admin API makes it for the same endpoint (`command_id_for`: a
+top-up's is the key, a limits command's `limits:` + key, ...), so a key is scoped per
+kind of command and names the same command straight to Kafka or `--via-api`.
 
 Exit codes are `processor.ops.common`'s: 0 done, 1 the command ran into a problem (Kafka or
 the worker unreachable, tenant unknown), 2 bad arguments or configuration.
@@ -33,7 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
@@ -52,6 +55,9 @@ from schemas.inputs import (
     TenantLimitsConfigured,
 )
 from schemas.types import format_money
+
+if TYPE_CHECKING:
+    from processor.http.admin_requests import Endpoint
 
 __all__ = [
     "cmd_account",
@@ -126,13 +132,14 @@ def _build(model: type[BaseModel], **fields: Any) -> BaseModel:
 
 
 def _command(
-    model: type[BaseModel], kind: str, args: argparse.Namespace, **fields: Any
+    model: type[BaseModel], kind: str, endpoint: Endpoint, args: argparse.Namespace, **fields: Any
 ) -> BaseModel:
-    """A contract command of this type for args.tenant, under args' key, made now."""
+    """A contract command of this type for args.tenant, made now, under the command_id
+    the admin API's `endpoint` makes of args' key."""
     return _build(
         model,
         type=kind,
-        command_id=command_id(args),
+        command_id=command_id(args, endpoint),
         tenant_id=args.tenant,
         occurred_at=datetime.now(UTC),
         **fields,
@@ -158,6 +165,7 @@ def cmd_add_funds(args: argparse.Namespace) -> int:
     command = _command(
         FundsAdded,
         "funds_added",
+        "funds",
         args,
         amount=args.amount,
         currency=currency,
@@ -179,6 +187,7 @@ def _settings_command(
     return _command(
         AutoRechargeConfigured,
         "auto_recharge_configured",
+        "auto-recharge",
         args,
         enabled=enabled,
         recharge_amount=amount,
@@ -221,7 +230,7 @@ def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
         raise Failed(EXIT_USAGE, "give both --amount and --trigger, or neither")
     if amount is not None:
         # Explicit amounts: the settings replaced, off, as before this command had
-        # auto_recharge_changed.
+        # auto_recharge_changed (so under PUT's command_id, as `set`).
         command = _settings_command(args, False, amount, trigger)
         return admin_client.publish(cfg, command, args.tenant, summary, args)
     # What DELETE publishes: `enabled: false`, merged at the tenant's owner in order
@@ -241,6 +250,7 @@ def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
     changed = _command(
         AutoRechargeChanged,
         "auto_recharge_changed",
+        "auto-recharge-off",
         args,
         enabled=False,
     )
@@ -258,6 +268,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
     command = _command(
         TenantLimitsConfigured,
         "tenant_limits_configured",
+        "limits",
         args,
         **given,
     )

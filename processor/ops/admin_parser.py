@@ -75,8 +75,8 @@ def register(sub: Any) -> None:
         "help": "a worker's HTTP address (default http://127.0.0.1:$METER_WEB_PORT)",
     }
     key_help = (
-        "becomes the command_id; repeat a command with the same key and it is applied "
-        "once (default: a new UUID, printed)"
+        "repeat a command with the same key and it is applied once (default: a new "
+        "UUID, printed); scoped per kind of command, as the admin API's Idempotency-Key"
     )
 
     account = sub.add_parser(

@@ -201,10 +201,13 @@ async def test_meter_add_funds_reaches_the_worker_and_meter_account_reads_it(
         "10.0000",
     ), off
     # Limits: what is named changes, the rest is kept; --no-notify-below clears the level.
-    code, _, err = await meter(
-        worker, "limits", "initech", "--credit-limit", "5", "--notify-below", "2"
-    )
+    # The top-up's key again: keys are per kind of command, so this one is applied too.
+    code, out, err = await meter(
+        worker, "limits", "initech", "--credit-limit", "5", "--notify-below", "2",
+        "--idempotency-key", "cli-1",
+    )  # fmt: skip
     assert code == 0, err
+    assert "as command limits:cli-1" in out
     code, _, err = await meter(worker, "limits", "initech", "--no-notify-below")
     assert code == 0, err
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from processor.dev.kafka_local import free_port
+from processor.http.admin_requests import ID_PREFIXES, Endpoint, command_id_for
 from processor.ops import admin_client, cli, common
 from schemas import decode_command
 from schemas.inputs import (
@@ -133,7 +134,8 @@ def test_without_a_key_a_fresh_command_id_is_printed(
         (["add-funds", "acme", "1e3"], "decimal number"),
         (["add-funds", "acme", "2000000"], "at most 1000000"),
         (["add-funds", "acme", "5", "--currency", "usd"], "currency"),
-        (["add-funds", "acme", "5", "--idempotency-key", "é"], "command_id"),
+        (["add-funds", "acme", "5", "--idempotency-key", "é"], "--idempotency-key: must be"),
+        (["limits", "acme", "--credit-limit", "1", "--idempotency-key", "k" * 129], "1 to 128"),
         (["auto-recharge", "set", "acme", "--amount", "0", "--trigger", "1"], "recharge_amount"),
         (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "-1"], "trigger_balance"),
         (["auto-recharge", "disable", "acme", "--amount", "5"], "both --amount and --trigger"),
@@ -193,7 +195,7 @@ def test_disable_turns_it_off_at_the_owner_keeping_amounts_mode_and_target(
     # Only `enabled: false`: the owner keeps what it has (the mode and target too),
     # as the API's DELETE does; not amounts as a read saw them, in fixed mode.
     assert isinstance(command, AutoRechargeChanged) and tenant == "acme"
-    assert command.command_id == "off-1" and command.enabled is False
+    assert command.command_id == "auto-recharge-off:off-1" and command.enabled is False
     assert json.loads(value).keys() >= {"enabled"}
     assert "recharge_amount" not in json.loads(value) and "mode" not in json.loads(value)
 
@@ -352,3 +354,79 @@ def test_simulate_passes_the_sasl_options_to_the_simulator(monkeypatch: pytest.M
     assert cli.main(["simulate", "--duration", "1"]) == 0
     assert seen["options"]["sasl_mechanism"] == "PLAIN"
     assert seen["options"]["sasl_plain_password"] == "pw"
+
+
+# Each command and the admin API endpoint whose command_id it shares for a key.
+AS_THE_API = [
+    pytest.param(["add-funds", "acme", "5"], "funds", id="add-funds"),
+    pytest.param(
+        ["auto-recharge", "set", "acme", "--amount", "25", "--trigger", "5"],
+        "auto-recharge",
+        id="set",
+    ),
+    # Explicit amounts publish auto_recharge_configured, as PUT does.
+    pytest.param(
+        ["auto-recharge", "disable", "acme", "--amount", "25", "--trigger", "5"],
+        "auto-recharge",
+        id="disable-with-amounts",
+    ),
+    pytest.param(["auto-recharge", "disable", "acme"], "auto-recharge-off", id="disable"),
+    pytest.param(["limits", "acme", "--credit-limit", "20"], "limits", id="limits"),
+]
+
+
+@pytest.mark.parametrize("key", ["k-1", "k" * 125], ids=["short", "hashed-past-128"])
+@pytest.mark.parametrize(("argv", "endpoint"), AS_THE_API)
+def test_a_key_makes_the_command_id_the_admin_api_makes_at_its_endpoint(
+    argv: list[str],
+    endpoint: Endpoint,
+    key: str,
+    sent: Sent,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_account(monkeypatch, 200, {"auto_recharge": {"enabled": True}})
+    assert cli.main([*argv, "--idempotency-key", key]) == 0
+    [(_, value)] = sent.records
+    assert decode_command(value).command_id == command_id_for(endpoint, key)
+    out = capsys.readouterr().out
+    assert f"a repeat with --idempotency-key {key} is applied once" in out
+
+
+def test_one_key_for_a_top_up_and_limits_makes_two_commands(sent: Sent) -> None:
+    assert cli.main(["add-funds", "acme", "5", "--idempotency-key", "k-1"]) == 0
+    assert cli.main(["limits", "acme", "--credit-limit", "20", "--idempotency-key", "k-1"]) == 0
+    funds, limits = (decode_command(v).command_id for _, v in sent.records)
+    assert (funds, limits) == ("k-1", "limits:k-1")
+
+
+@pytest.mark.parametrize("prefix", ID_PREFIXES.values())
+def test_a_top_up_key_with_another_endpoints_prefix_exits_2(
+    prefix: str, sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["add-funds", "acme", "5", "--idempotency-key", f"{prefix}k-1"]
+    assert cli.main(argv) == common.EXIT_USAGE
+    assert f"--idempotency-key: must not start with {prefix!r}" in capsys.readouterr().err
+    assert sent.records == []
+
+
+def test_output_json_names_the_key_a_new_one_too(
+    sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["limits", "acme", "--credit-limit", "20", "-o", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    key = printed["idempotency_key"]
+    assert printed["command_id"] == f"limits:{key}" == decode_command(sent.records[0][1]).command_id
+
+
+def test_a_failed_send_says_which_key_to_repeat_it_with(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def times_out(cfg: Any, tenant: str, value: bytes) -> None:
+        raise admin_client.Failed(common.EXIT_PROBLEM, "no acknowledgement from Kafka")
+
+    monkeypatch.setattr(admin_client, "send_command", times_out)
+    argv = ["limits", "acme", "--credit-limit", "20", "--idempotency-key", "k-7"]
+    assert cli.main(argv) == common.EXIT_PROBLEM
+    err = capsys.readouterr().err
+    assert "no acknowledgement from Kafka; repeat with --idempotency-key k-7" in err

@@ -88,6 +88,7 @@ def test_add_funds_output_json_is_one_document(
         "type": "funds_added",
         "command_id": "k-9",
         "tenant_id": "acme",
+        "idempotency_key": "k-9",
         "topic": "credits.commands",
     }
 
@@ -139,6 +140,7 @@ def test_auto_recharge_via_the_api_uses_put_and_delete(
     assert (delete["method"], delete["body"], delete["key"]) == ("DELETE", None, "o")
     out = capsys.readouterr().out
     assert "meter command status auto-recharge-off:o --tenant acme" in out
+    assert "a repeat with --idempotency-key o is applied once" in out
 
 
 def test_via_api_without_a_token_or_refused(
