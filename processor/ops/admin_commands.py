@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from processor.config.settings import Settings
 
@@ -72,11 +73,16 @@ __all__ = [
 ]
 
 
+def _problem(error: ErrorDetails) -> str:
+    """`where: what`; a rule of the whole command (target above trigger) has no
+    location, so its message stands alone."""
+    message = error["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {message}" if where else message
+
+
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors(include_url=False, include_input=False)
-    )
+    return "; ".join(_problem(e) for e in exc.errors(include_url=False, include_input=False))
 
 
 def cmd_command_status(args: argparse.Namespace) -> int:

@@ -430,3 +430,14 @@ def test_a_failed_send_says_which_key_to_repeat_it_with(
     assert cli.main(argv) == common.EXIT_PROBLEM
     err = capsys.readouterr().err
     assert "no acknowledgement from Kafka; repeat with --idempotency-key k-7" in err
+
+
+def test_a_model_level_problem_reads_as_one_sentence(
+    sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["auto-recharge", "set", "hooli", "--amount", "25", "--trigger", "50", "--target", "40"]
+    assert cli.main(argv) == common.EXIT_USAGE
+    # No location: the model's own rule, not a field's (was ": : target_balance ...").
+    assert capsys.readouterr().err == (
+        "meter auto-recharge set: target_balance must be above trigger_balance\n"
+    )
