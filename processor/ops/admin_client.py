@@ -28,6 +28,7 @@ __all__ = [
     "HTTP_TIMEOUT_SECONDS",
     "SEND_TIMEOUT_SECONDS",
     "Failed",
+    "argument",
     "command_id",
     "default_worker_url",
     "get_account",
@@ -44,6 +45,24 @@ __all__ = [
 # Long enough for a broker under load, short enough that a typo'd address is noticed.
 SEND_TIMEOUT_SECONDS: Final = 30.0
 HTTP_TIMEOUT_SECONDS: Final = 10.0
+
+
+# The arguments that carry a command's fields: a problem with a field is said of what
+# the operator typed (`--trigger`), not of the contract's name (`trigger_balance`).
+_ARGUMENTS: Final = {
+    "amount": "AMOUNT",
+    "currency": "--currency",
+    "recharge_amount": "--amount",
+    "trigger_balance": "--trigger",
+    "target_balance": "--target",
+    "credit_limit": "--credit-limit",
+    "notify_below": "--notify-below",
+}
+
+
+def argument(field: str) -> str:
+    """The `meter` argument that gives a command's `field` (the field itself if none)."""
+    return _ARGUMENTS.get(field, field)
 
 
 class Failed(Exception):
@@ -136,8 +155,8 @@ def _check_precision(cfg: Settings, command: BaseModel) -> None:
         if isinstance(value, Decimal) and decimal_places(value) > decimals:
             raise Failed(
                 EXIT_USAGE,
-                f"{name} {value} has more than {decimals} decimal places; balances are "
-                f"kept at the rate card's {decimals} and the processor would reject it",
+                f"{argument(name)} {value} has more than {decimals} decimal places; balances "
+                f"are kept at the rate card's {decimals} and the processor would reject it",
             )
 
 

@@ -46,7 +46,13 @@ from processor.config.settings import Settings
 
 # Through the module: tests replace its send_command, request and get_account.
 from processor.ops import admin_client
-from processor.ops.admin_client import Failed, command_id, default_worker_url, load_settings
+from processor.ops.admin_client import (
+    Failed,
+    argument,
+    command_id,
+    default_worker_url,
+    load_settings,
+)
 from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from processor.ops.output import emit
 from schemas.inputs import (
@@ -77,7 +83,7 @@ def _problem(error: ErrorDetails) -> str:
     """`where: what`; a rule of the whole command (target above trigger) has no
     location, so its message stands alone."""
     message = error["msg"].removeprefix("Value error, ")
-    where = ".".join(str(part) for part in error["loc"])
+    where = argument(".".join(str(part) for part in error["loc"]))
     return f"{where}: {message}" if where else message
 
 

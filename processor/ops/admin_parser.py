@@ -22,7 +22,7 @@ from processor.ops.admin_commands import (
     cmd_simulate,
 )
 from processor.ops.output import add_output
-from schemas.types import TenantId
+from schemas.types import MAX_FRACTION_DIGITS, MAX_INTEGER_DIGITS, TenantId, parse_money
 
 __all__ = ["register"]
 
@@ -37,6 +37,19 @@ def _tenant(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{value!r}: a tenant id is 1 to 64 characters of A-Z a-z 0-9 . _ : -"
         ) from None
+
+
+def _money(value: str) -> str:
+    """argparse type: a decimal number, said the CLI's way (the contract's message
+    speaks of JSON strings). Kept as given: its bounds are the command's model's."""
+    try:
+        parse_money(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a decimal number such as 50.00 (at most {MAX_INTEGER_DIGITS} "
+            f"integer and {MAX_FRACTION_DIGITS} fraction digits)"
+        ) from None
+    return value
 
 
 def _guarded(func: Any, name: str) -> Any:
@@ -98,7 +111,9 @@ def register(sub: Any) -> None:
         "without a running worker; the balance changes when a worker applies it.",
     )
     funds.add_argument("tenant", metavar="TENANT", type=_tenant)
-    funds.add_argument("amount", metavar="AMOUNT", help="e.g. 50.00 (> 0, at most 1000000)")
+    funds.add_argument(
+        "amount", metavar="AMOUNT", type=_money, help="e.g. 50.00 (> 0, at most 1000000)"
+    )
     funds.add_argument(
         "--currency", default=None, help="ISO 4217 code (default: the rate card's currency)"
     )
@@ -123,11 +138,16 @@ def register(sub: Any) -> None:
         "Replaces the tenant's settings and lifts a suspension.",
     )
     set_.add_argument("tenant", metavar="TENANT", type=_tenant)
-    set_.add_argument("--amount", required=True, help="recharge amount, e.g. 25.00 (> 0)")
-    set_.add_argument("--trigger", required=True, help="trigger balance, e.g. 5.00 (>= 0)")
+    set_.add_argument(
+        "--amount", required=True, type=_money, help="recharge amount, e.g. 25.00 (> 0)"
+    )
+    set_.add_argument(
+        "--trigger", required=True, type=_money, help="trigger balance, e.g. 5.00 (>= 0)"
+    )
     set_.add_argument(
         "--target",
         default=None,
+        type=_money,
         help="recharge up to this balance instead of by --amount (mode to_target; above "
         "--trigger), e.g. 50.00",
     )
@@ -144,8 +164,8 @@ def register(sub: Any) -> None:
     )
     disable.add_argument("tenant", metavar="TENANT", type=_tenant)
     disable.add_argument("--worker-url", **worker_url)
-    disable.add_argument("--amount", default=None, help="recharge amount to keep")
-    disable.add_argument("--trigger", default=None, help="trigger balance to keep")
+    disable.add_argument("--amount", default=None, type=_money, help="recharge amount to keep")
+    disable.add_argument("--trigger", default=None, type=_money, help="trigger balance to keep")
     disable.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
     _api_options(disable)
 
@@ -160,6 +180,7 @@ def register(sub: Any) -> None:
     limits.add_argument(
         "--credit-limit",
         default=None,
+        type=_money,
         metavar="AMOUNT",
         help="how far below zero the balance may go, e.g. 20.00 (0: none)",
     )
@@ -167,6 +188,7 @@ def register(sub: Any) -> None:
     level.add_argument(
         "--notify-below",
         default=None,
+        type=_money,
         metavar="AMOUNT",
         help="alert (low_balance) when the balance falls below this, e.g. 5.00",
     )

@@ -130,22 +130,22 @@ def test_without_a_key_a_fresh_command_id_is_printed(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["add-funds", "acme", "0"], "greater than 0"),
-        (["add-funds", "acme", "1e3"], "decimal number"),
-        (["add-funds", "acme", "2000000"], "at most 1000000"),
+        # Each value is named as it was given: the argument, not the contract's field.
+        (["add-funds", "acme", "0"], "AMOUNT: must be greater than 0"),
+        (["add-funds", "acme", "2000000"], "AMOUNT: must be at most 1000000"),
         (["add-funds", "acme", "5", "--currency", "usd"], "currency"),
         (["add-funds", "acme", "5", "--idempotency-key", "é"], "--idempotency-key: must be"),
         (["limits", "acme", "--credit-limit", "1", "--idempotency-key", "k" * 129], "1 to 128"),
-        (["auto-recharge", "set", "acme", "--amount", "0", "--trigger", "1"], "recharge_amount"),
-        (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "-1"], "trigger_balance"),
+        (["auto-recharge", "set", "acme", "--amount", "0", "--trigger", "1"], "--amount: must be"),
+        (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "-1"], "--trigger: must"),
         (["auto-recharge", "disable", "acme", "--amount", "5"], "both --amount and --trigger"),
         (
             ["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "9", "--target", "8"],
             "above trigger_balance",
         ),
         # The example card keeps 4 decimal places; the processor would reject more.
-        (["add-funds", "acme", "5.00001"], "more than 4 decimal places"),
-        (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "0.12345"], "trigger"),
+        (["add-funds", "acme", "5.00001"], "AMOUNT 5.00001 has more than 4 decimal places"),
+        (["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "0.12345"], "--trigger"),
     ],
 )
 def test_invalid_values_exit_2_before_anything_is_sent(
@@ -231,7 +231,7 @@ def test_limits_sends_only_what_was_given_and_null_to_clear_the_level(sent: Sent
     ("argv", "message"),
     [
         (["limits", "acme"], "name credit_limit, notify_below or both"),
-        (["limits", "acme", "--credit-limit", "-1"], "credit_limit"),
+        (["limits", "acme", "--credit-limit", "-1"], "--credit-limit: must be at least 0"),
         (["limits", "acme", "--notify-below", "1.00001"], "more than 4 decimal places"),
     ],
 )
@@ -441,3 +441,48 @@ def test_a_model_level_problem_reads_as_one_sentence(
     assert capsys.readouterr().err == (
         "meter auto-recharge set: target_balance must be above trigger_balance\n"
     )
+
+
+# Every money argument, with a value that is no decimal number.
+MONEY_ARGUMENTS = [
+    pytest.param(["add-funds", "acme", "abc"], "AMOUNT", id="add-funds"),
+    pytest.param(
+        ["auto-recharge", "set", "acme", "--amount", "1e3", "--trigger", "5"],
+        "--amount",
+        id="amount",
+    ),
+    pytest.param(
+        ["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "five"],
+        "--trigger",
+        id="trigger",
+    ),
+    pytest.param(
+        ["auto-recharge", "set", "acme", "--amount", "5", "--trigger", "1", "--target", "+9"],
+        "--target",
+        id="target",
+    ),
+    pytest.param(
+        ["auto-recharge", "disable", "acme", "--amount", "5", "--trigger", " 1"],
+        "--trigger",
+        id="disable-trigger",
+    ),
+    pytest.param(["limits", "acme", "--credit-limit", "1,5"], "--credit-limit", id="credit-limit"),
+    pytest.param(["limits", "acme", "--notify-below", "."], "--notify-below", id="notify-below"),
+]
+
+
+@pytest.mark.parametrize(("argv", "argument"), MONEY_ARGUMENTS)
+def test_a_money_argument_that_is_no_number_is_said_the_clis_way(
+    argv: list[str], argument: str, sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == common.EXIT_USAGE
+    err = capsys.readouterr().err
+    # The contract's wording ("a JSON string", "no '+'") means nothing on a command line.
+    assert (
+        f"argument {argument}: must be a decimal number such as 50.00 "
+        "(at most 18 integer and 12 fraction digits)"
+    ) in err
+    assert "JSON" not in err
+    assert sent.records == []
