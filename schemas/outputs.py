@@ -228,6 +228,13 @@ class BalanceAlert(OutputModel):
     amount: PositiveMoney | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     expires_at: Timestamp | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
     entry_id: OutputId | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    # Added, low_balance only: the level the balance fell below, and which setting it
+    # is (the auto-recharge trigger, or the tenant's own notify_below): one change can
+    # cross both, each with its own alert. Absent on alerts published before them.
+    threshold: Money | None = Field(default=None, exclude_if=OMIT_WHEN_NONE)
+    threshold_setting: Literal["trigger_balance", "notify_below"] | None = Field(
+        default=None, exclude_if=OMIT_WHEN_NONE
+    )
 
     _LOT_FIELDS: ClassVar = {
         "funds_expiring": ("amount", "expires_at"),
@@ -261,6 +268,15 @@ class BalanceAlert(OutputModel):
             raise ValueError("request_id is only on recharge_failed and recharge_succeeded alerts")
         if self.alert == "recharge_succeeded" and (self.amount is None or self.request_id is None):
             raise ValueError("a recharge_succeeded alert names its request_id and amount")
+        return self
+
+    @model_validator(mode="after")
+    def _threshold_only_on_low_balance(self) -> Self:
+        named = (self.threshold is not None, self.threshold_setting is not None)
+        if any(named) and self.alert != "low_balance":
+            raise ValueError("threshold and threshold_setting are only on low_balance alerts")
+        if any(named) and not all(named):
+            raise ValueError("threshold and threshold_setting come together")
         return self
 
 

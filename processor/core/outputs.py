@@ -118,6 +118,11 @@ class AlertOut:
     amount: Final[Decimal | None]
     expires_at: Final[datetime | None]
     entry_id: Final[str | None]
+    # low_balance only: the level the balance fell below, and the setting it is
+    # ("trigger_balance" or "notify_below"): one change can cross both, and each alert
+    # says which, so that the two are not read as one alert sent twice.
+    threshold: Final[Decimal | None]
+    threshold_setting: Final[str | None]
 
     def __init__(
         self,
@@ -132,6 +137,8 @@ class AlertOut:
         amount: Decimal | None = None,
         expires_at: datetime | None = None,
         entry_id: str | None = None,
+        threshold: Decimal | None = None,
+        threshold_setting: str | None = None,
     ) -> None:
         self.alert_id = alert_id
         self.tenant_id = tenant_id
@@ -144,6 +151,8 @@ class AlertOut:
         self.amount = amount
         self.expires_at = expires_at
         self.entry_id = entry_id
+        self.threshold = threshold
+        self.threshold_setting = threshold_setting
 
 
 @dataclass(init=False, unsafe_hash=True, slots=True)

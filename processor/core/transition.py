@@ -103,6 +103,8 @@ class Builder:
         amount: Decimal | None = None,
         expires_at: datetime | None = None,
         entry_id: str | None = None,
+        threshold: Decimal | None = None,
+        threshold_setting: str | None = None,
     ) -> None:
         acct = self.account
         status_seq = None
@@ -125,6 +127,8 @@ class Builder:
                 amount=amount,
                 expires_at=expires_at,
                 entry_id=entry_id,
+                threshold=threshold,
+                threshold_setting=threshold_setting,
             )
         )
 
@@ -181,11 +185,18 @@ class Builder:
         settings = before.auto_recharge
         trigger = None if settings is None else settings.trigger_balance
         if trigger is not None and before.balance >= trigger > after_balance:
-            self.alert(AlertKind.LOW_BALANCE)
+            self.alert(
+                AlertKind.LOW_BALANCE, threshold=trigger, threshold_setting="trigger_balance"
+            )
         level = before.notify_below
         # The tenant's own level; one alert when it is the trigger's and both are crossed.
         if level is not None and level != trigger and before.balance >= level > after_balance:
-            self.alert(AlertKind.LOW_BALANCE, tag="notify_below")
+            self.alert(
+                AlertKind.LOW_BALANCE,
+                tag="notify_below",
+                threshold=level,
+                threshold_setting="notify_below",
+            )
         return entry_id
 
     def request_recharge_if_due(self) -> None:

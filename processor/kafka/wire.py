@@ -127,6 +127,9 @@ def output_to_dict(out: Output, currency: str) -> dict[str, Any]:
             alert["expires_at"] = wire_time(out.expires_at)
         if out.entry_id is not None:
             alert["entry_id"] = out.entry_id
+        if out.threshold is not None:
+            alert["threshold"] = format_money(out.threshold)
+            alert["threshold_setting"] = out.threshold_setting
         return alert
     if isinstance(out, NotificationsOut):
         return {
@@ -189,6 +192,8 @@ def output_from_dict(data: dict[str, Any]) -> Output:
             amount=_opt_decimal(data.get("amount")),
             expires_at=None if "expires_at" not in data else parse_timestamp(data["expires_at"]),
             entry_id=data.get("entry_id"),
+            threshold=_opt_decimal(data.get("threshold")),
+            threshold_setting=data.get("threshold_setting"),
         )
     if kind == "notification_settings":
         settings = notifications_from_dict(data)

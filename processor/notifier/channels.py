@@ -13,6 +13,7 @@ import re
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any, Final
@@ -87,6 +88,29 @@ def readable_time(value: Any) -> str:
     return f"{at.day} {at:%b %Y, %H:%M} UTC"
 
 
+def readable_money(value: Any, currency: Any) -> str:
+    """An alert's amount as a reader takes it in: `1,050.00 USD`, `2.266 USD`.
+
+    The contract keeps the rate card's places ("95.0000"); a reader wants a currency's
+    two, and more only where they hold something. A debt's minus is U+2212, as the
+    console's. Anything that is no number, as it is.
+    """
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return f"{value} {currency}".strip()
+    if not amount.is_finite():
+        return f"{value} {currency}".strip()
+    places = max(2, -min(0, int(amount.normalize().as_tuple().exponent)))
+    sign = "\u2212" if amount < 0 else ""
+    return f"{sign}{abs(amount):,.{places}f} {currency}".strip()
+
+
+def readable_reason(value: Any) -> str:
+    """A failure's reason code in words: `processor_unavailable` → `processor unavailable`."""
+    return str(value).replace("_", " ")
+
+
 def tenant_page(console_url: str | None, tenant_id: str) -> str | None:
     """The console's page of the tenant, or None without a console address."""
     if not console_url:
@@ -95,6 +119,8 @@ def tenant_page(console_url: str | None, tenant_id: str) -> str | None:
 
 
 _templates.filters["readable_time"] = readable_time
+_templates.filters["money"] = readable_money
+_templates.filters["readable_reason"] = readable_reason
 
 
 class _Data(dict[str, Any]):

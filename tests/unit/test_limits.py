@@ -149,9 +149,16 @@ def test_notify_below_and_the_trigger_alert_once_each_and_once_when_equal() -> N
     alerts = [o for o in t.outputs if isinstance(o, AlertOut)]
     assert [o.alert for o in alerts] == [AlertKind.LOW_BALANCE, AlertKind.LOW_BALANCE]
     assert len({o.alert_id for o in alerts}) == 2
+    # Each says which level it is, so the two are not one alert sent twice.
+    assert [(o.threshold, o.threshold_setting) for o in alerts] == [
+        (D("10.0000"), "trigger_balance"),
+        (D("15.0000"), "notify_below"),
+    ]
     same = Account(TENANT, balance=D("20.0000"), auto_recharge=ar, notify_below=D("10.0000"))
-    assert kinds(acc.apply_debit(same, debit("12.0000"), CALL, T0).outputs) == [
-        AlertKind.LOW_BALANCE
+    once = [o for o in acc.apply_debit(same, debit("12.0000"), CALL, T0).outputs]
+    assert kinds(once) == [AlertKind.LOW_BALANCE]
+    assert [(o.threshold, o.threshold_setting) for o in once if isinstance(o, AlertOut)] == [
+        (D("10.0000"), "trigger_balance")
     ]
 
 
@@ -317,6 +324,24 @@ def test_reason_only_on_recharge_failed_alerts() -> None:
             occurred_at=T0,
             reason="x",
         )
+
+
+@pytest.mark.parametrize(
+    ("alert", "fields", "message"),
+    [
+        ("exhausted", {"threshold": D("1"), "threshold_setting": "notify_below"}, "only on"),
+        ("low_balance", {"threshold": D("1")}, "come together"),
+        ("low_balance", {"threshold_setting": "trigger_balance"}, "come together"),
+    ],
+)
+def test_threshold_only_on_low_balance_alerts_and_with_its_setting(
+    alert: str, fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        BalanceAlert.model_validate(
+            {"alert_id": "a", "tenant_id": TENANT, "alert": alert, "balance": "1",
+             "currency": "USD", "occurred_at": T0, "status_seq": None} | fields
+        )  # fmt: skip
 
 
 # ---- stored values and the view ----------------------------------------------------

@@ -26,6 +26,7 @@ from processor.notifier.channels import (
     WebhookChannel,
     is_public,
     message_id,
+    readable_money,
     readable_time,
     webhook_headers,
 )
@@ -191,6 +192,38 @@ def test_an_email_links_to_the_tenants_console_page_and_reads_its_times() -> Non
     assert "PUT /tenants/t1/notifications" in body.get_content()
 
 
+def _text(event: str, data: dict[str, Any]) -> str:
+    config = SmtpConfig("h", 25, False, None, None, "m <m@x.example>", 5)
+    body = EmailChannel(config).message(_delivery("t1", event, data)).get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def test_two_low_balance_emails_of_one_change_say_which_level_each_is() -> None:
+    base = {"balance": "8.0000", "currency": "USD", "occurred_at": "2026-12-07T21:28:48Z"}
+    trigger = _text(
+        "low_balance", base | {"threshold": "10.0000", "threshold_setting": "trigger_balance"}
+    )
+    own = _text("low_balance", base | {"threshold": "15.0000", "threshold_setting": "notify_below"})
+    assert "8.00 USD, below your auto-recharge trigger of 10.00 USD." in trigger
+    assert "8.00 USD, below your low-balance level of 15.00 USD." in own
+    # An alert published before the fields: as it always read.
+    assert "8.00 USD, below the level you set." in _text("low_balance", base)
+
+
+def test_an_emails_amounts_read_as_money_and_its_reasons_as_words() -> None:
+    failed = _text(
+        "recharge_failed",
+        {"balance": "-2.2660", "currency": "USD", "request_id": "r-1",
+         "reason": "processor_unavailable", "occurred_at": "2026-12-07T21:28:48Z"},
+    )  # fmt: skip
+    assert "failed: processor unavailable." in failed
+    assert "Your balance is \u22122.266 USD." in failed
+    assert readable_money("1050.0000", "EUR") == "1,050.00 EUR"
+    assert readable_money("0.0000", "USD") == "0.00 USD"
+    assert readable_money("not money", "USD") == "not money USD"
+
+
 def test_a_time_that_is_not_one_is_shown_as_it_is() -> None:
     assert readable_time("2026-01-05T08:04:00+02:00") == "5 Jan 2026, 06:04 UTC"
     assert readable_time("") == ""
@@ -294,7 +327,7 @@ async def test_webhooks_are_signed_retried_through_failures_and_a_hang_then_neve
         kinds = {part.get_content_type() for part in message.walk()}
         assert {"text/plain", "text/html"} <= kinds
         text = message.get_body(("plain",))
-        assert text is not None and "4.5000 USD" in text.get_content()
+        assert text is not None and "4.50 USD" in text.get_content()
     finally:
         await receiver.stop()
 

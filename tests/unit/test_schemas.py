@@ -959,6 +959,16 @@ def sample_outputs() -> list[BaseModel]:
             currency="EUR",
             occurred_at=NOW,
         ),
+        BalanceAlert(
+            alert_id="a2",
+            tenant_id="t",
+            alert="low_balance",
+            balance=Decimal("9.9999"),
+            currency="EUR",
+            occurred_at=NOW,
+            threshold=Decimal("10.0000"),
+            threshold_setting="trigger_balance",
+        ),
         RechargeRequested(
             request_id="r",
             tenant_id="t",

@@ -137,6 +137,15 @@ ALERTS = [
     AlertOut("a-2", TENANT, AlertKind.RESTORED, LARGEST, LATER, status_seq=2**62),
     AlertOut("a-3", TENANT, AlertKind.LOW_BALANCE, Decimal("0.0000"), T0),
     AlertOut(
+        "a-3b",
+        TENANT,
+        AlertKind.LOW_BALANCE,
+        Decimal("4.9999"),
+        T0,
+        threshold=Decimal("5.0000"),
+        threshold_setting="notify_below",
+    ),
+    AlertOut(
         "a-4",
         TENANT,
         AlertKind.RECHARGE_FAILED,
