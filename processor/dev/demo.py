@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -142,8 +143,12 @@ def demo_secret(tenant_id: str) -> str:
 class DemoNotifications:
     """The notifier's receivers in the demo, and what the live view says of them."""
 
-    def __init__(self, tenant_ids: list[str]) -> None:
+    def __init__(self, tenant_ids: list[str], run_id: str) -> None:
         self.tenant_ids = tenant_ids
+        # Each run's receiver listens on a new port, and its secrets are sealed with a
+        # new key: the settings must be applied again, so their command is the run's
+        # (a fixed id would be dropped as a duplicate and leave the last run's).
+        self.run_id = run_id
         self.mail = MailCatcher()
         # Every webhook fails its first try, so the view shows retries happen.
         self.hooks = WebhookReceiver({t: demo_secret(t) for t in tenant_ids}, fail_first=1)
@@ -155,7 +160,7 @@ class DemoNotifications:
         for tenant in self.tenant_ids:
             command = {
                 "type": "notifications_configured",
-                "command_id": f"notifications:demo-{tenant}",
+                "command_id": f"notifications:demo-{self.run_id}-{tenant}",
                 "tenant_id": tenant,
                 "occurred_at": now,
                 "emails": [f"admin@{tenant}.example"],
@@ -261,7 +266,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
             )
         )
         # The notifier, with a local SMTP server and webhook receiver to tell.
-        told = DemoNotifications([t.tenant_id for t in simulator.tenants])
+        told = DemoNotifications([t.tenant_id for t in simulator.tenants], uuid.uuid4().hex[:12])
         told.mail.start()
         notifier_env = {
             **env,

@@ -451,9 +451,13 @@ async def test_the_demo_configures_every_tenant_and_the_view_shows_what_was_told
     from processor.dev.liveview import ViewState, render, summary_line
     from schemas import NotificationsConfigured, decode_command
 
-    told = DemoNotifications(["acme", "globex"])
+    told = DemoNotifications(["acme", "globex"], "run-1")
     commands = told.commands(SEALER)
     assert [tenant for tenant, _ in commands] == ["acme", "globex"]
+    # Another run's receiver and key: its settings are a new command, not a duplicate.
+    again = DemoNotifications(["acme", "globex"], "run-2").commands(SEALER)
+    ids = {decode_command(raw).command_id for _, raw in commands + again}
+    assert len(ids) == 4
     for tenant, raw in commands:
         command = decode_command(raw)  # what the worker accepts
         assert isinstance(command, NotificationsConfigured)
