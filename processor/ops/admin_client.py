@@ -22,6 +22,7 @@ from processor.ops.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, resolve_boot
 from processor.ops.output import emit
 
 if TYPE_CHECKING:
+    from processor.core.rating import RateCard
     from processor.http.admin_requests import Endpoint
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "load_settings",
     "output_format",
     "publish",
+    "readable_card",
     "request",
     "send_command",
     "via_api",
@@ -136,6 +138,18 @@ async def send_command(cfg: Settings, tenant: str, value: bytes) -> None:
         await producer.stop()
 
 
+def readable_card(cfg: Settings) -> RateCard | None:
+    """The processor's rate card (METER_RATE_CARD, or the example card), or None when
+    it cannot be read here: then what it decides is left to the processor."""
+    from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
+    from processor.core.rating import RateCardError
+
+    try:
+        return load_rate_card(cfg.rate_card or example_rate_card_path())
+    except (RateCardError, OSError):
+        return None
+
+
 def _check_precision(cfg: Settings, command: BaseModel) -> None:
     """Refuse what the processor would reject: more decimal places than the card keeps.
 
@@ -143,14 +157,12 @@ def _check_precision(cfg: Settings, command: BaseModel) -> None:
     """
     from decimal import Decimal
 
-    from processor.core.rate_card_parser import example_rate_card_path, load_rate_card
-    from processor.core.rating import RateCardError
     from processor.http.admin_requests import decimal_places
 
-    try:
-        decimals = load_rate_card(cfg.rate_card or example_rate_card_path()).decimals
-    except (RateCardError, OSError):
+    card = readable_card(cfg)
+    if card is None:
         return
+    decimals = card.decimals
     for name, value in command:
         if isinstance(value, Decimal) and decimal_places(value) > decimals:
             raise Failed(

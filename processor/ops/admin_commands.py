@@ -168,6 +168,18 @@ def _card_currency(cfg: Settings) -> str:
         raise Failed(EXIT_USAGE, f"rate card: {exc}; or pass --currency") from None
 
 
+def _check_card_currency(cfg: Settings, currency: str) -> None:
+    """Refuse a top-up the processor would reject (currency_mismatch) as the admin API
+    does; with no rate card readable here, the processor decides, as it always did."""
+    card = admin_client.readable_card(cfg)
+    if card is not None and currency != card.currency:
+        raise Failed(
+            EXIT_USAGE,
+            f"--currency {currency}: the rate card's currency is {card.currency}; "
+            "the processor would reject a top-up in another (currency_mismatch)",
+        )
+
+
 # ------------------------------------------------------------------ the commands
 
 
@@ -190,6 +202,8 @@ def cmd_add_funds(args: argparse.Namespace) -> int:
         return admin_client.via_api(
             args, "POST", f"/tenants/{quote(args.tenant, safe='')}/funds", body, summary
         )
+    # Only here: through the API, the worker checks against its own card.
+    _check_card_currency(cfg, currency)
     return admin_client.publish(cfg, command, args.tenant, summary, args)
 
 

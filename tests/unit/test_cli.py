@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -486,3 +487,23 @@ def test_a_money_argument_that_is_no_number_is_said_the_clis_way(
     ) in err
     assert "JSON" not in err
     assert sent.records == []
+
+
+def test_a_top_up_in_another_currency_than_the_cards_exits_2(
+    sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Straight to Kafka the processor would reject it later (currency_mismatch), as
+    # --via-api refuses it at once.
+    assert cli.main(["add-funds", "acme", "5", "--currency", "EUR"]) == common.EXIT_USAGE
+    assert "--currency EUR: the rate card's currency is USD" in capsys.readouterr().err
+    assert sent.records == []
+    assert cli.main(["add-funds", "acme", "5", "--currency", "USD"]) == 0
+
+
+def test_without_a_readable_card_the_given_currency_is_sent(
+    sent: Sent, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("METER_RATE_CARD", str(tmp_path / "no-such-card.yaml"))
+    assert cli.main(["add-funds", "acme", "5", "--currency", "EUR"]) == 0
+    [(_, value)] = sent.records
+    assert decode_command(value).currency == "EUR"
