@@ -89,6 +89,16 @@ class Permission(enum.Enum):
     READ_ALL = "read_all"
 
 
+# Each permission as a refusal says it: "a token with the role billing may not ...".
+ACTS: Final[dict[Permission, str]] = {
+    Permission.READ: "read accounts",
+    Permission.CONFIGURE: "change settings",
+    Permission.FUNDS: "add funds",
+    Permission.RECHARGE_OUTCOME: "answer recharge requests",
+    Permission.SIGNED_IN: "sign in",
+    Permission.READ_ALL: "list every tenant",
+}
+
 # What each role may do; a tenant_admin only for its own tenant. A tenant admin adds
 # funds to its own tenant (the console's "Add funds", as in the admin center this
 # product follows); billing's answers to recharge requests stay billing's.
@@ -351,7 +361,7 @@ class Access:
             raise AuthError(
                 403,
                 "forbidden",
-                f"a {principal.role} token may not {permission.value.replace('_', ' ')}"
+                f"a token with the role {principal.role} may not {ACTS[permission]}"
                 + (" for this tenant" if tenant_id is not None else ""),
             )
         return principal

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from processor.config.settings import Settings
 from processor.http.auth import (
+    ACTS,
     GRANTS,
     QUERY_TENANT_ROUTES,
     ROUTES,
@@ -168,6 +169,37 @@ def test_roles_and_tenants(keys: TestKeys, access: Access) -> None:
     for permission in Permission:
         assert check(access, "static-secret", permission, "any") == 200
     assert check(access, "static-secre", Permission.READ, "any") == 401
+
+
+@pytest.mark.parametrize(
+    ("role", "tenant", "permission", "said"),
+    [
+        ("tenant_admin", "acme", Permission.FUNDS, "a token with the role tenant_admin may not "
+         "add funds for this tenant"),
+        ("operator", "acme", Permission.FUNDS, "a token with the role operator may not add funds "
+         "for this tenant"),
+        ("tenant_admin", None, Permission.READ_ALL, "a token with the role tenant_admin may not "
+         "list every tenant"),
+        ("billing", "acme", Permission.READ, "a token with the role billing may not read "
+         "accounts for this tenant"),
+    ],
+)  # fmt: skip
+def test_a_refusal_says_in_words_what_the_role_may_not_do(
+    keys: TestKeys,
+    access: Access,
+    role: str,
+    tenant: str | None,
+    permission: Permission,
+    said: str,
+) -> None:
+    token = keys.tenant_admin("globex") if role == "tenant_admin" else keys.token(role=role)
+    with pytest.raises(AuthError) as refused:
+        access.check({"Authorization": f"Bearer {token}"}, permission, tenant)
+    assert (refused.value.status, refused.value.detail) == (403, said)
+
+
+def test_every_permission_is_said_in_words() -> None:
+    assert set(ACTS) == set(Permission)
 
 
 def test_only_operators_list_every_tenant(keys: TestKeys, access: Access) -> None:
