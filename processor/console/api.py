@@ -3,7 +3,9 @@
 Every call carries the signed-in user's bearer token, so what a user may see or
 change is decided by those APIs, not here. An endpoint a deployment does not have yet
 (`/auth/whoami`, `/commands/{id}`, a field of the account view) is `None`, and the
-page leaves that part out rather than failing.
+page leaves that part out rather than failing. A 401 is never an answer to show: the
+token no longer works (it expired), raised as `Unauthorized` for the console to end
+the session (access.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import orjson
 
-__all__ = ["Answer", "ApiClient"]
+__all__ = ["Answer", "ApiClient", "Unauthorized"]
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -45,6 +47,19 @@ class Answer:
             return []
         errors = self.body.get("errors") or []
         return [e for e in errors if isinstance(e, dict)]
+
+
+class Unauthorized(Exception):
+    """An API answered 401: the user's token is no longer good (expired, revoked)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.problem())
+        self.answer = answer
+
+    @property
+    def expired(self) -> bool:
+        # processor/http/auth.py's detail for a token past its `exp`.
+        return "expired" in self.answer.problem()
 
 
 def _tid(tenant_id: str) -> str:
@@ -88,9 +103,12 @@ class ApiClient:
                     body = orjson.loads(raw) if raw else None
                 except orjson.JSONDecodeError:
                     body = None
-                return Answer(resp.status, body, dict(resp.headers))
+                answer = Answer(resp.status, body, dict(resp.headers))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Answer(503, {"error": "unreachable", "detail": str(exc) or repr(exc)}, {})
+        if answer.status == 401:
+            raise Unauthorized(answer)
+        return answer
 
     # ---- the worker API ----------------------------------------------------------
 

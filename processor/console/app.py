@@ -28,6 +28,7 @@ from markupsafe import Markup
 
 from processor.console.api import ApiClient
 from processor.console.i18n import DEFAULT, LANGUAGES, Translator, column_places, translator
+from processor.console.status import listed_badges
 
 __all__ = ["Principal", "Session", "build_app", "serve"]
 
@@ -53,6 +54,11 @@ class Principal:
     role: str
     tenant_id: str | None
 
+    @property
+    def uses_console(self) -> bool:
+        # billing posts top-ups and recharge outcomes but reads nothing: no page to show.
+        return self.role in ("tenant_admin", "operator", "admin")
+
     def may_see(self, tenant_id: str) -> bool:
         return self.role != "tenant_admin" or self.tenant_id == tenant_id
 
@@ -62,7 +68,7 @@ class Principal:
 
     @property
     def sees_all(self) -> bool:
-        return self.role in ("operator", "admin", "billing")
+        return self.role in ("operator", "admin")
 
 
 @dataclass
@@ -205,13 +211,15 @@ def templates() -> jinja2.Environment:
     )
     env.globals["nbsp"] = Markup("&nbsp;")
     env.globals["column_places"] = column_places
+    env.globals["listed_badges"] = listed_badges
     return env
 
 
 def build_app(api: ApiClient, admin_token: str | None = None) -> web.Application:
     from processor.console import pages
+    from processor.console.access import refusals
 
-    app = web.Application(middlewares=[security], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[security, refusals], client_max_size=64 * 1024)
     app[API] = api
     app[SESSIONS] = Sessions()
     app[TEMPLATES] = templates()

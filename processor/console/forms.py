@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from processor.console.access import Refused, page_of, signed_in, tenant_of
+from processor.console.access import page_of, signed_in, tenant_of
 from processor.console.api import Answer
 from processor.console.app import API, render, t_of
 from processor.console.tenant_page import section, summary_of
@@ -64,10 +64,7 @@ def _field_messages(answer: Answer, t: Any) -> dict[str, list[str]]:
 async def funds_review(request: web.Request) -> web.StreamResponse:
     """Add funds, step 1 of 2: the amount checked and shown back for confirmation."""
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
     t = t_of(request)
     form = await request.post()
     amount = _money_input(str(form.get("amount") or ""))
@@ -91,10 +88,7 @@ async def funds_review(request: web.Request) -> web.StreamResponse:
 async def funds_submit(request: web.Request) -> web.StreamResponse:
     """Add funds, step 2 of 2: the top-up sent, its result shown as it lands."""
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
     t = t_of(request)
     form = await request.post()
     amount = _money_input(str(form.get("amount") or ""))
@@ -132,10 +126,7 @@ async def funds_status(request: web.Request) -> web.StreamResponse:
     """Where a top-up is: the command status resource when the workers have it, else
     its ledger entry (the entry's `cause_id` is the command's id)."""
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
     api = request.app[API]
     command_id = request.query.get("command_id", "")
     location = request.query.get("location", "")
@@ -175,10 +166,7 @@ async def funds_status(request: web.Request) -> web.StreamResponse:
 
 async def auto_recharge(request: web.Request) -> web.StreamResponse:
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
     t = t_of(request)
     form = await request.post()
     values = {

@@ -10,6 +10,7 @@ from typing import Final
 
 from aiohttp import web
 
+from processor.console.app import HERE
 from processor.console.forms import auto_recharge, funds_review, funds_status, funds_submit
 from processor.console.i18n import N_
 from processor.console.operator_page import operator_page
@@ -45,10 +46,19 @@ async def ready(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ready"})
 
 
+FAVICON: Final = HERE / "static" / "favicon.svg"
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask for /favicon.ico whatever the page links; the same SVG."""
+    return web.FileResponse(FAVICON)
+
+
 def routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/ready", ready)
     r.add_get("/health", ready)
+    r.add_get("/favicon.ico", favicon)
     r.add_get("/", home)
     r.add_get("/signin", signin_form)
     r.add_post("/signin", signin)

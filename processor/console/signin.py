@@ -7,7 +7,7 @@ import hmac
 from aiohttp import web
 
 from processor.console.access import page_of, signed_in
-from processor.console.api import ApiClient
+from processor.console.api import ApiClient, Unauthorized
 from processor.console.app import (
     ADMIN_TOKEN,
     API,
@@ -34,12 +34,22 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 
 async def signin_form(request: web.Request) -> web.StreamResponse:
-    return render(request, "signin.html", error=None)
+    # access.py sends an expired session here with `?expired=1`.
+    expired = request.query.get("expired") == "1"
+    message = N_("Your session has expired. Sign in again.") if expired else None
+    return render(
+        request, "signin.html", error=None if message is None else t_of(request).gettext(message)
+    )
 
 
 async def whoami(api: ApiClient, token: str, admin_token: str) -> Principal | str:
     """Who the token belongs to, or why it is refused (a message id)."""
-    answer = await api.whoami(token)
+    try:
+        answer = await api.whoami(token)
+    except Unauthorized as refused:
+        if refused.expired:
+            return N_("This token has expired. Ask for a new one.")
+        return N_("This token was not accepted.")
     if answer.ok and isinstance(answer.body, dict) and answer.body.get("role"):
         body = answer.body
         return Principal(str(body.get("subject") or ""), str(body["role"]), body.get("tenant_id"))
@@ -64,6 +74,11 @@ async def signin(request: web.Request) -> web.StreamResponse:
     who = await whoami(request.app[API], token, request.app[ADMIN_TOKEN])
     if isinstance(who, str):
         return render(request, "signin.html", status=401, error=t.gettext(who))
+    if not who.uses_console:
+        refusal = t.gettext("Your role (%(role)s) may not use the console's pages.")
+        return render(
+            request, "signin.html", status=403, error=refusal % {"role": t.gettext(who.role)}
+        )
     sessions = request.app[SESSIONS]
     sessions.end(request.cookies.get(SESSION_COOKIE))
     sid = sessions.new(Session(token, who))

@@ -15,10 +15,11 @@ from typing import Any, Final
 from aiohttp import web
 
 from processor.console.access import Refused, page_of, signed_in, tenant_of
-from processor.console.api import ApiClient
+from processor.console.api import Answer, ApiClient, Unauthorized
 from processor.console.app import API, Session, is_htmx, render, t_of
 from processor.console.charts import daily_spend_svg, last_days
 from processor.console.i18n import column_places, form_amount
+from processor.console.status import account_badges
 
 __all__ = [
     "ledger_part",
@@ -49,16 +50,12 @@ def _iso(d: date) -> str:
 
 async def summary_of(api: ApiClient, session: Session, tenant_id: str) -> dict[str, Any]:
     answer = await api.account(session.token, tenant_id)
-    if answer.status in (401, 403):
+    if answer.status == 403:
         raise Refused()
     account = answer.body if answer.ok else None
-    status = None
-    if account is not None:
-        ar = account.get("auto_recharge") or {}
-        status = "suspended" if ar.get("suspended") else account.get("status")
     return {
         "account": account,
-        "account_status": status,
+        "badges": None if account is None else account_badges(account),
         "account_problem": None if answer.ok or answer.status == 404 else answer.problem(),
         "currency": (account or {}).get("currency") or "",
     }
@@ -117,6 +114,8 @@ async def _ledger(
         "entries": answer.body.get("entries", []) if answer.ok else None,
         "next_cursor": answer.body.get("next_cursor") if answer.ok else None,
         "before": before,
+        # The sink's 400 for a `before` it never gave (an edited or stale link).
+        "bad_cursor": before is not None and answer.status == 400,
     }
 
 
@@ -166,11 +165,8 @@ async def tenant_context(
 
 async def tenant_page(request: web.Request) -> web.StreamResponse:
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-        context = await tenant_context(request, session, tenant_id)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
+    context = await tenant_context(request, session, tenant_id)
     if is_htmx(request) and request.query.get("part") == "ledger":
         return render(request, "parts/ledger.html", **context)
     return render(request, "tenant.html", **context)
@@ -178,21 +174,15 @@ async def tenant_page(request: web.Request) -> web.StreamResponse:
 
 async def summary_part(request: web.Request) -> web.StreamResponse:
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-        summary = await summary_of(request.app[API], session, tenant_id)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
+    summary = await summary_of(request.app[API], session, tenant_id)
     return render(request, "parts/summary.html", tenant_id=tenant_id, **summary)
 
 
 async def recharges_part(request: web.Request) -> web.StreamResponse:
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-        summary = await summary_of(request.app[API], session, tenant_id)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
+    summary = await summary_of(request.app[API], session, tenant_id)
     history = await _recharges(request.app[API], session, tenant_id)
     return render(
         request,
@@ -206,10 +196,7 @@ async def recharges_part(request: web.Request) -> web.StreamResponse:
 
 async def ledger_part(request: web.Request) -> web.StreamResponse:
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
     ledger = await _ledger(request.app[API], session, tenant_id, request.query.get("before"))
     summary = await summary_of(request.app[API], session, tenant_id)
     return render(
@@ -239,13 +226,12 @@ async def section(
 async def statement(request: web.Request) -> web.StreamResponse:
     """The CSV statement from the sink, streamed through with the user's token."""
     session = signed_in(request)
-    try:
-        tenant_id = tenant_of(request, session)
-    except Refused:
-        return render(request, "refused.html", status=403)
+    tenant_id = tenant_of(request, session)
     api = request.app[API]
     headers = {"Authorization": f"Bearer {session.token}"}
     async with api.session.get(api.statement_url(tenant_id), headers=headers) as upstream:
+        if upstream.status == 401:
+            raise Unauthorized(Answer(401, None, {}))
         if upstream.status != 200:
             return render(request, "refused.html", status=upstream.status)
         response = web.StreamResponse(

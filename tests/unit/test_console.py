@@ -10,184 +10,32 @@ import re
 from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal
-from typing import Any
 
 import pytest
-from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient, TestServer
 from babel.messages.extract import extract_from_dir
 
 from processor.console import pages
-from processor.console.api import ApiClient
-from processor.console.app import HERE, build_app
+from processor.console.app import HERE
 from processor.console.charts import daily_spend_svg, last_days
 from processor.console.i18n import Translator, _messages, catalog_path, column_places, form_amount
-
-ADMIN_TOKEN = "static-admin-token"
-TOKENS: dict[str, dict[str, Any]] = {
-    "tok-acme": {"subject": "alice", "role": "tenant_admin", "tenant_id": "acme"},
-    "tok-ops": {"subject": "olga", "role": "operator", "tenant_id": None},
-}
-
-
-def account(tenant: str) -> dict[str, Any]:
-    return {
-        "tenant_id": tenant,
-        "currency": "EUR",
-        "balance": "12.34",
-        "status": "active",
-        "auto_recharge": None,
-        "pending_recharge": None,
-        "updated_at": None,
-        "credit_limit": "0.00",
-        "notify_below": None,
-    }
-
-
-class FakeApis:
-    """The worker API and the ledger sink, as far as the console uses them."""
-
-    def __init__(self, whoami: bool = True) -> None:
-        self.whoami = whoami
-        self.calls: list[tuple[str, str, str | None]] = []
-
-    def principal(self, request: web.Request) -> dict[str, Any] | None:
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return TOKENS.get(token)
-
-    def app(self) -> web.Application:
-        async def whoami(request: web.Request) -> web.Response:
-            who = self.principal(request)
-            return web.json_response(who) if who else web.json_response({}, status=401)
-
-        async def account_view(request: web.Request) -> web.Response:
-            tenant = request.match_info["tenant_id"]
-            who = self.principal(request)
-            self.calls.append(("account", tenant, request.headers.get("Authorization")))
-            if who and who["role"] == "tenant_admin" and who["tenant_id"] != tenant:
-                return web.json_response({"error": "forbidden"}, status=403)
-            return web.json_response(account(tenant))
-
-        async def auto_recharge(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.calls.append(("auto-recharge", request.match_info["tenant_id"], str(body)))
-            errors = []
-            if "." in body["trigger_balance"] and len(body["trigger_balance"].split(".")[1]) > 2:
-                errors.append(
-                    {
-                        "loc": ["body", "trigger_balance"],
-                        "msg": "has more than 2 decimal places",
-                        "type": "too_many_decimals",
-                    }
-                )
-            if body["recharge_amount"].startswith("-"):
-                errors.append(
-                    {
-                        "loc": ["body", "recharge_amount"],
-                        "msg": "Input should be greater than 0",
-                        "type": "greater_than",
-                    }
-                )
-            if errors:
-                return web.json_response(
-                    {"error": "invalid_request", "detail": "...", "errors": errors}, status=422
-                )
-            return web.json_response({"status": "accepted"}, status=202)
-
-        async def empty(request: web.Request) -> web.Response:
-            return web.json_response({"entries": [], "buckets": [], "recharges": []})
-
-        async def ledger(request: web.Request) -> web.Response:
-            self.calls.append(("ledger", request.match_info["tenant_id"], request.query_string))
-            before = request.query.get("before")
-            entry = {
-                "entry_id": f"e-{before or 'newest'}",
-                "tenant_id": request.match_info["tenant_id"],
-                "kind": "credit",
-                "amount": "1.00",
-                "currency": "EUR",
-                "balance_after": "12.34",
-                "cause_topic": "credits.commands",
-                "cause_id": f"cause-{before or 'newest'}",
-                "occurred_at": "2026-12-01T10:00:00Z",
-                "recorded_at": "2026-12-01T10:00:01Z",
-            }
-            following = None if before else "page-2"
-            return web.json_response({"entries": [entry], "next_cursor": following})
-
-        async def funds(request: web.Request) -> web.Response:
-            return web.json_response(
-                {"error": "forbidden", "detail": "a tenant_admin token may not funds"}, status=403
-            )
-
-        async def tenants(request: web.Request) -> web.Response:
-            listed = [
-                {
-                    "tenant_id": "acme",
-                    "currency": "EUR",
-                    "balance": "12.34",
-                    "status": "active",
-                    "auto_recharge_suspended": False,
-                    "below_low_balance": False,
-                    "recharge_failures": 0,
-                    "last_failure_reason": None,
-                },
-                {
-                    "tenant_id": "globex",
-                    "currency": "EUR",
-                    "balance": "-1.00",
-                    "status": "exhausted",
-                    "auto_recharge_suspended": False,
-                    "below_low_balance": True,
-                    "recharge_failures": 0,
-                    "last_failure_reason": None,
-                },
-            ]
-            if request.query.get("status") == "exhausted":
-                listed = [t for t in listed if t["status"] == "exhausted"]
-            return web.json_response({"tenants": listed, "next_cursor": None})
-
-        app = web.Application()
-        if self.whoami:
-            app.router.add_get("/auth/whoami", whoami)
-        app.router.add_get("/tenants/{tenant_id}/account", account_view)
-        app.router.add_put("/tenants/{tenant_id}/auto-recharge", auto_recharge)
-        app.router.add_get("/tenants/{tenant_id}/ledger", ledger)
-        app.router.add_post("/tenants/{tenant_id}/funds", funds)
-        app.router.add_get("/tenants/{tenant_id}/usage", empty)
-        app.router.add_get("/tenants/{tenant_id}/recharges", empty)
-        app.router.add_get("/tenants", tenants)
-        return app
-
-
-async def _console(fakes: FakeApis) -> AsyncIterator[tuple[TestClient[Any, Any], FakeApis]]:
-    async with TestClient(TestServer(fakes.app())) as upstream:
-        url = str(upstream.make_url("")).rstrip("/")
-        app = build_app(ApiClient(url, url), ADMIN_TOKEN)
-        async with TestClient(TestServer(app)) as client:
-            yield client, fakes
+from tests.support.console import (
+    ADMIN_TOKEN,
+    Console,
+    FakeApis,
+    console_of,
+    csrf_of,
+    sign_in,
+)
 
 
 @pytest.fixture
-async def console() -> AsyncIterator[tuple[TestClient[Any, Any], FakeApis]]:
-    async for pair in _console(FakeApis()):
+async def console() -> AsyncIterator[Console]:
+    async for pair in console_of(FakeApis()):
         yield pair
 
 
-async def csrf_of(client: TestClient[Any, Any], path: str = "/signin") -> str:
-    html = await (await client.get(path)).text()
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found is not None
-    return found[1]
-
-
-async def sign_in(client: TestClient[Any, Any], token: str) -> ClientResponse:
-    csrf = await csrf_of(client)
-    return await client.post("/signin", data={"token": token, "csrf": csrf}, allow_redirects=False)
-
-
 async def test_sign_in_keeps_the_token_on_the_server_behind_a_strict_cookie(
-    console: tuple[TestClient[Any, Any], FakeApis],
+    console: Console,
 ) -> None:
     client, fakes = console
     resp = await sign_in(client, "tok-acme")
@@ -206,7 +54,7 @@ async def test_sign_in_keeps_the_token_on_the_server_behind_a_strict_cookie(
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
 
 
-async def test_a_wrong_token_is_refused(console: tuple[TestClient[Any, Any], FakeApis]) -> None:
+async def test_a_wrong_token_is_refused(console: Console) -> None:
     client, _ = console
     resp = await sign_in(client, "nonsense")
     assert resp.status == 401
@@ -215,7 +63,7 @@ async def test_a_wrong_token_is_refused(console: tuple[TestClient[Any, Any], Fak
 
 
 async def test_every_form_post_needs_the_csrf_token(
-    console: tuple[TestClient[Any, Any], FakeApis],
+    console: Console,
 ) -> None:
     client, fakes = console
     await csrf_of(client)  # the browser has its CSRF cookie, but the form lacks it
@@ -244,7 +92,7 @@ async def test_every_form_post_needs_the_csrf_token(
 
 
 async def test_a_tenant_admin_is_refused_another_tenants_page(
-    console: tuple[TestClient[Any, Any], FakeApis],
+    console: Console,
 ) -> None:
     client, fakes = console
     await sign_in(client, "tok-acme")
@@ -258,7 +106,7 @@ async def test_a_tenant_admin_is_refused_another_tenants_page(
 
 
 async def test_the_operator_lists_and_filters_tenants(
-    console: tuple[TestClient[Any, Any], FakeApis],
+    console: Console,
 ) -> None:
     client, _ = console
     await sign_in(client, "tok-ops")
@@ -272,7 +120,7 @@ async def test_the_operator_lists_and_filters_tenants(
 
 
 async def test_greek_is_chosen_remembered_and_formats_money_the_greek_way(
-    console: tuple[TestClient[Any, Any], FakeApis],
+    console: Console,
 ) -> None:
     client, _ = console
     await sign_in(client, "tok-acme")
@@ -307,7 +155,7 @@ async def test_greek_is_chosen_remembered_and_formats_money_the_greek_way(
     ],
 )
 async def test_the_apis_validation_messages_show_beside_their_fields(
-    console: tuple[TestClient[Any, Any], FakeApis], lang: str, decimals: str, negative: str
+    console: Console, lang: str, decimals: str, negative: str
 ) -> None:
     client, _ = console
     client.session.cookie_jar.update_cookies({"meter_lang": lang})
@@ -331,7 +179,7 @@ async def test_the_apis_validation_messages_show_beside_their_fields(
 
 
 async def test_without_whoami_only_the_static_admin_token_signs_in() -> None:
-    async for client, _ in _console(FakeApis(whoami=False)):
+    async for client, _ in console_of(FakeApis(whoami=False)):
         assert (await sign_in(client, "tok-acme")).status == 401
         resp = await sign_in(client, ADMIN_TOKEN)
         assert resp.status == 303
@@ -440,7 +288,7 @@ def test_text_colours_meet_wcag_aa_contrast() -> None:
 
 
 async def test_every_field_of_the_tenant_page_has_a_label(
-    console: tuple[TestClient[Any, Any], FakeApis],
+    console: Console,
 ) -> None:
     client, _ = console
     await sign_in(client, "tok-acme")
@@ -457,7 +305,7 @@ async def test_every_field_of_the_tenant_page_has_a_label(
 
 
 async def test_the_ledger_pages_with_the_sinks_cursor(
-    console: tuple[TestClient[Any, Any], FakeApis],
+    console: Console,
 ) -> None:
     client, fakes = console
     await sign_in(client, "tok-acme")
@@ -471,7 +319,7 @@ async def test_the_ledger_pages_with_the_sinks_cursor(
 
 
 async def test_a_refused_top_up_says_so_in_the_form(
-    console: tuple[TestClient[Any, Any], FakeApis],
+    console: Console,
 ) -> None:
     client, _ = console
     await sign_in(client, "tok-acme")
