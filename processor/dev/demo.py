@@ -56,6 +56,12 @@ DEMO_ENV = {
 }
 
 
+def demo_env(environ: dict[str, str], bootstrap: str) -> dict[str, str]:
+    """The children's environment: the demo's short times (`DEMO_ENV`) where the
+    caller's environment does not set them, and the broker the demo found or started."""
+    return {**DEMO_ENV, **environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+
+
 def _spawn(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`meter <command>` as a child in its own session, its output appended to log_path."""
     with log_path.open("ab") as out:
@@ -223,7 +229,7 @@ def run_demo(tenants: int = 36, rate: float = 20.0, seconds: float | None = None
     print(f"Kafka at {bootstrap}", flush=True)
 
     worker_log = run_dir / "worker.log"
-    env = {**os.environ, **DEMO_ENV, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    env = demo_env(dict(os.environ), bootstrap)
     env.setdefault("METER_DATA_DIR", str(run_dir / "data"))
     keys = local_auth(env)
     # One key for the workers (which seal webhook secrets) and the notifier (which opens
