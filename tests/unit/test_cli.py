@@ -506,4 +506,5 @@ def test_without_a_readable_card_the_given_currency_is_sent(
     monkeypatch.setenv("METER_RATE_CARD", str(tmp_path / "no-such-card.yaml"))
     assert cli.main(["add-funds", "acme", "5", "--currency", "EUR"]) == 0
     [(_, value)] = sent.records
-    assert decode_command(value).currency == "EUR"
+    command = decode_command(value)
+    assert isinstance(command, FundsAdded) and command.currency == "EUR"
