@@ -1,58 +1,42 @@
 """The tenant page's forms: add funds (review, submit, follow) and auto-recharge.
 
 Each answers with its section of the tenant page (`tenant_page.section`): the form
-again with the API's field errors in the user's language, or its result.
+again with its errors in the user's language (amounts.py checks what the API would
+refuse first, and words what it still refuses), or its result.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from aiohttp import web
 
 from processor.console.access import page_of, signed_in, tenant_of
+from processor.console.amounts import Rule, api_message, check_amount
 from processor.console.api import Answer
 from processor.console.app import API, render, t_of
+from processor.console.i18n import Translator
+from processor.console.places import card_places
 from processor.console.tenant_page import section, summary_of
 
 __all__ = ["auto_recharge", "funds_review", "funds_status", "funds_submit"]
 
-_MONEY: Final = re.compile(r"^-?\d{1,18}(\.\d{1,12})?$")
 
-
-def _money_input(raw: str) -> str:
-    """A decimal as typed, with a comma accepted as the decimal sign (Greek keyboards)."""
-    text = raw.strip().replace(" ", "")
-    if "," in text and "." not in text:
-        text = text.replace(",", ".")
-    return text
-
-
-def _field_messages(answer: Answer, t: Any) -> dict[str, list[str]]:
+def _field_messages(answer: Answer, t: Translator) -> dict[str, list[str]]:
     """The API's 422 field errors by field name, in the user's language where we know
-    the error's type, else in the API's words."""
-    known = {
-        "too_many_decimals": t.gettext("Too many decimal places."),
-        "greater_than": t.gettext("Must be more than zero."),
-        "greater_than_equal": t.gettext("Must not be negative."),
-        "decimal_parsing": t.gettext("Not a number."),
-        "string_pattern_mismatch": t.gettext("Not a valid amount."),
-        "currency_mismatch": t.gettext("Another currency than the rate card's."),
-    }
+    the error (`amounts.api_message`), else in the API's words."""
     out: dict[str, list[str]] = {}
     for error in answer.field_errors():
         loc = [str(x) for x in error.get("loc") or []]
         name = loc[-1] if loc else ""
-        if name in ("", "body") and "target_balance" in str(error.get("msg", "")):
-            name = "target_balance"
-        message = known.get(str(error.get("type")), str(error.get("msg") or ""))
-        if "target_balance" in str(error.get("msg", "")) and "trigger" in str(error.get("msg")):
+        words = str(error.get("msg") or "")
+        message = api_message(str(error.get("type")), words, t)
+        if "target_balance" in words and "trigger" in words:
             message = t.gettext("The target must be above the trigger balance.")
             name = "target_balance"
-        out.setdefault(name or "form", []).append(message)
+        out.setdefault(name if name not in ("", "body") else "form", []).append(message)
     if not out and answer.status == 403:
         # The API's word on this role (e.g. funds come from billing under METER_AUTH=jwt).
         out["form"] = [f"{t.gettext('Your role may not do this.')} ({answer.problem()})"]
@@ -67,20 +51,11 @@ async def funds_review(request: web.Request) -> web.StreamResponse:
     tenant_id = tenant_of(request, session)
     t = t_of(request)
     form = await request.post()
-    amount = _money_input(str(form.get("amount") or ""))
-    errors: dict[str, list[str]] = {}
-    step = "confirm"
-    if not _MONEY.match(amount):
-        errors["amount"] = [t.gettext("Enter an amount such as 50.00.")]
-        step = "form"
-    else:
-        try:
-            if Decimal(amount) <= 0:
-                errors["amount"] = [t.gettext("Must be more than zero.")]
-                step = "form"
-        except InvalidOperation:
-            errors["amount"] = [t.gettext("Not a number.")]
-            step = "form"
+    typed = str(form.get("amount") or "")
+    summary = await summary_of(request.app[API], session, tenant_id)
+    checked = check_amount(typed, t, "positive", card_places(summary["account"]))
+    errors = {} if checked.error is None else {"amount": [checked.error]}
+    step, amount = ("form", typed) if checked.error else ("confirm", checked.value)
     funds = {"step": step, "amount": amount, "errors": errors, "key": str(uuid.uuid4())}
     return await section(request, session, tenant_id, "funds", funds=funds)
 
@@ -91,12 +66,14 @@ async def funds_submit(request: web.Request) -> web.StreamResponse:
     tenant_id = tenant_of(request, session)
     t = t_of(request)
     form = await request.post()
-    amount = _money_input(str(form.get("amount") or ""))
+    # The review step's hidden field: the plain amount it checked.
+    checked = check_amount(str(form.get("amount") or ""), t, "positive", None, typed=False)
+    if form.get("cancel") or checked.error is not None:
+        errors = {"amount": [checked.error]} if checked.error and not form.get("cancel") else {}
+        funds = {"step": "form", "amount": "", "errors": errors}
+        return await section(request, session, tenant_id, "funds", funds=funds)
+    amount = checked.value
     key = str(form.get("key") or uuid.uuid4())
-    if form.get("cancel"):
-        return await section(
-            request, session, tenant_id, "funds", funds={"step": "form", "amount": "", "errors": {}}
-        )
     api = request.app[API]
     account = await api.account(session.token, tenant_id)
     currency = (account.body or {}).get("currency") if account.ok else None
@@ -108,7 +85,7 @@ async def funds_submit(request: web.Request) -> web.StreamResponse:
             answer = await api.add_funds(session.token, tenant_id, amount, named[1], key)
     if answer.status != 202:
         errors = _field_messages(answer, t)
-        funds = {"step": "form", "amount": amount, "errors": errors}
+        funds = {"step": "form", "amount": t.form_amount(amount), "errors": errors}
         return await section(request, session, tenant_id, "funds", funds=funds)
     command_id = str((answer.body or {}).get("command_id") or key)
     location = answer.headers.get("Location", "")
@@ -164,35 +141,40 @@ async def funds_status(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# The auto-recharge form's amounts and the API's bound on each (schemas/admin.py).
+AMOUNT_RULES: Final[dict[str, Rule]] = {
+    "recharge_amount": "positive",
+    "target_balance": "positive",
+    "trigger_balance": "non_negative",
+}
+
+
 async def auto_recharge(request: web.Request) -> web.StreamResponse:
     session = signed_in(request)
     tenant_id = tenant_of(request, session)
     t = t_of(request)
     form = await request.post()
-    values = {
-        "enabled": form.get("enabled") == "on",
-        "mode": "to_target" if form.get("mode") == "to_target" else "fixed",
-        "recharge_amount": _money_input(str(form.get("recharge_amount") or "")),
-        "target_balance": _money_input(str(form.get("target_balance") or "")),
-        "trigger_balance": _money_input(str(form.get("trigger_balance") or "")),
-    }
-    settings: dict[str, Any] = {
-        "enabled": values["enabled"],
-        "mode": values["mode"],
-        "recharge_amount": values["recharge_amount"] or None,
-        "trigger_balance": values["trigger_balance"] or None,
-    }
-    if values["mode"] == "to_target":
-        settings["target_balance"] = values["target_balance"] or None
-        if not settings["recharge_amount"]:
-            # The API still asks for an amount; "recharge to" uses the target.
-            settings["recharge_amount"] = settings["target_balance"]
+    mode = "to_target" if form.get("mode") == "to_target" else "fixed"
+    summary = await summary_of(request.app[API], session, tenant_id)
+    places = card_places(summary["account"])
+    values: dict[str, Any] = {"enabled": form.get("enabled") == "on", "mode": mode}
+    settings: dict[str, Any] = dict(values)
     errors: dict[str, list[str]] = {}
-    for name in ("recharge_amount", "trigger_balance"):
-        if settings.get(name) is None:
+    for name, rule in AMOUNT_RULES.items():
+        typed = str(form.get(name) or "").strip()
+        values[name] = typed
+        if name == "target_balance" and mode != "to_target":
+            continue
+        checked = check_amount(typed, t, rule, places)
+        if not typed:
             errors[name] = [t.gettext("Required.")]
-    if values["mode"] == "to_target" and settings.get("target_balance") is None:
-        errors["target_balance"] = [t.gettext("Required.")]
+        elif checked.error is not None:
+            errors[name] = [checked.error]
+        settings[name] = checked.value or None
+    if mode == "to_target" and "recharge_amount" in errors and not values["recharge_amount"]:
+        # The API still asks for an amount; "recharge to" uses the target.
+        del errors["recharge_amount"]
+        settings["recharge_amount"] = settings["target_balance"]
     saved = False
     if not errors:
         answer = await request.app[API].configure_auto_recharge(

@@ -27,7 +27,6 @@ __all__ = [
     "Translator",
     "catalog_path",
     "column_places",
-    "form_amount",
     "translator",
 ]
 
@@ -56,15 +55,6 @@ def column_places(amounts: Iterable[str | Decimal | None]) -> int:
     the most any of them has, at least two."""
     found = (_decimal(a) for a in amounts if a is not None)
     return max((_places(v) for v in found if v is not None), default=2)
-
-
-def form_amount(amount: str | None) -> str:
-    """An amount as a form field shows it: plain digits at the decimals it needs, at
-    least two (the API's `25.0000` as `25.00`), so the value sent back is the same."""
-    value = None if amount is None else _decimal(amount)
-    if value is None:
-        return amount or ""
-    return format(value.quantize(Decimal(1).scaleb(-_places(value))), "f")
 
 
 def N_(message: str) -> str:  # gettext's name for "mark, translate later"
@@ -130,6 +120,15 @@ class Translator:
                 decimal_quantization=False,
             )
         return "\u2212" + text if value < 0 else text
+
+    def form_amount(self, amount: str | None) -> str:
+        """An amount as a form field shows it, for amounts.py to read back: the decimals
+        it needs, at least two (the API's `25.0000` as `25.00`), this language's decimal
+        sign (`25,00` in Greek), no grouping."""
+        value = None if amount is None else _decimal(amount)
+        if value is None:
+            return amount or ""
+        return format_decimal(value, "0.00", locale=self.locale, decimal_quantization=False)
 
     def number(self, value: int | Decimal) -> str:
         return format_decimal(value, locale=self.locale)

@@ -18,7 +18,7 @@ from processor.console.access import Refused, page_of, signed_in, tenant_of
 from processor.console.api import Answer, ApiClient, Unauthorized
 from processor.console.app import API, Session, is_htmx, render, t_of
 from processor.console.charts import daily_spend_svg, last_days
-from processor.console.i18n import column_places, form_amount
+from processor.console.i18n import column_places
 from processor.console.status import account_badges
 
 __all__ = [
@@ -136,6 +136,7 @@ async def tenant_context(
     )
     account = summary["account"] or {}
     ar = account.get("auto_recharge") or {}
+    t = t_of(request)
     context: dict[str, Any] = {
         "tenant_id": tenant_id,
         "page": page_of(tenant_id),
@@ -147,9 +148,9 @@ async def tenant_context(
         "ar_form": {
             "enabled": bool(ar.get("enabled")),
             "mode": ar.get("mode") or "fixed",
-            "recharge_amount": form_amount(ar.get("recharge_amount")),
-            "target_balance": form_amount(ar.get("target_balance")),
-            "trigger_balance": form_amount(ar.get("trigger_balance")),
+            "recharge_amount": t.form_amount(ar.get("recharge_amount")),
+            "target_balance": t.form_amount(ar.get("target_balance")),
+            "trigger_balance": t.form_amount(ar.get("trigger_balance")),
         },
         "ar_errors": {},
         "ar_saved": False,

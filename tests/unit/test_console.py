@@ -17,7 +17,7 @@ from babel.messages.extract import extract_from_dir
 from processor.console import pages
 from processor.console.app import HERE
 from processor.console.charts import daily_spend_svg, last_days
-from processor.console.i18n import Translator, _messages, catalog_path, column_places, form_amount
+from processor.console.i18n import Translator, _messages, catalog_path, column_places
 from tests.support.console import (
     ADMIN_TOKEN,
     Console,
@@ -148,14 +148,19 @@ async def test_greek_is_chosen_remembered_and_formats_money_the_greek_way(
 
 
 @pytest.mark.parametrize(
-    ("lang", "decimals", "negative"),
+    ("lang", "trigger", "decimals", "negative"),
     [
-        ("en", "Too many decimal places.", "Must be more than zero."),
-        ("el", "Πάρα πολλά δεκαδικά ψηφία.", "Πρέπει να είναι μεγαλύτερο από το μηδέν."),
+        ("en", "5.001", "Too many decimal places (at most 2).", "Must be more than zero."),
+        (
+            "el",
+            "5,001",
+            "Πάρα πολλά δεκαδικά ψηφία (έως 2).",
+            "Πρέπει να είναι μεγαλύτερο από το μηδέν.",
+        ),
     ],
 )
-async def test_the_apis_validation_messages_show_beside_their_fields(
-    console: Console, lang: str, decimals: str, negative: str
+async def test_validation_messages_show_beside_their_fields(
+    console: Console, lang: str, trigger: str, decimals: str, negative: str
 ) -> None:
     client, _ = console
     client.session.cookie_jar.update_cookies({"meter_lang": lang})
@@ -166,7 +171,7 @@ async def test_the_apis_validation_messages_show_beside_their_fields(
         data={
             "enabled": "on",
             "recharge_amount": "-5",
-            "trigger_balance": "5.001",
+            "trigger_balance": trigger,
             "csrf": csrf,
         },
         headers={"HX-Request": "true"},
@@ -232,12 +237,15 @@ def test_a_column_of_amounts_shows_one_number_of_decimals() -> None:
 
 
 def test_a_form_shows_an_amount_at_the_decimals_it_needs() -> None:
-    assert form_amount("25.0000") == "25.00"
-    assert form_amount("61.8400") == "61.84"
-    assert form_amount("5.0001") == "5.0001"
-    assert form_amount("100") == "100.00"
-    assert form_amount(None) == ""
-    assert form_amount("not money") == "not money"
+    english, greek = Translator("en"), Translator("el")
+    assert english.form_amount("25.0000") == "25.00"
+    assert english.form_amount("61.8400") == "61.84"
+    assert english.form_amount("5.0001") == "5.0001"
+    assert english.form_amount("1050") == "1050.00"  # no grouping sign to read back
+    assert english.form_amount(None) == ""
+    assert english.form_amount("not money") == "not money"
+    # Read back as the page's language reads it (amounts.py): a comma in Greek.
+    assert greek.form_amount("1050.5000") == "1050,50"
 
 
 def test_the_daily_chart_is_svg_with_a_bar_and_a_title_per_day() -> None:
