@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
@@ -38,6 +39,7 @@ __all__ = [
     "load_settings",
     "output_format",
     "publish",
+    "read_auth",
     "readable_card",
     "request",
     "send_command",
@@ -235,20 +237,36 @@ def _token(args: argparse.Namespace) -> str:
     return token
 
 
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _settings_auth() -> dict[str, str]:
+    """The settings' bearer (`client_headers`: METER_API_TOKEN, else METER_ADMIN_TOKEN)."""
+    from processor.http.auth import client_headers
+
+    return client_headers(load_settings())
+
+
+def read_auth(args: argparse.Namespace) -> dict[str, str]:
+    """What a read (an account, a command's status) sends a worker, which under
+    METER_AUTH=jwt wants a token: --token's, else the settings', else none."""
+    return _bearer(args.token) if args.token else _settings_auth()
+
+
 async def request(
     method: str,
     url: str,
     *,
-    token: str | None = None,
+    auth: Mapping[str, str] | None = None,
     key: str | None = None,
     body: Any = None,
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """One request; (0, {"detail"}, {}) when nothing answers."""
+    """One request (`auth`: its Authorization header, if any); (0, {"detail"}, {})
+    when nothing answers."""
     import aiohttp
 
-    headers = {"Accept": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
+    headers = {"Accept": "application/json", **(auth or {})}
     if key is not None:
         headers["Idempotency-Key"] = key
     data = None if body is None else json.dumps(body).encode()
@@ -276,7 +294,7 @@ def via_api(args: argparse.Namespace, method: str, path: str, body: Any, summary
     key = idempotency_key(args)
     base = args.via_api.rstrip("/")
     status, answer, headers = asyncio.run(
-        request(method, base + path, token=token, key=key, body=body)
+        request(method, base + path, auth=_bearer(token), key=key, body=body)
     )
     if status != 202:
         detail = answer.get("detail", answer)
@@ -325,17 +343,19 @@ def command_id(args: argparse.Namespace, endpoint: Endpoint) -> str:
     return command_id_for(endpoint, key)
 
 
-async def get_account(worker_url: str, tenant: str) -> tuple[int, dict[str, Any]]:
+async def get_account(
+    worker_url: str, tenant: str, auth: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """GET the tenant's account; `auth` as `read_auth` makes it (None: the settings')."""
     import aiohttp
 
-    from processor.http.auth import client_headers
-
     url = f"{worker_url.rstrip('/')}/tenants/{quote(tenant, safe='')}/account"
-    headers = client_headers(load_settings())  # METER_AUTH=jwt: the reads need a token
+    if auth is None:
+        auth = _settings_auth()
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS)) as s,
-            s.get(url, headers=headers) as resp,
+            s.get(url, headers=auth) as resp,
         ):
             raw = await resp.read()
             status = resp.status

@@ -1,13 +1,13 @@
 """The operator's `meter` commands: accounts, top-ups, auto-recharge, schemas, traffic.
 
-    meter account TENANT [--worker-url URL]
+    meter account TENANT [--worker-url URL] [--token T]
     meter add-funds TENANT AMOUNT [--currency C] [--idempotency-key K] [--via-api URL]
     meter auto-recharge set TENANT --amount A --trigger T [--target B] [--idempotency-key K]
                             [--via-api URL]
     meter auto-recharge disable TENANT [--worker-url URL | --amount A --trigger T | --via-api URL]
     meter limits TENANT [--credit-limit A] [--notify-below B | --no-notify-below]
                         [--idempotency-key K] [--via-api URL]
-    meter command status ID [--tenant T] [--worker-url URL] [--wait SECONDS]
+    meter command status ID [--tenant T] [--worker-url URL] [--token T] [--wait SECONDS]
     meter schemas export [--check]
     meter rules export [--check]
     meter simulate [simulator options]
@@ -15,7 +15,9 @@
 *Added:* every command that prints a result takes `--output json|table`;
 `--via-api URL` sends a top-up or settings through a worker's admin API (bearer
 token from `--token` or METER_API_TOKEN) instead of straight to Kafka, and prints where
-its status is (`meter command status ID`).
+its status is (`meter command status ID`). The reads (`account`, `command status`)
+send `--token`'s bearer, else the settings' (METER_API_TOKEN, else METER_ADMIN_TOKEN),
+as a worker under METER_AUTH=jwt wants one.
 
 The commands that change accounts publish the contract's commands straight to
 `credits.commands` (processor.ops.admin_client), so they work with no admin API and
@@ -91,6 +93,11 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(_problem(e) for e in exc.errors(include_url=False, include_input=False))
 
 
+def _token_hint(status: int) -> str:
+    """After a 401 (METER_AUTH=jwt, no token or a bad one): where a token goes."""
+    return "; pass a token with --token or METER_API_TOKEN" if status == 401 else ""
+
+
 def cmd_command_status(args: argparse.Namespace) -> int:
     """Added: GET /commands/{id} from a worker (which asks the ledger sink)."""
     import time
@@ -99,9 +106,10 @@ def cmd_command_status(args: argparse.Namespace) -> int:
     url = f"{base}/commands/{quote(args.command_id, safe='')}"
     if args.tenant is not None:
         url += f"?tenant_id={quote(args.tenant, safe='')}"
+    auth = admin_client.read_auth(args)
     deadline = time.monotonic() + (args.wait or 0)
     while True:
-        status, body, _ = asyncio.run(admin_client.request("GET", url))
+        status, body, _ = asyncio.run(admin_client.request("GET", url, auth=auth))
         pending = status == 200 and body.get("status") == "pending"
         waiting = status == 404 or pending or status == 503
         if not (waiting and args.wait and time.monotonic() < deadline):
@@ -111,7 +119,7 @@ def cmd_command_status(args: argparse.Namespace) -> int:
         where = f"HTTP {status}" if status else "unreachable"
         raise Failed(
             EXIT_USAGE if status == 400 else EXIT_PROBLEM,
-            f"{args.command_id}: {body.get('detail', body)} ({where})",
+            f"{args.command_id}: {body.get('detail', body)} ({where}){_token_hint(status)}",
         )
     text = None
     if admin_client.output_format(args) == "table":
@@ -263,7 +271,9 @@ def cmd_auto_recharge_disable(args: argparse.Namespace) -> int:
     # with every other command, so its amounts, mode and target are kept as they are
     # there, not as a read a moment ago saw them.
     url = args.worker_url or default_worker_url()
-    status, body = asyncio.run(admin_client.get_account(url, args.tenant))
+    status, body = asyncio.run(
+        admin_client.get_account(url, args.tenant, admin_client.read_auth(args))
+    )
     if status == 404 or (status == 200 and body.get("auto_recharge") is None):
         emit(
             admin_client.output_format(args),
@@ -313,14 +323,16 @@ def cmd_limits(args: argparse.Namespace) -> int:
 
 def cmd_account(args: argparse.Namespace) -> int:
     url = args.worker_url or default_worker_url()
-    status, body = asyncio.run(admin_client.get_account(url, args.tenant))
+    status, body = asyncio.run(
+        admin_client.get_account(url, args.tenant, admin_client.read_auth(args))
+    )
     if status == 200:
         emit(args.output, body)
         return EXIT_OK
     if status == 404:
         raise Failed(EXIT_PROBLEM, f"{args.tenant}: no such tenant (no event for it yet)")
     reason = body.get("detail", body)
-    hint = "; retry in a moment" if status == 503 else ""
+    hint = "; retry in a moment" if status == 503 else _token_hint(status)
     raise Failed(
         EXIT_PROBLEM, f"{args.tenant}: {reason}" + (f" (HTTP {status})" if status else "") + hint
     )

@@ -87,6 +87,11 @@ def register(sub: Any) -> None:
         "metavar": "URL",
         "help": "a worker's HTTP address (default http://127.0.0.1:$METER_WEB_PORT)",
     }
+    # Reads: any worker's API, which under METER_AUTH=jwt wants a token.
+    read_auth_help = (
+        "the bearer token the worker's API wants under METER_AUTH=jwt (default: "
+        "$METER_API_TOKEN, else $METER_ADMIN_TOKEN)"
+    )
     key_help = (
         "repeat a command with the same key and it is applied once (default: a new "
         "UUID, printed); scoped per kind of command, as the admin API's Idempotency-Key"
@@ -100,6 +105,7 @@ def register(sub: Any) -> None:
     )
     account.add_argument("tenant", metavar="TENANT", type=_tenant)
     account.add_argument("--worker-url", **worker_url)
+    account.add_argument("--token", default=None, help=read_auth_help)
     # JSON by default, as it always printed.
     add_output(account, default="json")
     account.set_defaults(func=_guarded(cmd_account, "account"))
@@ -216,6 +222,7 @@ def register(sub: Any) -> None:
         "--tenant", type=_tenant, default=None, help="the tenant (when ids are shared)"
     )
     status.add_argument("--worker-url", **worker_url)
+    status.add_argument("--token", default=None, help=read_auth_help)
     status.add_argument(
         "--wait",
         type=float,

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from processor.dev.kafka_local import free_port
 from processor.http import openapi
 from tests.integration.harness import (
     METER,
@@ -21,6 +22,7 @@ from tests.integration.harness import (
     running,
     signed_sum,
 )
+from tests.support.tokens import TestKeys
 
 pytestmark = pytest.mark.integration
 
@@ -141,12 +143,13 @@ async def test_the_worker_serves_the_checked_in_openapi_document(worker: Worker)
     assert served == json.loads(openapi.DOC_PATH.read_text())
 
 
-async def meter(w: Worker, *argv: str) -> tuple[int, str, str]:
-    """Run the `meter` command as an operator would, configured like the worker."""
+async def meter(w: Worker, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the `meter` command as an operator would, configured like the worker (and
+    `env`)."""
     proc = await asyncio.create_subprocess_exec(
         METER,
         *argv,
-        env=w.deployment.env(99, w.port),
+        env={**w.deployment.env(99, w.port), **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -258,3 +261,24 @@ async def test_refused_at_the_api_what_the_processor_would_reject_and_keys_per_e
         rejected = await c.read_all("credits.rejected")
     assert [e["cause_id"] for e in ledger if e["tenant_id"] == "hooli"] == ["k-1"]
     assert rejected == []  # nothing the API accepted was rejected later
+
+
+async def test_meter_reads_take_a_token_from_a_jwt_worker(kafka: Any, tmp_path: Path) -> None:
+    """`meter command status` and `meter account` on a worker with METER_AUTH=jwt (as
+    `make run` runs it): a token from --token or METER_API_TOKEN gets past the check."""
+    keys = TestKeys.make(tmp_path / "keys")
+    # No ledger sink at this address: a status read past the token check is a 503.
+    env = {**keys.env(), "METER_SINK_URL": f"http://127.0.0.1:{free_port()}"}
+    operator = keys.token(role="operator")
+    status = ("command", "status", "k-1", "--tenant", "acme")
+    async with running(Deployment(kafka.bootstrap, tmp_path, env_extra=env)) as w:
+        code, _, err = await meter(w, *status)
+        assert code == 1 and "(HTTP 401); pass a token with --token or METER_API_TOKEN" in err
+        code, _, err = await meter(w, *status, env={"METER_API_TOKEN": operator})
+        assert code == 1 and "(HTTP 503)" in err, err
+        code, _, err = await meter(w, *status, "--token", operator)
+        assert code == 1 and "(HTTP 503)" in err, err
+        code, _, err = await meter(w, "account", "acme")
+        assert code == 1 and "(HTTP 401); pass a token with --token" in err, err
+        code, _, err = await meter(w, "account", "acme", "--token", operator)
+        assert code == 1 and "no such tenant" in err, err

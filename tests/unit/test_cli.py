@@ -166,11 +166,20 @@ def test_auto_recharge_set_and_disable_with_explicit_amounts(sent: Sent) -> None
     assert str(second.recharge_amount) == "25" and str(second.trigger_balance) == "5"
 
 
-def fake_account(monkeypatch: pytest.MonkeyPatch, status: int, body: dict[str, Any]) -> list[str]:
+def fake_account(
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    body: dict[str, Any],
+    auths: list[dict[str, str]] | None = None,
+) -> list[str]:
+    """Answer `get_account` with (status, body); the URLs asked, and each request's
+    `auth` into `auths`."""
     asked: list[str] = []
 
-    async def get(url: str, tenant: str) -> tuple[int, dict[str, Any]]:
+    async def get(url: str, tenant: str, auth: dict[str, str]) -> tuple[int, dict[str, Any]]:
         asked.append(url)
+        if auths is not None:
+            auths.append(auth)
         return status, body
 
     monkeypatch.setattr(admin_client, "get_account", get)
@@ -508,3 +517,49 @@ def test_without_a_readable_card_the_given_currency_is_sent(
     [(_, value)] = sent.records
     command = decode_command(value)
     assert isinstance(command, FundsAdded) and command.currency == "EUR"
+
+
+# Where a read (account, command status) takes its bearer from: (its arguments, the
+# environment, the token sent). Neither --token nor METER_API_TOKEN: the settings'
+# other token, as `meter account` always sent (client_headers).
+TOKEN_SOURCES = [
+    pytest.param(["--token", "t0k"], {"METER_API_TOKEN": "env"}, "t0k", id="--token"),
+    pytest.param([], {"METER_API_TOKEN": "env"}, "env", id="METER_API_TOKEN"),
+    pytest.param([], {"METER_ADMIN_TOKEN": "static"}, "static", id="METER_ADMIN_TOKEN"),
+]
+
+
+def token_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Exactly these token variables set (none of the caller's own)."""
+    for name in ("METER_API_TOKEN", "METER_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(("argv", "env", "bearer"), TOKEN_SOURCES)
+def test_account_sends_a_bearer_token_and_still_prints_json(
+    argv: list[str],
+    env: dict[str, str],
+    bearer: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token_env(monkeypatch, env)
+    sent: list[dict[str, str]] = []
+    fake_account(monkeypatch, 200, {"tenant_id": "acme", "balance": "1.0000"}, sent)
+    assert cli.main(["account", "acme", *argv]) == 0
+    assert sent == [{"Authorization": f"Bearer {bearer}"}]
+    assert json.loads(capsys.readouterr().out)["balance"] == "1.0000"
+
+
+def test_account_refused_for_want_of_a_token_says_how_to_pass_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_env(monkeypatch, {})
+    auths: list[dict[str, str]] = []
+    fake_account(monkeypatch, 401, {"detail": "missing bearer token"}, auths)
+    assert cli.main(["account", "acme"]) == common.EXIT_PROBLEM
+    assert auths == [{}]  # no token anywhere: none sent
+    err = capsys.readouterr().err
+    assert "missing bearer token (HTTP 401); pass a token with --token or METER_API_TOKEN" in err

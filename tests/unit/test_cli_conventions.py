@@ -12,7 +12,7 @@ import pytest
 from processor.config.version import package_version
 from processor.ops import admin_client, cli, common
 from processor.ops.output import table
-from tests.unit.test_cli import ALL, Sent, sent  # noqa: F401
+from tests.unit.test_cli import ALL, TOKEN_SOURCES, Sent, sent, token_env  # noqa: F401
 
 
 class FakeHTTP:
@@ -112,7 +112,7 @@ def test_add_funds_via_the_admin_api(
     assert cli.main([*argv, "--via-api", "http://w:6066/", "--token", "t0k", "-o", "json"]) == 0
     [call] = http.calls
     assert (call["method"], call["url"]) == ("POST", "http://w:6066/tenants/acme/funds")
-    assert call["token"] == "t0k" and call["key"] == "k-1"
+    assert call["auth"] == {"Authorization": "Bearer t0k"} and call["key"] == "k-1"
     assert call["body"] == {"amount": "50.00", "currency": "USD"}
     assert sent.records == []  # not to Kafka
     printed = json.loads(capsys.readouterr().out)
@@ -131,10 +131,10 @@ def test_auto_recharge_via_the_api_uses_put_and_delete(
     argv = ["auto-recharge", "disable", "acme", "--via-api", "http://w", "--idempotency-key", "o"]
     assert cli.main(argv) == 0
     put, delete = http.calls
-    assert (put["method"], put["url"], put["token"]) == (
+    assert (put["method"], put["url"], put["auth"]) == (
         "PUT",
         "http://w/tenants/acme/auto-recharge",
-        "from-env",
+        {"Authorization": "Bearer from-env"},
     )
     assert put["body"] == {"enabled": True, "recharge_amount": "25", "trigger_balance": "5"}
     assert (delete["method"], delete["body"], delete["key"]) == ("DELETE", None, "o")
@@ -212,3 +212,31 @@ def test_command_status_exit_codes_and_json(
     assert cli.main(["command", "status", "k-1"]) == 0
     assert cli.main(["command", "status", "k-1", "--wait", "0.6"]) == common.EXIT_PROBLEM
     assert "still pending" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "env", "bearer"), TOKEN_SOURCES)
+def test_command_status_sends_a_bearer_token(
+    argv: list[str],
+    env: dict[str, str],
+    bearer: str,
+    http: FakeHTTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # METER_AUTH=jwt (as `make run` runs): GET /commands/{id} needs a token.
+    token_env(monkeypatch, env)
+    http.answers = [(200, status_body("applied"), {})]
+    assert cli.main(["command", "status", "k-1", "--tenant", "acme", *argv]) == 0
+    [call] = http.calls
+    assert call["auth"]["Authorization"] == f"Bearer {bearer}"
+
+
+def test_command_status_refused_for_want_of_a_token_says_how_to_pass_one(
+    http: FakeHTTP, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_env(monkeypatch, {})
+    http.answers = [(401, {"detail": "missing bearer token"}, {})]
+    assert cli.main(["command", "status", "k-1", "--tenant", "acme"]) == common.EXIT_PROBLEM
+    [call] = http.calls
+    assert not call["auth"]  # no token anywhere: none sent
+    err = capsys.readouterr().err
+    assert "missing bearer token (HTTP 401); pass a token with --token or METER_API_TOKEN" in err
