@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from pydantic import ValidationError
 
@@ -25,6 +26,17 @@ from processor.ops.tool_commands import (
     cmd_replay_rejected,
     cmd_token,
 )
+
+# The commands whose log is their output: the services, and the traffic that logs its
+# progress. Every other command prints a report, which a library's INFO lines (aiokafka
+# joining and leaving the cluster) would only be mixed into: they log WARNING and up.
+LOGGING_COMMANDS: Final = frozenset(
+    {"worker", "ledger-sink", "console", "notifier", "demo", "simulate"}
+)
+
+
+def _log_level(command: str) -> int:
+    return logging.INFO if command in LOGGING_COMMANDS else logging.WARNING
 
 
 def version_line() -> str:
@@ -199,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=_log_level(args.command), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     try:
         result: int = args.func(args)
     except ValidationError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -563,3 +564,38 @@ def test_account_refused_for_want_of_a_token_says_how_to_pass_one(
     assert auths == [{}]  # no token anywhere: none sent
     err = capsys.readouterr().err
     assert "missing bearer token (HTTP 401); pass a token with --token or METER_API_TOKEN" in err
+
+
+def logs_and_reports(args: argparse.Namespace) -> int:
+    """A command as `meter reconcile` is: aiokafka logs at INFO, then the report."""
+    logging.getLogger("aiokafka.consumer").info("Updating subscribed topics")
+    print("report")
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("command", "name", "logged"),
+    [
+        # A report: a library's INFO lines would be mixed into it.
+        (["reconcile"], "cmd_reconcile", False),
+        (["replay-rejected", "--dry-run"], "cmd_replay_rejected", False),
+        # A service: its log is its output.
+        (["worker"], "cmd_worker", True),
+    ],
+)
+def test_library_info_logs_only_where_the_log_is_the_output(
+    command: list[str],
+    name: str,
+    logged: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As in a fresh process: the root logger unconfigured (pytest has its handlers on
+    # it, which would make `meter`'s logging set-up a no-op); both restored after.
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logging.root, "level", logging.WARNING)
+    monkeypatch.setattr(cli, name, logs_and_reports)
+    assert cli.main(command) == 0
+    out, err = capsys.readouterr()
+    assert out == "report\n"
+    assert ("INFO aiokafka.consumer Updating subscribed topics" in err) is logged
