@@ -77,6 +77,8 @@ class Session:
     principal: Principal
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     started: float = field(default_factory=time.monotonic)
+    # The decimals each tenant's page shows its amounts at (places.page_places).
+    places: dict[str, int] = field(default_factory=dict)
 
 
 class Sessions:

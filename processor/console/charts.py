@@ -40,7 +40,10 @@ def last_days(buckets: list[dict[str, str]], today: date, days: int = 30) -> lis
     ]
 
 
-def daily_spend_svg(series: list[DailySpend], currency: str, t: Translator) -> Markup:
+def daily_spend_svg(
+    series: list[DailySpend], currency: str, t: Translator, places: int | None = None
+) -> Markup:
+    """`places`: the page's decimals, so that the axis reads like the amounts beside it."""
     top = max((s.amount for s in series), default=Decimal(0))
     scale = top if top > 0 else Decimal(1)
     plot_w = WIDTH - LEFT - 8
@@ -49,8 +52,8 @@ def daily_spend_svg(series: list[DailySpend], currency: str, t: Translator) -> M
     bar_w = max(step * 0.7, 1.0)
     total = sum((s.amount for s in series), Decimal(0))
     summary = t.gettext("Daily spend, last 30 days: %(total)s in total, at most %(top)s a day") % {
-        "total": t.money(total, currency),
-        "top": t.money(top, currency),
+        "total": t.money(total, currency, places),
+        "top": t.money(top, currency, places),
     }
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
@@ -59,15 +62,15 @@ def daily_spend_svg(series: list[DailySpend], currency: str, t: Translator) -> M
         f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{WIDTH - 8}" y2="{TOP + plot_h}" '
         'class="axis"/>',
         f'<text x="{LEFT - 6}" y="{TOP + 8}" text-anchor="end" class="tick">'
-        f"{escape(t.money(top, currency))}</text>",
+        f"{escape(t.money(top, currency, places))}</text>",
         f'<text x="{LEFT - 6}" y="{TOP + plot_h}" text-anchor="end" class="tick">'
-        f"{escape(t.money(Decimal(0), currency))}</text>",
+        f"{escape(t.money(Decimal(0), currency, places))}</text>",
     ]
     for i, s in enumerate(series):
         h = float(s.amount / scale) * plot_h
         x = LEFT + i * step + (step - bar_w) / 2
         y = TOP + plot_h - h
-        label = f"{t.day(s.day)}: {t.money(s.amount, currency)}"
+        label = f"{t.day(s.day)}: {t.money(s.amount, currency, places)}"
         parts.append(
             f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}">'
             f"<title>{escape(label)}</title></rect>"

@@ -9,7 +9,7 @@ for the user's locale: `12,34 €` and `3 Δεκ 2026` in Greek.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
@@ -18,7 +18,9 @@ from typing import Final
 from babel import Locale
 from babel.dates import format_date, format_datetime
 from babel.messages.pofile import read_po
-from babel.numbers import format_currency, format_decimal
+from babel.numbers import format_currency, format_decimal, get_currency_precision
+
+from processor.http.admin_requests import decimal_places
 
 __all__ = [
     "DEFAULT",
@@ -27,6 +29,8 @@ __all__ = [
     "Translator",
     "catalog_path",
     "column_places",
+    "currency_places",
+    "places_needed",
     "translator",
 ]
 
@@ -44,17 +48,21 @@ def _decimal(amount: str | Decimal) -> Decimal | None:
         return None
 
 
-def _places(value: Decimal) -> int:
-    """The decimals an amount needs to show exactly (at least two)."""
-    exponent = value.normalize().as_tuple().exponent
-    return max(2, -exponent) if isinstance(exponent, int) else 2
+def places_needed(amount: str | Decimal | None) -> int:
+    """The decimals an amount needs to show exactly: 2 for "52.9620", 0 for "50.00"."""
+    value = None if amount is None else _decimal(amount)
+    return 0 if value is None else decimal_places(value)
+
+
+def currency_places(currency: str | None) -> int:
+    """The decimals a currency is written with (CLDR: 2 for USD, 0 for JPY)."""
+    return get_currency_precision(currency) if currency else 2
 
 
 def column_places(amounts: Iterable[str | Decimal | None]) -> int:
     """The decimals a column of amounts shows, so that its decimal points line up:
     the most any of them has, at least two."""
-    found = (_decimal(a) for a in amounts if a is not None)
-    return max((_places(v) for v in found if v is not None), default=2)
+    return max([2, *(places_needed(a) for a in amounts)])
 
 
 def N_(message: str) -> str:  # gettext's name for "mark, translate later"
@@ -93,30 +101,32 @@ class Translator:
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         return self.gettext(singular if n == 1 else plural)
 
-    def money(self, amount: str | Decimal | None, currency: str | None, places: int = 2) -> str:
-        """`12,34 €` in Greek, `€12.34` in English; at least `places` decimals, never
-        fewer than the amount has (a balance of 12.3456 shows all four). A negative
-        amount takes the minus sign (U+2212) the ledger's debits show, not a hyphen."""
+    def money(
+        self, amount: str | Decimal | None, currency: str | None, places: int | None = None
+    ) -> str:
+        """`12,34 €` in Greek, `€12.34` in English; `places` decimals (a tenant page's
+        one number for all its amounts, `places.page_places`), else the currency's,
+        never fewer than the amount has. A negative amount takes the minus sign
+        (U+2212) the ledger's debits show, not a hyphen."""
         if amount is None:
             return "—"
         value = _decimal(amount)
         if value is None:
             return str(amount)
-        places = max(places, _places(value))
-        pattern = None
-        if places > 2:
-            base = self.locale.currency_formats["standard"].pattern
-            pattern = base.replace("0.00", "0." + "0" * places)
-        magnitude = value.copy_abs()
+        shown = max(currency_places(currency) if places is None else places, places_needed(value))
+        magnitude = value.copy_abs().quantize(Decimal(1).scaleb(-shown))
+        digits = "0." + "0" * shown if shown else "0"
         if not currency:
-            text = format_decimal(magnitude, locale=self.locale, decimal_quantization=False)
+            text = format_decimal(magnitude, "#,##" + digits, locale=self.locale)
         else:
+            base = self.locale.currency_formats["standard"].pattern
+            pattern = base.replace("0.00", digits)
             text = format_currency(
                 magnitude,
                 currency,
                 format=pattern,
                 locale=self.locale,
-                currency_digits=pattern is None,
+                currency_digits=False,
                 decimal_quantization=False,
             )
         return "\u2212" + text if value < 0 else text
@@ -137,7 +147,8 @@ class Translator:
         if value is None:
             return "—"
         moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-        return format_datetime(moment, "medium", tzinfo=None, locale=self.locale)
+        # The APIs' times are UTC, and so is what the page shows: it says so.
+        return f"{format_datetime(moment, 'medium', tzinfo=UTC, locale=self.locale)} UTC"
 
     def day(self, value: str | date) -> str:
         moment = date.fromisoformat(value) if isinstance(value, str) else value

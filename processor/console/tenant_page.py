@@ -18,7 +18,7 @@ from processor.console.access import Refused, page_of, signed_in, tenant_of
 from processor.console.api import Answer, ApiClient, Unauthorized
 from processor.console.app import API, Session, is_htmx, render, t_of
 from processor.console.charts import daily_spend_svg, last_days
-from processor.console.i18n import column_places
+from processor.console.places import page_places
 from processor.console.status import account_badges
 
 __all__ = [
@@ -55,6 +55,7 @@ async def summary_of(api: ApiClient, session: Session, tenant_id: str) -> dict[s
     account = answer.body if answer.ok else None
     return {
         "account": account,
+        "places": page_places(session, tenant_id, account, []),
         "badges": None if account is None else account_badges(account),
         "account_problem": None if answer.ok or answer.status == 404 else answer.problem(),
         "currency": (account or {}).get("currency") or "",
@@ -93,11 +94,6 @@ async def _consumption(
         session.token, tenant_id, _iso(start), _iso(today + timedelta(days=1)), "day"
     )
     return {
-        # Each month's column at one number of decimals, so that its amounts line up.
-        "consumption_places": {
-            which: column_places(f[which].get("amount") for f in rows.values() if which in f)
-            for which in ("current", "previous")
-        },
         "consumption": sorted(
             rows.items(), key=lambda kv: SERVICES.index(kv[0]) if kv[0] in SERVICES else 99
         ),
@@ -117,6 +113,10 @@ async def _ledger(
         # The sink's 400 for a `before` it never gave (an edited or stale link).
         "bad_cursor": before is not None and answer.status == 400,
     }
+
+
+def _entry_amounts(entries: list[dict[str, Any]] | None) -> list[str | None]:
+    return [a for e in entries or [] for a in (e.get("amount"), e.get("balance_after"))]
 
 
 async def _recharges(api: ApiClient, session: Session, tenant_id: str) -> dict[str, Any]:
@@ -156,9 +156,17 @@ async def tenant_context(
         "ar_saved": False,
         "chart": None,
     }
+    amounts = [
+        *(f.get("amount") for _, figures in consumption["consumption"] for f in figures.values()),
+        *_entry_amounts(ledger["entries"]),
+        *(r.get("amount") for r in recharges["recharges"] or []),
+        *(d.amount for d in consumption["daily"] or []),
+    ]
+    places = page_places(session, tenant_id, summary["account"], amounts)
+    context["places"] = places
     if consumption["daily"] is not None:
         context["chart"] = daily_spend_svg(
-            consumption["daily"], summary["currency"] or "USD", t_of(request)
+            consumption["daily"], summary["currency"] or "USD", t, places
         )
     context.update(extra)
     return context
@@ -185,6 +193,8 @@ async def recharges_part(request: web.Request) -> web.StreamResponse:
     tenant_id = tenant_of(request, session)
     summary = await summary_of(request.app[API], session, tenant_id)
     history = await _recharges(request.app[API], session, tenant_id)
+    amounts = [r.get("amount") for r in history["recharges"] or []]
+    summary["places"] = page_places(session, tenant_id, summary["account"], amounts)
     return render(
         request,
         "parts/recharges.html",
@@ -200,6 +210,9 @@ async def ledger_part(request: web.Request) -> web.StreamResponse:
     tenant_id = tenant_of(request, session)
     ledger = await _ledger(request.app[API], session, tenant_id, request.query.get("before"))
     summary = await summary_of(request.app[API], session, tenant_id)
+    summary["places"] = page_places(
+        session, tenant_id, summary["account"], _entry_amounts(ledger["entries"])
+    )
     return render(
         request, "parts/ledger.html", tenant_id=tenant_id, page=page_of(tenant_id),
         **summary, **ledger,
