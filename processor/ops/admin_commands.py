@@ -38,10 +38,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from processor.config.settings import Settings
@@ -63,7 +63,7 @@ from schemas.inputs import (
     FundsAdded,
     TenantLimitsConfigured,
 )
-from schemas.types import format_money
+from schemas.types import Actor, format_money
 
 if TYPE_CHECKING:
     from processor.http.admin_requests import Endpoint
@@ -144,6 +144,23 @@ def cmd_command_status(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if body.get("status") == "rejected" else EXIT_OK
 
 
+_ACTOR: Final[TypeAdapter[str]] = TypeAdapter(Actor)
+
+
+def _actor() -> str:
+    """Who sends a command straight to Kafka, as the contract's `actor` (free text, which
+    its ledger entry carries): `cli:` and the OS user, as the admin API names its caller
+    by the token's `sub`."""
+    import getpass
+
+    try:
+        return _ACTOR.validate_python(f"cli:{getpass.getuser()}")
+    except (OSError, KeyError, ValidationError):
+        # No user name (a container's uid without one), or one the contract's printable
+        # ASCII cannot hold: still the CLI's.
+        return "cli"
+
+
 def _build(model: type[BaseModel], **fields: Any) -> BaseModel:
     try:
         return model.model_validate(fields)
@@ -154,14 +171,16 @@ def _build(model: type[BaseModel], **fields: Any) -> BaseModel:
 def _command(
     model: type[BaseModel], kind: str, endpoint: Endpoint, args: argparse.Namespace, **fields: Any
 ) -> BaseModel:
-    """A contract command of this type for args.tenant, made now, under the command_id
-    the admin API's `endpoint` makes of args' key."""
+    """A contract command of this type for args.tenant, made now by this user, under the
+    command_id the admin API's `endpoint` makes of args' key. (--via-api sends only its
+    fields: the API names the actor itself.)"""
     return _build(
         model,
         type=kind,
         command_id=command_id(args, endpoint),
         tenant_id=args.tenant,
         occurred_at=datetime.now(UTC),
+        actor=_actor(),
         **fields,
     )
 

@@ -162,8 +162,9 @@ async def test_meter_add_funds_reaches_the_worker_and_meter_account_reads_it(
     worker: Worker,
 ) -> None:
     code, out, err = await meter(
-        worker, "add-funds", "initech", "12.50", "--idempotency-key", "cli-1"
-    )
+        worker, "add-funds", "initech", "12.50", "--idempotency-key", "cli-1",
+        env={"LOGNAME": "ops-anna"},
+    )  # fmt: skip
     assert code == 0, err
     assert "cli-1" in out
     # The same key again: published again, applied once.
@@ -185,6 +186,10 @@ async def test_meter_add_funds_reaches_the_worker_and_meter_account_reads_it(
     assert code == 0, err
     account = json.loads(out)
     assert account["balance"] == "12.5000" and account["auto_recharge"]["enabled"] is True
+    async with Client(worker.deployment) as c:
+        ledger = await c.read_all("credits.ledger")
+    # Who sent it, as the admin API names its caller: the CLI and the OS user.
+    assert [e.get("actor") for e in ledger if e["cause_id"] == "cli-1"] == ["cli:ops-anna"]
     assert account["auto_recharge"]["mode"] == "to_target"
     code, _, err = await meter(worker, "account", "never-seen")
     assert code == 1 and "no such tenant" in err

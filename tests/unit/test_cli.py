@@ -599,3 +599,22 @@ def test_library_info_logs_only_where_the_log_is_the_output(
     out, err = capsys.readouterr()
     assert out == "report\n"
     assert ("INFO aiokafka.consumer Updating subscribed topics" in err) is logged
+
+
+@pytest.mark.parametrize(("argv", "endpoint"), AS_THE_API)
+@pytest.mark.parametrize(("user", "actor"), [("alice", "cli:alice"), ("jos\u00e9", "cli")])
+def test_a_command_sent_straight_to_kafka_names_its_actor(
+    argv: list[str],
+    endpoint: Endpoint,
+    user: str,
+    actor: str,
+    sent: Sent,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As the admin API names its caller (the token's sub), so the ledger entry says who.
+    # A user name the contract's printable ASCII cannot hold: the CLI, unnamed.
+    monkeypatch.setenv("LOGNAME", user)
+    fake_account(monkeypatch, 200, {"auto_recharge": {"enabled": True}})
+    assert cli.main(argv) == 0
+    [(_, value)] = sent.records
+    assert decode_command(value).actor == actor
