@@ -20,6 +20,7 @@ from schemas.notifications import (
     all_events,
     check_emails,
     check_events,
+    check_notifications_named,
     check_webhook_pair,
 )
 from schemas.outputs import OMIT_WHEN_NONE, OutputModel
@@ -46,6 +47,7 @@ __all__ = [
     "FundsRequest",
     "Health",
     "LimitsRequest",
+    "NotificationsPatch",
     "NotificationsRequest",
     "Readiness",
     "RechargeOutcomeRequest",
@@ -165,6 +167,32 @@ class NotificationsRequest(_Request):
         return self
 
 
+class NotificationsPatch(_Request):
+    """Added. Body of ``PATCH /tenants/{tenant_id}/notifications``: a partial change.
+
+    Any of ``emails``, ``events``, and ``webhook_url`` with ``webhook_secret`` (as on
+    the PUT); an absent field keeps the current value, ``webhook_url: null`` alone
+    removes the webhook and its secret. So the emails can change without sending the
+    secret again, which is never shown."""
+
+    emails: Emails | None = None
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: WebhookSecret | None = None
+    events: Events | None = None
+
+    @model_validator(mode="after")
+    def _names_a_setting(self) -> Self:
+        check_notifications_named(
+            self.model_fields_set,
+            self.emails,
+            self.events,
+            self.webhook_url,
+            self.webhook_secret,
+            "webhook_secret",
+        )
+        return self
+
+
 # The commands the admin API publishes (the 202's `type`).
 AdminCommandType = Literal[
     "funds_added",
@@ -173,6 +201,7 @@ AdminCommandType = Literal[
     "auto_recharge_changed",
     "recharge_failed",
     "notifications_configured",
+    "notifications_changed",
 ]
 
 

@@ -68,6 +68,7 @@ TOPICS: Final[tuple[Topic, ...]] = (
             "TenantLimitsConfigured",
             "AutoRechargeChanged",
             "NotificationsConfigured",
+            "NotificationsChanged",
         ),
         "Commands from admin tools and billing, told apart by `type`. The admin API "
         "and `meter add-funds` / `meter auto-recharge` publish here too.",
@@ -154,6 +155,8 @@ _CONTRACT_MESSAGES: Final = {
     "CommandResult": "What became of one command: applied (with its ledger entry), "
     "rejected (with the reason) or ignored.",
     "NotificationsConfigured": "Added. Replaces who is told what, by email and webhook.",
+    "NotificationsChanged": "Added. Changes some of who is told what, merged with the "
+    "current settings at the tenant's owner; the merged settings are published whole.",
     "NotificationSettings": "Added. A tenant's notification settings (secret sealed).",
     "RechargeRequested": "Please charge the tenant's payment method.",
     "LedgerEntry": "A debit, credit or (added) expiry and the balance after it.",

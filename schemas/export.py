@@ -25,6 +25,7 @@ from schemas.inputs import (
     CallUsage,
     ConferenceUsage,
     FundsAdded,
+    NotificationsChanged,
     NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
@@ -52,6 +53,7 @@ INPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     TenantLimitsConfigured,
     AutoRechargeChanged,
     NotificationsConfigured,
+    NotificationsChanged,
 )
 OUTPUT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     RechargeRequested,

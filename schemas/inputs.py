@@ -30,6 +30,7 @@ from schemas.notifications import (
     all_events,
     check_emails,
     check_events,
+    check_notifications_named,
     check_webhook_pair,
 )
 from schemas.types import (
@@ -67,6 +68,7 @@ __all__ = [
     "ConferenceUsage",
     "DecodeError",
     "FundsAdded",
+    "NotificationsChanged",
     "NotificationsConfigured",
     "RechargeFailed",
     "TenantLimitsConfigured",
@@ -263,13 +265,47 @@ class NotificationsConfigured(_Input):
         return self
 
 
+class NotificationsChanged(_Input):
+    """Added: a partial change of the tenant's notification settings.
+
+    An absent field keeps the tenant's current value (a tenant without settings starts
+    from a `notifications_configured`'s defaults: no emails, no webhook, every event).
+    `webhook_url` travels with `webhook_secret_sealed`; `webhook_url: null` alone
+    removes the webhook and its secret. Merged at the tenant's owner, in order with
+    every other command; the merged settings are published whole.
+    """
+
+    type: Literal["notifications_changed"]
+    command_id: CommandId
+    tenant_id: TenantId
+    occurred_at: Timestamp
+    actor: Actor | None = None
+    emails: Emails | None = None
+    webhook_url: WebhookUrl | None = None
+    webhook_secret_sealed: SealedSecret | None = None
+    events: Events | None = None
+
+    @model_validator(mode="after")
+    def _names_a_setting(self) -> Self:
+        check_notifications_named(
+            self.model_fields_set,
+            self.emails,
+            self.events,
+            self.webhook_url,
+            self.webhook_secret_sealed,
+            "webhook_secret_sealed",
+        )
+        return self
+
+
 Command = Annotated[
     FundsAdded
     | AutoRechargeConfigured
     | RechargeFailed
     | TenantLimitsConfigured
     | AutoRechargeChanged
-    | NotificationsConfigured,
+    | NotificationsConfigured
+    | NotificationsChanged,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: Final[TypeAdapter[Command]] = TypeAdapter(Command)
@@ -280,6 +316,7 @@ COMMAND_TYPES: Final = (
     "tenant_limits_configured",
     "auto_recharge_changed",
     "notifications_configured",
+    "notifications_changed",
 )
 
 

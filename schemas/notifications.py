@@ -2,7 +2,8 @@
 
 Shared by the `notifications_configured` command, the admin request that makes it,
 the account view and the `credits.notification-settings` topic, so each accepts
-exactly what the others do.
+exactly what the others do; and (added) by the partial `notifications_changed`
+command and its PATCH.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "all_events",
     "check_emails",
     "check_events",
+    "check_notifications_named",
     "check_webhook_pair",
 ]
 
@@ -118,4 +120,33 @@ def check_emails(emails: Sequence[str]) -> None:
 
 def check_webhook_pair(url: str | None, secret: str | None, secret_name: str) -> None:
     if (url is None) != (secret is None):
-        raise ValueError(f"webhook_url and {secret_name} go together: give both or neither")
+        raise _apart(secret_name)
+
+
+def _apart(secret_name: str) -> ValueError:
+    return ValueError(f"webhook_url and {secret_name} go together: give both or neither")
+
+
+def check_notifications_named(
+    given: set[str],
+    emails: Sequence[str] | None,
+    events: Sequence[str] | None,
+    url: str | None,
+    secret: str | None,
+    secret_name: str,
+) -> None:
+    """A partial notifications change (a command and the admin PATCH alike) names at
+    least one of emails, events, webhook_url; never a null list; and the webhook URL
+    with its secret (`webhook_url: null` alone removes both). Raises ValueError."""
+    if secret_name in given and "webhook_url" not in given:
+        raise _apart(secret_name)
+    if not given & {"emails", "events", "webhook_url"}:
+        raise ValueError("name at least one of emails, events, webhook_url")
+    for name, value in (("emails", emails), ("events", events)):
+        if name in given and value is None:
+            raise ValueError(f"{name} may not be null (only webhook_url may be, to remove it)")
+    check_webhook_pair(url, secret, secret_name)
+    if emails is not None:
+        check_emails(emails)
+    if events is not None:
+        check_events(events)

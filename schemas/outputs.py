@@ -302,6 +302,7 @@ class CommandResult(OutputModel):
         "tenant_limits_configured",
         "auto_recharge_changed",
         "notifications_configured",
+        "notifications_changed",
     ]
     outcome: Literal["applied", "rejected", "ignored"]
     entry_id: OutputId | None

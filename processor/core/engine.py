@@ -43,10 +43,12 @@ from schemas import (
     AutoRechargeConfigured,
     Command,
     FundsAdded,
+    NotificationsChanged,
     NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
 )
+from schemas.notifications import NOTIFICATION_EVENTS
 from schemas.types import check_recharge_target
 
 
@@ -259,6 +261,9 @@ class Engine:
                 command_id=cmd.command_id,
             )
             transition = acc.configure_notifications(account, settings_, cause, now)
+        elif isinstance(cmd, NotificationsChanged):
+            merged_ = _merge_notifications(account.notifications, cmd)
+            transition = acc.configure_notifications(account, merged_, cause, now)
         else:
             transition = apply_recharge_failed(
                 account,
@@ -355,7 +360,7 @@ class Engine:
         return None
 
     def _check_money(self, cmd: Command) -> Rejection | None:
-        if isinstance(cmd, RechargeFailed | NotificationsConfigured):
+        if isinstance(cmd, RechargeFailed | NotificationsConfigured | NotificationsChanged):
             return None
         # auto_recharge_configured may omit its currency (the card's is implied); when a
         # command names one, it must be the card's.
@@ -494,3 +499,24 @@ class Engine:
         if transition.ignored is not None:
             return Outcome(Status.IGNORED, tenant, note=transition.ignored, seq=outcome.seq)
         return outcome
+
+
+def _merge_notifications(current: Notifications | None, cmd: NotificationsChanged) -> Notifications:
+    """The tenant's notification settings with the change applied, whole.
+
+    Always valid: each part was checked in the command, and the webhook URL and its
+    secret are named (or removed) together. A tenant without settings starts from a
+    `notifications_configured`'s defaults: no emails, no webhook, every event.
+    """
+    given = cmd.model_fields_set
+    base = current or Notifications((), None, None, NOTIFICATION_EVENTS, cmd.command_id)
+    url, secret = base.webhook_url, base.webhook_secret_sealed
+    if "webhook_url" in given:
+        url, secret = cmd.webhook_url, cmd.webhook_secret_sealed
+    return Notifications(
+        emails=base.emails if cmd.emails is None else tuple(cmd.emails),
+        webhook_url=url,
+        webhook_secret_sealed=secret,
+        events=base.events if cmd.events is None else tuple(cmd.events),
+        command_id=cmd.command_id,
+    )

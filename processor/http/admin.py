@@ -10,13 +10,15 @@
     PUT    /tenants/{tenant_id}/limits         {"credit_limit": "20.00", "notify_below": "3.00"}
     PUT    /tenants/{tenant_id}/notifications  {"emails": [...], "webhook_url": "https://...",
                                                 "webhook_secret": "whsec_...", "events": [...]}
+    PATCH  /tenants/{tenant_id}/notifications  only the fields to change (the secret
+                                                only with the URL)
 
 Every worker serves them all. A request never touches an account directly: it becomes
 a command on `credits.commands` (`funds_added`, `recharge_failed`,
 `auto_recharge_configured`, `auto_recharge_changed`, `tenant_limits_configured`,
-`notifications_configured`), keyed by tenant, exactly what any other admin tool would
-send, so the worker that owns the tenant applies it through the same exactly-once path
-as everything else.
+`notifications_configured`, `notifications_changed`), keyed by tenant, exactly what
+any other admin tool would send, so the worker that owns the tenant applies it through
+the same exactly-once path as everything else.
 
 An `Idempotency-Key` is scoped per tenant and endpoint. It becomes the `command_id`
 (`command_id_for`): a top-up's key as it is, a settings request's prefixed with
@@ -45,6 +47,7 @@ without Faust; processor/http/admin_web.py puts them on a worker's web server.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -64,6 +67,7 @@ from schemas.admin import (
     AutoRechargeRequest,
     FundsRequest,
     LimitsRequest,
+    NotificationsPatch,
     NotificationsRequest,
     RechargeOutcomeRequest,
 )
@@ -71,6 +75,7 @@ from schemas.inputs import (
     AutoRechargeChanged,
     AutoRechargeConfigured,
     FundsAdded,
+    NotificationsChanged,
     NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
@@ -153,13 +158,12 @@ class AdminAPI(CommandGate):
 
         def command(request: BaseModel, command_id: str) -> Command:
             assert isinstance(request, AutoRechargePatch)
-            given = {name: getattr(request, name) for name in request.model_fields_set}
             return AutoRechargeChanged(
                 type="auto_recharge_changed",
                 command_id=command_id,
                 tenant_id=tenant_id,
                 occurred_at=self._clock(),
-                **given,
+                **_named(request),
             )
 
         return await self._handle(
@@ -204,13 +208,12 @@ class AdminAPI(CommandGate):
             assert isinstance(request, LimitsRequest)
             # Only the fields the request named: an absent one keeps the tenant's value,
             # `notify_below: null` clears it (published with exclude_unset).
-            given = {name: getattr(request, name) for name in request.model_fields_set}
             return TenantLimitsConfigured(
                 type="tenant_limits_configured",
                 command_id=command_id,
                 tenant_id=tenant_id,
                 occurred_at=self._clock(),
-                **given,
+                **_named(request),
             )
 
         return await self._handle(
@@ -294,14 +297,9 @@ class AdminAPI(CommandGate):
 
         The webhook secret is sealed here (METER_SECRETS_KEY) and published only sealed.
         """
-        sealer = self.sealer
 
         def command(request: BaseModel, command_id: str) -> Command:
             assert isinstance(request, NotificationsRequest)
-            sealed = None
-            if request.webhook_secret is not None:
-                assert sealer is not None  # _check_sealable refused it otherwise
-                sealed = sealer.seal(request.webhook_secret)
             return NotificationsConfigured(
                 type="notifications_configured",
                 command_id=command_id,
@@ -309,10 +307,55 @@ class AdminAPI(CommandGate):
                 occurred_at=self._clock(),
                 emails=list(request.emails),
                 webhook_url=request.webhook_url,
-                webhook_secret_sealed=sealed,
+                webhook_secret_sealed=self._sealed(request.webhook_secret),
                 events=list(request.events),
             )
 
         return await self._handle(
             "notifications", tenant_id, headers, body, NotificationsRequest, command, principal
         )
+
+    async def change_notifications(
+        self,
+        tenant_id: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        principal: Principal | None = None,
+    ) -> Reply:
+        """PATCH /tenants/{tenant_id}/notifications -> a `notifications_changed` command.
+
+        Only the fields the request named, merged at the owner in order with every
+        other command (as the PATCH of auto-recharge), so the emails can change without
+        the webhook secret, which a client cannot read back. A secret named is sealed
+        here, as on the PUT.
+        """
+
+        def command(request: BaseModel, command_id: str) -> Command:
+            assert isinstance(request, NotificationsPatch)
+            # The secret travels with its URL, and only sealed.
+            given = _named(request, without="webhook_secret")
+            if "webhook_url" in given:
+                given["webhook_secret_sealed"] = self._sealed(request.webhook_secret)
+            return NotificationsChanged(
+                type="notifications_changed",
+                command_id=command_id,
+                tenant_id=tenant_id,
+                occurred_at=self._clock(),
+                **given,
+            )
+
+        return await self._handle(
+            "notifications-change",
+            tenant_id,
+            headers,
+            body,
+            NotificationsPatch,
+            command,
+            principal,
+        )
+
+
+def _named(request: BaseModel, without: str = "") -> dict[str, Any]:
+    """The fields a partial request named (a null among them), for its command: an
+    absent one keeps the tenant's value at the owner."""
+    return {name: getattr(request, name) for name in request.model_fields_set - {without}}

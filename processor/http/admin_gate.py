@@ -39,8 +39,13 @@ from processor.http.admin_requests import (
 from processor.http.auth import Access, AuthError, Principal
 from processor.http.idempotency import IdempotencyCache, Remembered, compact, failed
 from processor.http.views import tenant_id_problem
-from schemas.admin import AdminCommandType, CommandAccepted, NotificationsRequest
-from schemas.inputs import AutoRechargeChanged, TenantLimitsConfigured
+from schemas.admin import (
+    AdminCommandType,
+    CommandAccepted,
+    NotificationsPatch,
+    NotificationsRequest,
+)
+from schemas.inputs import AutoRechargeChanged, NotificationsChanged, TenantLimitsConfigured
 
 __all__ = [
     "PUBLISH_TIMEOUT_SECONDS",
@@ -169,8 +174,15 @@ class CommandGate:
         entry.answer.set_result(reply)
         return reply
 
+    def _sealed(self, secret: str | None) -> str | None:
+        """The webhook secret as commands carry it: sealed (METER_SECRETS_KEY)."""
+        if secret is None:
+            return None
+        assert self.sealer is not None  # _check_sealable refused the request otherwise
+        return self.sealer.seal(secret)
+
     def _check_sealable(self, request: AdminRequest, tenant_id: str) -> None:
-        if isinstance(request, NotificationsRequest) and (
+        if isinstance(request, NotificationsRequest | NotificationsPatch) and (
             request.webhook_secret is not None and self.sealer is None
         ):
             raise Refused(
@@ -244,7 +256,7 @@ class CommandGate:
         self, command: Command, kind: AdminCommandType, tenant_id: str, key: str
     ) -> Reply:
         command_id = command.command_id
-        if isinstance(command, TenantLimitsConfigured | AutoRechargeChanged):
+        if isinstance(command, TenantLimitsConfigured | AutoRechargeChanged | NotificationsChanged):
             # What the request named and no more: an absent limit is kept, a null cleared.
             value = command.model_dump_json(exclude_unset=True).encode()
         else:

@@ -27,6 +27,7 @@ from schemas.admin import (
     FieldError,
     FundsRequest,
     LimitsRequest,
+    NotificationsPatch,
     NotificationsRequest,
     RechargeOutcomeRequest,
 )
@@ -34,6 +35,7 @@ from schemas.inputs import (
     AutoRechargeChanged,
     AutoRechargeConfigured,
     FundsAdded,
+    NotificationsChanged,
     NotificationsConfigured,
     RechargeFailed,
     TenantLimitsConfigured,
@@ -57,6 +59,7 @@ __all__ = [
     "LIMITS_ID_PREFIX",
     "MAX_BODY_BYTES",
     "MAX_COMMAND_ID_LENGTH",
+    "NOTIFICATIONS_CHANGE_ID_PREFIX",
     "NOTIFICATIONS_ID_PREFIX",
     "OUTCOME_ID_PREFIX",
     "AdminRequest",
@@ -77,7 +80,8 @@ __all__ = [
     "validate",
 ]
 
-# The PATCH and DELETE of auto-recharge are endpoints of their own for keys and ids.
+# The PATCH and DELETE of auto-recharge, and the PATCH of notifications, are endpoints
+# of their own for keys and ids.
 Endpoint = Literal[
     "funds",
     "auto-recharge",
@@ -86,6 +90,7 @@ Endpoint = Literal[
     "auto-recharge-off",
     "recharge-outcome",
     "notifications",
+    "notifications-change",
 ]
 Command = (
     FundsAdded
@@ -94,6 +99,7 @@ Command = (
     | AutoRechargeChanged
     | RechargeFailed
     | NotificationsConfigured
+    | NotificationsChanged
 )
 
 
@@ -112,6 +118,7 @@ AdminRequest = (
     | NoBody
     | RechargeOutcomeRequest
     | NotificationsRequest
+    | NotificationsPatch
 )
 # Each endpoint's route: its permission is auth.ROUTES's.
 ENDPOINT_ROUTES: Final[dict[Endpoint, tuple[str, str]]] = {
@@ -122,6 +129,7 @@ ENDPOINT_ROUTES: Final[dict[Endpoint, tuple[str, str]]] = {
     "auto-recharge-off": ("DELETE", "/tenants/{tenant_id}/auto-recharge"),
     "recharge-outcome": ("POST", "/tenants/{tenant_id}/recharges/{request_id}/outcome"),
     "notifications": ("PUT", "/tenants/{tenant_id}/notifications"),
+    "notifications-change": ("PATCH", "/tenants/{tenant_id}/notifications"),
 }
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 # Far above any real body ({"amount": ..., "currency": ...}); refuse before reading.
@@ -136,6 +144,8 @@ AUTO_RECHARGE_CHANGE_ID_PREFIX: Final = "auto-recharge-change:"
 AUTO_RECHARGE_OFF_ID_PREFIX: Final = "auto-recharge-off:"
 # A notifications request's command_id: this prefix and its key (added with it).
 NOTIFICATIONS_ID_PREFIX: Final = "notifications:"
+# Added with PATCH of notifications.
+NOTIFICATIONS_CHANGE_ID_PREFIX: Final = "notifications-change:"
 # A recharge outcome's command_id: this prefix and its key (added with the endpoint).
 OUTCOME_ID_PREFIX: Final = "outcome:"
 ID_PREFIXES: Final[dict[Endpoint, str]] = {
@@ -145,6 +155,7 @@ ID_PREFIXES: Final[dict[Endpoint, str]] = {
     "auto-recharge-off": AUTO_RECHARGE_OFF_ID_PREFIX,
     "recharge-outcome": OUTCOME_ID_PREFIX,
     "notifications": NOTIFICATIONS_ID_PREFIX,
+    "notifications-change": NOTIFICATIONS_CHANGE_ID_PREFIX,
 }
 MAX_COMMAND_ID_LENGTH: Final = 128
 
@@ -364,20 +375,24 @@ def validate(
 
 
 def fingerprint(request: AdminRequest, currency: str) -> Fingerprint:
-    # A limits request's absent field (kept) differs from its null (cleared).
+    # A partial request's absent field (kept) differs from its null (cleared).
     fields = request.model_dump(
-        exclude_unset=isinstance(request, LimitsRequest | AutoRechargePatch)
+        exclude_unset=isinstance(request, LimitsRequest | AutoRechargePatch | NotificationsPatch)
     )
-    if isinstance(request, NotificationsRequest):
-        # Held for a day: the secret's digest tells a changed body, never the secret.
-        secret = fields.pop("webhook_secret")
+    if isinstance(request, NotificationsRequest | NotificationsPatch):
+        _digest_secret(fields)
+    elif fields.get("currency") is None:
+        fields["currency"] = currency  # implied by the rate card
+    return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
+
+
+def _digest_secret(fields: dict[str, Any]) -> None:
+    # Held for a day: the secret's digest tells a changed body, never the secret.
+    if "webhook_secret" in fields:
+        secret = fields["webhook_secret"]
         fields["webhook_secret"] = (
             None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
         )
-        return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
-    if fields.get("currency") is None:
-        fields["currency"] = currency  # implied by the rate card
-    return tuple(sorted((name, _canonical(value)) for name, value in fields.items()))
 
 
 def key_reused(tenant_id: str, endpoint: Endpoint) -> Reply:

@@ -148,6 +148,12 @@ def install(meter: MeterLike) -> AdminAPI:
             reply = await api.configure_notifications(tenant_id, request.headers, body, principal)
             return respond(self, reply)
 
+        async def patch(self, request: Request, tenant_id: str) -> Response:
+            body = await _body(request)
+            principal = auth.principal_of(request)
+            reply = await api.change_notifications(tenant_id, request.headers, body, principal)
+            return respond(self, reply)
+
     @meter.app.page("/openapi.json")
     class OpenAPIPage(View):
         async def get(self, request: Request) -> Response:

@@ -123,6 +123,7 @@ ROUTES: Final[dict[tuple[str, str], Permission]] = {
     ("PUT", "/tenants/{tenant_id}/limits"): Permission.CONFIGURE,
     ("GET", "/tenants/{tenant_id}/notifications"): Permission.READ,
     ("PUT", "/tenants/{tenant_id}/notifications"): Permission.CONFIGURE,
+    ("PATCH", "/tenants/{tenant_id}/notifications"): Permission.CONFIGURE,
     (
         "POST",
         "/tenants/{tenant_id}/recharges/{request_id}/outcome",

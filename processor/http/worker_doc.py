@@ -22,6 +22,7 @@ from schemas.admin import (
     FundsRequest,
     Health,
     LimitsRequest,
+    NotificationsPatch,
     NotificationsRequest,
     Readiness,
     RechargeOutcomeRequest,
@@ -38,6 +39,7 @@ MODELS: Final[tuple[tuple[type[BaseModel], JsonSchemaMode], ...]] = (
     (LimitsRequest, "validation"),
     (RechargeOutcomeRequest, "validation"),
     (NotificationsRequest, "validation"),
+    (NotificationsPatch, "validation"),
     (AccountView, "serialization"),
     (AuthorizeView, "serialization"),
     (CommandAccepted, "serialization"),
@@ -359,7 +361,24 @@ def paths(refs: dict[str, str]) -> dict[str, Any]:
                 refs["NotificationsRequest"],
                 "The complete settings: `emails` (at most 10), `webhook_url` with "
                 "`webhook_secret` (`whsec_` + base64), `events` (default: all).",
-            )
+            ),
+            "patch": admin(
+                "changeNotifications",
+                "Change some of who is told what",
+                "Added. Publishes a `notifications_changed` command keyed by the tenant "
+                "(its `command_id` is `notifications-change:` + the Idempotency-Key) with "
+                "only the fields named; the tenant's owner merges them with the current "
+                "settings (a tenant without any: no emails, no webhook, every event) in "
+                "order with every other command and publishes the merged settings whole. "
+                "So the emails or events change without sending the webhook secret again. "
+                "A secret named is sealed as on the PUT (503 `secrets_disabled` without "
+                "METER_SECRETS_KEY).",
+                refs["NotificationsPatch"],
+                "At least one of `emails`, `events`, and `webhook_url` with "
+                "`webhook_secret` (the two together, as on the PUT); `webhook_url: null` "
+                "alone removes the webhook and its secret. An absent field keeps its value. "
+                "422 for an empty body or a field invalid on its own.",
+            ),
         },
         "/metrics": {
             "get": {

@@ -133,6 +133,7 @@ def test_payloads_reference_the_generated_json_schemas() -> None:
         "TenantLimitsConfigured",
         "AutoRechargeChanged",
         "NotificationsConfigured",
+        "NotificationsChanged",
     }
     # Refs resolve relative to docs/: the file must be where the ref says.
     ref = document["components"]["messages"]["LedgerEntry"]["payload"]["$ref"]

@@ -761,6 +761,7 @@ def test_render_all_is_stable_and_complete() -> None:
         "RejectedRecord.json",
         "TenantLimitsConfigured.json",
         "NotificationsConfigured.json",
+        "NotificationsChanged.json",
         "NotificationSettings.json",
     }
     for text in first.values():
@@ -782,6 +783,7 @@ def test_published_schemas_say_what_crosses_the_wire() -> None:
         "tenant_limits_configured",
         "auto_recharge_changed",
         "notifications_configured",
+        "notifications_changed",
     }
     ledger = files["LedgerEntry.json"]
     assert ledger["properties"]["balance_after"]["type"] == "string"
