@@ -268,6 +268,28 @@ async def test_auto_recharge_settings_and_a_burst_that_triggers_a_recharge(
     await shot(page, "tenant-page")
 
 
+# Each cell's text, laid out: how many lines it takes (a range's boxes, by their tops).
+LINES_PER_CELL = """cells => cells.map(cell => {
+  const range = document.createRange();
+  range.selectNodeContents(cell);
+  return new Set([...range.getClientRects()].map(box => Math.round(box.top))).size;
+})"""
+
+
+async def test_on_a_phone_no_amount_breaks_across_lines(
+    stack: Stack, browser: BrowserContext
+) -> None:
+    # After the burst above, acme's ledger has debits, each after a minus (U+2212).
+    page = await sign_in(browser, stack, stack.token("tenant_admin", "acme"))
+    await page.set_viewport_size({"width": 390, "height": 900})
+    await expect(page).to_have_url(stack.console + "/tenants/acme")
+    cells = page.locator("#ledger-table td.num")
+    await expect(cells.first).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#ledger-table")).to_contain_text("\u2212$")
+    assert set(await cells.evaluate_all(LINES_PER_CELL)) == {1}
+    await shot(page, "tenant-page-phone")
+
+
 async def test_a_tenant_admin_is_refused_another_tenant_and_reads_greek(
     stack: Stack, browser: BrowserContext
 ) -> None:
