@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ledger-sink",
         help="write credits.ledger, recharge requests and outcomes into SQL and serve queries",
         description="Consume credits.ledger, credits.recharge-requests, the recharge "
-        "outcomes on credits.commands and every command's status (credits.commands, "
-        "credits.command-results) (read_committed, group <METER_APP_ID>-ledger-sink) "
+        "outcomes on credits.commands, every command's status (credits.commands, "
+        "credits.command-results) and the tenants' alerts (credits.alerts, for the "
+        "operator's list) (read_committed, group <METER_APP_ID>-ledger-sink) "
         "into SQLite (a file in METER_DATA_DIR) or PostgreSQL (METER_DATABASE_URL), "
         "exactly once, and serve the ledger, usage, CSV statement and command status "
         "queries on METER_SINK_PORT (default 6070).",
@@ -176,9 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="local broker + worker + traffic simulator + live view (what `make run` runs)",
-        description="Start the local broker and one worker, play telephony and billing "
-        "traffic, and show balances live until Ctrl-C; then stop everything started.",
+        help="the whole product locally, with simulated traffic (what `make run` runs)",
+        description="Start the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), "
+        "one worker, the ledger sink, the console and the notifier (with a local SMTP "
+        "server and webhook receiver), play telephony and billing traffic, and show "
+        "balances live until Ctrl-C; then stop everything started. Logs in .run/, data "
+        "in METER_DATA_DIR (default .run/data).",
     )
     demo.add_argument("--tenants", type=int, default=36, help="simulated tenants (default 36)")
     demo.add_argument("--rate", type=float, default=20.0, help="usage events per second")
