@@ -179,7 +179,10 @@ async def worker(kafka: Any, tmp_path: Path) -> AsyncIterator[Worker]:
         yield w
 
 
-async def put_settings(w: Worker, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
+async def send_settings(
+    w: Worker, tenant: str, body: dict[str, Any], method: str = "PUT"
+) -> tuple[int, Any]:
+    """PUT (the whole settings) or PATCH (some) of the tenant's notifications."""
     headers = {
         "Content-Type": "application/json",
         "Authorization": f"Bearer {TOKEN}",
@@ -187,8 +190,11 @@ async def put_settings(w: Worker, tenant: str, body: dict[str, Any]) -> tuple[in
     }
     async with (
         aiohttp.ClientSession() as http,
-        http.put(
-            f"{w.url}/tenants/{tenant}/notifications", data=json.dumps(body), headers=headers
+        http.request(
+            method,
+            f"{w.url}/tenants/{tenant}/notifications",
+            data=json.dumps(body),
+            headers=headers,
         ) as resp,
     ):
         return resp.status, json.loads(await resp.read())
@@ -219,7 +225,7 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
     notifier = NotifierProcess(d, smtp)
     try:
         for tenant in TENANTS:
-            status, body = await put_settings(
+            status, body = await send_settings(
                 worker,
                 tenant,
                 {
@@ -425,6 +431,40 @@ async def test_every_alert_reaches_people_through_failures_a_hang_and_a_kill(
         await receiver.stop()
         smtp.stop()
         print(f"--- notifier log ---\n{notifier.log_tail()}")
+
+
+async def test_a_patch_of_the_emails_keeps_the_webhook_and_its_secret(worker: Worker) -> None:
+    """The console's case: new recipients without the webhook secret, which cannot be
+    read back; the owner merges the change with the PUT's settings."""
+    tenant, url = "n-patched", "https://hooks.n-patched.example/credits"
+    secret = secret_for(tenant)
+    status, body = await send_settings(
+        worker,
+        tenant,
+        {"emails": ["old@n-patched.example"], "webhook_url": url, "webhook_secret": secret},
+    )
+    assert status == 202, body
+    status, body = await send_settings(
+        worker, tenant, {"emails": ["new@n-patched.example"]}, method="PATCH"
+    )
+    assert status == 202, body
+    # The same key as the PUT's: keys are scoped per endpoint.
+    assert body["command_id"] == f"notifications-change:settings-{tenant}"
+
+    async def patched() -> Any:
+        status, view = await worker.get(f"/tenants/{tenant}/account")
+        shown = status == 200 and view["notifications"]
+        return shown and shown["emails"] == ["new@n-patched.example"] and shown
+
+    view = await eventually(patched, what="the patched settings in the account view")
+    assert view["webhook_url"] == url and len(view["events"]) == 8
+    # What the notifiers read: the merged settings whole, the secret still sealed.
+    async with Client(worker.deployment) as client:
+        records = await client.read_all("credits.notification-settings")
+    latest = [r for r in records if r["tenant_id"] == tenant][-1]
+    assert latest["command_id"] == body["command_id"] and latest["webhook_url"] == url
+    assert Sealer(KEY).open(latest["webhook_secret_sealed"]) == secret
+    assert secret not in worker.log_tail(10_000)
 
 
 async def notified_ids(client: Client) -> set[str]:
