@@ -38,7 +38,7 @@ def _field_messages(answer: Answer, t: Translator) -> dict[str, list[str]]:
             name = "target_balance"
         out.setdefault(name if name not in ("", "body") else "form", []).append(message)
     if not out and answer.status == 403:
-        # The API's word on this role (e.g. funds come from billing under METER_AUTH=jwt).
+        # The API's word on this role (an operator may read a tenant, not change it).
         out["form"] = [f"{t.gettext('Your role may not do this.')} ({answer.problem()})"]
     elif not out and answer.status >= 400:
         out["form"] = [answer.problem()]
