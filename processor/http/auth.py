@@ -121,7 +121,6 @@ ROUTES: Final[dict[tuple[str, str], Permission]] = {
     ("PATCH", "/tenants/{tenant_id}/auto-recharge"): Permission.CONFIGURE,
     ("DELETE", "/tenants/{tenant_id}/auto-recharge"): Permission.CONFIGURE,
     ("PUT", "/tenants/{tenant_id}/limits"): Permission.CONFIGURE,
-    ("GET", "/tenants/{tenant_id}/notifications"): Permission.READ,
     ("PUT", "/tenants/{tenant_id}/notifications"): Permission.CONFIGURE,
     ("PATCH", "/tenants/{tenant_id}/notifications"): Permission.CONFIGURE,
     (
