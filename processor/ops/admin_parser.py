@@ -64,7 +64,23 @@ def _guarded(func: Any, name: str) -> Any:
     return run
 
 
-def _api_options(parser: argparse.ArgumentParser) -> None:
+def _tenant_parser(sub: Any, name: str, **texts: str) -> argparse.ArgumentParser:
+    """A command about one tenant (`texts`: its help and description), TENANT first."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, **texts)
+    parser.add_argument("tenant", metavar="TENANT", type=_tenant)
+    return parser
+
+
+_KEY_HELP: Final = (
+    "repeat a command with the same key and it is applied once (default: a new "
+    "UUID, printed); scoped per kind of command, as the admin API's Idempotency-Key"
+)
+
+
+def _send_options(parser: argparse.ArgumentParser) -> None:
+    """How a command that changes an account is sent (its key, straight to Kafka or
+    --via-api) and what it prints."""
+    parser.add_argument("--idempotency-key", default=None, metavar="KEY", help=_KEY_HELP)
     parser.add_argument(
         "--via-api",
         metavar="URL",
@@ -82,7 +98,7 @@ def _api_options(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the operator commands to `meter`'s subparsers."""
-    worker_url = {
+    worker_url: dict[str, Any] = {
         "default": None,
         "metavar": "URL",
         "help": "a worker's HTTP address (default http://127.0.0.1:$METER_WEB_PORT)",
@@ -92,39 +108,34 @@ def register(sub: Any) -> None:
         "the bearer token the worker's API wants under METER_AUTH=jwt (default: "
         "$METER_API_TOKEN, else $METER_ADMIN_TOKEN)"
     )
-    key_help = (
-        "repeat a command with the same key and it is applied once (default: a new "
-        "UUID, printed); scoped per kind of command, as the admin API's Idempotency-Key"
-    )
 
-    account = sub.add_parser(
+    account = _tenant_parser(
+        sub,
         "account",
         help="show a tenant's balance, status and recharge state (from a worker)",
         description="GET /tenants/TENANT/account from a worker; any worker answers for "
         "any tenant. Exit 1 if the tenant is unknown or no worker answers.",
     )
-    account.add_argument("tenant", metavar="TENANT", type=_tenant)
     account.add_argument("--worker-url", **worker_url)
     account.add_argument("--token", default=None, help=read_auth_help)
     # JSON by default, as it always printed.
     add_output(account, default="json")
     account.set_defaults(func=_guarded(cmd_account, "account"))
 
-    funds = sub.add_parser(
+    funds = _tenant_parser(
+        sub,
         "add-funds",
         help="top a tenant up by hand (publishes funds_added, source manual)",
         description="Publish a manual funds_added command to credits.commands. Works "
         "without a running worker; the balance changes when a worker applies it.",
     )
-    funds.add_argument("tenant", metavar="TENANT", type=_tenant)
     funds.add_argument(
         "amount", metavar="AMOUNT", type=_money, help="e.g. 50.00 (> 0, at most 1000000)"
     )
     funds.add_argument(
         "--currency", default=None, help="ISO 4217 code (default: the rate card's currency)"
     )
-    funds.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
-    _api_options(funds)
+    _send_options(funds)
     funds.set_defaults(func=_guarded(cmd_add_funds, "add-funds"))
 
     auto = sub.add_parser(
@@ -135,7 +146,8 @@ def register(sub: Any) -> None:
         "tenant's auto-recharge.",
     )
     auto_sub = auto.add_subparsers(dest="action", required=True, metavar="ACTION")
-    set_ = auto_sub.add_parser(
+    set_ = _tenant_parser(
+        auto_sub,
         "set",
         help="enable: recharge AMOUNT whenever the balance falls below TRIGGER",
         description="Enable auto-recharge: when the balance falls below --trigger, the "
@@ -143,7 +155,6 @@ def register(sub: Any) -> None:
         "balance up to --target (--amount is still kept, for a later switch back). "
         "Replaces the tenant's settings and lifts a suspension.",
     )
-    set_.add_argument("tenant", metavar="TENANT", type=_tenant)
     set_.add_argument(
         "--amount", required=True, type=_money, help="recharge amount, e.g. 25.00 (> 0)"
     )
@@ -157,10 +168,10 @@ def register(sub: Any) -> None:
         help="recharge up to this balance instead of by --amount (mode to_target; above "
         "--trigger), e.g. 50.00",
     )
-    set_.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
-    _api_options(set_)
+    _send_options(set_)
     set_.set_defaults(func=_guarded(cmd_auto_recharge_set, "auto-recharge set"))
-    disable = auto_sub.add_parser(
+    disable = _tenant_parser(
+        auto_sub,
         "disable",
         help="turn auto-recharge off (keeps the amounts)",
         description="Disable auto-recharge, keeping its amounts, mode and target (an "
@@ -168,21 +179,19 @@ def register(sub: Any) -> None:
         "publishes). A worker is asked first whether there is anything to disable; "
         "with --amount and --trigger, the settings are replaced by these, off.",
     )
-    disable.add_argument("tenant", metavar="TENANT", type=_tenant)
     disable.add_argument("--worker-url", **worker_url)
     disable.add_argument("--amount", default=None, type=_money, help="recharge amount to keep")
     disable.add_argument("--trigger", default=None, type=_money, help="trigger balance to keep")
-    disable.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
-    _api_options(disable)
+    _send_options(disable)
 
-    limits = sub.add_parser(
+    limits = _tenant_parser(
+        sub,
         "limits",
         help="set a tenant's credit limit and low-balance level",
         description="Publish a tenant_limits_configured command (as PUT "
         "/tenants/TENANT/limits does). What is not given is kept; --no-notify-below "
         "clears the low-balance level.",
     )
-    limits.add_argument("tenant", metavar="TENANT", type=_tenant)
     limits.add_argument(
         "--credit-limit",
         default=None,
@@ -199,8 +208,7 @@ def register(sub: Any) -> None:
         help="alert (low_balance) when the balance falls below this, e.g. 5.00",
     )
     level.add_argument("--no-notify-below", action="store_true", help="no low-balance alerts")
-    limits.add_argument("--idempotency-key", default=None, metavar="KEY", help=key_help)
-    _api_options(limits)
+    _send_options(limits)
     limits.set_defaults(func=_guarded(cmd_limits, "limits"))
 
     command = sub.add_parser(
