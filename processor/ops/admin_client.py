@@ -61,6 +61,8 @@ _ARGUMENTS: Final = {
     "target_balance": "--target",
     "credit_limit": "--credit-limit",
     "notify_below": "--notify-below",
+    "emails": "--email",
+    "events": "--events",
 }
 
 

@@ -7,6 +7,8 @@
     meter auto-recharge disable TENANT [--worker-url URL | --amount A --trigger T | --via-api URL]
     meter limits TENANT [--credit-limit A] [--notify-below B | --no-notify-below]
                         [--idempotency-key K] [--via-api URL]
+    meter notifications TENANT [--email ADDR ... | --no-emails] [--events E,E,...]
+                               [--no-webhook] [--idempotency-key K] [--via-api URL]
     meter command status ID [--tenant T] [--worker-url URL] [--token T] [--wait SECONDS]
     meter schemas export [--check]
     meter rules export [--check]
@@ -61,8 +63,10 @@ from schemas.inputs import (
     AutoRechargeChanged,
     AutoRechargeConfigured,
     FundsAdded,
+    NotificationsChanged,
     TenantLimitsConfigured,
 )
+from schemas.notifications import EMAIL_PATTERN
 from schemas.types import Actor, format_money
 
 if TYPE_CHECKING:
@@ -75,22 +79,36 @@ __all__ = [
     "cmd_auto_recharge_set",
     "cmd_command_status",
     "cmd_limits",
+    "cmd_notifications",
     "cmd_rules_export",
     "cmd_schemas_export",
     "cmd_simulate",
 ]
 
 
+# What a value must look like, said to whoever typed it (the contract's message would
+# quote the regular expression).
+_PATTERN_MESSAGES: Final = {
+    EMAIL_PATTERN: "must be an email address such as ops@example.com (no name, no <>)",
+}
+
+
 def _problem(error: ErrorDetails) -> str:
     """`where: what`; a rule of the whole command (target above trigger) has no
-    location, so its message stands alone."""
-    message = error["msg"].removeprefix("Value error, ")
-    where = argument(".".join(str(part) for part in error["loc"]))
+    location, so its message stands alone. An item of a list given by a repeated
+    argument (`--email`) is named by its value, as typed."""
+    pattern = str((error.get("ctx") or {}).get("pattern"))
+    message = _PATTERN_MESSAGES.get(pattern) or error["msg"].removeprefix("Value error, ")
+    loc = error["loc"]
+    if len(loc) == 2 and isinstance(loc[1], int):
+        where = f"{argument(str(loc[0]))} {error.get('input')!r}"
+    else:
+        where = argument(".".join(str(part) for part in loc))
     return f"{where}: {message}" if where else message
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(_problem(e) for e in exc.errors(include_url=False, include_input=False))
+    return "; ".join(_problem(e) for e in exc.errors(include_url=False))
 
 
 def _token_hint(status: int) -> str:
@@ -337,6 +355,43 @@ def cmd_limits(args: argparse.Namespace) -> int:
         }
         path = f"/tenants/{quote(args.tenant, safe='')}/limits"
         return admin_client.via_api(args, "PUT", path, body, summary)
+    return admin_client.publish(cfg, command, args.tenant, summary, args, exclude_unset=True)
+
+
+def cmd_notifications(args: argparse.Namespace) -> int:
+    """Added: who a tenant tells, changed in part (notifications_changed, as PATCH
+    /tenants/TENANT/notifications). No webhook is set here: its secret is sealed by a
+    worker (METER_SECRETS_KEY), so only the admin API takes one."""
+    cfg = load_settings()
+    # Only what was given: an absent field is kept at the owner; a null webhook_url
+    # removes the webhook and its secret.
+    given: dict[str, Any] = {}
+    shown: list[str] = []
+    if args.emails is not None or args.no_emails:
+        given["emails"] = args.emails or []
+        shown.append(f"emails {', '.join(given['emails'])}" if args.emails else "no emails")
+    if args.events is not None:
+        given["events"] = args.events
+        shown.append(f"events {', '.join(args.events)}")
+    if args.no_webhook:
+        given["webhook_url"] = None
+        shown.append("webhook removed")
+    if not given:
+        raise Failed(
+            EXIT_USAGE, "nothing to change: give --email (or --no-emails), --events or --no-webhook"
+        )
+    command = _command(
+        NotificationsChanged,
+        "notifications_changed",
+        "notifications-change",
+        args,
+        **given,
+    )
+    summary = f"notifications for {args.tenant}: {'; '.join(shown)}"
+    if args.via_api:
+        body = command.model_dump(mode="json", include=set(given))
+        path = f"/tenants/{quote(args.tenant, safe='')}/notifications"
+        return admin_client.via_api(args, "PATCH", path, body, summary)
     return admin_client.publish(cfg, command, args.tenant, summary, args, exclude_unset=True)
 
 

@@ -1,5 +1,6 @@
-"""How `meter` parses the operator commands: account, add-funds, auto-recharge, command,
-schemas, rules and simulate (their arguments, help texts and exit on failure)."""
+"""How `meter` parses the operator commands: account, add-funds, auto-recharge, limits,
+notifications, command, schemas, rules and simulate (their arguments, help texts and
+exit on failure)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from processor.ops.admin_commands import (
     cmd_auto_recharge_set,
     cmd_command_status,
     cmd_limits,
+    cmd_notifications,
     cmd_rules_export,
     cmd_schemas_export,
     cmd_simulate,
 )
 from processor.ops.output import add_output
+from schemas.notifications import NOTIFICATION_EVENTS
 from schemas.types import MAX_FRACTION_DIGITS, MAX_INTEGER_DIGITS, TenantId, parse_money
 
 __all__ = ["register"]
@@ -50,6 +53,20 @@ def _money(value: str) -> str:
             f"integer and {MAX_FRACTION_DIGITS} fraction digits)"
         ) from None
     return value
+
+
+def _events(value: str) -> list[str]:
+    """argparse type: a comma-separated list of the contract's notification events, or
+    a usage error naming them all. (Each named once: the command's model says so.)"""
+    names = [name.strip() for name in value.split(",")]
+    unknown = [name for name in names if name not in NOTIFICATION_EVENTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown event{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(name) for name in unknown)}; the events are: "
+            + ", ".join(NOTIFICATION_EVENTS)
+        )
+    return names
 
 
 def _guarded(func: Any, name: str) -> Any:
@@ -210,6 +227,38 @@ def register(sub: Any) -> None:
     level.add_argument("--no-notify-below", action="store_true", help="no low-balance alerts")
     _send_options(limits)
     limits.set_defaults(func=_guarded(cmd_limits, "limits"))
+
+    notifications = _tenant_parser(
+        sub,
+        "notifications",
+        help="change who a tenant notifies: emails, events, removing the webhook",
+        description="Publish a notifications_changed command (as PATCH "
+        "/tenants/TENANT/notifications does). What is not given is kept. A webhook is "
+        "not set here: its secret must be sealed by a worker, so set one with PUT or "
+        "PATCH /tenants/TENANT/notifications on the admin API.",
+    )
+    emails = notifications.add_mutually_exclusive_group()
+    emails.add_argument(
+        "--email",
+        dest="emails",
+        action="append",
+        default=None,
+        metavar="ADDR",
+        help="an address to email; repeat it for each: the complete new list",
+    )
+    emails.add_argument("--no-emails", action="store_true", help="email nobody")
+    notifications.add_argument(
+        "--events",
+        default=None,
+        type=_events,
+        metavar="E,E,...",
+        help="what to tell about, comma-separated, of: " + ", ".join(NOTIFICATION_EVENTS),
+    )
+    notifications.add_argument(
+        "--no-webhook", action="store_true", help="remove the webhook and its secret"
+    )
+    _send_options(notifications)
+    notifications.set_defaults(func=_guarded(cmd_notifications, "notifications"))
 
     command = sub.add_parser(
         "command",

@@ -18,8 +18,10 @@ from schemas.inputs import (
     AutoRechargeChanged,
     AutoRechargeConfigured,
     FundsAdded,
+    NotificationsChanged,
     TenantLimitsConfigured,
 )
+from schemas.notifications import NOTIFICATION_EVENTS
 
 
 def commands(
@@ -49,6 +51,7 @@ def test_the_operator_commands_are_registered() -> None:
         ("auto-recharge", "set"),
         ("auto-recharge", "disable"),
         ("limits",),
+        ("notifications",),
         ("schemas", "export"),
         ("simulate",),
     } <= set(ALL)
@@ -254,6 +257,112 @@ def test_limits_refuses_what_the_processor_would_reject(
     assert sent.records == []
 
 
+# What `meter notifications` is given, and the fields it publishes: only those.
+NOTIFICATIONS = [
+    pytest.param(["--email", "ops@acme.io"], {"emails": ["ops@acme.io"]}, id="email"),
+    pytest.param(
+        ["--email", "ops@acme.io", "--email", "cfo@acme.io"],
+        {"emails": ["ops@acme.io", "cfo@acme.io"]},
+        id="emails",
+    ),
+    pytest.param(["--no-emails"], {"emails": []}, id="no-emails"),
+    pytest.param(
+        ["--events", "low_balance, exhausted"],
+        {"events": ["low_balance", "exhausted"]},
+        id="events",
+    ),
+    pytest.param(["--no-webhook"], {"webhook_url": None}, id="no-webhook"),
+    pytest.param(
+        ["--email", "ops@acme.io", "--events", "recharge_failed", "--no-webhook"],
+        {"emails": ["ops@acme.io"], "events": ["recharge_failed"], "webhook_url": None},
+        id="together",
+    ),
+]
+ENVELOPE = {"type", "command_id", "tenant_id", "occurred_at", "actor"}
+
+
+@pytest.mark.parametrize(("given", "fields"), NOTIFICATIONS)
+def test_notifications_sends_only_what_was_given(
+    given: list[str], fields: dict[str, Any], sent: Sent
+) -> None:
+    assert cli.main(["notifications", "acme", *given, "--idempotency-key", "n-1"]) == 0
+    [(tenant, value)] = sent.records
+    published = json.loads(value)
+    # Absent fields are kept at the owner; webhook_url null removes the webhook.
+    assert {k: v for k, v in published.items() if k not in ENVELOPE} == fields
+    command = decode_command(value)
+    assert isinstance(command, NotificationsChanged) and tenant == "acme"
+    assert command.command_id == command_id_for("notifications-change", "n-1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--events", "low_balance,hurricane"], "unknown event 'hurricane'; the events are: "),
+        (["--events", "x,"], "unknown events 'x', ''"),
+        ([], "nothing to change: give --email (or --no-emails), --events or --no-webhook"),
+        (["--email", "Ops <ops@acme.io>"], "--email 'Ops <ops@acme.io>': must be an email address"),
+        (["--email", "a@acme.io", "--email", "A@acme.io"], "names an address more than once"),
+        (["--events", "exhausted,exhausted"], "events names an event more than once"),
+    ],
+)
+def test_notifications_refuses_what_the_contract_would(
+    argv: list[str], message: str, sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code: int | str | None
+    try:
+        code = cli.main(["notifications", "acme", *argv])
+    except SystemExit as exit_:  # argparse's: the --events type
+        code = exit_.code
+    assert code == common.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err
+    if "unknown" in message:
+        assert ", ".join(NOTIFICATION_EVENTS) in err
+    assert sent.records == []
+
+
+def test_notifications_via_the_api_patches_the_same_body(
+    sent: Sent, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    async def request(method: str, url: str, **kw: Any) -> Any:
+        calls.append({"method": method, "url": url, **kw})
+        body = {"type": "notifications_changed", "command_id": "notifications-change:p-1"}
+        return 202, body, {"Location": "/commands/notifications-change:p-1?tenant_id=acme"}
+
+    monkeypatch.setattr(admin_client, "request", request)
+    argv = ["notifications", "acme", "--no-emails", "--events", "low_balance", "--no-webhook"]
+    argv += ["--idempotency-key", "p-1", "--via-api", "http://w:6066", "--token", "t0k"]
+    assert cli.main([*argv, "-o", "json"]) == 0
+    [call] = calls
+    assert (call["method"], call["url"]) == ("PATCH", "http://w:6066/tenants/acme/notifications")
+    assert call["key"] == "p-1" and call["auth"] == {"Authorization": "Bearer t0k"}
+    assert call["body"] == {"emails": [], "events": ["low_balance"], "webhook_url": None}
+    assert sent.records == []  # not to Kafka
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["command_id"] == "notifications-change:p-1"
+    assert printed["idempotency_key"] == "p-1"
+
+
+def test_notifications_says_what_it_published_and_the_key(
+    sent: Sent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["notifications", "acme", "--email", "ops@acme.io", "--no-webhook"]
+    assert cli.main([*argv, "--idempotency-key", "n-2"]) == 0
+    assert capsys.readouterr().out == (
+        "notifications for acme: emails ops@acme.io; webhook removed: published to "
+        "credits.commands as command notifications-change:n-2; a repeat with "
+        "--idempotency-key n-2 is applied once\n"
+    )
+    assert cli.main(["notifications", "acme", "--no-emails", "-o", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    key = printed["idempotency_key"]
+    assert printed["type"] == "notifications_changed"
+    assert printed["command_id"] == f"notifications-change:{key}"
+
+
 def test_set_with_a_target_recharges_up_to_it(sent: Sent) -> None:
     argv = ["auto-recharge", "set", "acme", "--amount", "25", "--trigger", "5", "--target", "60"]
     assert cli.main(argv) == 0
@@ -383,6 +492,11 @@ AS_THE_API = [
     ),
     pytest.param(["auto-recharge", "disable", "acme"], "auto-recharge-off", id="disable"),
     pytest.param(["limits", "acme", "--credit-limit", "20"], "limits", id="limits"),
+    pytest.param(
+        ["notifications", "acme", "--events", "low_balance"],
+        "notifications-change",
+        id="notifications",
+    ),
 ]
 
 
