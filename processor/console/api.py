@@ -121,24 +121,34 @@ class ApiClient:
     async def add_funds(
         self, token: str, tenant_id: str, amount: str, currency: str, key: str
     ) -> Answer:
-        return await self._call(
-            "POST",
-            f"{self.api_url}/tenants/{_tid(tenant_id)}/funds",
-            token,
-            {"amount": amount, "currency": currency},
-            {"Idempotency-Key": key},
-        )
+        funds = {"amount": amount, "currency": currency}
+        return await self._change("POST", token, tenant_id, "funds", funds, key)
+
+    async def _change(
+        self, method: str, token: str, tenant_id: str, what: str, body: Any, key: str
+    ) -> Answer:
+        """One command to the admin API, under its Idempotency-Key (a retry with the same
+        key is the same command)."""
+        url = f"{self.api_url}/tenants/{_tid(tenant_id)}/{what}"
+        return await self._call(method, url, token, body, {"Idempotency-Key": key})
 
     async def configure_auto_recharge(
         self, token: str, tenant_id: str, settings: dict[str, Any], key: str
     ) -> Answer:
-        return await self._call(
-            "PUT",
-            f"{self.api_url}/tenants/{_tid(tenant_id)}/auto-recharge",
-            token,
-            settings,
-            {"Idempotency-Key": key},
-        )
+        return await self._change("PUT", token, tenant_id, "auto-recharge", settings, key)
+
+    async def change_notifications(
+        self, token: str, tenant_id: str, change: dict[str, Any], key: str
+    ) -> Answer:
+        """A partial change (PATCH): the fields not named, the webhook and its secret
+        among them, are kept."""
+        return await self._change("PATCH", token, tenant_id, "notifications", change, key)
+
+    async def configure_limits(
+        self, token: str, tenant_id: str, limits: dict[str, Any], key: str
+    ) -> Answer:
+        """PUT limits: a limit not named is kept, `notify_below: None` clears the level."""
+        return await self._change("PUT", token, tenant_id, "limits", limits, key)
 
     async def command_status(self, token: str, location: str) -> Answer:
         return await self._call("GET", f"{self.api_url}{location}", token)
