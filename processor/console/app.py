@@ -29,6 +29,7 @@ from markupsafe import Markup
 from processor.console.api import ApiClient
 from processor.console.i18n import DEFAULT, LANGUAGES, Translator, column_places, translator
 from processor.console.status import listed_badges
+from schemas.notifications import MAX_EMAILS, NOTIFICATION_EVENTS
 
 __all__ = ["Principal", "Session", "build_app", "serve"]
 
@@ -214,6 +215,8 @@ def templates() -> jinja2.Environment:
     env.globals["nbsp"] = Markup("&nbsp;")
     env.globals["column_places"] = column_places
     env.globals["listed_badges"] = listed_badges
+    env.globals["notification_events"] = NOTIFICATION_EVENTS
+    env.globals["max_emails"] = MAX_EMAILS
     return env
 
 

@@ -1,4 +1,5 @@
-"""The tenant page's forms: add funds (review, submit, follow) and auto-recharge.
+"""The tenant page's forms: add funds (review, submit, follow), auto-recharge, and
+limits and notifications.
 
 Each answers with its section of the tenant page (`tenant_page.section`): the form
 again with its errors in the user's language (amounts.py checks what the API would
@@ -13,15 +14,16 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from processor.console.access import page_of, signed_in, tenant_of
+from processor.console import notifications
+from processor.console.access import Refused, page_of, signed_in, tenant_of
 from processor.console.amounts import Rule, api_message, check_amount
-from processor.console.api import Answer
-from processor.console.app import API, render, t_of
+from processor.console.api import Answer, ApiClient
+from processor.console.app import API, Session, render, t_of
 from processor.console.i18n import Translator
 from processor.console.places import card_places
 from processor.console.tenant_page import section, summary_of
 
-__all__ = ["auto_recharge", "funds_review", "funds_status", "funds_submit"]
+__all__ = ["auto_recharge", "funds_review", "funds_status", "funds_submit", "notifications_form"]
 
 
 def _field_messages(answer: Answer, t: Translator) -> dict[str, list[str]]:
@@ -29,10 +31,12 @@ def _field_messages(answer: Answer, t: Translator) -> dict[str, list[str]]:
     the error (`amounts.api_message`), else in the API's words."""
     out: dict[str, list[str]] = {}
     for error in answer.field_errors():
-        loc = [str(x) for x in error.get("loc") or []]
-        name = loc[-1] if loc else ""
+        # The field is the last name of `loc`: ["body", "emails", 2] is an address.
+        names = [x for x in error.get("loc") or [] if isinstance(x, str)]
+        name = names[-1] if names else ""
         words = str(error.get("msg") or "")
-        message = api_message(str(error.get("type")), words, t)
+        kind = str(error.get("type"))
+        message = notifications.api_message(name, kind, t) or api_message(kind, words, t)
         if "target_balance" in words and "trigger" in words:
             message = t.gettext("The target must be above the trigger balance.")
             name = "target_balance"
@@ -187,4 +191,47 @@ async def auto_recharge(request: web.Request) -> web.StreamResponse:
     return await section(
         request, session, tenant_id, "auto_recharge", ar_form=values, ar_errors=errors,
         ar_saved=saved,
+    )  # fmt: skip
+
+
+async def _save_notifications(
+    api: ApiClient,
+    session: Session,
+    tenant_id: str,
+    post: notifications.NotificationsPost,
+    account: dict[str, Any] | None,
+    t: Translator,
+) -> dict[str, list[str]]:
+    """The PATCH (it keeps the webhook and its secret) and, only if the level changed,
+    the limits PUT (an absent `credit_limit` is kept), each under its own key. Both
+    are sent so that the API's refusals of either show at once."""
+    key = str(uuid.uuid4())
+    answers = [await api.change_notifications(session.token, tenant_id, post.patch, key)]
+    if notifications.level_changed(account, post.level):
+        limits = {"notify_below": post.level}
+        key = str(uuid.uuid4())
+        answers.append(await api.configure_limits(session.token, tenant_id, limits, key))
+    errors: dict[str, list[str]] = {}
+    for answer in answers:
+        for name, messages in _field_messages(answer, t).items():
+            shown = errors.setdefault(name, [])
+            shown += [m for m in messages if m not in shown]
+    return errors
+
+
+async def notifications_form(request: web.Request) -> web.StreamResponse:
+    session = signed_in(request)
+    tenant_id = tenant_of(request, session)
+    if not session.principal.may_change:
+        # An operator reads a tenant: the form is not shown to them, nor a post sent on.
+        raise Refused()
+    t = t_of(request)
+    form = await request.post()
+    api = request.app[API]
+    account = (await summary_of(api, session, tenant_id))["account"]
+    post = notifications.read_post(form, t, card_places(account))
+    errors = post.errors or await _save_notifications(api, session, tenant_id, post, account, t)
+    return await section(
+        request, session, tenant_id, "limits", nf_form=post.values, nf_errors=errors,
+        nf_saved=not errors,
     )  # fmt: skip

@@ -11,7 +11,13 @@ from typing import Final
 from aiohttp import web
 
 from processor.console.app import HERE
-from processor.console.forms import auto_recharge, funds_review, funds_status, funds_submit
+from processor.console.forms import (
+    auto_recharge,
+    funds_review,
+    funds_status,
+    funds_submit,
+    notifications_form,
+)
 from processor.console.i18n import N_
 from processor.console.operator_page import operator_page
 from processor.console.signin import home, signin, signin_form, signout, switch_language
@@ -74,3 +80,4 @@ def routes(app: web.Application) -> None:
     r.add_post("/tenants/{tenant_id}/funds", funds_submit)
     r.add_get("/tenants/{tenant_id}/funds/status", funds_status)
     r.add_post("/tenants/{tenant_id}/auto-recharge", auto_recharge)
+    r.add_post("/tenants/{tenant_id}/notifications", notifications_form)

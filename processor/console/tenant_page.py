@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from processor.console import notifications
 from processor.console.access import Refused, page_of, signed_in, tenant_of
 from processor.console.api import Answer, ApiClient, Unauthorized
 from processor.console.app import API, Session, is_htmx, render, t_of
@@ -154,6 +155,9 @@ async def tenant_context(
         },
         "ar_errors": {},
         "ar_saved": False,
+        "nf_form": notifications.shown(summary["account"], t),
+        "nf_errors": {},
+        "nf_saved": False,
         "chart": None,
     }
     amounts = [

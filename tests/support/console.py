@@ -7,14 +7,18 @@ tests/unit/test_console*.py drive `meter console`'s app against these.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from processor.console.api import ApiClient
 from processor.console.app import build_app
+from processor.http.admin_requests import AdminRequest, Endpoint, Refused, validate
+from schemas.admin import LimitsRequest, NotificationsPatch
 
 ADMIN_TOKEN = "static-admin-token"
 EXPIRED_TOKEN = "tok-expired"
@@ -32,6 +36,19 @@ EXPIRED: dict[str, Any] = {
 }
 
 Console = tuple[TestClient[Any, Any], "FakeApis"]
+FormData = Mapping[str, str] | list[tuple[str, str]]
+# The fakes' rate card: the currency and decimals of `account`'s amounts.
+CARD_CURRENCY, CARD_DECIMALS = "EUR", 2
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A settings command the console sent: the endpoint, its body and its key."""
+
+    endpoint: str
+    tenant_id: str
+    body: Any
+    key: str | None
 
 
 def account(tenant: str) -> dict[str, Any]:
@@ -76,6 +93,9 @@ class FakeApis:
         self.recharges: dict[str, list[dict[str, Any]]] = {}
         self.funds_status = 403
         self.expired = False
+        # Tenants with no account yet (the account view's 404).
+        self.new_tenants: set[str] = set()
+        self.sent: list[Sent] = []
 
     def principal(self, request: web.Request) -> dict[str, Any] | None:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -88,6 +108,26 @@ class FakeApis:
             return web.json_response(EXPIRED, status=401)
         response: web.StreamResponse = await handler(request)
         return response
+
+    def command(
+        self, endpoint: Endpoint, model: type[AdminRequest]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A settings endpoint that checks its body as the admin API does (its 422s)."""
+
+        async def handle(request: web.Request) -> web.Response:
+            raw = await request.read()
+            tenant = request.match_info["tenant_id"]
+            key = request.headers.get("Idempotency-Key")
+            self.sent.append(Sent(endpoint, tenant, orjson.loads(raw), key))
+            try:
+                validate(
+                    endpoint, tenant, request.headers, raw, model, CARD_CURRENCY, CARD_DECIMALS
+                )
+            except Refused as refused:
+                return web.Response(body=refused.reply.body, status=refused.reply.status)
+            return web.json_response({"status": "accepted"}, status=202)
+
+        return handle
 
     def app(self) -> web.Application:
         async def whoami(request: web.Request) -> web.Response:
@@ -103,6 +143,8 @@ class FakeApis:
             if who and who["role"] == "billing":
                 detail = "a billing token may not read"
                 return web.json_response({"error": "forbidden", "detail": detail}, status=403)
+            if tenant in self.new_tenants:
+                return web.json_response({"error": "not_found"}, status=404)
             return web.json_response(self.accounts.get(tenant) or account(tenant))
 
         async def auto_recharge(request: web.Request) -> web.Response:
@@ -200,6 +242,11 @@ class FakeApis:
             app.router.add_get("/auth/whoami", whoami)
         app.router.add_get("/tenants/{tenant_id}/account", account_view)
         app.router.add_put("/tenants/{tenant_id}/auto-recharge", auto_recharge)
+        app.router.add_patch(
+            "/tenants/{tenant_id}/notifications",
+            self.command("notifications-change", NotificationsPatch),
+        )
+        app.router.add_put("/tenants/{tenant_id}/limits", self.command("limits", LimitsRequest))
         app.router.add_get("/tenants/{tenant_id}/ledger", ledger)
         app.router.add_get("/tenants/{tenant_id}/ledger.csv", statement)
         app.router.add_post("/tenants/{tenant_id}/funds", funds)
@@ -230,10 +277,12 @@ async def sign_in(client: TestClient[Any, Any], token: str) -> ClientResponse:
 
 
 async def post_form(
-    client: TestClient[Any, Any], path: str, page: str, data: dict[str, str], htmx: bool = True
+    client: TestClient[Any, Any], path: str, page: str, data: FormData, htmx: bool = True
 ) -> str:
-    """A form of `page` posted to `path` (as htmx does, by default): the answer's HTML."""
+    """A form of `page` posted to `path` (as htmx does, by default): the answer's HTML.
+    A list of pairs posts a name more than once (checkboxes)."""
     csrf = await csrf_of(client, page)
     headers = {"HX-Request": "true"} if htmx else {}
-    resp = await client.post(path, data={**data, "csrf": csrf}, headers=headers)
+    fields = [*(data.items() if isinstance(data, Mapping) else data), ("csrf", csrf)]
+    resp = await client.post(path, data=fields, headers=headers)
     return await resp.text()

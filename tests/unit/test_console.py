@@ -203,7 +203,8 @@ def test_every_message_has_a_greek_translation() -> None:
     assert len(found) > 80
     greek = Translator("el")
     missing = sorted(m for m in found | set(pages.LABELS) if greek.gettext(m) == m)
-    assert missing == [] or missing == ["Email", "Webhook"], missing
+    # Words Greek writes as English does.
+    assert set(missing) <= {"Webhook"}, missing
     # API values get a label in English too, never the raw value.
     assert set(pages.LABELS) <= set(_messages("en"))
     assert catalog_path("el").is_file()
