@@ -28,6 +28,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from processor.dev.kafka_local import free_port
 from processor.http.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalKeys
+from schemas.notifications import NOTIFICATION_EVENTS
 from tests.integration.harness import METER, Client, Deployment, Worker, eventually, now_rfc3339
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -233,26 +234,26 @@ async def test_auto_recharge_settings_and_a_burst_that_triggers_a_recharge(
     page = await sign_in(browser, stack, stack.token("tenant_admin", "acme"))
     await expect(page).to_have_url(stack.console + "/tenants/acme")
     await expect(page.get_by_role("heading", level=1)).to_contain_text("Communication Credits")
+    # By id: "Notify when the balance falls below" (the notifications form) has its words.
+    trigger = page.locator("#ar-trigger_balance")
     # The API's validation messages, beside their fields.
     await page.get_by_label("Auto-recharge enabled").check()
     await page.get_by_label("Recharge amount").fill("25.00")
-    await page.get_by_label("When the balance falls below").fill("5.00001")
+    await trigger.fill("5.00001")
     await page.get_by_role("button", name="Save changes").click()
     error = page.locator("#ar-trigger_balance-error")
     await expect(error).to_contain_text("Too many decimal places", timeout=WAIT_MS)
-    await expect(page.get_by_label("When the balance falls below")).to_have_attribute(
-        "aria-invalid", "true"
-    )
+    await expect(trigger).to_have_attribute("aria-invalid", "true")
     await page.get_by_label("Recharge up to a target balance").check()
     await page.locator("#ar-target_balance").fill("40.00")
-    await page.get_by_label("When the balance falls below").fill("45.00")
+    await trigger.fill("45.00")
     await page.get_by_role("button", name="Save changes").click()
     await expect(page.locator("#ar-target_balance-error")).to_be_visible(timeout=WAIT_MS)
     # Valid settings: recharge 25.00 when the balance falls below its current level.
     await page.get_by_label("Add a fixed amount").check()
     balance = await page.locator("#balance").inner_text()
-    trigger = f"{float(balance.lstrip('$')) - 0.50:.2f}"
-    await page.get_by_label("When the balance falls below").fill(trigger)
+    level = f"{float(balance.lstrip('$')) - 0.50:.2f}"
+    await trigger.fill(level)
     await page.get_by_role("button", name="Save changes").click()
     await expect(page.locator("#ar-saved")).to_be_visible(timeout=WAIT_MS)
     await expect(page.locator("#no-recharges")).to_be_visible()
@@ -336,7 +337,50 @@ async def test_the_operator_filters_the_exhausted_tenants_and_drills_down(
     await expect(page.locator("#status")).to_have_text("Exhausted", timeout=WAIT_MS)
     # An operator reads; the forms that change a tenant are not there.
     await expect(page.get_by_role("button", name="Save changes")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Save notification settings")).to_have_count(0)
     # The statement streams through with the operator's token (the page's cookies).
     statement = await page.request.get(stack.console + "/tenants/initech/ledger.csv")
     assert statement.status == 200
     assert (await statement.text()).startswith("entry_id,")
+
+
+async def _account(stack: Stack, tenant: str) -> dict[str, Any]:
+    """The account view the worker serves, read with the tenant admin's own token."""
+    headers = {"Authorization": f"Bearer {stack.token('tenant_admin', tenant)}"}
+    url = f"{stack.worker.url}/tenants/{tenant}/account"
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def test_a_tenant_admin_changes_who_is_told_what_and_below_which_balance(
+    stack: Stack, browser: BrowserContext
+) -> None:
+    page = await sign_in(browser, stack, stack.token("tenant_admin", "acme"))
+    await expect(page).to_have_url(stack.console + "/tenants/acme")
+    recipients = page.get_by_label("Email recipients")
+    await recipients.fill("ops@acme.example\nbilling@acme.example, ops@acme.example")
+    restored = page.get_by_label("Restored")
+    await expect(restored).to_be_checked()  # no settings yet: every event
+    await restored.uncheck()
+    await page.get_by_label("Notify when the balance falls below").fill("7.50")
+    await page.get_by_role("button", name="Save notification settings").click()
+    await expect(page.locator("#nf-saved")).to_be_visible(timeout=WAIT_MS)
+    await expect(recipients).to_have_value("ops@acme.example\nbilling@acme.example")
+
+    async def applied() -> dict[str, Any] | str:
+        account = await _account(stack, "acme")
+        told = account.get("notifications") or {}
+        if told.get("emails") != ["ops@acme.example", "billing@acme.example"]:
+            return f"not yet: {told}"
+        return account if account.get("notify_below") is not None else "not yet: no level"
+
+    account = await eventually(applied, WAIT_MS / 1000, what="the new notification settings")
+    assert set(account["notifications"]["events"]) == set(NOTIFICATION_EVENTS) - {"restored"}
+    assert float(account["notify_below"]) == 7.5
+    # The page, read again, shows the settings the worker now holds.
+    await page.reload()
+    await expect(page.get_by_label("Restored")).not_to_be_checked()
+    await expect(page.get_by_label("Notify when the balance falls below")).to_have_value("7.50")
+    await expect(page.get_by_label("Low balance")).to_be_checked()
