@@ -59,6 +59,8 @@ PRINTING = [
     ("auto-recharge", "disable"),
     ("command", "status"),
     ("kafka",),
+    ("limits",),
+    ("notifications",),
     ("reconcile",),
     ("replay-rejected",),
 ]
