@@ -41,6 +41,7 @@ from schemas.inputs import (
     TenantLimitsConfigured,
     first_duplicate_key,
 )
+from schemas.notifications import EMAIL_PATTERN
 from schemas.types import (
     CURRENCY_PATTERN,
     ID_PATTERN,
@@ -73,6 +74,7 @@ __all__ = [
     "command_location",
     "decimal_places",
     "error_reply",
+    "field_message",
     "fingerprint",
     "header_value",
     "key_errors",
@@ -160,10 +162,12 @@ ID_PREFIXES: Final[dict[Endpoint, str]] = {
 MAX_COMMAND_ID_LENGTH: Final = 128
 
 COMMAND_ID: Final[TypeAdapter[str]] = TypeAdapter(CommandId)
+# What a value must look like, in words: the model's own message quotes the pattern.
 _PATTERN_MESSAGES: Final = {
     TENANT_ID_PATTERN: "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -",
     ID_PATTERN: "must be 1 to 128 printable ASCII characters",
     CURRENCY_PATTERN: "must be an ISO 4217 code: 3 uppercase letters",
+    EMAIL_PATTERN: "must be an email address such as ops@example.com (no name, no <>)",
 }
 
 
@@ -196,7 +200,8 @@ def error_reply(
     return Reply(status, body, problems.problem_headers(status, headers))
 
 
-def _message(error: ErrorDetails) -> str:
+def field_message(error: ErrorDetails) -> str:
+    """One validation error of a request's field, said plainly (`meter` says the same)."""
     if error["type"] == "string_pattern_mismatch":
         friendly = _PATTERN_MESSAGES.get(str((error.get("ctx") or {}).get("pattern")))
         if friendly is not None:
@@ -208,7 +213,7 @@ def _message(error: ErrorDetails) -> str:
 
 def _field_errors(exc: ValidationError, prefix: tuple[str, ...]) -> list[FieldError]:
     return [
-        FieldError(loc=[*prefix, *error["loc"]], msg=_message(error), type=error["type"])
+        FieldError(loc=[*prefix, *error["loc"]], msg=field_message(error), type=error["type"])
         for error in exc.errors(include_url=False, include_input=False)
     ]
 

@@ -66,7 +66,6 @@ from schemas.inputs import (
     NotificationsChanged,
     TenantLimitsConfigured,
 )
-from schemas.notifications import EMAIL_PATTERN
 from schemas.types import Actor, format_money
 
 if TYPE_CHECKING:
@@ -86,19 +85,13 @@ __all__ = [
 ]
 
 
-# What a value must look like, said to whoever typed it (the contract's message would
-# quote the regular expression).
-_PATTERN_MESSAGES: Final = {
-    EMAIL_PATTERN: "must be an email address such as ops@example.com (no name, no <>)",
-}
-
-
 def _problem(error: ErrorDetails) -> str:
     """`where: what`; a rule of the whole command (target above trigger) has no
     location, so its message stands alone. An item of a list given by a repeated
     argument (`--email`) is named by its value, as typed."""
-    pattern = str((error.get("ctx") or {}).get("pattern"))
-    message = _PATTERN_MESSAGES.get(pattern) or error["msg"].removeprefix("Value error, ")
+    from processor.http.admin_requests import field_message
+
+    message = field_message(error)
     loc = error["loc"]
     if len(loc) == 2 and isinstance(loc[1], int):
         where = f"{argument(str(loc[0]))} {error.get('input')!r}"

@@ -95,6 +95,15 @@ async def test_refusals_name_the_field(change: dict[str, Any], what: str) -> Non
     assert pub.sent == []
 
 
+async def test_a_bad_address_is_refused_in_words_not_with_the_pattern() -> None:
+    api, _ = make_api(sealer=Sealer(KEY))
+    reply = await api.configure_notifications(
+        "acme", AUTH, enc({**FULL, "emails": ["Ops <ops@acme.example>"]})
+    )
+    [error] = body(reply)["errors"]
+    assert error["msg"] == "must be an email address such as ops@example.com (no name, no <>)"
+
+
 async def test_the_same_key_and_body_is_one_command_a_new_secret_is_a_new_request() -> None:
     api, pub = make_api(sealer=Sealer(KEY))
     headers = {**AUTH, "Idempotency-Key": "n-2"}
