@@ -28,11 +28,10 @@ from processor.ops.tool_commands import (
 )
 
 # The commands whose log is their output: the services, and the traffic that logs its
-# progress. Every other command prints a report, which a library's INFO lines (aiokafka
-# joining and leaving the cluster) would only be mixed into: they log WARNING and up.
-LOGGING_COMMANDS: Final = frozenset(
-    {"worker", "ledger-sink", "console", "notifier", "demo", "simulate"}
-)
+# progress. Every other command prints a report (or, `meter demo`, the live view, its
+# services logging to .run/), which a library's INFO lines (aiokafka joining and leaving
+# the cluster) would only be mixed into: they log WARNING and up.
+LOGGING_COMMANDS: Final = frozenset({"worker", "ledger-sink", "console", "notifier", "simulate"})
 
 
 def _log_level(command: str) -> int:

@@ -693,6 +693,8 @@ def logs_and_reports(args: argparse.Namespace) -> int:
         # A report: a library's INFO lines would be mixed into it.
         (["reconcile"], "cmd_reconcile", False),
         (["replay-rejected", "--dry-run"], "cmd_replay_rejected", False),
+        # The live view: the demo's own simulator joining its group is not news there.
+        (["demo"], "cmd_demo", False),
         # A service: its log is its output.
         (["worker"], "cmd_worker", True),
     ],
