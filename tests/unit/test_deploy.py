@@ -545,6 +545,17 @@ def test_token_checking_pods_mount_the_key_set_the_settings_name() -> None:
         )
 
 
+def test_token_checking_pods_take_the_same_static_admin_token() -> None:
+    """configmap-settings.yaml promises METER_ADMIN_TOKEN works beside the JWTs on the
+    workers and the sink: a sink without it refuses the admin's token (the console
+    signed in with it, GET /commands/{id} a worker forwards with the caller's header)."""
+    checkers = {n: w for n, w in workloads().items() if command_of(w) in ("worker", "ledger-sink")}
+    assert set(checkers) == {WORKER, SINK}
+    for name, workload in checkers.items():
+        token = settings_of(container_of(workload)).get("METER_ADMIN_TOKEN")
+        assert token == {"secretKeyRef": {"name": "credits-meter-admin", "key": "token"}}, name
+
+
 def test_services_ports_are_the_settings_defaults() -> None:
     for _, service in k8s_docs():
         if service["kind"] != "Service":
