@@ -80,7 +80,32 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "CreditsMeterAllWorkersDown",
         "CreditsMeterNoUsage",
         "CreditsMeterOutputErrors",
+        # A review: the notifier and the sink down, and the outbox growing.
+        "CreditsMeterNotifierDown",
+        "CreditsMeterAllNotifiersDown",
+        "CreditsMeterNotificationOutboxGrowing",
+        "CreditsMeterLedgerSinkDown",
+        "CreditsMeterAllLedgerSinksDown",
     } <= names
+
+
+def test_every_scraped_job_has_a_down_and_an_all_down_alert() -> None:
+    """A service that is down exports nothing: only `up` tells. Each scrape job (the
+    workers, the ledger sink, the notifier) needs an alert on one target down and one
+    on none up (all down or none discovered), with the job the scrape config names."""
+    exprs = [" ".join(a["expr"].split()) for a in alerts()]
+    scrape = yaml.safe_load(CONFIG.read_text())["scrape_configs"]
+    for job in (c["job_name"] for c in scrape):
+        assert f'up{{job="{job}"}} == 0' in exprs, job
+        [absent] = [a for a in alerts() if a["expr"].strip() == f'absent(up{{job="{job}"}} == 1)']
+        # absent() keeps no labels: the rule names the job for routing.
+        assert absent["labels"]["job"] == job
+
+
+def test_the_outbox_rule_does_not_add_up_the_notifiers_reports() -> None:
+    """Every notifier reports the depth of the outbox they share (store.depth())."""
+    [rule] = [a for a in alerts() if "meter_notification_outbox" in a["expr"]]
+    assert "sum" not in rule["expr"] and "max by (job)" in rule["expr"]
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:

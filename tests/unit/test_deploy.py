@@ -417,7 +417,9 @@ def test_podmonitors_scrape_every_metrics_port_as_the_prometheus_config_names_it
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert set(scraped.values()) == {c["job_name"] for c in config["scrape_configs"]}
     rules = (DEPLOY / "prometheus" / "rules" / "credits-meter.rules.yml").read_text()
-    assert f'job="{scraped[WORKER]}"' in rules
+    # Each job's down alerts (CreditsMeterWorkerDown, ...NotifierDown, ...LedgerSinkDown).
+    for job in scraped.values():
+        assert f'up{{job="{job}"}} == 0' in rules, job
 
 
 @pytest.mark.parametrize("name", sorted(workloads()))
