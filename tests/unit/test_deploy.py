@@ -547,6 +547,24 @@ def test_token_checking_pods_mount_the_key_set_the_settings_name() -> None:
         )
 
 
+def test_the_checklist_names_every_placeholder_to_replace() -> None:
+    """kustomization.yaml's checklist names each example.com value the manifests ship
+    (the issuer, the SMTP server, the console's address in emails): one left in place
+    refuses every token or sends links nowhere."""
+    named = set(re.findall(r"\b(METER_[A-Z_]+|KAFKA_[A-Z_]+)(\*?)", KUSTOMIZATION_TEXT))
+    exact = {name for name, star in named if not star}
+    prefixes = tuple(name for name, star in named if star)
+    placeholders = {
+        variable
+        for workload in workloads().values()
+        for variable, value in settings_of(container_of(workload)).items()
+        if isinstance(value, str) and "example." in value
+    }
+    assert {"METER_AUTH_ISSUER", "METER_CONSOLE_URL", "METER_SMTP_HOST"} <= placeholders
+    for variable in placeholders:
+        assert variable in exact or variable.startswith(prefixes), variable
+
+
 def test_token_checking_pods_take_the_same_static_admin_token() -> None:
     """configmap-settings.yaml promises METER_ADMIN_TOKEN works beside the JWTs on the
     workers and the sink: a sink without it refuses the admin's token (the console
