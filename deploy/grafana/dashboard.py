@@ -265,16 +265,25 @@ def lag_and_latency() -> list[timeseries.Panel]:
 
 
 def money() -> list[timeseries.Panel]:
-    def per_minute(direction: str) -> list[prometheus.Dataquery]:
+    def rate_of(direction: str) -> str:
         counter = sel("meter_money_total", f'direction="{direction}"')
-        return queries((f"60 * sum by (currency) (rate({counter}{RATE}))", "{{currency}}"))
+        return f"60 * sum by (currency) (rate({counter}{RATE}))"
+
+    def per_minute(direction: str) -> list[prometheus.Dataquery]:
+        return queries((rate_of(direction), "{{currency}}"))
 
     return [
+        # Expiry beside the debits, not a panel of its own: both take money out of
+        # balances, and a new panel here would renumber the panels after it.
         graph(
-            "Money debited per minute",
-            "Usage charges per minute, by currency. Prometheus stores floats: for amounts "
-            "that must add up, read credits.ledger.",
-            per_minute("debit"),
+            "Money debited and expired per minute",
+            "Usage charges per minute, by currency, and funds removed when their lot "
+            "expired (METER_FUNDS_EXPIRE_DAYS; ledger entries of kind expiry). "
+            "Prometheus stores floats: for amounts that must add up, read credits.ledger.",
+            queries(
+                (rate_of("debit"), "{{currency}} debited"),
+                (rate_of("expiry"), "{{currency}} expired"),
+            ),
         ),
         graph(
             "Money credited per minute",
@@ -327,7 +336,7 @@ def tenants() -> list[timeseries.Panel | bargauge.Panel]:
         graph(
             "Balance alerts",
             "Alerts published per second by type: exhausted, restored, low_balance, "
-            "recharge_failed.",
+            "recharge_failed, recharge_succeeded, funds_expiring, funds_expired.",
             queries((f"sum by (alert) (rate({sel('meter_alerts_total')}{RATE}))", "{{alert}}")),
             unit="reqps",
             width=8,
@@ -400,9 +409,10 @@ def workers() -> list[timeseries.Panel]:
         ),
         graph(
             "Transactions",
-            "Kafka transactions the workers committed per second (one per partition "
-            "number per flush round). Each carries a round's outputs with the state "
-            "that applied them; a consumer reading read_committed sees both or neither.",
+            "Kafka transactions the workers' flushers committed per second (one a round "
+            "per partition number, or per group of them a worker owns whole). Each "
+            "carries a round's outputs with the state that applied them; a consumer "
+            "reading read_committed sees both or neither.",
             queries(
                 (
                     f"sum by (instance) (rate({sel('meter_transactions_total')}[1m]))",
@@ -413,7 +423,7 @@ def workers() -> list[timeseries.Panel]:
         graph(
             "Dedupe marks",
             "Marks each worker holds (one per distinct event and command within "
-            "METER_DEDUPE_DAYS, ~310 bytes of memory each), and marks forgotten over 5 "
+            "METER_DEDUPE_DAYS, ~27-30 bytes of memory each), and marks forgotten over 5 "
             "minutes once their window passed. Held marks should level off after one window.",
             queries(
                 (f"sum by (instance) ({sel('meter_dedupe_marks')})", "{{instance}}"),
@@ -481,8 +491,10 @@ def notifications() -> list[timeseries.Panel]:
         graph(
             "Notification outbox",
             "Deliveries waiting in the notifier's outbox: due, or backing off after a "
-            "failed try. Growing: receivers are failing or the notifier is behind.",
-            queries((f"sum({outbox})", "pending")),
+            "failed try. Growing: receivers are failing or the notifier is behind. "
+            "Every notifier reports the outbox they share, so this is the largest "
+            "report, not the sum.",
+            queries((f"max({outbox})", "pending")),
             width=8,
         ),
     ]

@@ -181,3 +181,38 @@ def test_the_notification_panels_read_the_notifiers_own_job(board: dict[str, Any
         for chosen in (workers, ".*"):  # one job, or All (".*")
             [pattern] = re.findall(r'job=~"([^"]+)"', expr.replace("$job", chosen))
             assert re.fullmatch(pattern, notifier), expr
+
+
+# ---- what the descriptions say, against the code ---------------------------------
+
+
+def by_title(board: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["title"]: p for p in panels(board)}
+
+
+def test_money_is_shown_in_every_direction_the_ledger_has(board: dict[str, Any]) -> None:
+    """meter_money_total's direction is the ledger entry's kind: expiry too."""
+    from processor.sink.http import KINDS
+
+    shown = set()
+    for _, expr in exprs(board):
+        if "meter_money_total" in expr:
+            shown.update(re.findall(r'direction="([a-z_]+)"', expr))
+    assert shown == set(KINDS)
+
+
+def test_the_balance_alerts_panel_names_every_alert_kind(board: dict[str, Any]) -> None:
+    from processor.core.outputs import AlertKind
+
+    description = by_title(board)["Balance alerts"]["description"]
+    assert {k.value for k in AlertKind} <= set(re.findall(r"[a-z_]+", description))
+
+
+def test_the_dedupe_marks_panel_gives_the_metrics_size_of_a_mark(board: dict[str, Any]) -> None:
+    from processor.observability import metrics
+
+    [family] = metrics.MARKS.collect()
+    [help_bytes] = re.findall(r"about (\d+) bytes", family.documentation)
+    description = by_title(board)["Dedupe marks"]["description"]
+    [(low, high)] = re.findall(r"~(\d+)-(\d+) bytes", description)
+    assert int(low) <= int(help_bytes) <= int(high)
