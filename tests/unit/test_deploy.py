@@ -547,6 +547,23 @@ def test_token_checking_pods_mount_the_key_set_the_settings_name() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "path",
+    [*sorted(K8S.glob("*.yaml")), DEPLOY / "compose.yaml", DEPLOY / "Dockerfile"],
+    ids=lambda p: p.name,
+)
+def test_the_documents_the_comments_point_to_exist(path: Path) -> None:
+    """A comment's `docs/x.md` (and its `"Section"`, when named) is in the repository."""
+    # Comment lines joined, so a reference broken over two lines reads as one.
+    text = re.sub(r"\n\s*#\s*", " ", path.read_text())
+    for match in re.finditer(r"(?<![\w/.:-])([\w./-]+\.md)\b(?:'s,? \"([^\"]+)\")?", text):
+        document, section = match.groups()
+        assert (ROOT / document).is_file(), f"{path.name}: {document}"
+        if section:
+            headings = re.findall(r"^#+ (.+)$", (ROOT / document).read_text(), re.MULTILINE)
+            assert any(section in h for h in headings), f"{path.name}: {document} {section}"
+
+
 def test_the_checklist_names_every_placeholder_to_replace() -> None:
     """kustomization.yaml's checklist names each example.com value the manifests ship
     (the issuer, the SMTP server, the console's address in emails): one left in place
