@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from processor.config.version import build_info
+from processor.core.outputs import AlertKind
 
 # `_created` series double the exposition for no question an operator asks.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -76,7 +77,7 @@ REJECTED = Counter(
 )
 MONEY = Counter(
     "meter_money_total",
-    "Money moved through balances, by currency and direction (debit, credit).",
+    "Money moved through balances, by currency and direction (debit, credit, expiry).",
     ["currency", "direction"],
     registry=REGISTRY,
 )
@@ -247,8 +248,8 @@ def _start_at_zero() -> None:
         REJECTED.labels(reason)
     for outcome in ("fulfilled", "failed", "timed_out", "suspended", "dropped"):
         RECHARGE_OUTCOMES.labels(outcome)
-    for alert in ("exhausted", "restored", "low_balance", "recharge_failed", "recharge_succeeded"):
-        ALERTS.labels(alert)
+    for alert in AlertKind:
+        ALERTS.labels(alert.value)
     for channel in ("email", "webhook"):
         for outcome in ("sent", "retry", "gave_up"):
             NOTIFICATIONS.labels(channel, outcome)

@@ -22,3 +22,12 @@ def test_observe_all_gives_the_exposition_of_one_observe_per_value() -> None:
         a.observe(v)
     observe_all(b, VALUES)
     assert generate_latest(at_once) == generate_latest(one_by_one)
+
+
+def test_every_alert_kind_is_counted_from_zero() -> None:
+    """A kind's first alert after a start must show in increase() (rules and panels)."""
+    from processor.core.outputs import AlertKind
+    from processor.observability.metrics import REGISTRY
+
+    for kind in AlertKind:
+        assert REGISTRY.get_sample_value("meter_alerts_total", {"alert": kind.value}) is not None
