@@ -229,14 +229,18 @@ def output_format(args: argparse.Namespace | None) -> str:
 
 
 def _token(args: argparse.Namespace) -> str:
-    import os
-
-    token: str | None = args.token or os.environ.get("METER_API_TOKEN")
-    if not token:
+    """--token, else METER_API_TOKEN, else METER_ADMIN_TOKEN (as the contract says)."""
+    if args.token:
+        return str(args.token)
+    cfg = load_settings()
+    secret = cfg.api_token or cfg.admin_token
+    if secret is None or not secret.get_secret_value():
         raise Failed(
-            EXIT_USAGE, "--via-api needs a bearer token: pass --token or set METER_API_TOKEN"
+            EXIT_USAGE,
+            "--via-api needs a bearer token: pass --token or set METER_API_TOKEN "
+            "(or METER_ADMIN_TOKEN)",
         )
-    return token
+    return secret.get_secret_value()
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -145,10 +145,23 @@ def test_auto_recharge_via_the_api_uses_put_and_delete(
     assert "a repeat with --idempotency-key o is applied once" in out
 
 
+@pytest.mark.parametrize(("argv", "env", "bearer"), TOKEN_SOURCES)
+def test_via_api_takes_its_token_as_the_contract_says(
+    argv: list[str], env: dict[str, str], bearer: str, http: FakeHTTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """--token, else METER_API_TOKEN, else METER_ADMIN_TOKEN (docs/contract.md)."""
+    token_env(monkeypatch, env)
+    http.answers = [accepted("k-1", "funds_added", "/commands/k-1")]
+    assert cli.main(["add-funds", "acme", "5", "--via-api", "http://w", *argv]) == 0
+    [call] = http.calls
+    assert call["auth"] == {"Authorization": f"Bearer {bearer}"}
+
+
 def test_via_api_without_a_token_or_refused(
     http: FakeHTTP, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("METER_API_TOKEN", raising=False)
+    token_env(monkeypatch, {})
     assert cli.main(["add-funds", "acme", "5", "--via-api", "http://w"]) == common.EXIT_USAGE
     assert "METER_API_TOKEN" in capsys.readouterr().err and http.calls == []
     http.answers = [(422, {"detail": "body.currency: must be USD"}, {})]
