@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     # Added: Fernet key(s) sealing webhook secrets (processor/config/sealing.py): the admin
     # API seals with it, `meter notifier` opens with it. Comma-separated to rotate.
     secrets_key: SecretStr | None = Field(default=None, validation_alias="METER_SECRETS_KEY")
-    # Added: `meter notifier` (processor/notifier/): its port (/metrics, /ready), the
+    # Added: `meter notifier` (processor/notifier/): its port (/metrics, /health, /ready), the
     # SMTP server it sends through, and how it retries webhooks.
     notifier_port: int = Field(default=6071, validation_alias="METER_NOTIFIER_PORT", ge=0, le=65535)
     smtp_host: str | None = Field(default=None, validation_alias="METER_SMTP_HOST")

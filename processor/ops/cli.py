@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "credits.command-results) and the tenants' alerts (credits.alerts, for the "
         "operator's list) (read_committed, group <METER_APP_ID>-ledger-sink) "
         "into SQLite (a file in METER_DATA_DIR) or PostgreSQL (METER_DATABASE_URL), "
-        "exactly once, and serve the ledger, usage, CSV statement and command status "
-        "queries on METER_SINK_PORT (default 6070).",
+        "exactly once, and serve the ledger, usage, CSV statement, command status, "
+        "tenants list and recharges queries on METER_SINK_PORT (default 6070).",
     )
     sink.set_defaults(func=cmd_ledger_sink)
 
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "notification at least once from a durable outbox (SQLite in METER_DATA_DIR or "
         "METER_DATABASE_URL): email over SMTP (METER_SMTP_*), Standard Webhooks signed "
         "with the tenant's secret (opened with METER_SECRETS_KEY), retried with "
-        "back-off. /metrics and /ready on METER_NOTIFIER_PORT (default 6071).",
+        "back-off. /metrics, /health and /ready on METER_NOTIFIER_PORT (default 6071).",
     )
     notifier.set_defaults(func=cmd_notifier)
 
