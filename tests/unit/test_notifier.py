@@ -189,7 +189,9 @@ def test_an_email_links_to_the_tenants_console_page_and_reads_its_times() -> Non
     plain = EmailChannel(bare).message(_delivery("t1", "funds_expiring", data))
     body = plain.get_body(("plain",))
     assert body is not None and "http" not in body.get_content()
-    assert "PUT /tenants/t1/notifications" in body.get_content()
+    assert "PATCH /tenants/t1/notifications" in body.get_content()
+    # With one: who gets these is changed on the page, where the form is.
+    assert f'under "Limits and notifications" on your page: {page}' in text.get_content()
 
 
 def _text(event: str, data: dict[str, Any]) -> str:
