@@ -28,8 +28,9 @@ from processor.core.state import RechargePolicy
 from processor.dev import simulator as sim
 from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
-from processor.ops.service_commands import GC_THRESHOLDS
+from processor.observability import metrics
 from processor.worker.codec import dump_stored
+from processor.worker.collector import COLLECT_EVERY_SECONDS, Collector
 from processor.worker.marks import MarkStore
 from processor.worker.marks_log import MarksLog
 from processor.worker.pipeline import Pipeline
@@ -64,13 +65,20 @@ def _records(events: Iterable[Event], names: TopicNames) -> list[tuple[Source, R
     return out
 
 
-def _run(pipeline: Pipeline, records: list[tuple[Source, Record]], size: int) -> None:
+def _run(
+    pipeline: Pipeline, records: list[tuple[Source, Record]], size: int, collector: Collector
+) -> None:
     loop = asyncio.new_event_loop()
+    ticked = time.monotonic()
     try:
         for start in range(0, len(records), size):
             for source, rec in records[start : start + size]:
                 pipeline.intake.stage(source, rec)
             loop.run_until_complete(pipeline.flusher.flush())
+            # The worker's young passes on a clock, between its rounds as there.
+            if time.monotonic() - ticked >= COLLECT_EVERY_SECONDS:
+                collector.tick()
+                ticked = time.monotonic()
     finally:
         loop.close()
 
@@ -97,11 +105,19 @@ def measure(records: int, tenants: int, size: int = ROUND) -> float:
     work = Workload(tenants, seed=6, run_tag="inproc")
     setup = _records(work.setup(), names)
     usage = _records(work.usage(records), names)
-    gc.set_threshold(*GC_THRESHOLDS)
-    _run(pipeline, setup, ROUND)
-    started = time.process_time()
-    _run(pipeline, usage, size)
-    return (time.process_time() - started) / records
+    # The worker's collector policy, so that its passes cost here what they cost there;
+    # given back afterwards, for a caller that goes on in this process.
+    collector = Collector(metrics.GC_PAUSE)
+    thresholds = gc.get_threshold()
+    collector.install()
+    try:
+        _run(pipeline, setup, ROUND, collector)
+        started = time.process_time()
+        _run(pipeline, usage, size, collector)
+        return (time.process_time() - started) / records
+    finally:
+        collector.uninstall()
+        gc.set_threshold(*thresholds)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,7 @@ def flush_p99(phase: str) -> tuple[str, str]:
 
 
 APPLIED = sel("meter_records_total", 'outcome="applied"')
+LONG_PAUSES = sel("meter_gc_pause_seconds_bucket", 'le="0.1"')
 
 
 def overview() -> list[stat.Panel]:
@@ -456,6 +457,24 @@ def workers() -> list[timeseries.Panel]:
                 (
                     f"sum by (instance) ({sel('process_resident_memory_bytes')}) / 1e6",
                     "{{instance}} MB",
+                ),
+            ),
+        ),
+        graph(
+            "Collector pauses",
+            "Python's garbage collector holding each worker's loop (meter_gc_pause_seconds; "
+            "processor/worker/collector.py): the share of time it held it, and its passes "
+            "longer than 0.1 s over 5 minutes. Middle passes run every 0.1 s; a long pass "
+            "outside a rebalance is a stall of every record and /authorize answer.",
+            queries(
+                (
+                    f"sum by (instance) (rate({sel('meter_gc_pause_seconds_sum')}{RATE}))",
+                    "{{instance}} share of time",
+                ),
+                (
+                    f"sum by (instance) (increase({sel('meter_gc_pause_seconds_count')}[5m]))"
+                    f" - sum by (instance) (increase({LONG_PAUSES}[5m]))",
+                    "{{instance}} passes over 0.1 s",
                 ),
             ),
         ),

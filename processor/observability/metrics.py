@@ -62,6 +62,14 @@ RECORD_PATH = Gauge(
     ["path"],
     registry=REGISTRY,
 )
+GC_PAUSE = Histogram(
+    "meter_gc_pause_seconds",
+    "How long each pass of Python's cyclic garbage collector held the worker's loop, "
+    "by generation (0 and 1 young, 2 full).",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
 RECORDS = Counter(
     "meter_records_total",
     "Input records handled, by source (calls, conferencing, commands, timer) and outcome "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import sys
 
@@ -53,8 +52,10 @@ def _run_worker(args: argparse.Namespace, cfg: Settings) -> int:
         marks_retention_ms,
         max_message_bytes,
     )
+    from processor.observability import metrics
     from processor.observability.logs import logging_config
     from processor.worker.app import Broker, Meter
+    from processor.worker.collector import Collector
 
     try:
         card = load_rate_card(cfg.rate_card or example_rate_card_path())
@@ -88,10 +89,18 @@ def _run_worker(args: argparse.Namespace, cfg: Settings) -> int:
     limits = asyncio.run(max_message_bytes(bootstrap, names.written, **kafka_client_options(cfg)))
     # ensure_topics closed its loop; Faust's worker wants a current one of its own.
     asyncio.set_event_loop(new_event_loop(cfg.event_loop))
+    # The collector's passes kept off the accounts (processor/worker/collector.py).
+    collector = Collector(metrics.GC_PAUSE)
+    collector.install()
     meter = Meter(
-        cfg, card, Broker(bootstrap), partitions, web_host=args.advertise_host, limits=limits
+        cfg,
+        card,
+        Broker(bootstrap),
+        partitions,
+        web_host=args.advertise_host,
+        limits=limits,
+        collector=collector,
     )
-    _tune_gc()
     worker = _quiet_worker_class()(
         meter.app,
         loglevel=cfg.log_level,
@@ -125,15 +134,6 @@ def startup_refusal(exc: BaseException | None) -> str | None:
     return None
 
 
-# A worker keeps every dedupe mark of its window and every account in memory, and
-# allocates a few dozen objects per record. With the default thresholds (700, 10, 10)
-# the collector's full passes over that growing heap cost about as much CPU as the
-# records themselves (docs/performance.md, "Figures behind design choices"), and pause
-# the loop for the duration of a pass. Young passes every 50,000 allocations and full
-# ones a tenth as often keep cyclic garbage collected at a small fraction of that cost.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
 def new_event_loop(kind: EventLoop) -> asyncio.AbstractEventLoop:
     """The worker's event loop, as `METER_EVENT_LOOP` asks, which `meter_event_loop_info`
     then reports (and `meter_record_path_info` whether the per-record path runs compiled).
@@ -154,10 +154,6 @@ def new_event_loop(kind: EventLoop) -> asyncio.AbstractEventLoop:
         path="compiled" if compiled.running_compiled() else "interpreted"
     ).set(1)
     return loop
-
-
-def _tune_gc() -> None:
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _quiet_worker_class() -> type:

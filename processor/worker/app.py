@@ -9,6 +9,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
 from processor.worker import store, web
 from processor.worker.codec import dump_stored
+from processor.worker.collector import COLLECT_EVERY_SECONDS, Collector
 from processor.worker.faust_app import faust_app, register_codecs
 from processor.worker.fetched import FetchedStager, input_bytes, record_of
 from processor.worker.flusher import Deliveries
@@ -86,9 +88,12 @@ class Meter:
         *,
         publisher: Publisher | None = None,
         clock: Callable[[], datetime] = utcnow,
+        collector: Collector | None = None,
     ) -> None:
         """`publisher`: where the rounds go instead of Kafka transactions, and `clock`:
-        the time records are applied at (both for tests)."""
+        the time records are applied at (both for tests). `collector`: the process's
+        garbage collector policy, installed by the caller, renewed here at every
+        rebalance (none in tests, which share their process)."""
         self.cfg = cfg
         self.card = card
         self.partitions = partitions
@@ -165,6 +170,9 @@ class Meter:
         @self.app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def _stop_producers(sender: Any, **kwargs: Any) -> None:
             await self.publisher.stop()
+
+        if collector is not None:
+            self._declare_renewal(collector)
 
         @self.app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def _release_producers(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -401,6 +409,23 @@ class Meter:
         # is); a crash must end the process so that it starts afresh. Exiting at any
         # point is safe: it is what kill -9 does, and the fault suite proves that.
         asyncio.get_running_loop().call_later(CRASH_EXIT_SECONDS, _exit_after_crash)
+
+    def _declare_renewal(self, collector: Collector) -> None:
+        @self.app.timer(interval=COLLECT_EVERY_SECONDS, name="young-collection")  # type: ignore[untyped-decorator]
+        async def _collect_young() -> None:
+            collector.tick()
+
+        @self.app.on_rebalance_complete.connect  # type: ignore[arg-type]
+        async def _renew(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+            # The records are stopped for the rebalance: the one full pass that frees
+            # what was frozen and has since become cyclic garbage costs nothing extra.
+            began = time.perf_counter()
+            collected = collector.renew()
+            log.info(
+                "garbage collected at the rebalance: %d objects in %.3f s",
+                collected,
+                time.perf_counter() - began,
+            )
 
     # ---- the recharge timer --------------------------------------------------------
 
