@@ -92,7 +92,7 @@ class Meter:
     ) -> None:
         """`publisher`: where the rounds go instead of Kafka transactions, and `clock`:
         the time records are applied at (both for tests). `collector`: the process's
-        garbage collector policy, installed by the caller, renewed here at every
+        garbage collector policy, installed by the caller, renewed here at a
         rebalance (none in tests, which share their process)."""
         self.cfg = cfg
         self.card = card
@@ -417,15 +417,16 @@ class Meter:
 
         @self.app.on_rebalance_complete.connect  # type: ignore[arg-type]
         async def _renew(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-            # The records are stopped for the rebalance: the one full pass that frees
-            # what was frozen and has since become cyclic garbage costs nothing extra.
+            # The records are stopped for the rebalance: the full pass that frees what
+            # was frozen and has since become cyclic garbage adds least here.
             began = time.perf_counter()
-            collected = collector.renew()
-            log.info(
-                "garbage collected at the rebalance: %d objects in %.3f s",
-                collected,
-                time.perf_counter() - began,
-            )
+            collected = collector.renew_if_due()
+            if collected is not None:
+                log.info(
+                    "garbage collected at the rebalance: %d objects in %.3f s",
+                    collected,
+                    time.perf_counter() - began,
+                )
 
     # ---- the recharge timer --------------------------------------------------------
 

@@ -10,15 +10,18 @@ seconds: no record staged, no round landed, no `/authorize` answered
 So the young passes are kept small, and whatever survives a middle pass, long-lived
 by then, is frozen (`gc.freeze`): moved where no later pass looks. A frozen object is
 still freed by its reference count when dropped, as an account's value is when its
-next one replaces it; only cyclic garbage among frozen objects waits, for the next
-rebalance, where `renew` collects everything once. Rebalances stop the records
-anyway.
+next one replaces it; only cyclic garbage among frozen objects waits, for a rebalance,
+where `renew` collects everything once: the records stop for a rebalance anyway. That
+full pass walks every object (about a second a million objects), so it is made at most once
+an hour: a rolling restart's rebalances pay it once, and the few cycles that wait
+meanwhile (47 objects over 600,000 events, measured) cost nothing worth a pause.
 """
 
 from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Histogram
@@ -35,18 +38,28 @@ GC_THRESHOLDS = (50_000, 2, 100)
 # allocated, the old one freed) seldom reaches a threshold, and a pass then walks
 # every value written since. Passes on a clock keep each one to a tenth of a second's.
 COLLECT_EVERY_SECONDS = 0.1
+# The least time between two renewals (full passes over everything, frozen included).
+RENEW_EVERY_SECONDS = 3600.0
 
 
 class Collector:
-    """The worker's collector policy: `install` once per process, `renew` at every
+    """The worker's collector policy: `install` once per process, `renew_if_due` at every
     rebalance. Each pass's pause is observed in `pauses`, by generation.
 
     How many objects are frozen is not reported: `gc.get_freeze_count` walks them all,
     a tenth of a second a million objects, which every scrape would repeat."""
 
-    def __init__(self, pauses: Histogram) -> None:
+    def __init__(
+        self,
+        pauses: Histogram,
+        renew_every: float = RENEW_EVERY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._pauses = {g: pauses.labels(generation=str(g)) for g in range(3)}
         self._began = 0.0
+        self._renew_every = renew_every
+        self._clock = clock
+        self._renewed: float | None = None
 
     def install(self) -> None:
         """Set the thresholds and watch every pass from now on, in this process."""
@@ -71,7 +84,15 @@ class Collector:
         collected = gc.collect()
         # The pass's own callback froze its survivors; frozen here too if none runs.
         gc.freeze()
+        self._renewed = self._clock()
         return collected
+
+    def renew_if_due(self) -> int | None:
+        """`renew`, unless the last renewal was less than `renew_every` seconds ago
+        (then None)."""
+        if self._renewed is not None and self._clock() - self._renewed < self._renew_every:
+            return None
+        return self.renew()
 
     def _on_pass(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

@@ -113,3 +113,17 @@ def test_uninstall_stops_watching_and_gives_the_frozen_back(registry: CollectorR
     finally:
         collector.uninstall()
         gc.set_threshold(*thresholds)
+
+
+def test_a_renewal_is_made_at_most_once_in_its_interval(registry: CollectorRegistry) -> None:
+    now = [1000.0]
+    pauses = Histogram("gc_pause_seconds", "", ["generation"], registry=registry)
+    collector = Collector(pauses, renew_every=3600.0, clock=lambda: now[0])
+    try:
+        assert collector.renew_if_due() is not None, "the first one is always made"
+        now[0] += 3599.0
+        assert collector.renew_if_due() is None, "a rolling restart's next rebalance"
+        now[0] += 1.0
+        assert collector.renew_if_due() is not None
+    finally:
+        gc.unfreeze()
