@@ -30,7 +30,7 @@ from processor.kafka.routing import partition_for
 from processor.kafka.topics import TopicNames
 from processor.observability import metrics
 from processor.worker.codec import dump_stored
-from processor.worker.collector import COLLECT_EVERY_SECONDS, Collector
+from processor.worker.collector import Collector
 from processor.worker.marks import MarkStore
 from processor.worker.marks_log import MarksLog
 from processor.worker.pipeline import Pipeline
@@ -65,20 +65,13 @@ def _records(events: Iterable[Event], names: TopicNames) -> list[tuple[Source, R
     return out
 
 
-def _run(
-    pipeline: Pipeline, records: list[tuple[Source, Record]], size: int, collector: Collector
-) -> None:
+def _run(pipeline: Pipeline, records: list[tuple[Source, Record]], size: int) -> None:
     loop = asyncio.new_event_loop()
-    ticked = time.monotonic()
     try:
         for start in range(0, len(records), size):
             for source, rec in records[start : start + size]:
                 pipeline.intake.stage(source, rec)
             loop.run_until_complete(pipeline.flusher.flush())
-            # The worker's young passes on a clock, between its rounds as there.
-            if time.monotonic() - ticked >= COLLECT_EVERY_SECONDS:
-                collector.tick()
-                ticked = time.monotonic()
     finally:
         loop.close()
 
@@ -111,9 +104,9 @@ def measure(records: int, tenants: int, size: int = ROUND) -> float:
     thresholds = gc.get_threshold()
     collector.install()
     try:
-        _run(pipeline, setup, ROUND, collector)
+        _run(pipeline, setup, ROUND)
         started = time.process_time()
-        _run(pipeline, usage, size, collector)
+        _run(pipeline, usage, size)
         return (time.process_time() - started) / records
     finally:
         collector.uninstall()

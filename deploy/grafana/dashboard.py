@@ -464,7 +464,7 @@ def workers() -> list[timeseries.Panel]:
             "Collector pauses",
             "Python's garbage collector holding each worker's loop (meter_gc_pause_seconds; "
             "processor/worker/collector.py): the share of time it held it, and its passes "
-            "longer than 0.1 s over 5 minutes. Middle passes run every 0.1 s; a long pass "
+            "longer than 0.1 s over 5 minutes. What survives a pass is frozen; a long pass "
             "outside a rebalance is a stall of every record and /authorize answer.",
             queries(
                 (

@@ -32,7 +32,7 @@ from processor.observability import metrics, observe
 from processor.worker import consumer as consumer_
 from processor.worker import store, web
 from processor.worker.codec import dump_stored
-from processor.worker.collector import COLLECT_EVERY_SECONDS, Collector
+from processor.worker.collector import Collector
 from processor.worker.faust_app import faust_app, register_codecs
 from processor.worker.fetched import FetchedStager, input_bytes, record_of
 from processor.worker.flusher import Deliveries
@@ -411,10 +411,6 @@ class Meter:
         asyncio.get_running_loop().call_later(CRASH_EXIT_SECONDS, _exit_after_crash)
 
     def _declare_renewal(self, collector: Collector) -> None:
-        @self.app.timer(interval=COLLECT_EVERY_SECONDS, name="young-collection")  # type: ignore[untyped-decorator]
-        async def _collect_young() -> None:
-            collector.tick()
-
         @self.app.on_rebalance_complete.connect  # type: ignore[arg-type]
         async def _renew(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
             # The records are stopped for the rebalance: the full pass that frees what

@@ -5,15 +5,16 @@ millions of objects the collector tracks. Each of its passes holds the loop whil
 walks what it looks at, so with Python's own policy a full pass, or a middle pass
 over the survivors of a burst of newly read accounts, stopped the worker for
 seconds: no record staged, no round landed, no `/authorize` answered
-(docs/performance.md, "The collector's pauses at a million tenants").
+(docs/performance.md, "The collector's pauses and the memory of a million tenants").
 
-So the young passes are kept small, and whatever survives a middle pass, long-lived
-by then, is frozen (`gc.freeze`): moved where no later pass looks. A frozen object is
+So whatever survives a pass is frozen (`gc.freeze`): moved where no later pass looks.
+Each pass then walks only what was allocated since the last one, and the middle and
+full passes find next to nothing; none of it costs CPU. A frozen object is
 still freed by its reference count when dropped, as an account's value is when its
 next one replaces it; only cyclic garbage among frozen objects waits, for a rebalance,
 where `renew` collects everything once: the records stop for a rebalance anyway. That
-full pass walks every object (about a second a million objects), so it is made at most once
-an hour: a rolling restart's rebalances pay it once, and the few cycles that wait
+full pass walks every object (about a second a million objects), so it is made at most
+once an hour: a rolling restart's rebalances pay it once, and the few cycles that wait
 meanwhile (47 objects over 600,000 events, measured) cost nothing worth a pause.
 """
 
@@ -28,16 +29,9 @@ from prometheus_client import Histogram
 
 # Young passes every 50,000 net allocations of tracked objects: with Python's default
 # (700) the passes cost about as much CPU as the records themselves (docs/performance.md,
-# "Figures behind design choices"). A middle pass after every second young one, so
-# that it walks at most about three times that many objects before they are frozen.
-# The third number hardly matters: full passes find only what the last renewal or
-# freeze left, close to nothing.
+# "Figures behind design choices"). Every pass's survivors are frozen, so the older
+# generations hold nothing: the other two numbers hardly matter.
 GC_THRESHOLDS = (50_000, 2, 100)
-# A young pass walks what is alive of what was allocated since the last one. Python
-# counts allocations net of frees, so a worker that replaces account values (a new one
-# allocated, the old one freed) seldom reaches a threshold, and a pass then walks
-# every value written since. Passes on a clock keep each one to a tenth of a second's.
-COLLECT_EVERY_SECONDS = 0.1
 # The least time between two renewals (full passes over everything, frozen included).
 RENEW_EVERY_SECONDS = 3600.0
 
@@ -73,10 +67,6 @@ class Collector:
             gc.callbacks.remove(self._on_pass)
         gc.unfreeze()
 
-    def tick(self) -> None:
-        """A young pass now, whatever Python's counts say; its survivors are frozen."""
-        gc.collect(1)
-
     def renew(self) -> int:
         """Collect everything, frozen objects included, and freeze what is left;
         returns how many objects were garbage."""
@@ -100,7 +90,7 @@ class Collector:
             return
         generation: int = info["generation"]
         self._pauses[generation].observe(time.perf_counter() - self._began)
-        if generation:
-            # Called between the pass and anything else: the young generations are
-            # empty, so this freezes exactly the pass's survivors.
-            gc.freeze()
+        # Called between the pass and anything else: the generations it walked are
+        # empty and the older ones hold nothing (every pass's survivors were frozen),
+        # so this freezes exactly this pass's survivors.
+        gc.freeze()

@@ -1,5 +1,5 @@
 """The worker's garbage collector policy (processor/worker/collector.py): what survives a
-middle pass is out of later passes' reach, is still freed when dropped, and what became
+pass is out of later passes' reach, is still freed when dropped, and what became
 cyclic garbage among it is collected at the next renewal."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_install_sets_the_thresholds(collector: Collector) -> None:
 def test_what_survives_a_middle_pass_is_out_of_every_later_pass(collector: Collector) -> None:
     held = [Node() for _ in range(10)]
     assert _in_a_generation(held)
-    collector.tick()
+    gc.collect(1)
     assert gc.is_tracked(held)
     assert not _in_a_generation(held), "frozen: no pass walks it"
     gc.collect()
@@ -57,7 +57,7 @@ def test_what_survives_a_middle_pass_is_out_of_every_later_pass(collector: Colle
 
 def test_a_frozen_object_is_freed_when_dropped(collector: Collector) -> None:
     node = Node()
-    collector.tick()
+    gc.collect(1)
     gone = weakref.ref(node)
     del node
     assert gone() is None
@@ -66,7 +66,7 @@ def test_a_frozen_object_is_freed_when_dropped(collector: Collector) -> None:
 def test_frozen_cyclic_garbage_waits_for_the_renewal(collector: Collector) -> None:
     a, b = Node(), Node()
     a.other, b.other = b, a
-    collector.tick()
+    gc.collect(1)
     gone = weakref.ref(a)
     del a, b
     gc.collect()
@@ -91,7 +91,7 @@ def test_every_pass_is_observed_by_generation(
         return value or 0.0
 
     before = passes("1"), passes("2")
-    collector.tick()
+    gc.collect(1)
     collector.renew()
     assert passes("1") == before[0] + 1
     assert passes("2") >= before[1] + 1
@@ -106,7 +106,7 @@ def test_uninstall_stops_watching_and_gives_the_frozen_back(registry: CollectorR
     collector.install()  # twice: still one callback
     try:
         assert len(gc.callbacks) == callbacks + 1
-        collector.tick()
+        gc.collect(1)
         collector.uninstall()
         assert gc.get_freeze_count() == 0
         assert len(gc.callbacks) == callbacks
@@ -127,3 +127,10 @@ def test_a_renewal_is_made_at_most_once_in_its_interval(registry: CollectorRegis
         assert collector.renew_if_due() is not None
     finally:
         gc.unfreeze()
+
+
+def test_what_survives_a_young_pass_is_frozen_too(collector: Collector) -> None:
+    held = [Node() for _ in range(10)]
+    gc.collect(0)
+    assert gc.is_tracked(held)
+    assert not _in_a_generation(held)
