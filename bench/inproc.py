@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -101,7 +100,6 @@ def measure(records: int, tenants: int, size: int = ROUND) -> float:
     # The worker's collector policy, so that its passes cost here what they cost there;
     # given back afterwards, for a caller that goes on in this process.
     collector = Collector(metrics.GC_PAUSE)
-    thresholds = gc.get_threshold()
     collector.install()
     try:
         _run(pipeline, setup, ROUND)
@@ -110,7 +108,6 @@ def measure(records: int, tenants: int, size: int = ROUND) -> float:
         return (time.process_time() - started) / records
     finally:
         collector.uninstall()
-        gc.set_threshold(*thresholds)
 
 
 def main(argv: list[str] | None = None) -> int:

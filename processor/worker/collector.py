@@ -8,8 +8,8 @@ seconds: no record staged, no round landed, no `/authorize` answered
 (docs/performance.md, "The collector's pauses and the memory of a million tenants").
 
 So whatever survives a pass is frozen (`gc.freeze`): moved where no later pass looks.
-Each pass then walks only what was allocated since the last one, and the middle and
-full passes find next to nothing; none of it costs CPU. A frozen object is
+Each pass then walks only what was allocated since the last one, as young passes did
+before, and the middle and full passes find next to nothing. A frozen object is
 still freed by its reference count when dropped, as an account's value is when its
 next one replaces it; only cyclic garbage among frozen objects waits, for a rebalance,
 where `renew` collects everything once: the records stop for a rebalance anyway. That
@@ -54,17 +54,25 @@ class Collector:
         self._renew_every = renew_every
         self._clock = clock
         self._renewed: float | None = None
+        # The thresholds `install` replaced, which `uninstall` puts back.
+        self._replaced: tuple[int, ...] | None = None
 
     def install(self) -> None:
         """Set the thresholds and watch every pass from now on, in this process."""
+        if self._on_pass in gc.callbacks:
+            return
+        self._replaced = gc.get_threshold()
         gc.set_threshold(*GC_THRESHOLDS)
-        if self._on_pass not in gc.callbacks:
-            gc.callbacks.append(self._on_pass)
+        gc.callbacks.append(self._on_pass)
 
     def uninstall(self) -> None:
-        """Stop watching, and give the frozen objects back to the collector."""
+        """Stop watching, put the thresholds back, and give the frozen objects back to
+        the collector."""
         if self._on_pass in gc.callbacks:
             gc.callbacks.remove(self._on_pass)
+        if self._replaced is not None:
+            gc.set_threshold(*self._replaced)
+            self._replaced = None
         gc.unfreeze()
 
     def renew(self) -> int:

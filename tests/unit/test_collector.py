@@ -26,7 +26,6 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def collector(registry: CollectorRegistry) -> Iterator[Collector]:
-    thresholds = gc.get_threshold()
     pauses = Histogram("gc_pause_seconds", "", ["generation"], registry=registry)
     installed = Collector(pauses)
     installed.install()
@@ -34,7 +33,6 @@ def collector(registry: CollectorRegistry) -> Iterator[Collector]:
         yield installed
     finally:
         installed.uninstall()
-        gc.set_threshold(*thresholds)
 
 
 def _in_a_generation(obj: object) -> bool:
@@ -98,7 +96,6 @@ def test_every_pass_is_observed_by_generation(
 
 
 def test_uninstall_stops_watching_and_gives_the_frozen_back(registry: CollectorRegistry) -> None:
-    thresholds = gc.get_threshold()
     pauses = Histogram("gc_pause_seconds", "", ["generation"], registry=registry)
     callbacks = len(gc.callbacks)
     collector = Collector(pauses)
@@ -112,7 +109,6 @@ def test_uninstall_stops_watching_and_gives_the_frozen_back(registry: CollectorR
         assert len(gc.callbacks) == callbacks
     finally:
         collector.uninstall()
-        gc.set_threshold(*thresholds)
 
 
 def test_a_renewal_is_made_at_most_once_in_its_interval(registry: CollectorRegistry) -> None:
